@@ -1,0 +1,131 @@
+"""``nasdet`` command line. Every experiment command takes ``CONFIG [--work-dir D] [--set key=value ...]``."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .config import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Neural architecture search for object detectors.")
+data_app = typer.Typer(no_args_is_help=True, help="Data sets: the embedded synthetic set, statistics.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+SetOpt = typer.Option(None, "--set", help="Override a config key: --set train.epochs=2 (repeatable).")
+WorkDirOpt = typer.Option(None, "--work-dir", help="Work dir (default: work_dir of the config).")
+
+
+def _user_errors(fn):
+    """Bad input ends with one red line naming the file/key/value, exit code 2 (NASDET_DEBUG=1: traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .data.dataset import DataError
+        from .train.checkpoint import CheckpointError
+        from .train.loop import TrainingDiverged
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, CheckpointError, TrainingDiverged, FileNotFoundError, ValueError) as e:
+            if os.environ.get("NASDET_DEBUG"):
+                raise
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+def _load(config: Path, overrides: Optional[List[str]]):
+    return load_config(config, overrides or [])
+
+
+@data_app.command("make-synthetic")
+@_user_errors
+def make_synthetic_cmd(
+    out: Path = typer.Argument(..., help="Output folder (train/ and val/ in COCO format)."),
+    train: int = typer.Option(2000, "--train", help="Training images."),
+    val: int = typer.Option(500, "--val", help="Validation images."),
+    size: int = typer.Option(256, "--size", help="Image width in pixels (height 75-100 % of it)."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: up to 2)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Do nothing if the set is already complete."),
+):
+    """Generate the embedded shapes data set (no download)."""
+    from .data.synthetic import make_synthetic
+
+    if skip_existing and (out / "train" / "annotations.json").is_file() and (out / "val" / "annotations.json").is_file():
+        console.print(f"{out}: synthetic data set already present")
+        return
+    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as p:
+        task = p.add_task("gen", total=train + val)
+        paths = make_synthetic(out, train, val, size, seed, workers=workers,
+                               progress=lambda done, total: p.update(task, completed=done, total=total))
+    console.print(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
+
+
+@data_app.command("stats")
+@_user_errors
+def data_stats_cmd(config: Path, set_: Optional[List[str]] = SetOpt,
+                   split: str = typer.Option("all", "--split", help="train | val | all")):
+    """Images, boxes per class and box sizes of the config's data sets."""
+    from .data.stats import dataset_stats, stats_tables
+    from .experiment import load_split
+
+    cfg = _load(config, set_)
+    for name in (("train", "val") if split == "all" else (split,)):
+        if name not in ("train", "val"):
+            raise ValueError(f"--split must be train, val or all, got {split!r}")
+        ds = load_split(cfg, name)
+        for table in stats_tables(dataset_stats(ds), f"{name}: {ds.source}"):
+            console.print(table)
+
+
+@app.command("train")
+@_user_errors
+def train_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt):
+    """Train the config's detector (the baseline); resumes from baseline/ckpt/last.pt."""
+    from .experiment import run_train
+    from .train import dist
+
+    cfg = _load(config, set_)
+    try:
+        run_train(cfg, work_dir, console=console)
+    finally:
+        dist.cleanup()
+
+
+@app.command("eval")
+@_user_errors
+def eval_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
+             ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: baseline/ckpt/last.pt).")):
+    """COCO metrics (AP, AP50, AP75, APs, APm, APl) on the val set; writes metrics.json."""
+    from .experiment import run_eval
+
+    run_eval(_load(config, set_), work_dir, ckpt, console=console)
+
+
+@app.command("cost")
+@_user_errors
+def cost_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
+             ckpt: Optional[Path] = typer.Option(None, "--ckpt"),
+             no_latency: bool = typer.Option(False, "--no-latency", help="Count MACs/params only.")):
+    """MACs and params (backbone, whole detector) and measured latency at batch 1."""
+    from .experiment import run_cost
+
+    run_cost(_load(config, set_), work_dir, ckpt, latency=not no_latency, console=console)
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="nasdet")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Experiment configs: YAML validated by pydantic, ``--set a.b=value`` overrides, resolved copy in the work dir.
+
+One experiment = one config + one work dir. Every section forbids unknown keys, so a typo is an error
+naming the key path and the file, never a silently ignored setting.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names the file and key path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+class SplitSource(Strict):
+    """Where one split's images and annotations are. For VOC, ``root`` + ``split`` (or lists of both)."""
+
+    annotations: Optional[str] = None  # COCO json
+    images: Optional[str] = None  # COCO image folder
+    root: Optional[Union[str, list[str]]] = None  # VOC year folder(s), e.g. VOCdevkit/VOC2007
+    split: Optional[Union[str, list[str]]] = None  # VOC ImageSets/Main/<split>.txt
+
+
+class AugmentConfig(Strict):
+    hflip: float = Field(0.5, ge=0, le=1)
+    photometric: float = Field(0.5, ge=0, le=1)  # probability of RandomPhotometricDistort
+    zoom_out: float = Field(0.0, ge=0, le=1)  # SSD's expand; probability
+    zoom_out_max: float = Field(4.0, ge=1)
+    iou_crop: bool = False  # SSD's RandomIoUCrop
+
+
+class DataConfig(Strict):
+    format: Literal["coco", "voc"] = "coco"
+    train: SplitSource
+    val: SplitSource
+    classes: Optional[list[str]] = None  # VOC class names; default: the 20 VOC classes
+    search_fraction: float = Field(0.0, ge=0, lt=1)  # held-out part of train used to score candidates
+    split_seed: int = 0
+    num_workers: int = Field(2, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+    check_files: bool = True  # stat every image at start-up
+
+    @model_validator(mode="after")
+    def _sources_match_format(self):
+        for name in ("train", "val"):
+            src: SplitSource = getattr(self, name)
+            if self.format == "coco" and (src.annotations is None or src.images is None):
+                raise ValueError(f"data.{name}: format 'coco' needs both 'annotations' and 'images'")
+            if self.format == "voc" and (src.root is None or src.split is None):
+                raise ValueError(f"data.{name}: format 'voc' needs both 'root' and 'split'")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- model
+class BackboneConfig(Strict):
+    name: str = "mobilenet_v3_large"  # see nasdet.models.backbones.BACKBONES
+    width_mult: float = Field(1.0, gt=0)
+    norm: Literal["bn", "frozen_bn"] = "bn"
+    checkpoint: Optional[str] = None  # a state_dict of the backbone (e.g. classification pretraining)
+
+
+class ModelConfig(Strict):
+    detector: Literal["ssd", "ssdlite", "retinanet", "fcos", "faster_rcnn"] = "ssdlite"
+    backbone: BackboneConfig = BackboneConfig()
+    num_classes: Optional[int] = Field(None, gt=0)  # object classes, no background; default: from the data
+    input_size: int = Field(320, ge=32)  # images are resized to input_size x input_size
+    fpn_channels: int = Field(256, gt=0)  # RetinaNet, FCOS, Faster R-CNN
+    extra_channels: list[int] = [512, 256, 256, 128]  # SSD/SSDLite extra layers after C5
+    anchor_ratio_range: tuple[float, float] = (0.2, 0.95)  # SSD default boxes: smallest, largest scale
+    score_thresh: float = Field(0.01, ge=0, le=1)
+    nms_thresh: float = Field(0.5, gt=0, le=1)
+    detections_per_img: int = Field(100, gt=0)
+    topk_candidates: int = Field(300, gt=0)
+    rpn_post_nms_top_n_test: int = Field(1000, gt=0)  # Faster R-CNN proposals at test (also used for MACs)
+
+    @field_validator("extra_channels")
+    @classmethod
+    def _four_extras(cls, v):
+        if len(v) != 4 or any(c <= 0 for c in v):
+            raise ValueError(f"extra_channels must be 4 positive ints (levels 3..6 after C4, C5), got {v}")
+        return v
+
+
+# ---------------------------------------------------------------------------------------------- train
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(4e-5, ge=0)
+    norm_bias_decay: bool = False  # False: no weight decay on norm weights and biases
+
+
+class SchedulerConfig(Strict):
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_steps: int = Field(500, ge=0)
+    warmup_factor: float = Field(0.001, gt=0, le=1)
+    milestones: list[float] = [0.67, 0.89]  # step schedule: fractions of total steps
+    gamma: float = Field(0.1, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine floor, as a fraction of lr
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(12, gt=0)
+    batch_size: int = Field(16, gt=0)  # per process (per GPU under torchrun)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    grad_clip: Optional[float] = Field(10.0, gt=0)  # max global grad norm; null = off
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    ckpt_every_steps: int = Field(500, gt=0)
+    keep_epoch_ckpts: bool = False  # also keep ckpt/epoch_N.pt
+    eval_every_epochs: int = Field(0, ge=0)  # 0 = only at the end
+    log_every_steps: int = Field(20, gt=0)
+    max_steps: Optional[int] = Field(None, gt=0)  # stop early (smoke tests); schedule still spans all epochs
+    threads: Optional[int] = Field(None, gt=0)  # torch CPU threads
+
+
+class EvalConfig(Strict):
+    batch_size: int = Field(8, gt=0)
+    max_images: Optional[int] = Field(None, gt=0)  # evaluate on the first N val images (quick checks)
+
+
+class CostConfig(Strict):
+    device: str = "cpu"
+    warmup: int = Field(5, ge=0)
+    runs: int = Field(30, gt=0)
+    threads: Optional[int] = Field(None, gt=0)  # CPU threads while timing; default: torch's
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    work_dir: str = "runs/experiment"
+    seed: int = 0
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    cost: CostConfig = CostConfig()
+
+
+# ------------------------------------------------------------------------------------------ load/save
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key (not in the schema)")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"  {path}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML: numbers, bools, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = raw
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate a config. Errors name the file and the key path."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    return validate_config(raw, str(path))
+
+
+def validate_config(raw: dict, source: str = "<dict>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config (after overrides), the record of what ran."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)

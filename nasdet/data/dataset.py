@@ -1,0 +1,146 @@
+"""The in-memory form every data format is parsed into, and the torch Dataset over it.
+
+Parsers (coco.py, voc.py) validate everything that can be checked without decoding pixels when the
+data set is opened, so a bad file fails at start-up with its name and id, not deep in a collate
+function. Pixels are decoded lazily in ``__getitem__``; a corrupt image raises ``DataError`` naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import tv_tensors
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the id (image or annotation) at fault."""
+
+
+@dataclasses.dataclass
+class ImageRecord:
+    """One image and its boxes. Boxes are absolute pixel XYXY; labels are contiguous 1..K."""
+
+    image_id: int
+    file: Path
+    width: int
+    height: int
+    boxes: np.ndarray  # float32 [N, 4]
+    labels: np.ndarray  # int64 [N], 1..K (0 is background)
+    iscrowd: np.ndarray  # int64 [N]; 1 = crowd (COCO) or difficult (VOC): ignored by training and eval
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.iscrowd = np.asarray(self.iscrowd, dtype=np.int64).reshape(-1)
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Images with boxes, parsed and validated; ``__getitem__`` returns ``(image, target)``.
+
+    ``image`` is a ``tv_tensors.Image`` (uint8, CxHxW) and ``target`` a dict with ``boxes``
+    (``tv_tensors.BoundingBoxes``, XYXY), ``labels`` (int64, 1..K), ``iscrowd`` (int64) and
+    ``image_id`` (int), after ``transforms`` (a transforms.v2 callable on ``(image, target)``).
+    Class ``k`` (1-based) is ``classes[k - 1]`` and has id ``category_ids[k - 1]`` in the source
+    annotations, so predictions map back to the data set's own category ids for COCO evaluation.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        classes: Sequence[str],
+        category_ids: Sequence[int] | None = None,
+        source: str = "",
+        transforms: Callable | None = None,
+    ) -> None:
+        self.records = list(records)
+        self.classes = list(classes)
+        self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(classes) + 1))
+        if len(self.category_ids) != len(self.classes):
+            raise DataError(f"{source}: {len(self.classes)} class names but {len(self.category_ids)} category ids")
+        self.source = source  # annotation file or data set root, for error messages
+        self.transforms = transforms
+
+    @property
+    def num_classes(self) -> int:
+        """Object classes, background excluded."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def subset(self, indices: Sequence[int]) -> "DetectionDataset":
+        """The same data set restricted to ``indices`` (records shared, not copied)."""
+        return DetectionDataset(
+            [self.records[i] for i in indices], self.classes, self.category_ids, self.source, self.transforms
+        )
+
+    def with_transforms(self, transforms: Callable | None) -> "DetectionDataset":
+        return DetectionDataset(self.records, self.classes, self.category_ids, self.source, transforms)
+
+    def load_image(self, index: int) -> tv_tensors.Image:
+        rec = self.records[index]
+        try:
+            with Image.open(rec.file) as im:
+                im = im.convert("RGB")
+                arr = np.asarray(im, dtype=np.uint8).copy()
+        except FileNotFoundError as e:
+            raise DataError(f"{self.source}: image file {rec.file} (image id {rec.image_id}) is missing") from e
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise DataError(
+                f"{self.source}: image file {rec.file} (image id {rec.image_id}) cannot be decoded: {e}"
+            ) from e
+        if arr.shape[0] != rec.height or arr.shape[1] != rec.width:
+            raise DataError(
+                f"{self.source}: image file {rec.file} (image id {rec.image_id}) is {arr.shape[1]}x{arr.shape[0]} "
+                f"but the annotations say {rec.width}x{rec.height}"
+            )
+        return tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1))
+
+    def target(self, index: int) -> dict:
+        rec = self.records[index]
+        return {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(rec.boxes.copy()), format="XYXY", canvas_size=(rec.height, rec.width)
+            ),
+            "labels": torch.from_numpy(rec.labels.copy()),
+            "iscrowd": torch.from_numpy(rec.iscrowd.copy()),
+            "image_id": rec.image_id,
+        }
+
+    def __getitem__(self, index: int):
+        image, target = self.load_image(index), self.target(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def to_coco_gt(dataset: DetectionDataset) -> dict:
+    """COCO-format ground truth (the dict ``COCO.dataset`` holds) for evaluating on ``dataset``.
+
+    Crowd / difficult boxes are kept with ``iscrowd=1``: COCOeval then ignores detections on them,
+    as VOC's devkit ignores ``difficult`` objects.
+    """
+    images, annotations = [], []
+    ann_id = 1
+    for rec in dataset.records:
+        images.append({"id": int(rec.image_id), "width": int(rec.width), "height": int(rec.height),
+                       "file_name": str(rec.file)})
+        for box, label, crowd in zip(rec.boxes, rec.labels, rec.iscrowd):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            annotations.append({
+                "id": ann_id, "image_id": int(rec.image_id),
+                "category_id": int(dataset.category_ids[int(label) - 1]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": int(crowd),
+            })
+            ann_id += 1
+    categories = [{"id": int(c), "name": n} for c, n in zip(dataset.category_ids, dataset.classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def collate_detection(batch):
+    """Detection batches are lists: images differ in size and box count."""
+    return tuple(zip(*batch))

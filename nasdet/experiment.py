@@ -1,0 +1,189 @@
+"""The stages behind the CLI as Python functions: data sets, train, eval, cost, in one work dir.
+
+``work_dir/config.yaml`` is the resolved config that ran; each stage writes under its own folder
+(``baseline/ckpt/last.pt``, ``baseline/metrics.json``, ``baseline/cost.json``, ``baseline/log.jsonl``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .config import ExperimentConfig, save_config
+from .data.coco import load_coco
+from .data.dataset import DetectionDataset
+from .data.split import split_train_search
+from .data.transforms import build_train_transforms
+from .data.voc import VOC_CLASSES, load_voc
+from .metrics import COCO_METRIC_NAMES
+from .models import build_detector, get_input_size
+from .search.cost import detector_macs, detector_params, measure_latency
+from .train import dist
+from .train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from .train.evaluate import evaluate_detector
+from .train.loop import Trainer, resolve_device
+
+BASELINE = "baseline"
+
+
+def work_dir_of(cfg: ExperimentConfig, override: str | Path | None = None) -> Path:
+    return Path(override) if override else Path(cfg.work_dir)
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------------- data
+def load_split(cfg: ExperimentConfig, which: str) -> DetectionDataset:
+    """The ``train`` or ``val`` data set of the config, parsed and validated (no transforms)."""
+    src = getattr(cfg.data, which)
+    if cfg.data.format == "coco":
+        return load_coco(src.annotations, src.images, check_files=cfg.data.check_files)
+    return load_voc(src.root, src.split, classes=cfg.data.classes or VOC_CLASSES, check_files=cfg.data.check_files)
+
+
+def build_datasets(cfg: ExperimentConfig, need: tuple[str, ...] = ("train", "val")) -> dict[str, DetectionDataset]:
+    """``train`` (all training images, augmented), ``supernet_train`` / ``search`` (the split of train by
+    ``data.search_fraction``: the search part is held out from supernet training and scores candidates)
+    and ``val`` (reports the final model; never used by search)."""
+    out: dict[str, DetectionDataset] = {}
+    if any(n in need for n in ("train", "supernet_train", "search")):
+        full = load_split(cfg, "train")
+        train_tf = build_train_transforms(cfg.data.augment)
+        out["train"] = full.with_transforms(train_tf)
+        train_idx, search_idx = split_train_search(len(full), cfg.data.search_fraction, cfg.data.split_seed)
+        out["supernet_train"] = full.subset(train_idx).with_transforms(train_tf)
+        out["search"] = full.subset(search_idx).with_transforms(None)
+    if "val" in need:
+        out["val"] = load_split(cfg, "val")
+        if "train" in out and out["val"].classes != out["train"].classes:
+            raise ValueError(
+                f"train ({out['train'].source}) and val ({out['val'].source}) have different classes: "
+                f"{out['train'].classes} vs {out['val'].classes}"
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------------ tables
+def metrics_table(metrics: dict[str, float], title: str) -> Table:
+    table = Table(title=title)
+    names = [n for n in COCO_METRIC_NAMES[:6] if n in metrics]
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_row(*[f"{metrics[n]:.4f}" if metrics[n] >= 0 else "n/a" for n in names])
+    return table
+
+
+def cost_table(cost: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("input", "MACs total", "MACs backbone", "params total", "params backbone", "latency median", "latency p90"):
+        table.add_column(col, justify="right")
+    lat = cost.get("latency", {})
+    table.add_row(
+        f"{cost['input_size']}x{cost['input_size']}", f"{cost['macs']['total'] / 1e6:.1f} M",
+        f"{cost['macs']['backbone'] / 1e6:.1f} M", f"{cost['params']['total'] / 1e6:.3f} M",
+        f"{cost['params']['backbone'] / 1e6:.3f} M",
+        f"{lat['median_ms']:.2f} ms ({lat['device']}, {lat['threads']} thr)" if lat else "-",
+        f"{lat['p90_ms']:.2f} ms" if lat else "-",
+    )
+    return table
+
+
+# ------------------------------------------------------------------------------------------- stages
+def run_train(cfg: ExperimentConfig, work_dir: str | Path | None = None, stage: str = BASELINE,
+              console: Console | None = None) -> dict:
+    """Train the config's detector on the whole training set; resume if ``<stage>/ckpt/last.pt`` exists."""
+    console = console or Console()
+    wd = work_dir_of(cfg, work_dir)
+    torch.manual_seed(cfg.seed)
+    data = build_datasets(cfg)
+    model = build_detector(cfg.model, num_classes=data["train"].num_classes)
+    out_dir = wd / stage
+    if dist.is_main():
+        save_config(cfg, wd / "config.yaml")
+    metrics_path = out_dir / "metrics.json"
+    trainer = Trainer(cfg, model, data["train"], data["val"], out_dir, console=console)
+    if metrics_path.is_file() and (out_dir / "ckpt" / "last.pt").is_file():
+        done = json.loads(metrics_path.read_text())
+        if done.get("step") == min(trainer.total_steps, cfg.train.max_steps or trainer.total_steps):
+            if dist.is_main():
+                console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to train again")
+                console.print(metrics_table(done["metrics"], f"{stage}: val mAP"))
+            return done["metrics"]
+    metrics = trainer.run()
+    if dist.is_main():
+        write_json(metrics_path, {"metrics": metrics, "step": trainer.step, "checkpoint": str(out_dir / "ckpt" / "last.pt"),
+                                  "val": data["val"].source, "val_images": len(data["val"])})
+        console.print(metrics_table(metrics, f"{stage}: val mAP ({len(data['val'])} images)"))
+    return metrics
+
+
+def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int) -> torch.nn.Module:
+    state = load_checkpoint(ckpt)
+    model = build_detector(cfg.model, num_classes=num_classes)
+    load_model_weights(model, state, source=str(ckpt))
+    return model
+
+
+def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str = BASELINE) -> Path:
+    path = work_dir_of(cfg, work_dir) / stage / "ckpt" / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: run `nasdet train` first, or pass --ckpt")
+    return path
+
+
+def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
+             console: Console | None = None) -> dict:
+    """COCO metrics of a checkpoint on the val set; writes ``metrics.json`` beside the checkpoint's stage."""
+    console = console or Console()
+    ckpt = Path(ckpt) if ckpt else default_checkpoint(cfg, work_dir)
+    val = build_datasets(cfg, need=("val",))["val"]
+    model = load_trained_model(cfg, ckpt, val.num_classes)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    if cfg.eval.max_images:
+        val = val.subset(range(min(cfg.eval.max_images, len(val))))
+    metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
+    if metrics is None:
+        return {}
+    stage_dir = ckpt.parent.parent if ckpt.parent.name == "ckpt" else work_dir_of(cfg, work_dir) / "eval"
+    write_json(stage_dir / "metrics.json", {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source,
+                                            "val_images": len(val),
+                                            "step": load_checkpoint(ckpt).get("step")})
+    console.print(metrics_table(metrics, f"val mAP of {ckpt} ({len(val)} images)"))
+    return metrics
+
+
+def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
+             latency: bool = True, console: Console | None = None) -> dict:
+    """MACs, params and latency of the config's detector (trained weights if a checkpoint exists,
+    so NMS sees a realistic number of boxes)."""
+    console = console or Console()
+    wd = work_dir_of(cfg, work_dir)
+    num_classes = cfg.model.num_classes
+    if num_classes is None:
+        num_classes = load_split(cfg, "val").num_classes
+    path = Path(ckpt) if ckpt else wd / BASELINE / "ckpt" / "last.pt"
+    if path.is_file():
+        model = load_trained_model(cfg, path, num_classes)
+    elif ckpt:
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    else:
+        model = build_detector(cfg.model, num_classes=num_classes)
+    model.eval()
+    result = {"input_size": get_input_size(model), "macs": detector_macs(model), "params": detector_params(model),
+              "detector": cfg.model.detector, "backbone": cfg.model.backbone.name,
+              "weights": str(path) if path.is_file() else "random"}
+    if latency:
+        c = cfg.cost
+        result["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
+    write_json((wd / BASELINE if not ckpt else path.parent.parent) / "cost.json", result)
+    console.print(cost_table(result, f"cost of {cfg.model.detector} / {cfg.model.backbone.name}"))
+    return result

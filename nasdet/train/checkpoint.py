@@ -1,0 +1,74 @@
+"""Checkpoints: plain tensors and containers only, written atomically, read with weights_only=True."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or from another model / search space."""
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write to a temporary file then rename: a kill mid-write never leaves a broken last.pt."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
+    """Load with ``weights_only=True``; refuse one from another search space when ``space_id`` is given."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} has no 'model' entry: not a nasdet checkpoint")
+    if space_id is not None and state.get("space_id") not in (None, space_id):
+        raise CheckpointError(
+            f"checkpoint {path} is from search space {state.get('space_id')}, but this model's space is {space_id}"
+        )
+    return state
+
+
+def load_model_weights(model: torch.nn.Module, state: dict, source: str = "checkpoint") -> None:
+    """Strict load with a readable error instead of torch's wall of key names."""
+    weights = state["model"] if "model" in state else state
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{source} does not fit this model: {str(e).splitlines()[-1].strip()}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not fit this model: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). "
+            "Was it written for another detector, backbone or config?"
+        )
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

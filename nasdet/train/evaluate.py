@@ -1,0 +1,49 @@
+"""Run a detector over a data set and score it with COCO metrics (DDP-aware: ranks split the images)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.dataset import DetectionDataset, collate_detection, to_coco_gt
+from ..data.transforms import to_model_input
+from ..metrics import coco_evaluate
+from . import dist
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: DetectionDataset, device: torch.device, batch_size: int = 8,
+            num_workers: int = 0, progress=None) -> list[dict]:
+    """COCO-format detections of ``model`` on this rank's share of ``dataset`` (every k-th image)."""
+    rank, world = (torch.distributed.get_rank(), dist.world_size()) if dist.world_size() > 1 else (0, 1)
+    shard = dataset.subset(range(rank, len(dataset), world))
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=collate_detection)
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    try:
+        for images, targets in loader:
+            outputs = model(to_model_input(images, device))
+            for out, tgt in zip(outputs, targets):
+                boxes = out["boxes"].float().cpu()
+                boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
+                for box, score, label in zip(boxes.tolist(), out["scores"].cpu().tolist(), out["labels"].cpu().tolist()):
+                    if label < 1 or label > dataset.num_classes:
+                        continue  # background / padding class of sigmoid heads
+                    results.append({"image_id": int(tgt["image_id"]), "category_id": int(dataset.category_ids[label - 1]),
+                                    "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
+            if progress is not None:
+                progress(len(images))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def evaluate_detector(model: nn.Module, dataset: DetectionDataset, device: torch.device, batch_size: int = 8,
+                      num_workers: int = 0, progress=None, backend: str = "faster") -> dict[str, float] | None:
+    """COCO metrics on ``dataset``; under DDP every rank predicts a shard and rank 0 scores (others get None)."""
+    dets = predict(model, dataset, device, batch_size, num_workers, progress)
+    gathered = dist.all_gather_objects(dets)
+    if not dist.is_main():
+        return None
+    return coco_evaluate(to_coco_gt(dataset), [d for part in gathered for d in part], backend=backend)

@@ -1,0 +1,269 @@
+"""The training loop every stage uses (baseline, supernet pretraining, tuning).
+
+Seeded, resumable (``ckpt/last.pt`` holds model, optimizer, scheduler, AMP scaler, step, epoch, position
+in the epoch and RNG states), DDP when started under torchrun, AMP on CUDA, gradient clipping, a rich
+progress bar and ``log.jsonl``. Subclasses change what one step trains by overriding ``before_step``
+(e.g. activate a sampled subnet) or ``compute_loss`` (e.g. add distillation).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from ..config import ExperimentConfig, config_to_dict
+from ..data.dataset import DetectionDataset, collate_detection
+from ..data.transforms import targets_to, to_model_input
+from . import dist
+from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
+from .evaluate import evaluate_detector
+from .optim import build_optimizer, build_scheduler
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept untouched."""
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Seeded permutation per epoch, sharded over ranks, that can start mid-epoch (for resume)."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
+        self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
+        self.epoch, self.start = 0, 0
+        self.per_rank = math.ceil(n / world)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        order += order[: self.per_rank * self.world - self.n]  # pad so every rank has the same count
+        mine = order[self.rank :: self.world]
+        return iter(mine[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+def resolve_device(pref: str) -> torch.device:
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(pref)
+
+
+class Trainer:
+    """Train ``model`` on ``train_set`` per ``cfg.train``; checkpoints and logs go to ``out_dir``."""
+
+    find_unused_parameters = False  # supernets set True: only the sampled path has gradients
+
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module, train_set: DetectionDataset,
+                 val_set: DetectionDataset | None, out_dir: str | Path, console: Console | None = None,
+                 space_id: str | None = None):
+        self.cfg = cfg
+        self.tcfg = cfg.train
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "ckpt"
+        self.console = console or Console()
+        self.space_id = space_id
+        self.device, self.rank, self.world = dist.init_distributed(self.tcfg.device)
+        if self.tcfg.threads:
+            torch.set_num_threads(self.tcfg.threads)
+        self.train_set, self.val_set = train_set, val_set
+        if len(train_set) == 0:
+            raise ValueError(f"training set {train_set.source} has no images")
+
+        self.model = model.to(self.device)
+        if self.world > 1 and self.device.type == "cuda":
+            # CPU SyncBN is refused by DDP (see references/ecosystem.md), so only on CUDA.
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.ddp_model = self.model
+        if self.world > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.find_unused_parameters,
+            )
+
+        bs = self.tcfg.batch_size
+        self.sampler = EpochSampler(len(train_set), cfg.seed, self.rank, self.world)
+        self.steps_per_epoch = max(self.sampler.per_rank // bs, 1)
+        self.total_steps = self.steps_per_epoch * self.tcfg.epochs
+        self.optimizer = build_optimizer(self.model, self.tcfg.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, self.tcfg.scheduler, self.total_steps)
+        self.use_amp = self.tcfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+
+    # ----------------------------------------------------------------------------- hooks for stages
+    def before_step(self, step: int) -> None:
+        """Called before each step (supernets activate a sampled subnet here)."""
+
+    def compute_loss(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        return self.ddp_model(images, targets)
+
+    def extra_state(self) -> dict:
+        """Stage-specific state to checkpoint (plain tensors/containers)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    # ------------------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "total_steps": self.total_steps,
+            "rng": rng_state(),
+            "config": config_to_dict(self.cfg),
+            "space_id": self.space_id,
+            "extra": self.extra_state(),
+        }
+
+    def save(self, name: str = "last.pt") -> None:
+        if dist.is_main():
+            save_checkpoint(self.state_dict(), self.ckpt_dir / name)
+        dist.barrier()
+
+    def try_resume(self) -> bool:
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            return False
+        state = load_checkpoint(path, space_id=self.space_id)
+        load_model_weights(self.model, state, source=str(path))
+        if state.get("total_steps") != self.total_steps:
+            raise ValueError(
+                f"{path} was written for {state.get('total_steps')} total steps, this config gives {self.total_steps} "
+                "(epochs, batch size, data or number of processes changed); use a new work dir or delete the checkpoint"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        set_rng_state(state["rng"])
+        self.load_extra_state(state.get("extra", {}))
+        return True
+
+    # ------------------------------------------------------------------------------------- logging
+    def log(self, record: dict) -> None:
+        if dist.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ---------------------------------------------------------------------------------------- run
+    def _loader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            self.train_set, batch_size=self.tcfg.batch_size, sampler=self.sampler,
+            num_workers=self.cfg.data.num_workers, collate_fn=collate_detection, drop_last=len(self.train_set) >= self.tcfg.batch_size,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )
+
+    def train_step(self, images, targets) -> dict[str, float]:
+        images = to_model_input(images, self.device)
+        targets = targets_to(targets, self.device)
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            losses = self.compute_loss(images, targets)
+        loss = sum(losses.values())
+        finite = torch.isfinite(loss.detach()).float()
+        if dist.world_size() > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if finite.item() < 1:
+            terms = {k: float(v.detach()) for k, v in losses.items()}
+            raise TrainingDiverged(
+                f"loss is not finite at step {self.step} (epoch {self.epoch}): {terms}. "
+                f"The last good checkpoint {self.ckpt_dir / 'last.pt'} is kept; lower train.optimizer.lr, "
+                "raise train.scheduler.warmup_steps or set train.grad_clip, then rerun to resume from it."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.tcfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["loss"] = float(loss.detach())
+        return out
+
+    def evaluate(self) -> dict[str, float] | None:
+        if self.val_set is None:
+            return None
+        val = self.val_set
+        if self.cfg.eval.max_images:
+            val = val.subset(range(min(self.cfg.eval.max_images, len(val))))
+        return evaluate_detector(self.model, val, self.device, self.cfg.eval.batch_size, self.cfg.data.num_workers)
+
+    def run(self) -> dict:
+        """Train to the end (resuming from ``ckpt/last.pt`` if present); returns the final val metrics."""
+        torch.manual_seed(self.cfg.seed)
+        resumed = self.try_resume()
+        limit = min(self.total_steps, self.tcfg.max_steps or self.total_steps)
+        if dist.is_main():
+            what = f"resumed at step {self.step}" if resumed else "from scratch"
+            self.console.print(
+                f"[bold]train[/] {self.out_dir}: {len(self.train_set)} images, {self.steps_per_epoch} steps/epoch x "
+                f"{self.tcfg.epochs} epochs, batch {self.tcfg.batch_size} x {self.world} process(es) on {self.device}, {what}"
+            )
+        progress = Progress(
+            TextColumn("[bold blue]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, disable=not dist.is_main(),
+        )
+        self.model.train()
+        t_log, n_img_log = time.perf_counter(), 0
+        ema_loss = None
+        with progress:
+            task = progress.add_task("train", total=limit, completed=self.step, epoch=self.epoch, loss=float("nan"), ips=0.0)
+            while self.step < limit and self.epoch < self.tcfg.epochs:
+                self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.tcfg.batch_size)
+                for images, targets in self._loader():
+                    self.before_step(self.step)
+                    stats = self.train_step(images, targets)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    n_img_log += len(images) * self.world
+                    ema_loss = stats["loss"] if ema_loss is None else 0.9 * ema_loss + 0.1 * stats["loss"]
+                    if self.step % self.tcfg.log_every_steps == 0 or self.step == limit:
+                        dt = time.perf_counter() - t_log
+                        ips = n_img_log / max(dt, 1e-9)
+                        self.log({"step": self.step, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                                  "img_per_s": round(ips, 2), **{k: round(v, 5) for k, v in stats.items()}})
+                        progress.update(task, ips=ips)
+                        t_log, n_img_log = time.perf_counter(), 0
+                    progress.update(task, completed=self.step, epoch=self.epoch, loss=ema_loss)
+                    if self.step % self.tcfg.ckpt_every_steps == 0:
+                        self.save()
+                    if self.step >= limit:
+                        break
+                if self.batch_in_epoch >= self.steps_per_epoch:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    if self.tcfg.keep_epoch_ckpts:
+                        self.save(f"epoch_{self.epoch}.pt")
+                    if self.tcfg.eval_every_epochs and self.epoch % self.tcfg.eval_every_epochs == 0 \
+                            and self.epoch < self.tcfg.epochs:
+                        metrics = self.evaluate()
+                        if metrics is not None:
+                            self.log({"step": self.step, "epoch": self.epoch, "eval": metrics})
+                            self.console.print(f"epoch {self.epoch}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
+        self.save()
+        metrics = self.evaluate()
+        if metrics is not None:
+            self.log({"step": self.step, "epoch": self.epoch, "eval": metrics})
+        return metrics or {}

@@ -1,0 +1,73 @@
+"""Optimiser with no weight decay on norm weights and biases, and warm-up + cosine/step schedules."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def param_groups(model: nn.Module, weight_decay: float, norm_bias_decay: bool) -> list[dict]:
+    """Two groups: decayed weights, and (unless ``norm_bias_decay``) norm parameters + biases at wd 0."""
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if not norm_bias_decay and (isinstance(module, _NORMS) or name.endswith("bias")):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """``cfg``: nasdet.config.OptimizerConfig."""
+    groups = param_groups(model, cfg.weight_decay, cfg.norm_bias_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    raise ValueError(f"train.optimizer.name {cfg.name!r} is not sgd or adamw")
+
+
+class WarmupSchedule:
+    """LR factor at a step: linear warm-up from ``warmup_factor``, then cosine / step / constant.
+
+    A plain object (not a closure) so LambdaLR's state_dict stores its fields and
+    ``torch.load(weights_only=True)`` can read it back.
+    """
+
+    def __init__(self, cfg, total_steps: int):
+        self.name = cfg.name
+        self.total = max(int(total_steps), 1)
+        self.warmup = min(int(cfg.warmup_steps), self.total - 1) if self.total > 1 else 0
+        self.warmup_factor = float(cfg.warmup_factor)
+        self.milestones = [int(round(m * self.total)) for m in cfg.milestones]
+        self.gamma = float(cfg.gamma)
+        self.min_ratio = float(cfg.min_lr_ratio)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            alpha = step / max(self.warmup, 1)
+            warm = self.warmup_factor * (1 - alpha) + alpha
+        else:
+            warm = 1.0
+        if self.name == "cosine":
+            t = min(max(step - self.warmup, 0) / max(self.total - self.warmup, 1), 1.0)
+            main = self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        elif self.name == "step":
+            main = self.gamma ** sum(step >= m for m in self.milestones)
+        else:
+            main = 1.0
+        return warm * main
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg, total_steps))

@@ -1,0 +1,90 @@
+import pytest
+import yaml
+
+from nasdet.config import ConfigError, load_config, save_config
+
+BASE = {
+    "data": {"format": "coco", "train": {"annotations": "a.json", "images": "img"},
+             "val": {"annotations": "b.json", "images": "img"}},
+}
+
+
+def write(tmp_path, raw, name="cfg.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_minimal_config_gets_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.model.detector == "ssdlite" and cfg.train.optimizer.name == "sgd"
+
+
+def test_unknown_key_names_path_and_file(tmp_path):
+    raw = {**BASE, "train": {"optimiser": {"lr": 0.1}}}
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, raw, "typo.yaml"))
+    assert "train.optimiser" in str(e.value) and "typo.yaml" in str(e.value) and "unknown key" in str(e.value)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    raw = {**BASE, "train": {"epochs": "many"}}
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, raw))
+    assert "train.epochs" in str(e.value) and "many" in str(e.value)
+
+
+def test_bad_literal(tmp_path):
+    with pytest.raises(ConfigError, match="model.detector"):
+        load_config(write(tmp_path, {**BASE, "model": {"detector": "yolov9"}}))
+
+
+def test_coco_needs_annotations(tmp_path):
+    raw = {"data": {"format": "coco", "train": {"images": "x"}, "val": {"annotations": "b", "images": "x"}}}
+    with pytest.raises(ConfigError, match="data.train"):
+        load_config(write(tmp_path, raw))
+
+
+def test_set_overrides_nested_and_typed(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["train.epochs=3", "train.optimizer.lr=0.5", "model.backbone.name=resnet18",
+                                              "train.grad_clip=null", "data.augment.iou_crop=true"])
+    assert cfg.train.epochs == 3 and cfg.train.optimizer.lr == 0.5 and cfg.model.backbone.name == "resnet18"
+    assert cfg.train.grad_clip is None and cfg.data.augment.iou_crop is True
+
+
+def test_set_unknown_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="train.epoch"):
+        load_config(write(tmp_path, BASE), ["train.epoch=3"])
+
+
+def test_set_malformed(tmp_path):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(write(tmp_path, BASE), ["train.epochs"])
+
+
+def test_invalid_yaml_names_file(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_resolved_config_round_trip(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["train.epochs=7"])
+    save_config(cfg, tmp_path / "wd" / "config.yaml")
+    again = load_config(tmp_path / "wd" / "config.yaml")
+    assert again == cfg
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.joinpath("configs").rglob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)

@@ -1,0 +1,44 @@
+import torch
+from torch import nn
+
+from nasdet.config import ModelConfig
+from nasdet.models import build_detector
+from nasdet.search.cost import count_macs, count_params, detector_macs, detector_params, measure_latency
+
+
+def test_macs_of_known_conv_stack_equal_hand_count():
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False),  # out 16x16x16: 16*16*16 * 3*9
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),  # depthwise: 16*16*16 * 9
+        nn.Conv2d(16, 32, 1, bias=False),  # 32*16*16 * 16
+        nn.Flatten(), nn.Linear(32 * 16 * 16, 10),  # 8192 * 10
+    )
+    hand = 16 * 16 * 16 * 27 + 16 * 16 * 16 * 9 + 32 * 16 * 16 * 16 + 8192 * 10
+    assert count_macs(net, torch.zeros(1, 3, 32, 32)) == hand
+    assert count_params(net) == 16 * 27 + 16 * 9 + 32 * 16 + 8192 * 10 + 10
+
+
+def test_detector_macs_match_torchvision_published_ssdlite():
+    # torchvision's ssdlite320_mobilenet_v3_large reports 0.583 GMACs (weights metadata _ops).
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    tv = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    assert abs(detector_macs(tv, 320)["total"] / 1e9 - 0.583) < 0.005
+
+
+def test_macs_grow_with_input_size_and_backbone_is_part():
+    m = build_detector(ModelConfig(detector="fcos", backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+                                   fpn_channels=64, input_size=128), num_classes=3)
+    small, big = detector_macs(m, 128), detector_macs(m, 256)
+    assert 0 < small["backbone"] < small["total"]
+    assert abs(big["total"] / small["total"] - 4) < 0.2
+    p = detector_params(m)
+    assert 0 < p["backbone"] < p["total"]
+
+
+def test_latency_is_measured():
+    m = build_detector(ModelConfig(detector="ssdlite", backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+                                   input_size=96, extra_channels=[64, 32, 32, 16]), num_classes=3)
+    lat = measure_latency(m, warmup=1, runs=3, threads=1)
+    assert lat["median_ms"] > 0 and lat["p90_ms"] >= lat["median_ms"] and lat["runs"] == 3
