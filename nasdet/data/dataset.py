@@ -31,11 +31,16 @@ class ImageRecord:
     boxes: np.ndarray  # float32 [N, 4]
     labels: np.ndarray  # int64 [N], 1..K (0 is background)
     iscrowd: np.ndarray  # int64 [N]; 1 = crowd (COCO) or difficult (VOC): ignored by training and eval
+    # float32 [N] object areas from the annotations (COCO's segmentation area, which decides
+    # APs/APm/APl); None = box areas.
+    areas: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         self.iscrowd = np.asarray(self.iscrowd, dtype=np.int64).reshape(-1)
+        if self.areas is not None:
+            self.areas = np.asarray(self.areas, dtype=np.float32).reshape(-1)
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -129,12 +134,13 @@ def to_coco_gt(dataset: DetectionDataset) -> dict:
     for rec in dataset.records:
         images.append({"id": int(rec.image_id), "width": int(rec.width), "height": int(rec.height),
                        "file_name": str(rec.file)})
-        for box, label, crowd in zip(rec.boxes, rec.labels, rec.iscrowd):
+        for j, (box, label, crowd) in enumerate(zip(rec.boxes, rec.labels, rec.iscrowd)):
             x1, y1, x2, y2 = (float(v) for v in box)
+            area = float(rec.areas[j]) if rec.areas is not None else (x2 - x1) * (y2 - y1)
             annotations.append({
                 "id": ann_id, "image_id": int(rec.image_id),
                 "category_id": int(dataset.category_ids[int(label) - 1]),
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": int(crowd),
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": int(crowd),
             })
             ann_id += 1
     categories = [{"id": int(c), "name": n} for c, n in zip(dataset.category_ids, dataset.classes)]

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny synthetic data set (generated once per session) and tiny configs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nasdet.config import validate_config
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    from nasdet.data.synthetic import make_synthetic
+
+    out = tmp_path_factory.mktemp("shapes")
+    make_synthetic(out, n_train=24, n_val=8, size=96, seed=0, workers=1)
+    return out
+
+
+def tiny_raw(shapes_dir, work_dir, detector="ssdlite") -> dict:
+    """A config small enough for a training step in well under a second on 2 cores."""
+    return {
+        "name": "tiny", "work_dir": str(work_dir), "seed": 0,
+        "data": {"format": "coco",
+                 "train": {"annotations": str(shapes_dir / "train" / "annotations.json"), "images": str(shapes_dir / "train" / "images")},
+                 "val": {"annotations": str(shapes_dir / "val" / "annotations.json"), "images": str(shapes_dir / "val" / "images")},
+                 "search_fraction": 0.25, "num_workers": 0},
+        "model": {"detector": detector, "backbone": {"name": "mobilenet_v3_small", "width_mult": 0.5},
+                  "input_size": 96, "extra_channels": [64, 32, 32, 16], "fpn_channels": 64},
+        "train": {"epochs": 2, "batch_size": 4, "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001},
+                  "scheduler": {"name": "cosine", "warmup_steps": 2}, "ckpt_every_steps": 2, "log_every_steps": 1},
+        "eval": {"batch_size": 8},
+        "cost": {"warmup": 1, "runs": 2, "threads": 1},
+    }
+
+
+@pytest.fixture
+def tiny_config(shapes_dir, tmp_path):
+    def make(detector="ssdlite", **sections):
+        raw = tiny_raw(shapes_dir, tmp_path / "work", detector)
+        for section, values in sections.items():
+            if isinstance(values, dict):
+                raw.setdefault(section, {}).update(values)
+            else:
+                raw[section] = values
+        return validate_config(raw, "tiny")
+
+    return make

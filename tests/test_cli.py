@@ -1,0 +1,76 @@
+"""The commands a user runs, end to end on the tiny synthetic set (subprocesses, as a user would)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import tiny_raw
+
+
+def nasdet(*args, cwd=None, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "nasdet", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=env)
+
+
+def write_cfg(path, raw):
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_make_synthetic_cli(tmp_path):
+    r = nasdet("data", "make-synthetic", tmp_path / "s", "--train", 6, "--val", 2, "--size", 64, "--seed", 1)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s" / "train" / "annotations.json").read_text())["images"]
+    r = nasdet("data", "make-synthetic", tmp_path / "s", "--train", 6, "--val", 2, "--skip-existing")
+    assert r.returncode == 0 and "already" in r.stdout
+
+
+def test_train_eval_cost_stats(shapes_dir, tmp_path):
+    cfg = write_cfg(tmp_path / "tiny.yaml", tiny_raw(shapes_dir, tmp_path / "wd"))
+    r = nasdet("train", cfg, "--set", "train.epochs=1", "--set", "train.max_steps=3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "AP50" in r.stdout
+    resolved = yaml.safe_load((tmp_path / "wd" / "config.yaml").read_text())
+    assert resolved["train"]["max_steps"] == 3  # the overrides are what ran
+    r = nasdet("eval", cfg, "--set", "train.epochs=1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    metrics = json.loads((tmp_path / "wd" / "baseline" / "metrics.json").read_text())
+    assert metrics["step"] == 3 and "AP" in metrics["metrics"]
+    r = nasdet("cost", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cost = json.loads((tmp_path / "wd" / "baseline" / "cost.json").read_text())
+    assert cost["macs"]["total"] > cost["macs"]["backbone"] > 0 and cost["latency"]["median_ms"] > 0
+    r = nasdet("data", "stats", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "circle" in r.stdout or "square" in r.stdout
+
+
+def test_user_errors_are_one_line_naming_the_culprit(shapes_dir, tmp_path):
+    raw = tiny_raw(shapes_dir, tmp_path / "wd")
+    raw["train"]["epohcs"] = 3
+    r = nasdet("train", write_cfg(tmp_path / "bad.yaml", raw))
+    assert r.returncode == 2 and "train.epohcs" in r.stdout and "bad.yaml" in r.stdout and "Traceback" not in r.stderr
+    r = nasdet("train", write_cfg(tmp_path / "ok.yaml", tiny_raw(shapes_dir, tmp_path / "wd")), "--set", "model.detector=yolo9")
+    assert r.returncode == 2 and "model.detector" in r.stdout
+    raw = tiny_raw(shapes_dir, tmp_path / "wd")
+    raw["data"]["val"]["annotations"] = str(tmp_path / "missing.json")
+    r = nasdet("eval", write_cfg(tmp_path / "m.yaml", raw), "--ckpt", tmp_path / "none.pt")
+    assert r.returncode == 2 and ("missing.json" in r.stdout or "none.pt" in r.stdout)
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
+def test_torchrun_two_processes_ddp(shapes_dir, tmp_path):
+    cfg = write_cfg(tmp_path / "ddp.yaml", tiny_raw(shapes_dir, tmp_path / "wd"))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nasdet", "train", str(cfg),
+                        "--set", "train.epochs=1"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    state_step = json.loads((tmp_path / "wd" / "baseline" / "metrics.json").read_text())["step"]
+    assert state_step == 24 // (4 * 2)  # 24 images, batch 4 per process, 2 processes
+    assert "2 process(es)" in r.stdout

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from nasdet.config import ModelConfig
+from nasdet.models import DETECTORS, build_detector, get_input_size, set_input_size
+
+LOSS_KEYS = {
+    "ssd": {"bbox_regression", "classification"}, "ssdlite": {"bbox_regression", "classification"},
+    "retinanet": {"classification", "bbox_regression"}, "fcos": {"classification", "bbox_regression", "bbox_ctrness"},
+    "faster_rcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"},
+}
+
+
+def tiny(detector, **kw):
+    return ModelConfig(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5}, input_size=128,
+                       fpn_channels=64, extra_channels=[64, 32, 32, 16], **kw)
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_train_and_eval_contract(detector):
+    torch.manual_seed(0)
+    model = build_detector(tiny(detector), num_classes=4)
+    images = [torch.rand(3, 100, 140), torch.rand(3, 90, 90)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([3])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == LOSS_KEYS[detector]
+    sum(losses.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for o, img in zip(out, images):
+        assert set(o) == {"boxes", "scores", "labels"}
+        if len(o["boxes"]):  # boxes come back in the input image's coordinates, not the resized ones
+            assert o["boxes"][:, 2].max() <= img.shape[2] + 1e-3 and o["boxes"][:, 3].max() <= img.shape[1] + 1e-3
+            assert o["labels"].min() >= 0 and o["labels"].max() <= 4
+
+
+def test_model_resizes_to_input_size_and_it_can_change():
+    model = build_detector(tiny("ssdlite"), num_classes=3).eval()
+    assert get_input_size(model) == 128
+    seen = []
+    hook = model.backbone.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    with torch.no_grad():
+        model([torch.rand(3, 200, 300)])
+        set_input_size(model, 96)
+        model([torch.rand(3, 200, 300)])
+    hook.remove()
+    assert seen == [(128, 128), (96, 96)]
+
+
+def test_all_torchvision_backbones_build():
+    for name in ("mobilenet_v2", "mobilenet_v3_large", "resnet18"):
+        m = build_detector(ModelConfig(detector="retinanet", backbone={"name": name}, input_size=64, fpn_channels=32),
+                           num_classes=2)
+        assert m.backbone.body.out_channels.keys() == {"c2", "c3", "c4", "c5"}
+
+
+def test_unknown_backbone_names_choices():
+    with pytest.raises(ValueError, match="resnet18"):
+        build_detector(ModelConfig(backbone={"name": "vgg99"}), num_classes=2)
+
+
+def test_num_classes_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="num_classes is 5 but the data set has 3"):
+        build_detector(tiny("ssdlite", num_classes=5), num_classes=3)

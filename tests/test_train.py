@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+
+from nasdet.data.dataset import collate_detection
+from nasdet.data.transforms import targets_to, to_model_input
+from nasdet.experiment import build_datasets, run_train
+from nasdet.models import build_detector
+from nasdet.train.checkpoint import load_checkpoint
+from nasdet.train.loop import EpochSampler, Trainer, TrainingDiverged
+
+NO_AUG = {"augment": {"hflip": 0.0, "photometric": 0.0}}
+
+
+def make_trainer(cfg, out_dir):
+    torch.manual_seed(cfg.seed)
+    data = build_datasets(cfg)
+    model = build_detector(cfg.model, num_classes=data["train"].num_classes)
+    return Trainer(cfg, model, data["train"], data["val"], out_dir)
+
+
+def fixed_batch_loss(model, dataset):
+    images, targets = collate_detection([dataset[i] for i in range(8)])
+    model.train()
+    with torch.no_grad():
+        return float(sum(model(to_model_input(images, "cpu"), targets_to(targets, "cpu")).values()))
+
+
+def test_a_few_steps_lower_the_loss(tiny_config, tmp_path):
+    cfg = tiny_config(data=NO_AUG, train={"epochs": 6, "batch_size": 4})
+    trainer = make_trainer(cfg, tmp_path / "run")
+    before = fixed_batch_loss(trainer.model, trainer.train_set)
+    trainer.run()
+    after = fixed_batch_loss(trainer.model, trainer.train_set)
+    assert after < 0.8 * before, (before, after)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("img_per_s" in r for r in log) and "eval" in log[-1]
+
+
+def test_resume_after_kill_gives_the_same_model(tiny_config, tmp_path, monkeypatch):
+    cfg = tiny_config(data=NO_AUG, train={"epochs": 2, "ckpt_every_steps": 2})
+    reference = make_trainer(cfg, tmp_path / "ref")
+    reference.run()
+
+    killed = make_trainer(cfg, tmp_path / "killed")
+    original = Trainer.train_step
+
+    def dies_at_step_5(self, images, targets):
+        if self.step == 5:
+            raise KeyboardInterrupt  # as if the process were killed during step 6
+        return original(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    assert load_checkpoint(tmp_path / "killed" / "ckpt" / "last.pt")["step"] == 4
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+    resumed = make_trainer(cfg, tmp_path / "killed")
+    resumed.run()
+    assert resumed.step == reference.step == reference.total_steps
+    ref_state, res_state = reference.model.state_dict(), resumed.model.state_dict()
+    for k in ref_state:
+        assert torch.equal(ref_state[k], res_state[k]), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    cfg = tiny_config(train={"ckpt_every_steps": 2})
+    trainer = make_trainer(cfg, tmp_path / "run")
+    original = Trainer.compute_loss
+
+    def nan_at_step_3(self, images, targets):
+        losses = original(self, images, targets)
+        if self.step == 3:
+            losses["classification"] = losses["classification"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Trainer, "compute_loss", nan_at_step_3)
+    with pytest.raises(TrainingDiverged, match="step 3"):
+        trainer.run()
+    state = load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_run_train_writes_metrics_and_skips_when_complete(tiny_config, tmp_path):
+    cfg = tiny_config(train={"epochs": 1})
+    metrics = run_train(cfg)
+    wd = tmp_path / "work"
+    saved = json.loads((wd / "baseline" / "metrics.json").read_text())
+    assert saved["metrics"] == metrics and set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert (wd / "config.yaml").is_file()
+    mtime = (wd / "baseline" / "ckpt" / "last.pt").stat().st_mtime
+    assert run_train(cfg) == metrics
+    assert (wd / "baseline" / "ckpt" / "last.pt").stat().st_mtime == mtime
+
+
+def test_epoch_sampler_shards_and_resumes():
+    full = list(EpochSampler(10, seed=3))
+    s = EpochSampler(10, seed=3)
+    s.set_epoch(0, start=4)
+    assert list(s) == full[4:]
+    ranks = [list(EpochSampler(10, seed=3, rank=r, world=3)) for r in range(3)]
+    assert all(len(r) == 4 for r in ranks) and set(sum(ranks, [])) == set(range(10))
+
+
+def test_checkpoint_from_other_space_is_refused(tiny_config, tmp_path):
+    from nasdet.train.checkpoint import CheckpointError
+
+    cfg = tiny_config(train={"epochs": 1, "max_steps": 2})
+    trainer = make_trainer(cfg, tmp_path / "run")
+    trainer.space_id = "space-a"
+    trainer.run()
+    with pytest.raises(CheckpointError, match="space-a"):
+        load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt", space_id="space-b")
