@@ -33,7 +33,7 @@ def test_a_few_steps_lower_the_loss(tiny_config, tmp_path):
     before = fixed_batch_loss(trainer.model, trainer.train_set)
     trainer.run()
     after = fixed_batch_loss(trainer.model, trainer.train_set)
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.9 * before, (before, after)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("img_per_s" in r for r in log) and "eval" in log[-1]
 

@@ -1,0 +1,232 @@
+"""Elastic (dynamic) modules after once-for-all's ``dynamic_op.py``, in nasdet's shape.
+
+Each module wraps the LARGEST standard module (``self.conv = nn.Conv2d(max_in, max_out, max_k)``), so
+weights sit where a static model keeps them. ``set_active(...)`` is the one place its active size is
+set; one small method returns the active slice, ``forward`` runs the functional op on it, and
+``export()`` copies the slice into a fresh plain module. Channels are always prefixes
+(``weight[:out, :in]``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d, SqueezeExcitation
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round to a multiple of ``divisor`` (at least ``min_value``), never more than 10 % below ``v`` (MobileNet rule)."""
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def _crop(start: int, end: int, size: int) -> slice:
+    """Centre ``size`` of ``range(start, end)``."""
+    lo = start + (end - start - size) // 2
+    return slice(lo, lo + size)
+
+
+def _param(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+
+
+class ElasticConv2d(nn.Module):
+    """A conv with elastic output/input channels (prefixes) and, if depthwise, elastic kernel size.
+
+    ``depthwise=True``: groups = channels, so active in = active out. With several
+    ``kernel_sizes`` (e.g. (3, 5, 7)) a smaller kernel is OFA's centre crop of the next larger (already
+    transformed) kernel passed through a learned ``k*k x k*k`` matrix shared by all channels:
+    7x7 -> 5x5 by ``kernel_transforms["7to5"]`` (25x25), 5x5 -> 3x3 by ``kernel_transforms["5to3"]``
+    (9x9); both start as identity. Padding is ``k // 2`` (same size for odd k).
+    """
+
+    def __init__(self, max_in: int, max_out: int, kernel_sizes: int | tuple[int, ...] = 1, stride: int = 1,
+                 depthwise: bool = False, bias: bool = False):
+        super().__init__()
+        ks = tuple(sorted({kernel_sizes} if isinstance(kernel_sizes, int) else set(kernel_sizes)))
+        if any(k % 2 == 0 for k in ks):
+            raise ValueError(f"ElasticConv2d: kernel sizes must be odd, got {ks}")
+        if len(ks) > 1 and not depthwise:
+            raise ValueError("ElasticConv2d: an elastic kernel size is only supported for depthwise convs (as OFA)")
+        if depthwise and max_in != max_out:
+            raise ValueError(f"ElasticConv2d: depthwise needs max_in == max_out, got {max_in}, {max_out}")
+        self.kernel_sizes = ks
+        self.depthwise = depthwise
+        self.stride = stride
+        k = ks[-1]
+        self.conv = nn.Conv2d(max_in, max_out, k, stride, padding=k // 2, groups=max_in if depthwise else 1, bias=bias)
+        self.kernel_transforms = nn.ParameterDict(
+            {f"{big}to{small}": nn.Parameter(torch.eye(small * small)) for big, small in zip(ks[:0:-1], ks[-2::-1])}
+        )
+        self.active_in, self.active_out, self.active_kernel = max_in, max_out, k
+
+    @property
+    def max_in(self) -> int:
+        return self.conv.in_channels
+
+    @property
+    def max_out(self) -> int:
+        return self.conv.out_channels
+
+    def set_active(self, out_channels: int | None = None, in_channels: int | None = None,
+                   kernel_size: int | None = None) -> None:
+        """Set the active sizes (None keeps the current one). Depthwise: ``out_channels`` sets both."""
+        if self.depthwise:
+            c = out_channels if out_channels is not None else in_channels
+            if c is not None:
+                self._check("channels", c, self.max_out)
+                self.active_in = self.active_out = c
+        else:
+            if out_channels is not None:
+                self._check("out_channels", out_channels, self.max_out)
+                self.active_out = out_channels
+            if in_channels is not None:
+                self._check("in_channels", in_channels, self.max_in)
+                self.active_in = in_channels
+        if kernel_size is not None:
+            if kernel_size not in self.kernel_sizes:
+                raise ValueError(f"ElasticConv2d: kernel_size {kernel_size} not among {self.kernel_sizes}")
+            self.active_kernel = kernel_size
+
+    @staticmethod
+    def _check(what: str, value: int, largest: int) -> None:
+        if not 0 < value <= largest:
+            raise ValueError(f"ElasticConv2d: {what} {value} must be in 1..{largest}")
+
+    def active_weight(self) -> torch.Tensor:
+        """The weight of the active conv: (out, in or 1, k, k)."""
+        out, k = self.active_out, self.active_kernel
+        if self.depthwise:
+            w = self.conv.weight[:out]
+            size = self.kernel_sizes[-1]
+            for src, dst in zip(self.kernel_sizes[:0:-1], self.kernel_sizes[-2::-1]):
+                if src <= k:
+                    break
+                crop = w[:, :, _crop(0, size, dst), _crop(0, size, dst)].reshape(-1, dst * dst)
+                w = F.linear(crop, self.kernel_transforms[f"{src}to{dst}"]).reshape(out, 1, dst, dst)
+                size = dst
+            return w
+        full = self.kernel_sizes[-1]
+        return self.conv.weight[:out, : self.active_in, _crop(0, full, k), _crop(0, full, k)]
+
+    def active_bias(self) -> torch.Tensor | None:
+        return None if self.conv.bias is None else self.conv.bias[: self.active_out]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = self.active_in if self.depthwise else 1
+        return F.conv2d(x, self.active_weight(), self.active_bias(), self.stride, self.active_kernel // 2, 1, groups)
+
+    def export(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` of the active sizes (the transformed kernel for a smaller depthwise kernel)."""
+        k = self.active_kernel
+        conv = nn.Conv2d(self.active_in, self.active_out, k, self.stride, padding=k // 2,
+                         groups=self.active_in if self.depthwise else 1, bias=self.conv.bias is not None)
+        with torch.no_grad():
+            conv.weight = _param(self.active_weight())
+            if conv.bias is not None:
+                conv.bias = _param(self.active_bias())
+        return conv
+
+    def extra_repr(self) -> str:
+        return f"active: out={self.active_out}, in={self.active_in}, kernel={self.active_kernel}"
+
+
+class ElasticBatchNorm2d(nn.Module):
+    """BatchNorm over the first ``active_features`` channels of a largest ``nn.BatchNorm2d``.
+
+    In train mode only the active slice of the running stats moves (the slices are views).
+    ``frozen=True``: always normalises with the running stats and its affine parameters do not train
+    (as torchvision's ``FrozenBatchNorm2d``).
+    """
+
+    def __init__(self, max_features: int, eps: float = 1e-5, momentum: float | None = 0.1, frozen: bool = False):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(max_features, eps=eps, momentum=momentum)
+        self.frozen = frozen
+        if frozen:
+            self.bn.weight.requires_grad_(False)
+            self.bn.bias.requires_grad_(False)
+        self.active_features = max_features
+
+    def set_active(self, features: int) -> None:
+        if not 0 < features <= self.bn.num_features:
+            raise ValueError(f"ElasticBatchNorm2d: features {features} must be in 1..{self.bn.num_features}")
+        self.active_features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn, c = self.bn, self.active_features
+        batch_stats = self.training and not self.frozen
+        factor = 0.0
+        if batch_stats:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
+                            batch_stats, factor, bn.eps)
+
+    def export(self) -> nn.Module:
+        """``nn.BatchNorm2d`` (or ``FrozenBatchNorm2d`` if frozen) with the active slice copied."""
+        c, bn = self.active_features, self.bn
+        if self.frozen:
+            out = FrozenBatchNorm2d(c, eps=bn.eps)
+        else:
+            out = nn.BatchNorm2d(c, eps=bn.eps, momentum=bn.momentum)
+            out.weight = _param(bn.weight[:c])
+            out.bias = _param(bn.bias[:c])
+            out.num_batches_tracked.copy_(bn.num_batches_tracked)
+        for name in ("running_mean", "running_var"):
+            getattr(out, name).copy_(getattr(bn, name)[:c].detach())
+        if self.frozen:
+            out.weight.copy_(bn.weight[:c].detach())
+            out.bias.copy_(bn.bias[:c].detach())
+        return out.to(bn.weight.device)
+
+    def extra_repr(self) -> str:
+        return f"active: features={self.active_features}" + (", frozen" if self.frozen else "")
+
+
+class ElasticSE(nn.Module):
+    """Squeeze-and-excitation over the first ``active_channels`` channels (MobileNetV3 / OFA ``DynamicSE``).
+
+    mean pool -> 1x1 reduce (bias) -> ReLU -> 1x1 expand (bias) -> hard sigmoid -> scale, with the
+    reduced width ``make_divisible(channels // reduction, divisor)`` of the active channels.
+    """
+
+    def __init__(self, max_channels: int, reduction: int = 4, divisor: int = 8):
+        super().__init__()
+        self.reduction, self.divisor = reduction, divisor
+        mid = self.squeeze_channels(max_channels)
+        self.reduce = nn.Conv2d(max_channels, mid, 1, bias=True)
+        self.expand = nn.Conv2d(mid, max_channels, 1, bias=True)
+        self.active_channels = max_channels
+
+    def squeeze_channels(self, channels: int) -> int:
+        return make_divisible(channels // self.reduction, self.divisor)
+
+    def set_active(self, channels: int) -> None:
+        if not 0 < channels <= self.expand.out_channels:
+            raise ValueError(f"ElasticSE: channels {channels} must be in 1..{self.expand.out_channels}")
+        self.active_channels = channels
+
+    def active_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.active_channels
+        m = self.squeeze_channels(c)
+        return self.reduce.weight[:m, :c], self.reduce.bias[:m], self.expand.weight[:c, :m], self.expand.bias[:c]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w1, b1, w2, b2 = self.active_params()
+        s = x.mean((2, 3), keepdim=True)
+        s = F.hardsigmoid(F.conv2d(F.relu(F.conv2d(s, w1, b1)), w2, b2))
+        return x * s
+
+    def export(self) -> SqueezeExcitation:
+        """torchvision's ``SqueezeExcitation`` (ReLU, Hardsigmoid) with the active slice copied."""
+        w1, b1, w2, b2 = self.active_params()
+        se = SqueezeExcitation(self.active_channels, w1.shape[0], activation=nn.ReLU, scale_activation=nn.Hardsigmoid)
+        se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias = (_param(t) for t in (w1, b1, w2, b2))
+        return se
+
+    def extra_repr(self) -> str:
+        return f"active: channels={self.active_channels}"
