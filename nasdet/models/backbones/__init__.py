@@ -7,6 +7,9 @@ import torch
 from torch import nn
 
 from .torchvision_backbones import BACKBONES, LEVELS, ResNetBackbone, SequentialStagesBackbone
+from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
+
+BACKBONES["ofa_mbv3"] = build_ofa_mbv3
 
 __all__ = ["BACKBONES", "LEVELS", "build_backbone", "ResNetBackbone", "SequentialStagesBackbone"]
 
