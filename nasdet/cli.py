@@ -102,6 +102,21 @@ def train_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optiona
         dist.cleanup()
 
 
+@app.command("pretrain")
+@_user_errors
+def pretrain_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt):
+    """Train the weight-sharing supernet (path sampling, progressive shrinking, distillation);
+    resumes from supernet/ckpt/last.pt."""
+    from .experiment import run_pretrain
+    from .train import dist
+
+    cfg = _load(config, set_)
+    try:
+        run_pretrain(cfg, work_dir, console=console)
+    finally:
+        dist.cleanup()
+
+
 @app.command("eval")
 @_user_errors
 def eval_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,

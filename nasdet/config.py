@@ -126,6 +126,59 @@ class TrainConfig(Strict):
     threads: Optional[int] = Field(None, gt=0)  # torch CPU threads
 
 
+# ------------------------------------------------------------------------------------------- supernet
+class ShrinkPhase(Strict):
+    """From ``epoch`` on (0-based), choices whose name ends with a key of ``open`` (``kernel``, ``expand``,
+    ``depth``, ``input_size``, ...) may take only the listed values (progressive shrinking)."""
+
+    epoch: int = Field(ge=0)
+    open: dict[str, list[Union[int, float, str]]]
+
+
+class DistillConfig(Strict):
+    teacher: Literal["none", "largest", "checkpoint"] = "none"  # largest = in-place, from the supernet itself
+    checkpoint: Optional[str] = None  # teacher = checkpoint: a nasdet checkpoint of a detector (frozen)
+    loss: Literal["adaptive", "kl"] = "adaptive"  # adaptive: Tang et al. 2019 as aw_nas; kl: plain binary KL
+    coef: float = Field(0.1, ge=0)
+    temperature: float = Field(2.0, gt=0)
+    beta: float = Field(1.5, ge=0)
+    gamma: float = Field(1.0, gt=0)
+    start_epoch: int = Field(0, ge=0)  # distillation is off before this epoch (aw_nas: 80)
+
+    @model_validator(mode="after")
+    def _checkpoint_given(self):
+        if self.teacher == "checkpoint" and not self.checkpoint:
+            raise ValueError("supernet.distill.teacher 'checkpoint' needs supernet.distill.checkpoint")
+        return self
+
+
+class SupernetConfig(Strict):
+    sampling: Literal["uniform", "sandwich"] = "uniform"  # uniform: SPOS, one path per step
+    sandwich_random: int = Field(2, ge=0)  # sandwich: largest + smallest + this many random subnets
+    input_sizes: Optional[list[int]] = None  # resolution choices of the space (default: [model.input_size])
+    multi_resolution: bool = False  # ENOT multi-resolution pretrain: each step at a size drawn from input_sizes
+    schedule: list[ShrinkPhase] = []  # progressive shrinking; empty: every choice open from the start
+    init_from: Optional[str] = None  # a `nasdet train` checkpoint of the matching standard detector
+    distill: DistillConfig = DistillConfig()
+    recalib_batches: int = Field(10, gt=0)  # BN recalibration batches when a subnet is evaluated
+    report_archs: list[Literal["largest", "middle", "smallest"]] = ["largest", "middle", "smallest"]
+
+    @field_validator("input_sizes")
+    @classmethod
+    def _sizes(cls, v):
+        if v is not None and (not v or any(s < 32 for s in v)):
+            raise ValueError(f"input_sizes must be a non-empty list of sizes >= 32, got {v}")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _ordered(cls, v):
+        epochs = [p.epoch for p in v]
+        if epochs != sorted(epochs) or len(set(epochs)) != len(epochs):
+            raise ValueError(f"schedule phases must have increasing epochs, got {epochs}")
+        return v
+
+
 class EvalConfig(Strict):
     batch_size: int = Field(8, gt=0)
     max_images: Optional[int] = Field(None, gt=0)  # evaluate on the first N val images (quick checks)
@@ -147,6 +200,7 @@ class ExperimentConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     cost: CostConfig = CostConfig()
+    supernet: SupernetConfig = SupernetConfig()
 
 
 # ------------------------------------------------------------------------------------------ load/save

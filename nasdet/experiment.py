@@ -27,6 +27,7 @@ from .train.evaluate import evaluate_detector
 from .train.loop import Trainer, resolve_device
 
 BASELINE = "baseline"
+SUPERNET = "supernet"
 
 
 def work_dir_of(cfg: ExperimentConfig, override: str | Path | None = None) -> Path:
@@ -97,6 +98,16 @@ def cost_table(cost: dict, title: str) -> Table:
 
 
 # ------------------------------------------------------------------------------------------- stages
+def _completed(out_dir: Path, trainer: Trainer, cfg: ExperimentConfig) -> dict | None:
+    """The saved result of a stage whose training already reached its last step, else None."""
+    metrics_path = out_dir / "metrics.json"
+    if metrics_path.is_file() and (out_dir / "ckpt" / "last.pt").is_file():
+        done = json.loads(metrics_path.read_text())
+        if done.get("step") == min(trainer.total_steps, cfg.train.max_steps or trainer.total_steps):
+            return done
+    return None
+
+
 def run_train(cfg: ExperimentConfig, work_dir: str | Path | None = None, stage: str = BASELINE,
               console: Console | None = None) -> dict:
     """Train the config's detector on the whole training set; resume if ``<stage>/ckpt/last.pt`` exists."""
@@ -106,23 +117,84 @@ def run_train(cfg: ExperimentConfig, work_dir: str | Path | None = None, stage: 
     data = build_datasets(cfg)
     model = build_detector(cfg.model, num_classes=data["train"].num_classes)
     out_dir = wd / stage
+    trainer = Trainer(cfg, model, data["train"], data["val"], out_dir, console=console)
+    trainer.prepare()  # a checkpoint that does not fit fails here, before anything is written
     if dist.is_main():
         save_config(cfg, wd / "config.yaml")
-    metrics_path = out_dir / "metrics.json"
-    trainer = Trainer(cfg, model, data["train"], data["val"], out_dir, console=console)
-    if metrics_path.is_file() and (out_dir / "ckpt" / "last.pt").is_file():
-        done = json.loads(metrics_path.read_text())
-        if done.get("step") == min(trainer.total_steps, cfg.train.max_steps or trainer.total_steps):
-            if dist.is_main():
-                console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to train again")
-                console.print(metrics_table(done["metrics"], f"{stage}: val mAP"))
-            return done["metrics"]
+    done = _completed(out_dir, trainer, cfg)
+    if done is not None:
+        if dist.is_main():
+            console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to train again")
+            console.print(metrics_table(done["metrics"], f"{stage}: val mAP"))
+        return done["metrics"]
     metrics = trainer.run()
     if dist.is_main():
-        write_json(metrics_path, {"metrics": metrics, "step": trainer.step, "checkpoint": str(out_dir / "ckpt" / "last.pt"),
-                                  "val": data["val"].source, "val_images": len(data["val"])})
+        write_json(out_dir / "metrics.json", {"metrics": metrics, "step": trainer.step,
+                                              "checkpoint": str(out_dir / "ckpt" / "last.pt"),
+                                              "val": data["val"].source, "val_images": len(data["val"])})
         console.print(metrics_table(metrics, f"{stage}: val mAP ({len(data['val'])} images)"))
     return metrics
+
+
+def subnets_table(results: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("subnet", "input", "AP", "AP50", "AP75", "MACs"):
+        table.add_column(col, justify="right")
+    for name, r in results.items():
+        m = r["metrics"]
+        macs = f"{r['macs'] / 1e6:.1f} M" if "macs" in r else "-"
+        table.add_row(name, str(r["arch"].get("input_size", "")), f"{m['AP']:.4f}", f"{m['AP50']:.4f}",
+                      f"{m['AP75']:.4f}", macs)
+    return table
+
+
+def build_supernet(cfg: ExperimentConfig, num_classes: int):
+    """The detector supernet of the config and its search space (backbone choices + input_size)."""
+    from .models.supernet import detector_space
+
+    model = build_detector(cfg.model, num_classes=num_classes)
+    return model, detector_space(model, cfg.supernet.input_sizes)
+
+
+def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
+    """Train the weight-sharing supernet (``supernet/``) on the training split minus the search split."""
+    from .models.supernet import export_detector
+    from .train.supernet import SupernetTrainer, init_from_checkpoint, load_teacher
+
+    console = console or Console()
+    wd = work_dir_of(cfg, work_dir)
+    torch.manual_seed(cfg.seed)
+    data = build_datasets(cfg)
+    k = data["train"].num_classes
+    model, space = build_supernet(cfg, k)
+    out_dir = wd / SUPERNET
+    resuming = (out_dir / "ckpt" / "last.pt").is_file()
+    if cfg.supernet.init_from and not resuming:
+        init_from_checkpoint(model, cfg.supernet.init_from)
+        if dist.is_main():
+            console.print(f"initialised the supernet from {cfg.supernet.init_from}")
+    teacher = load_teacher(cfg.supernet.distill.checkpoint, k) if cfg.supernet.distill.teacher == "checkpoint" else None
+    trainer = SupernetTrainer(cfg, model, space, data["supernet_train"], data["val"], out_dir,
+                              calib_set=data["supernet_train"].with_transforms(None), teacher=teacher, console=console)
+    trainer.prepare()  # a checkpoint of another space or model fails here, before anything is written
+    if dist.is_main():
+        save_config(cfg, wd / "config.yaml")
+        write_json(out_dir / "space.json", {"space_id": space.space_id, "choices": space.to_dict()})
+    done = _completed(out_dir, trainer, cfg)
+    if done is not None:
+        if dist.is_main():
+            console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to train again")
+            console.print(subnets_table(done["subnets"], "supernet: subnets on val"))
+        return done["subnets"]
+    results = trainer.run()
+    if dist.is_main():
+        for r in results.values():
+            r["macs"] = detector_macs(export_detector(model, r["arch"], space))["total"]
+        write_json(out_dir / "metrics.json", {"subnets": results, "step": trainer.step, "space_id": space.space_id,
+                                              "checkpoint": str(out_dir / "ckpt" / "last.pt"),
+                                              "val": data["val"].source, "val_images": len(data["val"])})
+        console.print(subnets_table(results, f"supernet: subnets on val ({len(data['val'])} images, BN recalibrated)"))
+    return results
 
 
 def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int) -> torch.nn.Module:

@@ -86,10 +86,10 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda":
             # CPU SyncBN is refused by DDP (see references/ecosystem.md), so only on CUDA.
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.ddp_model = self.model
+        self.ddp_model = self.wrap_for_training(self.model)
         if self.world > 1:
             self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.ddp_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.find_unused_parameters,
             )
 
@@ -104,8 +104,13 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        self._resumed: bool | None = None
 
     # ----------------------------------------------------------------------------- hooks for stages
+    def wrap_for_training(self, model: nn.Module) -> nn.Module:
+        """The module whose forward computes the training losses (DDP wraps this one)."""
+        return model
+
     def before_step(self, step: int) -> None:
         """Called before each step (supernets activate a sampled subnet here)."""
 
@@ -138,6 +143,12 @@ class Trainer:
         if dist.is_main():
             save_checkpoint(self.state_dict(), self.ckpt_dir / name)
         dist.barrier()
+
+    def prepare(self) -> bool:
+        """Resume from ``ckpt/last.pt`` if there is one (once); errors before anything is written."""
+        if self._resumed is None:
+            self._resumed = self.try_resume()
+        return self._resumed
 
     def try_resume(self) -> bool:
         path = self.ckpt_dir / "last.pt"
@@ -174,10 +185,29 @@ class Trainer:
         )
 
     def train_step(self, images, targets) -> dict[str, float]:
+        """One optimizer step: ``forward_backward`` (one or several subnets), clip, step, schedule."""
         images = to_model_input(images, self.device)
         targets = targets_to(targets, self.device)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = self.forward_backward(images, targets)
+        if self.tcfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return stats
+
+    def forward_backward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, float]:
+        with self.autocast():
             losses = self.compute_loss(images, targets)
+        return self.backward(losses)
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
+
+    def backward(self, losses: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
+        """Backward of the summed ``losses`` (gradients accumulate); stops on a non-finite loss."""
         loss = sum(losses.values())
         finite = torch.isfinite(loss.detach()).float()
         if dist.world_size() > 1:
@@ -185,21 +215,17 @@ class Trainer:
         if finite.item() < 1:
             terms = {k: float(v.detach()) for k, v in losses.items()}
             raise TrainingDiverged(
-                f"loss is not finite at step {self.step} (epoch {self.epoch}): {terms}. "
+                f"loss is not finite at step {self.step} (epoch {self.epoch}){' ' + prefix if prefix else ''}: {terms}. "
                 f"The last good checkpoint {self.ckpt_dir / 'last.pt'} is kept; lower train.optimizer.lr, "
                 "raise train.scheduler.warmup_steps or set train.grad_clip, then rerun to resume from it."
             )
-        self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.tcfg.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        out = {k: float(v.detach()) for k, v in losses.items()}
-        out["loss"] = float(loss.detach())
+        out = {prefix + k: float(v.detach()) for k, v in losses.items()}
+        out[prefix + "loss"] = float(loss.detach())
         return out
+
+    def describe_metrics(self, metrics: dict) -> str:
+        return f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}"
 
     def evaluate(self) -> dict[str, float] | None:
         if self.val_set is None:
@@ -212,7 +238,7 @@ class Trainer:
     def run(self) -> dict:
         """Train to the end (resuming from ``ckpt/last.pt`` if present); returns the final val metrics."""
         torch.manual_seed(self.cfg.seed)
-        resumed = self.try_resume()
+        resumed = self.prepare()
         limit = min(self.total_steps, self.tcfg.max_steps or self.total_steps)
         if dist.is_main():
             what = f"resumed at step {self.step}" if resumed else "from scratch"
@@ -261,7 +287,7 @@ class Trainer:
                         metrics = self.evaluate()
                         if metrics is not None:
                             self.log({"step": self.step, "epoch": self.epoch, "eval": metrics})
-                            self.console.print(f"epoch {self.epoch}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
+                            self.console.print(f"epoch {self.epoch}: {self.describe_metrics(metrics)}")
         self.save()
         metrics = self.evaluate()
         if metrics is not None:

@@ -1,0 +1,242 @@
+"""Supernet pretraining: path sampling, progressive shrinking, multi-resolution, distillation.
+
+Each step draws its subnets from a generator seeded by ``(seed, step)``: every DDP rank draws the same
+subnets without communication, and a resumed run draws what the uninterrupted run would have.
+Gradients of all subnets of a step accumulate before one optimizer step (OFA, BigNAS).
+"""
+from __future__ import annotations
+
+import random
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..config import ExperimentConfig, ShrinkPhase
+from ..models.detectors import set_input_size
+from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
+from ..search.evaluate import preserved_bn_state, recalibrate_bn
+from ..space import ArchError, SearchSpace
+from . import dist
+from .checkpoint import CheckpointError, load_checkpoint
+from .distill import LossesWithLogits, adaptive_distillation_loss
+from .evaluate import evaluate_detector
+from .loop import Trainer
+
+
+# -------------------------------------------------------------------------------- progressive shrinking
+class ShrinkingSchedule:
+    """Which values of each choice are open at an epoch: the last phase whose ``epoch`` has begun.
+
+    A phase's keys are choice *kinds*, the last part of a choice name (``kernel`` matches
+    ``backbone.stage1.block0.kernel``); kinds a phase does not name stay fully open.
+    """
+
+    def __init__(self, space: SearchSpace, phases: list[ShrinkPhase]):
+        self.space = space
+        self.phases = list(phases)
+        kinds = {n.rsplit(".", 1)[-1] for n in space.names}
+        self._spaces: list[SearchSpace] = []
+        for phase in self.phases:
+            allowed = {}
+            for kind, values in phase.open.items():
+                if kind not in kinds:
+                    raise ArchError(f"supernet.schedule (epoch {phase.epoch}): no choice kind {kind!r} in the space; "
+                                    f"kinds are {sorted(kinds)}")
+                for name in space.names:
+                    if name.rsplit(".", 1)[-1] == kind:
+                        allowed[name] = [v for v in space[name] if v in values]
+                        bad = [v for v in values if v not in space[name]]
+                        if bad or not allowed[name]:
+                            raise ArchError(f"supernet.schedule (epoch {phase.epoch}): {kind} values {values} are "
+                                            f"not all among {list(space[name])} (choice {name})")
+            self._spaces.append(space.restrict(allowed))
+
+    def space_at(self, epoch: int) -> SearchSpace:
+        current = self.space
+        for phase, sub in zip(self.phases, self._spaces):
+            if epoch >= phase.epoch:
+                current = sub
+        return current
+
+
+def middle_arch(space: SearchSpace) -> dict:
+    """The per-choice median value: a subnet between the smallest and the largest."""
+    return {n: space[n][len(space[n]) // 2] for n in space.names}
+
+
+def sample_step_archs(space: SearchSpace, rng: random.Random, rule: str, n_random: int = 2) -> list[dict]:
+    """``uniform``: one subnet drawn uniformly (SPOS). ``sandwich``: largest, smallest and ``n_random``
+    uniform subnets (BigNAS); the largest comes first so it can teach the others in place."""
+    if rule == "uniform":
+        return [space.sample(rng)]
+    if rule == "sandwich":
+        return [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(n_random))]
+    raise ValueError(f"supernet.sampling must be uniform or sandwich, got {rule!r}")
+
+
+# ------------------------------------------------------------------------------------------ init
+def init_from_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a ``nasdet train`` checkpoint of the matching standard detector into the supernet.
+
+    Neck and head keys load as they are; the backbone loads directly when its keys match, or through
+    the body's ``load_standard_state_dict`` (standard network -> default subnet). Any key or shape
+    that does not fit is an error listing the offending keys.
+    """
+    state = load_checkpoint(path)["model"]
+    body = supernet_body(model)
+    prefix = "backbone.body."
+    body_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    rest = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
+    missing = sorted(set(own) - set(rest))
+    unexpected = sorted(set(rest) - set(own))
+    shapes = sorted(k for k in set(own) & set(rest) if own[k].shape != rest[k].shape)
+    if missing or unexpected or shapes:
+        def few(keys):
+            return f"{len(keys)} (e.g. {keys[:4]})"
+        raise CheckpointError(
+            f"{path} does not fit this supernet outside the backbone: missing {few(missing)}, "
+            f"unexpected {few(unexpected)}, shape mismatch {few(shapes)}"
+        )
+    body_keys = set(body.state_dict())
+    if set(body_state) == body_keys and all(body.state_dict()[k].shape == v.shape for k, v in body_state.items()):
+        body.load_state_dict(body_state)
+    elif hasattr(body, "load_standard_state_dict"):
+        try:
+            body.load_standard_state_dict(body_state)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: backbone does not fit the supernet: {e}") from None
+    else:
+        raise CheckpointError(f"{path}: backbone keys do not match {type(body).__name__} and it cannot load a "
+                              "standard network's weights")
+    with torch.no_grad():
+        for k, v in rest.items():
+            model.state_dict()[k].copy_(v)
+
+
+def load_teacher(path: str, num_classes: int) -> nn.Module:
+    """A frozen detector from a nasdet checkpoint (its own config says how to build it)."""
+    from ..config import validate_config
+    from ..models import build_detector
+
+    state = load_checkpoint(path)
+    if "config" not in state:
+        raise CheckpointError(f"teacher checkpoint {path} has no config: it was not written by nasdet")
+    cfg = validate_config(state["config"], f"{path} (config)")
+    teacher = build_detector(cfg.model, num_classes=num_classes)
+    teacher.load_state_dict(state["model"])
+    if state.get("space_id") is not None:  # a supernet checkpoint teaches with its largest subnet
+        body = supernet_body(teacher)
+        body.set_arch(body.search_space().largest())
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+# --------------------------------------------------------------------------------------- trainer
+class SupernetTrainer(Trainer):
+    """``Trainer`` whose step trains sampled subnets of a detector supernet."""
+
+    find_unused_parameters = True  # only the sampled path gets gradients
+
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module, space: SearchSpace, train_set, val_set, out_dir,
+                 calib_set=None, teacher: nn.Module | None = None, console=None):
+        self.scfg = cfg.supernet
+        self.space = space
+        self.distill_on = self.scfg.distill.teacher != "none"
+        super().__init__(cfg, model, train_set, val_set, out_dir, console=console, space_id=space.space_id)
+        self.schedule = ShrinkingSchedule(space, self.scfg.schedule)
+        self.calib_set = calib_set if calib_set is not None else train_set
+        self.teacher = teacher.to(self.device) if teacher is not None else None
+        self.teacher_losses = LossesWithLogits(self.teacher) if self.teacher is not None else None
+        self.last_archs: list[dict] = []
+
+    def wrap_for_training(self, model: nn.Module) -> nn.Module:
+        return LossesWithLogits(model) if self.distill_on else model
+
+    def step_rng(self, step: int) -> random.Random:
+        return random.Random(f"{self.cfg.seed}-{step}")
+
+    def step_archs(self, step: int, epoch: int) -> list[dict]:
+        """The subnets (with their common input size) step ``step`` trains."""
+        space = self.schedule.space_at(epoch)
+        rng = self.step_rng(step)
+        archs = sample_step_archs(space, rng, self.scfg.sampling, self.scfg.sandwich_random)
+        if self.scfg.multi_resolution:
+            size = rng.choice(space[INPUT_SIZE])
+        else:
+            size = self.cfg.model.input_size
+        return [{**a, INPUT_SIZE: size} for a in archs]
+
+    def forward_backward(self, images, targets) -> dict[str, float]:
+        archs = self.step_archs(self.step, self.epoch)
+        self.last_archs = archs
+        d = self.scfg.distill
+        distill_now = self.distill_on and self.epoch >= d.start_epoch and d.coef > 0
+        teacher_logits = None
+        size = archs[0][INPUT_SIZE]
+        if distill_now and d.teacher == "checkpoint":
+            set_input_size(self.teacher, size)
+            with torch.no_grad(), self.autocast():
+                _, teacher_logits, _ = self.teacher_losses(images, targets)
+        elif distill_now and d.teacher == "largest" and archs[0] != self.largest_at(self.epoch, size):
+            set_detector_arch(self.model, self.largest_at(self.epoch, size))
+            with torch.no_grad(), self.autocast():
+                _, teacher_logits, _ = self.ddp_model(images, targets)
+
+        stats: dict[str, float] = {}
+        for i, arch in enumerate(archs):
+            set_detector_arch(self.model, arch)
+            with self.autocast():
+                out = self.ddp_model(images, targets)
+            if self.distill_on:
+                losses, logits, positives = out
+                is_teacher = d.teacher == "largest" and arch == self.largest_at(self.epoch, size)
+                if distill_now and teacher_logits is not None and not is_teacher:
+                    losses = {**losses, "distill": d.coef * adaptive_distillation_loss(
+                        logits, teacher_logits, positives, d.temperature, d.beta, d.gamma, adaptive=d.loss == "adaptive")}
+                if distill_now and is_teacher and d.teacher == "largest":
+                    teacher_logits = logits.detach()
+            else:
+                losses = out
+            sub = self.backward(losses, prefix=f"s{i}/" if len(archs) > 1 else "")
+            for k, v in sub.items():
+                stats[k] = v
+        if len(archs) > 1:
+            stats["loss"] = sum(v for k, v in stats.items() if k.endswith("/loss"))
+        return stats
+
+    def largest_at(self, epoch: int, size: int) -> dict:
+        return {**self.schedule.space_at(epoch).largest(), INPUT_SIZE: size}
+
+    # ------------------------------------------------------------------------------- evaluation
+    def report_archs(self) -> dict[str, dict]:
+        space = self.schedule.space_at(self.epoch)
+        size = self.cfg.model.input_size
+        named = {"largest": space.largest(), "middle": middle_arch(space), "smallest": space.smallest()}
+        return {n: {**named[n], INPUT_SIZE: size} for n in self.scfg.report_archs}
+
+    def evaluate(self) -> dict | None:
+        """COCO metrics of the largest / middle / smallest subnet on val, each after BN recalibration;
+        the supernet's BN statistics are restored afterwards."""
+        if self.val_set is None:
+            return None
+        val = self.val_set
+        if self.cfg.eval.max_images:
+            val = val.subset(range(min(self.cfg.eval.max_images, len(val))))
+        results = {}
+        for name, arch in self.report_archs().items():
+            with preserved_bn_state(self.model):
+                set_detector_arch(self.model, arch)
+                recalibrate_bn(self.model, self.calib_set, self.device, self.scfg.recalib_batches,
+                               self.cfg.eval.batch_size, seed=self.cfg.seed)
+                metrics = evaluate_detector(self.model, val, self.device, self.cfg.eval.batch_size,
+                                            self.cfg.data.num_workers)
+            if dist.is_main():
+                results[name] = {"arch": arch, "metrics": metrics}
+        return results if dist.is_main() else None
+
+    def describe_metrics(self, metrics: Mapping) -> str:
+        return "  ".join(f"{n} AP50 {r['metrics']['AP50']:.3f}" for n, r in metrics.items())
