@@ -76,11 +76,21 @@ class ModelConfig(Strict):
     fpn_channels: int = Field(256, gt=0)  # RetinaNet, FCOS, Faster R-CNN
     extra_channels: list[int] = [512, 256, 256, 128]  # SSD/SSDLite extra layers after C5
     anchor_ratio_range: tuple[float, float] = (0.2, 0.95)  # SSD default boxes: smallest, largest scale
+    # SSD default-box aspect ratios per level (6 levels); default: [[2, 3]] * 6 for ssdlite (torchvision),
+    # [[2], [2, 3], [2, 3], [2, 3], [2], [2]] for ssd (SSD300, aw_nas)
+    anchor_aspect_ratios: Optional[list[list[int]]] = None
     score_thresh: float = Field(0.01, ge=0, le=1)
     nms_thresh: float = Field(0.5, gt=0, le=1)
     detections_per_img: int = Field(100, gt=0)
     topk_candidates: int = Field(300, gt=0)
     rpn_post_nms_top_n_test: int = Field(1000, gt=0)  # Faster R-CNN proposals at test (also used for MACs)
+
+    @field_validator("anchor_aspect_ratios")
+    @classmethod
+    def _six_levels(cls, v):
+        if v is not None and (len(v) != 6 or any(r < 1 for level in v for r in level)):
+            raise ValueError(f"anchor_aspect_ratios must list 6 levels of ratios >= 1, got {v}")
+        return v
 
     @field_validator("extra_channels")
     @classmethod

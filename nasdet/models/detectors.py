@@ -118,7 +118,7 @@ def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Modul
     if det in ("ssd", "ssdlite"):
         lite = det == "ssdlite"
         neck = SSDNeck(body, model_cfg.extra_channels, lite=lite)
-        ratios = [[2, 3]] * 6 if lite else [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+        ratios = model_cfg.anchor_aspect_ratios or ([[2, 3]] * 6 if lite else [[2], [2, 3], [2, 3], [2, 3], [2], [2]])
         lo, hi = model_cfg.anchor_ratio_range
         anchors = DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi)
         per_loc = anchors.num_anchors_per_location()

@@ -269,7 +269,7 @@ class Trainer:
                         dt = time.perf_counter() - t_log
                         ips = n_img_log / max(dt, 1e-9)
                         self.log({"step": self.step, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                                  "img_per_s": round(ips, 2), **{k: round(v, 5) for k, v in stats.items()}})
+                                  "img_per_s": round(ips, 2), "time": round(time.time(), 1), **{k: round(v, 5) for k, v in stats.items()}})
                         progress.update(task, ips=ips)
                         t_log, n_img_log = time.perf_counter(), 0
                     progress.update(task, completed=self.step, epoch=self.epoch, loss=ema_loss)

@@ -8,8 +8,10 @@ from torch import nn
 
 from .torchvision_backbones import BACKBONES, LEVELS, ResNetBackbone, SequentialStagesBackbone
 from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
+from .mbv2_elastic import ElasticMobileNetV2, build_mbv2_elastic
 
 BACKBONES["ofa_mbv3"] = build_ofa_mbv3
+BACKBONES["mbv2_elastic"] = build_mbv2_elastic
 
 __all__ = ["BACKBONES", "LEVELS", "build_backbone", "ResNetBackbone", "SequentialStagesBackbone"]
 
