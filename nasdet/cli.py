@@ -56,12 +56,13 @@ def make_synthetic_cmd(
     size: int = typer.Option(256, "--size", help="Image width in pixels (height 75-100 % of it)."),
     seed: int = typer.Option(0, "--seed"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: up to 2)."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Do nothing if the set is already complete."),
+    skip_existing: bool = typer.Option(False, "--skip-existing",
+                                       help="Do nothing if OUT already holds this set (same arguments and generator version)."),
 ):
     """Generate the embedded shapes data set (no download)."""
-    from .data.synthetic import make_synthetic
+    from .data.synthetic import existing_matches, make_synthetic
 
-    if skip_existing and (out / "train" / "annotations.json").is_file() and (out / "val" / "annotations.json").is_file():
+    if skip_existing and existing_matches(out, train, val, size, seed):
         console.print(f"{out}: synthetic data set already present")
         return
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as p:

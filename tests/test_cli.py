@@ -26,8 +26,13 @@ def test_make_synthetic_cli(tmp_path):
     r = nasdet("data", "make-synthetic", tmp_path / "s", "--train", 6, "--val", 2, "--size", 64, "--seed", 1)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "s" / "train" / "annotations.json").read_text())["images"]
-    r = nasdet("data", "make-synthetic", tmp_path / "s", "--train", 6, "--val", 2, "--skip-existing")
+    r = nasdet("data", "make-synthetic", tmp_path / "s", "--train", 6, "--val", 2, "--size", 64, "--seed", 1,
+               "--skip-existing")
     assert r.returncode == 0 and "already" in r.stdout
+    r = nasdet("data", "make-synthetic", tmp_path / "s", "--train", 5, "--val", 2, "--size", 64, "--seed", 1,
+               "--skip-existing")  # other arguments: regenerated, not silently reused
+    assert r.returncode == 0 and "already" not in r.stdout
+    assert len(json.loads((tmp_path / "s" / "train" / "annotations.json").read_text())["images"]) == 5
 
 
 def test_train_eval_cost_stats(shapes_dir, tmp_path):

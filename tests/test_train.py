@@ -114,3 +114,27 @@ def test_checkpoint_from_other_space_is_refused(tiny_config, tmp_path):
     trainer.run()
     with pytest.raises(CheckpointError, match="space-a"):
         load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt", space_id="space-b")
+
+
+def test_overfitting_a_batch_gives_high_map_in_eval_mode(tiny_config):
+    """Train-mode loss and eval-mode detections must agree: a batch the model has memorised is
+    detected almost perfectly in eval mode (catches BN running statistics that lag the weights)."""
+    from nasdet.data.transforms import targets_to, to_model_input
+    from nasdet.train.evaluate import evaluate_detector
+    from nasdet.train.optim import build_optimizer
+
+    cfg = tiny_config(data=NO_AUG, train={"optimizer": {"name": "adamw", "lr": 0.003}})
+    torch.manual_seed(0)
+    data = build_datasets(cfg)
+    subset = data["train"].subset(range(4))
+    model = build_detector(cfg.model, num_classes=subset.num_classes).train()
+    opt = build_optimizer(model, cfg.train.optimizer)
+    images, targets = collate_detection([subset[i] for i in range(4)])
+    images, targets = to_model_input(images, "cpu"), targets_to(targets, "cpu")
+    for _ in range(80):
+        loss = sum(model(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    metrics = evaluate_detector(model, subset.with_transforms(None), torch.device("cpu"), 8)
+    assert metrics["AP50"] > 0.8, metrics

@@ -35,12 +35,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPE_CLASSES", "make_synthetic"]
+__all__ = ["SHAPE_CLASSES", "existing_matches", "make_synthetic"]
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "crescent")
 
 # Bumped whenever the generated content changes (recorded in the json ``info``).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 _SPLITS = ("train", "val")
 MIN_SIZE = 32
 JPEG_QUALITY = 90
@@ -49,12 +49,12 @@ JPEG_QUALITY = 90
 SIZE_RANGE = (0.06, 0.55)
 MAX_OBJECTS = 8
 # A placement may leave at least this fraction of every earlier object visible ...
-MIN_VISIBLE = 0.5
+MIN_VISIBLE = 0.65
 # ... and must keep at least this fraction of itself inside the image.
-MIN_INSIDE = 0.6
+MIN_INSIDE = 0.85
 PLACEMENT_TRIES = 12
 # Minimum distance (RGB, 0..255) between an object's mean colour and the background under it.
-MIN_CONTRAST = 45.0
+MIN_CONTRAST = 60.0
 
 
 # --------------------------------------------------------------------------------------------- shapes
@@ -114,7 +114,7 @@ def _texture(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, cx: float
              radius: float) -> np.ndarray:
     """An (h, w, 3) float32 fill for pixel centres ``xs`` (w,) x ``ys`` (h,); kind and colours are
     random and independent of the class."""
-    kind = rng.choice(5, p=[0.3, 0.2, 0.15, 0.15, 0.2])
+    kind = rng.choice(5, p=[0.5, 0.15, 0.1, 0.1, 0.15])
     c1, c2 = _colour(rng), _colour(rng)
     h, w = len(ys), len(xs)
     if kind == 0:  # solid
@@ -173,7 +173,7 @@ def _distractors(rng: np.random.Generator, img: Image.Image, n: int, thin: bool 
     side = min(w, h)
     for _ in range(n):
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        kind = 0 if thin else int(rng.integers(0, 4))
+        kind = 0 if thin else int(rng.integers(0, 3)) if rng.random() < 0.8 else 3
         width = 1 if thin else int(rng.integers(1, max(2, side // 48) + 2))
         if kind == 0:  # straight line
             x0, y0 = rng.uniform(-0.1, 1.1) * w, rng.uniform(-0.1, 1.1) * h
@@ -206,7 +206,7 @@ def _render(seed: int, split: int, index: int, size: int):
     height = int(round(size * rng.uniform(0.75, 1.0)))
     bg = _background(rng, height, width)
     pil = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
-    _distractors(rng, pil, int(rng.integers(2, 9)))
+    _distractors(rng, pil, int(rng.integers(1, 6)))
     canvas = np.asarray(pil, dtype=np.float32).copy()
 
     n_obj = 1 + int(rng.binomial(MAX_OBJECTS - 1, 0.38))
@@ -278,7 +278,7 @@ def _render(seed: int, split: int, index: int, size: int):
 
     # Sensor-like pixel noise over background and objects alike.
     noise = rng.standard_normal(canvas.shape, dtype=np.float32)
-    noise *= np.float32(rng.uniform(2.0, 9.0))
+    noise *= np.float32(rng.uniform(2.0, 6.0))
     canvas += noise
     out = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
     if rng.random() < 0.3:  # a few thin lines over everything
@@ -315,6 +315,21 @@ def _coco(split: str, names: list[str], results: list, seed: int, size: int) -> 
         "annotations": annotations,
         "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(SHAPE_CLASSES)],
     }
+
+
+def existing_matches(out_dir: str | Path, n_train: int, n_val: int, size: int, seed: int) -> bool:
+    """True when ``out_dir`` already holds the set these arguments (and this generator version) make."""
+    out_dir = Path(out_dir)
+    for split, n in (("train", n_train), ("val", n_val)):
+        try:
+            data = json.loads((out_dir / split / "annotations.json").read_text())
+        except (OSError, ValueError):
+            return False
+        info = data.get("info", {})
+        if (info.get("version"), info.get("seed"), info.get("size"), len(data.get("images", []))) != \
+                (GENERATOR_VERSION, seed, size, n):
+            return False
+    return True
 
 
 def _write_atomic(path: Path, text: str) -> None:

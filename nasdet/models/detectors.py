@@ -29,6 +29,10 @@ from .backbones import build_backbone
 IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
 DETECTORS = ("ssd", "ssdlite", "retinanet", "fcos", "faster_rcnn")
+# torchvision's detection MobileNets use BN momentum 0.01-0.03, tuned for 600-epoch schedules from
+# pretrained weights; from scratch on short schedules the running statistics then lag the weights
+# so far that eval-mode outputs are garbage while the training loss is fine. PyTorch's 0.1 keeps up.
+BN_MOMENTUM = 0.1
 
 
 # ---------------------------------------------------------------------------------------------- necks
@@ -73,7 +77,7 @@ class SSDNeck(nn.Module):
     def __init__(self, body: nn.Module, extra_channels: list[int], lite: bool):
         super().__init__()
         self.body = body
-        norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+        norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=BN_MOMENTUM)
         make = _extra_block_lite if lite else _extra_block_ssd
         chans = [body.out_channels["c5"], *extra_channels]
         self.extras = nn.ModuleList(make(chans[i], chans[i + 1], norm_layer) for i in range(len(extra_channels)))
@@ -123,7 +127,7 @@ def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Modul
         anchors = DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi)
         per_loc = anchors.num_anchors_per_location()
         if lite:
-            head = SSDLiteHead(neck.out_channels_list, per_loc, n, partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
+            head = SSDLiteHead(neck.out_channels_list, per_loc, n, partial(nn.BatchNorm2d, eps=0.001, momentum=BN_MOMENTUM))
         else:
             head = SSDHead(neck.out_channels_list, per_loc, n)
         model = SSD(neck, anchors, (s, s), n, image_mean=IMAGE_MEAN, image_std=IMAGE_STD, head=head,

@@ -96,8 +96,8 @@ def _mobilenet_v2(width_mult: float, norm: str) -> nn.Module:
 
 
 def _mobilenet_v3(arch: str, width_mult: float, norm: str) -> nn.Module:
-    # BN eps/momentum as torchvision's detection MobileNetV3 backbones use.
-    norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01) if norm == "bn" else _norm(norm)
+    # BN eps as torchvision's MobileNetV3; momentum 0.1, not its 0.01 (see detectors.BN_MOMENTUM).
+    norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.1) if norm == "bn" else _norm(norm)
     builder = tvm.mobilenet_v3_large if arch == "large" else tvm.mobilenet_v3_small
     net = builder(weights=None, width_mult=width_mult, norm_layer=norm_layer)
     return SequentialStagesBackbone(net.features)
