@@ -84,7 +84,7 @@ def metrics_table(metrics: dict[str, float], title: str) -> Table:
 
 def cost_table(cost: dict, title: str) -> Table:
     table = Table(title=title)
-    for col in ("input", "MACs total", "MACs backbone", "params total", "params backbone", "latency median", "latency p90"):
+    for col in ("input", "MACs total", "MACs backbone+neck", "params total", "params backbone+neck", "latency median", "latency p90"):
         table.add_column(col, justify="right")
     lat = cost.get("latency", {})
     table.add_row(

@@ -67,11 +67,13 @@ def middle_arch(space: SearchSpace) -> dict:
 
 def sample_step_archs(space: SearchSpace, rng: random.Random, rule: str, n_random: int = 2) -> list[dict]:
     """``uniform``: one subnet drawn uniformly (SPOS). ``sandwich``: largest, smallest and ``n_random``
-    uniform subnets (BigNAS); the largest comes first so it can teach the others in place."""
+    uniform subnets (BigNAS); the largest comes first so it can teach the others in place. While
+    progressive shrinking leaves a single subnet open, it is trained once per step, not twice."""
     if rule == "uniform":
         return [space.sample(rng)]
     if rule == "sandwich":
-        return [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(n_random))]
+        ends = [space.largest()] if space.largest() == space.smallest() else [space.largest(), space.smallest()]
+        return [*ends, *(space.sample(rng) for _ in range(n_random))]
     raise ValueError(f"supernet.sampling must be uniform or sandwich, got {rule!r}")
 
 
