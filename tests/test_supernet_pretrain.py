@@ -134,3 +134,34 @@ def test_uniform_step_trains_only_the_sampled_path(tiny_config, tmp_path):
     active = [p for name, p in body.named_parameters() if name.startswith("stages.0.blocks.0.")]
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in active)
     assert skipped and all(p.grad is None for p in skipped)
+
+
+def test_baseline_checkpoint_initialises_the_supernet(tiny_config, tmp_path):
+    """ENOT's "start pretrain from your baseline": a `nasdet train` checkpoint of SSDLite on torchvision's
+    MobileNetV2 loads into the mbv2_elastic supernet, whose default subnet then gives the same outputs."""
+    from nasdet.experiment import run_train
+    from nasdet.train.supernet import init_from_checkpoint
+
+    base_cfg = tiny_config("ssdlite", model={"backbone": {"name": "mobilenet_v2", "width_mult": 0.35}},
+                           train={"epochs": 1, "max_steps": 2})
+    run_train(base_cfg, tmp_path / "base")
+    ckpt = tmp_path / "base" / "baseline" / "ckpt" / "last.pt"
+    sup_cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}})
+    model, space = build_supernet(sup_cfg, 8)
+    init_from_checkpoint(model, str(ckpt))
+    set_detector_arch(model, space.default(), space)
+
+    from nasdet.experiment import load_trained_model
+
+    baseline = load_trained_model(base_cfg, ckpt, 8).eval()
+    model.eval()
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        a, b = baseline.head(list(baseline.backbone(x).values())), model.head(list(model.backbone(x).values()))
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-4, k
+
+    wrong_cfg = tiny_config("retinanet", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}})
+    wrong, _ = build_supernet(wrong_cfg, 8)
+    with pytest.raises(CheckpointError, match="missing"):
+        init_from_checkpoint(wrong, str(ckpt))

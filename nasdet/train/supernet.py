@@ -170,7 +170,12 @@ class SupernetTrainer(Trainer):
             size = rng.choice(space[INPUT_SIZE])
         else:
             size = self.cfg.model.input_size
-        return [{**a, INPUT_SIZE: size} for a in archs]
+        unique: list[dict] = []
+        for a in archs:  # one input size per step can make the sampled subnets coincide
+            a = {**a, INPUT_SIZE: size}
+            if a not in unique:
+                unique.append(a)
+        return unique
 
     def forward_backward(self, images, targets) -> dict[str, float]:
         archs = self.step_archs(self.step, self.epoch)
