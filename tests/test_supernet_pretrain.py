@@ -165,3 +165,33 @@ def test_baseline_checkpoint_initialises_the_supernet(tiny_config, tmp_path):
     wrong, _ = build_supernet(wrong_cfg, 8)
     with pytest.raises(CheckpointError, match="missing"):
         init_from_checkpoint(wrong, str(ckpt))
+
+
+def test_memorised_batch_is_detected_by_recalibrated_subnets(tiny_config, tmp_path):
+    """The pretrain evaluation path (set arch, recalibrate BN, eval-mode detection) agrees with training:
+    subnets trained in sandwich on a few images detect those images well afterwards."""
+    from nasdet.data.transforms import targets_to, to_model_input
+    from nasdet.experiment import build_datasets
+    from nasdet.train.supernet import SupernetTrainer
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"augment": {"hflip": 0.0, "photometric": 0.0}},
+                      train={"optimizer": {"name": "adamw", "lr": 0.003}, "scheduler": {"name": "constant", "warmup_steps": 0}},
+                      supernet={"sampling": "sandwich", "sandwich_random": 0, "recalib_batches": 1,
+                                "report_archs": ["largest", "smallest"]},
+                      eval={"batch_size": 4})
+    torch.manual_seed(0)
+    data = build_datasets(cfg)
+    few = data["supernet_train"].subset(range(4))
+    model, space = build_supernet(cfg, few.num_classes)
+    trainer = SupernetTrainer(cfg, model, space, few, few.with_transforms(None), tmp_path / "s",
+                              calib_set=few.with_transforms(None))
+    images, targets = zip(*[few[i] for i in range(4)])
+    images, targets = to_model_input(images, "cpu"), targets_to(targets, "cpu")
+    for step in range(80):
+        trainer.step = step
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.forward_backward(images, targets)
+        trainer.optimizer.step()
+    results = trainer.evaluate()
+    assert results["largest"]["metrics"]["AP50"] > 0.5, results
+    assert results["smallest"]["metrics"]["AP50"] > 0.3, results
