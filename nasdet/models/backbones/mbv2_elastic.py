@@ -47,12 +47,11 @@ from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
 from ...space import SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, make_divisible
-from .ofa_mobilenet import ElasticStage
+from .ofa_mobilenet import STAGE_LEVEL, ElasticStage, staged_forward  # c5 = final_expand output
 from .torchvision_backbones import SequentialStagesBackbone
 
 STEM_WIDTH, FIRST_BLOCK_WIDTH, LAST_WIDTH = 32, 16, 1280
 SETTING = ((6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))  # t, c, n, s
-STAGE_LEVEL = {1: "c2", 2: "c3", 4: "c4"}  # c5 = final_expand output
 STANDARD_KERNEL = 3  # torchvision's depthwise kernel
 # torchvision InvertedResidual (t != 1) submodule -> ElasticInvertedResidual submodule
 _BLOCK_KEYS = (("conv.0.0", "expand_conv.conv"), ("conv.0.1", "expand_bn.bn"), ("conv.1.0", "depth_conv.conv"),
@@ -231,14 +230,7 @@ class ElasticMobileNetV2(nn.Module):
         return net.train(self.training)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        out: OrderedDict[str, torch.Tensor] = OrderedDict()
-        x = self.first_block(self.first_conv(x))
-        for i, stage in enumerate(self.stages, start=1):
-            x = stage(x)
-            if i in STAGE_LEVEL:
-                out[STAGE_LEVEL[i]] = x
-        out["c5"] = self.final_expand(x)
-        return out
+        return staged_forward(self, x)
 
     # ------------------------------------------------------------------------ standard weights
     def standard_key_map(self) -> dict[str, str]:

@@ -37,6 +37,19 @@ STRIDES = (1, 2, 2, 2, 1, 2)  # first block, stages 1..5
 ACTS = ("relu", "relu", "relu", "h_swish", "h_swish", "h_swish")
 USE_SE = (False, False, True, False, True, True)
 STAGE_LEVEL = {1: "c2", 2: "c3", 4: "c4"}  # c5 = final_expand output
+
+
+def staged_forward(net: nn.Module, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    """first_conv -> first_block -> stages -> final_expand, returning c2..c5 (the supernets of this
+    family and their static exports share this layout)."""
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    x = net.first_block(net.first_conv(x))
+    for i, stage in enumerate(net.stages, start=1):
+        x = stage(x)
+        if i in STAGE_LEVEL:
+            out[STAGE_LEVEL[i]] = x
+    out["c5"] = net.final_expand(x)
+    return out
 TINY_WIDTH_MULT = 0.25  # widths 8, 8, 8, 16, 24, 32, 40, 240: for CPU tests
 
 
@@ -83,14 +96,7 @@ class MobileNetV3Backbone(nn.Module):
         self.out_channels = dict(out_channels)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        out: OrderedDict[str, torch.Tensor] = OrderedDict()
-        x = self.first_block(self.first_conv(x))
-        for i, stage in enumerate(self.stages, start=1):
-            x = stage(x)
-            if i in STAGE_LEVEL:
-                out[STAGE_LEVEL[i]] = x
-        out["c5"] = self.final_expand(x)
-        return out
+        return staged_forward(self, x)
 
 
 class ImageNetForm(nn.Module):
@@ -277,14 +283,7 @@ class OFAMobileNetV3(nn.Module):
         return net.train(self.training)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        out: OrderedDict[str, torch.Tensor] = OrderedDict()
-        x = self.first_block(self.first_conv(x))
-        for i, stage in enumerate(self.stages, start=1):
-            x = stage(x)
-            if i in STAGE_LEVEL:
-                out[STAGE_LEVEL[i]] = x
-        out["c5"] = self.final_expand(x)
-        return out
+        return staged_forward(self, x)
 
 
 def build_ofa_mbv3(width_mult: float = 1.0, norm: str = "bn") -> OFAMobileNetV3:
