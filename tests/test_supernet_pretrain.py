@@ -6,7 +6,7 @@ import torch
 
 from nasdet.config import ShrinkPhase
 from nasdet.experiment import build_supernet, run_pretrain
-from nasdet.models.supernet import detector_space, export_detector, set_detector_arch
+from nasdet.models.supernet import export_detector, set_detector_arch
 from nasdet.space import ArchError, SearchSpace
 from nasdet.train.checkpoint import CheckpointError, load_checkpoint
 from nasdet.train.distill import adaptive_distillation_loss

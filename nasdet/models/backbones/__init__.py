@@ -13,7 +13,8 @@ from .mbv2_elastic import ElasticMobileNetV2, build_mbv2_elastic
 BACKBONES["ofa_mbv3"] = build_ofa_mbv3
 BACKBONES["mbv2_elastic"] = build_mbv2_elastic
 
-__all__ = ["BACKBONES", "LEVELS", "build_backbone", "ResNetBackbone", "SequentialStagesBackbone"]
+__all__ = ["BACKBONES", "LEVELS", "build_backbone", "ElasticMobileNetV2", "OFAMobileNetV3", "ResNetBackbone",
+           "SequentialStagesBackbone"]
 
 
 def build_backbone(cfg) -> nn.Module:
