@@ -201,6 +201,48 @@ class CostConfig(Strict):
     threads: Optional[int] = Field(None, gt=0)  # CPU threads while timing; default: torch's
 
 
+class BudgetConfig(Strict):
+    """An upper bound on one cost of the candidate: MACs, params (counted) or latency in ms (measured)."""
+
+    metric: Literal["macs", "params", "latency"]
+    max: float = Field(gt=0)
+
+
+class SearchConfig(Strict):
+    """``nasdet search``: candidates scored on the supernet (BN recalibrated, mAP on the search split).
+
+    Evolution defaults follow DetNAS (population 50, top-10 parents, gene mutation 0.1, 20 mutation +
+    20 crossover + 10 random children per generation); generations = num_candidates / population.
+    """
+
+    strategy: Literal["evolution", "nsga2", "random"] = "evolution"
+    budget: Optional[BudgetConfig] = None
+    cost_metric: Literal["macs", "params", "latency"] = "macs"  # Pareto / table cost when no budget is set
+    num_candidates: int = Field(1000, gt=0)  # scored candidates in the study, all workers together
+    population: int = Field(50, gt=1)  # evolution generation size; NSGA-II population
+    parents: int = Field(10, gt=0)  # evolution: top-k parents
+    mutation_prob: float = Field(0.1, gt=0, le=1)  # per-choice mutation probability
+    mutation: float = Field(0.4, ge=0, le=1)  # evolution: share of a generation made by mutation
+    crossover: float = Field(0.4, ge=0, le=1)  # evolution: share made by crossover (the rest: uniform random)
+    include_extremes: bool = True  # score the smallest and (if under budget) the largest subnet first
+    recalib_batches: int = Field(20, gt=0)  # BN recalibration batches per candidate
+    batch_size: int = Field(8, gt=0)
+    max_images: Optional[int] = Field(None, gt=0)  # score on the first N images of the search split
+    resolution_tolerance: Optional[int] = Field(None, ge=0)  # |input_size - model.input_size| bound
+    storage: Optional[str] = None  # optuna storage URL or journal file; default work_dir/search/study.journal
+    study_name: Optional[str] = None  # default: "<name>-<strategy>"
+    seed: int = 0
+    top_k: int = Field(10, gt=0)  # rows of the summary table
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if self.mutation + self.crossover > 1:
+            raise ValueError(f"search.mutation + search.crossover must be <= 1, got {self.mutation} + {self.crossover}")
+        if self.parents > self.population:
+            raise ValueError(f"search.parents ({self.parents}) must be <= search.population ({self.population})")
+        return self
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     work_dir: str = "runs/experiment"
@@ -211,6 +253,7 @@ class ExperimentConfig(Strict):
     eval: EvalConfig = EvalConfig()
     cost: CostConfig = CostConfig()
     supernet: SupernetConfig = SupernetConfig()
+    search: SearchConfig = SearchConfig()
 
 
 # ------------------------------------------------------------------------------------------ load/save

@@ -138,3 +138,24 @@ def test_arch_json_round_trip_and_wrong_space(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ArchError, match="'kernel' = 4"):
         load_arch(path, space)
+
+
+def test_elastic_conv_eval_cache_follows_arch_and_weight_updates():
+    import torch
+
+    from nasdet.space.elastic import ElasticConv2d
+
+    torch.manual_seed(0)
+    conv = ElasticConv2d(8, 8, (3, 5, 7), depthwise=True).eval()
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        a = conv(x)
+        conv.set_active(8, kernel_size=3)
+        b = conv(x)  # a new arch is not served from the cache
+        assert not torch.allclose(a, b)
+        assert torch.allclose(b, torch.nn.functional.conv2d(x, conv.active_weight(), None, 1, 1, 1, 8))
+        conv.kernel_transforms["5to3"].add_(0.1)  # an in-place update (optimizer step, load_state_dict)
+        c = conv(x)
+        assert not torch.allclose(b, c)
+        conv.conv.weight.mul_(2.0)
+        assert torch.allclose(conv(x), 2 * c, atol=1e-5)

@@ -62,6 +62,7 @@ class ElasticConv2d(nn.Module):
             {f"{big}to{small}": nn.Parameter(torch.eye(small * small)) for big, small in zip(ks[:0:-1], ks[-2::-1])}
         )
         self.active_in, self.active_out, self.active_kernel = max_in, max_out, k
+        self._eval_cache: tuple | None = None  # (key, weight) while inferring with one arch
 
     @property
     def max_in(self) -> int:
@@ -115,9 +116,23 @@ class ElasticConv2d(nn.Module):
     def active_bias(self) -> torch.Tensor | None:
         return None if self.conv.bias is None else self.conv.bias[: self.active_out]
 
+    def _weight_key(self) -> tuple:
+        """Changes whenever the active weight would: active sizes, or any in-place update of the
+        parameters (optimizer steps, load_state_dict) through their version counters."""
+        return (self.active_out, self.active_in, self.active_kernel, self.conv.weight._version,
+                self.conv.weight.data_ptr(), *(m._version for m in self.kernel_transforms.values()))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         groups = self.active_in if self.depthwise else 1
-        return F.conv2d(x, self.active_weight(), self.active_bias(), self.stride, self.active_kernel // 2, 1, groups)
+        if self.training or torch.is_grad_enabled():
+            weight = self.active_weight()
+        else:
+            # Inference: slice (and kernel-transform) once per arch, contiguous, instead of every call.
+            key = self._weight_key()
+            if self._eval_cache is None or self._eval_cache[0] != key:
+                self._eval_cache = (key, self.active_weight().detach().contiguous())
+            weight = self._eval_cache[1]
+        return F.conv2d(x, weight, self.active_bias(), self.stride, self.active_kernel // 2, 1, groups)
 
     def export(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` of the active sizes (the transformed kernel for a smaller depthwise kernel)."""

@@ -7,6 +7,7 @@ Gradients of all subnets of a step accumulate before one optimizer step (OFA, Bi
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -85,6 +86,10 @@ def init_from_checkpoint(model: nn.Module, path: str) -> None:
     the body's ``load_standard_state_dict`` (standard network -> default subnet). Any key or shape
     that does not fit is an error listing the offending keys.
     """
+    if not Path(path).is_file():
+        raise CheckpointError(f"supernet.init_from {path} does not exist: train that model first "
+                              "(`nasdet train` with the matching standard backbone, or with this supernet's "
+                              "backbone to train its default subnet)")
     state = load_checkpoint(path)["model"]
     body = supernet_body(model)
     prefix = "backbone.body."

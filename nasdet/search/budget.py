@@ -1,0 +1,103 @@
+"""Budgets: an upper bound on one cost of a candidate (MACs, params, latency), checked before any work.
+
+Costs are taken on the exported static subnet (``export_detector``), as ``nasdet cost`` does for a
+standalone model: MACs and params counted, latency measured (median ms). A budget below the cheapest
+candidate of the space (its smallest arch) is an error before the search starts (ENOT's rule).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..models.supernet import INPUT_SIZE, export_detector
+from ..space import ArchError, SearchSpace
+from .cost import detector_macs, detector_params, measure_latency
+from .scoring import ArchCache
+
+COST_METRICS = ("macs", "params", "latency")
+COST_UNITS = {"macs": "MACs", "params": "params", "latency": "ms"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``metric`` <= ``max``; latency in ms (median of the measured runs)."""
+
+    metric: str
+    max: float
+
+    def __post_init__(self):
+        if self.metric not in COST_METRICS:
+            raise ValueError(f"budget metric {self.metric!r} is not one of {COST_METRICS}")
+        if not self.max > 0:
+            raise ValueError(f"budget max must be > 0, got {self.max}")
+
+    def excess(self, costs: Mapping[str, float]) -> float:
+        """``cost - max``: <= 0 is feasible (Optuna's constraint convention)."""
+        return float(costs[self.metric]) - self.max
+
+
+def arch_cost(model: nn.Module, space: SearchSpace, arch: Mapping[str, Any], metric: str,
+              cache: ArchCache | None = None, **latency_kw) -> float:
+    """One cost of ``arch`` (MACs or params of the whole detector, latency median ms), cached per arch."""
+    if metric not in COST_METRICS:
+        raise ValueError(f"cost metric {metric!r} is not one of {COST_METRICS}")
+    return CostModel(model, space, measure=(metric,), cache=cache, **latency_kw)(arch)[metric]
+
+
+class CostModel:
+    """``arch -> {"macs", "params"[, "latency"]}`` on the exported subnet, cached per arch.
+
+    ``measure`` names the costs computed; MACs and params are cheap (meta device), latency is timed
+    with ``measure_latency(**latency_kw)`` and is only measured when listed.
+    """
+
+    def __init__(self, model: nn.Module, space: SearchSpace, measure: tuple[str, ...] = ("macs", "params"),
+                 cache: ArchCache | None = None, **latency_kw):
+        bad = [m for m in measure if m not in COST_METRICS]
+        if bad:
+            raise ValueError(f"cost metric(s) {bad} not among {COST_METRICS}")
+        self.model, self.space, self.measure = model, space, tuple(measure)
+        self.cache = cache if cache is not None else ArchCache()
+        self.latency_kw = latency_kw
+
+    def _compute(self, arch: Mapping[str, Any]) -> dict[str, float]:
+        static = export_detector(self.model, arch, self.space)
+        out: dict[str, float] = {}
+        if "macs" in self.measure:
+            out["macs"] = float(detector_macs(static)["total"])
+        if "params" in self.measure:
+            out["params"] = float(detector_params(static)["total"])
+        if "latency" in self.measure:
+            out["latency"] = float(measure_latency(static, **self.latency_kw)["median_ms"])
+        return out
+
+    def __call__(self, arch: Mapping[str, Any]) -> dict[str, float]:
+        return dict(self.cache.get_or_compute(self.space.validate(arch), self._compute))
+
+
+def check_budget_feasible(budget: Budget | None, cost_fn: Callable[[Mapping[str, Any]], Mapping[str, float]],
+                          space: SearchSpace) -> float | None:
+    """The cheapest candidate's cost (the smallest arch); ``ValueError`` if the budget is below it."""
+    if budget is None:
+        return None
+    cheapest = float(cost_fn(space.smallest())[budget.metric])
+    if budget.max < cheapest:
+        raise ValueError(
+            f"search budget {budget.metric} <= {budget.max:.6g} {COST_UNITS[budget.metric]} is below the cheapest "
+            f"candidate of the space: the smallest arch costs {cheapest:.6g} {COST_UNITS[budget.metric]}; "
+            f"raise search.budget.max above {cheapest:.6g}")
+    return cheapest
+
+
+def restrict_resolution(space: SearchSpace, train_size: int, tolerance: int | None) -> SearchSpace:
+    """``space`` with ``input_size`` limited to ``|size - train_size| <= tolerance`` (ENOT's resolution tolerance)."""
+    if tolerance is None or INPUT_SIZE not in space:
+        return space
+    allowed = [s for s in space[INPUT_SIZE] if abs(int(s) - int(train_size)) <= tolerance]
+    if not allowed:
+        raise ArchError(f"resolution_tolerance {tolerance} around the training size {train_size} leaves none of "
+                        f"the input_size choices {list(space[INPUT_SIZE])}")
+    return space.restrict({INPUT_SIZE: allowed})

@@ -1,0 +1,182 @@
+"""Search strategies as proposers for an Optuna ask-and-tell loop (``study.run_study``).
+
+A strategy says which Optuna sampler the study uses and, before each ``study.ask()``, may enqueue the
+arch it wants scored next (``study.enqueue_trial``): the asked trial then returns exactly that arch
+from ``trial.suggest_categorical``. Every strategy reads its state back from the study's trials, so a
+killed search resumes where it stopped and several workers share one population.
+
+- ``random``: a uniform arch (any cost) enqueued; over-budget ones are recorded but never scored.
+- ``evolution``: SPOS/DetNAS. Generation ``g`` = the ``g``-th block of ``population`` scored trials.
+  Generation 0 is uniform under the budget; later children come from the top-``parents`` scored trials
+  by mutation (each choice changes with ``mutation_prob``), uniform crossover of two parents, or
+  uniform sampling, in the configured shares. Over-budget and already-seen children are rejected
+  before they are enqueued (DetNAS ``legal``), so evolution never records an over-budget trial.
+- ``nsga2``: Optuna's ``NSGAIISampler`` (passed explicitly; Optuna 5's multi-objective default is TPE),
+  two objectives (maximise AP, minimise the cost); nothing is enqueued.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..space import NoArchUnderCost, SearchSpace
+from .budget import Budget
+from .scoring import arch_key
+
+STRATEGIES = ("evolution", "nsga2", "random")
+OBJECTIVE = "AP"
+_MAX_TRIES = 1000
+
+
+def trial_arch(trial: FrozenTrial, space: SearchSpace) -> dict | None:
+    """The arch a trial holds (its params in space order), or None if it has not suggested all of them."""
+    if not all(n in trial.params for n in space.names):
+        return None
+    return {n: trial.params[n] for n in space.names}
+
+
+def seeded_rng(*parts: Any) -> random.Random:
+    """A ``random.Random`` seeded from ``parts`` (seed, worker, study size): reproducible, distinct per call site."""
+    return random.Random(int(hashlib.sha256(repr(parts).encode()).hexdigest()[:16], 16))
+
+
+class Strategy:
+    """Base: the study's directions and sampler, and ``propose`` (enqueue the next arch, or nothing)."""
+
+    name = "base"
+    directions: tuple[str, ...] = ("maximize",)
+
+    def __init__(self, space: SearchSpace, cost_fn: Callable[[Mapping], Mapping[str, float]],
+                 budget: Budget | None, seed: int = 0, worker: int = 0):
+        self.space, self.cost_fn, self.budget, self.seed, self.worker = space, cost_fn, budget, seed, worker
+
+    def sampler(self, n_trials: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=self._sampler_seed(n_trials))
+
+    def _sampler_seed(self, n_trials: int) -> int:
+        return seeded_rng(self.seed, self.worker, n_trials).randrange(2**31)
+
+    def under_budget(self, arch: Mapping) -> bool:
+        return self.budget is None or self.budget.excess(self.cost_fn(arch)) <= 0
+
+    def propose(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> dict | None:
+        """Enqueue and return the next arch, or None to let the sampler choose."""
+        return None
+
+    def _enqueue(self, study: optuna.Study, arch: dict, **attrs) -> dict:
+        study.enqueue_trial(arch, user_attrs={"strategy": self.name, **attrs}, skip_if_exists=False)
+        return arch
+
+
+def seen_keys(trials: Sequence[FrozenTrial], space: SearchSpace) -> set[str]:
+    """Keys of archs already scored, being scored, or rejected as over budget (not failed ones)."""
+    keys = set()
+    for t in trials:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
+            arch = trial_arch(t, space) if t.state != TrialState.WAITING else _waiting_arch(t, space)
+            if arch is not None:
+                keys.add(arch_key(arch))
+    return keys
+
+
+def _waiting_arch(trial: FrozenTrial, space: SearchSpace) -> dict | None:
+    fixed = trial.system_attrs.get("fixed_params") or {}
+    return {n: fixed[n] for n in space.names} if all(n in fixed for n in space.names) else None
+
+
+class RandomSearch(Strategy):
+    """Uniform archs, the baseline: not filtered by cost (over-budget ones are recorded unscored)."""
+
+    name = "random"
+
+    def propose(self, study, trials):
+        rng = seeded_rng(self.seed, self.worker, len(trials), "random")
+        seen = seen_keys(trials, self.space)
+        for _ in range(_MAX_TRIES):
+            arch = self.space.sample(rng)
+            if arch_key(arch) not in seen:
+                return self._enqueue(study, arch)
+        return None
+
+
+class Evolution(Strategy):
+    """SPOS/DetNAS evolution as an enqueueing proposer (see the module docstring)."""
+
+    name = "evolution"
+
+    def __init__(self, space, cost_fn, budget, seed=0, worker=0, population: int = 50, parents: int = 10,
+                 mutation_prob: float = 0.1, mutation: float = 0.4, crossover: float = 0.4):
+        super().__init__(space, cost_fn, budget, seed, worker)
+        self.population, self.parents, self.mutation_prob = population, parents, mutation_prob
+        self.mutation, self.crossover = mutation, crossover
+
+    def generation_of(self, trials: Sequence[FrozenTrial]) -> int:
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        return done // self.population
+
+    def top_k(self, trials: Sequence[FrozenTrial]) -> list[dict]:
+        """The best ``parents`` scored archs (highest AP first; ties broken by trial number)."""
+        done = [t for t in trials if t.state == TrialState.COMPLETE and trial_arch(t, self.space) is not None]
+        done.sort(key=lambda t: (-t.values[0], t.number))
+        return [trial_arch(t, self.space) for t in done[: self.parents]]
+
+    def propose(self, study, trials):
+        gen = self.generation_of(trials)
+        rng = seeded_rng(self.seed, self.worker, len(trials), "evolution")
+        seen = seen_keys(trials, self.space)
+        parents = self.top_k(trials) if gen > 0 else []
+        for _ in range(_MAX_TRIES):
+            op, arch = self._child(rng, parents)
+            if arch_key(arch) not in seen and self.under_budget(arch):
+                return self._enqueue(study, arch, generation=gen, op=op)
+        try:  # the neighbourhood of the parents is exhausted: a fresh arch under the budget
+            arch = self._sample_under(rng)
+        except NoArchUnderCost:
+            return None
+        return None if arch_key(arch) in seen else self._enqueue(study, arch, generation=gen, op="random")
+
+    def _child(self, rng: random.Random, parents: list[dict]) -> tuple[str, dict]:
+        u = rng.random()
+        if parents and u < self.mutation:
+            return "mutation", self.space.mutate(rng.choice(parents), rng, self.mutation_prob)
+        if parents and u < self.mutation + self.crossover:
+            return "crossover", self.space.crossover(rng.choice(parents), rng.choice(parents), rng)
+        return "random", self.space.sample(rng)
+
+    def _sample_under(self, rng: random.Random) -> dict:
+        if self.budget is None:
+            return self.space.sample(rng)
+        return self.space.sample_under(rng, lambda a: self.cost_fn(a)[self.budget.metric], self.budget.max)
+
+
+class NSGA2(Strategy):
+    """Optuna's NSGA-II on (AP, cost): the Pareto front in one search; constraints via ``set_constraint``."""
+
+    name = "nsga2"
+    directions = ("maximize", "minimize")
+
+    def __init__(self, space, cost_fn, budget, seed=0, worker=0, population: int = 50,
+                 mutation_prob: float | None = None, crossover_prob: float = 0.9):
+        super().__init__(space, cost_fn, budget, seed, worker)
+        self.population, self.mutation_prob, self.crossover_prob = population, mutation_prob, crossover_prob
+
+    def sampler(self, n_trials):
+        return optuna.samplers.NSGAIISampler(population_size=self.population, mutation_prob=self.mutation_prob,
+                                             crossover_prob=self.crossover_prob, seed=self._sampler_seed(n_trials))
+
+
+def make_strategy(name: str, space: SearchSpace, cost_fn, budget: Budget | None, seed: int = 0, worker: int = 0,
+                  population: int = 50, parents: int = 10, mutation_prob: float = 0.1, mutation: float = 0.4,
+                  crossover: float = 0.4) -> Strategy:
+    if name == "random":
+        return RandomSearch(space, cost_fn, budget, seed, worker)
+    if name == "evolution":
+        return Evolution(space, cost_fn, budget, seed, worker, population, parents, mutation_prob, mutation, crossover)
+    if name == "nsga2":
+        return NSGA2(space, cost_fn, budget, seed, worker, population, mutation_prob)
+    raise ValueError(f"search strategy {name!r} is not one of {STRATEGIES}")

@@ -1,0 +1,219 @@
+"""The search as an Optuna ask-and-tell loop on a persistent study: storage, resume, workers, records.
+
+How a trial ends, and what Optuna is told:
+
+- scored: ``COMPLETE`` with values ``[AP]`` (random, evolution) or ``[AP, cost]`` (nsga2); the metrics,
+  costs and seconds are user attributes.
+- over budget: the costs are recorded, ``trial.set_constraint(metric, cost - max)`` (> 0), and the trial
+  is told ``PRUNED`` without values: never scored (cost is cheap, mAP is not). Samplers read only
+  ``COMPLETE`` trials, so NSGA-II never selects it as a parent.
+- skipped: ``FAIL`` with user attribute ``skipped`` = ``duplicate`` (another trial holds the same arch)
+  or ``surplus`` (enough candidates are already scored or being scored by other workers).
+
+Workers and resume. Before scoring, a trial marks itself (user attribute ``claim``) and then reads the
+study: if any *other* trial with the same arch is ``COMPLETE`` or ``RUNNING`` with a claim, or if
+``num_candidates`` trials are complete or claimed, it is skipped. Params and claims reach the storage
+before the read, so of two trials racing for one arch the later one always sees the earlier: an arch is
+never scored twice and never more than ``num_candidates`` are scored (when both see each other, both
+step back and the arch is proposed again later). A trial left ``RUNNING`` by a killed process of this
+host (its pid is gone) is told ``FAIL`` when a driver starts, so its arch can be scored again; one
+left by a dead process on another host blocks its arch until failed by hand.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..space import SearchSpace
+from .budget import Budget
+from .scoring import arch_key
+from .strategies import OBJECTIVE, Strategy, trial_arch
+
+STUDY_FILE = "study.journal"
+_MAX_SKIPS = 200  # consecutive skipped (duplicate / surplus) trials before giving up: space exhausted
+_MAX_OVER = 2000  # consecutive over-budget trials before giving up
+
+
+def open_storage(storage: str | Path | None, search_dir: str | Path):
+    """``None``: a journal file ``search_dir/study.journal``; a URL (``postgresql://...``) as given; any other
+    string: a journal file at that path. (SQLite is not safe with several workers: Optuna's FAQ.)"""
+    if storage is not None and "://" in str(storage):
+        return str(storage)
+    path = Path(storage) if storage is not None else Path(search_dir) / STUDY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def open_study(storage, study_name: str, strategy: Strategy) -> optuna.Study:
+    """Create or load (resume) ``study_name``; its directions must match the strategy's."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                    directions=list(strategy.directions))
+    except ValueError as e:
+        raise ValueError(f"study {study_name!r} exists with other objectives than strategy {strategy.name!r} "
+                         f"({list(strategy.directions)}): use another search.study_name ({e})") from None
+    have = [d.name.lower() for d in study.directions]
+    if have != list(strategy.directions):
+        raise ValueError(f"study {study_name!r} has directions {have}, strategy {strategy.name!r} needs "
+                         f"{list(strategy.directions)}: use another search.study_name")
+    study.sampler = strategy.sampler(len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Tell ``FAIL`` for trials left ``RUNNING`` by a dead process of this host; returns how many."""
+    host, n = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = str(t.user_attrs.get("worker", ""))
+        h, _, pid = who.rpartition(":")
+        if h != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+            n += 1
+        except (ValueError, RuntimeError):  # finished meanwhile
+            pass
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _blocked(study: optuna.Study, trial: optuna.Trial, arch: Mapping, num_candidates: int) -> str | None:
+    """``duplicate`` / ``surplus`` / None, read after this trial's params and claim are stored."""
+    live = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            if t.number != trial.number and (t.state == TrialState.COMPLETE or t.user_attrs.get("claim"))]
+    key = arch_key(arch)
+    if any(t.params and arch_key({n: t.params.get(n) for n in arch}) == key for t in live):
+        return "duplicate"
+    if len(live) >= num_candidates:
+        return "surplus"
+    return None
+
+
+def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
+              scorer: Callable[[dict], Mapping[str, float]],
+              cost_fn: Callable[[Mapping], Mapping[str, float]], budget: Budget | None, num_candidates: int,
+              cost_metric: str = "macs", seeds: Sequence[Mapping] = (),
+              on_trial: Callable[[dict], None] | None = None) -> dict[str, int]:
+    """Ask, suggest every choice, cost, claim, score, tell, until the study holds ``num_candidates`` scored
+    trials (all workers together). ``scorer(arch)`` returns metrics with ``AP``; ``cost_fn(arch)`` costs
+    with ``budget.metric`` and ``cost_metric``. ``seeds`` (e.g. smallest / largest arch) are enqueued once.
+    Returns this call's counts: scored, over_budget, skipped, stale."""
+    counts = {"scored": 0, "over_budget": 0, "skipped": 0, "stale": fail_stale_trials(study)}
+    me = worker_id()
+    metric = budget.metric if budget is not None else cost_metric
+    seen = {arch_key(a) for t in study.get_trials(deepcopy=False)
+            if (a := trial_arch(t, space) or (t.system_attrs.get("fixed_params") if t.state == TrialState.WAITING else None))}
+    for arch in seeds:
+        arch = space.validate(arch)
+        if arch_key(arch) not in seen and (budget is None or budget.excess(cost_fn(arch)) <= 0):
+            study.enqueue_trial(arch, user_attrs={"strategy": "seed"})
+    skips = over = 0
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= num_candidates:
+            break
+        if skips >= _MAX_SKIPS or over >= _MAX_OVER:
+            warnings.warn(f"search stopped after {skips} skipped / {over} over-budget trials in a row: "
+                          "the space (under the budget) looks exhausted", stacklevel=2)
+            break
+        strategy.propose(study, trials)
+        trial = study.ask()
+        trial.set_user_attr("worker", me)
+        arch = {n: trial.suggest_categorical(n, list(space[n])) for n in space.names}
+        costs = {k: float(v) for k, v in cost_fn(arch).items()}
+        for k, v in costs.items():
+            trial.set_user_attr(k, v)
+        if budget is not None:
+            excess = budget.excess(costs)
+            trial.set_constraint(budget.metric, excess)
+            if excess > 0:
+                trial.set_user_attr("over_budget", True)
+                study.tell(trial, state=TrialState.PRUNED)
+                counts["over_budget"] += 1
+                over += 1
+                continue
+        over = 0
+        trial.set_user_attr("claim", True)
+        reason = _blocked(study, trial, arch, num_candidates)
+        if reason is not None:
+            trial.set_user_attr("skipped", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            counts["skipped"] += 1
+            skips += 1
+            continue
+        skips = 0
+        t0 = time.perf_counter()
+        try:
+            metrics = {k: float(v) for k, v in scorer(arch).items()}
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        seconds = time.perf_counter() - t0
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("seconds", seconds)
+        values = [metrics[OBJECTIVE]] + ([costs[metric]] if len(strategy.directions) == 2 else [])
+        study.tell(trial, values)
+        counts["scored"] += 1
+        if on_trial is not None:
+            on_trial({"trial": trial.number, "arch": arch, "metrics": metrics, "costs": costs, "seconds": seconds})
+    return counts
+
+
+# ------------------------------------------------------------------------------------------- records
+def study_records(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any]]:
+    """One record per scored trial, in trial order: trial, arch, metrics, costs, seconds, worker."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        arch = trial_arch(t, space)
+        if arch is None:
+            continue
+        u = t.user_attrs
+        out.append({"trial": t.number, "arch": arch, "metrics": dict(u.get("metrics", {OBJECTIVE: t.values[0]})),
+                    "costs": {k: u[k] for k in ("macs", "params", "latency") if k in u},
+                    "seconds": u.get("seconds"), "worker": u.get("worker"),
+                    "feasible": all(v <= 0 for v in t.constraints.values())})
+    return out
+
+
+def pareto_front(records: Sequence[dict], cost: str) -> list[dict]:
+    """Records not dominated in (higher AP, lower ``cost``), sorted by cost."""
+    pts = sorted((r for r in records if cost in r["costs"]), key=lambda r: (r["costs"][cost], -r["metrics"][OBJECTIVE]))
+    front, best = [], -math.inf
+    for r in pts:
+        ap = r["metrics"][OBJECTIVE]
+        if ap > best:
+            front.append(r)
+            best = ap
+    return front
+
+
+def best_record(records: Sequence[dict]) -> dict | None:
+    """Highest AP among feasible records (ties: the earlier trial)."""
+    ok = [r for r in records if r["feasible"]]
+    return max(ok, key=lambda r: (r["metrics"][OBJECTIVE], -r["trial"])) if ok else None

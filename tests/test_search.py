@@ -1,0 +1,306 @@
+"""Search engine: toy objectives for the drivers (fast), one tiny real supernet for scoring and run_search."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from nasdet.search.budget import Budget, check_budget_feasible, restrict_resolution
+from nasdet.search.scoring import ArchCache, arch_key, cached_scorer
+from nasdet.search.strategies import make_strategy, trial_arch
+from nasdet.search.study import open_storage, open_study, pareto_front, run_study, study_records
+from nasdet.space import ArchError, SearchSpace
+
+torch.set_num_threads(1)
+
+
+def toy_space() -> SearchSpace:
+    names = {f"b.s{i}.kernel": (3, 5, 7) for i in range(4)}
+    names.update({f"b.s{i}.expand": (3, 4, 6) for i in range(4)})
+    names["input_size"] = (64, 96, 128)
+    return SearchSpace(names)
+
+
+def toy_cost(arch) -> dict:
+    """Bigger choices cost more."""
+    c = sum(v for k, v in arch.items() if k != "input_size") * arch["input_size"] / 64
+    return {"macs": float(c), "params": float(c) / 2}
+
+
+def toy_score(arch) -> dict:
+    """Bigger is better but with a preference pattern, so the best under a budget is not the largest."""
+    s = sum((v - 3) * (1.0 if i % 2 else 0.4) for i, (k, v) in enumerate(sorted(arch.items())) if k != "input_size")
+    s += {64: 0.0, 96: 1.5, 128: 2.0}[arch["input_size"]]
+    return {"AP": s / 30.0, "AP50": s / 20.0}
+
+
+class CountingScorer:
+    """``toy_score`` that appends every arch it scores to a file (survives processes)."""
+
+    def __init__(self, log: Path):
+        self.log = Path(log)
+
+    def __call__(self, arch):
+        with open(self.log, "a") as f:
+            f.write(arch_key(arch) + "\n")
+        return toy_score(arch)
+
+    def keys(self) -> list[str]:
+        return self.log.read_text().split() if self.log.exists() else []
+
+
+def toy_run(journal, name, strategy="evolution", n=40, budget=None, scorer=toy_score, worker=0, seed=0,
+            population=10, parents=3, seeds=()):
+    space = toy_space()
+    strat = make_strategy(strategy, space, toy_cost, budget, seed=seed, worker=worker, population=population,
+                          parents=parents, mutation_prob=0.2)
+    study = open_study(open_storage(str(journal), Path(journal).parent), name, strat)
+    counts = run_study(study, space, strat, scorer, toy_cost, budget, n, seeds=seeds)
+    return study, counts
+
+
+def scored_archs(study) -> list[str]:
+    return [arch_key(trial_arch(t, toy_space())) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+
+
+# ------------------------------------------------------------------------------------------ strategies
+def test_evolution_improves_over_first_generation(tmp_path):
+    budget = Budget("macs", 60.0)
+    study, counts = toy_run(tmp_path / "s.journal", "evo", n=60, budget=budget)
+    done = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    assert len(done) == 60 and counts["scored"] == 60
+    first = max(t.values[0] for t in done[:10])
+    assert max(t.values[0] for t in done) > first
+    assert {t.user_attrs.get("op") for t in done[10:]} >= {"mutation", "crossover"}
+    assert all(toy_cost(trial_arch(t, toy_space()))["macs"] <= 60 for t in done)
+    assert len(set(scored_archs(study))) == 60  # no arch scored twice
+    # evolution rejects over-budget children before they become trials
+    assert counts["over_budget"] == 0
+
+
+def test_nsga2_front_is_non_dominated(tmp_path):
+    study, _ = toy_run(tmp_path / "s.journal", "nsga", strategy="nsga2", n=40)
+    assert type(study.sampler).__name__ == "NSGAIISampler"
+    records = study_records(study, toy_space())
+    front = pareto_front(records, "macs")
+    assert front
+    for f in front:
+        for r in records:
+            better = r["metrics"]["AP"] >= f["metrics"]["AP"] and r["costs"]["macs"] <= f["costs"]["macs"]
+            strictly = r["metrics"]["AP"] > f["metrics"]["AP"] or r["costs"]["macs"] < f["costs"]["macs"]
+            assert not (better and strictly), (f, r)
+    # optuna's own front (values = [AP, macs]) agrees
+    assert {t.number for t in study.best_trials} >= {f["trial"] for f in front}
+
+
+def test_random_records_over_budget_archs_but_never_scores_them(tmp_path):
+    scorer = CountingScorer(tmp_path / "scored.txt")
+    budget = Budget("macs", 45.0)
+    study, counts = toy_run(tmp_path / "s.journal", "rand", strategy="random", n=15, budget=budget, scorer=scorer)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert counts["over_budget"] == len(pruned) > 0
+    for t in pruned:
+        assert t.user_attrs["over_budget"] and t.constraints["macs"] > 0 and t.user_attrs["macs"] > 45
+        assert arch_key(trial_arch(t, toy_space())) not in scorer.keys()
+    for key in scorer.keys():
+        assert toy_cost(json.loads(key))["macs"] <= 45
+    assert len(scorer.keys()) == 15
+
+
+def test_impossible_budget_names_cheapest_cost():
+    space = toy_space()
+    cheapest = toy_cost(space.smallest())["macs"]
+    with pytest.raises(ValueError, match=f"{cheapest:g}") as e:
+        check_budget_feasible(Budget("macs", cheapest - 1), toy_cost, space)
+    assert "smallest arch" in str(e.value) and f"{cheapest - 1:g}" in str(e.value)
+    assert check_budget_feasible(Budget("macs", cheapest), toy_cost, space) == cheapest
+    with pytest.raises(ValueError, match="flops"):
+        Budget("flops", 1.0)
+
+
+def test_resolution_tolerance_restricts_input_size():
+    space = toy_space()
+    assert restrict_resolution(space, 96, 32)["input_size"] == (64, 96, 128)
+    assert restrict_resolution(space, 96, 0)["input_size"] == (96,)
+    assert restrict_resolution(space, 128, 40)["input_size"] == (96, 128)
+    assert restrict_resolution(space, 96, None) is space
+    with pytest.raises(ArchError, match="input_size"):
+        restrict_resolution(space, 300, 10)
+
+
+def test_arch_cache_and_cached_scorer():
+    calls = []
+    score = cached_scorer(lambda a: calls.append(1) or toy_score(a))
+    a = toy_space().largest()
+    assert score(a) == score(dict(reversed(list(a.items())))) and len(calls) == 1
+    cache = ArchCache()
+    cache.put(a, 1)
+    assert a in cache and cache.get(toy_space().smallest()) is None and len(cache) == 1
+
+
+# ---------------------------------------------------------------------------------- resume, workers
+def test_resume_keeps_finished_trials_and_never_rescores(tmp_path):
+    journal = tmp_path / "s.journal"
+    scorer = CountingScorer(tmp_path / "scored.txt")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_13(arch):
+        if len(scorer.keys()) == 12:
+            raise Interrupt
+        return scorer(arch)
+
+    with pytest.raises(Interrupt):
+        toy_run(journal, "resume", n=30, scorer=stop_at_13)
+    first = scored_archs(optuna.load_study(study_name="resume", storage=open_storage(str(journal), tmp_path)))
+    assert len(first) == 12
+    study, counts = toy_run(journal, "resume", n=30, scorer=scorer)
+    keys = scorer.keys()
+    assert counts["scored"] == 18 and len(keys) == 30 and len(set(keys)) == 30
+    assert set(first) <= set(scored_archs(study)) and len(scored_archs(study)) == 30
+    # rerunning a finished search scores nothing
+    _, counts = toy_run(journal, "resume", n=30, scorer=scorer)
+    assert counts["scored"] == 0 and len(scorer.keys()) == 30
+
+
+def _worker(journal, name, log, worker, n, strategy, hang_after=None):
+    torch.set_num_threads(1)
+    scorer = CountingScorer(log)
+
+    def score(arch):
+        if hang_after is not None and len(scorer.keys()) >= hang_after:
+            Path(str(log) + ".hang").write_text("x")
+            time.sleep(600)
+        time.sleep(0.01)
+        return scorer(arch)
+
+    toy_run(journal, name, strategy=strategy, n=n, scorer=score, worker=worker, budget=Budget("macs", 70.0))
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "nsga2"])
+def test_two_worker_processes_share_one_journal(tmp_path, strategy):
+    journal, log, n = tmp_path / "s.journal", tmp_path / "scored.txt", 24
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_worker, args=(str(journal), "pair", str(log), w, n, strategy)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    keys = CountingScorer(log).keys()
+    assert len(keys) == n and len(set(keys)) == n  # N in total, no arch scored twice
+    study = optuna.load_study(study_name="pair", storage=open_storage(str(journal), tmp_path))
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == n and len({t.user_attrs["worker"] for t in done}) == 2
+
+
+def test_sigkill_mid_study_then_resume(tmp_path):
+    journal, log = tmp_path / "s.journal", tmp_path / "scored.txt"
+    p = mp.get_context("fork").Process(target=_worker, args=(str(journal), "kill", str(log), 0, 30, "evolution", 14))
+    p.start()
+    deadline = time.time() + 60
+    while not Path(str(log) + ".hang").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    storage = open_storage(str(journal), tmp_path)
+    before = optuna.load_study(study_name="kill", storage=storage)
+    finished = scored_archs(before)
+    assert len(finished) == 14 and len(before.get_trials(states=(TrialState.RUNNING,))) == 1
+    n_before = len(CountingScorer(log).keys())
+    _worker(str(journal), "kill", str(log), 0, 30, "evolution")
+    after = optuna.load_study(study_name="kill", storage=storage)
+    assert set(finished) <= set(scored_archs(after)) and len(scored_archs(after)) == 30
+    rescored = CountingScorer(log).keys()[n_before:]
+    assert not set(rescored) & set(finished) and len(rescored) == 16
+    assert not after.get_trials(states=(TrialState.RUNNING,))  # the killed trial was failed
+
+
+# ------------------------------------------------------------------------------------------- outputs
+def test_outputs_written_and_best_arch_round_trips(tmp_path):
+    from nasdet.search.run import write_search_outputs
+    from nasdet.space import load_arch
+
+    budget = Budget("macs", 60.0)
+    study, _ = toy_run(tmp_path / "s.journal", "out", strategy="random", n=20, budget=budget)
+    space = toy_space()
+    records = study_records(study, space)
+    extremes = {n: {"arch": a, "costs": toy_cost(a)} for n, a in (("smallest", space.smallest()), ("largest", space.largest()))}
+    summary = write_search_outputs(records, space, tmp_path / "search", "macs", budget, extremes)
+    out = tmp_path / "search"
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,arch,AP,AP50") and len(rows) == 21
+    best = load_arch(out / "best_arch.json", space)
+    assert best == summary["best"]["arch"] and toy_cost(best)["macs"] <= 60
+    assert summary["best"]["metrics"]["AP"] == max(r["metrics"]["AP"] for r in records)
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["front"] and pareto["cost_metric"] == "macs" and pareto["extremes"]["largest"]["costs"]["macs"] > 60
+    assert (out / "pareto.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------- tiny real supernet
+OFA_TINY = {"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}}
+
+
+def _fake_pretrain(cfg) -> tuple:
+    """A supernet checkpoint as ``run_pretrain`` writes it (random weights: fast)."""
+    from nasdet.config import config_to_dict
+    from nasdet.experiment import build_supernet
+    from nasdet.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model, space = build_supernet(cfg, 8)
+    save_checkpoint({"model": model.state_dict(), "space_id": space.space_id, "config": config_to_dict(cfg), "step": 0},
+                    Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt")
+    return model, space
+
+
+def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, tmp_path):
+    from rich.console import Console
+
+    from nasdet.experiment import build_datasets
+    from nasdet.search.run import run_search
+    from nasdet.search.scoring import score_arch
+    from nasdet.space import load_arch
+    from nasdet.train.checkpoint import CheckpointError
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False},
+                      supernet={"input_sizes": [64, 96]},
+                      search={"strategy": "random", "num_candidates": 3, "recalib_batches": 1, "batch_size": 4,
+                              "max_images": 4, "budget": {"metric": "macs", "max": 1e12}})
+    with pytest.raises(CheckpointError, match="nasdet pretrain"):
+        run_search(cfg, console=Console(quiet=True))
+    model, space = _fake_pretrain(cfg)
+    data = build_datasets(cfg, need=("search",))
+    calib = data["supernet_train"].with_transforms(None)
+    search_set = data["search"].subset(range(4))
+    arch = space.sample(__import__("random").Random(3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = score_arch(model, space, arch, search_set, calib, "cpu", recalib_batches=1, batch_size=4)
+    b = score_arch(model, space, arch, search_set, calib, "cpu", recalib_batches=1, batch_size=4)
+    assert a == b and "AP" in a
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats restored
+
+    # impossible budget: error before any scoring, naming the cheapest cost
+    tight = cfg.model_copy(update={"search": cfg.search.model_copy(update={"budget": {"metric": "macs", "max": 1.0}})})
+    with pytest.raises(ValueError, match="smallest arch costs"):
+        run_search(tight, console=Console(quiet=True))
+
+    summary = run_search(cfg, console=Console(quiet=True))
+    out = Path(cfg.work_dir) / "search"
+    for name in ("results.csv", "best_arch.json", "pareto.json", "pareto.png", "study.journal"):
+        assert (out / name).is_file(), name
+    assert summary["records"] == 3 and summary["counts"]["scored"] == 3
+    assert load_arch(out / "best_arch.json", space) == summary["best"]["arch"]
+    # rerun: nothing rescored
+    again = run_search(cfg, console=Console(quiet=True))
+    assert again["counts"]["scored"] == 0 and again["records"] == 3
