@@ -118,6 +118,19 @@ def pretrain_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
         dist.cleanup()
 
 
+@app.command("search")
+@_user_errors
+def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
+               storage: Optional[str] = typer.Option(None, "--storage",
+                                                     help="Optuna storage URL (e.g. postgresql://...) or journal file path."),
+               worker: int = typer.Option(0, "--worker", help="This process's index among workers sharing the study.")):
+    """Score subnets of the trained supernet under the budget (evolution, NSGA-II or random on Optuna);
+    rerunning continues the study."""
+    from .search.run import run_search
+
+    run_search(_load(config, set_), work_dir=work_dir, storage=storage, console=console, worker=worker)
+
+
 @app.command("eval")
 @_user_errors
 def eval_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,

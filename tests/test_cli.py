@@ -79,3 +79,21 @@ def test_torchrun_two_processes_ddp(shapes_dir, tmp_path):
     state_step = json.loads((tmp_path / "wd" / "baseline" / "metrics.json").read_text())["step"]
     assert state_step == 24 // (4 * 2)  # 24 images, batch 4 per process, 2 processes
     assert "2 process(es)" in r.stdout
+
+
+def test_pretrain_then_search(shapes_dir, tmp_path):
+    raw = tiny_raw(shapes_dir, tmp_path / "wd")
+    raw["model"]["backbone"] = {"name": "ofa_mbv3", "width_mult": 0.25}
+    raw["train"].update(epochs=1, max_steps=2)
+    raw["supernet"] = {"recalib_batches": 1, "report_archs": ["smallest"]}
+    raw["search"] = {"strategy": "random", "num_candidates": 3, "recalib_batches": 1}
+    cfg = write_cfg(tmp_path / "ofa.yaml", raw)
+    r = nasdet("search", cfg)
+    assert r.returncode == 2 and "nasdet pretrain" in r.stdout  # the stage to run first is named
+    r = nasdet("pretrain", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = nasdet("search", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    search = tmp_path / "wd" / "search"
+    assert (search / "results.csv").is_file() and (search / "best_arch.json").is_file()
+    assert json.loads((search / "best_arch.json").read_text())["space_id"]

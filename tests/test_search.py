@@ -291,7 +291,9 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats restored
 
     # impossible budget: error before any scoring, naming the cheapest cost
-    tight = cfg.model_copy(update={"search": cfg.search.model_copy(update={"budget": {"metric": "macs", "max": 1.0}})})
+    from nasdet.config import BudgetConfig
+
+    tight = cfg.model_copy(update={"search": cfg.search.model_copy(update={"budget": BudgetConfig(metric="macs", max=1.0)})})
     with pytest.raises(ValueError, match="smallest arch costs"):
         run_search(tight, console=Console(quiet=True))
 

@@ -10,7 +10,8 @@ killed search resumes where it stopped and several workers share one population.
   Generation 0 is uniform under the budget; later children come from the top-``parents`` scored trials
   by mutation (each choice changes with ``mutation_prob``), uniform crossover of two parents, or
   uniform sampling, in the configured shares. Over-budget and already-seen children are rejected
-  before they are enqueued (DetNAS ``legal``), so evolution never records an over-budget trial.
+  before they are enqueued (DetNAS ``legal``). (With several workers, one may pop another's enqueued
+  child; its own ask then falls back to the uniform sampler, whose arch may be recorded over budget.)
 - ``nsga2``: Optuna's ``NSGAIISampler`` (passed explicitly; Optuna 5's multi-objective default is TPE),
   two objectives (maximise AP, minimise the cost); nothing is enqueued.
 """

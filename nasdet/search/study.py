@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from ..space import SearchSpace
 from .budget import Budget
