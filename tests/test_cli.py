@@ -97,3 +97,21 @@ def test_pretrain_then_search(shapes_dir, tmp_path):
     search = tmp_path / "wd" / "search"
     assert (search / "results.csv").is_file() and (search / "best_arch.json").is_file()
     assert json.loads((search / "best_arch.json").read_text())["space_id"]
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
+def test_torchrun_two_processes_supernet_pretrain(shapes_dir, tmp_path):
+    """DDP supernet training: sandwich steps (several backward passes), in-place distillation through the
+    logits wrapper, find_unused_parameters; both ranks must train the same subnets or DDP hangs/fails."""
+    raw = tiny_raw(shapes_dir, tmp_path / "wd")
+    raw["model"]["backbone"] = {"name": "ofa_mbv3", "width_mult": 0.25}
+    raw["train"].update(epochs=1, max_steps=2)
+    raw["supernet"] = {"sampling": "sandwich", "sandwich_random": 1, "recalib_batches": 1,
+                       "report_archs": ["smallest"], "distill": {"teacher": "largest"}}
+    cfg = write_cfg(tmp_path / "ddp_supernet.yaml", raw)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nasdet", "pretrain", str(cfg)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = [json.loads(x) for x in (tmp_path / "wd" / "supernet" / "log.jsonl").read_text().splitlines()]
+    assert any("s2/distill" in row for row in log)
