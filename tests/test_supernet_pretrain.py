@@ -195,3 +195,23 @@ def test_memorised_batch_is_detected_by_recalibrated_subnets(tiny_config, tmp_pa
     results = trainer.evaluate()
     assert results["largest"]["metrics"]["AP50"] > 0.5, results
     assert results["smallest"]["metrics"]["AP50"] > 0.3, results
+
+
+def test_bn_recalibration_changes_stats_and_is_undone_afterwards(tiny_config):
+    from nasdet.experiment import build_datasets
+    from nasdet.search.evaluate import preserved_bn_state, recalibrate_bn
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY)
+    data = build_datasets(cfg)
+    model, space = build_supernet(cfg, data["train"].num_classes)
+    set_detector_arch(model, space.smallest(), space)
+    model.eval()
+    bn = model.backbone.body.stages[0].blocks[0]
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    with preserved_bn_state(model):
+        seen = recalibrate_bn(model, data["search"].with_transforms(None), torch.device("cpu"), batches=1, batch_size=4)
+        changed = [k for k, v in model.state_dict().items() if "running_" in k and not torch.equal(v, buffers[k])]
+        assert seen == 4 and len(changed) > 10
+        assert not any(m.training for m in model.modules())  # the caller's mode is restored
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in buffers.items())
+    assert bn is model.backbone.body.stages[0].blocks[0]

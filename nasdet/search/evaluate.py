@@ -62,6 +62,4 @@ def recalibrate_bn(model: nn.Module, dataset: DetectionDataset, device: torch.de
             seen += len(images)
     finally:
         model.train(was_training)
-        if not was_training:
-            model.eval()
     return seen
