@@ -199,6 +199,7 @@ class CostConfig(Strict):
     warmup: int = Field(5, ge=0)
     runs: int = Field(30, gt=0)
     threads: Optional[int] = Field(None, gt=0)  # CPU threads while timing; default: torch's
+    onnxruntime: bool = True  # also time the dense part (no NMS) in onnxruntime on CPU
 
 
 class BudgetConfig(Strict):

@@ -20,7 +20,7 @@ from .data.transforms import build_train_transforms
 from .data.voc import VOC_CLASSES, load_voc
 from .metrics import COCO_METRIC_NAMES
 from .models import build_detector, get_input_size
-from .search.cost import detector_macs, detector_params, measure_latency
+from .search.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
 from .train import dist
 from .train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .train.evaluate import evaluate_detector
@@ -84,15 +84,18 @@ def metrics_table(metrics: dict[str, float], title: str) -> Table:
 
 def cost_table(cost: dict, title: str) -> Table:
     table = Table(title=title)
-    for col in ("input", "MACs total", "MACs backbone+neck", "params total", "params backbone+neck", "latency median", "latency p90"):
+    for col in ("input", "MACs total", "MACs backbone+neck", "params total", "params backbone+neck", "latency median",
+                "latency p90", "onnxruntime (no NMS)"):
         table.add_column(col, justify="right")
     lat = cost.get("latency", {})
+    ort_lat = cost.get("latency_onnxruntime", {})
     table.add_row(
         f"{cost['input_size']}x{cost['input_size']}", f"{cost['macs']['total'] / 1e6:.1f} M",
         f"{cost['macs']['backbone'] / 1e6:.1f} M", f"{cost['params']['total'] / 1e6:.3f} M",
         f"{cost['params']['backbone'] / 1e6:.3f} M",
         f"{lat['median_ms']:.2f} ms ({lat['device']}, {lat['threads']} thr)" if lat else "-",
         f"{lat['p90_ms']:.2f} ms" if lat else "-",
+        f"{ort_lat['median_ms']:.2f} ms" if ort_lat else "-",
     )
     return table
 
@@ -256,6 +259,8 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     if latency:
         c = cfg.cost
         result["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
+        if c.onnxruntime:
+            result["latency_onnxruntime"] = measure_latency_onnx(model, warmup=c.warmup, runs=c.runs, threads=c.threads)
     write_json((wd / BASELINE if not ckpt else path.parent.parent) / "cost.json", result)
     console.print(cost_table(result, f"cost of {cfg.model.detector} / {cfg.model.backbone.name}"))
     return result

@@ -50,6 +50,7 @@ def test_train_eval_cost_stats(shapes_dir, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     cost = json.loads((tmp_path / "wd" / "baseline" / "cost.json").read_text())
     assert cost["macs"]["total"] > cost["macs"]["backbone"] > 0 and cost["latency"]["median_ms"] > 0
+    assert cost["latency_onnxruntime"]["median_ms"] > 0
     r = nasdet("data", "stats", cfg)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "circle" in r.stdout or "square" in r.stdout

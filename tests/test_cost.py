@@ -42,3 +42,13 @@ def test_latency_is_measured():
                                    input_size=96, extra_channels=[64, 32, 32, 16]), num_classes=3)
     lat = measure_latency(m, warmup=1, runs=3, threads=1)
     assert lat["median_ms"] > 0 and lat["p90_ms"] >= lat["median_ms"] and lat["runs"] == 3
+
+
+def test_onnxruntime_latency_of_the_dense_part():
+    from nasdet.search.cost import measure_latency_onnx
+
+    for detector in ("ssdlite", "fcos"):
+        m = build_detector(ModelConfig(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+                                       input_size=128, fpn_channels=64, extra_channels=[64, 32, 32, 16]), num_classes=3)
+        lat = measure_latency_onnx(m, warmup=1, runs=3, threads=1)
+        assert lat["median_ms"] > 0 and lat["max_abs_diff"] < 1e-3 and lat["device"] == "onnxruntime-cpu"
