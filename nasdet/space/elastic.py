@@ -245,3 +245,21 @@ class ElasticSE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"active: channels={self.active_channels}"
+
+
+def he_fout_init(module: nn.Module) -> None:
+    """OFA's ``init_models(net, "he_fout")``, also torchvision's MobileNet init: convs kaiming-normal
+    (fan_out), BN weight 1 / bias 0, linear N(0, 0.01). Applied to the largest weights. PyTorch's
+    default conv init is much smaller and makes deep MobileNets learn slowly from scratch."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

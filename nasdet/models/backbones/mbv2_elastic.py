@@ -46,7 +46,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
 from ...space import SearchSpace
-from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, make_divisible
+from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible
 from .ofa_mobilenet import STAGE_LEVEL, ElasticStage, staged_forward  # c5 = final_expand output
 from .torchvision_backbones import SequentialStagesBackbone
 
@@ -186,6 +186,7 @@ class ElasticMobileNetV2(nn.Module):
                 default[f"stage{s}.block{j}.expand"] = max(expands)
         self._space = SearchSpace(choices, default=default)
         self._arch = self._space.default()
+        he_fout_init(self)
         self.set_arch(self._arch)
 
     # ---------------------------------------------------------------------------------- protocol

@@ -30,7 +30,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from ...space import SearchSpace
-from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticSE, make_divisible
+from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticSE, he_fout_init, make_divisible
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)  # first conv, first block, 5 stages, final expand, feature mix
 STRIDES = (1, 2, 2, 2, 1, 2)  # first block, stages 1..5
@@ -241,6 +241,7 @@ class OFAMobileNetV3(nn.Module):
         largest = {n: v[-1] for n, v in choices.items()}
         self._space = SearchSpace(choices, default=largest)
         self._arch = self._space.default()
+        he_fout_init(self)
         self.set_arch(self._arch)
 
     @classmethod
