@@ -37,7 +37,6 @@ Supernet protocol: ``search_space()``, ``set_arch(arch)``, ``active_arch``, ``ex
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from typing import Any, Mapping
 
 import torch
@@ -47,7 +46,7 @@ from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
 from ...space import SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible
-from .ofa_mobilenet import STAGE_LEVEL, ElasticStage, staged_forward  # c5 = final_expand output
+from .ofa_mobilenet import STAGE_LEVEL, ElasticStage, StagedSupernet  # c5 = final_expand output
 from .torchvision_backbones import SequentialStagesBackbone
 
 STEM_WIDTH, FIRST_BLOCK_WIDTH, LAST_WIDTH = 32, 16, 1280
@@ -135,7 +134,7 @@ class ElasticInvertedResidual(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- supernet
-class ElasticMobileNetV2(nn.Module):
+class ElasticMobileNetV2(StagedSupernet):
     """MobileNetV2 supernet backbone: x (N, 3, H, W) -> OrderedDict(c2..c5) at strides 4, 8, 16, 32.
 
     The default arch (kernel 3, expand 6, full depth = torchvision's MobileNetV2) is active after
@@ -190,22 +189,6 @@ class ElasticMobileNetV2(nn.Module):
         self.set_arch(self._arch)
 
     # ---------------------------------------------------------------------------------- protocol
-    def search_space(self) -> SearchSpace:
-        return self._space
-
-    @property
-    def active_arch(self) -> dict[str, Any]:
-        return dict(self._arch)
-
-    def set_arch(self, arch: Mapping[str, Any]) -> None:
-        """Validate ``arch`` (``ArchError`` otherwise) and activate that subnet in place."""
-        arch = self._space.validate(arch)
-        for s, stage in enumerate(self.stages, start=1):
-            stage.active_depth = arch.get(f"stage{s}.depth", len(stage.blocks))
-            for j, block in enumerate(stage.blocks):
-                block.set_active(arch[f"stage{s}.block{j}.kernel"], arch[f"stage{s}.block{j}.expand"])
-        self._arch = arch
-
     def export(self, arch: Mapping[str, Any] | None = None) -> MobileNetV2Backbone:
         """A standalone static backbone of ``arch`` (default: the active one), weights copied, same mode.
 
@@ -230,8 +213,6 @@ class ElasticMobileNetV2(nn.Module):
                 self.set_arch(previous)
         return net.train(self.training)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return staged_forward(self, x)
 
     # ------------------------------------------------------------------------ standard weights
     def standard_key_map(self) -> dict[str, str]:

@@ -196,7 +196,32 @@ class ElasticStage(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- supernet
-class OFAMobileNetV3(nn.Module):
+class StagedSupernet(nn.Module):
+    """The supernet protocol shared by the MobileNet-family supernets: choices ``stageS.depth`` (absent
+    = the stage always runs all its blocks) and ``stageS.blockJ.{kernel,expand}``; subclasses build
+    ``first_conv``, ``first_block``, ``stages`` (ElasticStage), ``final_expand`` and ``_space``."""
+
+    def search_space(self) -> SearchSpace:
+        return self._space
+
+    @property
+    def active_arch(self) -> dict[str, Any]:
+        return dict(self._arch)
+
+    def set_arch(self, arch: Mapping[str, Any]) -> None:
+        """Validate ``arch`` (``ArchError`` otherwise) and activate that subnet in place."""
+        arch = self._space.validate(arch)
+        for s, stage in enumerate(self.stages, start=1):
+            stage.active_depth = arch.get(f"stage{s}.depth", len(stage.blocks))
+            for j, block in enumerate(stage.blocks):
+                block.set_active(arch[f"stage{s}.block{j}.kernel"], arch[f"stage{s}.block{j}.expand"])
+        self._arch = arch
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return staged_forward(self, x)
+
+
+class OFAMobileNetV3(StagedSupernet):
     """once-for-all MobileNetV3 supernet backbone: x (N, 3, H, W) -> OrderedDict(c2..c5) at strides 4..32.
 
     The largest arch is active after construction. BN defaults are OFA's (momentum 0.1, eps 1e-5).
@@ -250,21 +275,6 @@ class OFAMobileNetV3(nn.Module):
         return cls(width_mult=TINY_WIDTH_MULT, **kwargs)
 
     # ---------------------------------------------------------------------------------- protocol
-    def search_space(self) -> SearchSpace:
-        return self._space
-
-    @property
-    def active_arch(self) -> dict[str, Any]:
-        return dict(self._arch)
-
-    def set_arch(self, arch: Mapping[str, Any]) -> None:
-        """Validate ``arch`` (``ArchError`` otherwise) and activate that subnet in place."""
-        arch = self._space.validate(arch)
-        for s, stage in enumerate(self.stages, start=1):
-            stage.active_depth = arch[f"stage{s}.depth"]
-            for j, block in enumerate(stage.blocks):
-                block.set_active(arch[f"stage{s}.block{j}.kernel"], arch[f"stage{s}.block{j}.expand"])
-        self._arch = arch
 
     def export(self, arch: Mapping[str, Any] | None = None) -> MobileNetV3Backbone:
         """A standalone static backbone of ``arch`` (default: the active one), weights copied, same mode.
@@ -283,8 +293,6 @@ class OFAMobileNetV3(nn.Module):
                 self.set_arch(previous)
         return net.train(self.training)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return staged_forward(self, x)
 
 
 def build_ofa_mbv3(width_mult: float = 1.0, norm: str = "bn") -> OFAMobileNetV3:
