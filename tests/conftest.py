@@ -47,3 +47,20 @@ def tiny_config(shapes_dir, tmp_path):
         return validate_config(raw, "tiny")
 
     return make
+
+
+def randomize(net, seed: int = 0):
+    """Non-trivial BN stats, affine params and kernel transforms, so supernet/export parity checks see
+    every slice."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+        for name, p in net.named_parameters():
+            if "kernel_transforms" in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return net

@@ -2,7 +2,8 @@ import random
 
 import pytest
 import torch
-from torch import nn
+
+from conftest import randomize
 from torchvision.models.mobilenetv2 import InvertedResidual
 
 from nasdet.config import ModelConfig
@@ -23,22 +24,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN stats and affine params, random kernel transforms: parity checks see every slice."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-        for name, p in net.named_parameters():
-            if "kernel_transforms" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return net
 
 
 def max_diff(a, b) -> float:

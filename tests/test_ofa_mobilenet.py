@@ -3,7 +3,8 @@ import time
 
 import pytest
 import torch
-from torch import nn
+
+from conftest import randomize
 
 from nasdet.config import ModelConfig
 from nasdet.models import build_detector
@@ -14,22 +15,6 @@ from nasdet.space import ArchError
 from nasdet.space.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticSE
 
 WM = 0.25  # tiny widths 8..40, final expand 240
-
-
-def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN stats, affine params and kernel transforms, so parity checks see every slice."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-        for name, p in net.named_parameters():
-            if "kernel_transforms" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return net
 
 
 def imagenet_size(net: OFAMobileNetV3, arch, r: int = 224) -> tuple[float, float]:
