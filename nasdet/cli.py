@@ -29,6 +29,7 @@ def _user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .data.dataset import DataError
+        from .export import ExportParityError
         from .train.checkpoint import CheckpointError
         from .train.loop import TrainingDiverged
 
@@ -39,6 +40,11 @@ def _user_errors(fn):
                 raise
             console.print(f"[bold red]error:[/] {e}", highlight=False)
             raise typer.Exit(2)
+        except ExportParityError as e:  # the export ran but its file is wrong: a failure, not bad input
+            if os.environ.get("NASDET_DEBUG"):
+                raise
+            console.print(f"[bold red]export check failed:[/] {e}", highlight=False)
+            raise typer.Exit(1)
 
     return wrapper
 
@@ -150,6 +156,44 @@ def cost_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
     from .experiment import run_cost
 
     run_cost(_load(config, set_), work_dir, ckpt, latency=not no_latency, console=console)
+
+
+@app.command("tune")
+@_user_errors
+def tune_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt):
+    """Train the found architecture (tune.arch, else search/best_arch.json) from the supernet's weights
+    or from scratch, with the baseline's recipe; resumes from tune/ckpt/last.pt."""
+    from .train import dist
+    from .tune import run_tune
+
+    try:
+        run_tune(_load(config, set_), work_dir, console=console)
+    finally:
+        dist.cleanup()
+
+
+@app.command("export")
+@_user_errors
+def export_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
+               raw: bool = typer.Option(False, "--raw", help="Stop before box decoding and NMS (head outputs)."),
+               source: Optional[str] = typer.Option(None, "--source", help="tune (default) or baseline.")):
+    """The tuned model to ONNX (end to end: resize, normalise, decode, NMS), checked against torch on
+    val images, timed in onnxruntime, and its cost checked against the search budget."""
+    from .export import run_export
+
+    if source is not None and source not in ("tune", "baseline"):
+        raise typer.BadParameter(f"--source must be tune or baseline, got {source!r}")
+    run_export(_load(config, set_), work_dir, raw=raw, source=source, console=console)
+
+
+@app.command("pipeline")
+@_user_errors
+def pipeline_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt):
+    """baseline -> pretrain -> search -> tune -> export -> report.md; finished stages are skipped and an
+    interrupted one resumes, so rerunning continues."""
+    from .pipeline import run_pipeline
+
+    run_pipeline(_load(config, set_), work_dir, console=console)
 
 
 def main() -> None:  # pragma: no cover

@@ -68,6 +68,29 @@ class BackboneConfig(Strict):
     checkpoint: Optional[str] = None  # a state_dict of the backbone (e.g. classification pretraining)
 
 
+class HeadConfig(Strict):
+    """FAD's searched towers in the FCOS / RetinaNet head (nasdet.models.heads.fad).
+
+    With ``genotype`` set, both towers are built from it (``num_cells`` cells each); null keeps
+    torchvision's standard head. ``search.strategy: darts`` searches a head of ``search_cells`` cells
+    of ``search_nodes`` nodes. FAD: C = 96 (128 for X-101), 1 cell of 3 nodes searched, 2 cells trained.
+    """
+
+    genotype: Optional[str] = None  # genotype.log / genotype.json of a FAD search, or "fad_paper" (published)
+    cell_channels: int = Field(96, gt=0)  # C inside each edge (1x1 to C, op, 1x1 back); a multiple of 32
+    num_cells: int = Field(2, gt=0)  # cells per tower of the trained head
+    search_cells: int = Field(1, gt=0)  # cells per tower while searching
+    search_nodes: int = Field(3, gt=0)  # intermediate nodes per cell while searching
+    decouple: bool = True  # FAD's 1x1 conv on the shared trunk's shallow outputs while searching
+
+    @field_validator("cell_channels")
+    @classmethod
+    def _group_norm(cls, v):
+        if v % 32:
+            raise ValueError(f"cell_channels must be a multiple of 32 (GroupNorm(32)), got {v}")
+        return v
+
+
 class ModelConfig(Strict):
     detector: Literal["ssd", "ssdlite", "retinanet", "fcos", "faster_rcnn"] = "ssdlite"
     backbone: BackboneConfig = BackboneConfig()
@@ -84,6 +107,7 @@ class ModelConfig(Strict):
     detections_per_img: int = Field(100, gt=0)
     topk_candidates: int = Field(300, gt=0)
     rpn_post_nms_top_n_test: int = Field(1000, gt=0)  # Faster R-CNN proposals at test (also used for MACs)
+    head: HeadConfig = HeadConfig()  # FAD towers for fcos / retinanet
 
     @field_validator("anchor_aspect_ratios")
     @classmethod
@@ -162,8 +186,27 @@ class DistillConfig(Strict):
         return self
 
 
+class MacsBins(Strict):
+    """SPOS's FLOPs-bin-uniform path sampling: each step picks one of ``bins`` equal MACs intervals of
+    [min, max] uniformly, then draws uniform archs until one's backbone MACs (at ``input_size``, from
+    the backbone's lookup table, ``arch_macs``) fall in it; after ``max_tries`` misses, any uniform arch."""
+
+    min: float = Field(ge=0)
+    max: float = Field(gt=0)
+    bins: int = Field(7, gt=0)
+    input_size: int = Field(224, ge=32)  # DetNAS and SPOS count FLOPs at 224 x 224
+    max_tries: int = Field(500, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.max <= self.min:
+            raise ValueError(f"macs_bins.max ({self.max}) must be above macs_bins.min ({self.min})")
+        return self
+
+
 class SupernetConfig(Strict):
     sampling: Literal["uniform", "sandwich"] = "uniform"  # uniform: SPOS, one path per step
+    macs_bins: Optional[MacsBins] = None  # uniform sampling only: SPOS's FLOPs bins (backbones with arch_macs)
     sandwich_random: int = Field(2, ge=0)  # sandwich: largest + smallest + this many random subnets
     input_sizes: Optional[list[int]] = None  # resolution choices of the space (default: [model.input_size])
     multi_resolution: bool = False  # ENOT multi-resolution pretrain: each step at a size drawn from input_sizes
@@ -172,6 +215,7 @@ class SupernetConfig(Strict):
     distill: DistillConfig = DistillConfig()
     recalib_batches: int = Field(10, gt=0)  # BN recalibration batches when a subnet is evaluated
     report_archs: list[Literal["largest", "middle", "smallest"]] = ["largest", "middle", "smallest"]
+    train: Optional[TrainConfig] = None  # the pretraining recipe; default: the top-level train section
 
     @field_validator("input_sizes")
     @classmethod
@@ -209,6 +253,30 @@ class BudgetConfig(Strict):
     max: float = Field(gt=0)
 
 
+class DartsConfig(Strict):
+    """``search.strategy: darts`` (FAD): bi-level DARTS of the head's alphas on two halves of the train split.
+
+    Each step: an Adam step of the alphas on a batch of one half, then an SGD step (clipped) of the
+    weights on a batch of the other. Defaults: FAD's search recipe (pt.darts' alpha optimiser; SGD lr
+    0.004, wd 1e-4, clip 20; warm-up 500 steps from 1/3, lr x0.1 at 12.5k of 17.5k steps).
+    """
+
+    epochs: int = Field(12, gt=0)  # passes over the weight half
+    batch_size: int = Field(4, gt=0)
+    order: Literal["first", "second"] = "first"  # second: unrolled step, finite-difference Hessian term
+    lr: float = Field(0.004, gt=0)  # SGD on the weights
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)  # not on norms and biases
+    scheduler: SchedulerConfig = SchedulerConfig(name="step", warmup_steps=500, warmup_factor=1 / 3, milestones=[0.714])
+    grad_clip: Optional[float] = Field(20.0, gt=0)  # max global norm of the weight gradients
+    alpha_lr: float = Field(3e-4, gt=0)  # Adam on the alphas
+    alpha_betas: tuple[float, float] = (0.5, 0.999)
+    alpha_weight_decay: float = Field(1e-3, ge=0)
+    max_steps: Optional[int] = Field(None, gt=0)  # stop early (smoke tests); the schedule still spans all epochs
+    ckpt_every_steps: int = Field(500, gt=0)  # also at the end of every epoch
+    log_every_steps: int = Field(20, gt=0)
+
+
 class SearchConfig(Strict):
     """``nasdet search``: candidates scored on the supernet (BN recalibrated, mAP on the search split).
 
@@ -216,7 +284,7 @@ class SearchConfig(Strict):
     20 crossover + 10 random children per generation); generations = num_candidates / population.
     """
 
-    strategy: Literal["evolution", "nsga2", "random"] = "evolution"
+    strategy: Literal["evolution", "nsga2", "random", "darts"] = "evolution"  # darts: FAD, see search.darts
     budget: Optional[BudgetConfig] = None
     cost_metric: Literal["macs", "params", "latency"] = "macs"  # Pareto / table cost when no budget is set
     num_candidates: int = Field(1000, gt=0)  # scored candidates in the study, all workers together
@@ -234,6 +302,7 @@ class SearchConfig(Strict):
     study_name: Optional[str] = None  # default: "<name>-<strategy>"
     seed: int = 0
     top_k: int = Field(10, gt=0)  # rows of the summary table
+    darts: DartsConfig = DartsConfig()
 
     @model_validator(mode="after")
     def _shares(self):
@@ -242,6 +311,45 @@ class SearchConfig(Strict):
         if self.parents > self.population:
             raise ValueError(f"search.parents ({self.parents}) must be <= search.population ({self.population})")
         return self
+
+
+class TuneConfig(Strict):
+    """``nasdet tune``: train the found architecture as a standalone detector and evaluate it on val.
+
+    By default with the baseline's recipe (the top-level ``train`` section): the fair comparison
+    ENOT and DetNAS insist on. ``tune.train`` overrides it.
+    """
+
+    # a JSON/YAML arch file, an inline mapping, or a published name (e.g. COCO-FPN-300M);
+    # default: the search stage's work_dir/search/best_arch.json
+    arch: Optional[Union[str, dict[str, Any]]] = None
+    init: Literal["supernet", "scratch"] = "supernet"  # inherit the supernet's weights (export(arch)) or re-initialise
+    supernet_checkpoint: Optional[str] = None  # default: work_dir/supernet/ckpt/last.pt
+    recalib_batches: int = Field(20, ge=0)  # BN statistics of the inherited weights, recalibrated before training
+    eval_initial: bool = True  # evaluate the inherited weights on val before training (tune/initial_metrics.json)
+    train: Optional[TrainConfig] = None  # default: the top-level train section
+
+
+class ExportConfig(Strict):
+    """``nasdet export``: ONNX end to end (resize, normalise, decode, NMS inside) or raw head outputs."""
+
+    source: Literal["tune", "baseline"] = "tune"  # which trained model to export
+    opset: int = Field(17, ge=11)
+    check_images: int = Field(8, ge=1)  # val images the onnxruntime-vs-torch parity check runs on
+    box_atol: float = Field(1e-3, gt=0)  # px, matched boxes
+    score_atol: float = Field(1e-4, gt=0)
+    raw_atol: float = Field(1e-4, gt=0)
+
+
+class PipelineConfig(Strict):
+    """``nasdet pipeline``: baseline -> pretrain -> search -> tune -> export -> report."""
+
+    baseline: bool = True  # train the baseline first (same recipe as tune: the fair comparison)
+    # backbone of the baseline; default: the supernet's default subnet (mbv2_elastic: torchvision's
+    # MobileNetV2; ofa_mbv3: its largest subnet). E.g. mobilenet_v2 for an mbv2_elastic supernet.
+    baseline_backbone: Optional[str] = None
+    init_supernet_from_baseline: bool = False  # ENOT: pretrain starts from the baseline checkpoint
+    export: bool = True
 
 
 class ExperimentConfig(Strict):
@@ -255,6 +363,9 @@ class ExperimentConfig(Strict):
     cost: CostConfig = CostConfig()
     supernet: SupernetConfig = SupernetConfig()
     search: SearchConfig = SearchConfig()
+    tune: TuneConfig = TuneConfig()
+    export: ExportConfig = ExportConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
 
 # ------------------------------------------------------------------------------------------ load/save

@@ -30,6 +30,12 @@ BASELINE = "baseline"
 SUPERNET = "supernet"
 
 
+def with_train_recipe(cfg: ExperimentConfig, train) -> ExperimentConfig:
+    """``cfg`` with its ``train`` section replaced by a stage's own recipe (``supernet.train``,
+    ``tune.train``) when one is given."""
+    return cfg if train is None else cfg.model_copy(update={"train": train})
+
+
 def work_dir_of(cfg: ExperimentConfig, override: str | Path | None = None) -> Path:
     return Path(override) if override else Path(cfg.work_dir)
 
@@ -111,11 +117,24 @@ def _completed(out_dir: Path, trainer: Trainer, cfg: ExperimentConfig) -> dict |
     return None
 
 
+def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config the baseline trains with: ``model.backbone.name`` replaced by
+    ``pipeline.baseline_backbone`` when set (e.g. torchvision's mobilenet_v2 for an mbv2_elastic space)."""
+    name = cfg.pipeline.baseline_backbone
+    if name is None:
+        return cfg
+    model = cfg.model.model_copy(update={"backbone": cfg.model.backbone.model_copy(update={"name": name})})
+    return cfg.model_copy(update={"model": model})
+
+
 def run_train(cfg: ExperimentConfig, work_dir: str | Path | None = None, stage: str = BASELINE,
               console: Console | None = None) -> dict:
-    """Train the config's detector on the whole training set; resume if ``<stage>/ckpt/last.pt`` exists."""
+    """Train the config's detector on the whole training set; resume if ``<stage>/ckpt/last.pt`` exists.
+    The baseline stage trains ``baseline_config(cfg)``."""
     console = console or Console()
     wd = work_dir_of(cfg, work_dir)
+    if stage == BASELINE:
+        cfg = baseline_config(cfg)
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
     model = build_detector(cfg.model, num_classes=data["train"].num_classes)
@@ -166,6 +185,7 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
 
     console = console or Console()
     wd = work_dir_of(cfg, work_dir)
+    cfg = with_train_recipe(cfg, cfg.supernet.train)
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
     k = data["train"].num_classes
@@ -201,8 +221,18 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
 
 
 def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int) -> torch.nn.Module:
+    """The detector of a ``nasdet train`` checkpoint, built from the model section recorded in it (so a
+    baseline trained with ``pipeline.baseline_backbone`` rebuilds right), else from ``cfg``."""
+    from .config import ConfigError, validate_config
+
     state = load_checkpoint(ckpt)
-    model = build_detector(cfg.model, num_classes=num_classes)
+    model_cfg = cfg.model
+    if isinstance(state.get("config"), dict):
+        try:
+            model_cfg = validate_config(state["config"], f"{ckpt} (config)").model
+        except ConfigError:
+            pass  # written by another nasdet version: fall back to the given config
+    model = build_detector(model_cfg, num_classes=num_classes)
     load_model_weights(model, state, source=str(ckpt))
     return model
 
@@ -242,6 +272,7 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     so NMS sees a realistic number of boxes)."""
     console = console or Console()
     wd = work_dir_of(cfg, work_dir)
+    cfg = baseline_config(cfg)
     num_classes = cfg.model.num_classes
     if num_classes is None:
         num_classes = load_split(cfg, "val").num_classes

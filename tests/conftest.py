@@ -64,3 +64,17 @@ def randomize(net, seed: int = 0):
             if "kernel_transforms" in name:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
     return net
+
+
+def memorise(trainer, dataset, steps: int = 80, n: int = 4) -> None:
+    """Train a SupernetTrainer's model on the first ``n`` images of ``dataset``, one batch, ``steps`` times
+    (so that subnets should then detect exactly those images)."""
+    from nasdet.data.transforms import targets_to, to_model_input
+
+    images, targets = zip(*[dataset[i] for i in range(n)])
+    images, targets = to_model_input(images, "cpu"), targets_to(targets, "cpu")
+    for step in range(steps):
+        trainer.step = step
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.forward_backward(images, targets)
+        trainer.optimizer.step()

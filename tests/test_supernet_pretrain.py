@@ -170,7 +170,8 @@ def test_baseline_checkpoint_initialises_the_supernet(tiny_config, tmp_path):
 def test_memorised_batch_is_detected_by_recalibrated_subnets(tiny_config, tmp_path):
     """The pretrain evaluation path (set arch, recalibrate BN, eval-mode detection) agrees with training:
     subnets trained in sandwich on a few images detect those images well afterwards."""
-    from nasdet.data.transforms import targets_to, to_model_input
+    from conftest import memorise
+
     from nasdet.experiment import build_datasets
     from nasdet.train.supernet import SupernetTrainer
 
@@ -185,13 +186,7 @@ def test_memorised_batch_is_detected_by_recalibrated_subnets(tiny_config, tmp_pa
     model, space = build_supernet(cfg, few.num_classes)
     trainer = SupernetTrainer(cfg, model, space, few, few.with_transforms(None), tmp_path / "s",
                               calib_set=few.with_transforms(None))
-    images, targets = zip(*[few[i] for i in range(4)])
-    images, targets = to_model_input(images, "cpu"), targets_to(targets, "cpu")
-    for step in range(80):
-        trainer.step = step
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.forward_backward(images, targets)
-        trainer.optimizer.step()
+    memorise(trainer, few)
     results = trainer.evaluate()
     assert results["largest"]["metrics"]["AP50"] > 0.5, results
     assert results["smallest"]["metrics"]["AP50"] > 0.3, results

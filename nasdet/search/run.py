@@ -95,7 +95,8 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                            on_trial=on_trial)
     records = study_records(study, search_space)
     extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
-    summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs)
+    baseline = score_baseline(cfg, wd, search_set, device, measure)
+    summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline)
     summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
     console.print(top_table(records, cost_metric, s.top_k, f"search ({s.strategy}): top {s.top_k} of {len(records)} "
                             f"candidates on {len(search_set)} search images"))
@@ -107,11 +108,32 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     return summary
 
 
+def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure: tuple[str, ...]) -> dict | None:
+    """The trained baseline (``baseline/ckpt/last.pt``, if any) on the search split, with its costs, for
+    the Pareto plot. It was trained on all of train, search split included, so its AP there is optimistic."""
+    from ..experiment import load_trained_model
+    from ..train.evaluate import evaluate_detector
+    from .cost import detector_macs, detector_params, measure_latency
+
+    ckpt = wd / "baseline" / "ckpt" / "last.pt"
+    if not ckpt.is_file():
+        return None
+    model = load_trained_model(cfg, ckpt, search_set.num_classes).to(device).eval()
+    costs = {"macs": detector_macs(model)["total"], "params": detector_params(model)["total"]}
+    if "latency" in measure:
+        c = cfg.cost
+        costs["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)["median_ms"]
+    metrics = evaluate_detector(model, search_set, device, cfg.search.batch_size, cfg.data.num_workers)
+    return {"checkpoint": str(ckpt), "costs": costs, "metrics": dict(metrics or {})}
+
+
 # -------------------------------------------------------------------------------------------- outputs
 def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: str | Path, cost_metric: str,
-                         budget: Budget | None = None, extremes: Mapping[str, dict] | None = None) -> dict:
+                         budget: Budget | None = None, extremes: Mapping[str, dict] | None = None,
+                         baseline: dict | None = None) -> dict:
     """``results.csv``, ``best_arch.json`` (best AP under the budget, via ``save_arch``), ``pareto.json``,
-    ``pareto.png``; ``extremes`` (name -> {arch, costs}) are marked on the plot."""
+    ``pareto.png``; ``extremes`` (name -> {arch, costs}) and the ``baseline`` ({costs, metrics}) are
+    marked on the plot."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results_csv(records, out_dir / "results.csv")
@@ -127,7 +149,9 @@ def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: s
                        "metrics": r["metrics"] if r else None, "trial": r["trial"] if r else None}
     pareto = {"space_id": space.space_id, "cost_metric": cost_metric,
               "budget": {"metric": budget.metric, "max": budget.max} if budget else None,
-              "front": [_plain(r) for r in front], "extremes": marks, "scored": len(records)}
+              "front": [_plain(r) for r in front], "extremes": marks, "baseline": baseline, "scored": len(records)}
+    if baseline is not None:
+        marks = {**marks, "baseline": baseline}
     tmp = out_dir / "pareto.json.tmp"
     tmp.write_text(json.dumps(pareto, indent=2))
     tmp.replace(out_dir / "pareto.json")
@@ -172,15 +196,18 @@ def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path:
                 c="tab:red", ms=5, label="Pareto front")
     if budget is not None:
         ax.axvline(budget.max / scale, c="tab:blue", ls="--", lw=1, label=f"budget {budget.max / scale:.4g} {unit}")
-    for (name, m), style in zip((marks or {}).items(), (("v", "tab:green"), ("^", "tab:purple"))):
+    styles = {"smallest": ("v", "tab:green"), "largest": ("^", "tab:purple"), "baseline": ("*", "tab:orange")}
+    for name, m in (marks or {}).items():
+        style = styles.get(name, ("D", "tab:brown"))
+        label = "baseline (trained on all of train)" if name == "baseline" else f"{name} subnet"
         x = m["costs"].get(cost)
         if x is None:
             continue
-        if m["metrics"] is not None:
-            ax.scatter([x / scale], [m["metrics"][OBJECTIVE]], marker=style[0], s=80, c=style[1], zorder=3,
-                       label=f"{name} subnet")
+        if m["metrics"]:
+            ax.scatter([x / scale], [m["metrics"][OBJECTIVE]], marker=style[0], s=110 if name == "baseline" else 80,
+                       c=style[1], zorder=3, label=label)
         else:
-            ax.axvline(x / scale, c=style[1], ls=":", lw=1, label=f"{name} subnet (cost)")
+            ax.axvline(x / scale, c=style[1], ls=":", lw=1, label=f"{label} (cost)")
     ax.set_xlabel(f"{cost} ({unit})")
     ax.set_ylabel("AP (search split)")
     ax.grid(alpha=0.3)

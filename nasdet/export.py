@@ -1,0 +1,355 @@
+"""``nasdet export``: a trained detector to ONNX, checked against torch on real val images.
+
+End to end (default): ``image`` (uint8, 3 x H x W, RGB, any size) -> ``boxes`` (N x 4, xyxy pixels of
+the input image), ``scores`` (N), ``labels`` (N, int64, 1..K as in training; ``classes.json`` names
+them). Conversion to float, normalisation, the resize to the model's input size, the heads, box
+decoding and NMS are all in the graph: a deployer needs onnxruntime and nothing else.
+
+Raw (``--raw``): the same pre-processing, then the dense head outputs before any decoding, plus the
+anchors (or FCOS's points) they refer to, for deployers who decode and suppress themselves.
+
+The graph is built from the torchvision model's own parts (backbone, head, anchor generator,
+``postprocess_detections``), so its arithmetic is the model's; the box rescale to the input image
+size uses the traced image shape, so one file serves every image size.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from torch import nn
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.ssd import SSD
+
+from .config import ExperimentConfig
+from .models.detectors import IMAGE_MEAN, IMAGE_STD, dense_forward, get_input_size
+
+EXPORT = "export"
+
+
+class ExportParityError(RuntimeError):
+    """onnxruntime's outputs differ from torch's beyond the configured tolerance."""
+
+
+class _Preprocess(nn.Module):
+    """uint8 CHW image -> normalised 1 x 3 x s x s batch (torchvision's order: normalise, then resize)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = int(size)
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image.float() / 255.0 - self.mean) / self.std
+        return F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+
+class EndToEndDetector(nn.Module):
+    """A torchvision detector (eval mode) as image -> (boxes, scores, labels) for one image."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector.eval()
+        self.size = get_input_size(detector)
+        self.pre = _Preprocess(self.size)
+
+    def _detect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        m, s = self.detector, self.size
+        images = ImageList(x, [(s, s)])
+        feats = m.backbone(x)
+        if isinstance(m, FasterRCNN):
+            proposals, _ = m.rpn(images, feats)
+            return m.roi_heads(feats, proposals, images.image_sizes)[0][0]
+        features = list(feats.values())
+        head_outputs = m.head(features)
+        anchors = m.anchor_generator(images, features)
+        if isinstance(m, SSD):
+            return m.postprocess_detections(head_outputs, anchors, images.image_sizes)[0]
+        if isinstance(m, (RetinaNet, FCOS)):
+            per_level = [f.size(2) * f.size(3) for f in features]
+            if isinstance(m, RetinaNet):
+                a = head_outputs["cls_logits"].size(1) // sum(per_level)
+                per_level = [n * a for n in per_level]
+            split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+            split_anchors = [list(a.split(per_level)) for a in anchors]
+            return m.postprocess_detections(split_outputs, split_anchors, images.image_sizes)[0]
+        raise TypeError(f"export does not know {type(m).__name__}")
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        det = self._detect(self.pre(image))
+        hw = torch._shape_as_tensor(image)[1:].to(torch.float32)  # dynamic in the ONNX graph
+        scale = torch.stack([hw[1], hw[0], hw[1], hw[0]]) / float(self.size)
+        return det["boxes"] * scale, det["scores"], det["labels"]
+
+
+class RawDetector(nn.Module):
+    """image -> the dense head outputs (no decoding, no NMS). ``anchors`` (the boxes or FCOS points
+    they refer to, at the model's input size) are written beside the ONNX file as ``.anchors.npy``."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector.eval()
+        self.size = get_input_size(detector)
+        self.pre = _Preprocess(self.size)
+        self.register_buffer("anchors", self._anchors(), persistent=False)
+
+    @torch.no_grad()
+    def _anchors(self) -> torch.Tensor:
+        m, s = self.detector, self.size
+        if isinstance(m, FasterRCNN):
+            return torch.zeros(0, 4)  # proposals are data dependent: no fixed anchors to give
+        x = torch.zeros(1, 3, s, s, device=next(m.parameters()).device)
+        features = list(m.backbone(x).values())
+        return m.anchor_generator(ImageList(x, [(s, s)]), features)[0].cpu()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(dense_forward(self.detector, self.pre(image)))
+
+    def output_names(self) -> list[str]:
+        m = self.detector
+        if isinstance(m, SSD):
+            names = ["bbox_regression", "cls_logits"]
+        elif isinstance(m, RetinaNet):
+            names = ["cls_logits", "bbox_regression"]
+        elif isinstance(m, FCOS):
+            names = ["cls_logits", "bbox_regression", "bbox_ctrness"]
+        else:
+            return []  # Faster R-CNN: positional outputs
+        return names
+
+
+# ------------------------------------------------------------------------------------------- export
+def export_onnx(detector: nn.Module, path: str | Path, raw: bool = False, opset: int = 17,
+                example: torch.Tensor | None = None) -> Path:
+    """Write the ONNX file of ``detector`` (end to end, or raw); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    det = copy.deepcopy(detector).cpu().eval()
+    module = RawDetector(det) if raw else EndToEndDetector(det)
+    s = module.size
+    if example is None:
+        example = (torch.rand(3, s + 37, s + 11, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    if raw:
+        n_out = len(module(example))
+        names = module.output_names() or [f"output{i}" for i in range(n_out)]
+    else:
+        names = ["boxes", "scores", "labels"]
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=names,
+                          dynamic_axes={"image": {1: "height", 2: "width"},
+                                        **({} if raw else {n: {0: "detections"} for n in names})})
+    tmp.replace(path)
+    if raw:
+        import numpy as np
+
+        np.save(path.with_suffix(".anchors.npy"), module.anchors.numpy())
+    return path
+
+
+def _session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    from torchvision.ops import box_iou
+    return box_iou(a, b)
+
+
+def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor], score_cut: float,
+                     score_atol: float) -> dict:
+    """Pair each reference detection with the candidate of the same label and highest IoU.
+
+    Returns the worst box and score differences of the pairs, and the unmatched detections that are
+    not explained by a cut (a score within ``score_atol`` of the lowest score kept on the other side
+    or of ``score_cut``, where float noise may legitimately flip it)."""
+    worst_box, worst_score, unexplained = 0.0, 0.0, []
+    used = torch.zeros(len(got["scores"]), dtype=torch.bool)
+    lowest_got = float(got["scores"].min()) if len(got["scores"]) else score_cut
+    lowest_ref = float(ref["scores"].min()) if len(ref["scores"]) else score_cut
+    if len(ref["scores"]) and len(got["scores"]):
+        iou = _box_iou(ref["boxes"], got["boxes"])
+    for i in range(len(ref["scores"])):
+        cand = (got["labels"] == ref["labels"][i]) & ~used
+        j = -1
+        if cand.any():
+            masked = torch.where(cand, iou[i], torch.full_like(iou[i], -1.0))
+            j = int(masked.argmax())
+            if float((got["boxes"][j] - ref["boxes"][i]).abs().max()) > 1.0 and float(masked[j]) < 0.99:
+                j = -1
+        if j < 0:
+            s = float(ref["scores"][i])
+            if min(abs(s - lowest_got), abs(s - score_cut)) > score_atol:
+                unexplained.append(("torch only", s))
+            continue
+        used[j] = True
+        worst_box = max(worst_box, float((got["boxes"][j] - ref["boxes"][i]).abs().max()))
+        worst_score = max(worst_score, float((got["scores"][j] - ref["scores"][i]).abs()))
+    for j in torch.nonzero(~used).flatten().tolist():
+        s = float(got["scores"][j])
+        if min(abs(s - lowest_ref), abs(s - score_cut)) > score_atol:
+            unexplained.append(("onnxruntime only", s))
+    return {"max_box_diff": worst_box, "max_score_diff": worst_score, "unexplained": unexplained,
+            "matched": int(used.sum())}
+
+
+@torch.no_grad()
+def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor], raw: bool,
+                 box_atol: float, score_atol: float, raw_atol: float) -> dict:
+    """Run torch and onnxruntime on ``images`` (uint8 CHW) and compare; raises ExportParityError."""
+    det = copy.deepcopy(detector).cpu().eval()
+    session = _session(path)
+    report = {"images": len(images), "raw": raw}
+    if raw:
+        module = RawDetector(det)
+        worst = 0.0
+        for img in images:
+            expected = module(img)
+            got = session.run(None, {"image": img.numpy()})
+            worst = max(worst, max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected)))
+        report["max_abs_diff"] = worst
+        if worst > raw_atol:
+            raise ExportParityError(f"{path}: raw outputs differ from torch by {worst:.2e} > {raw_atol:g}")
+        return report
+    worst_box = worst_score = 0.0
+    n_ref = n_matched = 0
+    problems = []
+    cut = float(getattr(det, "score_thresh", getattr(getattr(det, "roi_heads", None), "score_thresh", 0.0)))
+    for k, img in enumerate(images):
+        ref = det([img.float() / 255.0])[0]
+        b, s, lab = session.run(None, {"image": img.numpy()})
+        got = {"boxes": torch.from_numpy(b), "scores": torch.from_numpy(s), "labels": torch.from_numpy(lab)}
+        m = match_detections(ref, got, cut, score_atol)
+        worst_box, worst_score = max(worst_box, m["max_box_diff"]), max(worst_score, m["max_score_diff"])
+        n_ref += len(ref["scores"])
+        n_matched += m["matched"]
+        problems += [(k, *u) for u in m["unexplained"]]
+    report.update(detections_torch=n_ref, matched=n_matched, max_box_diff_px=worst_box, max_score_diff=worst_score)
+    if worst_box > box_atol or worst_score > score_atol or problems:
+        raise ExportParityError(
+            f"{path}: onnxruntime detections differ from torch's on {len(images)} val images: max box diff "
+            f"{worst_box:.2e} px (limit {box_atol:g}), max score diff {worst_score:.2e} (limit {score_atol:g}), "
+            f"{len(problems)} unmatched detections {problems[:5]}")
+    return report
+
+
+def time_onnx(path: Path, image: torch.Tensor, warmup: int, runs: int, threads: int | None) -> dict:
+    from .search.cost import time_session
+
+    timing = time_session(_session(path, threads), {"image": image.numpy()}, warmup, runs)
+    return {**timing, "threads": threads, "part": "end to end (with NMS)"}
+
+
+# ---------------------------------------------------------------------------------------- the stage
+def _predicted_costs(wd: Path, arch: dict | None) -> dict | None:
+    """The cost the search recorded for ``arch`` (results.csv), if it was scored there."""
+    import csv
+
+    path = wd / "search" / "results.csv"
+    if arch is None or not path.is_file():
+        return None
+    key = json.dumps(arch, sort_keys=True)
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if json.dumps(json.loads(row["arch"]), sort_keys=True) == key:
+                return {k: float(row[k]) for k in ("macs", "params", "latency") if row.get(k)}
+    return None
+
+
+def budget_check(cfg: ExperimentConfig, measured: dict, predicted: dict | None) -> dict | None:
+    """Measured cost of the exported model against ``search.budget``: a row per metric."""
+    b = cfg.search.budget
+    if b is None:
+        return None
+    value = measured.get(b.metric)
+    return {"metric": b.metric, "max": b.max, "measured": value,
+            "predicted": None if predicted is None else predicted.get(b.metric),
+            "within": value is not None and value <= b.max}
+
+
+def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: bool = False,
+               source: str | None = None, console: Console | None = None) -> dict:
+    """Export the tuned (or baseline) model of the work dir, check it, time it, check the budget."""
+    from .experiment import build_datasets, load_trained_model, work_dir_of, write_json
+    from .search.cost import detector_macs, detector_params, measure_latency
+    from .tune import StageOutputMissing, TUNE, baseline_checkpoint, load_tuned_model
+
+    console = console or Console()
+    wd = work_dir_of(cfg, work_dir)
+    source = source or cfg.export.source
+    val = build_datasets(cfg, need=("val",))["val"]
+    arch = None
+    if source == "tune":
+        ckpt = wd / TUNE / "ckpt" / "last.pt"
+        if not ckpt.is_file():
+            raise StageOutputMissing(f"no tuned model at {ckpt}: run the tune stage first (`nasdet tune CONFIG`)")
+        model, arch = load_tuned_model(ckpt, cfg, val.num_classes)
+    else:
+        ckpt = baseline_checkpoint(cfg, wd)
+        model = load_trained_model(cfg, ckpt, val.num_classes)
+    model.eval()
+    out_dir = wd / EXPORT
+    name = f"{source}{'_raw' if raw else ''}.onnx"
+    path = export_onnx(model, out_dir / name, raw=raw, opset=cfg.export.opset)
+    e = cfg.export
+    images = [val[i][0] for i in range(min(e.check_images, len(val)))]
+    parity = check_parity(model, path, images, raw, e.box_atol, e.score_atol, e.raw_atol)
+    c = cfg.cost
+    measured = {"macs": detector_macs(model)["total"], "params": detector_params(model)["total"]}
+    lat_torch = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
+    measured["latency"] = lat_torch["median_ms"]
+    s = get_input_size(model)
+    probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    lat_ort = time_onnx(path, probe, c.warmup, c.runs, c.threads)
+    predicted = _predicted_costs(wd, arch)
+    budget = budget_check(cfg, measured, predicted)
+    classes = {i + 1: n for i, n in enumerate(val.classes)}
+    write_json(out_dir / "classes.json", classes)
+    result = {"onnx": str(path), "source": source, "checkpoint": str(ckpt), "raw": raw, "input_size": s,
+              "parity": parity, "measured": measured, "predicted": predicted, "latency_torch": lat_torch,
+              "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch}
+    write_json(out_dir / f"{Path(name).stem}.json", result)
+
+    table = Table(title=f"export: {path}")
+    for col in ("", "MACs", "params", "latency torch", "latency onnxruntime"):
+        table.add_column(col, justify="right")
+    table.add_row("measured", f"{measured['macs'] / 1e6:.1f} M", f"{measured['params'] / 1e6:.3f} M",
+                  f"{lat_torch['median_ms']:.2f} ms", f"{lat_ort['median_ms']:.2f} ms")
+    if predicted:
+        table.add_row("search predicted", f"{predicted['macs'] / 1e6:.1f} M" if "macs" in predicted else "-",
+                      f"{predicted['params'] / 1e6:.3f} M" if "params" in predicted else "-",
+                      f"{predicted['latency']:.2f} ms" if "latency" in predicted else "-", "-")
+    console.print(table)
+    if raw:
+        console.print(f"parity: raw outputs within {parity['max_abs_diff']:.1e} of torch on {parity['images']} val images")
+    else:
+        console.print(f"parity: {parity['matched']}/{parity['detections_torch']} detections matched on "
+                      f"{parity['images']} val images, boxes within {parity['max_box_diff_px']:.1e} px, "
+                      f"scores within {parity['max_score_diff']:.1e}")
+    if budget is not None and not budget["within"]:
+        scale = 1e6 if budget["metric"] in ("macs", "params") else 1.0
+        pred = "-" if budget["predicted"] is None else f"{budget['predicted'] / scale:.4g}"
+        console.print(Panel(f"the exported model breaks the search budget: {budget['metric']} measured "
+                            f"{budget['measured'] / scale:.4g} vs predicted {pred} vs budget {budget['max'] / scale:.4g}",
+                            title="OVER BUDGET", style="bold red"))
+    return result
+

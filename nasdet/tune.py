@@ -1,0 +1,218 @@
+"""``nasdet tune``: the found architecture as a standalone detector, trained and evaluated on val.
+
+The arch comes from ``tune.arch`` (a file, an inline mapping or a published name) or, when unset, from
+the search stage's ``work_dir/search/best_arch.json``. ``tune.init: supernet`` starts from the
+supernet's weights for that arch (``export_detector``, BN statistics recalibrated on the training
+set, as when the search scored it); ``scratch`` re-initialises the same static network. Training uses
+the baseline's recipe (``train``) unless ``tune.train`` is set. Outputs in ``work_dir/tune/``:
+``arch.json``, ``ckpt/last.pt`` (with the arch inside, so the model can be rebuilt from the
+checkpoint alone), ``initial_metrics.json``, ``metrics.json``, ``log.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+from rich.console import Console
+from torch import nn
+
+from .config import ExperimentConfig, save_config
+from .experiment import (BASELINE, SUPERNET, _completed, build_datasets, build_supernet, metrics_table,
+                         with_train_recipe, work_dir_of, write_json)
+from .models.supernet import BACKBONE_PREFIX, INPUT_SIZE, export_detector
+from .space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
+from .space.elastic import he_fout_init
+from .train import dist
+from .train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from .train.evaluate import evaluate_detector
+from .train.loop import Trainer, resolve_device
+
+TUNE = "tune"
+SEARCH = "search"
+
+
+class StageOutputMissing(FileNotFoundError):
+    """A stage needs the output of an earlier one that has not run (the message names the stage)."""
+
+
+# ----------------------------------------------------------------------------------------- the arch
+def _complete(arch: Mapping[str, Any], cfg: ExperimentConfig) -> dict:
+    out = dict(arch)
+    out.setdefault(INPUT_SIZE, cfg.model.input_size)
+    return out
+
+
+def _published(name: str, cfg: ExperimentConfig) -> dict | None:
+    try:
+        from .space.published import PUBLISHED_ARCHS, published_arch
+    except ImportError:  # no published archs in this installation
+        return None
+    if name not in PUBLISHED_ARCHS:
+        return None
+    backbone, arch = published_arch(name)
+    if backbone != cfg.model.backbone.name:
+        raise ArchError(f"tune.arch {name!r} is an architecture of backbone {backbone!r}, but model.backbone.name "
+                        f"is {cfg.model.backbone.name!r}")
+    return _complete(prefix_arch(arch, BACKBONE_PREFIX), cfg)
+
+
+def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str | Path | None = None) -> tuple[dict, str]:
+    """The arch to tune (validated against ``space``) and where it came from."""
+    given = cfg.tune.arch
+    if given is None:
+        path = work_dir_of(cfg, work_dir) / SEARCH / "best_arch.json"
+        if not path.is_file():
+            raise StageOutputMissing(f"no architecture to tune: {path} does not exist. Run the search stage first "
+                                     "(`nasdet search CONFIG`) or set tune.arch (a file, a mapping or a published name)")
+        return load_arch(path, space), str(path)
+    if isinstance(given, dict):
+        return space.validate(_complete(given, cfg)), "tune.arch (inline)"
+    path = Path(given)
+    if path.is_file():
+        text = path.read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = yaml.safe_load(text)
+        if isinstance(data, dict) and "space_id" in data:
+            return load_arch(path, space), str(path)  # written by nasdet: the space must match
+        if isinstance(data, dict) and isinstance(data.get("arch"), dict):
+            data = data["arch"]
+        if not isinstance(data, dict):
+            raise ArchError(f"tune.arch file {path} does not hold a mapping of choices")
+        return space.validate(_complete(data, cfg)), str(path)
+    arch = _published(given, cfg)
+    if arch is not None:
+        return space.validate(arch), f"published architecture {given}"
+    try:
+        from .space.published import PUBLISHED_ARCHS
+        known = f"; published names: {sorted(PUBLISHED_ARCHS)}"
+    except ImportError:
+        known = ""
+    raise ArchError(f"tune.arch {given!r} is neither an existing file nor a published architecture{known}")
+
+
+# ----------------------------------------------------------------------------------------- the model
+def supernet_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> Path:
+    path = Path(cfg.tune.supernet_checkpoint) if cfg.tune.supernet_checkpoint else \
+        work_dir_of(cfg, work_dir) / SUPERNET / "ckpt" / "last.pt"
+    if not path.is_file():
+        raise StageOutputMissing(f"no supernet checkpoint at {path}: run the pretrain stage first "
+                                 "(`nasdet pretrain CONFIG`), or set tune.init: scratch")
+    return path
+
+
+def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[str, Any],
+                       supernet_ckpt: str | Path | None = None) -> tuple[nn.Module, SearchSpace]:
+    """``export_detector(arch)`` of the config's supernet: with the supernet checkpoint's weights if
+    given (refused if it belongs to another space), else freshly initialised."""
+    model, space = build_supernet(cfg, num_classes)
+    arch = space.validate(arch)
+    if supernet_ckpt is not None:
+        state = load_checkpoint(supernet_ckpt, space_id=space.space_id)
+        load_model_weights(model, state, source=str(supernet_ckpt))
+    static = export_detector(model, arch, space)
+    if supernet_ckpt is None:
+        he_fout_init(static)  # scratch: the static net's own init, not the supernet's slices
+    return static, space
+
+
+def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int) -> tuple[nn.Module, dict]:
+    """A tuned model from its checkpoint (the arch is stored in it)."""
+    state = load_checkpoint(path)
+    arch = (state.get("extra") or {}).get("arch")
+    if arch is None:
+        raise CheckpointError(f"{path} has no architecture inside: it was not written by `nasdet tune`")
+    model, _ = build_static_model(cfg, num_classes, arch)
+    load_model_weights(model, state, source=str(path))
+    return model, arch
+
+
+class TuneTrainer(Trainer):
+    """The baseline's trainer on a static exported model; the arch travels in every checkpoint."""
+
+    def __init__(self, *args, arch: Mapping[str, Any], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.arch = dict(arch)
+
+    def extra_state(self) -> dict:
+        return {"arch": self.arch}
+
+
+@torch.no_grad()
+def recalibrate_static(model: nn.Module, dataset, device, batches: int, batch_size: int, num_workers: int,
+                       seed: int) -> None:
+    """BN statistics of inherited weights re-estimated for this one subnet, momentum restored afterwards."""
+    from .search.evaluate import _bn_modules, recalibrate_bn
+
+    momenta = [(m, getattr(m, "momentum", None)) for m in _bn_modules(model)]
+    recalibrate_bn(model, dataset, device, batches, batch_size, num_workers, seed=seed)
+    for m, momentum in momenta:
+        m.momentum = momentum
+
+
+def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
+    """Train the found architecture (resuming from ``tune/ckpt/last.pt``); returns val metrics and more."""
+    console = console or Console()
+    wd = work_dir_of(cfg, work_dir)
+    tcfg = with_train_recipe(cfg, cfg.tune.train)
+    torch.manual_seed(cfg.seed)
+    data = build_datasets(tcfg)
+    k = data["train"].num_classes
+    out_dir = wd / TUNE
+    _, space = build_supernet(cfg, k)
+    arch, source = resolve_tune_arch(cfg, space, wd)
+    resuming = (out_dir / "ckpt" / "last.pt").is_file()
+    if resuming:
+        saved = load_checkpoint(out_dir / "ckpt" / "last.pt").get("extra", {}).get("arch")
+        if saved is not None and dict(saved) != dict(arch):
+            raise CheckpointError(f"{out_dir / 'ckpt' / 'last.pt'} tunes another architecture than {source}; "
+                                  "delete the tune folder to tune the new one")
+    init = cfg.tune.init
+    sn_ckpt = supernet_checkpoint(cfg, wd) if init == "supernet" and not resuming else None
+    model, _ = build_static_model(cfg, k, arch, sn_ckpt)
+    device = resolve_device(tcfg.train.device)
+    initial = None
+    if sn_ckpt is not None and dist.is_main():
+        model.to(device)
+        if cfg.tune.recalib_batches:
+            recalibrate_static(model, data["train"].with_transforms(None), device, cfg.tune.recalib_batches,
+                               tcfg.eval.batch_size, tcfg.data.num_workers, cfg.seed)
+        if cfg.tune.eval_initial:
+            val = data["val"]
+            if cfg.eval.max_images:
+                val = val.subset(range(min(cfg.eval.max_images, len(val))))
+            initial = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
+            write_json(out_dir / "initial_metrics.json", {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source})
+            console.print(metrics_table(initial, f"tune: inherited weights before training ({len(val)} val images)"))
+    if dist.is_main():
+        save_arch(out_dir / "arch.json", arch, space)
+        console.print(f"tune: arch from {source}, init {init}" + (f" ({sn_ckpt})" if sn_ckpt else ""))
+    trainer = TuneTrainer(tcfg, model, data["train"], data["val"], out_dir, console=console, arch=arch)
+    trainer.prepare()
+    if dist.is_main():
+        save_config(cfg, wd / "config.yaml")
+    done = _completed(out_dir, trainer, tcfg)
+    if done is not None:
+        if dist.is_main():
+            console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to tune again")
+            console.print(metrics_table(done["metrics"], "tune: val mAP"))
+        return done
+    metrics = trainer.run()
+    result = {"metrics": metrics, "step": trainer.step, "arch": arch, "arch_source": source, "init": init,
+              "checkpoint": str(out_dir / "ckpt" / "last.pt"), "val": data["val"].source,
+              "val_images": len(data["val"])}
+    if dist.is_main():
+        write_json(out_dir / "metrics.json", result)
+        console.print(metrics_table(metrics, f"tune: val mAP ({len(data['val'])} images)"))
+    return result
+
+
+def baseline_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> Path:
+    path = work_dir_of(cfg, work_dir) / BASELINE / "ckpt" / "last.pt"
+    if not path.is_file():
+        raise StageOutputMissing(f"no baseline checkpoint at {path}: run the baseline stage first (`nasdet train CONFIG`)")
+    return path

@@ -1,0 +1,289 @@
+"""Issue 5: tune (from best_arch.json, an explicit arch, the supernet's weights or scratch), export to ONNX
+with parity checks, and the pipeline's skip/resume and missing-stage errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from nasdet.config import config_to_dict, validate_config
+from nasdet.experiment import build_supernet
+from nasdet.models.supernet import export_detector
+from nasdet.space import ArchError, save_arch
+from nasdet.train.checkpoint import load_checkpoint, save_checkpoint
+
+QUIET = Console(quiet=True)
+OFA_TINY = {"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}}
+FAST_TRAIN = {"max_steps": 2, "epochs": 1}
+
+
+def _save_supernet(cfg, model, space):
+    save_checkpoint({"model": model.state_dict(), "space_id": space.space_id, "config": config_to_dict(cfg), "step": 0},
+                    Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt")
+
+
+def _fake_supernet(cfg):
+    torch.manual_seed(0)
+    model, space = build_supernet(cfg, 8)
+    _save_supernet(cfg, model, space)
+    return model, space
+
+
+def _middle(space):
+    return {n: v[len(v) // 2] for n, v in space.choices.items()}
+
+
+def test_tune_from_best_arch_then_from_explicit_arch(tiny_config, tmp_path):
+    from nasdet.tune import StageOutputMissing, load_tuned_model, run_tune
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, train=FAST_TRAIN, tune={"recalib_batches": 1, "eval_initial": False})
+    with pytest.raises(StageOutputMissing, match="search stage"):
+        run_tune(cfg, console=QUIET)
+    model, space = _fake_supernet(cfg)
+    arch = _middle(space)
+    save_arch(Path(cfg.work_dir) / "search" / "best_arch.json", arch, space)
+    result = run_tune(cfg, console=QUIET)
+    wd = Path(cfg.work_dir)
+    assert result["arch"] == arch and result["arch_source"].endswith("best_arch.json")
+    assert result["step"] == 2 and (wd / "tune" / "metrics.json").is_file()
+    tuned, stored = load_tuned_model(wd / "tune" / "ckpt" / "last.pt", cfg, 8)
+    assert stored == arch
+    expected = export_detector(model, arch, space)
+    assert sum(p.numel() for p in tuned.parameters()) == sum(p.numel() for p in expected.parameters())
+    # a finished tune is skipped when rerun
+    assert run_tune(cfg, console=QUIET)["step"] == 2
+
+    # explicit arch: an inline mapping without input_size (the model's is used), from scratch
+    small = {k: v for k, v in space.smallest().items() if k != "input_size"}
+    cfg2 = tiny_config("ssdlite", model=OFA_TINY, train=FAST_TRAIN, work_dir=str(tmp_path / "w2"),
+                       tune={"arch": small, "init": "scratch"})
+    r2 = run_tune(cfg2, console=QUIET)
+    assert r2["arch"] == {**small, "input_size": 96} and r2["init"] == "scratch"
+    # an arch file in the user's own format (plain mapping, YAML)
+    path = tmp_path / "arch.yaml"
+    path.write_text("\n".join(f"{k}: {v}" for k, v in small.items()))
+    cfg3 = tiny_config("ssdlite", model=OFA_TINY, train=FAST_TRAIN, work_dir=str(tmp_path / "w3"),
+                       tune={"arch": str(path), "init": "scratch"})
+    assert run_tune(cfg3, console=QUIET)["arch"] == r2["arch"]
+    # a choice not in the space, and an unknown name
+    bad = dict(small, **{"backbone.stage1.block0.kernel": 4})
+    with pytest.raises(ArchError, match="stage1.block0.kernel"):
+        run_tune(tiny_config("ssdlite", model=OFA_TINY, work_dir=str(tmp_path / "w4"), tune={"arch": bad, "init": "scratch"}),
+                 console=QUIET)
+    with pytest.raises(ArchError, match="neither an existing file nor a published"):
+        run_tune(tiny_config("ssdlite", model=OFA_TINY, work_dir=str(tmp_path / "w5"), tune={"arch": "no-such-net"}),
+                 console=QUIET)
+
+
+def _four_image_set(shapes_dir, out: Path) -> dict:
+    """COCO json of 4 training images (train = val: a set the supernet can memorise)."""
+    data = json.loads((shapes_dir / "train" / "annotations.json").read_text())
+    ids = {im["id"] for im in data["images"][:4]}
+    data["images"] = [im for im in data["images"] if im["id"] in ids]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
+    out.write_text(json.dumps(data))
+    src = {"annotations": str(out), "images": str(shapes_dir / "train" / "images")}
+    return {"train": src, "val": src, "search_fraction": 0.0, "augment": {"hflip": 0.0, "photometric": 0.0}}
+
+
+def test_tune_from_supernet_starts_at_the_supernets_map(tiny_config, shapes_dir, tmp_path):
+    """tune.init: supernet inherits the subnet: its val mAP before training equals the supernet's score
+    of that arch (same recalibration), far from a re-initialised network's."""
+    from conftest import memorise
+    from nasdet.experiment import build_datasets
+    from nasdet.search.scoring import score_arch
+    from nasdet.train.evaluate import evaluate_detector
+    from nasdet.train.supernet import SupernetTrainer
+    from nasdet.tune import build_static_model, run_tune
+
+    data_cfg = _four_image_set(shapes_dir, tmp_path / "four.json")
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data=data_cfg,
+                      train={"optimizer": {"name": "adamw", "lr": 0.003}, "scheduler": {"name": "constant", "warmup_steps": 0},
+                             "max_steps": 1, "epochs": 1},
+                      supernet={"sampling": "sandwich", "sandwich_random": 0, "recalib_batches": 1},
+                      tune={"recalib_batches": 1}, eval={"batch_size": 4})
+    torch.manual_seed(0)
+    data = build_datasets(cfg)
+    few = data["train"].with_transforms(None)
+    model, space = build_supernet(cfg, few.num_classes)
+    trainer = SupernetTrainer(cfg, model, space, few, few, tmp_path / "s", calib_set=few)
+    memorise(trainer, few)
+    _save_supernet(cfg, model, space)
+    arch = space.largest()
+    save_arch(Path(cfg.work_dir) / "search" / "best_arch.json", arch, space)
+
+    supernet_score = score_arch(model, space, arch, few, few, "cpu", recalib_batches=1, batch_size=4)
+    run_tune(cfg, console=QUIET)
+    initial = json.loads((Path(cfg.work_dir) / "tune" / "initial_metrics.json").read_text())["metrics"]
+    assert supernet_score["AP50"] > 0.3, supernet_score
+    assert abs(initial["AP50"] - supernet_score["AP50"]) < 0.05, (initial, supernet_score)
+    scratch, _ = build_static_model(cfg, few.num_classes, arch)
+    assert evaluate_detector(scratch, few, torch.device("cpu"), 4)["AP50"] < 0.1
+
+
+def _trained_tuned(tiny_config, tmp_path, detector="ssdlite", **extra):
+    from nasdet.tune import run_tune
+
+    cfg = tiny_config(detector, model={**OFA_TINY, "score_thresh": 0.05}, train={"max_steps": 6, "epochs": 1},
+                      tune={"eval_initial": False, "recalib_batches": 1}, export={"check_images": 3},
+                      cost={"warmup": 0, "runs": 2, "threads": 1}, **extra)
+    _, space = _fake_supernet(cfg)
+    save_arch(Path(cfg.work_dir) / "search" / "best_arch.json", _middle(space), space)
+    run_tune(cfg, console=QUIET)
+    return cfg
+
+
+@pytest.mark.parametrize("detector", ["ssdlite", "retinanet"])
+def test_export_end_to_end_and_raw_match_torch(tiny_config, tmp_path, detector):
+    import numpy as np
+    import onnxruntime as ort
+
+    from nasdet.experiment import build_datasets
+    from nasdet.export import run_export
+    from nasdet.tune import load_tuned_model
+
+    cfg = _trained_tuned(tiny_config, tmp_path, detector, search={"budget": {"metric": "macs", "max": 1.0}})
+    result = run_export(cfg, console=QUIET)
+    assert result["parity"]["images"] == 3 and result["parity"]["max_box_diff_px"] <= 1e-3
+    assert result["budget"] == {"metric": "macs", "max": 1.0, "measured": result["measured"]["macs"],
+                                "predicted": None, "within": False}  # loudly over a 1-MAC budget
+    path = Path(result["onnx"])
+    # the file alone (onnxruntime, no nasdet) on an image of another size gives torch's detections
+    model, _ = load_tuned_model(Path(cfg.work_dir) / "tune" / "ckpt" / "last.pt", cfg, 8)
+    model.eval()
+    val = build_datasets(cfg, need=("val",))["val"]
+    img = val[5][0][:, :80, :72].contiguous()
+    with torch.no_grad():
+        ref = model([img.float() / 255.0])[0]
+    boxes, scores, labels = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": img.numpy()})
+    n = min(len(scores), 10)
+    assert len(scores) == len(ref["scores"])
+    np.testing.assert_allclose(scores[:n], ref["scores"][:n].numpy(), atol=1e-4)
+    np.testing.assert_allclose(boxes[:n], ref["boxes"][:n].numpy(), atol=1e-3)
+    assert (labels[:n] == ref["labels"][:n].numpy()).all()
+    raw = run_export(cfg, raw=True, console=QUIET)
+    assert raw["parity"]["max_abs_diff"] <= 1e-4 and Path(raw["onnx"]).with_suffix(".anchors.npy").is_file()
+
+
+def test_examples_onnx_infer_runs_the_exported_file(tiny_config, tmp_path, shapes_dir):
+    from nasdet.export import run_export
+
+    cfg = _trained_tuned(tiny_config, tmp_path)
+    onnx_path = run_export(cfg, console=QUIET)["onnx"]
+    image = next((shapes_dir / "val" / "images").iterdir())
+    script = Path(__file__).parent.parent / "examples" / "onnx_infer.py"
+    out = subprocess.run([sys.executable, str(script), onnx_path, str(image), "--json", "--min-score", "0"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    rec = json.loads(out.stdout.splitlines()[0])
+    assert len(rec["boxes"]) == len(rec["scores"]) == len(rec["labels"]) > 0
+
+
+def test_export_parity_failure_is_reported():
+    from nasdet.export import match_detections
+
+    ref = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]]), "scores": torch.tensor([0.9, 0.5]),
+           "labels": torch.tensor([1, 2])}
+    same = match_detections(ref, ref, 0.05, 1e-4)
+    assert same["max_box_diff"] == 0 and same["matched"] == 2 and not same["unexplained"]
+    shifted = {**ref, "boxes": ref["boxes"] + torch.tensor([0.0, 0.0, 0.01, 0.0])}
+    assert match_detections(ref, shifted, 0.05, 1e-4)["max_box_diff"] == pytest.approx(0.01, abs=1e-6)
+    dropped = {k: v[:1] for k, v in ref.items()}
+    assert match_detections(ref, dropped, 0.05, 1e-4)["unexplained"] == [("torch only", 0.5)]
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+def _pipeline_raw(shapes_dir, work_dir) -> dict:
+    from conftest import tiny_raw
+
+    raw = tiny_raw(shapes_dir, work_dir)
+    raw["model"].update(OFA_TINY)
+    raw["train"].update(max_steps=2, epochs=1)
+    raw["supernet"] = {"input_sizes": [64, 96], "recalib_batches": 1, "report_archs": ["smallest"]}
+    raw["search"] = {"strategy": "random", "num_candidates": 40, "recalib_batches": 1, "batch_size": 4, "max_images": 2,
+                     "budget": {"metric": "macs", "max": 1e12}}
+    raw["tune"] = {"recalib_batches": 1}
+    raw["export"] = {"check_images": 2}
+    raw["eval"] = {"batch_size": 8, "max_images": 2}
+    raw["pipeline"] = {"init_supernet_from_baseline": True}
+    return raw
+
+
+def test_pipeline_runs_every_stage_and_resumes_after_a_kill_during_search(shapes_dir, tmp_path):
+    import yaml
+
+    from nasdet.pipeline import run_pipeline
+    from nasdet.search.study import open_storage
+
+    wd = tmp_path / "work"
+    raw = _pipeline_raw(shapes_dir, wd)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "nasdet.cli", "pipeline", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = wd / "search" / "study.journal"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if journal.is_file() and journal.read_text().count("\"state\":1") >= 1:  # a trial finished
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sn_ckpt = wd / "supernet" / "ckpt" / "last.pt"
+    base_ckpt = wd / "baseline" / "ckpt" / "last.pt"
+    mtimes = (sn_ckpt.stat().st_mtime_ns, base_ckpt.stat().st_mtime_ns)
+    assert not (wd / "tune").exists()
+
+    cfg = validate_config(raw, str(config))
+    report = run_pipeline(cfg, console=QUIET)
+    assert (sn_ckpt.stat().st_mtime_ns, base_ckpt.stat().st_mtime_ns) == mtimes  # pretrain/baseline not redone
+    assert load_checkpoint(sn_ckpt)["step"] == 2
+    for name in ("report.md", "report.json", "pareto.png", "tune/metrics.json", "export/tune.onnx", "export/baseline.onnx"):
+        assert (wd / name).is_file(), name
+    assert [r["model"] for r in report["rows"]] == ["baseline (ofa_mbv3)", "found (tuned)"]
+    assert all(r["macs"] > 0 and r["latency_onnxruntime_ms"] > 0 for r in report["rows"])
+    assert "| found (tuned) |" in (wd / "report.md").read_text()
+    import optuna
+
+    study = optuna.load_study(study_name="tiny-random", storage=open_storage(None, wd / "search"))
+    assert len([t for t in study.trials if t.state.is_finished()]) >= 40
+    # everything done: a rerun redoes nothing
+    t0 = time.perf_counter()
+    run_pipeline(cfg, console=QUIET)
+    assert time.perf_counter() - t0 < 60
+
+
+def test_missing_stage_outputs_name_the_stage_to_run(tiny_config, tmp_path):
+    from nasdet.cli import app
+    from typer.testing import CliRunner
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY)
+    path = tmp_path / "c.yaml"
+    import yaml
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    runner = CliRunner()
+    res = runner.invoke(app, ["tune", str(path)])
+    assert res.exit_code == 2 and "search stage" in res.output
+    res = runner.invoke(app, ["export", str(path)])
+    assert res.exit_code == 2 and "tune stage" in res.output
+    res = runner.invoke(app, ["export", str(path), "--source", "baseline"])
+    assert res.exit_code == 2 and "baseline stage" in res.output
+    _, space = build_supernet(cfg, 8)
+    save_arch(Path(cfg.work_dir) / "search" / "best_arch.json", space.smallest(), space)
+    res = runner.invoke(app, ["tune", str(path)])
+    assert res.exit_code == 2 and "pretrain stage" in res.output
+    # the supernet of another space is refused
+    other = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}})
+    model, other_space = build_supernet(other, 8)
+    _save_supernet(cfg, model, other_space)
+    res = runner.invoke(app, ["tune", str(path)])
+    assert res.exit_code == 2 and "search space" in res.output
