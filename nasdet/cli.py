@@ -129,12 +129,49 @@ def pretrain_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
 def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
                storage: Optional[str] = typer.Option(None, "--storage",
                                                      help="Optuna storage URL (e.g. postgresql://...) or journal file path."),
-               worker: int = typer.Option(0, "--worker", help="This process's index among workers sharing the study.")):
+               worker: int = typer.Option(0, "--worker", help="This process's index among workers sharing the study."),
+               workers: int = typer.Option(1, "--workers", min=1,
+                                           help="Start N local worker processes on the study (one GPU each if any).")):
     """Score subnets of the trained supernet under the budget (evolution, NSGA-II or random on Optuna);
-    rerunning continues the study."""
+    rerunning continues the study. Several processes (here via --workers, or on other machines with
+    --storage) share one study."""
     from .search.run import run_search
 
-    run_search(_load(config, set_), work_dir=work_dir, storage=storage, console=console, worker=worker)
+    cfg = _load(config, set_)
+    if workers > 1:
+        _launch_search_workers(config, work_dir, set_ or [], storage, workers)
+    run_search(cfg, work_dir=work_dir, storage=storage, console=console, worker=worker)
+
+
+def _launch_search_workers(config: Path, work_dir: Optional[Path], overrides: List[str], storage: Optional[str],
+                           workers: int) -> None:
+    """``workers`` processes of ``nasdet search`` on one storage, each on its own GPU when there are
+    GPUs; Optuna's storage shares the work (no scheduler of ours). Returns when all have finished."""
+    import subprocess
+
+    import torch
+
+    gpus = torch.cuda.device_count()
+    procs = []
+    for i in range(workers):
+        cmd = [sys.executable, "-m", "nasdet.cli", "search", str(config), "--worker", str(i)]
+        if work_dir:
+            cmd += ["--work-dir", str(work_dir)]
+        if storage:
+            cmd += ["--storage", storage]
+        for item in overrides:
+            cmd += ["--set", item]
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        elif "threads" not in " ".join(overrides):
+            cmd += ["--set", f"train.threads={max(1, (os.cpu_count() or 1) // workers)}"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if i else None))
+    console.print(f"started {workers} search workers" + (f" on {min(workers, gpus)} GPU(s)" if gpus else " on CPU"))
+    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        console.print(f"[bold red]error:[/] search worker(s) {failed} failed; rerun the same command to continue the study")
+        raise typer.Exit(1)
 
 
 @app.command("eval")

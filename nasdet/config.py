@@ -244,6 +244,10 @@ class CostConfig(Strict):
     runs: int = Field(30, gt=0)
     threads: Optional[int] = Field(None, gt=0)  # CPU threads while timing; default: torch's
     onnxruntime: bool = True  # also time the dense part (no NMS) in onnxruntime on CPU
+    # how a search candidate's latency is taken: torch (timed on `device`), onnxruntime (end-to-end ONNX
+    # on CPU, as deployed) or lut (OFA's per-block lookup table, timed once per device, then summed)
+    latency: Literal["torch", "onnxruntime", "lut"] = "torch"
+    lut: Optional[str] = None  # lookup table file; default work_dir/search/latency_lut.json
 
 
 class BudgetConfig(Strict):

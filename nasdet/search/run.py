@@ -21,6 +21,7 @@ from rich.table import Table
 from ..config import ExperimentConfig, save_config
 from ..space import SearchSpace, save_arch
 from ..train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from .latency import latency_function
 from .budget import COST_UNITS, Budget, CostModel, check_budget_feasible, restrict_resolution
 from .scoring import cached_scorer, score_arch
 from .strategies import OBJECTIVE, make_strategy
@@ -35,6 +36,10 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
     counts, output paths). ``storage`` (URL or journal path) overrides ``cfg.search.storage``; ``worker``
     (0, 1, ...) decorrelates the proposals of processes sharing one study."""
+    if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
+        from .darts import run_darts_search
+
+        return run_darts_search(cfg, work_dir=work_dir, console=console)
     import torch
 
     from ..experiment import build_datasets, build_supernet, work_dir_of
@@ -48,6 +53,8 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     if not ckpt.is_file():
         raise CheckpointError(f"no supernet checkpoint at {ckpt}: run `nasdet pretrain` first")
     torch.manual_seed(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     data = build_datasets(cfg, need=("search",))
     search_set = data["search"]
     if len(search_set) == 0:
@@ -65,8 +72,10 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     budget = Budget(s.budget.metric, s.budget.max) if s.budget else None
     cost_metric = budget.metric if budget else s.cost_metric
     measure = ("macs", "params") + (("latency",) if cost_metric == "latency" else ())
-    cost_fn = CostModel(model, space, measure, device=cfg.cost.device, warmup=cfg.cost.warmup,
-                        runs=cfg.cost.runs, threads=cfg.cost.threads)
+    c = cfg.cost
+    latency_fn = latency_function(c.latency, model, space, device=c.device, warmup=c.warmup, runs=c.runs,
+                                  threads=c.threads, lut_path=c.lut or out_dir / "latency_lut.json")
+    cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
     check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
 
     scorer = cached_scorer(functools.partial(
@@ -114,6 +123,7 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
     from ..experiment import load_trained_model
     from ..train.evaluate import evaluate_detector
     from .cost import detector_macs, detector_params, measure_latency
+    from .latency import measure_latency_onnx_e2e
 
     ckpt = wd / "baseline" / "ckpt" / "last.pt"
     if not ckpt.is_file():
@@ -122,7 +132,11 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
     costs = {"macs": detector_macs(model)["total"], "params": detector_params(model)["total"]}
     if "latency" in measure:
         c = cfg.cost
-        costs["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)["median_ms"]
+        if c.latency == "onnxruntime":
+            costs["latency"] = measure_latency_onnx_e2e(model, c.warmup, c.runs, c.threads)["median_ms"]
+        else:  # the baseline is not a subnet of the space: the table cannot predict it, so it is timed
+            costs["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs,
+                                               threads=c.threads)["median_ms"]
     metrics = evaluate_detector(model, search_set, device, cfg.search.batch_size, cfg.data.num_workers)
     return {"checkpoint": str(ckpt), "costs": costs, "metrics": dict(metrics or {})}
 

@@ -1,0 +1,128 @@
+"""Search engine: latency budgets (torch, onnxruntime, lookup table), BN recalibration's effect on the
+score, and `nasdet search --workers N`."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from rich.console import Console
+
+from nasdet.config import config_to_dict
+from nasdet.experiment import build_supernet
+from nasdet.models.supernet import export_detector
+from nasdet.train.checkpoint import save_checkpoint
+
+QUIET = Console(quiet=True)
+OFA_TINY = {"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}}
+
+
+def _fake_pretrain(cfg):
+    torch.manual_seed(0)
+    model, space = build_supernet(cfg, 8)
+    save_checkpoint({"model": model.state_dict(), "space_id": space.space_id, "config": config_to_dict(cfg), "step": 0},
+                    Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt")
+    return model, space
+
+
+def test_latency_table_sums_blocks_measures_each_once_and_persists(tiny_config, tmp_path):
+    from nasdet.search.latency import LatencyTable, backbone_blocks
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, supernet={"input_sizes": [64, 96]})
+    model, space = build_supernet(cfg, 8)
+    path = tmp_path / "lut.json"
+    table = LatencyTable(path, warmup=1, runs=3, threads=1)
+    rng = random.Random(0)
+    arch = space.sample(rng)
+    static = export_detector(model, arch, space)
+    first = table.predict(static, arch, model, space)
+    n_blocks = len(backbone_blocks(static))
+    assert first > 0 and n_blocks >= 10
+    measured = table.measured
+    assert table.predict(static, arch, model, space) == first and table.measured == measured  # no re-timing
+    # the prediction is the rest at this size plus one entry per block
+    s = arch["input_size"]
+    keys = [table.block_key(b, shape) for b, shape in table._block_inputs(static, s)]
+    assert len(keys) == n_blocks
+    assert first == pytest.approx(table.rest[str(s)] + sum(table.blocks[k] for k in keys))
+    # another process (a worker, a later search) reads the table and measures nothing
+    again = LatencyTable(path, warmup=1, runs=3, threads=1)
+    assert again.predict(static, arch, model, space) == pytest.approx(first) and again.measured == 0
+    # a deeper arch has more block entries and costs more than the smallest
+    small, large = space.smallest(), dict(space.largest(), input_size=s)
+    p_small = table.predict(export_detector(model, dict(small, input_size=s), space), dict(small, input_size=s), model, space)
+    p_large = table.predict(export_detector(model, large, space), large, model, space)
+    assert p_large > p_small
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "lut"])
+def test_search_under_a_latency_budget(tiny_config, backend):
+    from nasdet.search.run import run_search
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False}, supernet={"input_sizes": [64, 96]},
+                      cost={"latency": backend, "warmup": 1, "runs": 3, "threads": 1},
+                      search={"strategy": "random", "num_candidates": 2, "recalib_batches": 1, "batch_size": 4,
+                              "max_images": 2, "include_extremes": False, "budget": {"metric": "latency", "max": 1e4}})
+    _fake_pretrain(cfg)
+    summary = run_search(cfg, console=QUIET)
+    assert summary["records"] == 2
+    rows = list(csv.DictReader(open(Path(cfg.work_dir) / "search" / "results.csv")))
+    assert all(float(r["latency_ms"]) > 0 for r in rows)
+    assert (Path(cfg.work_dir) / "search" / "latency_lut.json").is_file() == (backend == "lut")
+
+
+def test_bn_recalibration_changes_the_score(tiny_config):
+    """Scoring with the supernet's shared BN statistics and after recalibration gives different mAPs
+    (a subnet trained a little, so its detections depend on the statistics)."""
+    from conftest import memorise
+
+    from nasdet.experiment import build_datasets
+    from nasdet.models.supernet import set_detector_arch
+    from nasdet.search.scoring import score_arch
+    from nasdet.train.evaluate import evaluate_detector
+    from nasdet.train.supernet import SupernetTrainer
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"augment": {"hflip": 0.0, "photometric": 0.0}},
+                      train={"optimizer": {"name": "adamw", "lr": 0.003}, "scheduler": {"name": "constant", "warmup_steps": 0}},
+                      supernet={"sampling": "sandwich", "sandwich_random": 0})
+    torch.manual_seed(0)
+    data = build_datasets(cfg)
+    few = data["supernet_train"].subset(range(4))
+    model, space = build_supernet(cfg, few.num_classes)
+    trainer = SupernetTrainer(cfg, model, space, few, None, Path(cfg.work_dir) / "s", calib_set=few.with_transforms(None))
+    memorise(trainer, few, steps=40)
+    arch = space.smallest()
+    plain = few.with_transforms(None)
+    set_detector_arch(model, arch, space)
+    shared_stats = evaluate_detector(model, plain, torch.device("cpu"), 4)
+    recalibrated = score_arch(model, space, arch, plain, plain, "cpu", recalib_batches=1, batch_size=4)
+    assert recalibrated["AP"] != shared_stats["AP"]
+
+
+def test_search_workers_option_starts_processes_that_share_the_study(tiny_config, tmp_path):
+    from typer.testing import CliRunner
+
+    from nasdet.cli import app
+    from nasdet.search.study import open_storage
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False}, supernet={"input_sizes": [64, 96]},
+                      train={"threads": 1},
+                      search={"strategy": "random", "num_candidates": 6, "recalib_batches": 1, "batch_size": 4,
+                              "max_images": 2, "include_extremes": False, "budget": {"metric": "macs", "max": 1e12}})
+    _fake_pretrain(cfg)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    res = CliRunner().invoke(app, ["search", str(path), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    study = optuna.load_study(study_name="tiny-random", storage=open_storage(None, Path(cfg.work_dir) / "search"))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    archs = [json.dumps(t.params, sort_keys=True) for t in done]
+    assert len(done) >= 6 and len(set(archs)) == len(archs)
+    assert len({t.user_attrs.get("worker") for t in done}) == 2  # both processes scored
+    rows = list(csv.DictReader(open(Path(cfg.work_dir) / "search" / "results.csv")))
+    assert len(rows) == len(done)
