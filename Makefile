@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEMO_CONFIG := configs/demo/baseline_ssdlite_shapes.yaml
+DEMO_CONFIG := configs/demo/pipeline_shapes.yaml
 DEMO_DATA := data/shapes
 
 .PHONY: demo test venv clean-demo
@@ -15,15 +15,14 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Embedded data set (generated, never downloaded), then the baseline: train, evaluate, cost.
+# Embedded data set (generated, never downloaded), then the whole pipeline: baseline, supernet
+# pretraining, search under the budget, tuning, ONNX export, report (runs/demo_pipeline/report.md).
 demo: venv
 	$(PY) -m nasdet data make-synthetic $(DEMO_DATA) --train 1200 --val 300 --size 256 --seed 0 --skip-existing
-	$(PY) -m nasdet train $(DEMO_CONFIG)
-	$(PY) -m nasdet eval $(DEMO_CONFIG)
-	$(PY) -m nasdet cost $(DEMO_CONFIG)
+	$(PY) -m nasdet pipeline $(DEMO_CONFIG)
 
 test: venv
 	$(PY) -m pytest tests
 
 clean-demo:
-	rm -rf runs/demo
+	rm -rf runs/demo_pipeline

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 import warnings
 from pathlib import Path
 from typing import Sequence

@@ -28,7 +28,7 @@ from .space.elastic import he_fout_init
 from .train import dist
 from .train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .train.evaluate import evaluate_detector
-from .train.loop import Trainer, resolve_device
+from .train.loop import Trainer
 
 TUNE = "tune"
 SEARCH = "search"
@@ -154,15 +154,17 @@ def recalibrate_static(model: nn.Module, dataset, device, batches: int, batch_si
         m.momentum = momentum
 
 
-def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
-    """Train the found architecture (resuming from ``tune/ckpt/last.pt``); returns val metrics and more."""
+def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
+             stage: str = TUNE) -> dict:
+    """Train the found architecture (resuming from ``<stage>/ckpt/last.pt``); returns val metrics and more.
+    ``stage`` names the output folder (benchmarks tune other archs beside the found one)."""
     console = console or Console()
     wd = work_dir_of(cfg, work_dir)
     tcfg = with_train_recipe(cfg, cfg.tune.train)
     torch.manual_seed(cfg.seed)
     data = build_datasets(tcfg)
     k = data["train"].num_classes
-    out_dir = wd / TUNE
+    out_dir = wd / stage
     _, space = build_supernet(cfg, k)
     arch, source = resolve_tune_arch(cfg, space, wd)
     resuming = (out_dir / "ckpt" / "last.pt").is_file()
@@ -174,7 +176,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     init = cfg.tune.init
     sn_ckpt = supernet_checkpoint(cfg, wd) if init == "supernet" and not resuming else None
     model, _ = build_static_model(cfg, k, arch, sn_ckpt)
-    device = resolve_device(tcfg.train.device)
+    device, _, _ = dist.init_distributed(tcfg.train.device)  # before is_main(): under torchrun only rank 0 writes
     initial = None
     if sn_ckpt is not None and dist.is_main():
         model.to(device)
