@@ -25,6 +25,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from .backbones import build_backbone
+from .heads.fad import build_fad_head
 
 IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
@@ -101,11 +102,14 @@ def _transform(input_size: int, size_divisible: int) -> GeneralizedRCNNTransform
     )
 
 
-def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Module | None = None) -> nn.Module:
+def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Module | None = None,
+                   fad_search: bool = False) -> nn.Module:
     """A torchvision detector for ``model_cfg`` (nasdet.config.ModelConfig).
 
     ``num_classes``: object classes without background (from the data when the config leaves it
     unset). ``backbone``: a ready backbone module (e.g. a supernet) instead of ``model_cfg.backbone``.
+    FCOS / RetinaNet get FAD's searched towers when ``model_cfg.head.genotype`` is set, and FAD's search
+    head (with alphas) when ``fad_search`` (``search.strategy: darts``).
     """
     k = model_cfg.num_classes if model_cfg.num_classes is not None else num_classes
     if k is None:
@@ -116,6 +120,8 @@ def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Modul
     n = k + 1  # + background
     s = model_cfg.input_size
     det = model_cfg.detector
+    if (fad_search or model_cfg.head.genotype is not None) and det not in ("fcos", "retinanet"):
+        raise ValueError(f"model.head.genotype / a FAD search needs model.detector fcos or retinanet, not {det!r}")
     common = dict(score_thresh=model_cfg.score_thresh, nms_thresh=model_cfg.nms_thresh,
                   detections_per_img=model_cfg.detections_per_img)
 
@@ -134,16 +140,19 @@ def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Modul
                     topk_candidates=model_cfg.topk_candidates, **common)
         model.transform = _transform(s, size_divisible=1)
     elif det in ("retinanet", "fcos"):
+        fad = fad_search or model_cfg.head.genotype is not None
         c = model_cfg.fpn_channels
         neck = FPNNeck(body, ("c3", "c4", "c5"), c, LastLevelP6P7(c, c))  # P3-P7, P6 from P5
         if det == "retinanet":
             anchor_sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
             anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
-            head = RetinaNetHead(c, anchors.num_anchors_per_location()[0], n)
+            head = RetinaNetHead(c, anchors.num_anchors_per_location()[0], n) if not fad else \
+                build_fad_head(det, c, n, model_cfg.head, anchors.num_anchors_per_location()[0], search=fad_search)
             model = RetinaNet(neck, n, anchor_generator=anchors, head=head,
                               topk_candidates=model_cfg.topk_candidates, **common)
         else:
-            model = FCOS(neck, n, topk_candidates=model_cfg.topk_candidates, **common)
+            head = build_fad_head(det, c, n, model_cfg.head, search=fad_search) if fad else None
+            model = FCOS(neck, n, head=head, topk_candidates=model_cfg.topk_candidates, **common)
         model.transform = _transform(s, size_divisible=32)
     elif det == "faster_rcnn":
         c = model_cfg.fpn_channels
