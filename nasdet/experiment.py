@@ -199,6 +199,8 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     teacher = load_teacher(cfg.supernet.distill.checkpoint, k) if cfg.supernet.distill.teacher == "checkpoint" else None
     trainer = SupernetTrainer(cfg, model, space, data["supernet_train"], data["val"], out_dir,
                               calib_set=data["supernet_train"].with_transforms(None), teacher=teacher, console=console)
+    if cfg.supernet.init_from:
+        trainer.start_note = f"from {cfg.supernet.init_from}"
     trainer.prepare()  # a checkpoint of another space or model fails here, before anything is written
     if dist.is_main():
         save_config(cfg, wd / "config.yaml")

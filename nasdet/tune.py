@@ -194,6 +194,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         save_arch(out_dir / "arch.json", arch, space)
         console.print(f"tune: arch from {source}, init {init}" + (f" ({sn_ckpt})" if sn_ckpt else ""))
     trainer = TuneTrainer(tcfg, model, data["train"], data["val"], out_dir, console=console, arch=arch)
+    if sn_ckpt is not None:
+        trainer.start_note = f"from the supernet's weights ({sn_ckpt})"
     trainer.prepare()
     if dist.is_main():
         save_config(cfg, wd / "config.yaml")

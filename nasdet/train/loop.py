@@ -65,6 +65,7 @@ class Trainer:
     """Train ``model`` on ``train_set`` per ``cfg.train``; checkpoints and logs go to ``out_dir``."""
 
     find_unused_parameters = False  # supernets set True: only the sampled path has gradients
+    start_note = "from scratch"  # how a fresh (not resumed) run starts, for the log line
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module, train_set: DetectionDataset,
                  val_set: DetectionDataset | None, out_dir: str | Path, console: Console | None = None,
@@ -241,7 +242,7 @@ class Trainer:
         resumed = self.prepare()
         limit = min(self.total_steps, self.tcfg.max_steps or self.total_steps)
         if dist.is_main():
-            what = f"resumed at step {self.step}" if resumed else "from scratch"
+            what = f"resumed at step {self.step}" if resumed else self.start_note
             self.console.print(
                 f"[bold]train[/] {self.out_dir}: {len(self.train_set)} images, {self.steps_per_epoch} steps/epoch x "
                 f"{self.tcfg.epochs} epochs, batch {self.tcfg.batch_size} x {self.world} process(es) on {self.device}, {what}"
