@@ -287,3 +287,25 @@ def test_missing_stage_outputs_name_the_stage_to_run(tiny_config, tmp_path):
     _save_supernet(cfg, model, other_space)
     res = runner.invoke(app, ["tune", str(path)])
     assert res.exit_code == 2 and "search space" in res.output
+
+
+def test_pipeline_enot_recipe_baseline_backbone_initialises_the_supernet(shapes_dir, tmp_path):
+    """ENOT's recipe: the baseline is torchvision's MobileNetV2 (pipeline.baseline_backbone), the
+    mbv2_elastic supernet starts from its weights, the report compares the two."""
+    from nasdet.pipeline import run_pipeline
+    from nasdet.train.checkpoint import load_checkpoint
+
+    raw = _pipeline_raw(shapes_dir, tmp_path / "work")
+    raw["model"]["backbone"] = {"name": "mbv2_elastic", "width_mult": 0.25}
+    raw["pipeline"] = {"baseline_backbone": "mobilenet_v2", "init_supernet_from_baseline": True, "export": False}
+    raw["search"].update(num_candidates=2)
+    raw["supernet"]["report_archs"] = ["smallest"]
+    raw["train"].update(max_steps=1)
+    cfg = validate_config(raw, "enot")
+    report = run_pipeline(cfg, console=QUIET)
+    wd = tmp_path / "work"
+    base = load_checkpoint(wd / "baseline" / "ckpt" / "last.pt")
+    assert base["config"]["model"]["backbone"]["name"] == "mobilenet_v2"
+    assert [r["model"] for r in report["rows"]] == ["baseline (mobilenet_v2)", "found (tuned)"]
+    sn_log = (wd / "supernet" / "log.jsonl").read_text()
+    assert sn_log  # the supernet trained (from the baseline: a wrong init would have raised)
