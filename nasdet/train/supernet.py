@@ -78,6 +78,20 @@ def sample_step_archs(space: SearchSpace, rng: random.Random, rule: str, n_rando
     raise ValueError(f"supernet.sampling must be uniform or sandwich, got {rule!r}")
 
 
+def sample_in_macs_bins(space: SearchSpace, rng: random.Random, macs_fn, lo: float, hi: float, bins: int,
+                        max_tries: int = 500) -> dict:
+    """SPOS's FLOPs-bin-uniform sampling: a bin of [lo, hi] uniformly, then uniform archs until one's
+    ``macs_fn(arch)`` falls in it; after ``max_tries`` misses an unconstrained uniform arch (as SPOS)."""
+    width = (hi - lo) / bins
+    b = rng.randrange(bins)
+    left, right = lo + b * width, lo + (b + 1) * width
+    for _ in range(max_tries):
+        arch = space.sample(rng)
+        if left <= macs_fn(arch) <= right:
+            return arch
+    return space.sample(rng)
+
+
 # ------------------------------------------------------------------------------------------ init
 def init_from_checkpoint(model: nn.Module, path: str) -> None:
     """Load a ``nasdet train`` checkpoint of the matching standard detector into the supernet.
@@ -159,6 +173,21 @@ class SupernetTrainer(Trainer):
         self.teacher = teacher.to(self.device) if teacher is not None else None
         self.teacher_losses = LossesWithLogits(self.teacher) if self.teacher is not None else None
         self.last_archs: list[dict] = []
+        self.arch_macs = self._macs_bins_cost() if self.scfg.macs_bins is not None else None
+
+    def _macs_bins_cost(self):
+        """arch -> backbone MACs at ``macs_bins.input_size`` from the backbone's lookup table."""
+        from ..models.supernet import BACKBONE_PREFIX
+        from ..space import strip_prefix
+
+        if self.scfg.sampling != "uniform":
+            raise ValueError("supernet.macs_bins filters uniform sampling (SPOS); set supernet.sampling: uniform")
+        body = supernet_body(self.model)
+        if not hasattr(body, "arch_macs"):
+            raise ValueError(f"supernet.macs_bins needs a backbone with a MACs lookup table (arch_macs), "
+                             f"{type(body).__name__} has none: use a detnas_* backbone or drop macs_bins")
+        size = self.scfg.macs_bins.input_size
+        return lambda arch: body.arch_macs(strip_prefix(arch, BACKBONE_PREFIX), size)
 
     def wrap_for_training(self, model: nn.Module) -> nn.Module:
         return LossesWithLogits(model) if self.distill_on else model
@@ -170,7 +199,11 @@ class SupernetTrainer(Trainer):
         """The subnets (with their common input size) step ``step`` trains."""
         space = self.schedule.space_at(epoch)
         rng = self.step_rng(step)
-        archs = sample_step_archs(space, rng, self.scfg.sampling, self.scfg.sandwich_random)
+        if self.arch_macs is not None:
+            b = self.scfg.macs_bins
+            archs = [sample_in_macs_bins(space, rng, self.arch_macs, b.min, b.max, b.bins, b.max_tries)]
+        else:
+            archs = sample_step_archs(space, rng, self.scfg.sampling, self.scfg.sandwich_random)
         if self.scfg.multi_resolution:
             size = rng.choice(space[INPUT_SIZE])
         else:

@@ -9,12 +9,14 @@ from torch import nn
 from .torchvision_backbones import BACKBONES, LEVELS, ResNetBackbone, SequentialStagesBackbone
 from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
 from .mbv2_elastic import ElasticMobileNetV2, build_mbv2_elastic
+from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, ShuffleNetSPOS
 
 BACKBONES["ofa_mbv3"] = build_ofa_mbv3
 BACKBONES["mbv2_elastic"] = build_mbv2_elastic
+BACKBONES.update(DETNAS_BUILDERS)  # detnas_300M, detnas_1.3G, detnas_3.8G, detnas_tiny
 
 __all__ = ["BACKBONES", "LEVELS", "build_backbone", "ElasticMobileNetV2", "OFAMobileNetV3", "ResNetBackbone",
-           "SequentialStagesBackbone"]
+           "SequentialStagesBackbone", "ShuffleNetSPOS"]
 
 
 def build_backbone(cfg) -> nn.Module:
