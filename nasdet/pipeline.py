@@ -133,7 +133,8 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
              f"Detector {cfg.model.detector}, search space {cfg.model.backbone.name} "
              f"(width {cfg.model.backbone.width_mult}), data {cfg.data.train.annotations or cfg.data.train.root}.", ""]
     if budget is not None:
-        lines += [f"Budget: {budget.metric} <= {budget.max:g}.", ""]
+        scale, unit = (1e6, "M") if budget.metric in ("macs", "params") else (1.0, "ms")
+        lines += [f"Budget: {budget.metric} <= {budget.max / scale:.4g} {unit}.", ""]
     lines += ["| model | " + " | ".join(t for _, t in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     lines += ["| " + r["model"] + " | " + " | ".join(_fmt(r, k) for k, _ in COLUMNS) + " |" for r in rows]
     lines.append("")
@@ -149,8 +150,12 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     if tuned_export and tuned_export.get("budget"):
         bc = tuned_export["budget"]
         verdict = "within" if bc["within"] else "**OVER**"
-        lines += [f"Measured {bc['metric']} of the exported model: {bc['measured']:g} ({verdict} the budget "
-                  f"{bc['max']:g}; the search predicted {bc['predicted'] if bc['predicted'] is not None else '-'}).", ""]
+        unit = {"macs": (1e6, "M MACs"), "params": (1e6, "M params"), "latency": (1.0, "ms")}[bc["metric"]]
+
+        def show(v):
+            return "-" if v is None else f"{v / unit[0]:.4g} {unit[1]}"
+        lines += [f"Measured {bc['metric']} of the exported model: {show(bc['measured'])} ({verdict} the budget "
+                  f"{show(bc['max'])}; the search predicted {show(bc['predicted'])}).", ""]
     pareto = wd / "search" / "pareto.png"
     if pareto.is_file():
         shutil.copyfile(pareto, wd / "pareto.png")
