@@ -126,3 +126,23 @@ def test_search_workers_option_starts_processes_that_share_the_study(tiny_config
     assert len({t.user_attrs.get("worker") for t in done}) == 2  # both processes scored
     rows = list(csv.DictReader(open(Path(cfg.work_dir) / "search" / "results.csv")))
     assert len(rows) == len(done)
+
+
+def test_latency_table_finds_the_blocks_of_every_supernet_family(tiny_config):
+    """OFA (stages), ENOT's MobileNetV2 (features) and DetNAS (stages): each exported subnet's blocks
+    get table entries, so predictions differ between archs."""
+    from nasdet.search.latency import LatencyTable
+
+    for backbone in ({"name": "ofa_mbv3", "width_mult": 0.25}, {"name": "mbv2_elastic", "width_mult": 0.25},
+                     {"name": "detnas_tiny"}):
+        cfg = tiny_config("ssdlite", model={"backbone": backbone})
+        model, space = build_supernet(cfg, 8)
+        table = LatencyTable(None, warmup=0, runs=1, threads=1)
+        # the default (reference) subnet and the smallest fill the table; a middle arch needs new entries
+        small = space.smallest()
+        middle = {n: v[len(v) // 2] for n, v in space.choices.items()}
+        middle["input_size"] = small["input_size"]
+        p_small = table.predict(export_detector(model, small, space), small, model, space)
+        n_small = len(table.blocks)
+        p_middle = table.predict(export_detector(model, middle, space), middle, model, space)
+        assert n_small >= 5 and len(table.blocks) > n_small and p_middle != p_small, backbone

@@ -50,11 +50,13 @@ def measure_latency_onnx_e2e(model: nn.Module, warmup: int = 5, runs: int = 30, 
 
 def backbone_blocks(static_detector: nn.Module) -> list[nn.Module]:
     """The searchable blocks of an exported detector's backbone: the modules of ``body.stages``
-    (MobileNet and ShuffleNet families), else the body's children."""
+    (OFA MobileNetV3, ShuffleNet), of ``body.features`` (torchvision-style MobileNetV2), else the
+    body's children."""
     body = static_detector.backbone.body
     stages = getattr(body, "stages", None)
     if stages is None:
-        return list(body.children())
+        features = getattr(body, "features", None)
+        return list(features) if isinstance(features, nn.Sequential) else list(body.children())
     return [b for stage in stages for b in (stage if isinstance(stage, nn.Sequential) else [stage])]
 
 
@@ -112,6 +114,9 @@ class LatencyTable:
         finally:
             for h in hooks:
                 h.remove()
+        if not shapes:
+            raise ValueError(f"cost.latency: lut found no blocks in {type(static.backbone.body).__name__} (none of its "
+                             "stages/features/children ran as a module): use cost.latency torch or onnxruntime")
         return [(b, shapes[i]) for i, b in enumerate(blocks) if i in shapes]
 
     @torch.no_grad()
