@@ -78,3 +78,18 @@ def memorise(trainer, dataset, steps: int = 80, n: int = 4) -> None:
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.forward_backward(images, targets)
         trainer.optimizer.step()
+
+
+def fake_pretrain(cfg, num_classes: int = 8):
+    """A supernet checkpoint where ``run_pretrain`` writes it (random weights: fast). Returns (model, space)."""
+    from pathlib import Path
+
+    from nasdet.config import config_to_dict
+    from nasdet.experiment import build_supernet
+    from nasdet.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model, space = build_supernet(cfg, num_classes)
+    save_checkpoint({"model": model.state_dict(), "space_id": space.space_id, "config": config_to_dict(cfg), "step": 0},
+                    Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt")
+    return model, space

@@ -13,6 +13,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from conftest import fake_pretrain
+
 from nasdet.search.budget import Budget, check_budget_feasible, restrict_resolution
 from nasdet.search.scoring import ArchCache, arch_key, cached_scorer
 from nasdet.search.strategies import make_strategy, trial_arch
@@ -251,19 +253,6 @@ def test_outputs_written_and_best_arch_round_trips(tmp_path):
 OFA_TINY = {"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}}
 
 
-def _fake_pretrain(cfg) -> tuple:
-    """A supernet checkpoint as ``run_pretrain`` writes it (random weights: fast)."""
-    from nasdet.config import config_to_dict
-    from nasdet.experiment import build_supernet
-    from nasdet.train.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    model, space = build_supernet(cfg, 8)
-    save_checkpoint({"model": model.state_dict(), "space_id": space.space_id, "config": config_to_dict(cfg), "step": 0},
-                    Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt")
-    return model, space
-
-
 def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, tmp_path):
     from rich.console import Console
 
@@ -279,7 +268,7 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
                               "max_images": 4, "budget": {"metric": "macs", "max": 1e12}})
     with pytest.raises(CheckpointError, match="nasdet pretrain"):
         run_search(cfg, console=Console(quiet=True))
-    model, space = _fake_pretrain(cfg)
+    model, space = fake_pretrain(cfg)
     data = build_datasets(cfg, need=("search",))
     calib = data["supernet_train"].with_transforms(None)
     search_set = data["search"].subset(range(4))

@@ -13,21 +13,14 @@ import torch
 import yaml
 from rich.console import Console
 
+from conftest import fake_pretrain
+
 from nasdet.config import config_to_dict
 from nasdet.experiment import build_supernet
 from nasdet.models.supernet import export_detector
-from nasdet.train.checkpoint import save_checkpoint
 
 QUIET = Console(quiet=True)
 OFA_TINY = {"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}}
-
-
-def _fake_pretrain(cfg):
-    torch.manual_seed(0)
-    model, space = build_supernet(cfg, 8)
-    save_checkpoint({"model": model.state_dict(), "space_id": space.space_id, "config": config_to_dict(cfg), "step": 0},
-                    Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt")
-    return model, space
 
 
 def test_latency_table_sums_blocks_measures_each_once_and_persists(tiny_config, tmp_path):
@@ -68,7 +61,7 @@ def test_search_under_a_latency_budget(tiny_config, backend):
                       cost={"latency": backend, "warmup": 1, "runs": 3, "threads": 1},
                       search={"strategy": "random", "num_candidates": 2, "recalib_batches": 1, "batch_size": 4,
                               "max_images": 2, "include_extremes": False, "budget": {"metric": "latency", "max": 1e4}})
-    _fake_pretrain(cfg)
+    fake_pretrain(cfg)
     summary = run_search(cfg, console=QUIET)
     assert summary["records"] == 2
     rows = list(csv.DictReader(open(Path(cfg.work_dir) / "search" / "results.csv")))
@@ -114,7 +107,7 @@ def test_search_workers_option_starts_processes_that_share_the_study(tiny_config
                       train={"threads": 1},
                       search={"strategy": "random", "num_candidates": 6, "recalib_batches": 1, "batch_size": 4,
                               "max_images": 2, "include_extremes": False, "budget": {"metric": "macs", "max": 1e12}})
-    _fake_pretrain(cfg)
+    fake_pretrain(cfg)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     res = CliRunner().invoke(app, ["search", str(path), "--workers", "2"])

@@ -436,7 +436,26 @@ class FADTowers(nn.Module):
         return box, cls
 
 
-class FADFCOSHead(nn.Module):
+class _FADHead(nn.Module):
+    """What the FAD heads share: searched towers in front of a torchvision predictor (``self.predictor``)."""
+
+    towers: "FADTowers"
+    predictor: nn.Module
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return self.towers.arch_parameters()
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
+        return self.predictor.compute_loss(targets, head_outputs, anchors, matched_idxs)
+
+    def tower_features(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """(box features, cls features) per FPN level, the alphas' softmax computed once."""
+        weights = self.towers.arch_weights()
+        box, cls = zip(*(self.towers(f, weights) for f in x))
+        return list(box), list(cls)
+
+
+class FADFCOSHead(_FADHead):
     """FCOS head with FAD towers; predictors, losses and outputs are torchvision's ``FCOSHead`` (its
     conv towers empty): cls logits from the cls feature, box regression and centerness from the box feature."""
 
@@ -445,21 +464,14 @@ class FADFCOSHead(nn.Module):
         self.towers = towers
         self.predictor = FCOSHead(in_channels, 1, num_classes, num_convs=0)
 
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return self.towers.arch_parameters()
-
-    def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
-        return self.predictor.compute_loss(targets, head_outputs, anchors, matched_idxs)
-
     def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
-        weights = self.towers.arch_weights()
-        box, cls = zip(*(self.towers(f, weights) for f in x))
-        bbox_regression, bbox_ctrness = self.predictor.regression_head(list(box))
-        return {"cls_logits": self.predictor.classification_head(list(cls)), "bbox_regression": bbox_regression,
+        box, cls = self.tower_features(x)
+        bbox_regression, bbox_ctrness = self.predictor.regression_head(box)
+        return {"cls_logits": self.predictor.classification_head(cls), "bbox_regression": bbox_regression,
                 "bbox_ctrness": bbox_ctrness}
 
 
-class FADRetinaNetHead(nn.Module):
+class FADRetinaNetHead(_FADHead):
     """RetinaNet head with FAD towers; predictors and losses are torchvision's ``RetinaNetHead`` with its
     conv towers removed. FAD initialises the box reduction like the predictors (normal, std 0.01)."""
 
@@ -472,17 +484,10 @@ class FADRetinaNetHead(nn.Module):
         nn.init.normal_(towers.box_reduce.weight, std=0.01)
         nn.init.zeros_(towers.box_reduce.bias)
 
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return self.towers.arch_parameters()
-
-    def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
-        return self.predictor.compute_loss(targets, head_outputs, anchors, matched_idxs)
-
     def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
-        weights = self.towers.arch_weights()
-        box, cls = zip(*(self.towers(f, weights) for f in x))
-        return {"cls_logits": self.predictor.classification_head(list(cls)),
-                "bbox_regression": self.predictor.regression_head(list(box))}
+        box, cls = self.tower_features(x)
+        return {"cls_logits": self.predictor.classification_head(cls),
+                "bbox_regression": self.predictor.regression_head(box)}
 
 
 def build_fad_head(detector: str, in_channels: int, num_classes: int, head_cfg, num_anchors: int = 1,
