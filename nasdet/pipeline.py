@@ -64,7 +64,8 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
 
     if cfg.pipeline.baseline:
         stage("baseline", lambda: run_train(cfg, wd, stage=BASELINE, console=console))
-    stage("pretrain", lambda: run_pretrain(_pretrain_config(cfg, wd), wd, console=console))
+    if cfg.search.strategy != "darts":  # a darts (FAD) search trains its own search network
+        stage("pretrain", lambda: run_pretrain(_pretrain_config(cfg, wd), wd, console=console))
     stage("search", lambda: run_search(cfg, wd, console=console))
     stage("tune", lambda: run_tune(cfg, wd, console=console))
     exports = {}

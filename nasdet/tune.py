@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import ExperimentConfig, save_config
 from .experiment import (BASELINE, SUPERNET, _completed, build_datasets, build_supernet, metrics_table,
-                         with_train_recipe, work_dir_of, write_json)
+                         run_train, with_train_recipe, work_dir_of, write_json)
 from .models.supernet import BACKBONE_PREFIX, INPUT_SIZE, export_detector
 from .space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
 from .space.elastic import he_fout_init
@@ -159,6 +159,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     """Train the found architecture (resuming from ``<stage>/ckpt/last.pt``); returns val metrics and more.
     ``stage`` names the output folder (benchmarks tune other archs beside the found one)."""
     console = console or Console()
+    if cfg.search.strategy == "darts":
+        return run_tune_genotype(cfg, work_dir, console, stage)
     wd = work_dir_of(cfg, work_dir)
     tcfg = with_train_recipe(cfg, cfg.tune.train)
     torch.manual_seed(cfg.seed)
@@ -212,6 +214,57 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     if dist.is_main():
         write_json(out_dir / "metrics.json", result)
         console.print(metrics_table(metrics, f"tune: val mAP ({len(data['val'])} images)"))
+    return result
+
+
+def tune_genotype(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> tuple[dict, str]:
+    """The FAD genotypes to train after a darts search, as genotype.json's mapping, and their source:
+    ``tune.arch`` (a genotype.log / genotype.json or a published name) or ``search/genotype.json``."""
+    from .models.heads.fad import genotype_to_json, read_genotypes
+
+    given = cfg.tune.arch
+    if isinstance(given, dict):
+        raise ArchError("tune.arch: after a darts search it names genotypes (a genotype.log / genotype.json file or "
+                        "a published name such as fad_paper), not a mapping of choices")
+    if given is None:
+        path = work_dir_of(cfg, work_dir) / SEARCH / "genotype.json"
+        if not path.is_file():
+            raise StageOutputMissing(f"no genotype to tune: {path} does not exist. Run the search stage first "
+                                     "(`nasdet search CONFIG` with search.strategy: darts) or set tune.arch")
+        given = str(path)
+    box, cls = read_genotypes(given)
+    return {"box": genotype_to_json(box), "cls": genotype_to_json(cls)}, str(given)
+
+
+def run_tune_genotype(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
+                      stage: str = TUNE) -> dict:
+    """After a darts (FAD) search: train the detector with the searched towers (``model.head.num_cells``
+    cells each) on the whole train split with the tune recipe, and evaluate it on val. The search head's
+    weights do not carry over (other cells, mixed ops): as FAD, the found head trains from its init.
+    The genotypes go into the stored config (and ``<stage>/genotype.json``), so the checkpoint rebuilds
+    its model alone."""
+    console = console or Console()
+    wd = work_dir_of(cfg, work_dir)
+    genotype, source = tune_genotype(cfg, wd)
+    out_dir = wd / stage
+    saved = out_dir / "genotype.json"
+    if (out_dir / "ckpt" / "last.pt").is_file() and saved.is_file():
+        if json.loads(saved.read_text()).get("genotype") != genotype:
+            raise CheckpointError(f"{out_dir} trains other genotypes than {source}; delete it to tune the new ones")
+    tcfg = with_train_recipe(cfg, cfg.tune.train)
+    tcfg = tcfg.model_copy(update={"model": tcfg.model.model_copy(
+        update={"head": tcfg.model.head.model_copy(update={"genotype": genotype})})})
+    if cfg.tune.init == "supernet":
+        console.print("tune: a darts search has no supernet; the searched towers train from their init (as FAD)")
+    if dist.is_main():
+        write_json(saved, {"genotype": genotype, "source": source})
+        console.print(f"tune: genotypes from {source}")
+    metrics = run_train(tcfg, wd, stage=stage, console=console)
+    result = {"metrics": metrics, "genotype": genotype, "arch_source": source, "init": "scratch",
+              "checkpoint": str(out_dir / "ckpt" / "last.pt")}
+    if dist.is_main():
+        done = json.loads((out_dir / "metrics.json").read_text()) if (out_dir / "metrics.json").is_file() else {}
+        write_json(out_dir / "metrics.json", {**done, **result})
     return result
 
 

@@ -39,6 +39,31 @@ def test_train_and_eval_contract(detector):
             assert o["labels"].min() >= 0 and o["labels"].max() <= 4
 
 
+@pytest.mark.parametrize("detector", ["ssdlite", "ssd"])
+def test_ssd_on_a_stride_8_level_adds_a_first_map_of_default_boxes(detector):
+    base = build_detector(tiny(detector), num_classes=3).eval()
+    dense = build_detector(tiny(detector, ssd_levels=["c3", "c4", "c5"]), num_classes=3).eval()
+    assert list(dense.backbone.levels) == ["c3", "c4", "c5"]
+    per_loc = dense.anchor_generator.num_anchors_per_location()
+    assert per_loc[1:] == base.anchor_generator.num_anchors_per_location() and len(per_loc) == 7
+    x = [torch.rand(3, 128, 128)]
+    feats = dense.backbone(dense.transform(x)[0].tensors)
+    assert [f.shape[-1] for f in feats.values()][:3] == [16, 8, 4]  # stride 8, 16, 32 at 128 px
+    n_base = sum(a.shape[0] for a in base.anchor_generator(base.transform(x)[0], list(base.backbone(base.transform(x)[0].tensors).values())))
+    n_dense = sum(a.shape[0] for a in dense.anchor_generator(dense.transform(x)[0], list(feats.values())))
+    assert n_dense == n_base + 16 * 16 * per_loc[0]
+    with torch.no_grad():
+        assert set(dense(x)[0]) == {"boxes", "scores", "labels"}
+
+
+@pytest.mark.parametrize("bad, match", [({"ssd_levels": ["c4"]}, "ending with c5"),
+                                        ({"ssd_levels": ["c5", "c4"]}, "increasing"),
+                                        ({"anchor_aspect_ratios": [[2]] * 6, "ssd_levels": ["c3", "c4", "c5"]}, "make 7")])
+def test_bad_ssd_levels_are_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny("ssdlite", **bad)
+
+
 def test_model_resizes_to_input_size_and_it_can_change():
     model = build_detector(tiny("ssdlite"), num_classes=3).eval()
     assert get_input_size(model) == 128

@@ -5,14 +5,14 @@ import pytest
 import torch
 from torchvision.models.detection.fcos import FCOSHead
 
-from nasdet.config import HeadConfig
+from nasdet.config import HeadConfig, validate_config
 from nasdet.data.dataset import collate_detection
 from nasdet.models import build_detector
 from nasdet.models.heads.fad import (ALPHA_COLUMNS, OP_NAMES, OTHER_GOOD_GENOTYPES, PUBLISHED_GENOTYPES, FADTowers,
                                      Genotype, GenotypeError, MixedOp, SharedOps, build_fad_head, build_op,
                                      derive_genotype, format_genotype, parse_genotype, read_genotypes, write_genotypes)
 from nasdet.search.darts import Bilevel, DartsSearch
-from nasdet.train.checkpoint import load_checkpoint
+from nasdet.train.checkpoint import CheckpointError, load_checkpoint
 
 
 
@@ -152,7 +152,9 @@ def test_published_genotypes_give_a_smaller_fcos_head_than_the_standard_one():
 
 @pytest.mark.parametrize("detector", ["fcos", "retinanet"])
 def test_detectors_with_fad_heads_train_and_detect(tiny_config, detector):
-    cfg = tiny_config(detector, model={"head": {"genotype": "fad_paper", "cell_channels": 32, "num_cells": 1}})
+    with pytest.raises(ValueError, match="GroupNorm"):  # P7 is 1x1 at 96 px: one value per group
+        tiny_config(detector, model={"head": {"genotype": "fad_paper", "cell_channels": 32, "num_cells": 1}})
+    cfg = tiny_config(detector, model={"head": {"genotype": "fad_paper", "cell_channels": 64, "num_cells": 1}})
     model = build_detector(cfg.model, num_classes=3)
     images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])},
@@ -269,7 +271,7 @@ def test_tiny_darts_search_through_the_python_api_and_resume(tiny_config, tmp_pa
     # a rerun finds the search complete; the genotype trains as a standalone FCOS head
     assert run_search(cfg)["genotypes"] == summary["genotypes"]
     assert load_checkpoint(out / "ckpt" / "last.pt")["step"] == 4
-    trained = tiny_config("fcos", model={"head": {"genotype": str(out / "genotype.json"), "cell_channels": 32}})
+    trained = tiny_config("fcos", model={"head": {"genotype": str(out / "genotype.json"), "cell_channels": 64}})
     model = build_detector(trained.model, num_classes=3)
     assert not [n for n, _ in model.named_parameters() if "alpha" in n]
 
@@ -285,3 +287,35 @@ def test_tiny_darts_search_through_the_python_api_and_resume(tiny_config, tmp_pa
         assert torch.allclose(v, res[k], atol=1e-6), k
     epochs = [json.loads(line)["epoch"] for line in (cut / "search" / "alphas.jsonl").read_text().splitlines()]
     assert epochs == [1, 1, 2]  # epoch 1, the partial record at step 3, then epoch 2
+
+
+def test_darts_pipeline_trains_the_searched_head_against_the_standard_one_and_exports(tiny_config, tmp_path):
+    """With search.strategy darts: baseline (standard FCOS head) -> search (no supernet) -> tune (the
+    searched towers, genotypes stored in the checkpoint) -> export -> report."""
+    from nasdet.pipeline import run_pipeline
+    from nasdet.tune import StageOutputMissing, run_tune
+
+    cfg = darts_config(tiny_config, epochs=1, data={"augment": {"hflip": 0.0, "photometric": 0.0}})
+    cfg.model.head.cell_channels = 64  # 2 channels per GroupNorm group: P7 is 1x1 at 96 px
+    with pytest.raises(StageOutputMissing, match="genotype.json does not exist"):
+        run_tune(cfg)
+    raw = cfg.model_dump()
+    raw["train"].update(epochs=1, max_steps=2)
+    raw["export"] = {"check_images": 2}
+    cfg = validate_config(raw, "darts pipeline")
+    report = run_pipeline(cfg)
+    wd = tmp_path / "work"
+    assert not (wd / "supernet").exists()
+    tuned = json.loads((wd / "tune" / "metrics.json").read_text())
+    box, cls = read_genotypes(wd / "search" / "genotype.json")
+    assert read_genotypes(tuned["genotype"]) == (box, cls) and tuned["step"] == 2
+    state = load_checkpoint(wd / "tune" / "ckpt" / "last.pt")
+    assert read_genotypes(state["config"]["model"]["head"]["genotype"]) == (box, cls)  # rebuilds without the search
+    assert any("towers.box_tower" in k for k in state["model"])
+    base = load_checkpoint(wd / "baseline" / "ckpt" / "last.pt")
+    assert not any("towers" in k for k in base["model"])  # the baseline keeps torchvision's standard head
+    assert [r["model"] for r in report["rows"]] == ["baseline (mobilenet_v3_small)", "found (tuned)"]
+    assert (wd / "export" / "tune.onnx").is_file()
+    # another genotype for a finished tune folder is refused, not silently mixed
+    with pytest.raises(CheckpointError, match="other genotypes"):
+        run_tune(validate_config({**raw, "tune": {"arch": "fad_paper"}}, "other"))

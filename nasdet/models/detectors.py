@@ -73,20 +73,21 @@ def _extra_block_ssd(cin: int, cout: int, norm_layer) -> nn.Sequential:
 
 
 class SSDNeck(nn.Module):
-    """C4, C5 and four extra stride-2 layers: six maps for SSD's default boxes."""
+    """Backbone levels (default C4, C5) and four extra stride-2 layers after C5: the maps of SSD's default boxes."""
 
-    def __init__(self, body: nn.Module, extra_channels: list[int], lite: bool):
+    def __init__(self, body: nn.Module, extra_channels: list[int], lite: bool, levels: tuple[str, ...] = ("c4", "c5")):
         super().__init__()
         self.body = body
+        self.levels = tuple(levels)
         norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=BN_MOMENTUM)
         make = _extra_block_lite if lite else _extra_block_ssd
         chans = [body.out_channels["c5"], *extra_channels]
         self.extras = nn.ModuleList(make(chans[i], chans[i + 1], norm_layer) for i in range(len(extra_channels)))
-        self.out_channels_list = [body.out_channels["c4"], body.out_channels["c5"], *extra_channels]
+        self.out_channels_list = [body.out_channels[lv] for lv in self.levels] + list(extra_channels)
 
     def forward(self, x):
         feats = self.body(x)
-        out = OrderedDict(c4=feats["c4"], c5=feats["c5"])
+        out = OrderedDict((lv, feats[lv]) for lv in self.levels)
         y = feats["c5"]
         for i, block in enumerate(self.extras):
             y = block(y)
@@ -127,8 +128,10 @@ def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Modul
 
     if det in ("ssd", "ssdlite"):
         lite = det == "ssdlite"
-        neck = SSDNeck(body, model_cfg.extra_channels, lite=lite)
-        ratios = model_cfg.anchor_aspect_ratios or ([[2, 3]] * 6 if lite else [[2], [2, 3], [2, 3], [2, 3], [2], [2]])
+        neck = SSDNeck(body, model_cfg.extra_channels, lite=lite, levels=tuple(model_cfg.ssd_levels))
+        maps = len(neck.out_channels_list)
+        ratios = model_cfg.anchor_aspect_ratios or (
+            [[2, 3]] * maps if lite else [[2]] * (maps - 6) + [[2], [2, 3], [2, 3], [2, 3], [2], [2]])
         lo, hi = model_cfg.anchor_ratio_range
         anchors = DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi)
         per_loc = anchors.num_anchors_per_location()

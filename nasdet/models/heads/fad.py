@@ -25,7 +25,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -345,9 +345,18 @@ _OTHER_2 = ("Genotype(normal=[[('std_conv_3x3_x3', 1), ('sinSep_conv_3x3+dil_con
 OTHER_GOOD_GENOTYPES = (parse_genotype(_OTHER_1, "FAD README"), parse_genotype(_OTHER_2, "FAD README"))
 
 
-def read_genotypes(source: str | Path) -> tuple[Genotype, Genotype]:
-    """(box, cls) from a published name (``fad_paper``), a ``genotype.json`` ({"box": .., "cls": ..}) or
-    a ``genotype.log`` (FAD's: the box genotype on the first line, the cls genotype on the second)."""
+def _genotypes_from_obj(obj, what: str) -> tuple[Genotype, Genotype]:
+    if not isinstance(obj, dict) or not {"box", "cls"} <= set(obj):
+        raise GenotypeError(f"{what}: expected an object with 'box' and 'cls' genotypes")
+    return genotype_from_json(obj["box"], f"{what} box"), genotype_from_json(obj["cls"], f"{what} cls")
+
+
+def read_genotypes(source: str | Path | Mapping) -> tuple[Genotype, Genotype]:
+    """(box, cls) from a published name (``fad_paper``), a ``genotype.json`` ({"box": .., "cls": ..}), a
+    ``genotype.log`` (FAD's: the box genotype on the first line, the cls genotype on the second), or the
+    json's mapping itself (how ``nasdet tune`` stores it in a checkpoint's config)."""
+    if isinstance(source, Mapping):
+        return _genotypes_from_obj(dict(source), "model.head.genotype (inline)")
     if str(source) in PUBLISHED_GENOTYPES:
         return PUBLISHED_GENOTYPES[str(source)]
     path = Path(source)
@@ -360,9 +369,7 @@ def read_genotypes(source: str | Path) -> tuple[Genotype, Genotype]:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise GenotypeError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(obj, dict) or not {"box", "cls"} <= set(obj):
-            raise GenotypeError(f"{path}: expected an object with 'box' and 'cls' genotypes")
-        return genotype_from_json(obj["box"], f"{path} box"), genotype_from_json(obj["cls"], f"{path} cls")
+        return _genotypes_from_obj(obj, str(path))
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) != 2:
         raise GenotypeError(f"{path}: expected 2 genotype lines (box, then cls), got {len(lines)}")
