@@ -118,6 +118,7 @@ def test_export_matches_supernet(which):
     blocks = [m for m in static.features if isinstance(m, InvertedResidual)]
     assert len(blocks) == 1 + sum(arch.get(f"stage{s}.depth", 1) for s in range(1, 7))
     assert static.out_channels == net.out_channels and not static.training
+    assert all(p.requires_grad for p in static.parameters())  # transformed kernels train too
     for r in (64, 96):
         x = torch.randn(2, 3, r, r)
         with torch.no_grad():

@@ -60,6 +60,8 @@ def test_export_matches_supernet(which):
     assert not any(isinstance(m, (ElasticConv2d, ElasticBatchNorm2d, ElasticSE, OFAMobileNetV3))
                    for m in static.modules())
     assert static.out_channels == net.out_channels and not static.training
+    # every weight of the exported subnet trains, transformed (k5 / k3) kernels included (they once did not)
+    assert all(p.requires_grad for p in static.parameters())
     for r in (64, 96):
         x = torch.randn(2, 3, r, r)
         with torch.no_grad():

@@ -30,7 +30,9 @@ def _crop(start: int, end: int, size: int) -> slice:
 
 
 def _param(t: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+    """A trainable copy. Not ``requires_grad=t.requires_grad``: a kernel computed through the kernel
+    transforms under ``no_grad`` does not require grad, and its exported conv would never train."""
+    return nn.Parameter(t.detach().clone())
 
 
 class ElasticConv2d(nn.Module):
