@@ -95,6 +95,8 @@ def main() -> None:
     rows = []
     for name, arch in archs.items():
         exported = export_detector(model, {**prefix_arch(arch, BACKBONE_PREFIX), INPUT_SIZE: s})
+        # like for like: the export must compute every weight gradient the supernet computes
+        assert all(p.requires_grad for p in exported.parameters()), "export has frozen parameters"
         sup_opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         exp_opt = torch.optim.SGD(exported.parameters(), lr=1e-4, momentum=0.9)
         model.train()
@@ -128,7 +130,6 @@ def main() -> None:
         eval_sup, eval_exp = statistics.median(sup_t), statistics.median(exp_t)
         params = sum(p.numel() for p in exported.backbone.body.parameters())
         rows.append((name, params, train_sup, train_exp, eval_sup, eval_exp))
-        del exported, sup_opt, exp_opt
 
     print(f"backbone {args.backbone} x{args.width_mult} in SSDLite @ {s}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
