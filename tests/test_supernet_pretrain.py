@@ -65,6 +65,38 @@ def test_adaptive_distillation_loss_zero_iff_same():
     assert abs(float(adaptive_distillation_loss(s, t, pos))) < 1e-5
 
 
+@pytest.mark.parametrize("detector", ["ssdlite", "retinanet", "fcos"])
+def test_losses_with_logits_match_the_detectors_own_training_forward(detector):
+    from torchvision.ops import box_iou
+
+    from nasdet.config import ModelConfig
+    from nasdet.models import build_detector
+    from nasdet.train.distill import LossesWithLogits
+
+    torch.manual_seed(0)
+    model = build_detector(ModelConfig(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+                                       input_size=96, fpn_channels=32, extra_channels=[32, 16, 16, 16]), num_classes=3)
+    images = [torch.rand(3, 96, 96), torch.rand(3, 80, 90)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [50.0, 40.0, 90.0, 90.0]]), "labels": torch.tensor([1, 3])},
+               {"boxes": torch.tensor([[5.0, 5.0, 40.0, 30.0]]), "labels": torch.tensor([2])}]
+    model.train()
+    torch.manual_seed(1)
+    own = model(images, targets)
+    torch.manual_seed(1)
+    losses, logits, positives = LossesWithLogits(model)(images, targets)
+    assert set(losses) == set(own) and all(torch.allclose(losses[k], own[k]) for k in own)
+    assert logits.shape[:2] == positives.shape and logits.shape[-1] in (3, 4)
+    assert positives.sum(1).min() > 0  # every image has matched anchors / locations
+    assert "compute_loss" not in vars(model.head)  # the FCOS hook is gone afterwards
+    if detector == "fcos":  # FCOS positives sit inside their box
+        anchors = model.anchor_generator(model.transform(images, targets)[0], list(model.backbone(
+            model.transform(images, targets)[0].tensors).values()))
+        centres = (anchors[0][positives[0]][:, :2] + anchors[0][positives[0]][:, 2:]) / 2
+        boxes = model.transform(images, targets)[1][0]["boxes"]
+        inside = box_iou(torch.cat([centres, centres + 1e-3], 1), boxes) > 0
+        assert inside.any(1).all()
+
+
 @pytest.mark.parametrize("detector", ["ssdlite", "retinanet"])
 def test_detector_export_equals_supernet(tiny_config, detector):
     cfg = tiny_config(detector, model=OFA_TINY)

@@ -1,18 +1,19 @@
 """Distillation for detection supernets: classification logits of positive anchors.
 
-``LossesWithLogits`` runs a torchvision SSD / RetinaNet training forward that also returns the
-classification logits ``[N, A, C]`` and the positive-anchor mask ``[N, A]`` (anchors matched to an
-object), so a student can be distilled from a teacher on the same anchors (same input size).
+``LossesWithLogits`` runs a torchvision SSD / RetinaNet / FCOS training forward that also returns the
+classification logits ``[N, A, C]`` and the positive-anchor mask ``[N, A]`` (anchors, or FCOS's
+locations, matched to an object), so a student can be distilled from a teacher on the same anchors
+(same input size).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.detection import RetinaNet
+from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import boxes as box_ops
 
-DISTILLABLE = (SSD, RetinaNet)
+DISTILLABLE = (SSD, RetinaNet, FCOS)
 
 
 def _sigmoid_ce(q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,24 @@ def _match(model: nn.Module, targets: list[dict], anchors: list[torch.Tensor]) -
     return out
 
 
+def _fcos_losses(m: FCOS, targets, head_outputs, anchors, features) -> tuple[dict, list[torch.Tensor]]:
+    """FCOS's own losses, and the locations its center-sampling assignment matched (FCOS computes them
+    inside ``compute_loss`` and passes them to ``head.compute_loss``, where they are read)."""
+    head = m.head
+    seen: list = []
+
+    def compute_loss(targets, head_outputs, anchors, matched_idxs):
+        seen.append(matched_idxs)
+        return type(head).compute_loss(head, targets, head_outputs, anchors, matched_idxs)
+
+    head.compute_loss = compute_loss  # an instance attribute for this call only
+    try:
+        losses = m.compute_loss(targets, head_outputs, anchors, [f.size(2) * f.size(3) for f in features])
+    finally:
+        del head.compute_loss
+    return losses, seen[0]
+
+
 class LossesWithLogits(nn.Module):
     """Wraps an SSD or RetinaNet: ``forward(images, targets) -> (losses, cls_logits, positives)``.
 
@@ -67,7 +86,7 @@ class LossesWithLogits(nn.Module):
         super().__init__()
         if not isinstance(detector, DISTILLABLE):
             raise ValueError(
-                f"distillation needs an SSD/SSDLite or RetinaNet detector, got {type(detector).__name__}; "
+                f"distillation needs an SSD/SSDLite, RetinaNet or FCOS detector, got {type(detector).__name__}; "
                 "set supernet.distill.teacher: none for this detector"
             )
         self.detector = detector
@@ -78,6 +97,9 @@ class LossesWithLogits(nn.Module):
         features = list(m.backbone(images_t.tensors).values())
         head_outputs = m.head(features)
         anchors = m.anchor_generator(images_t, features)
+        if isinstance(m, FCOS):
+            losses, matched = _fcos_losses(m, targets_t, head_outputs, anchors, features)
+            return losses, head_outputs["cls_logits"], torch.stack([mi >= 0 for mi in matched])
         matched = _match(m, targets_t, anchors)
         if isinstance(m, SSD):
             losses = m.compute_loss(targets_t, head_outputs, anchors, matched)
