@@ -148,6 +148,42 @@ def test_arch_cache_and_cached_scorer():
     assert a in cache and cache.get(toy_space().smallest()) is None and len(cache) == 1
 
 
+def test_archs_differing_only_in_skipped_blocks_share_a_key_and_one_score():
+    from nasdet.models.backbones.mbv2_elastic import ElasticMobileNetV2
+    from nasdet.models.backbones.ofa_mobilenet import OFAMobileNetV3
+    from nasdet.models.backbones.shufflenet_spos import arch_from_list
+    from nasdet.space import canonical_arch, prefix_arch
+
+    for net in (OFAMobileNetV3.tiny(), ElasticMobileNetV2(width_mult=0.25)):
+        space = net.search_space()
+        a = prefix_arch(space.largest(), "backbone.")  # detector form of the names
+        stage = next(n for n in a if n.endswith(".depth"))  # e.g. backbone.stage1.depth
+        a[stage] = space[stage.removeprefix("backbone.")][0]
+        d, prefix = a[stage], stage.removesuffix("depth")
+        skipped = {n: v for n, v in a.items() if n.startswith(f"{prefix}block{d}.")}
+        active = {n: v for n, v in a.items() if n.startswith(f"{prefix}block0.")}
+        assert skipped and active
+        b = {**a, **{n: space[n.removeprefix("backbone.")][0] for n in skipped}}
+        c = {**a, **{n: space[n.removeprefix("backbone.")][0] for n in active}}
+        assert b != a and arch_key(b) == arch_key(a) and canonical_arch(a)[next(iter(skipped))] is None
+        assert c != a and arch_key(c) != arch_key(a)
+        # the two really are one network: same outputs
+        x = torch.randn(1, 3, 64, 64)
+        net.eval()
+        outs = []
+        for arch in (a, b):
+            net.set_arch({n.removeprefix("backbone."): v for n, v in arch.items()})
+            with torch.no_grad():
+                outs.append(net(x)["c5"])
+        assert torch.equal(*outs)
+        calls = []
+        score = cached_scorer(lambda arch: calls.append(1) or {"AP": 0.0})
+        score(a), score(b), score(c)
+        assert len(calls) == 2
+    detnas = arch_from_list([0, 1, 2, 3] * 2 + [0, 1], "tiny")  # DetNAS: no depth choices, keys as before
+    assert canonical_arch(detnas) == detnas
+
+
 # ---------------------------------------------------------------------------------- resume, workers
 def test_resume_keeps_finished_trials_and_never_rescores(tmp_path):
     journal = tmp_path / "s.journal"

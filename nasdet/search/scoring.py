@@ -14,14 +14,15 @@ from torch import nn
 
 from ..data.dataset import DetectionDataset
 from ..models.supernet import set_detector_arch
-from ..space import SearchSpace
+from ..space import SearchSpace, canonical_arch
 from ..train.evaluate import evaluate_detector
 from .evaluate import preserved_bn_state, recalibrate_bn
 
 
 def arch_key(arch: Mapping[str, Any]) -> str:
-    """Canonical JSON of an arch (sorted names, no spaces): equal archs give equal keys."""
-    return json.dumps(dict(arch), sort_keys=True, separators=(",", ":"))
+    """Canonical JSON of an arch (sorted names, no spaces, skipped blocks' choices dropped): archs that
+    build the same network give equal keys, so it is scored and costed once."""
+    return json.dumps(canonical_arch(arch), sort_keys=True, separators=(",", ":"))
 
 
 def score_arch(model: nn.Module, space: SearchSpace, arch: Mapping[str, Any], search_set: DetectionDataset,

@@ -4,11 +4,12 @@ from .space import (
     ArchError,
     NoArchUnderCost,
     SearchSpace,
+    canonical_arch,
     load_arch,
     prefix_arch,
     save_arch,
     strip_prefix,
 )
 
-__all__ = ["Arch", "ArchError", "NoArchUnderCost", "SearchSpace", "load_arch", "prefix_arch", "save_arch",
+__all__ = ["Arch", "ArchError", "NoArchUnderCost", "SearchSpace", "canonical_arch", "load_arch", "prefix_arch", "save_arch",
            "strip_prefix"]

@@ -11,12 +11,32 @@ import hashlib
 import json
 import math
 import random
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 Arch = dict[str, Any]
 _SHOWN = 12  # names listed in an error before "..."
+
+
+_DEPTH_NAME = re.compile(r"^(.*\bstage\d+)\.depth$")
+_BLOCK_NAME = re.compile(r"^(.*\bstage\d+)\.block(\d+)\.")
+
+
+def canonical_arch(arch: Mapping[str, Any]) -> Arch:
+    """``arch`` with the choices of skipped blocks set to None: in the elastic spaces (OFA, mbv2_elastic)
+    a stage runs its first ``stage{s}.depth`` blocks, so archs that differ only in the kernel / expand of
+    ``stage{s}.block{j}`` with ``j >= depth`` are the same network. Spaces without depth choices are
+    returned unchanged. Used for keys (caches, duplicate checks), never to build a network."""
+    depths = {m.group(1): v for n, v in arch.items() if (m := _DEPTH_NAME.match(n))}
+    if not depths:
+        return dict(arch)
+    out = {}
+    for name, value in arch.items():
+        m = _BLOCK_NAME.match(name)
+        out[name] = None if m and m.group(1) in depths and int(m.group(2)) >= depths[m.group(1)] else value
+    return out
 
 
 class ArchError(ValueError):
