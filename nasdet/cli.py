@@ -199,7 +199,8 @@ def cost_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
 @_user_errors
 def tune_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt):
     """Train the found architecture (tune.arch, else search/best_arch.json) from the supernet's weights
-    or from scratch, with the baseline's recipe; resumes from tune/ckpt/last.pt."""
+    or from scratch, with the baseline's recipe; after a darts search, the detector with the searched
+    towers (search/genotype.json); resumes from tune/ckpt/last.pt."""
     from .train import dist
     from .tune import run_tune
 
