@@ -201,3 +201,58 @@ def test_detector_with_ofa_backbone_trains_one_step(detector):
     with torch.no_grad():
         out = model(images)
     assert len(out) == 2 and set(out[0]) == {"boxes", "scores", "labels"}
+
+
+def _sync_bn_rank(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        x_full, w_out = torch.randn(8, 16, 5, 5), torch.randn(8, 16, 5, 5)
+        bn = ElasticBatchNorm2d(24)
+        with torch.no_grad():
+            bn.bn.weight.uniform_(0.5, 1.5)
+            bn.bn.bias.uniform_(-0.2, 0.2)
+        bn.set_active(16)
+        bn.bn = torch.nn.SyncBatchNorm.convert_sync_batchnorm(bn.bn)  # what the trainer does under DDP on CUDA
+        part = slice(rank * 4, rank * 4 + 4)
+        x = x_full[part].clone().requires_grad_(True)
+        y = bn.train()(x)
+        (y * w_out[part]).sum().backward()
+        torch.save({"y": y.detach(), "x_grad": x.grad, "w_grad": bn.bn.weight.grad, "mean": bn.bn.running_mean,
+                    "var": bn.bn.running_var}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_elastic_bn_synchronises_statistics_under_syncbn(tmp_path):
+    """Two gloo ranks with half a batch each == one process with the whole batch (outputs, input and
+    affine gradients, running statistics of the active slice; the inactive slice stays untouched)."""
+    import socket
+
+    import torch.multiprocessing as tmp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp.spawn(_sync_bn_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+
+    torch.manual_seed(0)
+    x_full, w_out = torch.randn(8, 16, 5, 5), torch.randn(8, 16, 5, 5)
+    ref = ElasticBatchNorm2d(24)
+    with torch.no_grad():
+        ref.bn.weight.uniform_(0.5, 1.5)
+        ref.bn.bias.uniform_(-0.2, 0.2)
+    ref.set_active(16)
+    x = x_full.clone().requires_grad_(True)
+    y = ref.train()(x)
+    (y * w_out).sum().backward()
+    assert torch.allclose(torch.cat([r0["y"], r1["y"]]), y.detach(), atol=1e-5)
+    assert torch.allclose(torch.cat([r0["x_grad"], r1["x_grad"]]), x.grad, atol=1e-5)
+    assert torch.allclose(r0["w_grad"] + r1["w_grad"], ref.bn.weight.grad, atol=1e-4)  # DDP then averages
+    for r in (r0, r1):
+        assert torch.allclose(r["mean"], ref.bn.running_mean, atol=1e-6)
+        assert torch.allclose(r["var"], ref.bn.running_var, atol=1e-5)
+        assert (r["mean"][16:] == 0).all() and (r["var"][16:] == 1).all()

@@ -180,6 +180,11 @@ class ElasticBatchNorm2d(nn.Module):
         if batch_stats:
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            # nn.SyncBatchNorm.convert_sync_batchnorm (DDP on CUDA) swaps the inner bn; its own forward is
+            # not used here, so the statistics of the active slice are synchronised explicitly.
+            if isinstance(bn, nn.SyncBatchNorm) and _world_size(bn.process_group) > 1:
+                return sync_batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
+                                       factor, bn.eps, bn.process_group)
         return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
                             batch_stats, factor, bn.eps)
 
@@ -202,6 +207,39 @@ class ElasticBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"active: features={self.active_features}" + (", frozen" if self.frozen else "")
+
+
+def _world_size(group) -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def sync_batch_norm(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor, momentum: float, eps: float, group=None) -> torch.Tensor:
+    """Training-mode batch norm over the batch of every rank of ``group`` (SyncBN), for any backend.
+
+    Per-channel sums, sums of squares and counts are all-reduced with the autograd-aware
+    ``torch.distributed.nn.functional.all_reduce``, so gradients flow through the global statistics as
+    in ``nn.SyncBatchNorm``; running statistics (views: the active slice) move in place, with the
+    unbiased variance."""
+    from torch.distributed.nn.functional import all_reduce
+
+    c = x.size(1)
+    xf = x.float()
+    count = torch.full((1,), xf.numel() // c, dtype=xf.dtype, device=xf.device)
+    stats = all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]), group=group)
+    n = stats[-1]
+    mean = stats[:c] / n
+    var = (stats[c:2 * c] / n - mean * mean).clamp(min=0)
+    with torch.no_grad():
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        running_var.mul_(1 - momentum).add_((var * n / (n - 1).clamp(min=1)).to(running_var.dtype), alpha=momentum)
+    shape = (1, c, 1, 1)
+    y = (xf - mean.view(shape)) * torch.rsqrt(var + eps).view(shape)
+    return (y * weight.view(shape) + bias.view(shape)).to(x.dtype)
 
 
 class ElasticSE(nn.Module):
