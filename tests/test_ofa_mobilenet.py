@@ -203,18 +203,24 @@ def test_detector_with_ofa_backbone_trains_one_step(detector):
     assert len(out) == 2 and set(out[0]) == {"boxes", "scores", "labels"}
 
 
+def _sync_bn_case():
+    """The same batch, output weights and 24-wide elastic BN (16 active) in every process."""
+    torch.manual_seed(0)
+    x_full, w_out = torch.randn(8, 16, 5, 5), torch.randn(8, 16, 5, 5)
+    bn = ElasticBatchNorm2d(24)
+    with torch.no_grad():
+        bn.bn.weight.uniform_(0.5, 1.5)
+        bn.bn.bias.uniform_(-0.2, 0.2)
+    bn.set_active(16)
+    return x_full, w_out, bn
+
+
 def _sync_bn_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        x_full, w_out = torch.randn(8, 16, 5, 5), torch.randn(8, 16, 5, 5)
-        bn = ElasticBatchNorm2d(24)
-        with torch.no_grad():
-            bn.bn.weight.uniform_(0.5, 1.5)
-            bn.bn.bias.uniform_(-0.2, 0.2)
-        bn.set_active(16)
+        x_full, w_out, bn = _sync_bn_case()
         bn.bn = torch.nn.SyncBatchNorm.convert_sync_batchnorm(bn.bn)  # what the trainer does under DDP on CUDA
         part = slice(rank * 4, rank * 4 + 4)
         x = x_full[part].clone().requires_grad_(True)
@@ -239,13 +245,7 @@ def test_elastic_bn_synchronises_statistics_under_syncbn(tmp_path):
     tmp.spawn(_sync_bn_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
 
-    torch.manual_seed(0)
-    x_full, w_out = torch.randn(8, 16, 5, 5), torch.randn(8, 16, 5, 5)
-    ref = ElasticBatchNorm2d(24)
-    with torch.no_grad():
-        ref.bn.weight.uniform_(0.5, 1.5)
-        ref.bn.bias.uniform_(-0.2, 0.2)
-    ref.set_active(16)
+    x_full, w_out, ref = _sync_bn_case()
     x = x_full.clone().requires_grad_(True)
     y = ref.train()(x)
     (y * w_out).sum().backward()
