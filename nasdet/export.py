@@ -350,10 +350,7 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
         ckpt = wd / TUNE / "ckpt" / "last.pt"
         if not ckpt.is_file():
             raise StageOutputMissing(f"no tuned model at {ckpt}: run the tune stage first (`nasdet tune CONFIG`)")
-        if cfg.search.strategy == "darts":  # FAD: a trained detector whose stored config holds the genotypes
-            model = load_trained_model(cfg, ckpt, val.num_classes)
-        else:
-            model, arch = load_tuned_model(ckpt, cfg, val.num_classes)
+        model, arch = load_tuned_model(ckpt, cfg, val.num_classes)
     else:
         ckpt = baseline_checkpoint(cfg, wd)
         model = load_trained_model(cfg, ckpt, val.num_classes)

@@ -20,8 +20,8 @@ from rich.console import Console
 from torch import nn
 
 from .config import ExperimentConfig, save_config
-from .experiment import (BASELINE, SUPERNET, _completed, build_datasets, build_supernet, metrics_table,
-                         run_train, with_train_recipe, work_dir_of, write_json)
+from .experiment import (BASELINE, SUPERNET, _completed, build_datasets, build_supernet, load_trained_model,
+                         metrics_table, run_train, with_train_recipe, work_dir_of, write_json)
 from .models.supernet import BACKBONE_PREFIX, INPUT_SIZE, export_detector
 from .space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
 from .space.elastic import he_fout_init
@@ -120,10 +120,14 @@ def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[st
     return static, space
 
 
-def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int) -> tuple[nn.Module, dict]:
-    """A tuned model from its checkpoint (the arch is stored in it)."""
+def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int) -> tuple[nn.Module, dict | None]:
+    """A tuned model from its checkpoint: a supernet subnet (the arch is stored in it), or after a darts
+    search a detector whose stored config holds the FAD genotypes (arch None)."""
     state = load_checkpoint(path)
     arch = (state.get("extra") or {}).get("arch")
+    stored_head = ((state.get("config") or {}).get("model") or {}).get("head") or {}
+    if arch is None and stored_head.get("genotype") is not None:
+        return load_trained_model(cfg, path, num_classes), None
     if arch is None:
         raise CheckpointError(f"{path} has no architecture inside: it was not written by `nasdet tune`")
     model, _ = build_static_model(cfg, num_classes, arch)

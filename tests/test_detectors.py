@@ -56,6 +56,14 @@ def test_ssd_on_a_stride_8_level_adds_a_first_map_of_default_boxes(detector):
         assert set(dense(x)[0]) == {"boxes", "scores", "labels"}
 
 
+@pytest.mark.parametrize("detector", ["ssdlite", "ssd"])
+def test_ssd_on_c5_alone_has_five_maps(detector):
+    model = build_detector(tiny(detector, ssd_levels=["c5"]), num_classes=3).eval()
+    assert len(model.anchor_generator.num_anchors_per_location()) == 5
+    with torch.no_grad():
+        assert set(model([torch.rand(3, 128, 128)])[0]) == {"boxes", "scores", "labels"}
+
+
 @pytest.mark.parametrize("bad, match", [({"ssd_levels": ["c4"]}, "ending with c5"),
                                         ({"ssd_levels": ["c5", "c4"]}, "increasing"),
                                         ({"anchor_aspect_ratios": [[2]] * 6, "ssd_levels": ["c3", "c4", "c5"]}, "make 7")])

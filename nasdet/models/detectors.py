@@ -130,8 +130,9 @@ def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Modul
         lite = det == "ssdlite"
         neck = SSDNeck(body, model_cfg.extra_channels, lite=lite, levels=tuple(model_cfg.ssd_levels))
         maps = len(neck.out_channels_list)
+        ssd300 = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]  # its last maps keep these; added first maps get [2]
         ratios = model_cfg.anchor_aspect_ratios or (
-            [[2, 3]] * maps if lite else [[2]] * (maps - 6) + [[2], [2, 3], [2, 3], [2, 3], [2], [2]])
+            [[2, 3]] * maps if lite else ([[2]] * max(0, maps - 6) + ssd300)[-maps:])
         lo, hi = model_cfg.anchor_ratio_range
         anchors = DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi)
         per_loc = anchors.num_anchors_per_location()

@@ -11,5 +11,5 @@ from .space import (
     strip_prefix,
 )
 
-__all__ = ["Arch", "ArchError", "NoArchUnderCost", "SearchSpace", "canonical_arch", "load_arch", "prefix_arch", "save_arch",
-           "strip_prefix"]
+__all__ = ["Arch", "ArchError", "NoArchUnderCost", "SearchSpace", "canonical_arch", "load_arch", "prefix_arch",
+           "save_arch", "strip_prefix"]
