@@ -107,6 +107,10 @@ class ModelConfig(Strict):
     # SSD default-box aspect ratios per map (len(ssd_levels) + 4 maps); default: [[2, 3]] per map for ssdlite
     # (torchvision), [[2], [2, 3], [2, 3], [2, 3], [2], [2]] for ssd (SSD300, aw_nas; [2] for an added first map)
     anchor_aspect_ratios: Optional[list[list[int]]] = None
+    # SSD/SSDLite classification loss: "hard_negative" = SSD's softmax cross-entropy with 3:1 hard negative
+    # mining (torchvision, the SSD paper); "focal" = aw_nas's SSD supernets: sigmoid focal loss (alpha 0.25,
+    # gamma 2) over the object classes, IoU in [0.4, 0.5) ignored, sigmoid scores at inference
+    ssd_loss: Literal["hard_negative", "focal"] = "hard_negative"
     score_thresh: float = Field(0.01, ge=0, le=1)
     nms_thresh: float = Field(0.5, gt=0, le=1)
     detections_per_img: int = Field(100, gt=0)
@@ -136,6 +140,12 @@ class ModelConfig(Strict):
         if self.head.genotype is not None and self.head.cell_channels == 32 and self.input_size <= 128:
             raise ValueError(f"model.head.cell_channels 32 with input_size {self.input_size}: GroupNorm(32) on the "
                              "1x1 P7 map normalises single values; use cell_channels >= 64 or input_size > 128")
+        return self
+
+    @model_validator(mode="after")
+    def _ssd_loss_for_ssd(self):
+        if self.ssd_loss != "hard_negative" and self.detector not in ("ssd", "ssdlite"):
+            raise ValueError(f"model.ssd_loss {self.ssd_loss!r} applies to detector ssd / ssdlite, not {self.detector!r}")
         return self
 
     @model_validator(mode="after")

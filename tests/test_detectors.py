@@ -100,3 +100,105 @@ def test_unknown_backbone_names_choices():
 def test_num_classes_mismatch_is_an_error():
     with pytest.raises(ValueError, match="num_classes is 5 but the data set has 3"):
         build_detector(tiny("ssdlite", num_classes=5), num_classes=3)
+
+
+def _focal_batch():
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 60.0, 120.0, 126.0]]), "labels": torch.tensor([3, 1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    return images, targets
+
+
+@pytest.mark.parametrize("detector", ["ssdlite", "ssd"])
+def test_focal_ssd_loss_follows_aw_nas(detector):
+    """Sigmoid focal loss over the object classes (background column untrained), IoU in [0.4, 0.5)
+    ignored, RetinaNet's prior on the class logits; the loss vanishes for confident right logits."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    from nasdet.models.ssd_focal import PRIOR_PROB, FocalSSD
+
+    torch.manual_seed(0)
+    model = build_detector(tiny(detector, ssd_loss="focal"), num_classes=4)
+    assert isinstance(model, FocalSSD)
+    images, targets = _focal_batch()
+    model.train()
+    t_images, t_targets = model.transform(images, targets)
+    feats = list(model.backbone(t_images.tensors).values())
+    out = model.head(feats)
+    assert torch.allclose(torch.sigmoid(out["cls_logits"].median()), torch.tensor(PRIOR_PROB), rtol=0.3)
+    anchors = model.anchor_generator(t_images, feats)
+    from nasdet.train.distill import _match
+
+    matched = _match(model, t_targets, anchors)
+    assert (matched[0] == -2).any() and (matched[0] >= 0).any() and (matched[1] == -1).all()
+    loss = model.compute_loss(t_targets, out, anchors, matched)
+    # the same loss by hand: one-hot targets on classes 1..K, ignored anchors dropped
+    by_hand = 0.0
+    for t, logits, m in zip(t_targets, out["cls_logits"], matched):
+        onehot = torch.zeros_like(logits)
+        onehot[m >= 0, t["labels"][m[m >= 0]]] = 1
+        keep = m != -2
+        by_hand = by_hand + sigmoid_focal_loss(logits[keep, 1:], onehot[keep, 1:], 0.25, 2.0, reduction="sum")
+    n_pos = sum(int((m >= 0).sum()) for m in matched)
+    assert torch.allclose(loss["classification"], by_hand / n_pos)
+    # a background-column change alone does not move the loss; confident right logits make it ~0
+    perfect = []
+    for t, m, logits in zip(t_targets, matched, out["cls_logits"]):
+        z = torch.full_like(logits, -20.0)
+        z[m >= 0, t["labels"][m[m >= 0]]] = 20.0
+        z[:, 0] = torch.randn(z.shape[0])
+        perfect.append(z)
+    near_zero = model.compute_loss(t_targets, dict(out, cls_logits=torch.stack(perfect)), anchors, matched)
+    assert near_zero["classification"] < 1e-6
+    assert loss["classification"] > 0.1
+
+
+def test_focal_ssd_scores_are_per_class_sigmoids():
+    torch.manual_seed(0)
+    model = build_detector(tiny("ssdlite", ssd_loss="focal", score_thresh=0.2), num_classes=4).eval()
+    x = [torch.rand(3, 128, 128)]
+    captured = {}
+    hook = model.head.register_forward_hook(lambda m, i, o: captured.update(o))
+    with torch.no_grad():
+        for block in model.head.classification_head.module_list:  # make class 2 fire at a few anchors
+            last = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+            last.bias[2::5] = 3.0  # background column (0) and others stay at the prior
+        out = model(x)[0]
+    hook.remove()
+    assert len(out["scores"]) > 0 and set(out["labels"].tolist()) <= {2}
+    sig = torch.sigmoid(captured["cls_logits"][0, :, 2])
+    assert out["scores"].max() <= sig.max() + 1e-6 and out["scores"].min() > 0.2
+
+
+def test_ssd_loss_focal_is_for_ssd_only():
+    with pytest.raises(ValueError, match="ssd_loss"):
+        tiny("fcos", ssd_loss="focal")
+
+
+def test_focal_ssd_exports_to_onnx_with_the_same_detections(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from nasdet.export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_detector(tiny("ssdlite", ssd_loss="focal", score_thresh=0.02), num_classes=4).eval()
+    with torch.no_grad():  # spread the scores so that the top detections are not ties
+        for block in model.head.classification_head.module_list:
+            last = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+            last.weight.mul_(30.0)
+            last.bias.copy_(torch.randn(last.bias.shape) * 2 - 2)
+    path = export_onnx(model, tmp_path / "focal.onnx")
+    img = (torch.rand(3, 100, 90) * 255).to(torch.uint8)
+    with torch.no_grad():
+        ref = model([img.float() / 255.0])[0]
+    boxes, scores, labels = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": img.numpy()})
+    assert len(ref["scores"]) > 5 and len(scores) == len(ref["scores"])
+    # equal scores may come in another order: compare the detections as sorted rows
+    def rows(b, s, lb):
+        r = np.column_stack([np.round(s, 4), lb, np.round(b, 2)])
+        return r[np.lexsort(r.T[::-1])]
+
+    ours = rows(boxes, scores, labels)
+    np.testing.assert_allclose(ours, rows(*(ref[k].numpy() for k in ("boxes", "scores", "labels"))), atol=2e-2)
+    assert labels.min() >= 1

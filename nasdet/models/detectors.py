@@ -26,6 +26,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from .backbones import build_backbone
 from .heads.fad import build_fad_head
+from .ssd_focal import FocalSSD
 
 IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
@@ -140,8 +141,9 @@ def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Modul
             head = SSDLiteHead(neck.out_channels_list, per_loc, n, partial(nn.BatchNorm2d, eps=0.001, momentum=BN_MOMENTUM))
         else:
             head = SSDHead(neck.out_channels_list, per_loc, n)
-        model = SSD(neck, anchors, (s, s), n, image_mean=IMAGE_MEAN, image_std=IMAGE_STD, head=head,
-                    topk_candidates=model_cfg.topk_candidates, **common)
+        ssd_cls = FocalSSD if model_cfg.ssd_loss == "focal" else SSD
+        model = ssd_cls(neck, anchors, (s, s), n, image_mean=IMAGE_MEAN, image_std=IMAGE_STD, head=head,
+                        topk_candidates=model_cfg.topk_candidates, **common)
         model.transform = _transform(s, size_divisible=1)
     elif det in ("retinanet", "fcos"):
         fad = fad_search or model_cfg.head.genotype is not None
