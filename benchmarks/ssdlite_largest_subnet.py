@@ -51,8 +51,12 @@ def main(variant: str, epochs: int, *options: str) -> None:
     cfg = load_config("configs/demo/ofa_ssdlite_shapes.yaml")
     model_upd = {"ssd_levels": ["c4", "c5"], "ssd_loss": "hard_negative"}
     train_upd = {"epochs": epochs, "threads": 1, "ckpt_every_steps": 10000}
+    if variant not in ("base", "tap"):
+        raise SystemExit(f"unknown variant {variant!r}: base or tap")
     for kv in options:
-        k, v = kv.split("=")
+        if "=" not in kv:
+            raise SystemExit(f"option {kv!r} is not key=value (levels=, loss=, width=, lr=)")
+        k, v = kv.split("=", 1)
         if k == "lr":
             train_upd["optimizer"] = cfg.train.optimizer.model_copy(update={"lr": float(v)})
         elif k == "width":

@@ -154,14 +154,15 @@ def test_focal_ssd_loss_follows_aw_nas(detector):
 
 
 def test_focal_ssd_scores_are_per_class_sigmoids():
+    from nasdet.models.ssd_focal import class_logit_convs
+
     torch.manual_seed(0)
     model = build_detector(tiny("ssdlite", ssd_loss="focal", score_thresh=0.2), num_classes=4).eval()
     x = [torch.rand(3, 128, 128)]
     captured = {}
     hook = model.head.register_forward_hook(lambda m, i, o: captured.update(o))
     with torch.no_grad():
-        for block in model.head.classification_head.module_list:  # make class 2 fire at a few anchors
-            last = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        for last in class_logit_convs(model.head):  # make class 2 fire at a few anchors
             last.bias[2::5] = 3.0  # background column (0) and others stay at the prior
         out = model(x)[0]
     hook.remove()
@@ -180,12 +181,12 @@ def test_focal_ssd_exports_to_onnx_with_the_same_detections(tmp_path):
     import onnxruntime as ort
 
     from nasdet.export import export_onnx
+    from nasdet.models.ssd_focal import class_logit_convs
 
     torch.manual_seed(0)
     model = build_detector(tiny("ssdlite", ssd_loss="focal", score_thresh=0.02), num_classes=4).eval()
     with torch.no_grad():  # spread the scores so that the top detections are not ties
-        for block in model.head.classification_head.module_list:
-            last = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        for last in class_logit_convs(model.head):
             last.weight.mul_(30.0)
             last.bias.copy_(torch.randn(last.bias.shape) * 2 - 2)
     path = export_onnx(model, tmp_path / "focal.onnx")

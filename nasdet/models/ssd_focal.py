@@ -25,6 +25,13 @@ FOCAL_GAMMA = 2.0
 PRIOR_PROB = 0.01  # initial foreground probability of every class logit (RetinaNet's prior)
 
 
+def class_logit_convs(head: nn.Module) -> list[nn.Conv2d]:
+    """The conv that emits the class logits on each map (SSDHead: the conv itself; SSDLiteHead: the last
+    conv of its depthwise-separable block)."""
+    return [[m for m in block.modules() if isinstance(m, nn.Conv2d)][-1]
+            for block in head.classification_head.module_list]
+
+
 class FocalSSD(SSD):
     """SSD with aw_nas's focal classification loss and sigmoid scores (see the module docstring)."""
 
@@ -36,9 +43,8 @@ class FocalSSD(SSD):
         # Without the prior, every one of the thousands of anchors starts at p = 0.5 and the summed
         # focal loss of the negatives swamps the first steps (RetinaNet, Lin et al. 2017, sec. 4.1).
         bias = -math.log((1 - PRIOR_PROB) / PRIOR_PROB)
-        for block in self.head.classification_head.module_list:
-            last = block if isinstance(block, nn.Conv2d) else [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1]
-            nn.init.constant_(last.bias, bias)
+        for conv in class_logit_convs(self.head):
+            nn.init.constant_(conv.bias, bias)
 
     def compute_loss(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor],
                      anchors: list[Tensor], matched_idxs: list[Tensor]) -> dict[str, Tensor]:
@@ -65,14 +71,15 @@ class FocalSSD(SSD):
         detections = []
         for reg, scores, anchors, shape in zip(head_outputs["bbox_regression"], scores_all, image_anchors, image_shapes):
             boxes = box_ops.clip_boxes_to_image(self.box_coder.decode_single(reg, anchors), shape)
+            num_classes = scores.shape[1]
             flat = scores.flatten()
             keep = torch.where(flat > self.score_thresh)[0]
+            kept_scores = flat[keep]
             # the same candidate count per image as SSD's per-class top-k, over all classes at once
-            k = det_utils._topk_min(flat[keep], self.topk_candidates * scores.shape[1], 0)
-            top, order = flat[keep].topk(k)
+            top, order = kept_scores.topk(det_utils._topk_min(kept_scores, self.topk_candidates * num_classes, 0))
             idx = keep[order]
-            anchor_idx = torch.div(idx, scores.shape[1], rounding_mode="floor")
-            labels = idx - anchor_idx * scores.shape[1] + 1
+            anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
+            labels = idx % num_classes + 1
             box = boxes[anchor_idx]
             kept = box_ops.batched_nms(box, top, labels, self.nms_thresh)[: self.detections_per_img]
             detections.append({"boxes": box[kept], "scores": top[kept], "labels": labels[kept]})
