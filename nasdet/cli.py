@@ -139,14 +139,15 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
 
     cfg = _load(config, set_)
     if workers > 1:
-        _launch_search_workers(config, work_dir, set_ or [], storage, workers)
+        _launch_workers("search", config, work_dir, set_ or [], workers, ["--storage", storage] if storage else [])
     run_search(cfg, work_dir=work_dir, storage=storage, console=console, worker=worker)
 
 
-def _launch_search_workers(config: Path, work_dir: Optional[Path], overrides: List[str], storage: Optional[str],
-                           workers: int) -> None:
-    """``workers`` processes of ``nasdet search`` on one storage, each on its own GPU when there are
-    GPUs; Optuna's storage shares the work (no scheduler of ours). Returns when all have finished."""
+def _launch_workers(command: str, config: Path, work_dir: Optional[Path], overrides: List[str], workers: int,
+                    extra: List[str]) -> None:
+    """``workers`` processes of ``nasdet <command>``, each on its own GPU when there are GPUs, else with
+    the CPU's threads split between them; the stage's own store shares the work (search: the Optuna
+    storage; diagnose: claim files), no scheduler of ours. Returns when all have finished."""
     import subprocess
 
     import torch
@@ -154,11 +155,9 @@ def _launch_search_workers(config: Path, work_dir: Optional[Path], overrides: Li
     gpus = torch.cuda.device_count()
     procs = []
     for i in range(workers):
-        cmd = [sys.executable, "-m", "nasdet.cli", "search", str(config), "--worker", str(i)]
+        cmd = [sys.executable, "-m", "nasdet.cli", command, str(config), "--worker", str(i), *extra]
         if work_dir:
             cmd += ["--work-dir", str(work_dir)]
-        if storage:
-            cmd += ["--storage", storage]
         for item in overrides:
             cmd += ["--set", item]
         env = dict(os.environ)
@@ -167,11 +166,33 @@ def _launch_search_workers(config: Path, work_dir: Optional[Path], overrides: Li
         elif "threads" not in " ".join(overrides):
             cmd += ["--set", f"train.threads={max(1, (os.cpu_count() or 1) // workers)}"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if i else None))
-    console.print(f"started {workers} search workers" + (f" on {min(workers, gpus)} GPU(s)" if gpus else " on CPU"))
+    console.print(f"started {workers} {command} workers" + (f" on {min(workers, gpus)} GPU(s)" if gpus else " on CPU"))
     failed = [i for i, p in enumerate(procs) if p.wait() != 0]
     if failed:
-        console.print(f"[bold red]error:[/] search worker(s) {failed} failed; rerun the same command to continue the study")
+        console.print(f"[bold red]error:[/] {command} worker(s) {failed} failed; rerun the same command to continue")
         raise typer.Exit(1)
+
+
+@app.command("diagnose")
+@_user_errors
+def diagnose_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
+                 archs: Optional[int] = typer.Option(None, "--archs", help="K archs spread over the MACs range (diagnose.archs)."),
+                 epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of the short stand-alone recipe (diagnose.epochs)."),
+                 worker: int = typer.Option(0, "--worker", help="This process's index among workers sharing the work dir."),
+                 workers: int = typer.Option(1, "--workers", min=1, help="Start N local worker processes.")):
+    """Does the supernet rank archs as they rank trained alone? K archs stratified by MACs are scored by
+    the supernet (as search does), by MACs, params and zero-cost proxies, and trained alone briefly;
+    writes diagnose/results.csv, summary.json (Kendall tau, Spearman rho with 90 % intervals), rank.png.
+    Rerunning continues."""
+    from .search.diagnose import run_diagnose
+
+    overrides = list(set_ or []) + ([f"diagnose.archs={archs}"] if archs is not None else []) \
+        + ([f"diagnose.epochs={epochs}"] if epochs is not None else [])
+    cfg = _load(config, overrides)
+    if workers > 1:
+        run_diagnose(cfg, work_dir, console=console, plan_only=True)  # once, not in every worker
+        _launch_workers("diagnose", config, work_dir, overrides, workers, [])
+    run_diagnose(cfg, work_dir, console=console, worker=worker)
 
 
 @app.command("eval")

@@ -329,6 +329,9 @@ class SearchConfig(Strict):
     """
 
     strategy: Literal["evolution", "nsga2", "random", "darts"] = "evolution"  # darts: FAD, see search.darts
+    # what a candidate is scored by: the trained supernet (AP on the search split), or a zero-cost proxy of
+    # the subnet at its scratch init (no supernet needed; see `nasdet diagnose` for when one is worth it)
+    scorer: Literal["supernet", "grad_norm", "synflow", "mae_det"] = "supernet"
     budget: Optional[BudgetConfig] = None
     cost_metric: Literal["macs", "params", "latency"] = "macs"  # Pareto / table cost when no budget is set
     num_candidates: int = Field(1000, gt=0)  # scored candidates in the study, all workers together
@@ -354,6 +357,41 @@ class SearchConfig(Strict):
             raise ValueError(f"search.mutation + search.crossover must be <= 1, got {self.mutation} + {self.crossover}")
         if self.parents > self.population:
             raise ValueError(f"search.parents ({self.parents}) must be <= search.population ({self.population})")
+        if self.strategy == "darts" and self.scorer != "supernet":
+            raise ValueError(f"search.scorer {self.scorer!r} does not apply to search.strategy 'darts' (it has no candidates)")
+        return self
+
+
+class DiagnoseConfig(Strict):
+    """``nasdet diagnose``: do the supernet (and cheaper rankers) rank archs as they rank trained alone?
+
+    ``archs`` archs spread over the space's MACs range (smallest and largest always in, the rest nearest to
+    evenly spaced MACs among ``pool`` seeded uniform draws) are scored as the search scores them, by each
+    zero-cost proxy, and trained alone with one short shared recipe: the top-level ``train`` section with
+    ``epochs`` (and ``max_steps``), from scratch and/or from the supernet's weights (``init``).
+    """
+
+    archs: int = Field(12, ge=3)  # K
+    pool: int = Field(100, gt=0)  # uniform draws the K are stratified from (only costed)
+    seed: int = 0
+    epochs: int = Field(2, gt=0)  # the short shared recipe's epochs
+    max_steps: Optional[int] = Field(None, gt=0)  # stop each stand-alone training early
+    init: list[Literal["scratch", "supernet"]] = ["scratch"]  # supernet: also tuned from the supernet's weights
+    target: Literal["scratch", "supernet"] = "scratch"  # which stand-alone AP the rankers are judged against
+    metric: Literal["AP", "AP50"] = "AP"  # of the supernet score and of the stand-alone model on val
+    proxies: list[Literal["grad_norm", "synflow", "mae_det"]] = ["grad_norm", "synflow", "mae_det"]
+    proxy_batch_size: int = Field(8, gt=0)  # grad_norm's batch (training images, no augmentation)
+    top_k: int = Field(3, gt=0)  # top-k overlap
+    bootstrap: int = Field(1000, ge=100)  # resamples of the 90 % intervals
+
+    @model_validator(mode="after")
+    def _target_trained(self):
+        if not self.init or len(set(self.init)) != len(self.init):
+            raise ValueError(f"diagnose.init must list scratch and/or supernet once each, got {self.init}")
+        if self.target not in self.init:
+            raise ValueError(f"diagnose.target {self.target!r} is not trained: add it to diagnose.init {self.init}")
+        if self.pool < self.archs:
+            raise ValueError(f"diagnose.pool ({self.pool}) must be >= diagnose.archs ({self.archs})")
         return self
 
 
@@ -407,6 +445,7 @@ class ExperimentConfig(Strict):
     cost: CostConfig = CostConfig()
     supernet: SupernetConfig = SupernetConfig()
     search: SearchConfig = SearchConfig()
+    diagnose: DiagnoseConfig = DiagnoseConfig()
     tune: TuneConfig = TuneConfig()
     export: ExportConfig = ExportConfig()
     pipeline: PipelineConfig = PipelineConfig()

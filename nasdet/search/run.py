@@ -9,10 +9,12 @@ Rerunning continues the same study; several processes on one storage share the w
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -35,20 +37,94 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                console: Console | None = None, worker: int = 0) -> dict:
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
     counts, output paths). ``storage`` (URL or journal path) overrides ``cfg.search.storage``; ``worker``
-    (0, 1, ...) decorrelates the proposals of processes sharing one study."""
+    (0, 1, ...) decorrelates the proposals of processes sharing one study. With ``search.scorer`` a zero-cost
+    proxy, candidates are ranked by it at their scratch init and no supernet checkpoint is needed."""
     if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
         from .darts import run_darts_search
 
         return run_darts_search(cfg, work_dir=work_dir, console=console)
-    import torch
-
-    from ..experiment import build_datasets, build_supernet, work_dir_of
-    from ..train.loop import resolve_device
+    from ..experiment import work_dir_of
 
     console = console or Console()
     s = cfg.search
     wd = work_dir_of(cfg, work_dir)
     out_dir = wd / SEARCH
+    ctx = load_trained_supernet(cfg, wd) if s.scorer == "supernet" else proxy_scorer_context(cfg)
+    model, space, search_set, device = ctx.model, ctx.space, ctx.search_set, ctx.device
+    objective = OBJECTIVE if s.scorer == "supernet" else s.scorer
+
+    search_space = restrict_resolution(space, cfg.model.input_size, s.resolution_tolerance)
+    budget = Budget(s.budget.metric, s.budget.max) if s.budget else None
+    cost_metric = budget.metric if budget else s.cost_metric
+    measure = ("macs", "params") + (("latency",) if cost_metric == "latency" else ())
+    c = cfg.cost
+    latency_fn = latency_function(c.latency, model, space, device=c.device, warmup=c.warmup, runs=c.runs,
+                                  threads=c.threads, lut_path=c.lut or out_dir / "latency_lut.json")
+    cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
+    check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
+
+    scorer = ctx.scorer
+    strategy = make_strategy(s.strategy, search_space, cost_fn, budget, seed=s.seed, worker=worker,
+                             population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
+                             mutation=s.mutation, crossover=s.crossover)
+    study_name = s.study_name or f"{cfg.name}-{s.strategy}" + ("" if s.scorer == "supernet" else f"-{s.scorer}")
+    study = open_study(open_storage(storage or s.storage, out_dir), study_name, strategy)
+    save_config(cfg, wd / "config.yaml")
+    extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
+
+    already = len(study_records(study, search_space, objective))
+    best = [max((r["metrics"][objective] for r in study_records(study, search_space, objective)), default=float("nan"))]
+    with Progress(TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task(f"best {objective} {best[0]:.4f}", total=s.num_candidates, completed=min(already, s.num_candidates))
+
+        def on_trial(rec):
+            best[0] = max(best[0], rec["metrics"][objective]) if best[0] == best[0] else rec["metrics"][objective]
+            progress.update(task, advance=1, description=f"best {objective} {best[0]:.4f}")
+
+        counts = run_study(study, search_space, strategy, scorer, cost_fn, budget, s.num_candidates,
+                           cost_metric=cost_metric, seeds=list(extremes.values()) if s.include_extremes else (),
+                           on_trial=on_trial, objective=objective)
+    records = study_records(study, search_space, objective)
+    extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
+    # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
+    baseline = score_baseline(cfg, wd, search_set, device, measure) if objective == OBJECTIVE else None
+    summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline, objective)
+    summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
+    console.print(top_table(records, cost_metric, s.top_k, f"search ({s.strategy}): top {s.top_k} of {len(records)} "
+                            + (f"candidates on {len(search_set)} search images" if objective == OBJECTIVE
+                               else f"candidates by the zero-cost proxy {objective}"), objective))
+    if summary["best"] is None:
+        console.print("[yellow]no scored candidate is under the budget: best_arch.json not written[/]")
+    else:
+        console.print(f"best under budget: trial {summary['best']['trial']}, {objective} "
+                      f"{summary['best']['metrics'][objective]:.4f} "
+                      f"-> {out_dir / 'best_arch.json'}")
+    return summary
+
+
+@dataclasses.dataclass
+class TrainedSupernet:
+    """What scoring candidates needs: the supernet with its trained weights, its space, the search split,
+    the BN calibration set (the supernet's training split, no augmentation), the device, and ``scorer``
+    (``arch -> metrics``, exactly as ``nasdet search`` scores: BN recalibrated, COCO metrics, cached)."""
+
+    model: Any
+    space: SearchSpace
+    search_set: Any
+    calib_set: Any
+    device: Any
+    scorer: Callable[[Mapping], dict]
+
+
+def load_trained_supernet(cfg: ExperimentConfig, wd: Path) -> TrainedSupernet:
+    """The trained supernet of ``wd/supernet`` (refused if written for another space) and its scorer."""
+    import torch
+
+    from ..experiment import build_datasets, build_supernet
+    from ..train.loop import resolve_device
+
+    s = cfg.search
     ckpt = wd / "supernet" / "ckpt" / "last.pt"
     if not ckpt.is_file():
         raise CheckpointError(f"no supernet checkpoint at {ckpt}: run `nasdet pretrain` first")
@@ -67,54 +143,31 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     load_model_weights(model, state, source=str(ckpt))
     device = resolve_device(cfg.train.device)
     model.to(device).eval()
-
-    search_space = restrict_resolution(space, cfg.model.input_size, s.resolution_tolerance)
-    budget = Budget(s.budget.metric, s.budget.max) if s.budget else None
-    cost_metric = budget.metric if budget else s.cost_metric
-    measure = ("macs", "params") + (("latency",) if cost_metric == "latency" else ())
-    c = cfg.cost
-    latency_fn = latency_function(c.latency, model, space, device=c.device, warmup=c.warmup, runs=c.runs,
-                                  threads=c.threads, lut_path=c.lut or out_dir / "latency_lut.json")
-    cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
-    check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
-
     scorer = cached_scorer(functools.partial(
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
         recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
-    strategy = make_strategy(s.strategy, search_space, cost_fn, budget, seed=s.seed, worker=worker,
-                             population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
-                             mutation=s.mutation, crossover=s.crossover)
-    study_name = s.study_name or f"{cfg.name}-{s.strategy}"
-    study = open_study(open_storage(storage or s.storage, out_dir), study_name, strategy)
-    save_config(cfg, wd / "config.yaml")
-    extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
+    return TrainedSupernet(model, space, search_set, calib_set, device, scorer)
 
-    already = len(study_records(study, search_space))
-    best = [max((r["metrics"][OBJECTIVE] for r in study_records(study, search_space)), default=float("nan"))]
-    with Progress(TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        task = progress.add_task(f"best AP {best[0]:.4f}", total=s.num_candidates, completed=min(already, s.num_candidates))
 
-        def on_trial(rec):
-            best[0] = max(best[0], rec["metrics"][OBJECTIVE]) if best[0] == best[0] else rec["metrics"][OBJECTIVE]
-            progress.update(task, advance=1, description=f"best AP {best[0]:.4f}")
+def proxy_scorer_context(cfg: ExperimentConfig) -> TrainedSupernet:
+    """For ``search.scorer: <proxy>``: the config's supernet, untrained (only its subnets' shapes and
+    costs are used; each candidate is scored at its own scratch init), and ``scorer`` = ``{proxy: score}``."""
+    import torch
 
-        counts = run_study(study, search_space, strategy, scorer, cost_fn, budget, s.num_candidates,
-                           cost_metric=cost_metric, seeds=list(extremes.values()) if s.include_extremes else (),
-                           on_trial=on_trial)
-    records = study_records(study, search_space)
-    extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
-    baseline = score_baseline(cfg, wd, search_set, device, measure)
-    summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline)
-    summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
-    console.print(top_table(records, cost_metric, s.top_k, f"search ({s.strategy}): top {s.top_k} of {len(records)} "
-                            f"candidates on {len(search_set)} search images"))
-    if summary["best"] is None:
-        console.print("[yellow]no scored candidate is under the budget: best_arch.json not written[/]")
-    else:
-        console.print(f"best under budget: trial {summary['best']['trial']}, AP {summary['best']['metrics']['AP']:.4f} "
-                      f"-> {out_dir / 'best_arch.json'}")
-    return summary
+    from ..experiment import build_datasets, build_supernet
+    from .proxies import proxy_batch, proxy_score
+
+    name = cfg.search.scorer
+    torch.manual_seed(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = build_datasets(cfg, need=("search",))
+    model, space = build_supernet(cfg, data["search"].num_classes)
+    model.eval()
+    batch = proxy_batch(data["supernet_train"].with_transforms(None), cfg.diagnose.proxy_batch_size, cfg.seed) \
+        if name == "grad_norm" else ([], [])
+    scorer = cached_scorer(lambda arch: {name: proxy_score(name, model, space, arch, batch[0], batch[1], seed=cfg.seed)})
+    return TrainedSupernet(model, space, data["search"], None, torch.device("cpu"), scorer)
 
 
 def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure: tuple[str, ...]) -> dict | None:
@@ -144,17 +197,17 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
 # -------------------------------------------------------------------------------------------- outputs
 def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: str | Path, cost_metric: str,
                          budget: Budget | None = None, extremes: Mapping[str, dict] | None = None,
-                         baseline: dict | None = None) -> dict:
+                         baseline: dict | None = None, objective: str = OBJECTIVE) -> dict:
     """``results.csv``, ``best_arch.json`` (best AP under the budget, via ``save_arch``), ``pareto.json``,
     ``pareto.png``; ``extremes`` (name -> {arch, costs}) and the ``baseline`` ({costs, metrics}) are
     marked on the plot."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results_csv(records, out_dir / "results.csv")
-    best = best_record(records)
+    best = best_record(records, objective)
     if best is not None:
         save_arch(out_dir / "best_arch.json", best["arch"], space)
-    front = pareto_front([r for r in records if r["feasible"]], cost_metric)
+    front = pareto_front([r for r in records if r["feasible"]], cost_metric, objective)
     scored = {json.dumps(r["arch"], sort_keys=True): r for r in records}
     marks = {}
     for name, e in (extremes or {}).items():
@@ -169,7 +222,7 @@ def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: s
     tmp = out_dir / "pareto.json.tmp"
     tmp.write_text(json.dumps(pareto, indent=2))
     tmp.replace(out_dir / "pareto.json")
-    plot_pareto(records, front, cost_metric, out_dir / "pareto.png", budget, marks)
+    plot_pareto(records, front, cost_metric, out_dir / "pareto.png", budget, marks, objective)
     return {"best": best, "front": front, "records": len(records),
             "files": {n: str(out_dir / n) for n in ("results.csv", "best_arch.json", "pareto.json", "pareto.png")}}
 
@@ -193,7 +246,7 @@ def write_results_csv(records: Sequence[dict], path: Path) -> None:
 
 
 def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path: Path, budget: Budget | None = None,
-                marks: Mapping[str, dict] | None = None) -> None:
+                marks: Mapping[str, dict] | None = None, objective: str = OBJECTIVE) -> None:
     """AP vs cost: every scored candidate, the Pareto front as a line, the budget, smallest/largest subnets."""
     import matplotlib
 
@@ -203,10 +256,10 @@ def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path:
     scale, unit = (1e6, f"M {COST_UNITS[cost]}") if cost in ("macs", "params") else (1.0, COST_UNITS[cost])
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     pts = [r for r in records if cost in r["costs"]]
-    ax.scatter([r["costs"][cost] / scale for r in pts], [r["metrics"][OBJECTIVE] for r in pts], s=14, c="tab:gray",
+    ax.scatter([r["costs"][cost] / scale for r in pts], [r["metrics"][objective] for r in pts], s=14, c="tab:gray",
                alpha=0.6, label=f"candidates ({len(pts)})")
     if front:
-        ax.plot([r["costs"][cost] / scale for r in front], [r["metrics"][OBJECTIVE] for r in front], "-o",
+        ax.plot([r["costs"][cost] / scale for r in front], [r["metrics"][objective] for r in front], "-o",
                 c="tab:red", ms=5, label="Pareto front")
     if budget is not None:
         ax.axvline(budget.max / scale, c="tab:blue", ls="--", lw=1, label=f"budget {budget.max / scale:.4g} {unit}")
@@ -218,12 +271,12 @@ def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path:
         if x is None:
             continue
         if m["metrics"]:
-            ax.scatter([x / scale], [m["metrics"][OBJECTIVE]], marker=style[0], s=110 if name == "baseline" else 80,
+            ax.scatter([x / scale], [m["metrics"][objective]], marker=style[0], s=110 if name == "baseline" else 80,
                        c=style[1], zorder=3, label=label)
         else:
             ax.axvline(x / scale, c=style[1], ls=":", lw=1, label=f"{label} (cost)")
     ax.set_xlabel(f"{cost} ({unit})")
-    ax.set_ylabel("AP (search split)")
+    ax.set_ylabel("AP (search split)" if objective == OBJECTIVE else f"{objective} (zero-cost proxy)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -231,14 +284,14 @@ def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path:
     plt.close(fig)
 
 
-def top_table(records: Sequence[dict], cost: str, k: int, title: str) -> Table:
+def top_table(records: Sequence[dict], cost: str, k: int, title: str, objective: str = OBJECTIVE) -> Table:
     table = Table(title=title)
-    for col in ("trial", "AP", "AP50", "MACs", "params", "latency", "input", "feasible"):
+    for col in ("trial", objective, "AP50", "MACs", "params", "latency", "input", "feasible"):
         table.add_column(col, justify="right")
-    top = sorted(records, key=lambda r: (-r["metrics"][OBJECTIVE], r["trial"]))[:k]
+    top = sorted(records, key=lambda r: (-r["metrics"][objective], r["trial"]))[:k]
     for r in top:
         c, m = r["costs"], r["metrics"]
-        table.add_row(str(r["trial"]), f"{m[OBJECTIVE]:.4f}", f"{m.get('AP50', float('nan')):.4f}",
+        table.add_row(str(r["trial"]), f"{m[objective]:.4f}", f"{m.get('AP50', float('nan')):.4f}",
                       f"{c['macs'] / 1e6:.1f} M" if "macs" in c else "-",
                       f"{c['params'] / 1e6:.3f} M" if "params" in c else "-",
                       f"{c['latency']:.2f} ms" if "latency" in c else "-",

@@ -119,9 +119,10 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
               scorer: Callable[[dict], Mapping[str, float]],
               cost_fn: Callable[[Mapping], Mapping[str, float]], budget: Budget | None, num_candidates: int,
               cost_metric: str = "macs", seeds: Sequence[Mapping] = (),
-              on_trial: Callable[[dict], None] | None = None) -> dict[str, int]:
+              on_trial: Callable[[dict], None] | None = None, objective: str = OBJECTIVE) -> dict[str, int]:
     """Ask, suggest every choice, cost, claim, score, tell, until the study holds ``num_candidates`` scored
-    trials (all workers together). ``scorer(arch)`` returns metrics with ``AP``; ``cost_fn(arch)`` costs
+    trials (all workers together). ``scorer(arch)`` returns metrics with ``objective`` (``AP``, or a zero-cost
+    proxy's name); ``cost_fn(arch)`` costs
     with ``budget.metric`` and ``cost_metric``. ``seeds`` (e.g. smallest / largest arch) are enqueued once.
     Returns this call's counts: scored, over_budget, skipped, stale."""
     counts = {"scored": 0, "over_budget": 0, "skipped": 0, "stale": fail_stale_trials(study)}
@@ -177,7 +178,7 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
         seconds = time.perf_counter() - t0
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("seconds", seconds)
-        values = [metrics[OBJECTIVE]] + ([costs[metric]] if len(strategy.directions) == 2 else [])
+        values = [metrics[objective]] + ([costs[metric]] if len(strategy.directions) == 2 else [])
         study.tell(trial, values)
         counts["scored"] += 1
         if on_trial is not None:
@@ -186,7 +187,7 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
 
 
 # ------------------------------------------------------------------------------------------- records
-def study_records(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any]]:
+def study_records(study: optuna.Study, space: SearchSpace, objective: str = OBJECTIVE) -> list[dict[str, Any]]:
     """One record per scored trial, in trial order: trial, arch, metrics, costs, seconds, worker."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -194,26 +195,26 @@ def study_records(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any
         if arch is None:
             continue
         u = t.user_attrs
-        out.append({"trial": t.number, "arch": arch, "metrics": dict(u.get("metrics", {OBJECTIVE: t.values[0]})),
+        out.append({"trial": t.number, "arch": arch, "metrics": dict(u.get("metrics", {objective: t.values[0]})),
                     "costs": {k: u[k] for k in ("macs", "params", "latency") if k in u},
                     "seconds": u.get("seconds"), "worker": u.get("worker"),
                     "feasible": all(v <= 0 for v in t.constraints.values())})
     return out
 
 
-def pareto_front(records: Sequence[dict], cost: str) -> list[dict]:
-    """Records not dominated in (higher AP, lower ``cost``), sorted by cost."""
-    pts = sorted((r for r in records if cost in r["costs"]), key=lambda r: (r["costs"][cost], -r["metrics"][OBJECTIVE]))
+def pareto_front(records: Sequence[dict], cost: str, objective: str = OBJECTIVE) -> list[dict]:
+    """Records not dominated in (higher ``objective``, lower ``cost``), sorted by cost."""
+    pts = sorted((r for r in records if cost in r["costs"]), key=lambda r: (r["costs"][cost], -r["metrics"][objective]))
     front, best = [], -math.inf
     for r in pts:
-        ap = r["metrics"][OBJECTIVE]
+        ap = r["metrics"][objective]
         if ap > best:
             front.append(r)
             best = ap
     return front
 
 
-def best_record(records: Sequence[dict]) -> dict | None:
-    """Highest AP among feasible records (ties: the earlier trial)."""
+def best_record(records: Sequence[dict], objective: str = OBJECTIVE) -> dict | None:
+    """Highest ``objective`` (AP) among feasible records (ties: the earlier trial)."""
     ok = [r for r in records if r["feasible"]]
-    return max(ok, key=lambda r: (r["metrics"][OBJECTIVE], -r["trial"])) if ok else None
+    return max(ok, key=lambda r: (r["metrics"][objective], -r["trial"])) if ok else None
