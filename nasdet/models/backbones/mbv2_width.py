@@ -65,6 +65,35 @@ def importance_order(project_weight: torch.Tensor) -> torch.Tensor:
     return torch.sort(importance, descending=True, stable=True).indices
 
 
+def width_names(space: SearchSpace) -> list[str]:
+    """The block width choices of a space (own or a detector's, ``backbone.`` prefixed) in block order."""
+    return [n for n in space.names if n.endswith(".width")]
+
+
+def enot_from_arch(space: SearchSpace, arch: Mapping[str, Any]) -> list[int]:
+    """ENOT's ``searched_arch``: per block (torchvision order) the index of its width in ``ENOT_WIDTHS``."""
+    arch = space.validate(arch)
+    return [ENOT_WIDTHS.index(arch[n]) for n in width_names(space)]
+
+
+def arch_from_enot(space: SearchSpace, indices: Sequence[int]) -> dict[str, float]:
+    """The block widths of an ENOT ``searched_arch`` list (``[0] * 17`` = the baseline); a detector space's
+    other choices (``input_size``) are left to the caller."""
+    names, indices = width_names(space), list(indices)
+    if not names or len(indices) != len(names):
+        raise ArchError(f"searched_arch has {len(indices)} entries; this MobileNetV2 width space has {len(names)} "
+                        "blocks (ENOT's ssd_mnv2: 17)")
+    arch = {}
+    for name, i in zip(names, indices):
+        if not isinstance(i, int) or not 0 <= i < len(ENOT_WIDTHS):
+            raise ArchError(f"searched_arch entry {i!r} for {name} is not an index into {ENOT_WIDTHS}")
+        if ENOT_WIDTHS[i] not in space[name]:
+            raise ArchError(f"searched_arch index {i} (width {ENOT_WIDTHS[i]}) for {name} is not among its "
+                            f"choices {space[name]}")
+        arch[name] = ENOT_WIDTHS[i]
+    return arch
+
+
 class ConvBNReLU6(nn.Module):
     """The stem: elastic conv, BN, ReLU6 (output channels pruned with the first block's hidden width)."""
 
@@ -239,25 +268,10 @@ class WidthMobileNetV2(StagedSupernet):
 
     # ------------------------------------------------------------------------------ ENOT lists
     def enot_from_arch(self, arch: Mapping[str, Any]) -> list[int]:
-        """ENOT's ``searched_arch``: per block (torchvision order) the index of its width in ``ENOT_WIDTHS``."""
-        arch = self._space.validate(arch)
-        return [ENOT_WIDTHS.index(arch[n]) for n in self.block_names]
+        return enot_from_arch(self._space, arch)
 
     def arch_from_enot(self, indices: Sequence[int]) -> dict[str, float]:
-        """The arch of an ENOT ``searched_arch`` list (``[0] * 17`` = the baseline)."""
-        indices = list(indices)
-        if len(indices) != len(self.block_names):
-            raise ArchError(f"searched_arch has {len(indices)} entries; this MobileNetV2 has {len(self.block_names)} "
-                            "blocks (ENOT's ssd_mnv2: 17)")
-        arch = {}
-        for name, i in zip(self.block_names, indices):
-            if not isinstance(i, int) or not 0 <= i < len(ENOT_WIDTHS):
-                raise ArchError(f"searched_arch entry {i!r} for {name} is not an index into {ENOT_WIDTHS}")
-            if ENOT_WIDTHS[i] not in self._space[name]:
-                raise ArchError(f"searched_arch index {i} (width {ENOT_WIDTHS[i]}) for {name} is not among its "
-                                f"choices {self._space[name]}")
-            arch[name] = ENOT_WIDTHS[i]
-        return self._space.validate(arch)
+        return arch_from_enot(self._space, indices)
 
     # ------------------------------------------------------------------------ baseline weights
     def reorder_channels(self) -> None:
