@@ -114,8 +114,7 @@ def test_gradient_search_end_to_end_limit_outputs_resume_and_errors(tiny_config)
     cfg = tiny_config("ssdlite", model=MBV2W_TINY, data={"check_files": False}, supernet={"input_sizes": [48, 64]},
                       search={"strategy": "gradient", "recalib_batches": 1, "batch_size": 4, "max_images": 4,
                               "budget": {"metric": "macs", "max": 1e12},
-                              "gradient": {"epochs": 2, "batch_size": 2, "samples": 2, "max_steps": 2,
-                                           "search_resolution": True}})
+                              "gradient": {"epochs": 2, "batch_size": 2, "samples": 2, "max_steps": 2}})
     model, space = fake_pretrain(cfg)
     cost = CostModel(model, space, ("macs",))
     small = {s: cost({**space.smallest(), "input_size": s})["macs"] for s in (48, 64)}
@@ -130,7 +129,7 @@ def test_gradient_search_end_to_end_limit_outputs_resume_and_errors(tiny_config)
     from nasdet.search.gradient import GradientSearch
     assert issubclass(LimitBelowSmallest, ValueError) and GradientSearch
 
-    # a limit only the smaller resolution can meet at its default, and 64 px only when pruned
+    # a limit the default arch breaks: the search must prune; only model.input_size (64) is searched
     limit = (small[64] + big) / 2
     run = with_budget(cfg, limit)
     summary = run_search(run, console=quiet)
@@ -138,13 +137,67 @@ def test_gradient_search_end_to_end_limit_outputs_resume_and_errors(tiny_config)
     for name in ("results.csv", "best_arch.json", "pareto.json", "pareto.png", "study.journal", "gradient_state.pt",
                  "gradient.jsonl", "searched_arch.json"):
         assert (out / name).is_file(), name
-    assert summary["records"] == 2  # one derived arch per resolution
+    assert summary["records"] == 1  # one derived arch (search_resolution: one per input size)
     best = load_arch(out / "best_arch.json", space)
-    assert cost(best)["macs"] <= limit and best == summary["best"]["arch"]
+    assert cost(best)["macs"] <= limit < big and best == summary["best"]["arch"] and best["input_size"] == 64
     enot = json.loads((out / "searched_arch.json").read_text())
     assert len(enot["searched_arch"]) == 17 and enot["input_size"] == best["input_size"]
     log = [json.loads(line) for line in (out / "gradient.jsonl").read_text().splitlines()]
-    assert {r["resolution"] for r in log} == {48, 64} and all(r["step"] <= 2 for r in log)
-    # resume: both resolutions are in the study, nothing is searched or scored again
+    assert {r["resolution"] for r in log} == {64} and all(r["step"] <= 2 for r in log)
+    # resume: the result is in the study, nothing is searched or scored again
     again = run_search(run, console=quiet)
-    assert again["records"] == 2 and (out / "gradient.jsonl").read_text().count("\n") == len(log)
+    assert again["records"] == 1 and (out / "gradient.jsonl").read_text().count("\n") == len(log)
+
+
+DEPTH_SPACE = SearchSpace({"stage1.depth": (1, 2, 3), "stage1.block0.expand": (3, 6), "stage1.block1.expand": (3, 6),
+                           "stage1.block2.expand": (3, 6), "stage1.block2.kernel": (3, 5)},
+                          default={"stage1.depth": 3, "stage1.block0.expand": 6, "stage1.block1.expand": 6,
+                                   "stage1.block2.expand": 6, "stage1.block2.kernel": 3})
+
+
+def depth_cost(arch) -> float:
+    """Blocks beyond the depth do not run: their choices cost nothing."""
+    total = 50.0
+    for j in range(arch["stage1.depth"]):
+        total += 10 * arch[f"stage1.block{j}.expand"] * (1 + j)
+    return total + (4.0 if arch["stage1.depth"] == 3 and arch["stage1.block2.kernel"] == 5 else 0.0)
+
+
+def test_expected_cost_with_depth_counts_a_blocks_choices_only_while_it_runs():
+    names = DEPTH_SPACE.names
+    table = CostTable(depth_cost, DEPTH_SPACE, DEPTH_SPACE.default(), names)
+    logits = ArchLogits(DEPTH_SPACE, names)
+    with torch.no_grad():
+        for i, p in enumerate(logits.logits):
+            p.copy_(torch.linspace(-0.5, 0.8, len(p)) * (i + 1))
+    probs = [p.detach().double() for p in logits.probs()]
+    brute = 0.0
+    for vs in itertools.product(*(DEPTH_SPACE[n] for n in names)):
+        a = dict(zip(names, vs))
+        assert table.predict(a) == pytest.approx(depth_cost(a))
+        brute += math.prod(float(probs[i][DEPTH_SPACE[n].index(a[n])]) for i, n in enumerate(names)) * depth_cost(a)
+    assert float(table.expected(logits).detach()) == pytest.approx(brute, rel=1e-6)
+
+
+def test_enot_width_recipes_load_with_enot_settings():
+    from nasdet.config import load_config
+    from nasdet.models.backbones.mbv2_width import WidthMobileNetV2, arch_from_enot
+    from nasdet.models.supernet import BACKBONE_PREFIX
+    from nasdet.space import prefix_arch
+
+    root = Path(__file__).parent.parent / "configs" / "enot"
+    pre, search, res, tune, tune_res = (load_config(root / f"ssd_mnv2_width_{n}_voc.yaml") for n in
+                                        ("pretrain", "search", "search_with_resolution", "tune", "tune_on_resolution"))
+    assert pre.model.backbone.name == "mbv2_width" and pre.train.epochs == 100 and pre.train.batch_size == 64
+    g = search.search.gradient
+    assert search.search.strategy == "gradient" and search.search.budget.max == 830e6
+    assert (g.epochs, g.batch_size, g.optimizer, g.lr, g.momentum) == (20, 20, "sgd", 1.0, 0.9)
+    r = res.search.gradient
+    assert r.search_resolution and (r.epochs, r.batch_size, r.lr) == (10, 16, 0.001) and res.search.budget.max == 832e6
+    assert min(res.supernet.input_sizes) == 320 and max(res.supernet.input_sizes) == 640
+    assert tune.tune.searched_arch == [0] * 17 and tune.tune.train.epochs == 40
+    assert tune_res.supernet.input_sizes == res.supernet.input_sizes  # the same space as the multires supernet
+    space = WidthMobileNetV2(width_mult=0.25).search_space()
+    arch = arch_from_enot(space.prefixed(BACKBONE_PREFIX), tune_res.tune.searched_arch)
+    assert arch == prefix_arch(WidthMobileNetV2(width_mult=0.25).arch_from_enot(tune_res.tune.searched_arch),
+                               BACKBONE_PREFIX)

@@ -128,3 +128,20 @@ def test_detector_builds_and_trains_with_mbv2_width():
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():
         assert max_diff(model.backbone.body(x), static.backbone.body(x)) < 1e-5
+
+
+def test_tune_reads_enot_searched_arch(tiny_config):
+    from nasdet.config import ConfigError
+    from nasdet.experiment import build_supernet
+    from nasdet.tune import resolve_tune_arch
+
+    enot = [0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 5, 0]
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_width", "width_mult": WM}, "input_size": 64},
+                      tune={"searched_arch": enot})
+    _, space = build_supernet(cfg, 3)
+    arch, source = resolve_tune_arch(cfg, space)
+    assert source == "tune.searched_arch" and arch["input_size"] == 64
+    assert arch["backbone.stage2.block1.width"] == 0.5 and arch["backbone.stage6.block0.width"] == 1.0
+    assert arch["backbone.stage5.block2.width"] == 0.0  # index 5: the residual block is dropped
+    with pytest.raises(ConfigError, match="not both"):
+        tiny_config("ssdlite", tune={"searched_arch": enot, "arch": "x.json"})

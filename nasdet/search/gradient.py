@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from ..models.supernet import INPUT_SIZE, set_detector_arch
 from ..space import SearchSpace
+from ..space.space import _BLOCK_NAME
 from .budget import COST_UNITS, Budget
 from .strategies import OBJECTIVE
 
@@ -86,7 +87,7 @@ class ArchLogits(nn.Module):
         return {n: self.space[n][int(torch.argmax(t))] for n, t in zip(self.names, self.logits)}
 
     def probabilities(self) -> dict[str, list[float]]:
-        return {n: [round(float(v), 4) for v in p] for n, p in zip(self.names, self.probs())}
+        return {n: [round(float(v), 4) for v in p.detach()] for n, p in zip(self.names, self.probs())}
 
     def entropy(self) -> float:
         with torch.no_grad():
@@ -96,13 +97,18 @@ class ArchLogits(nn.Module):
 # ----------------------------------------------------------------------------------------- the cost
 class CostTable:
     """Per-choice cost table around ``reference``: ``base`` = its cost, ``deltas[name][i]`` = the cost
-    change of setting ``name`` to its ``i``-th value alone. ``cost_of(arch) -> float``."""
+    change of setting ``name`` to its ``i``-th value alone. ``cost_of(arch) -> float``.
+
+    Spaces with depth (``stageS.depth``, the first d blocks of a stage run; see ``canonical_arch``): a
+    block's own choices count only while the block runs, so in ``expected`` and ``predict`` their deltas
+    (measured at full depth) are weighted by the probability that the stage is deeper than the block.
+    The reference must run every block (the default arch of the elastic spaces does)."""
 
     def __init__(self, cost_of: Callable[[Mapping], float], space: SearchSpace, reference: Mapping[str, Any],
                  names: Sequence[str], delta_of: Callable[[Mapping], float] | None = None):
         """``delta_of``: a cheaper function with the same differences as ``cost_of`` (e.g. the backbone's
         MACs alone, the heads being fixed); default ``cost_of``."""
-        self.names = tuple(names)
+        self.names, self.space = tuple(names), space
         self.base = float(cost_of(reference))
         delta_of = delta_of or cost_of
         ref = float(delta_of(reference))
@@ -110,23 +116,35 @@ class CostTable:
         for n in self.names:
             row = [0.0 if v == reference[n] else float(delta_of({**reference, n: v})) - ref for v in space[n]]
             self.deltas[n] = torch.tensor(row, dtype=torch.float64)
-        self.space = space
+        self.gated: dict[str, tuple[str, int]] = {}  # block choice -> (its stage's depth choice, block index)
+        for n in self.names:
+            m = _BLOCK_NAME.match(n)
+            depth = f"{m.group(1)}.depth" if m else None
+            if depth in self.names:
+                if reference[depth] != max(space[depth]):
+                    raise ValueError(f"the cost table's reference must run every block: {depth} is {reference[depth]}")
+                self.gated[n] = (depth, int(m.group(2)))
 
     def expected(self, logits: ArchLogits) -> Tensor:
-        """E[cost] under the probabilities: ``base + sum_n p_n . deltas_n`` (differentiable in the logits)."""
+        """E[cost] under the probabilities, differentiable in the logits (choices independent)."""
+        probs = {n: torch.softmax(t.double(), 0) for n, t in zip(logits.names, logits.logits)}
         total = torch.tensor(self.base, dtype=torch.float64)
-        for n, t in zip(logits.names, logits.logits):
-            total = total + (torch.softmax(t.double(), 0) * self.deltas[n]).sum()
+        for n in self.names:
+            term = (probs[n] * self.deltas[n]).sum()
+            if n in self.gated:
+                depth, j = self.gated[n]
+                runs = torch.tensor([float(d > j) for d in self.space[depth]], dtype=torch.float64)
+                term = term * (probs[depth] * runs).sum()
+            total = total + term
         return total
 
     def predict(self, arch: Mapping[str, Any]) -> float:
-        return self.base + sum(float(self.deltas[n][self.space[n].index(arch[n])]) for n in self.names)
-
-    def lowest(self) -> float:
-        return self.base + sum(float(d.min()) for d in self.deltas.values())
-
-    def highest(self) -> float:
-        return self.base + sum(float(d.max()) for d in self.deltas.values())
+        total = self.base
+        for n in self.names:
+            if n in self.gated and not arch[self.gated[n][0]] > self.gated[n][1]:
+                continue
+            total += float(self.deltas[n][self.space[n].index(arch[n])])
+        return total
 
 
 def backbone_cost_function(model: nn.Module, metric: str) -> Callable[[Mapping], float] | None:
@@ -142,15 +160,11 @@ def backbone_cost_function(model: nn.Module, metric: str) -> Callable[[Mapping],
         return lambda arch: float(count_params(body.export(strip_prefix(arch, BACKBONE_PREFIX))))
     if metric != "macs":
         return None
-    import copy
-
-    meta = copy.deepcopy(body).to("meta").eval()
-
-    def macs(arch: Mapping[str, Any]) -> float:
-        meta.set_arch(strip_prefix(arch, BACKBONE_PREFIX))
+    def macs(arch: Mapping[str, Any]) -> float:  # the export: the supernet would also count kernel transforms
+        static = body.export(strip_prefix(arch, BACKBONE_PREFIX)).to("meta").eval()
         s = int(arch[INPUT_SIZE])
         with torch.no_grad():
-            return float(count_macs(meta, torch.empty(1, 3, s, s, device="meta")))
+            return float(count_macs(static, torch.empty(1, 3, s, s, device="meta")))
     return macs
 
 
@@ -313,8 +327,9 @@ class GradientSearch:
             opt.load_state_dict(saved["optim"])
             epoch, step, baseline = saved["epoch"], saved["step"], saved["baseline"]
             self.console.print(f"resolution {s}: resuming after epoch {epoch}")
-        self.console.print(f"resolution {s}: {self.budget.metric} of the space {table.lowest():.4g} .. "
-                           f"{table.highest():.4g} (table), limit {self.budget.max:.4g}")
+        self.console.print(f"resolution {s}: {self.budget.metric} of the smallest / default arch "
+                           f"{table.predict(self.space.smallest()):.4g} / {table.base:.4g} (table), "
+                           f"limit {self.budget.max:.4g}")
         gen = torch.Generator().manual_seed(self.seed * 7919 + s)
         if saved is not None:
             gen.set_state(saved["rng"])
@@ -341,6 +356,9 @@ class GradientSearch:
                       "expected_cost": float(table.expected(logits).detach()), "most_probable_cost": table.predict(best),
                       "entropy": logits.entropy(), "most_probable": best, "probabilities": logits.probabilities()}
             self._log(record)
+            self.console.print(f"resolution {s} epoch {epoch}/{gc.epochs}: E[{self.budget.metric}] "
+                               f"{record['expected_cost']:.4g}, most probable {record['most_probable_cost']:.4g} "
+                               f"(table), entropy {record['entropy']:.2f}, loss {baseline:.4f}")
             self.state["resolutions"][key] = {"logits": [p.detach().clone() for p in params], "optim": opt.state_dict(),
                                               "epoch": epoch, "step": step, "baseline": baseline,
                                               "rng": gen.get_state()}
