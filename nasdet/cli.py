@@ -9,9 +9,11 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .config import ConfigError, load_config
+from .config import load_config
+from .errors import NasdetError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Neural architecture search for object detectors.")
@@ -24,29 +26,46 @@ WorkDirOpt = typer.Option(None, "--work-dir", help="Work dir (default: work_dir 
 
 
 def _user_errors(fn):
-    """Bad input ends with one red line naming the file/key/value, exit code 2 (NASDET_DEBUG=1: traceback)."""
+    """Bad input ends with one red line naming the file/key/value and exit code 2 (a failed export check:
+    exit code 1); a bug keeps its traceback. NASDET_DEBUG=1 shows the traceback of any error."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .data.dataset import DataError
-        from .export import ExportParityError
-        from .train.checkpoint import CheckpointError
-        from .train.loop import TrainingDiverged
-
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, CheckpointError, TrainingDiverged, FileNotFoundError, ValueError) as e:
-            if os.environ.get("NASDET_DEBUG"):
-                raise
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
-            raise typer.Exit(2)
-        except ExportParityError as e:  # the export ran but its file is wrong: a failure, not bad input
-            if os.environ.get("NASDET_DEBUG"):
-                raise
-            console.print(f"[bold red]export check failed:[/] {e}", highlight=False)
-            raise typer.Exit(1)
+        except NasdetError as e:
+            _fail(e, e.label, e.exit_code)
+        except OSError as e:  # a file or folder that cannot be read or written: the user's environment
+            _fail(e, "error", 2, describe_os_error(e))
+        except ValueError as e:  # the remaining checks of user input (pydantic-style validators)
+            _fail(e, "error", 2)
 
     return wrapper
+
+
+def _fail(e: BaseException, label: str, exit_code: int, message: Optional[str] = None) -> None:
+    if os.environ.get("NASDET_DEBUG"):
+        raise e
+    print_error(message if message is not None else str(e), label)
+    raise typer.Exit(exit_code)
+
+
+def print_error(message: str, label: str = "error") -> None:
+    """One line, printed as plain text: brackets in paths or values (``data[v2]``, ``[1, 2, 3, 4]``,
+    ``ssd/lite``) are shown as they are, never read as rich markup."""
+    line = " ".join(message.split())  # one line even when a library's message had several
+    console.print(Text.assemble((f"{label}:", "bold red"), " ", line), soft_wrap=True, highlight=False)
+
+
+def describe_os_error(e: OSError) -> str:
+    """``cannot write /a/b: permission denied`` rather than ``[Errno 13] Permission denied: '/a/b'``."""
+    what = e.strerror or type(e).__name__
+    if e.filename is None:
+        return str(e) or what
+    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    hint = {PermissionError: " (check its permissions, or choose another place)",
+            NotADirectoryError: " (a part of the path is a file, not a folder)"}.get(type(e), "")
+    return f"{where}: {what.lower()}{hint}"
 
 
 def _load(config: Path, overrides: Optional[List[str]]):
@@ -200,7 +219,7 @@ def _launch_search_workers(config: Path, work_dir: Optional[Path], overrides: Li
     console.print(f"started {workers} search workers" + (f" on {min(workers, gpus)} GPU(s)" if gpus else " on CPU"))
     failed = [i for i, p in enumerate(procs) if p.wait() != 0]
     if failed:
-        console.print(f"[bold red]error:[/] search worker(s) {failed} failed; rerun the same command to continue the study")
+        print_error(f"search worker(s) {failed} failed; rerun the same command to continue the study")
         raise typer.Exit(1)
 
 

@@ -11,9 +11,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A config file or override that does not validate; the message names the file and key path."""
+from .errors import ConfigError
 
 
 class Strict(BaseModel):
