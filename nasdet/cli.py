@@ -13,7 +13,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .config import load_config
-from .errors import NasdetError
+from .errors import ConfigError, NasdetError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Neural architecture search for object detectors.")
@@ -90,7 +90,7 @@ def make_synthetic_cmd(
     from .data.synthetic import existing_matches, make_synthetic
 
     if data_format not in ("coco", "yolo"):
-        raise ValueError(f"--format must be coco or yolo, got {data_format!r}")
+        raise ConfigError(f"--format must be coco or yolo, got {data_format!r}")
     if skip_existing and existing_matches(out, train, val, size, seed):
         console.print(f"{out}: synthetic data set already present")
         paths = None

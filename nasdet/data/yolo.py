@@ -37,8 +37,9 @@ import numpy as np
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import DataError
 from .coco import MAX_LISTED, fit_box, warn_degenerate
-from .dataset import DataError, DetectionDataset, ImageRecord
+from .dataset import DetectionDataset, ImageRecord
 
 __all__ = ["IMAGE_SUFFIXES", "NORM_TOLERANCE", "YoloDataYaml", "label_file_for", "load_yolo", "read_data_yaml",
            "write_yolo"]
