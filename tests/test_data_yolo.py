@@ -23,7 +23,7 @@ NAMES = {0: "dog", 1: "cat", 2: "bird"}
 LABELS = {
     # a 0.5 x 0.25 box at the centre; a polygon (reduced to its box); a box 0.5 % over the left edge (clipped)
     "a.txt": "1 0.5 0.5 0.5 0.25\n\n2 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3\n0 0.095 0.5 0.2 0.2\n",
-    "b.txt": "",  # empty file: no objects; sub/c.txt is missing: no objects either
+    "b.txt": "\ufeff",  # empty file (a byte-order mark only): no objects; sub/c.txt is missing: none either
 }
 
 
@@ -157,6 +157,10 @@ def test_missing_or_bad_images(tmp_path):
     (tmp_path / "list.txt").write_text("images/train/a.jpg\nimages/train/gone.jpg\n")
     with pytest.raises(DataError, match=r"1 of 2 listed images are missing: .*gone.jpg \(line 2\)"):
         load_yolo(data_yaml, images=tmp_path / "list.txt")
+    # a label file whose image is gone: a warning naming it (its objects cannot be loaded)
+    (tmp_path / "labels" / "train" / "gone.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    with pytest.warns(UserWarning, match=r"1 label file\(s\) have no image and are not loaded: .*gone.txt"):
+        assert len(load_yolo(data_yaml, "train")) == 3
     (tmp_path / "images" / "train" / "b.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="b.png cannot be opened"):
         load_yolo(data_yaml, "train")

@@ -20,7 +20,7 @@ duplicated or disagreeing with ``nc``; a split entry or listed image that does n
 an image that cannot be opened; a label line that is not ``cls cx cy w h`` (or a polygon ``cls x1 y1
 x2 y2 ...``, reduced to its box as Ultralytics does); a class index outside ``0..K-1``; a value or box
 edge outside [0, 1] by more than ``NORM_TOLERANCE`` (Ultralytics' 1 %). A missing label file is an
-image without objects. Boxes inside the tolerance are clipped to the image; zero-size boxes are
+image without objects; a label file in a split's label folder without an image is a warning. Boxes inside the tolerance are clipped to the image; zero-size boxes are
 dropped (one warning with the count), as in the COCO and VOC loaders. Image sizes are not in the
 labels, so every image header is read when the set is opened (``check_files`` does not apply).
 """
@@ -195,7 +195,7 @@ def _image_size(file: Path, src: str) -> tuple[int, int, bool]:
 def _parse_labels(label_file: Path, width: int, height: int, names: Sequence[str]):
     """``(boxes, labels, degenerate_count)`` of one label file; a missing file is an image without objects."""
     try:
-        text = label_file.read_text(encoding="utf-8")
+        text = label_file.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the class
     except FileNotFoundError:
         return [], [], 0
     except (OSError, UnicodeDecodeError) as e:
@@ -245,6 +245,13 @@ def _parse_labels(label_file: Path, width: int, height: int, names: Sequence[str
     return boxes, labels, degenerate
 
 
+def _orphan_labels(image_dir: Path, label_dir: Path, label_files: Sequence[Path]) -> list[Path]:
+    """Label files under a split's own label folder that belong to no image (a deleted or renamed image)."""
+    if label_dir == image_dir or not label_dir.is_dir():  # darknet: labels among the images, with other .txt
+        return []
+    return sorted(set(label_dir.rglob("*.txt")) - set(label_files))
+
+
 # ---------------------------------------------------------------------------------------------- load
 def load_yolo(
     data_yaml: str | Path,
@@ -269,13 +276,16 @@ def load_yolo(
 
     records: list[ImageRecord] = []
     seen: dict[Path, Path] = {}
-    degenerate, rotated = 0, []
+    degenerate, rotated, orphans = 0, [], []
     for entry in entries:
         files, image_dir = _list_images(entry, source)
         label_dir = Path(labels) if labels is not None else None
         if label_dir is not None and not label_dir.is_dir():
             raise DataError(f"{source}: labels folder {label_dir} does not exist")
-        for file in files:
+        label_files = [label_file_for(f, image_dir, label_dir) for f in files]
+        if image_dir is not None:
+            orphans += _orphan_labels(image_dir, label_dir or label_file_for(image_dir / "x.jpg").parent, label_files)
+        for file, label_file in zip(files, label_files):
             key = file.resolve()
             if key in seen:
                 raise DataError(f"{entry}: image {file} is listed twice (also from {seen[key]})")
@@ -283,13 +293,16 @@ def load_yolo(
             width, height, turned = _image_size(file, source)
             if turned:
                 rotated.append(file)
-            boxes, cls, n_degenerate = _parse_labels(label_file_for(file, image_dir, label_dir), width, height,
-                                                     spec.names)
+            boxes, cls, n_degenerate = _parse_labels(label_file, width, height, spec.names)
             degenerate += n_degenerate
             records.append(ImageRecord(image_id=len(records) + 1, file=file, width=width, height=height,
                                        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                                        labels=np.asarray(cls, dtype=np.int64),
                                        iscrowd=np.zeros(len(cls), dtype=np.int64)))
+    if orphans:
+        shown = ", ".join(str(p) for p in orphans[:MAX_LISTED])
+        warnings.warn(f"{source}: {len(orphans)} label file(s) have no image and are not loaded: {shown}"
+                      f"{', ...' if len(orphans) > MAX_LISTED else ''}", UserWarning, stacklevel=2)
     if rotated:
         # Ultralytics labels such images in their upright (EXIF-rotated) frame; nasdet reads stored pixels.
         warnings.warn(f"{source}: {len(rotated)} JPEG(s) carry an EXIF rotation (e.g. {rotated[0]}); their labels "
