@@ -48,6 +48,7 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..models.supernet import INPUT_SIZE, set_detector_arch
 from ..space import SearchSpace
 from ..space.space import _BLOCK_NAME
@@ -58,7 +59,7 @@ STATE_FILE = "gradient_state.pt"
 LOG_FILE = "gradient.jsonl"
 
 
-class LimitBelowSmallest(ValueError):
+class LimitBelowSmallest(ConfigError):
     """The hard limit is below the cheapest arch of the space (at every searched resolution)."""
 
 
@@ -263,7 +264,7 @@ class GradientSearch:
             return {"space_id": self.space.space_id, "resolutions": {}}
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         if state.get("space_id") != self.space.space_id:
-            raise ValueError(f"{self.state_path} belongs to search space {state.get('space_id')}, not {self.space.space_id}: "
+            raise CheckpointError(f"{self.state_path} belongs to search space {state.get('space_id')}, not {self.space.space_id}: "
                              "delete it or use another work_dir")
         return state
 
@@ -377,7 +378,7 @@ class GradientSearch:
             losses = self.model(to_model_input(images, self.device), targets_to(targets, self.device))
         value = float(sum(losses.values()))
         if not math.isfinite(value):
-            raise FloatingPointError(f"detection loss is {value} for arch {arch}")
+            raise TrainingDiverged(f"search.strategy gradient: the detection loss is {value} for arch {arch}")
         return value
 
     def _derive_and_score(self, logits: ArchLogits, table: CostTable, s: int, epoch: int, final: bool,

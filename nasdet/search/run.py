@@ -127,6 +127,7 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     import torch
 
     from ..data.dataset import collate_detection
+    from ..errors import ConfigError
     from ..train.loop import EpochSampler
     from .gradient import GradientSearch, search_resolutions, write_searched_arch
     from .strategies import Strategy
@@ -137,7 +138,7 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     sampler = EpochSampler(len(search_set), s.seed)
 
     if gc.batch_size > len(search_set):
-        raise ValueError(f"search.gradient.batch_size {gc.batch_size} is larger than the search split "
+        raise ConfigError(f"search.gradient.batch_size {gc.batch_size} is larger than the search split "
                          f"({len(search_set)} images)")
 
     def loss_batches(epoch: int):  # full batches only: BN in train mode needs more than one value per channel
