@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import ExperimentConfig
+from ..errors import ConfigError
 from ..space import SearchSpace
 from .scoring import arch_key
 from .study import _alive, worker_id
@@ -205,7 +206,7 @@ def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: Path) -> dict:
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else None
     if plan is None or plan.get("key") != plan_key:
         if plan is not None and any((out / "records").glob("*.json")):
-            raise ValueError(f"{plan_path} was planned with {plan.get('key')}, the config now asks for {plan_key}: "
+            raise ConfigError(f"{plan_path} was planned with {plan.get('key')}, the config now asks for {plan_key}: "
                              f"use another --work-dir or delete {out}")
         space = restrict_resolution(ctx.space, cfg.model.input_size, cfg.search.resolution_tolerance)
         plan = {"key": plan_key, "archs": stratified_archs(space, lambda a: cost_fn(a)["macs"], d.archs, d.pool, d.seed)}

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
+from ..errors import ConfigError
 from ..models.detectors import dense_forward, get_input_size
 from ..models.supernet import export_detector
 from ..space import SearchSpace
@@ -125,9 +126,9 @@ def proxy_score(name: str, model: nn.Module, space: SearchSpace, arch: Mapping[s
     """Proxy ``name`` of ``arch`` (a subnet of the supernet ``model``) at its scratch init, seeded.
     ``grad_norm`` needs a batch (``images``, ``targets``: model inputs, e.g. from ``proxy_batch``)."""
     if name not in PROXIES:
-        raise ValueError(f"zero-cost proxy {name!r} is not one of {sorted(PROXIES)}")
+        raise ConfigError(f"zero-cost proxy {name!r} is not one of {sorted(PROXIES)}")
     if name == "grad_norm" and not len(images):
-        raise ValueError("the grad_norm proxy needs a batch of training images and targets")
+        raise ConfigError("the grad_norm proxy needs a batch of training images and targets")
     static = scratch_subnet(model, space, arch, seed)
     torch.manual_seed(seed)
     return float(PROXIES[name](static, images=images, targets=targets, seed=seed))
