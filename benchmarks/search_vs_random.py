@@ -5,7 +5,7 @@ On a trained supernet (a work dir after `nasdet pretrain`), each strategy runs i
 search split; scores shared through one cache). Each study's pick (best AP under the budget) is then
 tuned from the supernet's weights with one short shared recipe (`nasdet diagnose`'s: the config's train
 section with ``--epochs``) and evaluated on val. Printed per strategy, mean and standard deviation over
-seeds: the pick's supernet AP, its tuned val AP, the hypervolume of the AP-vs-cost front (all candidates,
+seeds: the pick's supernet AP, its val AP with the inherited weights (BN recalibrated) and tuned, the hypervolume of the AP-vs-cost front (all candidates,
 and under the budget; see search_strategies.py). Tuned picks are stored one file per arch in
 ``WORK_DIR/search_vs_random/picks/`` and the studies in ``.../studies/``: a rerun continues where it stopped.
 
@@ -44,6 +44,18 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
+def inherited_val_metrics(cfg, ctx, data, arch) -> dict:
+    """Val metrics of ``arch`` with the supernet's weights, BN recalibrated as ``nasdet tune`` does first."""
+    from nasdet.models.supernet import export_detector
+    from nasdet.train.evaluate import evaluate_detector
+    from nasdet.tune import recalibrate_static
+
+    model = export_detector(ctx.model, arch, ctx.space).to(ctx.device)
+    recalibrate_static(model, data["train"].with_transforms(None), ctx.device, cfg.tune.recalib_batches,
+                       cfg.eval.batch_size, cfg.data.num_workers, cfg.seed)
+    return dict(evaluate_detector(model.eval(), data["val"], ctx.device, cfg.eval.batch_size, cfg.data.num_workers) or {})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
@@ -53,12 +65,12 @@ def main() -> None:
     ap.add_argument("--strategies", default="random,evolution,nsga2")
     ap.add_argument("--population", type=int, help="evolution generation / NSGA-II population (default: config)")
     ap.add_argument("--parents", type=int, help="evolution top-k parents (default: config)")
-    ap.add_argument("--epochs", type=int, default=1, help="epochs of the short tuning recipe of each pick")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs of the short tuning recipe of each pick (0: no tuning)")
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     console = Console()
-    overrides = list(args.set) + [f"diagnose.epochs={args.epochs}", "diagnose.init=[supernet]", "diagnose.target=supernet"]
+    overrides = list(args.set) + [f"diagnose.epochs={max(args.epochs, 1)}", "diagnose.init=[supernet]", "diagnose.target=supernet"]
     if args.max_steps:
         overrides.append(f"diagnose.max_steps={args.max_steps}")
     cfg = load_config(args.config, overrides)
@@ -107,28 +119,33 @@ def main() -> None:
             if r["pick"] is None:
                 continue
             path = out / "picks" / f"{arch_id(r['pick'])}.json"
-            if path.is_file() and json.loads(path.read_text()).get("epochs") == cfg.diagnose.epochs:
-                r["tuned"] = json.loads(path.read_text())["metrics"]
-                continue
-            t = time.perf_counter()
-            metrics = train_standalone(cfg, ctx, data, r["pick"], "supernet", out / "train" / arch_id(r["pick"]), quiet)
-            _write_json(path, {"arch": r["pick"], "metrics": metrics, "epochs": cfg.diagnose.epochs,
-                               "seconds": time.perf_counter() - t})
-            r["tuned"] = metrics
-            console.print(f"{name} seed {r['seed']}: pick tuned, val AP {metrics.get('AP', float('nan')):.4f}")
+            rec = json.loads(path.read_text()) if path.is_file() else {"arch": r["pick"]}
+            if "inherited" not in rec:  # the pick's supernet weights, BN recalibrated, on val (tune's starting point)
+                rec["inherited"] = inherited_val_metrics(cfg, ctx, data, r["pick"])
+                _write_json(path, rec)
+            if args.epochs and rec.get("epochs") != cfg.diagnose.epochs:
+                t = time.perf_counter()
+                rec["tuned"] = train_standalone(cfg, ctx, data, r["pick"], "supernet", out / "train" / arch_id(r["pick"]),
+                                                quiet)
+                rec.update(epochs=cfg.diagnose.epochs, seconds=time.perf_counter() - t)
+                _write_json(path, rec)
+            r["inherited"], r["tuned"] = rec["inherited"], rec.get("tuned")
+            console.print(f"{name} seed {r['seed']}: pick val AP inherited {r['inherited']['AP']:.4f}"
+                          + (f", tuned {r['tuned']['AP']:.4f}" if r["tuned"] else ""))
 
     summary = {"candidates": args.candidates, "seeds": args.seeds, "population": population, "parents": parents,
                "epochs": cfg.diagnose.epochs, "budget": {"metric": budget.metric, "max": budget.max} if budget else None,
                "runs": runs, "seconds": time.perf_counter() - t0}
     _write_json(out / "summary.json", summary)
-    table = Table(title=f"{args.candidates} candidates per study, {args.seeds} seeds (mean ± sd); picks tuned "
-                        f"{cfg.diagnose.epochs} epoch(s) from the supernet's weights, AP on val")
-    for col in ("strategy", "pick AP (search split)", "pick tuned AP (val)", "pick tuned AP50 (val)",
+    table = Table(title=f"{args.candidates} candidates per study, {args.seeds} seeds (mean ± sd); picks on val with the "
+                        f"supernet's weights (BN recalibrated) and tuned {cfg.diagnose.epochs} epoch(s) from them")
+    for col in ("strategy", "pick AP (search split)", "pick AP (val, inherited)", "pick tuned AP (val)", "pick tuned AP50 (val)",
                 "hypervolume (all)", "hypervolume (budget)", "distinct picks", "s / study"):
         table.add_column(col, justify="right")
     for name, rs in runs.items():
         tuned = [r["tuned"] for r in rs if r.get("tuned")]
         table.add_row(name, mean_sd([r["pick_search_ap"] for r in rs if r["pick_search_ap"] is not None]),
+                      mean_sd([r["inherited"]["AP"] for r in rs if r.get("inherited")]),
                       mean_sd([m["AP"] for m in tuned]), mean_sd([m["AP50"] for m in tuned]),
                       mean_sd([r["hv_all"] for r in rs]), mean_sd([r["hv_budget"] for r in rs if r["hv_budget"] is not None]),
                       str(len({arch_id(r["pick"]) for r in rs if r["pick"]})),

@@ -130,7 +130,7 @@ def test_diagnose_resumes_after_a_kill_and_writes_outputs(tiny_config, tmp_path,
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     code = KILL_ON_SECOND.format(tests=str(Path(__file__).parent), cfg=str(path))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400)
     assert proc.returncode == -9, proc.stderr[-2000:]
     out = Path(cfg.work_dir) / "diagnose"
     first = sorted((out / "records").glob("*.json"))
