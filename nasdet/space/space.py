@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text_atomic
+
 Arch = dict[str, Any]
 _SHOWN = 12  # names listed in an error before "..."
 
@@ -260,9 +262,7 @@ def strip_prefix(arch: Mapping[str, Any], prefix: str) -> Arch:
 def save_arch(path: str | Path, arch: Mapping[str, Any], space: SearchSpace) -> None:
     """Write ``{"space_id": ..., "arch": {...}}`` after validating ``arch`` against ``space``."""
     arch = space.validate(arch)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"space_id": space.space_id, "arch": arch}, indent=2) + "\n")
+    write_text_atomic(path, json.dumps({"space_id": space.space_id, "arch": arch}, indent=2) + "\n")
 
 
 def load_arch(path: str | Path, space: SearchSpace) -> Arch:
