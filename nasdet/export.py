@@ -33,12 +33,9 @@ from torchvision.models.detection.ssd import SSD
 from .config import ExperimentConfig
 from .files import atomic_path
 from .models.detectors import IMAGE_MEAN, IMAGE_STD, dense_forward, get_input_size
+from .errors import ExportParityError
 
 EXPORT = "export"
-
-
-class ExportParityError(RuntimeError):
-    """onnxruntime's outputs differ from torch's beyond the configured tolerance."""
 
 
 def _linear_taps(n: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -47,7 +47,7 @@ _UMASK = _read_umask()  # read once, at import: os.umask can only be read by set
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path: str | Path, obj, indent: int | None = 2, **kwargs) -> None:

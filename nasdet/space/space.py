@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import ArchError, NoArchUnderCost
 from ..files import write_text_atomic
 
 Arch = dict[str, Any]
@@ -39,14 +40,6 @@ def canonical_arch(arch: Mapping[str, Any]) -> Arch:
         m = _BLOCK_NAME.match(name)
         out[name] = None if m and m.group(1) in depths and int(m.group(2)) >= depths[m.group(1)] else value
     return out
-
-
-class ArchError(ValueError):
-    """An arch (or a restriction) that does not fit its search space; the message names what and why."""
-
-
-class NoArchUnderCost(RuntimeError):
-    """``sample_under`` found no arch under the cost limit."""
 
 
 def _short(names) -> str:

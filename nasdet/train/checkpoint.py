@@ -6,11 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError
 from ..files import atomic_path
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or from another model / search space."""
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:

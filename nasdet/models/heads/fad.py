@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 
+from ...errors import GenotypeError
 from ...files import write_text_atomic
 
 KINDS = ("std", "sinSep")
@@ -40,10 +41,6 @@ OP_NAMES = tuple(f"{k}_conv_3x3{f'_x{d}' if d > 1 else ''}{'+dil_conv_3x3' if di
 NONE = "none"
 ALPHA_COLUMNS = OP_NAMES + (NONE,)  # one alpha per column; 'none' is last
 GN_GROUPS = 32
-
-
-class GenotypeError(ValueError):
-    """A genotype that cannot be parsed or built; the message names the bad op or input index."""
 
 
 # ------------------------------------------------------------------------------------------------ ops
