@@ -263,7 +263,7 @@ def load_arch(path: str | Path, space: SearchSpace) -> Arch:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArchError(f"{path} is not JSON: {e}") from e
     if not isinstance(data, dict) or "arch" not in data or "space_id" not in data:
         raise ArchError(f"{path} is not an arch file (expected keys 'space_id' and 'arch')")
