@@ -160,6 +160,14 @@ class ModelConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _fcos_group_norm(self):
+        # torchvision's FCOS head normalises its towers with GroupNorm(32, fpn_channels)
+        if self.detector == "fcos" and self.fpn_channels % 32:
+            raise ValueError(f"model.fpn_channels must be a multiple of 32 for detector fcos (its head uses "
+                             f"GroupNorm(32)), got {self.fpn_channels}")
+        return self
+
+    @model_validator(mode="after")
     def _ssd_loss_for_ssd(self):
         if self.ssd_loss != "hard_negative" and self.detector not in ("ssd", "ssdlite"):
             raise ValueError(f"model.ssd_loss {self.ssd_loss!r} applies to detector ssd / ssdlite, not {self.detector!r}")
