@@ -150,7 +150,7 @@ class CostTable:
 
 
 def backbone_cost_function(model: nn.Module, metric: str) -> Callable[[Mapping], float] | None:
-    """The backbone's own MACs (counted on a meta-device copy of the supernet body, no export) or params
+    """The backbone's own MACs (counted on its export) or params
     of a detector arch: they differ between archs exactly as the whole detector's do, since necks and
     heads never change with the arch, at a fraction of the cost. None for latency (use the cost model)."""
     from ..models.supernet import BACKBONE_PREFIX, supernet_body
@@ -162,11 +162,14 @@ def backbone_cost_function(model: nn.Module, metric: str) -> Callable[[Mapping],
         return lambda arch: float(count_params(body.export(strip_prefix(arch, BACKBONE_PREFIX))))
     if metric != "macs":
         return None
-    def macs(arch: Mapping[str, Any]) -> float:  # the export: the supernet would also count kernel transforms
-        static = body.export(strip_prefix(arch, BACKBONE_PREFIX)).to("meta").eval()
+    def macs(arch: Mapping[str, Any]) -> float:
+        # the export (the supernet would also count its kernel transforms), run on real zeros: on the meta
+        # device every elementwise op goes through Python decompositions, many times slower for a backbone
+        static = body.export(strip_prefix(arch, BACKBONE_PREFIX)).eval()
         s = int(arch[INPUT_SIZE])
+        x = torch.zeros(1, 3, s, s, device=next(static.parameters()).device)
         with torch.no_grad():
-            return float(count_macs(static, torch.empty(1, 3, s, s, device="meta")))
+            return float(count_macs(static, x))
     return macs
 
 

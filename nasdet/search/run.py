@@ -39,6 +39,11 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
     counts, output paths). ``storage`` (URL or journal path) overrides ``cfg.search.storage``; ``worker``
     (0, 1, ...) decorrelates the proposals of processes sharing one study."""
+    if cfg.search.strategy == "gradient" and worker > 0:
+        from ..errors import ConfigError
+
+        raise ConfigError("search.strategy gradient runs in one process (one set of architecture probabilities): "
+                          "drop --worker / --workers")
     if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
         from .darts import run_darts_search
 
