@@ -31,7 +31,8 @@ from search_strategies import hypervolume  # noqa: E402
 from nasdet.config import load_config  # noqa: E402
 from nasdet.experiment import build_datasets, work_dir_of  # noqa: E402
 from nasdet.search.budget import Budget, CostModel, restrict_resolution  # noqa: E402
-from nasdet.search.diagnose import _write_json, arch_id, train_standalone  # noqa: E402
+from nasdet.files import write_json_atomic  # noqa: E402
+from nasdet.search.diagnose import arch_id, train_standalone  # noqa: E402
 from nasdet.search.run import load_trained_supernet  # noqa: E402
 from nasdet.search.strategies import OBJECTIVE, make_strategy  # noqa: E402
 from nasdet.search.study import best_record, open_storage, open_study, run_study, study_records  # noqa: E402
@@ -122,13 +123,13 @@ def main() -> None:
             rec = json.loads(path.read_text()) if path.is_file() else {"arch": r["pick"]}
             if "inherited" not in rec:  # the pick's supernet weights, BN recalibrated, on val (tune's starting point)
                 rec["inherited"] = inherited_val_metrics(cfg, ctx, data, r["pick"])
-                _write_json(path, rec)
+                write_json_atomic(path, rec)
             if args.epochs and rec.get("epochs") != cfg.diagnose.epochs:
                 t = time.perf_counter()
                 rec["tuned"] = train_standalone(cfg, ctx, data, r["pick"], "supernet", out / "train" / arch_id(r["pick"]),
                                                 quiet)
                 rec.update(epochs=cfg.diagnose.epochs, seconds=time.perf_counter() - t)
-                _write_json(path, rec)
+                write_json_atomic(path, rec)
             r["inherited"], r["tuned"] = rec["inherited"], rec.get("tuned")
             console.print(f"{name} seed {r['seed']}: pick val AP inherited {r['inherited']['AP']:.4f}"
                           + (f", tuned {r['tuned']['AP']:.4f}" if r["tuned"] else ""))
@@ -136,7 +137,7 @@ def main() -> None:
     summary = {"candidates": args.candidates, "seeds": args.seeds, "population": population, "parents": parents,
                "epochs": cfg.diagnose.epochs, "budget": {"metric": budget.metric, "max": budget.max} if budget else None,
                "runs": runs, "seconds": time.perf_counter() - t0}
-    _write_json(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary)
     table = Table(title=f"{args.candidates} candidates per study, {args.seeds} seeds (mean ± sd); picks on val with the "
                         f"supernet's weights (BN recalibrated) and tuned {cfg.diagnose.epochs} epoch(s) from them")
     for col in ("strategy", "pick AP (search split)", "pick AP (val, inherited)", "pick tuned AP (val)", "pick tuned AP50 (val)",

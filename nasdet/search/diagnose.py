@@ -36,6 +36,7 @@ from rich.table import Table
 
 from ..config import ExperimentConfig
 from ..errors import ConfigError
+from ..files import atomic_path, write_json_atomic
 from ..space import SearchSpace
 from .scoring import arch_key
 from .study import _alive, worker_id
@@ -127,13 +128,6 @@ class Claims:
             pass
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
 # ------------------------------------------------------------------------------------ one arch's work
 def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: Mapping[str, Any], init: str,
                      out_dir: Path, console: Console) -> dict:
@@ -164,7 +158,7 @@ def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: 
     if done is not None:
         return done["metrics"]
     metrics = trainer.run()
-    _write_json(out_dir / "metrics.json", {"metrics": metrics, "step": trainer.step, "arch": dict(arch), "init": init})
+    write_json_atomic(out_dir / "metrics.json", {"metrics": metrics, "step": trainer.step, "arch": dict(arch), "init": init})
     return metrics
 
 
@@ -210,7 +204,7 @@ def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: Path) -> dict:
                              f"use another --work-dir or delete {out}")
         space = restrict_resolution(ctx.space, cfg.model.input_size, cfg.search.resolution_tolerance)
         plan = {"key": plan_key, "archs": stratified_archs(space, lambda a: cost_fn(a)["macs"], d.archs, d.pool, d.seed)}
-        _write_json(plan_path, plan)
+        write_json_atomic(plan_path, plan)
     return plan
 
 
@@ -252,7 +246,7 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
             console.print(f"diagnose: arch {i + 1}/{len(archs)} ({name}, {cost_fn(arch)['macs'] / 1e6:.1f} M MACs)")
             record = diagnose_arch(cfg, ctx, data, cost_fn, batch, arch, out, console)
             record["index"] = i
-            _write_json(record_path, record)
+            write_json_atomic(record_path, record)
             done_here += 1
         finally:
             claims.release(name)
@@ -308,7 +302,7 @@ def write_diagnose_outputs(records: Sequence[dict], cfg: ExperimentConfig, out: 
     records = sorted(records, key=lambda r: (r["costs"]["macs"], r["arch_id"]))
     summary = summarize(records, cfg)
     write_results_csv(records, d.proxies, d.init, out / "results.csv")
-    _write_json(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary)
     plot_rankers(records, summary, cfg, out / "rank.png")
     return summary
 
@@ -317,8 +311,7 @@ def write_results_csv(records: Sequence[dict], proxies: Sequence[str], inits: Se
     metrics = ("AP", "AP50")
     cols = ["arch_id", "arch", "input_size", "macs", "params", *[f"supernet_{m}" for m in metrics],
             *[f"standalone_{i}_{m}" for i in inits for m in metrics], *proxies, "seconds"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for r in records:
@@ -326,7 +319,6 @@ def write_results_csv(records: Sequence[dict], proxies: Sequence[str], inits: Se
                         r["costs"]["macs"], r["costs"]["params"], *[r["supernet"].get(m, "") for m in metrics],
                         *[r["standalone"][i].get(m, "") for i in inits for m in metrics],
                         *[r["proxies"][p] for p in proxies], round(sum(r["seconds"].values()), 1)])
-    tmp.replace(path)
 
 
 def plot_rankers(records: Sequence[dict], summary: dict, cfg: ExperimentConfig, path: Path) -> None:
