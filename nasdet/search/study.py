@@ -158,8 +158,7 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
               on_trial: Callable[[dict], None] | None = None, objective: str = OBJECTIVE) -> dict[str, int]:
     """Ask, suggest every choice, cost, claim, score, tell, until the study holds ``num_candidates`` scored
     trials (all workers together). ``scorer(arch)`` returns metrics with ``objective`` (``AP``, or a zero-cost
-    proxy's name); ``cost_fn(arch)`` costs
-    with ``budget.metric`` and ``cost_metric``. ``seeds`` (e.g. smallest / largest arch) are enqueued once.
+    proxy's name); ``cost_fn(arch)`` costs with ``budget.metric`` and ``cost_metric``. ``seeds`` (e.g. smallest / largest arch) are enqueued once.
     Returns this call's counts: scored, over_budget, skipped, stale."""
     counts = {"scored": 0, "over_budget": 0, "skipped": 0, "stale": fail_stale_trials(study)}
     me = worker_id()
