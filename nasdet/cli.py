@@ -9,9 +9,11 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .config import ConfigError, load_config
+from .config import load_config
+from .errors import ConfigError, NasdetError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Neural architecture search for object detectors.")
@@ -24,29 +26,46 @@ WorkDirOpt = typer.Option(None, "--work-dir", help="Work dir (default: work_dir 
 
 
 def _user_errors(fn):
-    """Bad input ends with one red line naming the file/key/value, exit code 2 (NASDET_DEBUG=1: traceback)."""
+    """Bad input ends with one red line naming the file/key/value and exit code 2 (a failed export check:
+    exit code 1); a bug keeps its traceback. NASDET_DEBUG=1 shows the traceback of any error."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .data.dataset import DataError
-        from .export import ExportParityError
-        from .train.checkpoint import CheckpointError
-        from .train.loop import TrainingDiverged
-
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, CheckpointError, TrainingDiverged, FileNotFoundError, ValueError) as e:
-            if os.environ.get("NASDET_DEBUG"):
-                raise
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
-            raise typer.Exit(2)
-        except ExportParityError as e:  # the export ran but its file is wrong: a failure, not bad input
-            if os.environ.get("NASDET_DEBUG"):
-                raise
-            console.print(f"[bold red]export check failed:[/] {e}", highlight=False)
-            raise typer.Exit(1)
+        except NasdetError as e:
+            _fail(e, e.label, e.exit_code)
+        except OSError as e:  # a file or folder that cannot be read or written: the user's environment
+            _fail(e, "error", 2, describe_os_error(e))
+        except ValueError as e:  # the remaining checks of user input (pydantic-style validators)
+            _fail(e, "error", 2)
 
     return wrapper
+
+
+def _fail(e: BaseException, label: str, exit_code: int, message: Optional[str] = None) -> None:
+    if os.environ.get("NASDET_DEBUG"):
+        raise e
+    print_error(message if message is not None else str(e), label)
+    raise typer.Exit(exit_code)
+
+
+def print_error(message: str, label: str = "error") -> None:
+    """One line, printed as plain text: brackets in paths or values (``data[v2]``, ``[1, 2, 3, 4]``,
+    ``ssd/lite``) are shown as they are, never read as rich markup."""
+    line = " ".join(message.split())  # one line even when a library's message had several
+    console.print(Text.assemble((f"{label}:", "bold red"), " ", line), soft_wrap=True, highlight=False)
+
+
+def describe_os_error(e: OSError) -> str:
+    """``cannot write /a/b: permission denied`` rather than ``[Errno 13] Permission denied: '/a/b'``."""
+    what = e.strerror or type(e).__name__
+    if e.filename is None:
+        return str(e) or what
+    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    hint = {PermissionError: " (check its permissions, or choose another place)",
+            NotADirectoryError: " (a part of the path is a file, not a folder)"}.get(type(e), "")
+    return f"{where}: {what.lower()}{hint}"
 
 
 def _load(config: Path, overrides: Optional[List[str]]):
@@ -64,18 +83,48 @@ def make_synthetic_cmd(
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: up to 2)."),
     skip_existing: bool = typer.Option(False, "--skip-existing",
                                        help="Do nothing if OUT already holds this set (same arguments and generator version)."),
+    data_format: str = typer.Option("coco", "--format",
+                               help="coco, or yolo: also <split>/labels/*.txt and OUT/data.yaml (data.format: yolo)."),
 ):
     """Generate the embedded shapes data set (no download)."""
     from .data.synthetic import existing_matches, make_synthetic
 
+    if data_format not in ("coco", "yolo"):
+        raise ConfigError(f"--format must be coco or yolo, got {data_format!r}")
     if skip_existing and existing_matches(out, train, val, size, seed):
         console.print(f"{out}: synthetic data set already present")
-        return
-    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as p:
-        task = p.add_task("gen", total=train + val)
-        paths = make_synthetic(out, train, val, size, seed, workers=workers,
-                               progress=lambda done, total: p.update(task, completed=done, total=total))
-    console.print(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
+        paths = None
+    else:
+        with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as p:
+            task = p.add_task("gen", total=train + val)
+            paths = make_synthetic(out, train, val, size, seed, workers=workers,
+                                   progress=lambda done, total: p.update(task, completed=done, total=total))
+        console.print(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
+    if data_format == "yolo":
+        from .data.coco import load_coco
+        from .data.yolo import write_yolo
+
+        # The YOLO labels sit next to the COCO json, over the same images: both formats load.
+        splits = {s: load_coco(out / s / "annotations.json", out / s / "images")
+                  for s, n in (("train", train), ("val", val)) if n}
+        yaml_file = write_yolo(splits, out, copy_images=False)
+        console.print(f"wrote YOLO labels under {out}/*/labels and {yaml_file}")
+
+
+@data_app.command("to-yolo")
+@_user_errors
+def to_yolo_cmd(config: Path, out: Path = typer.Argument(..., help="Output folder (data.yaml, <split>/images, "
+                                                                   "<split>/labels)."),
+                set_: Optional[List[str]] = SetOpt):
+    """Write the config's train and val sets (any format) as a YOLO data set; images are hard-linked
+    where the file system allows, else copied; crowd / difficult boxes are left out."""
+    from .data.yolo import write_yolo
+    from .experiment import load_split
+
+    cfg = _load(config, set_)
+    yaml_file = write_yolo({s: load_split(cfg, s) for s in ("train", "val")}, out)
+    console.print(f"wrote {yaml_file}: use data.format: yolo, data.data_yaml: {yaml_file}")
 
 
 @data_app.command("stats")
@@ -170,7 +219,7 @@ def _launch_search_workers(config: Path, work_dir: Optional[Path], overrides: Li
     console.print(f"started {workers} search workers" + (f" on {min(workers, gpus)} GPU(s)" if gpus else " on CPU"))
     failed = [i for i, p in enumerate(procs) if p.wait() != 0]
     if failed:
-        console.print(f"[bold red]error:[/] search worker(s) {failed} failed; rerun the same command to continue the study")
+        print_error(f"search worker(s) {failed} failed; rerun the same command to continue the study")
         raise typer.Exit(1)
 
 

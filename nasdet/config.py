@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
 from .models.config import BackboneConfig, BaseModelConfig, HeadConfig, Strict
 from .models.families import BY_DETECTOR, DETECTORS, FAMILIES
 
@@ -18,18 +19,16 @@ __all__ = ["BackboneConfig", "BaseModelConfig", "ConfigError", "ExperimentConfig
            "Strict", "load_config", "make_model_config", "validate_config"]
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not validate; the message names the file and key path."""
-
-
 # ----------------------------------------------------------------------------------------------- data
 class SplitSource(Strict):
-    """Where one split's images and annotations are. For VOC, ``root`` + ``split`` (or lists of both)."""
+    """Where one split's images and annotations are. COCO: ``annotations`` + ``images``; VOC: ``root`` +
+    ``split`` (or lists of both); YOLO: ``images`` (optional: default data.yaml's entry) + ``labels``."""
 
     annotations: Optional[str] = None  # COCO json
-    images: Optional[str] = None  # COCO image folder
+    images: Optional[str] = None  # COCO image folder; YOLO image folder or image list file
     root: Optional[Union[str, list[str]]] = None  # VOC year folder(s), e.g. VOCdevkit/VOC2007
     split: Optional[Union[str, list[str]]] = None  # VOC ImageSets/Main/<split>.txt
+    labels: Optional[str] = None  # YOLO label folder mirroring `images`; default: images/ -> labels/ in the path
 
 
 class AugmentConfig(Strict):
@@ -41,10 +40,11 @@ class AugmentConfig(Strict):
 
 
 class DataConfig(Strict):
-    format: Literal["coco", "voc"] = "coco"
-    train: SplitSource
-    val: SplitSource
+    format: Literal["coco", "voc", "yolo"] = "coco"
+    train: SplitSource = SplitSource()  # required for coco and voc; yolo: default data.yaml's train entry
+    val: SplitSource = SplitSource()
     classes: Optional[list[str]] = None  # VOC class names; default: the 20 VOC classes
+    data_yaml: Optional[str] = None  # YOLO: data.yaml with the class names (and optionally path/train/val)
     search_fraction: float = Field(0.0, ge=0, lt=1)  # held-out part of train used to score candidates
     split_seed: int = 0
     num_workers: int = Field(2, ge=0)
@@ -59,6 +59,22 @@ class DataConfig(Strict):
                 raise ValueError(f"data.{name}: format 'coco' needs both 'annotations' and 'images'")
             if self.format == "voc" and (src.root is None or src.split is None):
                 raise ValueError(f"data.{name}: format 'voc' needs both 'root' and 'split'")
+            if self.format == "yolo":
+                other = [k for k in ("annotations", "root", "split") if getattr(src, k) is not None]
+                if other:
+                    raise ValueError(f"data.{name}: {other} are not YOLO keys (format 'yolo' takes 'images' and "
+                                     "'labels', or neither to use data.yaml's entry)")
+                if src.labels is not None and src.images is None:
+                    raise ValueError(f"data.{name}: 'labels' needs 'images' (the image folder it mirrors)")
+            elif src.labels is not None:
+                raise ValueError(f"data.{name}.labels applies to format 'yolo', not {self.format!r}")
+        if self.format == "yolo":
+            if self.data_yaml is None:
+                raise ValueError("data: format 'yolo' needs 'data_yaml' (the data.yaml with the class names)")
+            if self.classes is not None:
+                raise ValueError("data.classes applies to format 'voc'; YOLO class names come from data.data_yaml")
+        elif self.data_yaml is not None:
+            raise ValueError(f"data.data_yaml applies to format 'yolo', not {self.format!r}")
         return self
 
 

@@ -29,13 +29,10 @@ from torch import nn
 
 from .config import ExperimentConfig
 from .models.detectors import IMAGE_MEAN, IMAGE_STD, dense_forward, get_input_size
+from .errors import ExportParityError
 from .models.families import family_of
 
 EXPORT = "export"
-
-
-class ExportParityError(RuntimeError):
-    """onnxruntime's outputs differ from torch's beyond the configured tolerance."""
 
 
 def _linear_taps(n: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -29,13 +29,10 @@ from .train import dist
 from .train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .train.evaluate import evaluate_detector
 from .train.loop import Trainer
+from .errors import StageOutputMissing
 
 TUNE = "tune"
 SEARCH = "search"
-
-
-class StageOutputMissing(FileNotFoundError):
-    """A stage needs the output of an earlier one that has not run (the message names the stage)."""
 
 
 # ----------------------------------------------------------------------------------------- the arch

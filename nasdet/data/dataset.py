@@ -15,9 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the id (image or annotation) at fault."""
+from ..errors import DataError
 
 
 @dataclasses.dataclass

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import ArchError, NoArchUnderCost
+
 Arch = dict[str, Any]
 _SHOWN = 12  # names listed in an error before "..."
 
@@ -37,14 +39,6 @@ def canonical_arch(arch: Mapping[str, Any]) -> Arch:
         m = _BLOCK_NAME.match(name)
         out[name] = None if m and m.group(1) in depths and int(m.group(2)) >= depths[m.group(1)] else value
     return out
-
-
-class ArchError(ValueError):
-    """An arch (or a restriction) that does not fit its search space; the message names what and why."""
-
-
-class NoArchUnderCost(RuntimeError):
-    """``sample_under`` found no arch under the cost limit."""
 
 
 def _short(names) -> str:

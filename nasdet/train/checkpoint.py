@@ -7,9 +7,7 @@ from pathlib import Path
 
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or from another model / search space."""
+from ..errors import CheckpointError
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:

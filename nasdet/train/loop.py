@@ -24,10 +24,7 @@ from . import dist
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept untouched."""
+from ..errors import TrainingDiverged
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 
+from ...errors import GenotypeError
+
 KINDS = ("std", "sinSep")
 _SHAPES = ((1, False), (1, True), (2, False), (2, True), (3, False))  # (trunk depth, dilated branch) per op
 OP_NAMES = tuple(f"{k}_conv_3x3{f'_x{d}' if d > 1 else ''}{'+dil_conv_3x3' if dil else ''}"
@@ -39,10 +41,6 @@ OP_NAMES = tuple(f"{k}_conv_3x3{f'_x{d}' if d > 1 else ''}{'+dil_conv_3x3' if di
 NONE = "none"
 ALPHA_COLUMNS = OP_NAMES + (NONE,)  # one alpha per column; 'none' is last
 GN_GROUPS = 32
-
-
-class GenotypeError(ValueError):
-    """A genotype that cannot be parsed or built; the message names the bad op or input index."""
 
 
 # ------------------------------------------------------------------------------------------------ ops
