@@ -22,6 +22,8 @@ def tiny_family_keys(detector: str) -> dict:
     """Small neck widths; each family takes only its own keys (model config union)."""
     if detector in ("ssd", "ssdlite"):
         return {"extra_channels": [64, 32, 32, 16]}
+    if detector == "yolov3":
+        return {"neck_channels": [32, 24, 16], "head_channels": [32, 24, 16]}
     return {"fpn_channels": 64}
 
 

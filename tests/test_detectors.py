@@ -8,13 +8,15 @@ LOSS_KEYS = {
     "ssd": {"bbox_regression", "classification"}, "ssdlite": {"bbox_regression", "classification"},
     "retinanet": {"classification", "bbox_regression"}, "fcos": {"classification", "bbox_regression", "bbox_ctrness"},
     "faster_rcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"},
+    "yolov3": {"loss_cls", "loss_conf", "loss_xy", "loss_wh"},
 }
+NECK = {"ssd": {"extra_channels": [64, 32, 32, 16]}, "ssdlite": {"extra_channels": [64, 32, 32, 16]},
+        "yolov3": {"neck_channels": [32, 32, 32], "head_channels": [32, 32, 32]}}
 
 
 def tiny(detector, **kw):
-    neck = {"extra_channels": [64, 32, 32, 16]} if detector in ("ssd", "ssdlite") else {"fpn_channels": 64}
     return make_model_config(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
-                             input_size=128, **neck, **kw)
+                             input_size=128, **NECK.get(detector, {"fpn_channels": 64}), **kw)
 
 
 @pytest.mark.parametrize("detector", DETECTORS)

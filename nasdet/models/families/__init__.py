@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import faster_rcnn, fcos, retinanet, ssd
+from . import faster_rcnn, fcos, retinanet, ssd, yolov3
 from .base import DetectorFamily
 
-FAMILIES: tuple[DetectorFamily, ...] = (ssd.FAMILY, retinanet.FAMILY, fcos.FAMILY, faster_rcnn.FAMILY)
+FAMILIES: tuple[DetectorFamily, ...] = (ssd.FAMILY, retinanet.FAMILY, fcos.FAMILY, faster_rcnn.FAMILY, yolov3.FAMILY)
 BY_DETECTOR: dict[str, DetectorFamily] = {name: f for f in FAMILIES for name in f.names}
 DETECTORS = tuple(BY_DETECTOR)
 
