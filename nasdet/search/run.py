@@ -15,11 +15,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..config import ExperimentConfig, save_config
+from ..files import atomic_path, write_json_atomic
+from ..progress import progress_bar
 from ..space import SearchSpace, save_arch
+from ..threads import set_torch_threads
 from ..train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .latency import latency_function
 from .budget import COST_UNITS, Budget, CostModel, check_budget_feasible, restrict_resolution
@@ -36,6 +39,11 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
     counts, output paths). ``storage`` (URL or journal path) overrides ``cfg.search.storage``; ``worker``
     (0, 1, ...) decorrelates the proposals of processes sharing one study."""
+    if cfg.search.strategy == "gradient" and worker > 0:
+        from ..errors import ConfigError
+
+        raise ConfigError("search.strategy gradient runs in one process (one set of architecture probabilities): "
+                          "drop --worker / --workers")
     if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
         from .darts import run_darts_search
 
@@ -53,8 +61,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     if not ckpt.is_file():
         raise CheckpointError(f"no supernet checkpoint at {ckpt}: run `nasdet pretrain` first")
     torch.manual_seed(cfg.seed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_torch_threads(cfg.train.threads)
     data = build_datasets(cfg, need=("search",))
     search_set = data["search"]
     if len(search_set) == 0:
@@ -77,6 +84,9 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                                   threads=c.threads, lut_path=c.lut or out_dir / "latency_lut.json")
     cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
     check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
+    if s.strategy == "gradient":
+        return _run_gradient(cfg, wd, model, space, search_space, search_set, calib_set, device, budget, cost_fn,
+                             measure, storage, console)
 
     scorer = cached_scorer(functools.partial(
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
@@ -85,14 +95,14 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                              population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
                              mutation=s.mutation, crossover=s.crossover)
     study_name = s.study_name or f"{cfg.name}-{s.strategy}"
-    study = open_study(open_storage(storage or s.storage, out_dir), study_name, strategy)
+    study = open_study(open_storage(storage or s.storage, out_dir, heartbeat=s.heartbeat_seconds), study_name, strategy)
     save_config(cfg, wd / "config.yaml")
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
 
     already = len(study_records(study, search_space))
     best = [max((r["metrics"][OBJECTIVE] for r in study_records(study, search_space)), default=float("nan"))]
-    with Progress(TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with progress_bar(console, TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), label="search candidates", every=max(1, s.num_candidates // 100)) as progress:
         task = progress.add_task(f"best AP {best[0]:.4f}", total=s.num_candidates, completed=min(already, s.num_candidates))
 
         def on_trial(rec):
@@ -114,6 +124,54 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     else:
         console.print(f"best under budget: trial {summary['best']['trial']}, AP {summary['best']['metrics']['AP']:.4f} "
                       f"-> {out_dir / 'best_arch.json'}")
+    return summary
+
+
+def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, search_space: SearchSpace, search_set,
+                  calib_set, device, budget: Budget, cost_fn, measure: tuple[str, ...], storage: str | None,
+                  console: Console) -> dict:
+    """``search.strategy: gradient`` (ENOT's search, ``search/gradient.py``), then the common outputs."""
+    import torch
+
+    from ..data.dataset import collate_detection
+    from ..errors import ConfigError
+    from ..train.loop import EpochSampler
+    from .gradient import GradientSearch, search_resolutions, write_searched_arch
+    from .strategies import Strategy
+    from .study import worker_id
+
+    s, gc = cfg.search, cfg.search.gradient
+    out_dir = wd / SEARCH
+    sampler = EpochSampler(len(search_set), s.seed)
+
+    if gc.batch_size > len(search_set):
+        raise ConfigError(f"search.gradient.batch_size {gc.batch_size} is larger than the search split "
+                         f"({len(search_set)} images)")
+
+    def loss_batches(epoch: int):  # full batches only: BN in train mode needs more than one value per channel
+        sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(search_set, batch_size=gc.batch_size, sampler=sampler, drop_last=True,
+                                           num_workers=cfg.data.num_workers, collate_fn=collate_detection)
+
+    scorer = cached_scorer(functools.partial(
+        score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
+        recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
+    study_name = s.study_name or f"{cfg.name}-gradient"
+    study = open_study(open_storage(storage or s.storage, out_dir), study_name, Strategy(search_space, cost_fn, budget))
+    save_config(cfg, wd / "config.yaml")
+    search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
+                            seed=s.seed, console=console, worker=worker_id())
+    search.run(search_resolutions(search_space, cfg.model.input_size, gc.search_resolution), gc)
+    records = study_records(study, search_space)
+    extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
+    extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
+    baseline = score_baseline(cfg, wd, search_set, device, measure)
+    summary = write_search_outputs(records, space, out_dir, budget.metric, budget, extreme_costs, baseline)
+    summary.update(study_name=study_name, strategy="gradient")
+    if summary["best"] is not None:
+        write_searched_arch(model, space, summary["best"]["arch"], out_dir)
+    console.print(top_table(records, budget.metric, s.top_k, f"search (gradient): {len(records)} derived arch(s) on "
+                                                             f"{len(search_set)} search images"))
     return summary
 
 
@@ -166,9 +224,7 @@ def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: s
               "front": [_plain(r) for r in front], "extremes": marks, "baseline": baseline, "scored": len(records)}
     if baseline is not None:
         marks = {**marks, "baseline": baseline}
-    tmp = out_dir / "pareto.json.tmp"
-    tmp.write_text(json.dumps(pareto, indent=2))
-    tmp.replace(out_dir / "pareto.json")
+    write_json_atomic(out_dir / "pareto.json", pareto)
     plot_pareto(records, front, cost_metric, out_dir / "pareto.png", budget, marks)
     return {"best": best, "front": front, "records": len(records),
             "files": {n: str(out_dir / n) for n in ("results.csv", "best_arch.json", "pareto.json", "pareto.png")}}
@@ -180,8 +236,7 @@ def _plain(r: dict) -> dict:
 
 def write_results_csv(records: Sequence[dict], path: Path) -> None:
     cols = ["trial", "arch", *METRIC_COLUMNS, "macs", "params", "latency_ms", "seconds", "feasible", "worker"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for r in records:
@@ -189,7 +244,6 @@ def write_results_csv(records: Sequence[dict], path: Path) -> None:
             w.writerow([r["trial"], json.dumps(r["arch"], sort_keys=True), *[m.get(k, "") for k in METRIC_COLUMNS],
                         c.get("macs", ""), c.get("params", ""), c.get("latency", ""),
                         "" if r["seconds"] is None else round(r["seconds"], 3), r["feasible"], r["worker"] or ""])
-    tmp.replace(path)
 
 
 def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path: Path, budget: Budget | None = None,
@@ -227,7 +281,8 @@ def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import model_validator
 from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -16,6 +17,14 @@ from .base import OneStageFamily, head_and_anchors, resize_transform
 
 class FCOSModelConfig(FPNModelConfig):
     detector: Literal["fcos"]
+
+    @model_validator(mode="after")
+    def _fcos_group_norm(self):
+        # torchvision's FCOS head normalises its towers with GroupNorm(32, fpn_channels)
+        if self.fpn_channels % 32:
+            raise ValueError(f"model.fpn_channels must be a multiple of 32 for detector fcos (its head uses "
+                             f"GroupNorm(32)), got {self.fpn_channels}")
+        return self
 
 
 def _fcos_losses(m: FCOS, targets, head_outputs, anchors, features) -> tuple[dict, list[torch.Tensor]]:

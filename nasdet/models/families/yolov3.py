@@ -6,7 +6,7 @@ YOLO box coder / anchor generator. Own code, same arithmetic:
 
 - inputs: the stride-8 / 16 / 32 maps; on MobileNetV2 the stage outputs of 32 / 96 / 320 channels
   (``c3``, ``c4`` and ``c5_pre``, the last stage before the final 1x1 expand, which MobileNet backbones
-  give besides c2..c5 with its width in ``pre_expand_channels``; other backbones: ``c5``). As MMDetection's MobileNetV2 (out_indices 2, 4, 6), the 1280-channel
+  give on ``forward(x, pre_expand=True)``, its width in ``pre_expand_channels``; other backbones: ``c5``). As MMDetection's MobileNetV2 (out_indices 2, 4, 6), the 1280-channel
   expand is still computed and counted (it is part of the backbone), its output is not used;
 - neck (``YOLOV3Neck``): per scale from stride 32 down, a detection block of five conv-BN-LeakyReLU(0.1)
   (1x1 n, 3x3 2n, 1x1 n, 3x3 2n, 1x1 n); between scales a 1x1 conv, nearest x2 upsample and concat with
@@ -137,7 +137,7 @@ class YOLOv3Neck(nn.Module):
         self.out_channels_list = list(channels)
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        feats = self.body(x)
+        feats = self.body(x, pre_expand=True) if self.levels[0] == "c5_pre" else self.body(x)
         out = self.detect[0](feats[self.levels[0]])
         outs = OrderedDict(s32=out)
         for i, name in ((1, "s16"), (2, "s8")):
