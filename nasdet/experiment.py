@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -26,26 +25,13 @@ from .train import dist
 from .train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .train.evaluate import evaluate_detector
 from .train.loop import Trainer, resolve_device
-
-BASELINE = "baseline"
-SUPERNET = "supernet"
+from .workdir import BASELINE, METRICS_FILE, SUPERNET, WorkDir, stage_dir_of, work_dir_of, write_json  # noqa: F401 (re-exported)
 
 
 def with_train_recipe(cfg: ExperimentConfig, train) -> ExperimentConfig:
     """``cfg`` with its ``train`` section replaced by a stage's own recipe (``supernet.train``,
     ``tune.train``) when one is given."""
     return cfg if train is None else cfg.model_copy(update={"train": train})
-
-
-def work_dir_of(cfg: ExperimentConfig, override: str | Path | None = None) -> Path:
-    return Path(override) if override else Path(cfg.work_dir)
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -110,16 +96,6 @@ def cost_table(cost: dict, title: str) -> Table:
 
 
 # ------------------------------------------------------------------------------------------- stages
-def _completed(out_dir: Path, trainer: Trainer, cfg: ExperimentConfig) -> dict | None:
-    """The saved result of a stage whose training already reached its last step, else None."""
-    metrics_path = out_dir / "metrics.json"
-    if metrics_path.is_file() and (out_dir / "ckpt" / "last.pt").is_file():
-        done = json.loads(metrics_path.read_text())
-        if done.get("step") == min(trainer.total_steps, cfg.train.max_steps or trainer.total_steps):
-            return done
-    return None
-
-
 def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """The config the baseline trains with: ``model.backbone.name`` replaced by
     ``pipeline.baseline_backbone`` when set (e.g. torchvision's mobilenet_v2 for an mbv2_elastic space)."""
@@ -135,18 +111,19 @@ def run_train(cfg: ExperimentConfig, work_dir: str | Path | None = None, stage: 
     """Train the config's detector on the whole training set; resume if ``<stage>/ckpt/last.pt`` exists.
     The baseline stage trains ``baseline_config(cfg)``."""
     console = console or Console()
-    wd = work_dir_of(cfg, work_dir)
+    wd = WorkDir.of(cfg, work_dir)
     if stage == BASELINE:
         cfg = baseline_config(cfg)
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
     model = build_detector(cfg.model, num_classes=data["train"].num_classes)
-    out_dir = wd / stage
+    out = wd.stage(stage)
+    out_dir = out.root
     trainer = Trainer(cfg, model, data["train"], data["val"], out_dir, console=console)
     trainer.prepare()  # a checkpoint that does not fit fails here, before anything is written
     if dist.is_main():
-        save_config(cfg, wd / "config.yaml")
-    done = _completed(out_dir, trainer, cfg)
+        save_config(cfg, wd.config)
+    done = out.completed(trainer.final_step)
     if done is not None:
         if dist.is_main():
             console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to train again")
@@ -154,8 +131,7 @@ def run_train(cfg: ExperimentConfig, work_dir: str | Path | None = None, stage: 
         return done["metrics"]
     metrics = trainer.run()
     if dist.is_main():
-        write_json(out_dir / "metrics.json", {"metrics": metrics, "step": trainer.step,
-                                              "checkpoint": str(out_dir / "ckpt" / "last.pt"),
+        write_json(out.metrics, {"metrics": metrics, "step": trainer.step, "checkpoint": str(out.checkpoint),
                                               "val": data["val"].source, "val_images": len(data["val"])})
         console.print(metrics_table(metrics, f"{stage}: val mAP ({len(data['val'])} images)"))
     return metrics
@@ -187,14 +163,15 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     from .train.supernet import SupernetTrainer, init_from_checkpoint, load_teacher
 
     console = console or Console()
-    wd = work_dir_of(cfg, work_dir)
+    wd = WorkDir.of(cfg, work_dir)
     cfg = with_train_recipe(cfg, cfg.supernet.train)
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
     k = data["train"].num_classes
     model, space = build_supernet(cfg, k)
-    out_dir = wd / SUPERNET
-    resuming = (out_dir / "ckpt" / "last.pt").is_file()
+    out = wd.supernet
+    out_dir = out.root
+    resuming = out.has_checkpoint()
     if cfg.supernet.init_from and not resuming:
         init_from_checkpoint(model, cfg.supernet.init_from)
         if dist.is_main():
@@ -206,9 +183,9 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         trainer.start_note = f"from {cfg.supernet.init_from}"
     trainer.prepare()  # a checkpoint of another space or model fails here, before anything is written
     if dist.is_main():
-        save_config(cfg, wd / "config.yaml")
-        write_json(out_dir / "space.json", {"space_id": space.space_id, "choices": space.to_dict()})
-    done = _completed(out_dir, trainer, cfg)
+        save_config(cfg, wd.config)
+        write_json(out / "space.json", {"space_id": space.space_id, "choices": space.to_dict()})
+    done = out.completed(trainer.final_step)
     if done is not None:
         if dist.is_main():
             console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to train again")
@@ -218,8 +195,8 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     if dist.is_main():
         for r in results.values():
             r["macs"] = detector_macs(export_detector(model, r["arch"], space))["total"]
-        write_json(out_dir / "metrics.json", {"subnets": results, "step": trainer.step, "space_id": space.space_id,
-                                              "checkpoint": str(out_dir / "ckpt" / "last.pt"),
+        write_json(out.metrics, {"subnets": results, "step": trainer.step, "space_id": space.space_id,
+                                 "checkpoint": str(out.checkpoint),
                                               "val": data["val"].source, "val_images": len(data["val"])})
         console.print(subnets_table(results, f"supernet: subnets on val ({len(data['val'])} images, BN recalibrated)"))
     return results
@@ -243,10 +220,7 @@ def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int
 
 
 def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str = BASELINE) -> Path:
-    path = work_dir_of(cfg, work_dir) / stage / "ckpt" / "last.pt"
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: run `nasdet train` first, or pass --ckpt")
-    return path
+    return WorkDir.of(cfg, work_dir).stage(stage).require_checkpoint(hint=", or pass --ckpt")
 
 
 def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
@@ -263,8 +237,8 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
     if metrics is None:
         return {}
-    stage_dir = ckpt.parent.parent if ckpt.parent.name == "ckpt" else work_dir_of(cfg, work_dir) / "eval"
-    write_json(stage_dir / "metrics.json", {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source,
+    stage_dir = stage_dir_of(ckpt) or WorkDir.of(cfg, work_dir).eval.root
+    write_json(stage_dir / METRICS_FILE, {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source,
                                             "val_images": len(val),
                                             "step": load_checkpoint(ckpt).get("step")})
     console.print(metrics_table(metrics, f"val mAP of {ckpt} ({len(val)} images)"))
@@ -276,12 +250,12 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     """MACs, params and latency of the config's detector (trained weights if a checkpoint exists,
     so NMS sees a realistic number of boxes)."""
     console = console or Console()
-    wd = work_dir_of(cfg, work_dir)
+    wd = WorkDir.of(cfg, work_dir)
     cfg = baseline_config(cfg)
     num_classes = cfg.model.num_classes
     if num_classes is None:
         num_classes = load_split(cfg, "val").num_classes
-    path = Path(ckpt) if ckpt else wd / BASELINE / "ckpt" / "last.pt"
+    path = Path(ckpt) if ckpt else wd.baseline.checkpoint
     if path.is_file():
         model = load_trained_model(cfg, path, num_classes)
     elif ckpt:
@@ -297,6 +271,6 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         result["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
         if c.onnxruntime:
             result["latency_onnxruntime"] = measure_latency_onnx(model, warmup=c.warmup, runs=c.runs, threads=c.threads)
-    write_json((wd / BASELINE if not ckpt else path.parent.parent) / "cost.json", result)
+    write_json((wd.baseline.root if not ckpt else path.parent.parent) / "cost.json", result)
     console.print(cost_table(result, f"cost of {cfg.model.detector} / {cfg.model.backbone.name}"))
     return result

@@ -15,7 +15,6 @@ size uses the traced image shape, so one file serves every image size.
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,8 +32,7 @@ from torchvision.models.detection.ssd import SSD
 from .config import ExperimentConfig
 from .models.detectors import IMAGE_MEAN, IMAGE_STD, dense_forward, get_input_size
 from .errors import ExportParityError
-
-EXPORT = "export"
+from .workdir import EXPORT  # noqa: F401 (re-exported)
 
 
 def _linear_taps(n: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -305,21 +303,6 @@ def time_onnx(path: Path, image: torch.Tensor, warmup: int, runs: int, threads: 
 
 
 # ---------------------------------------------------------------------------------------- the stage
-def _predicted_costs(wd: Path, arch: dict | None) -> dict | None:
-    """The cost the search recorded for ``arch`` (results.csv), if it was scored there."""
-    import csv
-
-    path = wd / "search" / "results.csv"
-    if arch is None or not path.is_file():
-        return None
-    key = json.dumps(arch, sort_keys=True)
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            if json.dumps(json.loads(row["arch"]), sort_keys=True) == key:
-                return {k: float(row[k]) for k in ("macs", "params", "latency") if row.get(k)}
-    return None
-
-
 def budget_check(cfg: ExperimentConfig, measured: dict, predicted: dict | None) -> dict | None:
     """Measured cost of the exported model against ``search.budget``: a row per metric."""
     b = cfg.search.budget
@@ -334,27 +317,24 @@ def budget_check(cfg: ExperimentConfig, measured: dict, predicted: dict | None) 
 def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: bool = False,
                source: str | None = None, console: Console | None = None) -> dict:
     """Export the tuned (or baseline) model of the work dir, check it, time it, check the budget."""
-    from .experiment import build_datasets, load_trained_model, work_dir_of, write_json
+    from .experiment import build_datasets, load_trained_model
     from .search.cost import detector_macs, detector_params, measure_latency
-    from .tune import StageOutputMissing, TUNE, baseline_checkpoint, load_tuned_model
+    from .tune import load_tuned_model
+    from .workdir import WorkDir, write_json
 
     console = console or Console()
-    wd = work_dir_of(cfg, work_dir)
+    wd = WorkDir.of(cfg, work_dir)
     source = source or cfg.export.source
     val = build_datasets(cfg, need=("val",))["val"]
     arch = None
     if source == "tune":
-        ckpt = wd / TUNE / "ckpt" / "last.pt"
-        if not ckpt.is_file():
-            raise StageOutputMissing(f"no tuned model at {ckpt}: run the tune stage first (`nasdet tune CONFIG`)")
+        ckpt = wd.tune.require_checkpoint("tuned model")
         model, arch = load_tuned_model(ckpt, cfg, val.num_classes)
     else:
-        ckpt = baseline_checkpoint(cfg, wd)
+        ckpt = wd.baseline.require_checkpoint()
         model = load_trained_model(cfg, ckpt, val.num_classes)
     model.eval()
-    out_dir = wd / EXPORT
-    name = f"{source}{'_raw' if raw else ''}.onnx"
-    path = export_onnx(model, out_dir / name, raw=raw, opset=cfg.export.opset)
+    path = export_onnx(model, wd.onnx(source, raw), raw=raw, opset=cfg.export.opset)
     e = cfg.export
     images = [val[i][0] for i in range(min(e.check_images, len(val)))]
     parity = check_parity(model, path, images, raw, e.box_atol, e.score_atol, e.raw_atol)
@@ -369,14 +349,14 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     s = get_input_size(model)
     probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     lat_ort = time_onnx(path, probe, c.warmup, c.runs, c.threads)
-    predicted = _predicted_costs(wd, arch)
+    predicted = wd.predicted_costs(arch)
     budget = budget_check(cfg, measured, predicted)
     classes = {i + 1: n for i, n in enumerate(val.classes)}
-    write_json(out_dir / "classes.json", classes)
+    write_json(wd.export / "classes.json", classes)
     result = {"onnx": str(path), "source": source, "checkpoint": str(ckpt), "raw": raw, "input_size": s,
               "parity": parity, "measured": measured, "predicted": predicted, "latency_torch": lat_torch,
               "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch}
-    write_json(out_dir / f"{Path(name).stem}.json", result)
+    write_json(wd.export_record(source, raw), result)
 
     table = Table(title=f"export: {path}")
     for col in ("", "MACs", "params", "latency torch", "latency onnxruntime"):

@@ -18,7 +18,8 @@ from rich.rule import Rule
 from rich.table import Table
 
 from .config import ExperimentConfig, save_config
-from .experiment import BASELINE, SUPERNET, baseline_config, run_pretrain, run_train, work_dir_of, write_json
+from .experiment import baseline_config, run_pretrain, run_train
+from .workdir import BASELINE, INITIAL_METRICS, METRICS_FILE, PARETO_JSON, PARETO_PNG, WorkDir, write_json  # noqa: F401
 
 STAGES = ("baseline", "pretrain", "search", "tune", "export", "report")
 
@@ -27,20 +28,8 @@ def _pretrain_config(cfg: ExperimentConfig, wd: Path) -> ExperimentConfig:
     """ENOT: the supernet starts from the baseline's weights (``pipeline.init_supernet_from_baseline``)."""
     if not (cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline):
         return cfg
-    sn = cfg.supernet.model_copy(update={"init_from": str(wd / BASELINE / "ckpt" / "last.pt")})
+    sn = cfg.supernet.model_copy(update={"init_from": str(WorkDir(wd).baseline.checkpoint)})
     return cfg.model_copy(update={"supernet": sn})
-
-
-def _exported(wd: Path, source: str) -> dict | None:
-    """The export record of ``source`` if it is newer than the checkpoint it exported."""
-    path = wd / "export" / f"{source}.json"
-    if not path.is_file():
-        return None
-    rec = json.loads(path.read_text())
-    ckpt = Path(rec.get("checkpoint", ""))
-    if not ckpt.is_file() or ckpt.stat().st_mtime > path.stat().st_mtime or not Path(rec["onnx"]).is_file():
-        return None
-    return rec
 
 
 def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
@@ -50,9 +39,10 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     from .tune import run_tune
 
     console = console or Console()
-    wd = work_dir_of(cfg, work_dir)
+    w = WorkDir.of(cfg, work_dir)
+    wd = w.root
     wd.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, wd / "config.yaml")
+    save_config(cfg, w.config)
     times: dict[str, float] = {}
 
     def stage(name: str, fn):
@@ -72,11 +62,11 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     if cfg.pipeline.export:
         def export_all():
             for source in ("tune", "baseline") if cfg.pipeline.baseline else ("tune",):
-                exports[source] = _exported(wd, source) or run_export(cfg, wd, source=source, console=console)
+                exports[source] = w.exported(source) or run_export(cfg, wd, source=source, console=console)
         stage("export", export_all)
     report = stage("report", lambda: write_report(cfg, wd, exports, console))
     report["stage_seconds"] = times
-    write_json(wd / "report.json", report)
+    write_json(w.report_json, report)
     return report
 
 
@@ -111,14 +101,15 @@ COLUMNS = (("AP", "AP"), ("AP50", "AP50"), ("macs", "MACs"), ("params", "params"
 
 def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Console) -> dict:
     """``report.md`` + ``pareto.png``: baseline vs found model, the budget, the search summary."""
+    w = WorkDir(wd)
     rows = []
-    base_metrics = wd / BASELINE / "metrics.json"
+    base_metrics = w.baseline.metrics
     if base_metrics.is_file():
         name = f"baseline ({baseline_config(cfg).model.backbone.name})"
         rows.append(_row(name, json.loads(base_metrics.read_text())["metrics"], exports.get("baseline"), None))
-    tune = json.loads((wd / "tune" / "metrics.json").read_text())
+    tune = json.loads(w.tune.require(METRICS_FILE, "metrics of the tuned model").read_text())
     rows.append(_row("found (tuned)", tune["metrics"], exports.get("tune"), None))
-    initial = wd / "tune" / "initial_metrics.json"
+    initial = w.tune / INITIAL_METRICS
     init_metrics = json.loads(initial.read_text())["metrics"] if initial.is_file() else None
 
     table = Table(title=f"{cfg.name}: baseline vs found model (val, same training recipe)")
@@ -159,18 +150,18 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
             return "-" if v is None else f"{v / unit[0]:.4g} {unit[1]}"
         lines += [f"Measured {bc['metric']} of the exported model: {show(bc['measured'])} ({verdict} the budget "
                   f"{show(bc['max'])}; the search predicted {show(bc['predicted'])}).", ""]
-    pareto = wd / "search" / "pareto.png"
+    pareto = w.search / PARETO_PNG
     if pareto.is_file():
-        shutil.copyfile(pareto, wd / "pareto.png")
-        lines += ["![candidates on the search split](pareto.png)", ""]
-    search_summary = wd / "search" / "pareto.json"
+        shutil.copyfile(pareto, w.pareto_png)
+        lines += [f"![candidates on the search split]({PARETO_PNG})", ""]
+    search_summary = w.search / PARETO_JSON
     if search_summary.is_file():
         p = json.loads(search_summary.read_text())
         lines += [f"Search: {p['scored']} candidates scored ({cfg.search.strategy}), {len(p['front'])} on the Pareto front.", ""]
     lines += ["Files: `baseline/` (checkpoint, metrics), `supernet/` (checkpoint, subnets' metrics), `search/` "
               "(study.journal, results.csv, best_arch.json, pareto.json/png), `tune/` (arch.json, checkpoint, "
               "metrics), `export/` (ONNX files, parity and latency records, classes.json).", ""]
-    (wd / "report.md").write_text("\n".join(lines))
-    console.print(f"report: {wd / 'report.md'}")
+    w.report_md.write_text("\n".join(lines))
+    console.print(f"report: {w.report_md}")
     return {"rows": rows, "initial_tune_metrics": init_metrics, "budget": None if budget is None else budget.model_dump(),
-            "supernet": str(wd / SUPERNET)}
+            "supernet": str(w.supernet.root)}

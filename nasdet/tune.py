@@ -20,8 +20,8 @@ from rich.console import Console
 from torch import nn
 
 from .config import ExperimentConfig, save_config
-from .experiment import (BASELINE, SUPERNET, _completed, build_datasets, build_supernet, load_trained_model,
-                         metrics_table, run_train, with_train_recipe, work_dir_of, write_json)
+from .experiment import (build_datasets, build_supernet, load_trained_model, metrics_table, run_train,
+                         with_train_recipe)
 from .models.supernet import BACKBONE_PREFIX, INPUT_SIZE, export_detector
 from .space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
 from .space.elastic import he_fout_init
@@ -29,10 +29,8 @@ from .train import dist
 from .train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .train.evaluate import evaluate_detector
 from .train.loop import Trainer
-from .errors import StageOutputMissing
-
-TUNE = "tune"
-SEARCH = "search"
+from .errors import StageOutputMissing  # noqa: F401 (re-exported: the name tests and callers import from here)
+from .workdir import SEARCH, TUNE, WorkDir, write_json  # noqa: F401 (SEARCH, TUNE re-exported)
 
 
 # ----------------------------------------------------------------------------------------- the arch
@@ -64,10 +62,9 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
 
         return space.validate(_complete(arch_from_enot(space, cfg.tune.searched_arch), cfg)), "tune.searched_arch"
     if given is None:
-        path = work_dir_of(cfg, work_dir) / SEARCH / "best_arch.json"
-        if not path.is_file():
-            raise StageOutputMissing(f"no architecture to tune: {path} does not exist. Run the search stage first "
-                                     "(`nasdet search CONFIG`) or set tune.arch (a file, a mapping or a published name)")
+        wd = WorkDir.of(cfg, work_dir)
+        path = wd.search.require(wd.best_arch.name, "architecture to tune",
+                                 " or set tune.arch (a file, a mapping or a published name)")
         return load_arch(path, space), str(path)
     if isinstance(given, dict):
         return space.validate(_complete(given, cfg)), "tune.arch (inline)"
@@ -98,11 +95,11 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
 
 # ----------------------------------------------------------------------------------------- the model
 def supernet_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> Path:
-    path = Path(cfg.tune.supernet_checkpoint) if cfg.tune.supernet_checkpoint else \
-        work_dir_of(cfg, work_dir) / SUPERNET / "ckpt" / "last.pt"
+    if not cfg.tune.supernet_checkpoint:
+        return WorkDir.of(cfg, work_dir).supernet.require_checkpoint(hint=", or set tune.init: scratch")
+    path = Path(cfg.tune.supernet_checkpoint)
     if not path.is_file():
-        raise StageOutputMissing(f"no supernet checkpoint at {path}: run the pretrain stage first "
-                                 "(`nasdet pretrain CONFIG`), or set tune.init: scratch")
+        raise CheckpointError(f"tune.supernet_checkpoint {path} does not exist; or set tune.init: scratch")
     return path
 
 
@@ -166,22 +163,23 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     console = console or Console()
     if cfg.search.strategy == "darts":
         return run_tune_genotype(cfg, work_dir, console, stage)
-    wd = work_dir_of(cfg, work_dir)
+    wd = WorkDir.of(cfg, work_dir)
     tcfg = with_train_recipe(cfg, cfg.tune.train)
     torch.manual_seed(cfg.seed)
     data = build_datasets(tcfg)
     k = data["train"].num_classes
-    out_dir = wd / stage
+    out = wd.stage(stage)
+    out_dir = out.root
     _, space = build_supernet(cfg, k)
-    arch, source = resolve_tune_arch(cfg, space, wd)
-    resuming = (out_dir / "ckpt" / "last.pt").is_file()
+    arch, source = resolve_tune_arch(cfg, space, wd.root)
+    resuming = out.has_checkpoint()
     if resuming:
-        saved = load_checkpoint(out_dir / "ckpt" / "last.pt").get("extra", {}).get("arch")
+        saved = load_checkpoint(out.checkpoint).get("extra", {}).get("arch")
         if saved is not None and dict(saved) != dict(arch):
-            raise CheckpointError(f"{out_dir / 'ckpt' / 'last.pt'} tunes another architecture than {source}; "
+            raise CheckpointError(f"{out.checkpoint} tunes another architecture than {source}; "
                                   "delete the tune folder to tune the new one")
     init = cfg.tune.init
-    sn_ckpt = supernet_checkpoint(cfg, wd) if init == "supernet" and not resuming else None
+    sn_ckpt = supernet_checkpoint(cfg, wd.root) if init == "supernet" and not resuming else None
     model, _ = build_static_model(cfg, k, arch, sn_ckpt)
     device, _, _ = dist.init_distributed(tcfg.train.device)  # before is_main(): under torchrun only rank 0 writes
     initial = None
@@ -195,18 +193,18 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
             if cfg.eval.max_images:
                 val = val.subset(range(min(cfg.eval.max_images, len(val))))
             initial = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
-            write_json(out_dir / "initial_metrics.json", {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source})
+            write_json(out / "initial_metrics.json", {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source})
             console.print(metrics_table(initial, f"tune: inherited weights before training ({len(val)} val images)"))
     if dist.is_main():
-        save_arch(out_dir / "arch.json", arch, space)
+        save_arch(out / "arch.json", arch, space)
         console.print(f"tune: arch from {source}, init {init}" + (f" ({sn_ckpt})" if sn_ckpt else ""))
     trainer = TuneTrainer(tcfg, model, data["train"], data["val"], out_dir, console=console, arch=arch)
     if sn_ckpt is not None:
         trainer.start_note = f"from the supernet's weights ({sn_ckpt})"
     trainer.prepare()
     if dist.is_main():
-        save_config(cfg, wd / "config.yaml")
-    done = _completed(out_dir, trainer, tcfg)
+        save_config(cfg, wd.config)
+    done = out.completed(trainer.final_step)
     if done is not None:
         if dist.is_main():
             console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to tune again")
@@ -214,10 +212,10 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         return done
     metrics = trainer.run()
     result = {"metrics": metrics, "step": trainer.step, "arch": arch, "arch_source": source, "init": init,
-              "checkpoint": str(out_dir / "ckpt" / "last.pt"), "val": data["val"].source,
+              "checkpoint": str(out.checkpoint), "val": data["val"].source,
               "val_images": len(data["val"])}
     if dist.is_main():
-        write_json(out_dir / "metrics.json", result)
+        write_json(out.metrics, result)
         console.print(metrics_table(metrics, f"tune: val mAP ({len(data['val'])} images)"))
     return result
 
@@ -232,10 +230,8 @@ def tune_genotype(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> 
         raise ArchError("tune.arch: after a darts search it names genotypes (a genotype.log / genotype.json file or "
                         "a published name such as fad_paper), not a mapping of choices")
     if given is None:
-        path = work_dir_of(cfg, work_dir) / SEARCH / "genotype.json"
-        if not path.is_file():
-            raise StageOutputMissing(f"no genotype to tune: {path} does not exist. Run the search stage first "
-                                     "(`nasdet search CONFIG` with search.strategy: darts) or set tune.arch")
+        path = WorkDir.of(cfg, work_dir).search.require(
+            "genotype.json", "genotype to tune", " with search.strategy: darts, or set tune.arch")
         given = str(path)
     box, cls = read_genotypes(given)
     return {"box": genotype_to_json(box), "cls": genotype_to_json(cls)}, str(given)
@@ -249,13 +245,13 @@ def run_tune_genotype(cfg: ExperimentConfig, work_dir: str | Path | None = None,
     The genotypes go into the stored config (and ``<stage>/genotype.json``), so the checkpoint rebuilds
     its model alone."""
     console = console or Console()
-    wd = work_dir_of(cfg, work_dir)
-    genotype, source = tune_genotype(cfg, wd)
-    out_dir = wd / stage
-    saved = out_dir / "genotype.json"
-    if (out_dir / "ckpt" / "last.pt").is_file() and saved.is_file():
+    wd = WorkDir.of(cfg, work_dir)
+    genotype, source = tune_genotype(cfg, wd.root)
+    out = wd.stage(stage)
+    saved = out / "genotype.json"
+    if out.has_checkpoint() and saved.is_file():
         if json.loads(saved.read_text()).get("genotype") != genotype:
-            raise CheckpointError(f"{out_dir} trains other genotypes than {source}; delete it to tune the new ones")
+            raise CheckpointError(f"{out.root} trains other genotypes than {source}; delete it to tune the new ones")
     tcfg = with_train_recipe(cfg, cfg.tune.train)
     tcfg = tcfg.model_copy(update={"model": tcfg.model.model_copy(
         update={"head": tcfg.model.head.model_copy(update={"genotype": genotype})})})
@@ -264,17 +260,14 @@ def run_tune_genotype(cfg: ExperimentConfig, work_dir: str | Path | None = None,
     if dist.is_main():
         write_json(saved, {"genotype": genotype, "source": source})
         console.print(f"tune: genotypes from {source}")
-    metrics = run_train(tcfg, wd, stage=stage, console=console)
+    metrics = run_train(tcfg, wd.root, stage=stage, console=console)
     result = {"metrics": metrics, "genotype": genotype, "arch_source": source, "init": "scratch",
-              "checkpoint": str(out_dir / "ckpt" / "last.pt")}
+              "checkpoint": str(out.checkpoint)}
     if dist.is_main():
-        done = json.loads((out_dir / "metrics.json").read_text()) if (out_dir / "metrics.json").is_file() else {}
-        write_json(out_dir / "metrics.json", {**done, **result})
+        done = json.loads(out.metrics.read_text()) if out.metrics.is_file() else {}
+        write_json(out.metrics, {**done, **result})
     return result
 
 
 def baseline_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> Path:
-    path = work_dir_of(cfg, work_dir) / BASELINE / "ckpt" / "last.pt"
-    if not path.is_file():
-        raise StageOutputMissing(f"no baseline checkpoint at {path}: run the baseline stage first (`nasdet train CONFIG`)")
-    return path
+    return WorkDir.of(cfg, work_dir).baseline.require_checkpoint()

@@ -20,14 +20,14 @@ from rich.table import Table
 
 from ..config import ExperimentConfig, save_config
 from ..space import SearchSpace, save_arch
-from ..train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from ..train.checkpoint import load_checkpoint, load_model_weights
+from ..workdir import BEST_ARCH, LATENCY_LUT, PARETO_JSON, PARETO_PNG, RESULTS_CSV, SEARCH, WorkDir, write_json  # noqa: F401
 from .latency import latency_function
 from .budget import COST_UNITS, Budget, CostModel, check_budget_feasible, restrict_resolution
 from .scoring import cached_scorer, score_arch
 from .strategies import OBJECTIVE, make_strategy
 from .study import best_record, open_storage, open_study, pareto_front, run_study, study_records
 
-SEARCH = "search"
 METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -42,16 +42,14 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         return run_darts_search(cfg, work_dir=work_dir, console=console)
     import torch
 
-    from ..experiment import build_datasets, build_supernet, work_dir_of
+    from ..experiment import build_datasets, build_supernet
     from ..train.loop import resolve_device
 
     console = console or Console()
     s = cfg.search
-    wd = work_dir_of(cfg, work_dir)
-    out_dir = wd / SEARCH
-    ckpt = wd / "supernet" / "ckpt" / "last.pt"
-    if not ckpt.is_file():
-        raise CheckpointError(f"no supernet checkpoint at {ckpt}: run `nasdet pretrain` first")
+    w = WorkDir.of(cfg, work_dir)
+    wd, out_dir = w.root, w.search.root
+    ckpt = w.supernet.require_checkpoint()
     torch.manual_seed(cfg.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -74,7 +72,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     measure = ("macs", "params") + (("latency",) if cost_metric == "latency" else ())
     c = cfg.cost
     latency_fn = latency_function(c.latency, model, space, device=c.device, warmup=c.warmup, runs=c.runs,
-                                  threads=c.threads, lut_path=c.lut or out_dir / "latency_lut.json")
+                                  threads=c.threads, lut_path=c.lut or out_dir / LATENCY_LUT)
     cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
     check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
     if s.strategy == "gradient":
@@ -89,7 +87,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                              mutation=s.mutation, crossover=s.crossover)
     study_name = s.study_name or f"{cfg.name}-{s.strategy}"
     study = open_study(open_storage(storage or s.storage, out_dir), study_name, strategy)
-    save_config(cfg, wd / "config.yaml")
+    save_config(cfg, w.config)
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
 
     already = len(study_records(study, search_space))
@@ -116,7 +114,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         console.print("[yellow]no scored candidate is under the budget: best_arch.json not written[/]")
     else:
         console.print(f"best under budget: trial {summary['best']['trial']}, AP {summary['best']['metrics']['AP']:.4f} "
-                      f"-> {out_dir / 'best_arch.json'}")
+                      f"-> {out_dir / BEST_ARCH}")
     return summary
 
 
@@ -134,7 +132,7 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     from .study import worker_id
 
     s, gc = cfg.search, cfg.search.gradient
-    out_dir = wd / SEARCH
+    out_dir = WorkDir(wd).search.root
     sampler = EpochSampler(len(search_set), s.seed)
 
     if gc.batch_size > len(search_set):
@@ -151,7 +149,7 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
         recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
     study_name = s.study_name or f"{cfg.name}-gradient"
     study = open_study(open_storage(storage or s.storage, out_dir), study_name, Strategy(search_space, cost_fn, budget))
-    save_config(cfg, wd / "config.yaml")
+    save_config(cfg, WorkDir(wd).config)
     search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
                             seed=s.seed, console=console, worker=worker_id())
     search.run(search_resolutions(search_space, cfg.model.input_size, gc.search_resolution), gc)
@@ -176,7 +174,7 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
     from .cost import detector_macs, detector_params, measure_latency
     from .latency import measure_latency_onnx_e2e
 
-    ckpt = wd / "baseline" / "ckpt" / "last.pt"
+    ckpt = WorkDir(wd).baseline.checkpoint
     if not ckpt.is_file():
         return None
     model = load_trained_model(cfg, ckpt, search_set.num_classes).to(device).eval()
@@ -201,10 +199,10 @@ def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: s
     marked on the plot."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_results_csv(records, out_dir / "results.csv")
+    write_results_csv(records, out_dir / RESULTS_CSV)
     best = best_record(records)
-    if best is not None:
-        save_arch(out_dir / "best_arch.json", best["arch"], space)
+    if best is not None:  # with the costs the search predicted, which export compares its measurement to
+        save_arch(out_dir / BEST_ARCH, best["arch"], space, costs=best["costs"])
     front = pareto_front([r for r in records if r["feasible"]], cost_metric)
     scored = {json.dumps(r["arch"], sort_keys=True): r for r in records}
     marks = {}
@@ -217,12 +215,10 @@ def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: s
               "front": [_plain(r) for r in front], "extremes": marks, "baseline": baseline, "scored": len(records)}
     if baseline is not None:
         marks = {**marks, "baseline": baseline}
-    tmp = out_dir / "pareto.json.tmp"
-    tmp.write_text(json.dumps(pareto, indent=2))
-    tmp.replace(out_dir / "pareto.json")
-    plot_pareto(records, front, cost_metric, out_dir / "pareto.png", budget, marks)
+    write_json(out_dir / PARETO_JSON, pareto)
+    plot_pareto(records, front, cost_metric, out_dir / PARETO_PNG, budget, marks)
     return {"best": best, "front": front, "records": len(records),
-            "files": {n: str(out_dir / n) for n in ("results.csv", "best_arch.json", "pareto.json", "pareto.png")}}
+            "files": {n: str(out_dir / n) for n in (RESULTS_CSV, BEST_ARCH, PARETO_JSON, PARETO_PNG)}}
 
 
 def _plain(r: dict) -> dict:
