@@ -41,9 +41,12 @@ GENOTYPE_LOG = "genotype.log"
 ALPHAS_LOG = "alphas.jsonl"
 GRADIENT_STATE = "gradient_state.pt"
 SEARCHED_ARCH = "searched_arch.json"
-# the tune stage's
-ARCH_JSON = "arch.json"
-INITIAL_METRICS = "initial_metrics.json"
+# the other stages'
+SPACE_JSON = "space.json"  # supernet/
+COST_JSON = "cost.json"  # baseline/ (nasdet cost)
+ARCH_JSON = "arch.json"  # tune/
+INITIAL_METRICS = "initial_metrics.json"  # tune/
+CLASSES_JSON = "classes.json"  # export/
 
 # the stage that writes each folder, and the command that runs it (for "run X first")
 _PRODUCER = {BASELINE: ("baseline", "nasdet train CONFIG"), SUPERNET: ("pretrain", "nasdet pretrain CONFIG"),

@@ -37,7 +37,7 @@ from ..models.heads.fad import ALPHA_COLUMNS, FADTowers, format_genotype, write_
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from ..train.loop import EpochSampler, TrainingDiverged, resolve_device
 from ..train.optim import build_scheduler, param_groups
-from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, SEARCH, WorkDir, checkpoint_in, work_dir_of  # noqa: F401
+from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, checkpoint_in, work_dir_of  # noqa: F401
 
 LossFn = Callable[[Any], dict[str, Tensor]]
 
@@ -188,7 +188,7 @@ class DartsSearch:
     optimisers; ``run()`` trains to the end (resuming from ``ckpt/last.pt``) and writes the genotypes."""
 
     def __init__(self, cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None):
-        from ..experiment import build_datasets
+        from ..data.build import build_datasets
         from ..models import build_detector
 
         self.cfg, self.d = cfg, cfg.search.darts
@@ -314,7 +314,7 @@ class DartsSearch:
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
                     if self.step % self.d.log_every_steps == 0 or self.step == limit:
-                        self._append("log.jsonl", {"step": self.step, "epoch": self.epoch, "time": round(time.time(), 1),
+                        self._append(LOG_FILE, {"step": self.step, "epoch": self.epoch, "time": round(time.time(), 1),
                                                    "lr": self.w_optim.param_groups[0]["lr"],
                                                    **{k: round(v, 5) for k, v in stats.items()}})
                     progress.update(task, completed=self.step, epoch=self.epoch, loss=stats["loss"])

@@ -25,7 +25,7 @@ from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_che
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler
 from ..errors import TrainingDiverged
-from ..workdir import LAST_CKPT, checkpoint_in
+from ..workdir import LAST_CKPT, LOG_FILE, checkpoint_in
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -177,7 +177,7 @@ class Trainer:
     def log(self, record: dict) -> None:
         if dist.is_main():
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "log.jsonl", "a") as f:
+            with open(self.out_dir / LOG_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     # ---------------------------------------------------------------------------------------- run
