@@ -81,7 +81,7 @@ def test_every_import_goes_down_and_no_stage_imports_another():
             stage_target = next((s for s in STAGES if target == s or target.startswith(s + ".")), None)
             if stage_me and stage_target and stage_me != stage_target:
                 problems.append(f"{path.relative_to(ROOT.parent)}:{line}: stage {stage_me} imports stage {stage_target}")
-    assert not problems, "\n".join(problems)
+    assert not problems, "\n".join(sorted(set(problems)))
 
 
 def test_the_checker_sees_an_upward_import(tmp_path):
