@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import MissingCheckpoint, StageOrderError
+from .files import write_json_atomic
 
 BASELINE, SUPERNET, SEARCH, TUNE, EXPORT, DIAGNOSE, EVAL = "baseline", "supernet", "search", "tune", "export", \
     "diagnose", "eval"
@@ -57,10 +58,7 @@ _PRODUCER = {BASELINE: ("baseline", "nasdet train CONFIG"), SUPERNET: ("pretrain
 
 def write_json(path: Path, obj) -> None:
     """Write ``obj`` atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, obj)
 
 
 def checkpoint_in(stage_dir: str | Path) -> Path:

@@ -11,7 +11,7 @@ ROOT = Path(nasdet.__file__).parent
 
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [
-    ("nasdet", "nasdet.errors", "nasdet.workdir"),
+    ("nasdet", "nasdet.errors", "nasdet.files", "nasdet.threads", "nasdet.progress", "nasdet.workdir"),
     ("nasdet.config",),
     ("nasdet.space",),
     ("nasdet.data", "nasdet.metrics"),

@@ -35,6 +35,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..files import atomic_path
+
 __all__ = ["SHAPE_CLASSES", "existing_matches", "make_synthetic"]
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "crescent")
@@ -333,16 +335,8 @@ def existing_matches(out_dir: str | Path, n_train: int, n_val: int, size: int, s
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, fsync=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def make_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 500, size: int = 256, seed: int = 0,

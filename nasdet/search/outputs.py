@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..files import atomic_path
 from ..space import SearchSpace, save_arch
 from ..workdir import BEST_ARCH, PARETO_JSON, PARETO_PNG, RESULTS_CSV, write_json
 from .budget import COST_UNITS, Budget
@@ -54,8 +55,7 @@ def _plain(r: dict) -> dict:
 
 def write_results_csv(records: Sequence[dict], path: Path) -> None:
     cols = ["trial", "arch", *METRIC_COLUMNS, "macs", "params", "latency_ms", "seconds", "feasible", "worker"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for r in records:
@@ -63,7 +63,6 @@ def write_results_csv(records: Sequence[dict], path: Path) -> None:
             w.writerow([r["trial"], json.dumps(r["arch"], sort_keys=True), *[m.get(k, "") for k in METRIC_COLUMNS],
                         c.get("macs", ""), c.get("params", ""), c.get("latency", ""),
                         "" if r["seconds"] is None else round(r["seconds"], 3), r["feasible"], r["worker"] or ""])
-    tmp.replace(path)
 
 
 def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path: Path, budget: Budget | None = None,
@@ -101,7 +100,8 @@ def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import ExperimentConfig
+from ..files import atomic_path, write_text_atomic
 from ..workdir import INITIAL_METRICS, METRICS_FILE, PARETO_JSON, PARETO_PNG, WorkDir
 from .common import baseline_config
 
@@ -95,7 +96,8 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
                   f"{show(bc['max'])}; the search predicted {show(bc['predicted'])}).", ""]
     pareto = w.search / PARETO_PNG
     if pareto.is_file():
-        shutil.copyfile(pareto, w.pareto_png)
+        with atomic_path(w.pareto_png) as tmp:
+            shutil.copyfile(pareto, tmp)
         lines += [f"![candidates on the search split]({PARETO_PNG})", ""]
     search_summary = w.search / PARETO_JSON
     if search_summary.is_file():
@@ -104,7 +106,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     lines += ["Files: `baseline/` (checkpoint, metrics), `supernet/` (checkpoint, subnets' metrics), `search/` "
               "(study.journal, results.csv, best_arch.json, pareto.json/png), `tune/` (arch.json, checkpoint, "
               "metrics), `export/` (ONNX files, parity and latency records, classes.json).", ""]
-    w.report_md.write_text("\n".join(lines))
+    write_text_atomic(w.report_md, "\n".join(lines))
     console.print(f"report: {w.report_md}")
     return {"rows": rows, "initial_tune_metrics": init_metrics, "budget": None if budget is None else budget.model_dump(),
             "supernet": str(w.supernet.root)}

@@ -12,11 +12,12 @@ import functools
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from ..config import ExperimentConfig, save_config
 from ..data.build import build_datasets
 from ..models.supernet import build_supernet
+from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
 from ..search.latency import latency_function
 from ..search.outputs import top_table, write_search_outputs
@@ -24,6 +25,7 @@ from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
 from ..search.study import open_storage, open_study, run_study, study_records
 from ..space import SearchSpace
+from ..threads import set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights
 from ..train.trained import load_trained_model
 from ..workdir import BEST_ARCH, LATENCY_LUT, WorkDir
@@ -34,6 +36,11 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
     counts, output paths). ``storage`` (URL or journal path) overrides ``cfg.search.storage``; ``worker``
     (0, 1, ...) decorrelates the proposals of processes sharing one study."""
+    if cfg.search.strategy == "gradient" and worker > 0:
+        from ..errors import ConfigError
+
+        raise ConfigError("search.strategy gradient runs in one process (one set of architecture probabilities): "
+                          "drop --worker / --workers")
     if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
         from ..search.darts import run_darts_search
 
@@ -48,8 +55,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     wd, out_dir = w.root, w.search.root
     ckpt = w.supernet.require_checkpoint()
     torch.manual_seed(cfg.seed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_torch_threads(cfg.train.threads)
     data = build_datasets(cfg, need=("search",))
     search_set = data["search"]
     if len(search_set) == 0:
@@ -83,14 +89,14 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                              population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
                              mutation=s.mutation, crossover=s.crossover)
     study_name = s.study_name or f"{cfg.name}-{s.strategy}"
-    study = open_study(open_storage(storage or s.storage, out_dir), study_name, strategy)
+    study = open_study(open_storage(storage or s.storage, out_dir, heartbeat=s.heartbeat_seconds), study_name, strategy)
     save_config(cfg, w.config)
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
 
     already = len(study_records(study, search_space))
     best = [max((r["metrics"][OBJECTIVE] for r in study_records(study, search_space)), default=float("nan"))]
-    with Progress(TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with progress_bar(console, TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), label="search candidates", every=max(1, s.num_candidates // 100)) as progress:
         task = progress.add_task(f"best AP {best[0]:.4f}", total=s.num_candidates, completed=min(already, s.num_candidates))
 
         def on_trial(rec):

@@ -69,11 +69,17 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
         return space.validate(_complete(given, cfg)), "tune.arch (inline)"
     path = Path(given)
     if path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ArchError(f"tune.arch file {path} cannot be read: {e}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as e:  # e.g. a truncated JSON file
+                raise ArchError(f"tune.arch file {path} is neither JSON nor YAML: {str(e).splitlines()[0]}") from None
         if isinstance(data, dict) and "space_id" in data:
             return load_arch(path, space), str(path)  # written by nasdet: the space must match
         if isinstance(data, dict) and isinstance(data.get("arch"), dict):
