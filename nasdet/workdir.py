@@ -41,6 +41,7 @@ GENOTYPE_JSON = "genotype.json"
 GENOTYPE_LOG = "genotype.log"
 ALPHAS_LOG = "alphas.jsonl"
 GRADIENT_STATE = "gradient_state.pt"
+GRADIENT_LOG = "gradient.jsonl"
 SEARCHED_ARCH = "searched_arch.json"
 # the other stages'
 SPACE_JSON = "space.json"  # supernet/
