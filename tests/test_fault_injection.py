@@ -74,6 +74,7 @@ def _pipeline_raw(shapes_dir, work_dir) -> dict:
     raw["export"] = {"check_images": 1}
     raw["eval"] = {"batch_size": 8, "max_images": 2}
     raw["cost"] = {"warmup": 0, "runs": 1, "threads": 1, "onnxruntime": False}
+    raw["pipeline"] = {"export": False}  # not killed here (tests/test_tune_export_pipeline.py covers export)
     return raw
 
 
