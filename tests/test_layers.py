@@ -12,10 +12,10 @@ ROOT = Path(nasdet.__file__).parent
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [
     ("nasdet", "nasdet.errors", "nasdet.files", "nasdet.threads", "nasdet.progress", "nasdet.workdir"),
-    ("nasdet.config",),
     ("nasdet.space",),
     ("nasdet.data", "nasdet.metrics"),
-    ("nasdet.models",),
+    ("nasdet.models",),  # each detector family owns its model config (models/config.py, models/families/)
+    ("nasdet.config", "nasdet.data.build"),  # the run's config is the union of the families' sections
     ("nasdet.train",),
     ("nasdet.export",),
     ("nasdet.search",),
@@ -26,7 +26,7 @@ LAYERS = [
     ("nasdet.experiment", "nasdet.tune", "nasdet.cli", "nasdet.__main__"),  # entry points, old import paths
 ]
 LAYER_OF = {prefix: i for i, group in enumerate(LAYERS) for prefix in group}
-STAGES = set(LAYERS[9])
+STAGES = set(LAYERS[9])  # the stage modules
 
 
 def module_name(path: Path) -> str:

@@ -33,6 +33,7 @@ from ..config import ExperimentConfig, config_to_dict, save_config
 from ..data.dataset import collate_detection
 from ..data.split import split_train_search
 from ..data.transforms import targets_to, to_model_input
+from ..models.families import DETECTORS, family_named
 from ..models.heads.fad import ALPHA_COLUMNS, FADTowers, format_genotype, write_genotypes
 from ..files import append_jsonl, write_text_atomic
 from ..progress import progress_bar
@@ -199,8 +200,9 @@ class DartsSearch:
         self.wd = work_dir_of(cfg, work_dir)
         self.out_dir = WorkDir(self.wd).search.root
         self.ckpt_path = checkpoint_in(self.out_dir)
-        if cfg.model.detector not in ("fcos", "retinanet"):
-            raise ValueError(f"search.strategy darts searches FAD heads: model.detector must be fcos or retinanet, "
+        if not family_named(cfg.model.detector).fad_heads:
+            able = " or ".join(sorted(n for n in DETECTORS if family_named(n).fad_heads))
+            raise ValueError(f"search.strategy darts searches FAD heads: model.detector must be {able}, "
                              f"not {cfg.model.detector!r}")
         set_torch_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)

@@ -29,17 +29,25 @@ class Supernet(Protocol):
     def export(self, arch: Mapping[str, Any] | None = None) -> nn.Module: ...
 
 
-def staged_forward(net: nn.Module, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+def staged_forward(net: nn.Module, x: torch.Tensor, pre_expand: bool = False) -> "OrderedDict[str, torch.Tensor]":
     """first_conv -> first_block -> stages -> final_expand, returning c2..c5 (the supernets of this
-    family and their static exports share this layout)."""
+    family and their static exports share this layout); with ``pre_expand`` also ``c5_pre``: the last stage's
+    output before the final 1x1 expand (``pre_expand_channels`` wide; what MMDetection's YOLOv3 neck reads)."""
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     x = net.first_block(net.first_conv(x))
     for i, stage in enumerate(net.stages, start=1):
         x = stage(x)
         if i in STAGE_LEVEL:
             out[STAGE_LEVEL[i]] = x
+    if pre_expand:
+        out["c5_pre"] = x
     out["c5"] = net.final_expand(x)
     return out
+
+
+def input_channels(final_expand: nn.Module) -> int:
+    """Input width of a final 1x1 expand block (a Sequential / Conv2dNormActivation starting with its conv)."""
+    return final_expand[0].in_channels
 
 
 class StagedSupernet(nn.Module):
@@ -64,5 +72,9 @@ class StagedSupernet(nn.Module):
                 block.set_active(arch[f"stage{s}.block{j}.kernel"], arch[f"stage{s}.block{j}.expand"])
         self._arch = arch
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return staged_forward(self, x)
+    def forward(self, x: torch.Tensor, pre_expand: bool = False) -> "OrderedDict[str, torch.Tensor]":
+        return staged_forward(self, x, pre_expand)
+
+    @property
+    def pre_expand_channels(self) -> int:
+        return input_channels(self.final_expand)

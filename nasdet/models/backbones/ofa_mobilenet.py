@@ -31,7 +31,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ...space import SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticSE, he_fout_init, make_divisible
-from ...space.supernet import STAGE_LEVEL, StagedSupernet, staged_forward  # noqa: F401 (STAGE_LEVEL re-exported)
+from ...space.supernet import STAGE_LEVEL, StagedSupernet, input_channels, staged_forward  # noqa: F401 (re-exported)
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)  # first conv, first block, 5 stages, final expand, feature mix
 STRIDES = (1, 2, 2, 2, 1, 2)  # first block, stages 1..5
@@ -84,8 +84,12 @@ class MobileNetV3Backbone(nn.Module):
         self.final_expand = final_expand
         self.out_channels = dict(out_channels)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return staged_forward(self, x)
+    def forward(self, x: torch.Tensor, pre_expand: bool = False) -> "OrderedDict[str, torch.Tensor]":
+        return staged_forward(self, x, pre_expand)
+
+    @property
+    def pre_expand_channels(self) -> int:
+        return input_channels(self.final_expand)
 
 
 class ImageNetForm(nn.Module):
