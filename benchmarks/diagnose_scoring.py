@@ -22,9 +22,9 @@ from rich.table import Table
 
 from nasdet.config import load_config
 from nasdet.experiment import build_datasets, work_dir_of
-from nasdet.search.diagnose import DIAGNOSE
+from nasdet.workdir import DIAGNOSE
 from nasdet.search.rank import rank_agreement
-from nasdet.search.run import load_trained_supernet
+from nasdet.search.scorers import load_trained_supernet
 from nasdet.search.scoring import score_arch
 
 

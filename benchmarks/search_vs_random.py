@@ -32,8 +32,9 @@ from nasdet.config import load_config  # noqa: E402
 from nasdet.experiment import build_datasets, work_dir_of  # noqa: E402
 from nasdet.search.budget import Budget, CostModel, restrict_resolution  # noqa: E402
 from nasdet.files import write_json_atomic  # noqa: E402
-from nasdet.search.diagnose import arch_id, train_standalone  # noqa: E402
-from nasdet.search.run import load_trained_supernet  # noqa: E402
+from nasdet.search.diagnose import arch_id  # noqa: E402
+from nasdet.stages.diagnose import train_standalone  # noqa: E402
+from nasdet.search.scorers import load_trained_supernet  # noqa: E402
 from nasdet.search.strategies import OBJECTIVE, make_strategy  # noqa: E402
 from nasdet.search.study import best_record, open_storage, open_study, run_study, study_records  # noqa: E402
 

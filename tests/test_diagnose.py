@@ -92,7 +92,7 @@ def test_proxy_scores_change_with_the_arch_and_repeat(tiny_config):
 
 
 def test_a_proxy_drives_the_search_without_a_supernet(tiny_config):
-    from nasdet.search.run import run_search
+    from nasdet.stages.search import run_search
 
     cfg = _tiny_diagnose_cfg(tiny_config, search={"strategy": "random", "num_candidates": 3, "scorer": "mae_det",
                                                   "budget": {"metric": "macs", "max": 1e12}})
@@ -109,7 +109,7 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 from rich.console import Console
 from nasdet.config import load_config
-from nasdet.search import diagnose
+from nasdet.stages import diagnose
 calls = []
 real = diagnose.diagnose_arch
 def dying(*a, **k):
@@ -123,7 +123,7 @@ diagnose.run_diagnose(load_config({cfg!r}), console=Console(quiet=True))
 
 
 def test_diagnose_resumes_after_a_kill_and_writes_outputs(tiny_config, tmp_path, monkeypatch):
-    from nasdet.search import diagnose
+    from nasdet.stages import diagnose
 
     cfg = _tiny_diagnose_cfg(tiny_config, init=["scratch", "supernet"], proxies=["synflow"])
     fake_pretrain(cfg)

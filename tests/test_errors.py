@@ -66,11 +66,11 @@ def test_cli_prints_errors_as_plain_text(shapes_dir, tmp_path):
 
 def test_cli_shows_a_traceback_for_a_bug(monkeypatch, tmp_path, shapes_dir):
     """A bug (here a KeyError inside a stage) is not dressed up as a user error."""
-    import nasdet.experiment
+    import nasdet.stages.baseline
 
     def broken(*a, **k):
         raise KeyError("internal")
 
-    monkeypatch.setattr(nasdet.experiment, "run_train", broken)
+    monkeypatch.setattr(nasdet.stages.baseline, "run_baseline", broken)
     code, out, exc = cli("train", write_cfg(tmp_path / "ok.yaml", tiny_raw(shapes_dir, tmp_path / "wd")))
     assert isinstance(exc, KeyError) and code == 1

@@ -1,0 +1,81 @@
+"""What scoring candidates needs, for the search stage and ``nasdet diagnose``: the trained supernet of a
+work dir with the scorer ``nasdet search`` uses, or (``search.scorer: <proxy>``) the untrained supernet
+with a zero-cost proxy as the scorer."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import ExperimentConfig
+from ..data.build import build_datasets
+from ..models.supernet import build_supernet
+from ..space import SearchSpace
+from ..threads import set_torch_threads
+from ..train.checkpoint import load_checkpoint, load_model_weights
+from ..workdir import WorkDir
+from .scoring import cached_scorer, score_arch
+
+
+@dataclasses.dataclass
+class TrainedSupernet:
+    """What scoring candidates needs: the supernet with its trained weights, its space, the search split,
+    the BN calibration set (the supernet's training split, no augmentation), the device, and ``scorer``
+    (``arch -> metrics``, exactly as ``nasdet search`` scores: BN recalibrated, COCO metrics, cached)."""
+
+    model: Any
+    space: SearchSpace
+    search_set: Any
+    calib_set: Any
+    device: Any
+    scorer: Callable[[Mapping], dict]
+
+
+def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir | None = None) -> TrainedSupernet:
+    """The trained supernet of ``work_dir/supernet`` (refused if written for another space) and its scorer."""
+    import torch
+
+    from ..train.loop import resolve_device
+
+    s = cfg.search
+    w = work_dir if isinstance(work_dir, WorkDir) else WorkDir.of(cfg, work_dir)
+    ckpt = w.supernet.require_checkpoint()
+    torch.manual_seed(cfg.seed)
+    set_torch_threads(cfg.train.threads)
+    data = build_datasets(cfg, need=("search",))
+    search_set = data["search"]
+    if len(search_set) == 0:
+        raise ValueError("the search split is empty: set data.search_fraction > 0 (and pretrain with it)")
+    if s.max_images:
+        search_set = search_set.subset(range(min(s.max_images, len(search_set))))
+    calib_set = data["supernet_train"].with_transforms(None)
+    model, space = build_supernet(cfg, search_set.num_classes)
+    state = load_checkpoint(ckpt, space_id=space.space_id)
+    load_model_weights(model, state, source=str(ckpt))
+    device = resolve_device(cfg.train.device)
+    model.to(device).eval()
+    scorer = cached_scorer(functools.partial(
+        score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
+        recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
+    return TrainedSupernet(model, space, search_set, calib_set, device, scorer)
+
+
+def proxy_scorer_context(cfg: ExperimentConfig) -> TrainedSupernet:
+    """For ``search.scorer: <proxy>``: the config's supernet, untrained (only its subnets' shapes and
+    costs are used; each candidate is scored at its own scratch init), and ``scorer`` = ``{proxy: score}``."""
+    import torch
+
+    from .proxies import proxy_batch, proxy_score
+
+    name = cfg.search.scorer
+    torch.manual_seed(cfg.seed)
+    set_torch_threads(cfg.train.threads)
+    data = build_datasets(cfg, need=("search",))
+    model, space = build_supernet(cfg, data["search"].num_classes)
+    model.eval()
+    batch = proxy_batch(data["supernet_train"].with_transforms(None), cfg.diagnose.proxy_batch_size, cfg.seed) \
+        if name == "grad_norm" else ([], [])
+    scorer = cached_scorer(lambda arch: {name: proxy_score(name, model, space, arch, batch[0], batch[1], seed=cfg.seed)})
+    return TrainedSupernet(model, space, data["search"], None, torch.device("cpu"), scorer)

@@ -1,0 +1,160 @@
+"""The diagnose stage (``nasdet diagnose``): does the search's ranking of archs hold when they are trained alone?
+
+K archs spread over the space's cost range (``search.diagnose.stratified_archs``: smallest and largest
+always, the rest the seeded uniform draws nearest to evenly spaced MACs) are each
+
+1. scored with the trained supernet exactly as ``nasdet search`` scores them (``search.scorers.load_trained_supernet``:
+   inherited weights, BN recalibrated, COCO metrics on the search split);
+2. scored by each zero-cost proxy (``search/proxies.py``) at the subnet's scratch init;
+3. trained alone with one short shared recipe (the top-level ``train`` section with ``diagnose.epochs``),
+   from scratch and/or from the supernet's weights (``diagnose.init``), and evaluated on val.
+
+Every ranker (the supernet score, MACs alone, params alone, each proxy) is then compared with the
+stand-alone AP: Kendall's tau and Spearman's rho with bootstrap 90 % intervals, top-k overlap.
+
+Work dir ``diagnose/``: ``archs.json`` (the plan), ``records/<id>.json`` (one finished arch each, written
+atomically: a kill loses at most the arch in progress, whose training also resumes from its checkpoint in
+``archs/<id>/<init>/``), ``claims/`` (which process holds which arch: several processes, ``--workers``,
+share the plan; a claim of a dead process of this host is taken over), and once every arch is done
+``results.csv``, ``summary.json``, ``rank.png``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from ..config import ExperimentConfig
+from ..data.build import build_datasets
+from ..errors import ConfigError
+from ..files import write_json_atomic
+from ..models.supernet import export_detector
+from ..search.budget import CostModel, restrict_resolution
+from ..search.diagnose import Claims, arch_id, ranker_table, stratified_archs, write_diagnose_outputs
+from ..search.proxies import proxy_batch, proxy_score, scratch_subnet
+from ..search.scorers import load_trained_supernet
+from ..search.study import worker_id
+from ..train.bn import recalibrate_static
+from ..train.trained import TuneTrainer
+from ..workdir import DIAGNOSE, METRICS_FILE, StageDir, WorkDir, checkpoint_in
+
+
+def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: Mapping[str, Any], init: str,
+                     out_dir: Path, console: Console) -> dict:
+    """``arch`` trained alone with the diagnose recipe (resuming from ``out_dir/ckpt/last.pt``): from its
+    scratch init or from the supernet's weights (BN recalibrated first, as ``nasdet tune``); val metrics."""
+    d = cfg.diagnose
+    recipe = cfg.train.model_copy(update={"epochs": d.epochs, "max_steps": d.max_steps})
+    tcfg = cfg.model_copy(update={"train": recipe})
+    if init == "scratch":
+        model = scratch_subnet(ctx.model, ctx.space, arch, cfg.seed)
+    else:
+        model = export_detector(ctx.model, arch, ctx.space)
+        if cfg.tune.recalib_batches and not checkpoint_in(out_dir).is_file():
+            recalibrate_static(model.to(ctx.device), data["train"].with_transforms(None), ctx.device,
+                               cfg.tune.recalib_batches, cfg.eval.batch_size, cfg.data.num_workers, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    trainer = TuneTrainer(tcfg, model, data["train"], data["val"], out_dir, console=console, arch=arch)
+    trainer.start_note = "from scratch" if init == "scratch" else "from the supernet's weights"
+    trainer.prepare()
+    done = StageDir(out_dir, DIAGNOSE).completed(trainer.final_step)
+    if done is not None:
+        return done["metrics"]
+    metrics = trainer.run()
+    write_json_atomic(out_dir / METRICS_FILE, {"metrics": metrics, "step": trainer.step, "arch": dict(arch), "init": init})
+    return metrics
+
+
+def diagnose_arch(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], cost_fn, batch, arch: Mapping[str, Any],
+                  out_dir: Path, console: Console) -> dict:
+    """Every score of one arch: costs, the supernet's, each proxy's, and the stand-alone val metrics."""
+    d = cfg.diagnose
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    costs = cost_fn(arch)
+    supernet = ctx.scorer(arch)
+    seconds["supernet"] = time.perf_counter() - t
+    proxies = {}
+    for name in d.proxies:
+        t = time.perf_counter()
+        proxies[name] = proxy_score(name, ctx.model, ctx.space, arch, batch[0], batch[1], seed=d.seed)
+        seconds[name] = time.perf_counter() - t
+    standalone = {}
+    for init in d.init:
+        t = time.perf_counter()
+        standalone[init] = train_standalone(cfg, ctx, data, arch, init, out_dir / "archs" / arch_id(arch) / init,
+                                            console)
+        seconds[f"train_{init}"] = time.perf_counter() - t
+    return {"arch_id": arch_id(arch), "arch": dict(arch), "costs": costs, "supernet": supernet, "proxies": proxies,
+            "standalone": standalone, "seconds": seconds, "worker": worker_id()}
+
+
+def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: Path) -> dict:
+    """``out/archs.json``: the stratified archs of the config (computed once; a plan for other settings is
+    refused once archs of it are done)."""
+    d = cfg.diagnose
+    plan_path = out / "archs.json"
+    plan_key = {"space_id": ctx.space.space_id, "archs": d.archs, "pool": d.pool, "seed": d.seed}
+    plan = json.loads(plan_path.read_text()) if plan_path.is_file() else None
+    if plan is None or plan.get("key") != plan_key:
+        if plan is not None and any((out / "records").glob("*.json")):
+            raise ConfigError(f"{plan_path} was planned with {plan.get('key')}, the config now asks for {plan_key}: "
+                             f"use another --work-dir or delete {out}")
+        space = restrict_resolution(ctx.space, cfg.model.input_size, cfg.search.resolution_tolerance)
+        plan = {"key": plan_key, "archs": stratified_archs(space, lambda a: cost_fn(a)["macs"], d.archs, d.pool, d.seed)}
+        write_json_atomic(plan_path, plan)
+    return plan
+
+
+def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
+                 worker: int = 0, plan_only: bool = False) -> dict:
+    """Score, proxy and train the plan's archs not yet done (shared with other processes through claims);
+    when all are done, write ``results.csv``, ``summary.json``, ``rank.png``. Returns the summary (or
+    ``{"pending": [...]}`` while other processes still hold archs). ``plan_only``: write ``archs.json`` and
+    return the plan (before starting workers, so that they do not each compute it)."""
+    console = console or Console()
+    d = cfg.diagnose
+    w = WorkDir.of(cfg, work_dir)
+    out = w.diagnose.root
+    t_start = time.perf_counter()
+    ctx = load_trained_supernet(cfg, w)
+    cost_fn = CostModel(ctx.model, ctx.space, ("macs", "params"))
+    plan = plan_archs(cfg, ctx, cost_fn, out)
+    if plan_only:
+        return plan
+    archs = [ctx.space.validate(a) for a in plan["archs"]]
+    data = build_datasets(cfg, need=("train", "val"))
+    batch = proxy_batch(data["supernet_train"].with_transforms(None), d.proxy_batch_size, d.seed) \
+        if "grad_norm" in d.proxies else ([], [])
+    claims = Claims(out / "claims")
+    done_here = 0
+    for i, arch in enumerate(archs):
+        name = arch_id(arch)
+        record_path = out / "records" / f"{name}.json"
+        if record_path.is_file() or not claims.take(name):
+            continue
+        try:
+            if record_path.is_file():  # finished by another process between the check and the claim
+                continue
+            console.print(f"diagnose: arch {i + 1}/{len(archs)} ({name}, {cost_fn(arch)['macs'] / 1e6:.1f} M MACs)")
+            record = diagnose_arch(cfg, ctx, data, cost_fn, batch, arch, out, console)
+            record["index"] = i
+            write_json_atomic(record_path, record)
+            done_here += 1
+        finally:
+            claims.release(name)
+    records = [json.loads(p.read_text()) for a in archs if (p := out / "records" / f"{arch_id(a)}.json").is_file()]
+    if len(records) < len(archs):
+        pending = [arch_id(a) for a in archs if not (out / "records" / f"{arch_id(a)}.json").is_file()]
+        console.print(f"diagnose: {len(records)}/{len(archs)} archs done; {len(pending)} held by other processes")
+        return {"pending": pending}
+    summary = write_diagnose_outputs(records, cfg, out)
+    summary["seconds_this_process"] = time.perf_counter() - t_start
+    summary["archs_this_process"] = done_here
+    console.print(ranker_table(summary))
+    return summary

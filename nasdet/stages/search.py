@@ -1,0 +1,174 @@
+"""The search stage (``nasdet search``): from a trained supernet to ``search/`` outputs.
+
+Reads ``work_dir/supernet/ckpt/last.pt`` (refused if written for another search space), scores
+candidates on the held-out search split (BN recalibrated on the supernet's training split, no
+augmentation) under ``cfg.search``, and writes ``work_dir/search/``: ``study.journal`` (the Optuna
+study, the persistent record), ``results.csv``, ``best_arch.json``, ``pareto.json``, ``pareto.png``.
+Rerunning continues the same study; several processes on one storage share the work.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+from ..config import ExperimentConfig, save_config
+from ..progress import progress_bar
+from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
+from ..search.latency import latency_function
+from ..search.outputs import top_table, write_search_outputs
+from ..search.scorers import load_trained_supernet, proxy_scorer_context
+from ..search.scoring import cached_scorer, score_arch
+from ..search.strategies import OBJECTIVE, make_strategy
+from ..search.study import open_storage, open_study, run_study, study_records
+from ..space import SearchSpace
+from ..train.trained import load_trained_model
+from ..workdir import BEST_ARCH, LATENCY_LUT, WorkDir
+
+
+def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storage: str | None = None,
+               console: Console | None = None, worker: int = 0) -> dict:
+    """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
+    counts, output paths). ``storage`` (URL or journal path) overrides ``cfg.search.storage``; ``worker``
+    (0, 1, ...) decorrelates the proposals of processes sharing one study. With ``search.scorer`` a zero-cost
+    proxy, candidates are ranked by it at their scratch init and no supernet checkpoint is needed."""
+    if cfg.search.strategy == "gradient" and worker > 0:
+        from ..errors import ConfigError
+
+        raise ConfigError("search.strategy gradient runs in one process (one set of architecture probabilities): "
+                          "drop --worker / --workers")
+    if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
+        from ..search.darts import run_darts_search
+
+        return run_darts_search(cfg, work_dir=work_dir, console=console)
+    console = console or Console()
+    s = cfg.search
+    w = WorkDir.of(cfg, work_dir)
+    wd, out_dir = w.root, w.search.root
+    ctx = load_trained_supernet(cfg, w) if s.scorer == "supernet" else proxy_scorer_context(cfg)
+    model, space, search_set, device = ctx.model, ctx.space, ctx.search_set, ctx.device
+    objective = OBJECTIVE if s.scorer == "supernet" else s.scorer
+
+    search_space = restrict_resolution(space, cfg.model.input_size, s.resolution_tolerance)
+    budget = Budget(s.budget.metric, s.budget.max) if s.budget else None
+    cost_metric = budget.metric if budget else s.cost_metric
+    measure = ("macs", "params") + (("latency",) if cost_metric == "latency" else ())
+    c = cfg.cost
+    latency_fn = latency_function(c.latency, model, space, device=c.device, warmup=c.warmup, runs=c.runs,
+                                  threads=c.threads, lut_path=c.lut or out_dir / LATENCY_LUT)
+    cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
+    check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
+    if s.strategy == "gradient":
+        return _run_gradient(cfg, wd, model, space, search_space, search_set, ctx.calib_set, device, budget, cost_fn,
+                             measure, storage, console)
+
+    scorer = ctx.scorer
+    strategy = make_strategy(s.strategy, search_space, cost_fn, budget, seed=s.seed, worker=worker,
+                             population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
+                             mutation=s.mutation, crossover=s.crossover)
+    study_name = s.study_name or f"{cfg.name}-{s.strategy}" + ("" if s.scorer == "supernet" else f"-{s.scorer}")
+    study = open_study(open_storage(storage or s.storage, out_dir, heartbeat=s.heartbeat_seconds), study_name, strategy)
+    save_config(cfg, w.config)
+    extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
+
+    already = len(study_records(study, search_space, objective))
+    best = [max((r["metrics"][objective] for r in study_records(study, search_space, objective)), default=float("nan"))]
+    with progress_bar(console, TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), label="search candidates", every=max(1, s.num_candidates // 100)) as progress:
+        task = progress.add_task(f"best {objective} {best[0]:.4f}", total=s.num_candidates, completed=min(already, s.num_candidates))
+
+        def on_trial(rec):
+            best[0] = max(best[0], rec["metrics"][objective]) if best[0] == best[0] else rec["metrics"][objective]
+            progress.update(task, advance=1, description=f"best {objective} {best[0]:.4f}")
+
+        counts = run_study(study, search_space, strategy, scorer, cost_fn, budget, s.num_candidates,
+                           cost_metric=cost_metric, seeds=list(extremes.values()) if s.include_extremes else (),
+                           on_trial=on_trial, objective=objective)
+    records = study_records(study, search_space, objective)
+    extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
+    # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
+    baseline = score_baseline(cfg, wd, search_set, device, measure) if objective == OBJECTIVE else None
+    summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline, objective)
+    summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
+    console.print(top_table(records, cost_metric, s.top_k, f"search ({s.strategy}): top {s.top_k} of {len(records)} "
+                            + (f"candidates on {len(search_set)} search images" if objective == OBJECTIVE
+                               else f"candidates by the zero-cost proxy {objective}"), objective))
+    if summary["best"] is None:
+        console.print("[yellow]no scored candidate is under the budget: best_arch.json not written[/]")
+    else:
+        console.print(f"best under budget: trial {summary['best']['trial']}, {objective} "
+                      f"{summary['best']['metrics'][objective]:.4f} -> {out_dir / BEST_ARCH}")
+    return summary
+
+
+def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, search_space: SearchSpace, search_set,
+                  calib_set, device, budget: Budget, cost_fn, measure: tuple[str, ...], storage: str | None,
+                  console: Console) -> dict:
+    """``search.strategy: gradient`` (ENOT's search, ``search/gradient.py``), then the common outputs."""
+    import torch
+
+    from ..data.dataset import collate_detection
+    from ..errors import ConfigError
+    from ..train.loop import EpochSampler
+    from ..search.gradient import GradientSearch, search_resolutions, write_searched_arch
+    from ..search.strategies import Strategy
+    from ..search.study import worker_id
+
+    s, gc = cfg.search, cfg.search.gradient
+    out_dir = WorkDir(wd).search.root
+    sampler = EpochSampler(len(search_set), s.seed)
+
+    if gc.batch_size > len(search_set):
+        raise ConfigError(f"search.gradient.batch_size {gc.batch_size} is larger than the search split "
+                         f"({len(search_set)} images)")
+
+    def loss_batches(epoch: int):  # full batches only: BN in train mode needs more than one value per channel
+        sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(search_set, batch_size=gc.batch_size, sampler=sampler, drop_last=True,
+                                           num_workers=cfg.data.num_workers, collate_fn=collate_detection)
+
+    scorer = cached_scorer(functools.partial(
+        score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
+        recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
+    study_name = s.study_name or f"{cfg.name}-gradient"
+    study = open_study(open_storage(storage or s.storage, out_dir), study_name, Strategy(search_space, cost_fn, budget))
+    save_config(cfg, WorkDir(wd).config)
+    search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
+                            seed=s.seed, console=console, worker=worker_id())
+    search.run(search_resolutions(search_space, cfg.model.input_size, gc.search_resolution), gc)
+    records = study_records(study, search_space)
+    extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
+    extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
+    baseline = score_baseline(cfg, wd, search_set, device, measure)
+    summary = write_search_outputs(records, space, out_dir, budget.metric, budget, extreme_costs, baseline)
+    summary.update(study_name=study_name, strategy="gradient")
+    if summary["best"] is not None:
+        write_searched_arch(model, space, summary["best"]["arch"], out_dir)
+    console.print(top_table(records, budget.metric, s.top_k, f"search (gradient): {len(records)} derived arch(s) on "
+                                                             f"{len(search_set)} search images"))
+    return summary
+
+
+def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure: tuple[str, ...]) -> dict | None:
+    """The trained baseline (``baseline/ckpt/last.pt``, if any) on the search split, with its costs, for
+    the Pareto plot. It was trained on all of train, search split included, so its AP there is optimistic."""
+    from ..models.cost import detector_macs, detector_params, measure_latency
+    from ..search.latency import measure_latency_onnx_e2e
+    from ..train.evaluate import evaluate_detector
+
+    ckpt = WorkDir(wd).baseline.checkpoint
+    if not ckpt.is_file():
+        return None
+    model = load_trained_model(cfg, ckpt, search_set.num_classes).to(device).eval()
+    costs = {"macs": detector_macs(model)["total"], "params": detector_params(model)["total"]}
+    if "latency" in measure:
+        c = cfg.cost
+        if c.latency == "onnxruntime":
+            costs["latency"] = measure_latency_onnx_e2e(model, c.warmup, c.runs, c.threads)["median_ms"]
+        else:  # the baseline is not a subnet of the space: the table cannot predict it, so it is timed
+            costs["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs,
+                                               threads=c.threads)["median_ms"]
+    metrics = evaluate_detector(model, search_set, device, cfg.search.batch_size, cfg.data.num_workers)
+    return {"checkpoint": str(ckpt), "costs": costs, "metrics": dict(metrics or {})}
