@@ -45,6 +45,8 @@ def _user_errors(fn):
 
 def _fail(e: BaseException, label: str, exit_code: int, message: Optional[str] = None) -> None:
     if os.environ.get("NASDET_DEBUG"):
+        if getattr(e, "worker_traceback", None):
+            print(e.worker_traceback, file=sys.stderr)
         raise e
     print_error(message if message is not None else str(e), label)
     raise typer.Exit(exit_code)
@@ -197,7 +199,8 @@ def _launch_search_workers(config: Path, work_dir: Optional[Path], overrides: Li
 @_user_errors
 def eval_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
              ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: baseline/ckpt/last.pt).")):
-    """COCO metrics (AP, AP50, AP75, APs, APm, APl) on the val set; writes metrics.json."""
+    """COCO metrics (AP, AP50, AP75, APs, APm, APl) on the val set; writes baseline/metrics.json, or
+    eval/<stage>_<name>_metrics.json for a --ckpt (a stage's own record is never overwritten)."""
     from .experiment import run_eval
 
     run_eval(_load(config, set_), work_dir, ckpt, console=console)

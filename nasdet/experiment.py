@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import ExperimentConfig, save_config
@@ -146,7 +147,7 @@ def run_train(cfg: ExperimentConfig, work_dir: str | Path | None = None, stage: 
     done = _completed(out_dir, trainer, cfg)
     if done is not None:
         if dist.is_main():
-            console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to train again")
+            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to train again")
             console.print(metrics_table(done["metrics"], f"{stage}: val mAP"))
         return done["metrics"]
     metrics = trainer.run()
@@ -208,7 +209,7 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     done = _completed(out_dir, trainer, cfg)
     if done is not None:
         if dist.is_main():
-            console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to train again")
+            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to train again")
             console.print(subnets_table(done["subnets"], "supernet: subnets on val"))
         return done["subnets"]
     results = trainer.run()
@@ -248,9 +249,10 @@ def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage
 
 def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
              console: Console | None = None) -> dict:
-    """COCO metrics of a checkpoint on the val set; writes ``metrics.json`` beside the checkpoint's stage."""
+    """COCO metrics of a checkpoint on the val set, written where ``eval_record_path`` says."""
     console = console or Console()
-    ckpt = Path(ckpt) if ckpt else default_checkpoint(cfg, work_dir)
+    given = ckpt is not None
+    ckpt = Path(ckpt) if given else default_checkpoint(cfg, work_dir)
     val = build_datasets(cfg, need=("val",))["val"]
     model = load_trained_model(cfg, ckpt, val.num_classes)
     device = resolve_device(cfg.train.device)
@@ -260,12 +262,22 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
     if metrics is None:
         return {}
-    stage_dir = ckpt.parent.parent if ckpt.parent.name == "ckpt" else work_dir_of(cfg, work_dir) / "eval"
-    write_json(stage_dir / "metrics.json", {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source,
-                                            "val_images": len(val),
-                                            "step": load_checkpoint(ckpt).get("step")})
+    out = eval_record_path(cfg, work_dir, ckpt, given)
+    write_json(out, {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source, "val_images": len(val),
+                     "step": load_checkpoint(ckpt).get("step")})
     console.print(metrics_table(metrics, f"val mAP of {ckpt} ({len(val)} images)"))
+    console.print(f"metrics -> {escape(str(out))}")
     return metrics
+
+
+def eval_record_path(cfg: ExperimentConfig, work_dir: str | Path | None, ckpt: Path, given: bool) -> Path:
+    """Where ``nasdet eval`` writes: the baseline's own ``metrics.json`` when it re-evaluates the baseline
+    by default; for a checkpoint given with --ckpt, ``eval/<stage>_<name>_metrics.json``, never a stage's
+    own record (the report reads the baseline's; pretrain reads the supernet's)."""
+    if not given:
+        return ckpt.parent.parent / "metrics.json"
+    name = f"{ckpt.parent.parent.name}_{ckpt.stem}" if ckpt.parent.name == "ckpt" else ckpt.stem
+    return work_dir_of(cfg, work_dir) / "eval" / f"{name}_metrics.json"
 
 
 def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,

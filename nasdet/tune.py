@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import yaml
 from rich.console import Console
+from rich.markup import escape
 from torch import nn
 
-from .config import ExperimentConfig, save_config
+from .config import ExperimentConfig, load_yaml, save_config
 from .experiment import (BASELINE, SUPERNET, _completed, build_datasets, build_supernet, load_trained_model,
                          metrics_table, run_train, with_train_recipe, work_dir_of, write_json)
 from .models.supernet import BACKBONE_PREFIX, INPUT_SIZE, export_detector
@@ -72,8 +72,8 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
         text = path.read_text()
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
-            data = yaml.safe_load(text)
+        except json.JSONDecodeError:  # YAML is a superset of JSON: a truncated JSON file is reported from here
+            data = load_yaml(text, f"tune.arch file {path}")
         if isinstance(data, dict) and "space_id" in data:
             return load_arch(path, space), str(path)  # written by nasdet: the space must match
         if isinstance(data, dict) and isinstance(data.get("arch"), dict):
@@ -205,7 +205,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     done = _completed(out_dir, trainer, tcfg)
     if done is not None:
         if dist.is_main():
-            console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to tune again")
+            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to tune again")
             console.print(metrics_table(done["metrics"], "tune: val mAP"))
         return done
     metrics = trainer.run()

@@ -17,15 +17,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..config import ExperimentConfig, save_config
 from ..space import SearchSpace, save_arch
-from ..train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_weights, planned_steps
 from .latency import latency_function
 from .budget import COST_UNITS, Budget, CostModel, check_budget_feasible, restrict_resolution
 from .scoring import cached_scorer, score_arch
 from .strategies import OBJECTIVE, make_strategy
-from .study import best_record, open_storage, open_study, pareto_front, run_study, study_records
+from .study import (STUDY_FILE, apply_budget, best_record, check_storage_url, check_supernet_fingerprint, open_storage,
+                    open_study, pareto_front, run_study, study_records)
 
 SEARCH = "search"
 METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -50,6 +52,8 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     wd = work_dir_of(cfg, work_dir)
     out_dir = wd / SEARCH
     ckpt = wd / "supernet" / "ckpt" / "last.pt"
+    if "://" in str(storage or s.storage or ""):
+        check_storage_url(str(storage or s.storage))  # a bad URL fails now, not after the supernet is loaded
     if not ckpt.is_file():
         raise CheckpointError(f"no supernet checkpoint at {ckpt}: run `nasdet pretrain` first")
     torch.manual_seed(cfg.seed)
@@ -65,6 +69,11 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     model, space = build_supernet(cfg, search_set.num_classes)
     state = load_checkpoint(ckpt, space_id=space.space_id)
     load_model_weights(model, state, source=str(ckpt))
+    planned = planned_steps(state)
+    if planned is not None and state.get("step", 0) < planned:
+        console.print(Text(f"warning: the supernet {ckpt} stopped at step {state.get('step')} of {planned}: its "
+                           "pretraining did not finish, so its scores rank archs less reliably; rerun `nasdet "
+                           "pretrain` to finish it", style="yellow"), soft_wrap=True)
     device = resolve_device(cfg.train.device)
     model.to(device).eval()
 
@@ -86,11 +95,14 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                              mutation=s.mutation, crossover=s.crossover)
     study_name = s.study_name or f"{cfg.name}-{s.strategy}"
     study = open_study(open_storage(storage or s.storage, out_dir), study_name, strategy)
+    check_supernet_fingerprint(study, {"path": str(ckpt), "sha256": file_sha256(ckpt), "step": state.get("step")},
+                               f"search study {study_name!r} ({storage or s.storage or out_dir / STUDY_FILE})")
     save_config(cfg, wd / "config.yaml")
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
 
-    already = len(study_records(study, search_space))
-    best = [max((r["metrics"][OBJECTIVE] for r in study_records(study, search_space)), default=float("nan"))]
+    scored = study_records(study, search_space)
+    already = len(scored)
+    best = [max((r["metrics"][OBJECTIVE] for r in scored), default=float("nan"))]
     with Progress(TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         task = progress.add_task(f"best AP {best[0]:.4f}", total=s.num_candidates, completed=min(already, s.num_candidates))
@@ -102,7 +114,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         counts = run_study(study, search_space, strategy, scorer, cost_fn, budget, s.num_candidates,
                            cost_metric=cost_metric, seeds=list(extremes.values()) if s.include_extremes else (),
                            on_trial=on_trial)
-    records = study_records(study, search_space)
+    records = apply_budget(study_records(study, search_space), budget, cost_fn)
     extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
     baseline = score_baseline(cfg, wd, search_set, device, measure)
     summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline)

@@ -70,8 +70,8 @@ class ResNetBackbone(nn.Module):
 
     @staticmethod
     def _width(layer: nn.Sequential) -> int:
-        last = layer[-1]
-        return (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
+        last = layer[-1]  # conv, not BN: FrozenBatchNorm2d (norm: frozen_bn) has no num_features
+        return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
 
     def forward(self, x):
         x = self.stem(x)
