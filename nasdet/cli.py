@@ -13,7 +13,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .config import load_config
-from .errors import NasdetError
+from .errors import ConfigError, NasdetError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Neural architecture search for object detectors.")
@@ -37,8 +37,6 @@ def _user_errors(fn):
             _fail(e, e.label, e.exit_code)
         except OSError as e:  # a file or folder that cannot be read or written: the user's environment
             _fail(e, "error", 2, describe_os_error(e))
-        except ValueError as e:  # the remaining checks of user input (pydantic-style validators)
-            _fail(e, "error", 2)
 
     return wrapper
 
@@ -60,7 +58,7 @@ def print_error(message: str, label: str = "error") -> None:
 
 
 def describe_os_error(e: OSError) -> str:
-    """``cannot write /a/b: permission denied`` rather than ``[Errno 13] Permission denied: '/a/b'``."""
+    """``/a/b: permission denied (check ...)`` rather than ``[Errno 13] Permission denied: '/a/b'``."""
     what = e.strerror or type(e).__name__
     if e.filename is None:
         return str(e) or what
@@ -110,7 +108,7 @@ def data_stats_cmd(config: Path, set_: Optional[List[str]] = SetOpt,
     cfg = _load(config, set_)
     for name in (("train", "val") if split == "all" else (split,)):
         if name not in ("train", "val"):
-            raise ValueError(f"--split must be train, val or all, got {split!r}")
+            raise ConfigError(f"--split must be train, val or all, got {split!r}")
         ds = load_split(cfg, name)
         for table in stats_tables(dataset_stats(ds), f"{name}: {ds.source}"):
             console.print(table)

@@ -19,6 +19,7 @@ from .data.dataset import DetectionDataset
 from .data.split import split_train_search
 from .data.transforms import build_train_transforms
 from .data.voc import VOC_CLASSES, load_voc
+from .errors import DataError
 from .metrics import COCO_METRIC_NAMES
 from .models import build_detector, get_input_size
 from .search.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
@@ -72,7 +73,7 @@ def build_datasets(cfg: ExperimentConfig, need: tuple[str, ...] = ("train", "val
     if "val" in need:
         out["val"] = load_split(cfg, "val")
         if "train" in out and out["val"].classes != out["train"].classes:
-            raise ValueError(
+            raise DataError(
                 f"train ({out['train'].source}) and val ({out['val'].source}) have different classes: "
                 f"{out['train'].classes} vs {out['val'].classes}"
             )

@@ -358,7 +358,8 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     name = f"{source}{'_raw' if raw else ''}.onnx"
     path = out_dir / name
     # written under another name and renamed only once checked: a file named tune.onnx is always verified
-    unverified = export_onnx(model, out_dir / f".{name}.unverified", raw=raw, opset=cfg.export.opset)
+    unverified = export_onnx(model, out_dir / f".{path.stem}.unverified.onnx", raw=raw, opset=cfg.export.opset)
+    written = {unverified: path, unverified.with_suffix(".anchors.npy"): path.with_suffix(".anchors.npy")}  # raw
     e = cfg.export
     images = [val[i][0] for i in range(min(e.check_images, len(val)))]
     try:
@@ -367,13 +368,16 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
             with tempfile.TemporaryDirectory() as tmp:
                 raw_path = export_onnx(model, Path(tmp) / "raw.onnx", raw=True, opset=e.opset)
                 parity["raw"] = check_parity(model, raw_path, images, True, e.box_atol, e.score_atol, e.raw_atol)
-    except ExportParityError as err:
-        unverified.unlink(missing_ok=True)
-        raise ExportParityError(f"{path} not written: the exported graph fails the check against torch ({err})") from None
-    except BaseException:
-        unverified.unlink(missing_ok=True)
+    except BaseException as err:
+        for tmp_file in written:
+            tmp_file.unlink(missing_ok=True)
+        if isinstance(err, ExportParityError):
+            raise ExportParityError(f"{path} not written: the exported graph fails the check against torch "
+                                    f"({err})") from None
         raise
-    os.replace(unverified, path)
+    for tmp_file, final in written.items():
+        if tmp_file.exists():
+            os.replace(tmp_file, final)
     c = cfg.cost
     measured = {"macs": detector_macs(model)["total"], "params": detector_params(model)["total"]}
     lat_torch = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)

@@ -65,15 +65,16 @@ def test_cli_prints_errors_as_plain_text(shapes_dir, tmp_path):
 
 
 def test_cli_shows_a_traceback_for_a_bug(monkeypatch, tmp_path, shapes_dir):
-    """A bug (here a KeyError inside a stage) is not dressed up as a user error."""
+    """A bug (here a ValueError or KeyError deep inside a stage) is not dressed up as a user error."""
     import nasdet.experiment
 
-    def broken(*a, **k):
-        raise KeyError("internal")
+    for bug in (ValueError("expected more than 1 value per channel"), KeyError("internal")):
+        def broken(*a, **k):
+            raise bug
 
-    monkeypatch.setattr(nasdet.experiment, "run_train", broken)
-    code, out, exc = cli("train", write_cfg(tmp_path / "ok.yaml", tiny_raw(shapes_dir, tmp_path / "wd")))
-    assert isinstance(exc, KeyError) and code == 1
+        monkeypatch.setattr(nasdet.experiment, "run_train", broken)
+        code, out, exc = cli("train", write_cfg(tmp_path / "ok.yaml", tiny_raw(shapes_dir, tmp_path / "wd")))
+        assert exc is bug and code == 1 and "error:" not in out
 
 
 # ------------------------------------------------------------------- raw tracebacks -> one line

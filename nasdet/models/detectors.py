@@ -24,6 +24,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from ..errors import ConfigError
 from .backbones import build_backbone
 from .heads.fad import build_fad_head
 from .ssd_focal import FocalSSD
@@ -115,15 +116,15 @@ def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Modul
     """
     k = model_cfg.num_classes if model_cfg.num_classes is not None else num_classes
     if k is None:
-        raise ValueError("model.num_classes is not set and no data set gave it")
+        raise ConfigError("model.num_classes is not set and no data set gave it")
     if num_classes is not None and model_cfg.num_classes is not None and num_classes != model_cfg.num_classes:
-        raise ValueError(f"model.num_classes is {model_cfg.num_classes} but the data set has {num_classes} classes")
+        raise ConfigError(f"model.num_classes is {model_cfg.num_classes} but the data set has {num_classes} classes")
     body = backbone if backbone is not None else build_backbone(model_cfg.backbone)
     n = k + 1  # + background
     s = model_cfg.input_size
     det = model_cfg.detector
     if (fad_search or model_cfg.head.genotype is not None) and det not in ("fcos", "retinanet"):
-        raise ValueError(f"model.head.genotype / a FAD search needs model.detector fcos or retinanet, not {det!r}")
+        raise ConfigError(f"model.head.genotype / a FAD search needs model.detector fcos or retinanet, not {det!r}")
     common = dict(score_thresh=model_cfg.score_thresh, nms_thresh=model_cfg.nms_thresh,
                   detections_per_img=model_cfg.detections_per_img)
 
@@ -170,7 +171,7 @@ def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Modul
         )
         model.transform = _transform(s, size_divisible=32)
     else:
-        raise ValueError(f"model.detector {det!r} is not one of {DETECTORS}")
+        raise ConfigError(f"model.detector {det!r} is not one of {DETECTORS}")
     return model
 
 

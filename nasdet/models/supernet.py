@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..space import ArchError, SearchSpace, prefix_arch, strip_prefix
 from .detectors import get_input_size, set_input_size
 
@@ -24,7 +25,7 @@ def supernet_body(model: nn.Module) -> nn.Module:
     body = getattr(getattr(model, "backbone", None), "body", None)
     if body is None or not all(hasattr(body, a) for a in ("search_space", "set_arch", "export")):
         name = type(body).__name__ if body is not None else "none"
-        raise ValueError(
+        raise ConfigError(
             f"the detector's backbone ({name}) is not a supernet: set model.backbone.name to a searchable "
             "backbone (ofa_mbv3, mbv2_elastic, ...)"
         )

@@ -33,6 +33,7 @@ from ..config import ExperimentConfig, config_to_dict, save_config
 from ..data.dataset import collate_detection
 from ..data.split import split_train_search
 from ..data.transforms import targets_to, to_model_input
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models.heads.fad import ALPHA_COLUMNS, FADTowers, format_genotype, write_genotypes
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from ..train.loop import EpochSampler, TrainingDiverged, resolve_device
@@ -160,7 +161,7 @@ def _check_finite(loss: Tensor, which: str, losses: dict | None = None) -> None:
 def split_halves(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
     """(weight half, arch half) of ``range(n)``: disjoint, deterministic (``split_train_search`` at 0.5)."""
     if n < 2:
-        raise ValueError(f"a DARTS search needs at least 2 training images (one per half), got {n}")
+        raise DataError(f"a DARTS search needs at least 2 training images (one per half), got {n}")
     return split_train_search(n, 0.5, seed)
 
 
@@ -197,7 +198,7 @@ class DartsSearch:
         self.out_dir = self.wd / SEARCH
         self.ckpt_path = self.out_dir / "ckpt" / "last.pt"
         if cfg.model.detector not in ("fcos", "retinanet"):
-            raise ValueError(f"search.strategy darts searches FAD heads: model.detector must be fcos or retinanet, "
+            raise ConfigError(f"search.strategy darts searches FAD heads: model.detector must be fcos or retinanet, "
                              f"not {cfg.model.detector!r}")
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -237,7 +238,7 @@ class DartsSearch:
             return False
         state = load_checkpoint(self.ckpt_path)
         if state.get("total_steps") != self.total_steps:
-            raise ValueError(f"{self.ckpt_path} was written for {state.get('total_steps')} total steps, this config gives "
+            raise CheckpointError(f"{self.ckpt_path} was written for {state.get('total_steps')} total steps, this config gives "
                              f"{self.total_steps} (epochs, batch size or data changed); use a new work dir or delete it")
         load_model_weights(self.model, state, source=str(self.ckpt_path))
         self.w_optim.load_state_dict(state["w_optim"])

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import ExperimentConfig, save_config
+from ..errors import ConfigError
 from ..space import SearchSpace, save_arch
 from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_weights, planned_steps
 from .latency import latency_function
@@ -62,7 +63,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     data = build_datasets(cfg, need=("search",))
     search_set = data["search"]
     if len(search_set) == 0:
-        raise ValueError("the search split is empty: set data.search_fraction > 0 (and pretrain with it)")
+        raise ConfigError("the search split is empty: set data.search_fraction > 0 (and pretrain with it)")
     if s.max_images:
         search_set = search_set.subset(range(min(s.max_images, len(search_set))))
     calib_set = data["supernet_train"].with_transforms(None)

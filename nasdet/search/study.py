@@ -129,11 +129,11 @@ def open_study(storage, study_name: str, strategy: Strategy) -> optuna.Study:
         study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
                                     directions=list(strategy.directions))
     except ValueError as e:
-        raise ValueError(f"study {study_name!r} exists with other objectives than strategy {strategy.name!r} "
+        raise ConfigError(f"study {study_name!r} exists with other objectives than strategy {strategy.name!r} "
                          f"({list(strategy.directions)}): use another search.study_name ({e})") from None
     have = [d.name.lower() for d in study.directions]
     if have != list(strategy.directions):
-        raise ValueError(f"study {study_name!r} has directions {have}, strategy {strategy.name!r} needs "
+        raise ConfigError(f"study {study_name!r} has directions {have}, strategy {strategy.name!r} needs "
                          f"{list(strategy.directions)}: use another search.study_name")
     study.sampler = strategy.sampler(len(study.get_trials(deepcopy=False)))
     return study

@@ -13,6 +13,8 @@ from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import boxes as box_ops
 
+from ..errors import ConfigError
+
 DISTILLABLE = (SSD, RetinaNet, FCOS)
 
 
@@ -85,7 +87,7 @@ class LossesWithLogits(nn.Module):
     def __init__(self, detector: nn.Module):
         super().__init__()
         if not isinstance(detector, DISTILLABLE):
-            raise ValueError(
+            raise ConfigError(
                 f"distillation needs an SSD/SSDLite, RetinaNet or FCOS detector, got {type(detector).__name__}; "
                 "set supernet.distill.teacher: none for this detector"
             )

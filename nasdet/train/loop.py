@@ -26,7 +26,7 @@ from . import dist
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler
-from ..errors import DataError, TrainingDiverged
+from ..errors import CheckpointError, DataError, TrainingDiverged
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -158,7 +158,7 @@ class Trainer:
         state = load_checkpoint(path, space_id=self.space_id)
         load_model_weights(self.model, state, source=str(path))
         if state.get("total_steps") != self.total_steps:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path} was written for {state.get('total_steps')} total steps, this config gives {self.total_steps} "
                 "(epochs, batch size, data or number of processes changed); use a new work dir or delete the checkpoint"
             )

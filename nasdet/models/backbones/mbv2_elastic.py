@@ -44,6 +44,7 @@ from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
+from ...errors import CheckpointError, ConfigError
 from ...space import SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible
 from .ofa_mobilenet import STAGE_LEVEL, ElasticStage, StagedSupernet  # c5 = final_expand output
@@ -63,7 +64,7 @@ def _norm_layer(norm: str, eps: float, momentum: float):
         return lambda c: nn.BatchNorm2d(c, eps=eps, momentum=momentum)
     if norm == "frozen_bn":
         return lambda c: FrozenBatchNorm2d(c, eps=eps)
-    raise ValueError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
+    raise ConfigError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
 
 
 def mid_channels(in_channels: int, expand: float) -> int:
@@ -147,9 +148,9 @@ class ElasticMobileNetV2(StagedSupernet):
         super().__init__()
         norm_layer = _norm_layer(norm, bn_eps, bn_momentum)
         if STANDARD_KERNEL not in kernels:
-            raise ValueError(f"kernel choices must include torchvision's {STANDARD_KERNEL}, got {kernels}")
+            raise ConfigError(f"kernel choices must include torchvision's {STANDARD_KERNEL}, got {kernels}")
         if min_depth < 1:
-            raise ValueError(f"min_depth must be >= 1 (a stage keeps its first block), got {min_depth}")
+            raise ConfigError(f"min_depth must be >= 1 (a stage keeps its first block), got {min_depth}")
         self.width_mult, self.norm = width_mult, norm
         c0 = make_divisible(STEM_WIDTH * width_mult, 8)
         c1 = make_divisible(FIRST_BLOCK_WIDTH * width_mult, 8)
@@ -268,7 +269,7 @@ class ElasticMobileNetV2(StagedSupernet):
                     for what, keys in (("missing", missing), ("unexpected", unexpected),
                                        ("mis-shaped", bad_shape)) if keys]
         if problems:
-            raise ValueError(
+            raise CheckpointError(
                 f"state is not a torchvision mobilenet_v2(width_mult={self.width_mult}).features state_dict "
                 f"(keys 'features.N...'): " + "; ".join(problems))
         with torch.no_grad():

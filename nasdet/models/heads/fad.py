@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 
-from ...errors import GenotypeError
+from ...errors import ConfigError, GenotypeError
 
 KINDS = ("std", "sinSep")
 _SHAPES = ((1, False), (1, True), (2, False), (2, True), (3, False))  # (trunk depth, dilated branch) per op
@@ -49,7 +49,7 @@ def conv_block(kind: str, channels: int) -> nn.Sequential:
     pointwise, ``dil`` depthwise 3x3 dilation 2 (bias, as FAD) + pointwise."""
     c = channels
     if c % GN_GROUPS:
-        raise ValueError(f"FAD cell channels must be a multiple of {GN_GROUPS} (GroupNorm), got {c}")
+        raise ConfigError(f"FAD cell channels must be a multiple of {GN_GROUPS} (GroupNorm), got {c}")
     if kind == "std":
         convs = [nn.Conv2d(c, c, 3, padding=1)]
     elif kind == "sinSep":
@@ -57,7 +57,7 @@ def conv_block(kind: str, channels: int) -> nn.Sequential:
     elif kind == "dil":
         convs = [nn.Conv2d(c, c, 3, padding=2, dilation=2, groups=c), nn.Conv2d(c, c, 1)]
     else:
-        raise ValueError(f"conv kind {kind!r} is not one of std, sinSep, dil")
+        raise ConfigError(f"conv kind {kind!r} is not one of std, sinSep, dil")
     return nn.Sequential(*convs, nn.GroupNorm(GN_GROUPS, c), nn.ReLU(inplace=True))
 
 
@@ -512,7 +512,7 @@ def build_fad_head(detector: str, in_channels: int, num_classes: int, head_cfg, 
         return FADFCOSHead(towers, in_channels, num_classes)
     if detector == "retinanet":
         return FADRetinaNetHead(towers, in_channels, num_anchors, num_classes)
-    raise ValueError(f"FAD heads exist for fcos and retinanet, not {detector!r}")
+    raise ConfigError(f"FAD heads exist for fcos and retinanet, not {detector!r}")
 
 
 def arch_parameters(model: nn.Module) -> list[nn.Parameter]:
