@@ -83,18 +83,48 @@ def make_synthetic_cmd(
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: up to 2)."),
     skip_existing: bool = typer.Option(False, "--skip-existing",
                                        help="Do nothing if OUT already holds this set (same arguments and generator version)."),
+    data_format: str = typer.Option("coco", "--format",
+                               help="coco, or yolo: also <split>/labels/*.txt and OUT/data.yaml (data.format: yolo)."),
 ):
     """Generate the embedded shapes data set (no download)."""
     from .data.synthetic import existing_matches, make_synthetic
 
+    if data_format not in ("coco", "yolo"):
+        raise ConfigError(f"--format must be coco or yolo, got {data_format!r}")
     if skip_existing and existing_matches(out, train, val, size, seed):
         console.print(f"{out}: synthetic data set already present")
-        return
-    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as p:
-        task = p.add_task("gen", total=train + val)
-        paths = make_synthetic(out, train, val, size, seed, workers=workers,
-                               progress=lambda done, total: p.update(task, completed=done, total=total))
-    console.print(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
+        paths = None
+    else:
+        with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as p:
+            task = p.add_task("gen", total=train + val)
+            paths = make_synthetic(out, train, val, size, seed, workers=workers,
+                                   progress=lambda done, total: p.update(task, completed=done, total=total))
+        console.print(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
+    if data_format == "yolo":
+        from .data.coco import load_coco
+        from .data.yolo import write_yolo
+
+        # The YOLO labels sit next to the COCO json, over the same images: both formats load.
+        splits = {s: load_coco(out / s / "annotations.json", out / s / "images")
+                  for s, n in (("train", train), ("val", val)) if n}
+        yaml_file = write_yolo(splits, out, copy_images=False)
+        console.print(f"wrote YOLO labels under {out}/*/labels and {yaml_file}")
+
+
+@data_app.command("to-yolo")
+@_user_errors
+def to_yolo_cmd(config: Path, out: Path = typer.Argument(..., help="Output folder (data.yaml, <split>/images, "
+                                                                   "<split>/labels)."),
+                set_: Optional[List[str]] = SetOpt):
+    """Write the config's train and val sets (any format) as a YOLO data set; images are hard-linked
+    where the file system allows, else copied; crowd / difficult boxes are left out."""
+    from .data.yolo import write_yolo
+    from .experiment import load_split
+
+    cfg = _load(config, set_)
+    yaml_file = write_yolo({s: load_split(cfg, s) for s in ("train", "val")}, out)
+    console.print(f"wrote {yaml_file}: use data.format: yolo, data.data_yaml: {yaml_file}")
 
 
 @data_app.command("stats")

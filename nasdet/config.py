@@ -31,12 +31,14 @@ class Strict(BaseModel):
 
 # ----------------------------------------------------------------------------------------------- data
 class SplitSource(Strict):
-    """Where one split's images and annotations are. For VOC, ``root`` + ``split`` (or lists of both)."""
+    """Where one split's images and annotations are. COCO: ``annotations`` + ``images``; VOC: ``root`` +
+    ``split`` (or lists of both); YOLO: ``images`` (optional: default data.yaml's entry) + ``labels``."""
 
     annotations: Optional[str] = None  # COCO json
-    images: Optional[str] = None  # COCO image folder
+    images: Optional[str] = None  # COCO image folder; YOLO image folder or image list file
     root: Optional[Union[str, list[str]]] = None  # VOC year folder(s), e.g. VOCdevkit/VOC2007
     split: Optional[Union[str, list[str]]] = None  # VOC ImageSets/Main/<split>.txt
+    labels: Optional[str] = None  # YOLO label folder mirroring `images`; default: images/ -> labels/ in the path
 
 
 class AugmentConfig(Strict):
@@ -48,10 +50,11 @@ class AugmentConfig(Strict):
 
 
 class DataConfig(Strict):
-    format: Literal["coco", "voc"] = "coco"
-    train: SplitSource
-    val: SplitSource
+    format: Literal["coco", "voc", "yolo"] = "coco"
+    train: SplitSource = SplitSource()  # required for coco and voc; yolo: default data.yaml's train entry
+    val: SplitSource = SplitSource()
     classes: Optional[list[str]] = None  # VOC class names; default: the 20 VOC classes
+    data_yaml: Optional[str] = None  # YOLO: data.yaml with the class names (and optionally path/train/val)
     search_fraction: float = Field(0.0, ge=0, lt=1)  # held-out part of train used to score candidates
     split_seed: int = 0
     num_workers: int = Field(2, ge=0)
@@ -66,6 +69,22 @@ class DataConfig(Strict):
                 raise ValueError(f"data.{name}: format 'coco' needs both 'annotations' and 'images'")
             if self.format == "voc" and (src.root is None or src.split is None):
                 raise ValueError(f"data.{name}: format 'voc' needs both 'root' and 'split'")
+            if self.format == "yolo":
+                other = [k for k in ("annotations", "root", "split") if getattr(src, k) is not None]
+                if other:
+                    raise ValueError(f"data.{name}: {other} are not YOLO keys (format 'yolo' takes 'images' and "
+                                     "'labels', or neither to use data.yaml's entry)")
+                if src.labels is not None and src.images is None:
+                    raise ValueError(f"data.{name}: 'labels' needs 'images' (the image folder it mirrors)")
+            elif src.labels is not None:
+                raise ValueError(f"data.{name}.labels applies to format 'yolo', not {self.format!r}")
+        if self.format == "yolo":
+            if self.data_yaml is None:
+                raise ValueError("data: format 'yolo' needs 'data_yaml' (the data.yaml with the class names)")
+            if self.classes is not None:
+                raise ValueError("data.classes applies to format 'voc'; YOLO class names come from data.data_yaml")
+        elif self.data_yaml is not None:
+            raise ValueError(f"data.data_yaml applies to format 'yolo', not {self.format!r}")
         return self
 
 
@@ -339,6 +358,31 @@ class DartsConfig(Strict):
     log_every_steps: int = Field(20, gt=0)
 
 
+class GradientConfig(Strict):
+    """``search.strategy: gradient``: ENOT's search, architecture probabilities trained on the search split
+    under a hard cost limit (``search.budget``; ENOT's ``EnotFixedLatencySearchOptimizer(max_latency_value)``).
+
+    Per choice a vector of logits (softmax = probabilities). Each step samples ``samples`` archs (one path
+    each, as ProxylessNAS's binary gates: memory of one subnet), takes their detection loss on one search
+    batch with the supernet's weights fixed, and moves the logits along the REINFORCE estimate of the
+    loss gradient (ProxylessNAS ``rl_update_step``) plus the exact gradient of a penalty on the expected
+    cost that is zero under the limit and grows above it. Defaults: ENOT's ssd_mnv2_search.py
+    (20 epochs, batch 20, SGD lr 1.0, momentum 0.9, no weight decay); RAdam lr 0.01 is its tutorials'.
+    """
+
+    epochs: int = Field(20, gt=0)  # passes over the search split (per resolution step with search_resolution)
+    batch_size: int = Field(20, gt=0)
+    optimizer: Literal["sgd", "radam"] = "sgd"
+    lr: float = Field(1.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    samples: int = Field(2, gt=0)  # archs per batch; >= 2: each one's baseline is the others' mean loss
+    baseline_decay: float = Field(0.9, ge=0, lt=1)  # samples == 1: moving-average baseline of the loss
+    penalty: float = Field(10.0, gt=0)  # weight of max(0, E[cost] / limit - 1)
+    search_resolution: bool = False  # ENOT search_with_resolution: one search per input_size, keep the best
+    score_every_epoch: bool = False  # also score (BN-recalibrated AP) each epoch's most probable arch
+    max_steps: Optional[int] = Field(None, gt=0)  # per resolution step; stop early (smoke tests)
+
+
 class SearchConfig(Strict):
     """``nasdet search``: candidates scored on the supernet (BN recalibrated, mAP on the search split).
 
@@ -346,7 +390,8 @@ class SearchConfig(Strict):
     20 crossover + 10 random children per generation); generations = num_candidates / population.
     """
 
-    strategy: Literal["evolution", "nsga2", "random", "darts"] = "evolution"  # darts: FAD, see search.darts
+    # darts: FAD, see search.darts; gradient: ENOT's search, see search.gradient
+    strategy: Literal["evolution", "nsga2", "random", "darts", "gradient"] = "evolution"
     budget: Optional[BudgetConfig] = None
     cost_metric: Literal["macs", "params", "latency"] = "macs"  # Pareto / table cost when no budget is set
     num_candidates: int = Field(1000, gt=0)  # scored candidates in the study, all workers together
@@ -365,9 +410,12 @@ class SearchConfig(Strict):
     seed: int = 0
     top_k: int = Field(10, gt=0)  # rows of the summary table
     darts: DartsConfig = DartsConfig()
+    gradient: GradientConfig = GradientConfig()
 
     @model_validator(mode="after")
     def _shares(self):
+        if self.strategy == "gradient" and self.budget is None:
+            raise ValueError("search.strategy gradient needs search.budget (the hard limit, ENOT's max_latency_value)")
         if self.mutation + self.crossover > 1:
             raise ValueError(f"search.mutation + search.crossover must be <= 1, got {self.mutation} + {self.crossover}")
         if self.parents > self.population:
@@ -385,11 +433,20 @@ class TuneConfig(Strict):
     # a JSON/YAML arch file, an inline mapping, or a published name (e.g. COCO-FPN-300M);
     # default: the search stage's work_dir/search/best_arch.json
     arch: Optional[Union[str, dict[str, Any]]] = None
+    # ENOT's searched_arch: one index per block into (1.0, 0.5, 0.33, 0.17, 0.08, 0.0) (mbv2_width); with
+    # tune.arch unset; the input size is model.input_size
+    searched_arch: Optional[list[int]] = None
     init: Literal["supernet", "scratch"] = "supernet"  # inherit the supernet's weights (export(arch)) or re-initialise
     supernet_checkpoint: Optional[str] = None  # default: work_dir/supernet/ckpt/last.pt
     recalib_batches: int = Field(20, ge=0)  # BN statistics of the inherited weights, recalibrated before training
     eval_initial: bool = True  # evaluate the inherited weights on val before training (tune/initial_metrics.json)
     train: Optional[TrainConfig] = None  # default: the top-level train section
+
+    @model_validator(mode="after")
+    def _one_arch(self):
+        if self.arch is not None and self.searched_arch is not None:
+            raise ValueError("set tune.arch or tune.searched_arch, not both")
+        return self
 
 
 class ExportConfig(Strict):

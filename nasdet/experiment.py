@@ -19,6 +19,7 @@ from .data.dataset import DetectionDataset
 from .data.split import split_train_search
 from .data.transforms import build_train_transforms
 from .data.voc import VOC_CLASSES, load_voc
+from .data.yolo import load_yolo
 from .errors import DataError
 from .metrics import COCO_METRIC_NAMES
 from .models import build_detector, get_input_size
@@ -55,6 +56,8 @@ def load_split(cfg: ExperimentConfig, which: str) -> DetectionDataset:
     src = getattr(cfg.data, which)
     if cfg.data.format == "coco":
         return load_coco(src.annotations, src.images, check_files=cfg.data.check_files)
+    if cfg.data.format == "yolo":
+        return load_yolo(cfg.data.data_yaml, which, images=src.images, labels=src.labels)
     return load_voc(src.root, src.split, classes=cfg.data.classes or VOC_CLASSES, check_files=cfg.data.check_files)
 
 

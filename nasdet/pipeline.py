@@ -130,9 +130,11 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     console.print(table)
 
     budget = cfg.search.budget
+    train = cfg.data.train
+    data = train.annotations or train.root or train.images or cfg.data.data_yaml
     lines = [f"# nasdet report: {cfg.name}", "",
              f"Detector {cfg.model.detector}, search space {cfg.model.backbone.name} "
-             f"(width {cfg.model.backbone.width_mult}), data {cfg.data.train.annotations or cfg.data.train.root}.", ""]
+             f"(width {cfg.model.backbone.width_mult}), data {data}.", ""]
     if budget is not None:
         scale, unit = (1e6, "M") if budget.metric in ("macs", "params") else (1.0, "ms")
         lines += [f"Budget: {budget.metric} <= {budget.max / scale:.4g} {unit}.", ""]

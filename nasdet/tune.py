@@ -59,6 +59,10 @@ def _published(name: str, cfg: ExperimentConfig) -> dict | None:
 def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str | Path | None = None) -> tuple[dict, str]:
     """The arch to tune (validated against ``space``) and where it came from."""
     given = cfg.tune.arch
+    if given is None and cfg.tune.searched_arch is not None:
+        from .models.backbones.mbv2_width import arch_from_enot
+
+        return space.validate(_complete(arch_from_enot(space, cfg.tune.searched_arch), cfg)), "tune.searched_arch"
     if given is None:
         path = work_dir_of(cfg, work_dir) / SEARCH / "best_arch.json"
         if not path.is_file():

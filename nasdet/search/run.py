@@ -87,6 +87,9 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                                   threads=c.threads, lut_path=c.lut or out_dir / "latency_lut.json")
     cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
     check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
+    if s.strategy == "gradient":
+        return _run_gradient(cfg, wd, model, space, search_space, search_set, calib_set, device, budget, cost_fn,
+                             measure, storage, console)
 
     scorer = cached_scorer(functools.partial(
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
@@ -127,6 +130,54 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     else:
         console.print(f"best under budget: trial {summary['best']['trial']}, AP {summary['best']['metrics']['AP']:.4f} "
                       f"-> {out_dir / 'best_arch.json'}")
+    return summary
+
+
+def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, search_space: SearchSpace, search_set,
+                  calib_set, device, budget: Budget, cost_fn, measure: tuple[str, ...], storage: str | None,
+                  console: Console) -> dict:
+    """``search.strategy: gradient`` (ENOT's search, ``search/gradient.py``), then the common outputs."""
+    import torch
+
+    from ..data.dataset import collate_detection
+    from ..errors import ConfigError
+    from ..train.loop import EpochSampler
+    from .gradient import GradientSearch, search_resolutions, write_searched_arch
+    from .strategies import Strategy
+    from .study import worker_id
+
+    s, gc = cfg.search, cfg.search.gradient
+    out_dir = wd / SEARCH
+    sampler = EpochSampler(len(search_set), s.seed)
+
+    if gc.batch_size > len(search_set):
+        raise ConfigError(f"search.gradient.batch_size {gc.batch_size} is larger than the search split "
+                         f"({len(search_set)} images)")
+
+    def loss_batches(epoch: int):  # full batches only: BN in train mode needs more than one value per channel
+        sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(search_set, batch_size=gc.batch_size, sampler=sampler, drop_last=True,
+                                           num_workers=cfg.data.num_workers, collate_fn=collate_detection)
+
+    scorer = cached_scorer(functools.partial(
+        score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
+        recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
+    study_name = s.study_name or f"{cfg.name}-gradient"
+    study = open_study(open_storage(storage or s.storage, out_dir), study_name, Strategy(search_space, cost_fn, budget))
+    save_config(cfg, wd / "config.yaml")
+    search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
+                            seed=s.seed, console=console, worker=worker_id())
+    search.run(search_resolutions(search_space, cfg.model.input_size, gc.search_resolution), gc)
+    records = study_records(study, search_space)
+    extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
+    extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
+    baseline = score_baseline(cfg, wd, search_set, device, measure)
+    summary = write_search_outputs(records, space, out_dir, budget.metric, budget, extreme_costs, baseline)
+    summary.update(study_name=study_name, strategy="gradient")
+    if summary["best"] is not None:
+        write_searched_arch(model, space, summary["best"]["arch"], out_dir)
+    console.print(top_table(records, budget.metric, s.top_k, f"search (gradient): {len(records)} derived arch(s) on "
+                                                             f"{len(search_set)} search images"))
     return summary
 
 

@@ -11,14 +11,16 @@ from ...errors import CheckpointError, ConfigError, unreadable_reason
 from .torchvision_backbones import BACKBONES, LEVELS, ResNetBackbone, SequentialStagesBackbone
 from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
 from .mbv2_elastic import ElasticMobileNetV2, build_mbv2_elastic
+from .mbv2_width import WidthMobileNetV2, build_mbv2_width
 from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, ShuffleNetSPOS
 
 BACKBONES["ofa_mbv3"] = build_ofa_mbv3
 BACKBONES["mbv2_elastic"] = build_mbv2_elastic
+BACKBONES["mbv2_width"] = build_mbv2_width
 BACKBONES.update(DETNAS_BUILDERS)  # detnas_300M, detnas_1.3G, detnas_3.8G, detnas_tiny
 
 __all__ = ["BACKBONES", "LEVELS", "build_backbone", "ElasticMobileNetV2", "OFAMobileNetV3", "ResNetBackbone",
-           "SequentialStagesBackbone", "ShuffleNetSPOS"]
+           "SequentialStagesBackbone", "ShuffleNetSPOS", "WidthMobileNetV2"]
 
 
 def build_backbone(cfg) -> nn.Module:

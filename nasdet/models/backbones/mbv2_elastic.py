@@ -85,6 +85,74 @@ class MobileNetV2Backbone(SequentialStagesBackbone):
         self.out_channels = dict(out_channels)
 
 
+# ------------------------------------------------------------ shared by the MobileNetV2 supernets
+def export_staged(net: nn.Module, arch: Mapping[str, Any] | None, head_layers) -> MobileNetV2Backbone:
+    """The static backbone of ``arch`` (default: the active one) of a MobileNetV2 supernet: ``head_layers()``
+    (stem and first block), every stage's export, the last conv; the active arch is left as it was."""
+    previous = net.active_arch
+    if arch is not None:
+        net.set_arch(arch)
+    try:
+        layers = list(head_layers())
+        ends: dict[str, int] = {}
+        for i, stage in enumerate(net.stages, start=1):
+            layers.extend(stage.export())
+            if i in STAGE_LEVEL:
+                ends[STAGE_LEVEL[i]] = len(layers) - 1
+        layers.append(copy.deepcopy(net.final_expand))
+        ends["c5"] = len(layers) - 1
+        static = MobileNetV2Backbone(nn.Sequential(*layers), ends, net.out_channels)
+    finally:
+        if arch is not None:
+            net.set_arch(previous)
+    return static.train(net.training)
+
+
+def standard_key_map(net: nn.Module, head: list[tuple[str, nn.Module, str]]) -> dict[str, str]:
+    """torchvision ``features.N...`` key -> supernet key: ``head`` (standard prefix, module, own prefix)
+    entries, then every stage block (``_BLOCK_KEYS``) and the last conv."""
+    out: dict[str, str] = {}
+
+    def add(std_prefix: str, module: nn.Module, own_prefix: str) -> None:
+        for name in module.state_dict():
+            out[std_prefix + name] = own_prefix + name
+
+    for std, module, own in head:
+        add(std, module, own)
+    i = 2
+    for s, stage in enumerate(net.stages):
+        for j, block in enumerate(stage.blocks):
+            for std, own in _BLOCK_KEYS:
+                add(f"features.{i}.{std}.", block.get_submodule(own), f"stages.{s}.blocks.{j}.{own}.")
+            i += 1
+    add(f"features.{i}.", net.final_expand, "final_expand.")
+    return out
+
+
+def checked_standard_state(state: Mapping[str, torch.Tensor], key_map: dict[str, str], own: dict, width_mult: float,
+                           want=lambda key, shape: shape) -> dict[str, torch.Tensor]:
+    """``state`` without ``classifier.*``, or ``CheckpointError`` naming missing, unexpected and mis-shaped keys
+    (``want(own_key, own_shape)``: the shape a standard tensor must have)."""
+    given = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    optional = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
+    missing = [k for k in key_map if k not in given and not optional(k)]
+    unexpected = [k for k in given if k not in key_map and not optional(k)]
+    bad_shape = []
+    for k, v in given.items():
+        if k in key_map:
+            expected = want(key_map[k], tuple(own[key_map[k]].shape))
+            if tuple(v.shape) != expected:
+                bad_shape.append(f"{k}: got {tuple(v.shape)}, expected {expected}")
+    problems = [f"{len(keys)} {what} key(s): {keys[:_SHOWN]}" + (" ..." if len(keys) > _SHOWN else "")
+                for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                   ("mis-shaped", bad_shape)) if keys]
+    if problems:
+        raise CheckpointError(
+            f"state is not a torchvision mobilenet_v2(width_mult={width_mult}).features "
+            f"state_dict (keys 'features.N...'): " + "; ".join(problems))
+    return given
+
+
 # ------------------------------------------------------------------------------------ elastic block
 class ElasticInvertedResidual(nn.Module):
     """MobileNetV2 block with elastic kernel and expand ratio: 1x1 expand, BN, ReLU6 -> depthwise k,
@@ -196,23 +264,7 @@ class ElasticMobileNetV2(StagedSupernet):
         Its ``features`` are torchvision modules in torchvision's order (stem, blocks, last conv); the
         supernet's active arch is left as it was.
         """
-        previous = self._arch
-        if arch is not None:
-            self.set_arch(arch)
-        try:
-            layers = [copy.deepcopy(self.first_conv), copy.deepcopy(self.first_block)]
-            ends: dict[str, int] = {}
-            for i, stage in enumerate(self.stages, start=1):
-                layers.extend(stage.export())
-                if i in STAGE_LEVEL:
-                    ends[STAGE_LEVEL[i]] = len(layers) - 1
-            layers.append(copy.deepcopy(self.final_expand))
-            ends["c5"] = len(layers) - 1
-            net = MobileNetV2Backbone(nn.Sequential(*layers), ends, self.out_channels)
-        finally:
-            if arch is not None:
-                self.set_arch(previous)
-        return net.train(self.training)
+        return export_staged(self, arch, lambda: [copy.deepcopy(self.first_conv), copy.deepcopy(self.first_block)])
 
 
     # ------------------------------------------------------------------------ standard weights
@@ -223,22 +275,8 @@ class ElasticMobileNetV2(StagedSupernet):
         A standard depthwise ``features.N.conv.1.0.weight`` (c, 1, 3, 3) maps onto the 7x7
         ``...depth_conv.conv.weight`` (its centre); every other tensor maps shape for shape.
         """
-        out: dict[str, str] = {}
-
-        def add(std_prefix: str, module: nn.Module, own_prefix: str) -> None:
-            for name in module.state_dict():
-                out[std_prefix + name] = own_prefix + name
-
-        add("features.0.", self.first_conv, "first_conv.")
-        add("features.1.", self.first_block, "first_block.")
-        i = 2
-        for s, stage in enumerate(self.stages):
-            for j, block in enumerate(stage.blocks):
-                for std, own in _BLOCK_KEYS:
-                    add(f"features.{i}.{std}.", block.get_submodule(own), f"stages.{s}.blocks.{j}.{own}.")
-                i += 1
-        add(f"features.{i}.", self.final_expand, "final_expand.")
-        return out
+        return standard_key_map(self, [("features.0.", self.first_conv, "first_conv."),
+                                       ("features.1.", self.first_block, "first_block.")])
 
     def load_standard_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load torchvision ``mobilenet_v2(width_mult=self.width_mult)`` backbone weights (keys
@@ -252,26 +290,10 @@ class ElasticMobileNetV2(StagedSupernet):
         """
         key_map = self.standard_key_map()
         own = self.state_dict()
-        given = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        optional = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
-        missing = [k for k in key_map if k not in given and not optional(k)]
-        unexpected = [k for k in given if k not in key_map and not optional(k)]
-        bad_shape = []
-        for k, v in given.items():
-            if k not in key_map:
-                continue
-            want = tuple(own[key_map[k]].shape)
-            if key_map[k].endswith("depth_conv.conv.weight"):
-                want = want[:2] + (STANDARD_KERNEL, STANDARD_KERNEL)
-            if tuple(v.shape) != want:
-                bad_shape.append(f"{k}: got {tuple(v.shape)}, expected {want}")
-        problems = [f"{len(keys)} {what} key(s): {keys[:_SHOWN]}" + (" ..." if len(keys) > _SHOWN else "")
-                    for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                       ("mis-shaped", bad_shape)) if keys]
-        if problems:
-            raise CheckpointError(
-                f"state is not a torchvision mobilenet_v2(width_mult={self.width_mult}).features state_dict "
-                f"(keys 'features.N...'): " + "; ".join(problems))
+
+        def want(k: str, shape: tuple) -> tuple:
+            return shape[:2] + (STANDARD_KERNEL, STANDARD_KERNEL) if k.endswith("depth_conv.conv.weight") else shape
+        given = checked_standard_state(state, key_map, own, self.width_mult, want)
         with torch.no_grad():
             for k, v in given.items():
                 if k not in key_map:

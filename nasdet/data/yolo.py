@@ -1,0 +1,388 @@
+"""YOLO-format data (Ultralytics / Roboflow / darknet exports) parsed into a ``DetectionDataset``.
+
+A data set is a ``data.yaml`` plus image folders with one label file per image::
+
+    data.yaml            names: [cat, dog]          (or {0: cat, 1: dog}); optional nc, path, train, val
+    images/train/a.jpg   labels/train/a.txt         one object per line: "cls cx cy w h", normalised to [0, 1]
+
+Classes come from ``names`` (class index ``i`` in a label file is label ``i + 1``; ``category_ids``
+are ``1..K``). A split (``train``, ``val``) is an image folder (searched recursively), a text file
+listing image paths (relative ones from the list's folder), or a list of those; ``data.yaml``'s own
+entries resolve against its ``path`` (relative to the yaml's folder, else to the working directory as
+Ultralytics reads it; the yaml's folder when absent) and, as Ultralytics does for Roboflow exports, a
+missing ``../x`` entry is retried as ``x``. An
+image's label file replaces the last ``images`` folder of its path with ``labels`` and the suffix
+with ``.txt`` (Ultralytics' rule); a path without an ``images`` folder keeps the label next to the
+image (darknet), and an explicit ``labels`` folder mirrors the image folder.
+
+Checks, each a ``DataError`` naming the file (and line): data.yaml unreadable, names missing, empty,
+duplicated or disagreeing with ``nc``; a split entry or listed image that does not exist; no images;
+an image that cannot be opened; a label line that is not ``cls cx cy w h`` (or a polygon ``cls x1 y1
+x2 y2 ...``, reduced to its box as Ultralytics does); a class index outside ``0..K-1``; a value or box
+edge outside [0, 1] by more than ``NORM_TOLERANCE`` (Ultralytics' 1 %). A missing label file is an
+image without objects; a label file in a split's label folder without an image is a warning. Boxes inside the tolerance are clipped to the image; zero-size boxes are
+dropped (one warning with the count), as in the COCO and VOC loaders. Image sizes are not in the
+labels, so every image header is read when the set is opened (``check_files`` does not apply).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from .coco import MAX_LISTED, fit_box, warn_degenerate
+from .dataset import DetectionDataset, ImageRecord
+
+__all__ = ["IMAGE_SUFFIXES", "NORM_TOLERANCE", "YoloDataYaml", "label_file_for", "load_yolo", "read_data_yaml",
+           "write_yolo"]
+
+# The image suffixes Ultralytics lists that PIL decodes.
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"})
+# How far (a fraction of the image side) a normalised value or box edge may leave [0, 1] before it is an
+# error rather than clipped: Ultralytics' verify_image_label accepts coordinates in [-0.01, 1.01].
+NORM_TOLERANCE = 0.01
+_EXIF_ORIENTATION = 0x0112
+
+
+# ------------------------------------------------------------------------------------------ data.yaml
+class YoloDataYaml:
+    """A parsed ``data.yaml``: class ``names`` and the split entries resolved to paths."""
+
+    def __init__(self, file: Path, names: list[str], splits: dict[str, list[Path]]) -> None:
+        self.file = file
+        self.names = names
+        self.splits = splits  # "train" / "val" / "test" -> image folders or list files
+
+
+def _class_names(raw, src: str) -> list[str]:
+    if raw is None:
+        raise DataError(f"{src}: no 'names' (the class names, a list or an {{index: name}} mapping)")
+    if isinstance(raw, dict):
+        keys = []
+        for k in raw:
+            if isinstance(k, bool) or not (isinstance(k, int) or (isinstance(k, str) and k.strip().isdigit())):
+                raise DataError(f"{src}: names key {k!r} is not a class index (0, 1, ...)")
+            keys.append(int(k))
+        if sorted(keys) != list(range(len(keys))):
+            raise DataError(f"{src}: names indices must be 0..{len(keys) - 1} without gaps, got {sorted(keys)}")
+        values = [v for _, v in sorted(zip(keys, raw.values()))]
+    elif isinstance(raw, list):
+        values = raw
+    else:
+        raise DataError(f"{src}: 'names' must be a list or an {{index: name}} mapping, got {type(raw).__name__}")
+    if not values:
+        raise DataError(f"{src}: 'names' is empty (no classes)")
+    names = []
+    for i, v in enumerate(values):
+        # YAML reads a class named 1 or 3.5 as a number; Ultralytics keeps str(v) as the name.
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)) or not str(v).strip():
+            raise DataError(f"{src}: class {i} has no name (got {v!r})")
+        names.append(str(v).strip())
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{src}: duplicate class names {dup}")
+    return names
+
+
+def _split_entry(value, root: Path, key: str, src: str) -> list[Path]:
+    items = value if isinstance(value, list) else [value]
+    paths = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise DataError(f"{src}: '{key}' must be a path or a list of paths, got {item!r}")
+        p = root / item
+        # Roboflow writes "../train/images" next to a data.yaml that sits in the data set's root.
+        if not p.exists() and item.startswith("../") and (root / item[3:]).exists():
+            p = root / item[3:]
+        paths.append(p)
+    return paths
+
+
+def read_data_yaml(file: str | Path) -> YoloDataYaml:
+    """Parse and check ``data.yaml`` (``yaml.safe_load``); split entries are resolved, not yet listed."""
+    file = Path(file)
+    src = str(file)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise DataError(f"{src}: data.yaml does not exist") from e
+    except yaml.YAMLError as e:
+        raise DataError(f"{src}: not valid YAML: {e}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{src}: cannot read data.yaml: {e}") from e
+    if not isinstance(raw, dict):
+        raise DataError(f"{src}: the top level must be a mapping with 'names', got {type(raw).__name__}")
+    names = _class_names(raw.get("names"), src)
+    nc = raw.get("nc")
+    if nc is not None and nc != len(names):
+        raise DataError(f"{src}: nc is {nc!r} but 'names' lists {len(names)} classes")
+    root = file.parent
+    if raw.get("path") not in (None, ""):
+        if not isinstance(raw["path"], str):
+            raise DataError(f"{src}: 'path' must be a folder, got {raw['path']!r}")
+        # Relative to the yaml's folder; else, as Ultralytics reads it, to the working directory.
+        root = file.parent / raw["path"]
+        if not root.is_dir() and Path(raw["path"]).is_dir():
+            root = Path(raw["path"])
+    splits = {}
+    for key, alias in (("train", None), ("val", "validation"), ("test", None)):
+        value = raw.get(key, raw.get(alias) if alias else None)
+        if value not in (None, "", []):
+            splits[key] = _split_entry(value, root, key, src)
+    return YoloDataYaml(file, names, splits)
+
+
+# -------------------------------------------------------------------------------------------- images
+def _list_images(entry: Path, src: str) -> tuple[list[Path], Path | None]:
+    """Image files of one split entry and the folder they were found under (None for a list file)."""
+    if entry.is_dir():
+        files = sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise DataError(f"{src}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {entry}")
+        return files, entry
+    if entry.is_file():
+        try:
+            lines = entry.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{entry}: cannot read the image list: {e}") from e
+        files = [entry.parent / line.strip() for line in lines if line.strip()]
+        if not files:
+            raise DataError(f"{entry}: no images (the image list is empty)")
+        missing = [(f, i + 1) for i, f in enumerate(files) if not f.is_file()]
+        if missing:
+            shown = ", ".join(f"{p} (line {n})" for p, n in missing[:MAX_LISTED])
+            more = f", and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+            raise DataError(f"{entry}: {len(missing)} of {len(files)} listed images are missing: {shown}{more}")
+        return files, None
+    raise DataError(f"{src}: image folder or list {entry} does not exist")
+
+
+def label_file_for(image: Path, image_dir: Path | None = None, label_dir: Path | None = None) -> Path:
+    """The label file of ``image``: under ``label_dir`` mirroring ``image_dir`` when given, else the last
+    ``images`` folder of its path replaced by ``labels``, else next to the image."""
+    if label_dir is not None and image_dir is not None:
+        return (label_dir / image.relative_to(image_dir)).with_suffix(".txt")
+    parts = list(image.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts).with_suffix(".txt")
+    return image.with_suffix(".txt")
+
+
+def _image_size(file: Path, src: str) -> tuple[int, int, bool]:
+    """``(width, height, rotated)``: the stored size and whether EXIF asks for a 90-degree rotation."""
+    try:
+        with Image.open(file) as im:
+            width, height = im.size
+            rotated = im.format in ("JPEG", "MPO") and im.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
+    except FileNotFoundError as e:
+        raise DataError(f"{src}: image file {file} is missing") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{src}: image file {file} cannot be opened: {e}") from e
+    return width, height, rotated
+
+
+# -------------------------------------------------------------------------------------------- labels
+def _parse_labels(label_file: Path, width: int, height: int, names: Sequence[str]):
+    """``(boxes, labels, degenerate_count)`` of one label file; a missing file is an image without objects."""
+    try:
+        text = label_file.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the class
+    except FileNotFoundError:
+        return [], [], 0
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{label_file}: cannot read the label file: {e}") from e
+    boxes, labels, degenerate = [], [], 0
+    lo, hi = -NORM_TOLERANCE, 1.0 + NORM_TOLERANCE
+    for n, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{label_file}:{n}"
+        if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
+            raise DataError(f"{where}: malformed line {line.strip()!r} (need 'class cx cy w h', "
+                            f"or a polygon 'class x1 y1 x2 y2 ...'; got {len(fields)} fields)")
+        try:
+            values = [float(f) for f in fields]
+        except ValueError:
+            raise DataError(f"{where}: malformed line {line.strip()!r} (not all fields are numbers)") from None
+        if not all(math.isfinite(v) for v in values):
+            raise DataError(f"{where}: malformed line {line.strip()!r} (a field is not finite)")
+        cls = values[0]
+        if not cls.is_integer() or not 0 <= cls < len(names):
+            raise DataError(f"{where}: class index {fields[0]} is not among the {len(names)} classes "
+                            f"(0..{len(names) - 1}: {list(names)})")
+        coords = values[1:]
+        if min(coords) < lo or max(coords) > hi:
+            raise DataError(f"{where}: values {fields[1:]} are not normalised: outside [0, 1] "
+                            f"by more than {NORM_TOLERANCE:g}")
+        if len(coords) == 4:
+            cx, cy, w, h = coords
+            x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        else:  # a segmentation polygon: its box, as Ultralytics' segments2boxes
+            xs, ys = coords[0::2], coords[1::2]
+            x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+        if x2 <= x1 or y2 <= y1:
+            degenerate += 1
+            continue
+        if x1 < lo or y1 < lo or x2 > hi or y2 > hi:
+            raise DataError(f"{where}: box (x1, y1, x2, y2) = ({x1:.4g}, {y1:.4g}, {x2:.4g}, {y2:.4g}) lies outside "
+                            f"the image ([0, 1]) by more than {NORM_TOLERANCE:g}")
+        status, box = fit_box(x1 * width, y1 * height, x2 * width, y2 * height, width, height)
+        if status != "ok":  # only a box that clipping left without area can get here
+            degenerate += 1
+            continue
+        boxes.append(box)
+        labels.append(int(cls) + 1)
+    return boxes, labels, degenerate
+
+
+def _orphan_labels(image_dir: Path, label_dir: Path, label_files: Sequence[Path]) -> list[Path]:
+    """Label files under a split's own label folder that belong to no image (a deleted or renamed image)."""
+    if label_dir == image_dir or not label_dir.is_dir():  # darknet: labels among the images, with other .txt
+        return []
+    return sorted(set(label_dir.rglob("*.txt")) - set(label_files))
+
+
+# ---------------------------------------------------------------------------------------------- load
+def load_yolo(
+    data_yaml: str | Path,
+    split: str = "train",
+    *,
+    images: str | Path | Sequence[str | Path] | None = None,
+    labels: str | Path | None = None,
+) -> DetectionDataset:
+    """Parse and validate one split: class names from ``data_yaml``, images from ``images`` (a folder,
+    a list file, or several) or else from the yaml's ``split`` entry; ``labels`` mirrors one image folder."""
+    spec = read_data_yaml(data_yaml)
+    if images is not None:
+        entries = [Path(p) for p in (images if isinstance(images, (list, tuple)) else [images])]
+        source = " + ".join(str(p) for p in entries)
+    elif split in spec.splits:
+        entries = spec.splits[split]
+        source = f"{spec.file} [{split}]"
+    else:
+        raise DataError(f"{spec.file}: no {split!r} entry, and no image folder given for the {split} split")
+    if labels is not None and (len(entries) != 1 or not entries[0].is_dir()):
+        raise DataError(f"{source}: a labels folder ({labels}) needs exactly one image folder to mirror")
+
+    records: list[ImageRecord] = []
+    seen: dict[Path, Path] = {}
+    degenerate, rotated, orphans = 0, [], []
+    for entry in entries:
+        files, image_dir = _list_images(entry, source)
+        label_dir = Path(labels) if labels is not None else None
+        if label_dir is not None and not label_dir.is_dir():
+            raise DataError(f"{source}: labels folder {label_dir} does not exist")
+        label_files = [label_file_for(f, image_dir, label_dir) for f in files]
+        if image_dir is not None:
+            orphans += _orphan_labels(image_dir, label_dir or label_file_for(image_dir / "x.jpg").parent, label_files)
+        for file, label_file in zip(files, label_files):
+            key = file.resolve()
+            if key in seen:
+                raise DataError(f"{entry}: image {file} is listed twice (also from {seen[key]})")
+            seen[key] = entry
+            width, height, turned = _image_size(file, source)
+            if turned:
+                rotated.append(file)
+            boxes, cls, n_degenerate = _parse_labels(label_file, width, height, spec.names)
+            degenerate += n_degenerate
+            records.append(ImageRecord(image_id=len(records) + 1, file=file, width=width, height=height,
+                                       boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                                       labels=np.asarray(cls, dtype=np.int64),
+                                       iscrowd=np.zeros(len(cls), dtype=np.int64)))
+    if orphans:
+        shown = ", ".join(str(p) for p in orphans[:MAX_LISTED])
+        warnings.warn(f"{source}: {len(orphans)} label file(s) have no image and are not loaded: {shown}"
+                      f"{', ...' if len(orphans) > MAX_LISTED else ''}", UserWarning, stacklevel=2)
+    if rotated:
+        # Ultralytics labels such images in their upright (EXIF-rotated) frame; nasdet reads stored pixels.
+        warnings.warn(f"{source}: {len(rotated)} JPEG(s) carry an EXIF rotation (e.g. {rotated[0]}); their labels "
+                      "are read in the stored (unrotated) frame: re-save them upright if the labels are for "
+                      "the rotated view", UserWarning, stacklevel=2)
+    warn_degenerate(source, degenerate)
+    return DetectionDataset(records, spec.names, list(range(1, len(spec.names) + 1)), source=source)
+
+
+# --------------------------------------------------------------------------------------------- write
+def _place_image(src: Path, dst: Path) -> None:
+    """A hard link when the file system allows one (no copy of a large set), else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _label_lines(rec: ImageRecord) -> tuple[list[str], int]:
+    lines, crowd = [], 0
+    for box, label, is_crowd in zip(rec.boxes, rec.labels, rec.iscrowd):
+        if is_crowd:  # YOLO labels cannot mark a box as ignored
+            crowd += 1
+            continue
+        x1, y1, x2, y2 = (float(v) for v in box)
+        cx, cy = (x1 + x2) / 2 / rec.width, (y1 + y2) / 2 / rec.height
+        w, h = (x2 - x1) / rec.width, (y2 - y1) / rec.height
+        lines.append(f"{int(label) - 1} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+    return lines, crowd
+
+
+def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy_images: bool = True) -> Path:
+    """Write data sets as YOLO: ``out_dir/data.yaml`` and per split ``<split>/images`` + ``<split>/labels``
+    (Roboflow's layout). ``copy_images=False`` leaves each image where it is and writes its label by the
+    images -> labels rule (the images must then already sit in an ``images`` folder under ``out_dir``).
+
+    Crowd / difficult boxes are left out (YOLO has no ignore flag; one warning with the count).
+    Returns the data.yaml path."""
+    out_dir = Path(out_dir)
+    classes = None
+    entries = {}
+    for split, ds in splits.items():
+        if classes is not None and ds.classes != classes:
+            raise DataError(f"{ds.source}: classes {ds.classes} differ from the other split's {classes}")
+        classes = ds.classes
+        image_dir = out_dir / split / "images"
+        stems: dict[str, Path] = {}
+        crowd = 0
+        for rec in ds.records:
+            if copy_images:
+                if rec.file.stem in stems:
+                    raise DataError(f"{ds.source}: two images named {rec.file.stem}.* ({stems[rec.file.stem]} and "
+                                    f"{rec.file}); their YOLO label files would be the same")
+                stems[rec.file.stem] = rec.file
+                dst = image_dir / rec.file.name
+                _place_image(rec.file, dst)
+                label_file = out_dir / split / "labels" / f"{rec.file.stem}.txt"
+            else:
+                dst = rec.file
+                label_file = label_file_for(rec.file)
+                if label_file == rec.file.with_suffix(".txt"):
+                    raise DataError(f"{rec.file}: not in an 'images' folder; write with copy_images=True")
+            lines, n_crowd = _label_lines(rec)
+            crowd += n_crowd
+            label_file.parent.mkdir(parents=True, exist_ok=True)
+            label_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        if crowd:
+            warnings.warn(f"{ds.source}: left out {crowd} crowd/difficult box{'es' if crowd != 1 else ''} "
+                          "(YOLO labels cannot mark a box as ignored)", UserWarning, stacklevel=2)
+        entries[split] = (os.path.relpath(image_dir, out_dir) if copy_images
+                          else os.path.relpath(ds.records[0].file.parent, out_dir) if ds.records else None)
+    # No 'path' key: Ultralytics then resolves the entries from the yaml's folder, as nasdet does.
+    data = {**{k: v for k, v in entries.items() if v is not None},
+            "nc": len(classes or []), "names": list(classes or [])}
+    yaml_file = out_dir / "data.yaml"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = yaml_file.with_name(f".{yaml_file.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, yaml_file)
+    return yaml_file
