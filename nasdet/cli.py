@@ -1,19 +1,24 @@
 """``nasdet`` command line. Every experiment command takes ``CONFIG [--work-dir D] [--set key=value ...]``."""
 from __future__ import annotations
 
-import functools
-import os
-import sys
-from pathlib import Path
-from typing import List, Optional
+from .threads import LOCAL_PROCESSES_ENV, passive_wait_policy
 
-import typer
-from rich.console import Console
-from rich.text import Text
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+passive_wait_policy()  # before anything loads torch's OpenMP (see nasdet/threads.py)
 
-from .config import load_config
-from .errors import ConfigError, NasdetError
+import functools  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.text import Text  # noqa: E402
+
+from .config import load_config  # noqa: E402
+from .errors import ConfigError, NasdetError  # noqa: E402
+from .progress import progress_bar  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Neural architecture search for object detectors.")
@@ -95,9 +100,9 @@ def make_synthetic_cmd(
         console.print(f"{out}: synthetic data set already present")
         paths = None
     else:
-        with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as p:
-            task = p.add_task("gen", total=train + val)
+        with progress_bar(console, TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          label="generated images", every=max(1, (train + val) // 10)) as p:
+            task = p.add_task("", total=train + val)
             paths = make_synthetic(out, train, val, size, seed, workers=workers,
                                    progress=lambda done, total: p.update(task, completed=done, total=total))
         console.print(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
@@ -210,11 +215,9 @@ def _launch_search_workers(config: Path, work_dir: Optional[Path], overrides: Li
             cmd += ["--storage", storage]
         for item in overrides:
             cmd += ["--set", item]
-        env = dict(os.environ)
+        env = dict(os.environ, **{LOCAL_PROCESSES_ENV: str(workers)})  # each caps its threads at cores // workers
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        elif "threads" not in " ".join(overrides):
-            cmd += ["--set", f"train.threads={max(1, (os.cpu_count() or 1) // workers)}"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if i else None))
     console.print(f"started {workers} search workers" + (f" on {min(workers, gpus)} GPU(s)" if gpus else " on CPU"))
     failed = [i for i, p in enumerate(procs) if p.wait() != 0]

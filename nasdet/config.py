@@ -171,6 +171,14 @@ class ModelConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _fcos_group_norm(self):
+        # torchvision's FCOS head normalises its towers with GroupNorm(32, fpn_channels)
+        if self.detector == "fcos" and self.fpn_channels % 32:
+            raise ValueError(f"model.fpn_channels must be a multiple of 32 for detector fcos (its head uses "
+                             f"GroupNorm(32)), got {self.fpn_channels}")
+        return self
+
+    @model_validator(mode="after")
     def _ssd_loss_for_ssd(self):
         if self.ssd_loss != "hard_negative" and self.detector not in ("ssd", "ssdlite"):
             raise ValueError(f"model.ssd_loss {self.ssd_loss!r} applies to detector ssd / ssdlite, not {self.detector!r}")
@@ -406,6 +414,9 @@ class SearchConfig(Strict):
     max_images: Optional[int] = Field(None, gt=0)  # score on the first N images of the search split
     resolution_tolerance: Optional[int] = Field(None, ge=0)  # |input_size - model.input_size| bound
     storage: Optional[str] = None  # optuna storage URL or journal file; default work_dir/search/study.journal
+    # database storages: a running trial records a heartbeat this often; silent for twice as long = its worker
+    # died (on any host), the trial is failed and its arch scored again
+    heartbeat_seconds: int = Field(60, gt=0)
     study_name: Optional[str] = None  # default: "<name>-<strategy>"
     seed: int = 0
     top_k: int = Field(10, gt=0)  # rows of the summary table
@@ -594,8 +605,6 @@ def config_to_dict(cfg: ExperimentConfig) -> dict:
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     """Write the resolved config (after overrides), the record of what ran."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    from .files import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

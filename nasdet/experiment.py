@@ -20,7 +20,11 @@ from .data.split import split_train_search
 from .data.transforms import build_train_transforms
 from .data.voc import VOC_CLASSES, load_voc
 from .data.yolo import load_yolo
+<<<<<<< HEAD
 from .errors import DataError
+=======
+from .files import write_json_atomic
+>>>>>>> main
 from .metrics import COCO_METRIC_NAMES
 from .models import build_detector, get_input_size
 from .search.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
@@ -44,10 +48,7 @@ def work_dir_of(cfg: ExperimentConfig, override: str | Path | None = None) -> Pa
 
 
 def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, obj)
 
 
 # ------------------------------------------------------------------------------------------- data

@@ -32,6 +32,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
 
 from .config import ExperimentConfig
+from .files import atomic_path
 from .models.detectors import IMAGE_MEAN, IMAGE_STD, dense_forward, get_input_size
 from .errors import ExportParityError
 
@@ -169,18 +170,17 @@ def export_onnx(detector: nn.Module, path: str | Path, raw: bool = False, opset:
         names = module.output_names() or [f"output{i}" for i in range(n_out)]
     else:
         names = ["boxes", "scores", "labels"]
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
         torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=opset,
                           input_names=["image"], output_names=names,
                           dynamic_axes={"image": {1: "height", 2: "width"},
                                         **({} if raw else {n: {0: "detections"} for n in names})})
-    tmp.replace(path)
     if raw:
         import numpy as np
 
-        np.save(path.with_suffix(".anchors.npy"), module.anchors.numpy())
+        with atomic_path(path.with_suffix(".anchors.npy")) as tmp, open(tmp, "wb") as f:
+            np.save(f, module.anchors.numpy())
     return path
 
 

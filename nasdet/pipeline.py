@@ -18,6 +18,7 @@ from rich.rule import Rule
 from rich.table import Table
 
 from .config import ExperimentConfig, save_config
+from .files import atomic_path, write_text_atomic
 from .experiment import BASELINE, SUPERNET, baseline_config, run_pretrain, run_train, work_dir_of, write_json
 
 STAGES = ("baseline", "pretrain", "search", "tune", "export", "report")
@@ -161,7 +162,8 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
                   f"{show(bc['max'])}; the search predicted {show(bc['predicted'])}).", ""]
     pareto = wd / "search" / "pareto.png"
     if pareto.is_file():
-        shutil.copyfile(pareto, wd / "pareto.png")
+        with atomic_path(wd / "pareto.png") as tmp:
+            shutil.copyfile(pareto, tmp)
         lines += ["![candidates on the search split](pareto.png)", ""]
     search_summary = wd / "search" / "pareto.json"
     if search_summary.is_file():
@@ -170,7 +172,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     lines += ["Files: `baseline/` (checkpoint, metrics), `supernet/` (checkpoint, subnets' metrics), `search/` "
               "(study.journal, results.csv, best_arch.json, pareto.json/png), `tune/` (arch.json, checkpoint, "
               "metrics), `export/` (ONNX files, parity and latency records, classes.json).", ""]
-    (wd / "report.md").write_text("\n".join(lines))
+    write_text_atomic(wd / "report.md", "\n".join(lines))
     console.print(f"report: {wd / 'report.md'}")
     return {"rows": rows, "initial_tune_metrics": init_metrics, "budget": None if budget is None else budget.model_dump(),
             "supernet": str(wd / SUPERNET)}

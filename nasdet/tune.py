@@ -73,7 +73,10 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
         return space.validate(_complete(given, cfg)), "tune.arch (inline)"
     path = Path(given)
     if path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ArchError(f"tune.arch file {path} cannot be read: {e}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError:  # YAML is a superset of JSON: a truncated JSON file is reported from here

@@ -235,8 +235,9 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill_during_search(shapes
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    log = open(tmp_path / "pipeline.log", "w")  # not a terminal: plain progress lines (nasdet/progress.py)
     proc = subprocess.Popen([sys.executable, "-m", "nasdet.cli", "pipeline", str(config)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=log, stderr=subprocess.PIPE)
     journal = wd / "search" / "study.journal"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -250,6 +251,12 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill_during_search(shapes
     base_ckpt = wd / "baseline" / "ckpt" / "last.pt"
     mtimes = (sn_ckpt.stat().st_mtime_ns, base_ckpt.stat().st_mtime_ns)
     assert not (wd / "tune").exists()
+    # the log file got a line per step while the run went on (it was killed before its end)
+    lines = (tmp_path / "pipeline.log").read_text().splitlines()
+    for expected in ("train baseline step: 1/2 (50%), epoch 0, loss", "train baseline step: 2/2 (100%)",
+                     "train supernet step: 2/2 (100%)", "search candidates: 1/40 (2%)"):
+        assert any(line.startswith(expected) for line in lines), (expected, lines)
+    assert not any("\x1b[" in line for line in lines)  # no terminal control codes
 
     cfg = validate_config(raw, str(config))
     report = run_pipeline(cfg, console=QUIET)

@@ -35,7 +35,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+<<<<<<< HEAD
 from ..errors import ConfigError, DataError
+=======
+from ..files import atomic_path
+>>>>>>> main
 
 __all__ = ["SHAPE_CLASSES", "existing_matches", "make_synthetic"]
 
@@ -349,16 +353,8 @@ def _refuse_foreign(ann_path: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, fsync=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def make_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 500, size: int = 256, seed: int = 0,

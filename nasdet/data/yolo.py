@@ -38,6 +38,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..files import write_text_atomic
 from .coco import MAX_LISTED, fit_box, warn_degenerate
 from .dataset import DetectionDataset, ImageRecord
 
@@ -370,8 +371,7 @@ def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy
                     raise DataError(f"{rec.file}: not in an 'images' folder; write with copy_images=True")
             lines, n_crowd = _label_lines(rec)
             crowd += n_crowd
-            label_file.parent.mkdir(parents=True, exist_ok=True)
-            label_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            write_text_atomic(label_file, "".join(line + "\n" for line in lines))  # a cut line could still parse
         if crowd:
             warnings.warn(f"{ds.source}: left out {crowd} crowd/difficult box{'es' if crowd != 1 else ''} "
                           "(YOLO labels cannot mark a box as ignored)", UserWarning, stacklevel=2)
@@ -381,8 +381,5 @@ def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy
     data = {**{k: v for k, v in entries.items() if v is not None},
             "nc": len(classes or []), "names": list(classes or [])}
     yaml_file = out_dir / "data.yaml"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = yaml_file.with_name(f".{yaml_file.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, yaml_file)
+    write_text_atomic(yaml_file, yaml.safe_dump(data, sort_keys=False))
     return yaml_file

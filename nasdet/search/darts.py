@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from torch import Tensor, nn
 
@@ -35,6 +35,9 @@ from ..data.split import split_train_search
 from ..data.transforms import targets_to, to_model_input
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.heads.fad import ALPHA_COLUMNS, FADTowers, format_genotype, write_genotypes
+from ..files import append_jsonl, write_text_atomic
+from ..progress import progress_bar
+from ..threads import set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from ..train.loop import EpochSampler, TrainingDiverged, resolve_device
 from ..train.optim import build_scheduler, param_groups
@@ -200,8 +203,7 @@ class DartsSearch:
         if cfg.model.detector not in ("fcos", "retinanet"):
             raise ConfigError(f"search.strategy darts searches FAD heads: model.detector must be fcos or retinanet, "
                              f"not {cfg.model.detector!r}")
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        set_torch_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)
         pool = build_datasets(cfg, need=("train",))["supernet_train"]
         w_idx, a_idx = split_halves(len(pool), cfg.data.split_seed)
@@ -251,16 +253,14 @@ class DartsSearch:
 
     # ------------------------------------------------------------------------------------- logs
     def _append(self, name: str, record: dict) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / name, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.out_dir / name, record)
 
     def _trim_alpha_log(self, epoch: int) -> None:
         """Drop records of epochs after the checkpoint (written before a crash that lost their checkpoint)."""
         path = self.out_dir / "alphas.jsonl"
         if path.is_file():
-            keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
-            path.write_text("".join(line + "\n" for line in keep))
+            keep = [line for line in path.read_text().splitlines() if _epoch_of(line) <= epoch]
+            write_text_atomic(path, "".join(line + "\n" for line in keep))
 
     def record_epoch(self, losses: dict[str, float], partial: bool = False) -> dict:
         """Append the alphas and genotypes to ``alphas.jsonl``; rewrite ``genotype.log`` / ``genotype.json``."""
@@ -296,11 +296,12 @@ class DartsSearch:
         self.model.train()
         sums: dict[str, float] = {}
         n = 0
-        progress = Progress(TextColumn("[bold blue]search epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=self.console)
+        progress = progress_bar(self.console, TextColumn("[bold blue]search epoch {task.fields[epoch]}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
+                                TimeRemainingColumn(), label="darts search step", every=self.d.log_every_steps,
+                                fields=lambda f: f"epoch {f['epoch']}, loss {f['loss']:.3f}")
         with progress:
-            task = progress.add_task("darts", total=limit, completed=self.step, epoch=self.epoch, loss=float("nan"))
+            task = progress.add_task("", total=limit, completed=self.step, epoch=self.epoch, loss=float("nan"))
             while self.step < limit and self.epoch < self.d.epochs:
                 start = self.batch_in_epoch * self.d.batch_size
                 for sampler in self.samplers:
@@ -355,3 +356,11 @@ def genotype_table(box, cls, title: str) -> Table:
 def run_darts_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """``nasdet search`` with ``search.strategy: darts``; returns the genotypes, step and output paths."""
     return DartsSearch(cfg, work_dir, console).run()
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch of an ``alphas.jsonl`` line; infinity for a line cut by a kill (so it is dropped)."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

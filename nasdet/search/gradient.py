@@ -49,6 +49,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..files import append_jsonl, atomic_path, write_text_atomic
 from ..models.supernet import INPUT_SIZE, set_detector_arch
 from ..space import SearchSpace
 from ..space.space import _BLOCK_NAME
@@ -149,7 +150,7 @@ class CostTable:
 
 
 def backbone_cost_function(model: nn.Module, metric: str) -> Callable[[Mapping], float] | None:
-    """The backbone's own MACs (counted on a meta-device copy of the supernet body, no export) or params
+    """The backbone's own MACs (counted on its export) or params
     of a detector arch: they differ between archs exactly as the whole detector's do, since necks and
     heads never change with the arch, at a fraction of the cost. None for latency (use the cost model)."""
     from ..models.supernet import BACKBONE_PREFIX, supernet_body
@@ -161,11 +162,14 @@ def backbone_cost_function(model: nn.Module, metric: str) -> Callable[[Mapping],
         return lambda arch: float(count_params(body.export(strip_prefix(arch, BACKBONE_PREFIX))))
     if metric != "macs":
         return None
-    def macs(arch: Mapping[str, Any]) -> float:  # the export: the supernet would also count kernel transforms
-        static = body.export(strip_prefix(arch, BACKBONE_PREFIX)).to("meta").eval()
+    def macs(arch: Mapping[str, Any]) -> float:
+        # the export (the supernet would also count its kernel transforms), run on real zeros: on the meta
+        # device every elementwise op goes through Python decompositions, many times slower for a backbone
+        static = body.export(strip_prefix(arch, BACKBONE_PREFIX)).eval()
         s = int(arch[INPUT_SIZE])
+        x = torch.zeros(1, 3, s, s, device=next(static.parameters()).device)
         with torch.no_grad():
-            return float(count_macs(static, torch.empty(1, 3, s, s, device="meta")))
+            return float(count_macs(static, x))
     return macs
 
 
@@ -262,20 +266,21 @@ class GradientSearch:
     def _load_state(self) -> dict:
         if not self.state_path.is_file():
             return {"space_id": self.space.space_id, "resolutions": {}}
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling errors come in many types
+            raise CheckpointError(f"{self.state_path} cannot be read ({e}): delete it to start the search again") from None
         if state.get("space_id") != self.space.space_id:
             raise CheckpointError(f"{self.state_path} belongs to search space {state.get('space_id')}, not {self.space.space_id}: "
                              "delete it or use another work_dir")
         return state
 
     def _save_state(self) -> None:
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        torch.save(self.state, tmp)
-        tmp.replace(self.state_path)
+        with atomic_path(self.state_path) as tmp:
+            torch.save(self.state, tmp)
 
     def _log(self, record: dict) -> None:
-        with open(self.out_dir / LOG_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.out_dir / LOG_FILE, record)
 
     def cost_of(self, arch: Mapping[str, Any]) -> float:
         return float(self.cost_fn(arch)[self.budget.metric])
@@ -420,6 +425,6 @@ def write_searched_arch(model: nn.Module, space: SearchSpace, arch: Mapping[str,
     if not hasattr(body, "enot_from_arch"):
         return None
     path = Path(out_dir) / "searched_arch.json"
-    path.write_text(json.dumps({"space_id": space.space_id, "input_size": int(arch[INPUT_SIZE]),
+    write_text_atomic(path, json.dumps({"space_id": space.space_id, "input_size": int(arch[INPUT_SIZE]),
                                 "searched_arch": body.enot_from_arch(strip_prefix(arch, BACKBONE_PREFIX))}) + "\n")
     return path

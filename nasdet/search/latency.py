@@ -27,7 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+<<<<<<< HEAD
 from ..errors import ConfigError
+=======
+from ..files import write_json_atomic
+>>>>>>> main
 from ..models.supernet import INPUT_SIZE, export_detector
 from ..space import SearchSpace
 from .cost import _threads, measure_latency
@@ -92,9 +96,7 @@ class LatencyTable:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = json.loads(self.path.read_text()) if self.path.is_file() else {}
         data[self.key] = {"blocks": self.blocks, "rest": self.rest}
-        tmp = self.path.with_name(self.path.name + f".{id(self)}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(self.path)
+        write_json_atomic(self.path, data, indent=1, sort_keys=True)
 
     @staticmethod
     def block_key(block: nn.Module, in_shape: tuple[int, ...]) -> str:

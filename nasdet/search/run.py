@@ -15,14 +15,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from ..config import ExperimentConfig, save_config
+<<<<<<< HEAD
 from ..errors import ConfigError
 from ..space import SearchSpace, save_arch
 from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_weights, planned_steps
+=======
+from ..files import atomic_path, write_json_atomic
+from ..progress import progress_bar
+from ..space import SearchSpace, save_arch
+from ..threads import set_torch_threads
+from ..train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+>>>>>>> main
 from .latency import latency_function
 from .budget import COST_UNITS, Budget, CostModel, check_budget_feasible, restrict_resolution
 from .scoring import cached_scorer, score_arch
@@ -39,6 +47,11 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
     counts, output paths). ``storage`` (URL or journal path) overrides ``cfg.search.storage``; ``worker``
     (0, 1, ...) decorrelates the proposals of processes sharing one study."""
+    if cfg.search.strategy == "gradient" and worker > 0:
+        from ..errors import ConfigError
+
+        raise ConfigError("search.strategy gradient runs in one process (one set of architecture probabilities): "
+                          "drop --worker / --workers")
     if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
         from .darts import run_darts_search
 
@@ -58,8 +71,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     if not ckpt.is_file():
         raise CheckpointError(f"no supernet checkpoint at {ckpt}: run `nasdet pretrain` first")
     torch.manual_seed(cfg.seed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_torch_threads(cfg.train.threads)
     data = build_datasets(cfg, need=("search",))
     search_set = data["search"]
     if len(search_set) == 0:
@@ -98,6 +110,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                              population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
                              mutation=s.mutation, crossover=s.crossover)
     study_name = s.study_name or f"{cfg.name}-{s.strategy}"
+<<<<<<< HEAD
     study = open_study(open_storage(storage or s.storage, out_dir), study_name, strategy)
     check_supernet_fingerprint(study, {"path": str(ckpt), "sha256": file_sha256(ckpt), "step": state.get("step")},
                                f"search study {study_name!r} ({storage or s.storage or out_dir / STUDY_FILE})")
@@ -109,6 +122,16 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     best = [max((r["metrics"][OBJECTIVE] for r in scored), default=float("nan"))]
     with Progress(TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
+=======
+    study = open_study(open_storage(storage or s.storage, out_dir, heartbeat=s.heartbeat_seconds), study_name, strategy)
+    save_config(cfg, wd / "config.yaml")
+    extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
+
+    already = len(study_records(study, search_space))
+    best = [max((r["metrics"][OBJECTIVE] for r in study_records(study, search_space)), default=float("nan"))]
+    with progress_bar(console, TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), label="search candidates", every=max(1, s.num_candidates // 100)) as progress:
+>>>>>>> main
         task = progress.add_task(f"best AP {best[0]:.4f}", total=s.num_candidates, completed=min(already, s.num_candidates))
 
         def on_trial(rec):
@@ -230,9 +253,7 @@ def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: s
               "front": [_plain(r) for r in front], "extremes": marks, "baseline": baseline, "scored": len(records)}
     if baseline is not None:
         marks = {**marks, "baseline": baseline}
-    tmp = out_dir / "pareto.json.tmp"
-    tmp.write_text(json.dumps(pareto, indent=2))
-    tmp.replace(out_dir / "pareto.json")
+    write_json_atomic(out_dir / "pareto.json", pareto)
     plot_pareto(records, front, cost_metric, out_dir / "pareto.png", budget, marks)
     return {"best": best, "front": front, "records": len(records),
             "files": {n: str(out_dir / n) for n in ("results.csv", "best_arch.json", "pareto.json", "pareto.png")}}
@@ -244,8 +265,7 @@ def _plain(r: dict) -> dict:
 
 def write_results_csv(records: Sequence[dict], path: Path) -> None:
     cols = ["trial", "arch", *METRIC_COLUMNS, "macs", "params", "latency_ms", "seconds", "feasible", "worker"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for r in records:
@@ -253,7 +273,6 @@ def write_results_csv(records: Sequence[dict], path: Path) -> None:
             w.writerow([r["trial"], json.dumps(r["arch"], sort_keys=True), *[m.get(k, "") for k in METRIC_COLUMNS],
                         c.get("macs", ""), c.get("params", ""), c.get("latency", ""),
                         "" if r["seconds"] is None else round(r["seconds"], 3), r["feasible"], r["worker"] or ""])
-    tmp.replace(path)
 
 
 def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path: Path, budget: Budget | None = None,
@@ -291,7 +310,8 @@ def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 

@@ -16,8 +16,12 @@ study: if any *other* trial with the same arch is ``COMPLETE`` or ``RUNNING`` wi
 before the read, so of two trials racing for one arch the later one always sees the earlier: an arch is
 never scored twice and never more than ``num_candidates`` are scored (when both see each other, both
 step back and the arch is proposed again later). A trial left ``RUNNING`` by a killed process of this
-host (its pid is gone) is told ``FAIL`` when a driver starts, so its arch can be scored again; one
-left by a dead process on another host blocks its arch until failed by hand.
+host (its pid is gone) is told ``FAIL`` by the next driver that looks (each driver looks before every
+trial), and its arch is enqueued again (user attribute ``retry_of``), so another worker scores it.
+On a database storage (``postgresql://...``) each running trial also records an Optuna heartbeat every
+``heartbeat`` seconds; one silent for twice that (a dead process on any host) is failed and retried the
+same way. A trial left by a dead process on another host of a journal file blocks its arch until failed
+by hand.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import CheckpointError, ConfigError, DataError, EnvironmentProblem
 from ..space import SearchSpace
@@ -46,12 +51,22 @@ _MAX_SKIPS = 200  # consecutive skipped (duplicate / surplus) trials before givi
 _MAX_OVER = 2000  # consecutive over-budget trials before giving up
 
 
-def open_storage(storage: str | Path | None, search_dir: str | Path):
-    """``None``: a journal file ``search_dir/study.journal``; a URL (``postgresql://...``) as given; any other
-    string: a journal file at that path. (SQLite is not safe with several workers: Optuna's FAQ.)"""
+def open_storage(storage: str | Path | None, search_dir: str | Path, heartbeat: int = 60):
+    """``None``: a journal file ``search_dir/study.journal``; a URL (``postgresql://...``): that database,
+    with a trial heartbeat every ``heartbeat`` seconds; any other string: a journal file at that path.
+    (SQLite is not safe with several workers: Optuna's FAQ.)"""
     if storage is not None and "://" in str(storage):
+<<<<<<< HEAD
         check_storage_url(str(storage))
         return str(storage)
+=======
+        from optuna.storages import RDBStorage
+
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; study.optimize relies on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(_with_installed_driver(str(storage)), heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                              heartbeat_stale_trial_callback=retry_trial)
+>>>>>>> main
     path = Path(storage) if storage is not None else Path(search_dir) / STUDY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages import JournalStorage
@@ -61,6 +76,7 @@ def open_storage(storage: str | Path | None, search_dir: str | Path):
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+<<<<<<< HEAD
 def check_storage_url(url: str) -> None:
     """A database URL whose scheme SQLAlchemy does not know, or whose driver is not installed, is one clear
     error before Optuna (the password is not repeated)."""
@@ -120,6 +136,17 @@ def check_journal(path: Path) -> None:
                     f"line {number} and the lines after it to keep the trials recorded before it") from None
     finally:
         lock.release()
+=======
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` names no driver, and SQLAlchemy 2.1 then wants psycopg 3; use psycopg2 (the
+    ``psycopg2-binary`` wheel of the test extra) when only that one is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+>>>>>>> main
 
 
 def open_study(storage, study_name: str, strategy: Strategy) -> optuna.Study:
@@ -144,7 +171,9 @@ def worker_id() -> str:
 
 
 def fail_stale_trials(study: optuna.Study) -> int:
-    """Tell ``FAIL`` for trials left ``RUNNING`` by a dead process of this host; returns how many."""
+    """Tell ``FAIL`` for trials left ``RUNNING`` by a dead process (of this host: its pid is gone; of any
+    host on a database storage: its heartbeat stopped) and enqueue their archs again; returns how many
+    this call failed."""
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = str(t.user_attrs.get("worker", ""))
@@ -153,10 +182,22 @@ def fail_stale_trials(study: optuna.Study) -> int:
             continue
         try:
             study.tell(t.number, state=TrialState.FAIL)
-            n += 1
-        except (ValueError, RuntimeError):  # finished meanwhile
-            pass
-    return n
+        except (ValueError, RuntimeError):  # finished meanwhile, or failed by another worker first
+            continue
+        retry_trial(study, t)
+        n += 1
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # heartbeats; calls retry_trial for each one it fails
+    return n + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue the arch of a failed (killed) trial, so that the next ``ask`` of any worker scores it."""
+    if trial.params:
+        study.enqueue_trial(dict(trial.params), user_attrs={"strategy": trial.user_attrs.get("strategy", "retry"),
+                                                            "retry_of": trial.number}, skip_if_exists=False)
 
 
 def _alive(pid: int) -> bool:
@@ -201,6 +242,8 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
             study.enqueue_trial(arch, user_attrs={"strategy": "seed"})
     skips = over = 0
     while True:
+        if counts["scored"] or skips or over:  # the first look was above, before the seeds
+            counts["stale"] += fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         if sum(t.state == TrialState.COMPLETE for t in trials) >= num_candidates:
             break
@@ -209,46 +252,62 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
                           "the space (under the budget) looks exhausted", stacklevel=2)
             break
         strategy.propose(study, trials)
-        trial = study.ask()
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we run it below
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
         trial.set_user_attr("worker", me)
-        arch = {n: trial.suggest_categorical(n, list(space[n])) for n in space.names}
-        costs = {k: float(v) for k, v in cost_fn(arch).items()}
-        for k, v in costs.items():
-            trial.set_user_attr(k, v)
-        if budget is not None:
-            excess = budget.excess(costs)
-            trial.set_constraint(budget.metric, excess)
-            if excess > 0:
-                trial.set_user_attr("over_budget", True)
-                study.tell(trial, state=TrialState.PRUNED)
-                counts["over_budget"] += 1
-                over += 1
-                continue
+        # Optuna's own heartbeat thread (what study.optimize runs); a no-op on a journal file
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            outcome = _run_trial(study, trial, space, strategy, scorer, cost_fn, budget, num_candidates, metric)
+        if outcome == "over_budget":
+            counts["over_budget"] += 1
+            over += 1
+            continue
         over = 0
-        trial.set_user_attr("claim", True)
-        reason = _blocked(study, trial, arch, num_candidates)
-        if reason is not None:
-            trial.set_user_attr("skipped", reason)
-            study.tell(trial, state=TrialState.FAIL)
+        if outcome == "skipped":
             counts["skipped"] += 1
             skips += 1
             continue
         skips = 0
-        t0 = time.perf_counter()
-        try:
-            metrics = {k: float(v) for k, v in scorer(arch).items()}
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        seconds = time.perf_counter() - t0
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("seconds", seconds)
-        values = [metrics[OBJECTIVE]] + ([costs[metric]] if len(strategy.directions) == 2 else [])
-        study.tell(trial, values)
         counts["scored"] += 1
         if on_trial is not None:
-            on_trial({"trial": trial.number, "arch": arch, "metrics": metrics, "costs": costs, "seconds": seconds})
+            on_trial(outcome)
     return counts
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, strategy: Strategy,
+               scorer: Callable[[dict], Mapping[str, float]], cost_fn: Callable[[Mapping], Mapping[str, float]],
+               budget: Budget | None, num_candidates: int, metric: str) -> str | dict:
+    """One asked trial to its end: ``over_budget``, ``skipped`` or the scored record."""
+    arch = {n: trial.suggest_categorical(n, list(space[n])) for n in space.names}
+    costs = {k: float(v) for k, v in cost_fn(arch).items()}
+    for k, v in costs.items():
+        trial.set_user_attr(k, v)
+    if budget is not None:
+        excess = budget.excess(costs)
+        trial.set_constraint(budget.metric, excess)
+        if excess > 0:
+            trial.set_user_attr("over_budget", True)
+            study.tell(trial, state=TrialState.PRUNED)
+            return "over_budget"
+    trial.set_user_attr("claim", True)
+    reason = _blocked(study, trial, arch, num_candidates)
+    if reason is not None:
+        trial.set_user_attr("skipped", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        return "skipped"
+    t0 = time.perf_counter()
+    try:
+        metrics = {k: float(v) for k, v in scorer(arch).items()}
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    seconds = time.perf_counter() - t0
+    trial.set_user_attr("metrics", metrics)
+    trial.set_user_attr("seconds", seconds)
+    values = [metrics[OBJECTIVE]] + ([costs[metric]] if len(strategy.directions) == 2 else [])
+    study.tell(trial, values)
+    return {"trial": trial.number, "arch": arch, "metrics": metrics, "costs": costs, "seconds": seconds}
 
 
 # ------------------------------------------------------------------------------------------- records

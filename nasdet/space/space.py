@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArchError, NoArchUnderCost
+from ..files import write_text_atomic
 
 Arch = dict[str, Any]
 _SHOWN = 12  # names listed in an error before "..."
@@ -254,9 +255,7 @@ def strip_prefix(arch: Mapping[str, Any], prefix: str) -> Arch:
 def save_arch(path: str | Path, arch: Mapping[str, Any], space: SearchSpace) -> None:
     """Write ``{"space_id": ..., "arch": {...}}`` after validating ``arch`` against ``space``."""
     arch = space.validate(arch)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"space_id": space.space_id, "arch": arch}, indent=2) + "\n")
+    write_text_atomic(path, json.dumps({"space_id": space.space_id, "arch": arch}, indent=2) + "\n")
 
 
 def load_arch(path: str | Path, space: SearchSpace) -> Arch:
@@ -264,7 +263,7 @@ def load_arch(path: str | Path, space: SearchSpace) -> Arch:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArchError(f"{path} is not JSON: {e}") from e
     if not isinstance(data, dict) or "arch" not in data or "space_id" not in data:
         raise ArchError(f"{path} is not an arch file (expected keys 'space_id' and 'arch')")

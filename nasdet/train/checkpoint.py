@@ -1,25 +1,28 @@
 """Checkpoints: plain tensors and containers only, written atomically, read with weights_only=True."""
 from __future__ import annotations
 
+<<<<<<< HEAD
 import hashlib
 import os
+=======
+>>>>>>> main
 import random
 from pathlib import Path
 
 import torch
 
+<<<<<<< HEAD
 from ..errors import CheckpointError, unreadable_reason
+=======
+from ..errors import CheckpointError
+from ..files import atomic_path
+>>>>>>> main
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write to a temporary file then rename: a kill mid-write never leaves a broken last.pt."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:

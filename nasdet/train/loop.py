@@ -7,21 +7,27 @@ progress bar and ``log.jsonl``. Subclasses change what one step trains by overri
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
+<<<<<<< HEAD
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
+=======
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+>>>>>>> main
 from torch import nn
 
 from ..config import ExperimentConfig, config_to_dict
 from ..data.dataset import DetectionDataset, collate_detection
+from ..threads import set_torch_threads
 from ..data.transforms import targets_to, to_model_input
+from ..files import append_jsonl
+from ..progress import progress_bar
 from . import dist
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate_detector
@@ -77,8 +83,7 @@ class Trainer:
         self.console = console or Console()
         self.space_id = space_id
         self.device, self.rank, self.world = dist.init_distributed(self.tcfg.device)
-        if self.tcfg.threads:
-            torch.set_num_threads(self.tcfg.threads)
+        set_torch_threads(self.tcfg.threads)
         self.train_set, self.val_set = train_set, val_set
         if len(train_set) == 0:
             raise DataError(f"training set {train_set.source} has no images")
@@ -173,9 +178,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------- logging
     def log(self, record: dict) -> None:
         if dist.is_main():
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(self.out_dir / "log.jsonl", record)
 
     # ---------------------------------------------------------------------------------------- run
     def _loader(self) -> torch.utils.data.DataLoader:
@@ -248,6 +251,7 @@ class Trainer:
                 f"steps/epoch x {self.tcfg.epochs} epochs, batch {self.tcfg.batch_size} x {self.world} process(es) on "
                 f"{self.device}, {what}"
             )
+<<<<<<< HEAD
             if not any((r.iscrowd == 0).any() for r in self.train_set.records):
                 self.console.print(Text(
                     f"warning: training set {self.train_set.source} has no annotations (no box in its "
@@ -255,14 +259,20 @@ class Trainer:
                     "file", style="yellow"), soft_wrap=True)
         progress = Progress(
             TextColumn("[bold blue]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+=======
+        progress = progress_bar(
+            self.console, TextColumn("[bold blue]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+>>>>>>> main
             TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, disable=not dist.is_main(),
+            TimeElapsedColumn(), TimeRemainingColumn(), disable=not dist.is_main(),
+            label=f"train {self.out_dir.name} step", every=self.tcfg.log_every_steps,
+            fields=lambda f: f"epoch {f['epoch']}, loss {f['loss']:.3f}, {f['ips']:.1f} img/s",
         )
         self.model.train()
         t_log, n_img_log = time.perf_counter(), 0
         ema_loss = None
         with progress:
-            task = progress.add_task("train", total=limit, completed=self.step, epoch=self.epoch, loss=float("nan"), ips=0.0)
+            task = progress.add_task("", total=limit, completed=self.step, epoch=self.epoch, loss=float("nan"), ips=0.0)
             while self.step < limit and self.epoch < self.tcfg.epochs:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.tcfg.batch_size)
                 for images, targets in self._loader():

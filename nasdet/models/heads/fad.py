@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Mapping, NamedTuple
@@ -32,7 +31,12 @@ from torch import Tensor, nn
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 
+<<<<<<< HEAD
 from ...errors import ConfigError, GenotypeError
+=======
+from ...errors import GenotypeError
+from ...files import write_text_atomic
+>>>>>>> main
 
 KINDS = ("std", "sinSep")
 _SHAPES = ((1, False), (1, True), (2, False), (2, True), (3, False))  # (trunk depth, dilated branch) per op
@@ -383,9 +387,7 @@ def write_genotypes(out_dir: str | Path, box: Genotype, cls: Genotype) -> dict[s
                                           "box_text": format_genotype(box), "cls_text": format_genotype(cls)},
                                          indent=2) + "\n"}
     for name, text in files.items():
-        tmp = out_dir / f"{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+        write_text_atomic(out_dir / name, text)
     return {name: out_dir / name for name in files}
 
 

@@ -1,0 +1,67 @@
+"""Atomic file writes: a reader (a rerun after kill -9, another worker) sees the old file or the new one,
+never half of one.
+
+Write to a temporary file of a unique name in the same folder, then ``os.replace`` it onto the target
+(atomic on POSIX within a file system). The name is unique per writer so that two processes writing the
+same file (search workers all write results.csv at their end) never write into one temporary file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s new content to; it replaces ``path`` when the block ends
+    without an error (and is removed otherwise). ``fsync``: also survive a power cut, not only a kill."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, obj, indent: int | None = 2, **kwargs) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent, **kwargs))
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one JSON line. A line cut by a kill is ended first, so the new record stays whole on its own
+    line (readers skip the cut one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(record) + "\n").encode())
