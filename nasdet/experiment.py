@@ -20,11 +20,8 @@ from .data.split import split_train_search
 from .data.transforms import build_train_transforms
 from .data.voc import VOC_CLASSES, load_voc
 from .data.yolo import load_yolo
-<<<<<<< HEAD
 from .errors import DataError
-=======
 from .files import write_json_atomic
->>>>>>> main
 from .metrics import COCO_METRIC_NAMES
 from .models import build_detector, get_input_size
 from .search.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx

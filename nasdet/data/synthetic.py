@@ -35,11 +35,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-<<<<<<< HEAD
 from ..errors import ConfigError, DataError
-=======
 from ..files import atomic_path
->>>>>>> main
 
 __all__ = ["SHAPE_CLASSES", "existing_matches", "make_synthetic"]
 

@@ -27,11 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-<<<<<<< HEAD
 from ..errors import ConfigError
-=======
 from ..files import write_json_atomic
->>>>>>> main
 from ..models.supernet import INPUT_SIZE, export_detector
 from ..space import SearchSpace
 from .cost import _threads, measure_latency

@@ -20,23 +20,18 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import ExperimentConfig, save_config
-<<<<<<< HEAD
 from ..errors import ConfigError
-from ..space import SearchSpace, save_arch
-from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_weights, planned_steps
-=======
 from ..files import atomic_path, write_json_atomic
 from ..progress import progress_bar
 from ..space import SearchSpace, save_arch
 from ..threads import set_torch_threads
-from ..train.checkpoint import CheckpointError, load_checkpoint, load_model_weights
->>>>>>> main
+from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_weights, planned_steps
 from .latency import latency_function
 from .budget import COST_UNITS, Budget, CostModel, check_budget_feasible, restrict_resolution
 from .scoring import cached_scorer, score_arch
 from .strategies import OBJECTIVE, make_strategy
 from .study import (STUDY_FILE, apply_budget, best_record, check_storage_url, check_supernet_fingerprint, open_storage,
-                    open_study, pareto_front, run_study, study_records)
+                    open_study, pareto_front, run_study, shown_storage, study_records)
 
 SEARCH = "search"
 METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -101,7 +96,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
     if s.strategy == "gradient":
         return _run_gradient(cfg, wd, model, space, search_space, search_set, calib_set, device, budget, cost_fn,
-                             measure, storage, console)
+                             measure, storage, console, ckpt, state)
 
     scorer = cached_scorer(functools.partial(
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
@@ -110,28 +105,15 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                              population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
                              mutation=s.mutation, crossover=s.crossover)
     study_name = s.study_name or f"{cfg.name}-{s.strategy}"
-<<<<<<< HEAD
-    study = open_study(open_storage(storage or s.storage, out_dir), study_name, strategy)
-    check_supernet_fingerprint(study, {"path": str(ckpt), "sha256": file_sha256(ckpt), "step": state.get("step")},
-                               f"search study {study_name!r} ({storage or s.storage or out_dir / STUDY_FILE})")
+    study = open_checked_study(storage or s.storage, out_dir, study_name, strategy, ckpt, state, s.heartbeat_seconds)
     save_config(cfg, wd / "config.yaml")
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
 
     scored = study_records(study, search_space)
     already = len(scored)
     best = [max((r["metrics"][OBJECTIVE] for r in scored), default=float("nan"))]
-    with Progress(TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-=======
-    study = open_study(open_storage(storage or s.storage, out_dir, heartbeat=s.heartbeat_seconds), study_name, strategy)
-    save_config(cfg, wd / "config.yaml")
-    extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
-
-    already = len(study_records(study, search_space))
-    best = [max((r["metrics"][OBJECTIVE] for r in study_records(study, search_space)), default=float("nan"))]
     with progress_bar(console, TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), label="search candidates", every=max(1, s.num_candidates // 100)) as progress:
->>>>>>> main
         task = progress.add_task(f"best AP {best[0]:.4f}", total=s.num_candidates, completed=min(already, s.num_candidates))
 
         def on_trial(rec):
@@ -158,7 +140,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
 
 def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, search_space: SearchSpace, search_set,
                   calib_set, device, budget: Budget, cost_fn, measure: tuple[str, ...], storage: str | None,
-                  console: Console) -> dict:
+                  console: Console, ckpt: Path, state: dict) -> dict:
     """``search.strategy: gradient`` (ENOT's search, ``search/gradient.py``), then the common outputs."""
     import torch
 
@@ -186,12 +168,13 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
         recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
     study_name = s.study_name or f"{cfg.name}-gradient"
-    study = open_study(open_storage(storage or s.storage, out_dir), study_name, Strategy(search_space, cost_fn, budget))
+    study = open_checked_study(storage or s.storage, out_dir, study_name, Strategy(search_space, cost_fn, budget), ckpt,
+                               state)
     save_config(cfg, wd / "config.yaml")
     search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
                             seed=s.seed, console=console, worker=worker_id())
     search.run(search_resolutions(search_space, cfg.model.input_size, gc.search_resolution), gc)
-    records = study_records(study, search_space)
+    records = apply_budget(study_records(study, search_space), budget, cost_fn)
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
     extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
     baseline = score_baseline(cfg, wd, search_set, device, measure)
@@ -202,6 +185,16 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     console.print(top_table(records, budget.metric, s.top_k, f"search (gradient): {len(records)} derived arch(s) on "
                                                              f"{len(search_set)} search images"))
     return summary
+
+
+def open_checked_study(storage: str | None, out_dir: Path, study_name: str, strategy, ckpt: Path, state: dict,
+                       heartbeat: int = 60):
+    """Open (or continue) the study, refusing one whose scores were taken on another supernet checkpoint."""
+    study = open_study(open_storage(storage, out_dir, heartbeat=heartbeat), study_name, strategy)
+    where = shown_storage(storage) if storage else out_dir / STUDY_FILE
+    check_supernet_fingerprint(study, {"path": str(ckpt), "sha256": file_sha256(ckpt), "step": state.get("step")},
+                               f"search study {study_name!r} ({where})")
+    return study
 
 
 def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure: tuple[str, ...]) -> dict | None:

@@ -56,17 +56,14 @@ def open_storage(storage: str | Path | None, search_dir: str | Path, heartbeat: 
     with a trial heartbeat every ``heartbeat`` seconds; any other string: a journal file at that path.
     (SQLite is not safe with several workers: Optuna's FAQ.)"""
     if storage is not None and "://" in str(storage):
-<<<<<<< HEAD
-        check_storage_url(str(storage))
-        return str(storage)
-=======
         from optuna.storages import RDBStorage
 
+        url = _with_installed_driver(str(storage))
+        check_storage_url(url)
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; study.optimize relies on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(_with_installed_driver(str(storage)), heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                               heartbeat_stale_trial_callback=retry_trial)
->>>>>>> main
     path = Path(storage) if storage is not None else Path(search_dir) / STUDY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages import JournalStorage
@@ -76,7 +73,6 @@ def open_storage(storage: str | Path | None, search_dir: str | Path, heartbeat: 
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-<<<<<<< HEAD
 def check_storage_url(url: str) -> None:
     """A database URL whose scheme SQLAlchemy does not know, or whose driver is not installed, is one clear
     error before Optuna (the password is not repeated)."""
@@ -101,6 +97,19 @@ def check_storage_url(url: str) -> None:
             f"storage {shown}: the database driver, Python module {e.name or 'for ' + parsed.drivername!r}, is not "
             "installed (PostgreSQL: pip install 'psycopg[binary]', or psycopg2-binary with postgresql+psycopg2://)"
         ) from None
+
+
+def shown_storage(storage: str | Path) -> str:
+    """A storage as it may be printed: a database URL without its password."""
+    if "://" not in str(storage):
+        return str(storage)
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(str(storage)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(an unparsable URL)"
 
 
 def check_journal(path: Path) -> None:
@@ -136,7 +145,8 @@ def check_journal(path: Path) -> None:
                     f"line {number} and the lines after it to keep the trials recorded before it") from None
     finally:
         lock.release()
-=======
+
+
 def _with_installed_driver(url: str) -> str:
     """``postgresql://`` names no driver, and SQLAlchemy 2.1 then wants psycopg 3; use psycopg2 (the
     ``psycopg2-binary`` wheel of the test extra) when only that one is installed."""
@@ -146,7 +156,6 @@ def _with_installed_driver(url: str) -> str:
             and importlib.util.find_spec("psycopg2") is not None:
         return "postgresql+psycopg2://" + url[len("postgresql://"):]
     return url
->>>>>>> main
 
 
 def open_study(storage, study_name: str, strategy: Strategy) -> optuna.Study:

@@ -1,22 +1,14 @@
 """Checkpoints: plain tensors and containers only, written atomically, read with weights_only=True."""
 from __future__ import annotations
 
-<<<<<<< HEAD
 import hashlib
-import os
-=======
->>>>>>> main
 import random
 from pathlib import Path
 
 import torch
 
-<<<<<<< HEAD
 from ..errors import CheckpointError, unreadable_reason
-=======
-from ..errors import CheckpointError
 from ..files import atomic_path
->>>>>>> main
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:

@@ -13,13 +13,9 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-<<<<<<< HEAD
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.text import Text
-=======
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
->>>>>>> main
+from rich.text import Text
 from torch import nn
 
 from ..config import ExperimentConfig, config_to_dict
@@ -251,18 +247,13 @@ class Trainer:
                 f"steps/epoch x {self.tcfg.epochs} epochs, batch {self.tcfg.batch_size} x {self.world} process(es) on "
                 f"{self.device}, {what}"
             )
-<<<<<<< HEAD
             if not any((r.iscrowd == 0).any() for r in self.train_set.records):
                 self.console.print(Text(
                     f"warning: training set {self.train_set.source} has no annotations (no box in its "
                     f"{len(self.train_set)} images): the detector will learn to find nothing; check the annotation "
                     "file", style="yellow"), soft_wrap=True)
-        progress = Progress(
-            TextColumn("[bold blue]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-=======
         progress = progress_bar(
             self.console, TextColumn("[bold blue]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
->>>>>>> main
             TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
             TimeElapsedColumn(), TimeRemainingColumn(), disable=not dist.is_main(),
             label=f"train {self.out_dir.name} step", every=self.tcfg.log_every_steps,

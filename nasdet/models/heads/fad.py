@@ -31,12 +31,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 
-<<<<<<< HEAD
 from ...errors import ConfigError, GenotypeError
-=======
-from ...errors import GenotypeError
 from ...files import write_text_atomic
->>>>>>> main
 
 KINDS = ("std", "sinSep")
 _SHAPES = ((1, False), (1, True), (2, False), (2, True), (3, False))  # (trunk depth, dilated branch) per op
