@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from nasdet.config import ModelConfig
+from nasdet.config import make_model_config
 from nasdet.models import build_detector
 from nasdet.models.supernet import BACKBONE_PREFIX, INPUT_SIZE, export_detector, supernet_body
 from nasdet.space import prefix_arch
@@ -75,8 +75,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     eval_runs = args.eval_runs or 3 * args.runs
 
-    cfg = ModelConfig(detector="ssdlite", backbone={"name": args.backbone, "width_mult": args.width_mult},
-                      input_size=args.input_size)
+    cfg = make_model_config(detector="ssdlite", backbone={"name": args.backbone, "width_mult": args.width_mult},
+                            input_size=args.input_size)
     model = build_detector(cfg, num_classes=args.num_classes)
     body = supernet_body(model)
     space = body.search_space()

@@ -23,13 +23,13 @@ import time
 def child(threads: int, steps: int, warmup: int) -> None:
     import torch
 
-    from nasdet.config import ModelConfig
+    from nasdet.config import make_model_config
     from nasdet.models import build_detector
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = ModelConfig(detector="ssdlite", backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
-                      input_size=128, extra_channels=[64, 32, 32, 16])
+    cfg = make_model_config(detector="ssdlite", backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+                            input_size=128, extra_channels=[64, 32, 32, 16])
     model = build_detector(cfg, num_classes=8).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = [torch.rand(3, 128, 128) for _ in range(8)]

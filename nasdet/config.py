@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .models.config import BackboneConfig, BaseModelConfig, HeadConfig, Strict
+from .models.families import BY_DETECTOR, DETECTORS, FAMILIES
 
+__all__ = ["BackboneConfig", "BaseModelConfig", "ConfigError", "ExperimentConfig", "HeadConfig", "ModelConfig",
+           "Strict", "load_config", "make_model_config", "validate_config"]
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -23,10 +27,6 @@ def check_device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
         raise ValueError(f"device {value!r} is not one of {DEVICES}")
     return value
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -89,115 +89,26 @@ class DataConfig(Strict):
 
 
 # ---------------------------------------------------------------------------------------------- model
-class BackboneConfig(Strict):
-    name: str = "mobilenet_v3_large"  # see nasdet.models.backbones.BACKBONES
-    width_mult: float = Field(1.0, gt=0)
-    norm: Literal["bn", "frozen_bn"] = "bn"
-    checkpoint: Optional[str] = None  # a state_dict of the backbone (e.g. classification pretraining)
+def _family_tag(raw: Any) -> Optional[str]:
+    """The union member of a model section: its detector's family (``ssdlite`` when unset)."""
+    detector = raw.get("detector", "ssdlite") if isinstance(raw, dict) else getattr(raw, "detector", None)
+    family = BY_DETECTOR.get(detector)
+    return family.names[0] if family is not None else detector
 
 
-class HeadConfig(Strict):
-    """FAD's searched towers in the FCOS / RetinaNet head (nasdet.models.heads.fad).
-
-    With ``genotype`` set, both towers are built from it (``num_cells`` cells each); null keeps
-    torchvision's standard head. ``search.strategy: darts`` searches a head of ``search_cells`` cells
-    of ``search_nodes`` nodes. FAD: C = 96 (128 for X-101), 1 cell of 3 nodes searched, 2 cells trained.
-    """
-
-    # genotype.log / genotype.json of a FAD search, "fad_paper" (published), or the json's {box, cls} mapping
-    genotype: Optional[Union[str, dict[str, Any]]] = None
-    cell_channels: int = Field(96, gt=0)  # C inside each edge (1x1 to C, op, 1x1 back); a multiple of 32
-    num_cells: int = Field(2, gt=0)  # cells per tower of the trained head
-    search_cells: int = Field(1, gt=0)  # cells per tower while searching
-    search_nodes: int = Field(3, gt=0)  # intermediate nodes per cell while searching
-    decouple: bool = True  # FAD's 1x1 conv on the shared trunk's shallow outputs while searching
-
-    @field_validator("cell_channels")
-    @classmethod
-    def _group_norm(cls, v):
-        if v % 32:
-            raise ValueError(f"cell_channels must be a multiple of 32 (GroupNorm(32)), got {v}")
-        return v
+# The model section: one member per detector family (nasdet.models.families), chosen by ``detector``; each
+# member forbids the keys of the others, so ``ssd_levels`` on an FCOS config is an error naming it.
+ModelConfig = Annotated[Union[tuple(Annotated[f.config, Tag(f.names[0])] for f in FAMILIES)],
+                        Discriminator(_family_tag)]
+_MODEL_CONFIG = TypeAdapter(ModelConfig)
 
 
-class ModelConfig(Strict):
-    detector: Literal["ssd", "ssdlite", "retinanet", "fcos", "faster_rcnn"] = "ssdlite"
-    backbone: BackboneConfig = BackboneConfig()
-    num_classes: Optional[int] = Field(None, gt=0)  # object classes, no background; default: from the data
-    input_size: int = Field(320, ge=32)  # images are resized to input_size x input_size
-    fpn_channels: int = Field(256, gt=0)  # RetinaNet, FCOS, Faster R-CNN
-    extra_channels: list[int] = [512, 256, 256, 128]  # SSD/SSDLite extra layers after C5
-    anchor_ratio_range: tuple[float, float] = (0.2, 0.95)  # SSD default boxes: smallest, largest scale
-    # Backbone levels SSD/SSDLite predicts on, the extras follow the last. ["c4", "c5"] is torchvision's
-    # SSDLite and aw_nas's SSD (19x19 first map at 300 px). At small inputs (demos at 160 px: 10x10) add
-    # "c3" (stride 8): on the shapes set it raises the GTs with an IoU >= 0.5 default box from 54 % to 87 %.
-    ssd_levels: list[Literal["c2", "c3", "c4", "c5"]] = ["c4", "c5"]
-    # SSD default-box aspect ratios per map (len(ssd_levels) + 4 maps); default: [[2, 3]] per map for ssdlite
-    # (torchvision), [[2], [2, 3], [2, 3], [2, 3], [2], [2]] for ssd (SSD300, aw_nas; [2] for an added first map)
-    anchor_aspect_ratios: Optional[list[list[int]]] = None
-    # SSD/SSDLite classification loss: "hard_negative" = SSD's softmax cross-entropy with 3:1 hard negative
-    # mining (torchvision, the SSD paper); "focal" = aw_nas's SSD supernets: sigmoid focal loss (alpha 0.25,
-    # gamma 2) over the object classes, IoU in [0.4, 0.5) ignored, sigmoid scores at inference
-    ssd_loss: Literal["hard_negative", "focal"] = "hard_negative"
-    score_thresh: float = Field(0.01, ge=0, le=1)
-    nms_thresh: float = Field(0.5, gt=0, le=1)
-    detections_per_img: int = Field(100, gt=0)
-    topk_candidates: int = Field(300, gt=0)
-    rpn_post_nms_top_n_test: int = Field(1000, gt=0)  # Faster R-CNN proposals at test (also used for MACs)
-    head: HeadConfig = HeadConfig()  # FAD towers for fcos / retinanet
-
-    @field_validator("anchor_aspect_ratios")
-    @classmethod
-    def _ratios(cls, v):
-        if v is not None and any(r < 1 for level in v for r in level):
-            raise ValueError(f"anchor_aspect_ratios must be ratios >= 1, got {v}")
-        return v
-
-    @field_validator("ssd_levels")
-    @classmethod
-    def _levels(cls, v):
-        order = ["c2", "c3", "c4", "c5"]
-        if not v or v[-1] != "c5" or len(set(v)) != len(v) or v != sorted(v, key=order.index):
-            raise ValueError(f"ssd_levels must be increasing backbone levels ending with c5 (the extras follow it), got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _fad_group_norm(self):
-        # P7 is 1x1 up to 128 px; GroupNorm(32) over 32 channels would normalise single values there
-        # (zero output, and an error for a batch of one image, e.g. in ONNX export).
-        if self.head.genotype is not None and self.head.cell_channels == 32 and self.input_size <= 128:
-            raise ValueError(f"model.head.cell_channels 32 with input_size {self.input_size}: GroupNorm(32) on the "
-                             "1x1 P7 map normalises single values; use cell_channels >= 64 or input_size > 128")
-        return self
-
-    @model_validator(mode="after")
-    def _fcos_group_norm(self):
-        # torchvision's FCOS head normalises its towers with GroupNorm(32, fpn_channels)
-        if self.detector == "fcos" and self.fpn_channels % 32:
-            raise ValueError(f"model.fpn_channels must be a multiple of 32 for detector fcos (its head uses "
-                             f"GroupNorm(32)), got {self.fpn_channels}")
-        return self
-
-    @model_validator(mode="after")
-    def _ssd_loss_for_ssd(self):
-        if self.ssd_loss != "hard_negative" and self.detector not in ("ssd", "ssdlite"):
-            raise ValueError(f"model.ssd_loss {self.ssd_loss!r} applies to detector ssd / ssdlite, not {self.detector!r}")
-        return self
-
-    @model_validator(mode="after")
-    def _ratios_per_map(self):
-        maps = len(self.ssd_levels) + len(self.extra_channels)
-        if self.anchor_aspect_ratios is not None and len(self.anchor_aspect_ratios) != maps:
-            raise ValueError(f"anchor_aspect_ratios lists {len(self.anchor_aspect_ratios)} maps, but ssd_levels "
-                             f"{self.ssd_levels} + 4 extras make {maps}")
-        return self
-
-    @field_validator("extra_channels")
-    @classmethod
-    def _four_extras(cls, v):
-        if len(v) != 4 or any(c <= 0 for c in v):
-            raise ValueError(f"extra_channels must be 4 positive ints (levels 3..6 after C4, C5), got {v}")
-        return v
+def make_model_config(**raw: Any) -> BaseModelConfig:
+    """The model section for ``raw`` keys (tests, benchmarks): the family's config, or ConfigError."""
+    try:
+        return _MODEL_CONFIG.validate_python(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, "model config", prefix=("model",))) from None
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -487,7 +398,7 @@ class ExperimentConfig(Strict):
     work_dir: str = "runs/experiment"
     seed: int = 0
     data: DataConfig
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=lambda: make_model_config(detector="ssdlite"))
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     cost: CostConfig = CostConfig()
@@ -499,12 +410,24 @@ class ExperimentConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------------ load/save
-def _format_errors(err: ValidationError, source: str) -> str:
+def _family_keys(key: str) -> list[str]:
+    return sorted(name for f in FAMILIES if key in f.config.model_fields for name in f.names)
+
+
+def _format_errors(err: ValidationError, source: str, prefix: tuple = ()) -> str:
     lines = [f"invalid config {source}:"]
+    tags = {f.names[0] for f in FAMILIES}
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {path}: unknown key (not in the schema)")
+        loc = (*prefix, *e["loc"])
+        if len(loc) > 2 and loc[0] == "model" and loc[1] in tags:  # the union member's tag: not a key
+            loc = (loc[0], *loc[2:])
+        path = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "union_tag_invalid":
+            lines.append(f"  {path}.detector: unknown detector {e['ctx']['tag']!r} (one of {', '.join(DETECTORS)})")
+        elif e["type"] == "extra_forbidden":
+            owners = _family_keys(str(loc[-1])) if loc[0] == "model" and len(loc) == 2 else []
+            hint = f" (a key of detector {' or '.join(owners)})" if owners else ""
+            lines.append(f"  {path}: unknown key (not in the schema){hint}")
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"

@@ -27,14 +27,12 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from torch import nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
-from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.ssd import SSD
 
 from .config import ExperimentConfig
 from .files import atomic_path
 from .models.detectors import IMAGE_MEAN, IMAGE_STD, dense_forward, get_input_size
 from .errors import ExportParityError
+from .models.families import family_of
 
 EXPORT = "export"
 
@@ -90,26 +88,7 @@ class EndToEndDetector(nn.Module):
         self.pre = _Preprocess(self.size)
 
     def _detect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        m, s = self.detector, self.size
-        images = ImageList(x, [(s, s)])
-        feats = m.backbone(x)
-        if isinstance(m, FasterRCNN):
-            proposals, _ = m.rpn(images, feats)
-            return m.roi_heads(feats, proposals, images.image_sizes)[0][0]
-        features = list(feats.values())
-        head_outputs = m.head(features)
-        anchors = m.anchor_generator(images, features)
-        if isinstance(m, SSD):
-            return m.postprocess_detections(head_outputs, anchors, images.image_sizes)[0]
-        if isinstance(m, (RetinaNet, FCOS)):
-            per_level = [f.size(2) * f.size(3) for f in features]
-            if isinstance(m, RetinaNet):
-                a = head_outputs["cls_logits"].size(1) // sum(per_level)
-                per_level = [n * a for n in per_level]
-            split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
-            split_anchors = [list(a.split(per_level)) for a in anchors]
-            return m.postprocess_detections(split_outputs, split_anchors, images.image_sizes)[0]
-        raise TypeError(f"export does not know {type(m).__name__}")
+        return family_of(self.detector).detect(self.detector, x)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         det = self._detect(self.pre(image))
@@ -132,26 +111,14 @@ class RawDetector(nn.Module):
     @torch.no_grad()
     def _anchors(self) -> torch.Tensor:
         m, s = self.detector, self.size
-        if isinstance(m, FasterRCNN):
-            return torch.zeros(0, 4)  # proposals are data dependent: no fixed anchors to give
         x = torch.zeros(1, 3, s, s, device=next(m.parameters()).device)
-        features = list(m.backbone(x).values())
-        return m.anchor_generator(ImageList(x, [(s, s)]), features)[0].cpu()
+        return family_of(m).raw_anchors(m, x).cpu()
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(dense_forward(self.detector, self.pre(image)))
 
     def output_names(self) -> list[str]:
-        m = self.detector
-        if isinstance(m, SSD):
-            names = ["bbox_regression", "cls_logits"]
-        elif isinstance(m, RetinaNet):
-            names = ["cls_logits", "bbox_regression"]
-        elif isinstance(m, FCOS):
-            names = ["cls_logits", "bbox_regression", "bbox_ctrness"]
-        else:
-            return []  # Faster R-CNN: positional outputs
-        return names
+        return family_of(self.detector).raw_output_names(self.detector)  # [] = positional outputs
 
 
 # ------------------------------------------------------------------------------------------- export

@@ -18,6 +18,15 @@ def shapes_dir(tmp_path_factory):
     return out
 
 
+def tiny_family_keys(detector: str) -> dict:
+    """Small neck widths; each family takes only its own keys (model config union)."""
+    if detector in ("ssd", "ssdlite"):
+        return {"extra_channels": [64, 32, 32, 16]}
+    if detector == "yolov3":
+        return {"neck_channels": [32, 24, 16], "head_channels": [32, 24, 16]}
+    return {"fpn_channels": 64}
+
+
 def tiny_raw(shapes_dir, work_dir, detector="ssdlite") -> dict:
     """A config small enough for a training step in well under a second on 2 cores."""
     return {
@@ -27,7 +36,7 @@ def tiny_raw(shapes_dir, work_dir, detector="ssdlite") -> dict:
                  "val": {"annotations": str(shapes_dir / "val" / "annotations.json"), "images": str(shapes_dir / "val" / "images")},
                  "search_fraction": 0.25, "num_workers": 0},
         "model": {"detector": detector, "backbone": {"name": "mobilenet_v3_small", "width_mult": 0.5},
-                  "input_size": 96, "extra_channels": [64, 32, 32, 16], "fpn_channels": 64},
+                  "input_size": 96, **tiny_family_keys(detector)},
         "train": {"epochs": 2, "batch_size": 4, "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001},
                   "scheduler": {"name": "cosine", "warmup_steps": 2}, "ckpt_every_steps": 2, "log_every_steps": 1},
         "eval": {"batch_size": 8},

@@ -39,6 +39,19 @@ def test_bad_literal(tmp_path):
         load_config(write(tmp_path, {**BASE, "model": {"detector": "yolov9"}}))
 
 
+def test_a_key_of_another_detector_family_is_an_error_naming_it(tmp_path):
+    raw = {**BASE, "model": {"detector": "fcos", "fpn_channels": 64, "ssd_levels": ["c3", "c4", "c5"]}}
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, raw, "mixed.yaml"))
+    msg = str(e.value)
+    assert "model.ssd_levels: unknown key" in msg and "ssd or ssdlite" in msg and "mixed.yaml" in msg
+    assert "fpn_channels" not in msg  # a key of its own family is fine
+    cfg = load_config(write(tmp_path, {**BASE, "model": {"detector": "fcos", "fpn_channels": 64}}))
+    assert cfg.model.fpn_channels == 64 and not hasattr(cfg.model, "ssd_levels")
+    with pytest.raises(ConfigError, match=r"model\.extra_channels: unknown key.*ssd or ssdlite"):
+        load_config(write(tmp_path, BASE), ["model.detector=faster_rcnn", "model.extra_channels=[1, 2, 3, 4]"])
+
+
 def test_coco_needs_annotations(tmp_path):
     raw = {"data": {"format": "coco", "train": {"images": "x"}, "val": {"annotations": "b", "images": "x"}}}
     with pytest.raises(ConfigError, match="data.train"):

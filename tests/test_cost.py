@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from nasdet.config import ModelConfig
+from nasdet.config import make_model_config
 from nasdet.models import build_detector
 from nasdet.search.cost import count_macs, count_params, detector_macs, detector_params, measure_latency
 
@@ -28,7 +28,7 @@ def test_detector_macs_match_torchvision_published_ssdlite():
 
 
 def test_macs_grow_with_input_size_and_backbone_is_part():
-    m = build_detector(ModelConfig(detector="fcos", backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+    m = build_detector(make_model_config(detector="fcos", backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
                                    fpn_channels=64, input_size=128), num_classes=3)
     small, big = detector_macs(m, 128), detector_macs(m, 256)
     assert 0 < small["backbone"] < small["total"]
@@ -38,7 +38,7 @@ def test_macs_grow_with_input_size_and_backbone_is_part():
 
 
 def test_latency_is_measured():
-    m = build_detector(ModelConfig(detector="ssdlite", backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+    m = build_detector(make_model_config(detector="ssdlite", backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
                                    input_size=96, extra_channels=[64, 32, 32, 16]), num_classes=3)
     lat = measure_latency(m, warmup=1, runs=3, threads=1)
     assert lat["median_ms"] > 0 and lat["p90_ms"] >= lat["median_ms"] and lat["runs"] == 3
@@ -48,7 +48,8 @@ def test_onnxruntime_latency_of_the_dense_part():
     from nasdet.search.cost import measure_latency_onnx
 
     for detector in ("ssdlite", "fcos"):
-        m = build_detector(ModelConfig(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
-                                       input_size=128, fpn_channels=64, extra_channels=[64, 32, 32, 16]), num_classes=3)
+        neck = {"extra_channels": [64, 32, 32, 16]} if detector == "ssdlite" else {"fpn_channels": 64}
+        m = build_detector(make_model_config(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+                                             input_size=128, **neck), num_classes=3)
         lat = measure_latency_onnx(m, warmup=1, runs=3, threads=1)
         assert lat["median_ms"] > 0 and lat["max_abs_diff"] < 1e-3 and lat["device"] == "onnxruntime-cpu"

@@ -1,19 +1,22 @@
 import pytest
 import torch
 
-from nasdet.config import ModelConfig
+from nasdet.config import make_model_config
 from nasdet.models import DETECTORS, build_detector, get_input_size, set_input_size
 
 LOSS_KEYS = {
     "ssd": {"bbox_regression", "classification"}, "ssdlite": {"bbox_regression", "classification"},
     "retinanet": {"classification", "bbox_regression"}, "fcos": {"classification", "bbox_regression", "bbox_ctrness"},
     "faster_rcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"},
+    "yolov3": {"loss_cls", "loss_conf", "loss_xy", "loss_wh"},
 }
+NECK = {"ssd": {"extra_channels": [64, 32, 32, 16]}, "ssdlite": {"extra_channels": [64, 32, 32, 16]},
+        "yolov3": {"neck_channels": [32, 32, 32], "head_channels": [32, 32, 32]}}
 
 
 def tiny(detector, **kw):
-    return ModelConfig(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5}, input_size=128,
-                       fpn_channels=64, extra_channels=[64, 32, 32, 16], **kw)
+    return make_model_config(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+                             input_size=128, **NECK.get(detector, {"fpn_channels": 64}), **kw)
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
@@ -87,14 +90,14 @@ def test_model_resizes_to_input_size_and_it_can_change():
 
 def test_all_torchvision_backbones_build():
     for name in ("mobilenet_v2", "mobilenet_v3_large", "resnet18"):
-        m = build_detector(ModelConfig(detector="retinanet", backbone={"name": name}, input_size=64, fpn_channels=32),
+        m = build_detector(make_model_config(detector="retinanet", backbone={"name": name}, input_size=64, fpn_channels=32),
                            num_classes=2)
         assert m.backbone.body.out_channels.keys() == {"c2", "c3", "c4", "c5"}
 
 
 def test_unknown_backbone_names_choices():
     with pytest.raises(ValueError, match="resnet18"):
-        build_detector(ModelConfig(backbone={"name": "vgg99"}), num_classes=2)
+        build_detector(make_model_config(backbone={"name": "vgg99"}), num_classes=2)
 
 
 def test_num_classes_mismatch_is_an_error():
@@ -127,7 +130,7 @@ def test_focal_ssd_loss_follows_aw_nas(detector):
     out = model.head(feats)
     assert torch.allclose(torch.sigmoid(out["cls_logits"].median()), torch.tensor(PRIOR_PROB), rtol=0.3)
     anchors = model.anchor_generator(t_images, feats)
-    from nasdet.train.distill import _match
+    from nasdet.models.families.base import match_anchors as _match
 
     matched = _match(model, t_targets, anchors)
     assert (matched[0] == -2).any() and (matched[0] >= 0).any() and (matched[1] == -1).all()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import randomize
 
-from nasdet.config import ConfigError, ModelConfig
+from nasdet.config import ConfigError, make_model_config
 from nasdet.models import build_detector
 from nasdet.models.backbones import BACKBONES
 from nasdet.models.backbones.shufflenet_spos import (
@@ -196,7 +196,8 @@ def test_registry_width_mult_and_a_classification_checkpoint(tmp_path):
 @pytest.mark.parametrize("detector", ["faster_rcnn", "retinanet"])
 def test_detector_forward_backward_with_a_random_arch(detector):
     torch.manual_seed(0)
-    model = build_detector(ModelConfig(detector=detector, rpn_post_nms_top_n_test=50, **TINY), num_classes=3)
+    rpn = {"rpn_post_nms_top_n_test": 50} if detector == "faster_rcnn" else {}
+    model = build_detector(make_model_config(detector=detector, **rpn, **TINY), num_classes=3)
     space = detector_space(model)
     arch = space.sample(random.Random(detector))
     set_detector_arch(model, arch, space)

@@ -8,8 +8,8 @@ from torchvision.models.detection.fcos import FCOSHead
 from nasdet.config import HeadConfig, validate_config
 from nasdet.data.dataset import collate_detection
 from nasdet.models import build_detector
-from nasdet.models.heads.fad import (ALPHA_COLUMNS, OP_NAMES, OTHER_GOOD_GENOTYPES, PUBLISHED_GENOTYPES, FADTowers,
-                                     Genotype, GenotypeError, MixedOp, SharedOps, build_fad_head, build_op,
+from nasdet.models.heads.fad import (ALPHA_COLUMNS, OP_NAMES, OTHER_GOOD_GENOTYPES, PUBLISHED_GENOTYPES, FADFCOSHead, FADTowers,
+                                     Genotype, GenotypeError, MixedOp, SharedOps, fad_towers, build_op,
                                      derive_genotype, format_genotype, parse_genotype, read_genotypes, write_genotypes)
 from nasdet.search.darts import Bilevel, DartsSearch
 from nasdet.train.checkpoint import CheckpointError, load_checkpoint
@@ -142,11 +142,11 @@ def test_bad_genotype_file_fails_when_the_detector_is_built(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- heads
 def test_published_genotypes_give_a_smaller_fcos_head_than_the_standard_one():
-    fad = build_fad_head("fcos", 256, 81, HeadConfig(genotype="fad_paper", cell_channels=96, num_cells=2))
+    fad = FADFCOSHead(fad_towers(256, HeadConfig(genotype="fad_paper", cell_channels=96, num_cells=2)), 256, 81)
     standard = FCOSHead(256, 1, 81)  # 4 conv 256 + GN per tower, 80 classes + background as nasdet builds it
     assert n_params(fad) < n_params(standard)
     assert abs(n_params(fad) - 4.17e6) < 0.02e6 and abs(n_params(standard) - 4.92e6) < 0.02e6
-    search = build_fad_head("fcos", 256, 81, HeadConfig(), search=True)  # 1 cell, 3 nodes, C = 96
+    search = FADFCOSHead(fad_towers(256, HeadConfig(), search=True), 256, 81)  # 1 cell, 3 nodes, C = 96
     assert abs(n_params(search.towers.box_tower) + n_params(search.towers.cls_tower) - 7.356e6) < 0.001e6
 
 

@@ -250,23 +250,27 @@ def _raised_in_nasdet(err: BaseException) -> bool:
     return bool(frames) and "/nasdet/" in frames[-1].filename.replace("\\", "/")
 
 
-MODEL = st.fixed_dictionaries({
-    "detector": st.sampled_from(["ssd", "ssdlite", "retinanet", "fcos", "faster_rcnn"]),
+MODEL_COMMON = {
     "backbone": st.fixed_dictionaries({
         "name": st.sampled_from(["mobilenet_v3_small", "ofa_mbv3", "mbv2_elastic", "detnas_tiny", "resnet18",
                                  "mobilenet_v2", "no_such_net"]),
         "width_mult": st.sampled_from([0.1, 0.25, 1.0]), "norm": st.sampled_from(["bn", "frozen_bn"])}),
-    "input_size": st.integers(32, 112),
-    "ssd_levels": st.sampled_from([["c4", "c5"], ["c3", "c4", "c5"], ["c5"], ["c2", "c3", "c4", "c5"]]),
-    "fpn_channels": st.sampled_from([8, 32, 64]), "extra_channels": st.sampled_from([[64, 32, 32, 16], [1, 1, 1, 1]]),
-    "anchor_ratio_range": st.sampled_from([[0.2, 0.95], [0.9, 0.1], [0.0, 1.0]])})
+    "input_size": st.integers(32, 112)}
+SSD_KEYS = {"ssd_levels": st.sampled_from([["c4", "c5"], ["c3", "c4", "c5"], ["c5"], ["c2", "c3", "c4", "c5"]]),
+            "extra_channels": st.sampled_from([[64, 32, 32, 16], [1, 1, 1, 1]]),
+            "anchor_ratio_range": st.sampled_from([[0.2, 0.95], [0.9, 0.1], [0.0, 1.0]])}
+FPN_KEYS = {"fpn_channels": st.sampled_from([8, 32, 64])}
+FAMILY_KEYS = {"ssd": SSD_KEYS, "ssdlite": SSD_KEYS, "retinanet": FPN_KEYS, "fcos": FPN_KEYS, "faster_rcnn": FPN_KEYS,
+               "yolov3": {"neck_channels": st.sampled_from([[8, 8, 8], [32, 16, 16]])}}
+# each family's own keys (the model section is a union on detector: another family's key is a config error)
+MODEL = st.sampled_from(sorted(FAMILY_KEYS)).flatmap(
+    lambda d: st.fixed_dictionaries({"detector": st.just(d), **MODEL_COMMON, **FAMILY_KEYS[d]}))
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
 @given(model=MODEL, num_classes=st.integers(1, 3))
 @example(model={"detector": "fcos", "backbone": {"name": "mobilenet_v3_small", "width_mult": 0.25, "norm": "bn"},
-                "input_size": 64, "ssd_levels": ["c4", "c5"], "fpn_channels": 8, "extra_channels": [64, 32, 32, 16],
-                "anchor_ratio_range": [0.2, 0.95]}, num_classes=2)  # found by this test: GroupNorm(32) in torch
+                "input_size": 64, "fpn_channels": 8}, num_classes=2)  # found by this test: GroupNorm(32) in torch
 def test_fuzz_model_sections_build_and_run_or_fail_clearly(model, num_classes):
     """A model section that validates builds a detector that trains (batch 2) and detects, or fails with
     an error raised by nasdet's own checks (naming the key), not inside torch."""

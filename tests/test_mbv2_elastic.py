@@ -6,7 +6,7 @@ import torch
 from conftest import randomize
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from nasdet.config import ModelConfig
+from nasdet.config import make_model_config
 from nasdet.models import build_detector
 from nasdet.models.backbones import BACKBONES
 from nasdet.models.backbones.mbv2_elastic import ElasticInvertedResidual, ElasticMobileNetV2
@@ -173,8 +173,8 @@ def test_training_step_touches_only_the_active_subnet():
 
 def test_detector_with_mbv2_elastic_trains_one_step():
     torch.manual_seed(0)
-    cfg = ModelConfig(detector="ssdlite", backbone={"name": "mbv2_elastic", "width_mult": WM}, input_size=96,
-                      extra_channels=[64, 32, 32, 16])
+    cfg = make_model_config(detector="ssdlite", backbone={"name": "mbv2_elastic", "width_mult": WM}, input_size=96,
+                            extra_channels=[64, 32, 32, 16])
     model = build_detector(cfg, num_classes=2)
     body = model.backbone.body
     assert isinstance(body, ElasticMobileNetV2) and body.active_arch == body.search_space().default()

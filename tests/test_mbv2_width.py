@@ -107,12 +107,12 @@ def test_enot_searched_arch_round_trip_and_errors():
 
 
 def test_detector_builds_and_trains_with_mbv2_width():
-    from nasdet.config import ModelConfig
+    from nasdet.config import make_model_config
     from nasdet.models import build_detector
     from nasdet.models.supernet import detector_space, export_detector, set_detector_arch
 
-    model = build_detector(ModelConfig(detector="ssdlite", backbone={"name": "mbv2_width", "width_mult": WM},
-                                       input_size=96, extra_channels=[64, 32, 32, 16]), num_classes=3)
+    model = build_detector(make_model_config(detector="ssdlite", backbone={"name": "mbv2_width", "width_mult": WM},
+                                             input_size=96, extra_channels=[64, 32, 32, 16]), num_classes=3)
     space = detector_space(model)
     arch = space.sample(random.Random(1))
     set_detector_arch(model, arch, space)

@@ -6,7 +6,7 @@ import torch
 
 from conftest import randomize
 
-from nasdet.config import ModelConfig
+from nasdet.config import make_model_config
 from nasdet.models import build_detector
 from nasdet.models.backbones import BACKBONES
 from nasdet.models.backbones.ofa_mobilenet import OFAMobileNetV3, imagenet_form
@@ -184,8 +184,8 @@ def test_frozen_bn_option_exports_with_parity():
 @pytest.mark.parametrize("detector", ["ssdlite", "retinanet"])
 def test_detector_with_ofa_backbone_trains_one_step(detector):
     torch.manual_seed(0)
-    cfg = ModelConfig(detector=detector, backbone={"name": "ofa_mbv3", "width_mult": WM}, input_size=64,
-                      fpn_channels=16, extra_channels=[32, 16, 16, 16])
+    neck = {"extra_channels": [32, 16, 16, 16]} if detector == "ssdlite" else {"fpn_channels": 16}
+    cfg = make_model_config(detector=detector, backbone={"name": "ofa_mbv3", "width_mult": WM}, input_size=64, **neck)
     model = build_detector(cfg, num_classes=2)
     body = model.backbone.body
     assert isinstance(body, OFAMobileNetV3)

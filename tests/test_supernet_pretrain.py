@@ -69,13 +69,14 @@ def test_adaptive_distillation_loss_zero_iff_same():
 def test_losses_with_logits_match_the_detectors_own_training_forward(detector):
     from torchvision.ops import box_iou
 
-    from nasdet.config import ModelConfig
+    from nasdet.config import make_model_config
     from nasdet.models import build_detector
     from nasdet.train.distill import LossesWithLogits
 
     torch.manual_seed(0)
-    model = build_detector(ModelConfig(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
-                                       input_size=96, fpn_channels=32, extra_channels=[32, 16, 16, 16]), num_classes=3)
+    neck = {"extra_channels": [32, 16, 16, 16]} if detector == "ssdlite" else {"fpn_channels": 32}
+    model = build_detector(make_model_config(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+                                             input_size=96, **neck), num_classes=3)
     images = [torch.rand(3, 96, 96), torch.rand(3, 80, 90)]
     targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [50.0, 40.0, 90.0, 90.0]]), "labels": torch.tensor([1, 3])},
                {"boxes": torch.tensor([[5.0, 5.0, 40.0, 30.0]]), "labels": torch.tensor([2])}]

@@ -34,6 +34,7 @@ from ..data.dataset import collate_detection
 from ..data.split import split_train_search
 from ..data.transforms import targets_to, to_model_input
 from ..errors import CheckpointError, ConfigError, DataError
+from ..models.families import DETECTORS, family_named
 from ..models.heads.fad import ALPHA_COLUMNS, FADTowers, format_genotype, write_genotypes
 from ..files import append_jsonl, write_text_atomic
 from ..progress import progress_bar
@@ -200,8 +201,9 @@ class DartsSearch:
         self.wd = work_dir_of(cfg, work_dir)
         self.out_dir = self.wd / SEARCH
         self.ckpt_path = self.out_dir / "ckpt" / "last.pt"
-        if cfg.model.detector not in ("fcos", "retinanet"):
-            raise ConfigError(f"search.strategy darts searches FAD heads: model.detector must be fcos or retinanet, "
+        if not family_named(cfg.model.detector).fad_heads:
+            able = " or ".join(sorted(n for n in DETECTORS if family_named(n).fad_heads))
+            raise ConfigError(f"search.strategy darts searches FAD heads: model.detector must be {able}, "
                              f"not {cfg.model.detector!r}")
         set_torch_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)

@@ -40,17 +40,25 @@ USE_SE = (False, False, True, False, True, True)
 STAGE_LEVEL = {1: "c2", 2: "c3", 4: "c4"}  # c5 = final_expand output
 
 
-def staged_forward(net: nn.Module, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+def staged_forward(net: nn.Module, x: torch.Tensor, pre_expand: bool = False) -> "OrderedDict[str, torch.Tensor]":
     """first_conv -> first_block -> stages -> final_expand, returning c2..c5 (the supernets of this
-    family and their static exports share this layout)."""
+    family and their static exports share this layout); with ``pre_expand`` also ``c5_pre``: the last stage's
+    output before the final 1x1 expand (``pre_expand_channels`` wide; what MMDetection's YOLOv3 neck reads)."""
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     x = net.first_block(net.first_conv(x))
     for i, stage in enumerate(net.stages, start=1):
         x = stage(x)
         if i in STAGE_LEVEL:
             out[STAGE_LEVEL[i]] = x
+    if pre_expand:
+        out["c5_pre"] = x
     out["c5"] = net.final_expand(x)
     return out
+
+
+def input_channels(final_expand: nn.Module) -> int:
+    """Input width of a final 1x1 expand block (a Sequential / Conv2dNormActivation starting with its conv)."""
+    return final_expand[0].in_channels
 TINY_WIDTH_MULT = 0.25  # widths 8, 8, 8, 16, 24, 32, 40, 240: for CPU tests
 
 
@@ -96,8 +104,12 @@ class MobileNetV3Backbone(nn.Module):
         self.final_expand = final_expand
         self.out_channels = dict(out_channels)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return staged_forward(self, x)
+    def forward(self, x: torch.Tensor, pre_expand: bool = False) -> "OrderedDict[str, torch.Tensor]":
+        return staged_forward(self, x, pre_expand)
+
+    @property
+    def pre_expand_channels(self) -> int:
+        return input_channels(self.final_expand)
 
 
 class ImageNetForm(nn.Module):
@@ -218,8 +230,12 @@ class StagedSupernet(nn.Module):
                 block.set_active(arch[f"stage{s}.block{j}.kernel"], arch[f"stage{s}.block{j}.expand"])
         self._arch = arch
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return staged_forward(self, x)
+    def forward(self, x: torch.Tensor, pre_expand: bool = False) -> "OrderedDict[str, torch.Tensor]":
+        return staged_forward(self, x, pre_expand)
+
+    @property
+    def pre_expand_channels(self) -> int:
+        return input_channels(self.final_expand)
 
 
 class OFAMobileNetV3(StagedSupernet):

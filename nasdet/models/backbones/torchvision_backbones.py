@@ -47,9 +47,18 @@ class SequentialStagesBackbone(nn.Module):
         if missing:
             raise ValueError(f"backbone features never reach stride of levels {missing}")
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    @property
+    def pre_expand_channels(self) -> int:
+        """Width of ``c5_pre``, the input of the final 1x1 expand (the last module of the MobileNets)."""
+        return self.features[self.stage_ends["c5"]][0].in_channels
+
+    def forward(self, x: torch.Tensor, pre_expand: bool = False) -> "OrderedDict[str, torch.Tensor]":
+        """c2..c5; with ``pre_expand`` also ``c5_pre``: the stride-32 map before the final 1x1 expand
+        (MMDetection's YOLOv3 neck reads it; not in ``out_channels``, whose c2..c5 every backbone gives)."""
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         ends = {i: lv for lv, i in self.stage_ends.items()}
+        if pre_expand:
+            ends[self.stage_ends["c5"] - 1] = "c5_pre"
         last = max(ends)
         for i, m in enumerate(self.features):
             x = m(x)
@@ -72,8 +81,8 @@ class ResNetBackbone(nn.Module):
 
     @staticmethod
     def _width(layer: nn.Sequential) -> int:
-        last = layer[-1]  # conv, not BN: FrozenBatchNorm2d (norm: frozen_bn) has no num_features
-        return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+        last = layer[-1]
+        return (last.bn3 if hasattr(last, "bn3") else last.bn2).weight.shape[0]  # FrozenBatchNorm2d has no num_features
 
     def forward(self, x):
         x = self.stem(x)

@@ -493,24 +493,17 @@ class FADRetinaNetHead(_FADHead):
                 "bbox_regression": self.predictor.regression_head(box)}
 
 
-def build_fad_head(detector: str, in_channels: int, num_classes: int, head_cfg, num_anchors: int = 1,
-                   search: bool = False) -> nn.Module:
-    """The FAD head of ``detector`` (fcos / retinanet) for ``head_cfg`` (nasdet.config.HeadConfig):
-    the search version (alphas, ``search_cells`` cells of ``search_nodes`` nodes) when ``search``, else
-    ``num_cells`` cells per tower built from ``head_cfg.genotype``."""
+def fad_towers(in_channels: int, head_cfg, search: bool = False) -> FADTowers:
+    """FAD's box and cls towers for ``head_cfg`` (nasdet.models.config.HeadConfig): the search version
+    (alphas, ``search_cells`` cells of ``search_nodes`` nodes) when ``search``, else ``num_cells`` cells
+    per tower built from ``head_cfg.genotype``. The FCOS / RetinaNet family wraps them in its head."""
     if search:
-        towers = FADTowers(in_channels, head_cfg.cell_channels, head_cfg.search_cells, None, head_cfg.search_nodes,
-                           head_cfg.decouple)
-    else:
-        if head_cfg.genotype is None:
-            raise GenotypeError("model.head.genotype is not set: give a genotype.log / genotype.json of a FAD search "
-                                f"or a published name ({', '.join(PUBLISHED_GENOTYPES)})")
-        towers = FADTowers(in_channels, head_cfg.cell_channels, head_cfg.num_cells, read_genotypes(head_cfg.genotype))
-    if detector == "fcos":
-        return FADFCOSHead(towers, in_channels, num_classes)
-    if detector == "retinanet":
-        return FADRetinaNetHead(towers, in_channels, num_anchors, num_classes)
-    raise ConfigError(f"FAD heads exist for fcos and retinanet, not {detector!r}")
+        return FADTowers(in_channels, head_cfg.cell_channels, head_cfg.search_cells, None, head_cfg.search_nodes,
+                         head_cfg.decouple)
+    if head_cfg.genotype is None:
+        raise GenotypeError("model.head.genotype is not set: give a genotype.log / genotype.json of a FAD search "
+                            f"or a published name ({', '.join(PUBLISHED_GENOTYPES)})")
+    return FADTowers(in_channels, head_cfg.cell_channels, head_cfg.num_cells, read_genotypes(head_cfg.genotype))
 
 
 def arch_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -1,0 +1,75 @@
+"""Schema of the ``model`` section: the keys every detector family shares, and the backbone and FAD head.
+
+Each family adds its own keys in its adapter (``nasdet.models.families``); ``nasdet.config`` joins them
+into one discriminated union on ``detector``, so a key of another family is an error naming it. Pydantic
+only (no torch), so the config layer stays light.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(Strict):
+    name: str = "mobilenet_v3_large"  # see nasdet.models.backbones.BACKBONES
+    width_mult: float = Field(1.0, gt=0)
+    norm: Literal["bn", "frozen_bn"] = "bn"
+    checkpoint: Optional[str] = None  # a state_dict of the backbone (e.g. classification pretraining)
+
+
+class HeadConfig(Strict):
+    """FAD's searched towers in the FCOS / RetinaNet head (nasdet.models.heads.fad).
+
+    With ``genotype`` set, both towers are built from it (``num_cells`` cells each); null keeps
+    torchvision's standard head. ``search.strategy: darts`` searches a head of ``search_cells`` cells
+    of ``search_nodes`` nodes. FAD: C = 96 (128 for X-101), 1 cell of 3 nodes searched, 2 cells trained.
+    """
+
+    # genotype.log / genotype.json of a FAD search, "fad_paper" (published), or the json's {box, cls} mapping
+    genotype: Optional[Union[str, dict[str, Any]]] = None
+    cell_channels: int = Field(96, gt=0)  # C inside each edge (1x1 to C, op, 1x1 back); a multiple of 32
+    num_cells: int = Field(2, gt=0)  # cells per tower of the trained head
+    search_cells: int = Field(1, gt=0)  # cells per tower while searching
+    search_nodes: int = Field(3, gt=0)  # intermediate nodes per cell while searching
+    decouple: bool = True  # FAD's 1x1 conv on the shared trunk's shallow outputs while searching
+
+    @field_validator("cell_channels")
+    @classmethod
+    def _group_norm(cls, v):
+        if v % 32:
+            raise ValueError(f"cell_channels must be a multiple of 32 (GroupNorm(32)), got {v}")
+        return v
+
+
+class BaseModelConfig(Strict):
+    """Keys of every family. A family's config subclasses this with ``detector`` as a Literal of its names."""
+
+    detector: str
+    backbone: BackboneConfig = BackboneConfig()
+    num_classes: Optional[int] = Field(None, gt=0)  # object classes, no background; default: from the data
+    input_size: int = Field(320, ge=32)  # images are resized to input_size x input_size
+    score_thresh: float = Field(0.01, ge=0, le=1)
+    nms_thresh: float = Field(0.5, gt=0, le=1)
+    detections_per_img: int = Field(100, gt=0)
+
+
+class FPNModelConfig(BaseModelConfig):
+    """RetinaNet and FCOS: an FPN (P3-P7) and a dense head that FAD's searched towers can replace."""
+
+    fpn_channels: int = Field(256, gt=0)
+    topk_candidates: int = Field(300, gt=0)  # per level, before NMS
+    head: HeadConfig = HeadConfig()  # FAD towers
+
+    @model_validator(mode="after")
+    def _fad_group_norm(self):
+        # P7 is 1x1 up to 128 px; GroupNorm(32) over 32 channels would normalise single values there
+        # (zero output, and an error for a batch of one image, e.g. in ONNX export).
+        if self.head.genotype is not None and self.head.cell_channels == 32 and self.input_size <= 128:
+            raise ValueError(f"model.head.cell_channels 32 with input_size {self.input_size}: GroupNorm(32) on the "
+                             "1x1 P7 map normalises single values; use cell_channels >= 64 or input_size > 128")
+        return self

@@ -1,0 +1,129 @@
+"""The adapter every detector family implements, and what the families share (normalisation, resize).
+
+A family (SSD/SSDLite, RetinaNet, FCOS, Faster R-CNN, YOLOv3) is one file in this package: its config
+keys (a pydantic model, one member of ``model``'s discriminated union), ``build`` from that config, and
+the few things the rest of nasdet needs to know about its model without looking at its type:
+
+- ``dense_forward``: backbone, neck and heads on a normalised batch, no decoding (MACs, latency, raw export);
+- ``detect``: the eval path on one normalised ``1 x 3 x s x s`` batch -> detections at ``s x s`` (export);
+- ``raw_output_names`` / ``raw_anchors``: what the raw ONNX export gives and the anchors its outputs refer to;
+- ``losses_with_logits``: the training losses plus classification logits and positive mask (distillation);
+- ``set_input_size``: what besides the transform depends on the resolution.
+
+The train/eval contract is torchvision's: ``model(images, targets)`` -> loss dict in train mode,
+``model(images)`` -> list of {boxes, scores, labels} in eval mode; labels 1..K, 0 = background.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from ..config import BaseModelConfig
+
+IMAGE_MEAN = [0.485, 0.456, 0.406]
+IMAGE_STD = [0.229, 0.224, 0.225]
+# torchvision's detection MobileNets use BN momentum 0.01-0.03, tuned for 600-epoch schedules from
+# pretrained weights; from scratch on short schedules the running statistics then lag the weights
+# so far that eval-mode outputs are garbage while the training loss is fine. PyTorch's 0.1 keeps up.
+BN_MOMENTUM = 0.1
+
+
+def resize_transform(input_size: int, size_divisible: int) -> GeneralizedRCNNTransform:
+    """Normalise and resize to ``input_size x input_size`` inside the model (see nasdet.models.detectors)."""
+    s = int(input_size)
+    return GeneralizedRCNNTransform(
+        s, s, IMAGE_MEAN, IMAGE_STD, size_divisible=size_divisible, fixed_size=(s, s)
+    )
+
+
+class DetectorFamily:
+    """One detector family's adapter (see the module docstring). Subclasses set the class attributes."""
+
+    names: tuple[str, ...] = ()  # its ``model.detector`` values
+    config: type[BaseModelConfig] = BaseModelConfig  # its member of the model config union
+    model_types: tuple[type, ...] = ()  # classes of the models ``build`` returns
+    fad_heads: bool = False  # FAD's searched towers can replace its head (search.strategy: darts)
+    distillable: bool = True  # ``losses_with_logits`` is implemented
+
+    def build(self, cfg: BaseModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
+        """The detector for ``cfg`` around backbone ``body``; ``num_classes`` includes the background."""
+        raise NotImplementedError
+
+    def set_input_size(self, model: nn.Module, size: int) -> None:
+        """Resolution-dependent state besides the transform (which the caller sets)."""
+
+    def dense_forward(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def detect(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def raw_output_names(self, model: nn.Module) -> list[str]:
+        return []  # positional outputs
+
+    def raw_anchors(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Anchors (or points) the raw outputs refer to, for the normalised batch ``x`` at the input size."""
+        return torch.zeros(0, 4)
+
+    def losses_with_logits(self, model: nn.Module, images, targets) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """On transformed ``images`` (ImageList) and ``targets``: (losses, cls logits [N, A, C], positives [N, A])."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------- helpers of the torchvision families
+def match_anchors(model: nn.Module, targets: list[dict], anchors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``model.proposal_matcher`` per image (-1 for every anchor of an image without objects)."""
+    from torchvision.ops import box_iou
+
+    out = []
+    for anchors_i, t in zip(anchors, targets):
+        if t["boxes"].numel() == 0:
+            out.append(torch.full((anchors_i.shape[0],), -1, dtype=torch.int64, device=anchors_i.device))
+        else:
+            out.append(model.proposal_matcher(box_iou(t["boxes"], anchors_i)))
+    return out
+
+
+def image_list(x: torch.Tensor):
+    from torchvision.models.detection.image_list import ImageList
+
+    s = x.shape[-1]
+    return ImageList(x, [(s, s)] * x.shape[0])
+
+
+def generator_anchors(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The anchor generator's anchors (or FCOS's points) of the first image of batch ``x``."""
+    features = list(model.backbone(x).values())
+    return model.anchor_generator(image_list(x), features)[0]
+
+
+def head_and_anchors(model: nn.Module, images) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Features, head outputs and anchors of transformed ``images`` (ImageList) for torchvision's one-stage detectors."""
+    features = list(model.backbone(images.tensors).values())
+    return features, model.head(features), model.anchor_generator(images, features)
+
+
+def detect_per_level(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """RetinaNet / FCOS eval path: their ``postprocess_detections`` takes outputs and anchors split by level."""
+    images = image_list(x)
+    features, head_outputs, anchors = head_and_anchors(model, images)
+    per_level = [f.size(2) * f.size(3) for f in features]
+    a = head_outputs["cls_logits"].size(1) // sum(per_level)  # anchors per location (FCOS: 1 point)
+    per_level = [n * a for n in per_level]
+    split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+    split_anchors = [list(a.split(per_level)) for a in anchors]
+    return model.postprocess_detections(split_outputs, split_anchors, images.image_sizes)[0]
+
+
+class OneStageFamily(DetectorFamily):
+    """SSD, RetinaNet, FCOS: torchvision's one-stage detectors (a head returning a dict, an anchor generator)."""
+
+    def dense_forward(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(model.head(list(model.backbone(x).values())).values())
+
+    def detect(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return detect_per_level(model, x)
+
+    def raw_anchors(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return generator_anchors(model, x)

@@ -1,0 +1,60 @@
+"""Faster R-CNN (torchvision's) on FPN P2-P6, as DetNAS."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ..config import BaseModelConfig
+from ..necks import FPNNeck
+from .base import DetectorFamily, image_list, resize_transform
+
+
+class FasterRCNNModelConfig(BaseModelConfig):
+    detector: Literal["faster_rcnn"]
+    fpn_channels: int = Field(256, gt=0)
+    rpn_post_nms_top_n_test: int = Field(1000, gt=0)  # proposals at test (also used for MACs)
+
+
+class FasterRCNNFamily(DetectorFamily):
+    names = ("faster_rcnn",)
+    config = FasterRCNNModelConfig
+    model_types = (FasterRCNN,)
+    distillable = False  # its logits are per proposal, not per anchor
+
+    def build(self, cfg: FasterRCNNModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
+        c = cfg.fpn_channels
+        neck = FPNNeck(body, ("c2", "c3", "c4", "c5"), c, LastLevelMaxPool())  # P2-P6, as DetNAS
+        model = FasterRCNN(
+            neck, num_classes, box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
+            box_detections_per_img=cfg.detections_per_img, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        )
+        model.transform = resize_transform(cfg.input_size, size_divisible=32)
+        return model
+
+    def dense_forward(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        """The box head runs on ``rpn_post_nms_top_n_test`` pooled proposals (a fixed count, so its
+        cost does not depend on the data)."""
+        feats = model.backbone(x)
+        objectness, deltas = model.rpn.head(list(feats.values()))
+        n = model.rpn.post_nms_top_n()
+        pool = model.roi_heads.box_roi_pool
+        side = pool.output_size[0] if isinstance(pool.output_size, (tuple, list)) else pool.output_size
+        pooled = x.new_zeros((n * x.shape[0], model.backbone.out_channels, side, side))
+        scores, boxes = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
+        return [*objectness, *deltas, scores, boxes]
+
+    def detect(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = image_list(x)
+        feats = model.backbone(x)
+        proposals, _ = model.rpn(images, feats)
+        return model.roi_heads(feats, proposals, images.image_sizes)[0][0]
+
+    # raw export: positional outputs and no fixed anchors (proposals are data dependent): the defaults
+
+
+FAMILY = FasterRCNNFamily()

@@ -1,0 +1,55 @@
+"""RetinaNet (torchvision's) on FPN P3-P7, with FAD's searched towers as an option."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from ..config import FPNModelConfig
+from ..heads.fad import FADRetinaNetHead, fad_towers
+from ..necks import FPNNeck
+from .base import OneStageFamily, head_and_anchors, match_anchors, resize_transform
+
+
+class RetinaNetModelConfig(FPNModelConfig):
+    detector: Literal["retinanet"]
+
+
+class RetinaNetFamily(OneStageFamily):
+    names = ("retinanet",)
+    config = RetinaNetModelConfig
+    model_types = (RetinaNet,)
+    fad_heads = True
+
+    def build(self, cfg: RetinaNetModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
+        n, c = num_classes, cfg.fpn_channels
+        neck = FPNNeck(body, ("c3", "c4", "c5"), c, LastLevelP6P7(c, c))  # P3-P7, P6 from P5
+        anchor_sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
+        anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+        a = anchors.num_anchors_per_location()[0]
+        if fad_search or cfg.head.genotype is not None:
+            head = FADRetinaNetHead(fad_towers(c, cfg.head, search=fad_search), c, a, n)
+        else:
+            head = RetinaNetHead(c, a, n)
+        model = RetinaNet(neck, n, anchor_generator=anchors, head=head, topk_candidates=cfg.topk_candidates,
+                          score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
+                          detections_per_img=cfg.detections_per_img)
+        model.transform = resize_transform(cfg.input_size, size_divisible=32)
+        return model
+
+    def raw_output_names(self, model: nn.Module) -> list[str]:
+        return ["cls_logits", "bbox_regression"]
+
+    def losses_with_logits(self, model, images, targets):
+        _, head_outputs, anchors = head_and_anchors(model, images)
+        matched = match_anchors(model, targets, anchors)
+        losses = model.compute_loss(targets, head_outputs, anchors)
+        return losses, head_outputs["cls_logits"], torch.stack([mi >= 0 for mi in matched])
+
+
+FAMILY = RetinaNetFamily()

@@ -1,0 +1,157 @@
+"""SSD and SSDLite (torchvision's), on backbone levels plus four stride-2 extra layers after C5."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import partial
+from typing import Literal, Optional
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD, SSDHead
+from torchvision.models.detection.ssdlite import SSDLiteHead
+
+from ..config import BaseModelConfig
+from ..ssd_focal import FocalSSD
+from .base import (BN_MOMENTUM, IMAGE_MEAN, IMAGE_STD, OneStageFamily, head_and_anchors, image_list, match_anchors,
+                   resize_transform)
+
+
+class SSDModelConfig(BaseModelConfig):
+    detector: Literal["ssd", "ssdlite"] = "ssdlite"
+    extra_channels: list[int] = [512, 256, 256, 128]  # SSD/SSDLite extra layers after C5
+    anchor_ratio_range: tuple[float, float] = (0.2, 0.95)  # SSD default boxes: smallest, largest scale
+    # Backbone levels SSD/SSDLite predicts on, the extras follow the last. ["c4", "c5"] is torchvision's
+    # SSDLite and aw_nas's SSD (19x19 first map at 300 px). At small inputs (demos at 160 px: 10x10) add
+    # "c3" (stride 8): on the shapes set it raises the GTs with an IoU >= 0.5 default box from 54 % to 87 %.
+    ssd_levels: list[Literal["c2", "c3", "c4", "c5"]] = ["c4", "c5"]
+    # SSD default-box aspect ratios per map (len(ssd_levels) + 4 maps); default: [[2, 3]] per map for ssdlite
+    # (torchvision), [[2], [2, 3], [2, 3], [2, 3], [2], [2]] for ssd (SSD300, aw_nas; [2] for an added first map)
+    anchor_aspect_ratios: Optional[list[list[int]]] = None
+    # SSD/SSDLite classification loss: "hard_negative" = SSD's softmax cross-entropy with 3:1 hard negative
+    # mining (torchvision, the SSD paper); "focal" = aw_nas's SSD supernets: sigmoid focal loss (alpha 0.25,
+    # gamma 2) over the object classes, IoU in [0.4, 0.5) ignored, sigmoid scores at inference
+    ssd_loss: Literal["hard_negative", "focal"] = "hard_negative"
+    topk_candidates: int = Field(300, gt=0)
+
+    @field_validator("anchor_aspect_ratios")
+    @classmethod
+    def _ratios(cls, v):
+        if v is not None and any(r < 1 for level in v for r in level):
+            raise ValueError(f"anchor_aspect_ratios must be ratios >= 1, got {v}")
+        return v
+
+    @field_validator("ssd_levels")
+    @classmethod
+    def _levels(cls, v):
+        order = ["c2", "c3", "c4", "c5"]
+        if not v or v[-1] != "c5" or len(set(v)) != len(v) or v != sorted(v, key=order.index):
+            raise ValueError(f"ssd_levels must be increasing backbone levels ending with c5 (the extras follow it), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _ratios_per_map(self):
+        maps = len(self.ssd_levels) + len(self.extra_channels)
+        if self.anchor_aspect_ratios is not None and len(self.anchor_aspect_ratios) != maps:
+            raise ValueError(f"anchor_aspect_ratios lists {len(self.anchor_aspect_ratios)} maps, but ssd_levels "
+                             f"{self.ssd_levels} + 4 extras make {maps}")
+        return self
+
+    @field_validator("extra_channels")
+    @classmethod
+    def _four_extras(cls, v):
+        if len(v) != 4 or any(c <= 0 for c in v):
+            raise ValueError(f"extra_channels must be 4 positive ints (levels 3..6 after C4, C5), got {v}")
+        return v
+
+
+def _extra_block_lite(cin: int, cout: int, norm_layer) -> nn.Sequential:
+    """SSDLite extra layer: 1x1 reduce, depthwise 3x3 stride 2, 1x1 expand (torchvision/MobileNetV2 paper)."""
+    mid = max(cout // 2, 1)
+    act = partial(nn.ReLU6, inplace=True)
+    return nn.Sequential(
+        nn.Conv2d(cin, mid, 1, bias=False), norm_layer(mid), act(),
+        nn.Conv2d(mid, mid, 3, stride=2, padding=1, groups=mid, bias=False), norm_layer(mid), act(),
+        nn.Conv2d(mid, cout, 1, bias=False), norm_layer(cout), act(),
+    )
+
+
+def _extra_block_ssd(cin: int, cout: int, norm_layer) -> nn.Sequential:
+    """SSD extra layer: 1x1 reduce then 3x3 stride 2 (SSD300 / aw_nas's extras, with BN)."""
+    mid = max(cout // 2, 1)
+    return nn.Sequential(
+        nn.Conv2d(cin, mid, 1, bias=False), norm_layer(mid), nn.ReLU(inplace=True),
+        nn.Conv2d(mid, cout, 3, stride=2, padding=1, bias=False), norm_layer(cout), nn.ReLU(inplace=True),
+    )
+
+
+class SSDNeck(nn.Module):
+    """Backbone levels (default C4, C5) and four extra stride-2 layers after C5: the maps of SSD's default boxes."""
+
+    def __init__(self, body: nn.Module, extra_channels: list[int], lite: bool, levels: tuple[str, ...] = ("c4", "c5")):
+        super().__init__()
+        self.body = body
+        self.levels = tuple(levels)
+        norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=BN_MOMENTUM)
+        make = _extra_block_lite if lite else _extra_block_ssd
+        chans = [body.out_channels["c5"], *extra_channels]
+        self.extras = nn.ModuleList(make(chans[i], chans[i + 1], norm_layer) for i in range(len(extra_channels)))
+        self.out_channels_list = [body.out_channels[lv] for lv in self.levels] + list(extra_channels)
+
+    def forward(self, x):
+        feats = self.body(x)
+        out = OrderedDict((lv, feats[lv]) for lv in self.levels)
+        y = feats["c5"]
+        for i, block in enumerate(self.extras):
+            y = block(y)
+            out[f"e{i}"] = y
+        return out
+
+
+class SSDFamily(OneStageFamily):
+    names = ("ssd", "ssdlite")
+    config = SSDModelConfig
+    model_types = (SSD,)
+
+    def build(self, cfg: SSDModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
+        n, s = num_classes, cfg.input_size
+        lite = cfg.detector == "ssdlite"
+        neck = SSDNeck(body, cfg.extra_channels, lite=lite, levels=tuple(cfg.ssd_levels))
+        maps = len(neck.out_channels_list)
+        ssd300 = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]  # its last maps keep these; added first maps get [2]
+        ratios = cfg.anchor_aspect_ratios or (
+            [[2, 3]] * maps if lite else ([[2]] * max(0, maps - 6) + ssd300)[-maps:])
+        lo, hi = cfg.anchor_ratio_range
+        anchors = DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi)
+        per_loc = anchors.num_anchors_per_location()
+        if lite:
+            head = SSDLiteHead(neck.out_channels_list, per_loc, n, partial(nn.BatchNorm2d, eps=0.001, momentum=BN_MOMENTUM))
+        else:
+            head = SSDHead(neck.out_channels_list, per_loc, n)
+        ssd_cls = FocalSSD if cfg.ssd_loss == "focal" else SSD
+        model = ssd_cls(neck, anchors, (s, s), n, image_mean=IMAGE_MEAN, image_std=IMAGE_STD, head=head,
+                        topk_candidates=cfg.topk_candidates, score_thresh=cfg.score_thresh,
+                        nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
+        model.transform = resize_transform(s, size_divisible=1)
+        return model
+
+    def set_input_size(self, model: nn.Module, size: int) -> None:
+        model.size = (size, size)
+
+    def detect(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = image_list(x)
+        _, head_outputs, anchors = head_and_anchors(model, images)
+        return model.postprocess_detections(head_outputs, anchors, images.image_sizes)[0]
+
+    def raw_output_names(self, model: nn.Module) -> list[str]:
+        return ["bbox_regression", "cls_logits"]  # SSDHead's dict order
+
+    def losses_with_logits(self, model, images, targets):
+        _, head_outputs, anchors = head_and_anchors(model, images)
+        matched = match_anchors(model, targets, anchors)
+        losses = model.compute_loss(targets, head_outputs, anchors, matched)
+        return losses, head_outputs["cls_logits"], torch.stack([mi >= 0 for mi in matched])
+
+
+FAMILY = SSDFamily()
