@@ -26,7 +26,7 @@ from rich.table import Table
 from nasdet.config import load_config
 from nasdet.experiment import build_supernet, work_dir_of
 from nasdet.search.budget import CostModel
-from nasdet.search.run import run_search
+from nasdet.stages.search import run_search
 from nasdet.space import load_arch
 from nasdet.tune import run_tune
 

@@ -125,7 +125,7 @@ def to_yolo_cmd(config: Path, out: Path = typer.Argument(..., help="Output folde
     """Write the config's train and val sets (any format) as a YOLO data set; images are hard-linked
     where the file system allows, else copied; crowd / difficult boxes are left out."""
     from .data.yolo import write_yolo
-    from .experiment import load_split
+    from .data.build import load_split
 
     cfg = _load(config, set_)
     yaml_file = write_yolo({s: load_split(cfg, s) for s in ("train", "val")}, out)
@@ -138,7 +138,7 @@ def data_stats_cmd(config: Path, set_: Optional[List[str]] = SetOpt,
                    split: str = typer.Option("all", "--split", help="train | val | all")):
     """Images, boxes per class and box sizes of the config's data sets."""
     from .data.stats import dataset_stats, stats_tables
-    from .experiment import load_split
+    from .data.build import load_split
 
     cfg = _load(config, set_)
     for name in (("train", "val") if split == "all" else (split,)):
@@ -153,12 +153,12 @@ def data_stats_cmd(config: Path, set_: Optional[List[str]] = SetOpt,
 @_user_errors
 def train_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt):
     """Train the config's detector (the baseline); resumes from baseline/ckpt/last.pt."""
-    from .experiment import run_train
+    from .stages.baseline import run_baseline
     from .train import dist
 
     cfg = _load(config, set_)
     try:
-        run_train(cfg, work_dir, console=console)
+        run_baseline(cfg, work_dir, console=console)
     finally:
         dist.cleanup()
 
@@ -168,7 +168,7 @@ def train_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optiona
 def pretrain_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt):
     """Train the weight-sharing supernet (path sampling, progressive shrinking, distillation);
     resumes from supernet/ckpt/last.pt."""
-    from .experiment import run_pretrain
+    from .stages.pretrain import run_pretrain
     from .train import dist
 
     cfg = _load(config, set_)
@@ -189,7 +189,7 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
     """Score subnets of the trained supernet under the budget (evolution, NSGA-II or random on Optuna);
     rerunning continues the study. Several processes (here via --workers, or on other machines with
     --storage) share one study."""
-    from .search.run import run_search
+    from .stages.search import run_search
 
     cfg = _load(config, set_)
     if workers > 1:
@@ -232,7 +232,7 @@ def eval_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
              ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: baseline/ckpt/last.pt).")):
     """COCO metrics (AP, AP50, AP75, APs, APm, APl) on the val set; writes baseline/metrics.json, or
     eval/<stage>_<name>_metrics.json for a --ckpt (a stage's own record is never overwritten)."""
-    from .experiment import run_eval
+    from .stages.baseline import run_eval
 
     run_eval(_load(config, set_), work_dir, ckpt, console=console)
 
@@ -243,7 +243,7 @@ def cost_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
              ckpt: Optional[Path] = typer.Option(None, "--ckpt"),
              no_latency: bool = typer.Option(False, "--no-latency", help="Count MACs/params only.")):
     """MACs and params (backbone, whole detector) and measured latency at batch 1."""
-    from .experiment import run_cost
+    from .stages.baseline import run_cost
 
     run_cost(_load(config, set_), work_dir, ckpt, latency=not no_latency, console=console)
 
@@ -255,7 +255,7 @@ def tune_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
     or from scratch, with the baseline's recipe; after a darts search, the detector with the searched
     towers (search/genotype.json); resumes from tune/ckpt/last.pt."""
     from .train import dist
-    from .tune import run_tune
+    from .stages.tune import run_tune
 
     try:
         run_tune(_load(config, set_), work_dir, console=console)
@@ -270,7 +270,7 @@ def export_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
                source: Optional[str] = typer.Option(None, "--source", help="tune (default) or baseline.")):
     """The tuned model to ONNX (end to end: resize, normalise, decode, NMS), checked against torch on
     val images, timed in onnxruntime, and its cost checked against the search budget."""
-    from .export import run_export
+    from .stages.export import run_export
 
     if source is not None and source not in ("tune", "baseline"):
         raise typer.BadParameter(f"--source must be tune or baseline, got {source!r}")

@@ -63,6 +63,11 @@ class StageOrderError(NasdetError, FileNotFoundError):
 StageOutputMissing = StageOrderError  # the name tune/export used first
 
 
+class MissingCheckpoint(StageOrderError, CheckpointError):
+    """A stage's checkpoint is not there: the earlier stage has not run (both a stage-order and a checkpoint
+    error, so callers catching either keep working)."""
+
+
 class EnvironmentProblem(NasdetError, RuntimeError):
     """The machine cannot do what the config asks (no CUDA, a storage driver not installed, ...)."""
 

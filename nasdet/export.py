@@ -15,26 +15,18 @@ size uses the traced image shape, so one file serves every image size.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from rich.console import Console
-from rich.panel import Panel
-from rich.table import Table
 from torch import nn
 
-from .config import ExperimentConfig
 from .files import atomic_path
+from .models.cost import onnx_session
 from .models.detectors import IMAGE_MEAN, IMAGE_STD, dense_forward, get_input_size
 from .errors import ExportParityError
 from .models.families import family_of
-
-EXPORT = "export"
 
 
 def _linear_taps(n: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -151,16 +143,6 @@ def export_onnx(detector: nn.Module, path: str | Path, raw: bool = False, opset:
     return path
 
 
-def _session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     from torchvision.ops import box_iou
     return box_iou(a, b)
@@ -222,7 +204,7 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
     """Run torch and onnxruntime on ``images`` (uint8 CHW) and compare; raises ExportParityError (saying
     what differs; the caller names the file)."""
     det = copy.deepcopy(detector).cpu().eval()
-    session = _session(path)
+    session = onnx_session(path)
     report = {"images": len(images), "raw": raw}
     if raw:
         module = RawDetector(det)
@@ -267,123 +249,7 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
 
 
 def time_onnx(path: Path, image: torch.Tensor, warmup: int, runs: int, threads: int | None) -> dict:
-    from .search.cost import time_session
+    from .models.cost import time_session
 
-    timing = time_session(_session(path, threads), {"image": image.numpy()}, warmup, runs)
+    timing = time_session(onnx_session(path, threads), {"image": image.numpy()}, warmup, runs)
     return {**timing, "threads": threads, "part": "end to end (with NMS)"}
-
-
-# ---------------------------------------------------------------------------------------- the stage
-def _predicted_costs(wd: Path, arch: dict | None) -> dict | None:
-    """The cost the search recorded for ``arch`` (results.csv), if it was scored there."""
-    import csv
-
-    path = wd / "search" / "results.csv"
-    if arch is None or not path.is_file():
-        return None
-    key = json.dumps(arch, sort_keys=True)
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            if json.dumps(json.loads(row["arch"]), sort_keys=True) == key:
-                return {k: float(row[k]) for k in ("macs", "params", "latency") if row.get(k)}
-    return None
-
-
-def budget_check(cfg: ExperimentConfig, measured: dict, predicted: dict | None) -> dict | None:
-    """Measured cost of the exported model against ``search.budget``: a row per metric."""
-    b = cfg.search.budget
-    if b is None:
-        return None
-    value = measured.get(b.metric)
-    return {"metric": b.metric, "max": b.max, "measured": value,
-            "predicted": None if predicted is None else predicted.get(b.metric),
-            "within": value is not None and value <= b.max}
-
-
-def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: bool = False,
-               source: str | None = None, console: Console | None = None) -> dict:
-    """Export the tuned (or baseline) model of the work dir, check it, time it, check the budget."""
-    from .experiment import build_datasets, load_trained_model, work_dir_of, write_json
-    from .search.cost import detector_macs, detector_params, measure_latency
-    from .tune import StageOutputMissing, TUNE, baseline_checkpoint, load_tuned_model
-
-    console = console or Console()
-    wd = work_dir_of(cfg, work_dir)
-    source = source or cfg.export.source
-    val = build_datasets(cfg, need=("val",))["val"]
-    arch = None
-    if source == "tune":
-        ckpt = wd / TUNE / "ckpt" / "last.pt"
-        if not ckpt.is_file():
-            raise StageOutputMissing(f"no tuned model at {ckpt}: run the tune stage first (`nasdet tune CONFIG`)")
-        model, arch = load_tuned_model(ckpt, cfg, val.num_classes)
-    else:
-        ckpt = baseline_checkpoint(cfg, wd)
-        model = load_trained_model(cfg, ckpt, val.num_classes)
-    model.eval()
-    out_dir = wd / EXPORT
-    name = f"{source}{'_raw' if raw else ''}.onnx"
-    path = out_dir / name
-    # written under another name and renamed only once checked: a file named tune.onnx is always verified
-    unverified = export_onnx(model, out_dir / f".{path.stem}.unverified.onnx", raw=raw, opset=cfg.export.opset)
-    written = {unverified: path, unverified.with_suffix(".anchors.npy"): path.with_suffix(".anchors.npy")}  # raw
-    e = cfg.export
-    images = [val[i][0] for i in range(min(e.check_images, len(val)))]
-    try:
-        parity = check_parity(model, unverified, images, raw, e.box_atol, e.score_atol, e.raw_atol)
-        if not raw:  # the numbers behind the detections, strictly (NMS near-ties aside, boxes follow from them)
-            with tempfile.TemporaryDirectory() as tmp:
-                raw_path = export_onnx(model, Path(tmp) / "raw.onnx", raw=True, opset=e.opset)
-                parity["raw"] = check_parity(model, raw_path, images, True, e.box_atol, e.score_atol, e.raw_atol)
-    except BaseException as err:
-        for tmp_file in written:
-            tmp_file.unlink(missing_ok=True)
-        if isinstance(err, ExportParityError):
-            raise ExportParityError(f"{path} not written: the exported graph fails the check against torch "
-                                    f"({err})") from None
-        raise
-    for tmp_file, final in written.items():
-        if tmp_file.exists():
-            os.replace(tmp_file, final)
-    c = cfg.cost
-    measured = {"macs": detector_macs(model)["total"], "params": detector_params(model)["total"]}
-    lat_torch = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
-    measured["latency"] = lat_torch["median_ms"]
-    s = get_input_size(model)
-    probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    lat_ort = time_onnx(path, probe, c.warmup, c.runs, c.threads)
-    predicted = _predicted_costs(wd, arch)
-    # the budget is the found model's; the baseline is not meant to fit it (it is the reference)
-    budget = budget_check(cfg, measured, predicted) if source == "tune" else None
-    classes = {i + 1: n for i, n in enumerate(val.classes)}
-    write_json(out_dir / "classes.json", classes)
-    result = {"onnx": str(path), "source": source, "checkpoint": str(ckpt), "raw": raw, "input_size": s,
-              "parity": parity, "measured": measured, "predicted": predicted, "latency_torch": lat_torch,
-              "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch}
-    write_json(out_dir / f"{Path(name).stem}.json", result)
-
-    table = Table(title=f"export: {path}")
-    for col in ("", "MACs", "params", "latency torch", "latency onnxruntime"):
-        table.add_column(col, justify="right")
-    table.add_row("measured", f"{measured['macs'] / 1e6:.1f} M", f"{measured['params'] / 1e6:.3f} M",
-                  f"{lat_torch['median_ms']:.2f} ms", f"{lat_ort['median_ms']:.2f} ms")
-    if predicted:
-        table.add_row("search predicted", f"{predicted['macs'] / 1e6:.1f} M" if "macs" in predicted else "-",
-                      f"{predicted['params'] / 1e6:.3f} M" if "params" in predicted else "-",
-                      f"{predicted['latency']:.2f} ms" if "latency" in predicted else "-", "-")
-    console.print(table)
-    if raw:
-        console.print(f"parity: raw outputs within {parity['max_abs_diff']:.1e} of torch on {parity['images']} val images")
-    else:
-        console.print(f"parity: {parity['matched']}/{parity['detections_torch']} detections matched on "
-                      f"{parity['images']} val images, boxes within {parity['max_box_diff_px']:.1e} px, "
-                      f"scores within {parity['max_score_diff']:.1e}; raw outputs within "
-                      f"{parity['raw']['max_abs_diff']:.1e}")
-    if budget is not None and not budget["within"]:
-        scale = 1e6 if budget["metric"] in ("macs", "params") else 1.0
-        pred = "-" if budget["predicted"] is None else f"{budget['predicted'] / scale:.4g}"
-        console.print(Panel(f"the exported model breaks the search budget: {budget['metric']} measured "
-                            f"{budget['measured'] / scale:.4g} vs predicted {pred} vs budget {budget['max'] / scale:.4g}",
-                            title="OVER BUDGET", style="bold red"))
-    return result
-

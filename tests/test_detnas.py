@@ -23,7 +23,7 @@ from nasdet.models.backbones.shufflenet_spos import (
 from nasdet.models.supernet import detector_space, export_detector, set_detector_arch
 from nasdet.search.cost import count_macs, count_params
 from nasdet.space import ArchError, prefix_arch
-from nasdet.space.published import PUBLISHED_ARCHS, published_arch
+from nasdet.models.backbones.shufflenet_published import PUBLISHED_ARCHS, published_arch
 from nasdet.train.supernet import sample_in_macs_bins
 
 TINY = {"backbone": {"name": "detnas_tiny"}, "input_size": 64, "fpn_channels": 32}

@@ -66,13 +66,13 @@ def test_cli_prints_errors_as_plain_text(shapes_dir, tmp_path):
 
 def test_cli_shows_a_traceback_for_a_bug(monkeypatch, tmp_path, shapes_dir):
     """A bug (here a ValueError or KeyError deep inside a stage) is not dressed up as a user error."""
-    import nasdet.experiment
+    import nasdet.stages.baseline
 
     for bug in (ValueError("expected more than 1 value per channel"), KeyError("internal")):
         def broken(*a, **k):
             raise bug
 
-        monkeypatch.setattr(nasdet.experiment, "run_train", broken)
+        monkeypatch.setattr(nasdet.stages.baseline, "run_baseline", broken)
         code, out, exc = cli("train", write_cfg(tmp_path / "ok.yaml", tiny_raw(shapes_dir, tmp_path / "wd")))
         assert exc is bug and code == 1 and "error:" not in out
 
@@ -376,8 +376,9 @@ def test_export_keeps_no_unverified_file_and_no_baseline_budget_alarm(trained_ba
 
     from rich.console import Console
 
-    import nasdet.export
-    from nasdet.export import ExportParityError, run_export
+    import nasdet.stages.export
+    from nasdet.errors import ExportParityError
+    from nasdet.stages.export import run_export
 
     out = Path(trained_baseline.work_dir) / "export"
     buf = io.StringIO()
@@ -390,7 +391,7 @@ def test_export_keeps_no_unverified_file_and_no_baseline_budget_alarm(trained_ba
         assert Path(path).is_file()
         raise ExportParityError("onnxruntime detections differ from torch's on 1 val images: ...")
 
-    monkeypatch.setattr(nasdet.export, "check_parity", differs)
+    monkeypatch.setattr(nasdet.stages.export, "check_parity", differs)
     with pytest.raises(ExportParityError) as info:
         run_export(trained_baseline, source="baseline", console=Console(file=io.StringIO()))
     assert not list(out.glob("*.onnx*"))  # nothing unverified left, under any name
@@ -409,7 +410,7 @@ def test_search_records_follow_the_current_budget_and_supernet(tiny_config, tmp_
 
     from nasdet.config import BudgetConfig, config_to_dict
     from nasdet.experiment import build_supernet
-    from nasdet.search.run import run_search
+    from nasdet.stages.search import run_search
     from nasdet.train.checkpoint import save_checkpoint
 
     cfg = tiny_config("ssdlite", model={"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}},

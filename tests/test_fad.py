@@ -253,7 +253,7 @@ def test_second_order_gradient_matches_the_exact_unrolled_gradient():
 
 
 def test_tiny_darts_search_through_the_python_api_and_resume(tiny_config, tmp_path):
-    from nasdet.search.run import run_search
+    from nasdet.stages.search import run_search
 
     cfg = darts_config(tiny_config, data={"augment": {"hflip": 0.0, "photometric": 0.0}})
     summary = run_search(cfg)

@@ -108,7 +108,7 @@ def test_gradient_search_end_to_end_limit_outputs_resume_and_errors(tiny_config)
 
     from nasdet.config import BudgetConfig
     from nasdet.search.budget import CostModel
-    from nasdet.search.run import run_search
+    from nasdet.stages.search import run_search
     from nasdet.space import load_arch
 
     cfg = tiny_config("ssdlite", model=MBV2W_TINY, data={"check_files": False}, supernet={"input_sizes": [48, 64]},

@@ -265,7 +265,7 @@ def test_sigkill_mid_study_then_resume(tmp_path):
 
 # ------------------------------------------------------------------------------------------- outputs
 def test_outputs_written_and_best_arch_round_trips(tmp_path):
-    from nasdet.search.run import write_search_outputs
+    from nasdet.search.outputs import write_search_outputs
     from nasdet.space import load_arch
 
     budget = Budget("macs", 60.0)
@@ -293,7 +293,7 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
     from rich.console import Console
 
     from nasdet.experiment import build_datasets
-    from nasdet.search.run import run_search
+    from nasdet.stages.search import run_search
     from nasdet.search.scoring import score_arch
     from nasdet.space import load_arch
     from nasdet.train.checkpoint import CheckpointError

@@ -55,7 +55,7 @@ def test_latency_table_sums_blocks_measures_each_once_and_persists(tiny_config, 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "lut"])
 def test_search_under_a_latency_budget(tiny_config, backend):
-    from nasdet.search.run import run_search
+    from nasdet.stages.search import run_search
 
     cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False}, supernet={"input_sizes": [64, 96]},
                       cost={"latency": backend, "warmup": 1, "runs": 3, "threads": 1},

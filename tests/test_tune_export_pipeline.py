@@ -147,7 +147,7 @@ def test_export_end_to_end_and_raw_match_torch(tiny_config, tmp_path, detector):
     import onnxruntime as ort
 
     from nasdet.experiment import build_datasets
-    from nasdet.export import run_export
+    from nasdet.stages.export import run_export
     from nasdet.tune import load_tuned_model
 
     cfg = _trained_tuned(tiny_config, tmp_path, detector, search={"budget": {"metric": "macs", "max": 1.0}})
@@ -182,7 +182,7 @@ def test_export_end_to_end_and_raw_match_torch(tiny_config, tmp_path, detector):
 
 
 def test_examples_onnx_infer_runs_the_exported_file(tiny_config, tmp_path, shapes_dir):
-    from nasdet.export import run_export
+    from nasdet.stages.export import run_export
 
     cfg = _trained_tuned(tiny_config, tmp_path)
     onnx_path = run_export(cfg, console=QUIET)["onnx"]

@@ -14,16 +14,17 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..space import ArchError, SearchSpace, prefix_arch, strip_prefix
+from ..space.supernet import Supernet
 from .detectors import get_input_size, set_input_size
 
 BACKBONE_PREFIX = "backbone"
 INPUT_SIZE = "input_size"
 
 
-def supernet_body(model: nn.Module) -> nn.Module:
+def supernet_body(model: nn.Module) -> Supernet:
     """The backbone supernet inside a detector built by ``build_detector`` (``model.backbone.body``)."""
     body = getattr(getattr(model, "backbone", None), "body", None)
-    if body is None or not all(hasattr(body, a) for a in ("search_space", "set_arch", "export")):
+    if body is None or not isinstance(body, Supernet):
         name = type(body).__name__ if body is not None else "none"
         raise ConfigError(
             f"the detector's backbone ({name}) is not a supernet: set model.backbone.name to a searchable "
@@ -70,3 +71,11 @@ def export_detector(model: nn.Module, arch: Mapping, space: SearchSpace | None =
     clone.backbone.body = static_body
     set_input_size(clone, int(arch[INPUT_SIZE]))
     return clone
+
+
+def build_supernet(cfg, num_classes: int) -> tuple[nn.Module, SearchSpace]:
+    """The detector supernet of an ExperimentConfig and its search space (backbone choices + input_size)."""
+    from .detectors import build_detector
+
+    model = build_detector(cfg.model, num_classes=num_classes)
+    return model, detector_space(model, cfg.supernet.input_sizes)

@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.supernet import INPUT_SIZE, export_detector
 from ..space import ArchError, SearchSpace
-from .cost import detector_macs, detector_params, measure_latency
+from ..models.cost import detector_macs, detector_params, measure_latency
 from .scoring import ArchCache
 
 COST_METRICS = ("macs", "params", "latency")

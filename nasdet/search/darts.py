@@ -42,8 +42,8 @@ from ..threads import set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from ..train.loop import EpochSampler, TrainingDiverged, resolve_device
 from ..train.optim import build_scheduler, param_groups
+from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, checkpoint_in, work_dir_of  # noqa: F401
 
-SEARCH = "search"
 LossFn = Callable[[Any], dict[str, Tensor]]
 
 
@@ -193,14 +193,14 @@ class DartsSearch:
     optimisers; ``run()`` trains to the end (resuming from ``ckpt/last.pt``) and writes the genotypes."""
 
     def __init__(self, cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None):
-        from ..experiment import build_datasets, work_dir_of
+        from ..data.build import build_datasets
         from ..models import build_detector
 
         self.cfg, self.d = cfg, cfg.search.darts
         self.console = console or Console()
         self.wd = work_dir_of(cfg, work_dir)
-        self.out_dir = self.wd / SEARCH
-        self.ckpt_path = self.out_dir / "ckpt" / "last.pt"
+        self.out_dir = WorkDir(self.wd).search.root
+        self.ckpt_path = checkpoint_in(self.out_dir)
         if not family_named(cfg.model.detector).fad_heads:
             able = " or ".join(sorted(n for n in DETECTORS if family_named(n).fad_heads))
             raise ConfigError(f"search.strategy darts searches FAD heads: model.detector must be {able}, "
@@ -259,7 +259,7 @@ class DartsSearch:
 
     def _trim_alpha_log(self, epoch: int) -> None:
         """Drop records of epochs after the checkpoint (written before a crash that lost their checkpoint)."""
-        path = self.out_dir / "alphas.jsonl"
+        path = self.out_dir / ALPHAS_LOG
         if path.is_file():
             keep = [line for line in path.read_text().splitlines() if _epoch_of(line) <= epoch]
             write_text_atomic(path, "".join(line + "\n" for line in keep))
@@ -276,7 +276,7 @@ class DartsSearch:
                               "cls": [a.detach().softmax(-1).cpu().tolist() for a in t.alpha_cls]},
                   "genotype": {"box": format_genotype(box), "cls": format_genotype(cls)},
                   "mean_losses": {k: round(v, 5) for k, v in losses.items()}}
-        self._append("alphas.jsonl", record)
+        self._append(ALPHAS_LOG, record)
         write_genotypes(self.out_dir, box, cls)
         return record
 
@@ -290,7 +290,7 @@ class DartsSearch:
     def run(self) -> dict:
         resumed = self.try_resume()
         limit = min(self.total_steps, self.d.max_steps or self.total_steps)
-        save_config(self.cfg, self.wd / "config.yaml")
+        save_config(self.cfg, WorkDir(self.wd).config)
         self.console.print(
             f"[bold]darts search[/] {self.out_dir}: {len(self.weight_set)} weight + {len(self.arch_set)} arch images, "
             f"{self.steps_per_epoch} steps/epoch x {self.d.epochs} epochs, batch {self.d.batch_size}, "
@@ -318,7 +318,7 @@ class DartsSearch:
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
                     if self.step % self.d.log_every_steps == 0 or self.step == limit:
-                        self._append("log.jsonl", {"step": self.step, "epoch": self.epoch, "time": round(time.time(), 1),
+                        self._append(LOG_FILE, {"step": self.step, "epoch": self.epoch, "time": round(time.time(), 1),
                                                    "lr": self.w_optim.param_groups[0]["lr"],
                                                    **{k: round(v, 5) for k, v in stats.items()}})
                     progress.update(task, completed=self.step, epoch=self.epoch, loss=stats["loss"])
@@ -333,16 +333,16 @@ class DartsSearch:
                     self.record_epoch({k: v / max(n, 1) for k, v in sums.items()})
                     sums, n = {}, 0
                     self.save()
-        if (self.batch_in_epoch and n) or not (self.out_dir / "genotype.json").is_file():
+        if (self.batch_in_epoch and n) or not (self.out_dir / GENOTYPE_JSON).is_file():
             self.record_epoch({k: v / max(n, 1) for k, v in sums.items()}, partial=True)  # stopped mid-epoch
         if n or not resumed:
             self.save()
         box, cls = self.towers.genotypes()
         self.console.print(genotype_table(box, cls, f"darts search: genotypes after {self.step} steps"))
-        self.console.print(f"genotypes -> {self.out_dir / 'genotype.log'}, {self.out_dir / 'genotype.json'}")
+        self.console.print(f"genotypes -> {self.out_dir / GENOTYPE_LOG}, {self.out_dir / GENOTYPE_JSON}")
         return {"genotypes": {"box": format_genotype(box), "cls": format_genotype(cls)}, "step": self.step,
                 "epoch": self.epoch, "strategy": "darts",
-                "files": {n: str(self.out_dir / n) for n in ("genotype.log", "genotype.json", "alphas.jsonl")}}
+                "files": {n: str(self.out_dir / n) for n in (GENOTYPE_LOG, GENOTYPE_JSON, ALPHAS_LOG)}}
 
 
 def genotype_table(box, cls, title: str) -> Table:

@@ -50,14 +50,14 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..files import append_jsonl, atomic_path, write_text_atomic
+from ..workdir import GRADIENT_LOG, GRADIENT_STATE, SEARCHED_ARCH
 from ..models.supernet import INPUT_SIZE, set_detector_arch
 from ..space import SearchSpace
 from ..space.space import _BLOCK_NAME
 from .budget import COST_UNITS, Budget
 from .strategies import OBJECTIVE
 
-STATE_FILE = "gradient_state.pt"
-LOG_FILE = "gradient.jsonl"
+STATE_FILE, LOG_FILE = GRADIENT_STATE, GRADIENT_LOG  # names this module used first
 
 
 class LimitBelowSmallest(ConfigError):
@@ -424,7 +424,7 @@ def write_searched_arch(model: nn.Module, space: SearchSpace, arch: Mapping[str,
     body = supernet_body(model)
     if not hasattr(body, "enot_from_arch"):
         return None
-    path = Path(out_dir) / "searched_arch.json"
+    path = Path(out_dir) / SEARCHED_ARCH
     write_text_atomic(path, json.dumps({"space_id": space.space_id, "input_size": int(arch[INPUT_SIZE]),
                                 "searched_arch": body.enot_from_arch(strip_prefix(arch, BACKBONE_PREFIX))}) + "\n")
     return path

@@ -31,22 +31,23 @@ from ..errors import ConfigError
 from ..files import write_json_atomic
 from ..models.supernet import INPUT_SIZE, export_detector
 from ..space import SearchSpace
-from .cost import _threads, measure_latency
+from ..models.cost import _threads, measure_latency
 
 LATENCY_BACKENDS = ("torch", "onnxruntime", "lut")
 
 
 def measure_latency_onnx_e2e(model: nn.Module, warmup: int = 5, runs: int = 30, threads: int | None = None) -> dict:
     """Median ms of the end-to-end ONNX graph of ``model`` (``nasdet export``'s) in onnxruntime on CPU."""
-    from ..export import _session, export_onnx
+    from ..export import export_onnx
+    from ..models.cost import onnx_session
     from ..models.detectors import get_input_size
-    from .cost import time_session
+    from ..models.cost import time_session
 
     s = get_input_size(model)
     image = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx")
-        session = _session(path, threads)
+        session = onnx_session(path, threads)
     return {**time_session(session, {"image": image.numpy()}, warmup, runs), "threads": threads}
 
 

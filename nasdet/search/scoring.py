@@ -16,7 +16,7 @@ from ..data.dataset import DetectionDataset
 from ..models.supernet import set_detector_arch
 from ..space import SearchSpace, canonical_arch
 from ..train.evaluate import evaluate_detector
-from .evaluate import preserved_bn_state, recalibrate_bn
+from ..train.bn import preserved_bn_state, recalibrate_bn
 
 
 def arch_key(arch: Mapping[str, Any]) -> str:

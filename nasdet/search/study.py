@@ -44,8 +44,8 @@ from ..space import SearchSpace
 from .budget import Budget
 from .scoring import arch_key
 from .strategies import OBJECTIVE, Strategy, trial_arch
+from ..workdir import STUDY_FILE
 
-STUDY_FILE = "study.journal"
 SUPERNET_ATTR = "supernet_checkpoint"  # study user attribute: the checkpoint the scores were taken on
 _MAX_SKIPS = 200  # consecutive skipped (duplicate / surplus) trials before giving up: space exhausted
 _MAX_OVER = 2000  # consecutive over-budget trials before giving up

@@ -252,10 +252,15 @@ def strip_prefix(arch: Mapping[str, Any], prefix: str) -> Arch:
 
 
 # ------------------------------------------------------------------------------------------- JSON
-def save_arch(path: str | Path, arch: Mapping[str, Any], space: SearchSpace) -> None:
-    """Write ``{"space_id": ..., "arch": {...}}`` after validating ``arch`` against ``space``."""
+def save_arch(path: str | Path, arch: Mapping[str, Any], space: SearchSpace,
+              costs: Mapping[str, float] | None = None) -> None:
+    """Write ``{"space_id": ..., "arch": {...}}`` after validating ``arch`` against ``space``; ``costs``
+    (what the search predicted for it) travel along when given."""
     arch = space.validate(arch)
-    write_text_atomic(path, json.dumps({"space_id": space.space_id, "arch": arch}, indent=2) + "\n")
+    record = {"space_id": space.space_id, "arch": arch}
+    if costs is not None:
+        record["costs"] = {k: float(v) for k, v in costs.items()}
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def load_arch(path: str | Path, space: SearchSpace) -> Arch:

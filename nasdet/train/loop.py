@@ -29,6 +29,7 @@ from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_che
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler
 from ..errors import CheckpointError, DataError, TrainingDiverged
+from ..workdir import LAST_CKPT, LOG_FILE, checkpoint_in
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -75,7 +76,7 @@ class Trainer:
         self.cfg = cfg
         self.tcfg = cfg.train
         self.out_dir = Path(out_dir)
-        self.ckpt_dir = self.out_dir / "ckpt"
+        self.ckpt_dir = checkpoint_in(self.out_dir).parent
         self.console = console or Console()
         self.space_id = space_id
         self.device, self.rank, self.world = dist.init_distributed(self.tcfg.device)
@@ -141,10 +142,15 @@ class Trainer:
             "extra": self.extra_state(),
         }
 
-    def save(self, name: str = "last.pt") -> None:
+    def save(self, name: str = LAST_CKPT) -> None:
         if dist.is_main():
             save_checkpoint(self.state_dict(), self.ckpt_dir / name)
         dist.barrier()
+
+    @property
+    def final_step(self) -> int:
+        """The step training stops at (``train.max_steps`` cuts it short); a stage whose record reached it is done."""
+        return min(self.total_steps, self.tcfg.max_steps or self.total_steps)
 
     def prepare(self) -> bool:
         """Resume from ``ckpt/last.pt`` if there is one (once); errors before anything is written."""
@@ -153,7 +159,7 @@ class Trainer:
         return self._resumed
 
     def try_resume(self) -> bool:
-        path = self.ckpt_dir / "last.pt"
+        path = checkpoint_in(self.out_dir)
         if not path.is_file():
             return False
         state = load_checkpoint(path, space_id=self.space_id)
@@ -174,7 +180,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------- logging
     def log(self, record: dict) -> None:
         if dist.is_main():
-            append_jsonl(self.out_dir / "log.jsonl", record)
+            append_jsonl(self.out_dir / LOG_FILE, record)
 
     # ---------------------------------------------------------------------------------------- run
     def _loader(self) -> torch.utils.data.DataLoader:
@@ -239,7 +245,7 @@ class Trainer:
         """Train to the end (resuming from ``ckpt/last.pt`` if present); returns the final val metrics."""
         torch.manual_seed(self.cfg.seed)
         resumed = self.prepare()
-        limit = min(self.total_steps, self.tcfg.max_steps or self.total_steps)
+        limit = self.final_step
         if dist.is_main():
             what = f"resumed at step {self.step}" if resumed else self.start_note
             self.console.print(

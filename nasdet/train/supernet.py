@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..config import ExperimentConfig, ShrinkPhase
 from ..models.detectors import set_input_size
 from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
-from ..search.evaluate import preserved_bn_state, recalibrate_bn
+from .bn import preserved_bn_state, recalibrate_bn
 from ..space import ArchError, SearchSpace
 from . import dist
 from .checkpoint import CheckpointError, load_checkpoint

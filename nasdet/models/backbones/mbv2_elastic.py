@@ -47,7 +47,8 @@ from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 from ...errors import CheckpointError, ConfigError
 from ...space import SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible
-from .ofa_mobilenet import STAGE_LEVEL, ElasticStage, StagedSupernet  # c5 = final_expand output
+from ...space.supernet import STAGE_LEVEL, StagedSupernet  # c5 = final_expand output
+from .ofa_mobilenet import ElasticStage
 from .torchvision_backbones import SequentialStagesBackbone
 
 STEM_WIDTH, FIRST_BLOCK_WIDTH, LAST_WIDTH = 32, 16, 1280

@@ -42,7 +42,8 @@ from ...space import ArchError, SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible
 from .mbv2_elastic import (FIRST_BLOCK_WIDTH, LAST_WIDTH, SETTING, STEM_WIDTH, ElasticInvertedResidual,
                            MobileNetV2Backbone, _norm_layer, checked_standard_state, export_staged, standard_key_map)
-from .ofa_mobilenet import ElasticStage, StagedSupernet
+from ...space.supernet import StagedSupernet
+from .ofa_mobilenet import ElasticStage
 
 ENOT_WIDTHS = (1.0, 0.5, 0.33, 0.17, 0.08, 0.0)  # ENOT's DEFAULT_DESCRIPTORS: searched_arch index -> ratio
 FIRST_BLOCK = "first_block"

@@ -16,7 +16,7 @@ stage ``depth`` (2, 3, 4) = its first d blocks run. Mid width = ``make_divisible
 c5 is taken after the final 1x1 expand, so its width (960 x m) never depends on the arch and a head
 needs no elastic input.
 
-Supernet protocol: ``search_space()``, ``set_arch(arch)``, ``export(arch=None)`` (a static
+Supernet protocol (``nasdet.space.supernet``): ``search_space()``, ``set_arch(arch)``, ``export(arch=None)`` (a static
 ``MobileNetV3Backbone`` of plain torch/torchvision modules, same outputs in eval mode).
 """
 from __future__ import annotations
@@ -32,33 +32,14 @@ from torchvision.ops import FrozenBatchNorm2d
 from ...errors import ConfigError
 from ...space import SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticSE, he_fout_init, make_divisible
+from ...space.supernet import STAGE_LEVEL, StagedSupernet, input_channels, staged_forward  # noqa: F401 (re-exported)
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)  # first conv, first block, 5 stages, final expand, feature mix
 STRIDES = (1, 2, 2, 2, 1, 2)  # first block, stages 1..5
 ACTS = ("relu", "relu", "relu", "h_swish", "h_swish", "h_swish")
 USE_SE = (False, False, True, False, True, True)
-STAGE_LEVEL = {1: "c2", 2: "c3", 4: "c4"}  # c5 = final_expand output
 
 
-def staged_forward(net: nn.Module, x: torch.Tensor, pre_expand: bool = False) -> "OrderedDict[str, torch.Tensor]":
-    """first_conv -> first_block -> stages -> final_expand, returning c2..c5 (the supernets of this
-    family and their static exports share this layout); with ``pre_expand`` also ``c5_pre``: the last stage's
-    output before the final 1x1 expand (``pre_expand_channels`` wide; what MMDetection's YOLOv3 neck reads)."""
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    x = net.first_block(net.first_conv(x))
-    for i, stage in enumerate(net.stages, start=1):
-        x = stage(x)
-        if i in STAGE_LEVEL:
-            out[STAGE_LEVEL[i]] = x
-    if pre_expand:
-        out["c5_pre"] = x
-    out["c5"] = net.final_expand(x)
-    return out
-
-
-def input_channels(final_expand: nn.Module) -> int:
-    """Input width of a final 1x1 expand block (a Sequential / Conv2dNormActivation starting with its conv)."""
-    return final_expand[0].in_channels
 TINY_WIDTH_MULT = 0.25  # widths 8, 8, 8, 16, 24, 32, 40, 240: for CPU tests
 
 
@@ -206,36 +187,6 @@ class ElasticStage(nn.Module):
 
     def extra_repr(self) -> str:
         return f"active: depth={self.active_depth}"
-
-
-# ---------------------------------------------------------------------------------------- supernet
-class StagedSupernet(nn.Module):
-    """The supernet protocol shared by the MobileNet-family supernets: choices ``stageS.depth`` (absent
-    = the stage always runs all its blocks) and ``stageS.blockJ.{kernel,expand}``; subclasses build
-    ``first_conv``, ``first_block``, ``stages`` (ElasticStage), ``final_expand`` and ``_space``."""
-
-    def search_space(self) -> SearchSpace:
-        return self._space
-
-    @property
-    def active_arch(self) -> dict[str, Any]:
-        return dict(self._arch)
-
-    def set_arch(self, arch: Mapping[str, Any]) -> None:
-        """Validate ``arch`` (``ArchError`` otherwise) and activate that subnet in place."""
-        arch = self._space.validate(arch)
-        for s, stage in enumerate(self.stages, start=1):
-            stage.active_depth = arch.get(f"stage{s}.depth", len(stage.blocks))
-            for j, block in enumerate(stage.blocks):
-                block.set_active(arch[f"stage{s}.block{j}.kernel"], arch[f"stage{s}.block{j}.expand"])
-        self._arch = arch
-
-    def forward(self, x: torch.Tensor, pre_expand: bool = False) -> "OrderedDict[str, torch.Tensor]":
-        return staged_forward(self, x, pre_expand)
-
-    @property
-    def pre_expand_channels(self) -> int:
-        return input_channels(self.final_expand)
 
 
 class OFAMobileNetV3(StagedSupernet):

@@ -33,6 +33,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 
 from ...errors import ConfigError, GenotypeError
 from ...files import write_text_atomic
+from ...workdir import GENOTYPE_JSON, GENOTYPE_LOG
 
 KINDS = ("std", "sinSep")
 _SHAPES = ((1, False), (1, True), (2, False), (2, True), (3, False))  # (trunk depth, dilated branch) per op
@@ -378,8 +379,8 @@ def write_genotypes(out_dir: str | Path, box: Genotype, cls: Genotype) -> dict[s
     """``genotype.log`` (FAD's two lines: box, cls) and ``genotype.json``, each written atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"genotype.log": f"{format_genotype(box)}\n{format_genotype(cls)}\n",
-             "genotype.json": json.dumps({"box": genotype_to_json(box), "cls": genotype_to_json(cls),
+    files = {GENOTYPE_LOG: f"{format_genotype(box)}\n{format_genotype(cls)}\n",
+             GENOTYPE_JSON: json.dumps({"box": genotype_to_json(box), "cls": genotype_to_json(cls),
                                           "box_text": format_genotype(box), "cls_text": format_genotype(cls)},
                                          indent=2) + "\n"}
     for name, text in files.items():

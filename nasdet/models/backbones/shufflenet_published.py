@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.backbones.shufflenet_spos import BACKBONE_NAMES, arch_from_list
-from .space import ArchError
+from ...space import ArchError
+from .shufflenet_spos import BACKBONE_NAMES, arch_from_list
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,150 @@
+"""Cost of a detector: MACs and params (counted), latency (measured).
+
+MACs come from ``torch.utils.flop_counter`` (MACs = FLOPs / 2; convs and matmuls, the ops it has
+formulas for) over the data-independent part of the detector at its input size: backbone, neck and
+heads, not box decoding or NMS (see ``dense_forward``). They are counted on the meta device, so
+no arithmetic is done and any model size counts in milliseconds.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .detectors import dense_forward, get_input_size
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_macs(fn, *args) -> int:
+    """Multiply-accumulates of ``fn(*args)`` (FLOPs / 2 as torch's counter reports them)."""
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return int(counter.get_total_flops()) // 2
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).to("meta")
+
+
+def detector_macs(model: nn.Module, input_size: int | None = None, batch: int = 1) -> dict[str, int]:
+    """MACs of the backbone (with neck) and of the whole dense detector at ``input_size`` (square)."""
+    s = input_size or get_input_size(model)
+    m = _meta_copy(model).eval()
+    x = torch.empty(batch, 3, s, s, device="meta")
+    with torch.no_grad():
+        backbone = count_macs(m.backbone, x)
+        total = count_macs(dense_forward, m, x)
+    return {"backbone": backbone, "total": total}
+
+
+def detector_params(model: nn.Module) -> dict[str, int]:
+    return {"backbone": count_params(model.backbone), "total": count_params(model)}
+
+
+@contextmanager
+def _threads(n: int | None):
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, input_size: int | None = None, device: str = "cpu", warmup: int = 5,
+                    runs: int = 30, threads: int | None = None, image: torch.Tensor | None = None) -> dict[str, float]:
+    """Median / p90 wall time in ms of the full detector (pre-processing, network, decoding, NMS) at batch 1.
+
+    ``image`` defaults to a random image already at ``input_size`` (the resize is then a no-op); random
+    weights give few boxes after thresholding, so NMS time is a lower bound of a trained model's.
+    """
+    s = input_size or get_input_size(model)
+    dev = torch.device(device)
+    m = copy.deepcopy(model).to(dev).eval()
+    img = (image if image is not None else torch.rand(3, s, s, generator=torch.Generator().manual_seed(0))).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times = []
+    with _threads(threads):
+        for i in range(warmup + runs):
+            sync()
+            t = time.perf_counter()
+            m([img])
+            sync()
+            if i >= warmup:
+                times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[min(int(0.9 * len(times)), len(times) - 1)],
+            "runs": runs, "device": str(dev), "threads": threads or torch.get_num_threads()}
+
+
+class DenseDetector(nn.Module):
+    """The data-independent part of a detector as a module (for ONNX export and timing)."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(dense_forward(self.detector, x))
+
+
+@torch.no_grad()
+def measure_latency_onnx(model: nn.Module, input_size: int | None = None, warmup: int = 5, runs: int = 30,
+                         threads: int | None = None) -> dict[str, float]:
+    """Median / p90 ms of the dense part (backbone, neck, heads; no decoding or NMS) in onnxruntime
+    on CPU at batch 1. The graph is checked against torch first: a wrong graph's latency is no figure."""
+    s = input_size or get_input_size(model)
+    dense = DenseDetector(copy.deepcopy(model).cpu().eval()).eval()
+    x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+    expected = dense(x)
+    n_threads = threads or torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dense.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(dense, (x,), str(path), dynamo=False, opset_version=17, input_names=["images"])
+        session = onnx_session(path, n_threads)
+    feed = {"images": x.numpy()}
+    got = session.run(None, feed)
+    worst = max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected))
+    if worst > 1e-3:
+        raise RuntimeError(f"onnxruntime output differs from torch by {worst:.2e}: the exported graph is wrong")
+    return {**time_session(session, feed, warmup, runs), "threads": n_threads, "part": "dense", "max_abs_diff": worst}
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session of ``path`` (all graph optimisations, ``threads`` intra-op threads)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def time_session(session, feed: dict, warmup: int, runs: int) -> dict:
+    """Median / p90 ms of ``session.run(None, feed)`` (an onnxruntime session) after ``warmup`` runs."""
+    times = []
+    for i in range(warmup + runs):
+        t = time.perf_counter()
+        session.run(None, feed)
+        if i >= warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[min(int(0.9 * len(times)), len(times) - 1)],
+            "runs": runs, "device": "onnxruntime-cpu"}

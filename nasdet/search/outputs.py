@@ -1,0 +1,120 @@
+"""The search stage's outputs from its records: ``results.csv``, ``best_arch.json`` (with the predicted
+costs), ``pareto.json``, ``pareto.png``, and the table of the best candidates."""
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+from ..files import atomic_path
+from ..space import SearchSpace, save_arch
+from ..workdir import BEST_ARCH, PARETO_JSON, PARETO_PNG, RESULTS_CSV, write_json
+from .budget import COST_UNITS, Budget
+from .strategies import OBJECTIVE
+from .study import best_record, pareto_front
+
+METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: str | Path, cost_metric: str,
+                         budget: Budget | None = None, extremes: Mapping[str, dict] | None = None,
+                         baseline: dict | None = None) -> dict:
+    """``results.csv``, ``best_arch.json`` (best AP under the budget, via ``save_arch``), ``pareto.json``,
+    ``pareto.png``; ``extremes`` (name -> {arch, costs}) and the ``baseline`` ({costs, metrics}) are
+    marked on the plot."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_results_csv(records, out_dir / RESULTS_CSV)
+    best = best_record(records)
+    if best is not None:  # with the costs the search predicted, which export compares its measurement to
+        save_arch(out_dir / BEST_ARCH, best["arch"], space, costs=best["costs"])
+    front = pareto_front([r for r in records if r["feasible"]], cost_metric)
+    scored = {json.dumps(r["arch"], sort_keys=True): r for r in records}
+    marks = {}
+    for name, e in (extremes or {}).items():
+        r = scored.get(json.dumps(dict(e["arch"]), sort_keys=True))
+        marks[name] = {"arch": dict(e["arch"]), "costs": dict(e["costs"]),
+                       "metrics": r["metrics"] if r else None, "trial": r["trial"] if r else None}
+    pareto = {"space_id": space.space_id, "cost_metric": cost_metric,
+              "budget": {"metric": budget.metric, "max": budget.max} if budget else None,
+              "front": [_plain(r) for r in front], "extremes": marks, "baseline": baseline, "scored": len(records)}
+    if baseline is not None:
+        marks = {**marks, "baseline": baseline}
+    write_json(out_dir / PARETO_JSON, pareto)
+    plot_pareto(records, front, cost_metric, out_dir / PARETO_PNG, budget, marks)
+    return {"best": best, "front": front, "records": len(records),
+            "files": {n: str(out_dir / n) for n in (RESULTS_CSV, BEST_ARCH, PARETO_JSON, PARETO_PNG)}}
+
+
+def _plain(r: dict) -> dict:
+    return {k: r[k] for k in ("trial", "arch", "metrics", "costs", "seconds", "feasible")}
+
+
+def write_results_csv(records: Sequence[dict], path: Path) -> None:
+    cols = ["trial", "arch", *METRIC_COLUMNS, "macs", "params", "latency_ms", "seconds", "feasible", "worker"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in records:
+            m, c = r["metrics"], r["costs"]
+            w.writerow([r["trial"], json.dumps(r["arch"], sort_keys=True), *[m.get(k, "") for k in METRIC_COLUMNS],
+                        c.get("macs", ""), c.get("params", ""), c.get("latency", ""),
+                        "" if r["seconds"] is None else round(r["seconds"], 3), r["feasible"], r["worker"] or ""])
+
+
+def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path: Path, budget: Budget | None = None,
+                marks: Mapping[str, dict] | None = None) -> None:
+    """AP vs cost: every scored candidate, the Pareto front as a line, the budget, smallest/largest subnets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scale, unit = (1e6, f"M {COST_UNITS[cost]}") if cost in ("macs", "params") else (1.0, COST_UNITS[cost])
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    pts = [r for r in records if cost in r["costs"]]
+    ax.scatter([r["costs"][cost] / scale for r in pts], [r["metrics"][OBJECTIVE] for r in pts], s=14, c="tab:gray",
+               alpha=0.6, label=f"candidates ({len(pts)})")
+    if front:
+        ax.plot([r["costs"][cost] / scale for r in front], [r["metrics"][OBJECTIVE] for r in front], "-o",
+                c="tab:red", ms=5, label="Pareto front")
+    if budget is not None:
+        ax.axvline(budget.max / scale, c="tab:blue", ls="--", lw=1, label=f"budget {budget.max / scale:.4g} {unit}")
+    styles = {"smallest": ("v", "tab:green"), "largest": ("^", "tab:purple"), "baseline": ("*", "tab:orange")}
+    for name, m in (marks or {}).items():
+        style = styles.get(name, ("D", "tab:brown"))
+        label = "baseline (trained on all of train)" if name == "baseline" else f"{name} subnet"
+        x = m["costs"].get(cost)
+        if x is None:
+            continue
+        if m["metrics"]:
+            ax.scatter([x / scale], [m["metrics"][OBJECTIVE]], marker=style[0], s=110 if name == "baseline" else 80,
+                       c=style[1], zorder=3, label=label)
+        else:
+            ax.axvline(x / scale, c=style[1], ls=":", lw=1, label=f"{label} (cost)")
+    ax.set_xlabel(f"{cost} ({unit})")
+    ax.set_ylabel("AP (search split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def top_table(records: Sequence[dict], cost: str, k: int, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("trial", "AP", "AP50", "MACs", "params", "latency", "input", "feasible"):
+        table.add_column(col, justify="right")
+    top = sorted(records, key=lambda r: (-r["metrics"][OBJECTIVE], r["trial"]))[:k]
+    for r in top:
+        c, m = r["costs"], r["metrics"]
+        table.add_row(str(r["trial"]), f"{m[OBJECTIVE]:.4f}", f"{m.get('AP50', float('nan')):.4f}",
+                      f"{c['macs'] / 1e6:.1f} M" if "macs" in c else "-",
+                      f"{c['params'] / 1e6:.3f} M" if "params" in c else "-",
+                      f"{c['latency']:.2f} ms" if "latency" in c else "-",
+                      str(r["arch"].get("input_size", "")), "yes" if r["feasible"] else "no")
+    return table

@@ -1,0 +1,94 @@
+"""The baseline stage (``nasdet train``): the config's detector (``pipeline.baseline_backbone`` swapped in
+when set) trained on the whole training set into ``baseline/``; and the commands that read a trained
+checkpoint: ``nasdet eval`` (COCO metrics on val) and ``nasdet cost`` (MACs, params, latency)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from ..config import ExperimentConfig
+from ..data.build import build_datasets, load_split
+from ..models import build_detector, get_input_size
+from ..models.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
+from ..train.checkpoint import CheckpointError, load_checkpoint
+from ..train.evaluate import evaluate_detector
+from ..train.loop import resolve_device
+from ..train.trained import load_trained_model
+from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
+from .common import baseline_config, cost_table, metrics_table, train_detector
+
+
+def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
+    """Train ``baseline_config(cfg)`` into ``baseline/`` (resumed, or skipped when complete); val metrics."""
+    return train_detector(baseline_config(cfg), work_dir, BASELINE, console)
+
+
+def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str = BASELINE) -> Path:
+    return WorkDir.of(cfg, work_dir).stage(stage).require_checkpoint(hint=", or pass --ckpt")
+
+
+def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
+             console: Console | None = None) -> dict:
+    """COCO metrics of a checkpoint on the val set, written where ``eval_record_path`` says."""
+    console = console or Console()
+    given = ckpt is not None
+    ckpt = Path(ckpt) if given else default_checkpoint(cfg, work_dir)
+    val = build_datasets(cfg, need=("val",))["val"]
+    model = load_trained_model(cfg, ckpt, val.num_classes)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    if cfg.eval.max_images:
+        val = val.subset(range(min(cfg.eval.max_images, len(val))))
+    metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
+    if metrics is None:
+        return {}
+    out = eval_record_path(cfg, work_dir, ckpt, given)
+    write_json(out, {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source, "val_images": len(val),
+                     "step": load_checkpoint(ckpt).get("step")})
+    console.print(metrics_table(metrics, f"val mAP of {ckpt} ({len(val)} images)"))
+    console.print(f"metrics -> {escape(str(out))}")
+    return metrics
+
+
+def eval_record_path(cfg: ExperimentConfig, work_dir: str | Path | None, ckpt: Path, given: bool) -> Path:
+    """Where ``nasdet eval`` writes: the baseline's own ``metrics.json`` when it re-evaluates the baseline
+    by default; for a checkpoint given with --ckpt, ``eval/<stage>_<name>_metrics.json``, never a stage's
+    own record (the report reads the baseline's; pretrain reads the supernet's)."""
+    if not given:
+        return ckpt.parent.parent / METRICS_FILE
+    stage = stage_dir_of(ckpt)
+    name = f"{stage.name}_{ckpt.stem}" if stage is not None else ckpt.stem
+    return WorkDir.of(cfg, work_dir).eval.root / f"{name}_metrics.json"
+
+
+def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
+             latency: bool = True, console: Console | None = None) -> dict:
+    """MACs, params and latency of the config's detector (trained weights if a checkpoint exists,
+    so NMS sees a realistic number of boxes)."""
+    console = console or Console()
+    wd = WorkDir.of(cfg, work_dir)
+    cfg = baseline_config(cfg)
+    num_classes = cfg.model.num_classes
+    if num_classes is None:
+        num_classes = load_split(cfg, "val").num_classes
+    path = Path(ckpt) if ckpt else wd.baseline.checkpoint
+    if path.is_file():
+        model = load_trained_model(cfg, path, num_classes)
+    elif ckpt:
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    else:
+        model = build_detector(cfg.model, num_classes=num_classes)
+    model.eval()
+    result = {"input_size": get_input_size(model), "macs": detector_macs(model), "params": detector_params(model),
+              "detector": cfg.model.detector, "backbone": cfg.model.backbone.name,
+              "weights": str(path) if path.is_file() else "random"}
+    if latency:
+        c = cfg.cost
+        result["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
+        if c.onnxruntime:
+            result["latency_onnxruntime"] = measure_latency_onnx(model, warmup=c.warmup, runs=c.runs, threads=c.threads)
+    write_json((wd.baseline.root if not ckpt else path.parent.parent) / COST_JSON, result)
+    console.print(cost_table(result, f"cost of {cfg.model.detector} / {cfg.model.backbone.name}"))
+    return result

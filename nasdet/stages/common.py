@@ -1,0 +1,102 @@
+"""What several stages share and no stage owns: a stage's train recipe, the baseline's config, training a
+detector into a stage folder, and the tables the stages print. Stages import this, never each other."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..config import ExperimentConfig, save_config
+from ..data.build import build_datasets
+from ..metrics import COCO_METRIC_NAMES
+from ..models import build_detector
+from ..train import dist
+from ..train.loop import Trainer
+from ..workdir import WorkDir, write_json
+
+
+def with_train_recipe(cfg: ExperimentConfig, train) -> ExperimentConfig:
+    """``cfg`` with its ``train`` section replaced by a stage's own recipe (``supernet.train``,
+    ``tune.train``) when one is given."""
+    return cfg if train is None else cfg.model_copy(update={"train": train})
+
+
+def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config the baseline trains with: ``model.backbone.name`` replaced by
+    ``pipeline.baseline_backbone`` when set (e.g. torchvision's mobilenet_v2 for an mbv2_elastic space)."""
+    name = cfg.pipeline.baseline_backbone
+    if name is None:
+        return cfg
+    model = cfg.model.model_copy(update={"backbone": cfg.model.backbone.model_copy(update={"name": name})})
+    return cfg.model_copy(update={"model": model})
+
+
+def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str,
+                   console: Console | None = None) -> dict:
+    """Train the config's detector on the whole training set into the folder ``stage`` of the work dir;
+    resume if its checkpoint exists, skip if its record says training finished. Returns val metrics."""
+    console = console or Console()
+    wd = WorkDir.of(cfg, work_dir)
+    torch.manual_seed(cfg.seed)
+    data = build_datasets(cfg)
+    model = build_detector(cfg.model, num_classes=data["train"].num_classes)
+    out = wd.stage(stage)
+    out_dir = out.root
+    trainer = Trainer(cfg, model, data["train"], data["val"], out_dir, console=console)
+    trainer.prepare()  # a checkpoint that does not fit fails here, before anything is written
+    if dist.is_main():
+        save_config(cfg, wd.config)
+    done = out.completed(trainer.final_step)
+    if done is not None:
+        if dist.is_main():
+            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to train again")
+            console.print(metrics_table(done["metrics"], f"{stage}: val mAP"))
+        return done["metrics"]
+    metrics = trainer.run()
+    if dist.is_main():
+        write_json(out.metrics, {"metrics": metrics, "step": trainer.step, "checkpoint": str(out.checkpoint),
+                                 "val": data["val"].source, "val_images": len(data["val"])})
+        console.print(metrics_table(metrics, f"{stage}: val mAP ({len(data['val'])} images)"))
+    return metrics
+
+
+def metrics_table(metrics: dict[str, float], title: str) -> Table:
+    table = Table(title=title)
+    names = [n for n in COCO_METRIC_NAMES[:6] if n in metrics]
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_row(*[f"{metrics[n]:.4f}" if metrics[n] >= 0 else "n/a" for n in names])
+    return table
+
+
+def cost_table(cost: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("input", "MACs total", "MACs backbone+neck", "params total", "params backbone+neck", "latency median",
+                "latency p90", "onnxruntime (no NMS)"):
+        table.add_column(col, justify="right")
+    lat = cost.get("latency", {})
+    ort_lat = cost.get("latency_onnxruntime", {})
+    table.add_row(
+        f"{cost['input_size']}x{cost['input_size']}", f"{cost['macs']['total'] / 1e6:.1f} M",
+        f"{cost['macs']['backbone'] / 1e6:.1f} M", f"{cost['params']['total'] / 1e6:.3f} M",
+        f"{cost['params']['backbone'] / 1e6:.3f} M",
+        f"{lat['median_ms']:.2f} ms ({lat['device']}, {lat['threads']} thr)" if lat else "-",
+        f"{lat['p90_ms']:.2f} ms" if lat else "-",
+        f"{ort_lat['median_ms']:.2f} ms" if ort_lat else "-",
+    )
+    return table
+
+
+def subnets_table(results: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("subnet", "input", "AP", "AP50", "AP75", "MACs"):
+        table.add_column(col, justify="right")
+    for name, r in results.items():
+        m = r["metrics"]
+        macs = f"{r['macs'] / 1e6:.1f} M" if "macs" in r else "-"
+        table.add_row(name, str(r["arch"].get("input_size", "")), f"{m['AP']:.4f}", f"{m['AP50']:.4f}",
+                      f"{m['AP75']:.4f}", macs)
+    return table

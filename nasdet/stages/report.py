@@ -1,0 +1,112 @@
+"""The report stage: ``report.md`` + ``pareto.png`` in the work dir, the baseline and the found model
+trained with the same recipe side by side (ENOT's fair comparison), the budget and the search summary."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..config import ExperimentConfig
+from ..files import atomic_path, write_text_atomic
+from ..workdir import INITIAL_METRICS, METRICS_FILE, PARETO_JSON, PARETO_PNG, WorkDir
+from .common import baseline_config
+
+
+def _row(name: str, metrics: dict, export: dict | None, cost: dict | None) -> dict:
+    row = {"model": name, "AP": metrics.get("AP"), "AP50": metrics.get("AP50")}
+    if export is not None:
+        row.update(macs=export["measured"]["macs"], params=export["measured"]["params"],
+                   latency_torch_ms=export["latency_torch"]["median_ms"],
+                   latency_onnxruntime_ms=export["latency_onnxruntime"]["median_ms"])
+    elif cost is not None:
+        row.update(macs=cost["macs"]["total"], params=cost["params"]["total"])
+    return row
+
+
+def _fmt(row: dict, key: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return "-"
+    if key in ("AP", "AP50"):
+        return f"{v:.4f}"
+    if key == "macs":
+        return f"{v / 1e6:.1f} M"
+    if key == "params":
+        return f"{v / 1e6:.3f} M"
+    return f"{v:.2f} ms"
+
+
+COLUMNS = (("AP", "AP"), ("AP50", "AP50"), ("macs", "MACs"), ("params", "params"),
+           ("latency_torch_ms", "CPU latency torch"), ("latency_onnxruntime_ms", "CPU latency onnxruntime"))
+
+
+def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Console) -> dict:
+    """``report.md`` + ``pareto.png``: baseline vs found model, the budget, the search summary."""
+    w = WorkDir(wd)
+    rows = []
+    base_metrics = w.baseline.metrics
+    if base_metrics.is_file():
+        name = f"baseline ({baseline_config(cfg).model.backbone.name})"
+        rows.append(_row(name, json.loads(base_metrics.read_text())["metrics"], exports.get("baseline"), None))
+    tune = json.loads(w.tune.require(METRICS_FILE, "metrics of the tuned model").read_text())
+    rows.append(_row("found (tuned)", tune["metrics"], exports.get("tune"), None))
+    initial = w.tune / INITIAL_METRICS
+    init_metrics = json.loads(initial.read_text())["metrics"] if initial.is_file() else None
+
+    table = Table(title=f"{cfg.name}: baseline vs found model (val, same training recipe)")
+    table.add_column("model")
+    for _, title in COLUMNS:
+        table.add_column(title, justify="right")
+    for r in rows:
+        table.add_row(r["model"], *[_fmt(r, k) for k, _ in COLUMNS])
+    console.print(table)
+
+    budget = cfg.search.budget
+    train = cfg.data.train
+    data = train.annotations or train.root or train.images or cfg.data.data_yaml
+    lines = [f"# nasdet report: {cfg.name}", "",
+             f"Detector {cfg.model.detector}, search space {cfg.model.backbone.name} "
+             f"(width {cfg.model.backbone.width_mult}), data {data}.", ""]
+    if budget is not None:
+        scale, unit = (1e6, "M") if budget.metric in ("macs", "params") else (1.0, "ms")
+        lines += [f"Budget: {budget.metric} <= {budget.max / scale:.4g} {unit}.", ""]
+    lines += ["| model | " + " | ".join(t for _, t in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines += ["| " + r["model"] + " | " + " | ".join(_fmt(r, k) for k, _ in COLUMNS) + " |" for r in rows]
+    lines.append("")
+    if len(rows) == 2 and rows[0].get("macs") and rows[1].get("macs"):
+        b, f = rows
+        lines.append(f"The found model has {f['macs'] / b['macs']:.0%} of the baseline's MACs and "
+                     f"{f['params'] / b['params']:.0%} of its parameters; AP50 {f['AP50'] - b['AP50']:+.4f}, "
+                     f"AP {f['AP'] - b['AP']:+.4f}.")
+        lines.append("")
+    if init_metrics is not None:
+        lines += [f"Inherited supernet weights before tuning: AP {init_metrics['AP']:.4f}, AP50 {init_metrics['AP50']:.4f}.", ""]
+    tuned_export = exports.get("tune")
+    if tuned_export and tuned_export.get("budget"):
+        bc = tuned_export["budget"]
+        verdict = "within" if bc["within"] else "**OVER**"
+        unit = {"macs": (1e6, "M MACs"), "params": (1e6, "M params"), "latency": (1.0, "ms")}[bc["metric"]]
+
+        def show(v):
+            return "-" if v is None else f"{v / unit[0]:.4g} {unit[1]}"
+        lines += [f"Measured {bc['metric']} of the exported model: {show(bc['measured'])} ({verdict} the budget "
+                  f"{show(bc['max'])}; the search predicted {show(bc['predicted'])}).", ""]
+    pareto = w.search / PARETO_PNG
+    if pareto.is_file():
+        with atomic_path(w.pareto_png) as tmp:
+            shutil.copyfile(pareto, tmp)
+        lines += [f"![candidates on the search split]({PARETO_PNG})", ""]
+    search_summary = w.search / PARETO_JSON
+    if search_summary.is_file():
+        p = json.loads(search_summary.read_text())
+        lines += [f"Search: {p['scored']} candidates scored ({cfg.search.strategy}), {len(p['front'])} on the Pareto front.", ""]
+    lines += ["Files: `baseline/` (checkpoint, metrics), `supernet/` (checkpoint, subnets' metrics), `search/` "
+              "(study.journal, results.csv, best_arch.json, pareto.json/png), `tune/` (arch.json, checkpoint, "
+              "metrics), `export/` (ONNX files, parity and latency records, classes.json).", ""]
+    write_text_atomic(w.report_md, "\n".join(lines))
+    console.print(f"report: {w.report_md}")
+    return {"rows": rows, "initial_tune_metrics": init_metrics, "budget": None if budget is None else budget.model_dump(),
+            "supernet": str(w.supernet.root)}

@@ -1,0 +1,232 @@
+"""The tune stage (``nasdet tune``): the found architecture as a standalone detector, trained and evaluated on val.
+
+The arch comes from ``tune.arch`` (a file, an inline mapping or a published name) or, when unset, from
+the search stage's ``work_dir/search/best_arch.json``. ``tune.init: supernet`` starts from the
+supernet's weights for that arch (``export_detector``, BN statistics recalibrated on the training
+set, as when the search scored it); ``scratch`` re-initialises the same static network. Training uses
+the baseline's recipe (``train``) unless ``tune.train`` is set. Outputs in ``work_dir/tune/``:
+``arch.json``, ``ckpt/last.pt`` (with the arch inside, so the model can be rebuilt from the
+checkpoint alone), ``initial_metrics.json``, ``metrics.json``, ``log.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+
+from ..config import ExperimentConfig, load_yaml, save_config
+from ..data.build import build_datasets
+from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
+from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
+from ..train import dist
+from ..train.bn import recalibrate_static
+from ..train.checkpoint import CheckpointError, load_checkpoint
+from ..train.evaluate import evaluate_detector
+from ..train.loop import Trainer
+from ..train.trained import build_static_model
+from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
+from .common import metrics_table, train_detector, with_train_recipe
+
+
+# ----------------------------------------------------------------------------------------- the arch
+def _complete(arch: Mapping[str, Any], cfg: ExperimentConfig) -> dict:
+    out = dict(arch)
+    out.setdefault(INPUT_SIZE, cfg.model.input_size)
+    return out
+
+
+def _published(name: str, cfg: ExperimentConfig) -> dict | None:
+    try:
+        from ..models.backbones.shufflenet_published import PUBLISHED_ARCHS, published_arch
+    except ImportError:  # no published archs in this installation
+        return None
+    if name not in PUBLISHED_ARCHS:
+        return None
+    backbone, arch = published_arch(name)
+    if backbone != cfg.model.backbone.name:
+        raise ArchError(f"tune.arch {name!r} is an architecture of backbone {backbone!r}, but model.backbone.name "
+                        f"is {cfg.model.backbone.name!r}")
+    return _complete(prefix_arch(arch, BACKBONE_PREFIX), cfg)
+
+
+def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str | Path | None = None) -> tuple[dict, str]:
+    """The arch to tune (validated against ``space``) and where it came from."""
+    given = cfg.tune.arch
+    if given is None and cfg.tune.searched_arch is not None:
+        from ..models.backbones.mbv2_width import arch_from_enot
+
+        return space.validate(_complete(arch_from_enot(space, cfg.tune.searched_arch), cfg)), "tune.searched_arch"
+    if given is None:
+        wd = WorkDir.of(cfg, work_dir)
+        path = wd.search.require(wd.best_arch.name, "architecture to tune",
+                                 " or set tune.arch (a file, a mapping or a published name)")
+        return load_arch(path, space), str(path)
+    if isinstance(given, dict):
+        return space.validate(_complete(given, cfg)), "tune.arch (inline)"
+    path = Path(given)
+    if path.is_file():
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ArchError(f"tune.arch file {path} cannot be read: {e}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:  # YAML is a superset of JSON: a truncated JSON file is reported from here
+            data = load_yaml(text, f"tune.arch file {path}")
+        if isinstance(data, dict) and "space_id" in data:
+            return load_arch(path, space), str(path)  # written by nasdet: the space must match
+        if isinstance(data, dict) and isinstance(data.get("arch"), dict):
+            data = data["arch"]
+        if not isinstance(data, dict):
+            raise ArchError(f"tune.arch file {path} does not hold a mapping of choices")
+        return space.validate(_complete(data, cfg)), str(path)
+    arch = _published(given, cfg)
+    if arch is not None:
+        return space.validate(arch), f"published architecture {given}"
+    try:
+        from ..models.backbones.shufflenet_published import PUBLISHED_ARCHS
+        known = f"; published names: {sorted(PUBLISHED_ARCHS)}"
+    except ImportError:
+        known = ""
+    raise ArchError(f"tune.arch {given!r} is neither an existing file nor a published architecture{known}")
+
+
+def supernet_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> Path:
+    if not cfg.tune.supernet_checkpoint:
+        return WorkDir.of(cfg, work_dir).supernet.require_checkpoint(hint=", or set tune.init: scratch")
+    path = Path(cfg.tune.supernet_checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"tune.supernet_checkpoint {path} does not exist; or set tune.init: scratch")
+    return path
+
+
+class TuneTrainer(Trainer):
+    """The baseline's trainer on a static exported model; the arch travels in every checkpoint."""
+
+    def __init__(self, *args, arch: Mapping[str, Any], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.arch = dict(arch)
+
+    def extra_state(self) -> dict:
+        return {"arch": self.arch}
+
+
+def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
+             stage: str = TUNE) -> dict:
+    """Train the found architecture (resuming from ``<stage>/ckpt/last.pt``); returns val metrics and more.
+    ``stage`` names the output folder (benchmarks tune other archs beside the found one)."""
+    console = console or Console()
+    if cfg.search.strategy == "darts":
+        return run_tune_genotype(cfg, work_dir, console, stage)
+    wd = WorkDir.of(cfg, work_dir)
+    tcfg = with_train_recipe(cfg, cfg.tune.train)
+    torch.manual_seed(cfg.seed)
+    data = build_datasets(tcfg)
+    k = data["train"].num_classes
+    out = wd.stage(stage)
+    out_dir = out.root
+    _, space = build_supernet(cfg, k)
+    arch, source = resolve_tune_arch(cfg, space, wd.root)
+    resuming = out.has_checkpoint()
+    if resuming:
+        saved = load_checkpoint(out.checkpoint).get("extra", {}).get("arch")
+        if saved is not None and dict(saved) != dict(arch):
+            raise CheckpointError(f"{out.checkpoint} tunes another architecture than {source}; "
+                                  "delete the tune folder to tune the new one")
+    init = cfg.tune.init
+    sn_ckpt = supernet_checkpoint(cfg, wd.root) if init == "supernet" and not resuming else None
+    model, _ = build_static_model(cfg, k, arch, sn_ckpt)
+    device, _, _ = dist.init_distributed(tcfg.train.device)  # before is_main(): under torchrun only rank 0 writes
+    initial = None
+    if sn_ckpt is not None and dist.is_main():
+        model.to(device)
+        if cfg.tune.recalib_batches:
+            recalibrate_static(model, data["train"].with_transforms(None), device, cfg.tune.recalib_batches,
+                               tcfg.eval.batch_size, tcfg.data.num_workers, cfg.seed)
+        if cfg.tune.eval_initial:
+            val = data["val"]
+            if cfg.eval.max_images:
+                val = val.subset(range(min(cfg.eval.max_images, len(val))))
+            initial = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
+            write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source})
+            console.print(metrics_table(initial, f"tune: inherited weights before training ({len(val)} val images)"))
+    if dist.is_main():
+        save_arch(out / ARCH_JSON, arch, space)
+        console.print(f"tune: arch from {source}, init {init}" + (f" ({sn_ckpt})" if sn_ckpt else ""))
+    trainer = TuneTrainer(tcfg, model, data["train"], data["val"], out_dir, console=console, arch=arch)
+    if sn_ckpt is not None:
+        trainer.start_note = f"from the supernet's weights ({sn_ckpt})"
+    trainer.prepare()
+    if dist.is_main():
+        save_config(cfg, wd.config)
+    done = out.completed(trainer.final_step)
+    if done is not None:
+        if dist.is_main():
+            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to tune again")
+            console.print(metrics_table(done["metrics"], "tune: val mAP"))
+        return done
+    metrics = trainer.run()
+    result = {"metrics": metrics, "step": trainer.step, "arch": arch, "arch_source": source, "init": init,
+              "checkpoint": str(out.checkpoint), "val": data["val"].source,
+              "val_images": len(data["val"])}
+    if dist.is_main():
+        write_json(out.metrics, result)
+        console.print(metrics_table(metrics, f"tune: val mAP ({len(data['val'])} images)"))
+    return result
+
+
+def tune_genotype(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> tuple[dict, str]:
+    """The FAD genotypes to train after a darts search, as genotype.json's mapping, and their source:
+    ``tune.arch`` (a genotype.log / genotype.json or a published name) or ``search/genotype.json``."""
+    from ..models.heads.fad import genotype_to_json, read_genotypes
+
+    given = cfg.tune.arch
+    if isinstance(given, dict):
+        raise ArchError("tune.arch: after a darts search it names genotypes (a genotype.log / genotype.json file or "
+                        "a published name such as fad_paper), not a mapping of choices")
+    if given is None:
+        path = WorkDir.of(cfg, work_dir).search.require(
+            GENOTYPE_JSON, "genotype to tune", " with search.strategy: darts, or set tune.arch")
+        given = str(path)
+    box, cls = read_genotypes(given)
+    return {"box": genotype_to_json(box), "cls": genotype_to_json(cls)}, str(given)
+
+
+def run_tune_genotype(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
+                      stage: str = TUNE) -> dict:
+    """After a darts (FAD) search: train the detector with the searched towers (``model.head.num_cells``
+    cells each) on the whole train split with the tune recipe, and evaluate it on val. The search head's
+    weights do not carry over (other cells, mixed ops): as FAD, the found head trains from its init.
+    The genotypes go into the stored config (and ``<stage>/genotype.json``), so the checkpoint rebuilds
+    its model alone."""
+    console = console or Console()
+    wd = WorkDir.of(cfg, work_dir)
+    genotype, source = tune_genotype(cfg, wd.root)
+    out = wd.stage(stage)
+    saved = out / GENOTYPE_JSON
+    if out.has_checkpoint() and saved.is_file():
+        if json.loads(saved.read_text()).get("genotype") != genotype:
+            raise CheckpointError(f"{out.root} trains other genotypes than {source}; delete it to tune the new ones")
+    tcfg = with_train_recipe(cfg, cfg.tune.train)
+    tcfg = tcfg.model_copy(update={"model": tcfg.model.model_copy(
+        update={"head": tcfg.model.head.model_copy(update={"genotype": genotype})})})
+    if cfg.tune.init == "supernet":
+        console.print("tune: a darts search has no supernet; the searched towers train from their init (as FAD)")
+    if dist.is_main():
+        write_json(saved, {"genotype": genotype, "source": source})
+        console.print(f"tune: genotypes from {source}")
+    metrics = train_detector(tcfg, wd.root, stage, console)
+    result = {"metrics": metrics, "genotype": genotype, "arch_source": source, "init": "scratch",
+              "checkpoint": str(out.checkpoint)}
+    if dist.is_main():
+        done = json.loads(out.metrics.read_text()) if out.metrics.is_file() else {}
+        write_json(out.metrics, {**done, **result})
+    return result
+
+
+def baseline_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> Path:
+    return WorkDir.of(cfg, work_dir).baseline.require_checkpoint()

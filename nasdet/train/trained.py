@@ -1,0 +1,63 @@
+"""Trained models back from their checkpoints: a trained detector, a supernet subnet (static export),
+a tuned subnet (its arch travels in the checkpoint)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..config import ExperimentConfig
+from ..models import build_detector
+from ..models.supernet import build_supernet, export_detector
+from ..space import SearchSpace
+from ..space.elastic import he_fout_init
+from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
+
+
+def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int) -> torch.nn.Module:
+    """The detector of a ``nasdet train`` checkpoint, built from the model section recorded in it (so a
+    baseline trained with ``pipeline.baseline_backbone`` rebuilds right), else from ``cfg``."""
+    from ..config import ConfigError, validate_config
+
+    state = load_checkpoint(ckpt)
+    model_cfg = cfg.model
+    if isinstance(state.get("config"), dict):
+        try:
+            model_cfg = validate_config(state["config"], f"{ckpt} (config)").model
+        except ConfigError:
+            pass  # written by another nasdet version: fall back to the given config
+    model = build_detector(model_cfg, num_classes=num_classes)
+    load_model_weights(model, state, source=str(ckpt))
+    return model
+
+
+def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[str, Any],
+                       supernet_ckpt: str | Path | None = None) -> tuple[nn.Module, SearchSpace]:
+    """``export_detector(arch)`` of the config's supernet: with the supernet checkpoint's weights if
+    given (refused if it belongs to another space), else freshly initialised."""
+    model, space = build_supernet(cfg, num_classes)
+    arch = space.validate(arch)
+    if supernet_ckpt is not None:
+        state = load_checkpoint(supernet_ckpt, space_id=space.space_id)
+        load_model_weights(model, state, source=str(supernet_ckpt))
+    static = export_detector(model, arch, space)
+    if supernet_ckpt is None:
+        he_fout_init(static)  # scratch: the static net's own init, not the supernet's slices
+    return static, space
+
+
+def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int) -> tuple[nn.Module, dict | None]:
+    """A tuned model from its checkpoint: a supernet subnet (the arch is stored in it), or after a darts
+    search a detector whose stored config holds the FAD genotypes (arch None)."""
+    state = load_checkpoint(path)
+    arch = (state.get("extra") or {}).get("arch")
+    stored_head = ((state.get("config") or {}).get("model") or {}).get("head") or {}
+    if arch is None and stored_head.get("genotype") is not None:
+        return load_trained_model(cfg, path, num_classes), None
+    if arch is None:
+        raise CheckpointError(f"{path} has no architecture inside: it was not written by `nasdet tune`")
+    model, _ = build_static_model(cfg, num_classes, arch)
+    load_model_weights(model, state, source=str(path))
+    return model, arch

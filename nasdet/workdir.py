@@ -1,0 +1,214 @@
+"""The work dir's layout: the one place that knows each stage's files, when a stage is complete, and the
+"run X first" error a later stage raises when an earlier one's output is missing.
+
+    work_dir/config.yaml            the resolved config that ran
+    baseline/  ckpt/last.pt, metrics.json, cost.json, log.jsonl
+    supernet/  ckpt/last.pt, metrics.json, space.json, log.jsonl
+    search/    study.journal, results.csv, best_arch.json (with the search's predicted costs),
+               pareto.json, pareto.png, latency_lut.json; darts: genotype.json/.log, alphas.jsonl, ckpt/;
+               gradient: gradient_state.pt, searched_arch.json
+    tune/      arch.json or genotype.json, ckpt/last.pt, initial_metrics.json, metrics.json, log.jsonl
+    export/    <source>.onnx, <source>.json (parity, latency, budget), classes.json
+    diagnose/  the diagnose command's records
+    report.md, report.json, pareto.png
+
+Only paths and records live here (no torch, no models): every layer may import it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import MissingCheckpoint, StageOrderError
+from .files import write_json_atomic
+
+BASELINE, SUPERNET, SEARCH, TUNE, EXPORT, DIAGNOSE, EVAL = "baseline", "supernet", "search", "tune", "export", \
+    "diagnose", "eval"
+CKPT_DIR = "ckpt"
+LAST_CKPT = "last.pt"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "log.jsonl"
+# the search stage's files
+STUDY_FILE = "study.journal"
+RESULTS_CSV = "results.csv"
+BEST_ARCH = "best_arch.json"
+PARETO_JSON = "pareto.json"
+PARETO_PNG = "pareto.png"
+LATENCY_LUT = "latency_lut.json"
+GENOTYPE_JSON = "genotype.json"
+GENOTYPE_LOG = "genotype.log"
+ALPHAS_LOG = "alphas.jsonl"
+GRADIENT_STATE = "gradient_state.pt"
+GRADIENT_LOG = "gradient.jsonl"
+SEARCHED_ARCH = "searched_arch.json"
+# the other stages'
+SPACE_JSON = "space.json"  # supernet/
+COST_JSON = "cost.json"  # baseline/ (nasdet cost)
+ARCH_JSON = "arch.json"  # tune/
+INITIAL_METRICS = "initial_metrics.json"  # tune/
+CLASSES_JSON = "classes.json"  # export/
+
+# the stage that writes each folder, and the command that runs it (for "run X first")
+_PRODUCER = {BASELINE: ("baseline", "nasdet train CONFIG"), SUPERNET: ("pretrain", "nasdet pretrain CONFIG"),
+             SEARCH: ("search", "nasdet search CONFIG"), TUNE: ("tune", "nasdet tune CONFIG"),
+             EXPORT: ("export", "nasdet export CONFIG"), DIAGNOSE: ("diagnose", "nasdet diagnose CONFIG"),
+             EVAL: ("eval", "nasdet eval CONFIG")}
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` atomically (a reader never sees half a file)."""
+    write_json_atomic(path, obj)
+
+
+def checkpoint_in(stage_dir: str | Path) -> Path:
+    """``<stage_dir>/ckpt/last.pt``: where a trainer writing to ``stage_dir`` keeps its last checkpoint."""
+    return Path(stage_dir) / CKPT_DIR / LAST_CKPT
+
+
+def stage_dir_of(checkpoint: str | Path) -> Path | None:
+    """The stage folder a ``.../ckpt/<name>.pt`` checkpoint belongs to, else None."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == CKPT_DIR else None
+
+
+class StageDir:
+    """One stage's folder: its files and its completion check."""
+
+    def __init__(self, root: Path, folder: str):
+        self.root = Path(root)
+        self.folder = folder
+        self.stage, self.command = _PRODUCER.get(folder, (folder, f"nasdet {folder} CONFIG"))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"StageDir({self.root})"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.root / CKPT_DIR
+
+    @property
+    def checkpoint(self) -> Path:
+        return checkpoint_in(self.root)
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.is_file()
+
+    def missing(self, what: str, hint: str = "") -> StageOrderError:
+        """The error for a missing output of this stage: names the stage and command to run first."""
+        return StageOrderError(f"{what}: run the {self.stage} stage first (`{self.command}`){hint}")
+
+    def require(self, name: str, what: str, hint: str = "") -> Path:
+        path = self.root / name
+        if not path.is_file():
+            raise self.missing(f"no {what}: {path} does not exist", hint)
+        return path
+
+    def require_checkpoint(self, what: str = "", hint: str = "") -> Path:
+        """``ckpt/last.pt`` of this stage, or the one error every stage raises when it is missing."""
+        path = self.checkpoint
+        if not path.is_file():
+            raise MissingCheckpoint(f"no {what or self.folder + ' checkpoint'} at {path}: run the {self.stage} "
+                                    f"stage first (`{self.command}`){hint}")
+        return path
+
+    def read(self, name: str) -> Any:
+        return json.loads((self.root / name).read_text())
+
+    def completed(self, final_step: int) -> dict | None:
+        """The saved record (metrics.json) of a training stage that reached ``final_step``, else None."""
+        if self.metrics.is_file() and self.has_checkpoint():
+            done = json.loads(self.metrics.read_text())
+            if done.get("step") == final_step:
+                return done
+        return None
+
+
+class WorkDir:
+    """A run's work dir: one ``StageDir`` per stage plus the run-level files."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.baseline = StageDir(self.root / BASELINE, BASELINE)
+        self.supernet = StageDir(self.root / SUPERNET, SUPERNET)
+        self.search = StageDir(self.root / SEARCH, SEARCH)
+        self.tune = StageDir(self.root / TUNE, TUNE)
+        self.export = StageDir(self.root / EXPORT, EXPORT)
+        self.diagnose = StageDir(self.root / DIAGNOSE, DIAGNOSE)
+        self.eval = StageDir(self.root / EVAL, EVAL)
+
+    @classmethod
+    def of(cls, cfg, override: str | Path | None = None) -> "WorkDir":
+        return cls(work_dir_of(cfg, override))
+
+    def stage(self, folder: str) -> StageDir:
+        """The folder of a named stage (a benchmark may tune other archs into folders of its own)."""
+        known = getattr(self, folder, None)
+        return known if isinstance(known, StageDir) else StageDir(self.root / folder, folder)
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def pareto_png(self) -> Path:
+        return self.root / PARETO_PNG
+
+    # ------------------------------------------------------------------------------- search records
+    @property
+    def best_arch(self) -> Path:
+        return self.search / BEST_ARCH
+
+    def predicted_costs(self, arch: Mapping[str, Any] | None) -> dict | None:
+        """The costs the search predicted for ``arch``, recorded in best_arch.json, if that is the arch."""
+        if arch is None or not self.best_arch.is_file():
+            return None
+        try:
+            rec = json.loads(self.best_arch.read_text())
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(rec, dict) or rec.get("arch") != dict(arch) or not isinstance(rec.get("costs"), dict):
+            return None
+        return {k: float(v) for k, v in rec["costs"].items() if k in ("macs", "params", "latency")}
+
+    # ------------------------------------------------------------------------------- export records
+    def onnx(self, source: str, raw: bool = False) -> Path:
+        return self.export / f"{source}{'_raw' if raw else ''}.onnx"
+
+    def export_record(self, source: str, raw: bool = False) -> Path:
+        return self.export / f"{source}{'_raw' if raw else ''}.json"
+
+    def exported(self, source: str) -> dict | None:
+        """The export record of ``source`` if it is newer than the checkpoint it exported."""
+        path = self.export_record(source)
+        if not path.is_file():
+            return None
+        rec = json.loads(path.read_text())
+        ckpt = Path(rec.get("checkpoint", ""))
+        if not ckpt.is_file() or ckpt.stat().st_mtime > path.stat().st_mtime or not Path(rec["onnx"]).is_file():
+            return None
+        return rec
+
+
+def work_dir_of(cfg, override: str | Path | None = None) -> Path:
+    """The work dir of a config (``cfg.work_dir``), or ``override`` when given."""
+    return Path(override) if override else Path(cfg.work_dir)
