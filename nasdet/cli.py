@@ -42,14 +42,14 @@ def _user_errors(fn):
             _fail(e, e.label, e.exit_code)
         except OSError as e:  # a file or folder that cannot be read or written: the user's environment
             _fail(e, "error", 2, describe_os_error(e))
-        except ValueError as e:  # the remaining checks of user input (pydantic-style validators)
-            _fail(e, "error", 2)
 
     return wrapper
 
 
 def _fail(e: BaseException, label: str, exit_code: int, message: Optional[str] = None) -> None:
     if os.environ.get("NASDET_DEBUG"):
+        if getattr(e, "worker_traceback", None):
+            print(e.worker_traceback, file=sys.stderr)
         raise e
     print_error(message if message is not None else str(e), label)
     raise typer.Exit(exit_code)
@@ -63,7 +63,7 @@ def print_error(message: str, label: str = "error") -> None:
 
 
 def describe_os_error(e: OSError) -> str:
-    """``cannot write /a/b: permission denied`` rather than ``[Errno 13] Permission denied: '/a/b'``."""
+    """``/a/b: permission denied (check ...)`` rather than ``[Errno 13] Permission denied: '/a/b'``."""
     what = e.strerror or type(e).__name__
     if e.filename is None:
         return str(e) or what
@@ -143,7 +143,7 @@ def data_stats_cmd(config: Path, set_: Optional[List[str]] = SetOpt,
     cfg = _load(config, set_)
     for name in (("train", "val") if split == "all" else (split,)):
         if name not in ("train", "val"):
-            raise ValueError(f"--split must be train, val or all, got {split!r}")
+            raise ConfigError(f"--split must be train, val or all, got {split!r}")
         ds = load_split(cfg, name)
         for table in stats_tables(dataset_stats(ds), f"{name}: {ds.source}"):
             console.print(table)
@@ -251,7 +251,8 @@ def diagnose_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
 @_user_errors
 def eval_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
              ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: baseline/ckpt/last.pt).")):
-    """COCO metrics (AP, AP50, AP75, APs, APm, APl) on the val set; writes metrics.json."""
+    """COCO metrics (AP, AP50, AP75, APs, APm, APl) on the val set; writes baseline/metrics.json, or
+    eval/<stage>_<name>_metrics.json for a --ckpt (a stage's own record is never overwritten)."""
     from .stages.baseline import run_eval
 
     run_eval(_load(config, set_), work_dir, ckpt, console=console)

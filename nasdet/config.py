@@ -5,6 +5,7 @@ naming the key path and the file, never a silently ignored setting.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -17,6 +18,15 @@ from .models.families import BY_DETECTOR, DETECTORS, FAMILIES
 
 __all__ = ["BackboneConfig", "BaseModelConfig", "ConfigError", "ExperimentConfig", "HeadConfig", "ModelConfig",
            "Strict", "load_config", "make_model_config", "validate_config"]
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def check_device(value: str) -> str:
+    """A torch device name; a typo such as ``gpu`` is an error, not a silent run on the CPU."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError(f"device {value!r} is not one of {DEVICES}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -136,6 +146,8 @@ class TrainConfig(Strict):
     max_steps: Optional[int] = Field(None, gt=0)  # stop early (smoke tests); schedule still spans all epochs
     threads: Optional[int] = Field(None, gt=0)  # torch CPU threads
 
+    _device = field_validator("device")(check_device)
+
 
 # ------------------------------------------------------------------------------------------- supernet
 class ShrinkPhase(Strict):
@@ -216,7 +228,14 @@ class EvalConfig(Strict):
 
 
 class CostConfig(Strict):
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps: a timing names its device
+
+    @field_validator("device")
+    @classmethod
+    def _timed_device(cls, v: str) -> str:
+        if v == "auto":
+            raise ValueError("cost.device names the device latency is timed on: cpu, cuda, cuda:N or mps, not 'auto'")
+        return check_device(v)
     warmup: int = Field(5, ge=0)
     runs: int = Field(30, gt=0)
     threads: Optional[int] = Field(None, gt=0)  # CPU threads while timing; default: torch's
@@ -486,6 +505,42 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: YAML requires unique keys, PyYAML would
+    silently keep the last (a second ``epochs:`` or ``train:`` section overriding the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first_line.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if seen is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (also on line {seen}; YAML keeps only one: remove or "
+                        "merge them)", key_node.start_mark)
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely (no tags that build Python objects), refusing duplicate keys. Errors become one
+    ConfigError naming ``source``, the problem and its line."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{source} is not valid YAML: {e.problem or e.context}{where}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {e}") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read, override and validate a config. Errors name the file and the key path."""
     path = Path(path)
@@ -493,10 +548,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+    raw = load_yaml(text, f"config {path}") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: top level must be a mapping, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [])

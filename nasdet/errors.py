@@ -6,12 +6,30 @@ RuntimeError), so ``except ValueError`` in callers keeps working.
 """
 from __future__ import annotations
 
+import pickle
+import re
+from pathlib import Path
+
+
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
 
 class NasdetError(Exception):
     """Base of every error caused by the user's input or environment, not by a bug in nasdet."""
 
     exit_code = 2  # bad input; 1 for a run that worked but whose result failed a check
     label = "error"
+
+    def __init__(self, *args):
+        # torch's DataLoader re-raises a worker's exception as ``type(msg)`` where msg is the worker's whole
+        # traceback; keep the original one-line message, and the traceback for NASDET_DEBUG readers.
+        self.worker_traceback = None
+        if len(args) == 1 and isinstance(args[0], str) and WORKER_TRACEBACK in args[0]:
+            self.worker_traceback = args[0]
+            last = args[0].rstrip().splitlines()[-1]
+            head, sep, message = last.partition(": ")
+            args = (message if sep and re.fullmatch(r"[\w.]+", head) else last,)
+        super().__init__(*args)
 
 
 class ConfigError(NasdetError, ValueError):
@@ -63,3 +81,15 @@ class ExportParityError(NasdetError, RuntimeError):
 
     exit_code = 1  # the export ran but its file is wrong: a failure, not bad input
     label = "export check failed"
+
+
+def unreadable_reason(e: Exception, path: Path) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words (torch's own text runs to
+    a dozen lines for a pickle that would run code)."""
+    if isinstance(e, pickle.UnpicklingError):
+        return ("it holds Python objects other than tensors, which weights-only loading refuses to run "
+                "(save a plain state_dict with torch.save)")
+    if isinstance(e, EOFError) or path.stat().st_size == 0:
+        return "the file is empty"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"the file is truncated or not a torch checkpoint ({first})"

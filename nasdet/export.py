@@ -201,7 +201,8 @@ def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
 @torch.no_grad()
 def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor], raw: bool,
                  box_atol: float, score_atol: float, raw_atol: float) -> dict:
-    """Run torch and onnxruntime on ``images`` (uint8 CHW) and compare; raises ExportParityError."""
+    """Run torch and onnxruntime on ``images`` (uint8 CHW) and compare; raises ExportParityError (saying
+    what differs; the caller names the file)."""
     det = copy.deepcopy(detector).cpu().eval()
     session = onnx_session(path)
     report = {"images": len(images), "raw": raw}
@@ -214,7 +215,7 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
             worst = max(worst, max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected)))
         report["max_abs_diff"] = worst
         if worst > raw_atol:
-            raise ExportParityError(f"{path}: raw outputs differ from torch by {worst:.2e} > {raw_atol:g}")
+            raise ExportParityError(f"raw outputs differ from torch by {worst:.2e} > {raw_atol:g}")
         return report
     worst_box = worst_score = worst_model = 0.0
     n_ref = n_matched = 0
@@ -241,7 +242,7 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
                   max_box_diff_vs_model_forward_px=worst_model)
     if worst_box > box_atol or worst_score > score_atol or problems:
         raise ExportParityError(
-            f"{path}: onnxruntime detections differ from torch's on {len(images)} val images: max box diff "
+            f"onnxruntime detections differ from torch's on {len(images)} val images: max box diff "
             f"{worst_box:.2e} px (limit {box_atol:g}), max score diff {worst_score:.2e} (limit {score_atol:g}), "
             f"{len(problems)} unmatched detections {problems[:5]}")
     return report

@@ -65,12 +65,414 @@ def test_cli_prints_errors_as_plain_text(shapes_dir, tmp_path):
 
 
 def test_cli_shows_a_traceback_for_a_bug(monkeypatch, tmp_path, shapes_dir):
-    """A bug (here a KeyError inside a stage) is not dressed up as a user error."""
+    """A bug (here a ValueError or KeyError deep inside a stage) is not dressed up as a user error."""
     import nasdet.stages.baseline
 
-    def broken(*a, **k):
-        raise KeyError("internal")
+    for bug in (ValueError("expected more than 1 value per channel"), KeyError("internal")):
+        def broken(*a, **k):
+            raise bug
 
-    monkeypatch.setattr(nasdet.stages.baseline, "run_baseline", broken)
-    code, out, exc = cli("train", write_cfg(tmp_path / "ok.yaml", tiny_raw(shapes_dir, tmp_path / "wd")))
-    assert isinstance(exc, KeyError) and code == 1
+        monkeypatch.setattr(nasdet.stages.baseline, "run_baseline", broken)
+        code, out, exc = cli("train", write_cfg(tmp_path / "ok.yaml", tiny_raw(shapes_dir, tmp_path / "wd")))
+        assert exc is bug and code == 1 and "error:" not in out
+
+
+# ------------------------------------------------------------------- raw tracebacks -> one line
+@pytest.fixture
+def tiny_cfg_file(shapes_dir, tmp_path):
+    def make(**sections):
+        raw = tiny_raw(shapes_dir, tmp_path / "wd")
+        for section, values in sections.items():
+            raw.setdefault(section, {}).update(values) if isinstance(values, dict) else raw.update({section: values})
+        return write_cfg(tmp_path / "tiny.yaml", raw)
+
+    return make
+
+
+def refuse_writes_under(monkeypatch, folder):
+    """Make ``folder`` read-only. chmod is enough for a normal user; root writes anyway, so there the
+    refusal the OS would give is raised by mkdir / open for paths under ``folder``."""
+    import builtins
+    import errno
+    import os
+    from pathlib import Path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o500)
+    if os.geteuid() != 0:
+        return
+    root = str(folder.resolve())
+
+    def inside(p):
+        return str(Path(p).resolve()).startswith(root)
+
+    def deny(p):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(p))
+
+    real_mkdir, real_open = Path.mkdir, builtins.open
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: deny(self) if inside(self) and not self.is_dir()
+                        else real_mkdir(self, *a, **k))
+    monkeypatch.setattr(builtins, "open", lambda f, mode="r", *a, **k: deny(f) if isinstance(f, (str, Path)) and
+                        any(c in mode for c in "wax+") and inside(f) else real_open(f, mode, *a, **k))
+
+
+def test_work_dir_not_writable_is_one_line(tiny_cfg_file, tmp_path, monkeypatch):
+    cfg = tiny_cfg_file(train={"max_steps": 1})
+    refuse_writes_under(monkeypatch, tmp_path / "ro")
+    code, out, exc = cli("train", cfg, "--work-dir", tmp_path / "ro" / "wd")
+    assert_one_line(code, out, exc, str(tmp_path / "ro"), "permission denied")
+
+
+def test_work_dir_under_a_file_is_one_line(tiny_cfg_file, tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    code, out, exc = cli("train", tiny_cfg_file(train={"max_steps": 1}), "--work-dir", tmp_path / "afile" / "wd")
+    assert_one_line(code, out, exc, str(tmp_path / "afile"), "not a directory")
+
+
+def test_make_synthetic_unwritable_output_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    code, out, exc = cli("data", "make-synthetic", tmp_path / "afile" / "s", "--train", 2, "--val", 1, "--size", 48,
+                         "--workers", 1)
+    assert_one_line(code, out, exc, str(tmp_path / "afile"))
+    refuse_writes_under(monkeypatch, tmp_path / "ro")
+    code, out, exc = cli("data", "make-synthetic", tmp_path / "ro" / "s", "--train", 2, "--val", 1, "--size", 48,
+                         "--workers", 1)
+    assert_one_line(code, out, exc, str(tmp_path / "ro"), "permission denied")
+
+
+@pytest.mark.parametrize("kind", ["malicious", "truncated", "empty"])
+def test_bad_backbone_checkpoint_is_one_line_naming_it(tiny_cfg_file, tmp_path, kind):
+    import os
+    import pickle
+
+    import torch
+
+    from nasdet.config import BackboneConfig
+    from nasdet.models.backbones import build_backbone
+
+    path = tmp_path / f"{kind}.pt"
+    if kind == "malicious":
+        class Payload:
+            def __reduce__(self):
+                return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+        path.write_bytes(pickle.dumps({"model": Payload()}))
+    elif kind == "truncated":
+        good = tmp_path / "good.pt"
+        torch.save(build_backbone(BackboneConfig(name="mobilenet_v3_small", width_mult=0.5)).state_dict(), good)
+        path.write_bytes(good.read_bytes()[:4000])
+    else:
+        path.write_bytes(b"")
+    code, out, exc = cli("train", tiny_cfg_file(), "--set", f"model.backbone.checkpoint={path}")
+    line = assert_one_line(code, out, exc, str(path), "model.backbone.checkpoint")
+    assert "Aborted" not in out and not (tmp_path / "pwned").exists()
+    assert {"malicious": "other than tensors", "truncated": "truncated", "empty": "empty"}[kind] in line
+
+
+def test_cuda_without_cuda_is_one_line(tiny_cfg_file):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, out, exc = cli("train", tiny_cfg_file(), "--set", "train.device=cuda")
+    assert_one_line(code, out, exc, "train.device", "CUDA is not available")
+
+
+def test_device_typo_is_an_error_not_cpu(tiny_cfg_file):
+    code, out, exc = cli("train", tiny_cfg_file(), "--set", "train.device=gpu")
+    assert_one_line(code, out, exc, "train.device", "'gpu'")
+
+
+def test_truncated_tune_arch_names_the_file(tmp_path, tiny_config):
+    from nasdet.tune import resolve_tune_arch
+
+    path = tmp_path / "arch.json"
+    path.write_text('{"backbone.stage1.depth": 3, "backbone.stage2')
+    with pytest.raises(ConfigError, match=r"tune.arch file .*arch.json is not valid YAML: .* at line 1"):
+        resolve_tune_arch(tiny_config(tune={"arch": str(path)}), space=None)
+
+
+def test_yaml_duplicate_keys_are_an_error_naming_key_and_line(tiny_cfg_file, tmp_path):
+    text = tiny_cfg_file().read_text()
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(text.replace("\ntrain:\n", "\ntrain:\n  epochs: 5\n  epochs: 6\n", 1))
+    line_no = twice.read_text().splitlines().index("  epochs: 6") + 1
+    code, out, exc = cli("train", twice)
+    assert_one_line(code, out, exc, "twice.yaml", "duplicate key 'epochs'", f"line {line_no}")
+    sections = tmp_path / "sections.yaml"
+    sections.write_text(text + "train:\n  epochs: 1\n")
+    code, out, exc = cli("train", sections)
+    assert_one_line(code, out, exc, "sections.yaml", "duplicate key 'train'")
+
+
+# ------------------------------------------------------------------------------------------ images
+def one_image_set(tmp_path, name, save, width, height, boxes=((2, 3, 10, 12),)):
+    """A COCO data set of one image written by ``save(path)``; returns the DetectionDataset."""
+    import json
+
+    from nasdet.data.coco import load_coco
+
+    (tmp_path / "img").mkdir(exist_ok=True)
+    save(tmp_path / "img" / name)
+    ann = {"images": [{"id": 1, "file_name": name, "width": width, "height": height}],
+           "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": list(b), "area": b[2] * b[3],
+                            "iscrowd": 0} for i, b in enumerate(boxes)],
+           "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / f"{name}.json").write_text(json.dumps(ann))
+    return load_coco(tmp_path / f"{name}.json", tmp_path / "img")
+
+
+def test_16_bit_png_loads_scaled(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    wide = (np.arange(24 * 40, dtype=np.int64).reshape(24, 40) * 68).astype(np.uint16)  # 0 .. 65212
+    ds = one_image_set(tmp_path, "deep.png", lambda p: Image.fromarray(wide).save(p), 40, 24)
+    img = ds.load_image(0).numpy()
+    assert img.shape == (3, 24, 40) and img.dtype == np.uint8
+    assert np.abs(img[0].astype(float) - wide / 257.0).max() <= 0.5 + 1e-6  # not clipped to 255
+    assert (img[0] == img[1]).all() and (img[1] == img[2]).all()
+
+
+def test_exif_rotated_jpeg_is_read_upright(tmp_path):
+    """Stored 40 wide x 24 high with orientation 6 (rotate 90 clockwise to view): the viewer, and the
+    annotations, see 24 x 40 with the white patch where the box says."""
+    import numpy as np
+    from PIL import Image
+
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[0:8, 4:12] = 255  # top-left area of the stored image = top-right area once upright
+
+    def save(p):
+        im = Image.fromarray(stored)
+        exif = im.getexif()
+        exif[0x0112] = 6
+        im.save(p, exif=exif, quality=100)
+
+    upright_box = (24 - 8, 4, 8, 8)  # x, y, w, h in the upright 24x40 frame
+    ds = one_image_set(tmp_path, "phone.jpg", save, 24, 40, boxes=(upright_box,))
+    img = ds.load_image(0).numpy()
+    assert img.shape == (3, 40, 24)
+    x1, y1, x2, y2 = ds.records[0].boxes[0].astype(int)
+    assert img[:, y1:y2, x1:x2].mean() > 200 and img.mean() < 60  # the box covers the bright patch
+
+
+def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    ds = one_image_set(tmp_path, "big.png", lambda p: Image.new("RGB", (64, 64)).save(p), 64, 64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 px > 2x the limit: PIL raises
+    with pytest.raises(DataError, match=r"big.png .* more pixels than PIL opens safely"):
+        ds.load_image(0)
+
+
+def test_corrupt_image_in_a_loader_worker_is_one_line(tmp_path):
+    import torch
+
+    from nasdet.data.dataset import collate_detection
+
+    ds = one_image_set(tmp_path, "broken.jpg", lambda p: p.write_bytes(b"\xff\xd8\xff garbage"), 32, 32)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_detection)
+    with pytest.raises(DataError) as info:
+        next(iter(loader))
+    msg = str(info.value)
+    assert "broken.jpg" in msg and "cannot be decoded" in msg and "\n" not in msg and "Traceback" not in msg
+    assert "Traceback" in info.value.worker_traceback  # kept for NASDET_DEBUG
+
+
+# ------------------------------------------------------------------------------ silent wrong results
+def test_training_set_without_annotations_warns(shapes_dir, tmp_path):
+    import io
+    import json
+
+    from rich.console import Console
+
+    from nasdet.config import validate_config
+    from nasdet.experiment import run_train
+
+    ann = json.loads((shapes_dir / "train" / "annotations.json").read_text())
+    ann["annotations"] = []
+    (tmp_path / "empty.json").write_text(json.dumps(ann))
+    raw = tiny_raw(shapes_dir, tmp_path / "wd")
+    raw["data"]["train"]["annotations"] = str(tmp_path / "empty.json")
+    raw["train"].update(max_steps=1, epochs=1)
+    raw["eval"]["max_images"] = 2
+    buf = io.StringIO()
+    run_train(validate_config(raw, "t"), console=Console(file=buf, width=300))
+    assert "warning: training set" in buf.getvalue() and "empty.json has no annotations" in buf.getvalue()
+
+
+def test_make_synthetic_does_not_overwrite_foreign_annotations(tmp_path):
+    from nasdet.data.synthetic import make_synthetic
+
+    mine = tmp_path / "data" / "train" / "annotations.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_text('{"images": [], "annotations": [], "categories": []}')
+    code, out, exc = cli("data", "make-synthetic", tmp_path / "data", "--train", 2, "--val", 1, "--size", 48,
+                         "--workers", 1)
+    assert_one_line(code, out, exc, str(mine), "not overwriting")
+    assert mine.read_text() == '{"images": [], "annotations": [], "categories": []}'
+    make_synthetic(tmp_path / "ours", 2, 1, 48, workers=1)
+    make_synthetic(tmp_path / "ours", 3, 1, 48, workers=1)  # its own files: regenerated
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50])
+def test_frozen_bn_resnets_build_and_run(depth):
+    import torch
+
+    from nasdet.config import BackboneConfig
+    from nasdet.models.backbones import build_backbone
+
+    frozen = build_backbone(BackboneConfig(name=f"resnet{depth}", norm="frozen_bn"))
+    plain = build_backbone(BackboneConfig(name=f"resnet{depth}"))
+    assert frozen.out_channels == plain.out_channels
+    if depth == 18:
+        out = frozen.train()(torch.rand(1, 3, 64, 64))
+        assert [o.shape[1] for o in out.values()] == list(frozen.out_channels.values())
+
+
+@pytest.fixture(scope="module")
+def trained_baseline(shapes_dir, tmp_path_factory):
+    """A work dir whose baseline trained one step (config, checkpoint, metrics.json)."""
+    import io
+
+    from rich.console import Console
+
+    from nasdet.config import validate_config
+    from nasdet.experiment import run_train
+
+    raw = tiny_raw(shapes_dir, tmp_path_factory.mktemp("trained") / "wd")
+    raw["train"].update(max_steps=1, epochs=1)
+    raw["eval"]["max_images"] = 2
+    raw["export"] = {"check_images": 1}
+    raw["search"] = {"budget": {"metric": "macs", "max": 1000}}  # far below the baseline
+    cfg = validate_config(raw, "t")
+    run_train(cfg, console=Console(file=io.StringIO()))
+    return cfg
+
+
+def test_eval_ckpt_does_not_overwrite_a_stage_record(trained_baseline):
+    import io
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from nasdet.experiment import run_eval
+
+    wd = Path(trained_baseline.work_dir)
+    record = wd / "baseline" / "metrics.json"
+    before = record.read_text()
+    buf = io.StringIO()
+    run_eval(trained_baseline, ckpt=wd / "baseline" / "ckpt" / "last.pt", console=Console(file=buf, width=300))
+    assert record.read_text() == before
+    written = wd / "eval" / "baseline_last_metrics.json"
+    assert json.loads(written.read_text())["checkpoint"].endswith("last.pt") and str(written) in buf.getvalue()
+
+
+def test_export_keeps_no_unverified_file_and_no_baseline_budget_alarm(trained_baseline, monkeypatch):
+    import io
+    from pathlib import Path
+
+    from rich.console import Console
+
+    import nasdet.stages.export
+    from nasdet.errors import ExportParityError
+    from nasdet.stages.export import run_export
+
+    out = Path(trained_baseline.work_dir) / "export"
+    buf = io.StringIO()
+    result = run_export(trained_baseline, source="baseline", console=Console(file=buf, width=300))
+    assert "OVER BUDGET" not in buf.getvalue() and result["budget"] is None  # the baseline is the reference
+    assert sorted(p.name for p in out.glob("*.onnx*")) == ["baseline.onnx"]
+    (out / "baseline.onnx").unlink()
+
+    def differs(model, path, *a, **k):
+        assert Path(path).is_file()
+        raise ExportParityError("onnxruntime detections differ from torch's on 1 val images: ...")
+
+    monkeypatch.setattr(nasdet.stages.export, "check_parity", differs)
+    with pytest.raises(ExportParityError) as info:
+        run_export(trained_baseline, source="baseline", console=Console(file=io.StringIO()))
+    assert not list(out.glob("*.onnx*"))  # nothing unverified left, under any name
+    assert str(out / "baseline.onnx") in str(info.value) and "not written" in str(info.value)
+
+
+def test_search_records_follow_the_current_budget_and_supernet(tiny_config, tmp_path):
+    """A search rerun judges feasibility under today's budget; a supernet whose pretraining stopped early
+    is named in a warning; a study is refused on another supernet checkpoint."""
+    import csv
+    import io
+    from pathlib import Path
+
+    import torch
+    from rich.console import Console
+
+    from nasdet.config import BudgetConfig, config_to_dict
+    from nasdet.experiment import build_supernet
+    from nasdet.stages.search import run_search
+    from nasdet.train.checkpoint import save_checkpoint
+
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}},
+                      data={"check_files": False}, supernet={"input_sizes": [64, 96]},
+                      search={"strategy": "random", "num_candidates": 3, "recalib_batches": 1, "batch_size": 4,
+                              "max_images": 2, "include_extremes": False, "budget": {"metric": "macs", "max": 1e12}})
+    torch.manual_seed(0)
+    model, space = build_supernet(cfg, 8)
+    ckpt = Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt"
+    save_checkpoint({"model": model.state_dict(), "space_id": space.space_id, "config": config_to_dict(cfg),
+                     "step": 46, "total_steps": 800}, ckpt)
+    buf = io.StringIO()
+    run_search(cfg, console=Console(file=buf, width=400))
+    assert "stopped at step 46 of 800" in buf.getvalue() and "did not finish" in buf.getvalue()
+
+    results = Path(cfg.work_dir) / "search" / "results.csv"
+    costs = sorted(float(r["macs"]) for r in csv.DictReader(open(results)))
+    assert costs[0] < costs[-1]
+    tight = cfg.model_copy(update={"search": cfg.search.model_copy(
+        update={"budget": BudgetConfig(metric="macs", max=costs[0])})})
+    again = run_search(tight, console=Console(file=io.StringIO()))
+    assert again["counts"]["scored"] == 0 and again["best"]["costs"]["macs"] <= costs[0]
+    rows = list(csv.DictReader(open(results)))
+    assert [r["feasible"] == "True" for r in rows] == [float(r["macs"]) <= costs[0] for r in rows]
+
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # the supernet trained on: other weights
+    save_checkpoint({"model": model.state_dict(), "space_id": space.space_id, "config": config_to_dict(cfg),
+                     "step": 800, "total_steps": 800}, ckpt)
+    with pytest.raises(CheckpointError, match=r"another supernet checkpoint \(step 46.*step 800.*study_name"):
+        run_search(cfg, console=Console(file=io.StringIO()))
+
+
+
+def test_bad_storage_url_is_one_line(tiny_cfg_file, tmp_path):
+    import importlib.util
+
+    code, out, exc = cli("search", tiny_cfg_file(), "--storage", "postgress://u:secret@localhost/db")
+    line = assert_one_line(code, out, exc, "unknown database scheme 'postgress'")
+    assert "secret" not in line
+    if importlib.util.find_spec("MySQLdb") is None:
+        code, out, exc = cli("search", tiny_cfg_file(), "--storage", "mysql://u:secret@localhost/db")
+        assert_one_line(code, out, exc, "mysql://u:***@localhost/db", "'MySQLdb', is not installed")
+
+
+def test_journal_with_a_cut_or_garbage_line(tmp_path):
+    import optuna
+
+    from nasdet.search.study import open_storage
+
+    journal = tmp_path / "study.journal"
+    study = optuna.create_study(storage=open_storage(journal, tmp_path), study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code":5,"worker_id":"killed mid-wri')  # a kill -9 during a write
+    with pytest.warns(UserWarning, match="removed an incomplete last record"):
+        study = optuna.load_study(storage=open_storage(journal, tmp_path), study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)  # the next append is not glued onto it
+    again = optuna.load_study(storage=open_storage(journal, tmp_path), study_name="s")
+    assert [t.state.name for t in again.trials] == ["COMPLETE"] * 4
+
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:2] + [b"\x00\x00garbage\n"] + lines[2:]))
+    with pytest.raises(DataError, match=r"study.journal, line 3: not a study record .* Move the file aside"):
+        open_storage(journal, tmp_path)

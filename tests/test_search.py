@@ -210,15 +210,17 @@ def test_resume_keeps_finished_trials_and_never_rescores(tmp_path):
     assert counts["scored"] == 0 and len(scorer.keys()) == 30
 
 
-def _worker(journal, name, log, worker, n, strategy, hang_after=None):
+def _worker(journal, name, log, worker, n, strategy, hang_after=None, started=None):
     torch.set_num_threads(1)
     scorer = CountingScorer(log)
+    if started is not None:  # both processes running before either scores: on a loaded machine one could finish alone
+        started.wait(60)
 
     def score(arch):
         if hang_after is not None and len(scorer.keys()) >= hang_after:
             Path(str(log) + ".hang").write_text("x")
             time.sleep(600)
-        time.sleep(0.01)
+        time.sleep(0.05)
         return scorer(arch)
 
     toy_run(journal, name, strategy=strategy, n=n, scorer=score, worker=worker, budget=Budget("macs", 70.0))
@@ -228,7 +230,9 @@ def _worker(journal, name, log, worker, n, strategy, hang_after=None):
 def test_two_worker_processes_share_one_journal(tmp_path, strategy):
     journal, log, n = tmp_path / "s.journal", tmp_path / "scored.txt", 24
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(str(journal), "pair", str(log), w, n, strategy)) for w in (0, 1)]
+    started = ctx.Barrier(2)
+    procs = [ctx.Process(target=_worker, args=(str(journal), "pair", str(log), w, n, strategy, None, started))
+             for w in (0, 1)]
     for p in procs:
         p.start()
     for p in procs:

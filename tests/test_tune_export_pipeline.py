@@ -241,7 +241,9 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill_during_search(shapes
     journal = wd / "search" / "study.journal"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if journal.is_file() and journal.read_text().count("\"state\":1") >= 1:  # a trial finished
+        # a trial finished and its progress line is out (under load the line can trail the journal)
+        if journal.is_file() and journal.read_text().count("\"state\":1") >= 1 and \
+                "search candidates: 1/" in (tmp_path / "pipeline.log").read_text():
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]

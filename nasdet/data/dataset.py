@@ -12,10 +12,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import tv_tensors
 
 from ..errors import DataError
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a stored image is rotated / mirrored
 
 
 @dataclasses.dataclass
@@ -86,21 +88,21 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> tv_tensors.Image:
         rec = self.records[index]
+        what = f"{self.source}: image file {rec.file} (image id {rec.image_id})"
         try:
             with Image.open(rec.file) as im:
-                im = im.convert("RGB")
-                arr = np.asarray(im, dtype=np.uint8).copy()
+                arr, rotated = decode_upright_rgb(im)
         except FileNotFoundError as e:
-            raise DataError(f"{self.source}: image file {rec.file} (image id {rec.image_id}) is missing") from e
+            raise DataError(f"{what} is missing") from e
+        except Image.DecompressionBombError as e:
+            raise DataError(f"{what} has more pixels than PIL opens safely ({e}); resize it") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DataError(
-                f"{self.source}: image file {rec.file} (image id {rec.image_id}) cannot be decoded: {e}"
-            ) from e
+            raise DataError(f"{what} cannot be decoded: {e}") from e
         if arr.shape[0] != rec.height or arr.shape[1] != rec.width:
-            raise DataError(
-                f"{self.source}: image file {rec.file} (image id {rec.image_id}) is {arr.shape[1]}x{arr.shape[0]} "
-                f"but the annotations say {rec.width}x{rec.height}"
-            )
+            upright = (" after the rotation its EXIF orientation asks for (annotations are taken in the upright "
+                       "frame, as COCO tools do)") if rotated else ""
+            raise DataError(f"{what} is {arr.shape[1]}x{arr.shape[0]}{upright} but the annotations say "
+                            f"{rec.width}x{rec.height}")
         return tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1))
 
     def target(self, index: int) -> dict:
@@ -119,6 +121,22 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def decode_upright_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
+    """HxWx3 uint8 pixels as a viewer shows them, and whether the EXIF orientation rotated them.
+
+    The EXIF orientation is applied (phone photos are stored sideways with a rotation tag) so boxes drawn
+    on the upright image match the pixels. 16-bit images (PNG ``I;16`` / ``I``) are scaled from 0..65535
+    to 0..255; PIL's own ``convert("RGB")`` would clip them to 255.
+    """
+    rotated = im.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)  # 1 = stored upright
+    upright = ImageOps.exif_transpose(im) if rotated else im
+    if upright.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        wide = np.asarray(upright.convert("I"), dtype=np.float64)
+        gray = np.clip(np.rint(wide * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2), rotated
+    return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy(), rotated
 
 
 def to_coco_gt(dataset: DetectionDataset) -> dict:

@@ -13,6 +13,8 @@ import hashlib
 import math
 import operator
 
+from ..errors import ConfigError
+
 __all__ = ["split_train_search"]
 
 
@@ -30,15 +32,15 @@ def split_train_search(num_images: int, search_fraction: float, seed: int = 0) -
     try:
         num_images = operator.index(num_images)
     except TypeError:
-        raise ValueError(f"num_images must be an integer, got {num_images!r}") from None
+        raise ConfigError(f"num_images must be an integer, got {num_images!r}") from None
     if num_images < 0:
-        raise ValueError(f"num_images must be >= 0, got {num_images}")
+        raise ConfigError(f"num_images must be >= 0, got {num_images}")
     try:
         fraction = float(search_fraction)
     except (TypeError, ValueError):
-        raise ValueError(f"search_fraction must be a number in [0, 1), got {search_fraction!r}") from None
+        raise ConfigError(f"search_fraction must be a number in [0, 1), got {search_fraction!r}") from None
     if not (0.0 <= fraction < 1.0) or math.isnan(fraction):
-        raise ValueError(f"search_fraction must be in [0, 1), got {search_fraction!r}")
+        raise ConfigError(f"search_fraction must be in [0, 1), got {search_fraction!r}")
     seed = operator.index(seed)
 
     n_search = int(math.floor(num_images * fraction + 0.5))  # round half up, not banker's rounding

@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import ConfigError, DataError
 from ..files import atomic_path
 
 __all__ = ["SHAPE_CLASSES", "existing_matches", "make_synthetic"]
@@ -43,6 +44,7 @@ SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexag
 
 # Bumped whenever the generated content changes (recorded in the json ``info``).
 GENERATOR_VERSION = 3
+DESCRIPTION = "nasdet synthetic shapes"  # info.description of the files written here (others are not overwritten)
 _SPLITS = ("train", "val")
 MIN_SIZE = 32
 JPEG_QUALITY = 90
@@ -311,7 +313,7 @@ def _coco(split: str, names: list[str], results: list, seed: int, size: int) -> 
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": cat,
                                 "bbox": [x, y, bw, bh], "area": area, "iscrowd": 0})
     return {
-        "info": {"description": "nasdet synthetic shapes", "version": GENERATOR_VERSION, "split": split,
+        "info": {"description": DESCRIPTION, "version": GENERATOR_VERSION, "split": split,
                  "seed": seed, "size": size},
         "images": images,
         "annotations": annotations,
@@ -334,6 +336,19 @@ def existing_matches(out_dir: str | Path, n_train: int, n_val: int, size: int, s
     return True
 
 
+def _refuse_foreign(ann_path: Path) -> None:
+    """An annotations file this generator did not write is someone's data: never overwrite it."""
+    if not ann_path.exists():
+        return
+    try:
+        ours = json.loads(ann_path.read_text()).get("info", {}).get("description") == DESCRIPTION
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise DataError(f"{ann_path} exists and was not written by `nasdet data make-synthetic`: not overwriting "
+                        "it; choose another output folder, or delete the file")
+
+
 def _write_atomic(path: Path, text: str) -> None:
     with atomic_path(path, fsync=True) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -350,19 +365,21 @@ def make_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 500, s
     """
     for name, val in (("n_train", n_train), ("n_val", n_val)):
         if not isinstance(val, int) or val < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {val!r}")
+            raise ConfigError(f"{name} must be an integer >= 0, got {val!r}")
     if not isinstance(size, int) or size < MIN_SIZE:
-        raise ValueError(f"size must be an integer >= {MIN_SIZE}, got {size!r}")
+        raise ConfigError(f"size must be an integer >= {MIN_SIZE}, got {size!r}")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
 
     out_dir = Path(out_dir)
     counts = {"train": n_train, "val": n_val}
     ann_paths = {s: out_dir / s / "annotations.json" for s in _SPLITS}
+    for path in ann_paths.values():
+        _refuse_foreign(path)
     jobs, names = [], {}
     for split_id, split in enumerate(_SPLITS):
         img_dir = out_dir / split / "images"

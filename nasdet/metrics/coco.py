@@ -7,6 +7,8 @@ import io
 
 import numpy as np
 
+from ..errors import ConfigError, DataError
+
 # Order of COCOeval.stats for iouType="bbox".
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -19,7 +21,7 @@ def coco_evaluate(gt: dict, detections: list[dict], backend: str = "faster") -> 
     ``backend``: "faster" (faster-coco-eval) or "pycocotools"; they agree to float precision.
     """
     if not gt.get("annotations"):
-        raise ValueError("ground truth has no annotations: mAP is undefined")
+        raise DataError("ground truth has no annotations: mAP is undefined")
     if not detections:
         return {k: 0.0 for k in COCO_METRIC_NAMES}
     if backend == "faster":
@@ -28,7 +30,7 @@ def coco_evaluate(gt: dict, detections: list[dict], backend: str = "faster") -> 
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     else:
-        raise ValueError(f"unknown COCO eval backend {backend!r}: use 'faster' or 'pycocotools'")
+        raise ConfigError(f"unknown COCO eval backend {backend!r}: use 'faster' or 'pycocotools'")
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(gt)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .backbones import build_backbone
 from .families import DETECTORS, family_named, family_of
 from .families.base import BN_MOMENTUM, IMAGE_MEAN, IMAGE_STD
@@ -32,13 +33,13 @@ def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Modul
     """
     k = model_cfg.num_classes if model_cfg.num_classes is not None else num_classes
     if k is None:
-        raise ValueError("model.num_classes is not set and no data set gave it")
+        raise ConfigError("model.num_classes is not set and no data set gave it")
     if num_classes is not None and model_cfg.num_classes is not None and num_classes != model_cfg.num_classes:
-        raise ValueError(f"model.num_classes is {model_cfg.num_classes} but the data set has {num_classes} classes")
+        raise ConfigError(f"model.num_classes is {model_cfg.num_classes} but the data set has {num_classes} classes")
     family = family_named(model_cfg.detector)
     if fad_search and not family.fad_heads:
         able = " or ".join(sorted(n for n in DETECTORS if family_named(n).fad_heads))
-        raise ValueError(f"a FAD search needs model.detector {able}, not {model_cfg.detector!r}")
+        raise ConfigError(f"a FAD search needs model.detector {able}, not {model_cfg.detector!r}")
     body = backbone if backbone is not None else build_backbone(model_cfg.backbone)
     return family.build(model_cfg, k + 1, body, fad_search)  # + background
 

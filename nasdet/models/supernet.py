@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..space import ArchError, SearchSpace, prefix_arch, strip_prefix
 from ..space.supernet import Supernet
 from .detectors import get_input_size, set_input_size
@@ -25,7 +26,7 @@ def supernet_body(model: nn.Module) -> Supernet:
     body = getattr(getattr(model, "backbone", None), "body", None)
     if body is None or not isinstance(body, Supernet):
         name = type(body).__name__ if body is not None else "none"
-        raise ValueError(
+        raise ConfigError(
             f"the detector's backbone ({name}) is not a supernet: set model.backbone.name to a searchable "
             "backbone (ofa_mbv3, mbv2_elastic, ...)"
         )

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.supernet import INPUT_SIZE, export_detector
 from ..space import ArchError, SearchSpace
 from ..models.cost import detector_macs, detector_params, measure_latency
@@ -30,9 +31,9 @@ class Budget:
 
     def __post_init__(self):
         if self.metric not in COST_METRICS:
-            raise ValueError(f"budget metric {self.metric!r} is not one of {COST_METRICS}")
+            raise ConfigError(f"budget metric {self.metric!r} is not one of {COST_METRICS}")
         if not self.max > 0:
-            raise ValueError(f"budget max must be > 0, got {self.max}")
+            raise ConfigError(f"budget max must be > 0, got {self.max}")
 
     def excess(self, costs: Mapping[str, float]) -> float:
         """``cost - max``: <= 0 is feasible (Optuna's constraint convention)."""
@@ -43,7 +44,7 @@ def arch_cost(model: nn.Module, space: SearchSpace, arch: Mapping[str, Any], met
               cache: ArchCache | None = None, **latency_kw) -> float:
     """One cost of ``arch`` (MACs or params of the whole detector, latency median ms), cached per arch."""
     if metric not in COST_METRICS:
-        raise ValueError(f"cost metric {metric!r} is not one of {COST_METRICS}")
+        raise ConfigError(f"cost metric {metric!r} is not one of {COST_METRICS}")
     return CostModel(model, space, measure=(metric,), cache=cache, **latency_kw)(arch)[metric]
 
 
@@ -58,7 +59,7 @@ class CostModel:
                  cache: ArchCache | None = None, latency_fn=None, **latency_kw):
         bad = [m for m in measure if m not in COST_METRICS]
         if bad:
-            raise ValueError(f"cost metric(s) {bad} not among {COST_METRICS}")
+            raise ConfigError(f"cost metric(s) {bad} not among {COST_METRICS}")
         self.model, self.space, self.measure = model, space, tuple(measure)
         self.cache = cache if cache is not None else ArchCache()
         self.latency_kw = latency_kw
@@ -87,7 +88,7 @@ def check_budget_feasible(budget: Budget | None, cost_fn: Callable[[Mapping[str,
         return None
     cheapest = float(cost_fn(space.smallest())[budget.metric])
     if budget.max < cheapest:
-        raise ValueError(
+        raise ConfigError(
             f"search budget {budget.metric} <= {budget.max:.6g} {COST_UNITS[budget.metric]} is below the cheapest "
             f"candidate of the space: the smallest arch costs {cheapest:.6g} {COST_UNITS[budget.metric]}; "
             f"raise search.budget.max above {cheapest:.6g}")

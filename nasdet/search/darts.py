@@ -33,6 +33,7 @@ from ..config import ExperimentConfig, config_to_dict, save_config
 from ..data.dataset import collate_detection
 from ..data.split import split_train_search
 from ..data.transforms import targets_to, to_model_input
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models.families import DETECTORS, family_named
 from ..models.heads.fad import ALPHA_COLUMNS, FADTowers, format_genotype, write_genotypes
 from ..files import append_jsonl, write_text_atomic
@@ -164,7 +165,7 @@ def _check_finite(loss: Tensor, which: str, losses: dict | None = None) -> None:
 def split_halves(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
     """(weight half, arch half) of ``range(n)``: disjoint, deterministic (``split_train_search`` at 0.5)."""
     if n < 2:
-        raise ValueError(f"a DARTS search needs at least 2 training images (one per half), got {n}")
+        raise DataError(f"a DARTS search needs at least 2 training images (one per half), got {n}")
     return split_train_search(n, 0.5, seed)
 
 
@@ -202,7 +203,7 @@ class DartsSearch:
         self.ckpt_path = checkpoint_in(self.out_dir)
         if not family_named(cfg.model.detector).fad_heads:
             able = " or ".join(sorted(n for n in DETECTORS if family_named(n).fad_heads))
-            raise ValueError(f"search.strategy darts searches FAD heads: model.detector must be {able}, "
+            raise ConfigError(f"search.strategy darts searches FAD heads: model.detector must be {able}, "
                              f"not {cfg.model.detector!r}")
         set_torch_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)
@@ -241,7 +242,7 @@ class DartsSearch:
             return False
         state = load_checkpoint(self.ckpt_path)
         if state.get("total_steps") != self.total_steps:
-            raise ValueError(f"{self.ckpt_path} was written for {state.get('total_steps')} total steps, this config gives "
+            raise CheckpointError(f"{self.ckpt_path} was written for {state.get('total_steps')} total steps, this config gives "
                              f"{self.total_steps} (epochs, batch size or data changed); use a new work dir or delete it")
         load_model_weights(self.model, state, source=str(self.ckpt_path))
         self.w_optim.load_state_dict(state["w_optim"])

@@ -411,7 +411,7 @@ def search_resolutions(space: SearchSpace, input_size: int, search_resolution: b
     if search_resolution:
         return sizes
     if input_size not in sizes:
-        raise ValueError(f"model.input_size {input_size} is not among the searched input_size choices {sizes}: "
+        raise ConfigError(f"model.input_size {input_size} is not among the searched input_size choices {sizes}: "
                          "set search.gradient.search_resolution or supernet.input_sizes")
     return [input_size]
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..files import write_json_atomic
 from ..models.supernet import INPUT_SIZE, export_detector
 from ..space import SearchSpace
@@ -115,7 +116,7 @@ class LatencyTable:
             for h in hooks:
                 h.remove()
         if not shapes:
-            raise ValueError(f"cost.latency: lut found no blocks in {type(static.backbone.body).__name__} (none of its "
+            raise ConfigError(f"cost.latency: lut found no blocks in {type(static.backbone.body).__name__} (none of its "
                              "stages/features/children ran as a module): use cost.latency torch or onnxruntime")
         return [(b, shapes[i]) for i, b in enumerate(blocks) if i in shapes]
 
@@ -178,4 +179,4 @@ def latency_function(backend: str, supernet: nn.Module, space: SearchSpace, devi
         fn = lambda static, arch: table.predict(static, arch, supernet, space)  # noqa: E731
         fn.table = table
         return fn
-    raise ValueError(f"cost.latency {backend!r} is not one of {LATENCY_BACKENDS}")
+    raise ConfigError(f"cost.latency {backend!r} is not one of {LATENCY_BACKENDS}")

@@ -9,12 +9,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.text import Text
+
 from ..config import ExperimentConfig
 from ..data.build import build_datasets
+from ..errors import ConfigError
 from ..models.supernet import build_supernet
 from ..space import SearchSpace
 from ..threads import set_torch_threads
-from ..train.checkpoint import load_checkpoint, load_model_weights
+from ..train.checkpoint import load_checkpoint, load_model_weights, planned_steps
 from ..workdir import WorkDir
 from .scoring import cached_scorer, score_arch
 
@@ -23,7 +27,8 @@ from .scoring import cached_scorer, score_arch
 class TrainedSupernet:
     """What scoring candidates needs: the supernet with its trained weights, its space, the search split,
     the BN calibration set (the supernet's training split, no augmentation), the device, and ``scorer``
-    (``arch -> metrics``, exactly as ``nasdet search`` scores: BN recalibrated, COCO metrics, cached)."""
+    (``arch -> metrics``, exactly as ``nasdet search`` scores: BN recalibrated, COCO metrics, cached);
+    ``checkpoint`` and its loaded ``state`` (None when a zero-cost proxy scores at scratch init)."""
 
     model: Any
     space: SearchSpace
@@ -31,10 +36,14 @@ class TrainedSupernet:
     calib_set: Any
     device: Any
     scorer: Callable[[Mapping], dict]
+    checkpoint: Path | None = None
+    state: dict | None = None
 
 
-def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir | None = None) -> TrainedSupernet:
-    """The trained supernet of ``work_dir/supernet`` (refused if written for another space) and its scorer."""
+def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir | None = None,
+                          console: Console | None = None) -> TrainedSupernet:
+    """The trained supernet of ``work_dir/supernet`` (refused if written for another space) and its scorer;
+    warns on ``console`` when its pretraining stopped before its planned steps."""
     import torch
 
     from ..train.loop import resolve_device
@@ -47,19 +56,25 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
     data = build_datasets(cfg, need=("search",))
     search_set = data["search"]
     if len(search_set) == 0:
-        raise ValueError("the search split is empty: set data.search_fraction > 0 (and pretrain with it)")
+        raise ConfigError("the search split is empty: set data.search_fraction > 0 (and pretrain with it)")
     if s.max_images:
         search_set = search_set.subset(range(min(s.max_images, len(search_set))))
     calib_set = data["supernet_train"].with_transforms(None)
     model, space = build_supernet(cfg, search_set.num_classes)
     state = load_checkpoint(ckpt, space_id=space.space_id)
     load_model_weights(model, state, source=str(ckpt))
+    planned = planned_steps(state)
+    if planned is not None and state.get("step", 0) < planned:
+        (console or Console()).print(Text(
+            f"warning: the supernet {ckpt} stopped at step {state.get('step')} of {planned}: its pretraining did "
+            "not finish, so its scores rank archs less reliably; rerun `nasdet pretrain` to finish it",
+            style="yellow"), soft_wrap=True)
     device = resolve_device(cfg.train.device)
     model.to(device).eval()
     scorer = cached_scorer(functools.partial(
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
         recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
-    return TrainedSupernet(model, space, search_set, calib_set, device, scorer)
+    return TrainedSupernet(model, space, search_set, calib_set, device, scorer, ckpt, state)
 
 
 def proxy_scorer_context(cfg: ExperimentConfig) -> TrainedSupernet:

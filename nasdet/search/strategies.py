@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..errors import ConfigError
 from ..space import NoArchUnderCost, SearchSpace
 from .budget import Budget
 from .scoring import arch_key
@@ -180,4 +181,4 @@ def make_strategy(name: str, space: SearchSpace, cost_fn, budget: Budget | None,
         return Evolution(space, cost_fn, budget, seed, worker, population, parents, mutation_prob, mutation, crossover)
     if name == "nsga2":
         return NSGA2(space, cost_fn, budget, seed, worker, population, mutation_prob)
-    raise ValueError(f"search strategy {name!r} is not one of {STRATEGIES}")
+    raise ConfigError(f"search strategy {name!r} is not one of {STRATEGIES}")

@@ -25,6 +25,7 @@ by hand.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -38,12 +39,14 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
+from ..errors import CheckpointError, ConfigError, DataError, EnvironmentProblem
 from ..space import SearchSpace
 from .budget import Budget
 from .scoring import arch_key
 from .strategies import OBJECTIVE, Strategy, trial_arch
 from ..workdir import STUDY_FILE
 
+SUPERNET_ATTR = "supernet_checkpoint"  # study user attribute: the checkpoint the scores were taken on
 _MAX_SKIPS = 200  # consecutive skipped (duplicate / surplus) trials before giving up: space exhausted
 _MAX_OVER = 2000  # consecutive over-budget trials before giving up
 
@@ -55,16 +58,93 @@ def open_storage(storage: str | Path | None, search_dir: str | Path, heartbeat: 
     if storage is not None and "://" in str(storage):
         from optuna.storages import RDBStorage
 
+        url = _with_installed_driver(str(storage))
+        check_storage_url(url)
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; study.optimize relies on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(_with_installed_driver(str(storage)), heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                               heartbeat_stale_trial_callback=retry_trial)
     path = Path(storage) if storage is not None else Path(search_dir) / STUDY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    check_journal(path)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def check_storage_url(url: str) -> None:
+    """A database URL whose scheme SQLAlchemy does not know, or whose driver is not installed, is one clear
+    error before Optuna (the password is not repeated)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"storage {url!r} is neither a database URL (postgresql://user:password@host/db) nor a "
+                          "journal file path") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        dialect = parsed.get_dialect()
+    except ArgumentError:  # NoSuchModuleError: an unknown scheme
+        raise ConfigError(f"storage {shown}: unknown database scheme {parsed.drivername!r}; use postgresql://, "
+                          "mysql://, or a journal file path") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise EnvironmentProblem(
+            f"storage {shown}: the database driver, Python module {e.name or 'for ' + parsed.drivername!r}, is not "
+            "installed (PostgreSQL: pip install 'psycopg[binary]', or psycopg2-binary with postgresql+psycopg2://)"
+        ) from None
+
+
+def shown_storage(storage: str | Path) -> str:
+    """A storage as it may be printed: a database URL without its password."""
+    if "://" not in str(storage):
+        return str(storage)
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(str(storage)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(an unparsable URL)"
+
+
+def check_journal(path: Path) -> None:
+    """Make a journal file Optuna reads right, or say which line is bad and what to do.
+
+    A process killed in the middle of a write leaves an incomplete last line: Optuna skips it when
+    reading but the next append would be glued onto it, losing that record and breaking the study.
+    It is cut off here, under Optuna's own journal lock (writers hold it while appending, so a partial
+    line seen under it is a dead write, never one in progress). A bad line with records after it
+    (an edit, a disk fault) stops Optuna from reading the study: that is an error naming the line.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(complete)
+            warnings.warn(f"{path}: removed an incomplete last record ({len(data) - complete} bytes, a write cut "
+                          "off by a killed process); the records before it are kept", stacklevel=2)
+        for number, line in enumerate(data[:complete].splitlines(), start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise DataError(
+                    f"{path}, line {number}: not a study record ({line[:40].decode('utf-8', 'replace')!r}...): "
+                    f"Optuna cannot read the study past it. Move the file aside to start the study afresh, or delete "
+                    f"line {number} and the lines after it to keep the trials recorded before it") from None
+    finally:
+        lock.release()
 
 
 def _with_installed_driver(url: str) -> str:
@@ -85,11 +165,11 @@ def open_study(storage, study_name: str, strategy: Strategy) -> optuna.Study:
         study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
                                     directions=list(strategy.directions))
     except ValueError as e:
-        raise ValueError(f"study {study_name!r} exists with other objectives than strategy {strategy.name!r} "
+        raise ConfigError(f"study {study_name!r} exists with other objectives than strategy {strategy.name!r} "
                          f"({list(strategy.directions)}): use another search.study_name ({e})") from None
     have = [d.name.lower() for d in study.directions]
     if have != list(strategy.directions):
-        raise ValueError(f"study {study_name!r} has directions {have}, strategy {strategy.name!r} needs "
+        raise ConfigError(f"study {study_name!r} has directions {have}, strategy {strategy.name!r} needs "
                          f"{list(strategy.directions)}: use another search.study_name")
     study.sampler = strategy.sampler(len(study.get_trials(deepcopy=False)))
     return study
@@ -254,6 +334,37 @@ def study_records(study: optuna.Study, space: SearchSpace, objective: str = OBJE
                     "seconds": u.get("seconds"), "worker": u.get("worker"),
                     "feasible": all(v <= 0 for v in t.constraints.values())})
     return out
+
+
+def apply_budget(records: Sequence[dict], budget: Budget | None,
+                 cost_fn: Callable[[Mapping], Mapping[str, float]] | None = None) -> list[dict]:
+    """The records with ``feasible`` judged under the *current* budget from their stored costs: a rerun
+    with a tighter (or looser) budget must not keep the verdicts of the run that scored them. A cost a
+    record lacks (the budget's metric changed) is computed with ``cost_fn``."""
+    out = []
+    for r in records:
+        r = {**r, "costs": dict(r["costs"])}
+        if budget is not None and budget.metric not in r["costs"] and cost_fn is not None:
+            r["costs"][budget.metric] = float(cost_fn(r["arch"])[budget.metric])
+        r["feasible"] = budget is None or budget.excess(r["costs"]) <= 0
+        out.append(r)
+    return out
+
+
+def check_supernet_fingerprint(study: optuna.Study, fingerprint: Mapping[str, Any], study_label: str) -> None:
+    """Keep one study on one supernet: scores taken on other weights do not rank with these. The first
+    run records ``fingerprint`` (checkpoint sha256 and step) in the study; a later run on another
+    checkpoint is refused with what to do."""
+    have = study.user_attrs.get(SUPERNET_ATTR)
+    if have is None:
+        study.set_user_attr(SUPERNET_ATTR, dict(fingerprint))
+        return
+    if have.get("sha256") != fingerprint["sha256"]:
+        raise CheckpointError(
+            f"{study_label} holds scores of another supernet checkpoint (step {have.get('step')}, sha256 "
+            f"{str(have.get('sha256'))[:12]}) than {fingerprint['path']} now (step {fingerprint['step']}, sha256 "
+            f"{fingerprint['sha256'][:12]}): its scores would not rank with new ones. Delete the study (the search "
+            "folder's study.journal) or set search.study_name to start a new one")
 
 
 def pareto_front(records: Sequence[dict], cost: str, objective: str = OBJECTIVE) -> list[dict]:

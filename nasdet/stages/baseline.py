@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import ExperimentConfig
 from ..data.build import build_datasets, load_split
@@ -30,9 +31,10 @@ def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage
 
 def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
              console: Console | None = None) -> dict:
-    """COCO metrics of a checkpoint on the val set; writes ``metrics.json`` beside the checkpoint's stage."""
+    """COCO metrics of a checkpoint on the val set, written where ``eval_record_path`` says."""
     console = console or Console()
-    ckpt = Path(ckpt) if ckpt else default_checkpoint(cfg, work_dir)
+    given = ckpt is not None
+    ckpt = Path(ckpt) if given else default_checkpoint(cfg, work_dir)
     val = build_datasets(cfg, need=("val",))["val"]
     model = load_trained_model(cfg, ckpt, val.num_classes)
     device = resolve_device(cfg.train.device)
@@ -42,12 +44,23 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
     if metrics is None:
         return {}
-    stage_dir = stage_dir_of(ckpt) or WorkDir.of(cfg, work_dir).eval.root
-    write_json(stage_dir / METRICS_FILE, {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source,
-                                            "val_images": len(val),
-                                            "step": load_checkpoint(ckpt).get("step")})
+    out = eval_record_path(cfg, work_dir, ckpt, given)
+    write_json(out, {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source, "val_images": len(val),
+                     "step": load_checkpoint(ckpt).get("step")})
     console.print(metrics_table(metrics, f"val mAP of {ckpt} ({len(val)} images)"))
+    console.print(f"metrics -> {escape(str(out))}")
     return metrics
+
+
+def eval_record_path(cfg: ExperimentConfig, work_dir: str | Path | None, ckpt: Path, given: bool) -> Path:
+    """Where ``nasdet eval`` writes: the baseline's own ``metrics.json`` when it re-evaluates the baseline
+    by default; for a checkpoint given with --ckpt, ``eval/<stage>_<name>_metrics.json``, never a stage's
+    own record (the report reads the baseline's; pretrain reads the supernet's)."""
+    if not given:
+        return ckpt.parent.parent / METRICS_FILE
+    stage = stage_dir_of(ckpt)
+    name = f"{stage.name}_{ckpt.stem}" if stage is not None else ckpt.stem
+    return WorkDir.of(cfg, work_dir).eval.root / f"{name}_metrics.json"
 
 
 def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,

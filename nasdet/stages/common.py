@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import ExperimentConfig, save_config
@@ -51,7 +52,7 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     done = out.completed(trainer.final_step)
     if done is not None:
         if dist.is_main():
-            console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to train again")
+            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to train again")
             console.print(metrics_table(done["metrics"], f"{stage}: val mAP"))
         return done["metrics"]
     metrics = trainer.run()

@@ -122,7 +122,7 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     w = WorkDir.of(cfg, work_dir)
     out = w.diagnose.root
     t_start = time.perf_counter()
-    ctx = load_trained_supernet(cfg, w)
+    ctx = load_trained_supernet(cfg, w, console)
     cost_fn = CostModel(ctx.model, ctx.space, ("macs", "params"))
     plan = plan_archs(cfg, ctx, cost_fn, out)
     if plan_only:

@@ -3,6 +3,7 @@ against torch on val images, timed in torch and onnxruntime, its measured cost a
 and the search's prediction (from ``search/best_arch.json``). Outputs in ``export/``."""
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from ..config import ExperimentConfig
 from ..data.build import build_datasets
+from ..errors import ExportParityError
 from ..export import check_parity, export_onnx, time_onnx
 from ..models.cost import detector_macs, detector_params, measure_latency
 from ..models.detectors import get_input_size
@@ -46,14 +48,28 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
         ckpt = wd.baseline.require_checkpoint()
         model = load_trained_model(cfg, ckpt, val.num_classes)
     model.eval()
-    path = export_onnx(model, wd.onnx(source, raw), raw=raw, opset=cfg.export.opset)
+    path = wd.onnx(source, raw)
+    # written under another name and renamed only once checked: a file named tune.onnx is always verified
+    unverified = export_onnx(model, path.with_name(f".{path.stem}.unverified.onnx"), raw=raw, opset=cfg.export.opset)
+    written = {unverified: path, unverified.with_suffix(".anchors.npy"): path.with_suffix(".anchors.npy")}  # raw
     e = cfg.export
     images = [val[i][0] for i in range(min(e.check_images, len(val)))]
-    parity = check_parity(model, path, images, raw, e.box_atol, e.score_atol, e.raw_atol)
-    if not raw:  # the numbers behind the detections, strictly (NMS near-ties aside, boxes follow from them)
-        with tempfile.TemporaryDirectory() as tmp:
-            raw_path = export_onnx(model, Path(tmp) / "raw.onnx", raw=True, opset=e.opset)
-            parity["raw"] = check_parity(model, raw_path, images, True, e.box_atol, e.score_atol, e.raw_atol)
+    try:
+        parity = check_parity(model, unverified, images, raw, e.box_atol, e.score_atol, e.raw_atol)
+        if not raw:  # the numbers behind the detections, strictly (NMS near-ties aside, boxes follow from them)
+            with tempfile.TemporaryDirectory() as tmp:
+                raw_path = export_onnx(model, Path(tmp) / "raw.onnx", raw=True, opset=e.opset)
+                parity["raw"] = check_parity(model, raw_path, images, True, e.box_atol, e.score_atol, e.raw_atol)
+    except BaseException as err:
+        for tmp_file in written:
+            tmp_file.unlink(missing_ok=True)
+        if isinstance(err, ExportParityError):
+            raise ExportParityError(f"{path} not written: the exported graph fails the check against torch "
+                                    f"({err})") from None
+        raise
+    for tmp_file, final in written.items():
+        if tmp_file.exists():
+            os.replace(tmp_file, final)
     c = cfg.cost
     measured = {"macs": detector_macs(model)["total"], "params": detector_params(model)["total"]}
     lat_torch = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
@@ -62,7 +78,8 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     lat_ort = time_onnx(path, probe, c.warmup, c.runs, c.threads)
     predicted = wd.predicted_costs(arch)
-    budget = budget_check(cfg, measured, predicted)
+    # the budget is the found model's; the baseline is not meant to fit it (it is the reference)
+    budget = budget_check(cfg, measured, predicted) if source == "tune" else None
     classes = {i + 1: n for i, n in enumerate(val.classes)}
     write_json(wd.export / CLASSES_JSON, classes)
     result = {"onnx": str(path), "source": source, "checkpoint": str(ckpt), "raw": raw, "input_size": s,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import ExperimentConfig, save_config
 from ..data.build import build_datasets
@@ -46,7 +47,7 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     done = out.completed(trainer.final_step)
     if done is not None:
         if dist.is_main():
-            console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to train again")
+            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to train again")
             console.print(subnets_table(done["subnets"], "supernet: subnets on val"))
         return done["subnets"]
     results = trainer.run()

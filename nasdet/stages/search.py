@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from ..config import ExperimentConfig, save_config
+from ..errors import ConfigError
 from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
 from ..search.latency import latency_function
@@ -22,10 +23,12 @@ from ..search.outputs import top_table, write_search_outputs
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
-from ..search.study import open_storage, open_study, run_study, study_records
+from ..search.study import (apply_budget, check_storage_url, check_supernet_fingerprint, open_storage, open_study,
+                            run_study, shown_storage, study_records)
 from ..space import SearchSpace
+from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
-from ..workdir import BEST_ARCH, LATENCY_LUT, WorkDir
+from ..workdir import BEST_ARCH, LATENCY_LUT, STUDY_FILE, WorkDir
 
 
 def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storage: str | None = None,
@@ -47,7 +50,9 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     s = cfg.search
     w = WorkDir.of(cfg, work_dir)
     wd, out_dir = w.root, w.search.root
-    ctx = load_trained_supernet(cfg, w) if s.scorer == "supernet" else proxy_scorer_context(cfg)
+    if "://" in str(storage or s.storage or ""):
+        check_storage_url(str(storage or s.storage))  # a bad URL fails now, not after the supernet is loaded
+    ctx = load_trained_supernet(cfg, w, console) if s.scorer == "supernet" else proxy_scorer_context(cfg)
     model, space, search_set, device = ctx.model, ctx.space, ctx.search_set, ctx.device
     objective = OBJECTIVE if s.scorer == "supernet" else s.scorer
 
@@ -62,19 +67,21 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
     if s.strategy == "gradient":
         return _run_gradient(cfg, wd, model, space, search_space, search_set, ctx.calib_set, device, budget, cost_fn,
-                             measure, storage, console)
+                             measure, storage, console, ctx.checkpoint, ctx.state)
 
     scorer = ctx.scorer
     strategy = make_strategy(s.strategy, search_space, cost_fn, budget, seed=s.seed, worker=worker,
                              population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
                              mutation=s.mutation, crossover=s.crossover)
     study_name = s.study_name or f"{cfg.name}-{s.strategy}" + ("" if s.scorer == "supernet" else f"-{s.scorer}")
-    study = open_study(open_storage(storage or s.storage, out_dir, heartbeat=s.heartbeat_seconds), study_name, strategy)
+    study = open_checked_study(storage or s.storage, out_dir, study_name, strategy, ctx.checkpoint, ctx.state,
+                               s.heartbeat_seconds)
     save_config(cfg, w.config)
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
 
-    already = len(study_records(study, search_space, objective))
-    best = [max((r["metrics"][objective] for r in study_records(study, search_space, objective)), default=float("nan"))]
+    scored = study_records(study, search_space, objective)
+    already = len(scored)
+    best = [max((r["metrics"][objective] for r in scored), default=float("nan"))]
     with progress_bar(console, TextColumn("search {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), label="search candidates", every=max(1, s.num_candidates // 100)) as progress:
         task = progress.add_task(f"best {objective} {best[0]:.4f}", total=s.num_candidates, completed=min(already, s.num_candidates))
@@ -86,7 +93,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         counts = run_study(study, search_space, strategy, scorer, cost_fn, budget, s.num_candidates,
                            cost_metric=cost_metric, seeds=list(extremes.values()) if s.include_extremes else (),
                            on_trial=on_trial, objective=objective)
-    records = study_records(study, search_space, objective)
+    records = apply_budget(study_records(study, search_space, objective), budget, cost_fn)
     extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
     # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
     baseline = score_baseline(cfg, wd, search_set, device, measure) if objective == OBJECTIVE else None
@@ -105,12 +112,11 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
 
 def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, search_space: SearchSpace, search_set,
                   calib_set, device, budget: Budget, cost_fn, measure: tuple[str, ...], storage: str | None,
-                  console: Console) -> dict:
+                  console: Console, ckpt: Path, state: dict) -> dict:
     """``search.strategy: gradient`` (ENOT's search, ``search/gradient.py``), then the common outputs."""
     import torch
 
     from ..data.dataset import collate_detection
-    from ..errors import ConfigError
     from ..train.loop import EpochSampler
     from ..search.gradient import GradientSearch, search_resolutions, write_searched_arch
     from ..search.strategies import Strategy
@@ -133,12 +139,13 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
         recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
     study_name = s.study_name or f"{cfg.name}-gradient"
-    study = open_study(open_storage(storage or s.storage, out_dir), study_name, Strategy(search_space, cost_fn, budget))
+    study = open_checked_study(storage or s.storage, out_dir, study_name, Strategy(search_space, cost_fn, budget), ckpt,
+                               state)
     save_config(cfg, WorkDir(wd).config)
     search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
                             seed=s.seed, console=console, worker=worker_id())
     search.run(search_resolutions(search_space, cfg.model.input_size, gc.search_resolution), gc)
-    records = study_records(study, search_space)
+    records = apply_budget(study_records(study, search_space), budget, cost_fn)
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
     extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
     baseline = score_baseline(cfg, wd, search_set, device, measure)
@@ -149,6 +156,19 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     console.print(top_table(records, budget.metric, s.top_k, f"search (gradient): {len(records)} derived arch(s) on "
                                                              f"{len(search_set)} search images"))
     return summary
+
+
+def open_checked_study(storage: str | None, out_dir: Path, study_name: str, strategy, ckpt: Path | None,
+                       state: dict | None, heartbeat: int = 60):
+    """Open (or continue) the study, refusing one whose scores were taken on another supernet checkpoint
+    (``ckpt`` None: candidates scored by a zero-cost proxy at scratch init, no supernet weights involved)."""
+    study = open_study(open_storage(storage, out_dir, heartbeat=heartbeat), study_name, strategy)
+    if ckpt is None:
+        return study
+    where = shown_storage(storage) if storage else out_dir / STUDY_FILE
+    check_supernet_fingerprint(study, {"path": str(ckpt), "sha256": file_sha256(ckpt), "step": state.get("step")},
+                               f"search study {study_name!r} ({where})")
+    return study
 
 
 def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure: tuple[str, ...]) -> dict | None:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import yaml
 from rich.console import Console
+from rich.markup import escape
 
-from ..config import ExperimentConfig, save_config
+from ..config import ExperimentConfig, load_yaml, save_config
 from ..data.build import build_datasets
 from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
@@ -74,11 +74,8 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
             raise ArchError(f"tune.arch file {path} cannot be read: {e}") from None
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as e:  # e.g. a truncated JSON file
-                raise ArchError(f"tune.arch file {path} is neither JSON nor YAML: {str(e).splitlines()[0]}") from None
+        except json.JSONDecodeError:  # YAML is a superset of JSON: a truncated JSON file is reported from here
+            data = load_yaml(text, f"tune.arch file {path}")
         if isinstance(data, dict) and "space_id" in data:
             return load_arch(path, space), str(path)  # written by nasdet: the space must match
         if isinstance(data, dict) and isinstance(data.get("arch"), dict):
@@ -157,7 +154,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     done = out.completed(trainer.final_step)
     if done is not None:
         if dist.is_main():
-            console.print(f"[green]{out_dir} is complete[/] (step {done['step']}); delete it to tune again")
+            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to tune again")
             console.print(metrics_table(done["metrics"], "tune: val mAP"))
         return done
     metrics = trainer.run()

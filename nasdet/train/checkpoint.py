@@ -1,12 +1,13 @@
 """Checkpoints: plain tensors and containers only, written atomically, read with weights_only=True."""
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, unreadable_reason
 from ..files import atomic_path
 
 
@@ -24,7 +25,7 @@ def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
-        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
+        raise CheckpointError(f"checkpoint {path} cannot be read: {unreadable_reason(e, path)}") from e
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} has no 'model' entry: not a nasdet checkpoint")
     if space_id is not None and state.get("space_id") not in (None, space_id):
@@ -32,6 +33,24 @@ def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
             f"checkpoint {path} is from search space {state.get('space_id')}, but this model's space is {space_id}"
         )
     return state
+
+
+def planned_steps(state: dict) -> int | None:
+    """The step a training run of this checkpoint ends at (``train.max_steps`` or all epochs), if recorded."""
+    total = state.get("total_steps")
+    if total is None:
+        return None
+    max_steps = ((state.get("config") or {}).get("train") or {}).get("max_steps")
+    return min(total, max_steps) if max_steps else total
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a checkpoint: tells one set of weights from another whatever its path or mtime."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_model_weights(model: torch.nn.Module, state: dict, source: str = "checkpoint") -> None:

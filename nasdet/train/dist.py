@@ -6,6 +6,22 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..errors import EnvironmentProblem
+
+
+def check_device_available(device_pref: str, key: str = "train.device") -> None:
+    """A device the config names but this machine lacks is one clear error, before anything runs."""
+    if device_pref.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem(f"{key} is {device_pref!r} but CUDA is not available on this machine "
+                                     f"(torch {torch.__version__}); set {key}: cpu or auto")
+        index = int(device_pref.split(":")[1]) if ":" in device_pref else 0
+        if index >= torch.cuda.device_count():
+            raise EnvironmentProblem(f"{key} is {device_pref!r} but this machine has {torch.cuda.device_count()} "
+                                     "CUDA device(s)")
+    elif device_pref == "mps" and not torch.backends.mps.is_available():
+        raise EnvironmentProblem(f"{key} is 'mps' but the MPS backend is not available on this machine")
+
 
 def init_distributed(device_pref: str = "auto") -> tuple[torch.device, int, int]:
     """Join the process group when started by torchrun; return (device, rank, world_size).
@@ -15,9 +31,8 @@ def init_distributed(device_pref: str = "auto") -> tuple[torch.device, int, int]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    check_device_available(device_pref)
     want_cuda = device_pref.startswith("cuda") or (device_pref == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {device_pref!r} but CUDA is not available on this machine")
     if want_cuda:
         index = local_rank if world > 1 or ":" not in device_pref else int(device_pref.split(":")[1])
         device = torch.device("cuda", index)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.families import DETECTORS, family_named, family_of
 
 
@@ -56,7 +57,7 @@ class LossesWithLogits(nn.Module):
         family = family_of(detector)
         if not family.distillable:
             able = [n for n in DETECTORS if family_named(n).distillable]
-            raise ValueError(
+            raise ConfigError(
                 f"distillation needs a detector with per-anchor logits ({', '.join(able)}), got "
                 f"{type(detector).__name__}; set supernet.distill.teacher: none for this detector"
             )

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 from torch import nn
 
 from ..config import ExperimentConfig, config_to_dict
@@ -26,7 +28,7 @@ from . import dist
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler
-from ..errors import TrainingDiverged
+from ..errors import CheckpointError, DataError, TrainingDiverged
 from ..workdir import LAST_CKPT, LOG_FILE, checkpoint_in
 
 
@@ -56,6 +58,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def resolve_device(pref: str) -> torch.device:
+    dist.check_device_available(pref)
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(pref)
@@ -80,7 +83,7 @@ class Trainer:
         set_torch_threads(self.tcfg.threads)
         self.train_set, self.val_set = train_set, val_set
         if len(train_set) == 0:
-            raise ValueError(f"training set {train_set.source} has no images")
+            raise DataError(f"training set {train_set.source} has no images")
 
         self.model = model.to(self.device)
         if self.world > 1 and self.device.type == "cuda":
@@ -162,7 +165,7 @@ class Trainer:
         state = load_checkpoint(path, space_id=self.space_id)
         load_model_weights(self.model, state, source=str(path))
         if state.get("total_steps") != self.total_steps:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path} was written for {state.get('total_steps')} total steps, this config gives {self.total_steps} "
                 "(epochs, batch size, data or number of processes changed); use a new work dir or delete the checkpoint"
             )
@@ -246,9 +249,15 @@ class Trainer:
         if dist.is_main():
             what = f"resumed at step {self.step}" if resumed else self.start_note
             self.console.print(
-                f"[bold]train[/] {self.out_dir}: {len(self.train_set)} images, {self.steps_per_epoch} steps/epoch x "
-                f"{self.tcfg.epochs} epochs, batch {self.tcfg.batch_size} x {self.world} process(es) on {self.device}, {what}"
+                f"[bold]train[/] {escape(str(self.out_dir))}: {len(self.train_set)} images, {self.steps_per_epoch} "
+                f"steps/epoch x {self.tcfg.epochs} epochs, batch {self.tcfg.batch_size} x {self.world} process(es) on "
+                f"{self.device}, {what}"
             )
+            if not any((r.iscrowd == 0).any() for r in self.train_set.records):
+                self.console.print(Text(
+                    f"warning: training set {self.train_set.source} has no annotations (no box in its "
+                    f"{len(self.train_set)} images): the detector will learn to find nothing; check the annotation "
+                    "file", style="yellow"), soft_wrap=True)
         progress = progress_bar(
             self.console, TextColumn("[bold blue]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[ips]:.1f} img/s"),

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
@@ -34,7 +36,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    raise ValueError(f"train.optimizer.name {cfg.name!r} is not sgd or adamw")
+    raise ConfigError(f"train.optimizer.name {cfg.name!r} is not sgd or adamw")
 
 
 class WarmupSchedule:

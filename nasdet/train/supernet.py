@@ -13,6 +13,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..config import ExperimentConfig, ShrinkPhase
 from ..models.detectors import set_input_size
 from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
@@ -75,7 +76,7 @@ def sample_step_archs(space: SearchSpace, rng: random.Random, rule: str, n_rando
     if rule == "sandwich":
         ends = [space.largest()] if space.largest() == space.smallest() else [space.largest(), space.smallest()]
         return [*ends, *(space.sample(rng) for _ in range(n_random))]
-    raise ValueError(f"supernet.sampling must be uniform or sandwich, got {rule!r}")
+    raise ConfigError(f"supernet.sampling must be uniform or sandwich, got {rule!r}")
 
 
 def sample_in_macs_bins(space: SearchSpace, rng: random.Random, macs_fn, lo: float, hi: float, bins: int,
@@ -181,10 +182,10 @@ class SupernetTrainer(Trainer):
         from ..space import strip_prefix
 
         if self.scfg.sampling != "uniform":
-            raise ValueError("supernet.macs_bins filters uniform sampling (SPOS); set supernet.sampling: uniform")
+            raise ConfigError("supernet.macs_bins filters uniform sampling (SPOS); set supernet.sampling: uniform")
         body = supernet_body(self.model)
         if not hasattr(body, "arch_macs"):
-            raise ValueError(f"supernet.macs_bins needs a backbone with a MACs lookup table (arch_macs), "
+            raise ConfigError(f"supernet.macs_bins needs a backbone with a MACs lookup table (arch_macs), "
                              f"{type(body).__name__} has none: use a detnas_* backbone or drop macs_bins")
         size = self.scfg.macs_bins.input_size
         return lambda arch: body.arch_macs(strip_prefix(arch, BACKBONE_PREFIX), size)

@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...errors import CheckpointError, ConfigError, unreadable_reason
+
 from .torchvision_backbones import BACKBONES, LEVELS, ResNetBackbone, SequentialStagesBackbone
 from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
 from .mbv2_elastic import ElasticMobileNetV2, build_mbv2_elastic
@@ -24,7 +26,7 @@ __all__ = ["BACKBONES", "LEVELS", "build_backbone", "ElasticMobileNetV2", "OFAMo
 def build_backbone(cfg) -> nn.Module:
     """``cfg``: nasdet.config.BackboneConfig. Returns a module giving OrderedDict(c2..c5)."""
     if cfg.name not in BACKBONES:
-        raise ValueError(f"model.backbone.name {cfg.name!r} is not a known backbone; choose from {sorted(BACKBONES)}")
+        raise ConfigError(f"model.backbone.name {cfg.name!r} is not a known backbone; choose from {sorted(BACKBONES)}")
     backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm)
     if cfg.checkpoint:
         load_backbone_checkpoint(backbone, cfg.checkpoint)
@@ -35,14 +37,17 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path) -> None:
     """Load a backbone state_dict (plain, or under a 'model'/'state_dict' key) with weights_only."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model.backbone.checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"model.backbone.checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, EOFError, RuntimeError, ... depending on how the file is bad
+        raise CheckpointError(f"model.backbone.checkpoint {path} cannot be loaded: {unreadable_reason(e, path)}") from e
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
-            f"backbone checkpoint {path} does not match the backbone: "
+        raise CheckpointError(
+            f"model.backbone.checkpoint {path} does not match the backbone: "
             f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )

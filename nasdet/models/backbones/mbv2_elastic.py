@@ -44,6 +44,7 @@ from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
+from ...errors import CheckpointError, ConfigError
 from ...space import SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible
 from ...space.supernet import STAGE_LEVEL, StagedSupernet  # c5 = final_expand output
@@ -64,7 +65,7 @@ def _norm_layer(norm: str, eps: float, momentum: float):
         return lambda c: nn.BatchNorm2d(c, eps=eps, momentum=momentum)
     if norm == "frozen_bn":
         return lambda c: FrozenBatchNorm2d(c, eps=eps)
-    raise ValueError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
+    raise ConfigError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
 
 
 def mid_channels(in_channels: int, expand: float) -> int:
@@ -131,7 +132,7 @@ def standard_key_map(net: nn.Module, head: list[tuple[str, nn.Module, str]]) -> 
 
 def checked_standard_state(state: Mapping[str, torch.Tensor], key_map: dict[str, str], own: dict, width_mult: float,
                            want=lambda key, shape: shape) -> dict[str, torch.Tensor]:
-    """``state`` without ``classifier.*``, or ``ValueError`` naming missing, unexpected and mis-shaped keys
+    """``state`` without ``classifier.*``, or ``CheckpointError`` naming missing, unexpected and mis-shaped keys
     (``want(own_key, own_shape)``: the shape a standard tensor must have)."""
     given = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     optional = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
@@ -147,7 +148,7 @@ def checked_standard_state(state: Mapping[str, torch.Tensor], key_map: dict[str,
                 for what, keys in (("missing", missing), ("unexpected", unexpected),
                                    ("mis-shaped", bad_shape)) if keys]
     if problems:
-        raise ValueError(
+        raise CheckpointError(
             f"state is not a torchvision mobilenet_v2(width_mult={width_mult}).features "
             f"state_dict (keys 'features.N...'): " + "; ".join(problems))
     return given
@@ -216,9 +217,9 @@ class ElasticMobileNetV2(StagedSupernet):
         super().__init__()
         norm_layer = _norm_layer(norm, bn_eps, bn_momentum)
         if STANDARD_KERNEL not in kernels:
-            raise ValueError(f"kernel choices must include torchvision's {STANDARD_KERNEL}, got {kernels}")
+            raise ConfigError(f"kernel choices must include torchvision's {STANDARD_KERNEL}, got {kernels}")
         if min_depth < 1:
-            raise ValueError(f"min_depth must be >= 1 (a stage keeps its first block), got {min_depth}")
+            raise ConfigError(f"min_depth must be >= 1 (a stage keeps its first block), got {min_depth}")
         self.width_mult, self.norm = width_mult, norm
         c0 = make_divisible(STEM_WIDTH * width_mult, 8)
         c1 = make_divisible(FIRST_BLOCK_WIDTH * width_mult, 8)

@@ -37,6 +37,7 @@ from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops import Conv2dNormActivation
 
+from ...errors import ConfigError
 from ...space import ArchError, SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible
 from .mbv2_elastic import (FIRST_BLOCK_WIDTH, LAST_WIDTH, SETTING, STEM_WIDTH, ElasticInvertedResidual,
@@ -221,7 +222,7 @@ class WidthMobileNetV2(StagedSupernet):
         super().__init__()
         widths = tuple(float(w) for w in widths)
         if 1.0 not in widths or any(not 0 <= w <= 1 for w in widths):
-            raise ValueError(f"mbv2_width: width ratios must lie in [0, 1] and include 1.0 (the baseline), got {widths}")
+            raise ConfigError(f"mbv2_width: width ratios must lie in [0, 1] and include 1.0 (the baseline), got {widths}")
         self.width_mult, self.norm, self.ratios = width_mult, norm, widths
         self._norm_layer = _norm_layer(norm, bn_eps, bn_momentum)
         c0 = make_divisible(STEM_WIDTH * width_mult, 8)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from ...errors import ConfigError
 from ...space import SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticSE, he_fout_init, make_divisible
 from ...space.supernet import STAGE_LEVEL, StagedSupernet, input_channels, staged_forward  # noqa: F401 (re-exported)
@@ -51,7 +52,7 @@ def _bn(c: int, norm: str, eps: float, momentum: float) -> nn.Module:
         return nn.BatchNorm2d(c, eps=eps, momentum=momentum)
     if norm == "frozen_bn":
         return FrozenBatchNorm2d(c, eps=eps)
-    raise ValueError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
+    raise ConfigError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
 
 
 def mid_channels(in_channels: int, expand: float) -> int:
@@ -199,9 +200,9 @@ class OFAMobileNetV3(StagedSupernet):
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1):
         super().__init__()
         if norm not in ("bn", "frozen_bn"):
-            raise ValueError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
+            raise ConfigError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
         if min(depths) < 1:
-            raise ValueError(f"depth choices must be >= 1, got {depths}")
+            raise ConfigError(f"depth choices must be >= 1, got {depths}")
         self.width_mult, self.norm = width_mult, norm
         w = [make_divisible(c * width_mult, 8) for c in BASE_WIDTHS]
         self.widths = tuple(w)

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from ...errors import CheckpointError, ConfigError
 from ...space import ArchError, SearchSpace
 from ...space.elastic import he_fout_init, make_divisible
 
@@ -146,7 +147,7 @@ def _bn(c: int, norm: str) -> nn.Module:
         return nn.BatchNorm2d(c)
     if norm == "frozen_bn":
         return FrozenBatchNorm2d(c)
-    raise ValueError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
+    raise ConfigError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
 
 
 def _dw(c: int, k: int, stride: int, norm: str) -> list[nn.Module]:
@@ -300,7 +301,7 @@ class ShuffleNetSPOS(nn.Module):
     def __init__(self, size: str = "300M", width_mult: float = 1.0, norm: str = "bn"):
         super().__init__()
         if size not in SIZES:
-            raise ValueError(f"unknown DetNAS size {size!r}; sizes: {list(SIZES)}")
+            raise ConfigError(f"unknown DetNAS size {size!r}; sizes: {list(SIZES)}")
         self.size, self.width_mult, self.norm = size, width_mult, norm
         spec = SIZES[size]
         stem, widths = _widths(spec, width_mult)
@@ -428,7 +429,7 @@ class ShuffleNetSPOS(nn.Module):
         unexpected = sorted(set(state) - set(key_map))
         shapes = sorted(k for k in set(key_map) & set(state) if tuple(state[k].shape) != tuple(own[key_map[k]].shape))
         if missing or unexpected or shapes:
-            raise ValueError(f"subnet state_dict does not fit arch {arch_to_list(self._as_arch(arch))} of DetNAS "
+            raise CheckpointError(f"subnet state_dict does not fit arch {arch_to_list(self._as_arch(arch))} of DetNAS "
                              f"{self.size}: {len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
                              f"(e.g. {unexpected[:3]}), {len(shapes)} of another shape (e.g. {shapes[:3]})")
         with torch.no_grad():

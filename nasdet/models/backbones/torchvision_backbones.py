@@ -14,6 +14,8 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.ops import FrozenBatchNorm2d
 
+from ...errors import ConfigError
+
 LEVELS = ("c2", "c3", "c4", "c5")
 
 
@@ -96,7 +98,7 @@ def _norm(norm: str):
         return nn.BatchNorm2d
     if norm == "frozen_bn":
         return FrozenBatchNorm2d
-    raise ValueError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
+    raise ConfigError(f"backbone.norm must be 'bn' or 'frozen_bn', got {norm!r}")
 
 
 def _mobilenet_v2(width_mult: float, norm: str) -> nn.Module:
@@ -114,7 +116,7 @@ def _mobilenet_v3(arch: str, width_mult: float, norm: str) -> nn.Module:
 
 def _resnet(depth: int, width_mult: float, norm: str) -> nn.Module:
     if width_mult != 1.0:
-        raise ValueError(f"backbone resnet{depth} has no width_mult (got {width_mult}); use 1.0")
+        raise ConfigError(f"backbone resnet{depth} has no width_mult (got {width_mult}); use 1.0")
     net = getattr(tvm, f"resnet{depth}")(weights=None, norm_layer=_norm(norm))
     return ResNetBackbone(net)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ...errors import ConfigError
 from . import faster_rcnn, fcos, retinanet, ssd, yolov3
 from .base import DetectorFamily
 
@@ -14,7 +15,7 @@ DETECTORS = tuple(BY_DETECTOR)
 def family_named(detector: str) -> DetectorFamily:
     """The family of ``model.detector``."""
     if detector not in BY_DETECTOR:
-        raise ValueError(f"model.detector {detector!r} is not one of {DETECTORS}")
+        raise ConfigError(f"model.detector {detector!r} is not one of {DETECTORS}")
     return BY_DETECTOR[detector]
 
 

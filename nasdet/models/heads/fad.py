@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 
-from ...errors import GenotypeError
+from ...errors import ConfigError, GenotypeError
 from ...files import write_text_atomic
 from ...workdir import GENOTYPE_JSON, GENOTYPE_LOG
 
@@ -50,7 +50,7 @@ def conv_block(kind: str, channels: int) -> nn.Sequential:
     pointwise, ``dil`` depthwise 3x3 dilation 2 (bias, as FAD) + pointwise."""
     c = channels
     if c % GN_GROUPS:
-        raise ValueError(f"FAD cell channels must be a multiple of {GN_GROUPS} (GroupNorm), got {c}")
+        raise ConfigError(f"FAD cell channels must be a multiple of {GN_GROUPS} (GroupNorm), got {c}")
     if kind == "std":
         convs = [nn.Conv2d(c, c, 3, padding=1)]
     elif kind == "sinSep":
@@ -58,7 +58,7 @@ def conv_block(kind: str, channels: int) -> nn.Sequential:
     elif kind == "dil":
         convs = [nn.Conv2d(c, c, 3, padding=2, dilation=2, groups=c), nn.Conv2d(c, c, 1)]
     else:
-        raise ValueError(f"conv kind {kind!r} is not one of std, sinSep, dil")
+        raise ConfigError(f"conv kind {kind!r} is not one of std, sinSep, dil")
     return nn.Sequential(*convs, nn.GroupNorm(GN_GROUPS, c), nn.ReLU(inplace=True))
 
 
