@@ -333,3 +333,19 @@ def test_to_yolo_cli_converts_a_config(tiny_config, tmp_path):
     assert spec.names == ["circle", "square", "triangle", "star", "hexagon", "cross", "ring", "crescent"]
     assert len(load_yolo(tmp_path / "y" / "data.yaml", "train")) == 24
 
+
+
+def test_exif_rotated_jpeg_labels_and_pixels_in_the_upright_frame(tmp_path):
+    """A phone photo stored 64x48 with EXIF orientation 6 is shown (and read) 48x64 upright; its label is
+    normalised in that upright frame (as Ultralytics reads it), so the record's size and the pixels agree."""
+    root = _write_set(tmp_path, labels={"a.txt": "0 0.5 0.25 0.5 0.25\n"})
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.new("RGB", (64, 48), (30, 60, 90)).save(tmp_path / "images" / "train" / "a.jpg", exif=exif)
+    with pytest.warns(UserWarning, match="upright"):
+        ds = load_yolo(root, "train")
+    a = ds.records[0]
+    assert (a.width, a.height) == (48, 64)
+    np.testing.assert_allclose(a.boxes, [[12, 8, 36, 24]], atol=1e-4)
+    image, _ = ds[0]  # no size mismatch: the loader applies the same rotation
+    assert tuple(image.shape) == (3, 64, 48)

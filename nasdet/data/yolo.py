@@ -180,7 +180,8 @@ def label_file_for(image: Path, image_dir: Path | None = None, label_dir: Path |
 
 
 def _image_size(file: Path, src: str) -> tuple[int, int, bool]:
-    """``(width, height, rotated)``: the stored size and whether EXIF asks for a 90-degree rotation."""
+    """``(width, height, rotated)``: the upright size (as the loader reads the pixels, EXIF orientation
+    applied, and as Ultralytics normalises labels) and whether EXIF asks for a 90-degree rotation."""
     try:
         with Image.open(file) as im:
             width, height = im.size
@@ -189,7 +190,7 @@ def _image_size(file: Path, src: str) -> tuple[int, int, bool]:
         raise DataError(f"{src}: image file {file} is missing") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{src}: image file {file} cannot be opened: {e}") from e
-    return width, height, rotated
+    return (height, width, rotated) if rotated else (width, height, rotated)
 
 
 # -------------------------------------------------------------------------------------------- labels
@@ -304,11 +305,9 @@ def load_yolo(
         shown = ", ".join(str(p) for p in orphans[:MAX_LISTED])
         warnings.warn(f"{source}: {len(orphans)} label file(s) have no image and are not loaded: {shown}"
                       f"{', ...' if len(orphans) > MAX_LISTED else ''}", UserWarning, stacklevel=2)
-    if rotated:
-        # Ultralytics labels such images in their upright (EXIF-rotated) frame; nasdet reads stored pixels.
+    if rotated:  # labels and pixels both in the upright frame (the loader applies the EXIF rotation)
         warnings.warn(f"{source}: {len(rotated)} JPEG(s) carry an EXIF rotation (e.g. {rotated[0]}); their labels "
-                      "are read in the stored (unrotated) frame: re-save them upright if the labels are for "
-                      "the rotated view", UserWarning, stacklevel=2)
+                      "are read in the upright (rotated) frame, as Ultralytics reads them", UserWarning, stacklevel=2)
     warn_degenerate(source, degenerate)
     return DetectionDataset(records, spec.names, list(range(1, len(spec.names) + 1)), source=source)
 
