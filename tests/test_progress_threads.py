@@ -52,12 +52,21 @@ def _env(**extra):
 
 
 def test_cli_sets_a_passive_openmp_wait_policy_before_torch_loads_unless_the_user_chose_one():
-    probe = "import os, sys, nasdet.cli; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    # the policy as it stands when torch (and with it OpenMP) is first imported: only then does it take effect
+    probe = ("import os, sys\n"
+             "seen = []\n"
+             "class Spy:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'torch' and not seen: seen.append(os.environ.get('OMP_WAIT_POLICY'))\n"
+             "sys.meta_path.insert(0, Spy())\n"
+             "import nasdet.cli\n"
+             "import torch\n"
+             "print(seen[0], os.environ.get('OMP_WAIT_POLICY'))\n")
     out = subprocess.run([sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["PASSIVE", "False"]  # set while OpenMP is not loaded yet: it takes effect
+    assert out.stdout.split() == ["PASSIVE", "PASSIVE"]
     out = subprocess.run([sys.executable, "-c", probe], env=_env(OMP_WAIT_POLICY="ACTIVE"), capture_output=True,
                          text=True, check=True)
-    assert out.stdout.split() == ["ACTIVE", "False"]
+    assert out.stdout.split() == ["ACTIVE", "ACTIVE"]
     # `python -m nasdet` goes through the same module
     main = (ROOT / "nasdet" / "__main__.py").read_text()
     assert "from .cli import main" in main
