@@ -22,7 +22,7 @@ from rich.table import Table
 
 from nasdet.config import load_config
 from nasdet.experiment import build_datasets, work_dir_of
-from nasdet.workdir import DIAGNOSE
+from nasdet.workdir import WorkDir
 from nasdet.search.rank import rank_agreement
 from nasdet.search.scorers import load_trained_supernet
 from nasdet.search.scoring import score_arch
@@ -39,9 +39,10 @@ def main() -> None:
     cfg = load_config(args.config, args.set)
     d, s = cfg.diagnose, cfg.search
     wd = work_dir_of(cfg, args.work_dir)
-    records = [json.loads(p.read_text()) for p in sorted((wd / DIAGNOSE / "records").glob("*.json"))]
+    diag = WorkDir(wd).diagnose
+    records = [json.loads(p.read_text()) for p in sorted(diag.records.glob("*.json"))]
     if not records:
-        raise SystemExit(f"no diagnosed archs in {wd / DIAGNOSE / 'records'}: run `nasdet diagnose` first")
+        raise SystemExit(f"no diagnosed archs in {diag.records}: run `nasdet diagnose` first")
     records.sort(key=lambda r: r["costs"]["macs"])
     ctx = load_trained_supernet(cfg, wd)
     val = build_datasets(cfg, need=("val",))["val"]
@@ -78,7 +79,7 @@ def main() -> None:
                           f"{a['top_k_overlap']:.2f}", f"{per_arch:.1f}")
         console.print(f"{variant}: done ({per_arch:.1f} s / arch)")
     console.print(table)
-    path = wd / DIAGNOSE / "scoring_variants.json"
+    path = diag / "scoring_variants.json"
     path.write_text(json.dumps(out, indent=2))
     console.print(f"-> {path}")
 

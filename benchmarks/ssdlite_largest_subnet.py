@@ -76,7 +76,7 @@ def main(variant: str, epochs: int, *options: str) -> None:
     data = build_datasets(cfg)
     model = build_detector(cfg.model, num_classes=data["train"].num_classes, backbone=body)
     t = time.time()
-    trainer = Trainer(cfg, model, data["train"], data["val"], f"runs/bench_ssdlite/{variant}_{'_'.join(options)}")
+    trainer = Trainer.from_config(cfg, model, data["train"], data["val"], f"runs/bench_ssdlite/{variant}_{'_'.join(options)}")
     metrics = trainer.run()
     print(variant, options, "steps", trainer.step, "s", round(time.time() - t), json.dumps(metrics))
 

@@ -7,7 +7,7 @@
     search/    study.journal, results.csv, best_arch.json (with the search's predicted costs),
                pareto.json, pareto.png, latency_lut.json; darts: genotype.json/.log, alphas.jsonl, ckpt/;
                gradient: gradient_state.pt, searched_arch.json
-    tune/      arch.json or genotype.json, ckpt/last.pt, initial_metrics.json, metrics.json, log.jsonl
+    tune/      arch.json (a subnet, or FAD genotypes as {"head.genotype": ..}), ckpt/last.pt, initial_metrics.json, metrics.json, log.jsonl
     export/    <source>.onnx, <source>.json (parity, latency, budget), classes.json
     diagnose/  the diagnose command's records
     report.md, report.json, pareto.png
@@ -135,6 +135,42 @@ class StageDir:
         return None
 
 
+class DiagnoseDir(StageDir):
+    """``diagnose/``: the plan, one record per finished arch, the claims of the processes sharing the plan,
+    each arch's stand-alone trainings, and the outputs."""
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "archs.json"
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    def record(self, arch_id: str) -> Path:
+        return self.records / f"{arch_id}.json"
+
+    @property
+    def claims(self) -> Path:
+        return self.root / "claims"
+
+    def training(self, arch_id: str, init: str) -> Path:
+        """Where the arch trains alone from ``init`` (scratch / supernet)."""
+        return self.root / "archs" / arch_id / init
+
+    @property
+    def results_csv(self) -> Path:
+        return self.root / RESULTS_CSV
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def rank_png(self) -> Path:
+        return self.root / "rank.png"
+
+
 class WorkDir:
     """A run's work dir: one ``StageDir`` per stage plus the run-level files."""
 
@@ -145,7 +181,7 @@ class WorkDir:
         self.search = StageDir(self.root / SEARCH, SEARCH)
         self.tune = StageDir(self.root / TUNE, TUNE)
         self.export = StageDir(self.root / EXPORT, EXPORT)
-        self.diagnose = StageDir(self.root / DIAGNOSE, DIAGNOSE)
+        self.diagnose = DiagnoseDir(self.root / DIAGNOSE, DIAGNOSE)
         self.eval = StageDir(self.root / EVAL, EVAL)
 
     @classmethod

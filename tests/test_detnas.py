@@ -252,7 +252,7 @@ def test_a_training_step_changes_only_the_active_path(tiny_config, tmp_path):
     data = build_datasets(cfg)
     torch.manual_seed(0)
     model, space = build_supernet(cfg, data["train"].num_classes)
-    trainer = SupernetTrainer(cfg, model, space, data["supernet_train"], data["val"], tmp_path / "s")
+    trainer = SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], data["val"], tmp_path / "s")
     images, targets = _batch(data["supernet_train"], 2)
     body = model.backbone.body
     for step in (0, 1):  # the second step runs with momentum from the first
@@ -294,14 +294,14 @@ def test_macs_bins_sampling(tiny_config, tmp_path):
                                                                        "bins": 2}})
     data = build_datasets(cfg)
     model, space = build_supernet(cfg, data["train"].num_classes)
-    trainer = SupernetTrainer(cfg, model, space, data["supernet_train"], None, tmp_path / "s")
+    trainer = SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], None, tmp_path / "s")
     for step in range(5):
         arch = trainer.step_archs(step, 0)[0]
         assert 14e6 <= trainer.arch_macs(arch) <= 15e6
         assert trainer.step_archs(step, 0)[0] == arch  # seeded by (seed, step): every rank draws the same
     other = tiny_config("retinanet", model=TINY, supernet={"sampling": "sandwich", "macs_bins": {"min": 1, "max": 2}})
     with pytest.raises(ValueError, match="uniform"):
-        SupernetTrainer(other, model, space, data["supernet_train"], None, tmp_path / "t")
+        SupernetTrainer.from_config(other, model, space, data["supernet_train"], None, tmp_path / "t")
 
 
 def test_tiny_pretrain_run(tiny_config, tmp_path):

@@ -178,7 +178,7 @@ def darts_config(tiny_config, data=None, **darts):
 
 
 def test_search_step_moves_alphas_with_adam_and_weights_with_sgd_on_different_data(tiny_config, tmp_path):
-    s = DartsSearch(darts_config(tiny_config, grad_clip=None), tmp_path / "work")
+    s = DartsSearch.from_config(darts_config(tiny_config, grad_clip=None), tmp_path / "work")
     w_ids = {r.image_id for r in s.weight_set.records}
     a_ids = {r.image_id for r in s.arch_set.records}
     assert w_ids and a_ids and not w_ids & a_ids
@@ -319,3 +319,31 @@ def test_darts_pipeline_trains_the_searched_head_against_the_standard_one_and_ex
     # another genotype for a finished tune folder is refused, not silently mixed
     with pytest.raises(CheckpointError, match="other genotypes"):
         run_tune(validate_config({**raw, "tune": {"arch": "fad_paper"}}, "other"))
+
+
+def test_genotypes_are_an_arch_the_tune_stage_trains_stores_and_reloads(tiny_config, tmp_path):
+    """After a darts search the tune stage takes the genotypes as an arch ({"head.genotype": ..}): given inline,
+    they go into tune/arch.json and every checkpoint like a subnet's arch, and load_tuned_model rebuilds the
+    model from that arch; a mapping of subnet choices is refused by name."""
+    from nasdet.models.heads.fad import GENOTYPE_KEY, genotype_arch
+    from nasdet.space import ArchError
+    from nasdet.tune import load_tuned_model, run_tune
+
+    arch = genotype_arch("fad_paper")
+    assert set(arch) == {GENOTYPE_KEY} and read_genotypes(arch[GENOTYPE_KEY]) == read_genotypes("fad_paper")
+    raw = darts_config(tiny_config, data={"augment": {"hflip": 0.0, "photometric": 0.0}}).model_dump()
+    raw["model"]["head"]["cell_channels"] = 64
+    raw["train"].update(epochs=1, max_steps=1)
+    with pytest.raises(ArchError, match="names genotypes"):
+        run_tune(validate_config({**raw, "tune": {"arch": {"backbone.stage1.depth": 2}}}, "subnet choices"))
+    cfg = validate_config({**raw, "tune": {"arch": arch, "init": "scratch"}}, "inline genotypes")
+    result = run_tune(cfg)
+    tune = tmp_path / "work" / "tune"
+    assert result["arch"] == arch and result["arch_source"] == "tune.arch (inline)" and result["step"] == 1
+    assert json.loads((tune / "arch.json").read_text())["arch"] == arch
+    state = load_checkpoint(tune / "ckpt" / "last.pt")
+    assert state["extra"]["arch"] == arch
+    model, loaded = load_tuned_model(tune / "ckpt" / "last.pt", cfg, 8)  # the tiny set's classes
+    assert loaded == arch and any("towers.box_tower" in k for k in model.state_dict())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["model"][k]), k

@@ -87,7 +87,7 @@ def test_bn_recalibration_changes_the_score(tiny_config):
     data = build_datasets(cfg)
     few = data["supernet_train"].subset(range(4))
     model, space = build_supernet(cfg, few.num_classes)
-    trainer = SupernetTrainer(cfg, model, space, few, None, Path(cfg.work_dir) / "s", calib_set=few.with_transforms(None))
+    trainer = SupernetTrainer.from_config(cfg, model, space, few, None, Path(cfg.work_dir) / "s", calib_set=few.with_transforms(None))
     memorise(trainer, few, steps=40)
     arch = space.smallest()
     plain = few.with_transforms(None)

@@ -152,7 +152,7 @@ def test_uniform_step_trains_only_the_sampled_path(tiny_config, tmp_path):
     cfg = tiny_config("ssdlite", model=OFA_TINY, supernet={"sampling": "uniform"})
     data = build_datasets(cfg)
     model, space = build_supernet(cfg, data["train"].num_classes)
-    trainer = SupernetTrainer(cfg, model, space, data["supernet_train"], data["val"], tmp_path / "s")
+    trainer = SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], data["val"], tmp_path / "s")
     # find a step whose arch skips at least one block
     step = next(s for s in range(100) if trainer.step_archs(s, 0)[0]["backbone.stage1.depth"] < 4)
     trainer.step = step
@@ -217,7 +217,7 @@ def test_memorised_batch_is_detected_by_recalibrated_subnets(tiny_config, tmp_pa
     data = build_datasets(cfg)
     few = data["supernet_train"].subset(range(4))
     model, space = build_supernet(cfg, few.num_classes)
-    trainer = SupernetTrainer(cfg, model, space, few, few.with_transforms(None), tmp_path / "s",
+    trainer = SupernetTrainer.from_config(cfg, model, space, few, few.with_transforms(None), tmp_path / "s",
                               calib_set=few.with_transforms(None))
     memorise(trainer, few)
     results = trainer.evaluate()

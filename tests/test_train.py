@@ -17,7 +17,7 @@ def make_trainer(cfg, out_dir):
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
     model = build_detector(cfg.model, num_classes=data["train"].num_classes)
-    return Trainer(cfg, model, data["train"], data["val"], out_dir)
+    return Trainer.from_config(cfg, model, data["train"], data["val"], out_dir)
 
 
 def fixed_batch_loss(model, dataset):
@@ -138,3 +138,21 @@ def test_overfitting_a_batch_gives_high_map_in_eval_mode(tiny_config):
         opt.step()
     metrics = evaluate_detector(model, subset.with_transforms(None), torch.device("cpu"), 8)
     assert metrics["AP50"] > 0.8, metrics
+
+
+def test_the_trainer_reads_a_slice_of_the_config_not_the_config(tiny_config, tmp_path):
+    """Trainer takes RunSettings (recipe, eval, seed, loader workers, the config to store): built by hand, with
+    no ExperimentConfig at all, it trains and stores what it was given; a whole config is refused by name."""
+    from nasdet.train.loop import RunSettings
+
+    cfg = tiny_config(data=NO_AUG, train={"epochs": 1, "batch_size": 4, "max_steps": 2})
+    data = build_datasets(cfg)
+    model = build_detector(cfg.model, num_classes=data["train"].num_classes)
+    with pytest.raises(TypeError, match="RunSettings"):
+        Trainer(cfg, model, data["train"], None, tmp_path / "a")
+    settings = RunSettings(train=cfg.train, seed=3, record={"note": "hand-made"})
+    trainer = Trainer(settings, model, data["train"], None, tmp_path / "b")
+    trainer.run()
+    state = load_checkpoint(tmp_path / "b" / "ckpt" / "last.pt")
+    assert state["config"] == {"note": "hand-made"} and state["step"] == 2
+    assert RunSettings.of(cfg).record["train"]["batch_size"] == 4 and RunSettings.of(cfg).seed == cfg.seed

@@ -114,7 +114,7 @@ def test_tune_from_supernet_starts_at_the_supernets_map(tiny_config, shapes_dir,
     data = build_datasets(cfg)
     few = data["train"].with_transforms(None)
     model, space = build_supernet(cfg, few.num_classes)
-    trainer = SupernetTrainer(cfg, model, space, few, few, tmp_path / "s", calib_set=few)
+    trainer = SupernetTrainer.from_config(cfg, model, space, few, few, tmp_path / "s", calib_set=few)
     memorise(trainer, few)
     _save_supernet(cfg, model, space)
     arch = space.largest()

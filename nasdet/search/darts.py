@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 from torch import Tensor, nn
 
-from ..config import ExperimentConfig, config_to_dict, save_config
+from ..config import DartsConfig, ExperimentConfig
 from ..data.dataset import collate_detection
 from ..data.split import split_train_search
 from ..data.transforms import targets_to, to_model_input
@@ -40,9 +40,9 @@ from ..files import append_jsonl, write_text_atomic
 from ..progress import progress_bar
 from ..threads import set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
-from ..train.loop import EpochSampler, TrainingDiverged, resolve_device
+from ..train.loop import EpochSampler, RunSettings, TrainingDiverged, resolve_device
 from ..train.optim import build_scheduler, param_groups
-from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, checkpoint_in, work_dir_of  # noqa: F401
+from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, checkpoint_in  # noqa: F401
 
 LossFn = Callable[[Any], dict[str, Tensor]]
 
@@ -189,30 +189,27 @@ def detection_loss(model: nn.Module, device: torch.device) -> LossFn:
 
 
 class DartsSearch:
-    """The search of ``cfg`` in ``work_dir/search``: builds the search detector, the two halves and the
-    optimisers; ``run()`` trains to the end (resuming from ``ckpt/last.pt``) and writes the genotypes."""
+    """FAD's bi-level search of the alphas of ``model``'s FAD towers (a detector built with
+    ``fad_search=True``): weights on ``weight_set``, alphas on ``arch_set``, per ``darts``; ``settings``
+    gives the device, threads, seed, loader workers and the config stored in checkpoints. ``run()`` trains
+    to the end (resuming from ``out_dir/ckpt/last.pt``) and writes the genotypes into ``out_dir``.
+    ``DartsSearch.from_config(cfg)`` builds it from a run's config (the two halves, the search detector)."""
 
-    def __init__(self, cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None):
-        from ..data.build import build_datasets
-        from ..models import build_detector
-
-        self.cfg, self.d = cfg, cfg.search.darts
+    def __init__(self, darts: DartsConfig, model: nn.Module, weight_set, arch_set, out_dir: str | Path,
+                 settings: RunSettings, console: Console | None = None):
+        self.d, self.settings = darts, settings
         self.console = console or Console()
-        self.wd = work_dir_of(cfg, work_dir)
-        self.out_dir = WorkDir(self.wd).search.root
+        self.out_dir = Path(out_dir)
         self.ckpt_path = checkpoint_in(self.out_dir)
-        if not family_named(cfg.model.detector).fad_heads:
-            able = " or ".join(sorted(n for n in DETECTORS if family_named(n).fad_heads))
-            raise ConfigError(f"search.strategy darts searches FAD heads: model.detector must be {able}, "
-                             f"not {cfg.model.detector!r}")
-        set_torch_threads(cfg.train.threads)
-        torch.manual_seed(cfg.seed)
-        pool = build_datasets(cfg, need=("train",))["supernet_train"]
-        w_idx, a_idx = split_halves(len(pool), cfg.data.split_seed)
-        self.weight_set, self.arch_set = pool.subset(w_idx), pool.subset(a_idx)
-        self.device = resolve_device(cfg.train.device)
-        self.model = build_detector(cfg.model, num_classes=pool.num_classes, fad_search=True).to(self.device)
-        self.towers = next(m for m in self.model.modules() if isinstance(m, FADTowers))
+        towers = [m for m in model.modules() if isinstance(m, FADTowers)]
+        if not towers:
+            raise ConfigError("a darts search needs a detector with FAD's search head "
+                              "(build_detector(..., fad_search=True))")
+        set_torch_threads(settings.train.threads)
+        self.weight_set, self.arch_set = weight_set, arch_set
+        self.device = resolve_device(settings.train.device)
+        self.model = model.to(self.device)
+        self.towers = towers[0]
         alphas = self.towers.arch_parameters()
         self.w_optim, self.a_optim = build_optimizers(self.model, alphas, self.d)
         weights = [p for g in self.w_optim.param_groups for p in g["params"]]
@@ -222,8 +219,30 @@ class DartsSearch:
         self.steps_per_epoch = max(min(len(self.weight_set), len(self.arch_set)) // bs, 1)
         self.total_steps = self.steps_per_epoch * self.d.epochs
         self.scheduler = build_scheduler(self.w_optim, self.d.scheduler, self.total_steps)
-        self.samplers = (EpochSampler(len(self.weight_set), cfg.seed), EpochSampler(len(self.arch_set), cfg.seed + 1))
+        seed = settings.seed
+        self.samplers = (EpochSampler(len(self.weight_set), seed), EpochSampler(len(self.arch_set), seed + 1))
         self.step = self.epoch = self.batch_in_epoch = 0
+        self._resumed: bool | None = None
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, work_dir: str | Path | None = None,
+                    console: Console | None = None) -> "DartsSearch":
+        """The search of ``cfg`` into ``work_dir/search``: the two fixed halves of the images the search may
+        use, and the config's FCOS / RetinaNet with FAD's search head."""
+        from ..data.build import build_datasets
+        from ..models import build_detector
+
+        if not family_named(cfg.model.detector).fad_heads:
+            able = " or ".join(sorted(n for n in DETECTORS if family_named(n).fad_heads))
+            raise ConfigError(f"search.strategy darts searches FAD heads: model.detector must be {able}, "
+                              f"not {cfg.model.detector!r}")
+        set_torch_threads(cfg.train.threads)
+        torch.manual_seed(cfg.seed)  # before the detector is built: its init is the run's
+        pool = build_datasets(cfg, need=("train",))["supernet_train"]
+        w_idx, a_idx = split_halves(len(pool), cfg.data.split_seed)
+        model = build_detector(cfg.model, num_classes=pool.num_classes, fad_search=True)
+        return cls(cfg.search.darts, model, pool.subset(w_idx), pool.subset(a_idx),
+                   WorkDir.of(cfg, work_dir).search.root, RunSettings.of(cfg), console)
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -231,11 +250,17 @@ class DartsSearch:
         return {"model": self.model.state_dict(), "w_optim": self.w_optim.state_dict(),
                 "a_optim": self.a_optim.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "total_steps": self.total_steps, "rng": rng_state(), "config": config_to_dict(self.cfg),
+                "total_steps": self.total_steps, "rng": rng_state(), "config": dict(self.settings.record),
                 "genotype": {"box": format_genotype(box), "cls": format_genotype(cls)}}
 
     def save(self) -> None:
         save_checkpoint(self.state_dict(), self.ckpt_path)
+
+    def prepare(self) -> bool:
+        """Resume from ``ckpt/last.pt`` if there is one (once); errors before anything is written."""
+        if self._resumed is None:
+            self._resumed = self.try_resume()
+        return self._resumed
 
     def try_resume(self) -> bool:
         if not self.ckpt_path.is_file():
@@ -283,14 +308,13 @@ class DartsSearch:
     # -------------------------------------------------------------------------------------- run
     def _loader(self, dataset, sampler) -> torch.utils.data.DataLoader:
         bs = self.d.batch_size
-        return torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=self.cfg.data.num_workers,
+        return torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=self.settings.num_workers,
                                            collate_fn=collate_detection, drop_last=len(dataset) >= bs,
                                            pin_memory=self.device.type == "cuda")
 
     def run(self) -> dict:
-        resumed = self.try_resume()
+        resumed = self.prepare()
         limit = min(self.total_steps, self.d.max_steps or self.total_steps)
-        save_config(self.cfg, WorkDir(self.wd).config)
         self.console.print(
             f"[bold]darts search[/] {self.out_dir}: {len(self.weight_set)} weight + {len(self.arch_set)} arch images, "
             f"{self.steps_per_epoch} steps/epoch x {self.d.epochs} epochs, batch {self.d.batch_size}, "
@@ -353,11 +377,6 @@ def genotype_table(box, cls, title: str) -> Table:
         for i, node in enumerate(g.normal):
             table.add_row(name if i == 0 else "", str(i + 2), ", ".join(f"{op} <- {j}" for op, j in node))
     return table
-
-
-def run_darts_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
-    """``nasdet search`` with ``search.strategy: darts``; returns the genotypes, step and output paths."""
-    return DartsSearch(cfg, work_dir, console).run()
 
 
 def _epoch_of(line: str) -> float:

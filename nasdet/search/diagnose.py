@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ..config import ExperimentConfig
 from ..files import atomic_path, write_json_atomic
+from ..workdir import DiagnoseDir
 from ..space import SearchSpace
 from .scoring import arch_key
 from .study import _alive, worker_id
@@ -145,13 +146,13 @@ def summarize(records: Sequence[dict], cfg: ExperimentConfig) -> dict:
                         for k in sorted({k for r in records for k in r["seconds"]})}}
 
 
-def write_diagnose_outputs(records: Sequence[dict], cfg: ExperimentConfig, out: Path) -> dict:
+def write_diagnose_outputs(records: Sequence[dict], cfg: ExperimentConfig, out: DiagnoseDir) -> dict:
     d = cfg.diagnose
     records = sorted(records, key=lambda r: (r["costs"]["macs"], r["arch_id"]))
     summary = summarize(records, cfg)
-    write_results_csv(records, d.proxies, d.init, out / "results.csv")
-    write_json_atomic(out / "summary.json", summary)
-    plot_rankers(records, summary, cfg, out / "rank.png")
+    write_results_csv(records, d.proxies, d.init, out.results_csv)
+    write_json_atomic(out.summary, summary)
+    plot_rankers(records, summary, cfg, out.rank_png)
     return summary
 
 

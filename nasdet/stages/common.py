@@ -2,6 +2,7 @@
 detector into a stage folder, and the tables the stages print. Stages import this, never each other."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from ..metrics import COCO_METRIC_NAMES
 from ..models import build_detector
 from ..train import dist
 from ..train.loop import Trainer
-from ..workdir import WorkDir, write_json
+from ..workdir import StageDir, WorkDir, write_json
 
 
 def with_train_recipe(cfg: ExperimentConfig, train) -> ExperimentConfig:
@@ -45,15 +46,13 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     model = build_detector(cfg.model, num_classes=data["train"].num_classes)
     out = wd.stage(stage)
     out_dir = out.root
-    trainer = Trainer(cfg, model, data["train"], data["val"], out_dir, console=console)
+    trainer = Trainer.from_config(cfg, model, data["train"], data["val"], out_dir, console=console)
     trainer.prepare()  # a checkpoint that does not fit fails here, before anything is written
     if dist.is_main():
         save_config(cfg, wd.config)
-    done = out.completed(trainer.final_step)
+    done = finished_record(out, trainer.final_step, console, "train again",
+                           lambda d: metrics_table(d["metrics"], f"{stage}: val mAP"))
     if done is not None:
-        if dist.is_main():
-            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to train again")
-            console.print(metrics_table(done["metrics"], f"{stage}: val mAP"))
         return done["metrics"]
     metrics = trainer.run()
     if dist.is_main():
@@ -61,6 +60,17 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
                                  "val": data["val"].source, "val_images": len(data["val"])})
         console.print(metrics_table(metrics, f"{stage}: val mAP ({len(data['val'])} images)"))
     return metrics
+
+
+def finished_record(out: StageDir, final_step: int, console: Console, again: str,
+                    table: Callable[[dict], Table]) -> dict | None:
+    """The record of a stage folder whose training reached ``final_step`` (said, with ``table(record)``), else
+    None: a rerun of a finished stage reports it instead of training again."""
+    done = out.completed(final_step)
+    if done is not None and dist.is_main():
+        console.print(f"[green]{escape(str(out.root))} is complete[/] (step {done['step']}); delete it to {again}")
+        console.print(table(done))
+    return done
 
 
 def metrics_table(metrics: dict[str, float], title: str) -> Table:

@@ -41,7 +41,7 @@ from ..search.scorers import load_trained_supernet
 from ..search.study import worker_id
 from ..train.bn import recalibrate_static
 from ..train.trained import TuneTrainer
-from ..workdir import DIAGNOSE, METRICS_FILE, StageDir, WorkDir, checkpoint_in
+from ..workdir import DIAGNOSE, DiagnoseDir, StageDir, WorkDir, checkpoint_in
 
 
 def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: Mapping[str, Any], init: str,
@@ -59,19 +59,20 @@ def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: 
             recalibrate_static(model.to(ctx.device), data["train"].with_transforms(None), ctx.device,
                                cfg.tune.recalib_batches, cfg.eval.batch_size, cfg.data.num_workers, cfg.seed)
     torch.manual_seed(cfg.seed)
-    trainer = TuneTrainer(tcfg, model, data["train"], data["val"], out_dir, console=console, arch=arch)
+    trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out_dir, console=console, arch=arch)
     trainer.start_note = "from scratch" if init == "scratch" else "from the supernet's weights"
     trainer.prepare()
-    done = StageDir(out_dir, DIAGNOSE).completed(trainer.final_step)
+    folder = StageDir(out_dir, DIAGNOSE)
+    done = folder.completed(trainer.final_step)
     if done is not None:
         return done["metrics"]
     metrics = trainer.run()
-    write_json_atomic(out_dir / METRICS_FILE, {"metrics": metrics, "step": trainer.step, "arch": dict(arch), "init": init})
+    write_json_atomic(folder.metrics, {"metrics": metrics, "step": trainer.step, "arch": dict(arch), "init": init})
     return metrics
 
 
 def diagnose_arch(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], cost_fn, batch, arch: Mapping[str, Any],
-                  out_dir: Path, console: Console) -> dict:
+                  out: DiagnoseDir, console: Console) -> dict:
     """Every score of one arch: costs, the supernet's, each proxy's, and the stand-alone val metrics."""
     d = cfg.diagnose
     seconds: dict[str, float] = {}
@@ -87,24 +88,23 @@ def diagnose_arch(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], cost_fn, 
     standalone = {}
     for init in d.init:
         t = time.perf_counter()
-        standalone[init] = train_standalone(cfg, ctx, data, arch, init, out_dir / "archs" / arch_id(arch) / init,
-                                            console)
+        standalone[init] = train_standalone(cfg, ctx, data, arch, init, out.training(arch_id(arch), init), console)
         seconds[f"train_{init}"] = time.perf_counter() - t
     return {"arch_id": arch_id(arch), "arch": dict(arch), "costs": costs, "supernet": supernet, "proxies": proxies,
             "standalone": standalone, "seconds": seconds, "worker": worker_id()}
 
 
-def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: Path) -> dict:
-    """``out/archs.json``: the stratified archs of the config (computed once; a plan for other settings is
-    refused once archs of it are done)."""
+def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
+    """``diagnose/archs.json``: the stratified archs of the config (computed once; a plan for other settings
+    is refused once archs of it are done)."""
     d = cfg.diagnose
-    plan_path = out / "archs.json"
+    plan_path = out.plan
     plan_key = {"space_id": ctx.space.space_id, "archs": d.archs, "pool": d.pool, "seed": d.seed}
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else None
     if plan is None or plan.get("key") != plan_key:
-        if plan is not None and any((out / "records").glob("*.json")):
+        if plan is not None and any(out.records.glob("*.json")):
             raise ConfigError(f"{plan_path} was planned with {plan.get('key')}, the config now asks for {plan_key}: "
-                             f"use another --work-dir or delete {out}")
+                             f"use another --work-dir or delete {out.root}")
         space = restrict_resolution(ctx.space, cfg.model.input_size, cfg.search.resolution_tolerance)
         plan = {"key": plan_key, "archs": stratified_archs(space, lambda a: cost_fn(a)["macs"], d.archs, d.pool, d.seed)}
         write_json_atomic(plan_path, plan)
@@ -120,7 +120,7 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     console = console or Console()
     d = cfg.diagnose
     w = WorkDir.of(cfg, work_dir)
-    out = w.diagnose.root
+    out = w.diagnose
     t_start = time.perf_counter()
     ctx = load_trained_supernet(cfg, w, console)
     cost_fn = CostModel(ctx.model, ctx.space, ("macs", "params"))
@@ -131,11 +131,11 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     data = build_datasets(cfg, need=("train", "val"))
     batch = proxy_batch(data["supernet_train"].with_transforms(None), d.proxy_batch_size, d.seed) \
         if "grad_norm" in d.proxies else ([], [])
-    claims = Claims(out / "claims")
+    claims = Claims(out.claims)
     done_here = 0
     for i, arch in enumerate(archs):
         name = arch_id(arch)
-        record_path = out / "records" / f"{name}.json"
+        record_path = out.record(name)
         if record_path.is_file() or not claims.take(name):
             continue
         try:
@@ -148,9 +148,9 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
             done_here += 1
         finally:
             claims.release(name)
-    records = [json.loads(p.read_text()) for a in archs if (p := out / "records" / f"{arch_id(a)}.json").is_file()]
+    records = [json.loads(p.read_text()) for a in archs if (p := out.record(arch_id(a))).is_file()]
     if len(records) < len(archs):
-        pending = [arch_id(a) for a in archs if not (out / "records" / f"{arch_id(a)}.json").is_file()]
+        pending = [arch_id(a) for a in archs if not out.record(arch_id(a)).is_file()]
         console.print(f"diagnose: {len(records)}/{len(archs)} archs done; {len(pending)} held by other processes")
         return {"pending": pending}
     summary = write_diagnose_outputs(records, cfg, out)

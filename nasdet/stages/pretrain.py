@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 
 from ..config import ExperimentConfig, save_config
 from ..data.build import build_datasets
@@ -16,7 +15,7 @@ from ..models.supernet import build_supernet, export_detector
 from ..train import dist
 from ..train.supernet import SupernetTrainer, init_from_checkpoint, load_teacher
 from ..workdir import SPACE_JSON, WorkDir, write_json
-from .common import subnets_table, with_train_recipe
+from .common import finished_record, subnets_table, with_train_recipe
 
 
 def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
@@ -36,7 +35,7 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         if dist.is_main():
             console.print(f"initialised the supernet from {cfg.supernet.init_from}")
     teacher = load_teacher(cfg.supernet.distill.checkpoint, k) if cfg.supernet.distill.teacher == "checkpoint" else None
-    trainer = SupernetTrainer(cfg, model, space, data["supernet_train"], data["val"], out_dir,
+    trainer = SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], data["val"], out_dir,
                               calib_set=data["supernet_train"].with_transforms(None), teacher=teacher, console=console)
     if cfg.supernet.init_from:
         trainer.start_note = f"from {cfg.supernet.init_from}"
@@ -44,11 +43,9 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     if dist.is_main():
         save_config(cfg, wd.config)
         write_json(out / SPACE_JSON, {"space_id": space.space_id, "choices": space.to_dict()})
-    done = out.completed(trainer.final_step)
+    done = finished_record(out, trainer.final_step, console, "train again",
+                           lambda d: subnets_table(d["subnets"], "supernet: subnets on val"))
     if done is not None:
-        if dist.is_main():
-            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to train again")
-            console.print(subnets_table(done["subnets"], "supernet: subnets on val"))
         return done["subnets"]
     results = trainer.run()
     if dist.is_main():

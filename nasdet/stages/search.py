@@ -31,6 +31,18 @@ from ..train.trained import load_trained_model
 from ..workdir import BEST_ARCH, LATENCY_LUT, STUDY_FILE, WorkDir
 
 
+def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
+    """``nasdet search`` with ``search.strategy: darts`` (FAD): the bi-level search of the head's towers into
+    ``search/`` (genotype.log / genotype.json, the arch the tune stage trains); returns the genotypes, step
+    and output paths."""
+    from ..search.darts import DartsSearch
+
+    search = DartsSearch.from_config(cfg, work_dir, console)
+    search.prepare()  # a checkpoint that does not fit fails here, before the config is written
+    save_config(cfg, WorkDir.of(cfg, work_dir).config)
+    return search.run()
+
+
 def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storage: str | None = None,
                console: Console | None = None, worker: int = 0) -> dict:
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
@@ -43,9 +55,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         raise ConfigError("search.strategy gradient runs in one process (one set of architecture probabilities): "
                           "drop --worker / --workers")
     if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
-        from ..search.darts import run_darts_search
-
-        return run_darts_search(cfg, work_dir=work_dir, console=console)
+        return run_darts(cfg, work_dir, console)
     console = console or Console()
     s = cfg.search
     w = WorkDir.of(cfg, work_dir)

@@ -3,7 +3,9 @@
 The arch comes from ``tune.arch`` (a file, an inline mapping or a published name) or, when unset, from
 the search stage's ``work_dir/search/best_arch.json``. ``tune.init: supernet`` starts from the
 supernet's weights for that arch (``export_detector``, BN statistics recalibrated on the training
-set, as when the search scored it); ``scratch`` re-initialises the same static network. Training uses
+set, as when the search scored it); ``scratch`` re-initialises the same static network. After a darts
+(FAD) search the arch is the searched genotypes, ``{"head.genotype": ..}`` (``search/genotype.json`` or
+``tune.arch``), trained from their init; the steps are the same. Training uses
 the baseline's recipe (``train``) unless ``tune.train`` is set. Outputs in ``work_dir/tune/``:
 ``arch.json``, ``ckpt/last.pt`` (with the arch inside, so the model can be rebuilt from the
 checkpoint alone), ``initial_metrics.json``, ``metrics.json``, ``log.jsonl``.
@@ -16,7 +18,6 @@ from typing import Any, Mapping
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 
 from ..config import ExperimentConfig, load_yaml, save_config
 from ..data.build import build_datasets
@@ -26,9 +27,10 @@ from ..train import dist
 from ..train.bn import recalibrate_static
 from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.evaluate import evaluate_detector
-from ..train.trained import TuneTrainer, build_static_model
+from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
+from ..train.trained import TuneTrainer, build_tuned_model
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
-from .common import metrics_table, train_detector, with_train_recipe
+from .common import finished_record, metrics_table, with_train_recipe
 
 
 # ----------------------------------------------------------------------------------------- the arch
@@ -103,31 +105,57 @@ def supernet_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = Non
     return path
 
 
+def resolve_genotype_arch(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> tuple[dict, str]:
+    """After a darts (FAD) search, the genotypes to train as an arch (``{"head.genotype": ..}``) and their
+    source: ``tune.arch`` (a genotype.log / genotype.json, a published name such as fad_paper, or that arch
+    inline) or the search's ``search/genotype.json``."""
+    given = cfg.tune.arch
+    if isinstance(given, dict):
+        if GENOTYPE_KEY not in given or len(given) != 1:
+            raise ArchError(f"tune.arch: after a darts search it names genotypes (a genotype.log / genotype.json "
+                            f"file, a published name such as fad_paper, or {{{GENOTYPE_KEY}: ..}}), "
+                            f"not a mapping of choices")
+        return genotype_arch(given[GENOTYPE_KEY]), "tune.arch (inline)"
+    if given is None:
+        given = str(WorkDir.of(cfg, work_dir).search.require(
+            GENOTYPE_JSON, "genotype to tune", " with search.strategy: darts, or set tune.arch"))
+    return genotype_arch(given), str(given)
+
+
 def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
              stage: str = TUNE) -> dict:
     """Train the found architecture (resuming from ``<stage>/ckpt/last.pt``); returns val metrics and more.
-    ``stage`` names the output folder (benchmarks tune other archs beside the found one)."""
+    ``stage`` names the output folder (benchmarks tune other archs beside the found one).
+
+    The arch is a subnet of the supernet or, after a darts (FAD) search, the searched genotypes
+    (``{"head.genotype": ..}``): the same steps for both, except that genotypes have no supernet to inherit
+    weights from, so their towers train from their init (as FAD's)."""
     console = console or Console()
-    if cfg.search.strategy == "darts":
-        return run_tune_genotype(cfg, work_dir, console, stage)
     wd = WorkDir.of(cfg, work_dir)
     tcfg = with_train_recipe(cfg, cfg.tune.train)
     torch.manual_seed(cfg.seed)
     data = build_datasets(tcfg)
     k = data["train"].num_classes
     out = wd.stage(stage)
-    out_dir = out.root
-    _, space = build_supernet(cfg, k)
-    arch, source = resolve_tune_arch(cfg, space, wd.root)
+    genotypes = cfg.search.strategy == "darts"
+    if genotypes:
+        space = None
+        arch, source = resolve_genotype_arch(cfg, wd.root)
+        tcfg = tcfg.model_copy(update={"model": with_genotype(tcfg.model, arch)})  # the checkpoint rebuilds alone
+    else:
+        _, space = build_supernet(cfg, k)
+        arch, source = resolve_tune_arch(cfg, space, wd.root)
     resuming = out.has_checkpoint()
     if resuming:
         saved = load_checkpoint(out.checkpoint).get("extra", {}).get("arch")
         if saved is not None and dict(saved) != dict(arch):
-            raise CheckpointError(f"{out.checkpoint} tunes another architecture than {source}; "
-                                  "delete the tune folder to tune the new one")
-    init = cfg.tune.init
+            raise CheckpointError(f"{out.checkpoint} tunes {'other genotypes' if genotypes else 'another architecture'} "
+                                  f"than {source}; delete the tune folder to tune the new one")
+    init = "scratch" if genotypes else cfg.tune.init
+    if genotypes and cfg.tune.init == "supernet" and dist.is_main():
+        console.print("tune: a darts search has no supernet; the searched towers train from their init (as FAD)")
     sn_ckpt = supernet_checkpoint(cfg, wd.root) if init == "supernet" and not resuming else None
-    model, _ = build_static_model(cfg, k, arch, sn_ckpt)
+    model = build_tuned_model(cfg, k, arch, sn_ckpt)
     device, _, _ = dist.init_distributed(tcfg.train.device)  # before is_main(): under torchrun only rank 0 writes
     initial = None
     if sn_ckpt is not None and dist.is_main():
@@ -143,76 +171,29 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
             write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source})
             console.print(metrics_table(initial, f"tune: inherited weights before training ({len(val)} val images)"))
     if dist.is_main():
-        save_arch(out / ARCH_JSON, arch, space)
+        if space is not None:
+            save_arch(out / ARCH_JSON, arch, space)
+        else:
+            write_json(out / ARCH_JSON, {"arch": arch, "source": source})
         console.print(f"tune: arch from {source}, init {init}" + (f" ({sn_ckpt})" if sn_ckpt else ""))
-    trainer = TuneTrainer(tcfg, model, data["train"], data["val"], out_dir, console=console, arch=arch)
+    trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out.root, console=console, arch=arch)
     if sn_ckpt is not None:
         trainer.start_note = f"from the supernet's weights ({sn_ckpt})"
     trainer.prepare()
     if dist.is_main():
         save_config(cfg, wd.config)
-    done = out.completed(trainer.final_step)
+    done = finished_record(out, trainer.final_step, console, "tune again", lambda d: metrics_table(d["metrics"], "tune: val mAP"))
     if done is not None:
-        if dist.is_main():
-            console.print(f"[green]{escape(str(out_dir))} is complete[/] (step {done['step']}); delete it to tune again")
-            console.print(metrics_table(done["metrics"], "tune: val mAP"))
         return done
     metrics = trainer.run()
     result = {"metrics": metrics, "step": trainer.step, "arch": arch, "arch_source": source, "init": init,
               "checkpoint": str(out.checkpoint), "val": data["val"].source,
               "val_images": len(data["val"])}
+    if genotypes:
+        result["genotype"] = arch[GENOTYPE_KEY]
     if dist.is_main():
         write_json(out.metrics, result)
         console.print(metrics_table(metrics, f"tune: val mAP ({len(data['val'])} images)"))
-    return result
-
-
-def tune_genotype(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> tuple[dict, str]:
-    """The FAD genotypes to train after a darts search, as genotype.json's mapping, and their source:
-    ``tune.arch`` (a genotype.log / genotype.json or a published name) or ``search/genotype.json``."""
-    from ..models.heads.fad import genotype_to_json, read_genotypes
-
-    given = cfg.tune.arch
-    if isinstance(given, dict):
-        raise ArchError("tune.arch: after a darts search it names genotypes (a genotype.log / genotype.json file or "
-                        "a published name such as fad_paper), not a mapping of choices")
-    if given is None:
-        path = WorkDir.of(cfg, work_dir).search.require(
-            GENOTYPE_JSON, "genotype to tune", " with search.strategy: darts, or set tune.arch")
-        given = str(path)
-    box, cls = read_genotypes(given)
-    return {"box": genotype_to_json(box), "cls": genotype_to_json(cls)}, str(given)
-
-
-def run_tune_genotype(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
-                      stage: str = TUNE) -> dict:
-    """After a darts (FAD) search: train the detector with the searched towers (``model.head.num_cells``
-    cells each) on the whole train split with the tune recipe, and evaluate it on val. The search head's
-    weights do not carry over (other cells, mixed ops): as FAD, the found head trains from its init.
-    The genotypes go into the stored config (and ``<stage>/genotype.json``), so the checkpoint rebuilds
-    its model alone."""
-    console = console or Console()
-    wd = WorkDir.of(cfg, work_dir)
-    genotype, source = tune_genotype(cfg, wd.root)
-    out = wd.stage(stage)
-    saved = out / GENOTYPE_JSON
-    if out.has_checkpoint() and saved.is_file():
-        if json.loads(saved.read_text()).get("genotype") != genotype:
-            raise CheckpointError(f"{out.root} trains other genotypes than {source}; delete it to tune the new ones")
-    tcfg = with_train_recipe(cfg, cfg.tune.train)
-    tcfg = tcfg.model_copy(update={"model": tcfg.model.model_copy(
-        update={"head": tcfg.model.head.model_copy(update={"genotype": genotype})})})
-    if cfg.tune.init == "supernet":
-        console.print("tune: a darts search has no supernet; the searched towers train from their init (as FAD)")
-    if dist.is_main():
-        write_json(saved, {"genotype": genotype, "source": source})
-        console.print(f"tune: genotypes from {source}")
-    metrics = train_detector(tcfg, wd.root, stage, console)
-    result = {"metrics": metrics, "genotype": genotype, "arch_source": source, "init": "scratch",
-              "checkpoint": str(out.checkpoint)}
-    if dist.is_main():
-        done = json.loads(out.metrics.read_text()) if out.metrics.is_file() else {}
-        write_json(out.metrics, {**done, **result})
     return result
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from rich.console import Console
@@ -18,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.text import Text
 from torch import nn
 
-from ..config import ExperimentConfig, config_to_dict
+from ..config import EvalConfig, ExperimentConfig, TrainConfig, config_to_dict
 from ..data.dataset import DetectionDataset, collate_detection
 from ..threads import set_torch_threads
 from ..data.transforms import targets_to, to_model_input
@@ -64,17 +66,38 @@ def resolve_device(pref: str) -> torch.device:
     return torch.device(pref)
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What the training loop reads of a run's config, and nothing more: the recipe, how to evaluate, the
+    seed, the data loader workers, and the config to store in each checkpoint (so the model can be rebuilt
+    from the checkpoint alone; empty when there is none). ``RunSettings.of(cfg)`` slices a run's config."""
+
+    train: TrainConfig
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    num_workers: int = 0
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig) -> "RunSettings":
+        return cls(train=cfg.train, eval=cfg.eval, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                   record=config_to_dict(cfg))
+
+
 class Trainer:
-    """Train ``model`` on ``train_set`` per ``cfg.train``; checkpoints and logs go to ``out_dir``."""
+    """Train ``model`` on ``train_set`` per ``settings.train``; checkpoints and logs go to ``out_dir``."""
 
     find_unused_parameters = False  # supernets set True: only the sampled path has gradients
     start_note = "from scratch"  # how a fresh (not resumed) run starts, for the log line
 
-    def __init__(self, cfg: ExperimentConfig, model: nn.Module, train_set: DetectionDataset,
+    def __init__(self, settings: RunSettings, model: nn.Module, train_set: DetectionDataset,
                  val_set: DetectionDataset | None, out_dir: str | Path, console: Console | None = None,
                  space_id: str | None = None):
-        self.cfg = cfg
-        self.tcfg = cfg.train
+        if not isinstance(settings, RunSettings):
+            raise TypeError(f"Trainer takes RunSettings (RunSettings.of(cfg) slices a run's config), "
+                            f"not {type(settings).__name__}")
+        self.settings = settings
+        self.tcfg = settings.train
         self.out_dir = Path(out_dir)
         self.ckpt_dir = checkpoint_in(self.out_dir).parent
         self.console = console or Console()
@@ -97,7 +120,7 @@ class Trainer:
             )
 
         bs = self.tcfg.batch_size
-        self.sampler = EpochSampler(len(train_set), cfg.seed, self.rank, self.world)
+        self.sampler = EpochSampler(len(train_set), settings.seed, self.rank, self.world)
         self.steps_per_epoch = max(self.sampler.per_rank // bs, 1)
         self.total_steps = self.steps_per_epoch * self.tcfg.epochs
         self.optimizer = build_optimizer(self.model, self.tcfg.optimizer)
@@ -108,6 +131,11 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self._resumed: bool | None = None
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, *args, **kwargs) -> "Trainer":
+        """The trainer of a run's config: ``cls(RunSettings.of(cfg), *args, **kwargs)``."""
+        return cls(RunSettings.of(cfg), *args, **kwargs)
 
     # ----------------------------------------------------------------------------- hooks for stages
     def wrap_for_training(self, model: nn.Module) -> nn.Module:
@@ -137,7 +165,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "total_steps": self.total_steps,
             "rng": rng_state(),
-            "config": config_to_dict(self.cfg),
+            "config": dict(self.settings.record),
             "space_id": self.space_id,
             "extra": self.extra_state(),
         }
@@ -186,7 +214,7 @@ class Trainer:
     def _loader(self) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=self.tcfg.batch_size, sampler=self.sampler,
-            num_workers=self.cfg.data.num_workers, collate_fn=collate_detection, drop_last=len(self.train_set) >= self.tcfg.batch_size,
+            num_workers=self.settings.num_workers, collate_fn=collate_detection, drop_last=len(self.train_set) >= self.tcfg.batch_size,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
 
@@ -237,13 +265,14 @@ class Trainer:
         if self.val_set is None:
             return None
         val = self.val_set
-        if self.cfg.eval.max_images:
-            val = val.subset(range(min(self.cfg.eval.max_images, len(val))))
-        return evaluate_detector(self.model, val, self.device, self.cfg.eval.batch_size, self.cfg.data.num_workers)
+        e = self.settings.eval
+        if e.max_images:
+            val = val.subset(range(min(e.max_images, len(val))))
+        return evaluate_detector(self.model, val, self.device, e.batch_size, self.settings.num_workers)
 
     def run(self) -> dict:
         """Train to the end (resuming from ``ckpt/last.pt`` if present); returns the final val metrics."""
-        torch.manual_seed(self.cfg.seed)
+        torch.manual_seed(self.settings.seed)
         resumed = self.prepare()
         limit = self.final_step
         if dist.is_main():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..config import ExperimentConfig, ShrinkPhase
+from ..config import ExperimentConfig, ShrinkPhase, SupernetConfig
 from ..models.detectors import set_input_size
 from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
 from .bn import preserved_bn_state, recalibrate_bn
@@ -23,7 +23,7 @@ from . import dist
 from .checkpoint import CheckpointError, load_checkpoint
 from .distill import LossesWithLogits, adaptive_distillation_loss
 from .evaluate import evaluate_detector
-from .loop import Trainer
+from .loop import RunSettings, Trainer
 
 
 # -------------------------------------------------------------------------------- progressive shrinking
@@ -163,18 +163,25 @@ class SupernetTrainer(Trainer):
 
     find_unused_parameters = True  # only the sampled path gets gradients
 
-    def __init__(self, cfg: ExperimentConfig, model: nn.Module, space: SearchSpace, train_set, val_set, out_dir,
-                 calib_set=None, teacher: nn.Module | None = None, console=None):
-        self.scfg = cfg.supernet
+    def __init__(self, settings: RunSettings, model: nn.Module, space: SearchSpace, train_set, val_set, out_dir, *,
+                 supernet: SupernetConfig, input_size: int, calib_set=None, teacher: nn.Module | None = None,
+                 console=None):
+        self.scfg = supernet
+        self.input_size = input_size  # the subnets' size when a step does not draw one (multi_resolution off)
         self.space = space
         self.distill_on = self.scfg.distill.teacher != "none"
-        super().__init__(cfg, model, train_set, val_set, out_dir, console=console, space_id=space.space_id)
+        super().__init__(settings, model, train_set, val_set, out_dir, console=console, space_id=space.space_id)
         self.schedule = ShrinkingSchedule(space, self.scfg.schedule)
         self.calib_set = calib_set if calib_set is not None else train_set
         self.teacher = teacher.to(self.device) if teacher is not None else None
         self.teacher_losses = LossesWithLogits(self.teacher) if self.teacher is not None else None
         self.last_archs: list[dict] = []
         self.arch_macs = self._macs_bins_cost() if self.scfg.macs_bins is not None else None
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, *args, **kwargs) -> "SupernetTrainer":
+        """The supernet trainer of a run's config (its ``supernet`` section and ``model.input_size``)."""
+        return cls(RunSettings.of(cfg), *args, supernet=cfg.supernet, input_size=cfg.model.input_size, **kwargs)
 
     def _macs_bins_cost(self):
         """arch -> backbone MACs at ``macs_bins.input_size`` from the backbone's lookup table."""
@@ -194,7 +201,7 @@ class SupernetTrainer(Trainer):
         return LossesWithLogits(model) if self.distill_on else model
 
     def step_rng(self, step: int) -> random.Random:
-        return random.Random(f"{self.cfg.seed}-{step}")
+        return random.Random(f"{self.settings.seed}-{step}")
 
     def step_archs(self, step: int, epoch: int) -> list[dict]:
         """The subnets (with their common input size) step ``step`` trains."""
@@ -208,7 +215,7 @@ class SupernetTrainer(Trainer):
         if self.scfg.multi_resolution:
             size = rng.choice(space[INPUT_SIZE])
         else:
-            size = self.cfg.model.input_size
+            size = self.input_size
         unique: list[dict] = []
         for a in archs:  # one input size per step can make the sampled subnets coincide
             a = {**a, INPUT_SIZE: size}
@@ -260,7 +267,7 @@ class SupernetTrainer(Trainer):
     # ------------------------------------------------------------------------------- evaluation
     def report_archs(self) -> dict[str, dict]:
         space = self.schedule.space_at(self.epoch)
-        size = self.cfg.model.input_size
+        size = self.input_size
         named = {"largest": space.largest(), "middle": middle_arch(space), "smallest": space.smallest()}
         return {n: {**named[n], INPUT_SIZE: size} for n in self.scfg.report_archs}
 
@@ -270,16 +277,16 @@ class SupernetTrainer(Trainer):
         if self.val_set is None:
             return None
         val = self.val_set
-        if self.cfg.eval.max_images:
-            val = val.subset(range(min(self.cfg.eval.max_images, len(val))))
+        e = self.settings.eval
+        if e.max_images:
+            val = val.subset(range(min(e.max_images, len(val))))
         results = {}
         for name, arch in self.report_archs().items():
             with preserved_bn_state(self.model):
                 set_detector_arch(self.model, arch)
                 recalibrate_bn(self.model, self.calib_set, self.device, self.scfg.recalib_batches,
-                               self.cfg.eval.batch_size, seed=self.cfg.seed)
-                metrics = evaluate_detector(self.model, val, self.device, self.cfg.eval.batch_size,
-                                            self.cfg.data.num_workers)
+                               e.batch_size, seed=self.settings.seed)
+                metrics = evaluate_detector(self.model, val, self.device, e.batch_size, self.settings.num_workers)
             if dist.is_main():
                 results[name] = {"arch": arch, "metrics": metrics}
         return results if dist.is_main() else None

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import ExperimentConfig
 from ..models import build_detector
+from ..models.heads.fad import is_genotype_arch, with_genotype
 from ..models.supernet import build_supernet, export_detector
 from ..space import SearchSpace
 from ..space.elastic import he_fout_init
@@ -49,23 +50,32 @@ def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[st
     return static, space
 
 
+def build_tuned_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[str, Any],
+                      supernet_ckpt: str | Path | None = None) -> nn.Module:
+    """The detector of an arch the tune stage trains: FAD genotypes (``{"head.genotype": ..}``) in the
+    config's FCOS / RetinaNet head, freshly initialised (a darts search has no supernet to inherit from);
+    else the supernet's static subnet (``build_static_model``)."""
+    if is_genotype_arch(arch):
+        return build_detector(with_genotype(cfg.model, arch), num_classes=num_classes)
+    return build_static_model(cfg, num_classes, arch, supernet_ckpt)[0]
+
+
 def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int) -> tuple[nn.Module, dict | None]:
-    """A tuned model from its checkpoint: a supernet subnet (the arch is stored in it), or after a darts
-    search a detector whose stored config holds the FAD genotypes (arch None)."""
+    """A tuned model from its checkpoint and its arch (stored in it): a supernet subnet or FAD genotypes."""
     state = load_checkpoint(path)
     arch = (state.get("extra") or {}).get("arch")
     stored_head = ((state.get("config") or {}).get("model") or {}).get("head") or {}
-    if arch is None and stored_head.get("genotype") is not None:
+    if arch is None and stored_head.get("genotype") is not None:  # tuned by nasdet before genotypes were archs
         return load_trained_model(cfg, path, num_classes), None
     if arch is None:
         raise CheckpointError(f"{path} has no architecture inside: it was not written by `nasdet tune`")
-    model, _ = build_static_model(cfg, num_classes, arch)
+    model = build_tuned_model(cfg, num_classes, arch)
     load_model_weights(model, state, source=str(path))
     return model, arch
 
 
 class TuneTrainer(Trainer):
-    """The baseline's trainer on a static exported model; the arch travels in every checkpoint."""
+    """The baseline's trainer on the model of a tuned arch; the arch travels in every checkpoint."""
 
     def __init__(self, *args, arch: Mapping[str, Any], **kwargs):
         super().__init__(*args, **kwargs)

@@ -375,6 +375,26 @@ def read_genotypes(source: str | Path | Mapping) -> tuple[Genotype, Genotype]:
     return parse_genotype(lines[0], f"{path} line 1 (box)"), parse_genotype(lines[1], f"{path} line 2 (cls)")
 
 
+GENOTYPE_KEY = "head.genotype"  # the one choice of a FAD arch: the box and cls genotypes of the head
+
+
+def genotype_arch(source: str | Path | Mapping) -> dict:
+    """FAD genotypes as an arch, ``{"head.genotype": {"box": .., "cls": ..}}``: what a darts search finds
+    and what the tune stage trains, stores in its checkpoints and hands to export, as it does a subnet's."""
+    box, cls = read_genotypes(source)
+    return {GENOTYPE_KEY: {"box": genotype_to_json(box), "cls": genotype_to_json(cls)}}
+
+
+def is_genotype_arch(arch: Mapping) -> bool:
+    return GENOTYPE_KEY in arch
+
+
+def with_genotype(model_cfg, arch: Mapping):
+    """``model_cfg`` (an FCOS / RetinaNet model config) with its head's genotype set to the arch's."""
+    head = model_cfg.head.model_copy(update={"genotype": dict(arch[GENOTYPE_KEY])})
+    return model_cfg.model_copy(update={"head": head})
+
+
 def write_genotypes(out_dir: str | Path, box: Genotype, cls: Genotype) -> dict[str, Path]:
     """``genotype.log`` (FAD's two lines: box, cls) and ``genotype.json``, each written atomically."""
     out_dir = Path(out_dir)
