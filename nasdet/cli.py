@@ -219,10 +219,37 @@ def _launch_workers(command: str, config: Path, work_dir: Optional[Path], overri
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if i else None))
     console.print(f"started {workers} {command} workers" + (f" on {min(workers, gpus)} GPU(s)" if gpus else " on CPU"))
-    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    failed = _wait_for_workers(procs)
     if failed:
         print_error(f"{command} worker(s) {failed} failed; rerun the same command to continue")
         raise typer.Exit(1)
+
+
+def _wait_for_workers(procs: list) -> list[int]:
+    """Wait for the worker processes; the indices of those that failed. Stopping the launcher (Ctrl-C, or
+    SIGTERM from a job scheduler) stops its workers too, instead of leaving them running unseen; each
+    keeps what it finished (trials in the study, diagnose records) and a rerun continues."""
+    import signal
+    import subprocess
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return [i for i, p in enumerate(procs) if p.wait() != 0]
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("diagnose")

@@ -116,3 +116,40 @@ def test_torchrun_two_processes_supernet_pretrain(shapes_dir, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = [json.loads(x) for x in (tmp_path / "wd" / "supernet" / "log.jsonl").read_text().splitlines()]
     assert any("s2/distill" in row for row in log)
+
+
+def test_stopping_the_worker_launcher_stops_its_workers(tmp_path):
+    """`nasdet search/diagnose --workers N` killed with SIGTERM (a job scheduler's stop) takes its workers
+    with it; before, they ran on unseen, reparented to init."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fake = tmp_path / "fake_worker.sh"  # stands in for the Python that would run each worker
+    fake.write_text(f"#!/bin/sh\necho $$ >> {tmp_path / 'pids'}\nexec sleep 120\n")
+    fake.chmod(0o755)
+    launcher = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; import nasdet.cli as cli; "
+        f"sys.executable = {str(fake)!r}; cli._launch_workers('search', Path('c.yaml'), None, [], 2, [])")])
+    deadline = time.time() + 60
+    while time.time() < deadline and len((tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []) < 2:
+        time.sleep(0.2)
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert len(pids) == 2
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=60) != 0
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone too
+            return f.read().split()[2] != "Z"
+
+    deadline = time.time() + 30
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids)
