@@ -336,6 +336,8 @@ def test_genotypes_are_an_arch_the_tune_stage_trains_stores_and_reloads(tiny_con
     raw["train"].update(epochs=1, max_steps=1)
     with pytest.raises(ArchError, match="names genotypes"):
         run_tune(validate_config({**raw, "tune": {"arch": {"backbone.stage1.depth": 2}}}, "subnet choices"))
+    with pytest.raises(GenotypeError, match=r"tune.arch head.genotype: expected an object with 'box' and 'cls'"):
+        run_tune(validate_config({**raw, "tune": {"arch": {GENOTYPE_KEY: {"box": arch[GENOTYPE_KEY]["box"]}}}}, "no cls"))
     cfg = validate_config({**raw, "tune": {"arch": arch, "init": "scratch"}}, "inline genotypes")
     result = run_tune(cfg)
     tune = tmp_path / "work" / "tune"

@@ -236,7 +236,6 @@ class DartsSearch:
             able = " or ".join(sorted(n for n in DETECTORS if family_named(n).fad_heads))
             raise ConfigError(f"search.strategy darts searches FAD heads: model.detector must be {able}, "
                               f"not {cfg.model.detector!r}")
-        set_torch_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)  # before the detector is built: its init is the run's
         pool = build_datasets(cfg, need=("train",))["supernet_train"]
         w_idx, a_idx = split_halves(len(pool), cfg.data.split_seed)

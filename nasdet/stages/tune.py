@@ -115,7 +115,7 @@ def resolve_genotype_arch(cfg: ExperimentConfig, work_dir: str | Path | None = N
             raise ArchError(f"tune.arch: after a darts search it names genotypes (a genotype.log / genotype.json "
                             f"file, a published name such as fad_paper, or {{{GENOTYPE_KEY}: ..}}), "
                             f"not a mapping of choices")
-        return genotype_arch(given[GENOTYPE_KEY]), "tune.arch (inline)"
+        return genotype_arch(given[GENOTYPE_KEY], f"tune.arch {GENOTYPE_KEY}"), "tune.arch (inline)"
     if given is None:
         given = str(WorkDir.of(cfg, work_dir).search.require(
             GENOTYPE_JSON, "genotype to tune", " with search.strategy: darts, or set tune.arch"))

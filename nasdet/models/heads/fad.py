@@ -350,12 +350,12 @@ def _genotypes_from_obj(obj, what: str) -> tuple[Genotype, Genotype]:
     return genotype_from_json(obj["box"], f"{what} box"), genotype_from_json(obj["cls"], f"{what} cls")
 
 
-def read_genotypes(source: str | Path | Mapping) -> tuple[Genotype, Genotype]:
+def read_genotypes(source: str | Path | Mapping, what: str = "model.head.genotype (inline)") -> tuple[Genotype, Genotype]:
     """(box, cls) from a published name (``fad_paper``), a ``genotype.json`` ({"box": .., "cls": ..}), a
     ``genotype.log`` (FAD's: the box genotype on the first line, the cls genotype on the second), or the
     json's mapping itself (how ``nasdet tune`` stores it in a checkpoint's config)."""
     if isinstance(source, Mapping):
-        return _genotypes_from_obj(dict(source), "model.head.genotype (inline)")
+        return _genotypes_from_obj(dict(source), what)
     if str(source) in PUBLISHED_GENOTYPES:
         return PUBLISHED_GENOTYPES[str(source)]
     path = Path(source)
@@ -378,10 +378,10 @@ def read_genotypes(source: str | Path | Mapping) -> tuple[Genotype, Genotype]:
 GENOTYPE_KEY = "head.genotype"  # the one choice of a FAD arch: the box and cls genotypes of the head
 
 
-def genotype_arch(source: str | Path | Mapping) -> dict:
+def genotype_arch(source: str | Path | Mapping, what: str = "model.head.genotype (inline)") -> dict:
     """FAD genotypes as an arch, ``{"head.genotype": {"box": .., "cls": ..}}``: what a darts search finds
     and what the tune stage trains, stores in its checkpoints and hands to export, as it does a subnet's."""
-    box, cls = read_genotypes(source)
+    box, cls = read_genotypes(source, what)  # ``what`` names an inline mapping in errors
     return {GENOTYPE_KEY: {"box": genotype_to_json(box), "cls": genotype_to_json(cls)}}
 
 
