@@ -87,6 +87,34 @@ class DataConfig(Strict):
             raise ValueError(f"data.data_yaml applies to format 'yolo', not {self.format!r}")
         return self
 
+    def folders(self) -> list[tuple[str, Path]]:
+        """(config key, path) of every folder or file holding this data: no output may go there
+        (``nasdet.user_data``). A COCO annotations file is named itself, not its folder, which may be a
+        project's root; YOLO entries of data.yaml come with their ``labels`` twins."""
+        found: list[tuple[str, Path]] = []
+        for name in ("train", "val"):
+            src: SplitSource = getattr(self, name)
+            for key in ("annotations", "images", "labels"):
+                if getattr(src, key):
+                    found.append((f"data.{name}.{key}", Path(getattr(src, key))))
+            roots = [src.root] if isinstance(src.root, str) else src.root or []
+            found += [(f"data.{name}.root", Path(r)) for r in roots]
+        if self.format == "yolo" and self.data_yaml:
+            from .data.yolo import read_data_yaml
+            from .errors import DataError
+
+            try:
+                entries = read_data_yaml(self.data_yaml).splits
+            except DataError:  # the stage that reads the data says what is wrong with it
+                entries = {}
+            for split, paths in entries.items():
+                for p in paths:
+                    found.append((f"{self.data_yaml} {split}", p))
+                    if "images" in p.parts:  # labels mirror images (Ultralytics' rule)
+                        i = len(p.parts) - 1 - p.parts[::-1].index("images")
+                        found.append((f"{self.data_yaml} {split} labels", Path(*p.parts[:i], "labels", *p.parts[i + 1:])))
+        return found
+
 
 # ---------------------------------------------------------------------------------------------- model
 def _family_tag(raw: Any) -> Optional[str]:

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from .errors import MissingCheckpoint, StageOrderError
 from .files import write_json_atomic
+from .user_data import refuse_output_in_data
 
 BASELINE, SUPERNET, SEARCH, TUNE, EXPORT, DIAGNOSE, EVAL = "baseline", "supernet", "search", "tune", "export", \
     "diagnose", "eval"
@@ -186,7 +187,12 @@ class WorkDir:
 
     @classmethod
     def of(cls, cfg, override: str | Path | None = None) -> "WorkDir":
-        return cls(work_dir_of(cfg, override))
+        """The work dir of a run's config; refused (ConfigError) when it lies in, or holds, the config's data
+        or another data set: every stage comes through here before it writes."""
+        root = work_dir_of(cfg, override)
+        folders = getattr(getattr(cfg, "data", None), "folders", None)
+        refuse_output_in_data(root, folders() if callable(folders) else (), "work dir")
+        return cls(root)
 
     def stage(self, folder: str) -> StageDir:
         """The folder of a named stage (a benchmark may tune other archs into folders of its own)."""

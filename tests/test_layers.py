@@ -11,7 +11,8 @@ ROOT = Path(nasdet.__file__).parent
 
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [
-    ("nasdet", "nasdet.errors", "nasdet.files", "nasdet.threads", "nasdet.progress", "nasdet.workdir"),
+    ("nasdet", "nasdet.errors", "nasdet.files", "nasdet.threads", "nasdet.progress", "nasdet.workdir",
+     "nasdet.user_data"),
     ("nasdet.space",),
     ("nasdet.data", "nasdet.metrics"),
     ("nasdet.models",),  # each detector family owns its model config (models/config.py, models/families/)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -142,6 +143,11 @@ def load_coco(ann_file: str | Path, image_dir: str | Path, *, check_files: bool 
         fname = img.get("file_name")
         if not isinstance(fname, str) or not fname:
             raise DataError(f"{src}: image id {iid} has no 'file_name'")
+        inside = os.path.normpath(fname)
+        if os.path.isabs(inside) or inside == os.pardir or inside.startswith(os.pardir + os.sep):
+            # a link or copy of it (to-yolo) would take a file from outside the data set
+            raise DataError(f"{src}: image id {iid} has file_name {fname!r}, which points outside the image "
+                            f"folder {image_dir}")
         images[iid] = {"file": image_dir / fname, "width": int(img["width"]), "height": int(img["height"]),
                        "boxes": [], "labels": [], "iscrowd": [], "areas": []}
 

@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_path
+from ..user_data import refuse_output_in_data, written_by_nasdet_yaml
 
 __all__ = ["SHAPE_CLASSES", "existing_matches", "make_synthetic"]
 
@@ -338,15 +339,25 @@ def existing_matches(out_dir: str | Path, n_train: int, n_val: int, size: int, s
 
 def _refuse_foreign(ann_path: Path) -> None:
     """An annotations file this generator did not write is someone's data: never overwrite it."""
-    if not ann_path.exists():
-        return
-    try:
-        ours = json.loads(ann_path.read_text()).get("info", {}).get("description") == DESCRIPTION
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
+    if ann_path.exists() and not _generated(ann_path):
         raise DataError(f"{ann_path} exists and was not written by `nasdet data make-synthetic`: not overwriting "
                         "it; choose another output folder, or delete the file")
+
+
+def _ours(mark: Path) -> bool:
+    """A data set mark of the output folder that this generator wrote (its annotations, or the YOLO labels and
+    data.yaml ``--format yolo`` adds over them): a rerun may rewrite it."""
+    if mark.name in ("data.yaml", "data.yml"):
+        return written_by_nasdet_yaml(mark)
+    return _generated(mark if mark.name == "annotations.json" else mark.parent / "annotations.json")
+
+
+def _generated(ann_path: Path) -> bool:
+    """True for an annotations file this generator wrote."""
+    try:
+        return json.loads(ann_path.read_text()).get("info", {}).get("description") == DESCRIPTION
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -380,6 +391,7 @@ def make_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 500, s
     ann_paths = {s: out_dir / s / "annotations.json" for s in _SPLITS}
     for path in ann_paths.values():
         _refuse_foreign(path)
+    refuse_output_in_data(out_dir, (), "make-synthetic output folder", ours=_ours)
     jobs, names = [], {}
     for split_id, split in enumerate(_SPLITS):
         img_dir = out_dir / split / "images"

@@ -39,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from ..files import write_text_atomic
+from ..user_data import WRITTEN_BY_NASDET, refuse_output_in_data, written_by_nasdet_yaml
 from .coco import MAX_LISTED, fit_box, warn_degenerate
 from .dataset import DetectionDataset, ImageRecord
 
@@ -343,8 +344,15 @@ def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy
     images -> labels rule (the images must then already sit in an ``images`` folder under ``out_dir``).
 
     Crowd / difficult boxes are left out (YOLO has no ignore flag; one warning with the count).
-    Returns the data.yaml path."""
+    Returns the data.yaml path. With ``copy_images``, ``out_dir`` must not lie in or hold the source sets, nor
+    hold a data set nasdet did not write (refused before anything is written)."""
     out_dir = Path(out_dir)
+    if copy_images:
+        sources = [(f"images of {ds.source}", folder) for ds in splits.values()
+                   for folder in sorted({rec.file.parent for rec in ds.records})]
+        sources += [(ds.source, Path(ds.source)) for ds in splits.values() if ds.source and Path(ds.source).exists()]
+        refuse_output_in_data(out_dir, sources, "YOLO output folder",
+                              ours=lambda mark: written_by_nasdet_yaml(out_dir / "data.yaml"))
     classes = None
     entries = {}
     for split, ds in splits.items():
@@ -380,5 +388,6 @@ def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy
     data = {**{k: v for k, v in entries.items() if v is not None},
             "nc": len(classes or []), "names": list(classes or [])}
     yaml_file = out_dir / "data.yaml"
-    write_text_atomic(yaml_file, yaml.safe_dump(data, sort_keys=False))
+    write_text_atomic(yaml_file, f"{WRITTEN_BY_NASDET} (a rerun may rewrite this folder)\n"
+                      + yaml.safe_dump(data, sort_keys=False))
     return yaml_file

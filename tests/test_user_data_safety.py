@@ -1,0 +1,130 @@
+"""No nasdet command deletes or overwrites a file it did not write (issue 24): every writing command pointed
+at the data set's folders, or at a folder holding another data set, is refused before anything is written,
+and every file that was there is byte-identical afterwards. In process (CliRunner): the refusals come
+before any training, so the whole sweep takes a few seconds."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import tiny_raw
+from nasdet.cli import app
+
+
+def cli(*args):
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    exc = res.exception if not isinstance(res.exception, SystemExit) else None
+    return res.exit_code, res.output, exc
+
+
+def one_error_line(code, out, exc, *needles):
+    assert exc is None, f"raised {exc!r} instead of printing one line"
+    assert code == 2, out
+    err = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "Traceback" not in out, out
+    for needle in needles:
+        assert needle in " ".join(out.split()), (needle, out)
+    return err[0]
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """A small COCO set of our own (train/, val/): the config's data."""
+    from nasdet.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic(root, n_train=4, n_val=2, size=64, seed=0, workers=1)
+    return root
+
+
+def user_yolo_set(folder: Path) -> Path:
+    """Someone's own YOLO set (not written by nasdet): data.yaml, train/images, train/labels."""
+    for split in ("train", "val"):
+        (folder / split / "images").mkdir(parents=True)
+        (folder / split / "labels").mkdir(parents=True)
+        Image.new("RGB", (32, 24), (200, 10, 10)).save(folder / split / "images" / "000001.jpg")
+        (folder / split / "labels" / "000001.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (folder / "data.yaml").write_text("train: train/images\nval: val/images\nnames: [cat]\n")
+    return folder
+
+
+def config_file(tmp_path, data_root, work_dir) -> Path:
+    raw = tiny_raw(data_root, work_dir)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+WORK_DIR_COMMANDS = [("train",), ("pretrain",), ("search",), ("tune",), ("export",), ("eval",), ("cost",),
+                     ("diagnose",), ("pipeline",)]
+
+
+@pytest.mark.parametrize("target", ["images", "annotations", "root", "other_set"])
+def test_every_writing_command_leaves_the_data_untouched(tmp_path, data_root, target):
+    other = user_yolo_set(tmp_path / "other")
+    out = {"images": data_root / "train" / "images", "annotations": data_root / "val",
+           "root": data_root, "other_set": other}[target]
+    cfg = config_file(tmp_path, data_root, tmp_path / "work")
+    before_data, before_other = hashes(data_root), hashes(other)
+    for command in WORK_DIR_COMMANDS:
+        line = one_error_line(*cli(*command, cfg, "--work-dir", out), str(out))
+        assert "data" in line, line
+    # the config's work_dir itself inside the data, no --work-dir
+    cfg_inside = config_file(tmp_path, data_root, data_root / "train" / "images" / "run")
+    one_error_line(*cli("train", cfg_inside), str(data_root / "train" / "images"))
+    one_error_line(*cli("data", "to-yolo", cfg, out), str(out))
+    if target == "other_set":  # (the config's set here is make-synthetic's own: it may regenerate it)
+        one_error_line(*cli("data", "make-synthetic", out, "--train", 2, "--val", 1, "--size", 64,
+                            "--format", "yolo"), str(out))
+    assert hashes(data_root) == before_data
+    assert hashes(other) == before_other
+    assert not (tmp_path / "work").exists()
+
+
+def test_to_yolo_into_a_fresh_folder_then_again(tmp_path, data_root):
+    """The refusal does not block the ordinary use: a new folder, then a rerun into the folder it wrote."""
+    cfg = config_file(tmp_path, data_root, tmp_path / "work")
+    before = hashes(data_root)
+    for _ in range(2):
+        code, out, exc = cli("data", "to-yolo", cfg, tmp_path / "yolo")
+        assert code == 0 and exc is None, out
+    assert (tmp_path / "yolo" / "train" / "labels").is_dir()
+    assert hashes(data_root) == before
+
+
+def test_make_synthetic_into_its_own_folder_again(tmp_path):
+    for n in (3, 2):
+        code, out, exc = cli("data", "make-synthetic", tmp_path / "s", "--train", n, "--val", 1, "--size", 64,
+                             "--format", "yolo", "--workers", 1)
+        assert code == 0 and exc is None, out
+
+
+def test_coco_file_name_outside_the_image_folder_is_refused(tmp_path, data_root):
+    """A COCO file_name of ../../x would make to-yolo hard-link a file from outside the data set."""
+    from nasdet.data.coco import load_coco
+    from nasdet.errors import DataError
+
+    secret = tmp_path / "secret.jpg"
+    Image.new("RGB", (64, 64)).save(secret)
+    images = tmp_path / "set" / "images"
+    images.mkdir(parents=True)
+    rel = "../../secret.jpg"
+    assert (images / rel).resolve() == secret.resolve()
+    ann = json.loads((data_root / "val" / "annotations.json").read_text())
+    ann["images"][0]["file_name"] = rel
+    (tmp_path / "set" / "annotations.json").write_text(json.dumps(ann))
+    with pytest.raises(DataError) as e:
+        load_coco(tmp_path / "set" / "annotations.json", images, check_files=False)
+    msg = str(e.value)
+    assert "annotations.json" in msg and f"image id {ann['images'][0]['id']}" in msg and rel in msg
