@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from nasdet.config import load_config
-from nasdet.experiment import build_datasets, work_dir_of
+from nasdet.data.build import build_datasets
+from nasdet.workdir import work_dir_of
 from nasdet.workdir import WorkDir
 from nasdet.search.rank import rank_agreement
 from nasdet.search.scorers import load_trained_supernet

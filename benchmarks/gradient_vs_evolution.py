@@ -24,11 +24,12 @@ from rich.console import Console
 from rich.table import Table
 
 from nasdet.config import load_config
-from nasdet.experiment import build_supernet, work_dir_of
+from nasdet.models.supernet import build_supernet
+from nasdet.workdir import work_dir_of
 from nasdet.search.budget import CostModel
 from nasdet.stages.search import run_search
 from nasdet.space import load_arch
-from nasdet.tune import run_tune
+from nasdet.stages.tune import run_tune
 
 GRADIENT = ["search.strategy=gradient", "search.gradient.epochs=10", "search.gradient.batch_size=16",
             "search.gradient.search_resolution=true"]

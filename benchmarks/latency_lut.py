@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from nasdet.config import load_config
-from nasdet.experiment import build_supernet
+from nasdet.models.supernet import build_supernet
 from nasdet.models.supernet import export_detector
 from nasdet.search.cost import measure_latency
 from nasdet.search.latency import LatencyTable

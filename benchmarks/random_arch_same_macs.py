@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from nasdet.config import load_config
-from nasdet.experiment import build_supernet, work_dir_of
+from nasdet.models.supernet import build_supernet
+from nasdet.workdir import work_dir_of
 from nasdet.search.budget import CostModel
 from nasdet.space import load_arch
-from nasdet.tune import run_tune
+from nasdet.stages.tune import run_tune
 
 
 def main() -> None:

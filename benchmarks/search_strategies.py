@@ -23,7 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from nasdet.config import load_config
-from nasdet.experiment import build_datasets, build_supernet, work_dir_of
+from nasdet.data.build import build_datasets
+from nasdet.models.supernet import build_supernet
+from nasdet.workdir import work_dir_of
 from nasdet.search.budget import Budget, CostModel, restrict_resolution
 from nasdet.search.scoring import ArchCache, cached_scorer, score_arch
 from nasdet.search.strategies import OBJECTIVE, make_strategy

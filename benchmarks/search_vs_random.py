@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from search_strategies import hypervolume  # noqa: E402
 
 from nasdet.config import load_config  # noqa: E402
-from nasdet.experiment import build_datasets, work_dir_of  # noqa: E402
+from nasdet.data.build import build_datasets  # noqa: E402
+from nasdet.workdir import work_dir_of  # noqa: E402
 from nasdet.search.budget import Budget, CostModel, restrict_resolution  # noqa: E402
 from nasdet.files import write_json_atomic  # noqa: E402
 from nasdet.search.diagnose import arch_id  # noqa: E402
@@ -50,7 +51,7 @@ def inherited_val_metrics(cfg, ctx, data, arch) -> dict:
     """Val metrics of ``arch`` with the supernet's weights, BN recalibrated as ``nasdet tune`` does first."""
     from nasdet.models.supernet import export_detector
     from nasdet.train.evaluate import evaluate_detector
-    from nasdet.tune import recalibrate_static
+    from nasdet.train.bn import recalibrate_static
 
     model = export_detector(ctx.model, arch, ctx.space).to(ctx.device)
     recalibrate_static(model, data["train"].with_transforms(None), ctx.device, cfg.tune.recalib_batches,

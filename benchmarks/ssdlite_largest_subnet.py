@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nasdet.config import load_config
-from nasdet.experiment import build_datasets
+from nasdet.data.build import build_datasets
 from nasdet.models.backbones import build_backbone
 from nasdet.models.detectors import build_detector
 from nasdet.train.loop import Trainer

@@ -15,7 +15,7 @@ import torch
 from nasdet.config import load_config
 from nasdet.data.dataset import collate_detection
 from nasdet.data.transforms import targets_to, to_model_input
-from nasdet.experiment import build_datasets
+from nasdet.data.build import build_datasets
 from nasdet.models import build_detector
 from nasdet.train.optim import build_optimizer
 

@@ -13,6 +13,7 @@ from typing import List, Optional  # noqa: E402
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.text import Text  # noqa: E402
 
@@ -97,7 +98,7 @@ def make_synthetic_cmd(
     if data_format not in ("coco", "yolo"):
         raise ConfigError(f"--format must be coco or yolo, got {data_format!r}")
     if skip_existing and existing_matches(out, train, val, size, seed):
-        console.print(f"{out}: synthetic data set already present")
+        console.print(f"{escape(str(out))}: synthetic data set already present")
         paths = None
     else:
         with progress_bar(console, TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -105,7 +106,7 @@ def make_synthetic_cmd(
             task = p.add_task("", total=train + val)
             paths = make_synthetic(out, train, val, size, seed, workers=workers,
                                    progress=lambda done, total: p.update(task, completed=done, total=total))
-        console.print(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
+        console.print(f"wrote {escape(str(paths['train']))} ({train} images) and {escape(str(paths['val']))} ({val} images)")
     if data_format == "yolo":
         from .data.coco import load_coco
         from .data.yolo import write_yolo
@@ -114,7 +115,7 @@ def make_synthetic_cmd(
         splits = {s: load_coco(out / s / "annotations.json", out / s / "images")
                   for s, n in (("train", train), ("val", val)) if n}
         yaml_file = write_yolo(splits, out, copy_images=False)
-        console.print(f"wrote YOLO labels under {out}/*/labels and {yaml_file}")
+        console.print(f"wrote YOLO labels under {escape(str(out))}/*/labels and {escape(str(yaml_file))}")
 
 
 @data_app.command("to-yolo")
@@ -129,7 +130,7 @@ def to_yolo_cmd(config: Path, out: Path = typer.Argument(..., help="Output folde
 
     cfg = _load(config, set_)
     yaml_file = write_yolo({s: load_split(cfg, s) for s in ("train", "val")}, out)
-    console.print(f"wrote {yaml_file}: use data.format: yolo, data.data_yaml: {yaml_file}")
+    console.print(f"wrote {escape(str(yaml_file))}: use data.format: yolo, data.data_yaml: {escape(str(yaml_file))}")
 
 
 @data_app.command("stats")

@@ -72,6 +72,14 @@ class EnvironmentProblem(NasdetError, RuntimeError):
     """The machine cannot do what the config asks (no CUDA, a storage driver not installed, ...)."""
 
 
+class WorkDirBusy(NasdetError, RuntimeError):
+    """Another process is writing the same stage folder (the message names its pid)."""
+
+
+class ResumeMismatch(CheckpointError):
+    """A rerun whose training-relevant config differs from the one its checkpoint was trained with."""
+
+
 class TrainingDiverged(NasdetError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept untouched."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.rule import Rule
 
-from .config import ExperimentConfig, save_config
+from .config import ExperimentConfig
 from .stages.baseline import run_baseline
 from .stages.export import run_export
 from .stages.pretrain import run_pretrain
@@ -40,8 +40,7 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     console = console or Console()
     w = WorkDir.of(cfg, work_dir)
     wd = w.root
-    wd.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, w.config)
+    wd.mkdir(parents=True, exist_ok=True)  # each stage writes config.yaml once its checks pass (a resume)
     times: dict[str, float] = {}
 
     def stage(name: str, fn):

@@ -7,6 +7,7 @@ with a data set's files: refusing is the safe default, and ``--work-dir`` elsewh
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -16,11 +17,10 @@ from .errors import ConfigError
 WRITTEN_BY_NASDET = "# YOLO data set written by nasdet"
 
 
-def _absolute(path: str | Path) -> Path:
-    """Absolute and normalised without resolving links (a link to the data is still that data)."""
-    import os
-
-    return Path(os.path.normpath(Path(path).absolute()))
+def _forms(path: str | Path) -> tuple[Path, Path]:
+    """The path as written (absolute, normalised) and with its links resolved: a folder reached through a
+    link is still the one it links to."""
+    return Path(os.path.normpath(Path(path).absolute())), Path(path).resolve()
 
 
 def _dataset_marks(folder: Path) -> Iterable[Path]:
@@ -49,20 +49,22 @@ def written_by_nasdet_yaml(path: Path) -> bool:
 
 
 def refuse_output_in_data(out: str | Path, data_folders: Iterable[tuple[str, str | Path]], what: str,
-                          ours: Callable[[Path], bool] = lambda mark: False) -> None:
+                          ours: Callable[[Path], bool] | None = None) -> None:
     """Raise ConfigError when ``out`` is, lies inside or holds one of ``data_folders`` ((config key, folder)
-    pairs), or holds a data set whose marks (``_dataset_marks``) ``ours`` does not claim. ``what`` names the
-    output in the message (``work dir``, ``to-yolo output folder``)."""
-    target = _absolute(out)
-    for key, folder in data_folders:
-        folder = _absolute(folder)
-        if target == folder or folder in target.parents:
+    pairs), or holds a data set whose marks (``_dataset_marks``) ``ours`` does not claim (default: a data.yaml
+    nasdet wrote). ``what`` names the output in the message (``work dir``, ``YOLO output folder``)."""
+    ours = ours or written_by_nasdet_yaml
+    targets = _forms(out)
+    for key, data in data_folders:
+        pairs = list(zip(targets, _forms(data)))
+        folder = pairs[0][1]
+        if any(t == f or f in t.parents for t, f in pairs):
             raise ConfigError(f"{what} {out} is inside the data set folder {folder} ({key}): nasdet never writes "
                               "into a data set; choose a folder outside it")
-        if target in folder.parents:
+        if any(t in f.parents for t, f in pairs):
             raise ConfigError(f"{what} {out} holds the data set folder {folder} ({key}): choose a folder that "
                               "holds no data set")
-    for mark in _dataset_marks(target):
+    for mark in _dataset_marks(targets[0]):
         if not ours(mark):
             raise ConfigError(f"{what} {out} holds a data set that nasdet did not write ({mark}): nasdet never "
                               "overwrites it; choose an empty or new folder")

@@ -17,10 +17,11 @@ Only paths and records live here (no torch, no models): every layer may import i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import MissingCheckpoint, StageOrderError
+from .errors import MissingCheckpoint, StageOrderError, WorkDirBusy
 from .files import write_json_atomic
 from .user_data import refuse_output_in_data
 
@@ -31,6 +32,7 @@ LAST_CKPT = "last.pt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
+LOCK_FILE = "writer.lock"  # every stage folder a process trains into (WriterLock)
 # the search stage's files
 STUDY_FILE = "study.journal"
 RESULTS_CSV = "results.csv"
@@ -249,6 +251,63 @@ class WorkDir:
         if not ckpt.is_file() or ckpt.stat().st_mtime > path.stat().st_mtime or not Path(rec["onnx"]).is_file():
             return None
         return rec
+
+
+class WriterLock:
+    """One writer per stage folder: an exclusive ``fcntl.flock`` on ``<folder>/writer.lock``, held while the
+    returned object is and released by the OS when the process dies (no stale lock to clean up after a
+    kill). The file holds the holder's pid, for the message the next writer gets. Holding it again in the
+    same process is not a second writer (one count per ``acquire``)."""
+
+    _held: dict[Path, list] = {}  # folder -> [open file, count], this process's locks
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder).absolute()
+        self.path = self.folder / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> "WriterLock":
+        import fcntl
+
+        mine = self._held.get(self.folder)
+        if mine is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                f.close()
+                raise WorkDirBusy(f"{self.folder} is being written by another nasdet process (pid {holder}): wait "
+                                  "for it to finish or stop it, or use another --work-dir") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            mine = self._held[self.folder] = [f, 0]
+        mine[1] += 1
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        mine = self._held.get(self.folder)
+        if not self.held or mine is None:
+            return
+        self.held = False
+        mine[1] -= 1
+        if mine[1] == 0:
+            del self._held[self.folder]
+            mine[0].close()  # closing the file releases the flock
+
+    def __enter__(self) -> "WriterLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
 
 
 def work_dir_of(cfg, override: str | Path | None = None) -> Path:

@@ -94,7 +94,7 @@ def fake_pretrain(cfg, num_classes: int = 8):
     from pathlib import Path
 
     from nasdet.config import config_to_dict
-    from nasdet.experiment import build_supernet
+    from nasdet.models.supernet import build_supernet
     from nasdet.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)

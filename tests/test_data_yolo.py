@@ -169,7 +169,7 @@ def test_missing_or_bad_images(tmp_path):
 
 
 def test_config_schema_and_dataset_factory(tmp_path, yolo):
-    from nasdet.experiment import build_datasets
+    from nasdet.data.build import build_datasets
 
     base = {"format": "yolo", "data_yaml": str(yolo), "num_workers": 0}
     cfg = validate_config({"data": base}, "t")

@@ -243,7 +243,8 @@ def test_natural_macs_histogram_matches_spos_bins():
 
 
 def test_a_training_step_changes_only_the_active_path(tiny_config, tmp_path):
-    from nasdet.experiment import build_datasets, build_supernet
+    from nasdet.data.build import build_datasets
+    from nasdet.models.supernet import build_supernet
     from nasdet.train.supernet import SupernetTrainer
 
     cfg = tiny_config("retinanet", model=TINY, train={"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9,
@@ -276,7 +277,8 @@ def test_a_training_step_changes_only_the_active_path(tiny_config, tmp_path):
 
 
 def test_macs_bins_sampling(tiny_config, tmp_path):
-    from nasdet.experiment import build_datasets, build_supernet
+    from nasdet.data.build import build_datasets
+    from nasdet.models.supernet import build_supernet
     from nasdet.train.supernet import SupernetTrainer
 
     body = ShuffleNetSPOS("tiny")
@@ -305,7 +307,8 @@ def test_macs_bins_sampling(tiny_config, tmp_path):
 
 
 def test_tiny_pretrain_run(tiny_config, tmp_path):
-    from nasdet.experiment import build_supernet, run_pretrain
+    from nasdet.models.supernet import build_supernet
+    from nasdet.stages.pretrain import run_pretrain
     from nasdet.train.checkpoint import load_checkpoint
 
     cfg = tiny_config("retinanet", model=TINY, train={"epochs": 1, "max_steps": 3, "ckpt_every_steps": 2},

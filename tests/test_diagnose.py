@@ -74,7 +74,8 @@ def _tiny_diagnose_cfg(tiny_config, search=None, **diagnose):
 
 
 def test_proxy_scores_change_with_the_arch_and_repeat(tiny_config):
-    from nasdet.experiment import build_datasets, build_supernet
+    from nasdet.data.build import build_datasets
+    from nasdet.models.supernet import build_supernet
     from nasdet.search.proxies import PROXIES, proxy_batch, proxy_score
 
     cfg = _tiny_diagnose_cfg(tiny_config)

@@ -42,7 +42,7 @@ def test_error_classes_share_one_base_and_keep_old_names():
     from nasdet.space import ArchError, NoArchUnderCost
     from nasdet.train.checkpoint import CheckpointError as CheckpointError2
     from nasdet.train.loop import TrainingDiverged
-    from nasdet.tune import StageOutputMissing
+    from nasdet.errors import StageOutputMissing
 
     assert DataError2 is DataError and CheckpointError2 is CheckpointError and StageOutputMissing is StageOrderError
     for cls in (ConfigError, DataError, CheckpointError, StageOrderError, ArchError, GenotypeError, NoArchUnderCost,
@@ -184,7 +184,7 @@ def test_device_typo_is_an_error_not_cpu(tiny_cfg_file):
 
 
 def test_truncated_tune_arch_names_the_file(tmp_path, tiny_config):
-    from nasdet.tune import resolve_tune_arch
+    from nasdet.stages.tune import resolve_tune_arch
 
     path = tmp_path / "arch.json"
     path.write_text('{"backbone.stage1.depth": 3, "backbone.stage2')
@@ -288,7 +288,7 @@ def test_training_set_without_annotations_warns(shapes_dir, tmp_path):
     from rich.console import Console
 
     from nasdet.config import validate_config
-    from nasdet.experiment import run_train
+    from nasdet.stages.baseline import run_baseline
 
     ann = json.loads((shapes_dir / "train" / "annotations.json").read_text())
     ann["annotations"] = []
@@ -298,7 +298,7 @@ def test_training_set_without_annotations_warns(shapes_dir, tmp_path):
     raw["train"].update(max_steps=1, epochs=1)
     raw["eval"]["max_images"] = 2
     buf = io.StringIO()
-    run_train(validate_config(raw, "t"), console=Console(file=buf, width=300))
+    run_baseline(validate_config(raw, "t"), console=Console(file=buf, width=300))
     assert "warning: training set" in buf.getvalue() and "empty.json has no annotations" in buf.getvalue()
 
 
@@ -339,7 +339,7 @@ def trained_baseline(shapes_dir, tmp_path_factory):
     from rich.console import Console
 
     from nasdet.config import validate_config
-    from nasdet.experiment import run_train
+    from nasdet.stages.baseline import run_baseline
 
     raw = tiny_raw(shapes_dir, tmp_path_factory.mktemp("trained") / "wd")
     raw["train"].update(max_steps=1, epochs=1)
@@ -347,7 +347,7 @@ def trained_baseline(shapes_dir, tmp_path_factory):
     raw["export"] = {"check_images": 1}
     raw["search"] = {"budget": {"metric": "macs", "max": 1000}}  # far below the baseline
     cfg = validate_config(raw, "t")
-    run_train(cfg, console=Console(file=io.StringIO()))
+    run_baseline(cfg, console=Console(file=io.StringIO()))
     return cfg
 
 
@@ -358,7 +358,7 @@ def test_eval_ckpt_does_not_overwrite_a_stage_record(trained_baseline):
 
     from rich.console import Console
 
-    from nasdet.experiment import run_eval
+    from nasdet.stages.baseline import run_eval
 
     wd = Path(trained_baseline.work_dir)
     record = wd / "baseline" / "metrics.json"
@@ -409,7 +409,7 @@ def test_search_records_follow_the_current_budget_and_supernet(tiny_config, tmp_
     from rich.console import Console
 
     from nasdet.config import BudgetConfig, config_to_dict
-    from nasdet.experiment import build_supernet
+    from nasdet.models.supernet import build_supernet
     from nasdet.stages.search import run_search
     from nasdet.train.checkpoint import save_checkpoint
 

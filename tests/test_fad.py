@@ -293,7 +293,8 @@ def test_darts_pipeline_trains_the_searched_head_against_the_standard_one_and_ex
     """With search.strategy darts: baseline (standard FCOS head) -> search (no supernet) -> tune (the
     searched towers, genotypes stored in the checkpoint) -> export -> report."""
     from nasdet.pipeline import run_pipeline
-    from nasdet.tune import StageOutputMissing, run_tune
+    from nasdet.errors import StageOutputMissing
+    from nasdet.stages.tune import run_tune
 
     cfg = darts_config(tiny_config, epochs=1, data={"augment": {"hflip": 0.0, "photometric": 0.0}})
     cfg.model.head.cell_channels = 64  # 2 channels per GroupNorm group: P7 is 1x1 at 96 px
@@ -327,7 +328,8 @@ def test_genotypes_are_an_arch_the_tune_stage_trains_stores_and_reloads(tiny_con
     model from that arch; a mapping of subnet choices is refused by name."""
     from nasdet.models.heads.fad import GENOTYPE_KEY, genotype_arch
     from nasdet.space import ArchError
-    from nasdet.tune import load_tuned_model, run_tune
+    from nasdet.train.trained import load_tuned_model
+    from nasdet.stages.tune import run_tune
 
     arch = genotype_arch("fad_paper")
     assert set(arch) == {GENOTYPE_KEY} and read_genotypes(arch[GENOTYPE_KEY]) == read_genotypes("fad_paper")

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from nasdet.config import validate_config
-from nasdet.experiment import write_json
+from nasdet.workdir import write_json
 from nasdet.search.study import open_storage
 from nasdet.train.checkpoint import load_checkpoint, save_checkpoint
 

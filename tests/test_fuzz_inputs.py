@@ -220,7 +220,7 @@ ARCH = st.dictionaries(st.one_of(st.sampled_from(list(_space().names)), st.text(
 @given(arch=ARCH, wrap=st.sampled_from(["inline", "plain", "nasdet", "yaml", "cut"]), cut=st.integers(0, 80))
 def test_fuzz_arch_dicts_and_arch_files(tmp_path, arch, wrap, cut):
     from nasdet.config import validate_config
-    from nasdet.tune import resolve_tune_arch
+    from nasdet.stages.tune import resolve_tune_arch
 
     space = _space()
     check_only_clear_errors(space.validate, arch)

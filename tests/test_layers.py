@@ -24,7 +24,7 @@ LAYERS = [
     ("nasdet.stages.baseline", "nasdet.stages.pretrain", "nasdet.stages.search", "nasdet.stages.tune",
      "nasdet.stages.export", "nasdet.stages.report", "nasdet.stages.diagnose"),
     ("nasdet.pipeline",),
-    ("nasdet.experiment", "nasdet.tune", "nasdet.cli", "nasdet.__main__"),  # entry points, old import paths
+    ("nasdet.cli", "nasdet.__main__"),  # entry points
 ]
 LAYER_OF = {prefix: i for i, group in enumerate(LAYERS) for prefix in group}
 STAGES = set(LAYERS[9])  # the stage modules

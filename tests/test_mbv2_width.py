@@ -132,8 +132,8 @@ def test_detector_builds_and_trains_with_mbv2_width():
 
 def test_tune_reads_enot_searched_arch(tiny_config):
     from nasdet.config import ConfigError
-    from nasdet.experiment import build_supernet
-    from nasdet.tune import resolve_tune_arch
+    from nasdet.models.supernet import build_supernet
+    from nasdet.stages.tune import resolve_tune_arch
 
     enot = [0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 5, 0]
     cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_width", "width_mult": WM}, "input_size": 64},

@@ -296,7 +296,7 @@ OFA_TINY = {"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}}
 def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, tmp_path):
     from rich.console import Console
 
-    from nasdet.experiment import build_datasets
+    from nasdet.data.build import build_datasets
     from nasdet.stages.search import run_search
     from nasdet.search.scoring import score_arch
     from nasdet.space import load_arch

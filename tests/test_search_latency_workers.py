@@ -16,7 +16,7 @@ from rich.console import Console
 from conftest import fake_pretrain
 
 from nasdet.config import config_to_dict
-from nasdet.experiment import build_supernet
+from nasdet.models.supernet import build_supernet
 from nasdet.models.supernet import export_detector
 
 QUIET = Console(quiet=True)
@@ -74,7 +74,7 @@ def test_bn_recalibration_changes_the_score(tiny_config):
     (a subnet trained a little, so its detections depend on the statistics)."""
     from conftest import memorise
 
-    from nasdet.experiment import build_datasets
+    from nasdet.data.build import build_datasets
     from nasdet.models.supernet import set_detector_arch
     from nasdet.search.scoring import score_arch
     from nasdet.train.evaluate import evaluate_detector

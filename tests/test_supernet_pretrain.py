@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nasdet.config import ShrinkPhase
-from nasdet.experiment import build_supernet, run_pretrain
+from nasdet.models.supernet import build_supernet
+from nasdet.stages.pretrain import run_pretrain
 from nasdet.models.supernet import export_detector, set_detector_arch
 from nasdet.space import ArchError, SearchSpace
 from nasdet.train.checkpoint import CheckpointError, load_checkpoint
@@ -146,7 +147,7 @@ def test_pretrain_sandwich_distill_multires_then_resume_guard(tiny_config, tmp_p
 
 
 def test_uniform_step_trains_only_the_sampled_path(tiny_config, tmp_path):
-    from nasdet.experiment import build_datasets
+    from nasdet.data.build import build_datasets
     from nasdet.train.supernet import SupernetTrainer
 
     cfg = tiny_config("ssdlite", model=OFA_TINY, supernet={"sampling": "uniform"})
@@ -172,19 +173,19 @@ def test_uniform_step_trains_only_the_sampled_path(tiny_config, tmp_path):
 def test_baseline_checkpoint_initialises_the_supernet(tiny_config, tmp_path):
     """ENOT's "start pretrain from your baseline": a `nasdet train` checkpoint of SSDLite on torchvision's
     MobileNetV2 loads into the mbv2_elastic supernet, whose default subnet then gives the same outputs."""
-    from nasdet.experiment import run_train
+    from nasdet.stages.baseline import run_baseline
     from nasdet.train.supernet import init_from_checkpoint
 
     base_cfg = tiny_config("ssdlite", model={"backbone": {"name": "mobilenet_v2", "width_mult": 0.35}},
                            train={"epochs": 1, "max_steps": 2})
-    run_train(base_cfg, tmp_path / "base")
+    run_baseline(base_cfg, tmp_path / "base")
     ckpt = tmp_path / "base" / "baseline" / "ckpt" / "last.pt"
     sup_cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}})
     model, space = build_supernet(sup_cfg, 8)
     init_from_checkpoint(model, str(ckpt))
     set_detector_arch(model, space.default(), space)
 
-    from nasdet.experiment import load_trained_model
+    from nasdet.train.trained import load_trained_model
 
     baseline = load_trained_model(base_cfg, ckpt, 8).eval()
     model.eval()
@@ -205,7 +206,7 @@ def test_memorised_batch_is_detected_by_recalibrated_subnets(tiny_config, tmp_pa
     subnets trained in sandwich on a few images detect those images well afterwards."""
     from conftest import memorise
 
-    from nasdet.experiment import build_datasets
+    from nasdet.data.build import build_datasets
     from nasdet.train.supernet import SupernetTrainer
 
     cfg = tiny_config("ssdlite", model=OFA_TINY, data={"augment": {"hflip": 0.0, "photometric": 0.0}},
@@ -226,7 +227,7 @@ def test_memorised_batch_is_detected_by_recalibrated_subnets(tiny_config, tmp_pa
 
 
 def test_bn_recalibration_changes_stats_and_is_undone_afterwards(tiny_config):
-    from nasdet.experiment import build_datasets
+    from nasdet.data.build import build_datasets
     from nasdet.search.evaluate import preserved_bn_state, recalibrate_bn
 
     cfg = tiny_config("ssdlite", model=OFA_TINY)

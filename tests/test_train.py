@@ -5,7 +5,8 @@ import torch
 
 from nasdet.data.dataset import collate_detection
 from nasdet.data.transforms import targets_to, to_model_input
-from nasdet.experiment import build_datasets, run_train
+from nasdet.data.build import build_datasets
+from nasdet.stages.baseline import run_baseline
 from nasdet.models import build_detector
 from nasdet.train.checkpoint import load_checkpoint
 from nasdet.train.loop import EpochSampler, Trainer, TrainingDiverged
@@ -86,13 +87,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, mo
 
 def test_run_train_writes_metrics_and_skips_when_complete(tiny_config, tmp_path):
     cfg = tiny_config(train={"epochs": 1})
-    metrics = run_train(cfg)
+    metrics = run_baseline(cfg)
     wd = tmp_path / "work"
     saved = json.loads((wd / "baseline" / "metrics.json").read_text())
     assert saved["metrics"] == metrics and set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert (wd / "config.yaml").is_file()
     mtime = (wd / "baseline" / "ckpt" / "last.pt").stat().st_mtime
-    assert run_train(cfg) == metrics
+    assert run_baseline(cfg) == metrics
     assert (wd / "baseline" / "ckpt" / "last.pt").stat().st_mtime == mtime
 
 

@@ -2,6 +2,7 @@
 with parity checks, and the pipeline's skip/resume and missing-stage errors."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import torch
 from rich.console import Console
 
 from nasdet.config import config_to_dict, validate_config
-from nasdet.experiment import build_supernet
+from nasdet.models.supernet import build_supernet
 from nasdet.models.supernet import export_detector
 from nasdet.space import ArchError, save_arch
 from nasdet.train.checkpoint import load_checkpoint, save_checkpoint
@@ -42,7 +43,9 @@ def _middle(space):
 
 
 def test_tune_from_best_arch_then_from_explicit_arch(tiny_config, tmp_path):
-    from nasdet.tune import StageOutputMissing, load_tuned_model, run_tune
+    from nasdet.errors import StageOutputMissing
+    from nasdet.train.trained import load_tuned_model
+    from nasdet.stages.tune import run_tune
 
     cfg = tiny_config("ssdlite", model=OFA_TINY, train=FAST_TRAIN, tune={"recalib_batches": 1, "eval_initial": False})
     with pytest.raises(StageOutputMissing, match="search stage"):
@@ -98,11 +101,12 @@ def test_tune_from_supernet_starts_at_the_supernets_map(tiny_config, shapes_dir,
     """tune.init: supernet inherits the subnet: its val mAP before training equals the supernet's score
     of that arch (same recalibration), far from a re-initialised network's."""
     from conftest import memorise
-    from nasdet.experiment import build_datasets
+    from nasdet.data.build import build_datasets
     from nasdet.search.scoring import score_arch
     from nasdet.train.evaluate import evaluate_detector
     from nasdet.train.supernet import SupernetTrainer
-    from nasdet.tune import build_static_model, run_tune
+    from nasdet.train.trained import build_static_model
+    from nasdet.stages.tune import run_tune
 
     data_cfg = _four_image_set(shapes_dir, tmp_path / "four.json")
     cfg = tiny_config("ssdlite", model=OFA_TINY, data=data_cfg,
@@ -130,7 +134,7 @@ def test_tune_from_supernet_starts_at_the_supernets_map(tiny_config, shapes_dir,
 
 
 def _trained_tuned(tiny_config, tmp_path, detector="ssdlite", **extra):
-    from nasdet.tune import run_tune
+    from nasdet.stages.tune import run_tune
 
     cfg = tiny_config(detector, model={**OFA_TINY, "score_thresh": 0.05}, train={"max_steps": 6, "epochs": 1},
                       tune={"eval_initial": False, "recalib_batches": 1}, export={"check_images": 3},
@@ -146,9 +150,9 @@ def test_export_end_to_end_and_raw_match_torch(tiny_config, tmp_path, detector):
     import numpy as np
     import onnxruntime as ort
 
-    from nasdet.experiment import build_datasets
+    from nasdet.data.build import build_datasets
     from nasdet.stages.export import run_export
-    from nasdet.tune import load_tuned_model
+    from nasdet.train.trained import load_tuned_model
 
     cfg = _trained_tuned(tiny_config, tmp_path, detector, search={"budget": {"metric": "macs", "max": 1.0}})
     result = run_export(cfg, console=QUIET)
@@ -230,7 +234,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill_during_search(shapes
     from nasdet.pipeline import run_pipeline
     from nasdet.search.study import open_storage
 
-    wd = tmp_path / "work"
+    wd = tmp_path / "run[v2]"  # brackets are rich markup: printed paths must keep them (issue 24)
     raw = _pipeline_raw(shapes_dir, wd)
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -261,7 +265,12 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill_during_search(shapes
     assert not any("\x1b[" in line for line in lines)  # no terminal control codes
 
     cfg = validate_config(raw, str(config))
-    report = run_pipeline(cfg, console=QUIET)
+    recorded = Console(record=True, width=1000, file=io.StringIO())
+    report = run_pipeline(cfg, console=recorded)
+    printed = recorded.export_text()
+    for path in (wd / "search" / "best_arch.json", wd / "export" / "tune.onnx", wd / "report.md"):
+        assert str(path) in printed, path
+    assert str(wd).replace("[v2]", "") not in printed.replace(str(wd), "")  # no path lost its [v2]
     assert (sn_ckpt.stat().st_mtime_ns, base_ckpt.stat().st_mtime_ns) == mtimes  # pretrain/baseline not redone
     assert load_checkpoint(sn_ckpt)["step"] == 2
     for name in ("report.md", "report.json", "pareto.png", "tune/metrics.json", "export/tune.onnx", "export/baseline.onnx"):

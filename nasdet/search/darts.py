@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from torch import Tensor, nn
@@ -42,7 +43,8 @@ from ..threads import set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from ..train.loop import EpochSampler, RunSettings, TrainingDiverged, resolve_device
 from ..train.optim import build_scheduler, param_groups
-from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, checkpoint_in  # noqa: F401
+from ..train.resume import NOT_TRAINING, refuse_changed_run
+from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, WriterLock, checkpoint_in  # noqa: F401
 
 LossFn = Callable[[Any], dict[str, Tensor]]
 
@@ -256,15 +258,25 @@ class DartsSearch:
         save_checkpoint(self.state_dict(), self.ckpt_path)
 
     def prepare(self) -> bool:
-        """Resume from ``ckpt/last.pt`` if there is one (once); errors before anything is written."""
+        """Take ``search/``'s writer lock and resume from ``ckpt/last.pt`` if there is one (once); errors
+        before anything is written. The lock goes with this object (or the process)."""
         if self._resumed is None:
-            self._resumed = self.try_resume()
+            self.lock = WriterLock(self.out_dir).acquire()
+            try:
+                self._resumed = self.try_resume()
+            except BaseException:
+                self.lock.release()
+                raise
         return self._resumed
 
     def try_resume(self) -> bool:
         if not self.ckpt_path.is_file():
             return False
         state = load_checkpoint(self.ckpt_path)
+        refuse_changed_run(self.ckpt_path, state.get("config"), self.settings.record,
+                           ("seed", "data", "model", "search.darts"),
+                           (NOT_TRAINING - {"data.search_fraction", "data.split_seed"})
+                           | {"search.darts.max_steps", "search.darts.ckpt_every_steps", "search.darts.log_every_steps"})
         if state.get("total_steps") != self.total_steps:
             raise CheckpointError(f"{self.ckpt_path} was written for {state.get('total_steps')} total steps, this config gives "
                              f"{self.total_steps} (epochs, batch size or data changed); use a new work dir or delete it")
@@ -315,7 +327,7 @@ class DartsSearch:
         resumed = self.prepare()
         limit = min(self.total_steps, self.d.max_steps or self.total_steps)
         self.console.print(
-            f"[bold]darts search[/] {self.out_dir}: {len(self.weight_set)} weight + {len(self.arch_set)} arch images, "
+            f"[bold]darts search[/] {escape(str(self.out_dir))}: {len(self.weight_set)} weight + {len(self.arch_set)} arch images, "
             f"{self.steps_per_epoch} steps/epoch x {self.d.epochs} epochs, batch {self.d.batch_size}, "
             f"{self.d.order} order, on {self.device}, {f'resumed at step {self.step}' if resumed else 'from scratch'}")
         self.model.train()
@@ -362,7 +374,7 @@ class DartsSearch:
             self.save()
         box, cls = self.towers.genotypes()
         self.console.print(genotype_table(box, cls, f"darts search: genotypes after {self.step} steps"))
-        self.console.print(f"genotypes -> {self.out_dir / GENOTYPE_LOG}, {self.out_dir / GENOTYPE_JSON}")
+        self.console.print(f"genotypes -> {escape(str(self.out_dir / GENOTYPE_LOG))}, {escape(str(self.out_dir / GENOTYPE_JSON))}")
         return {"genotypes": {"box": format_genotype(box), "cls": format_genotype(cls)}, "step": self.step,
                 "epoch": self.epoch, "strategy": "darts",
                 "files": {n: str(self.out_dir / n) for n in (GENOTYPE_LOG, GENOTYPE_JSON, ALPHAS_LOG)}}

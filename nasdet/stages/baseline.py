@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, config_to_dict
 from ..data.build import build_datasets, load_split
 from ..models import build_detector, get_input_size
 from ..models.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
@@ -39,28 +39,40 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     model = load_trained_model(cfg, ckpt, val.num_classes)
     device = resolve_device(cfg.train.device)
     model.to(device)
+    state = load_checkpoint(ckpt)
+    own = (not given and not (cfg.eval.max_images and cfg.eval.max_images < len(val))
+           and _same_val_set(state.get("config"), config_to_dict(cfg)))
     if cfg.eval.max_images:
         val = val.subset(range(min(cfg.eval.max_images, len(val))))
     metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
     if metrics is None:
         return {}
-    out = eval_record_path(cfg, work_dir, ckpt, given)
+    out = eval_record_path(cfg, work_dir, ckpt, given, own)
     write_json(out, {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source, "val_images": len(val),
-                     "step": load_checkpoint(ckpt).get("step")})
-    console.print(metrics_table(metrics, f"val mAP of {ckpt} ({len(val)} images)"))
-    console.print(f"metrics -> {escape(str(out))}")
+                     "step": state.get("step")})
+    console.print(metrics_table(metrics, f"val mAP of {escape(str(ckpt))} ({len(val)} images)"))
+    kept = "" if own or given else f" (not the run's own val set: {escape(str(ckpt.parent.parent / METRICS_FILE))} is kept)"
+    console.print(f"metrics -> {escape(str(out))}{kept}")
     return metrics
 
 
-def eval_record_path(cfg: ExperimentConfig, work_dir: str | Path | None, ckpt: Path, given: bool) -> Path:
+def _same_val_set(trained: dict | None, now: dict) -> bool:
+    """Whether ``now`` evaluates on the val set of the run a checkpoint's config (``trained``) describes."""
+    saved = (trained or {}).get("data") or {}
+    return bool(saved) and all(saved.get(k) == now["data"].get(k) for k in ("format", "val", "data_yaml", "classes"))
+
+
+def eval_record_path(cfg: ExperimentConfig, work_dir: str | Path | None, ckpt: Path, given: bool,
+                     own_val: bool = True, what: str = "metrics") -> Path:
     """Where ``nasdet eval`` writes: the baseline's own ``metrics.json`` when it re-evaluates the baseline
-    by default; for a checkpoint given with --ckpt, ``eval/<stage>_<name>_metrics.json``, never a stage's
-    own record (the report reads the baseline's; pretrain reads the supernet's)."""
-    if not given:
-        return ckpt.parent.parent / METRICS_FILE
+    by default on the run's whole val set (``own_val``); else ``eval/<stage>_<name>_metrics.json``, never a
+    stage's own record (the report reads the baseline's; pretrain reads the supernet's), nor a file beside
+    a checkpoint given from elsewhere. ``what``: ``cost`` for ``nasdet cost --ckpt``."""
+    if not given and own_val:
+        return ckpt.parent.parent / f"{what}.json"
     stage = stage_dir_of(ckpt)
     name = f"{stage.name}_{ckpt.stem}" if stage is not None else ckpt.stem
-    return WorkDir.of(cfg, work_dir).eval.root / f"{name}_metrics.json"
+    return WorkDir.of(cfg, work_dir).eval.root / f"{name}_{what}.json"
 
 
 def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
@@ -89,6 +101,8 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         result["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
         if c.onnxruntime:
             result["latency_onnxruntime"] = measure_latency_onnx(model, warmup=c.warmup, runs=c.runs, threads=c.threads)
-    write_json((wd.baseline.root if not ckpt else path.parent.parent) / COST_JSON, result)
+    out = eval_record_path(cfg, work_dir, path, True, what="cost") if ckpt else wd.baseline / COST_JSON
+    write_json(out, result)
+    console.print(f"cost -> {escape(str(out))}")
     console.print(cost_table(result, f"cost of {cfg.model.detector} / {cfg.model.backbone.name}"))
     return result

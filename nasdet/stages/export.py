@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -87,7 +88,7 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
               "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch}
     write_json(wd.export_record(source, raw), result)
 
-    table = Table(title=f"export: {path}")
+    table = Table(title=f"export: {escape(str(path))}")
     for col in ("", "MACs", "params", "latency torch", "latency onnxruntime"):
         table.add_column(col, justify="right")
     table.add_row("measured", f"{measured['macs'] / 1e6:.1f} M", f"{measured['params'] / 1e6:.3f} M",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import ExperimentConfig, save_config
 from ..data.build import build_datasets
@@ -33,7 +34,7 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     if cfg.supernet.init_from and not resuming:
         init_from_checkpoint(model, cfg.supernet.init_from)
         if dist.is_main():
-            console.print(f"initialised the supernet from {cfg.supernet.init_from}")
+            console.print(f"initialised the supernet from {escape(cfg.supernet.init_from)}")
     teacher = load_teacher(cfg.supernet.distill.checkpoint, k) if cfg.supernet.distill.teacher == "checkpoint" else None
     trainer = SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], data["val"], out_dir,
                               calib_set=data["supernet_train"].with_transforms(None), teacher=teacher, console=console)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import ExperimentConfig
@@ -107,6 +108,6 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
               "(study.journal, results.csv, best_arch.json, pareto.json/png), `tune/` (arch.json, checkpoint, "
               "metrics), `export/` (ONNX files, parity and latency records, classes.json).", ""]
     write_text_atomic(w.report_md, "\n".join(lines))
-    console.print(f"report: {w.report_md}")
+    console.print(f"report: {escape(str(w.report_md))}")
     return {"rows": rows, "initial_tune_metrics": init_metrics, "budget": None if budget is None else budget.model_dump(),
             "supernet": str(w.supernet.root)}

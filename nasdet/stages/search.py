@@ -12,6 +12,7 @@ import functools
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from ..config import ExperimentConfig, save_config
@@ -116,7 +117,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         console.print("[yellow]no scored candidate is under the budget: best_arch.json not written[/]")
     else:
         console.print(f"best under budget: trial {summary['best']['trial']}, {objective} "
-                      f"{summary['best']['metrics'][objective]:.4f} -> {out_dir / BEST_ARCH}")
+                      f"{summary['best']['metrics'][objective]:.4f} -> {escape(str(out_dir / BEST_ARCH))}")
     return summary
 
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import ExperimentConfig, load_yaml, save_config
 from ..data.build import build_datasets
@@ -175,7 +176,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
             save_arch(out / ARCH_JSON, arch, space)
         else:
             write_json(out / ARCH_JSON, {"arch": arch, "source": source})
-        console.print(f"tune: arch from {source}, init {init}" + (f" ({sn_ckpt})" if sn_ckpt else ""))
+        console.print(f"tune: arch from {escape(str(source))}, init {init}" + (f" ({escape(str(sn_ckpt))})" if sn_ckpt else ""))
     trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out.root, console=console, arch=arch)
     if sn_ckpt is not None:
         trainer.start_note = f"from the supernet's weights ({sn_ckpt})"

@@ -30,8 +30,9 @@ from . import dist
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler
+from .resume import NOT_TRAINING, TRAINING_SECTIONS, refuse_changed_run
 from ..errors import CheckpointError, DataError, TrainingDiverged
-from ..workdir import LAST_CKPT, LOG_FILE, checkpoint_in
+from ..workdir import LAST_CKPT, LOG_FILE, WriterLock, checkpoint_in
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -88,6 +89,9 @@ class Trainer:
     """Train ``model`` on ``train_set`` per ``settings.train``; checkpoints and logs go to ``out_dir``."""
 
     find_unused_parameters = False  # supernets set True: only the sampled path has gradients
+    # the config a resume must keep (train/resume.py); a supernet adds its own section
+    resume_sections: tuple[str, ...] = TRAINING_SECTIONS
+    resume_ignores: frozenset[str] = NOT_TRAINING
     start_note = "from scratch"  # how a fresh (not resumed) run starts, for the log line
 
     def __init__(self, settings: RunSettings, model: nn.Module, train_set: DetectionDataset,
@@ -131,6 +135,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self._resumed: bool | None = None
+        self.lock = WriterLock(self.out_dir)
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, *args, **kwargs) -> "Trainer":
@@ -181,9 +186,16 @@ class Trainer:
         return min(self.total_steps, self.tcfg.max_steps or self.total_steps)
 
     def prepare(self) -> bool:
-        """Resume from ``ckpt/last.pt`` if there is one (once); errors before anything is written."""
+        """Take the stage folder's writer lock (under torchrun: rank 0) and resume from ``ckpt/last.pt`` if
+        there is one (once); errors before anything is written. ``run`` releases the lock."""
         if self._resumed is None:
-            self._resumed = self.try_resume()
+            if dist.is_main():
+                self.lock.acquire()
+            try:
+                self._resumed = self.try_resume()
+            except BaseException:
+                self.lock.release()
+                raise
         return self._resumed
 
     def try_resume(self) -> bool:
@@ -191,6 +203,7 @@ class Trainer:
         if not path.is_file():
             return False
         state = load_checkpoint(path, space_id=self.space_id)
+        refuse_changed_run(path, state.get("config"), self.settings.record, self.resume_sections, self.resume_ignores)
         load_model_weights(self.model, state, source=str(path))
         if state.get("total_steps") != self.total_steps:
             raise CheckpointError(
@@ -272,6 +285,12 @@ class Trainer:
 
     def run(self) -> dict:
         """Train to the end (resuming from ``ckpt/last.pt`` if present); returns the final val metrics."""
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> dict:
         torch.manual_seed(self.settings.seed)
         resumed = self.prepare()
         limit = self.final_step

@@ -24,6 +24,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .distill import LossesWithLogits, adaptive_distillation_loss
 from .evaluate import evaluate_detector
 from .loop import RunSettings, Trainer
+from .resume import NOT_TRAINING, TRAINING_SECTIONS
 
 
 # -------------------------------------------------------------------------------- progressive shrinking
@@ -162,6 +163,11 @@ class SupernetTrainer(Trainer):
     """``Trainer`` whose step trains sampled subnets of a detector supernet."""
 
     find_unused_parameters = True  # only the sampled path gets gradients
+    # its split of train and its sampling recipe shape the weights too; its recipe is already `train`, and
+    # init_from only applies to a fresh start
+    resume_sections = (*TRAINING_SECTIONS, "supernet")
+    resume_ignores = (NOT_TRAINING - {"data.search_fraction", "data.split_seed"}) | {
+        "supernet.train", "supernet.init_from", "supernet.recalib_batches", "supernet.report_archs"}
 
     def __init__(self, settings: RunSettings, model: nn.Module, space: SearchSpace, train_set, val_set, out_dir, *,
                  supernet: SupernetConfig, input_size: int, calib_set=None, teacher: nn.Module | None = None,

@@ -1,0 +1,79 @@
+"""A resume is onto the same run (issue 24 cases 3, 4): a rerun whose training-relevant config differs from
+the one in the checkpoint is refused, listing the keys (old -> new), before anything is rewritten; what does
+not change the weights (logging, evaluation, max_steps, the work dir) may change."""
+from __future__ import annotations
+
+import hashlib
+
+import yaml
+
+from conftest import tiny_raw
+from test_user_data_safety import cli, one_error_line
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def started_run(shapes_dir, tmp_path):
+    """A baseline stopped after 2 of its 12 steps (a checkpoint to resume)."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(shapes_dir, tmp_path / "wd")))
+    code, out, exc = cli("train", cfg, "--set", "train.max_steps=2")
+    assert code == 0 and exc is None, out
+    return cfg, tmp_path / "wd"
+
+
+def test_resume_with_another_lr_is_refused(shapes_dir, tmp_path):
+    cfg, wd = started_run(shapes_dir, tmp_path)
+    config_yaml, ckpt = wd / "config.yaml", wd / "baseline" / "ckpt" / "last.pt"
+    before = digest(config_yaml), digest(ckpt)
+    line = one_error_line(*cli("train", cfg, "--set", "train.max_steps=3", "--set", "train.optimizer.lr=0.01"),
+                          "train.optimizer.lr: 0.002 -> 0.01", str(wd / "baseline"))
+    assert "max_steps" not in line  # not training-relevant: a longer run of the same recipe is a resume
+    assert (digest(config_yaml), digest(ckpt)) == before
+    # what does not change the weights may change: logging, evaluation, the number of steps to stop at
+    code, out, exc = cli("train", cfg, "--set", "train.max_steps=3", "--set", "train.log_every_steps=5",
+                         "--set", "eval.batch_size=2", "--set", "data.num_workers=0")
+    assert code == 0 and exc is None, out
+    assert "resumed at step 2" in " ".join(out.split())
+
+
+def test_resume_after_changing_the_optimizer_is_refused_without_keyerror(shapes_dir, tmp_path):
+    cfg, wd = started_run(shapes_dir, tmp_path)
+    before = digest(wd / "config.yaml")
+    one_error_line(*cli("train", cfg, "--set", "train.optimizer.name=sgd"), "train.optimizer.name: adamw -> sgd",
+                   "delete")
+    assert digest(wd / "config.yaml") == before
+    assert "adamw" in (wd / "config.yaml").read_text()
+
+
+def test_eval_on_another_val_set_keeps_the_stage_record(shapes_dir, tmp_path):
+    """Case 6: `eval --set data.val...` replaced baseline/metrics.json, which the report reads as the
+    baseline's val AP; it now writes eval/ and says so. On the run's own val set it updates the record."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(shapes_dir, tmp_path / "wd")))
+    code, out, exc = cli("train", cfg, "--set", "train.epochs=1", "--set", "train.max_steps=1")
+    assert code == 0 and exc is None, out
+    record = tmp_path / "wd" / "baseline" / "metrics.json"
+    before = digest(record)
+    other = ["--set", f"data.val.annotations={shapes_dir / 'train' / 'annotations.json'}",
+             "--set", f"data.val.images={shapes_dir / 'train' / 'images'}"]
+    for extra in (other, ["--set", "eval.max_images=3"]):
+        code, out, exc = cli("eval", cfg, *extra)
+        assert code == 0 and exc is None, out
+        flat = "".join(out.split())  # rich wraps long paths
+        assert digest(record) == before, extra
+        assert str(tmp_path / "wd" / "eval" / "baseline_last_metrics.json") in flat and "kept" in flat, flat
+    code, out, exc = cli("eval", cfg)
+    assert code == 0 and exc is None, out
+    assert str(record) in "".join(out.split())
+    # `cost --ckpt` of a checkpoint kept elsewhere wrote cost.json into the folder above it
+    mine = tmp_path / "mine" / "models"
+    mine.mkdir(parents=True)
+    (mine / "baseline.pt").write_bytes((tmp_path / "wd" / "baseline" / "ckpt" / "last.pt").read_bytes())
+    (tmp_path / "mine" / "cost.json").write_text("my own notes")
+    code, out, exc = cli("cost", cfg, "--ckpt", mine / "baseline.pt", "--no-latency")
+    assert code == 0 and exc is None, out
+    assert (tmp_path / "mine" / "cost.json").read_text() == "my own notes"
+    assert (tmp_path / "wd" / "eval" / "baseline_cost.json").is_file()

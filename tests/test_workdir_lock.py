@@ -1,0 +1,48 @@
+"""One writer per stage folder (issue 24): a second process gets one line naming the holder's pid, fast;
+the lock is the OS's (flock), so a killed holder leaves nothing to clean up."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from conftest import tiny_raw
+
+HOLD = """
+import sys, time
+from nasdet.workdir import WriterLock
+lock = WriterLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(shapes_dir, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(shapes_dir, tmp_path / "wd")))
+    stage = tmp_path / "wd" / "baseline"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(stage)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "nasdet", "train", str(cfg), "--set", "train.max_steps=1"],
+                           capture_output=True, text=True, env=env, timeout=120)
+        took = time.perf_counter() - t
+        out = " ".join((r.stdout + r.stderr).split())
+        assert r.returncode == 2, out
+        assert f"pid {holder.pid}" in out and str(stage) in "".join(out.split()) and "Traceback" not in out, out
+        assert not (stage / "ckpt").exists() and not (tmp_path / "wd" / "config.yaml").exists()
+        assert took < 60, took  # refused before training
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the killed holder's lock went with it: the same command now runs
+    r = subprocess.run([sys.executable, "-m", "nasdet", "train", str(cfg), "--set", "train.max_steps=1"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (stage / "ckpt" / "last.pt").is_file()
