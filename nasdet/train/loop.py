@@ -295,7 +295,7 @@ class Trainer:
         resumed = self.prepare()
         limit = self.final_step
         if dist.is_main():
-            what = f"resumed at step {self.step}" if resumed else self.start_note
+            what = f"resumed at step {self.step}" if resumed else escape(self.start_note)  # may name a path
             self.console.print(
                 f"[bold]train[/] {escape(str(self.out_dir))}: {len(self.train_set)} images, {self.steps_per_epoch} "
                 f"steps/epoch x {self.tcfg.epochs} epochs, batch {self.tcfg.batch_size} x {self.world} process(es) on "
