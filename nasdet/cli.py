@@ -5,6 +5,7 @@ from .threads import LOCAL_PROCESSES_ENV, passive_wait_policy
 
 passive_wait_policy()  # before anything loads torch's OpenMP (see nasdet/threads.py)
 
+import errno  # noqa: E402
 import functools  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -70,6 +71,8 @@ def describe_os_error(e: OSError) -> str:
     where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
     hint = {PermissionError: " (check its permissions, or choose another place)",
             NotADirectoryError: " (a part of the path is a file, not a folder)"}.get(type(e), "")
+    if e.errno == errno.ENOSPC:  # every write is atomic: the file's previous version, if any, is intact
+        hint = " (free space on that disk, or choose another work dir, then rerun: finished work is kept)"
     return f"{where}: {what.lower()}{hint}"
 
 

@@ -37,9 +37,11 @@ from typing import Any
 
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import CheckpointError, ConfigError, DataError, EnvironmentProblem
+from ..files import naming_the_file
 from ..space import SearchSpace
 from .budget import Budget
 from .scoring import arch_key
@@ -58,33 +60,47 @@ def open_storage(storage: str | Path | None, search_dir: str | Path, heartbeat: 
     if storage is not None and "://" in str(storage):
         from optuna.storages import RDBStorage
 
-        url = _with_installed_driver(str(storage))
-        check_storage_url(url)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        url = check_storage_url(str(storage))
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; study.optimize relies on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                              heartbeat_stale_trial_callback=retry_trial)
+            try:
+                return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                  heartbeat_stale_trial_callback=retry_trial)
+            except SQLAlchemyError as e:  # the server went away since the check
+                raise EnvironmentProblem(f"storage {shown_storage(storage)}: {_database_failure(e, url)}") from None
     path = Path(storage) if storage is not None else Path(search_dir) / STUDY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
     check_journal(path)
-    return JournalStorage(JournalFileBackend(str(path)))
+    return JournalStorage(_JournalFile(str(path)))
 
 
-def check_storage_url(url: str) -> None:
-    """A database URL whose scheme SQLAlchemy does not know, or whose driver is not installed, is one clear
-    error before Optuna (the password is not repeated)."""
+class _JournalFile(JournalFileBackend):
+    """Optuna's journal file, whose write errors name it (a full disk's ENOSPC names no file)."""
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with naming_the_file(self._file_path):
+            super().append_logs(logs)
+
+
+def check_storage_url(url: str) -> str:
+    """The database URL to open (``postgresql://`` with the installed driver); a URL whose scheme SQLAlchemy
+    does not know, whose driver is not installed, or whose database cannot be reached (a refused port, an
+    unknown host, an SQLite file in a missing folder) is one clear error before Optuna (the password is not
+    repeated)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    given, url = url, _with_installed_driver(url)
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError(f"storage {url!r} is neither a database URL (postgresql://user:password@host/db) nor a "
                           "journal file path") from None
-    shown = parsed.render_as_string(hide_password=True)
+    shown = shown_storage(given)  # as the user wrote it, without the password
     try:
         dialect = parsed.get_dialect()
     except ArgumentError:  # NoSuchModuleError: an unknown scheme
@@ -97,6 +113,41 @@ def check_storage_url(url: str) -> None:
             f"storage {shown}: the database driver, Python module {e.name or 'for ' + parsed.drivername!r}, is not "
             "installed (PostgreSQL: pip install 'psycopg[binary]', or psycopg2-binary with postgresql+psycopg2://)"
         ) from None
+    _check_reachable(url, parsed, shown)
+    return url
+
+
+def _check_reachable(url: str, parsed, shown: str) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise ConfigError(f"storage {shown}: folder {folder.absolute()} of the SQLite file does not exist (create "
+                              "it, or give another path)")
+    timeout = {"connect_timeout": 15} if parsed.get_backend_name() == "postgresql" \
+        and "connect_timeout" not in parsed.query else {}
+    engine = create_engine(url, connect_args=timeout)
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as e:
+        raise EnvironmentProblem(f"storage {shown}: {_database_failure(e, url)}") from None
+    finally:
+        engine.dispose()
+
+
+def _database_failure(e: Exception, url: str) -> str:
+    """``cannot connect to the database: <the driver's first line>``, with the URL's password masked."""
+    from sqlalchemy.engine import make_url
+
+    text = str(getattr(e, "orig", None) or e).strip()
+    reason = text.splitlines()[0].strip() if text else type(e).__name__
+    password = make_url(url).password
+    if password:
+        reason = reason.replace(str(password), "***")
+    return f"cannot connect to the database: {reason}"
 
 
 def shown_storage(storage: str | Path) -> str:

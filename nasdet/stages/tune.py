@@ -30,7 +30,7 @@ from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
-from .common import finished_record, metrics_table, with_train_recipe
+from .common import finished_record, metrics_table, recipe_key, with_train_recipe
 
 
 # ----------------------------------------------------------------------------------------- the arch
@@ -176,7 +176,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         else:
             write_json(out / ARCH_JSON, {"arch": arch, "source": source})
         console.print(f"tune: arch from {source}, init {init}" + (f" ({sn_ckpt})" if sn_ckpt else ""))
-    trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out.root, console=console, arch=arch)
+    trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out.root, console=console, arch=arch,
+                                      recipe=recipe_key("tune", cfg.tune.train))
     if sn_ckpt is not None:
         trainer.start_note = f"from the supernet's weights ({sn_ckpt})"
     trainer.prepare()
