@@ -224,3 +224,65 @@ def test_disk_full_during_export_is_one_line_naming_the_file(cfg_file, tmp_path,
     fill_disk_under(monkeypatch, tmp_path / "wd" / "export")
     code, out, exc = cli("export", cfg, "--source", "baseline")
     assert_one_line(code, out, exc, str(tmp_path / "wd" / "export"), "baseline", ".onnx", "no space left on device")
+
+
+# --------------------------------------------------------------------- weak: checkpoints of a search space
+def _tuned_checkpoint(cfg, num_classes=8):
+    """A tune checkpoint where ``nasdet tune`` writes it (the space's smallest arch, its static weights)."""
+    from nasdet.config import config_to_dict
+    from nasdet.models.supernet import build_supernet
+    from nasdet.train.checkpoint import save_checkpoint
+    from nasdet.train.trained import build_static_model
+
+    space = build_supernet(cfg, num_classes)[1]
+    arch = space.smallest()
+    model, _ = build_static_model(cfg, num_classes, arch)
+    path = Path(cfg.work_dir) / "tune" / "ckpt" / "last.pt"
+    save_checkpoint({"model": model.state_dict(), "extra": {"arch": arch}, "config": config_to_dict(cfg),
+                     "step": 1}, path)
+    return path, arch, space
+
+
+def test_tuned_checkpoint_of_another_space_is_a_short_line_naming_it(tiny_config):
+    from nasdet.errors import CheckpointError
+    from nasdet.models.supernet import build_supernet
+    from nasdet.stages.export import run_export
+
+    ofa = tiny_config(model=OFA_TINY, supernet={"input_sizes": [64, 96]})
+    path, _, space = _tuned_checkpoint(ofa)
+    mbv2 = ofa.model_copy(update={"model": ofa.model.model_copy(update={
+        "backbone": ofa.model.backbone.model_copy(update={"name": "mbv2_elastic", "width_mult": 0.35})})})
+    other = build_supernet(mbv2, 8)[1]
+    with pytest.raises(CheckpointError) as info:
+        run_export(mbv2, source="tune", console=quiet())
+    line = str(info.value)
+    assert str(path) in line and space.space_id in line and other.space_id in line and len(line) < 600, line
+
+
+def test_eval_and_cost_of_the_configs_own_tuned_checkpoint(tiny_config):
+    from nasdet.stages.baseline import run_cost, run_eval
+
+    cfg = tiny_config(model=OFA_TINY, supernet={"input_sizes": [64, 96]}, eval={"max_images": 2})
+    path, arch, _ = _tuned_checkpoint(cfg)
+    buf = quiet()
+    run_eval(cfg, ckpt=path, console=buf)
+    record = json.loads((Path(cfg.work_dir) / "eval" / "tune_last_metrics.json").read_text())
+    assert record["tuned_arch"] == arch and "tuned subnet" in buf.file.getvalue()
+    cost = run_cost(cfg, ckpt=path, latency=False, console=quiet())
+    assert cost["tuned_arch"] == arch and cost["macs"]["total"] > 0
+
+
+def test_eval_of_a_supernet_checkpoint_says_which_subnet(tiny_config):
+    from conftest import fake_pretrain
+    from nasdet.stages.baseline import run_eval
+
+    cfg = tiny_config(model=OFA_TINY, supernet={"input_sizes": [64, 96], "recalib_batches": 1},
+                      eval={"max_images": 2})
+    _, space = fake_pretrain(cfg)
+    buf = quiet()
+    run_eval(cfg, ckpt=Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt", console=buf)
+    said = " ".join(buf.file.getvalue().split())
+    assert "supernet checkpoint: evaluated its default subnet at input size 96" in said
+    assert "BatchNorm recalibrated" in said
+    record = json.loads((Path(cfg.work_dir) / "eval" / "supernet_last_metrics.json").read_text())
+    assert record["supernet_subnet"] == space.default()

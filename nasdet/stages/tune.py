@@ -177,7 +177,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
             write_json(out / ARCH_JSON, {"arch": arch, "source": source})
         console.print(f"tune: arch from {source}, init {init}" + (f" ({sn_ckpt})" if sn_ckpt else ""))
     trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out.root, console=console, arch=arch,
-                                      recipe=recipe_key("tune", cfg.tune.train))
+                                      recipe=recipe_key("tune", cfg.tune.train),
+                                      space_id=space.space_id if space is not None else None)
     if sn_ckpt is not None:
         trainer.start_note = f"from the supernet's weights ({sn_ckpt})"
     trainer.prepare()
