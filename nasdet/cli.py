@@ -192,9 +192,10 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
     """Score subnets of the trained supernet under the budget (evolution, NSGA-II or random on Optuna);
     rerunning continues the study. Several processes (here via --workers, or on other machines with
     --storage) share one study."""
-    from .stages.search import run_search
+    from .stages.search import check_one_process, run_search
 
     cfg = _load(config, set_)
+    check_one_process(cfg, worker, workers)  # before any worker starts
     if workers > 1:
         _launch_workers("search", config, work_dir, set_ or [], workers, ["--storage", storage] if storage else [])
     run_search(cfg, work_dir=work_dir, storage=storage, console=console, worker=worker)

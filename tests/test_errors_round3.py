@@ -286,3 +286,44 @@ def test_eval_of_a_supernet_checkpoint_says_which_subnet(tiny_config):
     assert "BatchNorm recalibrated" in said
     record = json.loads((Path(cfg.work_dir) / "eval" / "supernet_last_metrics.json").read_text())
     assert record["supernet_subnet"] == space.default()
+
+
+# ------------------------------------------------------------------------------- weak: one-line refusals
+@pytest.mark.parametrize("strategy", ["gradient", "darts"])
+def test_one_process_searches_refuse_workers_before_starting_any(cfg_file, strategy, monkeypatch):
+    import subprocess
+
+    def no_launch(*a, **k):
+        raise AssertionError("a worker process was started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_launch)
+    cfg = cfg_file(detector="fcos" if strategy == "darts" else "ssdlite",
+                   search={"strategy": strategy, "budget": {"metric": "macs", "max": 1e12}})
+    code, out, exc = cli("search", cfg, "--workers", 2)
+    assert_one_line(code, out, exc, "--workers 2", f"search.strategy {strategy} runs in one process")
+
+
+def test_searched_arch_names_the_backbone_it_needs(cfg_file):
+    cfg = cfg_file(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}},
+                   tune={"searched_arch": [0] * 17, "init": "scratch"})
+    code, out, exc = cli("tune", cfg)
+    assert_one_line(code, out, exc, "tune.searched_arch", "mbv2_width", "'mbv2_elastic'")
+
+
+def test_diagnose_with_every_standalone_ap_zero_says_the_target_is_constant(tiny_config):
+    import math
+
+    from rich.console import Console
+
+    from nasdet.search.diagnose import ranker_table, summarize
+
+    cfg = tiny_config(diagnose={"archs": 4, "proxies": []})
+    records = [{"arch_id": f"a{i}", "arch": {"input_size": 96}, "costs": {"macs": 1e6 * (i + 1), "params": 1e3 * (i + 1)},
+                "supernet": {"AP": 0.01 * i}, "standalone": {"scratch": {"AP": 0.0}, "supernet": {"AP": 0.0}},
+                "proxies": {}, "seconds": {"train": 1.0}} for i in range(4)]
+    summary = summarize(records, cfg)
+    assert math.isnan(summary["rankers"]["macs"]["top_k_overlap"])  # was 1.0 or 0.67: archs in listed order
+    assert "the target is constant" in summary["warning"] and "diagnose.epochs" in summary["warning"]
+    buf = io.StringIO()
+    Console(file=buf, width=200).print(ranker_table(summary))
+    assert "undefined" in buf.getvalue() and "nan" not in buf.getvalue()

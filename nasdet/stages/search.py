@@ -43,17 +43,28 @@ def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console
     return search.run()
 
 
+ONE_PROCESS = {"gradient": "one set of architecture probabilities", "darts": "one set of architecture weights"}
+
+
+def check_one_process(cfg: ExperimentConfig, worker: int = 0, workers: int = 1) -> None:
+    """Gradient and darts searches train one set of architecture parameters: one process, no workers
+    (the CLI calls this before it starts any)."""
+    why = ONE_PROCESS.get(cfg.search.strategy)
+    if why and (worker > 0 or workers > 1):
+        from ..errors import ConfigError
+
+        given = f"--workers {workers}" if workers > 1 else f"--worker {worker}"
+        raise ConfigError(f"{given}: search.strategy {cfg.search.strategy} runs in one process ({why}); drop "
+                          "--worker / --workers")
+
+
 def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storage: str | None = None,
                console: Console | None = None, worker: int = 0) -> dict:
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
     counts, output paths). ``storage`` (URL or journal path) overrides ``cfg.search.storage``; ``worker``
     (0, 1, ...) decorrelates the proposals of processes sharing one study. With ``search.scorer`` a zero-cost
     proxy, candidates are ranked by it at their scratch init and no supernet checkpoint is needed."""
-    if cfg.search.strategy == "gradient" and worker > 0:
-        from ..errors import ConfigError
-
-        raise ConfigError("search.strategy gradient runs in one process (one set of architecture probabilities): "
-                          "drop --worker / --workers")
+    check_one_process(cfg, worker)
     if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
         return run_darts(cfg, work_dir, console)
     console = console or Console()

@@ -60,6 +60,11 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
     if given is None and cfg.tune.searched_arch is not None:
         from ..models.backbones.mbv2_width import arch_from_enot
 
+        if cfg.model.backbone.name != "mbv2_width":
+            raise ArchError(f"tune.searched_arch (ENOT's per-block width indices) needs model.backbone.name "
+                            f"mbv2_width, the MobileNetV2 width space; this config's backbone is "
+                            f"{cfg.model.backbone.name!r}: give its arch as tune.arch instead")
+
         return space.validate(_complete(arch_from_enot(space, cfg.tune.searched_arch), cfg)), "tune.searched_arch"
     if given is None:
         wd = WorkDir.of(cfg, work_dir)
