@@ -327,3 +327,31 @@ def test_diagnose_with_every_standalone_ap_zero_says_the_target_is_constant(tiny
     buf = io.StringIO()
     Console(file=buf, width=200).print(ranker_table(summary))
     assert "undefined" in buf.getvalue() and "nan" not in buf.getvalue()
+
+
+def test_readme_command_fails_a_dead_remote_workers_trial(tmp_path, monkeypatch):
+    """A journal file has no heartbeat: a trial of a dead process on another host stays RUNNING (its arch
+    blocked) until failed with the README's ``optuna tell`` command, after which nasdet's next look skips it."""
+    import sys
+    import warnings
+
+    import optuna
+    from optuna.cli import main as optuna_cli
+    from optuna.trial import TrialState
+
+    from nasdet.search.study import fail_stale_trials, open_storage
+
+    journal = tmp_path / "search" / "study.journal"
+    study = optuna.create_study(storage=open_storage(journal, tmp_path), study_name="tiny-evolution")
+    trial = study.ask()
+    trial.suggest_categorical("b.kernel", [3, 5])
+    trial.set_user_attr("worker", "another-host:4242")
+    assert fail_stale_trials(study) == 0  # nasdet cannot tell a remote process is dead
+    for command in (["trials", "-f", "table"], ["tell", "--trial-number", str(trial.number), "--state", "fail"]):
+        monkeypatch.setattr(sys, "argv", ["optuna", command[0], "--storage", str(journal), "--study-name",
+                                          "tiny-evolution", *command[1:]])
+        with warnings.catch_warnings():  # optuna marks `tell` experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            assert optuna_cli() == 0
+    again = optuna.load_study(storage=open_storage(journal, tmp_path), study_name="tiny-evolution")
+    assert [t.state for t in again.trials] == [TrialState.FAIL]

@@ -20,8 +20,9 @@ host (its pid is gone) is told ``FAIL`` by the next driver that looks (each driv
 trial), and its arch is enqueued again (user attribute ``retry_of``), so another worker scores it.
 On a database storage (``postgresql://...``) each running trial also records an Optuna heartbeat every
 ``heartbeat`` seconds; one silent for twice that (a dead process on any host) is failed and retried the
-same way. A trial left by a dead process on another host of a journal file blocks its arch until failed
-by hand.
+same way. A trial left by a dead process on another host of a journal file (Optuna's journal storage has
+no heartbeat) blocks its arch until failed by hand: ``optuna tell --storage FILE --study-name STUDY
+--trial-number N --state fail`` (README).
 """
 from __future__ import annotations
 
