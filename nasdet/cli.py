@@ -72,7 +72,7 @@ def describe_os_error(e: OSError) -> str:
     hint = {PermissionError: " (check its permissions, or choose another place)",
             NotADirectoryError: " (a part of the path is a file, not a folder)"}.get(type(e), "")
     if e.errno == errno.ENOSPC:  # every write is atomic: the file's previous version, if any, is intact
-        hint = " (free space on that disk, or choose another work dir, then rerun: finished work is kept)"
+        hint = " (free space on that disk or choose another folder, then rerun: finished work is kept)"
     return f"{where}: {what.lower()}{hint}"
 
 
