@@ -23,8 +23,8 @@ from ..search.outputs import top_table, write_search_outputs
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
-from ..search.study import (apply_budget, check_storage_url, check_supernet_fingerprint, open_storage, open_study,
-                            run_study, shown_storage, study_records)
+from ..search.storage import check_storage_url, open_storage, shown_storage
+from ..search.study import apply_budget, check_supernet_fingerprint, open_study, run_study, study_records
 from ..space import SearchSpace
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
