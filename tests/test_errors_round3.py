@@ -223,7 +223,7 @@ def test_disk_full_during_export_is_one_line_naming_the_file(cfg_file, tmp_path,
     assert code == 0, out
     fill_disk_under(monkeypatch, tmp_path / "wd" / "export")
     code, out, exc = cli("export", cfg, "--source", "baseline")
-    assert_one_line(code, out, exc, str(tmp_path / "wd" / "export"), "baseline", ".onnx", "no space left on device")
+    assert_one_line(code, out, exc, str(tmp_path / "wd" / "export" / "baseline.onnx:"), "no space left on device")
 
 
 # --------------------------------------------------------------------- weak: checkpoints of a search space

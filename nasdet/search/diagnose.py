@@ -210,7 +210,8 @@ def plot_rankers(records: Sequence[dict], summary: dict, cfg: ExperimentConfig, 
         ax.axis("off")
     fig.suptitle(f"{len(records)} archs; Kendall tau with bootstrap 90 % interval", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:  # a failed write (a full disk) names rank.png
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
