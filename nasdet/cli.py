@@ -5,6 +5,7 @@ from .threads import LOCAL_PROCESSES_ENV, passive_wait_policy
 
 passive_wait_policy()  # before anything loads torch's OpenMP (see nasdet/threads.py)
 
+import errno  # noqa: E402
 import functools  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -71,6 +72,8 @@ def describe_os_error(e: OSError) -> str:
     where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
     hint = {PermissionError: " (check its permissions, or choose another place)",
             NotADirectoryError: " (a part of the path is a file, not a folder)"}.get(type(e), "")
+    if e.errno == errno.ENOSPC:  # every write is atomic: the file's previous version, if any, is intact
+        hint = " (free space on that disk or choose another folder, then rerun: finished work is kept)"
     return f"{where}: {what.lower()}{hint}"
 
 
@@ -190,9 +193,10 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
     """Score subnets of the trained supernet under the budget (evolution, NSGA-II or random on Optuna);
     rerunning continues the study. Several processes (here via --workers, or on other machines with
     --storage) share one study."""
-    from .stages.search import run_search
+    from .stages.search import check_one_process, run_search
 
     cfg = _load(config, set_)
+    check_one_process(cfg, worker, workers)  # before any worker starts
     if workers > 1:
         _launch_workers("search", config, work_dir, set_ or [], workers, ["--storage", storage] if storage else [])
     run_search(cfg, work_dir=work_dir, storage=storage, console=console, worker=worker)

@@ -16,6 +16,18 @@ from pathlib import Path
 
 
 @contextmanager
+def naming_the_file(path: str | Path) -> Iterator[None]:
+    """An OSError raised while writing ``path`` that names no file (a full disk: ``[Errno 28] No space left on
+    device`` from a write or an fsync) is raised again naming ``path``, so the user learns which file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
+@contextmanager
 def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s new content to; it replaces ``path`` when the block ends
     without an error (and is removed otherwise). ``fsync``: also survive a power cut, not only a kill."""
@@ -24,12 +36,13 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        yield Path(tmp)
-        if fsync:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        with naming_the_file(path):
+            yield Path(tmp)
+            if fsync:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -59,7 +72,7 @@ def append_jsonl(path: str | Path, record: dict) -> None:
     line (readers skip the cut one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
+    with naming_the_file(path), open(path, "a+b") as f:
         if f.tell() > 0:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":

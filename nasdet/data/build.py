@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..config import ExperimentConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .coco import load_coco
 from .dataset import DetectionDataset
 from .split import split_train_search
@@ -31,6 +31,12 @@ def build_datasets(cfg: ExperimentConfig, need: tuple[str, ...] = ("train", "val
         train_tf = build_train_transforms(cfg.data.augment)
         out["train"] = full.with_transforms(train_tf)
         train_idx, search_idx = split_train_search(len(full), cfg.data.search_fraction, cfg.data.split_seed)
+        if search_idx and len(train_idx) < 2:
+            raise ConfigError(
+                f"data.search_fraction: {cfg.data.search_fraction} leaves {len(train_idx)} of {len(full)} training "
+                f"images ({full.source}) to train the supernet on, {len(search_idx)} held out to score candidates: "
+                "the supernet needs at least 2 (BatchNorm trains on more than one value per channel); lower "
+                "data.search_fraction (e.g. 0.2) or add training images")
         out["supernet_train"] = full.subset(train_idx).with_transforms(train_tf)
         out["search"] = full.subset(search_idx).with_transforms(None)
     if "val" in need:

@@ -141,9 +141,21 @@ def summarize(records: Sequence[dict], cfg: ExperimentConfig) -> dict:
                        "lr": cfg.train.optimizer.lr},
             "supernet_scoring": {"recalib_batches": cfg.search.recalib_batches, "batch_size": cfg.search.batch_size,
                                  "max_images": cfg.search.max_images},
-            "rankers": rankers, "other_standalone": extra,
+            "rankers": rankers, "other_standalone": extra, "warning": constant_target(truth, d),
             "seconds": {k: sum(r["seconds"].get(k, 0.0) for r in records)
                         for k in sorted({k for r in records for k in r["seconds"]})}}
+
+
+def constant_target(truth: Sequence[float], d) -> str | None:
+    """Why every correlation is undefined when all stand-alone archs scored the same (typically AP 0: too
+    few training steps to detect anything); None when the target varies."""
+    values = {v for v in truth if not math.isnan(v)}
+    if len(values) > 1 or not truth:
+        return None
+    value = f"{next(iter(values)):g}" if values else "missing"
+    return (f"every stand-alone {d.metric} ({d.target}) is {value}: the target is constant, so no ranker can be "
+            "compared with it (Kendall tau and Spearman rho are undefined, top-k overlap says nothing); train the "
+            "stand-alone archs longer (diagnose.epochs, diagnose.max_steps) until their APs differ, then rerun")
 
 
 def write_diagnose_outputs(records: Sequence[dict], cfg: ExperimentConfig, out: DiagnoseDir) -> dict:
@@ -198,7 +210,8 @@ def plot_rankers(records: Sequence[dict], summary: dict, cfg: ExperimentConfig, 
         ax.axis("off")
     fig.suptitle(f"{len(records)} archs; Kendall tau with bootstrap 90 % interval", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:  # a failed write (a full disk) names rank.png
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
@@ -206,8 +219,11 @@ def ranker_table(summary: dict) -> Table:
     table = Table(title=f"rankers vs {summary['target']} ({summary['archs']} archs, 90 % bootstrap intervals)")
     for col in ("ranker", "Kendall tau", "90 % interval", "Spearman rho", "90 % interval", "top-k overlap"):
         table.add_column(col, justify="right")
+    def f(v: float, spec: str = ".2f") -> str:
+        return "undefined" if math.isnan(v) else format(v, spec)
+
     for name, a in {**summary["rankers"], **summary.get("other_standalone", {})}.items():
-        table.add_row(name, f"{a['kendall_tau']:.3f}", f"[{a['kendall_tau_lo']:.2f}, {a['kendall_tau_hi']:.2f}]",
-                      f"{a['spearman_rho']:.3f}", f"[{a['spearman_rho_lo']:.2f}, {a['spearman_rho_hi']:.2f}]",
-                      f"{a['top_k_overlap']:.2f} (k={a['top_k']})")
+        table.add_row(name, f(a["kendall_tau"], ".3f"), f"[{f(a['kendall_tau_lo'])}, {f(a['kendall_tau_hi'])}]",
+                      f(a["spearman_rho"], ".3f"), f"[{f(a['spearman_rho_lo'])}, {f(a['spearman_rho_hi'])}]",
+                      f"{f(a['top_k_overlap'])} (k={a['top_k']})")
     return table

@@ -276,8 +276,8 @@ class GradientSearch:
         return state
 
     def _save_state(self) -> None:
-        with atomic_path(self.state_path) as tmp:
-            torch.save(self.state, tmp)
+        with atomic_path(self.state_path) as tmp, open(tmp, "wb") as f:
+            torch.save(self.state, f)  # a Python file: a full disk is ENOSPC naming the file (files.atomic_path)
 
     def _log(self, record: dict) -> None:
         append_jsonl(self.out_dir / LOG_FILE, record)

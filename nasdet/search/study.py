@@ -1,4 +1,5 @@
-"""The search as an Optuna ask-and-tell loop on a persistent study: storage, resume, workers, records.
+"""The search as an Optuna ask-and-tell loop on a persistent study (stored as ``storage.py`` says): resume,
+workers, records.
 
 How a trial ends, and what Optuna is told:
 
@@ -20,142 +21,34 @@ host (its pid is gone) is told ``FAIL`` by the next driver that looks (each driv
 trial), and its arch is enqueued again (user attribute ``retry_of``), so another worker scores it.
 On a database storage (``postgresql://...``) each running trial also records an Optuna heartbeat every
 ``heartbeat`` seconds; one silent for twice that (a dead process on any host) is failed and retried the
-same way. A trial left by a dead process on another host of a journal file blocks its arch until failed
-by hand.
+same way. A trial left by a dead process on another host of a journal file (Optuna's journal storage has
+no heartbeat) blocks its arch until failed by hand: ``optuna tell --storage FILE --study-name STUDY
+--trial-number N --state fail`` (README).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import CheckpointError, ConfigError, DataError, EnvironmentProblem
+from ..errors import CheckpointError, ConfigError
 from ..space import SearchSpace
 from .budget import Budget
 from .scoring import arch_key
+from .storage import check_storage_url, open_storage, shown_storage  # noqa: F401  (imported from here too)
 from .strategies import OBJECTIVE, Strategy, trial_arch
-from ..workdir import STUDY_FILE
 
 SUPERNET_ATTR = "supernet_checkpoint"  # study user attribute: the checkpoint the scores were taken on
 _MAX_SKIPS = 200  # consecutive skipped (duplicate / surplus) trials before giving up: space exhausted
 _MAX_OVER = 2000  # consecutive over-budget trials before giving up
-
-
-def open_storage(storage: str | Path | None, search_dir: str | Path, heartbeat: int = 60):
-    """``None``: a journal file ``search_dir/study.journal``; a URL (``postgresql://...``): that database,
-    with a trial heartbeat every ``heartbeat`` seconds; any other string: a journal file at that path.
-    (SQLite is not safe with several workers: Optuna's FAQ.)"""
-    if storage is not None and "://" in str(storage):
-        from optuna.storages import RDBStorage
-
-        url = _with_installed_driver(str(storage))
-        check_storage_url(url)
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; study.optimize relies on them
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                              heartbeat_stale_trial_callback=retry_trial)
-    path = Path(storage) if storage is not None else Path(search_dir) / STUDY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    check_journal(path)
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def check_storage_url(url: str) -> None:
-    """A database URL whose scheme SQLAlchemy does not know, or whose driver is not installed, is one clear
-    error before Optuna (the password is not repeated)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"storage {url!r} is neither a database URL (postgresql://user:password@host/db) nor a "
-                          "journal file path") from None
-    shown = parsed.render_as_string(hide_password=True)
-    try:
-        dialect = parsed.get_dialect()
-    except ArgumentError:  # NoSuchModuleError: an unknown scheme
-        raise ConfigError(f"storage {shown}: unknown database scheme {parsed.drivername!r}; use postgresql://, "
-                          "mysql://, or a journal file path") from None
-    try:
-        dialect.import_dbapi()
-    except ImportError as e:
-        raise EnvironmentProblem(
-            f"storage {shown}: the database driver, Python module {e.name or 'for ' + parsed.drivername!r}, is not "
-            "installed (PostgreSQL: pip install 'psycopg[binary]', or psycopg2-binary with postgresql+psycopg2://)"
-        ) from None
-
-
-def shown_storage(storage: str | Path) -> str:
-    """A storage as it may be printed: a database URL without its password."""
-    if "://" not in str(storage):
-        return str(storage)
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(str(storage)).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(an unparsable URL)"
-
-
-def check_journal(path: Path) -> None:
-    """Make a journal file Optuna reads right, or say which line is bad and what to do.
-
-    A process killed in the middle of a write leaves an incomplete last line: Optuna skips it when
-    reading but the next append would be glued onto it, losing that record and breaking the study.
-    It is cut off here, under Optuna's own journal lock (writers hold it while appending, so a partial
-    line seen under it is a dead write, never one in progress). A bad line with records after it
-    (an edit, a disk fault) stops Optuna from reading the study: that is an error naming the line.
-    """
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    from optuna.storages.journal import JournalFileSymlinkLock
-
-    lock = JournalFileSymlinkLock(str(path))
-    lock.acquire()
-    try:
-        data = path.read_bytes()
-        complete = data.rfind(b"\n") + 1
-        if complete < len(data):
-            with open(path, "r+b") as f:
-                f.truncate(complete)
-            warnings.warn(f"{path}: removed an incomplete last record ({len(data) - complete} bytes, a write cut "
-                          "off by a killed process); the records before it are kept", stacklevel=2)
-        for number, line in enumerate(data[:complete].splitlines(), start=1):
-            try:
-                json.loads(line)
-            except ValueError:
-                raise DataError(
-                    f"{path}, line {number}: not a study record ({line[:40].decode('utf-8', 'replace')!r}...): "
-                    f"Optuna cannot read the study past it. Move the file aside to start the study afresh, or delete "
-                    f"line {number} and the lines after it to keep the trials recorded before it") from None
-    finally:
-        lock.release()
-
-
-def _with_installed_driver(url: str) -> str:
-    """``postgresql://`` names no driver, and SQLAlchemy 2.1 then wants psycopg 3; use psycopg2 (the
-    ``psycopg2-binary`` wheel of the test extra) when only that one is installed."""
-    import importlib.util
-
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url[len("postgresql://"):]
-    return url
 
 
 def open_study(storage, study_name: str, strategy: Strategy) -> optuna.Study:

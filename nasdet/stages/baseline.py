@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from ..config import ExperimentConfig, config_to_dict
 from ..data.build import build_datasets, load_split
@@ -15,7 +16,8 @@ from ..models.cost import detector_macs, detector_params, measure_latency, measu
 from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.evaluate import evaluate_detector
 from ..train.loop import resolve_device
-from ..train.trained import load_trained_model
+from ..train.bn import recalibrate_bn
+from ..train.trained import load_checkpoint_model
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
 from .common import baseline_config, cost_table, metrics_table, train_detector
 
@@ -36,12 +38,20 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     given = ckpt is not None
     ckpt = Path(ckpt) if given else default_checkpoint(cfg, work_dir)
     val = build_datasets(cfg, need=("val",))["val"]
-    model = load_trained_model(cfg, ckpt, val.num_classes)
+    model, held = load_checkpoint_model(cfg, ckpt, val.num_classes)
     device = resolve_device(cfg.train.device)
     model.to(device)
     state = load_checkpoint(ckpt)
     own = (not given and not (cfg.eval.max_images and cfg.eval.max_images < len(val))
            and _same_val_set(state.get("config"), config_to_dict(cfg)))
+    what = describe_held(held)
+    if "supernet_subnet" in held:  # shared BN statistics are wrong for any one subnet: as pretrain evaluates them
+        calib = build_datasets(cfg, need=("supernet_train",))["supernet_train"].with_transforms(None)
+        n = recalibrate_bn(model, calib, device, cfg.supernet.recalib_batches, cfg.eval.batch_size,
+                           cfg.data.num_workers, seed=cfg.seed)
+        what += f", BatchNorm recalibrated on {n} training images"
+    if what:
+        console.print(Text(f"{ckpt}: {what}"), soft_wrap=True)
     if cfg.eval.max_images:
         val = val.subset(range(min(cfg.eval.max_images, len(val))))
     metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
@@ -49,7 +59,7 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         return {}
     out = eval_record_path(cfg, work_dir, ckpt, given, own)
     write_json(out, {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source, "val_images": len(val),
-                     "step": state.get("step")})
+                     "step": state.get("step"), **held})
     console.print(metrics_table(metrics, f"val mAP of {escape(str(ckpt))} ({len(val)} images)"))
     kept = "" if own or given else f" (not the run's own val set: {escape(str(ckpt.parent.parent / METRICS_FILE))} is kept)"
     console.print(f"metrics -> {escape(str(out))}{kept}")
@@ -60,6 +70,17 @@ def _same_val_set(trained: dict | None, now: dict) -> bool:
     """Whether ``now`` evaluates on the val set of the run a checkpoint's config (``trained``) describes."""
     saved = (trained or {}).get("data") or {}
     return bool(saved) and all(saved.get(k) == now["data"].get(k) for k in ("format", "val", "data_yaml", "classes"))
+
+
+def describe_held(held: dict, verb: str = "evaluated") -> str:
+    """What ``load_checkpoint_model`` found, for the line eval and cost print ('' for a trained detector)."""
+    if "tuned_arch" in held:
+        return "a tuned subnet (its arch from the checkpoint)"
+    if "supernet_subnet" in held:
+        return (f"a supernet checkpoint: {verb} its default subnet at input size "
+                f"{held['supernet_subnet'].get('input_size')} (its arch is recorded as supernet_subnet; "
+                "`nasdet tune` trains the searched one)")
+    return ""
 
 
 def eval_record_path(cfg: ExperimentConfig, work_dir: str | Path | None, ckpt: Path, given: bool,
@@ -81,13 +102,16 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     so NMS sees a realistic number of boxes)."""
     console = console or Console()
     wd = WorkDir.of(cfg, work_dir)
-    cfg = baseline_config(cfg)
+    given_cfg, cfg = cfg, baseline_config(cfg)
     num_classes = cfg.model.num_classes
     if num_classes is None:
         num_classes = load_split(cfg, "val").num_classes
     path = Path(ckpt) if ckpt else wd.baseline.checkpoint
+    held = {}
     if path.is_file():
-        model = load_trained_model(cfg, path, num_classes)
+        model, held = load_checkpoint_model(given_cfg, path, num_classes, detector_cfg=cfg)
+        if held:
+            console.print(Text(f"{path}: {describe_held(held, 'costed')}"), soft_wrap=True)
     elif ckpt:
         raise CheckpointError(f"checkpoint {path} does not exist")
     else:
@@ -95,7 +119,7 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     model.eval()
     result = {"input_size": get_input_size(model), "macs": detector_macs(model), "params": detector_params(model),
               "detector": cfg.model.detector, "backbone": cfg.model.backbone.name,
-              "weights": str(path) if path.is_file() else "random"}
+              "weights": str(path) if path.is_file() else "random", **held}
     if latency:
         c = cfg.cost
         result["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)

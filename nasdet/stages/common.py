@@ -25,6 +25,11 @@ def with_train_recipe(cfg: ExperimentConfig, train) -> ExperimentConfig:
     return cfg if train is None else cfg.model_copy(update={"train": train})
 
 
+def recipe_key(section: str, train) -> str:
+    """The config key of the train recipe a stage runs with: ``supernet.train`` when set, else ``train``."""
+    return "train" if train is None else f"{section}.train"
+
+
 def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """The config the baseline trains with: ``model.backbone.name`` replaced by
     ``pipeline.baseline_backbone`` when set (e.g. torchvision's mobilenet_v2 for an mbv2_elastic space)."""

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.text import Text
 
 from ..config import ExperimentConfig
 from ..data.build import build_datasets
@@ -157,4 +158,6 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     summary["seconds_this_process"] = time.perf_counter() - t_start
     summary["archs_this_process"] = done_here
     console.print(ranker_table(summary))
+    if summary.get("warning"):
+        console.print(Text(f"warning: {summary['warning']}", style="yellow"), soft_wrap=True)
     return summary

@@ -51,7 +51,14 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     model.eval()
     path = wd.onnx(source, raw)
     # written under another name and renamed only once checked: a file named tune.onnx is always verified
-    unverified = export_onnx(model, path.with_name(f".{path.stem}.unverified.onnx"), raw=raw, opset=cfg.export.opset)
+    draft = path.with_name(f".{path.stem}.unverified.onnx")
+    try:
+        unverified = export_onnx(model, draft, raw=raw, opset=cfg.export.opset)
+    except OSError as e:  # a failed write (a full disk) names the file asked for, not its draft
+        asked = {str(draft): path, str(draft.with_suffix(".anchors.npy")): path.with_suffix(".anchors.npy")}
+        if e.filename not in asked:
+            raise
+        raise OSError(e.errno, e.strerror, str(asked[e.filename])) from e
     written = {unverified: path, unverified.with_suffix(".anchors.npy"): path.with_suffix(".anchors.npy")}  # raw
     e = cfg.export
     images = [val[i][0] for i in range(min(e.check_images, len(val)))]

@@ -16,7 +16,7 @@ from ..models.supernet import build_supernet, export_detector
 from ..train import dist
 from ..train.supernet import SupernetTrainer, init_from_checkpoint, load_teacher
 from ..workdir import SPACE_JSON, WorkDir, write_json
-from .common import finished_record, subnets_table, with_train_recipe
+from .common import finished_record, recipe_key, subnets_table, with_train_recipe
 
 
 def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
@@ -37,7 +37,8 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
             console.print(f"initialised the supernet from {escape(cfg.supernet.init_from)}")
     teacher = load_teacher(cfg.supernet.distill.checkpoint, k) if cfg.supernet.distill.teacher == "checkpoint" else None
     trainer = SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], data["val"], out_dir,
-                              calib_set=data["supernet_train"].with_transforms(None), teacher=teacher, console=console)
+                              calib_set=data["supernet_train"].with_transforms(None), teacher=teacher, console=console,
+                              recipe=recipe_key("supernet", cfg.supernet.train))
     if cfg.supernet.init_from:
         trainer.start_note = f"from {cfg.supernet.init_from}"
     trainer.prepare()  # a checkpoint of another space or model fails here, before anything is written

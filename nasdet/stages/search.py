@@ -24,8 +24,8 @@ from ..search.outputs import top_table, write_search_outputs
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
-from ..search.study import (apply_budget, check_storage_url, check_supernet_fingerprint, open_storage, open_study,
-                            run_study, shown_storage, study_records)
+from ..search.storage import check_storage_url, open_storage, shown_storage
+from ..search.study import apply_budget, check_supernet_fingerprint, open_study, run_study, study_records
 from ..space import SearchSpace
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
@@ -44,17 +44,28 @@ def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console
     return search.run()
 
 
+ONE_PROCESS = {"gradient": "one set of architecture probabilities", "darts": "one set of architecture weights"}
+
+
+def check_one_process(cfg: ExperimentConfig, worker: int = 0, workers: int = 1) -> None:
+    """Gradient and darts searches train one set of architecture parameters: one process, no workers
+    (the CLI calls this before it starts any)."""
+    why = ONE_PROCESS.get(cfg.search.strategy)
+    if why and (worker > 0 or workers > 1):
+        from ..errors import ConfigError
+
+        given = f"--workers {workers}" if workers > 1 else f"--worker {worker}"
+        raise ConfigError(f"{given}: search.strategy {cfg.search.strategy} runs in one process ({why}); drop "
+                          "--worker / --workers")
+
+
 def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storage: str | None = None,
                console: Console | None = None, worker: int = 0) -> dict:
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
     counts, output paths). ``storage`` (URL or journal path) overrides ``cfg.search.storage``; ``worker``
     (0, 1, ...) decorrelates the proposals of processes sharing one study. With ``search.scorer`` a zero-cost
     proxy, candidates are ranked by it at their scratch init and no supernet checkpoint is needed."""
-    if cfg.search.strategy == "gradient" and worker > 0:
-        from ..errors import ConfigError
-
-        raise ConfigError("search.strategy gradient runs in one process (one set of architecture probabilities): "
-                          "drop --worker / --workers")
+    check_one_process(cfg, worker)
     if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
         return run_darts(cfg, work_dir, console)
     console = console or Console()

@@ -31,7 +31,7 @@ from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
-from .common import finished_record, metrics_table, with_train_recipe
+from .common import finished_record, metrics_table, recipe_key, with_train_recipe
 
 
 # ----------------------------------------------------------------------------------------- the arch
@@ -60,6 +60,11 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
     given = cfg.tune.arch
     if given is None and cfg.tune.searched_arch is not None:
         from ..models.backbones.mbv2_width import arch_from_enot
+
+        if cfg.model.backbone.name != "mbv2_width":
+            raise ArchError(f"tune.searched_arch (ENOT's per-block width indices) needs model.backbone.name "
+                            f"mbv2_width, the MobileNetV2 width space; this config's backbone is "
+                            f"{cfg.model.backbone.name!r}: give its arch as tune.arch instead")
 
         return space.validate(_complete(arch_from_enot(space, cfg.tune.searched_arch), cfg)), "tune.searched_arch"
     if given is None:
@@ -177,7 +182,9 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         else:
             write_json(out / ARCH_JSON, {"arch": arch, "source": source})
         console.print(f"tune: arch from {escape(str(source))}, init {init}" + (f" ({escape(str(sn_ckpt))})" if sn_ckpt else ""))
-    trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out.root, console=console, arch=arch)
+    trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out.root, console=console, arch=arch,
+                                      recipe=recipe_key("tune", cfg.tune.train),
+                                      space_id=space.space_id if space is not None else None)
     if sn_ckpt is not None:
         trainer.start_note = f"from the supernet's weights ({sn_ckpt})"
     trainer.prepare()

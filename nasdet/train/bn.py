@@ -7,15 +7,32 @@ as SPOS/DetNAS/OFA do, the statistics are recomputed for the candidate on a few 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..data.dataset import DetectionDataset, collate_detection
 from ..data.transforms import to_model_input
+from ..errors import ConfigError, DataError
 from ..space.elastic import ElasticBatchNorm2d
 
 _BN = nn.modules.batchnorm._BatchNorm
+ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel"  # torch's BatchNorm / GroupNorm refusal
+
+
+@contextlib.contextmanager
+def one_value_per_channel_as(error: Callable[[str], Exception]):
+    """torch's BatchNorm refuses to train on one value per channel (a batch of one image reaching a 1x1
+    feature map); raise ``error(shape)`` instead, a one-line error naming the setting that gave that batch.
+    ``shape`` is the normalised tensor's, e.g. ``[1, 16, 1, 1]``."""
+    try:
+        yield
+    except ValueError as e:
+        if ONE_VALUE_PER_CHANNEL not in str(e):
+            raise
+        shape = str(e).rpartition("input size ")[2].removeprefix("torch.Size(").removesuffix(")")
+        raise error(shape) from e
 
 
 def bn_modules(model: nn.Module) -> list[nn.Module]:
@@ -53,13 +70,26 @@ def recalibrate_bn(model: nn.Module, dataset: DetectionDataset, device: torch.de
         m.train()
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=g)[: batches * batch_size].tolist()
+    if len(order) % batch_size == 1 and len(order) > 1:
+        order = order[:-1]  # a last batch of one image: BatchNorm cannot take statistics of one value (1x1 maps)
     loader = torch.utils.data.DataLoader(dataset.subset(order), batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers, collate_fn=collate_detection)
     seen = 0
+
+    def one_image(shape: str) -> Exception:
+        if len(order) == 1:
+            return DataError(f"BatchNorm recalibration on {dataset.source}: it has one image, and BatchNorm needs more "
+                             f"than one value per channel, which one image on a 1x1 feature map does not give ({shape})")
+        return ConfigError(
+            f"BatchNorm recalibration in batches of 1 image: BatchNorm needs more than one value per channel, which one "
+            f"image on a 1x1 feature map does not give ({shape}); set the batch size (search.batch_size when scoring "
+            "candidates, eval.batch_size for tune and the supernet's evaluation) to 2 or more")
+
     try:
-        for images, _ in loader:
-            model(to_model_input(images, device))
-            seen += len(images)
+        with one_value_per_channel_as(one_image):
+            for images, _ in loader:
+                model(to_model_input(images, device))
+                seen += len(images)
     finally:
         model.train(was_training)
     return seen

@@ -13,8 +13,8 @@ from ..files import atomic_path
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write to a temporary file then rename: a kill mid-write never leaves a broken last.pt."""
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # a Python file: a full disk is OSError ENOSPC, not torch's "file write failed"
 
 
 def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:

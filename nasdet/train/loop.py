@@ -27,11 +27,12 @@ from ..data.transforms import targets_to, to_model_input
 from ..files import append_jsonl
 from ..progress import progress_bar
 from . import dist
+from .bn import one_value_per_channel_as
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler
 from .resume import NOT_TRAINING, TRAINING_SECTIONS, refuse_changed_run
-from ..errors import CheckpointError, DataError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..workdir import LAST_CKPT, LOG_FILE, WriterLock, checkpoint_in
 
 
@@ -78,11 +79,12 @@ class RunSettings:
     seed: int = 0
     num_workers: int = 0
     record: Mapping[str, Any] = field(default_factory=dict)
+    recipe: str = "train"  # the config key of ``train``, for messages: ``supernet.train`` for a stage's own recipe
 
     @classmethod
-    def of(cls, cfg: ExperimentConfig) -> "RunSettings":
+    def of(cls, cfg: ExperimentConfig, recipe: str = "train") -> "RunSettings":
         return cls(train=cfg.train, eval=cfg.eval, seed=cfg.seed, num_workers=cfg.data.num_workers,
-                   record=config_to_dict(cfg))
+                   record=config_to_dict(cfg), recipe=recipe)
 
 
 class Trainer:
@@ -138,9 +140,9 @@ class Trainer:
         self.lock = WriterLock(self.out_dir)
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig, *args, **kwargs) -> "Trainer":
-        """The trainer of a run's config: ``cls(RunSettings.of(cfg), *args, **kwargs)``."""
-        return cls(RunSettings.of(cfg), *args, **kwargs)
+    def from_config(cls, cfg: ExperimentConfig, *args, recipe: str = "train", **kwargs) -> "Trainer":
+        """The trainer of a run's config: ``cls(RunSettings.of(cfg, recipe), *args, **kwargs)``."""
+        return cls(RunSettings.of(cfg, recipe), *args, **kwargs)
 
     # ----------------------------------------------------------------------------- hooks for stages
     def wrap_for_training(self, model: nn.Module) -> nn.Module:
@@ -227,7 +229,8 @@ class Trainer:
     def _loader(self) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=self.tcfg.batch_size, sampler=self.sampler,
-            num_workers=self.settings.num_workers, collate_fn=collate_detection, drop_last=len(self.train_set) >= self.tcfg.batch_size,
+            num_workers=self.settings.num_workers, collate_fn=collate_detection,
+            drop_last=self.sampler.per_rank >= self.tcfg.batch_size,  # no last batch of one: BatchNorm needs two
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
 
@@ -236,7 +239,8 @@ class Trainer:
         images = to_model_input(images, self.device)
         targets = targets_to(targets, self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        stats = self.forward_backward(images, targets)
+        with one_value_per_channel_as(self._batch_of_one):
+            stats = self.forward_backward(images, targets)
         if self.tcfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
@@ -244,6 +248,17 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return stats
+
+    def _batch_of_one(self, shape: str) -> Exception:
+        key, bs = f"{self.settings.recipe}.batch_size", self.tcfg.batch_size
+        why = ("BatchNorm in training needs more than one value per channel, which one image on a 1x1 feature map "
+               f"does not give at this input size (BatchNorm input {shape})")
+        if bs == 1:
+            return ConfigError(f"{key}: 1: {why}; set {key} to 2 or more (torchvision's detection references train "
+                               "with 2 images per GPU)")
+        return DataError(f"training set {self.train_set.source} has {len(self.train_set)} image(s), "
+                         f"{self.sampler.per_rank} per process, so a batch holds 1 image ({key} {bs}): {why}; "
+                         "add training images")
 
     def forward_backward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, float]:
         with self.autocast():

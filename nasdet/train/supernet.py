@@ -185,9 +185,9 @@ class SupernetTrainer(Trainer):
         self.arch_macs = self._macs_bins_cost() if self.scfg.macs_bins is not None else None
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig, *args, **kwargs) -> "SupernetTrainer":
+    def from_config(cls, cfg: ExperimentConfig, *args, recipe: str = "train", **kwargs) -> "SupernetTrainer":
         """The supernet trainer of a run's config (its ``supernet`` section and ``model.input_size``)."""
-        return cls(RunSettings.of(cfg), *args, supernet=cfg.supernet, input_size=cfg.model.input_size, **kwargs)
+        return cls(RunSettings.of(cfg, recipe), *args, supernet=cfg.supernet, input_size=cfg.model.input_size, **kwargs)
 
     def _macs_bins_cost(self):
         """arch -> backbone MACs at ``macs_bins.input_size`` from the backbone's lookup table."""

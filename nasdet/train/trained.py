@@ -11,8 +11,8 @@ from torch import nn
 from ..config import ExperimentConfig
 from ..models import build_detector
 from ..models.heads.fad import is_genotype_arch, with_genotype
-from ..models.supernet import build_supernet, export_detector
-from ..space import SearchSpace
+from ..models.supernet import build_supernet, detector_space, export_detector, set_detector_arch
+from ..space import ArchError, SearchSpace
 from ..space.elastic import he_fout_init
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .loop import Trainer
@@ -69,9 +69,55 @@ def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int) 
         return load_trained_model(cfg, path, num_classes), None
     if arch is None:
         raise CheckpointError(f"{path} has no architecture inside: it was not written by `nasdet tune`")
-    model = build_tuned_model(cfg, num_classes, arch)
+    try:
+        model = build_tuned_model(cfg, num_classes, arch)
+    except ArchError:
+        raise CheckpointError(_other_space(path, state, arch, cfg, num_classes)) from None
     load_model_weights(model, state, source=str(path))
     return model, arch
+
+
+def _other_space(path, state: dict, arch: Mapping[str, Any], cfg: ExperimentConfig, num_classes: int) -> str:
+    """A short line for a tuned arch that is not of this config's space: both space ids, a few names."""
+    from ..config import validate_config
+
+    space = build_supernet(cfg, num_classes)[1]
+    theirs = state.get("space_id")
+    if theirs is None and isinstance(state.get("config"), dict):  # tuned before tune checkpoints kept their space
+        try:
+            theirs = build_supernet(validate_config(state["config"], f"{path} (config)"), num_classes)[1].space_id
+        except Exception:  # written by another nasdet version: the id stays unknown
+            pass
+    only_theirs = [n for n in arch if n not in space.names][:3]
+    only_ours = [n for n in space.names if n not in arch][:3]
+    other_values = [f"{n}={arch[n]!r}" for n in space.names if n in arch and not space.is_valid(
+        {**space.default(), n: arch[n]})][:3]
+    differ = "; ".join(part for part in (
+        only_theirs and f"only in the checkpoint: {', '.join(only_theirs)}",
+        only_ours and f"only in this config's: {', '.join(only_ours)}",
+        other_values and f"values not in this config's choices: {', '.join(other_values)}") if part)
+    return (f"tuned checkpoint {path} is an arch of search space {theirs or 'unknown'}, this config's space is "
+            f"{space.space_id} ({differ}): use the config it was tuned with, or tune again")
+
+
+def load_checkpoint_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int,
+                          detector_cfg: ExperimentConfig | None = None) -> tuple[nn.Module, dict]:
+    """The model of any nasdet checkpoint (for ``eval`` / ``cost --ckpt``) and what it holds: a tuned subnet
+    (its arch inside: ``{"tuned_arch": arch}``), a supernet with its default subnet active
+    (``{"supernet_subnet": arch}``), else a trained detector (``{}``, built as ``load_trained_model`` with
+    ``detector_cfg``, default ``cfg``)."""
+    state = load_checkpoint(ckpt)
+    if (state.get("extra") or {}).get("arch") is not None:
+        model, arch = load_tuned_model(ckpt, cfg, num_classes)
+        return model, {"tuned_arch": arch}
+    model = load_trained_model(detector_cfg or cfg, ckpt, num_classes)
+    if state.get("space_id") is None:
+        return model, {}
+    sizes = ((state.get("config") or {}).get("supernet") or {}).get("input_sizes")
+    space = detector_space(model, sizes)
+    arch = space.default()
+    set_detector_arch(model, arch, space)
+    return model, {"supernet_subnet": arch}
 
 
 class TuneTrainer(Trainer):

@@ -24,6 +24,12 @@ class FCOSModelConfig(FPNModelConfig):
         if self.fpn_channels % 32:
             raise ValueError(f"model.fpn_channels must be a multiple of 32 for detector fcos (its head uses "
                              f"GroupNorm(32)), got {self.fpn_channels}")
+        # P7 (stride 128) is 1x1 up to 128 px: GroupNorm(32) over 32 channels normalises single values there,
+        # which torch refuses for one image (ONNX export, latency, a last eval batch of one)
+        if self.fpn_channels == 32 and self.input_size <= 128 and self.head.genotype is None:
+            raise ValueError(f"model.fpn_channels 32 with input_size {self.input_size}: FCOS's head GroupNorm(32) on the "
+                             "1x1 P7 map normalises single values, which torch refuses for one image (export, latency); "
+                             "use fpn_channels >= 64 or input_size > 128")
         return self
 
 

@@ -1,0 +1,175 @@
+"""Where a search study is stored: an Optuna journal file (the default; several local processes share it
+safely) or a database URL (``postgresql://...``, for workers on several machines; SQLite is not safe with
+several workers: Optuna's FAQ). A bad URL, a missing driver, an unreachable server and a damaged journal are
+each one line naming the storage (a database password is never shown); a failed write names its file."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages.journal import JournalFileBackend
+
+from ..errors import ConfigError, DataError, EnvironmentProblem
+from ..files import naming_the_file
+from ..workdir import STUDY_FILE
+
+
+def open_storage(storage: str | Path | None, search_dir: str | Path, heartbeat: int = 60):
+    """``None``: a journal file ``search_dir/study.journal``; a URL (``postgresql://...``): that database,
+    with a trial heartbeat every ``heartbeat`` seconds; any other string: a journal file at that path.
+    (SQLite is not safe with several workers: Optuna's FAQ.)"""
+    if storage is not None and "://" in str(storage):
+        from optuna.storages import RDBStorage
+
+        from sqlalchemy.exc import SQLAlchemyError
+
+        url = check_storage_url(str(storage))
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; study.optimize relies on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            from .study import retry_trial  # study imports this module
+
+            try:
+                return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                  heartbeat_stale_trial_callback=retry_trial)
+            except SQLAlchemyError as e:  # the server went away since the check
+                raise EnvironmentProblem(f"storage {shown_storage(storage)}: {_database_failure(e, url)}") from None
+    path = Path(storage) if storage is not None else Path(search_dir) / STUDY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages import JournalStorage
+
+    check_journal(path)
+    return JournalStorage(_JournalFile(str(path)))
+
+
+class _JournalFile(JournalFileBackend):
+    """Optuna's journal file, whose write errors name it (a full disk's ENOSPC names no file)."""
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with naming_the_file(self._file_path):
+            super().append_logs(logs)
+
+
+def check_storage_url(url: str) -> str:
+    """The database URL to open (``postgresql://`` with the installed driver); a URL whose scheme SQLAlchemy
+    does not know, whose driver is not installed, or whose database cannot be reached (a refused port, an
+    unknown host, an SQLite file in a missing folder) is one clear error before Optuna (the password is not
+    repeated)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    given, url = url, _with_installed_driver(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"storage {url!r} is neither a database URL (postgresql://user:password@host/db) nor a "
+                          "journal file path") from None
+    shown = shown_storage(given)  # as the user wrote it, without the password
+    try:
+        dialect = parsed.get_dialect()
+    except ArgumentError:  # NoSuchModuleError: an unknown scheme
+        raise ConfigError(f"storage {shown}: unknown database scheme {parsed.drivername!r}; use postgresql://, "
+                          "mysql://, or a journal file path") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise EnvironmentProblem(
+            f"storage {shown}: the database driver, Python module {e.name or 'for ' + parsed.drivername!r}, is not "
+            "installed (PostgreSQL: pip install 'psycopg[binary]', or psycopg2-binary with postgresql+psycopg2://)"
+        ) from None
+    _check_reachable(url, parsed, shown)
+    return url
+
+
+def _check_reachable(url: str, parsed, shown: str) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise ConfigError(f"storage {shown}: folder {folder.absolute()} of the SQLite file does not exist (create "
+                              "it, or give another path)")
+    timeout = {"connect_timeout": 15} if parsed.get_backend_name() == "postgresql" \
+        and "connect_timeout" not in parsed.query else {}
+    engine = create_engine(url, connect_args=timeout)
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as e:
+        raise EnvironmentProblem(f"storage {shown}: {_database_failure(e, url)}") from None
+    finally:
+        engine.dispose()
+
+
+def _database_failure(e: Exception, url: str) -> str:
+    """``cannot connect to the database: <the driver's first line>``, with the URL's password masked."""
+    from sqlalchemy.engine import make_url
+
+    text = str(getattr(e, "orig", None) or e).strip()
+    reason = text.splitlines()[0].strip() if text else type(e).__name__
+    password = make_url(url).password
+    if password:
+        reason = reason.replace(str(password), "***")
+    return f"cannot connect to the database: {reason}"
+
+
+def shown_storage(storage: str | Path) -> str:
+    """A storage as it may be printed: a database URL without its password."""
+    if "://" not in str(storage):
+        return str(storage)
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(str(storage)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(an unparsable URL)"
+
+
+def check_journal(path: Path) -> None:
+    """Make a journal file Optuna reads right, or say which line is bad and what to do.
+
+    A process killed in the middle of a write leaves an incomplete last line: Optuna skips it when
+    reading but the next append would be glued onto it, losing that record and breaking the study.
+    It is cut off here, under Optuna's own journal lock (writers hold it while appending, so a partial
+    line seen under it is a dead write, never one in progress). A bad line with records after it
+    (an edit, a disk fault) stops Optuna from reading the study: that is an error naming the line.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(complete)
+            warnings.warn(f"{path}: removed an incomplete last record ({len(data) - complete} bytes, a write cut "
+                          "off by a killed process); the records before it are kept", stacklevel=2)
+        for number, line in enumerate(data[:complete].splitlines(), start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise DataError(
+                    f"{path}, line {number}: not a study record ({line[:40].decode('utf-8', 'replace')!r}...): "
+                    f"Optuna cannot read the study past it. Move the file aside to start the study afresh, or delete "
+                    f"line {number} and the lines after it to keep the trials recorded before it") from None
+    finally:
+        lock.release()
+
+
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` names no driver, and SQLAlchemy 2.1 then wants psycopg 3; use psycopg2 (the
+    ``psycopg2-binary`` wheel of the test extra) when only that one is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
