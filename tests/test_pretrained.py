@@ -9,6 +9,7 @@ import torch
 from torchvision import models as tvm
 
 from conftest import randomize
+from test_errors import assert_one_line, cli, tiny_cfg_file  # noqa: F401 (fixture)
 from test_mbv2_elastic import one_thread  # noqa: F401 (autouse fixture)
 
 from nasdet.config import BackboneConfig
@@ -123,6 +124,18 @@ def test_without_network_the_error_names_the_file_and_the_folder(tmp_path, monke
     assert isinstance(err.value, CheckpointError)
 
 
+def test_offline_pretrained_is_one_cli_line(tiny_cfg_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    code, out, exc = cli("train", tiny_cfg_file(train={"max_steps": 1}), "--set", "model.backbone.width_mult=1.0",
+                         "--set", "model.backbone.pretrained=imagenet")
+    assert_one_line(code, out, exc, "mobilenet_v3_small-047dcff4.pth", str(tmp_path / "torch" / "hub" / "checkpoints"))
+
+
 def test_unknown_weights_name_width_and_backbone_are_config_errors(hub):
     with pytest.raises(ConfigError, match=r"'IMAGENET1K_V9' is not a torchvision weights name of resnet18; choose "
                                           r"from \['imagenet', 'IMAGENET1K_V1'\]"):
@@ -224,3 +237,26 @@ def test_mbv2_width_widths_keep_the_most_important_channels_and_zero_drops_the_b
         want = torchvision_levels(tv, x, MBV2_TAPS)
         assert max_rel_diff(net(x), {"c2": want["c2"], "c3": want["c3"], "c4": short[:13](x), "c5": short(x)}) < 1e-6
     assert_stage3_block1_keeps_top_l1(net, tv, {**default, "stage3.block1.width": 0.5}, 192)
+
+
+def test_a_scratch_subnet_keeps_the_pretrained_backbone(hub, tiny_config):
+    """tune.init: scratch re-initialises the detector, but not the ImageNet weights the config gives the backbone."""
+    from nasdet.train.trained import build_static_model
+
+    seed_cache(hub, "mobilenet_v2", "IMAGENET1K_V1")
+    backbone = BackboneConfig(name="mbv2_elastic", pretrained="IMAGENET1K_V1")
+    cfg = tiny_config("ssdlite", model={"backbone": backbone.model_dump()})
+    body_arch = {**backbone_default(backbone), "stage3.depth": 2, "stage4.block0.kernel": 7, "stage2.block1.expand": 3}
+    arch = {"input_size": 96, **{f"backbone.{k}": v for k, v in body_arch.items()}}
+    static, _ = build_static_model(cfg, 3, arch)
+    got = static.backbone.body.state_dict()
+    want = build_backbone(backbone).export(body_arch).state_dict()
+    assert set(got) == set(want) and all(torch.equal(v, got[k]) for k, v in want.items())
+    scratch_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": BackboneConfig(
+        name="mbv2_elastic")})})
+    scratch, _ = build_static_model(scratch_cfg, 3, arch)
+    assert not torch.equal(scratch.backbone.body.state_dict()["features.0.0.weight"], got["features.0.0.weight"])
+
+
+def backbone_default(cfg: BackboneConfig) -> dict:
+    return build_backbone(BackboneConfig(name=cfg.name)).search_space().default()
