@@ -32,7 +32,8 @@ c4 and c5 never change width, so heads need no elastic input.
 
 Supernet protocol: ``search_space()``, ``set_arch(arch)``, ``active_arch``, ``export(arch=None)``
 (a static ``MobileNetV2Backbone`` of torchvision modules), plus ``load_standard_state_dict`` /
-``standard_key_map`` to start from a torchvision ``mobilenet_v2`` backbone's weights.
+``standard_key_map`` to start from a torchvision ``mobilenet_v2`` backbone's weights (ImageNet ones through
+``model.backbone.pretrained``; how each choice starts: docs/pretrained.md).
 """
 from __future__ import annotations
 
