@@ -56,6 +56,11 @@ class CheckpointError(NasdetError, ValueError):
     """A checkpoint that is missing, unreadable or from another model / search space."""
 
 
+class PretrainedWeightsUnavailable(CheckpointError):
+    """Named pretrained weights (``model.backbone.pretrained``) that are neither in the download cache nor
+    downloadable; the message names the file and the folder to put it in."""
+
+
 class StageOrderError(NasdetError, FileNotFoundError):
     """A stage needs the output of an earlier one that has not run (the message names the stage to run)."""
 

@@ -64,12 +64,15 @@ def test_load_standard_state_dict_gives_torchvision_outputs():
     torch.manual_seed(0)
     tv = randomize(BACKBONES["mobilenet_v2"](width_mult=WM, norm="bn"), seed=1).eval()
     net = randomize(ElasticMobileNetV2(width_mult=WM), seed=2).eval()  # different stats and transforms
-    net.load_standard_state_dict(tv.state_dict())
+    net.load_standard_state_dict(tv.state_dict())  # hidden channels sorted by importance: float rounding only
     for r in (64, 96):
         x = torch.randn(2, 3, r, r)
         with torch.no_grad():
             want, got, exported = tv(x), net(x), net.export()(x)
         assert max_diff(want, got) < 1e-5 and max_diff(want, exported) < 1e-5
+    net.load_standard_state_dict(tv.state_dict(), reorder=False)  # torchvision's channel order: bit for bit
+    with torch.no_grad():
+        assert max_diff(tv(x), net(x)) == 0
     dw = net.stages[0].blocks[0].depth_conv
     w = dw.conv.weight
     assert torch.equal(w[:, :, 2:5, 2:5], tv.features[2].conv[1][0].weight)

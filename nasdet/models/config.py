@@ -19,7 +19,17 @@ class BackboneConfig(Strict):
     name: str = "mobilenet_v3_large"  # see nasdet.models.backbones.BACKBONES
     width_mult: float = Field(1.0, gt=0)
     norm: Literal["bn", "frozen_bn"] = "bn"
-    checkpoint: Optional[str] = None  # a state_dict of the backbone (e.g. classification pretraining)
+    # torchvision ImageNet weights by name: "imagenet" (torchvision's DEFAULT), "IMAGENET1K_V1", ...
+    pretrained: Optional[str] = None
+    # a state_dict of the backbone: nasdet's own, or torchvision's classification file as it is
+    checkpoint: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.pretrained and self.checkpoint:
+            raise ValueError(f"set pretrained ({self.pretrained!r}) or checkpoint ({self.checkpoint!r}), not both: "
+                             "each gives every backbone weight")
+        return self
 
 
 class HeadConfig(Strict):

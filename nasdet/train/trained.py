@@ -38,15 +38,20 @@ def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int
 def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[str, Any],
                        supernet_ckpt: str | Path | None = None) -> tuple[nn.Module, SearchSpace]:
     """``export_detector(arch)`` of the config's supernet: with the supernet checkpoint's weights if
-    given (refused if it belongs to another space), else freshly initialised."""
+    given (refused if it belongs to another space), else freshly initialised (the backbone keeps
+    ``model.backbone.pretrained`` / ``checkpoint`` weights when the config gives them)."""
     model, space = build_supernet(cfg, num_classes)
     arch = space.validate(arch)
     if supernet_ckpt is not None:
         state = load_checkpoint(supernet_ckpt, space_id=space.space_id)
         load_model_weights(model, state, source=str(supernet_ckpt))
     static = export_detector(model, arch, space)
-    if supernet_ckpt is None:
-        he_fout_init(static)  # scratch: the static net's own init, not the supernet's slices
+    if supernet_ckpt is None:  # scratch: the static net's own init, not the supernet's slices ...
+        given = cfg.model.backbone.pretrained or cfg.model.backbone.checkpoint
+        body = {k: v.clone() for k, v in static.backbone.body.state_dict().items()} if given else None
+        he_fout_init(static)
+        if body is not None:  # ... but the backbone keeps the weights the config gives it (pretrained, checkpoint)
+            static.backbone.body.load_state_dict(body)
     return static, space
 
 

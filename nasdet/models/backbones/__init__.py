@@ -13,6 +13,7 @@ from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
 from .mbv2_elastic import ElasticMobileNetV2, build_mbv2_elastic
 from .mbv2_width import WidthMobileNetV2, build_mbv2_width
 from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, ShuffleNetSPOS
+from .pretrained import load_backbone_state, load_pretrained_backbone
 
 BACKBONES["ofa_mbv3"] = build_ofa_mbv3
 BACKBONES["mbv2_elastic"] = build_mbv2_elastic
@@ -24,17 +25,21 @@ __all__ = ["BACKBONES", "LEVELS", "build_backbone", "ElasticMobileNetV2", "OFAMo
 
 
 def build_backbone(cfg) -> nn.Module:
-    """``cfg``: nasdet.config.BackboneConfig. Returns a module giving OrderedDict(c2..c5)."""
+    """``cfg``: nasdet.config.BackboneConfig. Returns a module giving OrderedDict(c2..c5), with torchvision's
+    ImageNet weights (``cfg.pretrained``) or a checkpoint's (``cfg.checkpoint``) if set."""
     if cfg.name not in BACKBONES:
         raise ConfigError(f"model.backbone.name {cfg.name!r} is not a known backbone; choose from {sorted(BACKBONES)}")
     backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm)
+    if cfg.pretrained:
+        load_pretrained_backbone(backbone, cfg.name, cfg.pretrained, cfg.width_mult)
     if cfg.checkpoint:
-        load_backbone_checkpoint(backbone, cfg.checkpoint)
+        load_backbone_checkpoint(backbone, cfg.checkpoint, cfg.name)
     return backbone
 
 
-def load_backbone_checkpoint(backbone: nn.Module, path: str | Path) -> None:
-    """Load a backbone state_dict (plain, or under a 'model'/'state_dict' key) with weights_only."""
+def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_name: str | None = None) -> str:
+    """Load a backbone state_dict (plain, or under a 'model'/'state_dict' key) with weights_only: nasdet's
+    own layout or torchvision's classification file as it is (``pretrained.load_backbone_state``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model.backbone.checkpoint {path} does not exist")
@@ -45,9 +50,6 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path) -> None:
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"model.backbone.checkpoint {path} does not match the backbone: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"model.backbone.checkpoint {path} is not a state_dict (a dict of tensors)")
+    return load_backbone_state(backbone, state, f"model.backbone.checkpoint {path}", backbone_name)

@@ -32,7 +32,8 @@ c4 and c5 never change width, so heads need no elastic input.
 
 Supernet protocol: ``search_space()``, ``set_arch(arch)``, ``active_arch``, ``export(arch=None)``
 (a static ``MobileNetV2Backbone`` of torchvision modules), plus ``load_standard_state_dict`` /
-``standard_key_map`` to start from a torchvision ``mobilenet_v2`` backbone's weights.
+``standard_key_map`` to start from a torchvision ``mobilenet_v2`` backbone's weights (ImageNet ones through
+``model.backbone.pretrained``; how each choice starts: docs/pretrained.md).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from ...space import SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible
 from ...space.supernet import STAGE_LEVEL, StagedSupernet  # c5 = final_expand output
 from .ofa_mobilenet import ElasticStage
+from .pretrained import state_dict_problems
 from .torchvision_backbones import SequentialStagesBackbone
 
 STEM_WIDTH, FIRST_BLOCK_WIDTH, LAST_WIDTH = 32, 16, 1280
@@ -57,7 +59,6 @@ STANDARD_KERNEL = 3  # torchvision's depthwise kernel
 # torchvision InvertedResidual (t != 1) submodule -> ElasticInvertedResidual submodule
 _BLOCK_KEYS = (("conv.0.0", "expand_conv.conv"), ("conv.0.1", "expand_bn.bn"), ("conv.1.0", "depth_conv.conv"),
                ("conv.1.1", "depth_bn.bn"), ("conv.2", "project_conv.conv"), ("conv.3", "project_bn.bn"))
-_SHOWN = 5  # keys listed per problem in a load error
 
 
 def _norm_layer(norm: str, eps: float, momentum: float):
@@ -135,23 +136,23 @@ def checked_standard_state(state: Mapping[str, torch.Tensor], key_map: dict[str,
     """``state`` without ``classifier.*``, or ``CheckpointError`` naming missing, unexpected and mis-shaped keys
     (``want(own_key, own_shape)``: the shape a standard tensor must have)."""
     given = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-    optional = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
-    missing = [k for k in key_map if k not in given and not optional(k)]
-    unexpected = [k for k in given if k not in key_map and not optional(k)]
-    bad_shape = []
-    for k, v in given.items():
-        if k in key_map:
-            expected = want(key_map[k], tuple(own[key_map[k]].shape))
-            if tuple(v.shape) != expected:
-                bad_shape.append(f"{k}: got {tuple(v.shape)}, expected {expected}")
-    problems = [f"{len(keys)} {what} key(s): {keys[:_SHOWN]}" + (" ..." if len(keys) > _SHOWN else "")
-                for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                   ("mis-shaped", bad_shape)) if keys]
+    problems = state_dict_problems(given, {k: want(v, tuple(own[v].shape)) for k, v in key_map.items()})
     if problems:
-        raise CheckpointError(
-            f"state is not a torchvision mobilenet_v2(width_mult={width_mult}).features "
-            f"state_dict (keys 'features.N...'): " + "; ".join(problems))
+        raise CheckpointError(f"not torchvision's mobilenet_v2(width_mult={width_mult}) layout: " + "; ".join(problems))
     return given
+
+
+def importance_order(project_weight: torch.Tensor) -> torch.Tensor:
+    """Hidden channels by the L1 norm of the projecting 1x1 conv's weights (out, hidden, 1, 1), largest first
+    (ties keep their order)."""
+    importance = project_weight.detach().abs().sum(dim=(0, 2, 3))
+    return torch.sort(importance, descending=True, stable=True).indices
+
+
+def permute_bn(bn: ElasticBatchNorm2d, order: torch.Tensor) -> None:
+    inner = bn.bn
+    for t in (inner.weight, inner.bias, inner.running_mean, inner.running_var):
+        t.data.copy_(t.data[order])
 
 
 # ------------------------------------------------------------------------------------ elastic block
@@ -190,6 +191,17 @@ class ElasticInvertedResidual(nn.Module):
         y = self.act(self.depth_bn(self.depth_conv(y)))
         y = self.project_bn(self.project_conv(y))
         return x + y if self.residual else y
+
+    def reorder_channels(self) -> None:
+        """Sort the hidden channels by ``importance_order``: the full block computes the same, a smaller
+        hidden width (a prefix) keeps the most important channels."""
+        order = importance_order(self.project_conv.conv.weight)
+        with torch.no_grad():
+            for conv in (self.expand_conv, self.depth_conv):
+                conv.conv.weight.copy_(conv.conv.weight[order])
+            permute_bn(self.expand_bn, order)
+            permute_bn(self.depth_bn, order)
+            self.project_conv.conv.weight.copy_(self.project_conv.conv.weight[:, order])
 
     def export(self) -> InvertedResidual:
         """torchvision's ``InvertedResidual`` with the active weights (depthwise conv of the active kernel)."""
@@ -279,15 +291,18 @@ class ElasticMobileNetV2(StagedSupernet):
         return standard_key_map(self, [("features.0.", self.first_conv, "first_conv."),
                                        ("features.1.", self.first_block, "first_block.")])
 
-    def load_standard_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+    def load_standard_state_dict(self, state: Mapping[str, torch.Tensor], reorder: bool = True) -> None:
         """Load torchvision ``mobilenet_v2(width_mult=self.width_mult)`` backbone weights (keys
         ``features.N....``; ``classifier.*`` keys of a whole torchvision model are ignored).
 
         Afterwards the default arch computes the standard network: 3x3 depthwise kernels sit at the
         centre of the 7x7 weights with zeros around them (so kernels 5 and 7 start equal to 3), the
-        kernel-transform matrices are reset to identity, and expand 6 fills every mid channel.
+        kernel-transform matrices are reset to identity, and expand 6 fills every mid channel; with
+        ``reorder`` every block's hidden channels are then sorted by importance (``importance_order``), so
+        expand 3 keeps the most important half (the full block computes the same, up to float rounding).
         ``num_batches_tracked`` is loaded where both sides have it and never required (frozen BN has none).
-        Raises ``ValueError`` naming missing, unexpected and mis-shaped keys; nothing is loaded then.
+        Raises ``CheckpointError`` (a ``ValueError``) naming missing, unexpected and mis-shaped keys; nothing
+        is loaded then.
         """
         key_map = self.standard_key_map()
         own = self.state_dict()
@@ -309,6 +324,10 @@ class ElasticMobileNetV2(StagedSupernet):
             for name, p in self.named_parameters():
                 if ".kernel_transforms." in name:
                     p.copy_(torch.eye(p.shape[0], dtype=p.dtype, device=p.device))
+        if reorder:
+            for stage in self.stages:
+                for block in stage.blocks:
+                    block.reorder_channels()
 
 
 def build_mbv2_elastic(width_mult: float = 1.0, norm: str = "bn") -> ElasticMobileNetV2:

@@ -41,7 +41,8 @@ from ...errors import ConfigError
 from ...space import ArchError, SearchSpace
 from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible
 from .mbv2_elastic import (FIRST_BLOCK_WIDTH, LAST_WIDTH, SETTING, STEM_WIDTH, ElasticInvertedResidual,
-                           MobileNetV2Backbone, _norm_layer, checked_standard_state, export_staged, standard_key_map)
+                           MobileNetV2Backbone, _norm_layer, checked_standard_state, export_staged, importance_order,
+                           permute_bn, standard_key_map)
 from ...space.supernet import StagedSupernet
 from .ofa_mobilenet import ElasticStage
 
@@ -52,19 +53,6 @@ FIRST_BLOCK = "first_block"
 def hidden_width(full: int, ratio: float) -> int:
     """Hidden channels kept at ``ratio`` of ``full`` (0 for a skipped block)."""
     return 0 if ratio == 0 else max(1, int(round(full * ratio)))
-
-
-def _permute_bn(bn: ElasticBatchNorm2d, order: torch.Tensor) -> None:
-    inner = bn.bn
-    for t in (inner.weight, inner.bias, inner.running_mean, inner.running_var):
-        t.data.copy_(t.data[order])
-
-
-def importance_order(project_weight: torch.Tensor) -> torch.Tensor:
-    """Hidden channels by the L1 norm of the projecting 1x1 conv's weights (out, hidden, 1, 1), largest first
-    (ties keep their order)."""
-    importance = project_weight.detach().abs().sum(dim=(0, 2, 3))
-    return torch.sort(importance, descending=True, stable=True).indices
 
 
 def width_names(space: SearchSpace) -> list[str]:
@@ -150,9 +138,9 @@ class WidthFirstBlock(nn.Module):
         order = importance_order(self.project_conv.conv.weight)
         with torch.no_grad():
             stem.conv.conv.weight.copy_(stem.conv.conv.weight[order])
-            _permute_bn(stem.bn, order)
+            permute_bn(stem.bn, order)
             self.depth_conv.conv.weight.copy_(self.depth_conv.conv.weight[order])
-            _permute_bn(self.depth_bn, order)
+            permute_bn(self.depth_bn, order)
             self.project_conv.conv.weight.copy_(self.project_conv.conv.weight[:, order])
 
     def export(self) -> InvertedResidual:
@@ -190,15 +178,6 @@ class WidthInvertedResidual(ElasticInvertedResidual):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.width == 0 else super().forward(x)
-
-    def reorder_channels(self) -> None:
-        order = importance_order(self.project_conv.conv.weight)
-        with torch.no_grad():
-            for conv in (self.expand_conv, self.depth_conv):
-                conv.conv.weight.copy_(conv.conv.weight[order])
-            _permute_bn(self.expand_bn, order)
-            _permute_bn(self.depth_bn, order)
-            self.project_conv.conv.weight.copy_(self.project_conv.conv.weight[:, order])
 
     def export(self) -> InvertedResidual | None:
         """torchvision's ``InvertedResidual`` with the kept channels, or None for a skipped block."""
