@@ -20,6 +20,11 @@ class BackboneConfig(Strict):
     width_mult: float = Field(1.0, gt=0)
     norm: Literal["bn", "frozen_bn"] = "bn"
     checkpoint: Optional[str] = None  # a state_dict of the backbone (e.g. classification pretraining)
+    # its layout: auto (from the keys), nasdet, or a released supernet's (backbones/checkpoint_formats.py)
+    checkpoint_format: Literal["auto", "nasdet", "ofa", "detnas", "spos", "mmrazor"] = "auto"
+    # detnas_* only: whose ShuffleNetV2 unit (spos: SinglePathOneShot, the default; detnas: DetNAS's
+    # supernets; mmrazor: MMRazor's), so that their released supernets load function-preserving
+    layout: Optional[Literal["spos", "detnas", "mmrazor"]] = None
 
 
 class HeadConfig(Strict):

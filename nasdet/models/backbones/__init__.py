@@ -13,6 +13,7 @@ from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
 from .mbv2_elastic import ElasticMobileNetV2, build_mbv2_elastic
 from .mbv2_width import WidthMobileNetV2, build_mbv2_width
 from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, ShuffleNetSPOS
+from .checkpoint_formats import load_backbone_state
 
 BACKBONES["ofa_mbv3"] = build_ofa_mbv3
 BACKBONES["mbv2_elastic"] = build_mbv2_elastic
@@ -27,14 +28,20 @@ def build_backbone(cfg) -> nn.Module:
     """``cfg``: nasdet.config.BackboneConfig. Returns a module giving OrderedDict(c2..c5)."""
     if cfg.name not in BACKBONES:
         raise ConfigError(f"model.backbone.name {cfg.name!r} is not a known backbone; choose from {sorted(BACKBONES)}")
-    backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm)
+    layout = getattr(cfg, "layout", None)
+    if layout is not None and cfg.name not in DETNAS_BUILDERS:
+        raise ConfigError(f"model.backbone.layout is for the detnas_* backbones, not {cfg.name!r}")
+    kwargs = {"layout": layout} if layout is not None else {}
+    backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm, **kwargs)
     if cfg.checkpoint:
-        load_backbone_checkpoint(backbone, cfg.checkpoint)
+        load_backbone_checkpoint(backbone, cfg.checkpoint, getattr(cfg, "checkpoint_format", "auto"), cfg.name)
     return backbone
 
 
-def load_backbone_checkpoint(backbone: nn.Module, path: str | Path) -> None:
-    """Load a backbone state_dict (plain, or under a 'model'/'state_dict' key) with weights_only."""
+def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, checkpoint_format: str = "auto",
+                             name: str = "the backbone") -> None:
+    """Load a backbone state_dict (plain, or under a 'model'/'state_dict' key) with weights_only: nasdet's
+    own, or a released supernet of a reference layout (``checkpoint_formats.py``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model.backbone.checkpoint {path} does not exist")
@@ -45,9 +52,6 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path) -> None:
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"model.backbone.checkpoint {path} does not match the backbone: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"model.backbone.checkpoint {path} holds no state_dict of tensors")
+    load_backbone_state(backbone, state, f"model.backbone.checkpoint {path}", name, checkpoint_format)
