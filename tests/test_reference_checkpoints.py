@@ -159,8 +159,12 @@ def test_a_checkpoint_of_another_layout_says_which_it_expected_and_found():
     assert "checkpoint_format says spos" in line
     line = error(OFAMobileNetV3(), {"head.weight": torch.zeros(2)})
     assert "found no known layout (e.g. head.weight)" in line
-    # the right layout loads; nasdet's own state_dict still loads as it is
+    # the right layout loads (also into frozen BN, which has no num_batches_tracked); nasdet's own still loads
     load_backbone_state(ShuffleNetSPOS("300M", layout="detnas"), detnas_state, source, "detnas_300M")
+    load_backbone_state(ShuffleNetSPOS("300M", norm="frozen_bn", layout="detnas"), detnas_state, source, "detnas_300M")
+    frozen = OFAMobileNetV3(norm="frozen_bn")
+    load_backbone_state(frozen, ofa_state, source, "ofa_mbv3")
+    torch.testing.assert_close(frozen.first_conv[1].running_var, ofa_state["first_conv.bn.running_var"])
     load_backbone_state(spos, ShuffleNetSPOS("300M").state_dict(), source, "detnas_300M")
 
 
@@ -174,3 +178,17 @@ def test_layout_is_only_for_detnas_backbones_and_keeps_the_published_sizes():
         "300M").parameters()) for layout in ("spos", "detnas", "mmrazor")}
     assert sizes["spos"] == sizes["detnas"]  # only where channels go differs
     assert abs(sizes["mmrazor"] - sizes["spos"]) / sizes["spos"] < 0.002  # equal stride-2 halves: ~0.1 %
+
+
+def test_mmrazor_0x_supernet_keys_map_as_main():
+    """MMRazor 0.x held the candidates as ``choices`` (``OneShotOP``) under ``architecture.model.backbone.``."""
+    state = reference_state("mmrazor_spos_300M_supernet")
+    old = {k.replace("architecture.backbone.", "architecture.model.backbone.").replace("._candidates.", ".choices."): v
+           for k, v in state.items() if ".backbone." in k}
+    backbone = ShuffleNetSPOS("300M", layout="mmrazor")
+    fmt, prefix = detect_format(old, backbone)
+    assert (fmt, prefix) == ("mmrazor", "architecture.model.backbone.")
+    mapped_old = MAPPINGS[fmt](unwrap(old, prefix, fmt))
+    mapped = MAPPINGS["mmrazor"](unwrap(state, "architecture.backbone.", "mmrazor"))
+    assert mapped_old.keys() == mapped.keys() == backbone.state_dict().keys()
+    assert all(mapped_old[k] is mapped[k] for k in mapped)
