@@ -43,6 +43,17 @@ def assert_matches(got: torch.Tensor, expected: dict, what: str) -> None:
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what}: {m}")
 
 
+def run_with_features(form: torch.nn.Module, x: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """(backbone outputs c2..c5, logits) of an ImageNet form in one forward pass."""
+    feats: dict = {}
+    hook = form.backbone.register_forward_hook(lambda module, args, out: feats.update(out))
+    try:
+        logits = form(x)
+    finally:
+        hook.remove()
+    return feats, logits
+
+
 def ofa_arch(ks: list[int], e: list[int], d: list[int]) -> dict[str, int]:
     """OFA's ``set_active_subnet(ks, e, d)`` lists (20 blocks, 5 stages) as a nasdet arch."""
     arch = {f"stage{s + 1}.depth": d[s] for s in range(5)}
@@ -66,12 +77,12 @@ def test_ofa_released_supernet_layout_every_subnet_as_ofa_computes_it(width):
     with torch.no_grad():
         for sub in fixture["subnets"]:
             backbone.set_arch(ofa_arch(sub["ks"], sub["e"], sub["d"]))
-            feats = backbone(x)
+            feats, logits = run_with_features(form, x)
             for level in ("c2", "c3", "c4", "c5"):
                 assert_matches(feats[level], sub["outputs"][level], f"{name} {sub['name']} {level}")
-            assert_matches(form(x), sub["outputs"]["logits"], f"{name} {sub['name']} logits")
-            # the exported static subnet computes the same
-            assert_matches(backbone.export()(x)["c5"], sub["outputs"]["c5"], f"{name} {sub['name']} export c5")
+            assert_matches(logits, sub["outputs"]["logits"], f"{name} {sub['name']} logits")
+            if sub["name"] == "mixed0":  # the exported static subnet computes the same
+                assert_matches(backbone.export()(x)["c5"], sub["outputs"]["c5"], f"{name} {sub['name']} export c5")
 
 
 def test_ofa_model_zoo_file_through_model_backbone_checkpoint(tmp_path):
@@ -113,10 +124,10 @@ def test_shufflenet_released_supernet_layouts_every_subnet_as_the_reference_comp
             if subnets and sub["name"] not in subnets:
                 continue
             backbone.set_arch(sub["choices"])
-            feats = backbone(x)
+            feats, logits = run_with_features(form, x)
             for level in ("c2", "c3", "c4", "c5"):
                 assert_matches(feats[level], sub["outputs"][level], f"{name} {sub['name']} {level}")
-            assert_matches(form(x), sub["outputs"]["logits"], f"{name} {sub['name']} logits")
+            assert_matches(logits, sub["outputs"]["logits"], f"{name} {sub['name']} logits")
             checked += 1
     assert checked == len(subnets or fixture["subnets"])
 
