@@ -184,6 +184,9 @@ def test_layout_is_only_for_detnas_backbones_and_keeps_the_published_sizes():
 
     with pytest.raises(ConfigError, match="model.backbone.layout is for the detnas_"):
         build_backbone(BackboneConfig(name="ofa_mbv3", layout="detnas"))
+    built = build_backbone(BackboneConfig(name="detnas_tiny", layout="mmrazor"))
+    assert built.layout == "mmrazor" and all(c.layout == "mmrazor" for c in built.stages[0][0].candidates)
+    assert all(c.layout == "spos" for c in build_backbone(BackboneConfig(name="detnas_tiny")).stages[0][0].candidates)
     sizes = {layout: sum(p.numel() for p in shuffle_imagenet_form(
         ShuffleNetSPOS("300M", layout=layout).export([2, 1, 2, 0, 2, 1, 1, 2, 3, 3, 1, 3, 0, 0, 3, 1, 3, 1, 3, 2]),
         "300M").parameters()) for layout in ("spos", "detnas", "mmrazor")}

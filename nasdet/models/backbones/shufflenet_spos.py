@@ -415,7 +415,7 @@ class ShuffleNetSPOS(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, width_mult={self.width_mult}, active={self.active_list}"
+        return f"size={self.size}, width_mult={self.width_mult}, layout={self.layout}, active={self.active_list}"
 
     # --------------------------------------------------------------------------------------- costs
     def macs_table(self, input_size: int | tuple[int, int] = 224) -> tuple[int, list[list[int]]]:
