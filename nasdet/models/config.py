@@ -21,8 +21,14 @@ class BackboneConfig(Strict):
     norm: Literal["bn", "frozen_bn"] = "bn"
     # torchvision ImageNet weights by name: "imagenet" (torchvision's DEFAULT), "IMAGENET1K_V1", ...
     pretrained: Optional[str] = None
-    # a state_dict of the backbone: nasdet's own, or torchvision's classification file as it is
+    # a state_dict of the backbone: nasdet's own, torchvision's classification file as it is, or a released
+    # supernet of a reference layout
     checkpoint: Optional[str] = None
+    # its layout: auto (from the keys), nasdet, or a released supernet's (backbones/checkpoint_formats.py)
+    checkpoint_format: Literal["auto", "nasdet", "ofa", "detnas", "spos", "mmrazor"] = "auto"
+    # detnas_* only: whose ShuffleNetV2 unit (spos: SinglePathOneShot, the default; detnas: DetNAS's
+    # supernets; mmrazor: MMRazor's), so that their released supernets load function-preserving
+    layout: Optional[Literal["spos", "detnas", "mmrazor"]] = None
 
     @model_validator(mode="after")
     def _one_source(self):

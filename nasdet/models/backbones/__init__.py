@@ -13,7 +13,8 @@ from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
 from .mbv2_elastic import ElasticMobileNetV2, build_mbv2_elastic
 from .mbv2_width import WidthMobileNetV2, build_mbv2_width
 from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, ShuffleNetSPOS
-from .pretrained import load_backbone_state, load_pretrained_backbone
+from .pretrained import load_backbone_state as load_torchvision_or_own_state, load_pretrained_backbone
+from .checkpoint_formats import load_backbone_state as load_reference_state, reference_format
 
 BACKBONES["ofa_mbv3"] = build_ofa_mbv3
 BACKBONES["mbv2_elastic"] = build_mbv2_elastic
@@ -29,17 +30,23 @@ def build_backbone(cfg) -> nn.Module:
     ImageNet weights (``cfg.pretrained``) or a checkpoint's (``cfg.checkpoint``) if set."""
     if cfg.name not in BACKBONES:
         raise ConfigError(f"model.backbone.name {cfg.name!r} is not a known backbone; choose from {sorted(BACKBONES)}")
-    backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm)
+    layout = getattr(cfg, "layout", None)
+    if layout is not None and cfg.name not in DETNAS_BUILDERS:
+        raise ConfigError(f"model.backbone.layout is for the detnas_* backbones, not {cfg.name!r}")
+    kwargs = {"layout": layout} if layout is not None else {}
+    backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm, **kwargs)
     if cfg.pretrained:
         load_pretrained_backbone(backbone, cfg.name, cfg.pretrained, cfg.width_mult)
     if cfg.checkpoint:
-        load_backbone_checkpoint(backbone, cfg.checkpoint, cfg.name)
+        load_backbone_checkpoint(backbone, cfg.checkpoint, cfg.name, getattr(cfg, "checkpoint_format", "auto"))
     return backbone
 
 
-def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_name: str | None = None) -> str:
+def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_name: str | None = None,
+                             checkpoint_format: str = "auto") -> str | None:
     """Load a backbone state_dict (plain, or under a 'model'/'state_dict' key) with weights_only: nasdet's
-    own layout or torchvision's classification file as it is (``pretrained.load_backbone_state``)."""
+    own layout, torchvision's classification file as it is (``pretrained.py``), or a released supernet of a
+    reference layout (OFA, DetNAS, SPOS, MMRazor: ``checkpoint_formats.py``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model.backbone.checkpoint {path} does not exist")
@@ -52,4 +59,8 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"model.backbone.checkpoint {path} is not a state_dict (a dict of tensors)")
-    return load_backbone_state(backbone, state, f"model.backbone.checkpoint {path}", backbone_name)
+    if reference_format(backbone) is not None or checkpoint_format not in ("auto", "nasdet"):
+        load_reference_state(backbone, state, f"model.backbone.checkpoint {path}", backbone_name or "the backbone",
+                             checkpoint_format)
+        return None
+    return load_torchvision_or_own_state(backbone, state, f"model.backbone.checkpoint {path}", backbone_name)

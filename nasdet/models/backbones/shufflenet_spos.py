@@ -27,10 +27,22 @@ between candidates, as in both Megvii code bases); mid channels = out / 2. Megvi
 - ShuffleNet k x k branch: 1x1 -> mid, BN, ReLU; depthwise k x k (stride), BN; 1x1 -> out, BN, ReLU;
 - Xception branch: [depthwise 3x3 (stride in the first), BN, 1x1, BN, ReLU] x 3 (-> mid, mid, out).
 
-Differences from Megvii's code, none of which changes a size: the stem conv has no bias (as
-SinglePathOneShot; DetNAS adds one before its BN), weights start with kaiming fan-out init
+``layout`` (``model.backbone.layout``) picks whose unit, so that each reference's released supernet
+weights load function-preserving (``shufflenet_checkpoints.py``):
+
+- ``spos`` (default; the layout above): SinglePathOneShot's supernet and Megvii's retrained nets;
+- ``detnas``: DetNAS's supernets (``Supernet-ImageNet`` and the COCO ``*-search`` body) split a
+  stride-1 input with ``channel_shuffle1``: interleave the halves (2i <- i, 2i+1 <- C/2+i), then pass
+  the first half through;
+- ``mmrazor``: MMRazor's ``ShuffleBlock`` / ``ShuffleXception``: stride-2 halves are equal (proj
+  in -> out/2, branch in -> out/2), a stride-1 unit passes its first half through (``chunk``), and every
+  unit ends with ``channel_shuffle(out, 2)``. Sizes differ from Megvii's by ~0.1 %.
+
+Differences from the references, none of which changes a size or what a loaded checkpoint computes
+(the mappings fold them): the stem conv has no bias (as SinglePathOneShot; DetNAS's bias before the BN
+becomes the BN's running mean), weights start with kaiming fan-out init
 (``he_fout_init``, as the other nasdet backbones), and BN is always affine (DetNAS's supernets; SPOS's
-ImageNet supernet uses ``affine=False``).
+ImageNet supernet uses ``affine=False``: loaded as weight 1, bias 0).
 
 An arch is ``{"stage1.block0.op": 0..3, ...}``, also accepted and printed as DetNAS's flat list
 (``arch_from_list`` / ``arch_to_list``, block order stage by stage). Supernet protocol:
@@ -166,30 +178,63 @@ def _branch(op: int, cin: int, mid: int, cout: int, stride: int, norm: str) -> n
                          *_dw(mid, 3, 1, norm), *_pw(mid, cout, norm))
 
 
-class ShuffleBlock(nn.Module):
-    """One candidate: a ShuffleNetV2 unit (Megvii layout), x (N, in, H, W) -> (N, out, H/stride, W/stride)."""
+LAYOUTS = ("spos", "detnas", "mmrazor")  # model.backbone.layout: whose ShuffleNetV2 unit (see the module doc)
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, op: int, norm: str = "bn"):
+
+def _check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ConfigError(f"model.backbone.layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    return layout
+
+
+def interleave_halves(x: torch.Tensor) -> torch.Tensor:
+    """ShuffleNet's channel shuffle with 2 groups: channel 2i <- i, 2i + 1 <- C/2 + i (mmcls
+    ``channel_shuffle(x, 2)``, the first step of DetNAS's ``channel_shuffle1``)."""
+    n, c, h, w = x.shape
+    return x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleBlock(nn.Module):
+    """One candidate: a ShuffleNetV2 unit, x (N, in, H, W) -> (N, out, H/stride, W/stride).
+
+    ``layout`` (``LAYOUTS``) fixes the two things the reference code bases do differently:
+    which channels a stride-1 unit passes through and how wide the stride-2 halves are.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, op: int, norm: str = "bn", layout: str = "spos"):
         super().__init__()
         if stride not in (1, 2) or (stride == 1) != (in_ch == out_ch) or in_ch % 2 or out_ch % 2 or out_ch < in_ch:
             raise ValueError(f"ShuffleBlock: bad shape in={in_ch}, out={out_ch}, stride={stride}")
         self.in_ch, self.out_ch, self.stride, self.op = in_ch, out_ch, stride, op
+        self.layout = _check_layout(layout)
         mid = out_ch // 2
         if stride == 2:
             k = OP_KERNEL[op]
-            self.proj = nn.Sequential(*_dw(in_ch, k, 2, norm), *_pw(in_ch, in_ch, norm))
-            self.branch = _branch(op, in_ch, mid, out_ch - in_ch, 2, norm)
+            proj_out = out_ch // 2 if layout == "mmrazor" else in_ch  # MMRazor: equal halves; Megvii: in + (out - in)
+            self.proj = nn.Sequential(*_dw(in_ch, k, 2, norm), *_pw(in_ch, proj_out, norm))
+            self.branch = _branch(op, in_ch, mid, out_ch - proj_out, 2, norm)
         else:
             self.proj = None
             self.branch = _branch(op, in_ch // 2, mid, out_ch // 2, 1, norm)
 
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(passed through, into the branch) of a stride-1 unit."""
+        if self.layout == "spos":  # SinglePathOneShot channel_shuffle / DetNAS channel_shuffle2
+            return x[:, 0::2], x[:, 1::2]
+        if self.layout == "detnas":  # DetNAS channel_shuffle1 (its supernets)
+            x = interleave_halves(x)
+        return x.chunk(2, 1)  # mmrazor: the shuffle ran at the end of the previous unit
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.proj is None:
-            return torch.cat((x[:, 0::2], self.branch(x[:, 1::2])), 1)
-        return torch.cat((self.proj(x), self.branch(x)), 1)
+            keep, x = self._split(x)
+            y = torch.cat((keep, self.branch(x)), 1)
+        else:
+            y = torch.cat((self.proj(x), self.branch(x)), 1)
+        return interleave_halves(y) if self.layout == "mmrazor" else y
 
     def extra_repr(self) -> str:
-        return f"{OPS[self.op]}, {self.in_ch} -> {self.out_ch}, stride {self.stride}"
+        return f"{OPS[self.op]}, {self.in_ch} -> {self.out_ch}, stride {self.stride}, {self.layout} layout"
 
 
 def _stem(c: int, norm: str) -> nn.Sequential:
@@ -252,7 +297,7 @@ def _widths(size: SpaceSize, width_mult: float) -> tuple[int, tuple[int, ...]]:
 
 
 def build_subnet(size: str, arch: Mapping[str, Any] | Sequence[int], width_mult: float = 1.0,
-                 norm: str = "bn") -> ShuffleNetV2Backbone:
+                 norm: str = "bn", layout: str = "spos") -> ShuffleNetV2Backbone:
     """A freshly initialised static subnet of ``arch`` (dict or flat list) without building the supernet
     (use it on the meta device for sizes of the big spaces)."""
     if size not in SIZES:
@@ -267,7 +312,7 @@ def build_subnet(size: str, arch: Mapping[str, Any] | Sequence[int], width_mult:
     for w, n in zip(widths, spec.blocks):
         blocks = []
         for j in range(n):
-            blocks.append(ShuffleBlock(c_in, w, 2 if j == 0 else 1, choices[i], norm))
+            blocks.append(ShuffleBlock(c_in, w, 2 if j == 0 else 1, choices[i], norm, layout))
             c_in, i = w, i + 1
         stages.append(nn.Sequential(*blocks))
     net = ShuffleNetV2Backbone(_stem(stem, norm), stages, dict(zip(LEVELS, widths)), choices)
@@ -279,9 +324,9 @@ def build_subnet(size: str, arch: Mapping[str, Any] | Sequence[int], width_mult:
 class ChoiceBlock(nn.Module):
     """The four candidates of one block; ``active`` (0..3) is the one that runs."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str, layout: str = "spos"):
         super().__init__()
-        self.candidates = nn.ModuleList(ShuffleBlock(in_ch, out_ch, stride, op, norm) for op in range(len(OPS)))
+        self.candidates = nn.ModuleList(ShuffleBlock(in_ch, out_ch, stride, op, norm, layout) for op in range(len(OPS)))
         self.active = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,17 +343,17 @@ class ShuffleNetSPOS(nn.Module):
     smallest subnet) is active.
     """
 
-    def __init__(self, size: str = "300M", width_mult: float = 1.0, norm: str = "bn"):
+    def __init__(self, size: str = "300M", width_mult: float = 1.0, norm: str = "bn", layout: str = "spos"):
         super().__init__()
         if size not in SIZES:
             raise ConfigError(f"unknown DetNAS size {size!r}; sizes: {list(SIZES)}")
-        self.size, self.width_mult, self.norm = size, width_mult, norm
+        self.size, self.width_mult, self.norm, self.layout = size, width_mult, norm, _check_layout(layout)
         spec = SIZES[size]
         stem, widths = _widths(spec, width_mult)
         self.first_conv = _stem(stem, norm)
         stages, c_in = [], stem
         for w, n in zip(widths, spec.blocks):
-            stages.append(nn.Sequential(*(ChoiceBlock(c_in if j == 0 else w, w, 2 if j == 0 else 1, norm)
+            stages.append(nn.Sequential(*(ChoiceBlock(c_in if j == 0 else w, w, 2 if j == 0 else 1, norm, layout)
                                           for j in range(n))))
             c_in = w
         self.stages = nn.ModuleList(stages)
@@ -370,7 +415,7 @@ class ShuffleNetSPOS(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, width_mult={self.width_mult}, active={self.active_list}"
+        return f"size={self.size}, width_mult={self.width_mult}, layout={self.layout}, active={self.active_list}"
 
     # --------------------------------------------------------------------------------------- costs
     def macs_table(self, input_size: int | tuple[int, int] = 224) -> tuple[int, list[list[int]]]:
@@ -442,8 +487,8 @@ def num_archs(size: str) -> int:
 
 
 def _builder(size: str):
-    def build(width_mult: float = 1.0, norm: str = "bn") -> ShuffleNetSPOS:
-        return ShuffleNetSPOS(size, width_mult=width_mult, norm=norm)
+    def build(width_mult: float = 1.0, norm: str = "bn", layout: str = "spos") -> ShuffleNetSPOS:
+        return ShuffleNetSPOS(size, width_mult=width_mult, norm=norm, layout=layout)
 
     build.__name__ = f"build_detnas_{size.replace('.', 'd')}"
     build.__doc__ = f"Registry entry ``detnas_{size}``: the DetNAS {size} supernet, all-ShuffleNet-3x3 arch active."

@@ -1,0 +1,124 @@
+"""Which layout a backbone checkpoint is in, and loading it into a nasdet backbone through its mapping.
+
+``model.backbone.checkpoint_format`` (default ``auto``: recognised from the keys):
+
+- ``nasdet``: the backbone's own state_dict (a classify run, ``export``, ...);
+- ``ofa``: once-for-all's ``OFAMobileNetV3`` (model zoo ``ofa_mbv3_d234_e346_k357_w1.0`` / ``_w1.2``)
+  into ``ofa_mbv3`` (``ofa_checkpoints.py``);
+- ``detnas`` / ``spos`` / ``mmrazor``: the ShuffleNetV2 one-shot supernets of megvii-model/DetNAS,
+  megvii-model/SinglePathOneShot and open-mmlab/mmrazor into ``detnas_*`` built with the same
+  ``model.backbone.layout`` (``shufflenet_checkpoints.py``).
+
+Wrapping is undone first: a ``model`` / ``state_dict`` entry (done by the caller), and any key prefix
+before the layout's own keys (``module.`` of DataParallel, ``backbone.`` / ``backbone.body.`` of a
+detector, ``architecture.backbone.`` of an MMRazor algorithm).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ...errors import CheckpointError
+from .ofa_checkpoints import load_ofa_supernet
+from .ofa_mobilenet import OFAMobileNetV3
+from .shufflenet_checkpoints import load_detnas_supernet, load_mmrazor_supernet, load_spos_supernet
+from .shufflenet_spos import ShuffleNetSPOS
+
+FORMATS = ("auto", "nasdet", "ofa", "detnas", "spos", "mmrazor")
+NAMES = {"nasdet": "nasdet", "ofa": "once-for-all OFAMobileNetV3", "detnas": "DetNAS supernet",
+         "spos": "SinglePathOneShot supernet", "mmrazor": "MMRazor SearchableShuffleNetV2"}
+# format -> (a key its state_dict always has, another that must sit under the same prefix)
+ANCHORS = {
+    "ofa": ("blocks.0.conv.depth_conv.conv.weight", "first_conv.conv.weight"),
+    "detnas": ("first_conv.conv.bias", "features.0.0.proj_conv.interstellar1a_proj_s.weight"),
+    "spos": ("features.0.0.branch_proj.0.weight", "first_conv.0.weight"),
+    "mmrazor": ("conv1.conv.weight", "layers.0.0._candidates.shuffle_3x3.branch1.0.conv.weight"),
+    "mmrazor_0x": ("conv1.conv.weight", "layers.0.0.choices.shuffle_3x3.branch1.0.conv.weight"),
+}
+MAPPINGS = {"ofa": load_ofa_supernet, "detnas": load_detnas_supernet, "spos": load_spos_supernet,
+            "mmrazor": load_mmrazor_supernet}
+
+
+def reference_format(backbone: nn.Module) -> str | None:
+    """The reference layout whose released supernet maps onto ``backbone`` (None: nasdet's own only)."""
+    if isinstance(backbone, OFAMobileNetV3):
+        return "ofa"
+    if isinstance(backbone, ShuffleNetSPOS):
+        return backbone.layout
+    return None
+
+
+def detect_format(state: Mapping[str, torch.Tensor], backbone: nn.Module) -> tuple[str | None, str]:
+    """(format, key prefix) of ``state``; format None when no known layout fits."""
+    if set(backbone.state_dict()) <= set(state):
+        return "nasdet", ""
+    for key in state:
+        for fmt, (anchor, other) in ANCHORS.items():
+            if key.endswith(anchor) and key[: len(key) - len(anchor)] + other in state:
+                return fmt.replace("_0x", ""), key[: len(key) - len(anchor)]
+    return None, ""
+
+
+def _examples(keys, n: int = 3) -> str:
+    return ", ".join(list(keys)[:n])
+
+
+def _expected(backbone: nn.Module) -> str:
+    ref = reference_format(backbone)
+    own = f"nasdet's own state_dict (e.g. {_examples(backbone.state_dict())})"
+    return own if ref is None else f"{own} or a {NAMES[ref]} one (e.g. {', '.join(ANCHORS[ref])})"
+
+
+def _found(state: Mapping[str, torch.Tensor], found: str | None, prefix: str) -> str:
+    if found is None:
+        return f"no known layout (e.g. {_examples(state)})"
+    if found == "nasdet":
+        return "nasdet's own state_dict"
+    anchors = ANCHORS[found] if prefix + ANCHORS[found][1] in state else ANCHORS[found + "_0x"]
+    return f"a {NAMES[found]} state_dict (e.g. {', '.join(prefix + a for a in anchors)})"
+
+
+def unwrap(state: Mapping[str, torch.Tensor], prefix: str, fmt: str) -> dict[str, torch.Tensor]:
+    """The layout's own keys: ``prefix`` removed, other keys dropped (an MMRazor algorithm's
+    ``head.fc`` kept beside ``backbone``)."""
+    out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if fmt == "mmrazor" and prefix.endswith("backbone."):
+        head = prefix[: -len("backbone.")] + "head.fc."
+        out.update({"head.fc." + k[len(head):]: v for k, v in state.items() if k.startswith(head)})
+    return out
+
+
+def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str, name: str,
+                        fmt: str = "auto") -> None:
+    """Load ``state`` (any supported layout) into ``backbone``; ``source`` names the file in errors.
+
+    A layout that does not fit the backbone is one ``CheckpointError`` line: the layout expected, the
+    layout found, and a few keys of each.
+    """
+    if fmt not in FORMATS:
+        raise CheckpointError(f"model.backbone.checkpoint_format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    found, prefix = detect_format(state, backbone)
+    expected = reference_format(backbone)
+    if found is None or (found != "nasdet" and found != expected) or fmt not in ("auto", found):
+        hint = ""
+        if isinstance(backbone, ShuffleNetSPOS) and found in ("detnas", "spos", "mmrazor"):
+            hint = f"; set model.backbone.layout: {found}"
+        elif fmt != "auto" and found and fmt != found:
+            hint = f"; model.backbone.checkpoint_format says {fmt}"
+        raise CheckpointError(f"{source}: {name} takes {_expected(backbone)}; found {_found(state, found, prefix)}{hint}")
+    mapped = dict(state) if found == "nasdet" else MAPPINGS[found](unwrap(state, prefix, found))
+    own = backbone.state_dict()
+    if found != "nasdet":  # FrozenBatchNorm2d has no num_batches_tracked
+        mapped = {k: v for k, v in mapped.items() if k in own or not k.endswith("num_batches_tracked")}
+    missing = [k for k in own if k not in mapped]
+    unexpected = [k for k in mapped if k not in own]
+    shapes = [f"{k} {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in mapped and mapped[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{source}: a {NAMES[found]} state_dict that does not fit {name}: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(shapes)} of another "
+            f"shape (e.g. {shapes[:2]}; checkpoint vs backbone: another width_mult or size?)")
+    backbone.load_state_dict(mapped, strict=True)
