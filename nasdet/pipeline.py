@@ -1,5 +1,5 @@
-"""``nasdet pipeline``: baseline -> pretrain -> search -> tune -> export -> report, in one work dir; it
-only orders the stages (``nasdet.stages``).
+"""``nasdet pipeline``: [classify ->] baseline -> pretrain -> search -> tune -> export -> report, in one work dir;
+it only orders the stages (``nasdet.stages``).
 
 Each stage is the same function its own command runs, and each already skips itself when its outputs
 are complete and resumes when interrupted (training from ``ckpt/last.pt``, the search from its Optuna
@@ -17,6 +17,7 @@ from rich.rule import Rule
 
 from .config import ExperimentConfig, save_config
 from .stages.baseline import run_baseline
+from .stages.classify import run_classify
 from .stages.export import run_export
 from .stages.pretrain import run_pretrain
 from .stages.report import write_report
@@ -24,11 +25,15 @@ from .stages.search import run_search
 from .stages.tune import run_tune
 from .workdir import WorkDir, write_json
 
-STAGES = ("baseline", "pretrain", "search", "tune", "export", "report")
+STAGES = ("classify", "baseline", "pretrain", "search", "tune", "export", "report")
 
 
 def _pretrain_config(cfg: ExperimentConfig, wd: Path) -> ExperimentConfig:
-    """ENOT: the supernet starts from the baseline's weights (``pipeline.init_supernet_from_baseline``)."""
+    """ENOT: the supernet starts from the baseline's weights (``pipeline.init_supernet_from_baseline``);
+    DetNAS: its backbone from the classification-trained supernet (``pipeline.classify``)."""
+    if cfg.pipeline.classify:
+        backbone = cfg.model.backbone.model_copy(update={"checkpoint": str(WorkDir(wd).classified_backbone)})
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": backbone})})
     if not (cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline):
         return cfg
     sn = cfg.supernet.model_copy(update={"init_from": str(WorkDir(wd).baseline.checkpoint)})
@@ -51,6 +56,8 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         times[name] = round(time.perf_counter() - t, 1)
         return out
 
+    if cfg.pipeline.classify:
+        stage("classify", lambda: run_classify(cfg, wd, console=console))
     if cfg.pipeline.baseline:
         stage("baseline", lambda: run_baseline(cfg, wd, console=console))
     if cfg.search.strategy != "darts":  # a darts (FAD) search trains its own search network

@@ -152,6 +152,20 @@ class Trainer:
         """Stage-specific state to checkpoint (plain tensors/containers)."""
         return {}
 
+    collate = staticmethod(collate_detection)  # how the loader batches items (classification stacks them)
+
+    def to_device(self, images, targets) -> tuple[list[torch.Tensor], list[dict]]:
+        """A loader batch as the model's training forward takes it, on the device."""
+        return to_model_input(images, self.device), targets_to(targets, self.device)
+
+    def check_train_set(self) -> None:
+        """Warn about a training set the model cannot learn from (called once, on the main process)."""
+        if not any((r.iscrowd == 0).any() for r in self.train_set.records):
+            self.console.print(Text(
+                f"warning: training set {self.train_set.source} has no annotations (no box in its "
+                f"{len(self.train_set)} images): the detector will learn to find nothing; check the annotation "
+                "file", style="yellow"), soft_wrap=True)
+
     def load_extra_state(self, state: dict) -> None:
         pass
 
@@ -214,14 +228,13 @@ class Trainer:
     def _loader(self) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=self.tcfg.batch_size, sampler=self.sampler,
-            num_workers=self.settings.num_workers, collate_fn=collate_detection, drop_last=len(self.train_set) >= self.tcfg.batch_size,
+            num_workers=self.settings.num_workers, collate_fn=self.collate, drop_last=len(self.train_set) >= self.tcfg.batch_size,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
 
     def train_step(self, images, targets) -> dict[str, float]:
         """One optimizer step: ``forward_backward`` (one or several subnets), clip, step, schedule."""
-        images = to_model_input(images, self.device)
-        targets = targets_to(targets, self.device)
+        images, targets = self.to_device(images, targets)
         self.optimizer.zero_grad(set_to_none=True)
         stats = self.forward_backward(images, targets)
         if self.tcfg.grad_clip:
@@ -282,11 +295,7 @@ class Trainer:
                 f"steps/epoch x {self.tcfg.epochs} epochs, batch {self.tcfg.batch_size} x {self.world} process(es) on "
                 f"{self.device}, {what}"
             )
-            if not any((r.iscrowd == 0).any() for r in self.train_set.records):
-                self.console.print(Text(
-                    f"warning: training set {self.train_set.source} has no annotations (no box in its "
-                    f"{len(self.train_set)} images): the detector will learn to find nothing; check the annotation "
-                    "file", style="yellow"), soft_wrap=True)
+            self.check_train_set()
         progress = progress_bar(
             self.console, TextColumn("[bold blue]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
