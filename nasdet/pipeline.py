@@ -23,6 +23,7 @@ from .stages.pretrain import run_pretrain
 from .stages.report import write_report
 from .stages.search import run_search
 from .stages.tune import run_tune
+from .train.trained import with_backbone_checkpoint
 from .workdir import WorkDir, write_json
 
 STAGES = ("classify", "baseline", "pretrain", "search", "tune", "export", "report")
@@ -32,8 +33,7 @@ def _pretrain_config(cfg: ExperimentConfig, wd: Path) -> ExperimentConfig:
     """ENOT: the supernet starts from the baseline's weights (``pipeline.init_supernet_from_baseline``);
     DetNAS: its backbone from the classification-trained supernet (``pipeline.classify``)."""
     if cfg.pipeline.classify:
-        backbone = cfg.model.backbone.model_copy(update={"checkpoint": str(WorkDir(wd).classified_backbone)})
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": backbone})})
+        cfg = with_backbone_checkpoint(cfg, WorkDir(wd).classified_backbone)
     if not (cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline):
         return cfg
     sn = cfg.supernet.model_copy(update={"init_from": str(WorkDir(wd).baseline.checkpoint)})
