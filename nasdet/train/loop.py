@@ -215,6 +215,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self._resume_rng = state["rng"]  # set again when run() starts: a stage may seed between prepare() and run()
         set_rng_state(state["rng"])
         self.load_extra_state(state.get("extra", {}))
         return True
@@ -226,8 +227,11 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- run
     def _loader(self) -> torch.utils.data.DataLoader:
+        # The loader's own generator: creating an iterator draws a seed from it, and a draw from the global
+        # one would shift the augmentations of a run resumed mid-epoch away from the uninterrupted run's.
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=self.tcfg.batch_size, sampler=self.sampler,
+            generator=torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.epoch),
             num_workers=self.settings.num_workers, collate_fn=self.collate, drop_last=len(self.train_set) >= self.tcfg.batch_size,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
@@ -287,6 +291,8 @@ class Trainer:
         """Train to the end (resuming from ``ckpt/last.pt`` if present); returns the final val metrics."""
         torch.manual_seed(self.settings.seed)
         resumed = self.prepare()
+        if resumed:  # the random streams where the interrupted run left them (augmentations continue as they would have)
+            set_rng_state(self._resume_rng)
         limit = self.final_step
         if dist.is_main():
             what = f"resumed at step {self.step}" if resumed else self.start_note
