@@ -123,7 +123,7 @@ class OptimizerConfig(Strict):
 
 
 class SchedulerConfig(Strict):
-    name: Literal["cosine", "step", "constant"] = "cosine"
+    name: Literal["cosine", "step", "linear", "constant"] = "cosine"  # linear: 1 - step / total (SPOS)
     warmup_steps: int = Field(500, ge=0)
     warmup_factor: float = Field(0.001, gt=0, le=1)
     milestones: list[float] = [0.67, 0.89]  # step schedule: fractions of total steps

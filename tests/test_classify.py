@@ -121,6 +121,14 @@ def test_reference_heads():
     assert torch.allclose(clf(torch.nn.functional.interpolate(x, 96)), clf(list(torch.nn.functional.interpolate(x, 96))))
 
 
+def test_spos_linear_schedule():
+    from nasdet.config import SchedulerConfig
+    from nasdet.train.optim import WarmupSchedule
+
+    lr = WarmupSchedule(SchedulerConfig(name="linear", warmup_steps=0), 150_000)
+    assert [lr(s) for s in (0, 75_000, 150_000)] == [1.0, 0.5, 0.0]
+
+
 def test_top_k_and_the_soft_target_loss():
     class Fixed(torch.nn.Module):  # class scores = the image's mean pixel per channel, class 0..2
         def forward(self, x):
