@@ -490,16 +490,6 @@ class ExperimentConfig(Strict):
     pipeline: PipelineConfig = PipelineConfig()
     classify: Optional[ClassifyConfig] = None
 
-    @model_validator(mode="after")
-    def _pipeline_classify(self):
-        if self.pipeline.classify and (self.classify is None or self.classify.arch is not None):
-            raise ValueError("pipeline.classify trains the supernet as a classifier before pretraining: it needs a "
-                             "classify section without classify.arch")
-        if self.pipeline.classify and self.model.backbone.checkpoint:
-            raise ValueError("pipeline.classify: the supernet starts from classify/backbone.pt; unset "
-                             "model.backbone.checkpoint")
-        return self
-
 
 # ------------------------------------------------------------------------------------------ load/save
 def _family_keys(key: str) -> list[str]:

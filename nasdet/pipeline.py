@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.rule import Rule
 
 from .config import ExperimentConfig, save_config
+from .errors import ConfigError
 from .stages.baseline import run_baseline
 from .stages.classify import run_classify
 from .stages.export import run_export
@@ -43,6 +44,12 @@ def _pretrain_config(cfg: ExperimentConfig, wd: Path) -> ExperimentConfig:
 def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Run every stage that is not complete yet; returns the report (also written as report.json)."""
     console = console or Console()
+    if cfg.pipeline.classify and (cfg.classify is None or cfg.classify.arch is not None):
+        raise ConfigError("pipeline.classify trains the supernet as a classifier before pretraining: it needs a "
+                          "classify section without classify.arch")
+    if cfg.pipeline.classify and cfg.model.backbone.checkpoint:
+        raise ConfigError("pipeline.classify: the supernet starts from classify/backbone.pt; unset "
+                          "model.backbone.checkpoint")
     w = WorkDir.of(cfg, work_dir)
     wd = w.root
     wd.mkdir(parents=True, exist_ok=True)

@@ -91,8 +91,10 @@ def test_config_section(shapes_dir, folder, tmp_path):
     raw = classify_config(shapes_dir, folder, tmp_path)
     raw["pipeline"] = {"classify": True}
     raw["classify"]["arch"] = {"stage1.block0.op": 1}
+    from nasdet.pipeline import run_pipeline
+
     with pytest.raises(ConfigError, match="pipeline.classify .* without classify.arch"):
-        validate_config(raw, "x")
+        run_pipeline(validate_config(raw, "x"))  # `nasdet classify` takes that config (DetNAS step 4)
     raw = classify_config(shapes_dir, folder, tmp_path, supernet={"distill": {"teacher": "largest"}})
     with pytest.raises(ConfigError, match="soft-target cross-entropy: set loss: kl"):
         validate_config(raw, "x")
@@ -241,6 +243,25 @@ def test_ofa_progressive_shrinking_with_distillation(shapes_dir, folder, tmp_pat
     loaded = build_backbone(validate_config({**raw, "model": {**raw["model"], "backbone": {
         "name": "ofa_mbv3", "width_mult": 0.25, "checkpoint": str(tmp_path / "classify" / "backbone.pt")}}}).model.backbone)
     assert isinstance(loaded, OFAMobileNetV3)
+    # OFA's teacher as a separate frozen network: a classify checkpoint (here that supernet, its largest subnet)
+    raw["classify"]["supernet"]["distill"] = {"teacher": "checkpoint", "loss": "kl", "coef": 1.0,
+                                             "checkpoint": str(tmp_path / "classify" / "ckpt" / "last.pt")}
+    raw["classify"]["train"]["max_steps"] = 1
+    run_classify(validate_config({**raw, "work_dir": str(tmp_path / "taught")}))
+    log = [json.loads(x) for x in (tmp_path / "taught" / "classify" / "log.jsonl").read_text().splitlines()]
+    assert "s0/distill" in log[0]  # the largest subnet too learns from the separate teacher
+
+
+def test_a_plain_backbone_trains_as_it_is(shapes_dir, folder, tmp_path):
+    raw = classify_config(shapes_dir, folder, tmp_path, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5})
+    raw["classify"]["train"]["max_steps"] = 1
+    record = run_classify(validate_config(raw))
+    assert record["mode"] == "backbone" and record["arch"] is None
+    build_backbone(validate_config({**raw, "model": {**raw["model"], "backbone": {  # its backbone.pt loads as it is
+        "name": "mobilenet_v3_small", "width_mult": 0.5, "checkpoint": str(tmp_path / "classify" / "backbone.pt")}}}).model.backbone)
+    raw["classify"]["arch"] = {"stage1.block0.op": 0}
+    with pytest.raises(ConfigError, match="not a searchable backbone"):
+        run_classify(validate_config({**raw, "work_dir": str(tmp_path / "other")}))
 
 
 def nasdet(*args, cwd=None):

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, unreadable_reason
+from ..errors import CheckpointError, ConfigError, unreadable_reason
 from ..space import SearchSpace, prefix_arch, strip_prefix
 from ..space.elastic import he_fout_init, make_divisible
 from ..space.supernet import Supernet
@@ -153,6 +153,9 @@ def build_classifier(backbone_cfg, num_classes: int, input_size: int, dropout: f
 
     body = build_backbone(backbone_cfg)
     if arch is not None:
+        if not isinstance(body, Supernet):
+            raise ConfigError(f"classify.arch names a subnet, but model.backbone.name {backbone_cfg.name!r} is not a "
+                              "searchable backbone (detnas_*, ofa_mbv3, mbv2_elastic, mbv2_width)")
         body = body.export(arch)
         if not backbone_cfg.checkpoint:
             he_fout_init(body)

@@ -131,6 +131,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self._resumed: bool | None = None
+        self._resume_rng: dict | None = None
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, *args, **kwargs) -> "Trainer":
