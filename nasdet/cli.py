@@ -93,13 +93,18 @@ def make_synthetic_cmd(
     skip_existing: bool = typer.Option(False, "--skip-existing",
                                        help="Do nothing if OUT already holds this set (same arguments and generator version)."),
     data_format: str = typer.Option("coco", "--format",
-                               help="coco, or yolo: also <split>/labels/*.txt and OUT/data.yaml (data.format: yolo)."),
+                               help="coco, or yolo: also <split>/labels/*.txt and OUT/data.yaml (data.format: yolo), "
+                                    "or imagefolder: one shape per image in <split>/<class>/ (for nasdet classify; "
+                                    "e.g. --size 48)."),
 ):
     """Generate the embedded shapes data set (no download)."""
     from .data.synthetic import existing_matches, make_synthetic
 
-    if data_format not in ("coco", "yolo"):
-        raise ConfigError(f"--format must be coco or yolo, got {data_format!r}")
+    if data_format not in ("coco", "yolo", "imagefolder"):
+        raise ConfigError(f"--format must be coco, yolo or imagefolder, got {data_format!r}")
+    if data_format == "imagefolder":
+        _make_imagefolder(out, train, val, size, seed)
+        return
     if skip_existing and existing_matches(out, train, val, size, seed):
         console.print(f"{escape(str(out))}: synthetic data set already present")
         paths = None
@@ -119,6 +124,17 @@ def make_synthetic_cmd(
                   for s, n in (("train", train), ("val", val)) if n}
         yaml_file = write_yolo(splits, out, copy_images=False)
         console.print(f"wrote YOLO labels under {escape(str(out))}/*/labels and {escape(str(yaml_file))}")
+
+
+def _make_imagefolder(out: Path, train: int, val: int, size: int, seed: int) -> None:
+    from .data.synthetic_classes import make_synthetic_imagefolder
+
+    with progress_bar(console, TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      label="generated images", every=max(1, (train + val) // 10)) as p:
+        task = p.add_task("", total=train + val)
+        folders = make_synthetic_imagefolder(out, train, val, size, seed,
+                                             progress=lambda done, total: p.update(task, completed=done, total=total))
+    console.print(f"wrote {folders['train']} ({train} images) and {folders['val']} ({val} images): classify.root: {out}")
 
 
 @data_app.command("to-yolo")
@@ -178,6 +194,21 @@ def pretrain_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
     cfg = _load(config, set_)
     try:
         run_pretrain(cfg, work_dir, console=console)
+    finally:
+        dist.cleanup()
+
+
+@app.command("classify")
+@_user_errors
+def classify_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt):
+    """Train model.backbone as an image classifier on classify.root (ImageFolder): the supernet (DetNAS step 1)
+    or the subnet classify.arch (step 4); writes classify/backbone.pt; resumes from classify/ckpt/last.pt."""
+    from .stages.classify import run_classify
+    from .train import dist
+
+    cfg = _load(config, set_)
+    try:
+        run_classify(cfg, work_dir, console=console)
     finally:
         dist.cleanup()
 

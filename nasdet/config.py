@@ -151,7 +151,7 @@ class OptimizerConfig(Strict):
 
 
 class SchedulerConfig(Strict):
-    name: Literal["cosine", "step", "constant"] = "cosine"
+    name: Literal["cosine", "step", "linear", "constant"] = "cosine"  # linear: 1 - step / total (SPOS)
     warmup_steps: int = Field(500, ge=0)
     warmup_factor: float = Field(0.001, gt=0, le=1)
     milestones: list[float] = [0.67, 0.89]  # step schedule: fractions of total steps
@@ -438,6 +438,46 @@ class TuneConfig(Strict):
         return self
 
 
+class ClassifyConfig(Strict):
+    """``nasdet classify``: ``model.backbone`` trained as an image classifier on an ImageFolder tree
+    (``<root>/train/<class>/*.jpg``, ``<root>/val/<class>/*.jpg``: ImageNet's layout), with the head of its
+    reference network (nasdet.models.classifier). DetNAS step 1 (``arch`` unset: the whole supernet, its
+    paths sampled per ``supernet``: SPOS uniform or FLOPs bins, OFA progressive shrinking and
+    distillation) or step 4 (``arch``: one subnet, trained alone from scratch). Writes
+    ``classify/backbone.pt`` for ``model.backbone.checkpoint``. Defaults: SPOS's ImageNet recipe
+    (label smoothing 0.1, dropout 0.1, RandomResizedCrop 224, flip, ColorJitter 0.4)."""
+
+    root: str  # the folder holding train/ and val/
+    train_split: str = "train"
+    val_split: str = "val"
+    # one subnet: a mapping of choices (backbone.* or the backbone's own names) or an arch file
+    # (search/best_arch.json, tune/arch.json); its input_size is ignored (classification uses input_size)
+    arch: Optional[Union[str, dict[str, Any]]] = None
+    input_size: int = Field(224, ge=32)  # training crop; evaluation: resize to input_size / 0.875, centre crop
+    dropout: float = Field(0.1, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    min_scale: float = Field(0.08, gt=0, le=1)  # RandomResizedCrop's smallest area fraction
+    hflip: float = Field(0.5, ge=0, le=1)
+    color_jitter: float = Field(0.4, ge=0)  # brightness, contrast and saturation
+    num_workers: Optional[int] = Field(None, ge=0)  # data loader processes; default data.num_workers
+    supernet: SupernetConfig = SupernetConfig()  # path sampling of the supernet (arch unset)
+    train: Optional[TrainConfig] = None  # the recipe; default: the top-level train section
+
+    @model_validator(mode="after")
+    def _classification_keys(self):
+        detection_only = [k for k in ("train", "init_from") if getattr(self.supernet, k) is not None]
+        if detection_only:
+            raise ValueError(f"classify.supernet.{detection_only[0]} does not apply to classification "
+                             "(the recipe is classify.train)")
+        if self.arch is not None and (self.supernet.schedule or self.supernet.distill.teacher != "none"):
+            raise ValueError("classify.arch trains one subnet: classify.supernet.schedule / distill apply to the "
+                             "supernet (leave classify.arch unset)")
+        if self.supernet.distill.teacher != "none" and self.supernet.distill.loss == "adaptive":
+            raise ValueError("classify.supernet.distill.loss: 'adaptive' is the detection loss (positive anchors); "
+                             "a classifier distils with OFA's soft-target cross-entropy: set loss: kl")
+        return self
+
+
 class ExportConfig(Strict):
     """``nasdet export``: ONNX end to end (resize, normalise, decode, NMS inside) or raw head outputs."""
 
@@ -458,6 +498,7 @@ class PipelineConfig(Strict):
     baseline_backbone: Optional[str] = None
     init_supernet_from_baseline: bool = False  # ENOT: pretrain starts from the baseline checkpoint
     export: bool = True
+    classify: bool = False  # DetNAS step 1 first: `nasdet classify` (supernet), then pretrain from its backbone
 
 
 class ExperimentConfig(Strict):
@@ -475,6 +516,7 @@ class ExperimentConfig(Strict):
     tune: TuneConfig = TuneConfig()
     export: ExportConfig = ExportConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    classify: Optional[ClassifyConfig] = None
 
 
 # ------------------------------------------------------------------------------------------ load/save

@@ -1,5 +1,5 @@
-"""``nasdet pipeline``: baseline -> pretrain -> search -> tune -> export -> report, in one work dir; it
-only orders the stages (``nasdet.stages``).
+"""``nasdet pipeline``: [classify ->] baseline -> pretrain -> search -> tune -> export -> report, in one work dir;
+it only orders the stages (``nasdet.stages``).
 
 Each stage is the same function its own command runs, and each already skips itself when its outputs
 are complete and resumes when interrupted (training from ``ckpt/last.pt``, the search from its Optuna
@@ -16,19 +16,25 @@ from rich.console import Console
 from rich.rule import Rule
 
 from .config import ExperimentConfig
+from .errors import ConfigError
 from .stages.baseline import run_baseline
+from .stages.classify import run_classify
 from .stages.export import run_export
 from .stages.pretrain import run_pretrain
 from .stages.report import write_report
 from .stages.search import run_search
 from .stages.tune import run_tune
+from .train.trained import with_backbone_checkpoint
 from .workdir import WorkDir, write_json
 
-STAGES = ("baseline", "pretrain", "search", "tune", "export", "report")
+STAGES = ("classify", "baseline", "pretrain", "search", "tune", "export", "report")
 
 
 def _pretrain_config(cfg: ExperimentConfig, wd: Path) -> ExperimentConfig:
-    """ENOT: the supernet starts from the baseline's weights (``pipeline.init_supernet_from_baseline``)."""
+    """ENOT: the supernet starts from the baseline's weights (``pipeline.init_supernet_from_baseline``);
+    DetNAS: its backbone from the classification-trained supernet (``pipeline.classify``)."""
+    if cfg.pipeline.classify:
+        cfg = with_backbone_checkpoint(cfg, WorkDir(wd).classified_backbone)
     if not (cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline):
         return cfg
     sn = cfg.supernet.model_copy(update={"init_from": str(WorkDir(wd).baseline.checkpoint)})
@@ -38,6 +44,12 @@ def _pretrain_config(cfg: ExperimentConfig, wd: Path) -> ExperimentConfig:
 def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Run every stage that is not complete yet; returns the report (also written as report.json)."""
     console = console or Console()
+    if cfg.pipeline.classify and (cfg.classify is None or cfg.classify.arch is not None):
+        raise ConfigError("pipeline.classify trains the supernet as a classifier before pretraining: it needs a "
+                          "classify section without classify.arch")
+    if cfg.pipeline.classify and cfg.model.backbone.checkpoint:
+        raise ConfigError("pipeline.classify: the supernet starts from classify/backbone.pt; unset "
+                          "model.backbone.checkpoint")
     w = WorkDir.of(cfg, work_dir)
     wd = w.root
     wd.mkdir(parents=True, exist_ok=True)  # each stage writes config.yaml once its checks pass (a resume)
@@ -50,6 +62,8 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         times[name] = round(time.perf_counter() - t, 1)
         return out
 
+    if cfg.pipeline.classify:
+        stage("classify", lambda: run_classify(cfg, wd, console=console))
     if cfg.pipeline.baseline:
         stage("baseline", lambda: run_baseline(cfg, wd, console=console))
     if cfg.search.strategy != "darts":  # a darts (FAD) search trains its own search network

@@ -2,6 +2,7 @@
 "run X first" error a later stage raises when an earlier one's output is missing.
 
     work_dir/config.yaml            the resolved config that ran
+    classify/  ckpt/last.pt, backbone.pt (the backbone alone, for model.backbone.checkpoint), metrics.json, log.jsonl
     baseline/  ckpt/last.pt, metrics.json, cost.json, log.jsonl
     supernet/  ckpt/last.pt, metrics.json, space.json, log.jsonl
     search/    study.journal, results.csv, best_arch.json (with the search's predicted costs),
@@ -27,6 +28,7 @@ from .user_data import refuse_output_in_data
 
 BASELINE, SUPERNET, SEARCH, TUNE, EXPORT, DIAGNOSE, EVAL = "baseline", "supernet", "search", "tune", "export", \
     "diagnose", "eval"
+CLASSIFY = "classify"
 CKPT_DIR = "ckpt"
 LAST_CKPT = "last.pt"
 CONFIG_FILE = "config.yaml"
@@ -52,12 +54,13 @@ COST_JSON = "cost.json"  # baseline/ (nasdet cost)
 ARCH_JSON = "arch.json"  # tune/
 INITIAL_METRICS = "initial_metrics.json"  # tune/
 CLASSES_JSON = "classes.json"  # export/
+BACKBONE_PT = "backbone.pt"  # classify/
 
 # the stage that writes each folder, and the command that runs it (for "run X first")
 _PRODUCER = {BASELINE: ("baseline", "nasdet train CONFIG"), SUPERNET: ("pretrain", "nasdet pretrain CONFIG"),
              SEARCH: ("search", "nasdet search CONFIG"), TUNE: ("tune", "nasdet tune CONFIG"),
              EXPORT: ("export", "nasdet export CONFIG"), DIAGNOSE: ("diagnose", "nasdet diagnose CONFIG"),
-             EVAL: ("eval", "nasdet eval CONFIG")}
+             EVAL: ("eval", "nasdet eval CONFIG"), CLASSIFY: ("classify", "nasdet classify CONFIG")}
 
 
 def write_json(path: Path, obj) -> None:
@@ -186,6 +189,7 @@ class WorkDir:
         self.export = StageDir(self.root / EXPORT, EXPORT)
         self.diagnose = DiagnoseDir(self.root / DIAGNOSE, DIAGNOSE)
         self.eval = StageDir(self.root / EVAL, EVAL)
+        self.classify = StageDir(self.root / CLASSIFY, CLASSIFY)
 
     @classmethod
     def of(cls, cfg, override: str | Path | None = None) -> "WorkDir":
@@ -204,6 +208,11 @@ class WorkDir:
     @property
     def config(self) -> Path:
         return self.root / CONFIG_FILE
+
+    @property
+    def classified_backbone(self) -> Path:
+        """``classify/backbone.pt``: the classification-trained backbone (``model.backbone.checkpoint``)."""
+        return self.classify / BACKBONE_PT
 
     @property
     def report_md(self) -> Path:

@@ -22,7 +22,7 @@ LAYERS = [
     ("nasdet.search",),
     ("nasdet.stages", "nasdet.stages.common"),
     ("nasdet.stages.baseline", "nasdet.stages.pretrain", "nasdet.stages.search", "nasdet.stages.tune",
-     "nasdet.stages.export", "nasdet.stages.report", "nasdet.stages.diagnose"),
+     "nasdet.stages.export", "nasdet.stages.report", "nasdet.stages.diagnose", "nasdet.stages.classify"),
     ("nasdet.pipeline",),
     ("nasdet.cli", "nasdet.__main__"),  # entry points
 ]

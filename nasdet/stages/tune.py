@@ -29,7 +29,7 @@ from ..train.bn import recalibrate_static
 from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
-from ..train.trained import TuneTrainer, build_tuned_model
+from ..train.trained import TuneTrainer, build_tuned_model, with_backbone_checkpoint
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
 from .common import finished_record, metrics_table, recipe_key, with_train_recipe
 
@@ -149,7 +149,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         arch, source = resolve_genotype_arch(cfg, wd.root)
         tcfg = tcfg.model_copy(update={"model": with_genotype(tcfg.model, arch)})  # the checkpoint rebuilds alone
     else:
-        _, space = build_supernet(cfg, k)
+        _, space = build_supernet(with_backbone_checkpoint(cfg, None), k)  # only the space: no weights to load
         arch, source = resolve_tune_arch(cfg, space, wd.root)
     resuming = out.has_checkpoint()
     if resuming:

@@ -138,6 +138,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self._resumed: bool | None = None
         self.lock = WriterLock(self.out_dir)
+        self._resume_rng: dict | None = None
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, *args, recipe: str = "train", **kwargs) -> "Trainer":
@@ -158,6 +159,20 @@ class Trainer:
     def extra_state(self) -> dict:
         """Stage-specific state to checkpoint (plain tensors/containers)."""
         return {}
+
+    collate = staticmethod(collate_detection)  # how the loader batches items (classification stacks them)
+
+    def to_device(self, images, targets) -> tuple[list[torch.Tensor], list[dict]]:
+        """A loader batch as the model's training forward takes it, on the device."""
+        return to_model_input(images, self.device), targets_to(targets, self.device)
+
+    def check_train_set(self) -> None:
+        """Warn about a training set the model cannot learn from (called once, on the main process)."""
+        if not any((r.iscrowd == 0).any() for r in self.train_set.records):
+            self.console.print(Text(
+                f"warning: training set {self.train_set.source} has no annotations (no box in its "
+                f"{len(self.train_set)} images): the detector will learn to find nothing; check the annotation "
+                "file", style="yellow"), soft_wrap=True)
 
     def load_extra_state(self, state: dict) -> None:
         pass
@@ -216,6 +231,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self._resume_rng = state["rng"]  # set again when run() starts: a stage may seed between prepare() and run()
         set_rng_state(state["rng"])
         self.load_extra_state(state.get("extra", {}))
         return True
@@ -227,17 +243,19 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- run
     def _loader(self) -> torch.utils.data.DataLoader:
+        # The loader's own generator: creating an iterator draws a seed from it, and a draw from the global
+        # one would shift the augmentations of a run resumed mid-epoch away from the uninterrupted run's.
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=self.tcfg.batch_size, sampler=self.sampler,
-            num_workers=self.settings.num_workers, collate_fn=collate_detection,
+            generator=torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.epoch),
+            num_workers=self.settings.num_workers, collate_fn=self.collate,
             drop_last=self.sampler.per_rank >= self.tcfg.batch_size,  # no last batch of one: BatchNorm needs two
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
 
     def train_step(self, images, targets) -> dict[str, float]:
         """One optimizer step: ``forward_backward`` (one or several subnets), clip, step, schedule."""
-        images = to_model_input(images, self.device)
-        targets = targets_to(targets, self.device)
+        images, targets = self.to_device(images, targets)
         self.optimizer.zero_grad(set_to_none=True)
         with one_value_per_channel_as(self._batch_of_one):
             stats = self.forward_backward(images, targets)
@@ -308,6 +326,8 @@ class Trainer:
     def _run(self) -> dict:
         torch.manual_seed(self.settings.seed)
         resumed = self.prepare()
+        if resumed:  # the random streams where the interrupted run left them (augmentations continue as they would have)
+            set_rng_state(self._resume_rng)
         limit = self.final_step
         if dist.is_main():
             what = f"resumed at step {self.step}" if resumed else escape(self.start_note)  # may name a path
@@ -316,11 +336,7 @@ class Trainer:
                 f"steps/epoch x {self.tcfg.epochs} epochs, batch {self.tcfg.batch_size} x {self.world} process(es) on "
                 f"{self.device}, {what}"
             )
-            if not any((r.iscrowd == 0).any() for r in self.train_set.records):
-                self.console.print(Text(
-                    f"warning: training set {self.train_set.source} has no annotations (no box in its "
-                    f"{len(self.train_set)} images): the detector will learn to find nothing; check the annotation "
-                    "file", style="yellow"), soft_wrap=True)
+            self.check_train_set()
         progress = progress_bar(
             self.console, TextColumn("[bold blue]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[ips]:.1f} img/s"),

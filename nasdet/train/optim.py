@@ -1,4 +1,4 @@
-"""Optimiser with no weight decay on norm weights and biases, and warm-up + cosine/step schedules."""
+"""Optimiser with no weight decay on norm weights and biases, and warm-up + cosine/step/linear schedules."""
 from __future__ import annotations
 
 import math
@@ -40,7 +40,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 
 class WarmupSchedule:
-    """LR factor at a step: linear warm-up from ``warmup_factor``, then cosine / step / constant.
+    """LR factor at a step: linear warm-up from ``warmup_factor``, then cosine / step / linear / constant.
 
     A plain object (not a closure) so LambdaLR's state_dict stores its fields and
     ``torch.load(weights_only=True)`` can read it back.
@@ -66,6 +66,8 @@ class WarmupSchedule:
             main = self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
         elif self.name == "step":
             main = self.gamma ** sum(step >= m for m in self.milestones)
+        elif self.name == "linear":  # SPOS / DetNAS ImageNet: LambdaLR(1 - step / total_iters), to 0
+            main = self.min_ratio + (1 - self.min_ratio) * max(1.0 - step / self.total, 0.0)
         else:
             main = 1.0
         return warm * main

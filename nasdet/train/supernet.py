@@ -160,7 +160,10 @@ def load_teacher(path: str, num_classes: int) -> nn.Module:
 
 # --------------------------------------------------------------------------------------- trainer
 class SupernetTrainer(Trainer):
-    """``Trainer`` whose step trains sampled subnets of a detector supernet."""
+    """``Trainer`` whose step trains sampled subnets of a detector supernet.
+
+    What is specific to the model (activating an arch, the distillation loss, scoring a subnet) sits in the
+    methods under "the model's side"; a classifier supernet (``nasdet classify``) overrides only those."""
 
     find_unused_parameters = True  # only the sampled path gets gradients
     # its split of train and its sampling recipe shape the weights too; its recipe is already `train`, and
@@ -180,7 +183,7 @@ class SupernetTrainer(Trainer):
         self.schedule = ShrinkingSchedule(space, self.scfg.schedule)
         self.calib_set = calib_set if calib_set is not None else train_set
         self.teacher = teacher.to(self.device) if teacher is not None else None
-        self.teacher_losses = LossesWithLogits(self.teacher) if self.teacher is not None else None
+        self.teacher_losses = self.with_logits(self.teacher) if self.teacher is not None else None
         self.last_archs: list[dict] = []
         self.arch_macs = self._macs_bins_cost() if self.scfg.macs_bins is not None else None
 
@@ -196,7 +199,7 @@ class SupernetTrainer(Trainer):
 
         if self.scfg.sampling != "uniform":
             raise ConfigError("supernet.macs_bins filters uniform sampling (SPOS); set supernet.sampling: uniform")
-        body = supernet_body(self.model)
+        body = self.body()
         if not hasattr(body, "arch_macs"):
             raise ConfigError(f"supernet.macs_bins needs a backbone with a MACs lookup table (arch_macs), "
                              f"{type(body).__name__} has none: use a detnas_* backbone or drop macs_bins")
@@ -204,7 +207,32 @@ class SupernetTrainer(Trainer):
         return lambda arch: body.arch_macs(strip_prefix(arch, BACKBONE_PREFIX), size)
 
     def wrap_for_training(self, model: nn.Module) -> nn.Module:
-        return LossesWithLogits(model) if self.distill_on else model
+        return self.with_logits(model) if self.distill_on else model
+
+    # ------------------------------------------------------------------------------ the model's side
+    def body(self) -> nn.Module:
+        """The backbone supernet inside the model."""
+        return supernet_body(self.model)
+
+    def activate(self, model: nn.Module, arch: dict) -> None:
+        """Activate ``arch`` (backbone choices and input size) in ``model``."""
+        set_detector_arch(model, arch)
+
+    def resize_teacher(self, size: int) -> None:
+        set_input_size(self.teacher, size)
+
+    def with_logits(self, model: nn.Module) -> nn.Module:
+        """``model`` whose training forward returns ``(losses, logits, positives)`` for distillation."""
+        return LossesWithLogits(model)
+
+    def distill_loss(self, logits, teacher_logits, positives) -> torch.Tensor:
+        d = self.scfg.distill
+        return adaptive_distillation_loss(logits, teacher_logits, positives, d.temperature, d.beta, d.gamma,
+                                          adaptive=d.loss == "adaptive")
+
+    def score(self, val) -> dict:
+        """Metrics of the active subnet on ``val``."""
+        return evaluate_detector(self.model, val, self.device, self.settings.eval.batch_size, self.settings.num_workers)
 
     def step_rng(self, step: int) -> random.Random:
         return random.Random(f"{self.settings.seed}-{step}")
@@ -237,25 +265,24 @@ class SupernetTrainer(Trainer):
         teacher_logits = None
         size = archs[0][INPUT_SIZE]
         if distill_now and d.teacher == "checkpoint":
-            set_input_size(self.teacher, size)
+            self.resize_teacher(size)
             with torch.no_grad(), self.autocast():
                 _, teacher_logits, _ = self.teacher_losses(images, targets)
         elif distill_now and d.teacher == "largest" and archs[0] != self.largest_at(self.epoch, size):
-            set_detector_arch(self.model, self.largest_at(self.epoch, size))
+            self.activate(self.model, self.largest_at(self.epoch, size))
             with torch.no_grad(), self.autocast():
                 _, teacher_logits, _ = self.ddp_model(images, targets)
 
         stats: dict[str, float] = {}
         for i, arch in enumerate(archs):
-            set_detector_arch(self.model, arch)
+            self.activate(self.model, arch)
             with self.autocast():
                 out = self.ddp_model(images, targets)
             if self.distill_on:
                 losses, logits, positives = out
                 is_teacher = d.teacher == "largest" and arch == self.largest_at(self.epoch, size)
                 if distill_now and teacher_logits is not None and not is_teacher:
-                    losses = {**losses, "distill": d.coef * adaptive_distillation_loss(
-                        logits, teacher_logits, positives, d.temperature, d.beta, d.gamma, adaptive=d.loss == "adaptive")}
+                    losses = {**losses, "distill": d.coef * self.distill_loss(logits, teacher_logits, positives)}
                 if distill_now and is_teacher and d.teacher == "largest":
                     teacher_logits = logits.detach()
             else:
@@ -278,7 +305,7 @@ class SupernetTrainer(Trainer):
         return {n: {**named[n], INPUT_SIZE: size} for n in self.scfg.report_archs}
 
     def evaluate(self) -> dict | None:
-        """COCO metrics of the largest / middle / smallest subnet on val, each after BN recalibration;
+        """Metrics (``score``) of the largest / middle / smallest subnet on val, each after BN recalibration;
         the supernet's BN statistics are restored afterwards."""
         if self.val_set is None:
             return None
@@ -289,10 +316,10 @@ class SupernetTrainer(Trainer):
         results = {}
         for name, arch in self.report_archs().items():
             with preserved_bn_state(self.model):
-                set_detector_arch(self.model, arch)
+                self.activate(self.model, arch)
                 recalibrate_bn(self.model, self.calib_set, self.device, self.scfg.recalib_batches,
                                e.batch_size, seed=self.settings.seed)
-                metrics = evaluate_detector(self.model, val, self.device, e.batch_size, self.settings.num_workers)
+                metrics = self.score(val)
             if dist.is_main():
                 results[name] = {"arch": arch, "metrics": metrics}
         return results if dist.is_main() else None

@@ -10,9 +10,10 @@ from torch import nn
 
 from ..config import ExperimentConfig
 from ..models import build_detector
+from ..models.classifier import read_subnet_file
 from ..models.heads.fad import is_genotype_arch, with_genotype
-from ..models.supernet import build_supernet, detector_space, export_detector, set_detector_arch
-from ..space import ArchError, SearchSpace
+from ..models.supernet import BACKBONE_PREFIX, build_supernet, detector_space, export_detector, set_detector_arch
+from ..space import ArchError, SearchSpace, strip_prefix
 from ..space.elastic import he_fout_init
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .loop import Trainer
@@ -35,24 +36,49 @@ def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int
     return model
 
 
+def with_backbone_checkpoint(cfg: ExperimentConfig, path: str | Path | None) -> ExperimentConfig:
+    """``cfg`` with ``model.backbone.checkpoint`` replaced (None: the backbone starts from its init)."""
+    backbone = cfg.model.backbone.model_copy(update={"checkpoint": None if path is None else str(path)})
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": backbone})})
+
+
 def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[str, Any],
                        supernet_ckpt: str | Path | None = None) -> tuple[nn.Module, SearchSpace]:
     """``export_detector(arch)`` of the config's supernet: with the supernet checkpoint's weights if
-    given (refused if it belongs to another space), else freshly initialised (the backbone keeps
-    ``model.backbone.pretrained`` / ``checkpoint`` weights when the config gives them)."""
+    given (refused if it belongs to another space), else freshly initialised except the backbone when
+    ``model.backbone.pretrained`` / ``checkpoint`` is set: torchvision's or a file's weights, a supernet's
+    backbone (its subnet ``arch``) or the backbone file ``nasdet classify`` wrote for this very subnet (DetNAS
+    step 5 starts from step 4's weights)."""
+    backbone_ckpt = cfg.model.backbone.checkpoint if supernet_ckpt is None else None
+    subnet = read_subnet_file(backbone_ckpt) if backbone_ckpt else None
+    if supernet_ckpt is not None or subnet is not None:  # the supernet checkpoint or the subnet file decides
+        cfg = with_backbone_checkpoint(cfg, None)
     model, space = build_supernet(cfg, num_classes)
     arch = space.validate(arch)
     if supernet_ckpt is not None:
         state = load_checkpoint(supernet_ckpt, space_id=space.space_id)
         load_model_weights(model, state, source=str(supernet_ckpt))
     static = export_detector(model, arch, space)
-    if supernet_ckpt is None:  # scratch: the static net's own init, not the supernet's slices ...
-        given = cfg.model.backbone.pretrained or cfg.model.backbone.checkpoint
-        body = {k: v.clone() for k, v in static.backbone.body.state_dict().items()} if given else None
-        he_fout_init(static)
-        if body is not None:  # ... but the backbone keeps the weights the config gives it (pretrained, checkpoint)
-            static.backbone.body.load_state_dict(body)
+    if supernet_ckpt is None:
+        body = static.backbone.body
+        keep = (cfg.model.backbone.pretrained or backbone_ckpt) and subnet is None
+        inherited = {k: v.clone() for k, v in body.state_dict().items()} if keep else None
+        he_fout_init(static)  # scratch: the static net's own init, not the supernet's slices
+        if subnet is not None:
+            _load_subnet_backbone(body, subnet, strip_prefix(arch, BACKBONE_PREFIX), backbone_ckpt)
+        elif inherited is not None:
+            body.load_state_dict(inherited)
     return static, space
+
+
+def _load_subnet_backbone(body: nn.Module, subnet: tuple[dict, dict], arch: Mapping[str, Any], path: str) -> None:
+    state, trained_arch = subnet
+    if dict(trained_arch) != dict(arch):
+        differ = sorted(k for k in set(arch) | set(trained_arch) if arch.get(k) != trained_arch.get(k))
+        raise CheckpointError(f"model.backbone.checkpoint {path} holds the subnet `nasdet classify` trained, which "
+                              f"differs from the arch to build in {len(differ)} choice(s) (e.g. "
+                              f"{[(k, trained_arch.get(k), arch.get(k)) for k in differ[:3]]}: (choice, file, arch))")
+    load_model_weights(body, state, source=f"model.backbone.checkpoint {path}")
 
 
 def build_tuned_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[str, Any],

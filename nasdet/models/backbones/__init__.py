@@ -54,6 +54,10 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, EOFError, RuntimeError, ... depending on how the file is bad
         raise CheckpointError(f"model.backbone.checkpoint {path} cannot be loaded: {unreadable_reason(e, path)}") from e
+    if isinstance(state, dict) and state.get("written_by") == "nasdet classify" and state.get("arch") is not None \
+            and set(state["state_dict"]) != set(backbone.state_dict()):
+        raise CheckpointError(f"model.backbone.checkpoint {path} is the backbone of one subnet (`nasdet classify` with "
+                              "classify.arch): it starts `nasdet tune` (tune.init: scratch) of that arch, not a supernet")
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
