@@ -20,6 +20,9 @@ class BackboneConfig(Strict):
     width_mult: float = Field(1.0, gt=0)
     norm: Literal["bn", "frozen_bn"] = "bn"
     checkpoint: Optional[str] = None  # a state_dict of the backbone (e.g. classification pretraining)
+    # MobileNetV3's last stage at half width (its paper's Table 6; torchvision's ssdlite320 trained without
+    # an ImageNet backbone, as its COCO weights were); mobilenet_v3_large / _small only
+    reduced_tail: bool = False
 
 
 class HeadConfig(Strict):

@@ -27,7 +27,12 @@ def build_backbone(cfg) -> nn.Module:
     """``cfg``: nasdet.config.BackboneConfig. Returns a module giving OrderedDict(c2..c5)."""
     if cfg.name not in BACKBONES:
         raise ConfigError(f"model.backbone.name {cfg.name!r} is not a known backbone; choose from {sorted(BACKBONES)}")
-    backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm)
+    options = {}
+    if cfg.reduced_tail:
+        if not cfg.name.startswith("mobilenet_v3"):
+            raise ConfigError(f"model.backbone.reduced_tail is MobileNetV3's option, not {cfg.name!r}'s")
+        options["reduced_tail"] = True
+    backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm, **options)
     if cfg.checkpoint:
         load_backbone_checkpoint(backbone, cfg.checkpoint)
     return backbone

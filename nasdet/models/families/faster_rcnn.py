@@ -25,6 +25,7 @@ class FasterRCNNFamily(DetectorFamily):
     config = FasterRCNNModelConfig
     model_types = (FasterRCNN,)
     distillable = False  # its logits are per proposal, not per anchor
+    class_layers = (r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)",)  # boxes per class too
 
     def build(self, cfg: FasterRCNNModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         c = cfg.fpn_channels

@@ -25,6 +25,7 @@ class RetinaNetFamily(OneStageFamily):
     config = RetinaNetModelConfig
     model_types = (RetinaNet,)
     fad_heads = True
+    class_layers = (r"head\.classification_head\.cls_logits\.(weight|bias)",)
 
     def build(self, cfg: RetinaNetModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         n, c = num_classes, cfg.fpn_channels
