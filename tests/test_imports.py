@@ -108,3 +108,45 @@ def test_ssdlite320_import_is_function_preserving(tmp_path, reduced_tail):
     model = imported(reference, ssdlite_config(reduced_tail), 3, tmp_path,
                      payload=lambda sd: {"model": sd, "args": __import__("argparse").Namespace(epochs=3)})
     assert_same_function(reference, model)
+
+
+# -------------------------------------------------------------------------------- ResNet-50 FPN detectors
+def frozen_bn_state(sd):
+    """As torchvision's references save a detector trained from an ImageNet backbone (FrozenBatchNorm2d)."""
+    return {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+
+
+def rpn_and_box_head(m, x):
+    feats = list(m.backbone(x).values())
+    objectness, deltas = m.rpn.head(feats)
+    pooled = torch.randn(5, m.backbone.out_channels, 7, 7, generator=torch.Generator().manual_seed(2))
+    scores, boxes = m.roi_heads.box_predictor(m.roi_heads.box_head(pooled))
+    return {"feats": torch.cat([f.flatten() for f in feats]), "objectness": torch.cat([o.flatten() for o in objectness]),
+            "deltas": torch.cat([d.flatten() for d in deltas]), "scores": scores, "boxes": boxes}
+
+
+R50_DETECTORS = {  # torchvision builder, nasdet detector, the thresholds both get, raw outputs
+    "retinanet_resnet50_fpn": ("retinanet", {"score_thresh": 0.01, "nms_thresh": 0.5, "detections_per_img": 300,
+                                             "topk_candidates": 1000}, None),
+    "fcos_resnet50_fpn": ("fcos", {"score_thresh": 0.05, "nms_thresh": 0.6, "detections_per_img": 100,
+                                   "topk_candidates": 1000}, None),
+    "fasterrcnn_resnet50_fpn": ("faster_rcnn", {"score_thresh": 0.0, "nms_thresh": 0.5, "detections_per_img": 100},
+                                rpn_and_box_head),
+}
+
+
+@pytest.mark.parametrize("builder", list(R50_DETECTORS))
+def test_resnet50_fpn_import_is_function_preserving(tmp_path, builder):
+    detector, thresholds, raw = R50_DETECTORS[builder]
+    reference = getattr(torchvision.models.detection, builder)(weights=None, weights_backbone=None, num_classes=4)
+    trained_like(reference)
+    set_torchvision_size(reference, SIZE)
+    target = reference.roi_heads if detector == "faster_rcnn" else reference  # where torchvision keeps them
+    for k, v in thresholds.items():
+        setattr(target, k, v)
+    cfg = make_model_config(detector=detector, backbone={"name": "resnet50"}, input_size=SIZE, **thresholds)
+    model = imported(reference, cfg, 3, tmp_path, payload=frozen_bn_state)
+    if raw is None:
+        assert_same_function(reference, model)
+    else:
+        assert_same_function(reference, model, raw)
