@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor
 
+from conftest import randomize
 from nasdet.config import make_model_config
 from nasdet.errors import CheckpointError
 from nasdet.models import build_detector
@@ -42,16 +43,9 @@ def torchvision_ssdlite(num_classes: int, reduced_tail: bool = True) -> nn.Modul
                detections_per_img=300, topk_candidates=300, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+def trained_like(model: nn.Module) -> nn.Module:
     """Random BN statistics and affine parameters (fresh ones are identities, which would hide a swapped BN)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
+    return randomize(model).eval()
 
 
 def set_torchvision_size(model: nn.Module, size: int) -> None:
@@ -150,3 +144,91 @@ def test_resnet50_fpn_import_is_function_preserving(tmp_path, builder):
         assert_same_function(reference, model)
     else:
         assert_same_function(reference, model, raw)
+
+
+# ------------------------------------------------------------------------- the baseline of a run, classes
+def saved(model: nn.Module, path) -> str:
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def test_torchvision_checkpoint_becomes_the_baseline(tiny_config, tmp_path):
+    """pipeline.baseline_checkpoint: mapped, written as baseline/ckpt/last.pt in nasdet's format, evaluated on
+    val; a rerun with the same file is skipped; nasdet's own readers rebuild it with torchvision's function."""
+    from nasdet.stages.baseline import run_baseline
+    from nasdet.train.trained import load_trained_model
+    from nasdet.workdir import WorkDir
+
+    reference = trained_like(torchvision_ssdlite(9))  # the shapes set's 8 classes + background
+    path = saved(reference, tmp_path / "ssdlite.pth")
+    cfg = tiny_config("ssdlite", model={"layout": "torchvision", "extra_channels": [512, 256, 256, 128],
+                                        "backbone": {"name": "mobilenet_v3_large", "width_mult": 1.0, "reduced_tail": True}},
+                      pipeline={"baseline_checkpoint": path})
+    metrics = run_baseline(cfg)
+    out = WorkDir.of(cfg).baseline
+    record = __import__("json").loads(out.metrics.read_text())
+    assert record["imported_from"]["format"] == "torchvision" and record["step"] == 0 and "AP" in metrics
+    model = load_trained_model(cfg, out.checkpoint, 8).eval()
+    set_torchvision_size(reference, 96)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(list(model.backbone(x).values()))["cls_logits"],
+                                   reference.head(list(reference.backbone(x).values()))["cls_logits"], atol=1e-5, rtol=0)
+    before = out.checkpoint.stat().st_mtime_ns
+    assert run_baseline(cfg) == metrics and out.checkpoint.stat().st_mtime_ns == before
+
+
+def test_other_classes_keep_all_but_the_class_layers():
+    """A COCO-trained ssdlite320 (91 torchvision labels) for an 8-class run: every tensor but the
+    classification 1x1 convs comes from it; those keep the new model's own initialisation and are named."""
+    from nasdet.models.imports.torchvision_detection import torchvision_keys
+
+    reference = trained_like(torchvision_ssdlite(91))
+    model = build_detector(ssdlite_config(), num_classes=8)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    mapped = map_detector_weights(model, reference.state_dict(), "coco.pth", "ssdlite")
+    assert mapped.reinitialised == [f"head.classification_head.module_list.{i}.1" for i in range(6)]
+    rename = torchvision_keys(model)
+    theirs = {rename(k): v for k, v in reference.state_dict().items()}
+    for k, v in mapped.state.items():
+        new = any(k.startswith(name + ".") for name in mapped.reinitialised)
+        assert torch.equal(v, fresh[k] if new else theirs[k]), k
+    assert sum(not torch.equal(v, fresh[k]) for k, v in mapped.state.items()) > 300  # not the fresh model
+
+
+def test_baseline_of_other_classes_is_fine_tuned(tiny_config, tmp_path, capsys):
+    """The stage says which layers start afresh and trains the baseline from the checkpoint (a nasdet
+    checkpoint of 90 classes here: the same path as torchvision's, on a model small enough to train)."""
+    from rich.console import Console
+
+    from nasdet.stages.baseline import run_baseline
+    from nasdet.workdir import WorkDir
+
+    cfg = tiny_config("ssdlite", train={"max_steps": 2})
+    coco = randomize(build_detector(cfg.model, num_classes=90))
+    torch.save({"model": coco.state_dict()}, tmp_path / "coco.pt")
+    cfg = tiny_config("ssdlite", train={"max_steps": 2}, pipeline={"baseline_checkpoint": str(tmp_path / "coco.pt")})
+    run_baseline(cfg, console=Console(width=400))
+    said = capsys.readouterr().out
+    assert "re-initialised head.classification_head.module_list.0.1" in said and "fine-tuning" in said
+    record = __import__("json").loads(WorkDir.of(cfg).baseline.metrics.read_text())
+    assert record["step"] == 2 and record["imported_from"]["format"] == "nasdet"
+
+
+# ------------------------------------------------------------------------------------ foreign checkpoints
+@pytest.mark.parametrize("what, make, found", [
+    ("classification", lambda: torchvision.models.mobilenet_v3_large(weights=None).state_dict(), "a classification network"),
+    ("detector", lambda: torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                       num_classes=9).state_dict(), "fcos_resnet50_fpn"),
+    ("width", lambda: build_detector(make_model_config(detector="ssdlite", layout="torchvision", backbone={
+        "name": "mobilenet_v3_large", "width_mult": 0.5, "reduced_tail": True}), num_classes=8).state_dict(), "in the checkpoint but"),
+    ("not a state_dict", lambda: {"epoch": 3}, "holds no state_dict of tensors"),
+])
+def test_foreign_checkpoint_is_one_line(tmp_path, what, make, found):
+    path = tmp_path / "foreign.pth"
+    torch.save(make(), path)
+    model = build_detector(ssdlite_config(), num_classes=8)
+    with pytest.raises(CheckpointError) as e:
+        map_detector_weights(model, read_weights(path), str(path), "ssdlite (layout torchvision)")
+    message = str(e.value)
+    assert found in message and str(path) in message and "\n" not in message
