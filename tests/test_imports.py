@@ -196,6 +196,38 @@ def test_other_classes_keep_all_but_the_class_layers():
     assert sum(not torch.equal(v, fresh[k]) for k, v in mapped.state.items()) > 300  # not the fresh model
 
 
+COCO_CLASSES = [(1, "person"), (3, "car"), (18, "dog"), (90, "toothbrush")]  # category ids as in COCO's json
+
+
+def test_coco_classes_keep_their_rows_of_torchvisions_91_labels():
+    """A run on COCO classes (ids and names as COCO's) takes each class's own rows of a COCO-trained head."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    from nasdet.models.imports import coco_rows
+
+    reference = trained_like(torchvision_ssdlite(91))
+    model = build_detector(ssdlite_config(), num_classes=len(COCO_CLASSES))
+    mapped = map_detector_weights(model, reference.state_dict(), "coco.pth", "ssdlite", classes=COCO_CLASSES)
+    assert mapped.coco_labels and mapped.reinitialised == []
+    model.load_state_dict(mapped.state)
+    model.eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    columns = [0] + [i for i, _ in COCO_CLASSES]
+    with torch.no_grad():
+        want = reference.head(list(reference.backbone(x).values()))["cls_logits"][..., columns]
+        torch.testing.assert_close(model.head(list(model.backbone(x).values()))["cls_logits"], want, atol=1e-5, rtol=0)
+    # Faster R-CNN's box deltas are 4 rows per class
+    coco, ours = FastRCNNPredictor(16, 91), FastRCNNPredictor(16, 1 + len(COCO_CLASSES))
+    ids = [i for i, _ in COCO_CLASSES]
+    ours.load_state_dict({k: coco_rows(v, ids, 4 if k.startswith("bbox_pred") else 1) for k, v in coco.state_dict().items()})
+    feats = torch.randn(3, 16)
+    (s0, b0), (s1, b1) = coco(feats), ours(feats)
+    torch.testing.assert_close(s1, s0[:, columns])
+    torch.testing.assert_close(b1, b0.view(3, 91, 4)[:, columns].reshape(3, -1))
+    other = map_detector_weights(model, reference.state_dict(), "coco.pth", "ssdlite", classes=[(1, "circle")] * 4)
+    assert not other.coco_labels and len(other.reinitialised) == 6
+
+
 def test_baseline_of_other_classes_is_fine_tuned(tiny_config, tmp_path, capsys):
     """The stage says which layers start afresh and trains the baseline from the checkpoint (a nasdet
     checkpoint of 90 classes here: the same path as torchvision's, on a model small enough to train)."""
@@ -232,3 +264,17 @@ def test_foreign_checkpoint_is_one_line(tmp_path, what, make, found):
         map_detector_weights(model, read_weights(path), str(path), "ssdlite (layout torchvision)")
     message = str(e.value)
     assert found in message and str(path) in message and "\n" not in message
+
+
+def test_export_normalises_as_the_detector():
+    """ssdlite320's layout scales inputs to [-1, 1]: the exported graph's preprocessing is the model's own."""
+    from nasdet.export import EndToEndDetector
+
+    model = trained_like(build_detector(ssdlite_config(score_thresh=0.2), num_classes=3))
+    img = (torch.rand(3, 90, 120) * 255).to(torch.uint8)
+    with torch.no_grad():
+        boxes, scores, labels = EndToEndDetector(model)(img)
+        own = model([img.float() / 255.0])[0]
+    assert len(scores) > 0
+    torch.testing.assert_close(scores, own["scores"], atol=1e-4, rtol=0)
+    assert torch.equal(labels, own["labels"])

@@ -57,9 +57,12 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
             return done["metrics"]
     data = build_datasets(cfg, need=("val",))
     model = build_detector(cfg.model, num_classes=data["val"].num_classes)
-    imported = map_detector_weights(model, weights, f"pipeline.baseline_checkpoint {source}", describe_model(cfg.model))
+    val = data["val"]
+    imported = map_detector_weights(model, weights, f"pipeline.baseline_checkpoint {source}", describe_model(cfg.model),
+                                    classes=list(zip(val.category_ids, val.classes)))
     origin["format"] = imported.source_format
-    console.print(f"imported {escape(str(source))} ({imported.source_format}'s layout) as the baseline")
+    console.print(f"imported {escape(str(source))} ({imported.source_format}'s layout) as the baseline"
+                  + (f"; its COCO labels picked for the data's {val.num_classes} classes" if imported.coco_labels else ""))
     if imported.reinitialised:
         console.print(f"its classes are not the data's {data['val'].num_classes}: re-initialised "
                       f"{', '.join(imported.reinitialised)}; fine-tuning it with the train recipe")
@@ -69,7 +72,6 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0, "imported_from": origin},
                     out.checkpoint)
     device = resolve_device(cfg.train.device)
-    val = data["val"]
     metrics = evaluate_detector(model.to(device), val, device, cfg.eval.batch_size, cfg.data.num_workers) or {}
     write_json(out.metrics, {"metrics": metrics, "step": 0, "checkpoint": str(out.checkpoint), "val": val.source,
                              "val_images": len(val), "imported_from": origin})

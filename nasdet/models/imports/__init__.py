@@ -6,7 +6,8 @@ torchvision publishes them, or its detection references' ``{"model": .., "args":
 reference's compute (tests/test_imports.py checks raw head outputs and detections against torchvision's
 own model). When the run has other classes than the checkpoint, the family's class-dependent layers
 (``DetectorFamily.class_layers``) keep the new model's own initialisation and everything else is kept,
-as torchvision's and MMDetection's fine-tuning recipes do.
+as torchvision's and MMDetection's fine-tuning recipes do; except for torchvision's COCO labels (91, the
+category ids) and a run on COCO classes: then each class keeps its own rows.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from ...errors import CheckpointError, unreadable_reason
 from ..families import family_of
-from .torchvision_detection import torchvision_keys
+from .torchvision_detection import COCO_LABELS, torchvision_keys
 
 
 @dataclass
@@ -30,6 +31,7 @@ class ImportedWeights:
     state: dict[str, torch.Tensor]
     source_format: str  # "nasdet" | "torchvision"
     reinitialised: list[str] = field(default_factory=list)  # module names (class-dependent layers)
+    coco_labels: bool = False  # the class layers' rows were picked from torchvision's 91 COCO labels
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -85,10 +87,22 @@ def _without_counters(keys) -> set[str]:
     return {k for k in keys if not k.endswith("num_batches_tracked")}
 
 
-def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str,
-                         expected: str) -> ImportedWeights:
+def coco_rows(tensor: torch.Tensor, category_ids: list[int], rows_per_class: int) -> torch.Tensor | None:
+    """The rows of a class layer trained on torchvision's 91 COCO labels for the classes of ``category_ids``
+    (background first); rows are (anchor, class, rows_per_class), as the heads view them; None if not such."""
+    per_anchor = len(COCO_LABELS) * rows_per_class
+    if tensor.shape[0] % per_anchor:
+        return None
+    blocks = tensor.reshape(tensor.shape[0] // per_anchor, len(COCO_LABELS), rows_per_class, *tensor.shape[1:])
+    picked = blocks[:, [0, *category_ids]]
+    return picked.reshape(-1, *tensor.shape[1:])
+
+
+def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str, expected: str,
+                         classes: list[tuple[int, str]] | None = None) -> ImportedWeights:
     """``weights`` (nasdet's or torchvision's keys) as a full state_dict of ``model``; ``expected`` says
-    what model that is (for errors). Class-dependent layers of another shape keep ``model``'s init."""
+    what model that is (for errors). Class-dependent layers of another shape keep ``model``'s init, unless
+    the run's ``classes`` (category id, name; in label order) are COCO's and the layers have its 91 labels."""
     own = model.state_dict()
     rename = torchvision_keys(model)
     candidates = [("nasdet", dict(weights))]
@@ -117,7 +131,15 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
         raise CheckpointError(
             f"{source} does not fit {expected}: {k} is {tuple(mapped[k].shape)} in the checkpoint but "
             f"{tuple(own[k].shape)} in this model ({len(wrong)} such tensors: another width, backbone or layout?)")
+    coco = bool(per_class) and classes is not None and all(
+        0 < i < len(COCO_LABELS) and COCO_LABELS[i] == name for i, name in classes)
+    if coco:  # Faster R-CNN's box deltas are 4 rows per class
+        picked = {k: coco_rows(mapped[k], [i for i, _ in classes], 4 if ".bbox_pred." in k else 1) for k in per_class}
+        if all(v is not None and v.shape == own[k].shape for k, v in picked.items()):
+            mapped, per_class = {**mapped, **picked}, []
+        else:
+            coco = False
     if per_class:  # other classes: every class-dependent layer starts afresh, not only those of another shape
         per_class = [k for k in want if any(r.fullmatch(k) for r in class_layers)]
     state = {k: own[k] if k in per_class or k not in mapped else mapped[k] for k in own}
-    return ImportedWeights(state, fmt, _module_names(per_class))
+    return ImportedWeights(state, fmt, _module_names(per_class), coco)

@@ -16,6 +16,10 @@ from __future__ import annotations
 import re
 
 from torch import nn
+from torchvision.models._meta import _COCO_CATEGORIES
+
+# torchvision's COCO detectors: label = COCO category id, 91 outputs ("__background__" and "N/A" gaps)
+COCO_LABELS: tuple[str, ...] = tuple(_COCO_CATEGORIES)
 
 
 def _resnet_keys(key: str) -> str:
