@@ -6,9 +6,10 @@ The layouts are torchvision's own builders (``torchvision/models/detection``) an
   re-slices the MobileNet into ``features.0`` (up to the expansion inside the last stride-2 block) and
   ``features.1`` (the rest of that block, then the tail); nasdet keeps the MobileNet whole and taps inside
   the block (``SSDLiteMobileNetNeck``). The extras (``backbone.extra``) and the head keep their names.
-- ``retinanet_resnet50_fpn``, ``fcos_resnet50_fpn``, ``fasterrcnn_resnet50_fpn`` -> ``retinanet``, ``fcos``,
-  ``faster_rcnn`` on ``resnet50``: the same FPN (P3-P7 with P6 from P5, or P2-P6 with max pooling),
-  heads, anchors and box coders; only the ResNet stem is named ``stem.0`` / ``stem.1`` in nasdet.
+- ``retinanet_resnet50_fpn`` (``_v2``: ``variant: v2``), ``fcos_resnet50_fpn``, ``fasterrcnn_resnet50_fpn``
+  (``_v2``: ``variant: v2``) -> ``retinanet``, ``fcos``, ``faster_rcnn`` on ``resnet50``: the same FPN (P3-P7,
+  or P2-P6 with max pooling), heads, anchors and box coders; only the ResNet stem is named ``stem.0`` /
+  ``stem.1`` in nasdet.
   With an ImageNet backbone torchvision trains with FrozenBatchNorm2d (no ``num_batches_tracked``).
 """
 from __future__ import annotations
