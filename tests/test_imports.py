@@ -285,3 +285,52 @@ def test_export_normalises_as_the_detector():
     assert len(scores) > 0
     torch.testing.assert_close(scores, own["scores"], atol=1e-4, rtol=0)
     assert torch.equal(labels, own["labels"])
+
+
+# -------------------------------------------------------------------------- MMDetection's ssdlite_mobilenetv2
+def mmdet_ssdlite_mobilenetv2_layers(size: int = 320, num_classes: int = 80):
+    """Convs of MMDetection's ssdlite_mobilenetv2 (configs/ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py),
+    written from its config and modules, not from nasdet's: MobileNetV2 with out_indices (4, 7) (the 96-channel
+    stage, stride 16, and conv2 to 1280); SSDNeck with use_depthwise: per extra level a 1x1 ConvModule to
+    out // 2, then a DepthwiseSeparableConvModule (3x3 stride 2 depthwise, 1x1 to out), BN and ReLU6 everywhere
+    (mmdet/models/necks/ssd_neck.py); SSDHead with use_depthwise: per level a 3x3 depthwise ConvModule and a
+    1x1 conv with bias to 6 priors x (K + 1) or x 4 (mmdet/models/dense_heads/ssd_head.py; 6 = 2 + 2 x the
+    ratios [2, 3] of its SSDAnchorGenerator). (cin, cout, kernel, groups, out side, bias, bn)."""
+    layers, h = [(3, 32, 3, 1, size // 2, False, True)], size // 2
+    cin = 32
+    for t, c, n, s in [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
+                       [6, 320, 1, 1]]:
+        for i in range(n):
+            mid = int(round(cin * t))
+            if t != 1:
+                layers.append((cin, mid, 1, 1, h, False, True))
+            h //= s if i == 0 else 1
+            layers += [(mid, mid, 3, mid, h, False, True), (mid, c, 1, 1, h, False, True)]
+            cin = c
+    layers.append((320, 1280, 1, 1, h, False, True))  # conv2
+    sides = [size // 16, size // 32]
+    chans = [96, 1280]
+    for out in (512, 256, 256, 128):
+        side = (sides[-1] + 1) // 2  # 3x3, stride 2, padding 1
+        layers += [(chans[-1], out // 2, 1, 1, sides[-1], False, True), (out // 2, out // 2, 3, out // 2, side, False, True),
+                   (out // 2, out, 1, 1, side, False, True)]
+        chans.append(out)
+        sides.append(side)
+    for c, side in zip(chans, sides):
+        for outputs in (6 * (num_classes + 1), 6 * 4):
+            layers += [(c, c, 3, c, side, False, True), (c, outputs, 1, 1, side, True, False)]
+    return layers
+
+
+def test_sizes_equal_mmdetection_ssdlite_mobilenetv2():
+    """ENOT's SSD-MobileNetV2 is MMDetection's ssdlite_mobilenetv2: nasdet's ssdlite (its own layout) on
+    mobilenet_v2 has its params and MACs at 320 px (MMDetection publishes neither: configs/ssd/metafile.yml)."""
+    from nasdet.models.cost import detector_macs, detector_params
+
+    layers = mmdet_ssdlite_mobilenetv2_layers()
+    params = sum(ci // g * co * k * k + co * bias + 2 * co * bn for ci, co, k, g, _, bias, bn in layers)
+    macs = sum(ci // g * co * k * k * side * side for ci, co, k, g, side, _, _ in layers)
+    model = build_detector(make_model_config(detector="ssdlite", backbone={"name": "mobilenet_v2"}, input_size=320),
+                           num_classes=80)
+    assert detector_params(model)["total"] == params
+    assert detector_macs(model)["total"] == macs
