@@ -334,3 +334,21 @@ def test_sizes_equal_mmdetection_ssdlite_mobilenetv2():
                            num_classes=80)
     assert detector_params(model)["total"] == params
     assert detector_macs(model)["total"] == macs
+
+
+@pytest.mark.parametrize("backbone", [{"name": "resnet18"}, {"name": "mbv2_width", "width_mult": 0.25}])
+def test_torchvision_layout_needs_a_static_mobilenet(backbone):
+    from nasdet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.layout torchvision taps inside a MobileNet block"):
+        build_detector(make_model_config(detector="ssdlite", layout="torchvision", backbone=backbone), num_classes=3)
+
+
+def test_layout_and_reduced_tail_are_checked():
+    from nasdet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="layout torchvision is ssdlite320's"):
+        make_model_config(detector="ssd", layout="torchvision")
+    with pytest.raises(ConfigError, match="reduced_tail is MobileNetV3's option, not 'resnet18'"):
+        build_detector(make_model_config(detector="ssdlite", backbone={"name": "resnet18", "reduced_tail": True}),
+                       num_classes=3)

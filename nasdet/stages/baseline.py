@@ -16,6 +16,7 @@ from ..models import build_detector, get_input_size
 from ..models.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
 from ..models.imports import map_detector_weights, read_weights
 from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
+from ..train import dist
 from ..train.evaluate import evaluate_detector
 from ..train.loop import resolve_device
 from ..train.trained import load_trained_model
@@ -69,10 +70,13 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
         return train_detector(cfg, work_dir, BASELINE, console, init=lambda m: m.load_state_dict(imported.state),
                               record={"imported_from": origin})
     model.load_state_dict(imported.state)
-    save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0, "imported_from": origin},
-                    out.checkpoint)
+    if dist.is_main():
+        save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0,
+                         "imported_from": origin}, out.checkpoint)
     device = resolve_device(cfg.train.device)
-    metrics = evaluate_detector(model.to(device), val, device, cfg.eval.batch_size, cfg.data.num_workers) or {}
+    metrics = evaluate_detector(model.to(device), val, device, cfg.eval.batch_size, cfg.data.num_workers)
+    if not dist.is_main():  # under torchrun every rank predicts a shard, rank 0 scores and writes
+        return {}
     write_json(out.metrics, {"metrics": metrics, "step": 0, "checkpoint": str(out.checkpoint), "val": val.source,
                              "val_images": len(val), "imported_from": origin})
     console.print(metrics_table(metrics, f"baseline (imported): val mAP ({len(val)} images)"))

@@ -129,9 +129,9 @@ class SSDLiteMobileNetNeck(nn.Module):
 
     def __init__(self, body: nn.Module, extra_channels: list[int], norm_layer):
         super().__init__()
-        ends = getattr(body, "stage_ends", {})
-        self.c4_pos = ends.get("c4", -2) + 1  # the last stride-2 block: torchvision's ``stage_indices[-2]``
-        block = getattr(body, "features", [None] * (self.c4_pos + 1))[self.c4_pos]
+        self.c4_pos = getattr(body, "stage_ends", {}).get("c4", -1) + 1  # torchvision's ``stage_indices[-2]``
+        features = getattr(body, "features", None)  # the last stride-2 block is features[c4_pos]
+        block = features[self.c4_pos] if isinstance(features, nn.Sequential) and self.c4_pos else None
         if not isinstance(getattr(block, "block", None), nn.Sequential) or block.use_res_connect:
             raise ConfigError(f"model.layout torchvision taps inside a MobileNet block: backbone "
                               f"{type(body).__name__} is not mobilenet_v2 / mobilenet_v3_large / mobilenet_v3_small")
