@@ -352,3 +352,31 @@ def test_layout_and_reduced_tail_are_checked():
     with pytest.raises(ConfigError, match="reduced_tail is MobileNetV3's option, not 'resnet18'"):
         build_detector(make_model_config(detector="ssdlite", backbone={"name": "resnet18", "reduced_tail": True}),
                        num_classes=3)
+
+
+def test_imported_baseline_initialises_the_supernet(tiny_config, tmp_path):
+    """ENOT's start: a trained MobileNetV2 SSDLite (a file from elsewhere) becomes the baseline, and the
+    mbv2_elastic supernet starts from it (pipeline.init_supernet_from_baseline): its default subnet then
+    computes what the imported detector computes."""
+    from nasdet.models.supernet import build_supernet, set_detector_arch
+    from nasdet.stages.baseline import run_baseline
+    from nasdet.train.supernet import init_from_checkpoint
+    from nasdet.workdir import WorkDir
+
+    user = tiny_config("ssdlite", model={"backbone": {"name": "mobilenet_v2", "width_mult": 0.25}})
+    trained = trained_like(build_detector(user.model, num_classes=8))
+    torch.save({"model": trained.state_dict()}, tmp_path / "user.pt")
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}},
+                      pipeline={"baseline_backbone": "mobilenet_v2", "init_supernet_from_baseline": True,
+                                "baseline_checkpoint": str(tmp_path / "user.pt")})
+    run_baseline(cfg)
+    supernet, space = build_supernet(cfg, 8)
+    init_from_checkpoint(supernet, str(WorkDir.of(cfg).baseline.checkpoint))
+    set_detector_arch(supernet, space.default(), space)
+    supernet.eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        want = trained.head(list(trained.backbone(x).values()))
+        got = supernet.head(list(supernet.backbone(x).values()))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-4, rtol=1e-4)
