@@ -497,8 +497,17 @@ class PipelineConfig(Strict):
     # MobileNetV2; ofa_mbv3: its largest subnet). E.g. mobilenet_v2 for an mbv2_elastic supernet.
     baseline_backbone: Optional[str] = None
     init_supernet_from_baseline: bool = False  # ENOT: pretrain starts from the baseline checkpoint
+    # ENOT's baseline_ckpt: your trained detector (nasdet's or torchvision's checkpoint) is the baseline,
+    # mapped into model's detector and evaluated, not trained; fine-tuned when its classes are not the data's
+    baseline_checkpoint: Optional[str] = None
     export: bool = True
     classify: bool = False  # DetNAS step 1 first: `nasdet classify` (supernet), then pretrain from its backbone
+
+    @model_validator(mode="after")
+    def _checkpoint_is_baseline(self):
+        if self.baseline_checkpoint is not None and not self.baseline:
+            raise ValueError("pipeline.baseline_checkpoint is the baseline: it needs pipeline.baseline: true")
+        return self
 
 
 class ExperimentConfig(Strict):

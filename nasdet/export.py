@@ -24,7 +24,7 @@ from torch import nn
 
 from .files import atomic_path
 from .models.cost import onnx_session
-from .models.detectors import IMAGE_MEAN, IMAGE_STD, dense_forward, get_input_size
+from .models.detectors import dense_forward, get_input_size
 from .errors import ExportParityError
 from .models.families import family_of
 
@@ -59,11 +59,12 @@ def bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
 class _Preprocess(nn.Module):
     """uint8 CHW image -> normalised 1 x 3 x s x s batch (torchvision's order: normalise, then resize)."""
 
-    def __init__(self, size: int):
+    def __init__(self, detector: nn.Module):
         super().__init__()
-        self.size = int(size)
-        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGE_STD).view(3, 1, 1), persistent=False)
+        self.size = get_input_size(detector)
+        transform = detector.transform  # the detector's own normalisation (ssdlite320's layout: [-1, 1])
+        self.register_buffer("mean", torch.tensor(transform.image_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(transform.image_std).view(3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image.float() / 255.0 - self.mean) / self.std
@@ -77,7 +78,7 @@ class EndToEndDetector(nn.Module):
         super().__init__()
         self.detector = detector.eval()
         self.size = get_input_size(detector)
-        self.pre = _Preprocess(self.size)
+        self.pre = _Preprocess(detector)
 
     def _detect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return family_of(self.detector).detect(self.detector, x)
@@ -97,7 +98,7 @@ class RawDetector(nn.Module):
         super().__init__()
         self.detector = detector.eval()
         self.size = get_input_size(detector)
-        self.pre = _Preprocess(self.size)
+        self.pre = _Preprocess(detector)
         self.register_buffer("anchors", self._anchors(), persistent=False)
 
     @torch.no_grad()

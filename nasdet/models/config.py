@@ -29,6 +29,9 @@ class BackboneConfig(Strict):
     # detnas_* only: whose ShuffleNetV2 unit (spos: SinglePathOneShot, the default; detnas: DetNAS's
     # supernets; mmrazor: MMRazor's), so that their released supernets load function-preserving
     layout: Optional[Literal["spos", "detnas", "mmrazor"]] = None
+    # MobileNetV3's last stage at half width (its paper's Table 6; torchvision's ssdlite320 trained without
+    # an ImageNet backbone, as its COCO weights were); mobilenet_v3_large / _small only
+    reduced_tail: bool = False
 
     @model_validator(mode="after")
     def _one_source(self):

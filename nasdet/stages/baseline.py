@@ -1,8 +1,10 @@
 """The baseline stage (``nasdet train``): the config's detector (``pipeline.baseline_backbone`` swapped in
-when set) trained on the whole training set into ``baseline/``; and the commands that read a trained
-checkpoint: ``nasdet eval`` (COCO metrics on val) and ``nasdet cost`` (MACs, params, latency)."""
+when set) trained on the whole training set into ``baseline/``, or the user's trained detector
+(``pipeline.baseline_checkpoint``) imported there; and the commands that read a trained checkpoint:
+``nasdet eval`` (COCO metrics on val) and ``nasdet cost`` (MACs, params, latency)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -13,7 +15,9 @@ from ..config import ExperimentConfig, config_to_dict
 from ..data.build import build_datasets, load_split
 from ..models import build_detector, get_input_size
 from ..models.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
-from ..train.checkpoint import CheckpointError, load_checkpoint
+from ..models.imports import map_detector_weights, read_weights
+from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
+from ..train import dist
 from ..train.evaluate import evaluate_detector
 from ..train.loop import resolve_device
 from ..train.bn import recalibrate_bn
@@ -23,8 +27,62 @@ from .common import baseline_config, cost_table, metrics_table, train_detector
 
 
 def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
-    """Train ``baseline_config(cfg)`` into ``baseline/`` (resumed, or skipped when complete); val metrics."""
+    """Train ``baseline_config(cfg)`` into ``baseline/`` (resumed, or skipped when complete), or import
+    ``pipeline.baseline_checkpoint`` there; val metrics."""
+    if cfg.pipeline.baseline_checkpoint:
+        return import_baseline(baseline_config(cfg), work_dir, console)
     return train_detector(baseline_config(cfg), work_dir, BASELINE, console)
+
+
+def describe_model(model_cfg) -> str:
+    """The detector a config builds, in words (what an imported checkpoint must be)."""
+    b = model_cfg.backbone
+    layout = getattr(model_cfg, "layout", "nasdet")
+    return (f"model.detector {model_cfg.detector}{' (layout torchvision)' if layout == 'torchvision' else ''} on "
+            f"{b.name}{' (reduced_tail)' if b.reduced_tail else ''} width {b.width_mult:g}")
+
+
+def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
+    """ENOT's start: the user's trained detector (nasdet's or torchvision's checkpoint) mapped into the
+    config's detector, written as ``baseline/ckpt/last.pt`` and evaluated on val (skipped when that record
+    is of the same file). When the data's classes are not the checkpoint's, the class-dependent layers are
+    re-initialised (said) and the baseline is fine-tuned from it with the ``train`` recipe."""
+    console = console or Console()
+    source = Path(cfg.pipeline.baseline_checkpoint)
+    weights = read_weights(source)
+    origin = {"path": str(source), "sha256": file_sha256(source)}
+    out = WorkDir.of(cfg, work_dir).baseline
+    if out.metrics.is_file():
+        done = json.loads(out.metrics.read_text())
+        if (done.get("imported_from") or {}).get("sha256") == origin["sha256"] and out.has_checkpoint():
+            console.print(f"[green]{escape(str(out.root))} is {escape(str(source))}, imported[/]; delete it to import again")
+            console.print(metrics_table(done["metrics"], "baseline: val mAP"))
+            return done["metrics"]
+    data = build_datasets(cfg, need=("val",))
+    model = build_detector(cfg.model, num_classes=data["val"].num_classes)
+    val = data["val"]
+    imported = map_detector_weights(model, weights, f"pipeline.baseline_checkpoint {source}", describe_model(cfg.model),
+                                    classes=list(zip(val.category_ids, val.classes)))
+    origin["format"] = imported.source_format
+    console.print(f"imported {escape(str(source))} ({imported.source_format}'s layout) as the baseline"
+                  + (f"; its COCO labels picked for the data's {val.num_classes} classes" if imported.coco_labels else ""))
+    if imported.reinitialised:
+        console.print(f"its classes are not the data's {data['val'].num_classes}: re-initialised "
+                      f"{', '.join(imported.reinitialised)}; fine-tuning it with the train recipe")
+        return train_detector(cfg, work_dir, BASELINE, console, init=lambda m: m.load_state_dict(imported.state),
+                              record={"imported_from": origin})
+    model.load_state_dict(imported.state)
+    if dist.is_main():
+        save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0,
+                         "imported_from": origin}, out.checkpoint)
+    device = resolve_device(cfg.train.device)
+    metrics = evaluate_detector(model.to(device), val, device, cfg.eval.batch_size, cfg.data.num_workers)
+    if not dist.is_main():  # under torchrun every rank predicts a shard, rank 0 scores and writes
+        return {}
+    write_json(out.metrics, {"metrics": metrics, "step": 0, "checkpoint": str(out.checkpoint), "val": val.source,
+                             "val_images": len(val), "imported_from": origin})
+    console.print(metrics_table(metrics, f"baseline (imported): val mAP ({len(val)} images)"))
+    return metrics
 
 
 def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str = BASELINE) -> Path:

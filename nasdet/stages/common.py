@@ -41,14 +41,17 @@ def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str,
-                   console: Console | None = None) -> dict:
+                   console: Console | None = None, init=None, record: dict | None = None) -> dict:
     """Train the config's detector on the whole training set into the folder ``stage`` of the work dir;
-    resume if its checkpoint exists, skip if its record says training finished. Returns val metrics."""
+    resume if its checkpoint exists, skip if its record says training finished. Returns val metrics.
+    ``init(model)`` sets the starting weights (fine-tuning); ``record`` is added to ``metrics.json``."""
     console = console or Console()
     wd = WorkDir.of(cfg, work_dir)
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
     model = build_detector(cfg.model, num_classes=data["train"].num_classes)
+    if init is not None:
+        init(model)
     out = wd.stage(stage)
     out_dir = out.root
     trainer = Trainer.from_config(cfg, model, data["train"], data["val"], out_dir, console=console)
@@ -62,7 +65,7 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     metrics = trainer.run()
     if dist.is_main():
         write_json(out.metrics, {"metrics": metrics, "step": trainer.step, "checkpoint": str(out.checkpoint),
-                                 "val": data["val"].source, "val_images": len(data["val"])})
+                                 "val": data["val"].source, "val_images": len(data["val"]), **(record or {})})
         console.print(metrics_table(metrics, f"{stage}: val mAP ({len(data['val'])} images)"))
     return metrics
 

@@ -33,8 +33,12 @@ def build_backbone(cfg) -> nn.Module:
     layout = getattr(cfg, "layout", None)
     if layout is not None and cfg.name not in DETNAS_BUILDERS:
         raise ConfigError(f"model.backbone.layout is for the detnas_* backbones, not {cfg.name!r}")
-    kwargs = {"layout": layout} if layout is not None else {}
-    backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm, **kwargs)
+    options = {"layout": layout} if layout is not None else {}
+    if cfg.reduced_tail:
+        if not cfg.name.startswith("mobilenet_v3"):
+            raise ConfigError(f"model.backbone.reduced_tail is MobileNetV3's option, not {cfg.name!r}'s")
+        options["reduced_tail"] = True
+    backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm, **options)
     if cfg.pretrained:
         load_pretrained_backbone(backbone, cfg.name, cfg.pretrained, cfg.width_mult)
     if cfg.checkpoint:

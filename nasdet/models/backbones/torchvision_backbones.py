@@ -106,11 +106,11 @@ def _mobilenet_v2(width_mult: float, norm: str) -> nn.Module:
     return SequentialStagesBackbone(net.features)
 
 
-def _mobilenet_v3(arch: str, width_mult: float, norm: str) -> nn.Module:
+def _mobilenet_v3(arch: str, width_mult: float, norm: str, reduced_tail: bool = False) -> nn.Module:
     # BN eps as torchvision's MobileNetV3; momentum 0.1, not its 0.01 (see detectors.BN_MOMENTUM).
     norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.1) if norm == "bn" else _norm(norm)
     builder = tvm.mobilenet_v3_large if arch == "large" else tvm.mobilenet_v3_small
-    net = builder(weights=None, width_mult=width_mult, norm_layer=norm_layer)
+    net = builder(weights=None, width_mult=width_mult, norm_layer=norm_layer, reduced_tail=reduced_tail)
     return SequentialStagesBackbone(net.features)
 
 

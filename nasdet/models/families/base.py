@@ -29,12 +29,11 @@ IMAGE_STD = [0.229, 0.224, 0.225]
 BN_MOMENTUM = 0.1
 
 
-def resize_transform(input_size: int, size_divisible: int) -> GeneralizedRCNNTransform:
+def resize_transform(input_size: int, size_divisible: int, mean: list[float] = IMAGE_MEAN,
+                     std: list[float] = IMAGE_STD) -> GeneralizedRCNNTransform:
     """Normalise and resize to ``input_size x input_size`` inside the model (see nasdet.models.detectors)."""
     s = int(input_size)
-    return GeneralizedRCNNTransform(
-        s, s, IMAGE_MEAN, IMAGE_STD, size_divisible=size_divisible, fixed_size=(s, s)
-    )
+    return GeneralizedRCNNTransform(s, s, mean, std, size_divisible=size_divisible, fixed_size=(s, s))
 
 
 class DetectorFamily:
@@ -45,6 +44,9 @@ class DetectorFamily:
     model_types: tuple[type, ...] = ()  # classes of the models ``build`` returns
     fad_heads: bool = False  # FAD's searched towers can replace its head (search.strategy: darts)
     distillable: bool = True  # ``losses_with_logits`` is implemented
+    # regexes of the state_dict keys whose shape depends on the number of classes: re-initialised when a
+    # trained detector becomes the baseline of a run with other classes (models.imports)
+    class_layers: tuple[str, ...] = ()
 
     def build(self, cfg: BaseModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         """The detector for ``cfg`` around backbone ``body``; ``num_classes`` includes the background."""

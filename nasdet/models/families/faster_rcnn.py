@@ -7,6 +7,8 @@ import torch
 from pydantic import Field
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..config import BaseModelConfig
@@ -18,6 +20,9 @@ class FasterRCNNModelConfig(BaseModelConfig):
     detector: Literal["faster_rcnn"]
     fpn_channels: int = Field(256, gt=0)
     rpn_post_nms_top_n_test: int = Field(1000, gt=0)  # proposals at test (also used for MACs)
+    # torchvision's builders: v1 = fasterrcnn_resnet50_fpn; v2 = fasterrcnn_resnet50_fpn_v2: BN in the FPN,
+    # two convs in the RPN head, a box head of four 3x3 conv-BN-ReLU and one FC (1024)
+    variant: Literal["v1", "v2"] = "v1"
 
 
 class FasterRCNNFamily(DetectorFamily):
@@ -25,12 +30,18 @@ class FasterRCNNFamily(DetectorFamily):
     config = FasterRCNNModelConfig
     model_types = (FasterRCNN,)
     distillable = False  # its logits are per proposal, not per anchor
+    class_layers = (r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)",)  # boxes per class too
 
     def build(self, cfg: FasterRCNNModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
-        c = cfg.fpn_channels
-        neck = FPNNeck(body, ("c2", "c3", "c4", "c5"), c, LastLevelMaxPool())  # P2-P6, as DetNAS
+        c, v2 = cfg.fpn_channels, cfg.variant == "v2"
+        neck = FPNNeck(body, ("c2", "c3", "c4", "c5"), c, LastLevelMaxPool(),  # P2-P6, as DetNAS
+                       norm_layer=nn.BatchNorm2d if v2 else None)
+        heads = {}
+        if v2:
+            heads = {"rpn_head": RPNHead(c, 3, conv_depth=2),  # 3 aspect ratios per location (the default anchors)
+                     "box_head": FastRCNNConvFCHead((c, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)}
         model = FasterRCNN(
-            neck, num_classes, box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
+            neck, num_classes, **heads, box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
             box_detections_per_img=cfg.detections_per_img, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
         )
         model.transform = resize_transform(cfg.input_size, size_divisible=32)

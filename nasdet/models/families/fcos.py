@@ -56,6 +56,7 @@ class FCOSFamily(OneStageFamily):
     config = FCOSModelConfig
     model_types = (FCOS,)
     fad_heads = True
+    class_layers = (r"head\.classification_head\.cls_logits\.(weight|bias)",)
 
     def build(self, cfg: FCOSModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         n, c = num_classes, cfg.fpn_channels

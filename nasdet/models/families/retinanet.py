@@ -1,6 +1,7 @@
 """RetinaNet (torchvision's) on FPN P3-P7, with FAD's searched towers as an option."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -18,6 +19,9 @@ from .base import OneStageFamily, head_and_anchors, match_anchors, resize_transf
 
 class RetinaNetModelConfig(FPNModelConfig):
     detector: Literal["retinanet"]
+    # torchvision's builders: v1 = retinanet_resnet50_fpn; v2 = retinanet_resnet50_fpn_v2: P6 from C5 (not P5),
+    # GroupNorm(32) in the head's towers, GIoU box loss
+    variant: Literal["v1", "v2"] = "v1"
 
 
 class RetinaNetFamily(OneStageFamily):
@@ -25,17 +29,21 @@ class RetinaNetFamily(OneStageFamily):
     config = RetinaNetModelConfig
     model_types = (RetinaNet,)
     fad_heads = True
+    class_layers = (r"head\.classification_head\.cls_logits\.(weight|bias)",)
 
     def build(self, cfg: RetinaNetModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         n, c = num_classes, cfg.fpn_channels
-        neck = FPNNeck(body, ("c3", "c4", "c5"), c, LastLevelP6P7(c, c))  # P3-P7, P6 from P5
+        v2 = cfg.variant == "v2"
+        neck = FPNNeck(body, ("c3", "c4", "c5"), c, LastLevelP6P7(body.out_channels["c5"] if v2 else c, c))  # P3-P7
         anchor_sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
         anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
         a = anchors.num_anchors_per_location()[0]
         if fad_search or cfg.head.genotype is not None:
             head = FADRetinaNetHead(fad_towers(c, cfg.head, search=fad_search), c, a, n)
         else:
-            head = RetinaNetHead(c, a, n)
+            head = RetinaNetHead(c, a, n, norm_layer=partial(nn.GroupNorm, 32) if v2 else None)
+            if v2:
+                head.regression_head._loss_type = "giou"  # as torchvision's builder sets it
         model = RetinaNet(neck, n, anchor_generator=anchors, head=head, topk_candidates=cfg.topk_candidates,
                           score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
                           detections_per_img=cfg.detections_per_img)

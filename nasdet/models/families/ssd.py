@@ -10,8 +10,9 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead
-from torchvision.models.detection.ssdlite import SSDLiteHead
+from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block
 
+from ...errors import ConfigError
 from ..config import BaseModelConfig
 from ..ssd_focal import FocalSSD
 from .base import (BN_MOMENTUM, IMAGE_MEAN, IMAGE_STD, OneStageFamily, head_and_anchors, image_list, match_anchors,
@@ -34,6 +35,17 @@ class SSDModelConfig(BaseModelConfig):
     # gamma 2) over the object classes, IoU in [0.4, 0.5) ignored, sigmoid scores at inference
     ssd_loss: Literal["hard_negative", "focal"] = "hard_negative"
     topk_candidates: int = Field(300, gt=0)
+    # "torchvision": ssdlite320_mobilenet_v3_large's layout (SSDLiteMobileNetNeck: the first map is the
+    # expansion inside the last stride-2 block, its extras, inputs scaled to [-1, 1]); with
+    # backbone.reduced_tail it is that model exactly. "nasdet": the C4/C5 stage outputs (the demos' layout).
+    layout: Literal["nasdet", "torchvision"] = "nasdet"
+
+    @model_validator(mode="after")
+    def _torchvision_layout(self):
+        if self.layout == "torchvision" and (self.detector != "ssdlite" or self.ssd_levels != ["c4", "c5"]):
+            raise ValueError(f"model.layout torchvision is ssdlite320's (detector ssdlite, ssd_levels [c4, c5]), "
+                             f"got detector {self.detector}, ssd_levels {self.ssd_levels}")
+        return self
 
     @field_validator("anchor_aspect_ratios")
     @classmethod
@@ -109,15 +121,56 @@ class SSDNeck(nn.Module):
         return out
 
 
+class SSDLiteMobileNetNeck(nn.Module):
+    """torchvision's ssdlite320 maps on a nasdet MobileNet (``SSDLiteFeatureExtractorMobileNet``): the
+    expansion (1x1) output inside the last stride-2 block (MobileNetV3 paper, section 6.3), the network's
+    last layer (C5), then four extras. The weights stay in the body's own modules, so the body is the
+    same MobileNet as everywhere else in nasdet; ``models.imports`` maps torchvision's keys onto it."""
+
+    def __init__(self, body: nn.Module, extra_channels: list[int], norm_layer):
+        super().__init__()
+        self.c4_pos = getattr(body, "stage_ends", {}).get("c4", -1) + 1  # torchvision's ``stage_indices[-2]``
+        features = getattr(body, "features", None)  # the last stride-2 block is features[c4_pos]
+        block = features[self.c4_pos] if isinstance(features, nn.Sequential) and self.c4_pos else None
+        if not isinstance(getattr(block, "block", None), nn.Sequential) or block.use_res_connect:
+            raise ConfigError(f"model.layout torchvision taps inside a MobileNet block: backbone "
+                              f"{type(body).__name__} is not mobilenet_v2 / mobilenet_v3_large / mobilenet_v3_small")
+        self.body = body
+        chans = [body.out_channels["c5"], *extra_channels]
+        self.extra = nn.ModuleList(_extra_block(chans[i], chans[i + 1], norm_layer) for i in range(len(extra_channels)))
+        self.out_channels_list = [block.block[0].out_channels, *chans]
+
+    def forward(self, x):
+        features, out = self.body.features, OrderedDict()
+        for m in features[:self.c4_pos]:
+            x = m(x)
+        inner = features[self.c4_pos].block
+        x = inner[0](x)
+        out["c4"] = x
+        for m in [*inner[1:], *features[self.c4_pos + 1:]]:
+            x = m(x)
+        out["c5"] = x
+        for i, block in enumerate(self.extra):
+            x = block(x)
+            out[f"e{i}"] = x
+        return out
+
+
 class SSDFamily(OneStageFamily):
     names = ("ssd", "ssdlite")
     config = SSDModelConfig
     model_types = (SSD,)
+    class_layers = (r"head\.classification_head\.module_list\.\d+\.(1\.)?(weight|bias)",)  # SSDLite: its 1x1
 
     def build(self, cfg: SSDModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         n, s = num_classes, cfg.input_size
         lite = cfg.detector == "ssdlite"
-        neck = SSDNeck(body, cfg.extra_channels, lite=lite, levels=tuple(cfg.ssd_levels))
+        norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=BN_MOMENTUM)
+        torchvision_layout = cfg.layout == "torchvision"
+        if torchvision_layout:
+            neck = SSDLiteMobileNetNeck(body, cfg.extra_channels, norm_layer)
+        else:
+            neck = SSDNeck(body, cfg.extra_channels, lite=lite, levels=tuple(cfg.ssd_levels))
         maps = len(neck.out_channels_list)
         ssd300 = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]  # its last maps keep these; added first maps get [2]
         ratios = cfg.anchor_aspect_ratios or (
@@ -126,14 +179,15 @@ class SSDFamily(OneStageFamily):
         anchors = DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi)
         per_loc = anchors.num_anchors_per_location()
         if lite:
-            head = SSDLiteHead(neck.out_channels_list, per_loc, n, partial(nn.BatchNorm2d, eps=0.001, momentum=BN_MOMENTUM))
+            head = SSDLiteHead(neck.out_channels_list, per_loc, n, norm_layer)
         else:
             head = SSDHead(neck.out_channels_list, per_loc, n)
         ssd_cls = FocalSSD if cfg.ssd_loss == "focal" else SSD
-        model = ssd_cls(neck, anchors, (s, s), n, image_mean=IMAGE_MEAN, image_std=IMAGE_STD, head=head,
+        mean, std = ([0.5] * 3, [0.5] * 3) if torchvision_layout else (IMAGE_MEAN, IMAGE_STD)  # ssdlite320: [-1, 1]
+        model = ssd_cls(neck, anchors, (s, s), n, image_mean=mean, image_std=std, head=head,
                         topk_candidates=cfg.topk_candidates, score_thresh=cfg.score_thresh,
                         nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
-        model.transform = resize_transform(s, size_divisible=1)
+        model.transform = resize_transform(s, size_divisible=1, mean=mean, std=std)
         return model
 
     def set_input_size(self, model: nn.Module, size: int) -> None:

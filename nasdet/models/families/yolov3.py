@@ -347,6 +347,7 @@ class YOLOv3Family(DetectorFamily):
     names = ("yolov3",)
     config = YOLOv3ModelConfig
     model_types = (YOLOv3,)
+    class_layers = (r"head\.preds\.\d+\.(weight|bias)",)  # A x (5 + K) outputs
 
     def build(self, cfg: YOLOv3ModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         return YOLOv3(YOLOv3Neck(body, cfg.neck_channels), num_classes, cfg)

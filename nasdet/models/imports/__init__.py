@@ -1,0 +1,145 @@
+"""A trained detector's weights as the weights of a nasdet detector of the same layout.
+
+Sources: nasdet's own checkpoints, and torchvision's detection checkpoints (a plain ``state_dict`` as
+torchvision publishes them, or its detection references' ``{"model": .., "args": ..}``), mapped by
+``torchvision_detection``. The mapping is a rename of keys into a detector whose modules compute what the
+reference's compute (tests/test_imports.py checks raw head outputs and detections against torchvision's
+own model). When the run has other classes than the checkpoint, the family's class-dependent layers
+(``DetectorFamily.class_layers``) keep the new model's own initialisation and everything else is kept,
+as torchvision's and MMDetection's fine-tuning recipes do; except for torchvision's COCO labels (91, the
+category ids) and a run on COCO classes: then each class keeps its own rows.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...errors import CheckpointError, unreadable_reason
+from ..families import family_of
+from .torchvision_detection import COCO_LABELS, torchvision_keys
+
+
+@dataclass
+class ImportedWeights:
+    """A full state_dict of the nasdet model, where it came from, and the layers left at their own init."""
+
+    state: dict[str, torch.Tensor]
+    source_format: str  # "nasdet" | "torchvision"
+    reinitialised: list[str] = field(default_factory=list)  # module names (class-dependent layers)
+    coco_labels: bool = False  # the class layers' rows were picked from torchvision's 91 COCO labels
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file: a plain state_dict, or the one under ``model`` (nasdet, torchvision's
+    detection references, which also pickle their ``argparse.Namespace`` of arguments) or ``state_dict``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise CheckpointError(f"checkpoint {path} cannot be read: {unreadable_reason(e, path)}") from e
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state_dict of tensors (a plain one, or under 'model' / "
+                              f"'state_dict'), found {type(state).__name__}")
+    return state
+
+
+def describe_weights(weights: dict[str, torch.Tensor]) -> str:
+    """What a state_dict looks like, from its key names (for errors)."""
+    keys = list(weights)
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if has("bbox_head.") or has("neck."):
+        return "an MMDetection detector (bbox_head./neck. keys)"
+    if has("backbone.features.0.0.0."):
+        return "torchvision's ssdlite320_mobilenet_v3_large layout"
+    if has("backbone.body.conv1."):
+        kind = ("fasterrcnn_resnet50_fpn" if has("roi_heads.") else
+                "fcos_resnet50_fpn" if has("head.regression_head.bbox_ctrness") else "retinanet_resnet50_fpn")
+        v2 = has("backbone.fpn.inner_blocks.0.1.") or has("head.classification_head.conv.0.1.")  # FPN BN / head GN
+        return f"torchvision's {kind}{'_v2' if v2 else ''} layout"
+    if not has("head.") and not has("roi_heads.") and (has("fc.") or has("classifier.")):
+        return "a classification network (fc./classifier. keys, no detection head)"
+    if has("backbone.body.") or has("backbone.extras."):
+        return "a nasdet detector of another layout"
+    return f"{len(keys)} tensors with keys like {keys[:2]}"
+
+
+def _module_names(keys: list[str]) -> list[str]:
+    return sorted({k.rsplit(".", 1)[0] for k in keys})
+
+
+def _without_counters(keys) -> set[str]:
+    # BN's num_batches_tracked: absent where torchvision trained with FrozenBatchNorm2d, never used in eval
+    return {k for k in keys if not k.endswith("num_batches_tracked")}
+
+
+def coco_rows(tensor: torch.Tensor, category_ids: list[int], rows_per_class: int) -> torch.Tensor | None:
+    """The rows of a class layer trained on torchvision's 91 COCO labels for the classes of ``category_ids``
+    (background first); rows are (anchor, class, rows_per_class), as the heads view them; None if not such."""
+    per_anchor = len(COCO_LABELS) * rows_per_class
+    if tensor.shape[0] % per_anchor:
+        return None
+    blocks = tensor.reshape(tensor.shape[0] // per_anchor, len(COCO_LABELS), rows_per_class, *tensor.shape[1:])
+    picked = blocks[:, [0, *category_ids]]
+    return picked.reshape(-1, *tensor.shape[1:])
+
+
+def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str, expected: str,
+                         classes: list[tuple[int, str]] | None = None) -> ImportedWeights:
+    """``weights`` (nasdet's or torchvision's keys) as a full state_dict of ``model``; ``expected`` says
+    what model that is (for errors). Class-dependent layers of another shape keep ``model``'s init, unless
+    the run's ``classes`` (category id, name; in label order) are COCO's and the layers have its 91 labels."""
+    own = model.state_dict()
+    rename = torchvision_keys(model)
+    candidates = [("nasdet", dict(weights))]
+    if rename is not None:
+        candidates.append(("torchvision", {rename(k): v for k, v in weights.items()}))
+    want = _without_counters(own)
+
+    def mismatch(mapped):
+        have = _without_counters(mapped)
+        return sorted(want - have), sorted(have - want)
+
+    fmt, mapped = min(candidates, key=lambda c: sum(map(len, mismatch(c[1]))))
+    missing, unexpected = mismatch(mapped)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} is not a checkpoint of {expected}: it looks like {describe_weights(weights)} "
+            f"({len(missing)} of this model's keys missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
+            f"e.g. {unexpected[:2]})")
+    class_layers = [re.compile(p) for p in family_of(model).class_layers]
+    wrong, per_class = [], []
+    for k in want:
+        if mapped[k].shape != own[k].shape:
+            (per_class if any(r.fullmatch(k) for r in class_layers) else wrong).append(k)
+    if wrong:
+        k = sorted(wrong)[0]
+        raise CheckpointError(
+            f"{source} does not fit {expected}: {k} is {tuple(mapped[k].shape)} in the checkpoint but "
+            f"{tuple(own[k].shape)} in this model ({len(wrong)} such tensors: another width, backbone or layout?)")
+    coco = bool(per_class) and classes is not None and all(
+        0 < i < len(COCO_LABELS) and COCO_LABELS[i] == name for i, name in classes)
+    if coco:  # Faster R-CNN's box deltas are 4 rows per class
+        picked = {k: coco_rows(mapped[k], [i for i, _ in classes], 4 if ".bbox_pred." in k else 1) for k in per_class}
+        if all(v is not None and v.shape == own[k].shape for k, v in picked.items()):
+            mapped, per_class = {**mapped, **picked}, []
+        else:
+            coco = False
+    if per_class:  # other classes: every class-dependent layer starts afresh, not only those of another shape
+        per_class = [k for k in want if any(r.fullmatch(k) for r in class_layers)]
+    state = {k: own[k] if k in per_class or k not in mapped else mapped[k] for k in own}
+    return ImportedWeights(state, fmt, _module_names(per_class), coco)

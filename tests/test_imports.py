@@ -1,0 +1,382 @@
+"""Trained detectors from torchvision as nasdet detectors: exact layouts (sizes against torchvision's own
+models), function-preserving key mappings (raw head outputs and detections equal to torchvision's on the
+same images), other class sets (class layers re-initialised) and foreign checkpoints (one line)."""
+from functools import partial
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor
+
+from conftest import randomize
+from nasdet.config import make_model_config
+from nasdet.errors import CheckpointError
+from nasdet.models import build_detector
+from nasdet.models.imports import map_detector_weights, read_weights
+
+SIZE = 128
+R50_SIZE = 64  # P2-P7 of 16 .. 1 px
+
+
+def ssdlite_config(reduced_tail=True, **kw):
+    """ssdlite320's layout, thresholds and top-k (torchvision's builder defaults)."""
+    kw = {"input_size": SIZE, "score_thresh": 0.001, "nms_thresh": 0.55, "detections_per_img": 300,
+          "topk_candidates": 300, **kw}
+    return make_model_config(detector="ssdlite", layout="torchvision",
+                             backbone={"name": "mobilenet_v3_large", "reduced_tail": reduced_tail}, **kw)
+
+
+def torchvision_ssdlite(num_classes: int, reduced_tail: bool = True) -> nn.Module:
+    """torchvision's ssdlite320_mobilenet_v3_large, built by torchvision (random weights, nothing downloaded);
+    the full tail is what its builder makes with an ImageNet backbone, assembled from its own parts."""
+    if reduced_tail:
+        return torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                           num_classes=num_classes)
+    norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    net = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=norm)
+    backbone = _mobilenet_extractor(net, 6, norm)
+    anchors = torchvision.models.detection.anchor_utils.DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)
+    channels = torchvision.models.detection._utils.retrieve_out_channels(backbone, (320, 320))
+    head = SSDLiteHead(channels, anchors.num_anchors_per_location(), num_classes, norm)
+    return SSD(backbone, anchors, (320, 320), num_classes, head=head, score_thresh=0.001, nms_thresh=0.55,
+               detections_per_img=300, topk_candidates=300, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def trained_like(model: nn.Module) -> nn.Module:
+    """Random BN statistics and affine parameters (fresh ones are identities, which would hide a swapped BN)."""
+    return randomize(model).eval()
+
+
+def set_torchvision_size(model: nn.Module, size: int) -> None:
+    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (size,), size, (size, size)
+
+
+def imported(reference: nn.Module, cfg, num_classes: int, tmp_path=None, payload=lambda sd: sd) -> nn.Module:
+    """``reference``'s weights (saved as torchvision does and read back, with ``tmp_path``) mapped into
+    nasdet's detector of ``cfg``."""
+    weights = payload(reference.state_dict())
+    if tmp_path is not None:
+        torch.save(weights, tmp_path / "reference.pth")
+        weights = read_weights(tmp_path / "reference.pth")
+    model = build_detector(cfg, num_classes=num_classes)
+    mapped = map_detector_weights(model, weights, "reference.pth", cfg.detector)
+    assert mapped.source_format == "torchvision" and mapped.reinitialised == []
+    model.load_state_dict(mapped.state)
+    return model.eval()
+
+
+def assert_same_function(reference: nn.Module, model: nn.Module, raw=lambda m, x: m.head(list(m.backbone(x).values())),
+                         size: int = SIZE):
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        want, got = raw(reference, x), raw(model, x)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=0)
+        images = [torch.rand(3, size, size), torch.rand(3, size - 20, size + 30)]
+        want_det, got_det = reference(images), model(images)
+    for w, g in zip(want_det, got_det):
+        assert len(w["boxes"]) > 0
+        assert torch.equal(g["labels"], w["labels"])
+        torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(g["scores"], w["scores"], atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ SSDLite
+def test_ssdlite_torchvision_layout_is_ssdlite320_exactly():
+    """Params, tensors and shapes equal torchvision's ssdlite320_mobilenet_v3_large (91 COCO labels:
+    3,440,060 params, its published num_params); nasdet's default layout is the larger one of the demos."""
+    reference = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                           num_classes=91)
+    ours = build_detector(ssdlite_config(input_size=320), num_classes=90)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) == count(reference) == 3_440_060
+    shapes = lambda m: sorted(tuple(v.shape) for v in m.state_dict().values())  # noqa: E731
+    assert shapes(ours) == shapes(reference)
+    assert ours.transform.image_mean == reference.transform.image_mean == [0.5] * 3
+    default = build_detector(make_model_config(detector="ssdlite"), num_classes=90)
+    assert count(default) > 1.4 * count(reference)
+
+
+@pytest.mark.parametrize("reduced_tail", [True, False])
+def test_ssdlite320_import_is_function_preserving(tmp_path, reduced_tail):
+    reference = trained_like(torchvision_ssdlite(4, reduced_tail))
+    set_torchvision_size(reference, SIZE)
+    model = imported(reference, ssdlite_config(reduced_tail), 3, tmp_path,
+                     payload=lambda sd: {"model": sd, "args": __import__("argparse").Namespace(epochs=3)})
+    assert_same_function(reference, model)
+
+
+# -------------------------------------------------------------------------------- ResNet-50 FPN detectors
+def frozen_bn_state(sd):
+    """As torchvision's references save a detector trained from an ImageNet backbone (FrozenBatchNorm2d)."""
+    return {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+
+
+def rpn_and_box_head(m, x):
+    feats = list(m.backbone(x).values())
+    objectness, deltas = m.rpn.head(feats)
+    pooled = torch.randn(5, m.backbone.out_channels, 7, 7, generator=torch.Generator().manual_seed(2))
+    scores, boxes = m.roi_heads.box_predictor(m.roi_heads.box_head(pooled))
+    return {"feats": torch.cat([f.flatten() for f in feats]), "objectness": torch.cat([o.flatten() for o in objectness]),
+            "deltas": torch.cat([d.flatten() for d in deltas]), "scores": scores, "boxes": boxes}
+
+
+RETINANET = {"score_thresh": 0.01, "nms_thresh": 0.5, "detections_per_img": 300, "topk_candidates": 1000}
+FASTER_RCNN = {"score_thresh": 0.0, "nms_thresh": 0.5, "detections_per_img": 100}
+R50_DETECTORS = {  # torchvision builder: nasdet detector, the thresholds both get (+ variant), raw outputs
+    "retinanet_resnet50_fpn": ("retinanet", RETINANET, None),
+    "retinanet_resnet50_fpn_v2": ("retinanet", {**RETINANET, "variant": "v2"}, None),
+    "fcos_resnet50_fpn": ("fcos", {"score_thresh": 0.05, "nms_thresh": 0.6, "detections_per_img": 100,
+                                   "topk_candidates": 1000}, None),
+    "fasterrcnn_resnet50_fpn": ("faster_rcnn", FASTER_RCNN, rpn_and_box_head),
+    "fasterrcnn_resnet50_fpn_v2": ("faster_rcnn", {**FASTER_RCNN, "variant": "v2"}, rpn_and_box_head),
+}
+
+
+@pytest.mark.parametrize("builder", list(R50_DETECTORS))
+def test_resnet50_fpn_import_is_function_preserving(builder):
+    detector, thresholds, raw = R50_DETECTORS[builder]
+    reference = getattr(torchvision.models.detection, builder)(weights=None, weights_backbone=None, num_classes=4)
+    trained_like(reference)
+    if detector == "faster_rcnn":  # random BN statistics blow features up: keep the decoded boxes inside the image
+        reference.roi_heads.box_predictor.bbox_pred.weight.data.mul_(1e-3)
+    set_torchvision_size(reference, R50_SIZE)
+    target = reference.roi_heads if detector == "faster_rcnn" else reference  # where torchvision keeps them
+    for k, v in thresholds.items():
+        if k != "variant":
+            setattr(target, k, v)
+    cfg = make_model_config(detector=detector, backbone={"name": "resnet50"}, input_size=R50_SIZE, **thresholds)
+    model = imported(reference, cfg, 3, payload=frozen_bn_state)
+    assert_same_function(reference, model, **({"raw": raw} if raw else {}), size=R50_SIZE)
+
+
+# ------------------------------------------------------------------------- the baseline of a run, classes
+def saved(model: nn.Module, path) -> str:
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def test_torchvision_checkpoint_becomes_the_baseline(tiny_config, tmp_path):
+    """pipeline.baseline_checkpoint: mapped, written as baseline/ckpt/last.pt in nasdet's format, evaluated on
+    val; a rerun with the same file is skipped; nasdet's own readers rebuild it with torchvision's function."""
+    from nasdet.stages.baseline import run_baseline
+    from nasdet.train.trained import load_trained_model
+    from nasdet.workdir import WorkDir
+
+    reference = trained_like(torchvision_ssdlite(9))  # the shapes set's 8 classes + background
+    path = saved(reference, tmp_path / "ssdlite.pth")
+    cfg = tiny_config("ssdlite", model={"layout": "torchvision", "extra_channels": [512, 256, 256, 128],
+                                        "backbone": {"name": "mobilenet_v3_large", "width_mult": 1.0, "reduced_tail": True}},
+                      pipeline={"baseline_checkpoint": path})
+    metrics = run_baseline(cfg)
+    out = WorkDir.of(cfg).baseline
+    record = __import__("json").loads(out.metrics.read_text())
+    assert record["imported_from"]["format"] == "torchvision" and record["step"] == 0 and "AP" in metrics
+    model = load_trained_model(cfg, out.checkpoint, 8).eval()
+    set_torchvision_size(reference, 96)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(list(model.backbone(x).values()))["cls_logits"],
+                                   reference.head(list(reference.backbone(x).values()))["cls_logits"], atol=1e-5, rtol=0)
+    before = out.checkpoint.stat().st_mtime_ns
+    assert run_baseline(cfg) == metrics and out.checkpoint.stat().st_mtime_ns == before
+
+
+def test_other_classes_keep_all_but_the_class_layers():
+    """A COCO-trained ssdlite320 (91 torchvision labels) for an 8-class run: every tensor but the
+    classification 1x1 convs comes from it; those keep the new model's own initialisation and are named."""
+    from nasdet.models.imports.torchvision_detection import torchvision_keys
+
+    reference = trained_like(torchvision_ssdlite(91))
+    model = build_detector(ssdlite_config(), num_classes=8)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    mapped = map_detector_weights(model, reference.state_dict(), "coco.pth", "ssdlite")
+    assert mapped.reinitialised == [f"head.classification_head.module_list.{i}.1" for i in range(6)]
+    rename = torchvision_keys(model)
+    theirs = {rename(k): v for k, v in reference.state_dict().items()}
+    for k, v in mapped.state.items():
+        new = any(k.startswith(name + ".") for name in mapped.reinitialised)
+        assert torch.equal(v, fresh[k] if new else theirs[k]), k
+    assert sum(not torch.equal(v, fresh[k]) for k, v in mapped.state.items()) > 300  # not the fresh model
+
+
+COCO_CLASSES = [(1, "person"), (3, "car"), (18, "dog"), (90, "toothbrush")]  # category ids as in COCO's json
+
+
+def test_coco_classes_keep_their_rows_of_torchvisions_91_labels():
+    """A run on COCO classes (ids and names as COCO's) takes each class's own rows of a COCO-trained head."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    from nasdet.models.imports import coco_rows
+
+    reference = trained_like(torchvision_ssdlite(91))
+    model = build_detector(ssdlite_config(), num_classes=len(COCO_CLASSES))
+    mapped = map_detector_weights(model, reference.state_dict(), "coco.pth", "ssdlite", classes=COCO_CLASSES)
+    assert mapped.coco_labels and mapped.reinitialised == []
+    model.load_state_dict(mapped.state)
+    model.eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    columns = [0] + [i for i, _ in COCO_CLASSES]
+    with torch.no_grad():
+        want = reference.head(list(reference.backbone(x).values()))["cls_logits"][..., columns]
+        torch.testing.assert_close(model.head(list(model.backbone(x).values()))["cls_logits"], want, atol=1e-5, rtol=0)
+    # Faster R-CNN's box deltas are 4 rows per class
+    coco, ours = FastRCNNPredictor(16, 91), FastRCNNPredictor(16, 1 + len(COCO_CLASSES))
+    ids = [i for i, _ in COCO_CLASSES]
+    ours.load_state_dict({k: coco_rows(v, ids, 4 if k.startswith("bbox_pred") else 1) for k, v in coco.state_dict().items()})
+    feats = torch.randn(3, 16)
+    (s0, b0), (s1, b1) = coco(feats), ours(feats)
+    torch.testing.assert_close(s1, s0[:, columns])
+    torch.testing.assert_close(b1, b0.view(3, 91, 4)[:, columns].reshape(3, -1))
+    other = map_detector_weights(model, reference.state_dict(), "coco.pth", "ssdlite", classes=[(1, "circle")] * 4)
+    assert not other.coco_labels and len(other.reinitialised) == 6
+
+
+def test_baseline_of_other_classes_is_fine_tuned(tiny_config, tmp_path, capsys):
+    """The stage says which layers start afresh and trains the baseline from the checkpoint (a nasdet
+    checkpoint of 90 classes here: the same path as torchvision's, on a model small enough to train)."""
+    from rich.console import Console
+
+    from nasdet.stages.baseline import run_baseline
+    from nasdet.workdir import WorkDir
+
+    cfg = tiny_config("ssdlite", train={"max_steps": 2})
+    coco = randomize(build_detector(cfg.model, num_classes=90))
+    torch.save({"model": coco.state_dict()}, tmp_path / "coco.pt")
+    cfg = tiny_config("ssdlite", train={"max_steps": 2}, pipeline={"baseline_checkpoint": str(tmp_path / "coco.pt")})
+    run_baseline(cfg, console=Console(width=400))
+    said = capsys.readouterr().out
+    assert "re-initialised head.classification_head.module_list.0.1" in said and "fine-tuning" in said
+    record = __import__("json").loads(WorkDir.of(cfg).baseline.metrics.read_text())
+    assert record["step"] == 2 and record["imported_from"]["format"] == "nasdet"
+
+
+# ------------------------------------------------------------------------------------ foreign checkpoints
+@pytest.mark.parametrize("what, make, found", [
+    ("classification", lambda: torchvision.models.mobilenet_v3_large(weights=None).state_dict(), "a classification network"),
+    ("detector", lambda: torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                       num_classes=9).state_dict(), "fcos_resnet50_fpn"),
+    ("width", lambda: build_detector(make_model_config(detector="ssdlite", layout="torchvision", backbone={
+        "name": "mobilenet_v3_large", "width_mult": 0.5, "reduced_tail": True}), num_classes=8).state_dict(), "in the checkpoint but"),
+    ("not a state_dict", lambda: {"epoch": 3}, "holds no state_dict of tensors"),
+])
+def test_foreign_checkpoint_is_one_line(tmp_path, what, make, found):
+    path = tmp_path / "foreign.pth"
+    torch.save(make(), path)
+    model = build_detector(ssdlite_config(), num_classes=8)
+    with pytest.raises(CheckpointError) as e:
+        map_detector_weights(model, read_weights(path), str(path), "ssdlite (layout torchvision)")
+    message = str(e.value)
+    assert found in message and str(path) in message and "\n" not in message
+
+
+def test_export_normalises_as_the_detector():
+    """ssdlite320's layout scales inputs to [-1, 1]: the exported graph's preprocessing is the model's own."""
+    from nasdet.export import EndToEndDetector
+
+    model = trained_like(build_detector(ssdlite_config(score_thresh=0.2), num_classes=3))
+    img = (torch.rand(3, 90, 120) * 255).to(torch.uint8)
+    with torch.no_grad():
+        boxes, scores, labels = EndToEndDetector(model)(img)
+        own = model([img.float() / 255.0])[0]
+    assert len(scores) > 0
+    torch.testing.assert_close(scores, own["scores"], atol=1e-4, rtol=0)
+    assert torch.equal(labels, own["labels"])
+
+
+# -------------------------------------------------------------------------- MMDetection's ssdlite_mobilenetv2
+def mmdet_ssdlite_mobilenetv2_layers(size: int = 320, num_classes: int = 80):
+    """Convs of MMDetection's ssdlite_mobilenetv2 (configs/ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py),
+    written from its config and modules, not from nasdet's: MobileNetV2 with out_indices (4, 7) (the 96-channel
+    stage, stride 16, and conv2 to 1280); SSDNeck with use_depthwise: per extra level a 1x1 ConvModule to
+    out // 2, then a DepthwiseSeparableConvModule (3x3 stride 2 depthwise, 1x1 to out), BN and ReLU6 everywhere
+    (mmdet/models/necks/ssd_neck.py); SSDHead with use_depthwise: per level a 3x3 depthwise ConvModule and a
+    1x1 conv with bias to 6 priors x (K + 1) or x 4 (mmdet/models/dense_heads/ssd_head.py; 6 = 2 + 2 x the
+    ratios [2, 3] of its SSDAnchorGenerator). (cin, cout, kernel, groups, out side, bias, bn)."""
+    layers, h = [(3, 32, 3, 1, size // 2, False, True)], size // 2
+    cin = 32
+    for t, c, n, s in [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
+                       [6, 320, 1, 1]]:
+        for i in range(n):
+            mid = int(round(cin * t))
+            if t != 1:
+                layers.append((cin, mid, 1, 1, h, False, True))
+            h //= s if i == 0 else 1
+            layers += [(mid, mid, 3, mid, h, False, True), (mid, c, 1, 1, h, False, True)]
+            cin = c
+    layers.append((320, 1280, 1, 1, h, False, True))  # conv2
+    sides = [size // 16, size // 32]
+    chans = [96, 1280]
+    for out in (512, 256, 256, 128):
+        side = (sides[-1] + 1) // 2  # 3x3, stride 2, padding 1
+        layers += [(chans[-1], out // 2, 1, 1, sides[-1], False, True), (out // 2, out // 2, 3, out // 2, side, False, True),
+                   (out // 2, out, 1, 1, side, False, True)]
+        chans.append(out)
+        sides.append(side)
+    for c, side in zip(chans, sides):
+        for outputs in (6 * (num_classes + 1), 6 * 4):
+            layers += [(c, c, 3, c, side, False, True), (c, outputs, 1, 1, side, True, False)]
+    return layers
+
+
+def test_sizes_equal_mmdetection_ssdlite_mobilenetv2():
+    """ENOT's SSD-MobileNetV2 is MMDetection's ssdlite_mobilenetv2: nasdet's ssdlite (its own layout) on
+    mobilenet_v2 has its params and MACs at 320 px (MMDetection publishes neither: configs/ssd/metafile.yml)."""
+    from nasdet.models.cost import detector_macs, detector_params
+
+    layers = mmdet_ssdlite_mobilenetv2_layers()
+    params = sum(ci // g * co * k * k + co * bias + 2 * co * bn for ci, co, k, g, _, bias, bn in layers)
+    macs = sum(ci // g * co * k * k * side * side for ci, co, k, g, side, _, _ in layers)
+    model = build_detector(make_model_config(detector="ssdlite", backbone={"name": "mobilenet_v2"}, input_size=320),
+                           num_classes=80)
+    assert detector_params(model)["total"] == params
+    assert detector_macs(model)["total"] == macs
+
+
+@pytest.mark.parametrize("backbone", [{"name": "resnet18"}, {"name": "mbv2_width", "width_mult": 0.25}])
+def test_torchvision_layout_needs_a_static_mobilenet(backbone):
+    from nasdet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.layout torchvision taps inside a MobileNet block"):
+        build_detector(make_model_config(detector="ssdlite", layout="torchvision", backbone=backbone), num_classes=3)
+
+
+def test_layout_and_reduced_tail_are_checked():
+    from nasdet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="layout torchvision is ssdlite320's"):
+        make_model_config(detector="ssd", layout="torchvision")
+    with pytest.raises(ConfigError, match="reduced_tail is MobileNetV3's option, not 'resnet18'"):
+        build_detector(make_model_config(detector="ssdlite", backbone={"name": "resnet18", "reduced_tail": True}),
+                       num_classes=3)
+
+
+def test_imported_baseline_initialises_the_supernet(tiny_config, tmp_path):
+    """ENOT's start: a trained MobileNetV2 SSDLite (a file from elsewhere) becomes the baseline, and the
+    mbv2_elastic supernet starts from it (pipeline.init_supernet_from_baseline): its default subnet then
+    computes what the imported detector computes."""
+    from nasdet.models.supernet import build_supernet, set_detector_arch
+    from nasdet.stages.baseline import run_baseline
+    from nasdet.train.supernet import init_from_checkpoint
+    from nasdet.workdir import WorkDir
+
+    user = tiny_config("ssdlite", model={"backbone": {"name": "mobilenet_v2", "width_mult": 0.25}})
+    trained = trained_like(build_detector(user.model, num_classes=8))
+    torch.save({"model": trained.state_dict()}, tmp_path / "user.pt")
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}},
+                      pipeline={"baseline_backbone": "mobilenet_v2", "init_supernet_from_baseline": True,
+                                "baseline_checkpoint": str(tmp_path / "user.pt")})
+    run_baseline(cfg)
+    supernet, space = build_supernet(cfg, 8)
+    init_from_checkpoint(supernet, str(WorkDir.of(cfg).baseline.checkpoint))
+    set_detector_arch(supernet, space.default(), space)
+    supernet.eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        want = trained.head(list(trained.backbone(x).values()))
+        got = supernet.head(list(supernet.backbone(x).values()))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-4, rtol=1e-4)
