@@ -326,6 +326,12 @@ class SearchConfig(Strict):
     recalib_batches: int = Field(20, gt=0)  # BN recalibration batches per candidate
     batch_size: int = Field(8, gt=0)
     max_images: Optional[int] = Field(None, gt=0)  # score on the first N images of the search split
+    # where candidates are scored: the held-out part of train (data.search_fraction), or val (more images, but
+    # then val no longer reports the found model without bias)
+    score_on: Literal["search", "val"] = "search"
+    # the search's confidence: the top N candidates' AP bootstrapped over the split's images (0: off)
+    confidence_top: int = Field(5, ge=0)
+    confidence_resamples: int = Field(1000, gt=0)
     resolution_tolerance: Optional[int] = Field(None, ge=0)  # |input_size - model.input_size| bound
     storage: Optional[str] = None  # optuna storage URL or journal file; default work_dir/search/study.journal
     # database storages: a running trial records a heartbeat this often; silent for twice as long = its worker

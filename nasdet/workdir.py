@@ -36,6 +36,7 @@ RESULTS_CSV = "results.csv"
 BEST_ARCH = "best_arch.json"
 PARETO_JSON = "pareto.json"
 PARETO_PNG = "pareto.png"
+CONFIDENCE_JSON = "confidence.json"  # the top candidates' AP bootstrapped over the split's images
 LATENCY_LUT = "latency_lut.json"
 GENOTYPE_JSON = "genotype.json"
 GENOTYPE_LOG = "genotype.log"

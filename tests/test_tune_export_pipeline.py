@@ -268,7 +268,11 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill_during_search(shapes
         assert (wd / name).is_file(), name
     assert [r["model"] for r in report["rows"]] == ["baseline (ofa_mbv3)", "found (tuned)"]
     assert all(r["macs"] > 0 and r["latency_onnxruntime_ms"] > 0 for r in report["rows"])
-    assert "| found (tuned) |" in (wd / "report.md").read_text()
+    md = (wd / "report.md").read_text()
+    assert "| found (tuned) | val (8 images) |" in md
+    # every figure names its split and size; the search's confidence in its winner is stated
+    assert "candidates scored on the search split (2 images)" in md and "bootstrap interval over images" in md
+    assert report["search_confidence"]["verdict"] in md
     import optuna
 
     study = optuna.load_study(study_name="tiny-random", storage=open_storage(None, wd / "search"))

@@ -168,7 +168,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
             if cfg.eval.max_images:
                 val = val.subset(range(min(cfg.eval.max_images, len(val))))
             initial = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
-            write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source})
+            write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source,
+                                                "val": val.source, "val_images": len(val)})
             console.print(metrics_table(initial, f"tune: inherited weights before training ({len(val)} val images)"))
     if dist.is_main():
         if space is not None:
