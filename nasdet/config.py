@@ -438,6 +438,18 @@ class PipelineConfig(Strict):
     export: bool = True
 
 
+class ReportConfig(Strict):
+    """The pipeline's report. ``controls``: beside the found arch, the baseline's own arch (the space's default
+    subnet) and ``controls_seeds`` random archs of the same cost (within ``controls_tolerance`` of the found
+    arch's cost in the budget's metric, under the budget) are taken from the same supernet and tuned with the
+    same recipe, so that the report can tell architecture from training."""
+
+    controls: bool = False
+    controls_seeds: int = Field(1, ge=1)  # random archs at the found arch's cost (several give a spread)
+    controls_tolerance: float = Field(0.03, gt=0, lt=1)  # relative cost gap allowed for a random control
+    controls_draws: int = Field(1000, gt=0)  # uniform draws costed per random control before taking the nearest
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     work_dir: str = "runs/experiment"
@@ -453,6 +465,7 @@ class ExperimentConfig(Strict):
     tune: TuneConfig = TuneConfig()
     export: ExportConfig = ExportConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    report: ReportConfig = ReportConfig()
 
 
 # ------------------------------------------------------------------------------------------ load/save

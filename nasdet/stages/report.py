@@ -27,6 +27,41 @@ def _row(name: str, record: dict, export: dict | None, cost: dict | None) -> dic
     return row
 
 
+def _control_rows(w: WorkDir, how: str) -> list[dict]:
+    """One row per control arch tuned so far (``controls/<name>/metrics.json``), its costs from the plan."""
+    if not w.controls_plan.is_file():
+        return []
+    rows = []
+    for c in json.loads(w.controls_plan.read_text())["controls"]:
+        record = w.control(c["name"]) / METRICS_FILE
+        if not record.is_file():
+            continue
+        label = "baseline arch" if c["name"] == "baseline_arch" else f"random arch {c['name'].split('_')[-1]}"
+        costs = {"macs": {"total": c["costs"]["macs"]}, "params": {"total": c["costs"]["params"]}}
+        rows.append({**_row(f"{label} ({how})", json.loads(record.read_text()), None, costs), "control": c["name"]})
+    return rows
+
+
+def _controls_text(baseline: dict | None, found: dict, controls: list[dict]) -> str:
+    """Which differences are architecture (found vs the controls, all trained alike) and which are training
+    (the baseline's arch trained alone vs taken from the supernet and tuned)."""
+    arch, training = [], ""
+    randoms = [r for r in controls if r["control"] != "baseline_arch"]
+    if randoms:
+        aps = [r["AP"] for r in randoms]
+        mean = sum(aps) / len(aps)
+        spread = f" (their AP spans {min(aps):.4f}-{max(aps):.4f} over {len(aps)} random archs)" if len(aps) > 1 else ""
+        arch.append(f"AP {found['AP'] - mean:+.4f} over a random arch of the same cost{spread}")
+    own = next((r for r in controls if r["control"] == "baseline_arch"), None)
+    if own is not None:
+        arch.append(f"AP {found['AP'] - own['AP']:+.4f} over the baseline's own arch")
+        if baseline is not None:
+            training = (f" Training: the baseline's arch taken from the supernet and tuned has AP "
+                        f"{own['AP'] - baseline['AP']:+.4f} over the same arch trained alone (the baseline).")
+    text = ("Architecture, all trained exactly alike: the found arch has " + " and ".join(arch) + ".") if arch else ""
+    return (text + training).strip() + f" All on {found['split']}."
+
+
 def _split_of(record: dict) -> str:
     """"val (300 images)": where a metrics record was evaluated."""
     n = record.get("val_images")
@@ -61,12 +96,15 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         name = f"baseline ({baseline_config(cfg).model.backbone.name})"
         rows.append(_row(name, json.loads(base_metrics.read_text()), exports.get("baseline"), None))
     tune = json.loads(w.tune.require(METRICS_FILE, "metrics of the tuned model").read_text())
-    rows.append(_row("found (tuned)", tune, exports.get("tune"), None))
+    how = "supernet + tune" if tune.get("init") == "supernet" else "tune from scratch"
+    rows.append(_row(f"found arch ({how})", tune, exports.get("tune"), None))
+    controls = _control_rows(w, how)
+    rows += controls
     initial = w.tune / INITIAL_METRICS
     init_record = json.loads(initial.read_text()) if initial.is_file() else None
     init_metrics = init_record["metrics"] if init_record else None
 
-    table = Table(title=f"{cfg.name}: baseline vs found model ({rows[-1]['split']})")
+    table = Table(title=f"{cfg.name}: baseline vs found model ({rows[0]['split']})")
     table.add_column("model")
     for _, title in COLUMNS:
         table.add_column(title, justify="right")
@@ -86,13 +124,16 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     lines += ["| model | " + " | ".join(t for _, t in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     lines += ["| " + r["model"] + " | " + " | ".join(_fmt(r, k) for k, _ in COLUMNS) + " |" for r in rows]
     lines.append("")
-    if len(rows) == 2 and rows[0].get("macs") and rows[1].get("macs"):
-        b, f = rows
+    found_row = next(r for r in rows if r["model"].startswith("found arch"))
+    if base_metrics.is_file() and rows[0].get("macs") and found_row.get("macs"):
+        b, f = rows[0], found_row
         lines.append(f"The found model has {f['macs'] / b['macs']:.0%} of the baseline's MACs and "
                      f"{f['params'] / b['params']:.0%} of its parameters; AP50 {f['AP50'] - b['AP50']:+.4f}, "
                      f"AP {f['AP'] - b['AP']:+.4f} on {f['split']}. The found model was tuned from the supernet's "
                      "weights, so it also had the supernet's training: the difference mixes architecture and training.")
         lines.append("")
+    if controls:
+        lines += [_controls_text(rows[0] if base_metrics.is_file() else None, found_row, controls), ""]
     if init_metrics is not None:
         lines += [f"Inherited supernet weights before tuning, on {_split_of(init_record)}: AP {init_metrics['AP']:.4f}, "
                   f"AP50 {init_metrics['AP50']:.4f}.", ""]

@@ -187,14 +187,16 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     if done is not None:
         return done
     metrics = trainer.run()
+    # what the report's controls are checked against: the same init, supernet and recipe as the found arch
     result = {"metrics": metrics, "step": trainer.step, "arch": arch, "arch_source": source, "init": init,
-              "checkpoint": str(out.checkpoint), "val": data["val"].source,
-              "val_images": len(data["val"])}
+              "supernet": str(supernet_checkpoint(cfg, wd.root)) if init == "supernet" else None,
+              "recipe": tcfg.train.model_dump(mode="json"), "checkpoint": str(out.checkpoint),
+              "val": data["val"].source, "val_images": trainer.val_images}
     if genotypes:
         result["genotype"] = arch[GENOTYPE_KEY]
     if dist.is_main():
         write_json(out.metrics, result)
-        console.print(metrics_table(metrics, f"tune: val mAP ({len(data['val'])} images)"))
+        console.print(metrics_table(metrics, f"tune: val mAP ({trainer.val_images} images)"))
     return result
 
 
