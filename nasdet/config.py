@@ -354,6 +354,12 @@ class SearchConfig(Strict):
     recalib_batches: int = Field(20, gt=0)  # BN recalibration batches per candidate
     batch_size: int = Field(8, gt=0)
     max_images: Optional[int] = Field(None, gt=0)  # score on the first N images of the search split
+    # where candidates are scored: the held-out part of train (data.search_fraction), or val (more images, but
+    # then val no longer reports the found model without bias)
+    score_on: Literal["search", "val"] = "search"
+    # the search's confidence: the top N candidates' AP bootstrapped over the split's images (0: off)
+    confidence_top: int = Field(5, ge=0)
+    confidence_resamples: int = Field(1000, gt=0)
     resolution_tolerance: Optional[int] = Field(None, ge=0)  # |input_size - model.input_size| bound
     storage: Optional[str] = None  # optuna storage URL or journal file; default work_dir/search/study.journal
     # database storages: a running trial records a heartbeat this often; silent for twice as long = its worker
@@ -510,6 +516,18 @@ class PipelineConfig(Strict):
         return self
 
 
+class ReportConfig(Strict):
+    """The pipeline's report. ``controls``: beside the found arch, the baseline's own arch (the space's default
+    subnet) and ``controls_seeds`` random archs of the same cost (within ``controls_tolerance`` of the found
+    arch's cost in the budget's metric, under the budget) are taken from the same supernet and tuned with the
+    same recipe, so that the report can tell architecture from training."""
+
+    controls: bool = False
+    controls_seeds: int = Field(1, ge=1)  # random archs at the found arch's cost (several give a spread)
+    controls_tolerance: float = Field(0.03, gt=0, lt=1)  # relative cost gap allowed for a random control
+    controls_draws: int = Field(1000, gt=0)  # uniform draws costed per random control before taking the nearest
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     work_dir: str = "runs/experiment"
@@ -526,6 +544,7 @@ class ExperimentConfig(Strict):
     export: ExportConfig = ExportConfig()
     pipeline: PipelineConfig = PipelineConfig()
     classify: Optional[ClassifyConfig] = None
+    report: ReportConfig = ReportConfig()
 
 
 # ------------------------------------------------------------------------------------------ load/save

@@ -25,9 +25,9 @@ from .stages.report import write_report
 from .stages.search import run_search
 from .stages.tune import run_tune
 from .train.trained import with_backbone_checkpoint
-from .workdir import WorkDir, write_json
+from .workdir import ARCH_JSON, CONTROLS, WorkDir, write_json
 
-STAGES = ("classify", "baseline", "pretrain", "search", "tune", "export", "report")
+STAGES = ("classify", "baseline", "pretrain", "search", "tune", "controls", "export", "report")
 
 
 def _pretrain_config(cfg: ExperimentConfig, wd: Path) -> ExperimentConfig:
@@ -39,6 +39,52 @@ def _pretrain_config(cfg: ExperimentConfig, wd: Path) -> ExperimentConfig:
         return cfg
     sn = cfg.supernet.model_copy(update={"init_from": str(WorkDir(wd).baseline.checkpoint)})
     return cfg.model_copy(update={"supernet": sn})
+
+
+def controls_plan(cfg: ExperimentConfig, w: WorkDir) -> list[dict]:
+    """The report's control archs (``search/controls.py``) for the arch the tune stage trained, chosen once
+    (``controls/archs.json``) so that a rerun tunes the same ones."""
+    import json
+
+    from .data.build import load_split
+    from .models.supernet import build_supernet
+    from .search.budget import Budget, CostModel, restrict_resolution
+    from .search.controls import control_archs
+    from .space import load_arch
+
+    found_file = w.tune / ARCH_JSON
+    if w.controls_plan.is_file():
+        plan = json.loads(w.controls_plan.read_text())
+        if plan["found_arch_file_sha"] == _sha(found_file):
+            return plan["controls"]
+    r = cfg.report
+    model, space = build_supernet(cfg, len(load_split(cfg, "val").classes))
+    found = load_arch(found_file, space)
+    search_space = restrict_resolution(space, cfg.model.input_size, cfg.search.resolution_tolerance)
+    budget = Budget(cfg.search.budget.metric, cfg.search.budget.max) if cfg.search.budget else None
+    cost_fn = CostModel(model, space, ("macs", "params"))
+    controls = control_archs(search_space, space.default(), cost_fn(found), cost_fn, budget, r.controls_seeds,
+                             r.controls_tolerance, r.controls_draws, cfg.seed)
+    write_json(w.controls_plan, {"found_arch": found, "found_arch_file_sha": _sha(found_file), "controls": controls})
+    return controls
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_controls(cfg: ExperimentConfig, wd: Path, console: Console) -> dict:
+    """Tune each control arch exactly as the found one was tuned (same supernet, init and recipe), each in
+    ``controls/<name>/``; returns name -> tune record."""
+    out = {}
+    for c in controls_plan(cfg, WorkDir(wd)):
+        tune = cfg.tune.model_copy(update={"arch": c["arch"], "searched_arch": None})
+        console.print(f"control {c['name']}: {c['costs'].get('macs', 0) / 1e6:.1f} M MACs")
+        out[c["name"]] = run_tune(cfg.model_copy(update={"tune": tune}), wd, console=console,
+                                  stage=f"{CONTROLS}/{c['name']}")
+    return out
 
 
 def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
@@ -70,6 +116,11 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         stage("pretrain", lambda: run_pretrain(_pretrain_config(cfg, wd), wd, console=console))
     stage("search", lambda: run_search(cfg, wd, console=console))
     stage("tune", lambda: run_tune(cfg, wd, console=console))
+    if cfg.report.controls:
+        if cfg.search.strategy == "darts":
+            console.print("report.controls: a darts (FAD) search has no supernet to take control archs from; skipped")
+        else:
+            stage("controls", lambda: run_controls(cfg, wd, console))
     exports = {}
     if cfg.pipeline.export:
         def export_all():

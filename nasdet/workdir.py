@@ -6,9 +6,10 @@
     baseline/  ckpt/last.pt, metrics.json, cost.json, log.jsonl
     supernet/  ckpt/last.pt, metrics.json, space.json, log.jsonl
     search/    study.journal, results.csv, best_arch.json (with the search's predicted costs),
-               pareto.json, pareto.png, latency_lut.json; darts: genotype.json/.log, alphas.jsonl, ckpt/;
+               confidence.json, pareto.json, pareto.png, latency_lut.json; darts: genotype.json/.log, alphas.jsonl, ckpt/;
                gradient: gradient_state.pt, searched_arch.json
     tune/      arch.json (a subnet, or FAD genotypes as {"head.genotype": ..}), ckpt/last.pt, initial_metrics.json, metrics.json, log.jsonl
+    controls/  archs.json (the report's control archs), <name>/ (each tuned as tune/ is)
     export/    <source>.onnx, <source>.json (parity, latency, budget), classes.json
     diagnose/  the diagnose command's records
     report.md, report.json, pareto.png
@@ -29,6 +30,7 @@ from .user_data import refuse_output_in_data
 BASELINE, SUPERNET, SEARCH, TUNE, EXPORT, DIAGNOSE, EVAL = "baseline", "supernet", "search", "tune", "export", \
     "diagnose", "eval"
 CLASSIFY = "classify"
+CONTROLS = "controls"  # the report's control archs, each tuned like the found one
 CKPT_DIR = "ckpt"
 LAST_CKPT = "last.pt"
 CONFIG_FILE = "config.yaml"
@@ -41,6 +43,7 @@ RESULTS_CSV = "results.csv"
 BEST_ARCH = "best_arch.json"
 PARETO_JSON = "pareto.json"
 PARETO_PNG = "pareto.png"
+CONFIDENCE_JSON = "confidence.json"  # the top candidates' AP bootstrapped over the split's images
 LATENCY_LUT = "latency_lut.json"
 GENOTYPE_JSON = "genotype.json"
 GENOTYPE_LOG = "genotype.log"
@@ -213,6 +216,15 @@ class WorkDir:
     def classified_backbone(self) -> Path:
         """``classify/backbone.pt``: the classification-trained backbone (``model.backbone.checkpoint``)."""
         return self.classify / BACKBONE_PT
+
+    @property
+    def controls_plan(self) -> Path:
+        """The report's control archs (name, arch, costs), chosen once so that a rerun tunes the same ones."""
+        return self.root / CONTROLS / "archs.json"
+
+    def control(self, name: str) -> "StageDir":
+        """Where control arch ``name`` is tuned (a tune folder of its own)."""
+        return self.stage(f"{CONTROLS}/{name}")
 
     @property
     def report_md(self) -> Path:

@@ -315,7 +315,7 @@ def test_darts_pipeline_trains_the_searched_head_against_the_standard_one_and_ex
     assert any("towers.box_tower" in k for k in state["model"])
     base = load_checkpoint(wd / "baseline" / "ckpt" / "last.pt")
     assert not any("towers" in k for k in base["model"])  # the baseline keeps torchvision's standard head
-    assert [r["model"] for r in report["rows"]] == ["baseline (mobilenet_v3_small)", "found (tuned)"]
+    assert [r["model"] for r in report["rows"]] == ["baseline (mobilenet_v3_small)", "found arch (tune from scratch)"]
     assert (wd / "export" / "tune.onnx").is_file()
     # another genotype for a finished tune folder is refused, not silently mixed
     with pytest.raises(CheckpointError, match="other genotypes"):

@@ -148,5 +148,5 @@ def test_pipeline_killed_at_random_points_of_pretrain_search_and_tune_resumes(sh
     for stage_dir in ("baseline", "supernet", "tune"):
         assert load_checkpoint(wd / stage_dir / "ckpt" / "last.pt")["step"] == 3
     report = json.loads((wd / "report.json").read_text())
-    assert [r["model"] for r in report["rows"]] == ["baseline (ofa_mbv3)", "found (tuned)"]
+    assert [r["model"] for r in report["rows"]] == ["baseline (ofa_mbv3)", "found arch (supernet + tune)"]
     assert not [p for p in wd.rglob("*") if p.is_file() and p.name.endswith(".tmp") and not p.name.startswith(".")]

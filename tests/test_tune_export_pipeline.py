@@ -277,9 +277,13 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill_during_search(shapes
     assert load_checkpoint(sn_ckpt)["step"] == 2
     for name in ("report.md", "report.json", "pareto.png", "tune/metrics.json", "export/tune.onnx", "export/baseline.onnx"):
         assert (wd / name).is_file(), name
-    assert [r["model"] for r in report["rows"]] == ["baseline (ofa_mbv3)", "found (tuned)"]
+    assert [r["model"] for r in report["rows"]] == ["baseline (ofa_mbv3)", "found arch (supernet + tune)"]
     assert all(r["macs"] > 0 and r["latency_onnxruntime_ms"] > 0 for r in report["rows"])
-    assert "| found (tuned) |" in (wd / "report.md").read_text()
+    md = (wd / "report.md").read_text()
+    assert "| found arch (supernet + tune) | val (2 images) |" in md
+    # every figure names its split and size; the search's confidence in its winner is stated
+    assert "candidates scored on the search split (2 images)" in md and "bootstrap interval over images" in md
+    assert report["search_confidence"]["verdict"] in md
     import optuna
 
     study = optuna.load_study(study_name="tiny-random", storage=open_storage(None, wd / "search"))
@@ -334,6 +338,6 @@ def test_pipeline_enot_recipe_baseline_backbone_initialises_the_supernet(shapes_
     wd = tmp_path / "work"
     base = load_checkpoint(wd / "baseline" / "ckpt" / "last.pt")
     assert base["config"]["model"]["backbone"]["name"] == "mobilenet_v2"
-    assert [r["model"] for r in report["rows"]] == ["baseline (mobilenet_v2)", "found (tuned)"]
+    assert [r["model"] for r in report["rows"]] == ["baseline (mobilenet_v2)", "found arch (supernet + tune)"]
     sn_log = (wd / "supernet" / "log.jsonl").read_text()
     assert sn_log  # the supernet trained (from the baseline: a wrong init would have raised)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..files import atomic_path
 from ..space import SearchSpace, save_arch
-from ..workdir import BEST_ARCH, PARETO_JSON, PARETO_PNG, RESULTS_CSV, write_json
+from ..workdir import BEST_ARCH, CONFIDENCE_JSON, PARETO_JSON, PARETO_PNG, RESULTS_CSV, write_json
 from .budget import COST_UNITS, Budget
 from .strategies import OBJECTIVE
 from .study import best_record, pareto_front
@@ -21,13 +21,16 @@ METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: str | Path, cost_metric: str,
                          budget: Budget | None = None, extremes: Mapping[str, dict] | None = None,
-                         baseline: dict | None = None, objective: str = OBJECTIVE) -> dict:
+                         baseline: dict | None = None, objective: str = OBJECTIVE, confidence: dict | None = None) -> dict:
     """``results.csv``, ``best_arch.json`` (best AP under the budget, via ``save_arch``), ``pareto.json``,
     ``pareto.png``; ``extremes`` (name -> {arch, costs}) and the ``baseline`` ({costs, metrics}) are
-    marked on the plot."""
+    marked on the plot; ``confidence`` (``search/confidence.search_confidence``) -> ``confidence.json`` and
+    its columns in ``results.csv``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_results_csv(records, out_dir / RESULTS_CSV)
+    write_results_csv(records, out_dir / RESULTS_CSV, confidence)
+    if confidence is not None:
+        write_json(out_dir / CONFIDENCE_JSON, confidence)
     best = best_record(records, objective)
     if best is not None:  # with the costs the search predicted, which export compares its measurement to
         save_arch(out_dir / BEST_ARCH, best["arch"], space, costs=best["costs"])
@@ -53,8 +56,12 @@ def _plain(r: dict) -> dict:
     return {k: r[k] for k in ("trial", "arch", "metrics", "costs", "seconds", "feasible")}
 
 
-def write_results_csv(records: Sequence[dict], path: Path) -> None:
-    cols = ["trial", "arch", *METRIC_COLUMNS, "macs", "params", "latency_ms", "seconds", "feasible", "worker"]
+def write_results_csv(records: Sequence[dict], path: Path, confidence: dict | None = None) -> None:
+    """One row per candidate; the bootstrapped top candidates also carry their AP interval and the probability
+    that the winner beats them (``ap_low``, ``ap_high``, ``p_winner_beats``; empty for the others)."""
+    cols = ["trial", "arch", *METRIC_COLUMNS, "macs", "params", "latency_ms", "seconds", "feasible", "worker",
+            "ap_low", "ap_high", "p_winner_beats"]
+    boot = (confidence or {}).get("candidates", {})
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
@@ -62,7 +69,14 @@ def write_results_csv(records: Sequence[dict], path: Path) -> None:
             m, c = r["metrics"], r["costs"]
             w.writerow([r["trial"], json.dumps(r["arch"], sort_keys=True), *[m.get(k, "") for k in METRIC_COLUMNS],
                         c.get("macs", ""), c.get("params", ""), c.get("latency", ""),
-                        "" if r["seconds"] is None else round(r["seconds"], 3), r["feasible"], r["worker"] or ""])
+                        "" if r["seconds"] is None else round(r["seconds"], 3), r["feasible"], r["worker"] or "",
+                        *_interval_columns(boot.get(str(r["trial"])))])
+
+
+def _interval_columns(b: dict | None) -> list:
+    if b is None:
+        return ["", "", ""]
+    return [round(b["low"], 6), round(b["high"], 6), "" if b["p_winner_beats"] is None else round(b["p_winner_beats"], 4)]
 
 
 def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path: Path, budget: Budget | None = None,

@@ -53,8 +53,8 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
     ckpt = w.supernet.require_checkpoint()
     torch.manual_seed(cfg.seed)
     set_torch_threads(cfg.train.threads)
-    data = build_datasets(cfg, need=("search",))
-    search_set = data["search"]
+    data = build_datasets(cfg, need=("search", "val") if s.score_on == "val" else ("search",))
+    search_set = data["val"] if s.score_on == "val" else data["search"]
     if len(search_set) == 0:
         raise ConfigError("the search split is empty: set data.search_fraction > 0 (and pretrain with it)")
     if s.max_images:

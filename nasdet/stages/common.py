@@ -65,8 +65,8 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     metrics = trainer.run()
     if dist.is_main():
         write_json(out.metrics, {"metrics": metrics, "step": trainer.step, "checkpoint": str(out.checkpoint),
-                                 "val": data["val"].source, "val_images": len(data["val"]), **(record or {})})
-        console.print(metrics_table(metrics, f"{stage}: val mAP ({len(data['val'])} images)"))
+                                 "val": data["val"].source, "val_images": trainer.val_images, **(record or {})})
+        console.print(metrics_table(metrics, f"{stage}: val mAP ({trainer.val_images} images)"))
     return metrics
 
 

@@ -55,6 +55,6 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
             r["macs"] = detector_macs(export_detector(model, r["arch"], space))["total"]
         write_json(out.metrics, {"subnets": results, "step": trainer.step, "space_id": space.space_id,
                                  "checkpoint": str(out.checkpoint),
-                                              "val": data["val"].source, "val_images": len(data["val"])})
-        console.print(subnets_table(results, f"supernet: subnets on val ({len(data['val'])} images, BN recalibrated)"))
+                                 "val": data["val"].source, "val_images": trainer.val_images})
+        console.print(subnets_table(results, f"supernet: subnets on val ({trainer.val_images} images, BN recalibrated)"))
     return results

@@ -12,12 +12,13 @@ from rich.table import Table
 
 from ..config import ExperimentConfig
 from ..files import atomic_path, write_text_atomic
-from ..workdir import INITIAL_METRICS, METRICS_FILE, PARETO_JSON, PARETO_PNG, WorkDir
+from ..workdir import CONFIDENCE_JSON, INITIAL_METRICS, METRICS_FILE, PARETO_JSON, PARETO_PNG, WorkDir
 from .common import baseline_config
 
 
-def _row(name: str, metrics: dict, export: dict | None, cost: dict | None) -> dict:
-    row = {"model": name, "AP": metrics.get("AP"), "AP50": metrics.get("AP50")}
+def _row(name: str, record: dict, export: dict | None, cost: dict | None) -> dict:
+    metrics = record["metrics"]
+    row = {"model": name, "AP": metrics.get("AP"), "AP50": metrics.get("AP50"), "split": _split_of(record)}
     if export is not None:
         row.update(macs=export["measured"]["macs"], params=export["measured"]["params"],
                    latency_torch_ms=export["latency_torch"]["median_ms"],
@@ -27,10 +28,53 @@ def _row(name: str, metrics: dict, export: dict | None, cost: dict | None) -> di
     return row
 
 
+def _control_rows(w: WorkDir, how: str) -> list[dict]:
+    """One row per control arch tuned so far (``controls/<name>/metrics.json``), its costs from the plan."""
+    if not w.controls_plan.is_file():
+        return []
+    rows = []
+    for c in json.loads(w.controls_plan.read_text())["controls"]:
+        record = w.control(c["name"]) / METRICS_FILE
+        if not record.is_file():
+            continue
+        label = "baseline arch" if c["name"] == "baseline_arch" else f"random arch {c['name'].split('_')[-1]}"
+        costs = {"macs": {"total": c["costs"]["macs"]}, "params": {"total": c["costs"]["params"]}}
+        rows.append({**_row(f"{label} ({how})", json.loads(record.read_text()), None, costs), "control": c["name"]})
+    return rows
+
+
+def _controls_text(baseline: dict | None, found: dict, controls: list[dict]) -> str:
+    """Which differences are architecture (found vs the controls, all trained alike) and which are training
+    (the baseline's arch trained alone vs taken from the supernet and tuned)."""
+    arch, training = [], ""
+    randoms = [r for r in controls if r["control"] != "baseline_arch"]
+    if randoms:
+        aps = [r["AP"] for r in randoms]
+        mean = sum(aps) / len(aps)
+        spread = f" (their AP spans {min(aps):.4f}-{max(aps):.4f} over {len(aps)} random archs)" if len(aps) > 1 else ""
+        arch.append(f"AP {found['AP'] - mean:+.4f} over a random arch of the same cost{spread}")
+    own = next((r for r in controls if r["control"] == "baseline_arch"), None)
+    if own is not None:
+        arch.append(f"AP {found['AP'] - own['AP']:+.4f} over the baseline's own arch")
+        if baseline is not None:
+            training = (f" Training: the baseline's arch taken from the supernet and tuned has AP "
+                        f"{own['AP'] - baseline['AP']:+.4f} over the same arch trained alone (the baseline).")
+    text = ("Architecture, all trained exactly alike: the found arch has " + " and ".join(arch) + ".") if arch else ""
+    return (text + training).strip() + f" All on {found['split']}."
+
+
+def _split_of(record: dict) -> str:
+    """"val (300 images)": where a metrics record was evaluated."""
+    n = record.get("val_images")
+    return "val" + (f" ({n} images)" if n is not None else "")
+
+
 def _fmt(row: dict, key: str) -> str:
     v = row.get(key)
     if v is None:
         return "-"
+    if key == "split":
+        return v
     if key in ("AP", "AP50"):
         return f"{v:.4f}"
     if key == "macs":
@@ -40,7 +84,7 @@ def _fmt(row: dict, key: str) -> str:
     return f"{v:.2f} ms"
 
 
-COLUMNS = (("AP", "AP"), ("AP50", "AP50"), ("macs", "MACs"), ("params", "params"),
+COLUMNS = (("split", "evaluated on"), ("AP", "AP"), ("AP50", "AP50"), ("macs", "MACs"), ("params", "params"),
            ("latency_torch_ms", "CPU latency torch"), ("latency_onnxruntime_ms", "CPU latency onnxruntime"))
 
 
@@ -51,13 +95,17 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     base_metrics = w.baseline.metrics
     if base_metrics.is_file():
         name = f"baseline ({baseline_config(cfg).model.backbone.name})"
-        rows.append(_row(name, json.loads(base_metrics.read_text())["metrics"], exports.get("baseline"), None))
+        rows.append(_row(name, json.loads(base_metrics.read_text()), exports.get("baseline"), None))
     tune = json.loads(w.tune.require(METRICS_FILE, "metrics of the tuned model").read_text())
-    rows.append(_row("found (tuned)", tune["metrics"], exports.get("tune"), None))
+    how = "supernet + tune" if tune.get("init") == "supernet" else "tune from scratch"
+    rows.append(_row(f"found arch ({how})", tune, exports.get("tune"), None))
+    controls = _control_rows(w, how)
+    rows += controls
     initial = w.tune / INITIAL_METRICS
-    init_metrics = json.loads(initial.read_text())["metrics"] if initial.is_file() else None
+    init_record = json.loads(initial.read_text()) if initial.is_file() else None
+    init_metrics = init_record["metrics"] if init_record else None
 
-    table = Table(title=f"{cfg.name}: baseline vs found model (val, same training recipe)")
+    table = Table(title=f"{cfg.name}: baseline vs found model ({rows[0]['split']})")
     table.add_column("model")
     for _, title in COLUMNS:
         table.add_column(title, justify="right")
@@ -77,14 +125,19 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     lines += ["| model | " + " | ".join(t for _, t in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     lines += ["| " + r["model"] + " | " + " | ".join(_fmt(r, k) for k, _ in COLUMNS) + " |" for r in rows]
     lines.append("")
-    if len(rows) == 2 and rows[0].get("macs") and rows[1].get("macs"):
-        b, f = rows
+    found_row = next(r for r in rows if r["model"].startswith("found arch"))
+    if base_metrics.is_file() and rows[0].get("macs") and found_row.get("macs"):
+        b, f = rows[0], found_row
         lines.append(f"The found model has {f['macs'] / b['macs']:.0%} of the baseline's MACs and "
                      f"{f['params'] / b['params']:.0%} of its parameters; AP50 {f['AP50'] - b['AP50']:+.4f}, "
-                     f"AP {f['AP'] - b['AP']:+.4f}.")
+                     f"AP {f['AP'] - b['AP']:+.4f} on {f['split']}. The found model was tuned from the supernet's "
+                     "weights, so it also had the supernet's training: the difference mixes architecture and training.")
         lines.append("")
+    if controls:
+        lines += [_controls_text(rows[0] if base_metrics.is_file() else None, found_row, controls), ""]
     if init_metrics is not None:
-        lines += [f"Inherited supernet weights before tuning: AP {init_metrics['AP']:.4f}, AP50 {init_metrics['AP50']:.4f}.", ""]
+        lines += [f"Inherited supernet weights before tuning, on {_split_of(init_record)}: AP {init_metrics['AP']:.4f}, "
+                  f"AP50 {init_metrics['AP50']:.4f}.", ""]
     tuned_export = exports.get("tune")
     if tuned_export and tuned_export.get("budget"):
         bc = tuned_export["budget"]
@@ -95,19 +148,27 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
             return "-" if v is None else f"{v / unit[0]:.4g} {unit[1]}"
         lines += [f"Measured {bc['metric']} of the exported model: {show(bc['measured'])} ({verdict} the budget "
                   f"{show(bc['max'])}; the search predicted {show(bc['predicted'])}).", ""]
+    confidence_file = w.search / CONFIDENCE_JSON
+    confidence = json.loads(confidence_file.read_text()) if confidence_file.is_file() else None
+    split = "the validation set" if cfg.search.score_on == "val" else "the search split"
+    split += f" ({confidence['images']} images)" if confidence else ""
     pareto = w.search / PARETO_PNG
     if pareto.is_file():
         with atomic_path(w.pareto_png) as tmp:
             shutil.copyfile(pareto, tmp)
-        lines += [f"![candidates on the search split]({PARETO_PNG})", ""]
+        lines += [f"![candidates scored on {split}]({PARETO_PNG})", ""]
     search_summary = w.search / PARETO_JSON
     if search_summary.is_file():
         p = json.loads(search_summary.read_text())
-        lines += [f"Search: {p['scored']} candidates scored ({cfg.search.strategy}), {len(p['front'])} on the Pareto front.", ""]
+        lines += [f"Search ({cfg.search.strategy}): {p['scored']} candidates scored on {split}, "
+                  f"{len(p['front'])} on the Pareto front.", ""]
+    if confidence:
+        lines += [confidence["verdict"], ""]
     lines += ["Files: `baseline/` (checkpoint, metrics), `supernet/` (checkpoint, subnets' metrics), `search/` "
               "(study.journal, results.csv, best_arch.json, pareto.json/png), `tune/` (arch.json, checkpoint, "
               "metrics), `export/` (ONNX files, parity and latency records, classes.json).", ""]
     write_text_atomic(w.report_md, "\n".join(lines))
     console.print(f"report: {escape(str(w.report_md))}")
-    return {"rows": rows, "initial_tune_metrics": init_metrics, "budget": None if budget is None else budget.model_dump(),
+    return {"rows": rows, "initial_tune_metrics": init_metrics, "search_confidence": confidence,
+            "budget": None if budget is None else budget.model_dump(),
             "supernet": str(w.supernet.root)}

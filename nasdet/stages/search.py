@@ -14,11 +14,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from ..config import ExperimentConfig, save_config
 from ..errors import ConfigError
 from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
+from ..search.confidence import confidence_of_search, split_size_warning
 from ..search.latency import latency_function
 from ..search.outputs import top_table, write_search_outputs
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
@@ -87,6 +89,10 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                                   threads=c.threads, lut_path=c.lut or out_dir / LATENCY_LUT)
     cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
     check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
+    small = split_size_warning(search_set, "the validation set" if s.score_on == "val" else "the search split") \
+        if objective == OBJECTIVE else None
+    if small:
+        console.print(Text("warning: " + small, style="yellow"), soft_wrap=True)
     if s.strategy == "gradient":
         return _run_gradient(cfg, wd, model, space, search_space, search_set, ctx.calib_set, device, budget, cost_fn,
                              measure, storage, console, ctx.checkpoint, ctx.state)
@@ -119,11 +125,16 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
     # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
     baseline = score_baseline(cfg, wd, search_set, device, measure) if objective == OBJECTIVE else None
-    summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline, objective)
+    confidence = confidence_of_search(cfg, model, space, records, search_set, ctx.calib_set, device) \
+        if objective == OBJECTIVE else None
+    summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline, objective,
+                                   confidence)
     summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
     console.print(top_table(records, cost_metric, s.top_k, f"search ({s.strategy}): top {s.top_k} of {len(records)} "
                             + (f"candidates on {len(search_set)} search images" if objective == OBJECTIVE
                                else f"candidates by the zero-cost proxy {objective}"), objective))
+    if confidence is not None:
+        console.print(Text(confidence["verdict"]), soft_wrap=True)
     if summary["best"] is None:
         console.print("[yellow]no scored candidate is under the budget: best_arch.json not written[/]")
     else:
@@ -171,12 +182,16 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
     extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
     baseline = score_baseline(cfg, wd, search_set, device, measure)
-    summary = write_search_outputs(records, space, out_dir, budget.metric, budget, extreme_costs, baseline)
+    confidence = confidence_of_search(cfg, model, space, records, search_set, calib_set, device)
+    summary = write_search_outputs(records, space, out_dir, budget.metric, budget, extreme_costs, baseline,
+                                   confidence=confidence)
     summary.update(study_name=study_name, strategy="gradient")
     if summary["best"] is not None:
         write_searched_arch(model, space, summary["best"]["arch"], out_dir)
     console.print(top_table(records, budget.metric, s.top_k, f"search (gradient): {len(records)} derived arch(s) on "
                                                              f"{len(search_set)} search images"))
+    if confidence is not None:
+        console.print(Text(confidence["verdict"]), soft_wrap=True)
     return summary
 
 

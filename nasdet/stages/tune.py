@@ -174,7 +174,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
             if cfg.eval.max_images:
                 val = val.subset(range(min(cfg.eval.max_images, len(val))))
             initial = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
-            write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source})
+            write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source,
+                                                "val": val.source, "val_images": len(val)})
             console.print(metrics_table(initial, f"tune: inherited weights before training ({len(val)} val images)"))
     if dist.is_main():
         if space is not None:
@@ -194,14 +195,16 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     if done is not None:
         return done
     metrics = trainer.run()
+    # what the report's controls are checked against: the same init, supernet and recipe as the found arch
     result = {"metrics": metrics, "step": trainer.step, "arch": arch, "arch_source": source, "init": init,
-              "checkpoint": str(out.checkpoint), "val": data["val"].source,
-              "val_images": len(data["val"])}
+              "supernet": str(supernet_checkpoint(cfg, wd.root)) if init == "supernet" else None,
+              "recipe": tcfg.train.model_dump(mode="json"), "checkpoint": str(out.checkpoint),
+              "val": data["val"].source, "val_images": trainer.val_images}
     if genotypes:
         result["genotype"] = arch[GENOTYPE_KEY]
     if dist.is_main():
         write_json(out.metrics, result)
-        console.print(metrics_table(metrics, f"tune: val mAP ({len(data['val'])} images)"))
+        console.print(metrics_table(metrics, f"tune: val mAP ({trainer.val_images} images)"))
     return result
 
 

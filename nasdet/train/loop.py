@@ -307,13 +307,16 @@ class Trainer:
     def describe_metrics(self, metrics: dict) -> str:
         return f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}"
 
+    @property
+    def val_images(self) -> int:
+        """How many val images ``evaluate`` scores (``eval.max_images`` caps them): what a record must state."""
+        n = len(self.val_set) if self.val_set is not None else 0
+        return min(n, self.settings.eval.max_images) if self.settings.eval.max_images else n
+
     def evaluate(self) -> dict[str, float] | None:
         if self.val_set is None:
             return None
-        val = self.val_set
-        e = self.settings.eval
-        if e.max_images:
-            val = val.subset(range(min(e.max_images, len(val))))
+        val, e = self.val_set.subset(range(self.val_images)), self.settings.eval
         return evaluate_detector(self.model, val, self.device, e.batch_size, self.settings.num_workers)
 
     def run(self) -> dict:

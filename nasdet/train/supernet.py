@@ -309,10 +309,7 @@ class SupernetTrainer(Trainer):
         the supernet's BN statistics are restored afterwards."""
         if self.val_set is None:
             return None
-        val = self.val_set
-        e = self.settings.eval
-        if e.max_images:
-            val = val.subset(range(min(e.max_images, len(val))))
+        val, e = self.val_set.subset(range(self.val_images)), self.settings.eval
         results = {}
         for name, arch in self.report_archs().items():
             with preserved_bn_state(self.model):

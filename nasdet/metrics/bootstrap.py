@@ -1,0 +1,137 @@
+"""How sure is a ranking of detectors by COCO AP on a few hundred images? A paired bootstrap over images.
+
+COCO AP is not a mean over images, so a resample cannot average per-image scores: each resample (the same
+multiset of images for every candidate: *paired*) re-runs COCOeval's accumulation on the per-image
+matches that ``COCOeval.evaluate`` computed once (pycocotools' ``evalImgs``). On the identity sample
+this gives pycocotools' own AP and AP50 to the last bit (tested), so the bootstrap measures the noise of
+exactly the number the search ranks by.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+
+
+class ImageMatches:
+    """One detector's per-image, per-category matches on one ground truth (COCOeval.evaluate, area "all",
+    100 detections per image), ready to be re-accumulated over any multiset of images."""
+
+    def __init__(self, gt: dict, detections: Sequence[dict]):
+        if not gt.get("annotations"):
+            raise DataError("ground truth has no annotations: mAP is undefined")
+        self.image_ids = sorted({int(im["id"]) for im in gt["images"]})
+        self.num_images = len(self.image_ids)
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO()
+            coco_gt.dataset = copy.deepcopy(gt)
+            coco_gt.createIndex()
+            params_source = COCOeval(coco_gt, iouType="bbox")
+            self.iou_thresholds = np.asarray(params_source.params.iouThrs)
+            self.recall_thresholds = np.asarray(params_source.params.recThrs)
+            self.max_dets = int(params_source.params.maxDets[-1])
+            cat_ids = list(params_source.params.catIds)
+            # per category: image index -> (scores, matched [T x D], ignored [T x D], non-ignored gt count)
+            self.per_category: list[dict[int, tuple]] = [{} for _ in cat_ids]
+            if detections:
+                coco_dt = coco_gt.loadRes(copy.deepcopy(list(detections)))
+                ev = COCOeval(coco_gt, coco_dt, "bbox")
+                ev.evaluate()
+                n_area, n_img = len(ev.params.areaRng), len(ev.params.imgIds)
+                assert list(ev.params.imgIds) == self.image_ids
+                for k in range(len(cat_ids)):
+                    for i in range(n_img):
+                        e = ev.evalImgs[k * n_area * n_img + i]  # area range 0 = "all"
+                        if e is None:
+                            continue
+                        self.per_category[k][i] = (
+                            np.asarray(e["dtScores"][:self.max_dets], dtype=np.float64),
+                            np.asarray(e["dtMatches"][:, :self.max_dets]) != 0,
+                            np.asarray(e["dtIgnore"][:, :self.max_dets]).astype(bool),
+                            int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)))
+            else:  # no detection at all (COCOeval refuses an empty result): every category with ground truth scores 0
+                t = len(self.iou_thresholds)
+                for k, c in enumerate(cat_ids):
+                    for i, img in enumerate(self.image_ids):
+                        anns = [a for a in coco_gt.imgToAnns[img] if a["category_id"] == c]
+                        if anns:
+                            n = sum(1 for a in anns if not a.get("iscrowd", 0) and not a.get("ignore", 0))
+                            self.per_category[k][i] = (np.zeros(0), np.zeros((t, 0), bool), np.zeros((t, 0), bool), n)
+
+    def metrics(self, sample: Sequence[int] | None = None) -> dict[str, float]:
+        """AP and AP50 on the multiset of image indices ``sample`` (positions in ``self.image_ids``; repeats
+        count again; None = every image once, which equals COCOeval's own figures)."""
+        sample = np.arange(self.num_images) if sample is None else np.sort(np.asarray(sample, dtype=np.int64))
+        t_count, r_count = len(self.iou_thresholds), len(self.recall_thresholds)
+        precisions = []  # [T x R] per category that has ground truth in the sample
+        for per_image in self.per_category:
+            parts = [per_image[i] for i in sample if i in per_image]
+            if not parts:
+                continue
+            npig = sum(p[3] for p in parts)
+            if npig == 0:
+                continue
+            scores = np.concatenate([p[0] for p in parts])
+            order = np.argsort(-scores, kind="mergesort")  # COCOeval's order, ties by position
+            matched = np.concatenate([p[1] for p in parts], axis=1)[:, order]
+            ignored = np.concatenate([p[2] for p in parts], axis=1)[:, order]
+            tp = np.cumsum(matched & ~ignored, axis=1, dtype=np.float64)
+            fp = np.cumsum(~matched & ~ignored, axis=1, dtype=np.float64)
+            q = np.zeros((t_count, r_count))
+            for t in range(t_count):
+                rc = tp[t] / npig
+                pr = tp[t] / (fp[t] + tp[t] + np.spacing(1))
+                pr = np.maximum.accumulate(pr[::-1])[::-1]  # the precision envelope
+                idx = np.searchsorted(rc, self.recall_thresholds, side="left")
+                ok = idx < len(pr)  # recall levels never reached keep precision 0, as in COCOeval
+                q[t, ok] = pr[idx[ok]]
+            precisions.append(q)
+        if not precisions:
+            return {"AP": -1.0, "AP50": -1.0}
+        p = np.stack(precisions)  # [K x T x R]
+        iou50 = int(np.argmin(np.abs(self.iou_thresholds - 0.5)))
+        return {"AP": float(p.mean()), "AP50": float(p[:, iou50].mean())}
+
+
+def bootstrap_samples(num_images: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """``resamples`` x ``num_images`` image indices drawn with replacement (seeded: reproducible)."""
+    return np.random.default_rng(seed).integers(0, num_images, size=(resamples, num_images))
+
+
+def paired_bootstrap(matches: Mapping[str, ImageMatches], samples: np.ndarray | Sequence[Sequence[int]],
+                     metric: str = "AP", level: float = 0.9) -> dict:
+    """Each candidate's ``metric`` on every resample of ``samples`` (the same images for all: paired), its
+    ``level`` percentile interval, and for the best candidate on the full set (the winner) the probability
+    that it beats each other one (ties count one half).
+
+    Returns ``{"winner", "metric", "level", "resamples", "candidates": {name: {"point", "low", "high",
+    "p_winner_beats"}}}``; ``p_winner_beats`` is None for the winner itself.
+    """
+    if not matches:
+        raise ValueError("paired_bootstrap needs at least one candidate")
+    sizes = {m.num_images for m in matches.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"candidates were evaluated on different image sets (sizes {sorted(sizes)})")
+    names = list(matches)
+    point = {n: matches[n].metrics()[metric] for n in names}
+    values = {n: np.array([matches[n].metrics(s)[metric] for s in samples]) for n in names}
+    winner = max(names, key=lambda n: (point[n], -names.index(n)))
+    alpha = (1 - level) / 2
+    out = {}
+    for n in names:
+        v = values[n]
+        beats = None
+        if n != winner:
+            w = values[winner]
+            beats = float(np.mean((w > v) + 0.5 * (w == v)))
+        out[n] = {"point": point[n], "low": float(np.quantile(v, alpha)), "high": float(np.quantile(v, 1 - alpha)),
+                  "p_winner_beats": beats}
+    return {"winner": winner, "metric": metric, "level": level, "resamples": len(samples), "candidates": out}

@@ -1,0 +1,80 @@
+"""The report's controls (report.controls): the baseline's own arch and a random arch of the found arch's
+cost, taken from the same supernet and tuned exactly like the found arch."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+QUIET = Console(quiet=True)
+
+
+def test_controls_are_tuned_like_the_found_arch_and_reported(shapes_dir, tmp_path):
+    from conftest import tiny_raw
+
+    from nasdet.config import validate_config
+    from nasdet.models.supernet import build_supernet
+    from nasdet.pipeline import run_pipeline
+    from nasdet.search.budget import CostModel
+    from nasdet.workdir import WorkDir
+
+    wd = tmp_path / "work"
+    raw = tiny_raw(shapes_dir, wd)
+    raw["model"].update({"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}})
+    raw["train"].update(max_steps=2, epochs=1)
+    raw["data"]["check_files"] = False
+    raw["supernet"] = {"input_sizes": [64, 96], "recalib_batches": 1, "report_archs": ["smallest"]}
+    raw["search"] = {"strategy": "random", "num_candidates": 4, "recalib_batches": 1, "batch_size": 4, "max_images": 2,
+                     "confidence_top": 2, "confidence_resamples": 20, "budget": {"metric": "macs", "max": 12e6}}
+    raw["tune"] = {"recalib_batches": 1, "eval_initial": False}
+    raw["eval"] = {"batch_size": 8, "max_images": 2}
+    raw["pipeline"] = {"export": False}
+    raw["report"] = {"controls": True, "controls_seeds": 2, "controls_tolerance": 0.05, "controls_draws": 300}
+    cfg = validate_config(raw, "controls")
+    report = run_pipeline(cfg, console=QUIET)
+
+    w = WorkDir(wd)
+    assert [r["model"] for r in report["rows"]] == [
+        "baseline (ofa_mbv3)", "found arch (supernet + tune)", "baseline arch (supernet + tune)",
+        "random arch 0 (supernet + tune)", "random arch 1 (supernet + tune)"]
+    found = json.loads((w.tune / "metrics.json").read_text())
+    plan = json.loads(w.controls_plan.read_text())
+    model, space = build_supernet(cfg, 8)
+    cost = CostModel(model, space)
+    found_macs = cost(found["arch"])["macs"]
+    for c in plan["controls"]:
+        record = json.loads((w.control(c["name"]) / "metrics.json").read_text())
+        # same init, supernet and recipe as the found arch: only the arch differs
+        for key in ("init", "supernet", "recipe", "val", "val_images"):
+            assert record[key] == found[key], (c["name"], key)
+        assert record["init"] == "supernet" and record["arch"] == c["arch"]
+        if c["name"] == "baseline_arch":
+            assert c["arch"] == space.default()
+        else:
+            macs = cost(c["arch"])["macs"]
+            assert macs <= 12e6 and macs == c["costs"]["macs"]
+            assert abs(macs / found_macs - 1) <= 0.05 or c["draws"] == 300
+    assert plan["controls"][1]["arch"] != plan["controls"][2]["arch"]  # two seeds, two archs
+    md = w.report_md.read_text()
+    assert "Architecture, all trained exactly alike: the found arch has AP" in md and "Training:" in md
+    assert "| random arch 1 (supernet + tune) | val (2 images) |" in md
+
+    # a rerun tunes nothing again
+    ckpt = w.control("random_0").checkpoint
+    before = ckpt.stat().st_mtime_ns
+    run_pipeline(cfg, console=QUIET)
+    assert ckpt.stat().st_mtime_ns == before
+
+
+def test_controls_text_names_architecture_and_training():
+    from nasdet.stages.report import _controls_text
+
+    found = {"AP": 0.30, "split": "val (10 images)"}
+    controls = [{"control": "baseline_arch", "AP": 0.25}, {"control": "random_0", "AP": 0.20},
+                {"control": "random_1", "AP": 0.24}]
+    text = _controls_text({"AP": 0.22}, found, controls)
+    assert "AP +0.0800 over a random arch of the same cost (their AP spans 0.2000-0.2400 over 2 random archs)" in text
+    assert "AP +0.0500 over the baseline's own arch" in text
+    assert "Training: the baseline's arch taken from the supernet and tuned has AP +0.0300" in text
+    assert text.endswith("All on val (10 images).")
