@@ -243,25 +243,28 @@ def _launch_workers(command: str, config: Path, work_dir: Optional[Path], overri
     import torch
 
     gpus = torch.cuda.device_count()
-    procs = []
-    for i in range(workers):
-        cmd = [sys.executable, "-m", "nasdet.cli", command, str(config), "--worker", str(i), *extra]
-        if work_dir:
-            cmd += ["--work-dir", str(work_dir)]
-        for item in overrides:
-            cmd += ["--set", item]
-        env = dict(os.environ, **{LOCAL_PROCESSES_ENV: str(workers)})  # each caps its threads at cores // workers
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if i else None))
-    console.print(f"started {workers} {command} workers" + (f" on {min(workers, gpus)} GPU(s)" if gpus else " on CPU"))
-    failed = _wait_for_workers(procs)
+    procs: list = []
+
+    def spawn():
+        for i in range(workers):
+            cmd = [sys.executable, "-m", "nasdet.cli", command, str(config), "--worker", str(i), *extra]
+            if work_dir:
+                cmd += ["--work-dir", str(work_dir)]
+            for item in overrides:
+                cmd += ["--set", item]
+            env = dict(os.environ, **{LOCAL_PROCESSES_ENV: str(workers)})  # each caps its threads at cores // workers
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if i else None))
+        console.print(f"started {workers} {command} workers" + (f" on {min(workers, gpus)} GPU(s)" if gpus else " on CPU"))
+
+    failed = _wait_for_workers(procs, spawn)
     if failed:
         print_error(f"{command} worker(s) {failed} failed; rerun the same command to continue")
         raise typer.Exit(1)
 
 
-def _wait_for_workers(procs: list) -> list[int]:
+def _wait_for_workers(procs: list, spawn=None) -> list[int]:
     """Wait for the worker processes; the indices of those that failed. Stopping the launcher (Ctrl-C, or
     SIGTERM from a job scheduler) stops its workers too, instead of leaving them running unseen; each
     keeps what it finished (trials in the study, diagnose records) and a rerun continues."""
@@ -273,6 +276,8 @@ def _wait_for_workers(procs: list) -> list[int]:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
+        if spawn is not None:  # started under the handler: a SIGTERM while they start orphans none of them
+            spawn()
         return [i for i, p in enumerate(procs) if p.wait() != 0]
     except BaseException:
         for p in procs:

@@ -294,7 +294,7 @@ def test_make_synthetic_yolo_then_pipeline_on_yolo_data(shapes_dir, tmp_path):
                                                                     out / "val" / "images").classes
     res = runner.invoke(app, ["data", "make-synthetic", str(out), "--train", "12", "--val", "4", "--size", "64",
                               "--format", "yolov5"])
-    assert res.exit_code == 2 and "--format must be coco or yolo" in res.output
+    assert res.exit_code == 2 and "--format must be coco, yolo or imagefolder" in res.output
 
     raw = _pipeline_raw(shapes_dir, tmp_path / "work")
     raw["data"] = {**raw["data"], "format": "yolo", "data_yaml": str(out / "data.yaml"), "train": {}, "val": {}}

@@ -54,7 +54,7 @@ def test_controls_are_tuned_like_the_found_arch_and_reported(shapes_dir, tmp_pat
         else:
             macs = cost(c["arch"])["macs"]
             assert macs <= 12e6 and macs == c["costs"]["macs"]
-            assert abs(macs / found_macs - 1) <= 0.05 or c["draws"] == 300
+            assert abs(macs / found_macs - 1) <= 0.05 or c["tried"] == 300  # else the nearest of all 300 draws
     assert plan["controls"][1]["arch"] != plan["controls"][2]["arch"]  # two seeds, two archs
     md = w.report_md.read_text()
     assert "Architecture, all trained exactly alike: the found arch has AP" in md and "Training:" in md

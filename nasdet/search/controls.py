@@ -29,7 +29,7 @@ def random_control(space: SearchSpace, cost_fn: Callable[[Mapping[str, Any]], Ma
                    target: float, metric: str, budget: Budget | None, tolerance: float, draws: int,
                    seed: int) -> dict:
     """A uniform draw of ``space`` whose ``metric`` is within ``tolerance`` (relative) of ``target`` and that
-    fits ``budget``; after ``draws`` misses, the nearest fitting draw. Returns ``{arch, costs, draws, gap}``."""
+    fits ``budget``; after ``draws`` misses, the nearest fitting draw. Returns ``{arch, costs, draws, gap, tried}`` (``draws``: the draw that gave it)."""
     rng = random.Random(f"control-{seed}")
     nearest = None
     for n in range(1, draws + 1):
@@ -42,6 +42,7 @@ def random_control(space: SearchSpace, cost_fn: Callable[[Mapping[str, Any]], Ma
             nearest = {"arch": arch, "costs": dict(costs), "draws": n, "gap": gap}
         if abs(gap) <= tolerance:
             break
+    nearest["tried"] = n  # draws costed in all (== draws: none was within the tolerance)
     if nearest is None:
         raise ConfigError(f"none of report.controls_draws={draws} uniform draws of the space fits the budget "
                           f"{budget.metric} <= {budget.max:g}: raise report.controls_draws")
