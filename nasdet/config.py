@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ArchError, ConfigError
 from .models.config import BackboneConfig, BaseModelConfig, HeadConfig, Strict
 from .models.families import BY_DETECTOR, DETECTORS, FAMILIES
 
@@ -669,3 +669,18 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     from .files import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def read_arch_file(path: Path, key: str) -> Any:
+    """The content of the arch file ``path`` given as ``key`` (e.g. ``tune.arch``), JSON or YAML (a superset of
+    JSON: a truncated JSON file is reported from the YAML parser); unreadable is one ``ArchError`` line."""
+    import json
+
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArchError(f"{key} file {path} cannot be read: {e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return load_yaml(text, f"{key} file {path}")

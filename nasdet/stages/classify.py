@@ -14,7 +14,6 @@ supernet's for ``nasdet pretrain``, a subnet's for ``nasdet tune`` with ``tune.i
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..config import ExperimentConfig, config_to_dict, load_yaml, save_config
+from ..config import ExperimentConfig, config_to_dict, read_arch_file, save_config
 from ..data.imagefolder import (classification_eval_transforms, classification_train_transforms,
                                 open_classification_splits)
 from ..errors import ConfigError
@@ -44,14 +43,7 @@ def _arch_mapping(given: Any, cfg: ExperimentConfig) -> tuple[dict, str]:
         return dict(given), "inline"
     path = Path(given)
     if path.is_file():
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ArchError(f"classify.arch file {path} cannot be read: {e}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = load_yaml(text, f"classify.arch file {path}")
+        data = read_arch_file(path, "classify.arch")
         if isinstance(data, dict) and isinstance(data.get("arch"), dict):
             data = data["arch"]
         if not isinstance(data, dict):

@@ -12,7 +12,6 @@ checkpoint alone), ``initial_metrics.json``, ``metrics.json``, ``log.jsonl``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ExperimentConfig, load_yaml, save_config
+from ..config import ExperimentConfig, read_arch_file, save_config
 from ..data.build import build_datasets
 from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
@@ -76,14 +75,7 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
         return space.validate(_complete(given, cfg)), "tune.arch (inline)"
     path = Path(given)
     if path.is_file():
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ArchError(f"tune.arch file {path} cannot be read: {e}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:  # YAML is a superset of JSON: a truncated JSON file is reported from here
-            data = load_yaml(text, f"tune.arch file {path}")
+        data = read_arch_file(path, "tune.arch")
         if isinstance(data, dict) and "space_id" in data:
             return load_arch(path, space), str(path)  # written by nasdet: the space must match
         if isinstance(data, dict) and isinstance(data.get("arch"), dict):
