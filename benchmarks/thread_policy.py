@@ -4,9 +4,9 @@
 
 Each measurement is a fresh process (OpenMP reads OMP_WAIT_POLICY once, when it loads) that trains an
 SSDLite / MobileNetV3-Small x0.5 at 128 px, batch 8 (random images and boxes) for ``--steps`` steps on
-``--threads`` torch threads and reports its median step time. "loaded" runs start a competing process
-first (a busy loop on one core, as another job on a shared machine) and stop it afterwards. Prints,
-per policy and load, the median over repeats of the per-process median step and the min-max spread.
+``--threads`` torch threads and reports its median step time. Loaded runs start ``--loads`` competing
+processes first (busy loops, one core each, as other jobs on a shared machine) and stop them afterwards.
+Prints, per policy and load, the median over repeats of the per-process median step and the min-max.
 `nasdet` itself sets PASSIVE at start-up unless OMP_WAIT_POLICY is set (nasdet/threads.py).
 """
 from __future__ import annotations
@@ -50,18 +50,26 @@ def child(threads: int, steps: int, warmup: int) -> None:
 BUSY_LOOP = "import time\nend = time.time() + 600\nwhile time.time() < end:\n    pass\n"
 
 
-def measure(policy: str, loaded: bool, threads: int, steps: int, warmup: int) -> dict:
-    env = dict(os.environ, OMP_WAIT_POLICY=policy, PYTHONPATH=os.pathsep.join(filter(None, [
+def policy_env(policy: str) -> dict[str, str]:
+    """``unset`` (OpenMP's own default), ``PASSIVE``, ``ACTIVE`` or ``ACTIVE:<GOMP_SPINCOUNT>``."""
+    if policy == "unset":
+        return {}
+    name, _, spin = policy.partition(":")
+    return {"OMP_WAIT_POLICY": name, **({"GOMP_SPINCOUNT": spin} if spin else {})}
+
+
+def measure(policy: str, load: int, threads: int, steps: int, warmup: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
+    env.update(policy_env(policy), PYTHONPATH=os.pathsep.join(filter(None, [
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")])))
-    env.pop("OMP_NUM_THREADS", None)  # the child sets its thread count itself
-    load = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if loaded else None
+    loads = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(load)]
     try:
         out = subprocess.run([sys.executable, __file__, "--child", "--threads", str(threads), "--steps", str(steps),
                               "--warmup", str(warmup)], env=env, capture_output=True, text=True, check=True)
     finally:
-        if load is not None:
-            load.kill()
-            load.wait()
+        for p in loads:
+            p.kill()
+            p.wait()
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -71,6 +79,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--policies", default="ACTIVE,PASSIVE",
+                    help="comma-separated: unset, PASSIVE, ACTIVE or ACTIVE:<GOMP_SPINCOUNT>")
+    ap.add_argument("--loads", default="0,1", help="comma-separated numbers of competing busy-loop processes")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -78,21 +89,18 @@ def main() -> None:
         return
     print(f"cores {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f} at start, "
           f"{args.threads} torch threads, {args.steps} steps per process, {args.repeats} repeats")
-    results: dict[tuple[str, bool], list[float]] = {}
+    policies, loads = args.policies.split(","), [int(x) for x in args.loads.split(",")]
+    results: dict[tuple[str, int], list[float]] = {}
     for r in range(args.repeats):  # interleaved, so a change in the machine's load hits every variant
-        for loaded in (False, True):
-            for policy in ("ACTIVE", "PASSIVE"):
-                m = measure(policy, loaded, args.threads, args.steps, args.warmup)
-                results.setdefault((policy, loaded), []).append(m["median_s"] * 1000)
+        for load in loads:
+            for policy in policies:
+                m = measure(policy, load, args.threads, args.steps, args.warmup)
+                results.setdefault((policy, load), []).append(m["median_s"] * 1000)
     print(f"load average {os.getloadavg()[0]:.2f} at end")
-    print("| policy | competing process | step ms, median of repeats | min-max | repeats |")
+    print("| policy | competing busy loops | step ms, median of repeats | min-max | repeats |")
     print("|---|---|---|---|---|")
-    for (policy, loaded), ms in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        print(f"| {policy} | {'busy loop on 1 core' if loaded else 'none'} | {statistics.median(ms):.0f} | "
-              f"{min(ms):.0f}-{max(ms):.0f} | {len(ms)} |")
-    for loaded in (False, True):
-        a, p = statistics.median(results[("ACTIVE", loaded)]), statistics.median(results[("PASSIVE", loaded)])
-        print(f"ACTIVE / PASSIVE, {'loaded' if loaded else 'alone'}: {a / p:.2f}")
+    for (policy, load), ms in sorted(results.items(), key=lambda kv: (kv[0][1], policies.index(kv[0][0]))):
+        print(f"| {policy} | {load} | {statistics.median(ms):.0f} | {min(ms):.0f}-{max(ms):.0f} | {len(ms)} |")
 
 
 if __name__ == "__main__":
