@@ -1,26 +1,23 @@
 """``nasdet`` command line. Every experiment command takes ``CONFIG [--work-dir D] [--set key=value ...]``."""
 from __future__ import annotations
 
-from .threads import LOCAL_PROCESSES_ENV, passive_wait_policy
+import errno
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
 
-passive_wait_policy()  # before anything loads torch's OpenMP (see nasdet/threads.py)
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-import errno  # noqa: E402
-import functools  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import List, Optional  # noqa: E402
-
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.markup import escape  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn  # noqa: E402
-from rich.text import Text  # noqa: E402
-
-from .config import load_config  # noqa: E402
-from .errors import ConfigError, NasdetError  # noqa: E402
-from .progress import progress_bar  # noqa: E402
+from .config import load_config
+from .errors import ConfigError, NasdetError
+from .progress import progress_bar
+from .threads import LOCAL_PROCESSES_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Neural architecture search for object detectors.")

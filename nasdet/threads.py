@@ -1,27 +1,37 @@
-"""CPU thread policy: OpenMP threads that sleep when idle, and thread counts that fit the cores.
+"""CPU thread policy: OpenMP's own wait policy, and torch thread counts that follow the free cores.
 
-libgomp (torch's OpenMP on Linux) lets idle threads spin for a while before sleeping. On a machine
-whose cores are shared (other processes, DataLoader workers, search workers, torchrun ranks) the
-spinning threads take the cores the working ones need: a training step on 2 threads of a loaded
-2-core machine was 10-20x slower (benchmarks/thread_policy.py). OpenMP reads ``OMP_WAIT_POLICY``
-once, when the library loads, so ``passive_wait_policy`` must run before torch is imported.
+libgomp (torch's OpenMP on Linux) lets a thread that waits at a barrier spin for a while (GOMP_SPINCOUNT,
+300000 by default) before it sleeps. On an idle machine that is what makes a training step fast: with
+``OMP_WAIT_POLICY=PASSIVE`` (no spinning) the demo's training ran at 0.6 of its speed (benchmarks/README.md,
+"Thread policy"). On a machine whose cores are taken by other processes a spinning thread holds a core
+that its sibling in the same step needs, and a step on 2 threads of a loaded 2-core machine was 10-20x
+slower. One fixed wait policy serves only one of the two cases, and a machine's load changes while a run
+goes on. So nasdet keeps OpenMP's default (or whatever the user set: ``OMP_WAIT_POLICY`` and
+``GOMP_SPINCOUNT`` are read once, when OpenMP loads) and instead changes the number of torch threads as
+the load changes: ``ThreadGovernor`` measures the CPU time that other processes take of this process's
+cores and gives torch only the cores they leave free. One thread has no sibling to wait for, so nothing
+spins in vain when the cores are taken; the full count comes back when they are free again.
+``NASDET_ADAPTIVE_THREADS=0`` keeps the count fixed.
 """
 from __future__ import annotations
 
+import math
 import os
+import time
 
 # set by `nasdet search --workers N` (and read like torchrun's LOCAL_WORLD_SIZE): processes sharing this host
 LOCAL_PROCESSES_ENV = "NASDET_LOCAL_PROCESSES"
+ADAPTIVE_ENV = "NASDET_ADAPTIVE_THREADS"
 
 
-def passive_wait_policy(environ: dict | None = None) -> bool:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy; True if it was set here.
-    Must run before torch (and so OpenMP) is loaded to have any effect."""
+def wait_policy(environ: dict | None = None) -> str:
+    """The OpenMP wait policy this process runs with, in words for the log."""
     env = os.environ if environ is None else environ
-    if env.get("OMP_WAIT_POLICY"):
-        return False
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
+    policy, spin = env.get("OMP_WAIT_POLICY", ""), env.get("GOMP_SPINCOUNT", "")
+    if not policy and not spin:
+        return "OpenMP default wait policy (spin, then sleep)"
+    return "wait policy set by the user: " + ", ".join(
+        f"{k}={v}" for k, v in (("OMP_WAIT_POLICY", policy), ("GOMP_SPINCOUNT", spin)) if v)
 
 
 def available_cores() -> int:
@@ -51,10 +61,89 @@ def thread_count(requested: int | None, processes: int | None = None, cores: int
 
 
 def set_torch_threads(requested: int | None, processes: int | None = None) -> int:
-    """Apply ``thread_count`` to torch (intra-op threads); returns the count."""
+    """Apply ``thread_count`` to torch (intra-op threads) and make it the most that ``govern`` gives;
+    returns the count."""
     import torch
 
+    global _governor
     n = thread_count(requested, processes)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    if _governor is None or _governor.max_threads != n:
+        _governor = ThreadGovernor(n)
     return n
+
+
+def threads_for_load(max_threads: int, cores: int, others: float) -> int:
+    """Torch threads when other processes keep ``others`` of this process's ``cores`` busy: the free cores,
+    rounded (a process that takes half a core leaves room for a thread), at least 1, at most ``max_threads``."""
+    return max(1, min(max_threads, math.floor(cores - others + 0.5)))
+
+
+def busy_seconds(cpus: set[int], stat_text: str, ticks_per_s: float) -> float:
+    """CPU seconds spent busy (not idle or waiting for I/O) so far on ``cpus``, from /proc/stat's text.
+    Niced processes count: beside spinning threads even nice-10 ones slowed a 2-thread step 5x."""
+    total = 0
+    for line in stat_text.splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        if int(name[3:]) in cpus:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+            total += user + system + irq + softirq + steal + nice  # guest time is in user
+    return total / ticks_per_s
+
+
+class ThreadGovernor:
+    """Sets torch's threads to the cores that other processes leave free, measured over ``window`` s.
+
+    ``poll()`` is cheap (a clock read) and loops call it once per step or batch; every ``window`` seconds it
+    reads /proc/stat (this process's cores) and this process's own CPU time, and the difference is what the
+    other processes took. Linux only; elsewhere, and with ``NASDET_ADAPTIVE_THREADS=0``, the count stays fixed.
+    """
+
+    def __init__(self, max_threads: int, window: float = 2.0):
+        self.max_threads, self.window = max_threads, window
+        self.cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+        self.enabled = (os.environ.get(ADAPTIVE_ENV, "1") != "0" and max_threads > 1 and os.path.isfile("/proc/stat")
+                        and bool(self.cpus))
+        self.ticks_per_s = float(os.sysconf("SC_CLK_TCK")) if self.enabled else 100.0
+        self.changes = 0
+        self._mark: tuple[float, float, float] | None = None
+
+    def _sample(self) -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            text = f.read()
+        return time.monotonic(), busy_seconds(self.cpus, text, self.ticks_per_s), time.process_time()
+
+    def poll(self) -> int | None:
+        """Adjust torch's threads if a window has passed; returns the new count when it changed."""
+        if not self.enabled:
+            return None
+        if self._mark is None:
+            self._mark = self._sample()
+            return None
+        if time.monotonic() - self._mark[0] < self.window:
+            return None
+        now = self._sample()
+        wall, busy, own = (b - a for a, b in zip(self._mark, now))
+        self._mark = now
+        others = max(0.0, busy - own) / max(wall, 1e-6)
+        return self._apply(threads_for_load(self.max_threads, len(self.cpus), others))
+
+    def _apply(self, n: int) -> int | None:
+        import torch
+
+        if torch.get_num_threads() == n:
+            return None
+        torch.set_num_threads(n)
+        self.changes += 1
+        return n
+
+
+_governor: ThreadGovernor | None = None
+
+
+def govern() -> int | None:
+    """Let the process's governor (made by ``set_torch_threads``) adjust torch's threads; loops call this."""
+    return _governor.poll() if _governor is not None else None

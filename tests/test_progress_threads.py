@@ -1,4 +1,4 @@
-"""Issue 16: plain progress lines in log files; OpenMP's passive wait policy and thread counts that fit the cores.
+"""Issue 16: plain progress lines in log files; thread counts that fit the cores (issue 27: and follow their load).
 (The pipeline's log file lines: tests/test_tune_export_pipeline.py::test_pipeline_runs_every_stage_...)"""
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from rich.console import Console
 from rich.progress import Progress
 
 from nasdet.progress import PlainProgress, progress_bar
-from nasdet.threads import LOCAL_PROCESSES_ENV, set_torch_threads, thread_count
+from nasdet.threads import (ADAPTIVE_ENV, LOCAL_PROCESSES_ENV, ThreadGovernor, busy_seconds, set_torch_threads,
+                            thread_count, threads_for_load)
 
 ROOT = Path(__file__).parent.parent
 
@@ -45,31 +47,84 @@ def test_progress_is_a_live_bar_on_a_terminal_and_plain_lines_in_a_file():
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
 
 
-def test_cli_sets_a_passive_openmp_wait_policy_before_torch_loads_unless_the_user_chose_one():
-    # the policy as it stands when torch (and with it OpenMP) is first imported: only then does it take effect
+def test_cli_keeps_openmps_wait_policy_as_the_user_has_it():
+    # issue 27: PASSIVE cost 40 % of an idle machine's speed; the load is handled by the thread count instead.
+    # The policy as it stands when torch (and with it OpenMP) is first imported: only then does it take effect.
     probe = ("import os, sys\n"
              "seen = []\n"
              "class Spy:\n"
              "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name == 'torch' and not seen: seen.append(os.environ.get('OMP_WAIT_POLICY'))\n"
+             "        if name == 'torch' and not seen: seen.append(os.environ.get('OMP_WAIT_POLICY', '-'))\n"
              "sys.meta_path.insert(0, Spy())\n"
              "import nasdet.cli\n"
              "import torch\n"
-             "print(seen[0], os.environ.get('OMP_WAIT_POLICY'))\n")
+             "from nasdet.threads import wait_policy\n"
+             "print(seen[0], os.environ.get('OMP_WAIT_POLICY', '-'), wait_policy(), sep='|')\n")
     out = subprocess.run([sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["PASSIVE", "PASSIVE"]
-    out = subprocess.run([sys.executable, "-c", probe], env=_env(OMP_WAIT_POLICY="ACTIVE"), capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.split() == ["ACTIVE", "ACTIVE"]
+    assert out.stdout.strip().split("|") == ["-", "-", "OpenMP default wait policy (spin, then sleep)"]
+    out = subprocess.run([sys.executable, "-c", probe], env=_env(OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="1000"),
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().split("|") == [
+        "PASSIVE", "PASSIVE", "wait policy set by the user: OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=1000"]
     # `python -m nasdet` goes through the same module
     main = (ROOT / "nasdet" / "__main__.py").read_text()
     assert "from .cli import main" in main
+
+
+def test_thread_count_follows_the_cores_other_processes_leave_free():
+    assert threads_for_load(2, cores=2, others=0.0) == 2  # idle: all
+    assert threads_for_load(2, cores=2, others=0.4) == 2  # a process at 0.4 core leaves room
+    assert threads_for_load(2, cores=2, others=0.67) == 1  # a busy loop beside 2 spinning threads gets 2/3 core
+    assert threads_for_load(2, cores=2, others=1.0) == 1
+    assert threads_for_load(2, cores=2, others=5.0) == 1  # never none
+    assert threads_for_load(8, cores=16, others=4.0) == 8  # at most what thread_count allowed
+    assert threads_for_load(8, cores=16, others=10.2) == 6
+
+
+def test_busy_seconds_reads_only_this_processs_cores_from_proc_stat():
+    stat = ("cpu  300 10 60 900 5 1 2 3 0 0\n"
+            "cpu0 100 0 20 300 5 0 1 1 0 0\n"
+            "cpu1 100 10 20 300 0 1 0 1 0 0\n"
+            "cpu2 100 0 20 300 0 0 1 1 0 0\n"
+            "intr 12345 0 0\nctxt 99\nprocs_running 3\n")
+    # cpu0: user 100 + system 20 + softirq 1 + steal 1; cpu1: 100 + nice 10 + 20 + irq 1 + steal 1 (idle, iowait out)
+    assert busy_seconds({0, 1}, stat, ticks_per_s=100.0) == (122 + 132) / 100
+    assert busy_seconds({2}, stat, ticks_per_s=100.0) == 1.22
+
+
+def test_governor_lowers_torch_threads_under_load_and_restores_them(monkeypatch):
+    monkeypatch.delenv(ADAPTIVE_ENV, raising=False)
+    before = torch.get_num_threads()
+    gov = ThreadGovernor(max_threads=2, window=1.0)
+    if not gov.enabled:
+        pytest.skip("no /proc/stat or CPU affinity here: the governor keeps the count fixed")
+    gov.cpus = {0, 1}
+    # (wall s, busy s of the two cores, this process's CPU s): scripted windows
+    samples = iter([(0.0, 0.0, 0.0),  # the first mark; then a poll too soon decides nothing
+                    (2.0, 4.0, 2.7),  # 2 s, cores busy 4 s, 2.7 of them ours: others 0.65 of a core -> 1 thread
+                    (4.0, 8.0, 4.7),  # others 1.0 -> still 1
+                    (6.0, 10.0, 6.7)])  # others 0 -> 2 again
+    monkeypatch.setattr(gov, "_sample", lambda: next(samples))
+    monkeypatch.setattr("nasdet.threads.time.monotonic", lambda: gov._mark[0] + 0.5 if gov._mark else 0.0)
+    try:
+        torch.set_num_threads(2)
+        assert gov.poll() is None and gov.poll() is None
+        monkeypatch.setattr("nasdet.threads.time.monotonic", lambda: 1e9)
+        assert gov.poll() == 1 and torch.get_num_threads() == 1
+        assert gov.poll() is None and torch.get_num_threads() == 1
+        assert gov.poll() == 2 and torch.get_num_threads() == 2
+        assert gov.changes == 2
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setenv(ADAPTIVE_ENV, "0")
+    assert not ThreadGovernor(max_threads=2).enabled  # the user's fixed count
+    assert not ThreadGovernor(max_threads=1).enabled  # one thread has nothing to lower
 
 
 def test_thread_counts_never_oversubscribe_the_cores(monkeypatch):

@@ -39,7 +39,7 @@ from ..models.families import DETECTORS, family_named
 from ..models.heads.fad import ALPHA_COLUMNS, FADTowers, format_genotype, write_genotypes
 from ..files import append_jsonl, write_text_atomic
 from ..progress import progress_bar
-from ..threads import set_torch_threads
+from ..threads import govern, set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from ..train.loop import EpochSampler, RunSettings, TrainingDiverged, resolve_device
 from ..train.optim import build_scheduler, param_groups
@@ -345,6 +345,7 @@ class DartsSearch:
                     sampler.set_epoch(self.epoch, start)
                 for wb, ab in zip(self._loader(self.weight_set, self.samplers[0]),
                                   self._loader(self.arch_set, self.samplers[1])):
+                    govern()
                     stats = self.bilevel.step(wb, ab)
                     self.scheduler.step()
                     self.step += 1

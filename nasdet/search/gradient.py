@@ -54,6 +54,7 @@ from ..workdir import GRADIENT_LOG, GRADIENT_STATE, SEARCHED_ARCH
 from ..models.supernet import INPUT_SIZE, set_detector_arch
 from ..space import SearchSpace
 from ..space.space import _BLOCK_NAME
+from ..threads import govern
 from .budget import COST_UNITS, Budget
 from .strategies import OBJECTIVE
 
@@ -342,6 +343,7 @@ class GradientSearch:
         stop = False
         while epoch < gc.epochs and not stop:
             for images, targets in self.loss_batches(epoch):
+                govern()
                 archs = [{**logits.sample(gen), INPUT_SIZE: s} for _ in range(gc.samples)]
                 losses = [self._loss(a, images, targets) for a in archs]
                 opt.zero_grad(set_to_none=True)

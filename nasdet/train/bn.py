@@ -16,6 +16,7 @@ from ..data.dataset import DetectionDataset, collate_detection
 from ..data.transforms import to_model_input
 from ..errors import ConfigError, DataError
 from ..space.elastic import ElasticBatchNorm2d
+from ..threads import govern
 
 _BN = nn.modules.batchnorm._BatchNorm
 ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel"  # torch's BatchNorm / GroupNorm refusal
@@ -88,6 +89,7 @@ def recalibrate_bn(model: nn.Module, dataset: DetectionDataset, device: torch.de
     try:
         with one_value_per_channel_as(one_image):
             for images, _ in loader:
+                govern()
                 model(to_model_input(images, device))
                 seen += len(images)
     finally:

@@ -7,6 +7,7 @@ from torch import nn
 from ..data.dataset import DetectionDataset, collate_detection, to_coco_gt
 from ..data.transforms import to_model_input
 from ..metrics import coco_evaluate
+from ..threads import govern
 from . import dist
 
 
@@ -23,6 +24,7 @@ def predict(model: nn.Module, dataset: DetectionDataset, device: torch.device, b
     results: list[dict] = []
     try:
         for images, targets in loader:
+            govern()
             outputs = model(to_model_input(images, device))
             for out, tgt in zip(outputs, targets):
                 boxes = out["boxes"].float().cpu()

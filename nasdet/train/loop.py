@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import EvalConfig, ExperimentConfig, TrainConfig, config_to_dict
 from ..data.dataset import DetectionDataset, collate_detection
-from ..threads import set_torch_threads
+from ..threads import govern, set_torch_threads, wait_policy
 from ..data.transforms import targets_to, to_model_input
 from ..files import append_jsonl
 from ..progress import progress_bar
@@ -109,7 +109,7 @@ class Trainer:
         self.console = console or Console()
         self.space_id = space_id
         self.device, self.rank, self.world = dist.init_distributed(self.tcfg.device)
-        set_torch_threads(self.tcfg.threads)
+        self.threads = set_torch_threads(self.tcfg.threads)
         self.train_set, self.val_set = train_set, val_set
         if len(train_set) == 0:
             raise DataError(f"training set {train_set.source} has no images")
@@ -339,6 +339,9 @@ class Trainer:
                 f"steps/epoch x {self.tcfg.epochs} epochs, batch {self.tcfg.batch_size} x {self.world} process(es) on "
                 f"{self.device}, {what}"
             )
+            if self.device.type == "cpu":
+                self.console.print(f"threads: up to {self.threads} torch threads, fewer while other processes take "
+                                   f"this machine's cores; {wait_policy()}", soft_wrap=True)
             self.check_train_set()
         progress = progress_bar(
             self.console, TextColumn("[bold blue]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -355,6 +358,7 @@ class Trainer:
             while self.step < limit and self.epoch < self.tcfg.epochs:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.tcfg.batch_size)
                 for images, targets in self._loader():
+                    govern()
                     self.before_step(self.step)
                     stats = self.train_step(images, targets)
                     self.step += 1
@@ -365,7 +369,7 @@ class Trainer:
                         dt = time.perf_counter() - t_log
                         ips = n_img_log / max(dt, 1e-9)
                         self.log({"step": self.step, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                                  "img_per_s": round(ips, 2), "time": round(time.time(), 1), **{k: round(v, 5) for k, v in stats.items()}})
+                                  "img_per_s": round(ips, 2), "threads": torch.get_num_threads(), "time": round(time.time(), 1), **{k: round(v, 5) for k, v in stats.items()}})
                         progress.update(task, ips=ips)
                         t_log, n_img_log = time.perf_counter(), 0
                     progress.update(task, completed=self.step, epoch=self.epoch, loss=ema_loss)
