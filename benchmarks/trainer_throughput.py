@@ -1,0 +1,143 @@
+"""The trainer's images/s against its model's bare step, per thread policy, idle and beside busy loops.
+
+    python benchmarks/trainer_throughput.py --steps 60 --repeats 2
+
+For the pipeline demo's baseline (torchvision MobileNetV2 x0.5 SSDLite at 160 px, batch 8) and its
+supernet (mbv2_elastic, uniform sampling at 128/160 px, batch 16), each measurement is a fresh process
+(OpenMP reads its wait policy once, when it loads):
+- ``trainer``: ``Trainer.run`` / ``SupernetTrainer.run`` as the stages run it (data loading with the config's
+  workers, augmentation, logging, a checkpoint at the end), images/s over the steps after the first
+  ``log_every`` (from the trainer's own log records);
+- ``bare``: the same model, optimizer and sampled subnets on batches loaded beforehand: forward,
+  backward, optimizer step and nothing else (benchmarks/train_throughput.py's step).
+Policies: ``nasdet`` (today's: OpenMP's default wait policy, threads follow the free cores) and
+``passive`` (the previous default: ``OMP_WAIT_POLICY=PASSIVE``, a fixed count). Loads: numbers of
+competing one-core busy loops started before the measured process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs/demo/pipeline_shapes.yaml")
+POLICIES = {"nasdet": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE", "NASDET_ADAPTIVE_THREADS": "0"}}
+BUSY_LOOP = "import time\nend = time.time() + 900\nwhile time.time() < end:\n    pass\n"
+
+
+def build(stage: str, steps: int, out_dir: str):
+    from nasdet.config import load_config
+    from nasdet.data.build import build_datasets
+    from nasdet.models import build_detector
+    from nasdet.models.supernet import build_supernet
+    from nasdet.stages.common import baseline_config, with_train_recipe
+    from nasdet.train.loop import Trainer
+    from nasdet.train.supernet import SupernetTrainer
+
+    cfg = load_config(CONFIG, [f"train.max_steps={steps}", "train.ckpt_every_steps=100000", "eval.max_images=8",
+                               f"supernet.train.max_steps={steps}", "supernet.train.ckpt_every_steps=100000",
+                               "supernet.report_archs=[]"])
+    if stage == "baseline":
+        cfg = baseline_config(cfg)
+        data = build_datasets(cfg)
+        model = build_detector(cfg.model, num_classes=data["train"].num_classes)
+        return Trainer.from_config(cfg, model, data["train"], None, out_dir), cfg
+    cfg = with_train_recipe(cfg, cfg.supernet.train)
+    data = build_datasets(cfg)
+    model, space = build_supernet(cfg, data["train"].num_classes)
+    return SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], None, out_dir,
+                                       calib_set=data["supernet_train"].with_transforms(None)), cfg
+
+
+def child(stage: str, mode: str, steps: int) -> None:
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, cfg = build(stage, steps, tmp)
+        bs, every = trainer.tcfg.batch_size, trainer.tcfg.log_every_steps
+        if mode == "trainer":
+            trainer.run()
+            with open(os.path.join(tmp, "log.jsonl")) as f:
+                records = [r for r in map(json.loads, f) if "img_per_s" in r][1:]
+            ips = len(records) / sum(1 / r["img_per_s"] for r in records)  # equal images per record
+        else:
+            loader = iter(trainer._loader())
+            batches = [next(loader) for _ in range(steps)]
+            trainer.model.train()
+            times = []
+            for i, (images, targets) in enumerate(batches):
+                t = time.perf_counter()
+                images, targets = trainer.to_device(images, targets)
+                trainer.optimizer.zero_grad(set_to_none=True)
+                archs = trainer.step_archs(i, 0) if stage == "supernet" else [None]
+                for arch in archs:
+                    if arch is not None:
+                        trainer.activate(trainer.model, arch)
+                    loss = sum(trainer.model(images, targets).values())
+                    loss.backward()
+                trainer.optimizer.step()
+                if i >= every:
+                    times.append(time.perf_counter() - t)
+            ips = bs * len(times) / sum(times)
+    print(json.dumps({"ips": ips, "threads": torch.get_num_threads()}))
+
+
+def measure(stage: str, mode: str, policy: str, load: int, steps: int) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
+                                                              "NASDET_ADAPTIVE_THREADS")}
+    env.update(POLICIES[policy], PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    loads = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(load)]
+    try:
+        out = subprocess.run([sys.executable, __file__, "--child", stage, mode, "--steps", str(steps)], env=env,
+                             capture_output=True, text=True, cwd=ROOT)
+    finally:
+        for p in loads:
+            p.kill()
+            p.wait()
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])["ips"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--stages", default="baseline,supernet")
+    ap.add_argument("--policies", default="nasdet,passive")
+    ap.add_argument("--loads", default="0,1")
+    ap.add_argument("--child", nargs=2, metavar=("STAGE", "MODE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child, args.steps)
+        return
+    stages, policies = args.stages.split(","), args.policies.split(",")
+    loads = [int(x) for x in args.loads.split(",")]
+    print(f"cores {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f} at start, "
+          f"{args.steps} steps, {args.repeats} repeats, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    res: dict[tuple, list[float]] = {}
+    for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits every variant
+        for stage in stages:
+            for load in loads:
+                for policy in policies:
+                    for mode in ("trainer", "bare"):
+                        res.setdefault((stage, load, policy, mode), []).append(
+                            measure(stage, mode, policy, load, args.steps))
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
+    print("| stage | busy loops | policy | trainer img/s | bare step img/s | trainer / bare |")
+    print("|---|---|---|---|---|---|")
+    for stage in stages:
+        for load in loads:
+            for policy in policies:
+                t, b = (statistics.median(res[(stage, load, policy, m)]) for m in ("trainer", "bare"))
+                print(f"| {stage} | {load} | {policy} | {t:.1f} | {b:.1f} | {t / b:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
