@@ -213,20 +213,18 @@ RUN_CLASSES = [(1, "person"), (3, "car"), (18, "dog")]
 def test_run_classes_among_the_checkpoints_keep_their_rows(name, cfg_kw, lead):
     """A run on some of the checkpoint's classes (by name) takes each one's rows of the class layers."""
     state = mmdet_state(name)
-    full, _, _ = imported(state, cfg_kw, 80)
     model, mapped, _ = imported(state, cfg_kw, len(RUN_CLASSES), RUN_CLASSES, COCO80)
     assert mapped.picked_classes and mapped.reinitialised == []
-    x = normalised(96)
     columns = [*range(lead), *(lead + COCO80.index(n) for _, n in RUN_CLASSES)]
+    x = normalised(96)
     with torch.no_grad():
+        got = model.head(list(model.backbone(x).values()))
         if name.startswith("yolo"):
-            for g, w in zip(model.head(list(model.backbone(x).values())), full.head(list(full.backbone(x).values()))):
+            for g, w in zip(got, ref.yolov3_forward(state, x)):
                 w = w.view(1, 3, 85, *w.shape[-2:])[:, :, columns]
                 torch.testing.assert_close(g, w.reshape(g.shape), atol=1e-5, rtol=0)
         else:
-            g = model.head(list(model.backbone(x).values()))["cls_logits"]
-            w = full.head(list(full.backbone(x).values()))["cls_logits"][..., columns]
-            torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
+            torch.testing.assert_close(got["cls_logits"], ssdlite_class_logits(state, x)[..., columns], atol=1e-5, rtol=0)
 
 
 def test_other_classes_start_the_class_layers_afresh(retinanet):
@@ -242,10 +240,26 @@ def test_other_classes_start_the_class_layers_afresh(retinanet):
 
 
 # ----------------------------------------------------------------------------------- the baseline of a run
-def test_mmdet_checkpoint_becomes_the_baseline_and_starts_the_supernet(tiny_config, tmp_path):
-    """ENOT's start from MMDetection's ssdlite_mobilenetv2: a 2.x file trained on the run's classes (meta
-    CLASSES) is mapped, written as baseline/ckpt/last.pt and evaluated; nasdet's reader rebuilds
-    MMDetection's function, and the mbv2_elastic supernet's default subnet starts as it."""
+def ssdlite_class_logits(state, x):
+    """MMDetection's ssdlite class outputs of all levels as torchvision's SSD orders them (background first)."""
+    w = torch.cat([c.permute(0, 2, 3, 1).reshape(1, -1, c.shape[1] // 6) for c in ref.ssdlite_forward(state, x)[0]], 1)
+    return torch.cat([w[..., -1:], w[..., :-1]], -1)
+
+
+START_FROM = {  # MMDetection model: the run's model keys, its raw outputs and MMDetection's, as one tensor
+    "ssdlite_mobilenetv2": ({"detector": "ssdlite", "extra_channels": [512, 256, 256, 128]},
+                            lambda out: out["cls_logits"], ssdlite_class_logits),
+    "yolov3_mobilenetv2": ({"detector": "yolov3", "neck_channels": [96] * 3, "head_channels": [96] * 3},
+                           lambda out: torch.cat([o.flatten() for o in out]),
+                           lambda state, x: torch.cat([o.flatten() for o in ref.yolov3_forward(state, x)])),
+}
+
+
+@pytest.mark.parametrize("name", list(START_FROM))
+def test_mmdet_checkpoint_becomes_the_baseline_and_starts_the_supernet(tiny_config, tmp_path, name):
+    """ENOT's start from MMDetection's detector: a 2.x file trained on the run's classes (meta CLASSES) is
+    mapped, written as baseline/ckpt/last.pt and evaluated; nasdet's reader rebuilds MMDetection's function,
+    and the mbv2_elastic supernet's default subnet starts as it."""
     from nasdet.data.synthetic import SHAPE_CLASSES
     from nasdet.models.supernet import build_supernet, set_detector_arch
     from nasdet.stages.baseline import run_baseline
@@ -254,10 +268,11 @@ def test_mmdet_checkpoint_becomes_the_baseline_and_starts_the_supernet(tiny_conf
     from nasdet.train.trained import load_trained_model
     from nasdet.workdir import WorkDir
 
-    state = mmdet_state("ssdlite_mobilenetv2", num_classes=len(SHAPE_CLASSES))
+    model_keys, raw, reference = START_FROM[name]
+    state = mmdet_state(name, num_classes=len(SHAPE_CLASSES))
     path = saved(state, tmp_path / "mmdet.pth", SHAPE_CLASSES, version=2)
-    cfg = tiny_config("ssdlite", model={"layout": "mmdetection", "extra_channels": [512, 256, 256, 128],
-                                        "backbone": {"name": "mbv2_elastic", "width_mult": 1.0}},
+    model_keys = {**model_keys, "layout": "mmdetection", "backbone": {"name": "mbv2_elastic", "width_mult": 1.0}}
+    cfg = tiny_config(model_keys.pop("detector"), model=model_keys,
                       pipeline={"baseline_backbone": "mobilenet_v2", "init_supernet_from_baseline": True,
                                 "baseline_checkpoint": str(path)})
     metrics = run_baseline(cfg)
@@ -270,11 +285,9 @@ def test_mmdet_checkpoint_becomes_the_baseline_and_starts_the_supernet(tiny_conf
     set_detector_arch(supernet, space.default(), space)
     x = normalised(96)
     with torch.no_grad():
-        want = ref.ssdlite_forward(state, x)[0][0].permute(0, 2, 3, 1).reshape(1, -1, 9)
-        want = torch.cat([want[..., -1:], want[..., :-1]], -1)
+        want = reference(state, x)
         for model, atol in ((baseline, 1e-5), (supernet.eval(), 1e-4)):  # the supernet's 1x1 sums run in slices
-            got = model.head(list(model.backbone(x).values()))["cls_logits"][:, :want.shape[1]]
-            torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
+            torch.testing.assert_close(raw(model.head(list(model.backbone(x).values()))), want, atol=atol, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------ foreign checkpoints
