@@ -15,7 +15,7 @@ from ..config import ExperimentConfig, config_to_dict
 from ..data.build import build_datasets, load_split
 from ..models import build_detector, get_input_size
 from ..models.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
-from ..models.imports import map_detector_weights, read_weights
+from ..models.imports import map_detector_weights, read_checkpoint
 from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from ..train import dist
 from ..train.evaluate import evaluate_detector
@@ -38,18 +38,20 @@ def describe_model(model_cfg) -> str:
     """The detector a config builds, in words (what an imported checkpoint must be)."""
     b = model_cfg.backbone
     layout = getattr(model_cfg, "layout", "nasdet")
-    return (f"model.detector {model_cfg.detector}{' (layout torchvision)' if layout == 'torchvision' else ''} on "
+    variant = getattr(model_cfg, "variant", "v1")
+    kind = f" (layout {layout})" if layout != "nasdet" else f" (variant {variant})" if variant != "v1" else ""
+    return (f"model.detector {model_cfg.detector}{kind} on "
             f"{b.name}{' (reduced_tail)' if b.reduced_tail else ''} width {b.width_mult:g}")
 
 
 def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
-    """ENOT's start: the user's trained detector (nasdet's or torchvision's checkpoint) mapped into the
+    """ENOT's start: the user's trained detector (nasdet's, torchvision's or MMDetection's checkpoint) mapped into the
     config's detector, written as ``baseline/ckpt/last.pt`` and evaluated on val (skipped when that record
     is of the same file). When the data's classes are not the checkpoint's, the class-dependent layers are
     re-initialised (said) and the baseline is fine-tuned from it with the ``train`` recipe."""
     console = console or Console()
     source = Path(cfg.pipeline.baseline_checkpoint)
-    weights = read_weights(source)
+    weights, checkpoint_classes = read_checkpoint(source)
     origin = {"path": str(source), "sha256": file_sha256(source)}
     out = WorkDir.of(cfg, work_dir).baseline
     if out.metrics.is_file():
@@ -62,10 +64,13 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     model = build_detector(cfg.model, num_classes=data["val"].num_classes)
     val = data["val"]
     imported = map_detector_weights(model, weights, f"pipeline.baseline_checkpoint {source}", describe_model(cfg.model),
-                                    classes=list(zip(val.category_ids, val.classes)))
+                                    classes=list(zip(val.category_ids, val.classes)),
+                                    checkpoint_classes=checkpoint_classes)
     origin["format"] = imported.source_format
     console.print(f"imported {escape(str(source))} ({imported.source_format}'s layout) as the baseline"
-                  + (f"; its COCO labels picked for the data's {val.num_classes} classes" if imported.coco_labels else ""))
+                  + (f"; its COCO labels picked for the data's {val.num_classes} classes" if imported.coco_labels else "")
+                  + (f"; the rows of the data's {val.num_classes} classes picked by name from its "
+                     f"{len(checkpoint_classes or [])}" if imported.picked_classes else ""))
     if imported.reinitialised:
         console.print(f"its classes are not the data's {data['val'].num_classes}: re-initialised "
                       f"{', '.join(imported.reinitialised)}; fine-tuning it with the train recipe")

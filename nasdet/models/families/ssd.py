@@ -13,6 +13,7 @@ from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block
 
 from ...errors import ConfigError
+from ..mmdet_layout import mmdet_ssdlite_anchors, with_mmdet_test_path
 from ..config import BaseModelConfig
 from ..ssd_focal import FocalSSD
 from .base import (BN_MOMENTUM, IMAGE_MEAN, IMAGE_STD, OneStageFamily, head_and_anchors, image_list, match_anchors,
@@ -38,13 +39,18 @@ class SSDModelConfig(BaseModelConfig):
     # "torchvision": ssdlite320_mobilenet_v3_large's layout (SSDLiteMobileNetNeck: the first map is the
     # expansion inside the last stride-2 block, its extras, inputs scaled to [-1, 1]); with
     # backbone.reduced_tail it is that model exactly. "nasdet": the C4/C5 stage outputs (the demos' layout).
-    layout: Literal["nasdet", "torchvision"] = "nasdet"
+    # "mmdetection": the nasdet layout (on mobilenet_v2: MMDetection's ssdlite_mobilenetv2) with that
+    # model's SSDAnchorGenerator (models/anchors.py; its sizes at 320 px, scaled at other sizes)
+    layout: Literal["nasdet", "torchvision", "mmdetection"] = "nasdet"
 
     @model_validator(mode="after")
-    def _torchvision_layout(self):
-        if self.layout == "torchvision" and (self.detector != "ssdlite" or self.ssd_levels != ["c4", "c5"]):
-            raise ValueError(f"model.layout torchvision is ssdlite320's (detector ssdlite, ssd_levels [c4, c5]), "
+    def _reference_layout(self):
+        if self.layout != "nasdet" and (self.detector != "ssdlite" or self.ssd_levels != ["c4", "c5"]):
+            name = "ssdlite320's" if self.layout == "torchvision" else "ssdlite_mobilenetv2's"
+            raise ValueError(f"model.layout {self.layout} is {name} (detector ssdlite, ssd_levels [c4, c5]), "
                              f"got detector {self.detector}, ssd_levels {self.ssd_levels}")
+        if self.layout == "mmdetection" and self.anchor_aspect_ratios is not None:
+            raise ValueError("model.layout mmdetection has ssdlite_mobilenetv2's anchors: drop anchor_aspect_ratios")
         return self
 
     @field_validator("anchor_aspect_ratios")
@@ -176,13 +182,16 @@ class SSDFamily(OneStageFamily):
         ratios = cfg.anchor_aspect_ratios or (
             [[2, 3]] * maps if lite else ([[2]] * max(0, maps - 6) + ssd300)[-maps:])
         lo, hi = cfg.anchor_ratio_range
-        anchors = DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi)
+        anchors = (mmdet_ssdlite_anchors() if cfg.layout == "mmdetection" else
+                   DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi))
         per_loc = anchors.num_anchors_per_location()
         if lite:
             head = SSDLiteHead(neck.out_channels_list, per_loc, n, norm_layer)
         else:
             head = SSDHead(neck.out_channels_list, per_loc, n)
         ssd_cls = FocalSSD if cfg.ssd_loss == "focal" else SSD
+        if cfg.layout == "mmdetection":
+            ssd_cls = with_mmdet_test_path(ssd_cls)
         mean, std = ([0.5] * 3, [0.5] * 3) if torchvision_layout else (IMAGE_MEAN, IMAGE_STD)  # ssdlite320: [-1, 1]
         model = ssd_cls(neck, anchors, (s, s), n, image_mean=mean, image_std=std, head=head,
                         topk_candidates=cfg.topk_candidates, score_thresh=cfg.score_thresh,

@@ -32,7 +32,8 @@ YOLO box coder / anchor generator. Own code, same arithmetic:
 Where this differs from the paper, it follows MMDetection (96-channel neck and head, the assigner's
 centre-cell rule with IoU instead of the paper's best-anchor-shape match, sum reduction). Where it differs
 from MMDetection: the backbone keeps its own activations (ReLU6 in MobileNetV2; MMDetection's config
-switches its backbone to LeakyReLU), so the searchable spaces and torchvision weights apply unchanged;
+switches its backbone to LeakyReLU(0.1): ``layout: mmdetection`` does too, for its checkpoints, see
+``models/imports``), so the searchable spaces and torchvision weights apply unchanged;
 images are resized to a square without keeping the aspect ratio (nasdet's model-side resize), not
 letterboxed; boxes are not filtered by size.
 """
@@ -75,6 +76,8 @@ class YOLOv3ModelConfig(BaseModelConfig):
     # "mmdet_320" / "mmdet_416" (MMDetection's sets) or 3 scales x anchors as [w, h] pixels at the input size
     anchors: Union[Literal["mmdet_320", "mmdet_416"], list[list[tuple[float, float]]]] = "mmdet_320"
     multiscale_sizes: Optional[list[int]] = None  # training batches resized to one of these (e.g. [320, 416])
+    # "mmdetection": the backbone's ReLU/ReLU6 become LeakyReLU(0.1), as yolov3_mobilenetv2's act_cfg
+    layout: Literal["nasdet", "mmdetection"] = "nasdet"
 
     @field_validator("neck_channels", "head_channels")
     @classmethod
@@ -165,6 +168,15 @@ class YOLOv3Head(nn.Module):
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         """-> per scale (N, A * (5 + K), H, W)."""
         return [pred(bridge(f)) for f, bridge, pred in zip(feats, self.bridges, self.preds)]
+
+
+def leaky_activations(module: nn.Module) -> None:
+    """Every ReLU / ReLU6 inside ``module`` -> LeakyReLU(0.1) (MMDetection's yolov3_mobilenetv2 backbone)."""
+    for name, child in module.named_children():
+        if isinstance(child, (nn.ReLU, nn.ReLU6)):
+            setattr(module, name, nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
+        else:
+            leaky_activations(child)
 
 
 def _logit(p: float) -> float:
@@ -350,6 +362,8 @@ class YOLOv3Family(DetectorFamily):
     class_layers = (r"head\.preds\.\d+\.(weight|bias)",)  # A x (5 + K) outputs
 
     def build(self, cfg: YOLOv3ModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
+        if cfg.layout == "mmdetection":
+            leaky_activations(body)
         return YOLOv3(YOLOv3Neck(body, cfg.neck_channels), num_classes, cfg)
 
     def dense_forward(self, model: YOLOv3, x: Tensor) -> list[Tensor]:

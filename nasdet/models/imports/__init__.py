@@ -1,13 +1,16 @@
 """A trained detector's weights as the weights of a nasdet detector of the same layout.
 
-Sources: nasdet's own checkpoints, and torchvision's detection checkpoints (a plain ``state_dict`` as
+Sources: nasdet's own checkpoints, torchvision's detection checkpoints (a plain ``state_dict`` as
 torchvision publishes them, or its detection references' ``{"model": .., "args": ..}``), mapped by
-``torchvision_detection``. The mapping is a rename of keys into a detector whose modules compute what the
+``torchvision_detection``, and MMDetection's (``{"meta": .., "state_dict": ..}``), mapped by
+``mmdetection``. The mapping is a rename of keys into a detector whose modules compute what the
 reference's compute (tests/test_imports.py checks raw head outputs and detections against torchvision's
-own model). When the run has other classes than the checkpoint, the family's class-dependent layers
-(``DetectorFamily.class_layers``) keep the new model's own initialisation and everything else is kept,
-as torchvision's and MMDetection's fine-tuning recipes do; except for torchvision's COCO labels (91, the
-category ids) and a run on COCO classes: then each class keeps its own rows.
+own model, tests/test_imports_mmdet.py against a functional forward of MMDetection's). When the run has
+other classes than the checkpoint, the family's class-dependent layers (``DetectorFamily.class_layers``)
+keep the new model's own initialisation and everything else is kept, as torchvision's and MMDetection's
+fine-tuning recipes do; except when the run's classes are among the checkpoint's: torchvision's COCO
+labels (91, the category ids) for a run on COCO classes, or the class names an MMDetection checkpoint
+lists; then each class keeps its own rows.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from torch import nn
 
 from ...errors import CheckpointError, unreadable_reason
 from ..families import family_of
+from .mmdetection import checkpoint_classes, mmdet_layout
 from .torchvision_detection import COCO_LABELS, torchvision_keys
 
 
@@ -29,14 +33,21 @@ class ImportedWeights:
     """A full state_dict of the nasdet model, where it came from, and the layers left at their own init."""
 
     state: dict[str, torch.Tensor]
-    source_format: str  # "nasdet" | "torchvision"
+    source_format: str  # "nasdet" | "torchvision" | "mmdetection"
     reinitialised: list[str] = field(default_factory=list)  # module names (class-dependent layers)
     coco_labels: bool = False  # the class layers' rows were picked from torchvision's 91 COCO labels
+    picked_classes: bool = False  # the class layers' rows were picked by name from the checkpoint's classes
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file: a plain state_dict, or the one under ``model`` (nasdet, torchvision's
-    detection references, which also pickle their ``argparse.Namespace`` of arguments) or ``state_dict``."""
+    detection references, which also pickle their ``argparse.Namespace`` of arguments) or ``state_dict``
+    (MMDetection)."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """``read_weights`` and the class names the file lists (MMDetection's meta), or None."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -45,6 +56,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"checkpoint {path} cannot be read: {unreadable_reason(e, path)}") from e
+    classes = checkpoint_classes(state)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -52,7 +64,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} holds no state_dict of tensors (a plain one, or under 'model' / "
                               f"'state_dict'), found {type(state).__name__}")
-    return state
+    return state, classes
 
 
 def describe_weights(weights: dict[str, torch.Tensor]) -> str:
@@ -63,7 +75,12 @@ def describe_weights(weights: dict[str, torch.Tensor]) -> str:
         return any(k.startswith(prefix) for k in keys)
 
     if has("bbox_head.") or has("neck."):
-        return "an MMDetection detector (bbox_head./neck. keys)"
+        backbone = ("MobileNetV2" if has("backbone.layer1.0.depthwise_conv.") else
+                    "ResNet" if has("backbone.layer1.0.conv1.") else "another backbone")
+        head = ("ssdlite (SSDHead, depthwise)" if has("bbox_head.cls_convs.0.0.bn.") else
+                "SSD" if has("neck.extra_layers.") else "yolov3" if has("bbox_head.convs_pred.") else
+                "retinanet" if has("bbox_head.retina_cls.") else "another detector")
+        return f"an MMDetection {head} on {backbone} (bbox_head./neck. keys)"
     if has("backbone.features.0.0.0."):
         return "torchvision's ssdlite320_mobilenet_v3_large layout"
     if has("backbone.body.conv1."):
@@ -98,16 +115,32 @@ def coco_rows(tensor: torch.Tensor, category_ids: list[int], rows_per_class: int
     return picked.reshape(-1, *tensor.shape[1:])
 
 
+def pick_class_rows(tensor: torch.Tensor, lead: int, names: list[str], picked: list[str]) -> torch.Tensor | None:
+    """The rows of a class layer whose outputs per anchor are ``lead`` others then one per class of ``names``,
+    for the classes ``picked`` (in that order); None if the layer is not such."""
+    per_anchor = lead + len(names)
+    if tensor.shape[0] % per_anchor:
+        return None
+    columns = [*range(lead), *(lead + names.index(n) for n in picked)]
+    return tensor.reshape(-1, per_anchor, *tensor.shape[1:])[:, columns].reshape(-1, *tensor.shape[1:])
+
+
 def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str, expected: str,
-                         classes: list[tuple[int, str]] | None = None) -> ImportedWeights:
-    """``weights`` (nasdet's or torchvision's keys) as a full state_dict of ``model``; ``expected`` says
-    what model that is (for errors). Class-dependent layers of another shape keep ``model``'s init, unless
-    the run's ``classes`` (category id, name; in label order) are COCO's and the layers have its 91 labels."""
+                         classes: list[tuple[int, str]] | None = None,
+                         checkpoint_classes: list[str] | None = None) -> ImportedWeights:
+    """``weights`` (nasdet's, torchvision's or MMDetection's keys) as a full state_dict of ``model``;
+    ``expected`` says what model that is (for errors). Class-dependent layers of another shape keep
+    ``model``'s init, unless the run's ``classes`` (category id, name; in label order) are COCO's and the
+    layers have its 91 labels, or are among the ``checkpoint_classes`` (names, as MMDetection's meta lists
+    them: then also a run on the same number of other classes starts them afresh)."""
     own = model.state_dict()
     rename = torchvision_keys(model)
     candidates = [("nasdet", dict(weights))]
     if rename is not None:
         candidates.append(("torchvision", {rename(k): v for k, v in weights.items()}))
+    mmdet = mmdet_layout(model)
+    if mmdet is not None:
+        candidates.append(("mmdetection", mmdet.convert(model, weights)))
     want = _without_counters(own)
 
     def mismatch(mapped):
@@ -121,17 +154,29 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
             f"{source} is not a checkpoint of {expected}: it looks like {describe_weights(weights)} "
             f"({len(missing)} of this model's keys missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
             f"e.g. {unexpected[:2]})")
+    if fmt == "mmdetection" and mmdet.needs:
+        raise CheckpointError(f"{source} is MMDetection's {mmdet.name}, whose function {expected} does not compute: "
+                              f"set {mmdet.needs}")
     class_layers = [re.compile(p) for p in family_of(model).class_layers]
+    is_class_layer = lambda k: any(r.fullmatch(k) for r in class_layers)  # noqa: E731
     wrong, per_class = [], []
     for k in want:
         if mapped[k].shape != own[k].shape:
-            (per_class if any(r.fullmatch(k) for r in class_layers) else wrong).append(k)
+            (per_class if is_class_layer(k) else wrong).append(k)
     if wrong:
         k = sorted(wrong)[0]
         raise CheckpointError(
             f"{source} does not fit {expected}: {k} is {tuple(mapped[k].shape)} in the checkpoint but "
             f"{tuple(own[k].shape)} in this model ({len(wrong)} such tensors: another width, backbone or layout?)")
-    coco = bool(per_class) and classes is not None and all(
+    names = [name for _, name in classes] if classes is not None else None
+    picked = False
+    if fmt == "mmdetection" and checkpoint_classes and names is not None and names != list(checkpoint_classes):
+        per_class = [k for k in want if is_class_layer(k)]  # the same count may still be other classes
+        if set(names) <= set(checkpoint_classes):
+            rows = {k: pick_class_rows(mapped[k], mmdet.class_lead, list(checkpoint_classes), names) for k in per_class}
+            if all(v is not None and v.shape == own[k].shape for k, v in rows.items()):
+                mapped, per_class, picked = {**mapped, **rows}, [], True
+    coco = fmt != "mmdetection" and bool(per_class) and classes is not None and all(
         0 < i < len(COCO_LABELS) and COCO_LABELS[i] == name for i, name in classes)
     if coco:  # Faster R-CNN's box deltas are 4 rows per class
         picked = {k: coco_rows(mapped[k], [i for i, _ in classes], 4 if ".bbox_pred." in k else 1) for k in per_class}
@@ -142,4 +187,4 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
     if per_class:  # other classes: every class-dependent layer starts afresh, not only those of another shape
         per_class = [k for k in want if any(r.fullmatch(k) for r in class_layers)]
     state = {k: own[k] if k in per_class or k not in mapped else mapped[k] for k in own}
-    return ImportedWeights(state, fmt, _module_names(per_class), coco)
+    return ImportedWeights(state, fmt, _module_names(per_class), coco, picked)
