@@ -168,6 +168,9 @@ def nasdet_config(args, data: Path, checkpoint: Path, pipeline: bool) -> dict:
                          "num_candidates": args.candidates, "population": 8, "parents": 3, "recalib_batches": 4,
                          "batch_size": 16}
         cfg["tune"] = {"init": "supernet", "recalib_batches": 10}
+        # the baseline is imported, not trained with the tune recipe: its own arch and a random one of the
+        # found arch's cost, tuned as the found one was, tell architecture from training
+        cfg["report"] = {"controls": True, "controls_seeds": 1}
     return cfg
 
 
@@ -198,6 +201,24 @@ def compare_detections(tv_model, nasdet_checkpoint: Path, cfg_file: Path, data: 
         worst["boxes"] = max(worst["boxes"], (want["boxes"] - got["boxes"]).abs().max().item())
         worst["scores"] = max(worst["scores"], (want["scores"] - got["scores"]).abs().max().item())
     return worst
+
+
+@torch.no_grad()
+def supernet_default_metrics(cfg_file: Path, baseline_checkpoint: Path) -> dict:
+    """Val metrics of the supernet's default subnet as pretraining starts: initialised from the imported
+    baseline (``pipeline.init_supernet_from_baseline``), nothing trained or recalibrated."""
+    from nasdet.config import load_config
+    from nasdet.data.build import build_datasets
+    from nasdet.models.supernet import build_supernet, set_detector_arch
+    from nasdet.train.evaluate import evaluate_detector
+    from nasdet.train.supernet import init_from_checkpoint
+
+    cfg = load_config(cfg_file)
+    val = build_datasets(cfg, need=("val",))["val"]
+    model, space = build_supernet(cfg, val.num_classes)
+    init_from_checkpoint(model, str(baseline_checkpoint))
+    set_detector_arch(model, space.default(), space)
+    return evaluate_detector(model, val, torch.device("cpu"), 16)
 
 
 def main() -> None:
@@ -286,6 +307,9 @@ def main() -> None:
         log(f"search budget: {cfg['search']['budget']['max'] / 1e6:.1f} M MACs ({args.budget:.0%} of the baseline's "
             f"{cost['total'] / 1e6:.1f} M)")
         nasdet("pipeline", str(pipe_file), log=log)
+        start = supernet_default_metrics(pipe_file, Path(cfg["work_dir"]) / "baseline/ckpt/last.pt")
+        log("the supernet's default subnet as pretraining starts (initialised from the imported baseline): "
+            + json.dumps(start))
         report = json.loads((Path(cfg["work_dir"]) / "report.json").read_text())
         log("report: " + json.dumps(report, default=str)[:4000])
 
