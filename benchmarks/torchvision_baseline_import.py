@@ -294,18 +294,17 @@ def main() -> None:
 
     if args.pipeline:
         cfg = nasdet_config(args, data, checkpoint, pipeline=True)
-        budget = 0.0  # set from the baseline's MACs below
-        cost = json.loads(subprocess.run(
-            [sys.executable, "-c", "import json,sys;from nasdet.config import load_config;"
-             "from nasdet.models import build_detector;from nasdet.models.cost import detector_macs;"
-             f"c=load_config(sys.argv[1]);print(json.dumps(detector_macs(build_detector(c.model,num_classes={num_classes - 1}))))",
-             str(cfg_file)], check=True, capture_output=True, text=True, cwd=ROOT).stdout)
-        budget = args.budget * cost["total"]
+        from nasdet.config import load_config
+        from nasdet.models import build_detector
+        from nasdet.models.cost import detector_macs
+
+        baseline_macs = detector_macs(build_detector(load_config(cfg_file).model, num_classes=num_classes - 1))["total"]
+        budget = args.budget * baseline_macs
         cfg["search"]["budget"]["max"] = float(round(budget, -5))
         pipe_file = args.out / "pipeline.yaml"
         pipe_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
         log(f"search budget: {cfg['search']['budget']['max'] / 1e6:.1f} M MACs ({args.budget:.0%} of the baseline's "
-            f"{cost['total'] / 1e6:.1f} M)")
+            f"{baseline_macs / 1e6:.1f} M)")
         nasdet("pipeline", str(pipe_file), log=log)
         start = supernet_default_metrics(pipe_file, Path(cfg["work_dir"]) / "baseline/ckpt/last.pt")
         log("the supernet's default subnet as pretraining starts (initialised from the imported baseline): "

@@ -59,8 +59,11 @@ class WidthMBConv(WidthChoice, ElasticMBConv):
             raise ConfigError("mbv3_width: a block with dilation or without an expand conv has no width choice")
         super().__init__(cnf.input_channels, cnf.out_channels, cnf.stride, "h_swish" if cnf.use_hs else "relu",
                          cnf.use_se, (cnf.kernel,), (cnf.expanded_channels / cnf.input_channels,), norm, eps, momentum)
-        self.cnf, self.norm_kind = cnf, norm
+        self.cnf = cnf
         self.full = self.expand_conv.max_out
+        if self.full != cnf.expanded_channels:  # torchvision's widths are multiples of 8: never expected
+            raise ConfigError(f"mbv3_width: expanded width {cnf.expanded_channels} of a {cnf.input_channels}-channel "
+                              f"block rebuilt as {self.full}")
         self.width = 1.0
 
     def hidden(self, ratio: float) -> int:
