@@ -50,11 +50,9 @@ def input_channels(final_expand: nn.Module) -> int:
     return final_expand[0].in_channels
 
 
-class StagedSupernet(nn.Module):
-    """The supernet protocol shared by the MobileNet-family supernets: choices ``stageS.depth`` (absent
-    = the stage always runs all its blocks) and ``stageS.blockJ.{kernel,expand}``; subclasses build
-    ``first_conv``, ``first_block``, ``stages`` (each with ``blocks``, ``active_depth``; blocks with
-    ``set_active(kernel, expand)``), ``final_expand``, ``_space`` and ``export``."""
+class ArchState:
+    """``search_space()`` and ``active_arch`` of a supernet that keeps its space in ``_space`` and its
+    active arch in ``_arch``."""
 
     def search_space(self) -> SearchSpace:
         return self._space
@@ -62,6 +60,13 @@ class StagedSupernet(nn.Module):
     @property
     def active_arch(self) -> dict[str, Any]:
         return dict(self._arch)
+
+
+class StagedSupernet(ArchState, nn.Module):
+    """The supernet protocol shared by the MobileNet-family supernets: choices ``stageS.depth`` (absent
+    = the stage always runs all its blocks) and ``stageS.blockJ.{kernel,expand}``; subclasses build
+    ``first_conv``, ``first_block``, ``stages`` (each with ``blocks``, ``active_depth``; blocks with
+    ``set_active(kernel, expand)``), ``final_expand``, ``_space`` and ``export``."""
 
     def set_arch(self, arch: Mapping[str, Any]) -> None:
         """Validate ``arch`` (``ArchError`` otherwise) and activate that subnet in place."""

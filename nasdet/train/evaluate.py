@@ -32,8 +32,9 @@ def predict(model: nn.Module, dataset: DetectionDataset, device: torch.device, b
                 for box, score, label in zip(boxes.tolist(), out["scores"].cpu().tolist(), out["labels"].cpu().tolist()):
                     if label < 1 or label > dataset.num_classes:
                         continue  # background / padding class of sigmoid heads
+                    # unrounded: rounded scores tie across images and change COCOeval's ranking (and the AP)
                     results.append({"image_id": int(tgt["image_id"]), "category_id": int(dataset.category_ids[label - 1]),
-                                    "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
+                                    "bbox": box, "score": float(score)})
             if progress is not None:
                 progress(len(images))
     finally:

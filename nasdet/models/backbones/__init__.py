@@ -12,6 +12,7 @@ from .torchvision_backbones import BACKBONES, LEVELS, ResNetBackbone, Sequential
 from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
 from .mbv2_elastic import ElasticMobileNetV2, build_mbv2_elastic
 from .mbv2_width import WidthMobileNetV2, build_mbv2_width
+from .mbv3_width import WidthMobileNetV3, build_mbv3_width
 from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, ShuffleNetSPOS
 from .pretrained import load_backbone_state as load_torchvision_or_own_state, load_pretrained_backbone
 from .checkpoint_formats import load_backbone_state as load_reference_state, reference_format
@@ -19,10 +20,11 @@ from .checkpoint_formats import load_backbone_state as load_reference_state, ref
 BACKBONES["ofa_mbv3"] = build_ofa_mbv3
 BACKBONES["mbv2_elastic"] = build_mbv2_elastic
 BACKBONES["mbv2_width"] = build_mbv2_width
+BACKBONES["mbv3_width"] = build_mbv3_width
 BACKBONES.update(DETNAS_BUILDERS)  # detnas_300M, detnas_1.3G, detnas_3.8G, detnas_tiny
 
 __all__ = ["BACKBONES", "LEVELS", "build_backbone", "ElasticMobileNetV2", "OFAMobileNetV3", "ResNetBackbone",
-           "SequentialStagesBackbone", "ShuffleNetSPOS", "WidthMobileNetV2"]
+           "SequentialStagesBackbone", "ShuffleNetSPOS", "WidthMobileNetV2", "WidthMobileNetV3"]
 
 
 def build_backbone(cfg) -> nn.Module:
@@ -35,7 +37,7 @@ def build_backbone(cfg) -> nn.Module:
         raise ConfigError(f"model.backbone.layout is for the detnas_* backbones, not {cfg.name!r}")
     options = {"layout": layout} if layout is not None else {}
     if cfg.reduced_tail:
-        if not cfg.name.startswith("mobilenet_v3"):
+        if not cfg.name.startswith("mobilenet_v3") and cfg.name != "mbv3_width":
             raise ConfigError(f"model.backbone.reduced_tail is MobileNetV3's option, not {cfg.name!r}'s")
         options["reduced_tail"] = True
     backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm, **options)

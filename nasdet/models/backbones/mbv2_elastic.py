@@ -132,13 +132,13 @@ def standard_key_map(net: nn.Module, head: list[tuple[str, nn.Module, str]]) -> 
 
 
 def checked_standard_state(state: Mapping[str, torch.Tensor], key_map: dict[str, str], own: dict, width_mult: float,
-                           want=lambda key, shape: shape) -> dict[str, torch.Tensor]:
+                           want=lambda key, shape: shape, network: str = "mobilenet_v2") -> dict[str, torch.Tensor]:
     """``state`` without ``classifier.*``, or ``CheckpointError`` naming missing, unexpected and mis-shaped keys
     (``want(own_key, own_shape)``: the shape a standard tensor must have)."""
     given = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     problems = state_dict_problems(given, {k: want(v, tuple(own[v].shape)) for k, v in key_map.items()})
     if problems:
-        raise CheckpointError(f"not torchvision's mobilenet_v2(width_mult={width_mult}) layout: " + "; ".join(problems))
+        raise CheckpointError(f"not torchvision's {network}(width_mult={width_mult}) layout: " + "; ".join(problems))
     return given
 
 

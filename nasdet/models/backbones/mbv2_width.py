@@ -154,7 +154,39 @@ class WidthFirstBlock(nn.Module):
         return f"active: width={self.width}"
 
 
-class WidthInvertedResidual(ElasticInvertedResidual):
+class WidthChoice:
+    """A hidden-width choice on an elastic inverted residual (``full`` expanded channels, ``hidden(ratio)`` of
+    them kept in the expand, depthwise, SE if any, and project convs); ratio 0 skips a residual block."""
+
+    full: int
+    width: float = 1.0
+
+    def hidden(self, ratio: float) -> int:
+        return hidden_width(self.full, ratio)
+
+    def set_width(self, ratio: float) -> None:
+        if ratio == 0 and not self.residual:
+            raise ArchError(f"width 0.0 skips a block, but this block ({self.in_ch} -> {self.out_ch}, stride "
+                            f"{self.stride}) is not residual")
+        h = self.hidden(ratio)
+        if h:
+            self.expand_conv.set_active(out_channels=h)
+            self.expand_bn.set_active(h)
+            self.depth_conv.set_active(out_channels=h)
+            self.depth_bn.set_active(h)
+            if getattr(self, "se", None) is not None:
+                self.se.set_active(h)
+            self.project_conv.set_active(in_channels=h)
+        self.width = ratio
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.width == 0 else super().forward(x)
+
+    def extra_repr(self) -> str:
+        return f"active: width={self.width}"
+
+
+class WidthInvertedResidual(WidthChoice, ElasticInvertedResidual):
     """An expand-t MobileNetV2 block (3x3 depthwise) whose hidden width is a fraction of ``round(in * t)``;
     width 0 makes a residual block the identity."""
 
@@ -163,28 +195,9 @@ class WidthInvertedResidual(ElasticInvertedResidual):
         self.full = self.expand_conv.max_out
         self.width = 1.0
 
-    def set_width(self, ratio: float) -> None:
-        if ratio == 0 and not self.residual:
-            raise ArchError(f"width 0.0 skips a block, but this block ({self.in_ch} -> {self.out_ch}, stride "
-                            f"{self.stride}) is not residual")
-        h = hidden_width(self.full, ratio)
-        if h:
-            self.expand_conv.set_active(out_channels=h)
-            self.expand_bn.set_active(h)
-            self.depth_conv.set_active(out_channels=h)
-            self.depth_bn.set_active(h)
-            self.project_conv.set_active(in_channels=h)
-        self.width = ratio
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.width == 0 else super().forward(x)
-
     def export(self) -> InvertedResidual | None:
         """torchvision's ``InvertedResidual`` with the kept channels, or None for a skipped block."""
         return None if self.width == 0 else super().export()
-
-    def extra_repr(self) -> str:
-        return f"active: width={self.width}"
 
 
 class WidthStage(ElasticStage):
