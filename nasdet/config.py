@@ -396,7 +396,8 @@ class DiagnoseConfig(Strict):
     The default target is one epoch tuned from the supernet's weights: on the demos one CPU epoch from
     scratch leaves every arch at AP 0.0000-0.0004 (noise), one epoch from the supernet spreads them over
     0.025-0.074 (benchmarks/README.md). ``noise_check`` trains the plan's middle arch a second time (seed
-    + 1): when the two seeds differ as much as the archs do, the target is noise and every tau says nothing.
+    + 1): when the two seeds' variance is at least ``noise_share`` of the variance over the archs, the
+    target is noise and every tau says nothing.
     """
 
     archs: int = Field(12, ge=3)  # K
@@ -407,7 +408,7 @@ class DiagnoseConfig(Strict):
     init: list[Literal["scratch", "supernet"]] = ["supernet"]  # scratch: (also) trained from a fresh init
     target: Literal["scratch", "supernet"] = "supernet"  # which stand-alone AP the rankers are judged against
     noise_check: bool = True  # one more training: the middle arch's target again with seed + 1
-    noise_ratio: float = Field(1.0, gt=0)  # noise when seed spread >= noise_ratio x spread over archs (std devs)
+    noise_share: float = Field(0.5, gt=0)  # noise when the seeds' variance >= this share of the variance over archs
     metric: Literal["AP", "AP50"] = "AP"  # of the supernet score and of the stand-alone model on val
     proxies: list[Literal["grad_norm", "synflow", "mae_det"]] = ["grad_norm", "synflow", "mae_det"]
     proxy_batch_size: int = Field(8, gt=0)  # grad_norm's batch (training images, no augmentation)

@@ -142,32 +142,31 @@ def noise_arch(archs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     return archs[len(archs) // 2]
 
 
-def target_noise(arch_values: Sequence[float], pair: Sequence[float], ratio: float = 1.0, metric: str = "AP",
-                 seeds: Sequence[int] = (0, 1)) -> dict:
+def target_noise(arch_values: Sequence[float], pair: Sequence[float], share: float = 0.5, metric: str = "AP",
+                 seeds: Sequence[int] = (0, 1), remedy: str = "train the stand-alone archs longer (diagnose.epochs)") -> dict:
     """Is the target noise? ``pair``: one arch's target under two seeds; ``arch_values``: the target of each
-    diagnosed arch. The pair's standard deviation (|a - b| / sqrt 2) estimates the training noise of one arch,
-    the archs' (sample) standard deviation the spread a ranker has to explain: when the first reaches
-    ``ratio`` times the second, two runs of one arch differ as much as different archs do, and a rank
-    correlation against that target measures the seeds, not the rankers. Returns the figures, ``is_noise``
-    and a one-sentence ``verdict``."""
+    diagnosed arch. The pair's variance ((a - b)^2 / 2) estimates the training noise of one arch, the archs'
+    sample variance that noise plus the true differences a ranker should find. When the first is at least
+    ``share`` of the second (default a half: the archs' spread is at least half seed noise), a rank
+    correlation against that target measures the seeds more than the rankers. One pair is a rough estimate
+    (one degree of freedom). Returns the figures, ``is_noise`` and a one-sentence ``verdict``."""
     values = [v for v in arch_values if not math.isnan(v)]
     a, b = (float(v) for v in pair)
     n = len(values)
     mean = sum(values) / n if n else math.nan
     arch_sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
     seed_sd = abs(a - b) / math.sqrt(2)
-    is_noise = math.isnan(seed_sd) or math.isnan(arch_sd) or seed_sd >= ratio * arch_sd
-    pair_text = f"one arch's {metric} was {a:.4f} and {b:.4f} with seeds {seeds[0]} and {seeds[1]}"
-    spread = f"(std {seed_sd:.4f} over the seeds, {arch_sd:.4f} over the {n} archs)"
+    noise_share = seed_sd ** 2 / arch_sd ** 2 if arch_sd > 0 else (math.inf if seed_sd > 0 else math.nan)
+    is_noise = not noise_share < share  # NaN (a constant or missing target) is noise too
+    pair_text = (f"one arch's {metric} was {a:.4f} and {b:.4f} with seeds {seeds[0]} and {seeds[1]}, a variance "
+                 + ("undefined" if math.isnan(noise_share) else f"{noise_share:.0%}")
+                 + f" of the variance over the {n} archs (std {seed_sd:.4f} over the seeds, {arch_sd:.4f} over the archs)")
     if is_noise:
-        verdict = (f"The diagnose target is noise: {pair_text}, as far apart as different archs {spread}, so the "
-                   "Kendall taus mean nothing; train the stand-alone archs longer (diagnose.epochs) or from the "
-                   "supernet's weights (diagnose.init).")
+        verdict = f"The diagnose target is noise: {pair_text}, so the Kendall taus mean nothing; {remedy}."
     else:
-        times = "" if seed_sd == 0 else f" ({arch_sd / seed_sd:.1f}x the seeds' std)"
-        verdict = f"The diagnose target is not noise: {pair_text}, closer than different archs are {spread}{times}."
-    return {"seeds": list(seeds), "pair": [a, b], "seed_sd": seed_sd, "arch_sd": arch_sd, "ratio": ratio,
-            "archs": n, "is_noise": is_noise, "verdict": verdict}
+        verdict = f"The diagnose target is not noise: {pair_text}."
+    return {"seeds": list(seeds), "pair": [a, b], "seed_sd": seed_sd, "arch_sd": arch_sd, "noise_share": noise_share,
+            "threshold": share, "archs": n, "is_noise": is_noise, "verdict": verdict}
 
 
 def summarize(records: Sequence[dict], cfg: ExperimentConfig, repeat: dict | None = None) -> dict:
@@ -182,7 +181,9 @@ def summarize(records: Sequence[dict], cfg: ExperimentConfig, repeat: dict | Non
         first = next(r for r in records if r["arch_id"] == repeat["arch_id"])
         pair = (float(first["standalone"][d.target].get(d.metric, math.nan)),
                 float(repeat["metrics"].get(d.metric, math.nan)))
-        noise = target_noise(truth, pair, d.noise_ratio, d.metric, (cfg.seed, repeat["seed"]))
+        remedy = "train the stand-alone archs longer (diagnose.epochs)" + (
+            " or from the supernet's weights (diagnose.init and diagnose.target: supernet)" if d.target == "scratch" else "")
+        noise = target_noise(truth, pair, d.noise_share, d.metric, (cfg.seed, repeat["seed"]), remedy)
     rankers = {name: rank_agreement(scores, truth, d.top_k, d.bootstrap, 0.9, d.seed)
                for name, scores in ranker_scores(records, d.proxies, d.metric).items()}
     extra = {}
