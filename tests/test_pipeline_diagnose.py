@@ -96,8 +96,8 @@ def _pipeline_raw(shapes_dir, work_dir) -> dict:
 
 
 def test_pipeline_diagnose_runs_after_the_search_reports_and_is_kept(shapes_dir, tmp_path, monkeypatch):
-    from nasdet.config import validate_config
-    from nasdet.pipeline import run_pipeline
+    from nasdet.config import ConfigError, validate_config
+    from nasdet.pipeline import diagnose_config, run_pipeline
     from nasdet.stages import diagnose
     from nasdet.workdir import WorkDir
 
@@ -131,6 +131,11 @@ def test_pipeline_diagnose_runs_after_the_search_reports_and_is_kept(shapes_dir,
     before = w.diagnose.summary.stat().st_mtime_ns
     run_pipeline(cfg, console=QUIET)
     assert w.diagnose.summary.stat().st_mtime_ns == before
+    # records of another training recipe are not mixed with this one's
+    lr = cfg.train.optimizer.model_copy(update={"lr": 0.01})
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"optimizer": lr})})
+    with pytest.raises(ConfigError, match="archs.json was planned with"):
+        real(diagnose_config(other), wd, console=QUIET)
 
 
 def test_pipeline_diagnose_config_errors_name_the_key(shapes_dir, tmp_path):

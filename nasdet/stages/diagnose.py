@@ -129,11 +129,15 @@ def repeat_target(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: Map
 
 
 def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
-    """``diagnose/archs.json``: the stratified archs of the config (computed once; a plan for other settings
-    is refused once archs of it are done)."""
+    """``diagnose/archs.json``: the stratified archs of the config (computed once; a plan for other settings,
+    archs or training recipe, is refused once archs of it are done: their records would mix two recipes)."""
     d = cfg.diagnose
     plan_path = out.plan
-    plan_key = {"space_id": ctx.space.space_id, "archs": d.archs, "pool": d.pool, "seed": d.seed}
+    t = cfg.train
+    recipe = {"epochs": d.epochs, "max_steps": d.max_steps, "init": list(d.init), "seed": cfg.seed,
+              "batch_size": t.batch_size, "optimizer": t.optimizer.model_dump(mode="json"),
+              "scheduler": t.scheduler.model_dump(mode="json"), "grad_clip": t.grad_clip}
+    plan_key = {"space_id": ctx.space.space_id, "archs": d.archs, "pool": d.pool, "seed": d.seed, "recipe": recipe}
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else None
     if plan is None or plan.get("key") != plan_key:
         if plan is not None and any(out.records.glob("*.json")):
