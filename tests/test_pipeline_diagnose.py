@@ -76,6 +76,7 @@ def test_noisy_target_is_said_in_the_diagnose_output_and_the_report(tiny_config,
     assert all(r.split(" | ")[1].endswith("(noise)") for r in rows) is noisy
     assert summary["noise"]["verdict"] in md
     assert (f"**{summary['noise']['verdict']}**" in md) is noisy
+    assert "With 4 archs a tau takes few values" in md
 
 
 def _pipeline_raw(shapes_dir, work_dir) -> dict:
@@ -125,6 +126,7 @@ def test_pipeline_diagnose_runs_after_the_search_reports_and_is_kept(shapes_dir,
     assert "## Does the supernet rank truthfully here?" in md and "(pipeline.diagnose: 3)" in md
     assert "(AP on the search split, 2 images)" in md and "evaluated on val (2 images)" in md
     assert summary["noise"]["verdict"] in md and "| synflow |" in md
+    assert "With 3 archs a tau takes few values" in md and "pipeline.diagnose >= 8" in md
 
     # a finished diagnose is not rerun (nor its supernet loaded)
     monkeypatch.setattr(diagnose, "run_diagnose", lambda *a, **k: pytest.fail("diagnose ran again"))

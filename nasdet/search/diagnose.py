@@ -159,7 +159,7 @@ def target_noise(arch_values: Sequence[float], pair: Sequence[float], share: flo
     noise_share = seed_sd ** 2 / arch_sd ** 2 if arch_sd > 0 else (math.inf if seed_sd > 0 else math.nan)
     is_noise = not noise_share < share  # NaN (a constant or missing target) is noise too
     pair_text = (f"one arch's {metric} was {a:.4f} and {b:.4f} with seeds {seeds[0]} and {seeds[1]}, a variance "
-                 + ("undefined" if math.isnan(noise_share) else f"{noise_share:.0%}")
+                 + ("undefined" if math.isnan(noise_share) else "under 1%" if noise_share < 0.005 else f"{noise_share:.0%}")
                  + f" of the variance over the {n} archs (std {seed_sd:.4f} over the seeds, {arch_sd:.4f} over the archs)")
     if is_noise:
         verdict = f"The diagnose target is noise: {pair_text}, so the Kendall taus mean nothing; {remedy}."

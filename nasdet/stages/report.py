@@ -63,6 +63,9 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict]) -> 
     return (text + training).strip() + f" All on {found['split']}."
 
 
+FEW_DIAGNOSED_ARCHS = 8  # below, a rank correlation's bootstrap interval is degenerate (K = 3: tau 1.00 [1.00, 1.00])
+
+
 def diagnose_lines(summary: dict, k_key: str = "pipeline.diagnose") -> list[str]:
     """report.md's section of a diagnose summary: what was ranked against what (splits and image counts),
     the tau table with its intervals, and whether the target is noise (then every tau cell is marked)."""
@@ -92,6 +95,10 @@ def diagnose_lines(summary: dict, k_key: str = "pipeline.diagnose") -> list[str]
         lines += [f"**{verdict}**" if noise else verdict, ""]
     if summary.get("warning"):
         lines += [f"Warning: {summary['warning']}.", ""]
+    if summary["archs"] < FEW_DIAGNOSED_ARCHS:
+        lines += [f"With {summary['archs']} archs a tau takes few values and its bootstrap interval (resamples that "
+                  "repeat archs) says little: read the table as the order of these archs, not as evidence for a ranker; "
+                  f"compare rankers with {k_key} >= {FEW_DIAGNOSED_ARCHS}.", ""]
     mark = " (noise)" if noise else ""
     top_k = next(iter(summary["rankers"].values()))["top_k"]
     lines += ["| ranker | Kendall tau [90 %]" + (": target is noise" if noise else "") +
