@@ -300,7 +300,8 @@ def diagnose_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
     """Does the supernet rank archs as they rank trained alone? K archs stratified by MACs are scored by
     the supernet (as search does), by MACs, params and zero-cost proxies, and trained alone briefly;
     writes diagnose/results.csv, summary.json (Kendall tau, Spearman rho with 90 % intervals), rank.png.
-    Rerunning continues."""
+    One arch is trained twice (diagnose.noise_check): when its two seeds differ as much as the archs do,
+    it says the target is noise. Rerunning continues."""
     from .stages.diagnose import run_diagnose
 
     overrides = list(set_ or []) + ([f"diagnose.archs={archs}"] if archs is not None else []) \

@@ -392,15 +392,23 @@ class DiagnoseConfig(Strict):
     evenly spaced MACs among ``pool`` seeded uniform draws) are scored as the search scores them, by each
     zero-cost proxy, and trained alone with one short shared recipe: the top-level ``train`` section with
     ``epochs`` (and ``max_steps``), from scratch and/or from the supernet's weights (``init``).
+
+    The default target is one epoch tuned from the supernet's weights: on the demos one CPU epoch from
+    scratch leaves every arch at AP 0.0000-0.0004 (noise), one epoch from the supernet spreads them over
+    0.025-0.074 (benchmarks/README.md). ``noise_check`` trains the plan's middle arch a second time (seed
+    + 1): when the two seeds' variance is at least ``noise_share`` of the variance over the archs, the
+    target is noise and every tau says nothing.
     """
 
     archs: int = Field(12, ge=3)  # K
     pool: int = Field(100, gt=0)  # uniform draws the K are stratified from (only costed)
     seed: int = 0
-    epochs: int = Field(2, gt=0)  # the short shared recipe's epochs
+    epochs: int = Field(1, gt=0)  # the short shared recipe's epochs
     max_steps: Optional[int] = Field(None, gt=0)  # stop each stand-alone training early
-    init: list[Literal["scratch", "supernet"]] = ["scratch"]  # supernet: also tuned from the supernet's weights
-    target: Literal["scratch", "supernet"] = "scratch"  # which stand-alone AP the rankers are judged against
+    init: list[Literal["scratch", "supernet"]] = ["supernet"]  # scratch: (also) trained from a fresh init
+    target: Literal["scratch", "supernet"] = "supernet"  # which stand-alone AP the rankers are judged against
+    noise_check: bool = True  # one more training: the middle arch's target again with seed + 1
+    noise_share: float = Field(0.5, gt=0)  # noise when the seeds' variance >= this share of the variance over archs
     metric: Literal["AP", "AP50"] = "AP"  # of the supernet score and of the stand-alone model on val
     proxies: list[Literal["grad_norm", "synflow", "mae_det"]] = ["grad_norm", "synflow", "mae_det"]
     proxy_batch_size: int = Field(8, gt=0)  # grad_norm's batch (training images, no augmentation)
@@ -508,6 +516,17 @@ class PipelineConfig(Strict):
     baseline_checkpoint: Optional[str] = None
     export: bool = True
     classify: bool = False  # DetNAS step 1 first: `nasdet classify` (supernet), then pretrain from its backbone
+    # K > 0: after the search, `nasdet diagnose` on K archs (the `diagnose` section's recipe, diagnose.archs
+    # replaced by K); its tau table goes into report.md. Cost: K trainings of the diagnose recipe (x2 with
+    # diagnose.init [scratch, supernet]) + 1 for diagnose.noise_check
+    diagnose: int = Field(0, ge=0)
+
+    @field_validator("diagnose")
+    @classmethod
+    def _diagnose_archs(cls, k: int) -> int:
+        if 0 < k < 3:
+            raise ValueError(f"pipeline.diagnose is the number of archs (0: off), at least 3 for a rank correlation, got {k}")
+        return k
 
     @model_validator(mode="after")
     def _checkpoint_is_baseline(self):
@@ -545,6 +564,16 @@ class ExperimentConfig(Strict):
     pipeline: PipelineConfig = PipelineConfig()
     classify: Optional[ClassifyConfig] = None
     report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _pipeline_diagnose(self):
+        k = self.pipeline.diagnose
+        if k and k > self.diagnose.pool:
+            raise ValueError(f"pipeline.diagnose ({k}) must be <= diagnose.pool ({self.diagnose.pool})")
+        if k and self.search.strategy == "darts":
+            raise ValueError("pipeline.diagnose ranks the subnets of a trained supernet: search.strategy darts (FAD) "
+                             "trains none; set pipeline.diagnose: 0")
+        return self
 
 
 # ------------------------------------------------------------------------------------------ load/save

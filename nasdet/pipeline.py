@@ -1,5 +1,5 @@
-"""``nasdet pipeline``: [classify ->] baseline -> pretrain -> search -> tune -> export -> report, in one work dir;
-it only orders the stages (``nasdet.stages``).
+"""``nasdet pipeline``: [classify ->] baseline -> pretrain -> search [-> diagnose] -> tune [-> controls] -> export
+-> report, in one work dir; it only orders the stages (``nasdet.stages``).
 
 Each stage is the same function its own command runs, and each already skips itself when its outputs
 are complete and resumes when interrupted (training from ``ckpt/last.pt``, the search from its Optuna
@@ -27,7 +27,7 @@ from .stages.tune import run_tune
 from .train.trained import with_backbone_checkpoint
 from .workdir import ARCH_JSON, CONTROLS, WorkDir, write_json
 
-STAGES = ("classify", "baseline", "pretrain", "search", "tune", "controls", "export", "report")
+STAGES = ("classify", "baseline", "pretrain", "search", "diagnose", "tune", "controls", "export", "report")
 
 
 def _pretrain_config(cfg: ExperimentConfig, wd: Path) -> ExperimentConfig:
@@ -87,6 +87,25 @@ def run_controls(cfg: ExperimentConfig, wd: Path, console: Console) -> dict:
     return out
 
 
+def diagnose_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config ``pipeline.diagnose: K`` runs ``nasdet diagnose`` with: the ``diagnose`` section, K archs."""
+    return cfg.model_copy(update={"diagnose": cfg.diagnose.model_copy(update={"archs": cfg.pipeline.diagnose})})
+
+
+def run_pipeline_diagnose(cfg: ExperimentConfig, wd: Path, console: Console) -> dict:
+    """``nasdet diagnose`` on ``pipeline.diagnose`` archs, unless a diagnose with these settings finished
+    (its ``summary.json``); an interrupted one continues from its records."""
+    from .search.diagnose import finished_summary
+    from .stages.diagnose import run_diagnose
+
+    dcfg = diagnose_config(cfg)
+    done = finished_summary(dcfg, WorkDir(wd).diagnose)
+    if done is not None:
+        console.print(f"diagnose: done ({done['archs']} archs), kept")
+        return done
+    return run_diagnose(dcfg, wd, console=console)
+
+
 def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Run every stage that is not complete yet; returns the report (also written as report.json)."""
     console = console or Console()
@@ -115,6 +134,8 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     if cfg.search.strategy != "darts":  # a darts (FAD) search trains its own search network
         stage("pretrain", lambda: run_pretrain(_pretrain_config(cfg, wd), wd, console=console))
     stage("search", lambda: run_search(cfg, wd, console=console))
+    if cfg.pipeline.diagnose:
+        stage("diagnose", lambda: run_pipeline_diagnose(cfg, wd, console))
     stage("tune", lambda: run_tune(cfg, wd, console=console))
     if cfg.report.controls:
         if cfg.search.strategy == "darts":

@@ -163,9 +163,13 @@ class DiagnoseDir(StageDir):
     def claims(self) -> Path:
         return self.root / "claims"
 
-    def training(self, arch_id: str, init: str) -> Path:
-        """Where the arch trains alone from ``init`` (scratch / supernet)."""
-        return self.root / "archs" / arch_id / init
+    def training(self, arch_id: str, init: str, seed: int | None = None) -> Path:
+        """Where the arch trains alone from ``init`` (scratch / supernet); ``seed``: the noise check's second run."""
+        return self.root / "archs" / arch_id / (init if seed is None else f"{init}_seed{seed}")
+
+    def repeat_record(self, arch_id: str, seed: int) -> Path:
+        """The noise check's record: the arch's target trained again with ``seed`` (not in ``records/``)."""
+        return self.root / "noise" / f"{arch_id}_seed{seed}.json"
 
     @property
     def results_csv(self) -> Path:

@@ -151,7 +151,8 @@ def test_diagnose_resumes_after_a_kill_and_writes_outputs(tiny_config, tmp_path,
     saved = json.loads((out / "summary.json").read_text())
     assert set(saved["rankers"]) == {"supernet", "macs", "params", "synflow"}
     assert {"kendall_tau", "kendall_tau_lo", "kendall_tau_hi", "spearman_rho", "top_k_overlap"} <= set(saved["rankers"]["macs"])
-    assert "standalone_supernet" in saved["other_standalone"]
+    assert saved["target"] == "standalone_supernet_AP" and "standalone_scratch" in saved["other_standalone"]
+    assert saved["noise"]["seeds"] == [0, 1] and saved["trainings"] == 3 * 2 + 1  # K archs x 2 inits + noise check
     assert summary["archs"] == 3 and (out / "rank.png").stat().st_size > 1000
     assert not list((out / "claims").glob("*.claim"))
 

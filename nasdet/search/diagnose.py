@@ -122,12 +122,68 @@ def ranker_scores(records: Sequence[dict], proxies: Sequence[str], metric: str) 
     return out
 
 
-def summarize(records: Sequence[dict], cfg: ExperimentConfig) -> dict:
-    """Rank agreement of every ranker with the stand-alone metric of ``diagnose.target``."""
+def settings_key(cfg: ExperimentConfig) -> dict:
+    """Everything a diagnose summary depends on: a summary written with other settings is not reused."""
+    return {"diagnose": cfg.diagnose.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json"),
+            "seed": cfg.seed, "search_scoring": {k: getattr(cfg.search, k) for k in
+                                                 ("recalib_batches", "batch_size", "max_images", "score_on")}}
+
+
+def finished_summary(cfg: ExperimentConfig, out: DiagnoseDir) -> dict | None:
+    """The summary of a diagnose finished with ``cfg``'s settings, or None (not run, or run otherwise)."""
+    if not out.summary.is_file():
+        return None
+    summary = json.loads(out.summary.read_text())
+    return summary if summary.get("settings") == settings_key(cfg) else None
+
+
+def noise_arch(archs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The arch ``diagnose.noise_check`` trains twice: the plan's middle one (the plan is sorted by MACs)."""
+    return archs[len(archs) // 2]
+
+
+def target_noise(arch_values: Sequence[float], pair: Sequence[float], share: float = 0.5, metric: str = "AP",
+                 seeds: Sequence[int] = (0, 1), remedy: str = "train the stand-alone archs longer (diagnose.epochs)") -> dict:
+    """Is the target noise? ``pair``: one arch's target under two seeds; ``arch_values``: the target of each
+    diagnosed arch. The pair's variance ((a - b)^2 / 2) estimates the training noise of one arch, the archs'
+    sample variance that noise plus the true differences a ranker should find. When the first is at least
+    ``share`` of the second (default a half: the archs' spread is at least half seed noise), a rank
+    correlation against that target measures the seeds more than the rankers. One pair is a rough estimate
+    (one degree of freedom). Returns the figures, ``is_noise`` and a one-sentence ``verdict``."""
+    values = [v for v in arch_values if not math.isnan(v)]
+    a, b = (float(v) for v in pair)
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    arch_sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    seed_sd = abs(a - b) / math.sqrt(2)
+    noise_share = seed_sd ** 2 / arch_sd ** 2 if arch_sd > 0 else (math.inf if seed_sd > 0 else math.nan)
+    is_noise = not noise_share < share  # NaN (a constant or missing target) is noise too
+    pair_text = (f"one arch's {metric} was {a:.4f} and {b:.4f} with seeds {seeds[0]} and {seeds[1]}, a variance "
+                 + ("undefined" if math.isnan(noise_share) else "under 1%" if noise_share < 0.005 else f"{noise_share:.0%}")
+                 + f" of the variance over the {n} archs (std {seed_sd:.4f} over the seeds, {arch_sd:.4f} over the archs)")
+    if is_noise:
+        verdict = f"The diagnose target is noise: {pair_text}, so the Kendall taus mean nothing; {remedy}."
+    else:
+        verdict = f"The diagnose target is not noise: {pair_text}."
+    return {"seeds": list(seeds), "pair": [a, b], "seed_sd": seed_sd, "arch_sd": arch_sd, "noise_share": noise_share,
+            "threshold": share, "archs": n, "is_noise": is_noise, "verdict": verdict}
+
+
+def summarize(records: Sequence[dict], cfg: ExperimentConfig, repeat: dict | None = None) -> dict:
+    """Rank agreement of every ranker with the stand-alone metric of ``diagnose.target``; with ``repeat`` (the
+    noise check's second training of one arch), whether that target is noise (``target_noise``)."""
     from .rank import rank_agreement
 
     d = cfg.diagnose
     truth = [float(r["standalone"][d.target].get(d.metric, math.nan)) for r in records]
+    noise = None
+    if repeat is not None:
+        first = next(r for r in records if r["arch_id"] == repeat["arch_id"])
+        pair = (float(first["standalone"][d.target].get(d.metric, math.nan)),
+                float(repeat["metrics"].get(d.metric, math.nan)))
+        remedy = "train the stand-alone archs longer (diagnose.epochs)" + (
+            " or from the supernet's weights (diagnose.init and diagnose.target: supernet)" if d.target == "scratch" else "")
+        noise = target_noise(truth, pair, d.noise_share, d.metric, (cfg.seed, repeat["seed"]), remedy)
     rankers = {name: rank_agreement(scores, truth, d.top_k, d.bootstrap, 0.9, d.seed)
                for name, scores in ranker_scores(records, d.proxies, d.metric).items()}
     extra = {}
@@ -135,15 +191,27 @@ def summarize(records: Sequence[dict], cfg: ExperimentConfig) -> dict:
         if init != d.target:
             other = [float(r["standalone"][init].get(d.metric, math.nan)) for r in records]
             extra[f"standalone_{init}"] = rank_agreement(other, truth, d.top_k, d.bootstrap, 0.9, d.seed)
+    steps = {r["steps"][d.target] for r in records if "steps" in r}
+    trainings = len(records) * len(d.init) + (repeat is not None)
     return {"target": f"standalone_{d.target}_{d.metric}", "metric": d.metric, "archs": len(records),
             "recipe": {"epochs": d.epochs, "max_steps": d.max_steps, "init": list(d.init),
                        "batch_size": cfg.train.batch_size, "optimizer": cfg.train.optimizer.name,
-                       "lr": cfg.train.optimizer.lr},
+                       "lr": cfg.train.optimizer.lr, "steps": max(steps) if steps else None},
             "supernet_scoring": {"recalib_batches": cfg.search.recalib_batches, "batch_size": cfg.search.batch_size,
                                  "max_images": cfg.search.max_images},
-            "rankers": rankers, "other_standalone": extra, "warning": constant_target(truth, d),
+            # where each figure comes from: the supernet scores on the search split, the target on val
+            "splits": {"supernet": {"split": cfg.search.score_on, "images": _first(records, "search_images")},
+                       "target": {"split": "val", "images": _first(records, "val_images")}},
+            "macs_range": [min(r["costs"]["macs"] for r in records), max(r["costs"]["macs"] for r in records)],
+            "rankers": rankers, "other_standalone": extra, "warning": constant_target(truth, d), "noise": noise,
+            "trainings": trainings, "settings": settings_key(cfg),
             "seconds": {k: sum(r["seconds"].get(k, 0.0) for r in records)
+                        + (repeat["seconds"] if repeat is not None and k == f"train_{d.target}" else 0.0)
                         for k in sorted({k for r in records for k in r["seconds"]})}}
+
+
+def _first(records: Sequence[dict], key: str) -> int | None:
+    return next((r[key] for r in records if r.get(key) is not None), None)
 
 
 def constant_target(truth: Sequence[float], d) -> str | None:
@@ -158,10 +226,11 @@ def constant_target(truth: Sequence[float], d) -> str | None:
             "stand-alone archs longer (diagnose.epochs, diagnose.max_steps) until their APs differ, then rerun")
 
 
-def write_diagnose_outputs(records: Sequence[dict], cfg: ExperimentConfig, out: DiagnoseDir) -> dict:
+def write_diagnose_outputs(records: Sequence[dict], cfg: ExperimentConfig, out: DiagnoseDir,
+                           repeat: dict | None = None) -> dict:
     d = cfg.diagnose
     records = sorted(records, key=lambda r: (r["costs"]["macs"], r["arch_id"]))
-    summary = summarize(records, cfg)
+    summary = summarize(records, cfg, repeat)
     write_results_csv(records, d.proxies, d.init, out.results_csv)
     write_json_atomic(out.summary, summary)
     plot_rankers(records, summary, cfg, out.rank_png)
@@ -215,15 +284,23 @@ def plot_rankers(records: Sequence[dict], summary: dict, cfg: ExperimentConfig, 
     plt.close(fig)
 
 
+def is_noise(summary: dict) -> bool:
+    """The summary's noise check found its target to be noise."""
+    return bool((summary.get("noise") or {}).get("is_noise"))
+
+
 def ranker_table(summary: dict) -> Table:
-    table = Table(title=f"rankers vs {summary['target']} ({summary['archs']} archs, 90 % bootstrap intervals)")
+    noise = is_noise(summary)
+    title = f"rankers vs {summary['target']} ({summary['archs']} archs, 90 % bootstrap intervals)"
+    table = Table(title=title + (": THE TARGET IS NOISE, every tau means nothing" if noise else ""))
     for col in ("ranker", "Kendall tau", "90 % interval", "Spearman rho", "90 % interval", "top-k overlap"):
         table.add_column(col, justify="right")
     def f(v: float, spec: str = ".2f") -> str:
         return "undefined" if math.isnan(v) else format(v, spec)
 
     for name, a in {**summary["rankers"], **summary.get("other_standalone", {})}.items():
-        table.add_row(name, f(a["kendall_tau"], ".3f"), f"[{f(a['kendall_tau_lo'])}, {f(a['kendall_tau_hi'])}]",
+        table.add_row(name, f(a["kendall_tau"], ".3f") + (" (noise)" if noise else ""),
+                      f"[{f(a['kendall_tau_lo'])}, {f(a['kendall_tau_hi'])}]",
                       f(a["spearman_rho"], ".3f"), f"[{f(a['spearman_rho_lo'])}, {f(a['spearman_rho_hi'])}]",
                       f"{f(a['top_k_overlap'])} (k={a['top_k']})")
     return table

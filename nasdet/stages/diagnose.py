@@ -10,11 +10,14 @@ always, the rest the seeded uniform draws nearest to evenly spaced MACs) are eac
    from scratch and/or from the supernet's weights (``diagnose.init``), and evaluated on val.
 
 Every ranker (the supernet score, MACs alone, params alone, each proxy) is then compared with the
-stand-alone AP: Kendall's tau and Spearman's rho with bootstrap 90 % intervals, top-k overlap.
+stand-alone AP: Kendall's tau and Spearman's rho with bootstrap 90 % intervals, top-k overlap. With
+``diagnose.noise_check`` the plan's middle arch is trained once more (seed + 1): when its two APs differ as
+much as the archs' do, the target is noise and the output says so (``search.diagnose.target_noise``).
 
 Work dir ``diagnose/``: ``archs.json`` (the plan), ``records/<id>.json`` (one finished arch each, written
 atomically: a kill loses at most the arch in progress, whose training also resumes from its checkpoint in
-``archs/<id>/<init>/``), ``claims/`` (which process holds which arch: several processes, ``--workers``,
+``archs/<id>/<init>/``), ``noise/<id>_seed<s>.json`` (the noise check's second training, in
+``archs/<id>/<init>_seed<s>/``), ``claims/`` (which process holds which arch: several processes, ``--workers``,
 share the plan; a claim of a dead process of this host is taken over), and once every arch is done
 ``results.csv``, ``summary.json``, ``rank.png``.
 """
@@ -36,7 +39,8 @@ from ..errors import ConfigError
 from ..files import write_json_atomic
 from ..models.supernet import export_detector
 from ..search.budget import CostModel, restrict_resolution
-from ..search.diagnose import Claims, arch_id, ranker_table, stratified_archs, write_diagnose_outputs
+from ..search.diagnose import (Claims, arch_id, noise_arch, ranker_table, stratified_archs,
+                               write_diagnose_outputs)
 from ..search.proxies import proxy_batch, proxy_score, scratch_subnet
 from ..search.scorers import load_trained_supernet
 from ..search.study import worker_id
@@ -46,11 +50,14 @@ from ..workdir import DIAGNOSE, DiagnoseDir, StageDir, WorkDir, checkpoint_in
 
 
 def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: Mapping[str, Any], init: str,
-                     out_dir: Path, console: Console) -> dict:
+                     out_dir: Path, console: Console, seed: int | None = None) -> dict:
     """``arch`` trained alone with the diagnose recipe (resuming from ``out_dir/ckpt/last.pt``): from its
-    scratch init or from the supernet's weights (BN recalibrated first, as ``nasdet tune``); val metrics."""
+    scratch init or from the supernet's weights (BN recalibrated first, as ``nasdet tune``); val metrics.
+    ``seed`` (default ``cfg.seed``) seeds the init, the BN calibration batches, the data order and augmentation."""
     d = cfg.diagnose
+    seed = cfg.seed if seed is None else seed
     recipe = cfg.train.model_copy(update={"epochs": d.epochs, "max_steps": d.max_steps})
+    cfg = cfg.model_copy(update={"seed": seed})
     tcfg = cfg.model_copy(update={"train": recipe})
     if init == "scratch":
         model = scratch_subnet(ctx.model, ctx.space, arch, cfg.seed)
@@ -68,7 +75,8 @@ def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: 
     if done is not None:
         return done["metrics"]
     metrics = trainer.run()
-    write_json_atomic(folder.metrics, {"metrics": metrics, "step": trainer.step, "arch": dict(arch), "init": init})
+    write_json_atomic(folder.metrics, {"metrics": metrics, "step": trainer.step, "arch": dict(arch), "init": init,
+                                       "seed": seed, "val_images": trainer.val_images})
     return metrics
 
 
@@ -92,15 +100,44 @@ def diagnose_arch(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], cost_fn, 
         standalone[init] = train_standalone(cfg, ctx, data, arch, init, out.training(arch_id(arch), init), console)
         seconds[f"train_{init}"] = time.perf_counter() - t
     return {"arch_id": arch_id(arch), "arch": dict(arch), "costs": costs, "supernet": supernet, "proxies": proxies,
-            "standalone": standalone, "seconds": seconds, "worker": worker_id()}
+            "standalone": standalone, "seconds": seconds, "worker": worker_id(),
+            "search_images": len(ctx.search_set), "val_images": _val_images(cfg, data),
+            "steps": {init: _trained_steps(out.training(arch_id(arch), init)) for init in d.init}}
+
+
+def _trained_steps(out_dir: Path) -> int:
+    """The optimizer steps of a finished stand-alone training (its metrics record)."""
+    return json.loads(StageDir(out_dir, DIAGNOSE).metrics.read_text())["step"]
+
+
+def _val_images(cfg: ExperimentConfig, data: Mapping[str, Any]) -> int:
+    n = len(data["val"])
+    return min(n, cfg.eval.max_images) if cfg.eval.max_images else n
+
+
+def repeat_target(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: Mapping[str, Any], out: DiagnoseDir,
+                  console: Console) -> dict:
+    """The noise check: ``arch``'s target (``diagnose.target``) trained again, with seed ``cfg.seed + 1``."""
+    d = cfg.diagnose
+    seed = cfg.seed + 1
+    console.print(f"diagnose: noise check, arch {arch_id(arch)} trained again with seed {seed}")
+    t = time.perf_counter()
+    metrics = train_standalone(cfg, ctx, data, arch, d.target, out.training(arch_id(arch), d.target, seed), console,
+                               seed=seed)
+    return {"arch_id": arch_id(arch), "arch": dict(arch), "init": d.target, "seed": seed, "metrics": metrics,
+            "seconds": time.perf_counter() - t, "worker": worker_id()}
 
 
 def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
-    """``diagnose/archs.json``: the stratified archs of the config (computed once; a plan for other settings
-    is refused once archs of it are done)."""
+    """``diagnose/archs.json``: the stratified archs of the config (computed once; a plan for other settings,
+    archs or training recipe, is refused once archs of it are done: their records would mix two recipes)."""
     d = cfg.diagnose
     plan_path = out.plan
-    plan_key = {"space_id": ctx.space.space_id, "archs": d.archs, "pool": d.pool, "seed": d.seed}
+    t = cfg.train
+    recipe = {"epochs": d.epochs, "max_steps": d.max_steps, "init": list(d.init), "seed": cfg.seed,
+              "batch_size": t.batch_size, "optimizer": t.optimizer.model_dump(mode="json"),
+              "scheduler": t.scheduler.model_dump(mode="json"), "grad_clip": t.grad_clip}
+    plan_key = {"space_id": ctx.space.space_id, "archs": d.archs, "pool": d.pool, "seed": d.seed, "recipe": recipe}
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else None
     if plan is None or plan.get("key") != plan_key:
         if plan is not None and any(out.records.glob("*.json")):
@@ -133,31 +170,43 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     batch = proxy_batch(data["supernet_train"].with_transforms(None), d.proxy_batch_size, d.seed) \
         if "grad_norm" in d.proxies else ([], [])
     claims = Claims(out.claims)
+    # the jobs: each arch's record, then the noise check's second training of the middle arch
+    jobs = [(arch_id(a), out.record(arch_id(a)), a, i) for i, a in enumerate(archs)]
+    if d.noise_check:
+        middle = noise_arch(archs)
+        jobs.append((f"{arch_id(middle)}_seed{cfg.seed + 1}", out.repeat_record(arch_id(middle), cfg.seed + 1),
+                     middle, None))
     done_here = 0
-    for i, arch in enumerate(archs):
-        name = arch_id(arch)
-        record_path = out.record(name)
+    for name, record_path, arch, i in jobs:
         if record_path.is_file() or not claims.take(name):
             continue
         try:
             if record_path.is_file():  # finished by another process between the check and the claim
                 continue
-            console.print(f"diagnose: arch {i + 1}/{len(archs)} ({name}, {cost_fn(arch)['macs'] / 1e6:.1f} M MACs)")
-            record = diagnose_arch(cfg, ctx, data, cost_fn, batch, arch, out, console)
-            record["index"] = i
+            if i is None:
+                record = repeat_target(cfg, ctx, data, arch, out, console)
+            else:
+                console.print(f"diagnose: arch {i + 1}/{len(archs)} ({name}, {cost_fn(arch)['macs'] / 1e6:.1f} M MACs)")
+                record = diagnose_arch(cfg, ctx, data, cost_fn, batch, arch, out, console)
+                record["index"] = i
             write_json_atomic(record_path, record)
             done_here += 1
         finally:
             claims.release(name)
-    records = [json.loads(p.read_text()) for a in archs if (p := out.record(arch_id(a))).is_file()]
-    if len(records) < len(archs):
-        pending = [arch_id(a) for a in archs if not out.record(arch_id(a)).is_file()]
-        console.print(f"diagnose: {len(records)}/{len(archs)} archs done; {len(pending)} held by other processes")
+    pending = [name for name, path, _, _ in jobs if not path.is_file()]
+    if pending:
+        console.print(f"diagnose: {len(jobs) - len(pending)}/{len(jobs)} trainings done; {len(pending)} held by "
+                      "other processes")
         return {"pending": pending}
-    summary = write_diagnose_outputs(records, cfg, out)
+    records = [json.loads(out.record(arch_id(a)).read_text()) for a in archs]
+    repeat = json.loads(jobs[-1][1].read_text()) if d.noise_check else None
+    summary = write_diagnose_outputs(records, cfg, out, repeat)
     summary["seconds_this_process"] = time.perf_counter() - t_start
     summary["archs_this_process"] = done_here
     console.print(ranker_table(summary))
     if summary.get("warning"):
         console.print(Text(f"warning: {summary['warning']}", style="yellow"), soft_wrap=True)
+    if summary["noise"]:
+        console.print(Text(summary["noise"]["verdict"], style="yellow" if summary["noise"]["is_noise"] else ""),
+                      soft_wrap=True)
     return summary

@@ -63,6 +63,53 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict]) -> 
     return (text + training).strip() + f" All on {found['split']}."
 
 
+FEW_DIAGNOSED_ARCHS = 8  # below, a rank correlation's bootstrap interval is degenerate (K = 3: tau 1.00 [1.00, 1.00])
+
+
+def diagnose_lines(summary: dict, k_key: str = "pipeline.diagnose") -> list[str]:
+    """report.md's section of a diagnose summary: what was ranked against what (splits and image counts),
+    the tau table with its intervals, and whether the target is noise (then every tau cell is marked)."""
+    import math
+
+    from ..search.diagnose import is_noise
+
+    def f(v: float) -> str:
+        return "undefined" if v is None or math.isnan(v) else f"{v:.2f}"
+
+    recipe, splits = summary["recipe"], summary["splits"]
+    init = "from the supernet's weights" if summary["target"].startswith("standalone_supernet") else "from scratch"
+    epochs = f"{recipe['epochs']} epoch{'s' if recipe['epochs'] != 1 else ''}"
+    steps = f" ({recipe['steps']} steps)" if recipe.get("steps") is not None else ""
+    scored_on = "the validation set" if splits["supernet"]["split"] == "val" else "the search split"
+    lo, hi = summary["macs_range"]
+    noise = is_noise(summary)
+    lines = ["## Does the supernet rank truthfully here?", "",
+             f"`nasdet diagnose` ({k_key}: {summary['archs']}): {summary['archs']} archs from {lo / 1e6:.1f} to "
+             f"{hi / 1e6:.1f} M MACs, each scored as the search scores them ({summary['metric']} on {scored_on}, "
+             f"{splits['supernet']['images']} images) and trained alone for {epochs}{steps} {init}, then evaluated "
+             f"on val ({splits['target']['images']} images): the target. Kendall tau and Spearman rho of each ranker "
+             "against it, with bootstrap 90 % intervals over the archs; a supernet tau whose interval holds MACs' tau "
+             f"ranks no better than size. {summary['trainings']} stand-alone trainings (`diagnose/`).", ""]
+    if summary.get("noise"):
+        verdict = summary["noise"]["verdict"]
+        lines += [f"**{verdict}**" if noise else verdict, ""]
+    if summary.get("warning"):
+        lines += [f"Warning: {summary['warning']}.", ""]
+    if summary["archs"] < FEW_DIAGNOSED_ARCHS:
+        lines += [f"With {summary['archs']} archs a tau takes few values and its bootstrap interval (resamples that "
+                  "repeat archs) says little: read the table as the order of these archs, not as evidence for a ranker; "
+                  f"compare rankers with {k_key} >= {FEW_DIAGNOSED_ARCHS}.", ""]
+    mark = " (noise)" if noise else ""
+    top_k = next(iter(summary["rankers"].values()))["top_k"]
+    lines += ["| ranker | Kendall tau [90 %]" + (": target is noise" if noise else "") +
+              f" | Spearman rho [90 %] | top-{top_k} overlap |", "|---|---|---|---|"]
+    for name, a in {**summary["rankers"], **summary.get("other_standalone", {})}.items():
+        lines.append(f"| {name} | {f(a['kendall_tau'])} [{f(a['kendall_tau_lo'])}, {f(a['kendall_tau_hi'])}]{mark} "
+                     f"| {f(a['spearman_rho'])} [{f(a['spearman_rho_lo'])}, {f(a['spearman_rho_hi'])}] "
+                     f"| {f(a['top_k_overlap'])} |")
+    return lines + [""]
+
+
 def _split_of(record: dict) -> str:
     """"val (300 images)": where a metrics record was evaluated."""
     n = record.get("val_images")
@@ -164,11 +211,17 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
                   f"{len(p['front'])} on the Pareto front.", ""]
     if confidence:
         lines += [confidence["verdict"], ""]
+    diagnose = json.loads(w.diagnose.summary.read_text()) if cfg.pipeline.diagnose and w.diagnose.summary.is_file() \
+        else None
+    if diagnose is not None:
+        lines += diagnose_lines(diagnose)
     lines += ["Files: `baseline/` (checkpoint, metrics), `supernet/` (checkpoint, subnets' metrics), `search/` "
               "(study.journal, results.csv, best_arch.json, pareto.json/png), `tune/` (arch.json, checkpoint, "
-              "metrics), `export/` (ONNX files, parity and latency records, classes.json).", ""]
+              "metrics), `export/` (ONNX files, parity and latency records, classes.json)"
+              + (", `diagnose/` (records, results.csv, summary.json, rank.png)" if diagnose is not None else "") + ".", ""]
     write_text_atomic(w.report_md, "\n".join(lines))
     console.print(f"report: {escape(str(w.report_md))}")
     return {"rows": rows, "initial_tune_metrics": init_metrics, "search_confidence": confidence,
+            "diagnose": None if diagnose is None else {k: diagnose[k] for k in ("archs", "target", "rankers", "noise")},
             "budget": None if budget is None else budget.model_dump(),
             "supernet": str(w.supernet.root)}
