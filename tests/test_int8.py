@@ -1,0 +1,130 @@
+"""Issue 25: INT8. ``nasdet export --int8`` (onnxruntime static quantization of the network, its val mAP run
+through onnxruntime), ``cost.latency: onnxruntime_int8`` and the INT8 latency table."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from rich.console import Console
+
+from conftest import fake_pretrain
+from nasdet.errors import ConfigError, QuantizationError
+from nasdet.space import save_arch
+
+QUIET = Console(quiet=True)
+OFA_TINY = {"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}}
+
+
+def _tuned(tiny_config, **extra):
+    """A tuned OFA-MobileNetV3 SSDLite at 96 px (a few steps from the supernet's random weights)."""
+    from nasdet.stages.tune import run_tune
+
+    sections = {"model": {**OFA_TINY, "score_thresh": 0.05}, "train": {"max_steps": 2, "epochs": 1},
+                "tune": {"eval_initial": False, "recalib_batches": 1}, "export": {"check_images": 1},
+                "cost": {"warmup": 0, "runs": 2, "threads": 1}}
+    for k, v in extra.items():
+        sections[k] = {**sections.get(k, {}), **v}
+    cfg = tiny_config("ssdlite", **sections)
+    _, space = fake_pretrain(cfg)
+    save_arch(Path(cfg.work_dir) / "search" / "best_arch.json",
+              {n: v[len(v) // 2] for n, v in space.choices.items()}, space)
+    run_tune(cfg, console=QUIET)
+    return cfg
+
+
+def _ort_detections(path, dataset):
+    """COCO detections computed here, by a bare onnxruntime session (no nasdet code)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = []
+    for i in range(len(dataset)):
+        image = dataset.load_image(i).as_subclass(torch.Tensor).numpy()
+        boxes, scores, labels = session.run(None, {"image": image})
+        for (x1, y1, x2, y2), s, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+            out.append({"image_id": int(dataset.target(i)["image_id"]), "category_id": int(dataset.category_ids[lab - 1]),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)})
+    return out
+
+
+def test_export_int8_quantizes_the_network_and_scores_both_files_through_onnxruntime(tiny_config):
+    from nasdet.data.build import load_split
+    from nasdet.data.dataset import to_coco_gt
+    from nasdet.metrics import coco_evaluate
+    from nasdet.stages.export import run_export
+
+    cfg = _tuned(tiny_config, export={"int8": True, "calibration_images": 3, "calibration_method": "minmax"})
+    rec = run_export(cfg, console=QUIET)
+    q = rec["int8"]
+    float_path, int8_path = Path(rec["onnx"]), Path(q["onnx"])
+    assert int8_path.name == "tune_int8.onnx" and int8_path.is_file()
+    assert json.loads((int8_path.parent / "tune.json").read_text())["int8"]["onnx"] == str(int8_path)
+    # quantization happened: Q/DQ pairs, int8 weights of every network conv, a much smaller file
+    model = onnx.load(str(int8_path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    int8_weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(producer[n.input[1]].op_type == "DequantizeLinear" and producer[n.input[1]].input[0] in int8_weights
+                         for n in convs)
+    assert q["quantization"]["quantized_ops"] == len(convs) and q["quantization"]["calibration_images"] == 3
+    assert int8_path.stat().st_size < 0.8 * float_path.stat().st_size  # int8 weights; scales and the float graph remain
+    # pre-processing, decoding and NMS stayed float: same inputs and outputs, any image size
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == ["boxes", "scores", "labels"]
+    outside = [producer[n.input[0]].name for n in model.graph.node if n.op_type == "QuantizeLinear"
+               and not producer[n.input[0]].name.startswith(("/backbone/", "/head/"))]
+    assert outside == ["/pre/Unsqueeze"]  # the one tensor from float to int8: the network's input
+    # both mAPs are onnxruntime's: recomputed here from bare sessions on the two files
+    val = load_split(cfg, "val")
+    gt = to_coco_gt(val)
+    dets_float, dets_int8 = _ort_detections(float_path, val), _ort_detections(int8_path, val)
+    for kind, dets in (("float", dets_float), ("int8", dets_int8)):
+        assert q["metrics_onnxruntime"][kind]["AP50"] == pytest.approx(coco_evaluate(gt, dets)["AP50"], abs=1e-3)
+    assert q["drop"]["AP"] == pytest.approx(q["metrics_onnxruntime"]["float"]["AP"] - q["metrics_onnxruntime"]["int8"]["AP"])
+    # INT8 arithmetic differs from float (else nothing was quantized) but follows it
+    top_float = max(dets_float, key=lambda d: d["score"])
+    same_image = [d for d in dets_int8 if d["image_id"] == top_float["image_id"]]
+    assert same_image and top_float["score"] not in [d["score"] for d in same_image]
+    assert q["agreement"]["share"] is None or q["agreement"]["share"] >= 0.5, q["agreement"]
+    lat = q["latency_onnxruntime"]
+    assert lat["float"]["median_ms"] > 0 and lat["int8"]["median_ms"] > 0 and lat["int8"]["threads"] == 1
+    # examples/onnx_infer.py runs the INT8 file as it runs the float one
+    image = next(Path(val.records[0].file).parent.iterdir())
+    script = Path(__file__).parent.parent / "examples" / "onnx_infer.py"
+    out = subprocess.run([sys.executable, str(script), str(int8_path), str(image), "--json", "--min-score", "0"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    first = json.loads(out.stdout.splitlines()[0])
+    assert len(first["boxes"]) == len(first["scores"]) == len(first["labels"]) > 0
+
+
+def test_a_float_file_or_a_graph_without_the_network_is_refused_in_one_line(tiny_config, tmp_path):
+    from nasdet.export import export_onnx
+    from nasdet.models.supernet import build_supernet, export_detector
+    from nasdet.quantize import check_quantized, network_scopes, quantize_detector
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY)
+    torch.manual_seed(0)
+    supernet, space = build_supernet(cfg, 8)
+    static = export_detector(supernet, space.smallest(), space).eval()
+    path = export_onnx(static, tmp_path / "float.onnx")
+    scopes = network_scopes(static)
+    assert scopes == ("/backbone/", "/head/")
+    with pytest.raises(QuantizationError, match=r"node /backbone/\S+ \(Conv\) of the network was left in float") as e:
+        check_quantized(path, scopes)
+    assert "\n" not in str(e.value)
+    image = np.zeros((3, 64, 80), np.uint8)
+    with pytest.raises(QuantizationError, match=r"no Conv/MatMul/Gemm node under \['/neck/'\]"):
+        quantize_detector(path, tmp_path / "int8.onnx", [image], ("/neck/",))
+    assert not (tmp_path / "int8.onnx").exists()
+    with pytest.raises(ConfigError, match="drop --raw"):
+        from nasdet.stages.export import run_export
+
+        run_export(cfg, raw=True, int8=True, console=QUIET)
