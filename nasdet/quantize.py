@@ -41,11 +41,11 @@ def network_scopes(detector: nn.Module) -> tuple[str, ...]:
     return tuple("/" + "/".join(m.split(".")) + "/" for m in family_of(detector).network_modules)
 
 
-class _Images:
-    """onnxruntime's ``CalibrationDataReader``: one ``{"image": uint8 (3, H, W)}`` feed per image."""
+class _Feeds:
+    """onnxruntime's ``CalibrationDataReader`` over a list of feeds (input name -> array)."""
 
-    def __init__(self, images: Iterable[torch.Tensor | np.ndarray]):
-        self._feeds = iter([{"image": np.ascontiguousarray(np.asarray(im, dtype=np.uint8))} for im in images])
+    def __init__(self, feeds: list[dict]):
+        self._feeds = iter(feeds)
 
     def get_next(self):
         return next(self._feeds, None)
@@ -75,55 +75,66 @@ def _name_unnamed_nodes(model) -> None:
             producer[o] = n.name
 
 
-def _node_op(model, name: str) -> str:
-    return next((n.op_type for n in model.graph.node if n.name == name), "?")
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def quantize_detector(float_path: str | Path, out_path: str | Path, images: Sequence[torch.Tensor | np.ndarray],
-                      scopes: Sequence[str], method: str = "minmax") -> dict:
-    """Write the INT8 version of the end-to-end ONNX file ``float_path`` to ``out_path``; returns what was
-    quantized (node counts, sizes). ``images``: uint8 (3, H, W) calibration images; ``scopes``:
-    ``network_scopes(detector)``. Raises ``QuantizationError`` naming the node and op that failed or
-    that was left in float."""
+def quantize_onnx(src: str | Path, dst: str | Path, feeds: Iterable[dict], scopes: Sequence[str] | None = None,
+                  method: str = "minmax") -> None:
+    """onnxruntime static quantization of ``src`` into ``dst`` (QDQ, U8S8, per-channel weights), activation
+    ranges from ``feeds`` (input name -> array, one dict per calibration sample); only the nodes under
+    ``scopes`` (node-name prefixes), or all nodes with ``scopes`` None. ``QuantizationError`` names the
+    node and op that failed."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIBRATION_METHODS:
         raise QuantizationError(f"calibration method {method!r} is not one of {CALIBRATION_METHODS}")
-    if not images:
-        raise QuantizationError("INT8 calibration needs at least one image")
-    float_path, out_path = Path(float_path), Path(out_path)
+    feeds = list(feeds)
+    if not feeds:
+        raise QuantizationError(f"{src}: INT8 calibration needs at least one sample")
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     with tempfile.TemporaryDirectory() as tmp, _quiet_onnxruntime():
         prepared = Path(tmp) / "prepared.onnx"
         try:
             # symbolic shape inference cannot follow NMS's data-dependent shapes; ONNX's own inference can
-            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises bare Exceptions with its reason
-            raise QuantizationError(f"{float_path}: onnxruntime's pre-processing for quantization failed: "
-                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+            raise QuantizationError(f"{src}: onnxruntime's pre-processing for quantization failed: {_first_line(e)}") from None
         model = onnx.load(str(prepared))
         _name_unnamed_nodes(model)
         onnx.save(model, str(prepared))
-        inside = [n for n in model.graph.node if n.name.startswith(tuple(scopes))]
-        compute = [n for n in inside if n.op_type in QUANTIZED_COMPUTE]
-        if not compute:
-            raise QuantizationError(f"{float_path}: no Conv/MatMul/Gemm node under {list(scopes)}: nothing to quantize "
-                                    "(was the file written by nasdet export?)")
-        excluded = [n.name for n in model.graph.node if not n.name.startswith(tuple(scopes))]
+        inside = [n for n in model.graph.node if scopes is None or n.name.startswith(tuple(scopes))]
+        if not any(n.op_type in QUANTIZED_COMPUTE for n in inside):
+            raise QuantizationError(f"{src}: no Conv/MatMul/Gemm node under {list(scopes or ['the graph'])}: nothing to "
+                                    "quantize (was the file written by nasdet export?)")
+        excluded = [n.name for n in model.graph.node if scopes is not None and not n.name.startswith(tuple(scopes))]
         draft = Path(tmp) / "int8.onnx"
         try:
-            quantize_static(str(prepared), str(draft), _Images(images), quant_format=QuantFormat.QDQ,
+            quantize_static(str(prepared), str(draft), _Feeds(feeds), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=calibrate, nodes_to_exclude=excluded,
-                            extra_options={"CalibMovingAverage": False})
+                            calibrate_method=calibrate, nodes_to_exclude=excluded)
         except Exception as e:  # noqa: BLE001
-            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            node = next((n.name for n in inside if n.name and n.name in text), None)
-            where = f" at node {node} ({_node_op(model, node)})" if node else ""
-            raise QuantizationError(f"{float_path}: onnxruntime could not quantize the network{where}: {text}") from None
+            text = _first_line(e)
+            node = next((n for n in inside if n.name and n.name in text), None)
+            where = f" at node {node.name} ({node.op_type})" if node else ""
+            raise QuantizationError(f"{src}: onnxruntime could not quantize the network{where}: {text}") from None
+        with atomic_path(dst) as final:
+            Path(final).write_bytes(draft.read_bytes())
+
+
+def quantize_detector(float_path: str | Path, out_path: str | Path, images: Sequence[torch.Tensor | np.ndarray],
+                      scopes: Sequence[str], method: str = "minmax") -> dict:
+    """Write the INT8 version of the end-to-end ONNX file ``float_path`` to ``out_path``, checked; returns
+    what was quantized (node counts, sizes). ``images``: uint8 (3, H, W) calibration images; ``scopes``:
+    ``network_scopes(detector)``. ``QuantizationError`` names the node and op that failed or stayed float."""
+    float_path, out_path = Path(float_path), Path(out_path)
+    feeds = [{"image": np.ascontiguousarray(np.asarray(im, dtype=np.uint8))} for im in images]
+    with tempfile.TemporaryDirectory() as tmp:
+        draft = Path(tmp) / "int8.onnx"
+        quantize_onnx(float_path, draft, feeds, scopes, method)
         report = check_quantized(draft, scopes)
         with atomic_path(out_path) as final:
             Path(final).write_bytes(draft.read_bytes())

@@ -128,3 +128,91 @@ def test_a_float_file_or_a_graph_without_the_network_is_refused_in_one_line(tiny
         from nasdet.stages.export import run_export
 
         run_export(cfg, raw=True, int8=True, console=QUIET)
+
+
+def test_search_under_an_int8_latency_budget_times_quantized_candidates(tiny_config, monkeypatch):
+    import csv
+
+    import nasdet.quantize as quantize
+    from nasdet.stages.search import run_search
+
+    calls = []
+    real = quantize.quantize_onnx
+
+    def spy(src, dst, feeds, scopes=None, method="minmax"):
+        feeds = list(feeds)
+        calls.append([next(iter(f.values())).shape for f in feeds])
+        return real(src, dst, feeds, scopes, method)
+
+    monkeypatch.setattr(quantize, "quantize_onnx", spy)
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False},
+                      cost={"latency": "onnxruntime_int8", "warmup": 1, "runs": 3, "threads": 1,
+                            "int8_calibration_images": 2},
+                      search={"strategy": "random", "num_candidates": 2, "recalib_batches": 1, "batch_size": 4,
+                              "max_images": 2, "include_extremes": False, "budget": {"metric": "latency", "max": 1e4}})
+    assert cfg.cost.int8
+    fake_pretrain(cfg)
+    run_search(cfg, console=QUIET)
+    rows = list(csv.DictReader(open(Path(cfg.work_dir) / "search" / "results.csv")))
+    assert len(rows) == 2 and all(float(r["latency_ms"]) > 0 for r in rows)
+    # the cheapest arch (the budget's check), then each candidate: quantized on 2 search images (uint8 3 x H x W)
+    assert len(calls) >= 3 and all(len(shapes) == 2 and len(shapes[0]) == 3 for shapes in calls)
+
+
+def test_int8_latency_table_times_quantized_blocks_once_and_persists(tiny_config, tmp_path, monkeypatch):
+    import nasdet.quantize as quantize
+    from nasdet.models.supernet import build_supernet, export_detector
+    from nasdet.search.latency import LatencyTable
+
+    cfg = tiny_config("ssdlite", model={**OFA_TINY, "input_size": 64})
+    torch.manual_seed(0)
+    supernet, space = build_supernet(cfg, 8)
+    blocks_quantized = []
+    real = quantize.quantize_onnx
+    monkeypatch.setattr(quantize, "quantize_onnx", lambda src, dst, feeds, scopes=None, method="minmax": (
+        blocks_quantized.append(scopes is None), real(src, dst, feeds, scopes, method))[1])
+    path = tmp_path / "lut.json"
+    table = LatencyTable(path, warmup=1, runs=3, threads=1, precision="int8")
+    arch = space.smallest()
+    static = export_detector(supernet, arch, space)
+    predicted = table.predict(static, arch, supernet, space)
+    assert predicted > 0 and sum(blocks_quantized) == len(table.blocks) >= 5  # each block configuration once
+    assert not all(blocks_quantized)  # the reference subnet, end to end, for the rest
+    stored = json.loads(path.read_text())
+    assert list(stored) == ["onnxruntime-int8|threads=1"] and stored["onnxruntime-int8|threads=1"]["rest"]
+    again = LatencyTable(path, warmup=1, runs=3, threads=1, precision="int8")
+    assert again.predict(static, arch, supernet, space) == pytest.approx(predicted) and again.measured == 0
+    # the float table of the same file is another entry, not these numbers
+    assert LatencyTable(path, threads=1).blocks == {}
+
+
+def test_int8_lut_precision_needs_the_lut():
+    from nasdet.config import CostConfig
+
+    with pytest.raises(ValueError, match="cost.lut_precision int8 applies to cost.latency lut"):
+        CostConfig(latency="torch", lut_precision="int8")
+
+
+def test_report_shows_float_and_int8_latency_and_the_int8_ap(tiny_config):
+    from nasdet.stages.report import write_report
+    from nasdet.workdir import WorkDir
+
+    cfg = tiny_config("ssdlite", search={"budget": {"metric": "latency", "max": 9.0}})
+    w = WorkDir(Path(cfg.work_dir))
+    w.tune.root.mkdir(parents=True)
+    (w.tune.root / "metrics.json").write_text(json.dumps({"metrics": {"AP": 0.31, "AP50": 0.52}, "init": "supernet",
+                                                          "val_images": 8}))
+    lat = {"float": {"median_ms": 6.0}, "int8": {"median_ms": 4.5}}
+    export = {"measured": {"macs": 2e6, "params": 1e5, "latency": 4.5, "latency_timed_by": "onnxruntime int8"},
+              "latency_torch": {"median_ms": 9.0}, "latency_onnxruntime": {"median_ms": 6.0},
+              "budget": {"metric": "latency", "max": 9.0, "measured": 4.5, "predicted": 4.2, "within": True,
+                         "timed_by": "onnxruntime int8"},
+              "int8": {"metrics_onnxruntime": {"float": {"AP": 0.30}, "int8": {"AP": 0.28}}, "drop": {"AP": 0.02},
+                       "latency_onnxruntime": lat}}
+    write_report(cfg, w.root, {"tune": export}, QUIET)
+    text = w.report_md.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| model |"))
+    assert "CPU latency onnxruntime |" in header and "CPU latency onnxruntime INT8" in header
+    row = next(line for line in text.splitlines() if line.startswith("| found arch"))
+    assert "| 6.00 ms | 0.2800 | -0.0200 | 4.50 ms |" in row
+    assert "Measured latency (onnxruntime int8) of the exported model: 4.5 ms (within" in text

@@ -34,9 +34,12 @@ def budget_check(cfg: ExperimentConfig, measured: dict, predicted: dict | None) 
     if b is None:
         return None
     value = measured.get(b.metric)
-    return {"metric": b.metric, "max": b.max, "measured": value,
-            "predicted": None if predicted is None else predicted.get(b.metric),
-            "within": value is not None and value <= b.max}
+    out = {"metric": b.metric, "max": b.max, "measured": value,
+           "predicted": None if predicted is None else predicted.get(b.metric),
+           "within": value is not None and value <= b.max}
+    if b.metric == "latency":
+        out["timed_by"] = measured.get("latency_timed_by")
+    return out
 
 
 def wants_int8(cfg: ExperimentConfig) -> bool:
