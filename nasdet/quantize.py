@@ -121,8 +121,12 @@ def quantize_onnx(src: str | Path, dst: str | Path, feeds: Iterable[dict], scope
             node = next((n for n in inside if n.name and n.name in text), None)
             where = f" at node {node.name} ({node.op_type})" if node else ""
             raise QuantizationError(f"{src}: onnxruntime could not quantize the network{where}: {text}") from None
+        # the shapes ONNX inferred for NMS's data-dependent tensors are wrong when no box passes the score
+        # threshold: onnxruntime folds them into a Reshape that then fails on 0 boxes; it infers its own
+        quantized = onnx.load(str(draft))
+        del quantized.graph.value_info[:]
         with atomic_path(dst) as final:
-            Path(final).write_bytes(draft.read_bytes())
+            onnx.save(quantized, str(final))
 
 
 def quantize_detector(float_path: str | Path, out_path: str | Path, images: Sequence[torch.Tensor | np.ndarray],

@@ -216,3 +216,23 @@ def test_report_shows_float_and_int8_latency_and_the_int8_ap(tiny_config):
     row = next(line for line in text.splitlines() if line.startswith("| found arch"))
     assert "| 6.00 ms | 0.2800 | -0.0200 | 4.50 ms |" in row
     assert "Measured latency (onnxruntime int8) of the exported model: 4.5 ms (within" in text
+
+
+def test_int8_file_runs_when_no_box_passes_the_score_threshold(tiny_config, tmp_path):
+    import onnxruntime as ort
+
+    from nasdet.export import export_onnx
+    from nasdet.models.supernet import build_supernet, export_detector
+    from nasdet.quantize import network_scopes, quantize_detector
+
+    cfg = tiny_config("retinanet", model={**OFA_TINY, "score_thresh": 0.9})
+    torch.manual_seed(0)
+    supernet, space = build_supernet(cfg, 8)
+    static = export_detector(supernet, space.smallest(), space).eval()
+    path = export_onnx(static, tmp_path / "float.onnx")
+    images = [np.random.default_rng(i).integers(0, 255, (3, 70, 90), dtype=np.uint8) for i in range(2)]
+    quantize_detector(path, tmp_path / "int8.onnx", images, network_scopes(static))
+    for f in (path, tmp_path / "int8.onnx"):
+        boxes, scores, labels = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(
+            None, {"image": images[0]})
+        assert boxes.shape == (0, 4) and scores.shape == labels.shape == (0,)
