@@ -451,6 +451,12 @@ class TuneConfig(Strict):
     recalib_batches: int = Field(20, ge=0)  # BN statistics of the inherited weights, recalibrated before training
     eval_initial: bool = True  # evaluate the inherited weights on val before training (tune/initial_metrics.json)
     train: Optional[TrainConfig] = None  # default: the top-level train section
+    # quantization-aware tuning (nasdet.train.qat) when `export --int8`'s post-training quantization loses
+    # more than qat_max_drop AP on val: the tuned model fine-tuned fake-quantized, then quantized again
+    qat: bool = False
+    qat_max_drop: float = 0.01  # AP (0..1); negative: always
+    qat_steps: int = Field(300, gt=0)
+    qat_lr: float = Field(1e-4, gt=0)  # SGD, momentum 0.9, BN frozen
 
     @model_validator(mode="after")
     def _one_arch(self):

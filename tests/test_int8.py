@@ -59,9 +59,13 @@ def test_export_int8_quantizes_the_network_and_scores_both_files_through_onnxrun
     from nasdet.metrics import coco_evaluate
     from nasdet.stages.export import run_export
 
-    cfg = _tuned(tiny_config, export={"int8": True, "calibration_images": 3, "calibration_method": "minmax"})
+    # with quantization-aware tuning forced (any drop is over -1): the INT8 file is the fake-quant-tuned model's
+    cfg = _tuned(tiny_config, export={"int8": True, "calibration_images": 3, "calibration_method": "minmax"},
+                 tune={"qat": True, "qat_max_drop": -1.0, "qat_steps": 2, "qat_lr": 1e-5})
     rec = run_export(cfg, console=QUIET)
     q = rec["int8"]
+    assert q["qat"]["steps"] == 2 and q["qat"]["drop_after"] == q["drop"]
+    assert q["qat"]["ptq_drop"]["AP"] == pytest.approx(q["metrics_onnxruntime"]["float"]["AP"] - q["qat"]["ptq_metrics"]["AP"])
     float_path, int8_path = Path(rec["onnx"]), Path(q["onnx"])
     assert int8_path.name == "tune_int8.onnx" and int8_path.is_file()
     assert json.loads((int8_path.parent / "tune.json").read_text())["int8"]["onnx"] == str(int8_path)
@@ -93,7 +97,8 @@ def test_export_int8_quantizes_the_network_and_scores_both_files_through_onnxrun
     top_float = max(dets_float, key=lambda d: d["score"])
     same_image = [d for d in dets_int8 if d["image_id"] == top_float["image_id"]]
     assert same_image and top_float["score"] not in [d["score"] for d in same_image]
-    assert q["agreement"]["share"] is None or q["agreement"]["share"] >= 0.5, q["agreement"]
+    agreement = q["agreement"]  # of a model tuned 2 steps: counted, not judged (benchmarks/README.md has the demo's)
+    assert agreement["float_detections"] == sum(d["score"] >= 0.3 for d in dets_float) >= agreement["matched_by_int8"]
     lat = q["latency_onnxruntime"]
     assert lat["float"]["median_ms"] > 0 and lat["int8"]["median_ms"] > 0 and lat["int8"]["threads"] == 1
     # examples/onnx_infer.py runs the INT8 file as it runs the float one
@@ -208,7 +213,8 @@ def test_report_shows_float_and_int8_latency_and_the_int8_ap(tiny_config):
               "budget": {"metric": "latency", "max": 9.0, "measured": 4.5, "predicted": 4.2, "within": True,
                          "timed_by": "onnxruntime int8"},
               "int8": {"metrics_onnxruntime": {"float": {"AP": 0.30}, "int8": {"AP": 0.28}}, "drop": {"AP": 0.02},
-                       "latency_onnxruntime": lat}}
+                       "latency_onnxruntime": lat,
+                       "qat": {"steps": 300, "ptq_drop": {"AP": 0.05}, "drop_after": {"AP": 0.02}}}}
     write_report(cfg, w.root, {"tune": export}, QUIET)
     text = w.report_md.read_text()
     header = next(line for line in text.splitlines() if line.startswith("| model |"))
@@ -216,6 +222,8 @@ def test_report_shows_float_and_int8_latency_and_the_int8_ap(tiny_config):
     row = next(line for line in text.splitlines() if line.startswith("| found arch"))
     assert "| 6.00 ms | 0.2800 | -0.0200 | 4.50 ms |" in row
     assert "Measured latency (onnxruntime int8) of the exported model: 4.5 ms (within" in text
+    assert "(300 steps, fake-quantized): INT8 AP drop from the float model 0.0500 after post-training quantization, " \
+           "0.0200 after tuning" in text
 
 
 def test_int8_file_runs_when_no_box_passes_the_score_threshold(tiny_config, tmp_path):
@@ -236,3 +244,28 @@ def test_int8_file_runs_when_no_box_passes_the_score_threshold(tiny_config, tmp_
         boxes, scores, labels = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(
             None, {"image": images[0]})
         assert boxes.shape == (0, 4) and scores.shape == labels.shape == (0,)
+
+
+def test_fake_quantized_layers_compute_on_the_int8_grid_and_come_off_as_float():
+    from torch import nn
+
+    from nasdet.train.qat import FakeQuantized
+
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model.head = nn.Linear(4, 2)
+    x = torch.rand(2, 3, 12, 12)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model.backbone(x)
+    with FakeQuantized(model, ("backbone", "head")) as fq, torch.no_grad():
+        assert len(fq.layers) == 3
+        quantized = model.backbone(x)
+        w = model.backbone[0].weight  # the fake-quantized weight: at most 255 levels per output channel
+        assert all(len(torch.unique(w[c])) <= 255 for c in range(w.shape[0]))
+        scale = w[0].abs().max() / 127
+        assert torch.allclose(w[0] / scale, (w[0] / scale).round(), atol=1e-3)
+    assert not torch.equal(quantized, ref) and torch.allclose(quantized, ref, atol=0.1)
+    assert model.state_dict().keys() == before.keys()  # plain modules again, their float weights untouched
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
