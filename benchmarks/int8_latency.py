@@ -10,20 +10,17 @@ load). Random supernet weights: few boxes pass the score threshold, so NMS time 
 """
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from nasdet.config import load_config
+from latency_lut import random_supernet, timing_parser  # benchmarks/ is on sys.path when run as a script
 from nasdet.export import export_onnx
 from nasdet.models.cost import onnx_session
 from nasdet.models.detectors import get_input_size
-from nasdet.models.supernet import build_supernet, export_detector
+from nasdet.models.supernet import export_detector
 from nasdet.quantize import network_scopes, quantize_detector
 from nasdet.stages.export import calibration_images
 
@@ -41,18 +38,11 @@ def side_by_side(sessions: dict, feed: dict, warmup: int, runs: int) -> dict[str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("config")
-    ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = timing_parser(__doc__, 50)
     ap.add_argument("--calib", type=int, default=8)
     ap.add_argument("--random", type=int, default=0)
-    ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
-    cfg = load_config(args.config, args.set)
-    torch.manual_seed(0)
-    model, space = build_supernet(cfg, 8)
-    model.eval()
+    cfg, model, space = random_supernet(args)
     rng = random.Random(0)
     archs = {"smallest": space.smallest(), "default": space.default(), "largest": space.largest()}
     archs.update({f"random{i}": space.sample(rng) for i in range(args.random)})

@@ -36,19 +36,30 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     return s / (n * (n - 1) / 2)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def timing_parser(doc: str, runs: int) -> argparse.ArgumentParser:
+    """CONFIG, --threads, --runs, --set: what the latency benchmarks share."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("config")
-    ap.add_argument("--archs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--precision", choices=("float", "int8"), default="float")
+    ap.add_argument("--runs", type=int, default=runs)
     ap.add_argument("--set", action="append", default=[])
-    args = ap.parse_args()
+    return ap
+
+
+def random_supernet(args):
+    """(config, supernet with random weights in eval mode, its space): latency does not depend on weights."""
     cfg = load_config(args.config, args.set)
     torch.manual_seed(0)
     model, space = build_supernet(cfg, 8)
-    model.eval()
+    return cfg, model.eval(), space
+
+
+def main() -> None:
+    ap = timing_parser(__doc__, 30)
+    ap.add_argument("--archs", type=int, default=20)
+    ap.add_argument("--precision", choices=("float", "int8"), default="float")
+    args = ap.parse_args()
+    cfg, model, space = random_supernet(args)
     rng = random.Random(0)
     archs = [space.sample(rng) for _ in range(args.archs)]
     with tempfile.TemporaryDirectory() as tmp:
