@@ -15,6 +15,8 @@ Entropy or Percentile.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections import Counter
@@ -75,6 +77,42 @@ def _name_unnamed_nodes(model) -> None:
             producer[o] = n.name
 
 
+def _same_size(feeds: list[dict]) -> list[dict]:
+    """Every uint8 (3, H, W) image resized (bilinear) to the first one's size: the pre-processing's tensors
+    then have one shape over the samples (the graph resizes to the model's size anyway)."""
+    h, w = next(iter(feeds[0].values())).shape[1:]
+    out = []
+    for f in feeds:
+        (name, image), = f.items()
+        x = torch.from_numpy(image).float()[None]
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        out.append({name: x[0].round().clamp(0, 255).to(torch.uint8).numpy()})
+    return out
+
+
+def _histogram_ranges(model, inside: list, feeds: list[dict], calibrate, tmp: Path) -> dict[str, tuple[float, float]]:
+    """Entropy / Percentile ranges of the tensors up to the network's outputs (the graph cut there)."""
+    import onnx
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    names = {n.name for n in inside}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in model.graph.output}
+    boundary = sorted({o for n in inside for o in n.output
+                       if o in graph_outputs or any(c.name not in names for c in consumers.get(o, []))})
+    cut = tmp / "network.onnx"
+    onnx.save(onnx.utils.Extractor(model).extract_model([i.name for i in model.graph.input], boundary), str(cut))
+    calibrator = create_calibrator(cut, None, augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=calibrate, extra_options={"symmetric": False})
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+        calibrator.collect_data(_Feeds(_same_size(feeds)))
+        data = calibrator.compute_data()
+    return {name: (float(np.min(r.range_value[0])), float(np.max(r.range_value[1]))) for name, r in data.data.items()}
+
+
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
@@ -113,9 +151,18 @@ def quantize_onnx(src: str | Path, dst: str | Path, feeds: Iterable[dict], scope
         excluded = [n.name for n in model.graph.node if scopes is not None and not n.name.startswith(tuple(scopes))]
         draft = Path(tmp) / "int8.onnx"
         try:
+            options = {}
+            if method != "minmax" and scopes is not None:
+                # histogram methods stack each tensor over the samples, and the tensors after NMS have one
+                # length per image: their ranges come from the graph cut at the network's outputs, handed
+                # to the quantizer as overrides of its min/max ranges
+                ranges = _histogram_ranges(model, inside, feeds, calibrate, Path(tmp))
+                options["TensorQuantOverrides"] = {k: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                                                   for k, (lo, hi) in ranges.items()}
+                calibrate = CalibrationMethod.MinMax
             quantize_static(str(prepared), str(draft), _Feeds(feeds), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=calibrate, nodes_to_exclude=excluded)
+                            calibrate_method=calibrate, nodes_to_exclude=excluded, extra_options=options)
         except Exception as e:  # noqa: BLE001
             text = _first_line(e)
             node = next((n for n in inside if n.name and n.name in text), None)

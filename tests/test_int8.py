@@ -226,7 +226,7 @@ def test_report_shows_float_and_int8_latency_and_the_int8_ap(tiny_config):
            "0.0200 after tuning" in text
 
 
-def test_int8_file_runs_when_no_box_passes_the_score_threshold(tiny_config, tmp_path):
+def test_int8_file_by_percentile_runs_when_no_box_passes_the_score_threshold(tiny_config, tmp_path):
     import onnxruntime as ort
 
     from nasdet.export import export_onnx
@@ -239,7 +239,10 @@ def test_int8_file_runs_when_no_box_passes_the_score_threshold(tiny_config, tmp_
     static = export_detector(supernet, space.smallest(), space).eval()
     path = export_onnx(static, tmp_path / "float.onnx")
     images = [np.random.default_rng(i).integers(0, 255, (3, 70, 90), dtype=np.uint8) for i in range(2)]
-    quantize_detector(path, tmp_path / "int8.onnx", images, network_scopes(static))
+    # percentile: a histogram method, calibrated on the graph cut at the network's outputs (images of 2 sizes)
+    images.append(np.random.default_rng(2).integers(0, 255, (3, 50, 60), dtype=np.uint8))
+    report = quantize_detector(path, tmp_path / "int8.onnx", images, network_scopes(static), "percentile")
+    assert report["method"] == "percentile" and report["quantized_ops"] > 10
     for f in (path, tmp_path / "int8.onnx"):
         boxes, scores, labels = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(
             None, {"image": images[0]})
