@@ -1,11 +1,14 @@
 """How well OFA's per-block latency table predicts measured latency, and what it saves.
 
 For ``--archs`` random subnets of the config's supernet (random weights: latency does not depend on
-them), the table's prediction against the subnet timed end to end in torch on CPU. Prints the mean
-absolute and relative error, Kendall's tau of the two rankings, and the time to warm the table vs the
-time a predicted candidate then costs.
+them), the table's prediction against the subnet timed end to end: in torch on CPU (``--precision
+float``), or quantized to INT8 and run by onnxruntime (``--precision int8``: the INT8 table,
+``cost.lut_precision: int8``, against ``cost.latency: onnxruntime_int8``). Prints the mean absolute and
+relative error, Kendall's tau of the two rankings, and the time to warm the table vs the time a
+predicted candidate then costs.
 
     python benchmarks/latency_lut.py configs/demo/pipeline_shapes.yaml --archs 20 --threads 1
+    python benchmarks/latency_lut.py configs/demo/pipeline_shapes.yaml --archs 20 --threads 1 --precision int8
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from nasdet.config import load_config
 from nasdet.models.supernet import build_supernet
 from nasdet.models.supernet import export_detector
 from nasdet.search.cost import measure_latency
-from nasdet.search.latency import LatencyTable
+from nasdet.search.latency import LatencyTable, measure_latency_onnx_int8
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:
@@ -33,22 +36,35 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     return s / (n * (n - 1) / 2)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def timing_parser(doc: str, runs: int) -> argparse.ArgumentParser:
+    """CONFIG, --threads, --runs, --set: what the latency benchmarks share."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("config")
-    ap.add_argument("--archs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=runs)
     ap.add_argument("--set", action="append", default=[])
-    args = ap.parse_args()
+    return ap
+
+
+def random_supernet(args):
+    """(config, supernet with random weights in eval mode, its space): latency does not depend on weights."""
     cfg = load_config(args.config, args.set)
     torch.manual_seed(0)
     model, space = build_supernet(cfg, 8)
-    model.eval()
+    return cfg, model.eval(), space
+
+
+def main() -> None:
+    ap = timing_parser(__doc__, 30)
+    ap.add_argument("--archs", type=int, default=20)
+    ap.add_argument("--precision", choices=("float", "int8"), default="float")
+    args = ap.parse_args()
+    cfg, model, space = random_supernet(args)
     rng = random.Random(0)
     archs = [space.sample(rng) for _ in range(args.archs)]
     with tempfile.TemporaryDirectory() as tmp:
-        table = LatencyTable(Path(tmp) / "lut.json", warmup=5, runs=args.runs, threads=args.threads)
+        table = LatencyTable(Path(tmp) / "lut.json", warmup=5, runs=args.runs, threads=args.threads,
+                             precision=args.precision)
         t0 = time.perf_counter()
         predicted = [table.predict(export_detector(model, a, space), a, model, space) for a in archs]
         warm = time.perf_counter() - t0
@@ -57,13 +73,18 @@ def main() -> None:
         per_candidate_warm = (time.perf_counter() - t0) / len(archs)
         assert again == predicted
     t0 = time.perf_counter()
-    measured = [measure_latency(export_detector(model, a, space), warmup=5, runs=args.runs,
-                                threads=args.threads)["median_ms"] for a in archs]
+    if args.precision == "int8":
+        measured = [measure_latency_onnx_int8(export_detector(model, a, space).eval(), None, 5, args.runs,
+                                              args.threads)["median_ms"] for a in archs]
+    else:
+        measured = [measure_latency(export_detector(model, a, space), warmup=5, runs=args.runs,
+                                    threads=args.threads)["median_ms"] for a in archs]
     per_candidate_measured = (time.perf_counter() - t0) / len(archs)
     abs_err = [abs(p - m) for p, m in zip(predicted, measured)]
     rel_err = [abs(p - m) / m for p, m in zip(predicted, measured)]
     print(f"{args.archs} random archs of {cfg.model.backbone.name} x{cfg.model.backbone.width_mult} "
-          f"({cfg.model.detector}), torch CPU, {args.threads} thread(s)")
+          f"({cfg.model.detector}), " + ("onnxruntime INT8" if args.precision == "int8" else "torch")
+          + f" CPU, {args.threads} thread(s)")
     print(f"measured   ms: min {min(measured):.2f} median {statistics.median(measured):.2f} max {max(measured):.2f}")
     print(f"predicted  ms: min {min(predicted):.2f} median {statistics.median(predicted):.2f} max {max(predicted):.2f}")
     print(f"mean abs error {statistics.mean(abs_err):.2f} ms, mean rel error {statistics.mean(rel_err):.1%}, "

@@ -1,6 +1,9 @@
 """Run a detector exported by ``nasdet export`` with onnxruntime alone (no torch, no nasdet).
 
     python examples/onnx_infer.py runs/demo_pipeline/export/tune.onnx image.jpg [--classes classes.json]
+    python examples/onnx_infer.py runs/demo_pipeline/export/tune_int8.onnx image.jpg   # nasdet export --int8
+
+The INT8 file (``nasdet export --int8``) takes and returns the same: only its network is quantized.
 
 The end-to-end graph takes one RGB image as uint8 (3, H, W), any size, and returns ``boxes`` (N, 4;
 x1, y1, x2, y2 in the image's pixels), ``scores`` (N) and ``labels`` (N; 1..K, names in

@@ -354,14 +354,17 @@ def tune_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
 @_user_errors
 def export_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
                raw: bool = typer.Option(False, "--raw", help="Stop before box decoding and NMS (head outputs)."),
-               source: Optional[str] = typer.Option(None, "--source", help="tune (default) or baseline.")):
+               source: Optional[str] = typer.Option(None, "--source", help="tune (default) or baseline."),
+               int8: bool = typer.Option(False, "--int8", help="Also write <source>_int8.onnx (onnxruntime static "
+                                         "quantization of the network) with both files' val mAP and latency.")):
     """The tuned model to ONNX (end to end: resize, normalise, decode, NMS), checked against torch on
-    val images, timed in onnxruntime, and its cost checked against the search budget."""
+    val images, timed in onnxruntime, and its cost checked against the search budget; with --int8 (or
+    export.int8) also quantized to INT8, both files scored on val through onnxruntime."""
     from .stages.export import run_export
 
     if source is not None and source not in ("tune", "baseline"):
         raise typer.BadParameter(f"--source must be tune or baseline, got {source!r}")
-    run_export(_load(config, set_), work_dir, raw=raw, source=source, console=console)
+    run_export(_load(config, set_), work_dir, raw=raw, source=source, console=console, int8=int8 or None)
 
 
 @app.command("pipeline")

@@ -269,9 +269,24 @@ class CostConfig(Strict):
     threads: Optional[int] = Field(None, gt=0)  # CPU threads while timing; default: torch's
     onnxruntime: bool = True  # also time the dense part (no NMS) in onnxruntime on CPU
     # how a search candidate's latency is taken: torch (timed on `device`), onnxruntime (end-to-end ONNX
-    # on CPU, as deployed) or lut (OFA's per-block lookup table, timed once per device, then summed)
-    latency: Literal["torch", "onnxruntime", "lut"] = "torch"
+    # on CPU, as deployed), onnxruntime_int8 (the same file quantized to INT8, as `nasdet export --int8`
+    # writes it) or lut (OFA's per-block lookup table, timed once per device, then summed)
+    latency: Literal["torch", "onnxruntime", "onnxruntime_int8", "lut"] = "torch"
     lut: Optional[str] = None  # lookup table file; default work_dir/search/latency_lut.json
+    lut_precision: Literal["float", "int8"] = "float"  # lut: blocks timed in torch, or quantized in onnxruntime
+    int8_calibration_images: int = Field(4, gt=0)  # onnxruntime_int8 / int8 lut: images per quantized candidate
+
+    @model_validator(mode="after")
+    def _precision_of_the_table(self):
+        if self.lut_precision != "float" and self.latency != "lut":
+            raise ValueError(f"cost.lut_precision {self.lut_precision} applies to cost.latency lut, not "
+                             f"{self.latency} (INT8 measured: cost.latency onnxruntime_int8)")
+        return self
+
+    @property
+    def int8(self) -> bool:
+        """Search latency is INT8 onnxruntime latency (measured or from the INT8 table)."""
+        return self.latency == "onnxruntime_int8" or (self.latency == "lut" and self.lut_precision == "int8")
 
 
 class BudgetConfig(Strict):
@@ -444,6 +459,12 @@ class TuneConfig(Strict):
     recalib_batches: int = Field(20, ge=0)  # BN statistics of the inherited weights, recalibrated before training
     eval_initial: bool = True  # evaluate the inherited weights on val before training (tune/initial_metrics.json)
     train: Optional[TrainConfig] = None  # default: the top-level train section
+    # quantization-aware tuning (nasdet.train.qat) when `export --int8`'s post-training quantization loses
+    # more than qat_max_drop AP on val: the tuned model fine-tuned fake-quantized, then quantized again
+    qat: bool = False
+    qat_max_drop: float = 0.01  # AP (0..1); negative: always
+    qat_steps: int = Field(300, gt=0)
+    qat_lr: float = Field(1e-4, gt=0)  # SGD, momentum 0.9, BN frozen
 
     @model_validator(mode="after")
     def _one_arch(self):
@@ -501,6 +522,11 @@ class ExportConfig(Strict):
     box_atol: float = Field(1e-3, gt=0)  # px, matched boxes
     score_atol: float = Field(1e-4, gt=0)
     raw_atol: float = Field(1e-4, gt=0)
+    # INT8 (nasdet.quantize): onnxruntime static quantization of the network (QDQ, per-channel int8 weights,
+    # uint8 activations), pre/post-processing and NMS kept float; mAP of both files through onnxruntime
+    int8: bool = False
+    calibration_images: int = Field(32, gt=0)  # training images of the run the activation ranges come from
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
 
 
 class PipelineConfig(Strict):

@@ -96,6 +96,10 @@ class ExportParityError(NasdetError, RuntimeError):
     label = "export check failed"
 
 
+class QuantizationError(NasdetError, RuntimeError):
+    """An exported detector that onnxruntime cannot quantize to INT8 (the message names the node and op)."""
+
+
 def unreadable_reason(e: Exception, path: Path) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in a few words (torch's own text runs to
     a dozen lines for a pickle that would run code)."""

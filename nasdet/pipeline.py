@@ -19,7 +19,7 @@ from .config import ExperimentConfig
 from .errors import ConfigError
 from .stages.baseline import run_baseline
 from .stages.classify import run_classify
-from .stages.export import run_export
+from .stages.export import run_export, wants_int8
 from .stages.pretrain import run_pretrain
 from .stages.report import write_report
 from .stages.search import run_search
@@ -146,7 +146,8 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     if cfg.pipeline.export:
         def export_all():
             for source in ("tune", "baseline") if cfg.pipeline.baseline else ("tune",):
-                exports[source] = w.exported(source) or run_export(cfg, wd, source=source, console=console)
+                exports[source] = w.exported(source, wants_int8(cfg)) or run_export(cfg, wd, source=source,
+                                                                                      console=console)
         stage("export", export_all)
     report = stage("report", lambda: write_report(cfg, wd, exports, console))
     report["stage_seconds"] = times

@@ -10,7 +10,7 @@
                gradient: gradient_state.pt, searched_arch.json
     tune/      arch.json (a subnet, or FAD genotypes as {"head.genotype": ..}), ckpt/last.pt, initial_metrics.json, metrics.json, log.jsonl
     controls/  archs.json (the report's control archs), <name>/ (each tuned as tune/ is)
-    export/    <source>.onnx, <source>.json (parity, latency, budget), classes.json
+    export/    <source>.onnx, <source>_int8.onnx (--int8), <source>.json (parity, latency, INT8 mAP, budget), classes.json
     diagnose/  the diagnose command's records
     report.md, report.json, pareto.png
 
@@ -263,17 +263,23 @@ class WorkDir:
     def onnx(self, source: str, raw: bool = False) -> Path:
         return self.export / f"{source}{'_raw' if raw else ''}.onnx"
 
+    def onnx_int8(self, source: str) -> Path:
+        return self.export / f"{source}_int8.onnx"
+
     def export_record(self, source: str, raw: bool = False) -> Path:
         return self.export / f"{source}{'_raw' if raw else ''}.json"
 
-    def exported(self, source: str) -> dict | None:
-        """The export record of ``source`` if it is newer than the checkpoint it exported."""
+    def exported(self, source: str, int8: bool = False) -> dict | None:
+        """The export record of ``source`` if it is newer than the checkpoint it exported (and, with
+        ``int8``, holds the INT8 file's figures and that file is there)."""
         path = self.export_record(source)
         if not path.is_file():
             return None
         rec = json.loads(path.read_text())
         ckpt = Path(rec.get("checkpoint", ""))
         if not ckpt.is_file() or ckpt.stat().st_mtime > path.stat().st_mtime or not Path(rec["onnx"]).is_file():
+            return None
+        if int8 and not (rec.get("int8") and Path(rec["int8"]["onnx"]).is_file()):
             return None
         return rec
 

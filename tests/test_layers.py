@@ -18,7 +18,7 @@ LAYERS = [
     ("nasdet.models",),  # each detector family owns its model config (models/config.py, models/families/)
     ("nasdet.config", "nasdet.data.build"),  # the run's config is the union of the families' sections
     ("nasdet.train",),
-    ("nasdet.export",),
+    ("nasdet.export", "nasdet.quantize"),
     ("nasdet.search",),
     ("nasdet.stages", "nasdet.stages.common"),
     ("nasdet.stages.baseline", "nasdet.stages.pretrain", "nasdet.stages.search", "nasdet.stages.tune",

@@ -5,12 +5,17 @@
 - ``torch``: the exported subnet timed end to end in torch on ``cost.device``;
 - ``onnxruntime``: the subnet exported end to end to ONNX (pre-processing, decoding and NMS inside,
   as ``nasdet export`` writes it) and timed in onnxruntime on CPU: the deployment figure;
+- ``onnxruntime_int8``: the same file quantized to INT8 as ``nasdet export --int8`` does it
+  (``nasdet.quantize``, calibrated on a few images of the search split) and timed in onnxruntime;
 - ``lut``: OFA's latency predictor. Every backbone block configuration (its structure and input
   shape) is timed once on the device and stored in a JSON table; the rest of the detector (stem,
   neck, heads, decoding, NMS) is timed once per input size as the full default subnet minus its
   blocks. A candidate's latency is then a sum of table entries: no timing once the table is warm.
   The table lives in ``work_dir/search/latency_lut.json`` keyed by device, so it is measured once per
-  device and reused by later searches and workers.
+  device and reused by later searches and workers. With ``cost.lut_precision: int8`` each block is
+  exported alone, quantized (QDQ, U8S8, calibrated on random inputs: ranges do not change the time)
+  and timed in onnxruntime, and the rest is the reference subnet's ``onnxruntime_int8`` time minus its
+  INT8 blocks (table key ``onnxruntime-int8|threads=N``).
 """
 from __future__ import annotations
 
@@ -33,7 +38,33 @@ from ..models.supernet import INPUT_SIZE, export_detector
 from ..space import SearchSpace
 from ..models.cost import _threads, measure_latency
 
-LATENCY_BACKENDS = ("torch", "onnxruntime", "lut")
+LATENCY_BACKENDS = ("torch", "onnxruntime", "onnxruntime_int8", "lut")
+CALIBRATION_SEED = 0
+
+
+def probe_images(size: int, n: int) -> list[torch.Tensor]:
+    """``n`` random uint8 images (3 x size x size): calibration when no real images are given (ranges
+    move the accuracy, not the time, of an INT8 graph)."""
+    g = torch.Generator().manual_seed(CALIBRATION_SEED)
+    return [(torch.rand(3, size, size, generator=g) * 255).to(torch.uint8) for _ in range(n)]
+
+
+def measure_latency_onnx_int8(model: nn.Module, images: list[torch.Tensor] | None = None, warmup: int = 5,
+                              runs: int = 30, threads: int | None = None) -> dict:
+    """Median ms of the end-to-end ONNX graph of ``model`` quantized to INT8 (``nasdet export --int8``'s:
+    the network quantized, calibrated on ``images``, default 4 random ones) in onnxruntime on CPU."""
+    from ..export import export_onnx
+    from ..models.cost import onnx_session, time_session
+    from ..models.detectors import get_input_size
+    from ..quantize import network_scopes, quantize_detector
+
+    s = get_input_size(model)
+    image = probe_images(s, 1)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx")
+        quantize_detector(path, Path(tmp) / "int8.onnx", images or probe_images(s, 4), network_scopes(model))
+        session = onnx_session(Path(tmp) / "int8.onnx", threads)
+    return {**time_session(session, {"image": image.numpy()}, warmup, runs), "threads": threads}
 
 
 def measure_latency_onnx_e2e(model: nn.Module, warmup: int = 5, runs: int = 30, threads: int | None = None) -> dict:
@@ -77,10 +108,15 @@ class LatencyTable:
     """OFA-style latency lookup table for one device: ``block key -> ms`` and ``input size -> rest ms``."""
 
     def __init__(self, path: str | Path | None, device: str = "cpu", warmup: int = 5, runs: int = 30,
-                 threads: int | None = None):
+                 threads: int | None = None, precision: str = "float", calibration: list[torch.Tensor] | None = None):
+        if precision not in ("float", "int8"):
+            raise ConfigError(f"cost.lut_precision {precision!r} is not one of ('float', 'int8')")
         self.path = Path(path) if path else None
         self.device, self.warmup, self.runs, self.threads = device, warmup, runs, threads
-        self.key = f"{device}|threads={threads or torch.get_num_threads()}"
+        self.precision, self.calibration = precision, calibration
+        # INT8 blocks run in onnxruntime on CPU whatever cost.device is
+        where = "onnxruntime-int8" if precision == "int8" else device
+        self.key = f"{where}|threads={threads or torch.get_num_threads()}"
         self.blocks: dict[str, float] = {}
         self.rest: dict[str, float] = {}
         self.measured = 0  # table entries timed by this process
@@ -122,6 +158,8 @@ class LatencyTable:
 
     @torch.no_grad()
     def _time_block(self, block: nn.Module, in_shape: tuple[int, ...]) -> float:
+        if self.precision == "int8":
+            return time_block_int8(block, in_shape, self.warmup, self.runs, self.threads)
         dev = torch.device(self.device)
         b = copy.deepcopy(block).to(dev).eval()
         x = torch.randn(in_shape, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -149,8 +187,12 @@ class LatencyTable:
     def rest_ms(self, reference_static: nn.Module, s: int) -> float:
         """Everything but the blocks at size ``s``: the full reference subnet timed, minus its blocks."""
         if str(s) not in self.rest:
-            full = measure_latency(reference_static, device=self.device, warmup=self.warmup, runs=self.runs,
-                                   threads=self.threads)["median_ms"]
+            if self.precision == "int8":
+                full = measure_latency_onnx_int8(reference_static, self.calibration, self.warmup, self.runs,
+                                                 self.threads)["median_ms"]
+            else:
+                full = measure_latency(reference_static, device=self.device, warmup=self.warmup, runs=self.runs,
+                                       threads=self.threads)["median_ms"]
             self.rest[str(s)] = max(full - self.blocks_ms(reference_static, s), 0.0)
             self.measured += 1
             self.save()
@@ -166,16 +208,41 @@ class LatencyTable:
         return self.rest[str(s)] + self.blocks_ms(static.eval(), s)
 
 
+def time_block_int8(block: nn.Module, in_shape: tuple[int, ...], warmup: int, runs: int, threads: int | None) -> float:
+    """Median ms of one backbone block exported alone, quantized (all of it) and run by onnxruntime."""
+    import warnings
+
+    from ..models.cost import onnx_session
+    from ..quantize import quantize_onnx
+
+    b = copy.deepcopy(block).cpu().eval()
+    g = torch.Generator().manual_seed(CALIBRATION_SEED)
+    samples = [torch.randn(in_shape, generator=g) for _ in range(2)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "block.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(b, (samples[0],), str(path), dynamo=False, opset_version=17, input_names=["x"])
+        quantize_onnx(path, Path(tmp) / "int8.onnx", [{"x": x.numpy()} for x in samples])
+        session = onnx_session(Path(tmp) / "int8.onnx", threads)
+    feed = {"x": samples[0].numpy()}
+    return _median_ms(lambda: session.run(None, feed), warmup, runs)
+
+
 def latency_function(backend: str, supernet: nn.Module, space: SearchSpace, device: str = "cpu", warmup: int = 5,
-                     runs: int = 30, threads: int | None = None, lut_path: str | Path | None = None):
-    """``(static subnet, arch) -> ms`` for ``cost.latency``'s backend."""
+                     runs: int = 30, threads: int | None = None, lut_path: str | Path | None = None,
+                     lut_precision: str = "float", calibration: list[torch.Tensor] | None = None):
+    """``(static subnet, arch) -> ms`` for ``cost.latency``'s backend; ``calibration``: uint8 images the
+    INT8 backends calibrate on (default: random ones)."""
     if backend == "torch":
         return lambda static, arch: float(measure_latency(static, device=device, warmup=warmup, runs=runs,
                                                           threads=threads)["median_ms"])
     if backend == "onnxruntime":
         return lambda static, arch: float(measure_latency_onnx_e2e(static, warmup, runs, threads)["median_ms"])
+    if backend == "onnxruntime_int8":
+        return lambda static, arch: float(measure_latency_onnx_int8(static, calibration, warmup, runs, threads)["median_ms"])
     if backend == "lut":
-        table = LatencyTable(lut_path, device, warmup, runs, threads)
+        table = LatencyTable(lut_path, device, warmup, runs, threads, lut_precision, calibration)
         fn = lambda static, arch: table.predict(static, arch, supernet, space)  # noqa: E731
         fn.table = table
         return fn

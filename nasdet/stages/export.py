@@ -1,6 +1,8 @@
 """The export stage (``nasdet export``): the tuned (or baseline) model as ONNX, its detections checked
 against torch on val images, timed in torch and onnxruntime, its measured cost against the search budget
-and the search's prediction (from ``search/best_arch.json``). Outputs in ``export/``."""
+and the search's prediction (from ``search/best_arch.json``). With ``--int8`` (``export.int8``, or a search
+under INT8 latency) also the INT8 file, with both files' val mAP run through onnxruntime and both
+latencies. Outputs in ``export/``."""
 from __future__ import annotations
 
 import os
@@ -14,9 +16,12 @@ from rich.panel import Panel
 from rich.table import Table
 
 from ..config import ExperimentConfig
-from ..data.build import build_datasets
-from ..errors import ExportParityError
+from ..data.build import build_datasets, load_split
+from ..data.dataset import to_coco_gt
+from ..errors import ConfigError, ExportParityError
 from ..export import check_parity, export_onnx, time_onnx
+from ..metrics import coco_evaluate
+from ..quantize import detection_agreement, network_scopes, onnx_detections, quantize_detector
 from ..models.cost import detector_macs, detector_params, measure_latency
 from ..models.detectors import get_input_size
 from ..train.trained import load_trained_model, load_tuned_model
@@ -29,17 +34,101 @@ def budget_check(cfg: ExperimentConfig, measured: dict, predicted: dict | None) 
     if b is None:
         return None
     value = measured.get(b.metric)
-    return {"metric": b.metric, "max": b.max, "measured": value,
-            "predicted": None if predicted is None else predicted.get(b.metric),
-            "within": value is not None and value <= b.max}
+    out = {"metric": b.metric, "max": b.max, "measured": value,
+           "predicted": None if predicted is None else predicted.get(b.metric),
+           "within": value is not None and value <= b.max}
+    if b.metric == "latency":
+        out["timed_by"] = measured.get("latency_timed_by")
+    return out
+
+
+def wants_int8(cfg: ExperimentConfig) -> bool:
+    """The INT8 file is written when asked for, or when the search's latency was INT8 latency (the budget
+    is then checked against it)."""
+    return cfg.export.int8 or cfg.cost.int8
+
+
+def calibration_images(cfg: ExperimentConfig, n: int) -> list[torch.Tensor]:
+    """``n`` training images of the run, spread evenly over the training set, as read (no augmentation)."""
+    train = load_split(cfg, "train")
+    picks = sorted({round(i * (len(train) - 1) / max(n - 1, 1)) for i in range(min(n, len(train)))})
+    return [train.load_image(i).as_subclass(torch.Tensor) for i in picks]
+
+
+def export_int8(cfg: ExperimentConfig, wd: WorkDir, model: torch.nn.Module, source: str, float_path: Path, val,
+                probe: torch.Tensor, lat_float: dict) -> dict:
+    """``export/<source>_int8.onnx`` from the checked float file; both files' COCO metrics on val computed
+    by onnxruntime, the drop, how many confident float detections INT8 keeps, both latencies."""
+    e, c = cfg.export, cfg.cost
+    images = calibration_images(cfg, e.calibration_images)
+    int8_path = wd.onnx_int8(source)
+    quantized = quantize_detector(float_path, int8_path, images, network_scopes(model), e.calibration_method)
+    if cfg.eval.max_images:
+        val = val.subset(range(min(cfg.eval.max_images, len(val))))
+    gt = to_coco_gt(val)
+    dets = {"float": onnx_detections(float_path, val, c.threads), "int8": onnx_detections(int8_path, val, c.threads)}
+    metrics = {k: coco_evaluate(gt, d) for k, d in dets.items()}
+    qat = None
+    t = cfg.tune
+    if t.qat and source == "tune" and metrics["float"]["AP"] - metrics["int8"]["AP"] > t.qat_max_drop:
+        qat = {"ptq_metrics": metrics["int8"], "ptq_drop": {k: metrics["float"][k] - metrics["int8"][k] for k in ("AP", "AP50")}}
+        qat.update(quantization_aware_tuning(cfg, model, float_path.parent, int8_path, images))
+        dets["int8"] = onnx_detections(int8_path, val, c.threads)
+        metrics["int8"] = coco_evaluate(gt, dets["int8"])
+    lat_int8 = time_onnx(int8_path, probe, c.warmup, c.runs, c.threads)
+    drop = {k: metrics["float"][k] - metrics["int8"][k] for k in ("AP", "AP50")}
+    if qat is not None:
+        qat["drop_after"] = drop
+    return {"onnx": str(int8_path), "quantization": {**quantized, "format": "QDQ", "weights": "int8 per channel",
+                                                     "activations": "uint8 per tensor", "calibration_split": "train"},
+            "val_images": len(val), "metrics_onnxruntime": metrics, "qat": qat,
+            "drop": drop,
+            "agreement": detection_agreement(dets["float"], dets["int8"]),
+            "latency_onnxruntime": {"float": lat_float, "int8": lat_int8},
+            "latency_ratio_int8_to_float": lat_int8["median_ms"] / lat_float["median_ms"]}
+
+
+def quantization_aware_tuning(cfg: ExperimentConfig, model: torch.nn.Module, folder: Path, int8_path: Path,
+                              images: list[torch.Tensor]) -> dict:
+    """``tune.qat``: a copy of the tuned model fine-tuned fake-quantized (``train.qat``), exported and quantized
+    into ``int8_path`` in place of the post-training one (the float file stays the tuned model)."""
+    import copy
+
+    from ..models.families import family_of
+    from ..train.qat import qat_tune
+
+    t, tcfg = cfg.tune, cfg.tune.train or cfg.train
+    tuned = copy.deepcopy(model)
+    train = build_datasets(cfg, need=("train",))["train"]
+    record = qat_tune(tuned, train, family_of(tuned).network_modules, t.qat_steps, t.qat_lr, tcfg.batch_size,
+                      torch.device(tcfg.device if tcfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"),
+                      cfg.seed)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        qat_float = export_onnx(tuned, Path(tmp) / "qat.onnx", opset=cfg.export.opset)
+        quantize_detector(qat_float, int8_path, images, network_scopes(tuned), cfg.export.calibration_method)
+    return record
+
+
+def budget_latency(cfg: ExperimentConfig, lat_torch: dict, lat_ort: dict, int8: dict | None) -> tuple[float, str]:
+    """The measured latency the search budget is about: the one ``cost.latency`` took during the search."""
+    c = cfg.cost
+    if c.int8:
+        return int8["latency_onnxruntime"]["int8"]["median_ms"], "onnxruntime int8"
+    if c.latency == "onnxruntime":
+        return lat_ort["median_ms"], "onnxruntime"
+    return lat_torch["median_ms"], f"torch {c.device}"
 
 
 def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: bool = False,
-               source: str | None = None, console: Console | None = None) -> dict:
-    """Export the tuned (or baseline) model of the work dir, check it, time it, check the budget."""
+               source: str | None = None, console: Console | None = None, int8: bool | None = None) -> dict:
+    """Export the tuned (or baseline) model of the work dir, check it, time it, check the budget; with
+    ``int8`` (default: ``wants_int8(cfg)``) also quantize it and score both files through onnxruntime."""
     console = console or Console()
     wd = WorkDir.of(cfg, work_dir)
     source = source or cfg.export.source
+    int8 = wants_int8(cfg) if int8 is None else int8
+    if int8 and raw:
+        raise ConfigError("export --int8 quantizes the end-to-end file (its mAP needs boxes): drop --raw")
     val = build_datasets(cfg, need=("val",))["val"]
     arch = None
     if source == "tune":
@@ -81,10 +170,11 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     c = cfg.cost
     measured = {"macs": detector_macs(model)["total"], "params": detector_params(model)["total"]}
     lat_torch = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
-    measured["latency"] = lat_torch["median_ms"]
     s = get_input_size(model)
     probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     lat_ort = time_onnx(path, probe, c.warmup, c.runs, c.threads)
+    int8_record = export_int8(cfg, wd, model, source, path, val, probe, lat_ort) if int8 else None
+    measured["latency"], measured["latency_timed_by"] = budget_latency(cfg, lat_torch, lat_ort, int8_record)
     predicted = wd.predicted_costs(arch)
     # the budget is the found model's; the baseline is not meant to fit it (it is the reference)
     budget = budget_check(cfg, measured, predicted) if source == "tune" else None
@@ -92,7 +182,7 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     write_json(wd.export / CLASSES_JSON, classes)
     result = {"onnx": str(path), "source": source, "checkpoint": str(ckpt), "raw": raw, "input_size": s,
               "parity": parity, "measured": measured, "predicted": predicted, "latency_torch": lat_torch,
-              "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch}
+              "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch, "int8": int8_record}
     write_json(wd.export_record(source, raw), result)
 
     table = Table(title=f"export: {escape(str(path))}")
@@ -105,6 +195,8 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
                       f"{predicted['params'] / 1e6:.3f} M" if "params" in predicted else "-",
                       f"{predicted['latency']:.2f} ms" if "latency" in predicted else "-", "-")
     console.print(table)
+    if int8_record is not None:
+        console.print(int8_table(int8_record))
     if raw:
         console.print(f"parity: raw outputs within {parity['max_abs_diff']:.1e} of torch on {parity['images']} val images")
     else:
@@ -119,3 +211,22 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
                             f"{budget['measured'] / scale:.4g} vs predicted {pred} vs budget {budget['max'] / scale:.4g}",
                             title="OVER BUDGET", style="bold red"))
     return result
+
+
+def int8_table(rec: dict) -> Table:
+    """Float vs INT8, both run by onnxruntime: val AP, AP50, latency, file size."""
+    m, lat, q = rec["metrics_onnxruntime"], rec["latency_onnxruntime"], rec["quantization"]
+    table = Table(title=f"INT8: {escape(rec['onnx'])} ({q['quantized_ops']} ops quantized, calibrated by "
+                        f"{q['method']} on {q['calibration_images']} train images)")
+    for col in ("onnxruntime", f"AP (val, {rec['val_images']})", "AP50", "latency", "file"):
+        table.add_column(col, justify="right")
+    for k, size in (("float", q["float_bytes"]), ("int8", q["int8_bytes"])):
+        table.add_row(k, f"{m[k]['AP']:.4f}", f"{m[k]['AP50']:.4f}", f"{lat[k]['median_ms']:.2f} ms",
+                      f"{size / 1e6:.2f} MB")
+    table.add_row("int8 - float", f"{-rec['drop']['AP']:+.4f}", f"{-rec['drop']['AP50']:+.4f}",
+                  f"x{rec['latency_ratio_int8_to_float']:.2f}", f"x{q['int8_bytes'] / q['float_bytes']:.2f}")
+    if rec.get("qat"):
+        table.caption = (f"quantization-aware tuning ({rec['qat']['steps']} steps): AP drop "
+                         f"{rec['qat']['ptq_drop']['AP']:.4f} after post-training quantization, "
+                         f"{rec['qat']['drop_after']['AP']:.4f} after tuning")
+    return table

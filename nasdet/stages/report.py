@@ -23,6 +23,10 @@ def _row(name: str, record: dict, export: dict | None, cost: dict | None) -> dic
         row.update(macs=export["measured"]["macs"], params=export["measured"]["params"],
                    latency_torch_ms=export["latency_torch"]["median_ms"],
                    latency_onnxruntime_ms=export["latency_onnxruntime"]["median_ms"])
+        int8 = export.get("int8")
+        if int8:  # both through onnxruntime on val: the INT8 file's AP and the drop from the float file's
+            row.update(ap_int8=int8["metrics_onnxruntime"]["int8"]["AP"], ap_drop_int8=int8["drop"]["AP"],
+                       latency_onnxruntime_int8_ms=int8["latency_onnxruntime"]["int8"]["median_ms"])
     elif cost is not None:
         row.update(macs=cost["macs"]["total"], params=cost["params"]["total"])
     return row
@@ -122,8 +126,10 @@ def _fmt(row: dict, key: str) -> str:
         return "-"
     if key == "split":
         return v
-    if key in ("AP", "AP50"):
+    if key in ("AP", "AP50", "ap_int8"):
         return f"{v:.4f}"
+    if key == "ap_drop_int8":
+        return f"{-v:+.4f}"
     if key == "macs":
         return f"{v / 1e6:.1f} M"
     if key == "params":
@@ -133,6 +139,8 @@ def _fmt(row: dict, key: str) -> str:
 
 COLUMNS = (("split", "evaluated on"), ("AP", "AP"), ("AP50", "AP50"), ("macs", "MACs"), ("params", "params"),
            ("latency_torch_ms", "CPU latency torch"), ("latency_onnxruntime_ms", "CPU latency onnxruntime"))
+INT8_COLUMNS = (("ap_int8", "AP INT8 (onnxruntime)"), ("ap_drop_int8", "AP INT8 - float"),
+                ("latency_onnxruntime_int8_ms", "CPU latency onnxruntime INT8"))
 
 
 def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Console) -> dict:
@@ -152,12 +160,13 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     init_record = json.loads(initial.read_text()) if initial.is_file() else None
     init_metrics = init_record["metrics"] if init_record else None
 
+    columns = COLUMNS + (INT8_COLUMNS if any("ap_int8" in r for r in rows) else ())
     table = Table(title=f"{cfg.name}: baseline vs found model ({rows[0]['split']})")
     table.add_column("model")
-    for _, title in COLUMNS:
+    for _, title in columns:
         table.add_column(title, justify="right")
     for r in rows:
-        table.add_row(r["model"], *[_fmt(r, k) for k, _ in COLUMNS])
+        table.add_row(r["model"], *[_fmt(r, k) for k, _ in columns])
     console.print(table)
 
     budget = cfg.search.budget
@@ -169,8 +178,8 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     if budget is not None:
         scale, unit = (1e6, "M") if budget.metric in ("macs", "params") else (1.0, "ms")
         lines += [f"Budget: {budget.metric} <= {budget.max / scale:.4g} {unit}.", ""]
-    lines += ["| model | " + " | ".join(t for _, t in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += ["| " + r["model"] + " | " + " | ".join(_fmt(r, k) for k, _ in COLUMNS) + " |" for r in rows]
+    lines += ["| model | " + " | ".join(t for _, t in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += ["| " + r["model"] + " | " + " | ".join(_fmt(r, k) for k, _ in columns) + " |" for r in rows]
     lines.append("")
     found_row = next(r for r in rows if r["model"].startswith("found arch"))
     if base_metrics.is_file() and rows[0].get("macs") and found_row.get("macs"):
@@ -186,6 +195,11 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         lines += [f"Inherited supernet weights before tuning, on {_split_of(init_record)}: AP {init_metrics['AP']:.4f}, "
                   f"AP50 {init_metrics['AP50']:.4f}.", ""]
     tuned_export = exports.get("tune")
+    qat = ((tuned_export or {}).get("int8") or {}).get("qat")
+    if qat:
+        lines += [f"Quantization-aware tuning of the found model ({qat['steps']} steps, fake-quantized): INT8 AP drop "
+                  f"from the float model {qat['ptq_drop']['AP']:.4f} after post-training quantization, "
+                  f"{qat['drop_after']['AP']:.4f} after tuning (both run by onnxruntime on val).", ""]
     if tuned_export and tuned_export.get("budget"):
         bc = tuned_export["budget"]
         verdict = "within" if bc["within"] else "**OVER**"
@@ -193,7 +207,8 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
 
         def show(v):
             return "-" if v is None else f"{v / unit[0]:.4g} {unit[1]}"
-        lines += [f"Measured {bc['metric']} of the exported model: {show(bc['measured'])} ({verdict} the budget "
+        how = f" ({bc['timed_by']})" if bc.get("timed_by") else ""
+        lines += [f"Measured {bc['metric']}{how} of the exported model: {show(bc['measured'])} ({verdict} the budget "
                   f"{show(bc['max'])}; the search predicted {show(bc['predicted'])}).", ""]
     confidence_file = w.search / CONFIDENCE_JSON
     confidence = json.loads(confidence_file.read_text()) if confidence_file.is_file() else None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import torch
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
@@ -85,8 +87,12 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     cost_metric = budget.metric if budget else s.cost_metric
     measure = ("macs", "params") + (("latency",) if cost_metric == "latency" else ())
     c = cfg.cost
+    # INT8 candidates calibrate on a few search images (their ranges, as an export's would be)
+    calibration = [search_set.load_image(i).as_subclass(torch.Tensor)
+                   for i in range(min(c.int8_calibration_images, len(search_set)))] if c.int8 else None
     latency_fn = latency_function(c.latency, model, space, device=c.device, warmup=c.warmup, runs=c.runs,
-                                  threads=c.threads, lut_path=c.lut or out_dir / LATENCY_LUT)
+                                  threads=c.threads, lut_path=c.lut or out_dir / LATENCY_LUT,
+                                  lut_precision=c.lut_precision, calibration=calibration)
     cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
     check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
     small = split_size_warning(search_set, "the validation set" if s.score_on == "val" else "the search split") \

@@ -47,6 +47,8 @@ class DetectorFamily:
     # regexes of the state_dict keys whose shape depends on the number of classes: re-initialised when a
     # trained detector becomes the baseline of a run with other classes (models.imports)
     class_layers: tuple[str, ...] = ()
+    # the modules that make the network (convs and linears, no decoding or NMS): what INT8 quantizes
+    network_modules: tuple[str, ...] = ("backbone", "head")
 
     def build(self, cfg: BaseModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         """The detector for ``cfg`` around backbone ``body``; ``num_classes`` includes the background."""

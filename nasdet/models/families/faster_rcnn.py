@@ -30,6 +30,8 @@ class FasterRCNNFamily(DetectorFamily):
     config = FasterRCNNModelConfig
     model_types = (FasterRCNN,)
     distillable = False  # its logits are per proposal, not per anchor
+    # the RPN's and box head's layers; proposal decoding, NMS and RoIAlign stay float
+    network_modules = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor")
     class_layers = (r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)",)  # boxes per class too
 
     def build(self, cfg: FasterRCNNModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:

@@ -1,0 +1,274 @@
+"""Issue 25: INT8. ``nasdet export --int8`` (onnxruntime static quantization of the network, its val mAP run
+through onnxruntime), ``cost.latency: onnxruntime_int8`` and the INT8 latency table."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from rich.console import Console
+
+from conftest import fake_pretrain
+from nasdet.errors import ConfigError, QuantizationError
+from nasdet.space import save_arch
+
+QUIET = Console(quiet=True)
+OFA_TINY = {"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}}
+
+
+def _tuned(tiny_config, **extra):
+    """A tuned OFA-MobileNetV3 SSDLite at 96 px (a few steps from the supernet's random weights)."""
+    from nasdet.stages.tune import run_tune
+
+    sections = {"model": {**OFA_TINY, "score_thresh": 0.05}, "train": {"max_steps": 2, "epochs": 1},
+                "tune": {"eval_initial": False, "recalib_batches": 1}, "export": {"check_images": 1},
+                "cost": {"warmup": 0, "runs": 2, "threads": 1}}
+    for k, v in extra.items():
+        sections[k] = {**sections.get(k, {}), **v}
+    cfg = tiny_config("ssdlite", **sections)
+    _, space = fake_pretrain(cfg)
+    save_arch(Path(cfg.work_dir) / "search" / "best_arch.json",
+              {n: v[len(v) // 2] for n, v in space.choices.items()}, space)
+    run_tune(cfg, console=QUIET)
+    return cfg
+
+
+def _ort_detections(path, dataset):
+    """COCO detections computed here, by a bare onnxruntime session (no nasdet code)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = []
+    for i in range(len(dataset)):
+        image = dataset.load_image(i).as_subclass(torch.Tensor).numpy()
+        boxes, scores, labels = session.run(None, {"image": image})
+        for (x1, y1, x2, y2), s, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+            out.append({"image_id": int(dataset.target(i)["image_id"]), "category_id": int(dataset.category_ids[lab - 1]),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)})
+    return out
+
+
+def test_export_int8_quantizes_the_network_and_scores_both_files_through_onnxruntime(tiny_config):
+    from nasdet.data.build import load_split
+    from nasdet.data.dataset import to_coco_gt
+    from nasdet.metrics import coco_evaluate
+    from nasdet.stages.export import run_export
+
+    # with quantization-aware tuning forced (any drop is over -1): the INT8 file is the fake-quant-tuned model's
+    cfg = _tuned(tiny_config, export={"int8": True, "calibration_images": 3, "calibration_method": "minmax"},
+                 tune={"qat": True, "qat_max_drop": -1.0, "qat_steps": 2, "qat_lr": 1e-5})
+    rec = run_export(cfg, console=QUIET)
+    q = rec["int8"]
+    assert q["qat"]["steps"] == 2 and q["qat"]["drop_after"] == q["drop"]
+    assert q["qat"]["ptq_drop"]["AP"] == pytest.approx(q["metrics_onnxruntime"]["float"]["AP"] - q["qat"]["ptq_metrics"]["AP"])
+    float_path, int8_path = Path(rec["onnx"]), Path(q["onnx"])
+    assert int8_path.name == "tune_int8.onnx" and int8_path.is_file()
+    assert json.loads((int8_path.parent / "tune.json").read_text())["int8"]["onnx"] == str(int8_path)
+    # quantization happened: Q/DQ pairs, int8 weights of every network conv, a much smaller file
+    model = onnx.load(str(int8_path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    int8_weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(producer[n.input[1]].op_type == "DequantizeLinear" and producer[n.input[1]].input[0] in int8_weights
+                         for n in convs)
+    assert q["quantization"]["quantized_ops"] == len(convs) and q["quantization"]["calibration_images"] == 3
+    assert int8_path.stat().st_size < 0.8 * float_path.stat().st_size  # int8 weights; scales and the float graph remain
+    # pre-processing, decoding and NMS stayed float: same inputs and outputs, any image size
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == ["boxes", "scores", "labels"]
+    outside = [producer[n.input[0]].name for n in model.graph.node if n.op_type == "QuantizeLinear"
+               and not producer[n.input[0]].name.startswith(("/backbone/", "/head/"))]
+    assert outside == ["/pre/Unsqueeze"]  # the one tensor from float to int8: the network's input
+    # both mAPs are onnxruntime's: recomputed here from bare sessions on the two files
+    val = load_split(cfg, "val")
+    gt = to_coco_gt(val)
+    dets_float, dets_int8 = _ort_detections(float_path, val), _ort_detections(int8_path, val)
+    for kind, dets in (("float", dets_float), ("int8", dets_int8)):
+        assert q["metrics_onnxruntime"][kind]["AP50"] == pytest.approx(coco_evaluate(gt, dets)["AP50"], abs=1e-3)
+    assert q["drop"]["AP"] == pytest.approx(q["metrics_onnxruntime"]["float"]["AP"] - q["metrics_onnxruntime"]["int8"]["AP"])
+    # INT8 arithmetic differs from float (else nothing was quantized) but follows it
+    top_float = max(dets_float, key=lambda d: d["score"])
+    same_image = [d for d in dets_int8 if d["image_id"] == top_float["image_id"]]
+    assert same_image and top_float["score"] not in [d["score"] for d in same_image]
+    agreement = q["agreement"]  # of a model tuned 2 steps: counted, not judged (benchmarks/README.md has the demo's)
+    assert agreement["float_detections"] == sum(d["score"] >= 0.3 for d in dets_float) >= agreement["matched_by_int8"]
+    lat = q["latency_onnxruntime"]
+    assert lat["float"]["median_ms"] > 0 and lat["int8"]["median_ms"] > 0 and lat["int8"]["threads"] == 1
+    # examples/onnx_infer.py runs the INT8 file as it runs the float one
+    image = next(Path(val.records[0].file).parent.iterdir())
+    script = Path(__file__).parent.parent / "examples" / "onnx_infer.py"
+    out = subprocess.run([sys.executable, str(script), str(int8_path), str(image), "--json", "--min-score", "0"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    first = json.loads(out.stdout.splitlines()[0])
+    assert len(first["boxes"]) == len(first["scores"]) == len(first["labels"]) > 0
+
+
+def test_a_float_file_or_a_graph_without_the_network_is_refused_in_one_line(tiny_config, tmp_path):
+    from nasdet.export import export_onnx
+    from nasdet.models.supernet import build_supernet, export_detector
+    from nasdet.quantize import check_quantized, network_scopes, quantize_detector
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY)
+    torch.manual_seed(0)
+    supernet, space = build_supernet(cfg, 8)
+    static = export_detector(supernet, space.smallest(), space).eval()
+    path = export_onnx(static, tmp_path / "float.onnx")
+    scopes = network_scopes(static)
+    assert scopes == ("/backbone/", "/head/")
+    with pytest.raises(QuantizationError, match=r"node /backbone/\S+ \(Conv\) of the network was left in float") as e:
+        check_quantized(path, scopes)
+    assert "\n" not in str(e.value)
+    image = np.zeros((3, 64, 80), np.uint8)
+    with pytest.raises(QuantizationError, match=r"no Conv/MatMul/Gemm node under \['/neck/'\]"):
+        quantize_detector(path, tmp_path / "int8.onnx", [image], ("/neck/",))
+    assert not (tmp_path / "int8.onnx").exists()
+    with pytest.raises(ConfigError, match="drop --raw"):
+        from nasdet.stages.export import run_export
+
+        run_export(cfg, raw=True, int8=True, console=QUIET)
+
+
+def test_search_under_an_int8_latency_budget_times_quantized_candidates(tiny_config, monkeypatch):
+    import csv
+
+    import nasdet.quantize as quantize
+    from nasdet.stages.search import run_search
+
+    calls = []
+    real = quantize.quantize_onnx
+
+    def spy(src, dst, feeds, scopes=None, method="minmax"):
+        feeds = list(feeds)
+        calls.append([next(iter(f.values())).shape for f in feeds])
+        return real(src, dst, feeds, scopes, method)
+
+    monkeypatch.setattr(quantize, "quantize_onnx", spy)
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False},
+                      cost={"latency": "onnxruntime_int8", "warmup": 1, "runs": 3, "threads": 1,
+                            "int8_calibration_images": 2},
+                      search={"strategy": "random", "num_candidates": 2, "recalib_batches": 1, "batch_size": 4,
+                              "max_images": 2, "include_extremes": False, "budget": {"metric": "latency", "max": 1e4}})
+    assert cfg.cost.int8
+    fake_pretrain(cfg)
+    run_search(cfg, console=QUIET)
+    rows = list(csv.DictReader(open(Path(cfg.work_dir) / "search" / "results.csv")))
+    assert len(rows) == 2 and all(float(r["latency_ms"]) > 0 for r in rows)
+    # the cheapest arch (the budget's check), then each candidate: quantized on 2 search images (uint8 3 x H x W)
+    assert len(calls) >= 3 and all(len(shapes) == 2 and len(shapes[0]) == 3 for shapes in calls)
+
+
+def test_int8_latency_table_times_quantized_blocks_once_and_persists(tiny_config, tmp_path, monkeypatch):
+    import nasdet.quantize as quantize
+    from nasdet.models.supernet import build_supernet, export_detector
+    from nasdet.search.latency import LatencyTable
+
+    cfg = tiny_config("ssdlite", model={**OFA_TINY, "input_size": 64})
+    torch.manual_seed(0)
+    supernet, space = build_supernet(cfg, 8)
+    blocks_quantized = []
+    real = quantize.quantize_onnx
+    monkeypatch.setattr(quantize, "quantize_onnx", lambda src, dst, feeds, scopes=None, method="minmax": (
+        blocks_quantized.append(scopes is None), real(src, dst, feeds, scopes, method))[1])
+    path = tmp_path / "lut.json"
+    table = LatencyTable(path, warmup=1, runs=3, threads=1, precision="int8")
+    arch = space.smallest()
+    static = export_detector(supernet, arch, space)
+    predicted = table.predict(static, arch, supernet, space)
+    assert predicted > 0 and sum(blocks_quantized) == len(table.blocks) >= 5  # each block configuration once
+    assert not all(blocks_quantized)  # the reference subnet, end to end, for the rest
+    stored = json.loads(path.read_text())
+    assert list(stored) == ["onnxruntime-int8|threads=1"] and stored["onnxruntime-int8|threads=1"]["rest"]
+    again = LatencyTable(path, warmup=1, runs=3, threads=1, precision="int8")
+    assert again.predict(static, arch, supernet, space) == pytest.approx(predicted) and again.measured == 0
+    # the float table of the same file is another entry, not these numbers
+    assert LatencyTable(path, threads=1).blocks == {}
+
+
+def test_int8_lut_precision_needs_the_lut():
+    from nasdet.config import CostConfig
+
+    with pytest.raises(ValueError, match="cost.lut_precision int8 applies to cost.latency lut"):
+        CostConfig(latency="torch", lut_precision="int8")
+
+
+def test_report_shows_float_and_int8_latency_and_the_int8_ap(tiny_config):
+    from nasdet.stages.report import write_report
+    from nasdet.workdir import WorkDir
+
+    cfg = tiny_config("ssdlite", search={"budget": {"metric": "latency", "max": 9.0}})
+    w = WorkDir(Path(cfg.work_dir))
+    w.tune.root.mkdir(parents=True)
+    (w.tune.root / "metrics.json").write_text(json.dumps({"metrics": {"AP": 0.31, "AP50": 0.52}, "init": "supernet",
+                                                          "val_images": 8}))
+    lat = {"float": {"median_ms": 6.0}, "int8": {"median_ms": 4.5}}
+    export = {"measured": {"macs": 2e6, "params": 1e5, "latency": 4.5, "latency_timed_by": "onnxruntime int8"},
+              "latency_torch": {"median_ms": 9.0}, "latency_onnxruntime": {"median_ms": 6.0},
+              "budget": {"metric": "latency", "max": 9.0, "measured": 4.5, "predicted": 4.2, "within": True,
+                         "timed_by": "onnxruntime int8"},
+              "int8": {"metrics_onnxruntime": {"float": {"AP": 0.30}, "int8": {"AP": 0.28}}, "drop": {"AP": 0.02},
+                       "latency_onnxruntime": lat,
+                       "qat": {"steps": 300, "ptq_drop": {"AP": 0.05}, "drop_after": {"AP": 0.02}}}}
+    write_report(cfg, w.root, {"tune": export}, QUIET)
+    text = w.report_md.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| model |"))
+    assert "CPU latency onnxruntime |" in header and "CPU latency onnxruntime INT8" in header
+    row = next(line for line in text.splitlines() if line.startswith("| found arch"))
+    assert "| 6.00 ms | 0.2800 | -0.0200 | 4.50 ms |" in row
+    assert "Measured latency (onnxruntime int8) of the exported model: 4.5 ms (within" in text
+    assert "(300 steps, fake-quantized): INT8 AP drop from the float model 0.0500 after post-training quantization, " \
+           "0.0200 after tuning" in text
+
+
+def test_int8_file_by_percentile_runs_when_no_box_passes_the_score_threshold(tiny_config, tmp_path):
+    import onnxruntime as ort
+
+    from nasdet.export import export_onnx
+    from nasdet.models.supernet import build_supernet, export_detector
+    from nasdet.quantize import network_scopes, quantize_detector
+
+    cfg = tiny_config("retinanet", model={**OFA_TINY, "score_thresh": 0.9})
+    torch.manual_seed(0)
+    supernet, space = build_supernet(cfg, 8)
+    static = export_detector(supernet, space.smallest(), space).eval()
+    path = export_onnx(static, tmp_path / "float.onnx")
+    images = [np.random.default_rng(i).integers(0, 255, (3, 70, 90), dtype=np.uint8) for i in range(2)]
+    # percentile: a histogram method, calibrated on the graph cut at the network's outputs (images of 2 sizes)
+    images.append(np.random.default_rng(2).integers(0, 255, (3, 50, 60), dtype=np.uint8))
+    report = quantize_detector(path, tmp_path / "int8.onnx", images, network_scopes(static), "percentile")
+    assert report["method"] == "percentile" and report["quantized_ops"] > 10
+    for f in (path, tmp_path / "int8.onnx"):
+        boxes, scores, labels = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(
+            None, {"image": images[0]})
+        assert boxes.shape == (0, 4) and scores.shape == labels.shape == (0,)
+
+
+def test_fake_quantized_layers_compute_on_the_int8_grid_and_come_off_as_float():
+    from torch import nn
+
+    from nasdet.train.qat import FakeQuantized
+
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model.head = nn.Linear(4, 2)
+    x = torch.rand(2, 3, 12, 12)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model.backbone(x)
+    with FakeQuantized(model, ("backbone", "head")) as fq, torch.no_grad():
+        assert len(fq.layers) == 3
+        quantized = model.backbone(x)
+        w = model.backbone[0].weight  # the fake-quantized weight: at most 255 levels per output channel
+        assert all(len(torch.unique(w[c])) <= 255 for c in range(w.shape[0]))
+        scale = w[0].abs().max() / 127
+        assert torch.allclose(w[0] / scale, (w[0] / scale).round(), atol=1e-3)
+    assert not torch.equal(quantized, ref) and torch.allclose(quantized, ref, atol=0.1)
+    assert model.state_dict().keys() == before.keys()  # plain modules again, their float weights untouched
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
