@@ -30,7 +30,7 @@ def test_controls_are_tuned_like_the_found_arch_and_reported(shapes_dir, tmp_pat
     raw["tune"] = {"recalib_batches": 1, "eval_initial": False}
     raw["eval"] = {"batch_size": 8, "max_images": 2}
     raw["pipeline"] = {"export": False}
-    raw["report"] = {"controls": True, "controls_seeds": 2, "controls_tolerance": 0.05, "controls_draws": 300}
+    raw["report"] = {"controls": True, "controls_seeds": 2, "controls_tolerance": 0.25, "controls_draws": 6}
     cfg = validate_config(raw, "controls")
     report = run_pipeline(cfg, console=QUIET)
 
@@ -54,7 +54,7 @@ def test_controls_are_tuned_like_the_found_arch_and_reported(shapes_dir, tmp_pat
         else:
             macs = cost(c["arch"])["macs"]
             assert macs <= 12e6 and macs == c["costs"]["macs"]
-            assert abs(macs / found_macs - 1) <= 0.05 or c["tried"] == 300  # else the nearest of all 300 draws
+            assert abs(macs / found_macs - 1) <= 0.25 or c["tried"] == 6  # else the nearest of all 6 draws
     assert plan["controls"][1]["arch"] != plan["controls"][2]["arch"]  # two seeds, two archs
     md = w.report_md.read_text()
     assert "Architecture, all trained exactly alike: the found arch has AP" in md and "Training:" in md
