@@ -22,7 +22,7 @@ demo: venv
 	$(PY) -m nasdet pipeline $(DEMO_CONFIG)
 
 test: venv
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n auto tests  # one worker per core (pytest-xdist)
 
 clean-demo:
 	rm -rf runs/demo_pipeline

@@ -1,12 +1,19 @@
 """Shared fixtures: a tiny synthetic data set (generated once per session) and tiny configs."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from nasdet.config import validate_config
 
-torch.set_num_threads(2)
+# Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread: two workers
+# already fill two cores, and more threads than cores spin against each other.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+# Tests compare runs bit for bit (a resumed run against an uninterrupted one); the thread governor makes the
+# thread count, and so float reduction order, follow the machine's load. Its own tests turn it back on.
+os.environ.setdefault("NASDET_ADAPTIVE_THREADS", "0")
 
 
 @pytest.fixture(scope="session")
