@@ -4,7 +4,9 @@ For each of the space's smallest, default and largest subnets (and ``--random K`
 end-to-end file ``nasdet export`` writes and its INT8 version (``nasdet export --int8``'s quantization,
 calibrated on ``--calib`` training images) are timed in turns, one run of each per round, so that both
 see the same machine load; the ratio INT8 / float is the figure (absolute milliseconds move with the
-load). Random supernet weights: few boxes pass the score threshold, so NMS time is a lower bound.
+load). Random supernet weights: the boxes each file returns are printed, because they move the time more
+than the network does (with the demo's random weights the float file keeps 100 boxes and the INT8 file
+none, so its "2-3x faster" is NMS work it skips: see benchmarks/README.md, INT8).
 
     python benchmarks/int8_latency.py configs/demo/pipeline_shapes.yaml --runs 50 --threads 1
 """
@@ -25,13 +27,14 @@ from nasdet.quantize import network_scopes, quantize_detector
 from nasdet.stages.export import calibration_images
 
 
-def side_by_side(sessions: dict, feed: dict, warmup: int, runs: int) -> dict[str, float]:
-    """Median ms per session, the sessions run in turns (one run each per round)."""
+def side_by_side(sessions: dict, feeds: dict, warmup: int, runs: int) -> dict[str, float]:
+    """Median ms per session, the sessions run in turns (one run each per round) so that all see the same
+    machine load; ``feeds``: the input of each session, by the same keys."""
     times = {k: [] for k in sessions}
     for i in range(warmup + runs):
         for k, s in sessions.items():
             t = time.perf_counter()
-            s.run(None, feed)
+            s.run(None, feeds[k])
             if i >= warmup:
                 times[k].append((time.perf_counter() - t) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
@@ -49,7 +52,8 @@ def main() -> None:
     images = calibration_images(cfg, args.calib)
     print(f"{cfg.model.detector} on {cfg.model.backbone.name} x{cfg.model.backbone.width_mult}, onnxruntime CPU, "
           f"{args.threads} thread(s), {args.runs} runs each in turns, calibrated on {len(images)} train images")
-    print(f"{'arch':>10s} {'size':>5s} {'float ms':>9s} {'int8 ms':>8s} {'int8/float':>10s} {'file int8/float':>15s}")
+    print(f"{'arch':>10s} {'size':>5s} {'float ms':>9s} {'int8 ms':>8s} {'int8/float':>10s} {'file int8/float':>15s} "
+          f"{'boxes float/int8':>16s}")
     for name, arch in archs.items():
         static = export_detector(model, arch, space).eval()
         s = get_input_size(static)
@@ -57,9 +61,11 @@ def main() -> None:
             f = export_onnx(static, Path(tmp) / "float.onnx")
             q = quantize_detector(f, Path(tmp) / "int8.onnx", images, network_scopes(static))
             sessions = {"float": onnx_session(f, args.threads), "int8": onnx_session(Path(tmp) / "int8.onnx", args.threads)}
-        ms = side_by_side(sessions, {"image": images[0].numpy()}, 5, args.runs)  # a train image, resized inside
+        feed = {"image": images[0].numpy()}  # a train image, resized inside
+        ms = side_by_side(sessions, {k: feed for k in sessions}, 5, args.runs)
+        boxes = "/".join(str(len(sessions[k].run(None, feed)[0])) for k in ("float", "int8"))
         print(f"{name:>10s} {s:5d} {ms['float']:9.2f} {ms['int8']:8.2f} {ms['int8'] / ms['float']:10.2f} "
-              f"{q['int8_bytes'] / q['float_bytes']:15.2f}")
+              f"{q['int8_bytes'] / q['float_bytes']:15.2f} {boxes:>16s}")
 
 
 if __name__ == "__main__":

@@ -138,8 +138,11 @@ def test_a_float_file_or_a_graph_without_the_network_is_refused_in_one_line(tiny
 def test_search_under_an_int8_latency_budget_times_quantized_candidates(tiny_config, monkeypatch):
     import csv
 
+    import nasdet.models.cost as cost
     import nasdet.quantize as quantize
+    from nasdet.config import config_to_dict
     from nasdet.stages.search import run_search
+    from nasdet.train.checkpoint import save_checkpoint
 
     calls = []
     real = quantize.quantize_onnx
@@ -156,12 +159,23 @@ def test_search_under_an_int8_latency_budget_times_quantized_candidates(tiny_con
                       search={"strategy": "random", "num_candidates": 2, "recalib_batches": 1, "batch_size": 4,
                               "max_images": 2, "include_extremes": False, "budget": {"metric": "latency", "max": 1e4}})
     assert cfg.cost.int8
-    fake_pretrain(cfg)
+    model, _ = fake_pretrain(cfg)
+    # a trained baseline in the work dir: the Pareto plot's reference, timed as the candidates are (INT8), not in torch
+    save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0},
+                    Path(cfg.work_dir) / "baseline" / "ckpt" / "last.pt")
+
+    def torch_timing(*a, **k):
+        raise AssertionError("the baseline's latency was timed in torch under an INT8 latency budget")
+
+    monkeypatch.setattr(cost, "measure_latency", torch_timing)
     run_search(cfg, console=QUIET)
     rows = list(csv.DictReader(open(Path(cfg.work_dir) / "search" / "results.csv")))
     assert len(rows) == 2 and all(float(r["latency_ms"]) > 0 for r in rows)
-    # the cheapest arch (the budget's check), then each candidate: quantized on 2 search images (uint8 3 x H x W)
-    assert len(calls) >= 3 and all(len(shapes) == 2 and len(shapes[0]) == 3 for shapes in calls)
+    # the cheapest arch (the budget's check), each candidate and the baseline: quantized on 2 search images
+    # (uint8 3 x H x W)
+    assert len(calls) >= 4 and all(len(shapes) == 2 and len(shapes[0]) == 3 for shapes in calls)
+    baseline = json.loads((Path(cfg.work_dir) / "search" / "pareto.json").read_text())["baseline"]
+    assert baseline["costs"]["latency"] > 0
 
 
 def test_int8_latency_table_times_quantized_blocks_once_and_persists(tiny_config, tmp_path, monkeypatch):

@@ -130,7 +130,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     records = apply_budget(study_records(study, search_space, objective), budget, cost_fn)
     extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
     # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
-    baseline = score_baseline(cfg, wd, search_set, device, measure) if objective == OBJECTIVE else None
+    baseline = score_baseline(cfg, wd, search_set, device, measure, calibration) if objective == OBJECTIVE else None
     confidence = confidence_of_search(cfg, model, space, records, search_set, ctx.calib_set, device) \
         if objective == OBJECTIVE else None
     summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline, objective,
@@ -214,11 +214,13 @@ def open_checked_study(storage: str | None, out_dir: Path, study_name: str, stra
     return study
 
 
-def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure: tuple[str, ...]) -> dict | None:
+def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure: tuple[str, ...],
+                   calibration: list[torch.Tensor] | None = None) -> dict | None:
     """The trained baseline (``baseline/ckpt/last.pt``, if any) on the search split, with its costs, for
-    the Pareto plot. It was trained on all of train, search split included, so its AP there is optimistic."""
+    the Pareto plot. It was trained on all of train, search split included, so its AP there is optimistic.
+    Its latency is timed as the candidates' was (INT8: quantized, calibrated on ``calibration``)."""
     from ..models.cost import detector_macs, detector_params, measure_latency
-    from ..search.latency import measure_latency_onnx_e2e
+    from ..search.latency import measure_latency_onnx_e2e, measure_latency_onnx_int8
     from ..train.evaluate import evaluate_detector
 
     ckpt = WorkDir(wd).baseline.checkpoint
@@ -230,6 +232,8 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
         c = cfg.cost
         if c.latency == "onnxruntime":
             costs["latency"] = measure_latency_onnx_e2e(model, c.warmup, c.runs, c.threads)["median_ms"]
+        elif c.int8:  # measured INT8 latency; the INT8 table cannot predict the baseline either
+            costs["latency"] = measure_latency_onnx_int8(model, calibration, c.warmup, c.runs, c.threads)["median_ms"]
         else:  # the baseline is not a subnet of the space: the table cannot predict it, so it is timed
             costs["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs,
                                                threads=c.threads)["median_ms"]
