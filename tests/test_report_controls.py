@@ -60,6 +60,9 @@ def test_controls_are_tuned_like_the_found_arch_and_reported(shapes_dir, tmp_pat
     assert "Architecture, all trained exactly alike: the found arch has AP" in md and "Training:" in md
     assert "| random arch 1 (supernet + tune) | val (2 images) |" in md
 
+    import yaml
+    assert yaml.safe_load(w.config.read_text())["tune"].get("arch") is None  # the run's config, not a control's
+
     # a rerun tunes nothing again
     ckpt = w.control("random_0").checkpoint
     before = ckpt.stat().st_mtime_ns
@@ -78,3 +81,25 @@ def test_controls_text_names_architecture_and_training():
     assert "AP +0.0500 over the baseline's own arch" in text
     assert "Training: the baseline's arch taken from the supernet and tuned has AP +0.0300" in text
     assert text.endswith("All on val (10 images).")
+
+
+def test_random_control_under_a_latency_budget_matches_macs_without_timing():
+    """Latency is not timed per draw: the control matches the found arch's MACs (the cost_fn has no latency)."""
+    from nasdet.errors import ConfigError
+    from nasdet.search.budget import Budget
+    from nasdet.search.controls import matched_cost_metric, random_control
+    from nasdet.space import SearchSpace
+
+    space = SearchSpace({f"b{i}": (1, 2, 3, 4) for i in range(6)})
+
+    def cost_fn(arch):
+        return {"macs": float(sum(arch.values())), "params": 1.0}
+
+    latency = Budget("latency", 2.0)
+    assert matched_cost_metric(latency) == "macs"
+    c = random_control(space, cost_fn, target=15.0, metric="macs", budget=latency, tolerance=0.01, draws=200, seed=0)
+    assert c["costs"]["macs"] == 15.0 and c["tried"] == c["draws"]
+    # a MACs budget is checked on every draw; one nothing fits is a clear error
+    with pytest.raises(ConfigError, match="controls_draws=20 uniform draws"):
+        random_control(space, cost_fn, target=15.0, metric="macs", budget=Budget("macs", 5.0), tolerance=0.01,
+                       draws=20, seed=0)

@@ -181,7 +181,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     if sn_ckpt is not None:
         trainer.start_note = f"from the supernet's weights ({sn_ckpt})"
     trainer.prepare()
-    if dist.is_main():
+    if dist.is_main() and stage == TUNE:  # the run's config.yaml: not a control's (its config is in its checkpoint)
         save_config(cfg, wd.config)
     done = finished_record(out, trainer.final_step, console, "tune again", lambda d: metrics_table(d["metrics"], "tune: val mAP"))
     if done is not None:
