@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import os
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores each run trainers of 2 threads (and their subprocesses inherit this): OpenMP's
+    # default spin would make 4 spinning threads fight over 2 cores, the collapse benchmarks/README measures.
+    # Set before torch loads OpenMP; nasdet keeps a wait policy the user (here the suite) has set.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 
