@@ -31,7 +31,7 @@ POLICIES = {"nasdet": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE", "NASDET_ADAP
 BUSY_LOOP = "import time\nend = time.time() + 900\nwhile time.time() < end:\n    pass\n"
 
 
-def build(stage: str, steps: int, out_dir: str):
+def build(stage: str, steps: int, out_dir: str, overrides: list[str]):
     from nasdet.config import load_config
     from nasdet.data.build import build_datasets
     from nasdet.models import build_detector
@@ -42,7 +42,7 @@ def build(stage: str, steps: int, out_dir: str):
 
     cfg = load_config(CONFIG, [f"train.max_steps={steps}", "train.ckpt_every_steps=100000", "eval.max_images=8",
                                f"supernet.train.max_steps={steps}", "supernet.train.ckpt_every_steps=100000",
-                               "supernet.report_archs=[]"])
+                               "supernet.report_archs=[]", *overrides])
     if stage == "baseline":
         cfg = baseline_config(cfg)
         data = build_datasets(cfg)
@@ -55,11 +55,11 @@ def build(stage: str, steps: int, out_dir: str):
                                        calib_set=data["supernet_train"].with_transforms(None)), cfg
 
 
-def child(stage: str, mode: str, steps: int) -> None:
+def child(stage: str, mode: str, steps: int, overrides: list[str]) -> None:
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, cfg = build(stage, steps, tmp)
+        trainer, cfg = build(stage, steps, tmp, overrides)
         bs, every = trainer.tcfg.batch_size, trainer.tcfg.log_every_steps
         if mode == "trainer":
             trainer.run()
@@ -88,13 +88,14 @@ def child(stage: str, mode: str, steps: int) -> None:
     print(json.dumps({"ips": ips, "threads": torch.get_num_threads()}))
 
 
-def measure(stage: str, mode: str, policy: str, load: int, steps: int) -> float:
+def measure(stage: str, mode: str, policy: str, load: int, steps: int, overrides: list[str]) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
                                                               "NASDET_ADAPTIVE_THREADS")}
     env.update(POLICIES[policy], PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     loads = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(load)]
     try:
-        out = subprocess.run([sys.executable, __file__, "--child", stage, mode, "--steps", str(steps)], env=env,
+        out = subprocess.run([sys.executable, __file__, "--child", stage, mode, "--steps", str(steps),
+                              *[a for o in overrides for a in ("--set", o)]], env=env,
                              capture_output=True, text=True, cwd=ROOT)
     finally:
         for p in loads:
@@ -112,10 +113,12 @@ def main() -> None:
     ap.add_argument("--stages", default="baseline,supernet")
     ap.add_argument("--policies", default="nasdet,passive")
     ap.add_argument("--loads", default="0,1")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for both modes, e.g. data.num_workers=0")
     ap.add_argument("--child", nargs=2, metavar=("STAGE", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(*args.child, args.steps)
+        child(*args.child, args.steps, args.set)
         return
     stages, policies = args.stages.split(","), args.policies.split(",")
     loads = [int(x) for x in args.loads.split(",")]
@@ -128,7 +131,7 @@ def main() -> None:
                 for policy in policies:
                     for mode in ("trainer", "bare"):
                         res.setdefault((stage, load, policy, mode), []).append(
-                            measure(stage, mode, policy, load, args.steps))
+                            measure(stage, mode, policy, load, args.steps, args.set))
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     print("| stage | busy loops | policy | trainer img/s | bare step img/s | trainer / bare |")
     print("|---|---|---|---|---|---|")

@@ -57,7 +57,9 @@ class DataConfig(Strict):
     data_yaml: Optional[str] = None  # YOLO: data.yaml with the class names (and optionally path/train/val)
     search_fraction: float = Field(0.0, ge=0, lt=1)  # held-out part of train used to score candidates
     split_seed: int = 0
-    num_workers: int = Field(2, ge=0)
+    # data loader processes; auto: none on a CPU whose cores torch's threads take, several beside a GPU
+    # (threads.loader_workers says why)
+    num_workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = "auto"
     augment: AugmentConfig = AugmentConfig()
     check_files: bool = True  # stat every image at start-up
 
@@ -173,6 +175,9 @@ class TrainConfig(Strict):
     log_every_steps: int = Field(20, gt=0)
     max_steps: Optional[int] = Field(None, gt=0)  # stop early (smoke tests); schedule still spans all epochs
     threads: Optional[int] = Field(None, gt=0)  # torch CPU threads
+    # weights and activations in NHWC: CPU training steps of the demo's MobileNetV2 SSDLite 1.5x faster
+    # (benchmarks/README.md, "channels_last"); the same numbers up to float rounding
+    channels_last: bool = True
 
     _device = field_validator("device")(check_device)
 
@@ -494,7 +499,8 @@ class ClassifyConfig(Strict):
     min_scale: float = Field(0.08, gt=0, le=1)  # RandomResizedCrop's smallest area fraction
     hflip: float = Field(0.5, ge=0, le=1)
     color_jitter: float = Field(0.4, ge=0)  # brightness, contrast and saturation
-    num_workers: Optional[int] = Field(None, ge=0)  # data loader processes; default data.num_workers
+    # data loader processes (a number or auto); default data.num_workers
+    num_workers: Optional[Union[Annotated[int, Field(ge=0)], Literal["auto"]]] = None
     supernet: SupernetConfig = SupernetConfig()  # path sampling of the supernet (arch unset)
     train: Optional[TrainConfig] = None  # the recipe; default: the top-level train section
 
@@ -522,6 +528,9 @@ class ExportConfig(Strict):
     box_atol: float = Field(1e-3, gt=0)  # px, matched boxes
     score_atol: float = Field(1e-4, gt=0)
     raw_atol: float = Field(1e-4, gt=0)
+    # plus this fraction of the torch value: float32 rounding grows with a trained net's logits (torch.onnx's own
+    # verification uses rtol 1e-3); a logit of 4.7 of a FAD head differed by 5.7e-4 between the two runtimes
+    raw_rtol: float = Field(1e-3, ge=0)
     # INT8 (nasdet.quantize): onnxruntime static quantization of the network (QDQ, per-channel int8 weights,
     # uint8 activations), pre/post-processing and NMS kept float; mAP of both files through onnxruntime
     int8: bool = False

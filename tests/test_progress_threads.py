@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import Progress
 
 from nasdet.progress import PlainProgress, progress_bar
-from nasdet.threads import (ADAPTIVE_ENV, LOCAL_PROCESSES_ENV, ThreadGovernor, busy_seconds, set_torch_threads,
-                            thread_count, threads_for_load)
+from nasdet.threads import (ADAPTIVE_ENV, LOCAL_PROCESSES_ENV, ThreadGovernor, busy_seconds, loader_workers,
+                            set_torch_threads, thread_count, threads_for_load)
 
 ROOT = Path(__file__).parent.parent
 
@@ -145,3 +145,27 @@ def test_thread_counts_never_oversubscribe_the_cores(monkeypatch):
         assert torch.get_num_threads() == min(3, len(os.sched_getaffinity(0)))
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_loader_workers_leave_the_cores_to_torchs_threads_on_a_cpu():
+    assert loader_workers(3, "cpu", cores=2, threads=2) == 3  # the user's number stands
+    assert loader_workers(0, "cuda", cores=16, threads=16) == 0
+    assert loader_workers("auto", "cpu", cores=2, threads=2) == 0  # the demo: both cores train, loading in-process
+    assert loader_workers("auto", "cpu", cores=2, threads=1) == 1
+    assert loader_workers("auto", "cpu", cores=16, threads=8) == 4  # at most 4 beside the CPU's own step
+    assert loader_workers("auto", torch.device("cpu"), cores=16, threads=16) == 0
+    assert loader_workers("auto", "cuda:1", cores=16, threads=16) == 8  # a GPU: the cores feed it
+    assert loader_workers("auto", torch.device("cuda"), cores=4, threads=4) == 3
+    assert loader_workers("auto", "cuda", cores=1, threads=1) == 0
+
+
+def test_num_workers_is_a_number_or_auto():
+    from nasdet.config import DataConfig
+
+    split = {"annotations": "a.json", "images": "img"}
+    data = {"train": split, "val": split}
+    assert DataConfig.model_validate(data).num_workers == "auto"
+    assert DataConfig.model_validate({**data, "num_workers": 3}).num_workers == 3
+    for bad in (-1, "many"):
+        with pytest.raises(Exception, match="num_workers"):
+            DataConfig.model_validate({**data, "num_workers": bad})

@@ -171,6 +171,12 @@ def test_onnx_export_with_nms_matches_torch(tmp_path):
     assert report["detections_torch"] > 50 and report["matched"] >= report["detections_torch"] - 2
     raw = export_onnx(model, tmp_path / "yolo_raw.onnx", raw=True)
     assert check_parity(model, raw, images, raw=True, box_atol=1e-3, score_atol=1e-4, raw_atol=1e-4)["max_abs_diff"] < 1e-4
+    # the relative part of the tolerance scales with the value, it does not hide a graph that computes otherwise
+    from nasdet.errors import ExportParityError
+    with torch.no_grad():
+        model.head.preds[0].bias.add_(0.01)
+    with pytest.raises(ExportParityError, match="more than 0.0001 \\+ 0.001 x"):
+        check_parity(model, raw, images, raw=True, box_atol=1e-3, score_atol=1e-4, raw_atol=1e-4, raw_rtol=1e-3)
     import numpy as np
     anchors = np.load(raw.with_suffix(".anchors.npy"))
     assert anchors.shape == ((3 * 3 + 6 * 6 + 12 * 12) * 3, 4)

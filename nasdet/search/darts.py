@@ -39,7 +39,7 @@ from ..models.families import DETECTORS, family_named
 from ..models.heads.fad import ALPHA_COLUMNS, FADTowers, format_genotype, write_genotypes
 from ..files import append_jsonl, write_text_atomic
 from ..progress import progress_bar
-from ..threads import govern, set_torch_threads
+from ..threads import govern, loader_workers, set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from ..train.loop import EpochSampler, RunSettings, TrainingDiverged, resolve_device
 from ..train.optim import build_scheduler, param_groups
@@ -319,7 +319,7 @@ class DartsSearch:
     # -------------------------------------------------------------------------------------- run
     def _loader(self, dataset, sampler) -> torch.utils.data.DataLoader:
         bs = self.d.batch_size
-        return torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=self.settings.num_workers,
+        return torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=loader_workers(self.settings.num_workers, self.device),
                                            collate_fn=collate_detection, drop_last=len(dataset) >= bs,
                                            pin_memory=self.device.type == "cuda")
 

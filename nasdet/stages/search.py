@@ -31,6 +31,7 @@ from ..search.strategies import OBJECTIVE, make_strategy
 from ..search.storage import check_storage_url, open_storage, shown_storage
 from ..search.study import apply_budget, check_supernet_fingerprint, open_study, run_study, study_records
 from ..space import SearchSpace
+from ..threads import loader_workers
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
 from ..workdir import BEST_ARCH, LATENCY_LUT, STUDY_FILE, WorkDir
@@ -172,7 +173,8 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     def loss_batches(epoch: int):  # full batches only: BN in train mode needs more than one value per channel
         sampler.set_epoch(epoch)
         return torch.utils.data.DataLoader(search_set, batch_size=gc.batch_size, sampler=sampler, drop_last=True,
-                                           num_workers=cfg.data.num_workers, collate_fn=collate_detection)
+                                           num_workers=loader_workers(cfg.data.num_workers, device),
+                                           collate_fn=collate_detection)
 
     scorer = cached_scorer(functools.partial(
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,

@@ -16,7 +16,7 @@ from ..data.dataset import DetectionDataset, collate_detection
 from ..data.transforms import to_model_input
 from ..errors import ConfigError, DataError
 from ..space.elastic import ElasticBatchNorm2d
-from ..threads import govern
+from ..threads import govern, loader_workers
 
 _BN = nn.modules.batchnorm._BatchNorm
 ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel"  # torch's BatchNorm / GroupNorm refusal
@@ -74,7 +74,7 @@ def recalibrate_bn(model: nn.Module, dataset: DetectionDataset, device: torch.de
     if len(order) % batch_size == 1 and len(order) > 1:
         order = order[:-1]  # a last batch of one image: BatchNorm cannot take statistics of one value (1x1 maps)
     loader = torch.utils.data.DataLoader(dataset.subset(order), batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers, collate_fn=collate_detection)
+                                         num_workers=loader_workers(num_workers, device), collate_fn=collate_detection)
     seen = 0
 
     def one_image(shape: str) -> Exception:

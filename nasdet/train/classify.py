@@ -18,6 +18,7 @@ from ..data.imagefolder import ImageFolderSet, collate_classification
 from ..models.classifier import (BACKBONE_PREFIX, Classifier, ClassifierWithLogits, build_classifier,
                                  is_supernet_classifier, set_classifier_arch)
 from ..space import strip_prefix
+from ..threads import loader_workers
 from . import dist
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .loop import Trainer
@@ -31,7 +32,7 @@ def evaluate_classifier(model: nn.Module, dataset: ImageFolderSet, device: torch
     each rank takes every k-th image and the counts are summed."""
     rank, world = (torch.distributed.get_rank(), dist.world_size()) if dist.world_size() > 1 else (0, 1)
     shard = dataset.subset(range(rank, len(dataset), world))
-    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers, device),
                                          collate_fn=collate_classification)
     k = min(5, dataset.num_classes)
     counts = torch.zeros(4, dtype=torch.float64, device=device)  # top-1, top-k, loss sum, images

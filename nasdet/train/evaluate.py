@@ -7,7 +7,7 @@ from torch import nn
 from ..data.dataset import DetectionDataset, collate_detection, to_coco_gt
 from ..data.transforms import to_model_input
 from ..metrics import coco_evaluate
-from ..threads import govern
+from ..threads import govern, loader_workers
 from . import dist
 
 
@@ -17,7 +17,7 @@ def predict(model: nn.Module, dataset: DetectionDataset, device: torch.device, b
     """COCO-format detections of ``model`` on this rank's share of ``dataset`` (every k-th image)."""
     rank, world = (torch.distributed.get_rank(), dist.world_size()) if dist.world_size() > 1 else (0, 1)
     shard = dataset.subset(range(rank, len(dataset), world))
-    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers, device),
                                          collate_fn=collate_detection)
     was_training = model.training
     model.eval()

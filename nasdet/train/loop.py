@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import EvalConfig, ExperimentConfig, TrainConfig, config_to_dict
 from ..data.dataset import DetectionDataset, collate_detection
-from ..threads import govern, set_torch_threads, wait_policy
+from ..threads import govern, loader_workers, set_torch_threads, wait_policy
 from ..data.transforms import targets_to, to_model_input
 from ..files import append_jsonl
 from ..progress import progress_bar
@@ -77,7 +77,7 @@ class RunSettings:
     train: TrainConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | str = 0  # data.num_workers: a number or "auto"
     record: Mapping[str, Any] = field(default_factory=dict)
     recipe: str = "train"  # the config key of ``train``, for messages: ``supernet.train`` for a stage's own recipe
 
@@ -115,6 +115,8 @@ class Trainer:
             raise DataError(f"training set {train_set.source} has no images")
 
         self.model = model.to(self.device)
+        if self.tcfg.channels_last:  # in place: parameters keep their identity, only their strides change
+            self.model.to(memory_format=torch.channels_last)
         if self.world > 1 and self.device.type == "cuda":
             # CPU SyncBN is refused by DDP (see references/ecosystem.md), so only on CUDA.
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -248,7 +250,7 @@ class Trainer:
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=self.tcfg.batch_size, sampler=self.sampler,
             generator=torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.epoch),
-            num_workers=self.settings.num_workers, collate_fn=self.collate,
+            num_workers=loader_workers(self.settings.num_workers, self.device), collate_fn=self.collate,
             drop_last=self.sampler.per_rank >= self.tcfg.batch_size,  # no last batch of one: BatchNorm needs two
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
