@@ -65,6 +65,23 @@ class ImageMatches:
                         if anns:
                             n = sum(1 for a in anns if not a.get("iscrowd", 0) and not a.get("ignore", 0))
                             self.per_category[k][i] = (np.zeros(0), np.zeros((t, 0), bool), np.zeros((t, 0), bool), n)
+        self._pooled = [self._pool(per_image) for per_image in self.per_category]
+
+    def _pool(self, per_image: dict[int, tuple]) -> tuple:
+        """One category's per-image matches laid end to end in image order, with each image's offset and
+        length, so that a resample gathers its detections with one index array instead of a Python loop."""
+        t = len(self.iou_thresholds)
+        has = np.zeros(self.num_images, bool)
+        lengths = np.zeros(self.num_images, np.int64)
+        npig = np.zeros(self.num_images, np.int64)
+        parts = [per_image[i] for i in sorted(per_image)]
+        for i in per_image:
+            has[i], lengths[i], npig[i] = True, len(per_image[i][0]), per_image[i][3]
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+        matched = np.concatenate([p[1] for p in parts], axis=1) if parts else np.zeros((t, 0), bool)
+        ignored = np.concatenate([p[2] for p in parts], axis=1) if parts else np.zeros((t, 0), bool)
+        return has, offsets, lengths, npig, scores, matched, ignored
 
     def metrics(self, sample: Sequence[int] | None = None) -> dict[str, float]:
         """AP and AP50 on the multiset of image indices ``sample`` (positions in ``self.image_ids``; repeats
@@ -72,27 +89,29 @@ class ImageMatches:
         sample = np.arange(self.num_images) if sample is None else np.sort(np.asarray(sample, dtype=np.int64))
         t_count, r_count = len(self.iou_thresholds), len(self.recall_thresholds)
         precisions = []  # [T x R] per category that has ground truth in the sample
-        for per_image in self.per_category:
-            parts = [per_image[i] for i in sample if i in per_image]
-            if not parts:
+        for has, offsets, lengths, npig_of, all_scores, all_matched, all_ignored in self._pooled:
+            parts = sample[has[sample]]  # the sample's images this category has matches on, repeats kept
+            if not len(parts):
                 continue
-            npig = sum(p[3] for p in parts)
+            npig = int(npig_of[parts].sum())
             if npig == 0:
                 continue
-            scores = np.concatenate([p[0] for p in parts])
-            order = np.argsort(-scores, kind="mergesort")  # COCOeval's order, ties by position
-            matched = np.concatenate([p[1] for p in parts], axis=1)[:, order]
-            ignored = np.concatenate([p[2] for p in parts], axis=1)[:, order]
+            # the parts' detections in sample order (as COCOeval concatenates them): each image's range
+            lens = lengths[parts]
+            idx = np.repeat(offsets[parts] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+            order = idx[np.argsort(-all_scores[idx], kind="mergesort")]  # COCOeval's order, ties by position
+            matched = all_matched[:, order]
+            ignored = all_ignored[:, order]
             tp = np.cumsum(matched & ~ignored, axis=1, dtype=np.float64)
             fp = np.cumsum(~matched & ~ignored, axis=1, dtype=np.float64)
             q = np.zeros((t_count, r_count))
+            rc = tp / npig
+            pr = tp / (fp + tp + np.spacing(1))
+            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # the precision envelope
             for t in range(t_count):
-                rc = tp[t] / npig
-                pr = tp[t] / (fp[t] + tp[t] + np.spacing(1))
-                pr = np.maximum.accumulate(pr[::-1])[::-1]  # the precision envelope
-                idx = np.searchsorted(rc, self.recall_thresholds, side="left")
-                ok = idx < len(pr)  # recall levels never reached keep precision 0, as in COCOeval
-                q[t, ok] = pr[idx[ok]]
+                idx = np.searchsorted(rc[t], self.recall_thresholds, side="left")
+                ok = idx < pr.shape[1]  # recall levels never reached keep precision 0, as in COCOeval
+                q[t, ok] = pr[t, idx[ok]]
             precisions.append(q)
         if not precisions:
             return {"AP": -1.0, "AP50": -1.0}

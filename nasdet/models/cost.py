@@ -37,15 +37,16 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to("meta")
 
 
-def detector_macs(model: nn.Module, input_size: int | None = None, batch: int = 1) -> dict[str, int]:
-    """MACs of the backbone (with neck) and of the whole dense detector at ``input_size`` (square)."""
+def detector_macs(model: nn.Module, input_size: int | None = None, batch: int = 1,
+                  backbone: bool = True) -> dict[str, int]:
+    """MACs of the backbone (with neck) and of the whole dense detector at ``input_size`` (square); with
+    ``backbone=False`` only the total (a search's budget check: each count is a forward under the counter)."""
     s = input_size or get_input_size(model)
     m = _meta_copy(model).eval()
     x = torch.empty(batch, 3, s, s, device="meta")
     with torch.no_grad():
-        backbone = count_macs(m.backbone, x)
-        total = count_macs(dense_forward, m, x)
-    return {"backbone": backbone, "total": total}
+        parts = {"backbone": count_macs(m.backbone, x)} if backbone else {}
+        return {**parts, "total": count_macs(dense_forward, m, x)}
 
 
 def detector_params(model: nn.Module) -> dict[str, int]:

@@ -70,7 +70,7 @@ class CostModel:
         static = export_detector(self.model, arch, self.space)
         out: dict[str, float] = {}
         if "macs" in self.measure:
-            out["macs"] = float(detector_macs(static)["total"])
+            out["macs"] = float(detector_macs(static, backbone=False)["total"])
         if "params" in self.measure:
             out["params"] = float(detector_params(static)["total"])
         if "latency" in self.measure:

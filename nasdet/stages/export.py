@@ -169,7 +169,7 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
         if tmp_file.exists():
             os.replace(tmp_file, final)
     c = cfg.cost
-    measured = {"macs": detector_macs(model)["total"], "params": detector_params(model)["total"]}
+    measured = {"macs": detector_macs(model, backbone=False)["total"], "params": detector_params(model)["total"]}
     lat_torch = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
     s = get_input_size(model)
     probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)

@@ -52,7 +52,7 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     results = trainer.run()
     if dist.is_main():
         for r in results.values():
-            r["macs"] = detector_macs(export_detector(model, r["arch"], space))["total"]
+            r["macs"] = detector_macs(export_detector(model, r["arch"], space), backbone=False)["total"]
         write_json(out.metrics, {"subnets": results, "step": trainer.step, "space_id": space.space_id,
                                  "checkpoint": str(out.checkpoint),
                                  "val": data["val"].source, "val_images": trainer.val_images})

@@ -229,7 +229,7 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
     if not ckpt.is_file():
         return None
     model = load_trained_model(cfg, ckpt, search_set.num_classes).to(device).eval()
-    costs = {"macs": detector_macs(model)["total"], "params": detector_params(model)["total"]}
+    costs = {"macs": detector_macs(model, backbone=False)["total"], "params": detector_params(model)["total"]}
     if "latency" in measure:
         c = cfg.cost
         if c.latency == "onnxruntime":
