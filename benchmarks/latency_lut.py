@@ -1,14 +1,20 @@
 """How well OFA's per-block latency table predicts measured latency, and what it saves.
 
-For ``--archs`` random subnets of the config's supernet (random weights: latency does not depend on
-them), the table's prediction against the subnet timed end to end: in torch on CPU (``--precision
-float``), or quantized to INT8 and run by onnxruntime (``--precision int8``: the INT8 table,
-``cost.lut_precision: int8``, against ``cost.latency: onnxruntime_int8``). Prints the mean absolute and
+For ``--archs`` random subnets of the config's supernet, the table's prediction against the subnet timed
+end to end: in torch on CPU (``--precision float``), or quantized to INT8 and run by onnxruntime
+(``--precision int8``: the INT8 table, ``cost.lut_precision: int8``, against ``cost.latency:
+onnxruntime_int8``). The network's time does not depend on the weights, but the end-to-end time does:
+random weights send up to ``detections_per_img`` boxes through NMS in float and, after quantization,
+often none. ``--weights`` takes a trained supernet checkpoint instead (subnets recalibrated on nothing:
+the timing needs real score distributions, not accurate ones), with ``--set model.score_thresh=...`` as
+the deployed model has it. Prints the mean absolute and
 relative error, Kendall's tau of the two rankings, and the time to warm the table vs the time a
 predicted candidate then costs.
 
     python benchmarks/latency_lut.py configs/demo/pipeline_shapes.yaml --archs 20 --threads 1
     python benchmarks/latency_lut.py configs/demo/pipeline_shapes.yaml --archs 20 --threads 1 --precision int8
+    python benchmarks/latency_lut.py /tmp/ctl_pipe/seed0/config.yaml --archs 12 --threads 1 --precision int8 \
+        --weights /tmp/ctl_pipe/seed0/supernet/ckpt/last.pt --set model.score_thresh=0.1
 """
 from __future__ import annotations
 
@@ -58,8 +64,14 @@ def main() -> None:
     ap = timing_parser(__doc__, 30)
     ap.add_argument("--archs", type=int, default=20)
     ap.add_argument("--precision", choices=("float", "int8"), default="float")
+    ap.add_argument("--weights", help="a trained supernet checkpoint of the config's space (default: random weights)")
     args = ap.parse_args()
     cfg, model, space = random_supernet(args)
+    if args.weights:
+        from nasdet.train.checkpoint import load_checkpoint, load_model_weights
+
+        load_model_weights(model, load_checkpoint(args.weights, space_id=space.space_id), source=args.weights)
+        model.eval()
     rng = random.Random(0)
     archs = [space.sample(rng) for _ in range(args.archs)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +95,8 @@ def main() -> None:
     abs_err = [abs(p - m) for p, m in zip(predicted, measured)]
     rel_err = [abs(p - m) / m for p, m in zip(predicted, measured)]
     print(f"{args.archs} random archs of {cfg.model.backbone.name} x{cfg.model.backbone.width_mult} "
-          f"({cfg.model.detector}), " + ("onnxruntime INT8" if args.precision == "int8" else "torch")
+          f"({cfg.model.detector}; {'trained' if args.weights else 'random'} weights, score_thresh "
+          f"{cfg.model.score_thresh}), " + ("onnxruntime INT8" if args.precision == "int8" else "torch")
           + f" CPU, {args.threads} thread(s)")
     print(f"measured   ms: min {min(measured):.2f} median {statistics.median(measured):.2f} max {max(measured):.2f}")
     print(f"predicted  ms: min {min(predicted):.2f} median {statistics.median(predicted):.2f} max {max(predicted):.2f}")
