@@ -2,10 +2,12 @@
 
     python benchmarks/trainer_throughput.py --steps 60 --repeats 2
 
-For the pipeline demo's baseline (torchvision MobileNetV2 x0.5 SSDLite at 160 px, batch 8) and its
-supernet (mbv2_elastic, uniform sampling at 128/160 px, batch 16), each measurement is a fresh process
+For the pipeline demo's baseline (torchvision MobileNetV2 x0.5 SSDLite at 160 px, batch 8), its
+supernet (mbv2_elastic, uniform sampling at 128/160 px, batch 16) and its tune stage (``tune``: the
+static subnet of a mid-sized arch of the space at 128 px, about the demo's found one, with the baseline's
+recipe; weights from init, which does not change the speed), each measurement is a fresh process
 (OpenMP reads its wait policy once, when it loads):
-- ``trainer``: ``Trainer.run`` / ``SupernetTrainer.run`` as the stages run it (data loading with the config's
+- ``trainer``: ``Trainer.run`` / ``SupernetTrainer.run`` / ``TuneTrainer.run`` as the stages run it (data loading with the config's
   workers, augmentation, logging, a checkpoint at the end), images/s over the steps after the first
   ``log_every`` (from the trainer's own log records);
 - ``bare``: the same model, optimizer and sampled subnets on batches loaded beforehand: forward,
@@ -43,6 +45,18 @@ def build(stage: str, steps: int, out_dir: str, overrides: list[str]):
     cfg = load_config(CONFIG, [f"train.max_steps={steps}", "train.ckpt_every_steps=100000", "eval.max_images=8",
                                f"supernet.train.max_steps={steps}", "supernet.train.ckpt_every_steps=100000",
                                "supernet.report_archs=[]", *overrides])
+    if stage == "tune":
+        from nasdet.train.trained import TuneTrainer, build_tuned_model, with_backbone_checkpoint
+
+        tcfg = with_train_recipe(cfg, cfg.tune.train)
+        data = build_datasets(tcfg)
+        k = data["train"].num_classes
+        _, space = build_supernet(with_backbone_checkpoint(cfg, None), k)
+        # every choice at its middle value: kernel 5, expand 3 or 6 (2 choices: the first), mid depths
+        arch = {name: values[(len(values) - 1) // 2] for name, values in space.choices.items()}
+        arch["input_size"] = 128
+        model = build_tuned_model(cfg, k, space.validate(arch), None)
+        return TuneTrainer.from_config(tcfg, model, data["train"], None, out_dir, arch=arch), cfg
     if stage == "baseline":
         cfg = baseline_config(cfg)
         data = build_datasets(cfg)
@@ -110,7 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--stages", default="baseline,supernet")
+    ap.add_argument("--stages", default="baseline,supernet,tune")
     ap.add_argument("--policies", default="nasdet,passive")
     ap.add_argument("--loads", default="0,1")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
