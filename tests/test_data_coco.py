@@ -155,6 +155,41 @@ def test_corrupt_image_raises_on_load(coco):
     assert "a.jpg" in str(err.value) and "image id 10" in str(err.value)
 
 
+def test_decoded_images_are_kept_within_budget_and_redecoded_when_the_file_changes(coco, monkeypatch):
+    import os
+
+    from nasdet.data.dataset import DECODED
+
+    ann_file, image_dir, _ = coco
+    ds = load_coco(ann_file, image_dir)
+    monkeypatch.setattr(DECODED, "images", {})
+    monkeypatch.setattr(DECODED, "used", 0)
+    monkeypatch.setattr(DECODED, "budget", 0)
+    first = ds.load_image(0)
+    assert DECODED.images == {}  # off unless configured (build_datasets sets data.cache_mb)
+    DECODED.configure(1)
+    a = ds.load_image(0)
+    assert len(DECODED.images) == 1 and DECODED.used == a.numel()
+    a[:] = 0  # a caller changing its image does not change the cached one
+    again = ds.load_image(0)
+    assert torch.equal(again, first) and again.stride() == first.stride()
+    # a file replaced on disk is decoded again: a corrupt replacement fails with its name
+    path = image_dir / ds.records[0].file.name
+    path.write_bytes(b"not an image")
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(DataError, match=ds.records[0].file.name):
+        ds.load_image(0)
+    # the budget holds: nothing past it is kept
+    monkeypatch.setattr(DECODED, "budget", DECODED.used + 10)
+    ds.load_image(1)
+    assert len(DECODED.images) == 1
+    # a loader worker does not add (its additions would die with it)
+    monkeypatch.setattr(DECODED, "budget", 1 << 20)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    ds.load_image(2)
+    assert len(DECODED.images) == 1
+
+
 def _mutate(fn):
     def apply():
         data = base_json()

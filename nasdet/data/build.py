@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..config import ExperimentConfig
 from ..errors import ConfigError, DataError
 from .coco import load_coco
-from .dataset import DetectionDataset
+from .dataset import DECODED, DetectionDataset
 from .split import split_train_search
 from .transforms import build_train_transforms
 from .voc import VOC_CLASSES, load_voc
@@ -26,6 +26,7 @@ def build_datasets(cfg: ExperimentConfig, need: tuple[str, ...] = ("train", "val
     ``data.search_fraction``: the search part is held out from supernet training and scores candidates)
     and ``val`` (reports the final model; never used by search)."""
     out: dict[str, DetectionDataset] = {}
+    DECODED.configure(cfg.data.cache_mb)
     if any(n in need for n in ("train", "supernet_train", "search")):
         full = load_split(cfg, "train")
         train_tf = build_train_transforms(cfg.data.augment)

@@ -15,7 +15,7 @@ from ..errors import ResumeMismatch
 TRAINING_SECTIONS = ("seed", "data", "model", "train")
 # keys inside those sections that do not change the weights
 NOT_TRAINING = frozenset({
-    "data.val", "data.num_workers", "data.check_files", "data.search_fraction", "data.split_seed",
+    "data.val", "data.num_workers", "data.cache_mb", "data.check_files", "data.search_fraction", "data.split_seed",
     "model.score_thresh", "model.nms_thresh", "model.detections_per_img", "model.topk_candidates",
     "train.device", "train.threads", "train.amp", "train.channels_last", "train.ckpt_every_steps", "train.keep_epoch_ckpts",
     "train.eval_every_epochs", "train.log_every_steps", "train.max_steps",
