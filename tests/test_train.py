@@ -39,6 +39,20 @@ def test_a_few_steps_lower_the_loss(tiny_config, tmp_path):
     assert any("img_per_s" in r for r in log) and "eval" in log[-1]
 
 
+def test_trainer_trains_in_channels_last_unless_told_not_to(tiny_config, tmp_path):
+    def conv_weights(trainer):
+        return [p for p in trainer.model.parameters() if p.dim() == 4]
+
+    nhwc = make_trainer(tiny_config(), tmp_path / "a")
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights(nhwc))
+    # the optimizer holds the very parameters the model trains (converted in place, not replaced)
+    held = {id(p) for g in nhwc.optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in nhwc.model.parameters()} <= held
+    nchw = make_trainer(tiny_config(train={"channels_last": False}), tmp_path / "b")
+    assert all(p.is_contiguous() for p in conv_weights(nchw))
+    assert any(not p.is_contiguous() for p in conv_weights(nhwc))  # a 1x1 conv is both: some are not
+
+
 def test_resume_after_kill_gives_the_same_model(tiny_config, tmp_path, monkeypatch):
     cfg = tiny_config(data=NO_AUG, train={"epochs": 2, "ckpt_every_steps": 2})
     reference = make_trainer(cfg, tmp_path / "ref")
