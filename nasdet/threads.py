@@ -148,13 +148,13 @@ def loader_workers(setting: int | str, device=None, cores: int | None = None, th
     """Data loader worker processes for ``data.num_workers``: a number as given; ``auto``: on the CPU, the
     cores this process's torch threads leave free (at most 4), so 0 when the threads take every core: a
     worker process there takes turns on the cores with threads that spin at each barrier, and on 2 cores
-    loading in the main process trained 1.3x faster than one worker (benchmarks/README.md, "Data loading in
-    the main process"); on an accelerator this process's share of the cores but one (at most 8), since the
+    loading in the main process trained 1.3x faster than one worker (benchmarks/README.md, "channels_last and
+    data loading in the main process"); on an accelerator this process's share of the cores but one (at most 8), since the
     main process only feeds the device. ``cores`` (this process's share) and ``threads`` default to the
     machine's and torch's."""
     if setting != "auto":
         return int(setting)
-    cores = cores or max(1, available_cores() // local_processes())
+    cores = cores or thread_count(None)  # this process's fair share of the cores
     if device is not None and str(device).split(":")[0] not in ("cpu", "auto"):
         return max(0, min(8, cores - 1))
     if threads is None:

@@ -319,7 +319,8 @@ class DartsSearch:
     # -------------------------------------------------------------------------------------- run
     def _loader(self, dataset, sampler) -> torch.utils.data.DataLoader:
         bs = self.d.batch_size
-        return torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=loader_workers(self.settings.num_workers, self.device),
+        return torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=sampler,
+                                           num_workers=loader_workers(self.settings.num_workers, self.device),
                                            collate_fn=collate_detection, drop_last=len(dataset) >= bs,
                                            pin_memory=self.device.type == "cuda")
 

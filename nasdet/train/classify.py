@@ -32,7 +32,8 @@ def evaluate_classifier(model: nn.Module, dataset: ImageFolderSet, device: torch
     each rank takes every k-th image and the counts are summed."""
     rank, world = (torch.distributed.get_rank(), dist.world_size()) if dist.world_size() > 1 else (0, 1)
     shard = dataset.subset(range(rank, len(dataset), world))
-    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers, device),
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False,
+                                         num_workers=loader_workers(num_workers, device),
                                          collate_fn=collate_classification)
     k = min(5, dataset.num_classes)
     counts = torch.zeros(4, dtype=torch.float64, device=device)  # top-1, top-k, loss sum, images

@@ -17,7 +17,8 @@ def predict(model: nn.Module, dataset: DetectionDataset, device: torch.device, b
     """COCO-format detections of ``model`` on this rank's share of ``dataset`` (every k-th image)."""
     rank, world = (torch.distributed.get_rank(), dist.world_size()) if dist.world_size() > 1 else (0, 1)
     shard = dataset.subset(range(rank, len(dataset), world))
-    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers, device),
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False,
+                                         num_workers=loader_workers(num_workers, device),
                                          collate_fn=collate_detection)
     was_training = model.training
     model.eval()
