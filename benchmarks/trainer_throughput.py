@@ -12,6 +12,9 @@ recipe; weights from init, which does not change the speed), each measurement is
   ``log_every`` (from the trainer's own log records);
 - ``bare``: the same model, optimizer and sampled subnets on batches loaded beforehand: forward,
   backward, optimizer step and nothing else (benchmarks/train_throughput.py's step).
+The training images are decoded into the trainer's cache (``data.cache_mb``) before the run: the steady
+state of every epoch after the first, which a 60-step run would otherwise never reach (``--cold``: the
+first epoch, each image decoded as it is drawn).
 Policies: ``nasdet`` (today's: OpenMP's default wait policy, threads follow the free cores) and
 ``passive`` (the previous default: ``OMP_WAIT_POLICY=PASSIVE``, a fixed count). Loads: numbers of
 competing one-core busy loops started before the measured process.
@@ -69,12 +72,15 @@ def build(stage: str, steps: int, out_dir: str, overrides: list[str]):
                                        calib_set=data["supernet_train"].with_transforms(None)), cfg
 
 
-def child(stage: str, mode: str, steps: int, overrides: list[str]) -> None:
+def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool) -> None:
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer, cfg = build(stage, steps, tmp, overrides)
         bs, every = trainer.tcfg.batch_size, trainer.tcfg.log_every_steps
+        if mode == "trainer" and not cold:
+            for i in range(len(trainer.train_set)):  # what the first epoch leaves in the decode cache
+                trainer.train_set.load_image(i)
         if mode == "trainer":
             trainer.run()
             with open(os.path.join(tmp, "log.jsonl")) as f:
@@ -102,14 +108,14 @@ def child(stage: str, mode: str, steps: int, overrides: list[str]) -> None:
     print(json.dumps({"ips": ips, "threads": torch.get_num_threads()}))
 
 
-def measure(stage: str, mode: str, policy: str, load: int, steps: int, overrides: list[str]) -> float:
+def measure(stage: str, mode: str, policy: str, load: int, steps: int, overrides: list[str], cold: bool) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
                                                               "NASDET_ADAPTIVE_THREADS")}
     env.update(POLICIES[policy], PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     loads = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(load)]
     try:
         out = subprocess.run([sys.executable, __file__, "--child", stage, mode, "--steps", str(steps),
-                              *[a for o in overrides for a in ("--set", o)]], env=env,
+                              *[a for o in overrides for a in ("--set", o)], *(["--cold"] if cold else [])], env=env,
                              capture_output=True, text=True, cwd=ROOT)
     finally:
         for p in loads:
@@ -129,15 +135,16 @@ def main() -> None:
     ap.add_argument("--loads", default="0,1")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for both modes, e.g. data.num_workers=0")
+    ap.add_argument("--cold", action="store_true", help="decode images as they are drawn (a first epoch)")
     ap.add_argument("--child", nargs=2, metavar=("STAGE", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(*args.child, args.steps, args.set)
+        child(*args.child, args.steps, args.set, args.cold)
         return
     stages, policies = args.stages.split(","), args.policies.split(",")
     loads = [int(x) for x in args.loads.split(",")]
     print(f"cores {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f} at start, "
-          f"{args.steps} steps, {args.repeats} repeats, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{args.steps} steps, {args.repeats} repeats, {'cold' if args.cold else 'warm'} decode cache, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     res: dict[tuple, list[float]] = {}
     for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits every variant
         for stage in stages:
@@ -145,7 +152,7 @@ def main() -> None:
                 for policy in policies:
                     for mode in ("trainer", "bare"):
                         res.setdefault((stage, load, policy, mode), []).append(
-                            measure(stage, mode, policy, load, args.steps, args.set))
+                            measure(stage, mode, policy, load, args.steps, args.set, args.cold))
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     print("| stage | busy loops | policy | trainer img/s | bare step img/s | trainer / bare |")
     print("|---|---|---|---|---|---|")

@@ -47,6 +47,9 @@ class AugmentConfig(Strict):
     zoom_out: float = Field(0.0, ge=0, le=1)  # SSD's expand; probability
     zoom_out_max: float = Field(4.0, ge=1)
     iou_crop: bool = False  # SSD's RandomIoUCrop
+    # resize to the training resolution in the loader, before the colour ops (fewer pixels to distort; the
+    # model's resize is then the identity); false: colour ops on the decoded image (nasdet.data.transforms)
+    at_train_size: bool = True
 
 
 class DataConfig(Strict):

@@ -57,6 +57,13 @@ def get_input_size(model: nn.Module) -> int:
     return int(model.transform.fixed_size[0])
 
 
+def training_input_size(model: nn.Module, input_size: int | None = None) -> int:
+    """The largest size the training forward resizes to at ``input_size`` (default: the model's): YOLOv3 with
+    ``multiscale_sizes`` draws one of those per batch."""
+    sizes = getattr(model, "multiscale_sizes", None)
+    return max(sizes) if sizes else int(input_size or get_input_size(model))
+
+
 def dense_forward(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The data-independent part of a detector on a normalised, resized batch ``x``: backbone,
     neck and heads, without anchor matching, decoding or NMS. Used for MACs and dense-part latency."""

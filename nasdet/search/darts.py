@@ -33,8 +33,9 @@ from torch import Tensor, nn
 from ..config import DartsConfig, ExperimentConfig
 from ..data.dataset import collate_detection
 from ..data.split import split_train_search
-from ..data.transforms import targets_to, to_model_input
+from ..data.transforms import at_train_size, targets_to, to_model_input
 from ..errors import CheckpointError, ConfigError, DataError
+from ..models.detectors import training_input_size
 from ..models.families import DETECTORS, family_named
 from ..models.heads.fad import ALPHA_COLUMNS, FADTowers, format_genotype, write_genotypes
 from ..files import append_jsonl, write_text_atomic
@@ -208,9 +209,12 @@ class DartsSearch:
             raise ConfigError("a darts search needs a detector with FAD's search head "
                               "(build_detector(..., fad_search=True))")
         set_torch_threads(settings.train.threads)
-        self.weight_set, self.arch_set = weight_set, arch_set
         self.device = resolve_device(settings.train.device)
         self.model = model.to(self.device)
+        if settings.train.channels_last:  # as Trainer: NHWC convolutions are faster on CPUs (benchmarks/README)
+            self.model.to(memory_format=torch.channels_last)
+        size = training_input_size(self.model)  # the loader resizes to it, before the colour ops
+        self.weight_set, self.arch_set = at_train_size(weight_set, size), at_train_size(arch_set, size)
         self.towers = towers[0]
         alphas = self.towers.arch_parameters()
         self.w_optim, self.a_optim = build_optimizers(self.model, alphas, self.d)

@@ -23,7 +23,7 @@ from torch import nn
 from ..config import EvalConfig, ExperimentConfig, TrainConfig, config_to_dict
 from ..data.dataset import DetectionDataset, collate_detection
 from ..threads import govern, loader_workers, set_torch_threads, wait_policy
-from ..data.transforms import targets_to, to_model_input
+from ..data.transforms import TrainTransforms, at_train_size, targets_to, to_model_input
 from ..files import append_jsonl
 from ..progress import progress_bar
 from . import dist
@@ -115,6 +115,8 @@ class Trainer:
             raise DataError(f"training set {train_set.source} has no images")
 
         self.model = model.to(self.device)
+        if isinstance(train_set.transforms, TrainTransforms):  # the loader resizes to the resolution trained at
+            self.train_set = at_train_size(train_set, self.train_resolution())
         if self.tcfg.channels_last:  # in place: parameters keep their identity, only their strides change
             self.model.to(memory_format=torch.channels_last)
         if self.world > 1 and self.device.type == "cuda":
@@ -151,6 +153,12 @@ class Trainer:
     def wrap_for_training(self, model: nn.Module) -> nn.Module:
         """The module whose forward computes the training losses (DDP wraps this one)."""
         return model
+
+    def train_resolution(self) -> int:
+        """The largest input size a training step resizes images to (the loader resizes to it)."""
+        from ..models.detectors import training_input_size
+
+        return training_input_size(self.model)
 
     def before_step(self, step: int) -> None:
         """Called before each step (supernets activate a sampled subnet here)."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..config import ExperimentConfig, ShrinkPhase, SupernetConfig
-from ..models.detectors import set_input_size
+from ..models.detectors import set_input_size, training_input_size
 from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
 from .bn import preserved_bn_state, recalibrate_bn
 from ..space import ArchError, SearchSpace
@@ -208,6 +208,10 @@ class SupernetTrainer(Trainer):
 
     def wrap_for_training(self, model: nn.Module) -> nn.Module:
         return self.with_logits(model) if self.distill_on else model
+
+    def train_resolution(self) -> int:
+        sizes = self.space[INPUT_SIZE] if self.scfg.multi_resolution else [self.input_size]
+        return max(training_input_size(self.model, s) for s in sizes)
 
     # ------------------------------------------------------------------------------ the model's side
     def body(self) -> nn.Module:
