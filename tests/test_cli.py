@@ -87,7 +87,7 @@ def test_pretrain_then_search(shapes_dir, tmp_path):
     raw["model"]["backbone"] = {"name": "ofa_mbv3", "width_mult": 0.25}
     raw["train"].update(epochs=1, max_steps=2)
     raw["supernet"] = {"recalib_batches": 1, "report_archs": ["smallest"]}
-    raw["search"] = {"strategy": "random", "num_candidates": 3, "recalib_batches": 1}
+    raw["search"] = {"strategy": "random", "confidence_resamples": 100, "num_candidates": 3, "recalib_batches": 1}
     cfg = write_cfg(tmp_path / "ofa.yaml", raw)
     r = nasdet("search", cfg)
     assert r.returncode == 2 and "nasdet pretrain" in r.stdout  # the stage to run first is named

@@ -37,6 +37,36 @@ def test_macs_grow_with_input_size_and_backbone_is_part():
     assert 0 < p["backbone"] < p["total"]
 
 
+def test_a_real_forward_counts_the_same_macs_as_the_meta_device_and_leaves_the_model_as_it_was():
+    for detector, neck in (("ssdlite", {"extra_channels": [64, 32, 32, 16]}), ("fcos", {"fpn_channels": 64}),
+                           ("retinanet", {"fpn_channels": 64}), ("faster_rcnn", {"fpn_channels": 64}),
+                           ("yolov3", {"neck_channels": [32, 24, 16], "head_channels": [32, 24, 16]})):
+        m = build_detector(make_model_config(detector=detector, input_size=96, **neck,
+                                             backbone={"name": "mobilenet_v3_small", "width_mult": 0.5}), num_classes=3)
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        assert detector_macs(m, real=True) == detector_macs(m), detector
+        assert m.training and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())  # BN stats too
+
+
+def test_a_search_counts_its_first_arch_on_the_meta_device_then_small_ones_with_a_real_forward(tiny_config,
+                                                                                                monkeypatch):
+    import nasdet.search.budget as budget
+    from nasdet.models.supernet import build_supernet
+
+    cfg = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}})
+    model, space = build_supernet(cfg, 3)
+    real, counted = [], budget.detector_macs
+    monkeypatch.setattr(budget, "detector_macs", lambda *a, **k: (real.append(k["real"]), counted(*a, **k))[1])
+    costs = budget.CostModel(model, space)
+    assert costs(space.smallest())["macs"] < budget.REAL_COUNT_MACS
+    costs(space.largest())
+    assert real == [False, True]
+    monkeypatch.setattr(budget, "REAL_COUNT_MACS", 1)  # a space of large archs stays on the meta device
+    costs = budget.CostModel(model, space)
+    costs(space.smallest()), costs(space.largest())
+    assert real[2:] == [False, False]
+
+
 def test_latency_is_measured():
     m = build_detector(make_model_config(detector="ssdlite", backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
                                    input_size=96, extra_channels=[64, 32, 32, 16]), num_classes=3)

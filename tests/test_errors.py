@@ -415,7 +415,8 @@ def test_search_records_follow_the_current_budget_and_supernet(tiny_config, tmp_
 
     cfg = tiny_config("ssdlite", model={"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}},
                       data={"check_files": False}, supernet={"input_sizes": [64, 96]},
-                      search={"strategy": "random", "num_candidates": 3, "recalib_batches": 1, "batch_size": 4,
+                      search={"strategy": "random", "confidence_resamples": 100,
+                              "num_candidates": 3, "recalib_batches": 1, "batch_size": 4,
                               "max_images": 2, "include_extremes": False, "budget": {"metric": "macs", "max": 1e12}})
     torch.manual_seed(0)
     model, space = build_supernet(cfg, 8)

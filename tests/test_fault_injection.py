@@ -68,7 +68,8 @@ def _pipeline_raw(shapes_dir, work_dir) -> dict:
     raw["model"].update({"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}})
     raw["train"].update(max_steps=3, epochs=1, ckpt_every_steps=1, threads=1)
     raw["supernet"] = {"input_sizes": [64, 96], "recalib_batches": 1, "report_archs": ["smallest"]}
-    raw["search"] = {"strategy": "random", "num_candidates": 6, "recalib_batches": 1, "batch_size": 4, "max_images": 2,
+    raw["search"] = {"strategy": "random", "confidence_resamples": 100,
+                     "num_candidates": 6, "recalib_batches": 1, "batch_size": 4, "max_images": 2,
                      "budget": {"metric": "macs", "max": 1e12}, "include_extremes": False}
     raw["tune"] = {"recalib_batches": 1, "eval_initial": False}
     raw["export"] = {"check_images": 1}

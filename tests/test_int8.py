@@ -156,7 +156,8 @@ def test_search_under_an_int8_latency_budget_times_quantized_candidates(tiny_con
     cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False},
                       cost={"latency": "onnxruntime_int8", "warmup": 1, "runs": 3, "threads": 1,
                             "int8_calibration_images": 2},
-                      search={"strategy": "random", "num_candidates": 2, "recalib_batches": 1, "batch_size": 4,
+                      search={"strategy": "random", "confidence_resamples": 100,
+                              "num_candidates": 2, "recalib_batches": 1, "batch_size": 4,
                               "max_images": 2, "include_extremes": False, "budget": {"metric": "latency", "max": 1e4}})
     assert cfg.cost.int8
     model, _ = fake_pretrain(cfg)

@@ -304,7 +304,8 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
 
     cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False},
                       supernet={"input_sizes": [64, 96]},
-                      search={"strategy": "random", "num_candidates": 3, "recalib_batches": 1, "batch_size": 4,
+                      search={"strategy": "random", "confidence_resamples": 100,
+                              "num_candidates": 3, "recalib_batches": 1, "batch_size": 4,
                               "max_images": 4, "budget": {"metric": "macs", "max": 1e12}})
     with pytest.raises(CheckpointError, match="nasdet pretrain"):
         run_search(cfg, console=Console(quiet=True))

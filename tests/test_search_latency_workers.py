@@ -59,7 +59,8 @@ def test_search_under_a_latency_budget(tiny_config, backend):
 
     cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False}, supernet={"input_sizes": [64, 96]},
                       cost={"latency": backend, "warmup": 1, "runs": 3, "threads": 1},
-                      search={"strategy": "random", "num_candidates": 2, "recalib_batches": 1, "batch_size": 4,
+                      search={"strategy": "random", "confidence_resamples": 100,
+                              "num_candidates": 2, "recalib_batches": 1, "batch_size": 4,
                               "max_images": 2, "include_extremes": False, "budget": {"metric": "latency", "max": 1e4}})
     fake_pretrain(cfg)
     summary = run_search(cfg, console=QUIET)
@@ -105,7 +106,8 @@ def test_search_workers_option_starts_processes_that_share_the_study(tiny_config
 
     cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False}, supernet={"input_sizes": [64, 96]},
                       train={"threads": 1},
-                      search={"strategy": "random", "num_candidates": 6, "recalib_batches": 1, "batch_size": 4,
+                      search={"strategy": "random", "confidence_resamples": 100,
+                              "num_candidates": 6, "recalib_batches": 1, "batch_size": 4,
                               "max_images": 2, "include_extremes": False, "budget": {"metric": "macs", "max": 1e12}})
     fake_pretrain(cfg)
     path = tmp_path / "c.yaml"

@@ -219,7 +219,8 @@ def _pipeline_raw(shapes_dir, work_dir) -> dict:
     raw["model"].update(OFA_TINY)
     raw["train"].update(max_steps=2, epochs=1)
     raw["supernet"] = {"input_sizes": [64, 96], "recalib_batches": 1, "report_archs": ["smallest"]}
-    raw["search"] = {"strategy": "random", "num_candidates": 16, "recalib_batches": 1, "batch_size": 4, "max_images": 2,
+    raw["search"] = {"strategy": "random", "confidence_resamples": 100,
+                     "num_candidates": 16, "recalib_batches": 1, "batch_size": 4, "max_images": 2,
                      "budget": {"metric": "macs", "max": 1e12}}
     raw["tune"] = {"recalib_batches": 1}
     raw["export"] = {"check_images": 2}

@@ -38,15 +38,28 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 
 
 def detector_macs(model: nn.Module, input_size: int | None = None, batch: int = 1,
-                  backbone: bool = True) -> dict[str, int]:
+                  backbone: bool = True, real: bool = False) -> dict[str, int]:
     """MACs of the backbone (with neck) and of the whole dense detector at ``input_size`` (square); with
-    ``backbone=False`` only the total (a search's budget check: each count is a forward under the counter)."""
+    ``backbone=False`` only the total (a search's budget check: each count is a forward under the counter).
+
+    By default the count runs on a copy on the meta device: no arithmetic, so any model counts in a fraction
+    of a second. ``real``: a forward of ``model`` itself on its device (no copy, eval mode, no grad) instead,
+    faster for small models (the meta device runs many ops through Python reference kernels: the demo's
+    50 M MACs subnet counts in 0.06 s against 0.29 s); the counts are the same."""
     s = input_size or get_input_size(model)
-    m = _meta_copy(model).eval()
-    x = torch.empty(batch, 3, s, s, device="meta")
-    with torch.no_grad():
-        parts = {"backbone": count_macs(m.backbone, x)} if backbone else {}
-        return {**parts, "total": count_macs(dense_forward, m, x)}
+    if real:
+        p = next(model.parameters())
+        m, x = model, torch.zeros(batch, 3, s, s, device=p.device, dtype=p.dtype)
+    else:
+        m, x = _meta_copy(model), torch.empty(batch, 3, s, s, device="meta")
+    was_training = m.training
+    m.eval()
+    try:
+        with torch.no_grad():
+            parts = {"backbone": count_macs(m.backbone, x)} if backbone else {}
+            return {**parts, "total": count_macs(dense_forward, m, x)}
+    finally:
+        m.train(was_training)
 
 
 def detector_params(model: nn.Module) -> dict[str, int]:
