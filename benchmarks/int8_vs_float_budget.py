@@ -37,6 +37,7 @@ from rich.console import Console
 
 from int8_latency import side_by_side  # benchmarks/ is on sys.path when run as a script
 from nasdet.config import load_config
+from nasdet.errors import ConfigError
 from nasdet.data.build import load_split
 from nasdet.models.cost import onnx_session
 from nasdet.search.latency import probe_images
@@ -175,18 +176,24 @@ def main(argv=None) -> None:
         src, seed_dir = args.root / f"seed{seed}", args.work_dir / f"seed{seed}"
         snap = supernet_snapshot(src, seed_dir)
         runs = {}
-        for kind in BACKENDS:
-            runs[kind] = run_one(args, src, seed_dir, kind, snap)
-            e = runs[kind]["export"]
-            print(f"seed {seed}, {kind} budget: {e['measured']['macs'] / 1e6:.1f} M MACs at {e['input_size']} px, "
-                  f"budget check {(e.get('budget') or {}).get('within')}; log {seed_dir / (kind + '.log')}",
-                  flush=True)
+        try:
+            for kind in BACKENDS:
+                runs[kind] = run_one(args, src, seed_dir, kind, snap)
+                e = runs[kind]["export"]
+                print(f"seed {seed}, {kind} budget: {e['measured']['macs'] / 1e6:.1f} M MACs at {e['input_size']} px, "
+                      f"budget check {(e.get('budget') or {}).get('within')}; log {seed_dir / (kind + '.log')}",
+                      flush=True)
+        except ConfigError as e:  # e.g. this seed's smallest subnet is over the budget: the other seeds still count
+            print(f"seed {seed} skipped: {e}", flush=True)
+            continue
         on_probe, on_val = time_seed(runs, args.threads, args.runs)
         rows = {kind: row_of(runs[kind]["export"], on_probe, on_val, kind) for kind in BACKENDS}
         rows["diff"] = {k: rows["int8"][k] - rows["float"][k] for k, _, _ in COLUMNS}
         for kind in BACKENDS:
             rows[kind]["arch"] = runs[kind]["export"]["arch"]
         per_seed[seed] = rows
+    if not per_seed:
+        raise SystemExit("no seed finished: nothing to compare")
     write_json(args.work_dir / "summary.json", {"budget_ms": args.budget_ms, "threads": args.threads,
                                                 "runs": args.runs, "argv": sys.argv, "seeds": per_seed})
     print_tables(per_seed, args.budget_ms)
