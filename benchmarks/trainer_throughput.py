@@ -22,6 +22,7 @@ competing one-core busy loops started before the measured process.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -87,8 +88,9 @@ def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool) -
                 records = [r for r in map(json.loads, f) if "img_per_s" in r][1:]
             ips = len(records) / sum(1 / r["img_per_s"] for r in records)  # equal images per record
         else:
-            loader = iter(trainer._loader())
-            batches = [next(loader) for _ in range(steps)]
+            batches = []
+            while len(batches) < steps:  # more steps than an epoch has: the next epoch's batches
+                batches += list(itertools.islice(trainer._loader(), steps - len(batches)))
             trainer.model.train()
             times = []
             for i, (images, targets) in enumerate(batches):
