@@ -182,6 +182,11 @@ def test_search_step_moves_alphas_with_adam_and_weights_with_sgd_on_different_da
     w_ids = {r.image_id for r in s.weight_set.records}
     a_ids = {r.image_id for r in s.arch_set.records}
     assert w_ids and a_ids and not w_ids & a_ids
+    # as a trainer: both halves resized to the search net's input size before the colour ops, NHWC weights
+    assert s.weight_set.transforms.size == s.arch_set.transforms.size == 96
+    assert s.weight_set[0][0].shape[-2:] == (96, 96)
+    conv = next(m for m in s.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     alphas = s.towers.arch_parameters()
     assert isinstance(s.w_optim, torch.optim.SGD) and isinstance(s.a_optim, torch.optim.Adam)
     g = s.a_optim.param_groups[0]
