@@ -1,0 +1,73 @@
+"""Two per-item costs behind issue 27's figures: the training transforms per image, and a MACs count.
+
+    python benchmarks/augment_and_macs.py --images 600
+
+1. The pipeline demo's train transforms (``data.augment`` of configs/demo/pipeline_shapes.yaml) on its
+   decoded training images, in one process on 2 torch threads: ms per image at the native size
+   (``data.augment.at_train_size: false``) and resized in the loader to 128 and 160 px (the default).
+2. ``detector_macs`` of the smallest and the largest static subnet of three spaces, on a meta-device copy
+   (the default) and with a real forward (``real=True``, what a search uses under 1 GMAC): seconds and
+   whether the counts agree.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPACES = ("configs/demo/pipeline_shapes.yaml", "configs/enot/ssd_mnv2_pretrain_voc.yaml",
+          "configs/detnas/retinanet_300M_coco.yaml")
+
+
+def transforms_ms(n: int) -> None:
+    from nasdet.config import load_config
+    from nasdet.data.build import build_datasets
+    from nasdet.data.transforms import TrainTransforms
+
+    cfg = load_config(os.path.join(ROOT, "configs/demo/pipeline_shapes.yaml"), [])
+    raw = build_datasets(cfg, need=("train",))["train"].with_transforms(None)
+    items = [raw[i] for i in range(min(200, len(raw)))]
+    for size in (None, 128, 160):
+        tf = TrainTransforms(cfg.data.augment, size)
+        t = time.perf_counter()
+        for i in range(n):
+            tf(*items[i % len(items)])
+        ms = (time.perf_counter() - t) / n * 1e3
+        print(f"train transforms at {'native size' if size is None else f'{size} px'}: {ms:.2f} ms per image")
+
+
+def macs_seconds() -> None:
+    from nasdet.config import load_config
+    from nasdet.models.cost import detector_macs
+    from nasdet.models.supernet import build_supernet, export_detector
+
+    for path in SPACES:
+        cfg = load_config(os.path.join(ROOT, path), [])
+        model, space = build_supernet(cfg, 20)
+        for name, arch in (("smallest", space.smallest()), ("largest", space.largest())):
+            static = export_detector(model, arch, space)
+            t = time.perf_counter()
+            meta = detector_macs(static, backbone=False)["total"]
+            t_meta = time.perf_counter() - t
+            t = time.perf_counter()
+            real = detector_macs(static, backbone=False, real=True)["total"]
+            t_real = time.perf_counter() - t
+            print(f"{os.path.basename(path)} {name}: {meta / 1e6:.1f} M MACs, meta {t_meta:.3f} s, real forward "
+                  f"{t_real:.3f} s, counts {'equal' if meta == real else 'DIFFER'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=600)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
+    transforms_ms(args.images)
+    macs_seconds()
+
+
+if __name__ == "__main__":
+    main()
