@@ -81,7 +81,7 @@ def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool) -
         bs, every = trainer.tcfg.batch_size, trainer.tcfg.log_every_steps
         if mode == "trainer" and not cold:
             for i in range(len(trainer.train_set)):  # what the first epoch leaves in the decode cache
-                trainer.train_set.load_image(i)
+                trainer.train_set[i]  # (the run seeds its own random draws)
         if mode == "trainer":
             trainer.run()
             with open(os.path.join(tmp, "log.jsonl")) as f:

@@ -2,6 +2,7 @@
 draws keep their order, and each trainer resizes to the largest size its steps use."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torchvision.transforms import v2
 
@@ -27,6 +28,13 @@ def test_resize_comes_after_the_canvas_ops_and_before_the_colour_ops():
     assert at.transforms[3].size == [120, 120] and not at.transforms[3].antialias
     off = AugmentConfig(at_train_size=False)
     assert "Resize" not in _steps(build_train_transforms(off).at_size(120))
+    # nothing random before the resize: drop crowd boxes, resize and sanitize are the fixed part of each image
+    plain = build_train_transforms(AugmentConfig(photometric=0.5, hflip=0.5)).at_size(120)
+    assert _steps(plain) == ["DropCrowd", "Resize", "SanitizeBoundingBoxes", "RandomPhotometricDistort",
+                             "RandomHorizontalFlip"]
+    assert _steps(plain.fixed) == _steps(plain)[:3] and _steps(plain.random) == _steps(plain)[3:]
+    assert plain.fixed_tag == ("train_fixed", 120)
+    assert at.fixed is None and build_train_transforms(aug).fixed is None  # a random canvas, or no resize
 
 
 def test_loader_resize_matches_the_models_and_the_draws_keep_their_order(tiny_config):
@@ -64,6 +72,53 @@ def test_loader_resize_matches_the_models_and_the_draws_keep_their_order(tiny_co
                                    * scale, atol=1e-3, rtol=1e-4)
         flips += int(not torch.equal(native["boxes"], target["boxes"]))
     assert 0 < flips < 8  # both outcomes of the flip were drawn
+
+
+def test_the_fixed_part_is_computed_once_and_gives_what_the_whole_pipeline_gives(tiny_config, monkeypatch):
+    import nasdet.data.dataset as dataset_module
+    from nasdet.data.dataset import DECODED
+
+    monkeypatch.setattr(DECODED, "images", {})
+    monkeypatch.setattr(DECODED, "used", 0)
+    monkeypatch.setattr(DECODED, "budget", 0)
+    cfg = tiny_config()
+    train = build_datasets(cfg, need=("train",))["train"]
+    DECODED.configure(0)  # the references decode every image
+    ds = train.with_transforms(train.transforms.at_size(72))
+    assert ds.transforms.fixed is not None
+    # the same steps called as one Compose, image by image (what the loader ran before)
+    whole = train.with_transforms(lambda image, target: ds.transforms(image, target))
+
+    def items(dataset, seed: int):
+        torch.manual_seed(seed)
+        return [dataset[i] for i in range(4)], torch.rand(())
+
+    def same(a, b) -> None:
+        (items_a, after_a), (items_b, after_b) = a, b
+        assert after_a == after_b  # as many random draws
+        for (image_a, target_a), (image_b, target_b) in zip(items_a, items_b):
+            assert torch.equal(image_a, image_b) and type(image_a) is type(image_b)
+            assert target_a.keys() == target_b.keys() and target_a["image_id"] == target_b["image_id"]
+            assert torch.equal(target_a["labels"], target_b["labels"])
+            assert torch.equal(target_a["boxes"], target_b["boxes"])
+            assert target_a["boxes"].canvas_size == target_b["boxes"].canvas_size == (72, 72)
+
+    references = [items(whole, seed) for seed in (0, 1)]
+    assert DECODED.images == {}
+    same(items(ds, 0), references[0])  # cache off: the fixed part runs each time
+    DECODED.configure(64)
+    first = items(ds, 0)
+    same(first, references[0])
+    # the fixed results are kept, not the decoded images, and later epochs neither decode nor resize
+    assert len(DECODED.images) == 4 and all(key[-2:] == ("train_fixed", 72) for key in DECODED.images)
+    monkeypatch.setattr(dataset_module, "decode_upright_rgb", lambda im: pytest.fail("decoded again"))
+    monkeypatch.setattr(ds.transforms.fixed, "forward", lambda *a: pytest.fail("fixed part run again"))
+    for image, target in first[0]:  # a caller changing its item does not change the kept one
+        image[:] = 0
+        target["boxes"][:] = 0
+        target["labels"][:] = 0
+    same(items(ds, 0), references[0])
+    same(items(ds, 1), references[1])
 
 
 def test_each_trainer_resizes_to_the_largest_size_its_steps_use(tiny_config, tmp_path):

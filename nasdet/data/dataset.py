@@ -61,25 +61,40 @@ class DecodedImages:
     def configure(self, megabytes: int) -> None:
         self.budget = int(megabytes) << 20
 
-    def key(self, path: Path) -> tuple | None:
+    def key(self, path: Path, tag: tuple = ()) -> tuple | None:
+        """The key of ``path``'s decoded image, or with ``tag`` of what a fixed transform made of it."""
         if not self.budget:
             return None
         try:
             st = os.stat(path)
         except OSError:
             return None  # decoding says what is wrong with it
-        return str(path), st.st_size, st.st_mtime_ns
+        return str(path), st.st_size, st.st_mtime_ns, *tag
 
-    def get(self, key: tuple | None) -> torch.Tensor | None:
+    def get(self, key: tuple | None):
+        """A copy of what ``key`` holds (nothing downstream can change the cached one), or None."""
         hit = self.images.get(key) if key is not None else None
-        return hit.clone() if hit is not None else None  # a copy: nothing downstream can change the cached one
+        return _copy(hit) if hit is not None else None
 
-    def put(self, key: tuple | None, image: torch.Tensor) -> None:
-        size = image.numel() * image.element_size()
+    def put(self, key: tuple | None, value) -> None:
+        """Keep ``value`` (a tensor, or nested tuples of tensors and plain values) under ``key`` if it fits."""
+        size = sum(t.numel() * t.element_size() for t in _tensors(value))
         if key is None or self.used + size > self.budget or torch.utils.data.get_worker_info() is not None:
             return
-        self.images[key] = image.clone()
+        self.images[key] = _copy(value)
         self.used += size
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, tuple):
+        return [t for v in value for t in _tensors(v)]
+    return [value] if isinstance(value, torch.Tensor) else []
+
+
+def _copy(value):
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    return value.clone() if isinstance(value, torch.Tensor) else value  # a tv_tensor's clone keeps its type
 
 
 DECODED = DecodedImages()
@@ -128,7 +143,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     def with_transforms(self, transforms: Callable | None) -> "DetectionDataset":
         return DetectionDataset(self.records, self.classes, self.category_ids, self.source, transforms)
 
-    def load_image(self, index: int) -> tv_tensors.Image:
+    def load_image(self, index: int, keep: bool = True) -> tv_tensors.Image:
+        """The decoded image (from the decode cache if there, kept there if ``keep`` and it fits)."""
         rec = self.records[index]
         key = DECODED.key(rec.file)
         cached = DECODED.get(key)
@@ -150,7 +166,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise DataError(f"{what} is {arr.shape[1]}x{arr.shape[0]}{upright} but the annotations say "
                             f"{rec.width}x{rec.height}")
         image = torch.from_numpy(arr).permute(2, 0, 1)
-        DECODED.put(key, image)
+        if keep:
+            DECODED.put(key, image)
         return tv_tensors.Image(image)
 
     def target(self, index: int) -> dict:
@@ -165,9 +182,24 @@ class DetectionDataset(torch.utils.data.Dataset):
         }
 
     def __getitem__(self, index: int):
+        fixed = getattr(self.transforms, "fixed", None)
+        if fixed is not None:  # training transforms whose first steps give the same result every epoch
+            return self.transforms.random(*self.fixed_item(index, fixed, self.transforms.fixed_tag))
         image, target = self.load_image(index), self.target(index)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
+        return image, target
+
+    def fixed_item(self, index: int, fixed: Callable, tag: tuple) -> tuple[tv_tensors.Image, dict]:
+        """``fixed(image, target)``, computed once and then taken from the decode cache under ``tag``. The
+        decoded image is not kept as well: this result is what the epochs read."""
+        key = DECODED.key(self.records[index].file, tag)
+        hit = DECODED.get(key)
+        if hit is not None:
+            image, rest = hit
+            return tv_tensors.Image(image), dict(rest)
+        image, target = fixed(self.load_image(index, keep=False), self.target(index))
+        DECODED.put(key, (image.as_subclass(torch.Tensor), tuple(target.items())))
         return image, target
 
 
