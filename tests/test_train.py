@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -171,3 +172,34 @@ def test_the_trainer_reads_a_slice_of_the_config_not_the_config(tiny_config, tmp
     state = load_checkpoint(tmp_path / "b" / "ckpt" / "last.pt")
     assert state["config"] == {"note": "hand-made"} and state["step"] == 2
     assert RunSettings.of(cfg).record["train"]["batch_size"] == 4 and RunSettings.of(cfg).seed == cfg.seed
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_optimizer_updates_in_one_fused_call_as_the_per_tensor_loop_would(name):
+    """On the CPU torch loops over the parameters in Python unless asked for its fused kernel; build_optimizer
+    asks for it where every parameter can take it, and the update is the loop's up to float rounding."""
+    from nasdet.config import OptimizerConfig
+    from nasdet.train.optim import build_optimizer, fused, param_groups
+
+    torch.manual_seed(0)
+    # (no bias before the BatchNorm: its gradient is 0 up to rounding, which Adam would amplify)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1))
+    twin, start = copy.deepcopy(net), copy.deepcopy(net)
+    cfg = OptimizerConfig(name=name, lr=0.01, weight_decay=1e-3)
+    opt = build_optimizer(net, cfg)
+    assert all(g["fused"] for g in opt.param_groups)
+    groups = param_groups(twin, cfg.weight_decay, cfg.norm_bias_decay)
+    looped = (torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=False)
+              if name == "sgd" else torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False))
+    x = torch.randn(2, 3, 9, 9)
+    for _ in range(3):
+        for model, optimizer in ((net, opt), (twin, looped)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(net[0].weight, start[0].weight)  # it did train
+    # a parameter the fused kernel cannot take (not floating point, or on another device) keeps torch's default
+    assert fused([{"params": [torch.zeros(2, dtype=torch.int64)]}]) == {}
+    assert fused([{"params": [torch.nn.Parameter(torch.zeros(2, device="meta"))]}]) == {}
