@@ -148,21 +148,26 @@ def main() -> None:
     print(f"cores {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f} at start, "
           f"{args.steps} steps, {args.repeats} repeats, {'cold' if args.cold else 'warm'} decode cache, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     res: dict[tuple, list[float]] = {}
-    for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits every variant
+    for repeat in range(args.repeats):  # interleaved, so a change in the machine's load hits every variant
         for stage in stages:
             for load in loads:
                 for policy in policies:
-                    for mode in ("trainer", "bare"):
+                    # a trainer run and a bare run back to back make a pair; the order alternates between
+                    # repeats, so a machine getting faster or slower does not favour either
+                    for mode in ("trainer", "bare")[:: 1 if repeat % 2 == 0 else -1]:
                         res.setdefault((stage, load, policy, mode), []).append(
                             measure(stage, mode, policy, load, args.steps, args.set, args.cold))
     print(f"load average {os.getloadavg()[0]:.2f} at end")
-    print("| stage | busy loops | policy | trainer img/s | bare step img/s | trainer / bare |")
-    print("|---|---|---|---|---|---|")
+    print("| stage | busy loops | policy | trainer img/s | bare step img/s | trainer / bare | per pair: median (min-max) |")
+    print("|---|---|---|---|---|---|---|")
     for stage in stages:
         for load in loads:
             for policy in policies:
-                t, b = (statistics.median(res[(stage, load, policy, m)]) for m in ("trainer", "bare"))
-                print(f"| {stage} | {load} | {policy} | {t:.1f} | {b:.1f} | {t / b:.2f} |")
+                runs = [res[(stage, load, policy, m)] for m in ("trainer", "bare")]
+                t, b = (statistics.median(r) for r in runs)
+                pairs = [a / c for a, c in zip(*runs)]
+                print(f"| {stage} | {load} | {policy} | {t:.1f} | {b:.1f} | {t / b:.2f} | "
+                      f"{statistics.median(pairs):.2f} ({min(pairs):.2f}-{max(pairs):.2f}) |")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 draws keep their order, and each trainer resizes to the largest size its steps use."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torchvision.transforms import v2
 
 from nasdet.config import AugmentConfig
 from nasdet.data.build import build_datasets
+from nasdet.data.dataset import DetectionDataset
 from nasdet.data.transforms import TrainTransforms, build_train_transforms, to_model_input
 from nasdet.models import build_detector
 from nasdet.models.detectors import set_input_size
@@ -110,15 +113,25 @@ def test_the_fixed_part_is_computed_once_and_gives_what_the_whole_pipeline_gives
     first = items(ds, 0)
     same(first, references[0])
     # the fixed results are kept, not the decoded images, and later epochs neither decode nor resize
-    assert len(DECODED.images) == 4 and all(key[-2:] == ("train_fixed", 72) for key in DECODED.images)
-    monkeypatch.setattr(dataset_module, "decode_upright_rgb", lambda im: pytest.fail("decoded again"))
-    monkeypatch.setattr(ds.transforms.fixed, "forward", lambda *a: pytest.fail("fixed part run again"))
-    for image, target in first[0]:  # a caller changing its item does not change the kept one
-        image[:] = 0
-        target["boxes"][:] = 0
-        target["labels"][:] = 0
-    same(items(ds, 0), references[0])
-    same(items(ds, 1), references[1])
+    assert len(DECODED.images) == 4 and all(key[3] == ("train_fixed", 72) for key in DECODED.images)
+    with monkeypatch.context() as patch:
+        patch.setattr(dataset_module, "decode_upright_rgb", lambda im: pytest.fail("decoded again"))
+        patch.setattr(ds.transforms.fixed, "forward", lambda *a: pytest.fail("fixed part run again"))
+        for image, target in first[0]:  # a caller changing its item does not change the kept one
+            image[:] = 0
+            target["boxes"][:] = 0
+            target["labels"][:] = 0
+        same(items(ds, 0), references[0])
+        same(items(ds, 1), references[1])
+    # the same file annotated otherwise (another data set, another annotation file) is not served the kept boxes
+    record = ds.records[0]
+    assert len(record.labels) and ds.num_classes > 1
+    relabelled = dataclasses.replace(record, labels=record.labels % ds.num_classes + 1)
+    other = DetectionDataset([relabelled], ds.classes, source="relabelled", transforms=ds.transforms)
+    expected = ds.transforms.fixed(other.load_image(0, keep=False), other.target(0))[1]["labels"]
+    assert not torch.equal(expected, references[0][0][0][1]["labels"])
+    assert torch.equal(other[0][1]["labels"], expected)
+    assert len(DECODED.images) == 5
 
 
 def test_each_trainer_resizes_to_the_largest_size_its_steps_use(tiny_config, tmp_path):

@@ -69,7 +69,7 @@ class DecodedImages:
             st = os.stat(path)
         except OSError:
             return None  # decoding says what is wrong with it
-        return str(path), st.st_size, st.st_mtime_ns, *tag
+        return (str(path), st.st_size, st.st_mtime_ns, *tag)
 
     def get(self, key: tuple | None):
         """A copy of what ``key`` holds (nothing downstream can change the cached one), or None."""
@@ -191,9 +191,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         return image, target
 
     def fixed_item(self, index: int, fixed: Callable, tag: tuple) -> tuple[tv_tensors.Image, dict]:
-        """``fixed(image, target)``, computed once and then taken from the decode cache under ``tag``. The
+        """``fixed(image, target)``, computed once and then taken from the decode cache under ``tag`` and the
+        image's annotations (the same file annotated otherwise, in another data set, has its own entry). The
         decoded image is not kept as well: this result is what the epochs read."""
-        key = DECODED.key(self.records[index].file, tag)
+        rec = self.records[index]
+        key = DECODED.key(rec.file, (tag, rec.image_id, rec.width, rec.height, rec.boxes.tobytes(),
+                                     rec.labels.tobytes(), rec.iscrowd.tobytes()))
         hit = DECODED.get(key)
         if hit is not None:
             image, rest = hit
