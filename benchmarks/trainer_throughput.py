@@ -12,6 +12,11 @@ recipe; weights from init, which does not change the speed), each measurement is
   ``log_every`` (from the trainer's own log records);
 - ``bare``: the same model, optimizer and sampled subnets on batches loaded beforehand: forward,
   backward, optimizer step and nothing else (benchmarks/train_throughput.py's step).
+- ``--interleaved``: both in one process, taking turns step by step (the order alternating): the trainer's
+  side is ``Trainer.run``'s step (next batch from the loader, the thread governor, ``train_step``; not the
+  progress line and log record, a few microseconds), the bare side the step above on the same step's images
+  loaded beforehand. The machine's speed here drifts by 10-20 % within minutes, which separate processes
+  see as noise in the ratio; taking turns cancels it.
 The training images are decoded into the trainer's cache (``data.cache_mb``) before the run: the steady
 state of every epoch after the first, which a 60-step run would otherwise never reach (``--cold``: the
 first epoch, each image decoded as it is drawn).
@@ -73,44 +78,80 @@ def build(stage: str, steps: int, out_dir: str, overrides: list[str]):
                                        calib_set=data["supernet_train"].with_transforms(None)), cfg
 
 
+def bare_step(trainer, stage: str, i: int, images, targets) -> None:
+    """Forward, backward and optimizer step of step ``i``'s subnets, and nothing else."""
+    images, targets = trainer.to_device(images, targets)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    archs = trainer.step_archs(i, 0) if stage == "supernet" else [None]
+    for arch in archs:
+        if arch is not None:
+            trainer.activate(trainer.model, arch)
+        loss = sum(trainer.model(images, targets).values())
+        loss.backward()
+    trainer.optimizer.step()
+
+
 def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool) -> None:
     import torch
+
+    from nasdet.threads import govern
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer, cfg = build(stage, steps, tmp, overrides)
         bs, every = trainer.tcfg.batch_size, trainer.tcfg.log_every_steps
-        if mode == "trainer" and not cold:
+        if mode in ("trainer", "interleaved") and not cold:
             for i in range(len(trainer.train_set)):  # what the first epoch leaves in the decode cache
                 trainer.train_set[i]  # (the run seeds its own random draws)
+        batches = []
+        if mode in ("bare", "interleaved"):
+            while len(batches) < steps:  # more steps than an epoch has: the next epoch's batches
+                batches += list(itertools.islice(trainer._loader(), steps - len(batches)))
+        out = {}
         if mode == "trainer":
             trainer.run()
             with open(os.path.join(tmp, "log.jsonl")) as f:
                 records = [r for r in map(json.loads, f) if "img_per_s" in r][1:]
-            ips = len(records) / sum(1 / r["img_per_s"] for r in records)  # equal images per record
-        else:
-            batches = []
-            while len(batches) < steps:  # more steps than an epoch has: the next epoch's batches
-                batches += list(itertools.islice(trainer._loader(), steps - len(batches)))
+            out["ips"] = len(records) / sum(1 / r["img_per_s"] for r in records)  # equal images per record
+        elif mode == "bare":
             trainer.model.train()
             times = []
             for i, (images, targets) in enumerate(batches):
                 t = time.perf_counter()
-                images, targets = trainer.to_device(images, targets)
-                trainer.optimizer.zero_grad(set_to_none=True)
-                archs = trainer.step_archs(i, 0) if stage == "supernet" else [None]
-                for arch in archs:
-                    if arch is not None:
-                        trainer.activate(trainer.model, arch)
-                    loss = sum(trainer.model(images, targets).values())
-                    loss.backward()
-                trainer.optimizer.step()
+                bare_step(trainer, stage, i, images, targets)
                 if i >= every:
                     times.append(time.perf_counter() - t)
-            ips = bs * len(times) / sum(times)
-    print(json.dumps({"ips": ips, "threads": torch.get_num_threads()}))
+            out["ips"] = bs * len(times) / sum(times)
+        else:  # interleaved: Trainer.run's step (loader, thread governor, train_step) and the bare step take
+            # turns, step by step, on the same images (the bare step's loaded beforehand), in one process: a
+            # machine whose speed drifts within minutes slows both alike
+            trainer.model.train()
+            trainer.sampler.set_epoch(0)
+            loader = iter(trainer._loader())
+            spent = {"trainer": 0.0, "bare": 0.0}
+            for i in range(steps):
+                for turn in ("trainer", "bare")[:: 1 if i % 2 == 0 else -1]:
+                    t = time.perf_counter()
+                    if turn == "trainer":
+                        try:
+                            images, targets = next(loader)
+                        except StopIteration:
+                            trainer.epoch += 1
+                            trainer.sampler.set_epoch(trainer.epoch)
+                            loader = iter(trainer._loader())
+                            images, targets = next(loader)
+                        govern()
+                        trainer.step = i  # the supernet's step draws its subnets from the step number
+                        trainer.before_step(i)
+                        trainer.train_step(images, targets)
+                    else:
+                        bare_step(trainer, stage, i, *batches[i])
+                    if i >= every:
+                        spent[turn] += time.perf_counter() - t
+            out = {f"{k}_ips": bs * (steps - every) / v for k, v in spent.items()}
+    print(json.dumps({**out, "threads": torch.get_num_threads()}))
 
 
-def measure(stage: str, mode: str, policy: str, load: int, steps: int, overrides: list[str], cold: bool) -> float:
+def measure(stage: str, mode: str, policy: str, load: int, steps: int, overrides: list[str], cold: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
                                                               "NASDET_ADAPTIVE_THREADS")}
     env.update(POLICIES[policy], PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
@@ -125,7 +166,7 @@ def measure(stage: str, mode: str, policy: str, load: int, steps: int, overrides
             p.wait()
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])["ips"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -138,6 +179,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for both modes, e.g. data.num_workers=0")
     ap.add_argument("--cold", action="store_true", help="decode images as they are drawn (a first epoch)")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="one process per pair, the trainer's step and the bare step taking turns step by step")
     ap.add_argument("--child", nargs=2, metavar=("STAGE", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -154,9 +197,14 @@ def main() -> None:
                 for policy in policies:
                     # a trainer run and a bare run back to back make a pair; the order alternates between
                     # repeats, so a machine getting faster or slower does not favour either
+                    if args.interleaved:
+                        got = measure(stage, "interleaved", policy, load, args.steps, args.set, args.cold)
+                        for mode in ("trainer", "bare"):
+                            res.setdefault((stage, load, policy, mode), []).append(got[f"{mode}_ips"])
+                        continue
                     for mode in ("trainer", "bare")[:: 1 if repeat % 2 == 0 else -1]:
                         res.setdefault((stage, load, policy, mode), []).append(
-                            measure(stage, mode, policy, load, args.steps, args.set, args.cold))
+                            measure(stage, mode, policy, load, args.steps, args.set, args.cold)["ips"])
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     print("| stage | busy loops | policy | trainer img/s | bare step img/s | trainer / bare | per pair: median (min-max) |")
     print("|---|---|---|---|---|---|---|")
