@@ -63,7 +63,8 @@ class DataConfig(Strict):
     # data loader processes; auto: none on a CPU whose cores torch's threads take, several beside a GPU
     # (threads.loader_workers says why)
     num_workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = "auto"
-    # decoded images kept in each process's memory, MiB (0 = decode every time): data.dataset.DecodedImages
+    # decoded images (training images: resized, with their boxes, when nothing random comes first) kept in each
+    # process's memory, MiB (0 = decode every time): data.dataset.DecodedImages
     cache_mb: int = Field(1024, ge=0)
     augment: AugmentConfig = AugmentConfig()
     check_files: bool = True  # stat every image at start-up

@@ -51,12 +51,13 @@ class DecodedImages:
     loaded in the training process (``data.num_workers: auto`` on a CPU) that time is the step's. Only the
     main process adds: a loader worker's additions would die with it at the end of the epoch (workers forked
     later read what the main process holds). Keyed by file, size and modification time: a file replaced on
-    disk is decoded again, so a corrupt replacement still fails with its name."""
+    disk is decoded again, so a corrupt replacement still fails with its name. A training image whose first
+    transforms are not random is kept as they leave it instead (``DetectionDataset.fixed_item``)."""
 
     def __init__(self) -> None:
         self.budget = 0  # bytes; 0 = off (datasets built without build_datasets decode every time)
         self.used = 0
-        self.images: dict[tuple, torch.Tensor] = {}
+        self.images: dict[tuple, object] = {}  # a tensor, or a fixed item: (image, target items)
 
     def configure(self, megabytes: int) -> None:
         self.budget = int(megabytes) << 20
