@@ -57,7 +57,7 @@ class DecodedImages:
     def __init__(self) -> None:
         self.budget = 0  # bytes; 0 = off (datasets built without build_datasets decode every time)
         self.used = 0
-        self.images: dict[tuple, object] = {}  # a tensor, or a fixed item: (image, target items)
+        self.images: dict[tuple, object] = {}  # a tensor, or a fixed item: (image, target)
 
     def configure(self, megabytes: int) -> None:
         self.budget = int(megabytes) << 20
@@ -78,7 +78,7 @@ class DecodedImages:
         return _copy(hit) if hit is not None else None
 
     def put(self, key: tuple | None, value) -> None:
-        """Keep ``value`` (a tensor, or nested tuples of tensors and plain values) under ``key`` if it fits."""
+        """Keep ``value`` (a tensor, or tuples and dicts of tensors and plain values) under ``key`` if it fits."""
         size = sum(t.numel() * t.element_size() for t in _tensors(value))
         if key is None or self.used + size > self.budget or torch.utils.data.get_worker_info() is not None:
             return
@@ -87,14 +87,16 @@ class DecodedImages:
 
 
 def _tensors(value) -> list[torch.Tensor]:
-    if isinstance(value, tuple):
-        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, (tuple, dict)):
+        return [t for v in (value.values() if isinstance(value, dict) else value) for t in _tensors(v)]
     return [value] if isinstance(value, torch.Tensor) else []
 
 
 def _copy(value):
     if isinstance(value, tuple):
         return tuple(_copy(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
     return value.clone() if isinstance(value, torch.Tensor) else value  # a tv_tensor's clone keeps its type
 
 
@@ -183,27 +185,26 @@ class DetectionDataset(torch.utils.data.Dataset):
         }
 
     def __getitem__(self, index: int):
-        fixed = getattr(self.transforms, "fixed", None)
-        if fixed is not None:  # training transforms whose first steps give the same result every epoch
-            return self.transforms.random(*self.fixed_item(index, fixed, self.transforms.fixed_tag))
+        if getattr(self.transforms, "fixed", None) is not None:  # training transforms whose first steps give the
+            return self.transforms.random(*self.fixed_item(index))  # same result every epoch (TrainTransforms)
         image, target = self.load_image(index), self.target(index)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
 
-    def fixed_item(self, index: int, fixed: Callable, tag: tuple) -> tuple[tv_tensors.Image, dict]:
-        """``fixed(image, target)``, computed once and then taken from the decode cache under ``tag`` and the
-        image's annotations (the same file annotated otherwise, in another data set, has its own entry). The
-        decoded image is not kept as well: this result is what the epochs read."""
-        rec = self.records[index]
-        key = DECODED.key(rec.file, (tag, rec.image_id, rec.width, rec.height, rec.boxes.tobytes(),
+    def fixed_item(self, index: int) -> tuple[tv_tensors.Image, dict]:
+        """The fixed part of the training transforms (``transforms.fixed``) on item ``index``, computed once and
+        then taken from the decode cache under ``transforms.fixed_tag`` and the image's annotations (the same
+        file annotated otherwise, in another data set, has its own entry). The decoded image is not kept as
+        well: this result is what the epochs read."""
+        rec, tf = self.records[index], self.transforms
+        key = DECODED.key(rec.file, (tf.fixed_tag, rec.image_id, rec.width, rec.height, rec.boxes.tobytes(),
                                      rec.labels.tobytes(), rec.iscrowd.tobytes()))
         hit = DECODED.get(key)
         if hit is not None:
-            image, rest = hit
-            return tv_tensors.Image(image), dict(rest)
-        image, target = fixed(self.load_image(index, keep=False), self.target(index))
-        DECODED.put(key, (image.as_subclass(torch.Tensor), tuple(target.items())))
+            return hit
+        image, target = tf.fixed(self.load_image(index, keep=False), self.target(index))
+        DECODED.put(key, (image, target))
         return image, target
 
 

@@ -80,7 +80,8 @@ class TrainTransforms(v2.Compose):
             steps = [DropCrowd(), *colour, *canvas, *flip, sanitize]
         super().__init__(steps)
         self.fixed = v2.Compose(fixed) if fixed else None  # the same output for an image every time
-        self.random = v2.Compose(steps[len(fixed):]) if steps[len(fixed):] else v2.Identity()
+        rest = steps[len(fixed):]
+        self.random = v2.Compose(rest) if rest else v2.Identity()
         self.fixed_tag = ("train_fixed", size) if fixed else None  # its decode-cache key, beside the file's
 
     def at_size(self, size: int) -> "TrainTransforms":

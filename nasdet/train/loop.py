@@ -23,7 +23,7 @@ from torch import nn
 from ..config import EvalConfig, ExperimentConfig, TrainConfig, config_to_dict
 from ..data.dataset import DetectionDataset, collate_detection
 from ..threads import govern, loader_workers, set_torch_threads, wait_policy
-from ..data.transforms import TrainTransforms, targets_to, to_model_input
+from ..data.transforms import TrainTransforms, at_train_size, targets_to, to_model_input
 from ..files import append_jsonl
 from ..models.detectors import training_input_size
 from ..progress import progress_bar
@@ -117,7 +117,7 @@ class Trainer:
 
         self.model = model.to(self.device)
         if isinstance(train_set.transforms, TrainTransforms):  # the loader resizes to the resolution trained at
-            self.train_set = train_set.with_transforms(train_set.transforms.at_size(self.train_resolution()))
+            self.train_set = at_train_size(train_set, self.train_resolution())
         if self.tcfg.channels_last:  # in place: parameters keep their identity, only their strides change
             self.model.to(memory_format=torch.channels_last)
         if self.world > 1 and self.device.type == "cuda":
