@@ -40,6 +40,24 @@ def test_a_few_steps_lower_the_loss(tiny_config, tmp_path):
     assert any("img_per_s" in r for r in log) and "eval" in log[-1]
 
 
+def test_gradient_clip_bounds_the_norm_over_every_parameter(tiny_config, tmp_path):
+    """The clip reads the parameters from a list made once; the gradients the optimizer then sees, over all of
+    the model's parameters, have the clip's norm (from init the norm is far above it)."""
+    cfg = tiny_config(data=NO_AUG, train={"max_steps": 2, "batch_size": 4, "grad_clip": 1e-3})
+    trainer = make_trainer(cfg, tmp_path / "run")
+    seen = []
+
+    def before_step(optimizer, args, kwargs):
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        seen.append((len(grads), float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))))
+
+    trainer.optimizer.register_step_pre_hook(before_step)
+    trainer.run()
+    n_trainable = sum(p.requires_grad for p in trainer.model.parameters())
+    assert len(seen) == 2 and all(n == n_trainable for n, _ in seen)
+    assert all(norm == pytest.approx(1e-3, rel=1e-3) for _, norm in seen), seen
+
+
 def test_trainer_trains_in_channels_last_unless_told_not_to(tiny_config, tmp_path):
     def conv_weights(trainer):
         return [p for p in trainer.model.parameters() if p.dim() == 4]

