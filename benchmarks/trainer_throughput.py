@@ -105,7 +105,11 @@ def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool) -
         batches = []
         if mode in ("bare", "interleaved"):
             while len(batches) < steps:  # more steps than an epoch has: the next epoch's batches
+                # the batches the run's steps get (a multi-resolution supernet's loader sizes each for its step)
+                trainer.step, trainer.epoch = len(batches), len(batches) // trainer.steps_per_epoch
+                trainer.sampler.set_epoch(trainer.epoch)
                 batches += list(itertools.islice(trainer._loader(), steps - len(batches)))
+            trainer.step, trainer.epoch = 0, 0
         out = {}
         if mode == "trainer":
             trainer.run()
@@ -132,6 +136,7 @@ def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool) -
                 for turn in ("trainer", "bare")[:: 1 if i % 2 == 0 else -1]:
                     t = time.perf_counter()
                     if turn == "trainer":
+                        trainer.step = i  # the supernet's step draws its subnets (and size) from the step number
                         try:
                             images, targets = next(loader)
                         except StopIteration:
@@ -140,7 +145,6 @@ def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool) -
                             loader = iter(trainer._loader())
                             images, targets = next(loader)
                         govern()
-                        trainer.step = i  # the supernet's step draws its subnets from the step number
                         trainer.before_step(i)
                         trainer.train_step(images, targets)
                     else:

@@ -169,3 +169,43 @@ def test_each_trainer_resizes_to_the_largest_size_its_steps_use(tiny_config, tmp
     trainer = SupernetTrainer.from_config(multi, model, space, train, None, tmp_path / "d")
     assert resize_of(trainer) == [112, 112]
     trainer.lock.release()
+
+
+def test_a_multi_resolution_loader_resizes_each_batch_once_to_its_steps_size(tiny_config, tmp_path):
+    """A multi-resolution supernet's batches come at the size their step draws (the step number gives it), each
+    image resized once from the decoded one, as the data set at that size gives it; one-size trainers unchanged."""
+    from nasdet.models.supernet import INPUT_SIZE, build_supernet
+    from nasdet.train.loop import SizedBatchSampler
+    from nasdet.train.supernet import SupernetTrainer
+
+    multi = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}},
+                        data={"augment": {"photometric": 0.5, "hflip": 0.5}}, train={"batch_size": 2},
+                        supernet={"input_sizes": [64, 112], "multi_resolution": True})
+    train = build_datasets(multi, need=("train",))["train"]
+    model, space = build_supernet(multi, train.num_classes)
+    trainer = SupernetTrainer.from_config(multi, model, space, train, None, tmp_path / "d")
+    trainer.step, trainer.epoch = 5, 1  # as a resumed run's loader starts: batch j is step 5 + j
+    trainer.sampler.set_epoch(1, 2 * 2)
+    loader = trainer._loader()
+    assert isinstance(loader.batch_sampler, SizedBatchSampler)
+    got = [images[0].shape[-2:] for images, _ in loader]
+    want = [(trainer.step_archs(5 + j, 1)[0][INPUT_SIZE],) * 2 for j in range(len(got))]
+    assert got == want and {s[0] for s in got} == {64, 112} and len(got) == trainer.steps_per_epoch - 2
+    # an item at a size: the decoded image resized once, the same random draws as the data set at that size
+    small = trainer.train_set.with_transforms(trainer.train_set.transforms.at_size(64))
+    assert trainer.train_set.transforms.size == 112
+    for i in range(3):
+        torch.manual_seed(i)
+        image, target = trainer.train_set[(i, 64)]
+        torch.manual_seed(i)
+        ref_image, ref_target = small[i]
+        assert image.shape[-2:] == (64, 64) and torch.equal(image, ref_image)
+        assert torch.equal(target["boxes"], ref_target["boxes"]) and torch.equal(target["labels"], ref_target["labels"])
+    trainer.lock.release()
+
+    one = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}},
+                      supernet={"input_sizes": [64, 112], "multi_resolution": False})
+    model, space = build_supernet(one, train.num_classes)
+    trainer = SupernetTrainer.from_config(one, model, space, train, None, tmp_path / "e")
+    assert not isinstance(trainer._loader().batch_sampler, SizedBatchSampler)
+    trainer.lock.release()

@@ -184,20 +184,26 @@ class DetectionDataset(torch.utils.data.Dataset):
             "image_id": rec.image_id,
         }
 
-    def __getitem__(self, index: int):
-        if getattr(self.transforms, "fixed", None) is not None:  # training transforms whose first steps give the
-            return self.transforms.random(*self.fixed_item(index))  # same result every epoch (TrainTransforms)
+    def __getitem__(self, index: int | tuple[int, int]):
+        """Item ``index``; ``(index, size)``: with the training transforms at image size ``size`` (a
+        multi-resolution loader's batches, ``SizedBatchSampler``)."""
+        tf = self.transforms
+        if isinstance(index, tuple):
+            index, size = index
+            tf = tf.at_size(size)
+        if getattr(tf, "fixed", None) is not None:  # training transforms whose first steps give the same result
+            return tf.random(*self.fixed_item(index, tf))  # every epoch (TrainTransforms)
         image, target = self.load_image(index), self.target(index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
+        if tf is not None:
+            image, target = tf(image, target)
         return image, target
 
-    def fixed_item(self, index: int) -> tuple[tv_tensors.Image, dict]:
-        """The fixed part of the training transforms (``transforms.fixed``) on item ``index``, computed once and
-        then taken from the decode cache under ``transforms.fixed_tag`` and the image's annotations (the same
+    def fixed_item(self, index: int, tf=None) -> tuple[tv_tensors.Image, dict]:
+        """The fixed part of the training transforms ``tf`` (default: the data set's) on item ``index``, computed
+        once and then taken from the decode cache under ``tf.fixed_tag`` and the image's annotations (the same
         file annotated otherwise, in another data set, has its own entry). The decoded image is not kept as
         well: this result is what the epochs read."""
-        rec, tf = self.records[index], self.transforms
+        rec, tf = self.records[index], tf if tf is not None else self.transforms
         key = DECODED.key(rec.file, (tf.fixed_tag, rec.image_id, rec.width, rec.height, rec.boxes.tobytes(),
                                      rec.labels.tobytes(), rec.iscrowd.tobytes()))
         hit = DECODED.get(key)

@@ -83,9 +83,14 @@ class TrainTransforms(v2.Compose):
         rest = steps[len(fixed):]
         self.random = v2.Compose(rest) if rest else v2.Identity()
         self.fixed_tag = ("train_fixed", size) if fixed else None  # its decode-cache key, beside the file's
+        self._at_sizes: dict[int, TrainTransforms] = {}
 
     def at_size(self, size: int) -> "TrainTransforms":
-        return self if size == self.size else TrainTransforms(self.augment, size)
+        if size == self.size:
+            return self
+        if size not in self._at_sizes:  # (a multi-resolution loader asks per item)
+            self._at_sizes[size] = TrainTransforms(self.augment, size)
+        return self._at_sizes[size]
 
 
 def build_train_transforms(augment, size: int | None = None) -> TrainTransforms:

@@ -62,6 +62,24 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.per_rank - self.start
 
 
+class SizedBatchSampler(torch.utils.data.Sampler):
+    """``sampler``'s indices in batches, each index paired with the image size its batch's step trains at
+    (``DetectionDataset`` items ``(index, size)``): a multi-resolution supernet's loader then resizes each image
+    once, straight to its step's size, as OFA's loader does (it draws each batch's size from the batch number),
+    where one loader size for every step had the model resize the smaller steps' images a second time."""
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool, sizes: list[int]):
+        self.batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last)
+        self.sizes = sizes
+
+    def __iter__(self):
+        for batch, size in zip(self.batches, self.sizes):
+            yield [(i, size) for i in batch]
+
+    def __len__(self) -> int:
+        return min(len(self.batches), len(self.sizes))
+
+
 def resolve_device(pref: str) -> torch.device:
     dist.check_device_available(pref)
     if pref == "auto":
@@ -161,6 +179,11 @@ class Trainer:
         """The largest input size a training step resizes images to (the loader resizes to it)."""
         return training_input_size(self.model)
 
+    def step_image_sizes(self, first_step: int, count: int) -> list[int] | None:
+        """The image size of each of ``count`` steps from ``first_step`` when steps train at different sizes
+        (the loader then resizes each batch to its step's); None: every step at ``train_resolution``."""
+        return None
+
     def before_step(self, step: int) -> None:
         """Called before each step (supernets activate a sampled subnet here)."""
 
@@ -256,11 +279,18 @@ class Trainer:
     def _loader(self) -> torch.utils.data.DataLoader:
         # The loader's own generator: creating an iterator draws a seed from it, and a draw from the global
         # one would shift the augmentations of a run resumed mid-epoch away from the uninterrupted run's.
+        bs = self.tcfg.batch_size
+        drop_last = self.sampler.per_rank >= bs  # no last batch of one: BatchNorm needs two
+        batches: dict[str, Any] = {"batch_size": bs, "sampler": self.sampler, "drop_last": drop_last}
+        if isinstance(self.train_set.transforms, TrainTransforms):
+            # batch j of this loader is step self.step + j (a resumed epoch starts at its next batch)
+            sizes = self.step_image_sizes(self.step, len(torch.utils.data.BatchSampler(self.sampler, bs, drop_last)))
+            if sizes is not None:
+                batches = {"batch_sampler": SizedBatchSampler(self.sampler, bs, drop_last, sizes)}
         return torch.utils.data.DataLoader(
-            self.train_set, batch_size=self.tcfg.batch_size, sampler=self.sampler,
+            self.train_set, **batches,
             generator=torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.epoch),
             num_workers=loader_workers(self.settings.num_workers, self.device), collate_fn=self.collate,
-            drop_last=self.sampler.per_rank >= self.tcfg.batch_size,  # no last batch of one: BatchNorm needs two
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
 

@@ -213,6 +213,12 @@ class SupernetTrainer(Trainer):
         sizes = self.space[INPUT_SIZE] if self.scfg.multi_resolution else [self.input_size]
         return max(training_input_size(self.model, s) for s in sizes)
 
+    def step_image_sizes(self, first_step: int, count: int) -> list[int] | None:
+        if not self.scfg.multi_resolution:
+            return None
+        return [training_input_size(self.model, self.step_archs(step, self.epoch)[0][INPUT_SIZE])
+                for step in range(first_step, first_step + count)]
+
     # ------------------------------------------------------------------------------ the model's side
     def body(self) -> nn.Module:
         """The backbone supernet inside the model."""
