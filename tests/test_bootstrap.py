@@ -1,6 +1,7 @@
 """The paired bootstrap of COCO AP over images (metrics/bootstrap.py)."""
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -43,8 +44,10 @@ def _noisy_detections(gt: dict, seed: int, jitter: float) -> list[dict]:
 def test_identity_sample_equals_pycocotools(seed):
     gt = _gt(30, seed)
     dets = _noisy_detections(gt, seed, jitter=3.0)
+    gt_before, dets_before = copy.deepcopy(gt), copy.deepcopy(dets)
     ref = coco_evaluate(gt, dets, backend="pycocotools")
     got = ImageMatches(gt, dets).metrics()
+    assert gt == gt_before and dets == dets_before  # COCO's loaders add keys to copies, not to the caller's dicts
     assert got["AP"] == pytest.approx(ref["AP"], abs=1e-12)
     assert got["AP50"] == pytest.approx(ref["AP50"], abs=1e-12)
 

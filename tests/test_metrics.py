@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 
@@ -45,9 +47,12 @@ def test_equals_pycocotools_on_random_predictions(seed):
         for _ in range(3):
             dets.append({"image_id": i, "category_id": int(rng.integers(1, 4)),
                          "bbox": [*rng.uniform(0, 120, 2).tolist(), *rng.uniform(5, 60, 2).tolist()], "score": float(rng.random())})
+    gt_before, dets_before = copy.deepcopy(gt), copy.deepcopy(dets)
     ours = coco_evaluate(gt, dets, backend="faster")
     ref = coco_evaluate(gt, dets, backend="pycocotools")
     assert 0.0 < ref["AP"] < 1.0
+    # both backends add keys to the dicts they are given (area, id, ignore, ...): the caller's stay as they were
+    assert gt == gt_before and dets == dets_before
     for k in ref:
         assert ours[k] == pytest.approx(ref[k], abs=1e-6), k
 

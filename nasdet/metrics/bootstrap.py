@@ -9,13 +9,13 @@ exactly the number the search ranks by.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ..errors import DataError
+from .coco import own_dicts
 
 
 class ImageMatches:
@@ -32,7 +32,7 @@ class ImageMatches:
 
         with contextlib.redirect_stdout(io.StringIO()):
             coco_gt = COCO()
-            coco_gt.dataset = copy.deepcopy(gt)
+            coco_gt.dataset = own_dicts(gt)
             coco_gt.createIndex()
             params_source = COCOeval(coco_gt, iouType="bbox")
             self.iou_thresholds = np.asarray(params_source.params.iouThrs)
@@ -42,7 +42,7 @@ class ImageMatches:
             # per category: image index -> (scores, matched [T x D], ignored [T x D], non-ignored gt count)
             self.per_category: list[dict[int, tuple]] = [{} for _ in cat_ids]
             if detections:
-                coco_dt = coco_gt.loadRes(copy.deepcopy(list(detections)))
+                coco_dt = coco_gt.loadRes([dict(d) for d in detections])
                 ev = COCOeval(coco_gt, coco_dt, "bbox")
                 ev.evaluate()
                 n_area, n_img = len(ev.params.areaRng), len(ev.params.imgIds)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 
 import numpy as np
@@ -11,6 +10,14 @@ from ..errors import ConfigError, DataError
 
 # Order of COCOeval.stats for iouType="bbox".
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def own_dicts(gt: dict) -> dict:
+    """``gt`` with its own image, annotation and category dicts. COCO's loaders and COCOeval (both backends) add
+    keys to those dicts (``area``, ``id``, ``iscrowd``, ``segmentation``, ``ignore``) and change nothing deeper,
+    so a one-level copy keeps the caller's data as it was (a test checks); a deep copy was 40 % of a
+    faster-coco-eval evaluation of the demo's search split."""
+    return {**gt, **{k: [dict(x) for x in gt[k]] for k in ("images", "annotations", "categories") if k in gt}}
 
 
 def coco_evaluate(gt: dict, detections: list[dict], backend: str = "faster") -> dict[str, float]:
@@ -33,9 +40,9 @@ def coco_evaluate(gt: dict, detections: list[dict], backend: str = "faster") -> 
         raise ConfigError(f"unknown COCO eval backend {backend!r}: use 'faster' or 'pycocotools'")
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.dataset = own_dicts(gt)
         coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(copy.deepcopy(detections))
+        coco_dt = coco_gt.loadRes([dict(d) for d in detections])
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         ev.evaluate()
         ev.accumulate()
