@@ -52,10 +52,15 @@ def test_identity_sample_equals_pycocotools(seed):
     assert got["AP50"] == pytest.approx(ref["AP50"], abs=1e-12)
 
 
-def test_a_resample_equals_pycocotools_on_the_duplicated_images():
-    """A multiset of images scores as COCOeval scores a data set in which those images appear that often."""
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_resample_equals_pycocotools_on_the_duplicated_images(tied):
+    """A multiset of images scores as COCOeval scores a data set in which those images appear that often; also
+    where detections of one image tie on score (there a resample sorts its own detections, as COCOeval does)."""
     gt = _gt(12, 3)
     dets = _noisy_detections(gt, 3, jitter=2.0)
+    if tied:
+        dets = [{**d, "score": round(d["score"], 1)} for d in dets]
+    assert any(pooled[-1] for pooled in ImageMatches(gt, dets)._pooled) == tied
     sample = [0, 0, 3, 5, 5, 5, 7, 11, 11, 2, 9, 9]
     images, anns, out = [], [], []
     for copy_no, i in enumerate(sorted(sample)):  # image i again under a fresh id, in the sample's sorted order
@@ -99,6 +104,21 @@ def test_hand_computed_case():
     assert res["candidates"]["A"]["p_winner_beats"] == pytest.approx(7 / 8)
     assert res["candidates"]["B"]["p_winner_beats"] is None
     assert res["candidates"]["B"]["low"] == res["candidates"]["B"]["high"] == pytest.approx(1.0)
+
+
+def test_tied_scores_in_one_image_keep_cocoevals_order_on_a_resample():
+    """Image 1 drawn twice, its hit x and its miss y at the same score: COCOeval orders x, y, x, y (its copies in
+    turn), not x, x, y, y. By hand (2 objects): precision 1 up to recall 1/2, then 2/3 -> AP = (51 + 50 x 2/3) / 101;
+    the other order would give 1."""
+    gt = _one_box_gt(2)
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.5},
+            {"image_id": 1, "category_id": 1, "bbox": [70, 70, 20, 20], "score": 0.5}]
+    twice = {**gt, "images": [{"id": i, "width": 100, "height": 100} for i in (1, 2)],
+             "annotations": [{**gt["annotations"][0], "id": i, "image_id": i} for i in (1, 2)]}
+    ref = coco_evaluate(twice, [{**d, "image_id": i} for i in (1, 2) for d in dets], backend="pycocotools")
+    got = ImageMatches(gt, dets).metrics([0, 0])
+    assert ref["AP"] == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-9)
+    assert got["AP"] == pytest.approx(ref["AP"], abs=1e-12)
 
 
 def test_no_detections_scores_zero_and_loses():

@@ -69,7 +69,11 @@ class ImageMatches:
 
     def _pool(self, per_image: dict[int, tuple]) -> tuple:
         """One category's per-image matches laid end to end in image order, with each image's offset and
-        length, so that a resample gathers its detections with one index array instead of a Python loop."""
+        length, so that a resample gathers its detections with one index array instead of a Python loop.
+
+        Also the pooled detections' order by score (COCOeval's: descending, ties in pooled order) and whether
+        two detections of one image tie on score: without such ties a resample's order is that order with each
+        detection repeated as often as its image is drawn, and needs no sort of its own."""
         t = len(self.iou_thresholds)
         has = np.zeros(self.num_images, bool)
         lengths = np.zeros(self.num_images, np.int64)
@@ -81,29 +85,37 @@ class ImageMatches:
         scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
         matched = np.concatenate([p[1] for p in parts], axis=1) if parts else np.zeros((t, 0), bool)
         ignored = np.concatenate([p[2] for p in parts], axis=1) if parts else np.zeros((t, 0), bool)
-        return has, offsets, lengths, npig, scores, matched, ignored
+        image_of = np.repeat(np.arange(self.num_images), lengths)
+        by_score = np.argsort(-scores, kind="mergesort")
+        # a tie inside one image: equal scores next to each other in the pooled order (sorted by image, then score)
+        within = np.lexsort((-scores, image_of))
+        ties = bool(np.any((np.diff(image_of[within]) == 0) & (np.diff(scores[within]) == 0)))
+        return (has, offsets, lengths, npig, scores, matched & ~ignored, ~matched & ~ignored, image_of[by_score],
+                by_score, ties)
 
     def metrics(self, sample: Sequence[int] | None = None) -> dict[str, float]:
         """AP and AP50 on the multiset of image indices ``sample`` (positions in ``self.image_ids``; repeats
         count again; None = every image once, which equals COCOeval's own figures)."""
         sample = np.arange(self.num_images) if sample is None else np.sort(np.asarray(sample, dtype=np.int64))
+        counts = np.bincount(sample, minlength=self.num_images)
         t_count, r_count = len(self.iou_thresholds), len(self.recall_thresholds)
         precisions = []  # [T x R] per category that has ground truth in the sample
-        for has, offsets, lengths, npig_of, all_scores, all_matched, all_ignored in self._pooled:
-            parts = sample[has[sample]]  # the sample's images this category has matches on, repeats kept
-            if not len(parts):
+        for has, offsets, lengths, npig_of, all_scores, all_tp, all_fp, image_by_score, by_score, ties in self._pooled:
+            if not counts[has].any():  # none of the sample's images has matches for this category
                 continue
-            npig = int(npig_of[parts].sum())
+            npig = int((npig_of * counts).sum())
             if npig == 0:
                 continue
-            # the parts' detections in sample order (as COCOeval concatenates them): each image's range
-            lens = lengths[parts]
-            idx = np.repeat(offsets[parts] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
-            order = idx[np.argsort(-all_scores[idx], kind="mergesort")]  # COCOeval's order, ties by position
-            matched = all_matched[:, order]
-            ignored = all_ignored[:, order]
-            tp = np.cumsum(matched & ~ignored, axis=1, dtype=np.float64)
-            fp = np.cumsum(~matched & ~ignored, axis=1, dtype=np.float64)
+            if ties:  # the sample's detections in sample order (as COCOeval concatenates them), then sorted
+                parts = sample[has[sample]]
+                lens = lengths[parts]
+                idx = np.repeat(offsets[parts] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+                order = idx[np.argsort(-all_scores[idx], kind="mergesort")]  # COCOeval's order, ties by position
+            else:  # the same order: by score, an image's copies adjacent, images in sample (= index) order
+                order = np.repeat(by_score, counts[image_by_score])
+            # (counted in integers, then as floats, as COCOeval does: the same values, 4x faster than a float cumsum)
+            tp = np.cumsum(np.take(all_tp, order, axis=1), axis=1).astype(np.float64)
+            fp = np.cumsum(np.take(all_fp, order, axis=1), axis=1).astype(np.float64)
             q = np.zeros((t_count, r_count))
             rc = tp / npig
             pr = tp / (fp + tp + np.spacing(1))
