@@ -23,6 +23,8 @@ def predict(model: nn.Module, dataset: DetectionDataset, device: torch.device, b
     was_training = model.training
     model.eval()
     results: list[dict] = []
+    # looked up once: the loop below runs for every detection (100-300 an image)
+    num_classes, category_ids = dataset.num_classes, [int(c) for c in dataset.category_ids]
     try:
         for images, targets in loader:
             govern()
@@ -30,12 +32,13 @@ def predict(model: nn.Module, dataset: DetectionDataset, device: torch.device, b
             for out, tgt in zip(outputs, targets):
                 boxes = out["boxes"].float().cpu()
                 boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
+                image_id = int(tgt["image_id"])
                 for box, score, label in zip(boxes.tolist(), out["scores"].cpu().tolist(), out["labels"].cpu().tolist()):
-                    if label < 1 or label > dataset.num_classes:
+                    if label < 1 or label > num_classes:
                         continue  # background / padding class of sigmoid heads
                     # unrounded: rounded scores tie across images and change COCOeval's ranking (and the AP)
-                    results.append({"image_id": int(tgt["image_id"]), "category_id": int(dataset.category_ids[label - 1]),
-                                    "bbox": box, "score": float(score)})
+                    results.append({"image_id": image_id, "category_id": category_ids[label - 1], "bbox": box,
+                                    "score": float(score)})
             if progress is not None:
                 progress(len(images))
     finally:
