@@ -11,7 +11,8 @@ recipe; weights from init, which does not change the speed), each measurement is
   workers, augmentation, logging, a checkpoint at the end), images/s over the steps after the first
   ``log_every`` (from the trainer's own log records);
 - ``bare``: the same model, optimizer and sampled subnets on batches loaded beforehand: forward,
-  backward, optimizer step and nothing else (benchmarks/train_throughput.py's step).
+  backward, optimizer step and nothing else (benchmarks/train_throughput.py's step); ``--bare-clip``: with the
+  recipe's gradient clip (``train.grad_clip``) too, which the trainer does every step.
 - ``--interleaved``: both in one process, taking turns step by step (the order alternating): the trainer's
   side is ``Trainer.run``'s step (next batch from the loader, the thread governor, ``train_step``; not the
   progress line and log record, a few microseconds), the bare side the step above on the same step's images
@@ -78,8 +79,9 @@ def build(stage: str, steps: int, out_dir: str, overrides: list[str]):
                                        calib_set=data["supernet_train"].with_transforms(None)), cfg
 
 
-def bare_step(trainer, stage: str, i: int, images, targets) -> None:
-    """Forward, backward and optimizer step of step ``i``'s subnets, and nothing else."""
+def bare_step(trainer, stage: str, i: int, images, targets, clip: bool = False) -> None:
+    """Forward, backward and optimizer step of step ``i``'s subnets, and nothing else (``clip``: also the
+    recipe's gradient clip, as the trainer clips)."""
     images, targets = trainer.to_device(images, targets)
     trainer.optimizer.zero_grad(set_to_none=True)
     archs = trainer.step_archs(i, 0) if stage == "supernet" else [None]
@@ -88,10 +90,14 @@ def bare_step(trainer, stage: str, i: int, images, targets) -> None:
             trainer.activate(trainer.model, arch)
         loss = sum(trainer.model(images, targets).values())
         loss.backward()
+    if clip and trainer.tcfg.grad_clip:
+        import torch
+
+        torch.nn.utils.clip_grad_norm_(trainer.params, trainer.tcfg.grad_clip)
     trainer.optimizer.step()
 
 
-def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool) -> None:
+def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool, clip: bool = False) -> None:
     import torch
 
     from nasdet.threads import govern
@@ -121,7 +127,7 @@ def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool) -
             times = []
             for i, (images, targets) in enumerate(batches):
                 t = time.perf_counter()
-                bare_step(trainer, stage, i, images, targets)
+                bare_step(trainer, stage, i, images, targets, clip)
                 if i >= every:
                     times.append(time.perf_counter() - t)
             out["ips"] = bs * len(times) / sum(times)
@@ -148,21 +154,23 @@ def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool) -
                         trainer.before_step(i)
                         trainer.train_step(images, targets)
                     else:
-                        bare_step(trainer, stage, i, *batches[i])
+                        bare_step(trainer, stage, i, *batches[i], clip=clip)
                     if i >= every:
                         spent[turn] += time.perf_counter() - t
             out = {f"{k}_ips": bs * (steps - every) / v for k, v in spent.items()}
     print(json.dumps({**out, "threads": torch.get_num_threads()}))
 
 
-def measure(stage: str, mode: str, policy: str, load: int, steps: int, overrides: list[str], cold: bool) -> dict:
+def measure(stage: str, mode: str, policy: str, load: int, steps: int, overrides: list[str], cold: bool,
+            bare_clip: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
                                                               "NASDET_ADAPTIVE_THREADS")}
     env.update(POLICIES[policy], PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     loads = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(load)]
     try:
         out = subprocess.run([sys.executable, __file__, "--child", stage, mode, "--steps", str(steps),
-                              *[a for o in overrides for a in ("--set", o)], *(["--cold"] if cold else [])], env=env,
+                              *[a for o in overrides for a in ("--set", o)], *(["--cold"] if cold else []),
+                              *(["--bare-clip"] if bare_clip else [])], env=env,
                              capture_output=True, text=True, cwd=ROOT)
     finally:
         for p in loads:
@@ -183,17 +191,19 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for both modes, e.g. data.num_workers=0")
     ap.add_argument("--cold", action="store_true", help="decode images as they are drawn (a first epoch)")
+    ap.add_argument("--bare-clip", action="store_true",
+                    help="the bare step also clips the gradients as the recipe says (train.grad_clip)")
     ap.add_argument("--interleaved", action="store_true",
                     help="one process per pair, the trainer's step and the bare step taking turns step by step")
     ap.add_argument("--child", nargs=2, metavar=("STAGE", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(*args.child, args.steps, args.set, args.cold)
+        child(*args.child, args.steps, args.set, args.cold, args.bare_clip)
         return
     stages, policies = args.stages.split(","), args.policies.split(",")
     loads = [int(x) for x in args.loads.split(",")]
     print(f"cores {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f} at start, "
-          f"{args.steps} steps, {args.repeats} repeats, {'cold' if args.cold else 'warm'} decode cache, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{args.steps} steps, {args.repeats} repeats, {'cold' if args.cold else 'warm'} decode cache, {'bare step clips, ' if args.bare_clip else ''}{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     res: dict[tuple, list[float]] = {}
     for repeat in range(args.repeats):  # interleaved, so a change in the machine's load hits every variant
         for stage in stages:
@@ -202,13 +212,13 @@ def main() -> None:
                     # a trainer run and a bare run back to back make a pair; the order alternates between
                     # repeats, so a machine getting faster or slower does not favour either
                     if args.interleaved:
-                        got = measure(stage, "interleaved", policy, load, args.steps, args.set, args.cold)
+                        got = measure(stage, "interleaved", policy, load, args.steps, args.set, args.cold, args.bare_clip)
                         for mode in ("trainer", "bare"):
                             res.setdefault((stage, load, policy, mode), []).append(got[f"{mode}_ips"])
                         continue
                     for mode in ("trainer", "bare")[:: 1 if repeat % 2 == 0 else -1]:
                         res.setdefault((stage, load, policy, mode), []).append(
-                            measure(stage, mode, policy, load, args.steps, args.set, args.cold)["ips"])
+                            measure(stage, mode, policy, load, args.steps, args.set, args.cold, args.bare_clip)["ips"])
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     print("| stage | busy loops | policy | trainer img/s | bare step img/s | trainer / bare | per pair: median (min-max) |")
     print("|---|---|---|---|---|---|---|")
