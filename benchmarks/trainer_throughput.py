@@ -1,6 +1,8 @@
 """The trainer's images/s against its model's bare step, per thread policy, idle and beside busy loops.
 
-    python benchmarks/trainer_throughput.py --steps 60 --repeats 2
+    python benchmarks/trainer_throughput.py --steps 60 --repeats 2   # idle and under load, per policy
+    python benchmarks/trainer_throughput.py --interleaved --steps 120 --repeats 3 --loads 0 --policies nasdet
+        # the trainer / bare ratio idle, the two taking turns (the steady figure: see ``--interleaved``)
 
 For the pipeline demo's baseline (torchvision MobileNetV2 x0.5 SSDLite at 160 px, batch 8), its
 supernet (mbv2_elastic, uniform sampling at 128/160 px, batch 16) and its tune stage (``tune``: the
