@@ -206,3 +206,30 @@ def test_focal_ssd_exports_to_onnx_with_the_same_detections(tmp_path):
     ours = rows(boxes, scores, labels)
     np.testing.assert_allclose(ours, rows(*(ref[k].numpy() for k in ("boxes", "scores", "labels"))), atol=2e-2)
     assert labels.min() >= 1
+
+
+@pytest.mark.parametrize("detector,model_keys", [("ssdlite", {}), ("retinanet", {}), ("fcos", {}), ("yolov3", {}),
+                                                 ("faster_rcnn", {"variant": "v2"})])
+def test_bn_recalibration_gives_the_whole_forwards_statistics(tiny_config, monkeypatch, detector, model_keys):
+    """Recalibration runs only the dense part where it holds every BatchNorm (no decoding or NMS): the running
+    statistics equal those of recalibrating through the whole eval forward. Faster R-CNN v2's box head has
+    BatchNorm on pooled proposals, so it keeps the whole forward."""
+    import copy
+
+    from nasdet.data.build import build_datasets
+    from nasdet.models.families import family_of
+    from nasdet.train import bn
+
+    cfg = tiny_config(detector, model=model_keys)
+    calib = build_datasets(cfg, need=("train",))["train"].with_transforms(None)
+    torch.manual_seed(0)
+    model = build_detector(cfg.model, num_classes=calib.num_classes)
+    assert family_of(model).dense_has_every_bn == (detector != "faster_rcnn")
+    whole, start = copy.deepcopy(model), copy.deepcopy(model)
+    bn.recalibrate_bn(model, calib, "cpu", batches=2, batch_size=4)
+    monkeypatch.setattr(bn, "calibration_forward", lambda m: m)  # the model's own forward, decoding and NMS included
+    bn.recalibrate_bn(whole, calib, "cpu", batches=2, batch_size=4)
+    stats = [(n, b) for n, b in model.named_buffers() if "running_" in n]
+    assert stats and not all(torch.equal(b, dict(start.named_buffers())[n]) for n, b in stats)
+    for name, buf in stats:
+        assert torch.equal(buf, dict(whole.named_buffers())[name]), name

@@ -55,6 +55,18 @@ def preserved_bn_state(model: nn.Module):
                 m.momentum = momentum
 
 
+def calibration_forward(model: nn.Module) -> Callable[[list[torch.Tensor]], object]:
+    """What recalibration runs on a batch: the detector family's ``calibration_forward`` (only the network where
+    it holds every BatchNorm), the whole forward for anything else."""
+    from ..models.families import family_of
+
+    try:
+        family = family_of(model)
+    except TypeError:  # not a detector
+        return model
+    return lambda images: family.calibration_forward(model, images)
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, dataset: DetectionDataset, device: torch.device, batches: int = 10,
                    batch_size: int = 16, num_workers: int = 0, seed: int = 0) -> int:
@@ -86,11 +98,12 @@ def recalibrate_bn(model: nn.Module, dataset: DetectionDataset, device: torch.de
             f"image on a 1x1 feature map does not give ({shape}); set the batch size (search.batch_size when scoring "
             "candidates, eval.batch_size for tune and the supernet's evaluation) to 2 or more")
 
+    forward = calibration_forward(model)
     try:
         with one_value_per_channel_as(one_image):
             for images, _ in loader:
                 govern()
-                model(to_model_input(images, device))
+                forward(to_model_input(images, device))
                 seen += len(images)
     finally:
         model.train(was_training)

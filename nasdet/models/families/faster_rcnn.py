@@ -49,6 +49,9 @@ class FasterRCNNFamily(DetectorFamily):
         model.transform = resize_transform(cfg.input_size, size_divisible=32)
         return model
 
+    # (dense_has_every_bn stays False: v2's box head has BatchNorm and runs on pooled proposals, which
+    # dense_forward replaces with zeros)
+
     def dense_forward(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         """The box head runs on ``rpn_post_nms_top_n_test`` pooled proposals (a fixed count, so its
         cost does not depend on the data)."""
