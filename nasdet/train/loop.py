@@ -68,9 +68,8 @@ class SizedBatchSampler(torch.utils.data.Sampler):
     once, straight to its step's size, as OFA's loader does (it draws each batch's size from the batch number),
     where one loader size for every step had the model resize the smaller steps' images a second time."""
 
-    def __init__(self, sampler, batch_size: int, drop_last: bool, sizes: list[int]):
-        self.batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last)
-        self.sizes = sizes
+    def __init__(self, batches: torch.utils.data.BatchSampler, sizes: list[int]):
+        self.batches, self.sizes = batches, sizes
 
     def __iter__(self):
         for batch, size in zip(self.batches, self.sizes):
@@ -280,15 +279,13 @@ class Trainer:
         # The loader's own generator: creating an iterator draws a seed from it, and a draw from the global
         # one would shift the augmentations of a run resumed mid-epoch away from the uninterrupted run's.
         bs = self.tcfg.batch_size
-        drop_last = self.sampler.per_rank >= bs  # no last batch of one: BatchNorm needs two
-        batches: dict[str, Any] = {"batch_size": bs, "sampler": self.sampler, "drop_last": drop_last}
-        if isinstance(self.train_set.transforms, TrainTransforms):
-            # batch j of this loader is step self.step + j (a resumed epoch starts at its next batch)
-            sizes = self.step_image_sizes(self.step, len(torch.utils.data.BatchSampler(self.sampler, bs, drop_last)))
-            if sizes is not None:
-                batches = {"batch_sampler": SizedBatchSampler(self.sampler, bs, drop_last, sizes)}
+        # drop_last: no last batch of one image (BatchNorm needs two)
+        batches = torch.utils.data.BatchSampler(self.sampler, bs, drop_last=self.sampler.per_rank >= bs)
+        # batch j of this loader is step self.step + j (a resumed epoch starts at its next batch)
+        sizes = self.step_image_sizes(self.step, len(batches)) \
+            if isinstance(self.train_set.transforms, TrainTransforms) else None
         return torch.utils.data.DataLoader(
-            self.train_set, **batches,
+            self.train_set, batch_sampler=batches if sizes is None else SizedBatchSampler(batches, sizes),
             generator=torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.epoch),
             num_workers=loader_workers(self.settings.num_workers, self.device), collate_fn=self.collate,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
