@@ -60,7 +60,7 @@ def test_a_resample_equals_pycocotools_on_the_duplicated_images(tied):
     dets = _noisy_detections(gt, 3, jitter=2.0)
     if tied:
         dets = [{**d, "score": round(d["score"], 1)} for d in dets]
-    assert any(pooled[-1] for pooled in ImageMatches(gt, dets)._pooled) == tied
+    assert any(pooled.ties for pooled in ImageMatches(gt, dets)._pooled) == tied
     sample = [0, 0, 3, 5, 5, 5, 7, 11, 11, 2, 9, 9]
     images, anns, out = [], [], []
     for copy_no, i in enumerate(sorted(sample)):  # image i again under a fresh id, in the sample's sorted order

@@ -11,11 +11,27 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import DataError
 from .coco import own_dicts
+
+
+class PooledMatches(NamedTuple):
+    """One category's matches of every image laid end to end in image order (``ImageMatches._pool``)."""
+
+    has: np.ndarray  # [images] bool: the image has matches (detections or ground truth) in this category
+    offsets: np.ndarray  # [images]: where its detections start
+    lengths: np.ndarray  # [images]: how many it has
+    npig: np.ndarray  # [images]: its non-ignored ground truth count
+    scores: np.ndarray  # [D]
+    tp: np.ndarray  # [T x D] bool: matched and not ignored, per IoU threshold
+    fp: np.ndarray  # [T x D] bool: neither matched nor ignored
+    by_score: np.ndarray  # [D]: COCOeval's order (descending score, ties in pooled order)
+    image_by_score: np.ndarray  # [D]: the image of each detection in that order
+    ties: bool  # two detections of one image have equal scores
 
 
 class ImageMatches:
@@ -67,7 +83,7 @@ class ImageMatches:
                             self.per_category[k][i] = (np.zeros(0), np.zeros((t, 0), bool), np.zeros((t, 0), bool), n)
         self._pooled = [self._pool(per_image) for per_image in self.per_category]
 
-    def _pool(self, per_image: dict[int, tuple]) -> tuple:
+    def _pool(self, per_image: dict[int, tuple]) -> PooledMatches:
         """One category's per-image matches laid end to end in image order, with each image's offset and
         length, so that a resample gathers its detections with one index array instead of a Python loop.
 
@@ -90,8 +106,8 @@ class ImageMatches:
         # a tie inside one image: equal scores next to each other in the pooled order (sorted by image, then score)
         within = np.lexsort((-scores, image_of))
         ties = bool(np.any((np.diff(image_of[within]) == 0) & (np.diff(scores[within]) == 0)))
-        return (has, offsets, lengths, npig, scores, matched & ~ignored, ~matched & ~ignored, image_of[by_score],
-                by_score, ties)
+        return PooledMatches(has, offsets, lengths, npig, scores, matched & ~ignored, ~matched & ~ignored, by_score,
+                             image_of[by_score], ties)
 
     def metrics(self, sample: Sequence[int] | None = None) -> dict[str, float]:
         """AP and AP50 on the multiset of image indices ``sample`` (positions in ``self.image_ids``; repeats
@@ -100,22 +116,22 @@ class ImageMatches:
         counts = np.bincount(sample, minlength=self.num_images)
         t_count, r_count = len(self.iou_thresholds), len(self.recall_thresholds)
         precisions = []  # [T x R] per category that has ground truth in the sample
-        for has, offsets, lengths, npig_of, all_scores, all_tp, all_fp, image_by_score, by_score, ties in self._pooled:
-            if not counts[has].any():  # none of the sample's images has matches for this category
+        for c in self._pooled:
+            if not counts[c.has].any():  # none of the sample's images has matches for this category
                 continue
-            npig = int((npig_of * counts).sum())
+            npig = int((c.npig * counts).sum())
             if npig == 0:
                 continue
-            if ties:  # the sample's detections in sample order (as COCOeval concatenates them), then sorted
-                parts = sample[has[sample]]
-                lens = lengths[parts]
-                idx = np.repeat(offsets[parts] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
-                order = idx[np.argsort(-all_scores[idx], kind="mergesort")]  # COCOeval's order, ties by position
+            if c.ties:  # the sample's detections in sample order (as COCOeval concatenates them), then sorted
+                parts = sample[c.has[sample]]
+                lens = c.lengths[parts]
+                idx = np.repeat(c.offsets[parts] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+                order = idx[np.argsort(-c.scores[idx], kind="mergesort")]  # COCOeval's order, ties by position
             else:  # the same order: by score, an image's copies adjacent, images in sample (= index) order
-                order = np.repeat(by_score, counts[image_by_score])
+                order = np.repeat(c.by_score, counts[c.image_by_score])
             # (counted in integers, then as floats, as COCOeval does: the same values, 4x faster than a float cumsum)
-            tp = np.cumsum(np.take(all_tp, order, axis=1), axis=1).astype(np.float64)
-            fp = np.cumsum(np.take(all_fp, order, axis=1), axis=1).astype(np.float64)
+            tp = np.cumsum(np.take(c.tp, order, axis=1), axis=1).astype(np.float64)
+            fp = np.cumsum(np.take(c.fp, order, axis=1), axis=1).astype(np.float64)
             q = np.zeros((t_count, r_count))
             rc = tp / npig
             pr = tp / (fp + tp + np.spacing(1))
