@@ -209,7 +209,7 @@ def test_focal_ssd_exports_to_onnx_with_the_same_detections(tmp_path):
 
 
 @pytest.mark.parametrize("detector,model_keys", [("ssdlite", {}), ("retinanet", {}), ("fcos", {}), ("yolov3", {}),
-                                                 ("faster_rcnn", {"variant": "v2"})])
+                                                 ("faster_rcnn", {"variant": "v2", "rpn_post_nms_top_n_test": 50})])
 def test_bn_recalibration_gives_the_whole_forwards_statistics(tiny_config, monkeypatch, detector, model_keys):
     """Recalibration runs only the dense part where it holds every BatchNorm (no decoding or NMS): the running
     statistics equal those of recalibrating through the whole eval forward. Faster R-CNN v2's box head has
@@ -226,9 +226,9 @@ def test_bn_recalibration_gives_the_whole_forwards_statistics(tiny_config, monke
     model = build_detector(cfg.model, num_classes=calib.num_classes)
     assert family_of(model).dense_has_every_bn == (detector != "faster_rcnn")
     whole, start = copy.deepcopy(model), copy.deepcopy(model)
-    bn.recalibrate_bn(model, calib, "cpu", batches=2, batch_size=4)
+    bn.recalibrate_bn(model, calib, "cpu", batches=1, batch_size=2)
     monkeypatch.setattr(bn, "calibration_forward", lambda m: m)  # the model's own forward, decoding and NMS included
-    bn.recalibrate_bn(whole, calib, "cpu", batches=2, batch_size=4)
+    bn.recalibrate_bn(whole, calib, "cpu", batches=1, batch_size=2)
     stats = [(n, b) for n, b in model.named_buffers() if "running_" in n]
     assert stats and not all(torch.equal(b, dict(start.named_buffers())[n]) for n, b in stats)
     for name, buf in stats:
