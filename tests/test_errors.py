@@ -2,6 +2,11 @@
 a warning or the right result (issue 16). In-process (CliRunner) where that keeps the test meaningful."""
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -455,6 +460,61 @@ def test_bad_storage_url_is_one_line(tiny_cfg_file, tmp_path):
     if importlib.util.find_spec("MySQLdb") is None:
         code, out, exc = cli("search", tiny_cfg_file(), "--storage", "mysql://u:secret@localhost/db")
         assert_one_line(code, out, exc, "mysql://u:***@localhost/db", "'MySQLdb', is not installed")
+
+
+def _hold_journal_lock(journal: str, seconds: float, started) -> None:
+    from nasdet.search.storage import JournalLock
+
+    lock = JournalLock(journal)
+    lock.acquire()
+    before = os.path.getsize(journal)
+    started.set()
+    time.sleep(seconds)
+    # the journal's size while the lock was held: nobody may append in between
+    Path(journal + ".held").write_text(f"{before} {os.path.getsize(journal)}")
+    lock.release()
+
+
+def test_a_journal_lock_left_by_a_killed_writer_is_removed_and_a_live_one_is_waited_for(tmp_path):
+    import multiprocessing as mp
+
+    import optuna
+
+    from nasdet.search.study import open_storage
+
+    journal = tmp_path / "study.journal"
+    study = optuna.create_study(storage=open_storage(journal, tmp_path), study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    # killed mid-write: Optuna's symlink lock stays; its flock went with the process
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+    p = ctx.Process(target=_hold_journal_lock, args=(str(journal), 60, started))
+    p.start()
+    assert started.wait(30)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    lock = Path(str(journal) + ".lock")
+    assert lock.is_symlink()
+    t0 = time.perf_counter()
+    with pytest.warns(UserWarning, match="study.journal.lock: removed the journal lock a killed process left"):
+        study = optuna.load_study(storage=open_storage(journal, tmp_path), study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert time.perf_counter() - t0 < 10  # Optuna alone waits 30 s, then breaks the lock
+    assert not lock.exists()
+    # a live holder keeps it, however long it holds it (Optuna's grace would break it after 30 s)
+    started = ctx.Event()
+    from nasdet.search.storage import JournalLock
+
+    p = ctx.Process(target=_hold_journal_lock, args=(str(journal), 2 * JournalLock.FOREIGN_GRACE_S, started))
+    p.start()
+    assert started.wait(30)
+    os.utime(lock, (time.time() - 5, time.time() - 5), follow_symlinks=False)  # older than the foreign grace
+    size = journal.stat().st_size
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    p.join()
+    assert Path(str(journal) + ".held").read_text() == f"{size} {size}" and journal.stat().st_size > size
+    assert [t.state.name for t in optuna.load_study(storage=open_storage(journal, tmp_path),
+                                                    study_name="s").trials] == ["COMPLETE"] * 4
 
 
 def test_journal_with_a_cut_or_garbage_line(tmp_path):

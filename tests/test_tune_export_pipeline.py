@@ -254,6 +254,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill_during_search(shapes
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    log.close()
     sn_ckpt = wd / "supernet" / "ckpt" / "last.pt"
     base_ckpt = wd / "baseline" / "ckpt" / "last.pt"
     mtimes = (sn_ckpt.stat().st_mtime_ns, base_ckpt.stat().st_mtime_ns)

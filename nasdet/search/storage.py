@@ -5,12 +5,14 @@ each one line naming the storage (a database password is never shown); a failed 
 from __future__ import annotations
 
 import json
+import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from ..errors import ConfigError, DataError, EnvironmentProblem
 from ..files import naming_the_file
@@ -41,7 +43,74 @@ def open_storage(storage: str | Path | None, search_dir: str | Path, heartbeat: 
     from optuna.storages import JournalStorage
 
     check_journal(path)
-    return JournalStorage(_JournalFile(str(path)))
+    return JournalStorage(_JournalFile(str(path), lock_obj=JournalLock(str(path))))
+
+
+class JournalLock(JournalFileSymlinkLock):
+    """Optuna's journal lock (a symlink ``<journal>.lock``, made for a write and removed after it), taken
+    while holding an ``fcntl.flock`` on ``<journal>.flock``.
+
+    A writer killed mid-write leaves the symlink behind, and Optuna's own lock then makes the next writer wait
+    30 s before breaking it, whoever holds it (a resumed search stood still that long after a kill). The kernel
+    drops a dead process's flock, so a symlink found while holding the flock was left by a writer that died
+    (nasdet's writers all take the flock first) and is removed once it is ``FOREIGN_GRACE_S`` old: a foreign
+    Optuna process writing the same journal takes no flock, and holds the symlink only for one append.
+    Where the file system has no flock (some NFS mounts), it is Optuna's lock alone."""
+
+    FOREIGN_GRACE_S = 2.0
+
+    def __init__(self, filepath: str) -> None:
+        super().__init__(filepath)
+        self._flock_path = filepath + ".flock"
+        self._flock = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        f = open(self._flock_path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # no flock here (ENOLCK, EOPNOTSUPP): Optuna's symlink alone
+            f.close()
+            return super().acquire()
+        try:
+            self._remove_if_left_by_a_dead_writer()
+            super().acquire()
+        except BaseException:
+            f.close()
+            raise
+        self._flock = f
+        return True
+
+    def _remove_if_left_by_a_dead_writer(self) -> None:
+        while True:
+            try:
+                made = os.lstat(self._lock_file).st_mtime
+            except FileNotFoundError:
+                return
+            young = self.FOREIGN_GRACE_S - (time.time() - made)
+            if young <= 0:
+                break
+            time.sleep(min(young, self.FOREIGN_GRACE_S))  # maybe a foreign writer's, mid-append
+            try:
+                if os.lstat(self._lock_file).st_mtime == made:
+                    break  # the same symlink, older than any append: left behind
+            except FileNotFoundError:
+                return
+        try:
+            os.unlink(self._lock_file)
+        except FileNotFoundError:
+            return
+        warnings.warn(f"{self._lock_file}: removed the journal lock a killed process left behind (it no longer "
+                      "held the lock's flock); the journal's records are checked as it is opened", stacklevel=3)
+
+    def release(self) -> None:
+        try:
+            super().release()
+        finally:
+            if self._flock is not None:
+                self._flock.close()  # closing the file releases the flock
+                self._flock = None
 
 
 class _JournalFile(JournalFileBackend):
@@ -134,15 +203,13 @@ def check_journal(path: Path) -> None:
 
     A process killed in the middle of a write leaves an incomplete last line: Optuna skips it when
     reading but the next append would be glued onto it, losing that record and breaking the study.
-    It is cut off here, under Optuna's own journal lock (writers hold it while appending, so a partial
+    It is cut off here, under the journal's lock (writers hold it while appending, so a partial
     line seen under it is a dead write, never one in progress). A bad line with records after it
     (an edit, a disk fault) stops Optuna from reading the study: that is an error naming the line.
     """
     if not path.is_file() or path.stat().st_size == 0:
         return
-    from optuna.storages.journal import JournalFileSymlinkLock
-
-    lock = JournalFileSymlinkLock(str(path))
+    lock = JournalLock(str(path))
     lock.acquire()
     try:
         data = path.read_bytes()
