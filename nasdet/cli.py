@@ -14,7 +14,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from .config import load_config
 from .errors import ConfigError, NasdetError
 from .progress import progress_bar
 from .threads import LOCAL_PROCESSES_ENV
@@ -75,6 +74,9 @@ def describe_os_error(e: OSError) -> str:
 
 
 def _load(config: Path, overrides: Optional[List[str]]):
+    from .config import load_config  # here, not at the top: torch takes ~3 s to import, which --help and
+    # `data make-synthetic` do without
+
     return load_config(config, overrides or [])
 
 

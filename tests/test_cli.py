@@ -35,6 +35,17 @@ def test_make_synthetic_cli(tmp_path):
     assert len(json.loads((tmp_path / "s" / "train" / "annotations.json").read_text())["images"]) == 5
 
 
+def test_help_and_make_synthetic_start_without_importing_torch(tmp_path):
+    # torch and torchvision take ~3 s to import: --help and the data generator do without them
+    code = ("import sys; from nasdet.cli import app; sys.argv = ['nasdet', *sys.argv[1:]]\n"
+            "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    for args in (["--help"], ["data", "make-synthetic", tmp_path / "s", "--train", 8, "--val", 1, "--size", 48]):
+        r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "s" / "val" / "annotations.json").is_file()
+
+
 def test_train_eval_cost_stats(shapes_dir, tmp_path):
     cfg = write_cfg(tmp_path / "tiny.yaml", tiny_raw(shapes_dir, tmp_path / "wd"))
     r = nasdet("train", cfg, "--set", "train.epochs=1", "--set", "train.max_steps=3")
