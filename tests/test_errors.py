@@ -462,12 +462,15 @@ def test_bad_storage_url_is_one_line(tiny_cfg_file, tmp_path):
         assert_one_line(code, out, exc, "mysql://u:***@localhost/db", "'MySQLdb', is not installed")
 
 
-def _hold_journal_lock(journal: str, seconds: float, started) -> None:
+def _hold_journal_lock(journal: str, seconds: float, started, partial: bytes = b"") -> None:
     from nasdet.search.storage import JournalLock
 
     lock = JournalLock(journal)
     lock.acquire()
     before = os.path.getsize(journal)
+    if partial:  # a record half written when the kill comes
+        with open(journal, "ab") as f:
+            f.write(partial)
     started.set()
     time.sleep(seconds)
     # the journal's size while the lock was held: nobody may append in between
@@ -475,11 +478,13 @@ def _hold_journal_lock(journal: str, seconds: float, started) -> None:
     lock.release()
 
 
-def test_a_journal_lock_left_by_a_killed_writer_is_removed_and_a_live_one_is_waited_for(tmp_path):
+def test_a_journal_lock_left_by_a_killed_writer_is_removed_with_its_half_record_and_a_live_one_is_waited_for(
+        tmp_path):
     import multiprocessing as mp
 
     import optuna
 
+    from nasdet.search.storage import JournalLock
     from nasdet.search.study import open_storage
 
     journal = tmp_path / "study.journal"
@@ -501,10 +506,21 @@ def test_a_journal_lock_left_by_a_killed_writer_is_removed_and_a_live_one_is_wai
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     assert time.perf_counter() - t0 < 10  # Optuna alone waits 30 s, then breaks the lock
     assert not lock.exists()
+    # killed mid-append while the study is open elsewhere: the next writer cuts the half record off first
+    p = ctx.Process(target=_hold_journal_lock, args=(str(journal), 60, started, b'{"op_code":5,"worker_id":"kil'))
+    started.clear()
+    p.start()
+    assert started.wait(30)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    os.utime(lock, (time.time() - 5, time.time() - 5), follow_symlinks=False)  # past the foreign grace
+    with pytest.warns(UserWarning) as said:
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    said = " ".join(str(w.message) for w in said)
+    assert "removed the journal lock a killed process left" in said and "removed an incomplete last record" in said
+    assert journal.read_bytes().endswith(b"\n")
     # a live holder keeps it, however long it holds it (Optuna's grace would break it after 30 s)
-    started = ctx.Event()
-    from nasdet.search.storage import JournalLock
-
+    started.clear()
     p = ctx.Process(target=_hold_journal_lock, args=(str(journal), 2 * JournalLock.FOREIGN_GRACE_S, started))
     p.start()
     assert started.wait(30)
@@ -514,7 +530,7 @@ def test_a_journal_lock_left_by_a_killed_writer_is_removed_and_a_live_one_is_wai
     p.join()
     assert Path(str(journal) + ".held").read_text() == f"{size} {size}" and journal.stat().st_size > size
     assert [t.state.name for t in optuna.load_study(storage=open_storage(journal, tmp_path),
-                                                    study_name="s").trials] == ["COMPLETE"] * 4
+                                                    study_name="s").trials] == ["COMPLETE"] * 5
 
 
 def test_journal_with_a_cut_or_garbage_line(tmp_path):

@@ -74,20 +74,22 @@ class JournalLock(JournalFileSymlinkLock):
             f.close()
             return super().acquire()
         try:
-            self._remove_if_left_by_a_dead_writer()
+            left = self._remove_if_left_by_a_dead_writer()
             super().acquire()
+            if left:  # the dead writer may have been mid-append: the next record must not be glued onto its part
+                cut_incomplete_last_record(Path(self._lock_target_file))
         except BaseException:
             f.close()
             raise
         self._flock = f
         return True
 
-    def _remove_if_left_by_a_dead_writer(self) -> None:
+    def _remove_if_left_by_a_dead_writer(self) -> bool:
         while True:
             try:
                 made = os.lstat(self._lock_file).st_mtime
             except FileNotFoundError:
-                return
+                return False
             young = self.FOREIGN_GRACE_S - (time.time() - made)
             if young <= 0:
                 break
@@ -96,13 +98,14 @@ class JournalLock(JournalFileSymlinkLock):
                 if os.lstat(self._lock_file).st_mtime == made:
                     break  # the same symlink, older than any append: left behind
             except FileNotFoundError:
-                return
+                return False
         try:
             os.unlink(self._lock_file)
         except FileNotFoundError:
-            return
+            return False
         warnings.warn(f"{self._lock_file}: removed the journal lock a killed process left behind (it no longer "
-                      "held the lock's flock); the journal's records are checked as it is opened", stacklevel=3)
+                      "held the lock's flock)", stacklevel=4)
+        return True
 
     def release(self) -> None:
         try:
@@ -212,14 +215,7 @@ def check_journal(path: Path) -> None:
     lock = JournalLock(str(path))
     lock.acquire()
     try:
-        data = path.read_bytes()
-        complete = data.rfind(b"\n") + 1
-        if complete < len(data):
-            with open(path, "r+b") as f:
-                f.truncate(complete)
-            warnings.warn(f"{path}: removed an incomplete last record ({len(data) - complete} bytes, a write cut "
-                          "off by a killed process); the records before it are kept", stacklevel=2)
-        for number, line in enumerate(data[:complete].splitlines(), start=1):
+        for number, line in enumerate(cut_incomplete_last_record(path).splitlines(), start=1):
             try:
                 json.loads(line)
             except ValueError:
@@ -229,6 +225,21 @@ def check_journal(path: Path) -> None:
                     f"line {number} and the lines after it to keep the trials recorded before it") from None
     finally:
         lock.release()
+
+
+def cut_incomplete_last_record(path: Path) -> bytes:
+    """Cut off a last line without its newline (a write a killed process left unfinished) and say so;
+    the caller holds the journal's lock. Returns the journal's complete records."""
+    if not path.is_file():
+        return b""
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(complete)
+        warnings.warn(f"{path}: removed an incomplete last record ({len(data) - complete} bytes, a write cut "
+                      "off by a killed process); the records before it are kept", stacklevel=3)
+    return data[:complete]
 
 
 def _with_installed_driver(url: str) -> str:
