@@ -207,7 +207,6 @@ def test_adamw_updates_in_one_fused_call_as_the_per_tensor_loop_would():
     cfg = OptimizerConfig(name="adamw", lr=0.01, weight_decay=1e-3)
     opt = build_optimizer(net, cfg)
     assert all(g["fused"] for g in opt.param_groups)
-    assert not build_optimizer(net, OptimizerConfig(name="sgd", lr=0.01)).param_groups[0]["fused"]
     looped = torch.optim.AdamW(param_groups(twin, cfg.weight_decay, cfg.norm_bias_decay), lr=cfg.lr,
                                betas=tuple(cfg.betas), foreach=False)
     x = torch.randn(2, 3, 9, 9)
@@ -223,3 +222,50 @@ def test_adamw_updates_in_one_fused_call_as_the_per_tensor_loop_would():
     # a parameter the fused kernel cannot take (not floating point, or on another device) keeps torch's default
     assert fused([{"params": [torch.zeros(2, dtype=torch.int64)]}]) == {}
     assert fused([{"params": [torch.nn.Parameter(torch.zeros(2, device="meta"))]}]) == {}
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_sgd_updates_fused_as_torchs_loop_would_also_for_a_path_sampled_later(nesterov):
+    """build_optimizer's SGD is fused (torch's default on the CPU loops in Python) and starts every momentum
+    buffer at zero, so a parameter whose first gradient comes after the first step (a supernet's path sampled
+    later), which torch's fused kernel fails on, gets the loop's update; a run resumed from its state dict or
+    from the loop's (buffers only for the parameters that had gradients) goes on as the loop does."""
+    from nasdet.config import OptimizerConfig
+    from nasdet.train.optim import build_optimizer, param_groups
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1),
+                              torch.nn.Conv2d(4, 4, 1))
+    twin, start = copy.deepcopy(net), copy.deepcopy(net)
+    cfg = OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=1e-3)
+    opt = build_optimizer(net, cfg)
+    assert all(g["fused"] for g in opt.param_groups)
+    looped = torch.optim.SGD(param_groups(twin, cfg.weight_decay, cfg.norm_bias_decay), lr=cfg.lr,
+                             momentum=cfg.momentum, nesterov=nesterov, foreach=False)
+    x = torch.randn(2, 3, 9, 9)
+
+    def step(model, optimizer, i):
+        optimizer.zero_grad(set_to_none=True)
+        out = model[:3](x) if i < 2 else model(x)  # the last layer joins at the third step
+        out.square().mean().backward()
+        optimizer.step()
+
+    resumed = {}
+    for i in range(4):
+        step(net, opt, i)
+        step(twin, looped, i)
+        if i == 0:  # after one step, resume twice: from the fused optimizer's state dict and from the loop's
+            for name, source in (("fused", opt), ("looped", looped)):
+                model = copy.deepcopy(net if name == "fused" else twin)
+                optimizer = build_optimizer(model, cfg)
+                optimizer.load_state_dict(copy.deepcopy(source.state_dict()))  # as from a checkpoint file
+                resumed[name] = model, optimizer
+            assert len(looped.state) < len(list(twin.parameters())) == len(opt.state)
+        else:
+            for model, optimizer in resumed.values():
+                step(model, optimizer, i)
+    for a, b, c, d in zip(net.parameters(), twin.parameters(), resumed["fused"][0].parameters(),
+                          resumed["looped"][0].parameters()):
+        for p in (a, c, d):
+            torch.testing.assert_close(p, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(net[3].weight, start[3].weight)
