@@ -43,7 +43,7 @@ from ..progress import progress_bar
 from ..threads import govern, loader_workers, set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from ..train.loop import EpochSampler, RunSettings, TrainingDiverged, resolve_device
-from ..train.optim import build_scheduler, param_groups
+from ..train.optim import build_scheduler, momentum_sgd, param_groups
 from ..train.resume import NOT_TRAINING, refuse_changed_run
 from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, WriterLock, checkpoint_in  # noqa: F401
 
@@ -178,7 +178,7 @@ def build_optimizers(model: nn.Module, alphas: Sequence[nn.Parameter], d) -> tup
     ids = {id(a) for a in alphas}
     groups = [{**g, "params": [p for p in g["params"] if id(p) not in ids]}
               for g in param_groups(model, d.weight_decay, norm_bias_decay=False)]
-    w_optim = torch.optim.SGD([g for g in groups if g["params"]], lr=d.lr, momentum=d.momentum)
+    w_optim = momentum_sgd([g for g in groups if g["params"]], lr=d.lr, momentum=d.momentum)
     a_optim = torch.optim.Adam(list(alphas), lr=d.alpha_lr, betas=tuple(d.alpha_betas), weight_decay=d.alpha_weight_decay)
     return w_optim, a_optim
 

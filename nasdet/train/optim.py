@@ -55,13 +55,18 @@ def zero_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+def momentum_sgd(groups: list[dict], lr: float, momentum: float, nesterov: bool = False) -> torch.optim.SGD:
+    """torch's SGD over ``groups``, fused where every parameter can take it, momentum buffers started at zero."""
+    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, **fused(groups))
+    zero_momentum_buffers(opt)
+    return opt
+
+
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """``cfg``: nasdet.config.OptimizerConfig. Build it after the model is on its device (``fused``)."""
     groups = param_groups(model, cfg.weight_decay, cfg.norm_bias_decay)
     if cfg.name == "sgd":
-        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused(groups))
-        zero_momentum_buffers(opt)
-        return opt
+        return momentum_sgd(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **fused(groups))
     raise ConfigError(f"train.optimizer.name {cfg.name!r} is not sgd or adamw")
