@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import os
 import sys
 import tempfile
@@ -54,12 +53,7 @@ def main() -> None:
         trainer, _ = trainer_throughput.build(args.stage, steps, tmp, [])
         for i in range(len(trainer.train_set)):  # decode every image once: the steady state of later epochs
             trainer.train_set[i]
-        batches = []
-        while len(batches) < steps:  # each step's batch, sized as the trainer's loader sizes it
-            trainer.step, trainer.epoch = len(batches), len(batches) // trainer.steps_per_epoch
-            trainer.sampler.set_epoch(trainer.epoch)
-            batches += list(itertools.islice(trainer._loader(), steps - len(batches)))
-        trainer.step = trainer.epoch = 0
+        batches = trainer_throughput.step_batches(trainer, steps)  # each step's batch, sized as the loader sizes it
         trainer.sampler.set_epoch(0)
         trainer.model.train()
         loader = iter(trainer._loader())
@@ -76,13 +70,7 @@ def main() -> None:
                 if turn == "trainer":
                     trainer.step = i  # the supernet draws its subnets (and size) from the step number
                     t = time.perf_counter()
-                    try:
-                        images, targets = next(loader)
-                    except StopIteration:
-                        trainer.epoch += 1
-                        trainer.sampler.set_epoch(trainer.epoch)
-                        loader = iter(trainer._loader())
-                        images, targets = next(loader)
+                    (images, targets), loader = trainer_throughput.next_batch(trainer, loader)
                     spent["trainer: next batch (augmentation, collate)"] += time.perf_counter() - t
                     t = time.perf_counter()
                     govern()

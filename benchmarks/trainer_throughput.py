@@ -99,6 +99,30 @@ def bare_step(trainer, stage: str, i: int, images, targets, clip: bool = False) 
     trainer.optimizer.step()
 
 
+def step_batches(trainer, steps: int) -> list:
+    """The batches the run's first ``steps`` steps get, loaded beforehand (more steps than an epoch has: the next
+    epoch's; a multi-resolution supernet's loader sizes each for its step); leaves the trainer at step 0."""
+    batches = []
+    while len(batches) < steps:
+        trainer.step, trainer.epoch = len(batches), len(batches) // trainer.steps_per_epoch
+        trainer.sampler.set_epoch(trainer.epoch)
+        batches += list(itertools.islice(trainer._loader(), steps - len(batches)))
+    trainer.step, trainer.epoch = 0, 0
+    return batches
+
+
+def next_batch(trainer, loader):
+    """The trainer's next batch from ``loader``, starting the next epoch's loader at the end of one, as
+    ``Trainer.run`` does; returns the batch and the loader to go on with."""
+    try:
+        return next(loader), loader
+    except StopIteration:
+        trainer.epoch += 1
+        trainer.sampler.set_epoch(trainer.epoch)
+        loader = iter(trainer._loader())
+        return next(loader), loader
+
+
 def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool, clip: bool = False) -> None:
     import torch
 
@@ -112,12 +136,7 @@ def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool, c
                 trainer.train_set[i]  # (the run seeds its own random draws)
         batches = []
         if mode in ("bare", "interleaved"):
-            while len(batches) < steps:  # more steps than an epoch has: the next epoch's batches
-                # the batches the run's steps get (a multi-resolution supernet's loader sizes each for its step)
-                trainer.step, trainer.epoch = len(batches), len(batches) // trainer.steps_per_epoch
-                trainer.sampler.set_epoch(trainer.epoch)
-                batches += list(itertools.islice(trainer._loader(), steps - len(batches)))
-            trainer.step, trainer.epoch = 0, 0
+            batches = step_batches(trainer, steps)
         out = {}
         if mode == "trainer":
             trainer.run()
@@ -145,13 +164,7 @@ def child(stage: str, mode: str, steps: int, overrides: list[str], cold: bool, c
                     t = time.perf_counter()
                     if turn == "trainer":
                         trainer.step = i  # the supernet's step draws its subnets (and size) from the step number
-                        try:
-                            images, targets = next(loader)
-                        except StopIteration:
-                            trainer.epoch += 1
-                            trainer.sampler.set_epoch(trainer.epoch)
-                            loader = iter(trainer._loader())
-                            images, targets = next(loader)
+                        (images, targets), loader = next_batch(trainer, loader)
                         govern()
                         trainer.before_step(i)
                         trainer.train_step(images, targets)
