@@ -33,6 +33,7 @@ def main() -> None:
 
     import trainer_throughput
     from nasdet.threads import govern
+    from nasdet.train import loop as trainer_loop
 
     spent: dict[str, float] = collections.defaultdict(float)
 
@@ -59,7 +60,7 @@ def main() -> None:
         loader = iter(trainer._loader())
         timed(trainer, "to_device", "trainer: to device")
         timed(trainer, "forward_backward", "trainer: forward + backward")
-        timed(torch.nn.utils, "clip_grad_norm_", "trainer: gradient clip")
+        timed(trainer_loop, "clip_grad_norm", "trainer: gradient clip")
         timed(trainer.scaler, "step", "trainer: optimizer step")
         timed(trainer.scheduler, "step", "trainer: scheduler step")
         for i in range(steps):

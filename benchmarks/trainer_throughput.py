@@ -93,9 +93,9 @@ def bare_step(trainer, stage: str, i: int, images, targets, clip: bool = False) 
         loss = sum(trainer.model(images, targets).values())
         loss.backward()
     if clip and trainer.tcfg.grad_clip:
-        import torch
+        from nasdet.train.optim import clip_grad_norm
 
-        torch.nn.utils.clip_grad_norm_(trainer.params, trainer.tcfg.grad_clip)
+        clip_grad_norm(trainer.params, trainer.tcfg.grad_clip)
     trainer.optimizer.step()
 
 

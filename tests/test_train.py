@@ -224,6 +224,30 @@ def test_adamw_updates_in_one_fused_call_as_the_per_tensor_loop_would():
     assert fused([{"params": [torch.nn.Parameter(torch.zeros(2, device="meta"))]}]) == {}
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0 - 1e-7, 1.0, 1e3, "inf"])
+def test_clip_grad_norm_gives_torchs_gradients_to_the_bit(scale):
+    from nasdet.train.optim import clip_grad_norm
+
+    torch.manual_seed(0)
+    grads = [torch.randn(5, 3), torch.randn(7), torch.randn(2, 2, 3)]
+    norm = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])))
+    # below, at (the 1e-6 in torch's coefficient scales), and above the norm; an infinite gradient (norm inf)
+    max_norm = norm * (1.0 if scale == "inf" else scale)
+    if scale == "inf":
+        grads[1][3] = float("inf")
+    ours, theirs = ([torch.nn.Parameter(torch.zeros_like(g)) for g in grads] for _ in range(2))
+    for a, b, g in zip(ours, theirs, grads):
+        a.grad, b.grad = g.clone(), g.clone()
+    ours.append(torch.nn.Parameter(torch.zeros(2)))  # a parameter without gradient (a path not sampled)
+    got, want = clip_grad_norm(ours, max_norm), torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    assert torch.equal(got, want)
+    for a, b in zip(ours, theirs):  # the same to the bit (an infinite gradient times 0 is NaN in both)
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, equal_nan=True)
+    assert ours[-1].grad is None
+    scaled = not torch.equal(ours[0].grad, grads[0])
+    assert scaled == (scale == "inf" or max_norm / (norm + 1e-6) < 1)
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_momentum_sgd_updates_fused_as_torchs_loop_would_also_for_a_path_sampled_later(nesterov):
     """build_optimizer's SGD is fused (torch's default on the CPU loops in Python) and starts every momentum

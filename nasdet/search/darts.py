@@ -43,7 +43,7 @@ from ..progress import progress_bar
 from ..threads import govern, loader_workers, set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from ..train.loop import EpochSampler, RunSettings, TrainingDiverged, resolve_device
-from ..train.optim import build_scheduler, momentum_sgd, param_groups
+from ..train.optim import build_scheduler, clip_grad_norm, momentum_sgd, param_groups
 from ..train.resume import NOT_TRAINING, refuse_changed_run
 from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, WriterLock, checkpoint_in  # noqa: F401
 
@@ -101,7 +101,7 @@ class Bilevel:
         _check_finite(loss, "weight", losses)
         loss.backward(inputs=self.weights)
         if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
+            clip_grad_norm(self.weights, self.grad_clip)
         self.w_optim.step()
         return {**{k: float(v.detach()) for k, v in losses.items()}, "loss": float(loss.detach())}
 

@@ -31,7 +31,7 @@ from . import dist
 from .bn import one_value_per_channel_as
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate_detector
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, clip_grad_norm
 from .resume import NOT_TRAINING, TRAINING_SECTIONS, refuse_changed_run
 from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..workdir import LAST_CKPT, LOG_FILE, WriterLock, checkpoint_in
@@ -299,7 +299,7 @@ class Trainer:
             stats = self.forward_backward(images, targets)
         if self.tcfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, self.tcfg.grad_clip)
+            clip_grad_norm(self.params, self.tcfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

@@ -108,3 +108,19 @@ class WarmupSchedule:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg, total_steps))
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_(params, max_norm)``, skipping its multiply by 1 on the CPU when no
+    gradient needs scaling. torch multiplies every gradient by ``min(max_norm / (norm + 1e-6), 1)`` to avoid a
+    device sync; on the CPU the test is free and the multiply is not (0.3-0.7 ms of the tune stage's 208
+    gradients, ~1 % of a demo step). Scaling by exactly 1 leaves a float as it is, so the result is the same to
+    the bit; a non-finite norm still scales (NaN fails ``>= 1``), as torch's does."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or grads[0].device.type != "cpu":
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    total = torch.nn.utils.get_total_norm(grads)
+    if not bool(max_norm / (total + 1e-6) >= 1.0):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
