@@ -18,7 +18,7 @@ from conftest import fake_pretrain
 from nasdet.search.budget import Budget, check_budget_feasible, restrict_resolution
 from nasdet.search.scoring import ArchCache, arch_key, cached_scorer
 from nasdet.search.strategies import make_strategy, trial_arch
-from nasdet.search.study import open_storage, open_study, pareto_front, run_study, study_records
+from nasdet.search.study import open_storage, open_study, pareto_front, run_study, study_records, worker_id
 from nasdet.space import ArchError, SearchSpace
 
 torch.set_num_threads(1)
@@ -208,6 +208,23 @@ def test_resume_keeps_finished_trials_and_never_rescores(tmp_path):
     # rerunning a finished search scores nothing
     _, counts = toy_run(journal, "resume", n=30, scorer=scorer)
     assert counts["scored"] == 0 and len(scorer.keys()) == 30
+
+
+def test_another_workers_claim_of_a_scored_arch_does_not_make_the_last_missing_arch_a_surplus(tmp_path):
+    """A claim of an arch already scored (a worker about to skip it as a duplicate) is not one more candidate:
+    counted as one, the last missing arch (e.g. a killed trial's retry) was skipped as a surplus."""
+    space = SearchSpace({"b.s0.kernel": (3, 5, 7), "input_size": (64, 96)})  # 6 archs
+    strategy = make_strategy("random", space, toy_cost, None, seed=0)
+    study = open_study(open_storage(str(tmp_path / "s.journal"), tmp_path), "claims", strategy)
+    assert run_study(study, space, strategy, toy_score, toy_cost, None, 5)["scored"] == 5
+    scored = study.get_trials(states=(TrialState.COMPLETE,))
+    study.enqueue_trial(dict(scored[0].params))  # this process's worker claims a scored arch, still running
+    claim = study.ask()
+    claim.set_user_attr("worker", worker_id())
+    claim.set_user_attr("claim", True)
+    counts = run_study(study, space, strategy, toy_score, toy_cost, None, 6)
+    assert counts == {"scored": 1, "over_budget": 0, "skipped": 0, "stale": 0}
+    assert len({arch_key(trial_arch(t, space)) for t in study.get_trials(states=(TrialState.COMPLETE,))}) == 6
 
 
 def _worker(journal, name, log, worker, n, strategy, hang_after=None, started=None):

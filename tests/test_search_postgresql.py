@@ -135,9 +135,13 @@ def test_workers_on_postgresql_kill_one_mid_trial_its_arch_is_scored_again(postg
               and "skipped" not in t.user_attrs]
     assert len(killed) == 1 and arch_key(trial_arch(killed[0], SPACE)) == hang.read_text()  # failed, not left running
     retried = [t for t in trials if t.user_attrs.get("retry_of") == killed[0].number]
-    assert [t.state for t in retried] == [TrialState.COMPLETE]
-    assert not retried[0].user_attrs["worker"].endswith(f":{victim.pid}")  # another worker scored it
-    assert trial_arch(retried[0], SPACE) == trial_arch(killed[0], SPACE)
+    assert len(retried) == 1 and trial_arch(retried[0], SPACE) == trial_arch(killed[0], SPACE)
+    # the retry scored the arch, or stepped back as a duplicate of a worker's own proposal of it (drawn while
+    # the killed trial was failed and the retry not yet enqueued) that was scored first; never a surplus
+    assert retried[0].state == TrialState.COMPLETE or retried[0].user_attrs.get("skipped") == "duplicate"
+    again = [t for t in study.get_trials(states=(TrialState.COMPLETE,))
+             if trial_arch(t, SPACE) == trial_arch(killed[0], SPACE)]
+    assert len(again) == 1 and not again[0].user_attrs["worker"].endswith(f":{victim.pid}")  # another worker scored it
     scored = Path(log).read_text().split()
     assert len(scored) == len(set(scored)) == SPACE.num_archs()  # no arch scored twice, none lost
     assert len({t.user_attrs["worker"] for t in study.get_trials(states=(TrialState.COMPLETE,))}) == 3

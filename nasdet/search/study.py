@@ -12,13 +12,15 @@ How a trial ends, and what Optuna is told:
   or ``surplus`` (enough candidates are already scored or being scored by other workers).
 
 Workers and resume. Before scoring, a trial marks itself (user attribute ``claim``) and then reads the
-study: if any *other* trial with the same arch is ``COMPLETE`` or ``RUNNING`` with a claim, or if
-``num_candidates`` trials are complete or claimed, it is skipped. Params and claims reach the storage
-before the read, so of two trials racing for one arch the later one always sees the earlier: an arch is
-never scored twice and never more than ``num_candidates`` are scored (when both see each other, both
-step back and the arch is proposed again later). A trial left ``RUNNING`` by a killed process of this
-host (its pid is gone) is told ``FAIL`` by the next driver that looks (each driver looks before every
-trial), and its arch is enqueued again (user attribute ``retry_of``), so another worker scores it.
+study: if any *other* trial with the same arch is ``COMPLETE`` or ``RUNNING`` with a claim, or if the other
+complete or claimed trials hold ``num_candidates`` distinct archs, it is skipped. Params and claims reach
+the storage before the read, so of two trials racing for one arch the later one always sees the earlier: an
+arch is never scored twice and never more than ``num_candidates`` are scored (when both see each other, both
+step back and the arch is proposed again later). A trial left ``RUNNING`` by a killed process of this host
+(its pid is gone) is told ``FAIL`` by the next driver that looks (each driver looks before every trial), and
+its arch is enqueued again (user attribute ``retry_of``), so another worker scores it (or skips the retry as
+a duplicate when a worker's own proposal of that arch, drawn while the arch was free, is scored first: the
+arch is scored once either way).
 On a database storage (``postgresql://...``) each running trial also records an Optuna heartbeat every
 ``heartbeat`` seconds; one silent for twice that (a dead process on any host) is failed and retried the
 same way. A trial left by a dead process on another host of a journal file (Optuna's journal storage has
@@ -113,13 +115,15 @@ def _alive(pid: int) -> bool:
 
 
 def _blocked(study: optuna.Study, trial: optuna.Trial, arch: Mapping, num_candidates: int) -> str | None:
-    """``duplicate`` / ``surplus`` / None, read after this trial's params and claim are stored."""
+    """``duplicate`` / ``surplus`` / None, read after this trial's params and claim are stored. Surplus counts
+    the distinct archs of the other live trials: another worker's claim of an arch already scored is about to
+    be skipped itself, and counted twice it made an arch still missing (a killed trial's retry) a surplus."""
     live = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
             if t.number != trial.number and (t.state == TrialState.COMPLETE or t.user_attrs.get("claim"))]
-    key = arch_key(arch)
-    if any(t.params and arch_key({n: t.params.get(n) for n in arch}) == key for t in live):
+    keys = {arch_key({n: t.params.get(n) for n in arch}) for t in live if t.params}
+    if arch_key(arch) in keys:
         return "duplicate"
-    if len(live) >= num_candidates:
+    if len(keys) >= num_candidates:
         return "surplus"
     return None
 
