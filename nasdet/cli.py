@@ -5,6 +5,7 @@ import errno
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -379,7 +380,28 @@ def pipeline_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
     run_pipeline(_load(config, set_), work_dir, console=console)
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """nasdet's own warnings (about the user's data, config or run) as one ``warning: ...`` line, like its errors,
+    not Python's two lines quoting nasdet's source; a library's warnings keep Python's format (where it came
+    from helps there)."""
+    out = file if file is not None else sys.stderr
+    if out is None:
+        return
+    if issubclass(category, UserWarning) and os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+        text = "warning: " + " ".join(str(message).split()) + "\n"
+    else:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+    try:
+        out.write(text)
+    except OSError:  # stderr closed (a pipe whose reader went away): as Python's own showwarning does
+        pass
+
+
 def main() -> None:  # pragma: no cover
+    warnings.showwarning = show_warning
     app(prog_name="nasdet")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import warnings
 
 import numpy as np
@@ -276,3 +277,73 @@ def test_many_missing_image_files_are_summarised(coco):
     msg = str(err.value)
     assert "8 of 11" in msg and "gone0.jpg" in msg and "gone4.jpg" in msg and "and 3 more" in msg
     assert "gone5.jpg" not in msg
+
+
+def test_empty_image_files_are_found_when_the_set_is_opened(coco):
+    """A 0-byte image (a copy or download cut short) is named with its id at open, not after an epoch of
+    training; a missing one is reported first."""
+    ann_file, image_dir, _ = coco
+    (image_dir / "c.jpg").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        load_coco(ann_file, image_dir)
+    msg = str(err.value)
+    assert "ann.json" in msg and str(image_dir / "c.jpg") in msg and "image id 7" in msg
+    assert "1 of 3 image files are empty (0 bytes)" in msg
+    (image_dir / "b.png").unlink()
+    with pytest.raises(DataError, match="1 of 3 image files are missing"):
+        load_coco(ann_file, image_dir)
+    assert len(load_coco(ann_file, image_dir, check_files=False)) == 3  # check_files: false skips both
+
+
+def test_duplicate_annotation_id_is_an_error(coco):
+    """pycocotools indexes annotations by id, so a second annotation with an id would silently replace the first."""
+    ann_file, image_dir, write = coco
+    data = base_json()
+    data["annotations"][3]["id"] = 2
+    write(data)
+    with pytest.raises(DataError) as err:
+        load_coco(ann_file, image_dir)
+    assert "ann.json" in str(err.value) and "duplicate annotation id 2" in str(err.value)
+    for ann in data["annotations"]:  # ids are optional: annotations without one are not duplicates
+        del ann["id"]
+    write(data)
+    assert sum(len(r.boxes) for r in load_coco(ann_file, image_dir).records) == 4
+
+
+def test_json_with_a_utf8_byte_order_mark_loads(coco):
+    """Windows editors and some exporters start UTF-8 files with a BOM; the json is the same."""
+    ann_file, image_dir, _ = coco
+    plain = load_coco(ann_file, image_dir)
+    ann_file.write_bytes(b"\xef\xbb\xbf" + ann_file.read_bytes())
+    with_bom = load_coco(ann_file, image_dir)
+    assert with_bom.classes == plain.classes and [r.image_id for r in with_bom.records] == [3, 7, 10]
+
+
+
+def test_the_cli_prints_nasdets_warnings_as_one_line_and_a_librarys_as_python_does(coco, monkeypatch):
+    """`nasdet` installs ``show_warning``: a warning about the user's data is one ``warning:`` line like an error,
+    not Python's two lines quoting nasdet's own source; a library's warning keeps Python's format."""
+    import io
+    import types
+
+    import nasdet.cli as cli
+    from nasdet.data.build import load_split
+
+    ann_file, image_dir, write = coco
+    data = base_json()
+    data["annotations"][0]["bbox"] = [10, 5, 0, 10]
+    write(data)
+    cfg = types.SimpleNamespace(data=types.SimpleNamespace(
+        format="coco", check_files=True, train=types.SimpleNamespace(annotations=ann_file, images=image_dir)))
+    out = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(cli, "app", lambda **kwargs: None)
+        cli.main()  # what `nasdet ...` runs first
+        assert warnings.showwarning is cli.show_warning
+        monkeypatch.setattr(sys, "stderr", out)
+        load_split(cfg, "train")  # warns from nasdet/data/build.py (stacklevel 3)
+        warnings.warn("a library's\n  note", UserWarning)  # from this file: not nasdet's
+    text = out.getvalue().splitlines()
+    assert text[0] == f"warning: {ann_file}: dropped 1 degenerate box (zero or negative width or height)"
+    assert text[1].startswith(__file__) and "UserWarning: a library's" in text[1], text

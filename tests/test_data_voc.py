@@ -163,6 +163,9 @@ BAD = {
     "missing xml": (lambda r: (r / "Annotations" / "000009.xml").unlink(), ["000009.xml"]),
     "missing split file": (lambda r: (r / "ImageSets" / "Main" / "train.txt").unlink(), ["train.txt"]),
     "missing image": (lambda r: (r / "JPEGImages" / "000009.jpg").unlink(), ["000009.jpg", "1 of 3"]),
+    # a copy or download cut short: found when the set is opened, not when training first reads it
+    "empty image": (lambda r: (r / "JPEGImages" / "000009.jpg").write_bytes(b""),
+                    ["000009.jpg", "image id 3", "1 of 3", "empty (0 bytes)"]),
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -69,6 +70,30 @@ def missing_files_message(source: str, missing: Sequence[tuple[Path, object]], t
     return f"{source}: {len(missing)} of {total} image files are missing {where}: {shown}{more}"
 
 
+def file_state(path: Path) -> str:
+    """``"ok"``, ``"missing"`` (or not a file) or ``"empty"`` (0 bytes): one stat, as cheap as ``is_file``."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    if not stat.S_ISREG(st.st_mode):
+        return "missing"
+    return "empty" if st.st_size == 0 else "ok"
+
+
+def check_image_files(source: str, files: Sequence[tuple[Path, object]], where: str) -> None:
+    """``DataError`` naming the missing images (first) or the empty ones (a copy or download cut short), by id."""
+    states = [(path, iid, file_state(path)) for path, iid in files]
+    missing = [(p, i) for p, i, s in states if s == "missing"]
+    if missing:
+        raise DataError(missing_files_message(source, missing, len(files), where))
+    empty = [(p, i) for p, i, s in states if s == "empty"]
+    if empty:
+        shown = ", ".join(f"{p} (image id {i})" for p, i in empty[:MAX_LISTED])
+        more = f", and {len(empty) - MAX_LISTED} more" if len(empty) > MAX_LISTED else ""
+        raise DataError(f"{source}: {len(empty)} of {len(files)} image files are empty (0 bytes): {shown}{more}")
+
+
 def warn_degenerate(source: str, count: int) -> None:
     if count:
         warnings.warn(
@@ -81,7 +106,7 @@ def warn_degenerate(source: str, count: int) -> None:
 
 def _read_json(ann_file: Path):
     try:
-        with open(ann_file, encoding="utf-8") as f:
+        with open(ann_file, encoding="utf-8-sig") as f:  # a BOM (Windows editors) is allowed
             return json.load(f)
     except FileNotFoundError as e:
         raise DataError(f"{ann_file}: annotation file does not exist") from e
@@ -154,16 +179,20 @@ def load_coco(ann_file: str | Path, image_dir: str | Path, *, check_files: bool 
     if check_files:
         if not image_dir.is_dir():
             raise DataError(f"{src}: image folder {image_dir} does not exist")
-        missing = [(im["file"], iid) for iid, im in sorted(images.items()) if not im["file"].is_file()]
-        if missing:
-            raise DataError(missing_files_message(src, missing, len(images), f"under {image_dir}"))
+        check_image_files(src, [(im["file"], iid) for iid, im in sorted(images.items())], f"under {image_dir}")
 
     # --------------------------------------------------------------------------- annotations
     degenerate = 0
+    ann_ids: set = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             raise DataError(f"{src}: annotation #{i} is not a json object")
         aid = ann.get("id", f"#{i}")
+        if "id" in ann:  # pycocotools indexes annotations by id: a duplicate would silently replace a box
+            key = aid if isinstance(aid, (int, str)) else repr(aid)
+            if key in ann_ids:
+                raise DataError(f"{src}: duplicate annotation id {aid!r} (annotation #{i}; ids must be unique)")
+            ann_ids.add(key)
         what = f"{src}: annotation id {aid}"
         iid = ann.get("image_id")
         if not _is_int(iid) or int(iid) not in images:

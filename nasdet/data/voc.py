@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .coco import BOX_TOLERANCE, fit_box, missing_files_message, warn_degenerate
+from .coco import BOX_TOLERANCE, check_image_files, fit_box, warn_degenerate
 from .dataset import DataError, DetectionDataset, ImageRecord
 
 __all__ = ["VOC_CLASSES", "load_voc"]
@@ -150,7 +150,7 @@ def load_voc(
 
     records: list[ImageRecord] = []
     seen: dict[tuple[Path, str], str] = {}
-    missing: list[tuple[Path, int]] = []
+    files: list[tuple[Path, int]] = []  # to check: (file, image id)
     degenerate = 0
     for voc_root, split_name in pairs:
         names = _read_split(voc_root, split_name)
@@ -165,14 +165,13 @@ def load_voc(
             degenerate += n_degenerate
             image_id = len(records) + 1
             file = voc_root / "JPEGImages" / f"{name}.jpg"
-            if check_files and not file.is_file():
-                missing.append((file, image_id))
+            if check_files:
+                files.append((file, image_id))
             records.append(ImageRecord(
                 image_id=image_id, file=file, width=width, height=height,
                 boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                 labels=np.asarray(labels, dtype=np.int64), iscrowd=np.asarray(crowd, dtype=np.int64),
             ))
-    if missing:
-        raise DataError(missing_files_message(source, missing, len(records), "from JPEGImages"))
+    check_image_files(source, files, "from JPEGImages")
     warn_degenerate(source, degenerate)
     return DetectionDataset(records, classes, list(range(1, len(classes) + 1)), source=source)
