@@ -183,6 +183,23 @@ def test_torchvision_checkpoint_becomes_the_baseline(tiny_config, tmp_path):
                                    reference.head(list(reference.backbone(x).values()))["cls_logits"], atol=1e-5, rtol=0)
     before = out.checkpoint.stat().st_mtime_ns
     assert run_baseline(cfg) == metrics and out.checkpoint.stat().st_mtime_ns == before
+    # rerun without the key that imported it (`nasdet train CONFIG` alone): the imported baseline is the stage's
+    plain = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"baseline_checkpoint": None})})
+    assert run_baseline(plain) == metrics and out.checkpoint.stat().st_mtime_ns == before
+    # another file over it would lose it: refused, nothing written
+    from nasdet.errors import ConfigError
+
+    other = saved(trained_like(torchvision_ssdlite(9)), tmp_path / "other.pth")
+    again = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"baseline_checkpoint": other})})
+    with pytest.raises(ConfigError, match=f"already holds a baseline imported from {path}.*another work dir"):
+        run_baseline(again)
+    assert out.checkpoint.stat().st_mtime_ns == before
+    # over a trained baseline (a record without imported_from): refused as well
+    record.pop("imported_from")
+    out.metrics.write_text(__import__("json").dumps(record))
+    with pytest.raises(ConfigError, match="already holds a trained baseline"):
+        run_baseline(cfg)
+    assert out.checkpoint.stat().st_mtime_ns == before
 
 
 def test_other_classes_keep_all_but_the_class_layers():

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from ..config import ExperimentConfig, config_to_dict
+from ..errors import ConfigError
 from ..data.build import build_datasets, load_split
 from ..models import build_detector, get_input_size
 from ..models.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
@@ -31,7 +32,44 @@ def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     ``pipeline.baseline_checkpoint`` there; val metrics."""
     if cfg.pipeline.baseline_checkpoint:
         return import_baseline(baseline_config(cfg), work_dir, console)
+    out = WorkDir.of(cfg, work_dir).baseline
+    imported = _imported_record(out)
+    if imported is not None and out.has_checkpoint():  # rerun without the --set that imported it: it is done
+        console = console or Console()
+        console.print(f"[green]{escape(str(out.root))} is {escape(str(imported['imported_from'].get('path')))}, "
+                      "imported[/]; delete it to train the config's baseline instead")
+        console.print(metrics_table(imported["metrics"], "baseline: val mAP"))
+        return imported["metrics"]
     return train_detector(baseline_config(cfg), work_dir, BASELINE, console)
+
+
+def _imported_record(out) -> dict | None:
+    """The finished record of a baseline folder that holds an imported checkpoint, else None."""
+    if not out.metrics.is_file():
+        return None
+    done = json.loads(out.metrics.read_text())
+    return done if done.get("imported_from") and "metrics" in done else None
+
+
+def _refuse_replacing(out, source: Path, sha256: str) -> None:
+    """Importing over another baseline (trained, or imported from another file) would lose it: refused."""
+    done = _imported_record(out)
+    if done is not None and done["imported_from"].get("sha256") == sha256:
+        return
+    held = None
+    if done is not None:
+        held = f"a baseline imported from {done['imported_from'].get('path')}"
+    elif out.metrics.is_file():
+        held = "a trained baseline"
+    elif out.has_checkpoint():
+        state = load_checkpoint(out.checkpoint)
+        was = ((state.get("config") or {}).get("pipeline") or {}).get("baseline_checkpoint")
+        if was and Path(was).expanduser().resolve() == source.expanduser().resolve():
+            return  # this import's fine-tune, interrupted: it resumes
+        held = "a baseline whose training is under way"
+    if held is not None:
+        raise ConfigError(f"pipeline.baseline_checkpoint {source}: {out.root} already holds {held}, which importing "
+                          "would replace; import into another work dir (--work-dir) or delete that folder first")
 
 
 def describe_model(model_cfg) -> str:
@@ -54,6 +92,7 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     weights, checkpoint_classes = read_checkpoint(source)
     origin = {"path": str(source), "sha256": file_sha256(source)}
     out = WorkDir.of(cfg, work_dir).baseline
+    _refuse_replacing(out, source, origin["sha256"])
     if out.metrics.is_file():
         done = json.loads(out.metrics.read_text())
         if (done.get("imported_from") or {}).get("sha256") == origin["sha256"] and out.has_checkpoint():
