@@ -103,10 +103,16 @@ class QuantizationError(NasdetError, RuntimeError):
 def unreadable_reason(e: Exception, path: Path) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in a few words (torch's own text runs to
     a dozen lines for a pickle that would run code)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # torch.save's zip, or a legacy pickle
+        return "it is not a torch checkpoint (neither torch.save's zip archive nor a pickle)"
     if isinstance(e, pickle.UnpicklingError):
         return ("it holds Python objects other than tensors, which weights-only loading refuses to run "
                 "(save a plain state_dict with torch.save)")
-    if isinstance(e, EOFError) or path.stat().st_size == 0:
-        return "the file is empty"
+    if isinstance(e, EOFError):
+        return "the file is truncated"
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return f"the file is truncated or not a torch checkpoint ({first})"

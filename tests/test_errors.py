@@ -145,7 +145,7 @@ def test_make_synthetic_unwritable_output_is_one_line(tmp_path, monkeypatch):
     assert_one_line(code, out, exc, str(tmp_path / "ro"), "permission denied")
 
 
-@pytest.mark.parametrize("kind", ["malicious", "truncated", "empty"])
+@pytest.mark.parametrize("kind", ["malicious", "truncated", "empty", "json"])
 def test_bad_backbone_checkpoint_is_one_line_naming_it(tiny_cfg_file, tmp_path, kind):
     import os
     import pickle
@@ -166,12 +166,26 @@ def test_bad_backbone_checkpoint_is_one_line_naming_it(tiny_cfg_file, tmp_path, 
         good = tmp_path / "good.pt"
         torch.save(build_backbone(BackboneConfig(name="mobilenet_v3_small", width_mult=0.5)).state_dict(), good)
         path.write_bytes(good.read_bytes()[:4000])
+    elif kind == "json":  # another file given by mistake (an arch json): not said to hold Python objects
+        path.write_text('{"width": 1.0}')
     else:
         path.write_bytes(b"")
     code, out, exc = cli("train", tiny_cfg_file(), "--set", f"model.backbone.checkpoint={path}")
     line = assert_one_line(code, out, exc, str(path), "model.backbone.checkpoint")
     assert "Aborted" not in out and not (tmp_path / "pwned").exists()
-    assert {"malicious": "other than tensors", "truncated": "truncated", "empty": "empty"}[kind] in line
+    assert {"malicious": "other than tensors", "truncated": "truncated", "empty": "empty",
+            "json": "not a torch checkpoint (neither torch.save's zip archive nor a pickle)"}[kind] in line
+
+
+def test_a_checkpoint_whose_model_entry_is_not_a_state_dict_is_one_line(tiny_cfg_file, tmp_path):
+    import torch
+
+    path = tmp_path / "odd.pt"
+    torch.save({"model": 5}, path)
+    for command in ("eval", "cost"):
+        code, out, exc = cli(command, tiny_cfg_file(), "--ckpt", path)
+        line = assert_one_line(code, out, exc, str(path))
+        assert "'model' entry is of type int, not a state_dict" in line, line
 
 
 def test_cuda_without_cuda_is_one_line(tiny_cfg_file):

@@ -28,6 +28,9 @@ def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
         raise CheckpointError(f"checkpoint {path} cannot be read: {unreadable_reason(e, path)}") from e
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} has no 'model' entry: not a nasdet checkpoint")
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"checkpoint {path}: its 'model' entry is of type {type(state['model']).__name__}, not a "
+                              "state_dict (a dict of tensors): not a nasdet checkpoint")
     if space_id is not None and state.get("space_id") not in (None, space_id):
         raise CheckpointError(
             f"checkpoint {path} is from search space {state.get('space_id')}, but this model's space is {space_id}"
@@ -56,6 +59,9 @@ def file_sha256(path: str | Path) -> str:
 def load_model_weights(model: torch.nn.Module, state: dict, source: str = "checkpoint") -> None:
     """Strict load with a readable error instead of torch's wall of key names."""
     weights = state["model"] if "model" in state else state
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{source} does not fit this model: its weights are of type {type(weights).__name__}, not a "
+                              "state_dict (a dict of tensors)")
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shape mismatches
