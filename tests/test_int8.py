@@ -99,6 +99,11 @@ def test_export_int8_quantizes_the_network_and_scores_both_files_through_onnxrun
     assert same_image and top_float["score"] not in [d["score"] for d in same_image]
     agreement = q["agreement"]  # of a model tuned 2 steps: counted, not judged (benchmarks/README.md has the demo's)
     assert agreement["float_detections"] == sum(d["score"] >= 0.3 for d in dets_float) >= agreement["matched_by_int8"]
+    # a plain export afterwards redoes the float file from the same checkpoint: the INT8 file's record is kept
+    plain = cfg.model_copy(update={"export": cfg.export.model_copy(update={"int8": False})})
+    again = run_export(plain, console=QUIET)
+    assert again["int8"] == {**q, "kept_from_earlier_export": True} and int8_path.is_file()
+    assert json.loads((int8_path.parent / "tune.json").read_text())["int8"]["drop"] == q["drop"]
     lat = q["latency_onnxruntime"]
     assert lat["float"]["median_ms"] > 0 and lat["int8"]["median_ms"] > 0 and lat["int8"]["threads"] == 1
     # examples/onnx_infer.py runs the INT8 file as it runs the float one

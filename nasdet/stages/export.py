@@ -5,6 +5,7 @@ under INT8 latency) also the INT8 file, with both files' val mAP run through onn
 latencies. Outputs in ``export/``."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -109,6 +110,23 @@ def quantization_aware_tuning(cfg: ExperimentConfig, model: torch.nn.Module, fol
     return record
 
 
+def earlier_int8(wd: WorkDir, source: str, ckpt: Path) -> dict | None:
+    """The INT8 record of an earlier ``--int8`` export of the same checkpoint, when its file is still there and
+    newer than the checkpoint: a plain export redoes only the float file (the same from the same weights), so
+    the INT8 file and its figures still hold and are kept in the record (``kept_from_earlier_export``)."""
+    record = wd.export_record(source, False)
+    if not record.is_file():
+        return None
+    earlier = json.loads(record.read_text())
+    q = earlier.get("int8")
+    if not q or earlier.get("checkpoint") != str(ckpt):
+        return None
+    int8_path = Path(q["onnx"])
+    if not int8_path.is_file() or int8_path.stat().st_mtime_ns < ckpt.stat().st_mtime_ns:
+        return None
+    return {**q, "kept_from_earlier_export": True}
+
+
 def budget_latency(cfg: ExperimentConfig, lat_torch: dict, lat_ort: dict, int8: dict | None) -> tuple[float, str]:
     """The measured latency the search budget is about: the one ``cost.latency`` took during the search."""
     c = cfg.cost
@@ -174,7 +192,8 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     s = get_input_size(model)
     probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     lat_ort = time_onnx(path, probe, c.warmup, c.runs, c.threads)
-    int8_record = export_int8(cfg, wd, model, source, path, val, probe, lat_ort) if int8 else None
+    int8_record = export_int8(cfg, wd, model, source, path, val, probe, lat_ort) if int8 else \
+        None if raw else earlier_int8(wd, source, ckpt)
     measured["latency"], measured["latency_timed_by"] = budget_latency(cfg, lat_torch, lat_ort, int8_record)
     predicted = wd.predicted_costs(arch)
     # the budget is the found model's; the baseline is not meant to fit it (it is the reference)
