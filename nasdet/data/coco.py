@@ -63,35 +63,28 @@ def fit_box(x1: float, y1: float, x2: float, y2: float, width: int, height: int)
     return "ok", (x1, y1, x2, y2)
 
 
-def missing_files_message(source: str, missing: Sequence[tuple[Path, object]], total: int, where: str) -> str:
-    """An error message listing the first ``MAX_LISTED`` missing images and the count."""
+def missing_files_message(source: str, missing: Sequence[tuple[Path, object]], total: int, where: str,
+                          what: str = "missing") -> str:
+    """An error message listing the first ``MAX_LISTED`` missing (or ``what``) images and the count."""
     shown = ", ".join(f"{p} (image id {i})" for p, i in missing[:MAX_LISTED])
     more = f", and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
-    return f"{source}: {len(missing)} of {total} image files are missing {where}: {shown}{more}"
-
-
-def file_state(path: Path) -> str:
-    """``"ok"``, ``"missing"`` (or not a file) or ``"empty"`` (0 bytes): one stat, as cheap as ``is_file``."""
-    try:
-        st = path.stat()
-    except OSError:
-        return "missing"
-    if not stat.S_ISREG(st.st_mode):
-        return "missing"
-    return "empty" if st.st_size == 0 else "ok"
+    return f"{source}: {len(missing)} of {total} image files are {what} {where}: {shown}{more}"
 
 
 def check_image_files(source: str, files: Sequence[tuple[Path, object]], where: str) -> None:
-    """``DataError`` naming the missing images (first) or the empty ones (a copy or download cut short), by id."""
-    states = [(path, iid, file_state(path)) for path, iid in files]
-    missing = [(p, i) for p, i, s in states if s == "missing"]
-    if missing:
-        raise DataError(missing_files_message(source, missing, len(files), where))
-    empty = [(p, i) for p, i, s in states if s == "empty"]
-    if empty:
-        shown = ", ".join(f"{p} (image id {i})" for p, i in empty[:MAX_LISTED])
-        more = f", and {len(empty) - MAX_LISTED} more" if len(empty) > MAX_LISTED else ""
-        raise DataError(f"{source}: {len(empty)} of {len(files)} image files are empty (0 bytes): {shown}{more}")
+    """``DataError`` naming the missing images (first) or the empty ones (a copy or download cut short), by id:
+    one stat each, as cheap as ``is_file``."""
+    sizes = []
+    for path, _ in files:
+        try:
+            st = path.stat()
+            sizes.append(st.st_size if stat.S_ISREG(st.st_mode) else None)
+        except OSError:
+            sizes.append(None)
+    for what, bad in (("missing", None), ("empty (0 bytes)", 0)):
+        listed = [f for f, size in zip(files, sizes) if size == bad]
+        if listed:
+            raise DataError(missing_files_message(source, listed, len(files), where, what))
 
 
 def warn_degenerate(source: str, count: int) -> None:

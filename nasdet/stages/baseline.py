@@ -51,11 +51,13 @@ def _imported_record(out) -> dict | None:
     return done if done.get("imported_from") and "metrics" in done else None
 
 
-def _refuse_replacing(out, source: Path, sha256: str) -> None:
-    """Importing over another baseline (trained, or imported from another file) would lose it: refused."""
+def _same_import(out, source: Path, sha256: str) -> dict | None:
+    """The finished record when ``out`` holds this very file's import, None when it holds nothing to keep (or
+    this import's interrupted fine-tune); importing over another baseline (trained, under way, or imported
+    from another file) would lose it: refused."""
     done = _imported_record(out)
     if done is not None and done["imported_from"].get("sha256") == sha256:
-        return
+        return done
     held = None
     if done is not None:
         held = f"a baseline imported from {done['imported_from'].get('path')}"
@@ -65,11 +67,12 @@ def _refuse_replacing(out, source: Path, sha256: str) -> None:
         state = load_checkpoint(out.checkpoint)
         was = ((state.get("config") or {}).get("pipeline") or {}).get("baseline_checkpoint")
         if was and Path(was).expanduser().resolve() == source.expanduser().resolve():
-            return  # this import's fine-tune, interrupted: it resumes
+            return None  # this import's fine-tune, interrupted: it resumes
         held = "a baseline whose training is under way"
     if held is not None:
         raise ConfigError(f"pipeline.baseline_checkpoint {source}: {out.root} already holds {held}, which importing "
                           "would replace; import into another work dir (--work-dir) or delete that folder first")
+    return None
 
 
 def describe_model(model_cfg) -> str:
@@ -92,13 +95,11 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     weights, checkpoint_classes = read_checkpoint(source)
     origin = {"path": str(source), "sha256": file_sha256(source)}
     out = WorkDir.of(cfg, work_dir).baseline
-    _refuse_replacing(out, source, origin["sha256"])
-    if out.metrics.is_file():
-        done = json.loads(out.metrics.read_text())
-        if (done.get("imported_from") or {}).get("sha256") == origin["sha256"] and out.has_checkpoint():
-            console.print(f"[green]{escape(str(out.root))} is {escape(str(source))}, imported[/]; delete it to import again")
-            console.print(metrics_table(done["metrics"], "baseline: val mAP"))
-            return done["metrics"]
+    done = _same_import(out, source, origin["sha256"])
+    if done is not None and out.has_checkpoint():
+        console.print(f"[green]{escape(str(out.root))} is {escape(str(source))}, imported[/]; delete it to import again")
+        console.print(metrics_table(done["metrics"], "baseline: val mAP"))
+        return done["metrics"]
     data = build_datasets(cfg, need=("val",))
     model = build_detector(cfg.model, num_classes=data["val"].num_classes)
     val = data["val"]

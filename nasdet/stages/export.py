@@ -5,7 +5,6 @@ under INT8 latency) also the INT8 file, with both files' val mAP run through onn
 latencies. Outputs in ``export/``."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -111,20 +110,13 @@ def quantization_aware_tuning(cfg: ExperimentConfig, model: torch.nn.Module, fol
 
 
 def earlier_int8(wd: WorkDir, source: str, ckpt: Path) -> dict | None:
-    """The INT8 record of an earlier ``--int8`` export of the same checkpoint, when its file is still there and
-    newer than the checkpoint: a plain export redoes only the float file (the same from the same weights), so
-    the INT8 file and its figures still hold and are kept in the record (``kept_from_earlier_export``)."""
-    record = wd.export_record(source, False)
-    if not record.is_file():
+    """The INT8 record of an earlier ``--int8`` export of the same checkpoint (``WorkDir.exported``: newer than
+    it, the INT8 file still there): a plain export redoes only the float file (the same from the same weights),
+    so the INT8 file and its figures still hold and are kept in the record (``kept_from_earlier_export``)."""
+    earlier = wd.exported(source, int8=True)
+    if earlier is None or earlier.get("checkpoint") != str(ckpt):
         return None
-    earlier = json.loads(record.read_text())
-    q = earlier.get("int8")
-    if not q or earlier.get("checkpoint") != str(ckpt):
-        return None
-    int8_path = Path(q["onnx"])
-    if not int8_path.is_file() or int8_path.stat().st_mtime_ns < ckpt.stat().st_mtime_ns:
-        return None
-    return {**q, "kept_from_earlier_export": True}
+    return {**earlier["int8"], "kept_from_earlier_export": True}
 
 
 def budget_latency(cfg: ExperimentConfig, lat_torch: dict, lat_ort: dict, int8: dict | None) -> tuple[float, str]:
