@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..models.supernet import build_supernet
 from ..space import SearchSpace
 from ..threads import set_torch_threads
-from ..train.checkpoint import load_checkpoint, load_model_weights, planned_steps
+from ..train.checkpoint import load_checkpoint, load_model_weights, unfinished_at
 from ..workdir import WorkDir
 from .scoring import cached_scorer, score_arch
 
@@ -63,10 +63,10 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
     model, space = build_supernet(cfg, search_set.num_classes)
     state = load_checkpoint(ckpt, space_id=space.space_id)
     load_model_weights(model, state, source=str(ckpt))
-    planned = planned_steps(state)
-    if planned is not None and state.get("step", 0) < planned:
+    unfinished = unfinished_at(state)
+    if unfinished is not None:
         (console or Console()).print(Text(
-            f"warning: the supernet {ckpt} stopped at step {state.get('step')} of {planned}: its pretraining did "
+            f"warning: the supernet {ckpt} stopped at step {unfinished[0]} of {unfinished[1]}: its pretraining did "
             "not finish, so its scores rank archs less reliably; rerun `nasdet pretrain` to finish it",
             style="yellow"), soft_wrap=True)
     device = resolve_device(cfg.train.device)

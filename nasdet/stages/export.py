@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from ..config import ExperimentConfig
 from ..data.build import build_datasets, load_split
@@ -24,6 +25,7 @@ from ..metrics import coco_evaluate
 from ..quantize import detection_agreement, network_scopes, onnx_detections, quantize_detector
 from ..models.cost import detector_macs, detector_params, measure_latency
 from ..models.detectors import get_input_size
+from ..train.checkpoint import load_checkpoint, unfinished_at
 from ..train.trained import load_trained_model, load_tuned_model
 from ..workdir import CLASSES_JSON, WorkDir, write_json
 
@@ -148,6 +150,13 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
         ckpt = wd.baseline.require_checkpoint()
         model = load_trained_model(cfg, ckpt, val.num_classes)
     model.eval()
+    state = load_checkpoint(ckpt)
+    unfinished = unfinished_at(state)
+    if unfinished is not None:  # exported as asked, but said, and kept in the record
+        command = "tune" if source == "tune" else "train"
+        console.print(Text(f"warning: {ckpt} stopped at step {unfinished[0]} of {unfinished[1]}: its training did "
+                           f"not finish (killed, or still running), so this exports a partly trained model; rerun "
+                           f"`nasdet {command}` to finish it, then export again", style="yellow"), soft_wrap=True)
     path = wd.onnx(source, raw)
     # written under another name and renamed only once checked: a file named tune.onnx is always verified
     draft = path.with_name(f".{path.stem}.unverified.onnx")
@@ -192,7 +201,9 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     budget = budget_check(cfg, measured, predicted) if source == "tune" else None
     classes = {i + 1: n for i, n in enumerate(val.classes)}
     write_json(wd.export / CLASSES_JSON, classes)
-    result = {"onnx": str(path), "source": source, "checkpoint": str(ckpt), "raw": raw, "input_size": s,
+    result = {"onnx": str(path), "source": source, "checkpoint": str(ckpt),
+              "checkpoint_step": state.get("step"), "finished_training": unfinished is None,
+              "raw": raw, "input_size": s,
               "parity": parity, "measured": measured, "predicted": predicted, "latency_torch": lat_torch,
               "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch, "int8": int8_record}
     write_json(wd.export_record(source, raw), result)

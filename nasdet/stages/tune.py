@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..config import ExperimentConfig, read_arch_file, save_config
+from ..errors import StageOrderError
 from ..data.build import build_datasets
 from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
@@ -115,9 +116,25 @@ def resolve_genotype_arch(cfg: ExperimentConfig, work_dir: str | Path | None = N
                             f"not a mapping of choices")
         return genotype_arch(given[GENOTYPE_KEY], f"tune.arch {GENOTYPE_KEY}"), "tune.arch (inline)"
     if given is None:
-        given = str(WorkDir.of(cfg, work_dir).search.require(
-            GENOTYPE_JSON, "genotype to tune", " with search.strategy: darts, or set tune.arch"))
+        search = WorkDir.of(cfg, work_dir).search
+        given = str(search.require(GENOTYPE_JSON, "genotype to tune", " with search.strategy: darts, or set tune.arch"))
+        unfinished_search(search.checkpoint, given)
     return genotype_arch(given), str(given)
+
+
+def unfinished_search(ckpt: Path, genotypes: str) -> None:
+    """Refuse the genotypes of a darts search that stopped before the end its run planned (killed): they
+    are an earlier epoch's, not the search's answer. Given as ``tune.arch`` they are taken as they are."""
+    if not ckpt.is_file():  # written by hand or by another tool: nothing says how far the search got
+        return
+    state = load_checkpoint(ckpt)
+    total = state.get("total_steps") or 0
+    max_steps = (((state.get("config") or {}).get("search") or {}).get("darts") or {}).get("max_steps")
+    planned = min(total, max_steps) if max_steps else total
+    if state.get("step", 0) < planned:
+        raise StageOrderError(f"the darts search stopped at step {state.get('step', 0)} of {planned} ({ckpt}): "
+                              f"{genotypes} holds an earlier epoch's genotypes; rerun `nasdet search` to finish it, "
+                              f"or set tune.arch: {genotypes} to tune them as they are")
 
 
 def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,

@@ -47,6 +47,14 @@ def planned_steps(state: dict) -> int | None:
     return min(total, max_steps) if max_steps else total
 
 
+def unfinished_at(state: dict) -> tuple[int, int] | None:
+    """``(step, planned step)`` of a checkpoint whose training stopped before its end (killed, or still
+    running), else None (finished, or its plan not recorded)."""
+    planned = planned_steps(state)
+    step = state.get("step", 0)
+    return (step, planned) if planned is not None and step < planned else None
+
+
 def file_sha256(path: str | Path) -> str:
     """Content hash of a checkpoint: tells one set of weights from another whatever its path or mtime."""
     h = hashlib.sha256()

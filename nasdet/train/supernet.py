@@ -177,6 +177,10 @@ class SupernetTrainer(Trainer):
                  console=None):
         self.scfg = supernet
         self.input_size = input_size  # the subnets' size when a step does not draw one (multi_resolution off)
+        if INPUT_SIZE in space and input_size not in space[INPUT_SIZE]:  # else it fails after training, at eval
+            raise ConfigError(f"model.input_size {input_size} is not one of supernet.input_sizes "
+                              f"{list(space[INPUT_SIZE])}: the supernet trains and reports its subnets at "
+                              f"model.input_size; add it to supernet.input_sizes or set it to one of them")
         self.space = space
         self.distill_on = self.scfg.distill.teacher != "none"
         super().__init__(settings, model, train_set, val_set, out_dir, console=console, space_id=space.space_id)

@@ -1,0 +1,99 @@
+"""What one stage finds of another in the work dir: a killed run's outputs, a config that does not fit the
+stage's space. Each case here went through silently, or failed late with a line naming no config key, before
+its fix (session 20, from a QA pass over the stage commands)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from test_errors_round3 import OFA_TINY, _tuned_checkpoint
+
+
+def quiet():
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=400)
+
+
+def test_model_input_size_outside_the_supernets_sizes_is_refused_before_training(tiny_config):
+    from nasdet.errors import ConfigError
+    from nasdet.stages.pretrain import run_pretrain
+
+    cfg = tiny_config(model={**OFA_TINY, "input_size": 80}, supernet={"input_sizes": [64, 96]},
+                      train={"max_steps": 1})
+    with pytest.raises(ConfigError) as info:
+        run_pretrain(cfg, console=quiet())
+    line = str(info.value)
+    assert "model.input_size 80" in line and "supernet.input_sizes [64, 96]" in line
+    assert not (Path(cfg.work_dir) / "supernet").exists()  # refused before anything is written
+
+
+def _with_planned_steps(path: Path, step: int, total: int) -> None:
+    from nasdet.train.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(path)
+    save_checkpoint({**state, "step": step, "total_steps": total}, path)
+
+
+def test_export_of_a_killed_tune_says_so_and_records_the_step(tiny_config):
+    from nasdet.stages.export import run_export
+
+    cfg = tiny_config(model=OFA_TINY, supernet={"input_sizes": [64, 96]}, export={"check_images": 1},
+                      cost={"warmup": 0, "runs": 1, "threads": 1})
+    path, _, _ = _tuned_checkpoint(cfg)
+    _with_planned_steps(path, 3, 10)
+    buf = quiet()
+    record = run_export(cfg, source="tune", console=buf)
+    said = " ".join(buf.file.getvalue().split())
+    assert f"warning: {path} stopped at step 3 of 10: its training did not finish" in said
+    assert "rerun `nasdet tune` to finish it" in said
+    assert record["checkpoint_step"] == 3 and record["finished_training"] is False
+    written = json.loads((Path(cfg.work_dir) / "export" / "tune.json").read_text())
+    assert written["checkpoint_step"] == 3 and written["finished_training"] is False
+
+    _with_planned_steps(path, 10, 10)  # finished: no warning
+    buf = quiet()
+    assert run_export(cfg, source="tune", console=buf)["finished_training"] is True
+    assert "warning" not in buf.file.getvalue()
+
+
+def _darts_search_outputs(cfg, step: int, total: int, max_steps: int | None = None) -> Path:
+    """``search/genotype.json`` and the darts checkpoint of a search at ``step`` of ``total``."""
+    from nasdet.config import config_to_dict
+    from nasdet.models.heads.fad import read_genotypes, write_genotypes
+    from nasdet.train.checkpoint import save_checkpoint
+
+    out = Path(cfg.work_dir) / "search"
+    write_genotypes(out, *read_genotypes("fad_paper"))
+    record = config_to_dict(cfg)
+    record["search"]["darts"]["max_steps"] = max_steps
+    save_checkpoint({"model": {}, "step": step, "total_steps": total, "config": record}, out / "ckpt" / "last.pt")
+    return out / "genotype.json"
+
+
+def test_tune_refuses_the_genotypes_of_a_killed_darts_search(tiny_config):
+    from nasdet.errors import StageOrderError
+    from nasdet.models.heads.fad import GENOTYPE_KEY
+    from nasdet.stages.tune import resolve_genotype_arch
+
+    cfg = tiny_config("fcos", search={"strategy": "darts"})
+    genotypes = _darts_search_outputs(cfg, 3, 8)
+    with pytest.raises(StageOrderError) as info:
+        resolve_genotype_arch(cfg)
+    line = str(info.value)
+    assert "the darts search stopped at step 3 of 8" in line and f"tune.arch: {genotypes}" in line
+    assert "rerun `nasdet search`" in line
+
+    # given as tune.arch, the same file is taken as it is
+    given = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"arch": str(genotypes)})})
+    arch, source = resolve_genotype_arch(given)
+    assert set(arch) == {GENOTYPE_KEY} and source == str(genotypes)
+
+    # a search cut short on purpose (search.darts.max_steps) finished its run: its genotypes are tuned
+    _darts_search_outputs(cfg, 3, 8, max_steps=3)
+    assert resolve_genotype_arch(cfg)[1] == str(genotypes)
+    _darts_search_outputs(cfg, 8, 8)
+    assert resolve_genotype_arch(cfg)[1] == str(genotypes)
