@@ -353,3 +353,14 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
     # rerun: nothing rescored
     again = run_search(cfg, console=Console(quiet=True))
     assert again["counts"]["scored"] == 0 and again["records"] == 3
+    # another strategy's search would replace these outputs: refused before anything is loaded, naming both
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert (pareto["study_name"], pareto["strategy"]) == ("tiny-random", "random")
+    results = (out / "results.csv").read_text()
+    other = cfg.model_copy(update={"search": cfg.search.model_copy(update={"strategy": "evolution"})})
+    from nasdet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"study 'tiny-random' \(search.strategy random\); this run's study "
+                                          r"'tiny-evolution' \(search.strategy evolution\) would replace"):
+        run_search(other, console=Console(quiet=True))
+    assert (out / "results.csv").read_text() == results

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..errors import ConfigError
 from ..files import atomic_path
 from ..space import SearchSpace, save_arch
 from ..workdir import BEST_ARCH, CONFIDENCE_JSON, PARETO_JSON, PARETO_PNG, RESULTS_CSV, write_json
@@ -21,11 +22,13 @@ METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: str | Path, cost_metric: str,
                          budget: Budget | None = None, extremes: Mapping[str, dict] | None = None,
-                         baseline: dict | None = None, objective: str = OBJECTIVE, confidence: dict | None = None) -> dict:
+                         baseline: dict | None = None, objective: str = OBJECTIVE, confidence: dict | None = None,
+                         study: Mapping[str, str] | None = None) -> dict:
     """``results.csv``, ``best_arch.json`` (best AP under the budget, via ``save_arch``), ``pareto.json``,
     ``pareto.png``; ``extremes`` (name -> {arch, costs}) and the ``baseline`` ({costs, metrics}) are
     marked on the plot; ``confidence`` (``search/confidence.search_confidence``) -> ``confidence.json`` and
-    its columns in ``results.csv``."""
+    its columns in ``results.csv``; ``study`` ({study_name, strategy}: which search wrote them) goes into
+    ``pareto.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results_csv(records, out_dir / RESULTS_CSV, confidence)
@@ -41,7 +44,7 @@ def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: s
         r = scored.get(json.dumps(dict(e["arch"]), sort_keys=True))
         marks[name] = {"arch": dict(e["arch"]), "costs": dict(e["costs"]),
                        "metrics": r["metrics"] if r else None, "trial": r["trial"] if r else None}
-    pareto = {"space_id": space.space_id, "cost_metric": cost_metric,
+    pareto = {**(study or {}), "space_id": space.space_id, "cost_metric": cost_metric,
               "budget": {"metric": budget.metric, "max": budget.max} if budget else None,
               "front": [_plain(r) for r in front], "extremes": marks, "baseline": baseline, "scored": len(records)}
     if baseline is not None:
@@ -132,3 +135,22 @@ def top_table(records: Sequence[dict], cost: str, k: int, title: str, objective:
                       f"{c['latency']:.2f} ms" if "latency" in c else "-",
                       str(r["arch"].get("input_size", "")), "yes" if r["feasible"] else "no")
     return table
+
+
+def refuse_other_search(out_dir: str | Path, study_name: str, strategy: str) -> None:
+    """Refuse a search whose outputs would replace those of another study (another ``search.strategy`` or
+    ``search.study_name``) in ``out_dir``: rerunning a study, or rejudging it under a new budget, is fine."""
+    path = Path(out_dir) / PARETO_JSON
+    if not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):  # unreadable: the new outputs will replace it anyway
+        return
+    name = earlier.get("study_name") if isinstance(earlier, dict) else None
+    if name is None or name == study_name:  # written before pareto.json named its study, or the same study
+        return
+    raise ConfigError(f"{out_dir} holds the outputs of the finished search study {name!r} (search.strategy "
+                      f"{earlier.get('strategy')}); this run's study {study_name!r} (search.strategy {strategy}) "
+                      f"would replace its results.csv, best_arch.json and pareto.json: use another --work-dir "
+                      f"to compare searches, or delete {out_dir} to replace it")

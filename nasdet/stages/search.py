@@ -24,7 +24,7 @@ from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
 from ..search.confidence import confidence_of_search, split_size_warning
 from ..search.latency import latency_function
-from ..search.outputs import top_table, write_search_outputs
+from ..search.outputs import refuse_other_search, top_table, write_search_outputs
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
@@ -77,6 +77,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     s = cfg.search
     w = WorkDir.of(cfg, work_dir)
     wd, out_dir = w.root, w.search.root
+    refuse_other_search(out_dir, study_name_of(cfg), s.strategy)  # before anything is loaded or written
     if "://" in str(storage or s.storage or ""):
         check_storage_url(str(storage or s.storage))  # a bad URL fails now, not after the supernet is loaded
     ctx = load_trained_supernet(cfg, w, console) if s.scorer == "supernet" else proxy_scorer_context(cfg)
@@ -108,7 +109,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     strategy = make_strategy(s.strategy, search_space, cost_fn, budget, seed=s.seed, worker=worker,
                              population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
                              mutation=s.mutation, crossover=s.crossover)
-    study_name = s.study_name or f"{cfg.name}-{s.strategy}" + ("" if s.scorer == "supernet" else f"-{s.scorer}")
+    study_name = study_name_of(cfg)
     study = open_checked_study(storage or s.storage, out_dir, study_name, strategy, ctx.checkpoint, ctx.state,
                                s.heartbeat_seconds)
     save_config(cfg, w.config)
@@ -135,7 +136,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     confidence = confidence_of_search(cfg, model, space, records, search_set, ctx.calib_set, device) \
         if objective == OBJECTIVE else None
     summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline, objective,
-                                   confidence)
+                                   confidence, {"study_name": study_name, "strategy": s.strategy})
     summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
     console.print(top_table(records, cost_metric, s.top_k, f"search ({s.strategy}): top {s.top_k} of {len(records)} "
                             + (f"candidates on {len(search_set)} search images" if objective == OBJECTIVE
@@ -148,6 +149,12 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         console.print(f"best under budget: trial {summary['best']['trial']}, {objective} "
                       f"{summary['best']['metrics'][objective]:.4f} -> {escape(str(out_dir / BEST_ARCH))}")
     return summary
+
+
+def study_name_of(cfg: ExperimentConfig) -> str:
+    """The Optuna study of a search: ``search.study_name``, else the run's name, strategy and (a proxy) scorer."""
+    s = cfg.search
+    return s.study_name or f"{cfg.name}-{s.strategy}" + ("" if s.scorer == "supernet" else f"-{s.scorer}")
 
 
 def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, search_space: SearchSpace, search_set,
@@ -179,7 +186,7 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     scorer = cached_scorer(functools.partial(
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
         recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
-    study_name = s.study_name or f"{cfg.name}-gradient"
+    study_name = study_name_of(cfg)
     study = open_checked_study(storage or s.storage, out_dir, study_name, Strategy(search_space, cost_fn, budget), ckpt,
                                state)
     save_config(cfg, WorkDir(wd).config)
@@ -192,7 +199,7 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     baseline = score_baseline(cfg, wd, search_set, device, measure)
     confidence = confidence_of_search(cfg, model, space, records, search_set, calib_set, device)
     summary = write_search_outputs(records, space, out_dir, budget.metric, budget, extreme_costs, baseline,
-                                   confidence=confidence)
+                                   confidence=confidence, study={"study_name": study_name, "strategy": "gradient"})
     summary.update(study_name=study_name, strategy="gradient")
     if summary["best"] is not None:
         write_searched_arch(model, space, summary["best"]["arch"], out_dir)
