@@ -76,4 +76,4 @@ def test_eval_on_another_val_set_keeps_the_stage_record(shapes_dir, tmp_path):
     code, out, exc = cli("cost", cfg, "--ckpt", mine / "baseline.pt", "--no-latency")
     assert code == 0 and exc is None, out
     assert (tmp_path / "mine" / "cost.json").read_text() == "my own notes"
-    assert (tmp_path / "wd" / "eval" / "baseline_cost.json").is_file()
+    assert (tmp_path / "wd" / "eval" / "models_baseline_cost.json").is_file()  # named by its folder too

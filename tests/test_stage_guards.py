@@ -97,3 +97,71 @@ def test_tune_refuses_the_genotypes_of_a_killed_darts_search(tiny_config):
     assert resolve_genotype_arch(cfg)[1] == str(genotypes)
     _darts_search_outputs(cfg, 8, 8)
     assert resolve_genotype_arch(cfg)[1] == str(genotypes)
+
+
+def _trained_baseline(cfg, folder: Path, num_classes: int = 8) -> Path:
+    """A baseline checkpoint of ``cfg``'s detector (random weights) in ``folder/baseline/ckpt/last.pt``."""
+    import torch
+
+    from nasdet.config import config_to_dict
+    from nasdet.models import build_detector
+    from nasdet.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_detector(cfg.model, num_classes=num_classes)
+    path = folder / "baseline" / "ckpt" / "last.pt"
+    save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 1}, path)
+    return path
+
+
+def test_cost_of_a_supernet_checkpoint_is_its_default_subnets(tiny_config):
+    from conftest import fake_pretrain
+    from nasdet.models.cost import detector_macs, detector_params
+    from nasdet.models.supernet import export_detector
+    from nasdet.stages.baseline import run_cost
+
+    cfg = tiny_config(model=OFA_TINY, supernet={"input_sizes": [64, 96]})
+    model, space = fake_pretrain(cfg)
+    subnet = export_detector(model, space.default(), space).eval()
+    cost = run_cost(cfg, ckpt=Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt", latency=False, console=quiet())
+    assert cost["supernet_subnet"] == space.default()
+    assert cost["params"]["total"] == detector_params(subnet)["total"] < detector_params(model)["total"]
+    assert cost["macs"]["total"] == detector_macs(subnet)["total"]
+
+
+def test_cost_names_the_checkpoints_backbone_not_the_configs(tiny_config, tmp_path):
+    from nasdet.stages.baseline import run_cost
+
+    trained = tiny_config()  # mobilenet_v3_small
+    path = _trained_baseline(trained, tmp_path / "other_run")
+    buf = quiet()
+    cost = run_cost(tiny_config(model=OFA_TINY), ckpt=path, latency=False, console=buf)
+    assert cost["backbone"] == "mobilenet_v3_small"
+    assert "cost of ssdlite / mobilenet_v3_small" in buf.file.getvalue()
+
+
+def test_eval_records_of_two_runs_checkpoints_do_not_collide(tiny_config, tmp_path):
+    from nasdet.stages.baseline import eval_record_path
+
+    cfg = tiny_config()
+    wd = Path(cfg.work_dir)
+    names = {eval_record_path(cfg, None, tmp_path / run / "baseline" / "ckpt" / "last.pt", True).name
+             for run in ("run_a", "run_b")}
+    assert names == {"run_a_baseline_last_metrics.json", "run_b_baseline_last_metrics.json"}
+    # this run's own checkpoints keep their short names
+    assert eval_record_path(cfg, None, wd / "baseline" / "ckpt" / "last.pt", True) == \
+        wd / "eval" / "baseline_last_metrics.json"
+    assert eval_record_path(cfg, None, wd / "tune" / "ckpt" / "last.pt", True, what="cost").name == "tune_last_cost.json"
+
+
+def test_eval_of_an_imported_baseline_keeps_its_import_record(tiny_config):
+    from nasdet.stages.baseline import run_eval
+
+    cfg = tiny_config()
+    wd = Path(cfg.work_dir)
+    _trained_baseline(cfg, wd)
+    imported = {"path": "/models/mine.pth", "sha256": "ab" * 32}
+    (wd / "baseline" / "metrics.json").write_text(json.dumps({"metrics": {"AP": 0.5}, "imported_from": imported}))
+    run_eval(cfg, console=quiet())
+    record = json.loads((wd / "baseline" / "metrics.json").read_text())
+    assert record["imported_from"] == imported and record["metrics"]["AP"] != 0.5 and record["step"] == 1

@@ -161,8 +161,11 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     if metrics is None:
         return {}
     out = eval_record_path(cfg, work_dir, ckpt, given, own)
-    write_json(out, {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source, "val_images": len(val),
-                     "step": state.get("step"), **held})
+    record = {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source, "val_images": len(val),
+              "step": state.get("step"), **held}
+    if own and out.is_file():  # the stage's own record: what else it says (e.g. imported_from) stays
+        record = {**json.loads(out.read_text()), **record}
+    write_json(out, record)
     console.print(metrics_table(metrics, f"val mAP of {escape(str(ckpt))} ({len(val)} images)"))
     kept = "" if own or given else f" (not the run's own val set: {escape(str(ckpt.parent.parent / METRICS_FILE))} is kept)"
     console.print(f"metrics -> {escape(str(out))}{kept}")
@@ -194,9 +197,14 @@ def eval_record_path(cfg: ExperimentConfig, work_dir: str | Path | None, ckpt: P
     a checkpoint given from elsewhere. ``what``: ``cost`` for ``nasdet cost --ckpt``."""
     if not given and own_val:
         return ckpt.parent.parent / f"{what}.json"
+    wd = WorkDir.of(cfg, work_dir)
     stage = stage_dir_of(ckpt)
     name = f"{stage.name}_{ckpt.stem}" if stage is not None else ckpt.stem
-    return WorkDir.of(cfg, work_dir).eval.root / f"{name}_{what}.json"
+    # a checkpoint of another run is named by that run's folder too: two runs' baseline/ckpt/last.pt differ
+    holder = (stage.parent if stage is not None else ckpt.parent).resolve()
+    if holder != wd.root.resolve():
+        name = f"{holder.name}_{name}"
+    return wd.eval.root / f"{name}_{what}.json"
 
 
 def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
@@ -220,8 +228,9 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     else:
         model = build_detector(cfg.model, num_classes=num_classes)
     model.eval()
+    detector, backbone = costed_names(path, cfg) if path.is_file() else (cfg.model.detector, cfg.model.backbone.name)
     result = {"input_size": get_input_size(model), "macs": detector_macs(model), "params": detector_params(model),
-              "detector": cfg.model.detector, "backbone": cfg.model.backbone.name,
+              "detector": detector, "backbone": backbone,
               "weights": str(path) if path.is_file() else "random", **held}
     if latency:
         c = cfg.cost
@@ -231,5 +240,12 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     out = eval_record_path(cfg, work_dir, path, True, what="cost") if ckpt else wd.baseline / COST_JSON
     write_json(out, result)
     console.print(f"cost -> {escape(str(out))}")
-    console.print(cost_table(result, f"cost of {cfg.model.detector} / {cfg.model.backbone.name}"))
+    console.print(cost_table(result, f"cost of {detector} / {backbone}"))
     return result
+
+
+def costed_names(ckpt: Path, cfg: ExperimentConfig) -> tuple[str, str]:
+    """The detector and backbone a checkpoint holds (from the config recorded in it), else ``cfg``'s."""
+    model = ((load_checkpoint(ckpt).get("config") or {}).get("model") or {})
+    backbone = model.get("backbone") if isinstance(model.get("backbone"), dict) else {}
+    return str(model.get("detector") or cfg.model.detector), str(backbone.get("name") or cfg.model.backbone.name)

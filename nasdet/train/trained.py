@@ -12,7 +12,7 @@ from ..config import ExperimentConfig
 from ..models import build_detector
 from ..models.classifier import read_subnet_file
 from ..models.heads.fad import is_genotype_arch, with_genotype
-from ..models.supernet import BACKBONE_PREFIX, build_supernet, detector_space, export_detector, set_detector_arch
+from ..models.supernet import BACKBONE_PREFIX, build_supernet, detector_space, export_detector
 from ..space import ArchError, SearchSpace, strip_prefix
 from ..space.elastic import he_fout_init
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
@@ -134,9 +134,10 @@ def _other_space(path, state: dict, arch: Mapping[str, Any], cfg: ExperimentConf
 def load_checkpoint_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int,
                           detector_cfg: ExperimentConfig | None = None) -> tuple[nn.Module, dict]:
     """The model of any nasdet checkpoint (for ``eval`` / ``cost --ckpt``) and what it holds: a tuned subnet
-    (its arch inside: ``{"tuned_arch": arch}``), a supernet with its default subnet active
-    (``{"supernet_subnet": arch}``), else a trained detector (``{}``, built as ``load_trained_model`` with
-    ``detector_cfg``, default ``cfg``)."""
+    (its arch inside: ``{"tuned_arch": arch}``), a supernet's default subnet as the static detector
+    ``export_detector`` makes of it (``{"supernet_subnet": arch}``: its MACs, params and latency are the
+    subnet's, not the elastic supernet's), else a trained detector (``{}``, built as ``load_trained_model``
+    with ``detector_cfg``, default ``cfg``)."""
     state = load_checkpoint(ckpt)
     if (state.get("extra") or {}).get("arch") is not None:
         model, arch = load_tuned_model(ckpt, cfg, num_classes)
@@ -147,8 +148,7 @@ def load_checkpoint_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: 
     sizes = ((state.get("config") or {}).get("supernet") or {}).get("input_sizes")
     space = detector_space(model, sizes)
     arch = space.default()
-    set_detector_arch(model, arch, space)
-    return model, {"supernet_subnet": arch}
+    return export_detector(model, arch, space), {"supernet_subnet": arch}
 
 
 class TuneTrainer(Trainer):
