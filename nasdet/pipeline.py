@@ -24,21 +24,9 @@ from .stages.pretrain import run_pretrain
 from .stages.report import write_report
 from .stages.search import run_search
 from .stages.tune import run_tune
-from .train.trained import with_backbone_checkpoint
 from .workdir import ARCH_JSON, CONTROLS, WorkDir, write_json
 
 STAGES = ("classify", "baseline", "pretrain", "search", "diagnose", "tune", "controls", "export", "report")
-
-
-def _pretrain_config(cfg: ExperimentConfig, wd: Path) -> ExperimentConfig:
-    """ENOT: the supernet starts from the baseline's weights (``pipeline.init_supernet_from_baseline``);
-    DetNAS: its backbone from the classification-trained supernet (``pipeline.classify``)."""
-    if cfg.pipeline.classify:
-        cfg = with_backbone_checkpoint(cfg, WorkDir(wd).classified_backbone)
-    if not (cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline):
-        return cfg
-    sn = cfg.supernet.model_copy(update={"init_from": str(WorkDir(wd).baseline.checkpoint)})
-    return cfg.model_copy(update={"supernet": sn})
 
 
 def controls_plan(cfg: ExperimentConfig, w: WorkDir) -> list[dict]:
@@ -132,7 +120,7 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     if cfg.pipeline.baseline:
         stage("baseline", lambda: run_baseline(cfg, wd, console=console))
     if cfg.search.strategy != "darts":  # a darts (FAD) search trains its own search network
-        stage("pretrain", lambda: run_pretrain(_pretrain_config(cfg, wd), wd, console=console))
+        stage("pretrain", lambda: run_pretrain(cfg, wd, console=console))
     stage("search", lambda: run_search(cfg, wd, console=console))
     if cfg.pipeline.diagnose:
         stage("diagnose", lambda: run_pipeline_diagnose(cfg, wd, console))

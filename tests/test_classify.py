@@ -182,11 +182,12 @@ def test_supernet_classify_resumes_to_the_uninterrupted_result_and_pretrain_star
     assert resumed["subnets"]["largest"]["metrics"] == pytest.approx(record["subnets"]["largest"]["metrics"], abs=1e-5)
     assert run_classify(whole)["step"] == 8  # complete: reported, not trained again
 
-    from nasdet.pipeline import _pretrain_config
+    from nasdet.stages.pretrain import pretrain_config
+    from nasdet.workdir import WorkDir
 
     piped = classify_config(shapes_dir, folder, tmp_path / "whole")
     piped["pipeline"] = {"classify": True}
-    cfg = _pretrain_config(validate_config(piped), tmp_path / "whole")
+    cfg = pretrain_config(validate_config(piped), WorkDir(tmp_path / "whole"))
     detector, _ = build_supernet(cfg, 3)
     body = supernet_body(detector).state_dict()
     assert set(body) == set(a["state_dict"]) and all(torch.equal(v, body[k]) for k, v in a["state_dict"].items())

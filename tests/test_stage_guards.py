@@ -165,3 +165,27 @@ def test_eval_of_an_imported_baseline_keeps_its_import_record(tiny_config):
     run_eval(cfg, console=quiet())
     record = json.loads((wd / "baseline" / "metrics.json").read_text())
     assert record["imported_from"] == imported and record["metrics"]["AP"] != 0.5 and record["step"] == 1
+
+
+def test_standalone_pretrain_starts_from_the_baseline_as_the_pipeline_does(tiny_config):
+    """ENOT's pipeline.init_supernet_from_baseline held only inside `nasdet pipeline`: `nasdet pretrain` started
+    from random weights, and the pipeline then kept that supernet."""
+    from nasdet.errors import StageOrderError
+    from nasdet.stages.common import baseline_config
+    from nasdet.stages.pretrain import run_pretrain
+    from nasdet.train.checkpoint import load_checkpoint
+
+    cfg = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}},
+                      pipeline={"baseline_backbone": "mobilenet_v2", "init_supernet_from_baseline": True},
+                      supernet={"report_archs": ["smallest"], "recalib_batches": 1},
+                      train={"max_steps": 1}, eval={"max_images": 2})
+    wd = Path(cfg.work_dir)
+    with pytest.raises(StageOrderError, match=r"pipeline.init_supernet_from_baseline: .*baseline/ckpt/last.pt does "
+                                              r"not exist: run the baseline stage first \(`nasdet train CONFIG`\)"):
+        run_pretrain(cfg, console=quiet())
+    assert not (wd / "supernet").exists()
+    base = _trained_baseline(baseline_config(cfg), wd)
+    buf = quiet()
+    run_pretrain(cfg, console=buf)
+    assert f"initialised the supernet from {base}" in " ".join(buf.file.getvalue().split())
+    assert load_checkpoint(wd / "supernet" / "ckpt" / "last.pt")["config"]["supernet"]["init_from"] == str(base)

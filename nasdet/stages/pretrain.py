@@ -11,18 +11,42 @@ from rich.markup import escape
 
 from ..config import ExperimentConfig, save_config
 from ..data.build import build_datasets
+from ..errors import StageOrderError
 from ..models.cost import detector_macs
 from ..models.supernet import build_supernet, export_detector
 from ..train import dist
 from ..train.supernet import SupernetTrainer, init_from_checkpoint, load_teacher
+from ..train.trained import with_backbone_checkpoint
 from ..workdir import SPACE_JSON, WorkDir, write_json
 from .common import finished_record, recipe_key, subnets_table, with_train_recipe
 
 
+def pretrain_config(cfg: ExperimentConfig, wd: WorkDir) -> ExperimentConfig:
+    """What the supernet starts from, as ``nasdet pipeline`` and ``nasdet pretrain`` alike read it. ENOT: the
+    baseline's weights (``pipeline.init_supernet_from_baseline``); DetNAS: its backbone from the
+    classification-trained supernet (``pipeline.classify``). A missing start is an error naming the key and
+    the stage to run, unless the supernet resumes (it started from it already)."""
+    fresh = not wd.supernet.has_checkpoint()
+    if cfg.pipeline.classify:
+        if fresh and not wd.classified_backbone.is_file():
+            raise StageOrderError(f"pipeline.classify: the supernet starts from {wd.classified_backbone}, which does "
+                                  f"not exist: run the classify stage first (`nasdet classify`)")
+        cfg = with_backbone_checkpoint(cfg, wd.classified_backbone)
+    if not (cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline):
+        return cfg
+    if fresh and not wd.baseline.has_checkpoint():
+        raise wd.baseline.missing(f"pipeline.init_supernet_from_baseline: the supernet starts from the baseline, "
+                                  f"but {wd.baseline.checkpoint} does not exist")
+    sn = cfg.supernet.model_copy(update={"init_from": str(wd.baseline.checkpoint)})
+    return cfg.model_copy(update={"supernet": sn})
+
+
 def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
-    """Train the weight-sharing supernet (``supernet/``) on the training split minus the search split."""
+    """Train the weight-sharing supernet (``supernet/``) on the training split minus the search split,
+    starting from what ``pretrain_config`` says."""
     console = console or Console()
     wd = WorkDir.of(cfg, work_dir)
+    cfg = pretrain_config(cfg, wd)
     cfg = with_train_recipe(cfg, cfg.supernet.train)
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
