@@ -639,7 +639,8 @@ def _format_errors(err: ValidationError, source: str, prefix: tuple = ()) -> str
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-            lines.append(f"  {path}: {e['msg']}{got_s}")
+            msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+            lines.append(f"  {path}: {msg}{got_s}")
     return "\n".join(lines)
 
 

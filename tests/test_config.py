@@ -34,6 +34,16 @@ def test_wrong_type_names_key_and_value(tmp_path):
     assert "train.epochs" in str(e.value) and "many" in str(e.value)
 
 
+@pytest.mark.parametrize("key", ["train.epochs", "train.optimizer.lr", "pipeline.diagnose", "model.input_size"])
+def test_a_boolean_for_a_number_is_an_error_naming_the_key(tmp_path, key):
+    """pydantic's lax mode took `--set train.epochs=true` as 1 epoch."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, BASE), [f"{key}=true"])
+    assert f"{key}: expected a number, not a boolean (got True)" in str(e.value)
+    cfg = load_config(write(tmp_path, BASE), ["train.channels_last=false", "export.int8=true"])  # booleans stay
+    assert cfg.train.channels_last is False and cfg.export.int8 is True
+
+
 def test_bad_literal(tmp_path):
     with pytest.raises(ConfigError, match="model.detector"):
         load_config(write(tmp_path, {**BASE, "model": {"detector": "yolov9"}}))

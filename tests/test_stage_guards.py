@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from nasdet.config import BudgetConfig
+
 from test_errors_round3 import OFA_TINY, _tuned_checkpoint
 
 
@@ -54,10 +56,15 @@ def test_export_of_a_killed_tune_says_so_and_records_the_step(tiny_config):
     written = json.loads((Path(cfg.work_dir) / "export" / "tune.json").read_text())
     assert written["checkpoint_step"] == 3 and written["finished_training"] is False
 
-    _with_planned_steps(path, 10, 10)  # finished: no warning
+    _with_planned_steps(path, 10, 10)  # finished: no warning; over a budget, the box gives the units
+    budget = BudgetConfig(metric="macs", max=1000)
     buf = quiet()
-    assert run_export(cfg, source="tune", console=buf)["finished_training"] is True
-    assert "warning" not in buf.file.getvalue()
+    record = run_export(cfg.model_copy(update={"search": cfg.search.model_copy(update={"budget": budget})}),
+                        source="tune", console=buf)
+    assert record["finished_training"] is True and "warning" not in buf.file.getvalue()
+    said = " ".join(buf.file.getvalue().replace("│", " ").split())
+    measured = record["measured"]["macs"] / 1e6
+    assert f"macs measured {measured:.4g} M MACs vs predicted - vs budget 0.001 M MACs" in said, said
 
 
 def _darts_search_outputs(cfg, step: int, total: int, max_steps: int | None = None) -> Path:
@@ -189,3 +196,25 @@ def test_standalone_pretrain_starts_from_the_baseline_as_the_pipeline_does(tiny_
     run_pretrain(cfg, console=buf)
     assert f"initialised the supernet from {base}" in " ".join(buf.file.getvalue().split())
     assert load_checkpoint(wd / "supernet" / "ckpt" / "last.pt")["config"]["supernet"]["init_from"] == str(base)
+
+
+def test_the_first_log_line_says_what_training_starts_from(tiny_config, tmp_path):
+    """The trainer's header said "from scratch" for a detector whose backbone started from a file."""
+    import torch
+
+    from nasdet.models import build_detector
+    from nasdet.stages.baseline import run_baseline
+    from nasdet.stages.common import start_note_of
+
+    assert start_note_of(tiny_config()) == "from scratch"
+    assert start_note_of(tiny_config(model={"backbone": {"name": "mobilenet_v3_small", "width_mult": 0.5,
+                                                         "pretrained": "imagenet"}})) == \
+        "backbone from torchvision's imagenet weights"
+    body = tmp_path / "backbone.pt"
+    torch.save(build_detector(tiny_config().model, num_classes=8).backbone.body.state_dict(), body)
+    cfg = tiny_config(model={"backbone": {"name": "mobilenet_v3_small", "width_mult": 0.5, "checkpoint": str(body)}},
+                      train={"max_steps": 1}, eval={"max_images": 2})
+    buf = quiet()
+    run_baseline(cfg, console=buf)
+    assert f"from backbone from {body}" not in buf.file.getvalue()
+    assert f"backbone from {body}" in " ".join(buf.file.getvalue().split())

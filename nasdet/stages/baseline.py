@@ -115,7 +115,7 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
         console.print(f"its classes are not the data's {data['val'].num_classes}: re-initialised "
                       f"{', '.join(imported.reinitialised)}; fine-tuning it with the train recipe")
         return train_detector(cfg, work_dir, BASELINE, console, init=lambda m: m.load_state_dict(imported.state),
-                              record={"imported_from": origin})
+                              record={"imported_from": origin}, start_note=f"from {source} (imported)")
     model.load_state_dict(imported.state)
     if dist.is_main():
         save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0,

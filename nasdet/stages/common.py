@@ -40,11 +40,23 @@ def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.model_copy(update={"model": model})
 
 
+def start_note_of(cfg: ExperimentConfig) -> str:
+    """How a fresh training run of ``cfg``'s model starts, for the trainer's first log line."""
+    b = cfg.model.backbone
+    if b.pretrained:
+        return f"backbone from torchvision's {b.pretrained} weights"
+    if b.checkpoint:
+        return f"backbone from {b.checkpoint}"
+    return "from scratch"
+
+
 def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str,
-                   console: Console | None = None, init=None, record: dict | None = None) -> dict:
+                   console: Console | None = None, init=None, record: dict | None = None,
+                   start_note: str | None = None) -> dict:
     """Train the config's detector on the whole training set into the folder ``stage`` of the work dir;
     resume if its checkpoint exists, skip if its record says training finished. Returns val metrics.
-    ``init(model)`` sets the starting weights (fine-tuning); ``record`` is added to ``metrics.json``."""
+    ``init(model)`` sets the starting weights (fine-tuning; ``start_note`` says which); ``record`` is added
+    to ``metrics.json``."""
     console = console or Console()
     wd = WorkDir.of(cfg, work_dir)
     torch.manual_seed(cfg.seed)
@@ -55,6 +67,7 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     out = wd.stage(stage)
     out_dir = out.root
     trainer = Trainer.from_config(cfg, model, data["train"], data["val"], out_dir, console=console)
+    trainer.start_note = start_note or start_note_of(cfg)
     trainer.prepare()  # a checkpoint that does not fit fails here, before anything is written
     if dist.is_main():
         save_config(cfg, wd.config)

@@ -22,6 +22,7 @@ from ..data.dataset import to_coco_gt
 from ..errors import ConfigError, ExportParityError
 from ..export import check_parity, export_onnx, time_onnx
 from ..metrics import coco_evaluate
+from ..search.budget import COST_UNITS
 from ..quantize import detection_agreement, network_scopes, onnx_detections, quantize_detector
 from ..models.cost import detector_macs, detector_params, measure_latency
 from ..models.detectors import get_input_size
@@ -228,10 +229,11 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
                       f"scores within {parity['max_score_diff']:.1e}; raw outputs within "
                       f"{parity['raw']['max_abs_diff']:.1e}")
     if budget is not None and not budget["within"]:
-        scale = 1e6 if budget["metric"] in ("macs", "params") else 1.0
-        pred = "-" if budget["predicted"] is None else f"{budget['predicted'] / scale:.4g}"
+        scale, unit = (1e6, f" M {COST_UNITS[budget['metric']]}") if budget["metric"] in ("macs", "params") else (1.0, " ms")
+        pred = "-" if budget["predicted"] is None else f"{budget['predicted'] / scale:.4g}{unit}"
         console.print(Panel(f"the exported model breaks the search budget: {budget['metric']} measured "
-                            f"{budget['measured'] / scale:.4g} vs predicted {pred} vs budget {budget['max'] / scale:.4g}",
+                            f"{budget['measured'] / scale:.4g}{unit} vs predicted {pred} vs budget "
+                            f"{budget['max'] / scale:.4g}{unit}",
                             title="OVER BUDGET", style="bold red"))
     return result
 

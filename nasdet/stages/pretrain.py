@@ -18,7 +18,7 @@ from ..train import dist
 from ..train.supernet import SupernetTrainer, init_from_checkpoint, load_teacher
 from ..train.trained import with_backbone_checkpoint
 from ..workdir import SPACE_JSON, WorkDir, write_json
-from .common import finished_record, recipe_key, subnets_table, with_train_recipe
+from .common import finished_record, recipe_key, start_note_of, subnets_table, with_train_recipe
 
 
 def pretrain_config(cfg: ExperimentConfig, wd: WorkDir) -> ExperimentConfig:
@@ -63,8 +63,7 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     trainer = SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], data["val"], out_dir,
                               calib_set=data["supernet_train"].with_transforms(None), teacher=teacher, console=console,
                               recipe=recipe_key("supernet", cfg.supernet.train))
-    if cfg.supernet.init_from:
-        trainer.start_note = f"from {cfg.supernet.init_from}"
+    trainer.start_note = f"from {cfg.supernet.init_from}" if cfg.supernet.init_from else start_note_of(cfg)
     trainer.prepare()  # a checkpoint of another space or model fails here, before anything is written
     if dist.is_main():
         save_config(cfg, wd.config)

@@ -31,7 +31,7 @@ from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model, with_backbone_checkpoint
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
-from .common import finished_record, metrics_table, recipe_key, with_train_recipe
+from .common import finished_record, metrics_table, recipe_key, start_note_of, with_train_recipe
 
 
 # ----------------------------------------------------------------------------------------- the arch
@@ -195,8 +195,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out.root, console=console, arch=arch,
                                       recipe=recipe_key("tune", cfg.tune.train),
                                       space_id=space.space_id if space is not None else None)
-    if sn_ckpt is not None:
-        trainer.start_note = f"from the supernet's weights ({sn_ckpt})"
+    trainer.start_note = f"from the supernet's weights ({sn_ckpt})" if sn_ckpt is not None else start_note_of(cfg)
     trainer.prepare()
     if dist.is_main() and stage == TUNE:  # the run's config.yaml: not a control's (its config is in its checkpoint)
         save_config(cfg, wd.config)
