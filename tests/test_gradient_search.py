@@ -128,6 +128,10 @@ def test_gradient_search_end_to_end_limit_outputs_resume_and_errors(tiny_config)
         run_search(with_budget(cfg, small[48] * 0.9), console=quiet)
     from nasdet.search.gradient import GradientSearch
     assert issubclass(LimitBelowSmallest, ValueError) and GradientSearch
+    # under the smallest arch at 48 px but not at 64, the only size searched: refused before the study is opened
+    with pytest.raises(LimitBelowSmallest, match="at input_size 64"):
+        run_search(with_budget(cfg, (small[48] + small[64]) / 2), console=quiet)
+    assert not (Path(cfg.work_dir) / "search" / "study.journal").exists()
 
     # a limit the default arch breaks: the search must prune; only model.input_size (64) is searched
     limit = (small[64] + big) / 2

@@ -163,7 +163,7 @@ def test_each_trainer_resizes_to_the_largest_size_its_steps_use(tiny_config, tmp
     assert resize_of(trainer) is None
     trainer.lock.release()
 
-    multi = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}},
+    multi = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}, "input_size": 112},
                         supernet={"input_sizes": [64, 112], "multi_resolution": True})
     model, space = build_supernet(multi, train.num_classes)
     trainer = SupernetTrainer.from_config(multi, model, space, train, None, tmp_path / "d")
@@ -178,7 +178,7 @@ def test_a_multi_resolution_loader_resizes_each_batch_once_to_its_steps_size(tin
     from nasdet.train.loop import SizedBatchSampler
     from nasdet.train.supernet import SupernetTrainer
 
-    multi = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}},
+    multi = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}, "input_size": 112},
                         data={"augment": {"photometric": 0.5, "hflip": 0.5}}, train={"batch_size": 2},
                         supernet={"input_sizes": [64, 112], "multi_resolution": True})
     train = build_datasets(multi, need=("train",))["train"]
@@ -203,7 +203,7 @@ def test_a_multi_resolution_loader_resizes_each_batch_once_to_its_steps_size(tin
         assert torch.equal(target["boxes"], ref_target["boxes"]) and torch.equal(target["labels"], ref_target["labels"])
     trainer.lock.release()
 
-    one = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}},
+    one = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}, "input_size": 112},
                       supernet={"input_sizes": [64, 112], "multi_resolution": False})
     model, space = build_supernet(one, train.num_classes)
     trainer = SupernetTrainer.from_config(one, model, space, train, None, tmp_path / "e")

@@ -247,6 +247,24 @@ def _finished(study: optuna.Study, resolution: int) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------ the loop
+def feasible_resolutions(space: SearchSpace, cost_of: Callable[[Mapping[str, Any]], float], budget: Budget,
+                         resolutions: Sequence[int]) -> dict[int, float]:
+    """Resolution -> cost of its smallest arch, for those whose smallest arch is under the limit;
+    ``LimitBelowSmallest`` naming the cheapest if none is (checked before the study is opened)."""
+    cheapest = {}
+    smallest = space.smallest()
+    for s in resolutions:
+        cheapest[s] = cost_of({**smallest, INPUT_SIZE: s})
+    ok = {s: c for s, c in cheapest.items() if c <= budget.max}
+    if not ok:
+        unit = COST_UNITS[budget.metric]
+        s, c = min(cheapest.items(), key=lambda kv: kv[1])
+        raise LimitBelowSmallest(
+            f"search budget {budget.metric} <= {budget.max:.6g} {unit} is below the cheapest arch of the "
+            f"space: the smallest arch costs {c:.6g} {unit} at input_size {s}; raise search.budget.max above {c:.6g}")
+    return ok
+
+
 class GradientSearch:
     """ENOT's search over one supernet (see the module docstring). ``loss_batches()`` yields
     ``(images, targets)`` batches of the search split for one epoch (``epoch`` argument); ``score(arch)``
@@ -288,20 +306,7 @@ class GradientSearch:
 
     # ------------------------------------------------------------------------------- resolutions
     def feasible_resolutions(self, resolutions: Sequence[int]) -> dict[int, float]:
-        """Resolution -> cost of its smallest arch, for those whose smallest arch is under the limit;
-        ``LimitBelowSmallest`` naming the cheapest if none is."""
-        cheapest = {}
-        smallest = self.space.smallest()
-        for s in resolutions:
-            cheapest[s] = self.cost_of({**smallest, INPUT_SIZE: s})
-        ok = {s: c for s, c in cheapest.items() if c <= self.budget.max}
-        if not ok:
-            unit = COST_UNITS[self.budget.metric]
-            s, c = min(cheapest.items(), key=lambda kv: kv[1])
-            raise LimitBelowSmallest(
-                f"search budget {self.budget.metric} <= {self.budget.max:.6g} {unit} is below the cheapest arch of the "
-                f"space: the smallest arch costs {c:.6g} {unit} at input_size {s}; raise search.budget.max above {c:.6g}")
-        return ok
+        return feasible_resolutions(self.space, self.cost_of, self.budget, resolutions)
 
     def run(self, resolutions: Sequence[int], gc) -> list[dict]:
         """One search per feasible resolution (``gc``: the GradientConfig); returns the final records."""

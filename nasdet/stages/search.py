@@ -165,7 +165,7 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
 
     from ..data.dataset import collate_detection
     from ..train.loop import EpochSampler
-    from ..search.gradient import GradientSearch, search_resolutions, write_searched_arch
+    from ..search.gradient import GradientSearch, feasible_resolutions, search_resolutions, write_searched_arch
     from ..search.strategies import Strategy
     from ..search.study import worker_id
 
@@ -186,13 +186,15 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     scorer = cached_scorer(functools.partial(
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
         recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
+    resolutions = search_resolutions(search_space, cfg.model.input_size, gc.search_resolution)
+    feasible_resolutions(search_space, lambda a: float(cost_fn(a)[budget.metric]), budget, resolutions)  # before the study
     study_name = study_name_of(cfg)
     study = open_checked_study(storage or s.storage, out_dir, study_name, Strategy(search_space, cost_fn, budget), ckpt,
                                state)
     save_config(cfg, WorkDir(wd).config)
     search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
                             seed=s.seed, console=console, worker=worker_id())
-    search.run(search_resolutions(search_space, cfg.model.input_size, gc.search_resolution), gc)
+    search.run(resolutions, gc)
     records = apply_budget(study_records(study, search_space), budget, cost_fn)
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
     extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
