@@ -324,7 +324,7 @@ def eval_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
     eval/<stage>_<name>_metrics.json for a --ckpt (a stage's own record is never overwritten)."""
     from .stages.baseline import run_eval
 
-    run_eval(_load(config, set_), work_dir, ckpt, console=console)
+    run_eval(_load(config, set_), work_dir, ckpt and ckpt.expanduser(), console=console)
 
 
 @app.command("cost")
@@ -335,7 +335,7 @@ def cost_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
     """MACs and params (backbone, whole detector) and measured latency at batch 1."""
     from .stages.baseline import run_cost
 
-    run_cost(_load(config, set_), work_dir, ckpt, latency=not no_latency, console=console)
+    run_cost(_load(config, set_), work_dir, ckpt and ckpt.expanduser(), latency=not no_latency, console=console)
 
 
 @app.command("tune")

@@ -5,6 +5,7 @@ naming the key path and the file, never a silently ignored setting.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -712,16 +713,31 @@ def load_yaml(text: str, source: str) -> Any:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read, override and validate a config. Errors name the file and the key path."""
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+                          "save it as UTF-8") from None
     raw = load_yaml(text, f"config {path}") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: top level must be a mapping, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
+    raw = expand_home(apply_overrides(raw, overrides or []))
     return validate_config(raw, str(path))
+
+
+def expand_home(node: Any) -> Any:
+    """Every string that starts with ``~/`` (or is ``~``) as the home folder it names: Python's paths take
+    ``~`` literally, so ``work_dir: ~/runs`` made a folder named ``~`` in the current one."""
+    if isinstance(node, dict):
+        return {k: expand_home(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_home(v) for v in node]
+    if isinstance(node, str) and (node == "~" or node.startswith("~/")):
+        return os.path.expanduser(node)
+    return node
 
 
 def validate_config(raw: dict, source: str = "<dict>") -> ExperimentConfig:

@@ -343,4 +343,4 @@ class WriterLock:
 
 def work_dir_of(cfg, override: str | Path | None = None) -> Path:
     """The work dir of a config (``cfg.work_dir``), or ``override`` when given."""
-    return Path(override) if override else Path(cfg.work_dir)
+    return Path(override).expanduser() if override else Path(cfg.work_dir).expanduser()  # `--work-dir=~/x` too

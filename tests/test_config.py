@@ -44,6 +44,26 @@ def test_a_boolean_for_a_number_is_an_error_naming_the_key(tmp_path, key):
     assert cfg.train.channels_last is False and cfg.export.int8 is True
 
 
+def test_a_config_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("# café\n".encode("latin-1") + yaml.safe_dump(BASE).encode())
+    with pytest.raises(ConfigError, match=rf"config {p} is not UTF-8 text \(byte 0xe9 at offset 5\): save it as UTF-8"):
+        load_config(p)
+    p.write_bytes(b"\xef\xbb\xbf" + yaml.safe_dump(BASE).encode())  # UTF-8 with a byte-order mark: fine
+    assert load_config(p).data.format == "coco"
+
+
+def test_home_folder_paths_are_expanded(tmp_path, monkeypatch):
+    """`work_dir: ~/runs` made a folder named `~` in the current one."""
+    from nasdet.workdir import work_dir_of
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_config(write(tmp_path, {**BASE, "work_dir": "~/runs/x"}), ["data.train.images=~/data/img"])
+    assert cfg.work_dir == str(tmp_path / "home" / "runs" / "x")
+    assert cfg.data.train.images == str(tmp_path / "home" / "data" / "img")
+    assert work_dir_of(cfg, "~/other") == tmp_path / "home" / "other"  # --work-dir=~/other (no shell expansion)
+
+
 def test_bad_literal(tmp_path):
     with pytest.raises(ConfigError, match="model.detector"):
         load_config(write(tmp_path, {**BASE, "model": {"detector": "yolov9"}}))

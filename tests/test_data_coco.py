@@ -320,6 +320,15 @@ def test_json_with_a_utf8_byte_order_mark_loads(coco):
 
 
 
+def test_the_installed_nasdet_command_runs_main_which_installs_the_warning_format():
+    """The console script ran the typer app directly, so `nasdet ...` (unlike `python -m nasdet`) printed
+    Python's two-line warnings."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="nasdet")
+    assert script.value == "nasdet.cli:main"
+
+
 def test_the_cli_prints_nasdets_warnings_as_one_line_and_a_librarys_as_python_does(coco, monkeypatch):
     """`nasdet` installs ``show_warning``: a warning about the user's data is one ``warning:`` line like an error,
     not Python's two lines quoting nasdet's own source; a library's warning keeps Python's format."""

@@ -77,6 +77,12 @@ def test_load_success(voc07):
     assert target["iscrowd"].tolist() == [0, 1] and target["image_id"] == 1
 
 
+def test_a_split_file_with_a_byte_order_mark_lists_the_same_images(voc07):
+    split = voc07 / "ImageSets" / "Main" / "train.txt"
+    split.write_text("\ufeff" + split.read_text())
+    assert [r.file.name for r in load_voc(voc07, "train").records] == ["000005.jpg", "000007.jpg", "000009.jpg"]
+
+
 def test_multiple_roots_get_unique_ids(tmp_path):
     r07 = make_root(tmp_path, "VOC2007", VOC07, split="trainval")
     r12 = make_root(tmp_path, "VOC2012", VOC12, split="trainval")

@@ -78,6 +78,9 @@ def test_label_paths_roboflow_layout_list_file_and_labels_folder(tmp_path):
     (root / "list.txt").write_text("valid/images/p.jpg\ntrain/images/p.jpg\n")
     listed = load_yolo(root / "data.yaml", images=root / "list.txt")
     assert [r.file for r in listed.records] == [root / "valid" / "images" / "p.jpg", root / "train" / "images" / "p.jpg"]
+    (root / "bom.txt").write_text("\ufeffvalid/images/p.jpg\r\n")  # as Windows Notepad saves it
+    assert [r.file for r in load_yolo(root / "data.yaml", images=root / "bom.txt").records] == \
+        [root / "valid" / "images" / "p.jpg"]
     # an explicit labels folder mirroring the image folder
     (root / "ann").mkdir()
     (root / "ann" / "p.txt").write_text("0 0.25 0.5 0.5 1\n")

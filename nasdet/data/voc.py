@@ -53,7 +53,7 @@ def _pairs(root, split) -> list[tuple[Path, str]]:
 def _read_split(root: Path, split: str) -> list[str]:
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     try:
-        text = split_file.read_text(encoding="utf-8")
+        text = split_file.read_text(encoding="utf-8-sig")
     except FileNotFoundError as e:
         hint = "" if root.is_dir() else f" (the root {root} does not exist)"
         raise DataError(f"{split_file}: split file for split {split!r} does not exist{hint}") from e

@@ -152,7 +152,7 @@ def _list_images(entry: Path, src: str) -> tuple[list[Path], Path | None]:
         return files, entry
     if entry.is_file():
         try:
-            lines = entry.read_text(encoding="utf-8").splitlines()
+            lines = entry.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(f"{entry}: cannot read the image list: {e}") from e
         files = [entry.parent / line.strip() for line in lines if line.strip()]
