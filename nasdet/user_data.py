@@ -66,5 +66,5 @@ def refuse_output_in_data(out: str | Path, data_folders: Iterable[tuple[str, str
                               "holds no data set")
     for mark in _dataset_marks(targets[0]):
         if not ours(mark):
-            raise ConfigError(f"{what} {out} holds a data set that nasdet did not write ({mark}): nasdet never "
-                              "overwrites it; choose an empty or new folder")
+            raise ConfigError(f"{what} {out} holds a data set that is not its own earlier output ({mark}): nasdet "
+                              "never overwrites it; choose an empty or new folder")

@@ -107,6 +107,38 @@ def test_to_yolo_into_a_fresh_folder_then_again(tmp_path, data_root):
     assert hashes(data_root) == before
 
 
+def test_to_yolo_again_with_fewer_images_keeps_none_of_the_earlier_ones(tmp_path, data_root):
+    """A rerun into its own folder left the earlier run's images and labels: the set read back was the old one."""
+    from nasdet.data.coco import load_coco
+    from nasdet.data.yolo import load_yolo, write_yolo
+
+    train = load_coco(data_root / "train" / "annotations.json", data_root / "train" / "images")
+    out = tmp_path / "yolo"
+    write_yolo({"train": train}, out)
+    assert len(load_yolo(out / "data.yaml", "train")) == 4
+    write_yolo({"train": train.subset([1, 3])}, out)
+    again = load_yolo(out / "data.yaml", "train")
+    assert sorted(r.file.name for r in again.records) == sorted(train.records[i].file.name for i in (1, 3))
+    assert len(list((out / "train" / "labels").iterdir())) == 2
+
+
+def test_to_yolo_into_a_make_synthetic_yolo_folder_is_refused(tmp_path, data_root):
+    """Its data.yaml is nasdet's, but its COCO images and annotations.json are a data set: to-yolo replaced
+    the images."""
+    from nasdet.data.coco import load_coco
+    from nasdet.data.yolo import write_yolo
+    from nasdet.errors import ConfigError
+
+    code, out, exc = cli("data", "make-synthetic", tmp_path / "s", "--train", 2, "--val", 1, "--size", 48,
+                         "--format", "yolo", "--workers", 1)
+    assert code == 0 and exc is None, out
+    before = hashes(tmp_path / "s")
+    train = load_coco(data_root / "train" / "annotations.json", data_root / "train" / "images")
+    with pytest.raises(ConfigError, match=r"holds a data set that is not its own earlier output \(.*annotations.json\)"):
+        write_yolo({"train": train}, tmp_path / "s")
+    assert hashes(tmp_path / "s") == before
+
+
 def test_make_synthetic_into_its_own_folder_again(tmp_path):
     for n in (3, 2):
         code, out, exc = cli("data", "make-synthetic", tmp_path / "s", "--train", n, "--val", 1, "--size", 64,

@@ -314,6 +314,15 @@ def load_yolo(
 
 
 # --------------------------------------------------------------------------------------------- write
+def _remove_stale(folder: Path, keep: set[str]) -> None:
+    """Delete the files of ``folder`` (an earlier ``write_yolo`` output, the refusal above vouches for
+    that) whose names are not in ``keep``."""
+    if folder.is_dir():
+        for f in folder.iterdir():
+            if f.is_file() and f.name not in keep:
+                f.unlink()
+
+
 def _place_image(src: Path, dst: Path) -> None:
     """A hard link when the file system allows one (no copy of a large set), else a copy."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -351,8 +360,11 @@ def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy
         sources = [(f"images of {ds.source}", folder) for ds in splits.values()
                    for folder in sorted({rec.file.parent for rec in ds.records})]
         sources += [(ds.source, Path(ds.source)) for ds in splits.values() if ds.source and Path(ds.source).exists()]
+        # its own earlier output is data.yaml and <split>/labels only: a make-synthetic folder's COCO files
+        # (annotations.json beside the images) are a data set it would overwrite
         refuse_output_in_data(out_dir, sources, "YOLO output folder",
-                              ours=lambda mark: written_by_nasdet_yaml(out_dir / "data.yaml"))
+                              ours=lambda mark: mark.name in ("data.yaml", "labels")
+                              and written_by_nasdet_yaml(out_dir / "data.yaml"))
     classes = None
     entries = {}
     for split, ds in splits.items():
@@ -379,6 +391,9 @@ def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy
             lines, n_crowd = _label_lines(rec)
             crowd += n_crowd
             write_text_atomic(label_file, "".join(line + "\n" for line in lines))  # a cut line could still parse
+        if copy_images:  # a rerun into its own folder: an earlier run's images and labels are not this set's
+            _remove_stale(image_dir, {p.name for p in stems.values()})
+            _remove_stale(out_dir / split / "labels", {f"{stem}.txt" for stem in stems})
         if crowd:
             warnings.warn(f"{ds.source}: left out {crowd} crowd/difficult box{'es' if crowd != 1 else ''} "
                           "(YOLO labels cannot mark a box as ignored)", UserWarning, stacklevel=2)
