@@ -293,3 +293,18 @@ def test_momentum_sgd_updates_fused_as_torchs_loop_would_also_for_a_path_sampled
         for p in (a, c, d):
             torch.testing.assert_close(p, b, rtol=1e-5, atol=1e-6)
     assert not torch.equal(net[3].weight, start[3].weight)
+
+
+def test_a_val_set_without_boxes_is_refused_before_training(tiny_config, shapes_dir, tmp_path):
+    """It failed after the last step, with "ground truth has no annotations" naming no set."""
+    from nasdet.errors import DataError
+
+    val = json.loads((shapes_dir / "val" / "annotations.json").read_text())
+    val["annotations"] = []  # e.g. a YOLO val folder whose labels were looked for in the wrong place
+    ann = tmp_path / "val_without_boxes.json"
+    ann.write_text(json.dumps(val))
+    cfg = tiny_config(data={"val": {"annotations": str(ann), "images": str(shapes_dir / "val" / "images")}},
+                      train={"max_steps": 1})
+    with pytest.raises(DataError, match=rf"val set {ann}.* has no box in the 8 images it scores: its mAP is undefined"):
+        run_baseline(cfg)
+    assert not (tmp_path / "work" / "baseline" / "ckpt").exists()

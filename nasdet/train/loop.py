@@ -207,6 +207,16 @@ class Trainer:
                 f"{len(self.train_set)} images): the detector will learn to find nothing; check the annotation "
                 "file", style="yellow"), soft_wrap=True)
 
+    def check_val_set(self) -> None:
+        """Refuse, before training, a val set whose scored images hold no box: its mAP is undefined, and the
+        error used to come after the last step (every rank checks, so none waits for another)."""
+        if self.val_set is None or not self.val_images:
+            return
+        if not any(len(r.boxes) for r in self.val_set.records[:self.val_images]):
+            raise DataError(f"val set {self.val_set.source} has no box in the {self.val_images} images it scores: "
+                            "its mAP is undefined; check its annotations (a YOLO set: each image's label file in the "
+                            "'labels' folder beside its 'images' folder)")
+
     def load_extra_state(self, state: dict) -> None:
         pass
 
@@ -366,6 +376,7 @@ class Trainer:
 
     def _run(self) -> dict:
         torch.manual_seed(self.settings.seed)
+        self.check_val_set()
         resumed = self.prepare()
         if resumed:  # the random streams where the interrupted run left them (augmentations continue as they would have)
             set_rng_state(self._resume_rng)
