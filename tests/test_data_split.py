@@ -88,3 +88,14 @@ def test_stats_tables_render(stats_ds):
     assert "train: fixture.json" in text and "32-64%" in text and "medium" in text
     assert "40.0%" in text  # 2 of 5 non-crowd boxes are 32-64%
 
+
+def test_stats_tables_show_brackets_in_sources_and_class_names(stats_ds):
+    """A YOLO source is `data.yaml [train]`: rich read `[train]` as markup and dropped it from the title."""
+    stats = dataset_stats(stats_ds)
+    stats["classes"] = {"[b]old": stats["classes"]["a"]}
+    console = Console(file=io.StringIO(), width=160, record=True)
+    for t in stats_tables(stats, "train: data.yaml [train]"):
+        console.print(t)
+    text = console.export_text()
+    assert "train: data.yaml [train]" in text and "[b]old" in text
+

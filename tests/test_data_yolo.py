@@ -88,6 +88,28 @@ def test_label_paths_roboflow_layout_list_file_and_labels_folder(tmp_path):
     np.testing.assert_allclose(ds.records[0].boxes, [[0, 0, 10, 10]])
 
 
+def test_image_search_follows_linked_folders_and_skips_hidden_files(tmp_path):
+    """As Ultralytics' glob: a symlinked subfolder's images count; macOS `._x.jpg` and `.ipynb_checkpoints/`
+    do not (the first failed as a corrupt image, the second was added as an unlabelled one)."""
+    yaml_file = _write_set(tmp_path / "set")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "images").mkdir(parents=True)
+    (elsewhere / "labels").mkdir()
+    Image.new("RGB", (20, 20)).save(elsewhere / "images" / "d.jpg")
+    (elsewhere / "labels" / "d.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "set" / "images" / "train" / "linked").symlink_to(elsewhere / "images", target_is_directory=True)
+    (tmp_path / "set" / "labels" / "train" / "linked").symlink_to(elsewhere / "labels", target_is_directory=True)
+    (tmp_path / "set" / "images" / "train" / "loop").symlink_to(tmp_path / "set" / "images", target_is_directory=True)
+    (tmp_path / "set" / "images" / "train" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    hidden = tmp_path / "set" / "images" / "train" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    Image.new("RGB", (20, 20)).save(hidden / "a-checkpoint.jpg")
+    ds = load_yolo(yaml_file, "train")
+    assert sorted(r.file.name for r in ds.records) == ["a.jpg", "b.png", "c.jpg", "d.jpg"]
+    d = next(r for r in ds.records if r.file.name == "d.jpg")
+    np.testing.assert_allclose(d.boxes, [[5, 5, 15, 15]])
+
+
 @pytest.mark.parametrize("names, match", [
     (["dog", "cat", "bird"], None),
     ({"0": "dog", "1": "cat", "2": "bird"}, None),
@@ -218,6 +240,12 @@ def test_write_yolo_leaves_out_crowd_and_refuses_clashing_names(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(coco))
     with pytest.raises(DataError, match="two images named p"):
         write_yolo({"train": load_coco(tmp_path / "a.json", img_dir)}, tmp_path / "out2")
+    # an annotated size that is not the image's: the labels would be normalised by it (silently wrong boxes)
+    coco["images"] = [{"id": 1, "file_name": "p.jpg", "width": 80, "height": 40}]
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    with pytest.raises(DataError, match=r"p.jpg \(image id 1\) is 40x20 but the annotations say 80x40"):
+        write_yolo({"train": load_coco(tmp_path / "a.json", img_dir)}, tmp_path / "out3")
+    assert not (tmp_path / "out3").exists()
 
 
 # ------------------------------------------------------------------------------- COCO vs its YOLO copy

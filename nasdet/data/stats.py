@@ -6,6 +6,7 @@ evaluation use, i.e. crowd / difficult boxes excluded; those are counted separat
 from __future__ import annotations
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from .dataset import DetectionDataset
@@ -76,7 +77,9 @@ def _pct(n: int, total: int) -> str:
 
 
 def stats_tables(stats: dict, title: str) -> list[Table]:
-    """``dataset_stats`` output as rich tables: summary, per class, relative sizes, COCO areas."""
+    """``dataset_stats`` output as rich tables: summary, per class, relative sizes, COCO areas. ``title`` and
+    class names are plain text (a source's ``[train]`` is not rich markup)."""
+    title = escape(title)
     summary = Table(title=title)
     summary.add_column("images", justify="right")
     summary.add_column("boxes", justify="right")
@@ -91,7 +94,7 @@ def stats_tables(stats: dict, title: str) -> list[Table]:
     for col in ("class", "id", "boxes", "crowd/difficult", "images", "share of boxes"):
         per_class.add_column(col, justify="left" if col == "class" else "right")
     for name, c in stats["classes"].items():
-        per_class.add_row(name, str(c["id"]), str(c["boxes"]), str(c["crowd"]), str(c["images"]),
+        per_class.add_row(escape(name), str(c["id"]), str(c["boxes"]), str(c["crowd"]), str(c["images"]),
                           _pct(c["boxes"], stats["boxes"]))
 
     tables = [summary, per_class]

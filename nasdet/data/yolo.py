@@ -143,10 +143,26 @@ def read_data_yaml(file: str | Path) -> YoloDataYaml:
 
 
 # -------------------------------------------------------------------------------------------- images
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` as Ultralytics' recursive glob finds them: through symlinked folders,
+    without hidden files and folders (macOS ``._x.jpg``, ``.ipynb_checkpoints/``); a link loop is walked once."""
+    found, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / n for n in names
+                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES and (Path(root) / n).is_file()]
+    return found
+
+
 def _list_images(entry: Path, src: str) -> tuple[list[Path], Path | None]:
     """Image files of one split entry and the folder they were found under (None for a list file)."""
     if entry.is_dir():
-        files = sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = sorted(_image_files(entry))
         if not files:
             raise DataError(f"{src}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {entry}")
         return files, entry
@@ -365,6 +381,14 @@ def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy
         refuse_output_in_data(out_dir, sources, "YOLO output folder",
                               ours=lambda mark: mark.name in ("data.yaml", "labels")
                               and written_by_nasdet_yaml(out_dir / "data.yaml"))
+    for ds in splits.values():  # labels are normalised by the annotated size: it must be the image's
+        for rec in ds.records:
+            width, height, rotated = _image_size(rec.file, ds.source)
+            if (width, height) != (rec.width, rec.height):
+                upright = " upright (its EXIF orientation applied)" if rotated else ""
+                raise DataError(f"{ds.source}: image file {rec.file} (image id {rec.image_id}) is {width}x{height}"
+                                f"{upright} but the annotations say {rec.width}x{rec.height}: its YOLO labels would "
+                                "be normalised by the wrong size; nothing written")
     classes = None
     entries = {}
     for split, ds in splits.items():
