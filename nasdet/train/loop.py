@@ -204,8 +204,9 @@ class Trainer:
         if not any((r.iscrowd == 0).any() for r in self.train_set.records):
             self.console.print(Text(
                 f"warning: training set {self.train_set.source} has no annotations (no box in its "
-                f"{len(self.train_set)} images): the detector will learn to find nothing; check the annotation "
-                "file", style="yellow"), soft_wrap=True)
+                f"{len(self.train_set)} images): the detector will learn to find nothing; check its annotations "
+                "(a YOLO set: each image's label file in the 'labels' folder beside its 'images' folder)",
+                style="yellow"), soft_wrap=True)
 
     def check_val_set(self) -> None:
         """Refuse, before training, a val set whose scored images hold no box: its mAP is undefined, and the
