@@ -83,6 +83,29 @@ def test_a_split_file_with_a_byte_order_mark_lists_the_same_images(voc07):
     assert [r.file.name for r in load_voc(voc07, "train").records] == ["000005.jpg", "000007.jpg", "000009.jpg"]
 
 
+def test_the_xml_filename_names_a_png_or_upper_case_image(voc07):
+    """CVAT / LabelImg write VOC sets whose images keep their own extension: `<filename>` names them."""
+    (voc07 / "JPEGImages" / "000005.jpg").rename(voc07 / "JPEGImages" / "000005.png")
+    (voc07 / "JPEGImages" / "000007.jpg").rename(voc07 / "JPEGImages" / "000007.JPG")
+    for name, ext in (("000005", "png"), ("000007", "JPG")):
+        xml = voc07 / "Annotations" / f"{name}.xml"
+        xml.write_text(xml.read_text().replace("<filename>x.jpg</filename>", f"<filename>{name}.{ext}</filename>"))
+    ds = load_voc(voc07, "train")
+    assert [r.file.name for r in ds.records] == ["000005.png", "000007.JPG", "000009.jpg"]
+    assert tuple(ds[0][0].shape) == (3, 40, 50)
+    xml = voc07 / "Annotations" / "000009.xml"  # a <filename> naming another image is not followed
+    xml.write_text(xml.read_text().replace("<filename>x.jpg</filename>", "<filename>000005.png</filename>"))
+    assert load_voc(voc07, "train").records[2].file.name == "000009.jpg"
+
+
+def test_an_unknown_class_with_the_default_classes_points_to_data_classes(voc07):
+    from nasdet.errors import DataError
+
+    (voc07 / "Annotations" / "000009.xml").write_text(voc_xml(20, 20, [("forklift", (1, 1, 5, 5), 0)]))
+    with pytest.raises(DataError, match="unknown class name 'forklift'.*lists them in data.classes"):
+        load_voc(voc07, "train")
+
+
 def test_multiple_roots_get_unique_ids(tmp_path):
     r07 = make_root(tmp_path, "VOC2007", VOC07, split="trainval")
     r12 = make_root(tmp_path, "VOC2012", VOC12, split="trainval")

@@ -75,7 +75,8 @@ def _number(text: str | None, what: str) -> float:
 
 
 def _parse_xml(xml_file: Path, label_of: dict[str, int], classes: Sequence[str]):
-    """``(width, height, boxes, labels, iscrowd, degenerate_count)`` of one annotation file."""
+    """``(width, height, boxes, labels, iscrowd, degenerate_count, filename)`` of one annotation file
+    (``filename``: its ``<filename>``, or None)."""
     try:
         tree = ET.parse(xml_file)
     except FileNotFoundError as e:
@@ -101,7 +102,8 @@ def _parse_xml(xml_file: Path, label_of: dict[str, int], classes: Sequence[str])
         name = (obj.findtext("name") or "").strip()
         what = f"{xml_file}: object #{j} ({name or 'no name'})"
         if name not in label_of:
-            raise DataError(f"{what}: unknown class name {name!r} (known classes: {list(classes)})")
+            hint = "; a set with other classes lists them in data.classes" if list(classes) == list(VOC_CLASSES) else ""
+            raise DataError(f"{what}: unknown class name {name!r} (known classes: {list(classes)}{hint})")
         bnd = obj.find("bndbox")
         if bnd is None:
             raise DataError(f"{what}: no <bndbox>")
@@ -127,7 +129,18 @@ def _parse_xml(xml_file: Path, label_of: dict[str, int], classes: Sequence[str])
         boxes.append(box)
         labels.append(label_of[name])
         crowd.append(difficult)
-    return width, height, boxes, labels, crowd, degenerate
+    return width, height, boxes, labels, crowd, degenerate, (ann.findtext("filename") or "").strip() or None
+
+
+def _image_file(voc_root: Path, name: str, filename: str | None) -> Path:
+    """``JPEGImages/<name>.jpg`` as VOC lays it out, or the xml's ``<filename>`` when that file is there instead
+    (CVAT and LabelImg export PNG or upper-case ``.JPG`` images so)."""
+    file = voc_root / "JPEGImages" / f"{name}.jpg"
+    if filename and filename == Path(filename).name and Path(filename).stem == name and not file.is_file():
+        named = voc_root / "JPEGImages" / filename
+        if named.is_file():
+            return named
+    return file
 
 
 def load_voc(
@@ -160,11 +173,11 @@ def load_voc(
             if (key_root, name) in seen:
                 raise DataError(f"{where}: image {voc_root.name}/{name} is already listed in {seen[key_root, name]}")
             seen[key_root, name] = where
-            width, height, boxes, labels, crowd, n_degenerate = _parse_xml(
+            width, height, boxes, labels, crowd, n_degenerate, filename = _parse_xml(
                 voc_root / "Annotations" / f"{name}.xml", label_of, classes)
             degenerate += n_degenerate
             image_id = len(records) + 1
-            file = voc_root / "JPEGImages" / f"{name}.jpg"
+            file = _image_file(voc_root, name, filename)
             if check_files:
                 files.append((file, image_id))
             records.append(ImageRecord(
