@@ -78,3 +78,9 @@ def append_jsonl(path: str | Path, record: dict) -> None:
             if f.read(1) != b"\n":
                 f.write(b"\n")
         f.write((json.dumps(record) + "\n").encode())
+
+
+def relative_hint(path: str | Path) -> str:
+    """For a missing path: where a relative one was looked for (they are taken from the current folder, not
+    from the config's), else ''."""
+    return "" if Path(path).is_absolute() else f" (a relative path, taken from the current folder {Path.cwd()})"

@@ -144,6 +144,24 @@ def test_data_yaml_file_errors(tmp_path):
     f.write_text("names: [a, b]\n")
     with pytest.raises(DataError, match="no 'val' entry"):
         load_yolo(f, "val")
+    with pytest.raises(DataError, match="is a folder; data.data_yaml names the data.yaml file in it"):
+        read_data_yaml(tmp_path)
+
+
+def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """Relative data paths are taken from the current folder: a run from another folder said only "does not
+    exist"."""
+    from nasdet.data.coco import load_coco
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=rf"data/data.yaml: data.yaml does not exist \(a relative path, taken from "
+                                        rf"the current folder {tmp_path}\)"):
+        read_data_yaml("data/data.yaml")
+    with pytest.raises(DataError, match=rf"taken from the current folder {tmp_path}"):
+        load_coco("data/train.json", "data/images")
+    with pytest.raises(DataError) as e:
+        read_data_yaml(tmp_path / "nowhere.yaml")
+    assert "relative" not in str(e.value)
 
 
 @pytest.mark.parametrize("line, match", [
@@ -184,7 +202,8 @@ def test_missing_or_bad_images(tmp_path):
         load_yolo(data_yaml, images=tmp_path / "list.txt")
     # a label file whose image is gone: a warning naming it (its objects cannot be loaded)
     (tmp_path / "labels" / "train" / "gone.txt").write_text("0 0.5 0.5 0.1 0.1\n")
-    with pytest.warns(UserWarning, match=r"1 label file\(s\) have no image and are not loaded: .*gone.txt"):
+    (tmp_path / "labels" / "train" / "classes.txt").write_text("dog\ncat\nbird\n")  # LabelImg's: not a label
+    with pytest.warns(UserWarning, match=r"1 label file\(s\) have no image and are not loaded: .*gone.txt$"):
         assert len(load_yolo(data_yaml, "train")) == 3
     (tmp_path / "images" / "train" / "b.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="b.png cannot be opened"):

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..files import relative_hint
 from .dataset import DataError, DetectionDataset, ImageRecord
 
 __all__ = ["load_coco", "BOX_TOLERANCE"]
@@ -102,7 +103,7 @@ def _read_json(ann_file: Path):
         with open(ann_file, encoding="utf-8-sig") as f:  # a BOM (Windows editors) is allowed
             return json.load(f)
     except FileNotFoundError as e:
-        raise DataError(f"{ann_file}: annotation file does not exist") from e
+        raise DataError(f"{ann_file}: annotation file does not exist{relative_hint(ann_file)}") from e
     except json.JSONDecodeError as e:
         raise DataError(
             f"{ann_file}: not valid json: {e.msg} at line {e.lineno} column {e.colno} (char {e.pos})"
@@ -171,7 +172,7 @@ def load_coco(ann_file: str | Path, image_dir: str | Path, *, check_files: bool 
 
     if check_files:
         if not image_dir.is_dir():
-            raise DataError(f"{src}: image folder {image_dir} does not exist")
+            raise DataError(f"{src}: image folder {image_dir} does not exist{relative_hint(image_dir)}")
         check_image_files(src, [(im["file"], iid) for iid, im in sorted(images.items())], f"under {image_dir}")
 
     # --------------------------------------------------------------------------- annotations

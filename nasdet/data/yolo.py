@@ -38,7 +38,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from ..files import write_text_atomic
+from ..files import relative_hint, write_text_atomic
 from ..user_data import WRITTEN_BY_NASDET, refuse_output_in_data, written_by_nasdet_yaml
 from .coco import MAX_LISTED, fit_box, warn_degenerate
 from .dataset import DetectionDataset, ImageRecord
@@ -115,7 +115,9 @@ def read_data_yaml(file: str | Path) -> YoloDataYaml:
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise DataError(f"{src}: data.yaml does not exist") from e
+        raise DataError(f"{src}: data.yaml does not exist{relative_hint(file)}") from e
+    except IsADirectoryError:
+        raise DataError(f"{src}: is a folder; data.data_yaml names the data.yaml file in it") from None
     except yaml.YAMLError as e:
         raise DataError(f"{src}: not valid YAML: {e}") from e
     except (OSError, UnicodeDecodeError) as e:
@@ -180,7 +182,7 @@ def _list_images(entry: Path, src: str) -> tuple[list[Path], Path | None]:
             more = f", and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
             raise DataError(f"{entry}: {len(missing)} of {len(files)} listed images are missing: {shown}{more}")
         return files, None
-    raise DataError(f"{src}: image folder or list {entry} does not exist")
+    raise DataError(f"{src}: image folder or list {entry} does not exist{relative_hint(entry)}")
 
 
 def label_file_for(image: Path, image_dir: Path | None = None, label_dir: Path | None = None) -> Path:
@@ -268,7 +270,8 @@ def _orphan_labels(image_dir: Path, label_dir: Path, label_files: Sequence[Path]
     """Label files under a split's own label folder that belong to no image (a deleted or renamed image)."""
     if label_dir == image_dir or not label_dir.is_dir():  # darknet: labels among the images, with other .txt
         return []
-    return sorted(set(label_dir.rglob("*.txt")) - set(label_files))
+    # classes.txt: the class list darknet / LabelImg exports write beside the labels, not a label file
+    return sorted(p for p in set(label_dir.rglob("*.txt")) - set(label_files) if p.name != "classes.txt")
 
 
 # ---------------------------------------------------------------------------------------------- load
