@@ -190,6 +190,15 @@ def test_degenerate_boxes_dropped_with_one_warning(tmp_path):
     assert ds.records[0].labels.tolist() == [2]
 
 
+def test_duplicate_label_lines_dropped_with_one_warning(tmp_path):
+    """As Ultralytics: a line repeating an earlier one of its file is one object, not two."""
+    data_yaml = _write_set(tmp_path, labels={"a.txt": "1 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.2\n",
+                                             "b.txt": "1 0.5 0.5 0.2 0.2\n"})
+    with pytest.warns(UserWarning, match=r"dropped 1 duplicate label line\(s\) .*a.txt\), as Ultralytics does"):
+        ds = load_yolo(data_yaml, "train")
+    assert ds.records[0].labels.tolist() == [2, 1] and ds.records[1].labels.tolist() == [2]
+
+
 def test_missing_or_bad_images(tmp_path):
     data_yaml = _write_set(tmp_path)
     with pytest.raises(DataError, match="image folder or list .*nowhere does not exist"):

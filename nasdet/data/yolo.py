@@ -214,14 +214,15 @@ def _image_size(file: Path, src: str) -> tuple[int, int, bool]:
 
 # -------------------------------------------------------------------------------------------- labels
 def _parse_labels(label_file: Path, width: int, height: int, names: Sequence[str]):
-    """``(boxes, labels, degenerate_count)`` of one label file; a missing file is an image without objects."""
+    """``(boxes, labels, degenerate_count, duplicate_count)`` of one label file; a missing file is an image
+    without objects. A line repeating an earlier one is dropped (Ultralytics drops duplicate labels too)."""
     try:
         text = label_file.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the class
     except FileNotFoundError:
-        return [], [], 0
+        return [], [], 0, 0
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{label_file}: cannot read the label file: {e}") from e
-    boxes, labels, degenerate = [], [], 0
+    boxes, labels, degenerate, duplicates, seen = [], [], 0, 0, set()
     lo, hi = -NORM_TOLERANCE, 1.0 + NORM_TOLERANCE
     for n, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
@@ -237,6 +238,10 @@ def _parse_labels(label_file: Path, width: int, height: int, names: Sequence[str
             raise DataError(f"{where}: malformed line {line.strip()!r} (not all fields are numbers)") from None
         if not all(math.isfinite(v) for v in values):
             raise DataError(f"{where}: malformed line {line.strip()!r} (a field is not finite)")
+        if tuple(values) in seen:
+            duplicates += 1
+            continue
+        seen.add(tuple(values))
         cls = values[0]
         if not cls.is_integer() or not 0 <= cls < len(names):
             raise DataError(f"{where}: class index {fields[0]} is not among the {len(names)} classes "
@@ -263,7 +268,7 @@ def _parse_labels(label_file: Path, width: int, height: int, names: Sequence[str
             continue
         boxes.append(box)
         labels.append(int(cls) + 1)
-    return boxes, labels, degenerate
+    return boxes, labels, degenerate, duplicates
 
 
 def _orphan_labels(image_dir: Path, label_dir: Path, label_files: Sequence[Path]) -> list[Path]:
@@ -298,7 +303,7 @@ def load_yolo(
 
     records: list[ImageRecord] = []
     seen: dict[Path, Path] = {}
-    degenerate, rotated, orphans = 0, [], []
+    degenerate, rotated, orphans, duplicated = 0, [], [], []
     for entry in entries:
         files, image_dir = _list_images(entry, source)
         label_dir = Path(labels) if labels is not None else None
@@ -315,8 +320,9 @@ def load_yolo(
             width, height, turned = _image_size(file, source)
             if turned:
                 rotated.append(file)
-            boxes, cls, n_degenerate = _parse_labels(label_file, width, height, spec.names)
+            boxes, cls, n_degenerate, n_duplicates = _parse_labels(label_file, width, height, spec.names)
             degenerate += n_degenerate
+            duplicated += [label_file] * n_duplicates
             records.append(ImageRecord(image_id=len(records) + 1, file=file, width=width, height=height,
                                        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                                        labels=np.asarray(cls, dtype=np.int64),
@@ -328,6 +334,9 @@ def load_yolo(
     if rotated:  # labels and pixels both in the upright frame (the loader applies the EXIF rotation)
         warnings.warn(f"{source}: {len(rotated)} JPEG(s) carry an EXIF rotation (e.g. {rotated[0]}); their labels "
                       "are read in the upright (rotated) frame, as Ultralytics reads them", UserWarning, stacklevel=2)
+    if duplicated:
+        warnings.warn(f"{source}: dropped {len(duplicated)} duplicate label line(s) (a line repeating an earlier one "
+                      f"of its file, e.g. in {duplicated[0]}), as Ultralytics does", UserWarning, stacklevel=2)
     warn_degenerate(source, degenerate)
     return DetectionDataset(records, spec.names, list(range(1, len(spec.names) + 1)), source=source)
 
