@@ -85,11 +85,11 @@ def _load(config: Path, overrides: Optional[List[str]]):
 @_user_errors
 def make_synthetic_cmd(
     out: Path = typer.Argument(..., help="Output folder (train/ and val/ in COCO format)."),
-    train: int = typer.Option(2000, "--train", help="Training images."),
-    val: int = typer.Option(500, "--val", help="Validation images."),
-    size: int = typer.Option(256, "--size", help="Image width in pixels (height 75-100 % of it)."),
-    seed: int = typer.Option(0, "--seed"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: up to 2)."),
+    train: int = typer.Option(2000, "--train", min=1, help="Training images."),
+    val: int = typer.Option(500, "--val", min=1, help="Validation images."),
+    size: int = typer.Option(256, "--size", min=32, max=4096, help="Image width in pixels (height 75-100 % of it)."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes (default: up to 2)."),
     skip_existing: bool = typer.Option(False, "--skip-existing",
                                        help="Do nothing if OUT already holds this set (same arguments and generator version)."),
     data_format: str = typer.Option("coco", "--format",

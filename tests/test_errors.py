@@ -145,6 +145,15 @@ def test_make_synthetic_unwritable_output_is_one_line(tmp_path, monkeypatch):
     assert_one_line(code, out, exc, str(tmp_path / "ro"), "permission denied")
 
 
+@pytest.mark.parametrize("option, value", [("--train", 0), ("--val", 0), ("--size", 100000), ("--seed", -1),
+                                           ("--workers", 0)])
+def test_make_synthetic_out_of_range_options_are_refused_naming_the_option(tmp_path, option, value):
+    """--train 0 wrote a set nasdet then refused; --size 100000 ended in numpy's memory error traceback."""
+    code, out, exc = cli("data", "make-synthetic", tmp_path / "s", option, value)
+    assert code == 2 and exc is None and f"Invalid value for '{option}'" in out, out
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("kind", ["malicious", "truncated", "empty", "json"])
 def test_bad_backbone_checkpoint_is_one_line_naming_it(tiny_cfg_file, tmp_path, kind):
     import os
