@@ -199,6 +199,15 @@ def test_duplicate_label_lines_dropped_with_one_warning(tmp_path):
     assert ds.records[0].labels.tolist() == [2, 1] and ds.records[1].labels.tolist() == [2]
 
 
+def test_two_images_sharing_a_label_file_are_warned_about(tmp_path):
+    data_yaml = _write_set(tmp_path)
+    Image.new("RGB", (64, 48)).save(tmp_path / "images" / "train" / "a.png")  # beside a.jpg: both read a.txt
+    with pytest.warns(UserWarning, match=r"1 label file\(s\) serve more than one image \(e.g. .*a.txt for a.jpg, "
+                                         r"a.png\)"):
+        ds = load_yolo(data_yaml, "train")
+    assert len(ds) == 4
+
+
 def test_missing_or_bad_images(tmp_path):
     data_yaml = _write_set(tmp_path)
     with pytest.raises(DataError, match="image folder or list .*nowhere does not exist"):

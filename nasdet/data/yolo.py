@@ -303,7 +303,7 @@ def load_yolo(
 
     records: list[ImageRecord] = []
     seen: dict[Path, Path] = {}
-    degenerate, rotated, orphans, duplicated = 0, [], [], []
+    degenerate, rotated, orphans, duplicated, shared = 0, [], [], [], {}
     for entry in entries:
         files, image_dir = _list_images(entry, source)
         label_dir = Path(labels) if labels is not None else None
@@ -317,6 +317,7 @@ def load_yolo(
             if key in seen:
                 raise DataError(f"{entry}: image {file} is listed twice (also from {seen[key]})")
             seen[key] = entry
+            shared.setdefault(label_file, []).append(file)
             width, height, turned = _image_size(file, source)
             if turned:
                 rotated.append(file)
@@ -334,6 +335,12 @@ def load_yolo(
     if rotated:  # labels and pixels both in the upright frame (the loader applies the EXIF rotation)
         warnings.warn(f"{source}: {len(rotated)} JPEG(s) carry an EXIF rotation (e.g. {rotated[0]}); their labels "
                       "are read in the upright (rotated) frame, as Ultralytics reads them", UserWarning, stacklevel=2)
+    shared = {label: files for label, files in shared.items() if len(files) > 1}
+    if shared:  # Ultralytics reads the one file for each: the boxes of one image are likely wrong on the other
+        label, files = next(iter(shared.items()))
+        warnings.warn(f"{source}: {len(shared)} label file(s) serve more than one image (e.g. {label} for "
+                      f"{', '.join(f.name for f in files)}): each of those images gets its boxes; rename the "
+                      "images apart", UserWarning, stacklevel=2)
     if duplicated:
         warnings.warn(f"{source}: dropped {len(duplicated)} duplicate label line(s) (a line repeating an earlier one "
                       f"of its file, e.g. in {duplicated[0]}), as Ultralytics does", UserWarning, stacklevel=2)
