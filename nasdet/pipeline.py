@@ -9,10 +9,12 @@ baseline and the found model trained with the same recipe (ENOT's fair compariso
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.rule import Rule
 
 from .config import ExperimentConfig
@@ -21,7 +23,7 @@ from .stages.baseline import run_baseline
 from .stages.classify import run_classify
 from .stages.export import run_export, wants_int8
 from .stages.pretrain import run_pretrain
-from .stages.report import write_report
+from .stages.report import unlike, write_report
 from .stages.search import run_search
 from .stages.tune import run_tune
 from .workdir import ARCH_JSON, CONTROLS, WorkDir, write_json
@@ -32,8 +34,6 @@ STAGES = ("classify", "baseline", "pretrain", "search", "diagnose", "tune", "con
 def controls_plan(cfg: ExperimentConfig, w: WorkDir) -> list[dict]:
     """The report's control archs (``search/controls.py``) for the arch the tune stage trained, chosen once
     (``controls/archs.json``) so that a rerun tunes the same ones."""
-    import json
-
     from .data.build import load_split
     from .models.supernet import build_supernet
     from .search.budget import Budget, CostModel, restrict_resolution
@@ -72,6 +72,12 @@ def run_controls(cfg: ExperimentConfig, wd: Path, console: Console) -> dict:
         console.print(f"control {c['name']}: {c['costs'].get('macs', 0) / 1e6:.1f} M MACs")
         out[c["name"]] = run_tune(cfg.model_copy(update={"tune": tune}), wd, console=console,
                                   stage=f"{CONTROLS}/{c['name']}")
+        found = WorkDir(wd).tune.metrics
+        differ = unlike(json.loads(found.read_text()), out[c["name"]]) if found.is_file() else []
+        if differ:  # a control finished under other settings: kept, but the report leaves it out of its comparisons
+            console.print(f"[yellow]warning: control {c['name']} was tuned unlike the found arch ({', '.join(differ)}): "
+                          f"the report leaves it out; delete {escape(str(WorkDir(wd).control(c['name']).root))} to "
+                          "tune it again[/]")
     return out
 
 

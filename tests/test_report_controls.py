@@ -73,14 +73,42 @@ def test_controls_are_tuned_like_the_found_arch_and_reported(shapes_dir, tmp_pat
 def test_controls_text_names_architecture_and_training():
     from nasdet.stages.report import _controls_text
 
-    found = {"AP": 0.30, "split": "val (10 images)"}
-    controls = [{"control": "baseline_arch", "AP": 0.25}, {"control": "random_0", "AP": 0.20},
-                {"control": "random_1", "AP": 0.24}]
-    text = _controls_text({"AP": 0.22}, found, controls)
+    val = "val (10 images)"
+    found = {"AP": 0.30, "split": val}
+    controls = [{"control": "baseline_arch", "AP": 0.25, "split": val}, {"control": "random_0", "AP": 0.20, "split": val},
+                {"control": "random_1", "AP": 0.24, "split": val}]
+    text = _controls_text({"AP": 0.22, "split": val}, found, controls)
     assert "AP +0.0800 over a random arch of the same cost (their AP spans 0.2000-0.2400 over 2 random archs)" in text
     assert "AP +0.0500 over the baseline's own arch" in text
     assert "Training: the baseline's arch taken from the supernet and tuned has AP +0.0300" in text
     assert text.endswith("All on val (10 images).")
+
+
+def test_the_report_compares_only_what_was_trained_and_evaluated_alike():
+    """A control tuned with another init, recipe or number of steps, or evaluated on other val images, was
+    still called "trained exactly alike" (QA, session 20); the baseline on other val images was compared too."""
+    from nasdet.stages.report import _controls_text, unlike
+
+    found = {"init": "supernet", "supernet": "s.pt", "recipe": {"lr": 0.003, "max_steps": 12}, "step": 12,
+             "val": "v.json", "val_images": 16}
+    assert unlike(found, found) == []
+    other = {**found, "init": "scratch", "recipe": {"lr": 0.001, "max_steps": 3}, "step": 3, "val_images": 8}
+    assert unlike(found, other) == ["init scratch vs supernet", "recipe (lr, max_steps)", "step 3 vs 12",
+                                    "val_images 8 vs 16"]
+    assert unlike(found, {"init": "supernet"}) == []  # an older record without the other keys
+
+    val = "val (16 images)"
+    row = {"AP": 0.30, "split": val}
+    controls = [{"control": "baseline_arch", "AP": 0.25, "split": val, "unlike": ["step 3 vs 12"]},
+                {"control": "random_0", "AP": 0.20, "split": val, "unlike": []}]
+    text = _controls_text({"AP": 0.22, "split": val}, row, controls)
+    assert "AP +0.1000 over a random arch of the same cost" in text
+    assert "baseline's own arch" not in text and "Training:" not in text
+    assert "Left out of these comparisons, tuned unlike the found arch: baseline_arch (step 3 vs 12)" in text
+    # the baseline on other val images: no training sentence; another recipe than the baseline's: said
+    own = {"control": "baseline_arch", "AP": 0.25, "split": val, "unlike": [], "recipe_vs_baseline": ["lr"]}
+    assert "Training:" not in _controls_text({"AP": 0.22, "split": "val (8 images)"}, row, [own])
+    assert "(tuned with another recipe than the baseline's: lr)" in _controls_text({"AP": 0.22, "split": val}, row, [own])
 
 
 def test_random_control_under_a_latency_budget_matches_macs_without_timing():

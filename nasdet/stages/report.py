@@ -32,8 +32,32 @@ def _row(name: str, record: dict, export: dict | None, cost: dict | None) -> dic
     return row
 
 
-def _control_rows(w: WorkDir, how: str) -> list[dict]:
-    """One row per control arch tuned so far (``controls/<name>/metrics.json``), its costs from the plan."""
+# what a control's tune record must share with the found arch's for the two to differ only by the arch
+LIKE_KEYS = ("init", "supernet", "recipe", "step", "val", "val_images")
+
+
+def unlike(found: dict, other: dict) -> list[str]:
+    """How a control's tune record differs from the found arch's (``LIKE_KEYS``), e.g. ``step 3 vs 12`` or
+    ``recipe (lr, max_steps)``; empty when they were tuned alike. Records without a key do not count it."""
+    out = []
+    for k in LIKE_KEYS:
+        a, b = other.get(k), found.get(k)
+        if k not in other or k not in found or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.append(f"{k} ({', '.join(sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n)))})")
+        else:
+            out.append(f"{k} {a} vs {b}")
+    return out
+
+
+def how_tuned(record: dict) -> str:
+    return "supernet + tune" if record.get("init") == "supernet" else "tune from scratch"
+
+
+def _control_rows(w: WorkDir, found: dict) -> list[dict]:
+    """One row per control arch tuned so far (``controls/<name>/metrics.json``), its costs from the plan, labelled
+    by how it was tuned, with ``unlike``: how its tuning differs from the found arch's (``found``'s record)."""
     if not w.controls_plan.is_file():
         return []
     rows = []
@@ -41,15 +65,25 @@ def _control_rows(w: WorkDir, how: str) -> list[dict]:
         record = w.control(c["name"]) / METRICS_FILE
         if not record.is_file():
             continue
+        rec = json.loads(record.read_text())
         label = "baseline arch" if c["name"] == "baseline_arch" else f"random arch {c['name'].split('_')[-1]}"
         costs = {"macs": {"total": c["costs"]["macs"]}, "params": {"total": c["costs"]["params"]}}
-        rows.append({**_row(f"{label} ({how})", json.loads(record.read_text()), None, costs), "control": c["name"]})
+        rows.append({**_row(f"{label} ({how_tuned(rec)})", rec, None, costs), "control": c["name"],
+                     "unlike": unlike(found, rec)})
     return rows
 
 
 def _controls_text(baseline: dict | None, found: dict, controls: list[dict]) -> str:
     """Which differences are architecture (found vs the controls, all trained alike) and which are training
-    (the baseline's arch trained alone vs taken from the supernet and tuned)."""
+    (the baseline's arch trained alone vs taken from the supernet and tuned). A control tuned unlike the found
+    arch (``unlike``) is left out of both, and named."""
+    apart = [r for r in controls if r.get("unlike")]
+    controls = [r for r in controls if not r.get("unlike")]
+    left_out = ""
+    if apart:
+        left_out = (" Left out of these comparisons, tuned unlike the found arch: " + "; ".join(
+            f"{r['control']} ({', '.join(r['unlike'])})" for r in apart) + " (delete controls/ and rerun the "
+            "pipeline to tune them alike).")
     arch, training = [], ""
     randoms = [r for r in controls if r["control"] != "baseline_arch"]
     if randoms:
@@ -60,11 +94,13 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict]) -> 
     own = next((r for r in controls if r["control"] == "baseline_arch"), None)
     if own is not None:
         arch.append(f"AP {found['AP'] - own['AP']:+.4f} over the baseline's own arch")
-        if baseline is not None:
+        if baseline is not None and baseline["split"] == own["split"]:
+            recipe = (f" (tuned with another recipe than the baseline's: {', '.join(own['recipe_vs_baseline'])})"
+                      if own.get("recipe_vs_baseline") else "")
             training = (f" Training: the baseline's arch taken from the supernet and tuned has AP "
-                        f"{own['AP'] - baseline['AP']:+.4f} over the same arch trained alone (the baseline).")
+                        f"{own['AP'] - baseline['AP']:+.4f} over the same arch trained alone (the baseline){recipe}.")
     text = ("Architecture, all trained exactly alike: the found arch has " + " and ".join(arch) + ".") if arch else ""
-    return (text + training).strip() + f" All on {found['split']}."
+    return (text + training).strip() + (f" All on {found['split']}." if arch or training else "") + left_out
 
 
 FEW_DIAGNOSED_ARCHS = 8  # below, a rank correlation's bootstrap interval is degenerate (K = 3: tau 1.00 [1.00, 1.00])
@@ -114,6 +150,19 @@ def diagnose_lines(summary: dict, k_key: str = "pipeline.diagnose") -> list[str]
     return lines + [""]
 
 
+NOT_RECIPE = {"device", "threads", "log_every_steps", "ckpt_every_steps", "channels_last"}  # not how it learns
+
+
+def _baseline_recipe(w: WorkDir) -> dict | None:
+    """The train recipe the baseline's checkpoint records, if any."""
+    from ..train.checkpoint import load_checkpoint
+
+    if not w.baseline.has_checkpoint():
+        return None
+    recipe = ((load_checkpoint(w.baseline.checkpoint).get("config") or {}).get("train"))
+    return recipe if isinstance(recipe, dict) else None
+
+
 def _split_of(record: dict) -> str:
     """"val (300 images)": where a metrics record was evaluated."""
     n = record.get("val_images")
@@ -152,16 +201,24 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         name = f"baseline ({baseline_config(cfg).model.backbone.name})"
         rows.append(_row(name, json.loads(base_metrics.read_text()), exports.get("baseline"), None))
     tune = json.loads(w.tune.require(METRICS_FILE, "metrics of the tuned model").read_text())
-    how = "supernet + tune" if tune.get("init") == "supernet" else "tune from scratch"
-    rows.append(_row(f"found arch ({how})", tune, exports.get("tune"), None))
-    controls = _control_rows(w, how)
+    rows.append(_row(f"found arch ({how_tuned(tune)})", tune, exports.get("tune"), None))
+    controls = _control_rows(w, tune)
+    if base_metrics.is_file():  # the baseline trained with `train`; a control with tune.train when set
+        base_recipe = _baseline_recipe(w)
+        for r in controls:
+            rec = json.loads((w.control(r["control"]) / METRICS_FILE).read_text())
+            if base_recipe is not None and isinstance(rec.get("recipe"), dict):
+                r["recipe_vs_baseline"] = sorted(k for k in set(base_recipe) | set(rec["recipe"])
+                                                 if k not in NOT_RECIPE and base_recipe.get(k) != rec["recipe"].get(k))
     rows += controls
     initial = w.tune / INITIAL_METRICS
     init_record = json.loads(initial.read_text()) if initial.is_file() else None
     init_metrics = init_record["metrics"] if init_record else None
 
     columns = COLUMNS + (INT8_COLUMNS if any("ap_int8" in r for r in rows) else ())
-    table = Table(title=f"{cfg.name}: baseline vs found model ({rows[0]['split']})")
+    splits = {r["split"] for r in rows}
+    shown = rows[0]["split"] if len(splits) == 1 else "evaluated on different val images: see the column"
+    table = Table(title=f"{cfg.name}: baseline vs found model ({shown})")
     table.add_column("model")
     for _, title in columns:
         table.add_column(title, justify="right")
@@ -184,10 +241,16 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     found_row = next(r for r in rows if r["model"].startswith("found arch"))
     if base_metrics.is_file() and rows[0].get("macs") and found_row.get("macs"):
         b, f = rows[0], found_row
+        same = f["split"] == b["split"]
+        ap = (f"AP50 {f['AP50'] - b['AP50']:+.4f}, AP {f['AP'] - b['AP']:+.4f} on {f['split']}" if same else
+              f"their APs are not compared: the found model was evaluated on {f['split']}, the baseline on "
+              f"{b['split']}")
+        why = ("The found model was tuned from the supernet's weights, so it also had the supernet's training: the "
+               "difference mixes architecture and training." if tune.get("init") == "supernet" else
+               "The found model was trained from scratch (tune.init: scratch) with "
+               + ("tune.train." if cfg.tune.train is not None else "the baseline's recipe."))
         lines.append(f"The found model has {f['macs'] / b['macs']:.0%} of the baseline's MACs and "
-                     f"{f['params'] / b['params']:.0%} of its parameters; AP50 {f['AP50'] - b['AP50']:+.4f}, "
-                     f"AP {f['AP'] - b['AP']:+.4f} on {f['split']}. The found model was tuned from the supernet's "
-                     "weights, so it also had the supernet's training: the difference mixes architecture and training.")
+                     f"{f['params'] / b['params']:.0%} of its parameters; {ap}. {why}")
         lines.append("")
     if controls:
         lines += [_controls_text(rows[0] if base_metrics.is_file() else None, found_row, controls), ""]
