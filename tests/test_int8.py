@@ -113,6 +113,16 @@ def test_export_int8_quantizes_the_network_and_scores_both_files_through_onnxrun
                          capture_output=True, text=True, timeout=120, check=True)
     first = json.loads(out.stdout.splitlines()[0])
     assert len(first["boxes"]) == len(first["scores"]) == len(first["labels"]) > 0
+    # re-tuned (a newer checkpoint): a plain export removes the INT8 file quantized from the earlier one
+    import io
+    import os
+
+    ckpt = Path(cfg.work_dir) / "tune" / "ckpt" / "last.pt"
+    later = (int8_path.parent / "tune.json").stat().st_mtime + 10
+    os.utime(ckpt, (later, later))
+    buf = Console(file=io.StringIO(), width=400)
+    assert run_export(plain, console=buf)["int8"] is None and not int8_path.exists()
+    assert f"removed {int8_path}: it was quantized from an earlier checkpoint" in buf.file.getvalue()
 
 
 def test_a_float_file_or_a_graph_without_the_network_is_refused_in_one_line(tiny_config, tmp_path):

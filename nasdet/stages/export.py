@@ -196,6 +196,11 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     lat_ort = time_onnx(path, probe, c.warmup, c.runs, c.threads)
     int8_record = export_int8(cfg, wd, model, source, path, val, probe, lat_ort) if int8 else \
         None if raw else earlier_int8(wd, source, ckpt)
+    stale = wd.onnx_int8(source)
+    if not int8 and not raw and int8_record is None and stale.is_file():  # quantized from an earlier checkpoint
+        stale.unlink()
+        console.print(f"removed {escape(str(stale))}: it was quantized from an earlier checkpoint than "
+                      f"{escape(str(ckpt))} (export --int8 writes it again)")
     measured["latency"], measured["latency_timed_by"] = budget_latency(cfg, lat_torch, lat_ort, int8_record)
     predicted = wd.predicted_costs(arch)
     # the budget is the found model's; the baseline is not meant to fit it (it is the reference)
