@@ -137,12 +137,22 @@ def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
     recipe = {"epochs": d.epochs, "max_steps": d.max_steps, "init": list(d.init), "seed": cfg.seed,
               "batch_size": t.batch_size, "optimizer": t.optimizer.model_dump(mode="json"),
               "scheduler": t.scheduler.model_dump(mode="json"), "grad_clip": t.grad_clip}
-    plan_key = {"space_id": ctx.space.space_id, "archs": d.archs, "pool": d.pool, "seed": d.seed, "recipe": recipe}
+    s = cfg.search
+    # how each record was scored and evaluated too: records of two settings would be ranked as one
+    plan_key = {"space_id": ctx.space.space_id, "archs": d.archs, "pool": d.pool, "seed": d.seed, "recipe": recipe,
+                "eval_max_images": cfg.eval.max_images, "proxies": list(d.proxies),
+                "proxy_batch_size": d.proxy_batch_size,
+                "search_scoring": {k: getattr(s, k) for k in ("recalib_batches", "batch_size", "max_images", "score_on")}}
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else None
-    if plan is None or plan.get("key") != plan_key:
+    old_key = (plan or {}).get("key") or {}
+    # a plan written before a key was part of it is not refused for that key
+    changed = [k for k in plan_key if k in old_key and old_key[k] != plan_key[k]]
+    if plan is None or changed or not set(old_key) <= set(plan_key):
         if plan is not None and any(out.records.glob("*.json")):
-            raise ConfigError(f"{plan_path} was planned with {plan.get('key')}, the config now asks for {plan_key}: "
-                             f"use another --work-dir or delete {out.root}")
+            what = "; ".join(f"{k}: {old_key.get(k)} -> {plan_key.get(k)}" for k in changed) or \
+                f"keys {sorted(set(old_key) - set(plan_key))}"
+            raise ConfigError(f"{plan_path} was planned with other settings than the config's ({what}); records of "
+                              f"both would be ranked as one: use another --work-dir or delete {out.root}")
         space = restrict_resolution(ctx.space, cfg.model.input_size, cfg.search.resolution_tolerance)
         plan = {"key": plan_key, "archs": stratified_archs(space, lambda a: cost_fn(a)["macs"], d.archs, d.pool, d.seed)}
         write_json_atomic(plan_path, plan)
