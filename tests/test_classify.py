@@ -81,6 +81,11 @@ def test_bad_image_folders_are_one_line_naming_the_folder_or_file(folder, tmp_pa
     shutil.rmtree(bad / "val" / "ring")
     with pytest.raises(DataError, match=r"different class folders .*only in train: \['ring'\]"):
         open_classification_splits(bad, "train", "val")
+    # one level too deep (train/images/<class>/): it trained a 1-class classifier at top-1 1.0 (QA, session 20)
+    shutil.copytree(folder / "train", bad / "deep" / "images")
+    with pytest.raises(DataError, match=r"deep has one class folder \(images\); classification needs two or more; "
+                                        r"its folder images/ holds folders .*is the set under .*deep/images\?"):
+        ImageFolderSet.open(bad / "deep")
 
 
 def test_config_section(shapes_dir, folder, tmp_path):

@@ -46,6 +46,13 @@ class ImageFolderSet(torch.utils.data.Dataset):
             found = ImageFolder(str(root), loader=lambda p: p)
         except FileNotFoundError as e:
             raise DataError(f"image folder {root}: {_empty_class_message(root, str(e))}") from None
+        if len(found.classes) < 2:  # one folder holding the class folders one level down: a 1-class "classifier"
+            (only,) = found.classes
+            deeper = sorted(p.name for p in (root / only).iterdir() if p.is_dir())
+            hint = f"; its folder {only}/ holds folders ({', '.join(deeper[:3])}...): is the set under {root / only}?" \
+                if deeper else ""
+            raise DataError(f"image folder {root} has one class folder ({only}); classification needs two or "
+                            f"more{hint}")
         return cls(found.samples, found.classes, str(root))
 
     @property
