@@ -279,6 +279,8 @@ class WorkDir:
         ckpt = Path(rec.get("checkpoint", ""))
         if not ckpt.is_file() or ckpt.stat().st_mtime > path.stat().st_mtime or not Path(rec["onnx"]).is_file():
             return None
+        if ckpt.resolve() != self.stage(source).checkpoint.resolve():  # a copied work dir's record: another run's
+            return None
         if int8 and not (rec.get("int8") and Path(rec["int8"]["onnx"]).is_file()):
             return None
         return rec

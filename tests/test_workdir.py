@@ -46,3 +46,20 @@ def test_completed_reads_the_record_and_predicted_costs_need_the_same_arch(tmp_p
     assert wd.predicted_costs({"a": 1, "input_size": 64}) is None
     with pytest.raises(StageOrderError, match="run the search stage first"):
         WorkDir(tmp_path / "empty").search.require("best_arch.json", "architecture to tune")
+
+
+def test_an_export_record_counts_only_for_its_own_work_dirs_checkpoint(tmp_path):
+    """A copied work dir (tune/ deleted, tuned again) kept the original's export: its record named the other
+    work dir's checkpoint, which still existed and was older."""
+    import shutil
+
+    w = WorkDir(tmp_path / "run")
+    w.tune.checkpoint.parent.mkdir(parents=True)
+    w.tune.checkpoint.write_bytes(b"weights")
+    w.export.root.mkdir(parents=True)
+    onnx = w.export.root / "tune.onnx"
+    onnx.write_bytes(b"graph")
+    w.export_record("tune").write_text(json.dumps({"checkpoint": str(w.tune.checkpoint), "onnx": str(onnx)}))
+    assert w.exported("tune") is not None
+    shutil.copytree(w.root, tmp_path / "copy")
+    assert WorkDir(tmp_path / "copy").exported("tune") is None
