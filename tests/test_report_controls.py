@@ -109,6 +109,9 @@ def test_the_report_compares_only_what_was_trained_and_evaluated_alike():
     own = {"control": "baseline_arch", "AP": 0.25, "split": val, "unlike": [], "recipe_vs_baseline": ["lr"]}
     assert "Training:" not in _controls_text({"AP": 0.22, "split": "val (8 images)"}, row, [own])
     assert "(tuned with another recipe than the baseline's: lr)" in _controls_text({"AP": 0.22, "split": val}, row, [own])
+    # a difference that rounds to zero is +0.0000, not -0.0000
+    tie = _controls_text(None, {"AP": 0.25, "split": val}, [{"control": "random_0", "AP": 0.250004, "split": val}])
+    assert "AP +0.0000 over a random arch" in tie
 
 
 def test_random_control_under_a_latency_budget_matches_macs_without_timing():

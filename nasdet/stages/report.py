@@ -90,15 +90,15 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict]) -> 
         aps = [r["AP"] for r in randoms]
         mean = sum(aps) / len(aps)
         spread = f" (their AP spans {min(aps):.4f}-{max(aps):.4f} over {len(aps)} random archs)" if len(aps) > 1 else ""
-        arch.append(f"AP {found['AP'] - mean:+.4f} over a random arch of the same cost{spread}")
+        arch.append(f"AP {signed(found['AP'] - mean)} over a random arch of the same cost{spread}")
     own = next((r for r in controls if r["control"] == "baseline_arch"), None)
     if own is not None:
-        arch.append(f"AP {found['AP'] - own['AP']:+.4f} over the baseline's own arch")
+        arch.append(f"AP {signed(found['AP'] - own['AP'])} over the baseline's own arch")
         if baseline is not None and baseline["split"] == own["split"]:
             recipe = (f" (tuned with another recipe than the baseline's: {', '.join(own['recipe_vs_baseline'])})"
                       if own.get("recipe_vs_baseline") else "")
             training = (f" Training: the baseline's arch taken from the supernet and tuned has AP "
-                        f"{own['AP'] - baseline['AP']:+.4f} over the same arch trained alone (the baseline){recipe}.")
+                        f"{signed(own['AP'] - baseline['AP'])} over the same arch trained alone (the baseline){recipe}.")
     text = ("Architecture, all trained exactly alike: the found arch has " + " and ".join(arch) + ".") if arch else ""
     return (text + training).strip() + (f" All on {found['split']}." if arch or training else "") + left_out
 
@@ -163,6 +163,12 @@ def _baseline_recipe(w: WorkDir) -> dict | None:
     return recipe if isinstance(recipe, dict) else None
 
 
+def signed(x: float) -> str:
+    """``+0.0123``; a difference that rounds to zero is ``+0.0000``, never ``-0.0000``."""
+    text = f"{x:+.4f}"
+    return "+0.0000" if text == "-0.0000" else text
+
+
 def _split_of(record: dict) -> str:
     """"val (300 images)": where a metrics record was evaluated."""
     n = record.get("val_images")
@@ -178,7 +184,7 @@ def _fmt(row: dict, key: str) -> str:
     if key in ("AP", "AP50", "ap_int8"):
         return f"{v:.4f}"
     if key == "ap_drop_int8":
-        return f"{-v:+.4f}"
+        return signed(-v)
     if key == "macs":
         return f"{v / 1e6:.1f} M"
     if key == "params":
@@ -242,7 +248,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     if base_metrics.is_file() and rows[0].get("macs") and found_row.get("macs"):
         b, f = rows[0], found_row
         same = f["split"] == b["split"]
-        ap = (f"AP50 {f['AP50'] - b['AP50']:+.4f}, AP {f['AP'] - b['AP']:+.4f} on {f['split']}" if same else
+        ap = (f"AP50 {signed(f['AP50'] - b['AP50'])}, AP {signed(f['AP'] - b['AP'])} on {f['split']}" if same else
               f"their APs are not compared: the found model was evaluated on {f['split']}, the baseline on "
               f"{b['split']}")
         why = ("The found model was tuned from the supernet's weights, so it also had the supernet's training: the "
