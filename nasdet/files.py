@@ -80,6 +80,25 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         f.write((json.dumps(record) + "\n").encode())
 
 
+def trim_jsonl(path: str | Path, key: str, last: float) -> None:
+    """Keep the records of a jsonl log whose ``key`` is at most ``last``: a run resumed from its checkpoint
+    drops what it logged after that checkpoint before a kill (it logs those steps again). A line cut by the
+    kill, or without ``key``, goes too."""
+    path = Path(path)
+    if not path.is_file():
+        return
+
+    def value(line: str) -> float:
+        try:
+            return float(json.loads(line)[key])
+        except (ValueError, KeyError, TypeError):
+            return float("inf")
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if value(line) <= last]
+    if len(keep) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
 def relative_hint(path: str | Path) -> str:
     """For a missing path: where a relative one was looked for (they are taken from the current folder, not
     from the config's), else ''."""

@@ -97,6 +97,12 @@ def test_resume_after_kill_gives_the_same_model(tiny_config, tmp_path, monkeypat
     ref_state, res_state = reference.model.state_dict(), resumed.model.state_dict()
     for k in ref_state:
         assert torch.equal(ref_state[k], res_state[k]), k
+    # the log reads as the uninterrupted run's: step 5, logged before the kill, is not there twice
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
+             if "eval" not in line]
+    ref_steps = [json.loads(line)["step"] for line in (tmp_path / "ref" / "log.jsonl").read_text().splitlines()
+                 if "eval" not in line]
+    assert steps == ref_steps == sorted(set(steps))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):

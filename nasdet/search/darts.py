@@ -17,7 +17,6 @@ SGD step the alphas too; neither happens here (``tests/test_fad.py``).
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..models.detectors import training_input_size
 from ..models.families import DETECTORS, family_named
 from ..models.heads.fad import ALPHA_COLUMNS, FADTowers, format_genotype, write_genotypes
-from ..files import append_jsonl, write_text_atomic
+from ..files import append_jsonl, trim_jsonl
 from ..progress import progress_bar
 from ..threads import govern, loader_workers, set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
@@ -291,6 +290,7 @@ class DartsSearch:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         set_rng_state(state["rng"])
         self._trim_alpha_log(self.epoch)
+        trim_jsonl(self.out_dir / LOG_FILE, "step", self.step)  # steps after the checkpoint are logged again
         return True
 
     # ------------------------------------------------------------------------------------- logs
@@ -299,10 +299,7 @@ class DartsSearch:
 
     def _trim_alpha_log(self, epoch: int) -> None:
         """Drop records of epochs after the checkpoint (written before a crash that lost their checkpoint)."""
-        path = self.out_dir / ALPHAS_LOG
-        if path.is_file():
-            keep = [line for line in path.read_text().splitlines() if _epoch_of(line) <= epoch]
-            write_text_atomic(path, "".join(line + "\n" for line in keep))
+        trim_jsonl(self.out_dir / ALPHAS_LOG, "epoch", epoch)
 
     def record_epoch(self, losses: dict[str, float], partial: bool = False) -> dict:
         """Append the alphas and genotypes to ``alphas.jsonl``; rewrite ``genotype.log`` / ``genotype.json``."""
@@ -396,9 +393,3 @@ def genotype_table(box, cls, title: str) -> Table:
     return table
 
 
-def _epoch_of(line: str) -> float:
-    """The epoch of an ``alphas.jsonl`` line; infinity for a line cut by a kill (so it is dropped)."""
-    try:
-        return json.loads(line)["epoch"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")

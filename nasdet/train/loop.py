@@ -24,7 +24,7 @@ from ..config import EvalConfig, ExperimentConfig, TrainConfig, config_to_dict
 from ..data.dataset import DetectionDataset, collate_detection
 from ..threads import govern, loader_workers, set_torch_threads, wait_policy
 from ..data.transforms import TrainTransforms, at_train_size, targets_to, to_model_input
-from ..files import append_jsonl
+from ..files import append_jsonl, trim_jsonl
 from ..models.detectors import training_input_size
 from ..progress import progress_bar
 from . import dist
@@ -278,6 +278,8 @@ class Trainer:
         self._resume_rng = state["rng"]  # set again when run() starts: a stage may seed between prepare() and run()
         set_rng_state(state["rng"])
         self.load_extra_state(state.get("extra", {}))
+        if dist.is_main():  # the steps logged after the checkpoint before a kill are logged again
+            trim_jsonl(self.out_dir / LOG_FILE, "step", self.step)
         return True
 
     # ------------------------------------------------------------------------------------- logging
