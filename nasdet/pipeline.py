@@ -19,7 +19,7 @@ from rich.rule import Rule
 
 from .config import ExperimentConfig
 from .errors import ConfigError
-from .stages.baseline import run_baseline
+from .stages.baseline import run_baseline, run_cost
 from .stages.classify import run_classify
 from .stages.export import run_export, wants_int8
 from .stages.pretrain import run_pretrain
@@ -143,7 +143,10 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
                 exports[source] = w.exported(source, wants_int8(cfg)) or run_export(cfg, wd, source=source,
                                                                                       console=console)
         stage("export", export_all)
-    report = stage("report", lambda: write_report(cfg, wd, exports, console))
+    costs = {}
+    if not cfg.pipeline.export and cfg.pipeline.baseline and w.baseline.has_checkpoint():  # sizes without an export
+        costs["baseline"] = run_cost(cfg, wd, latency=False, console=Console(quiet=True))
+    report = stage("report", lambda: write_report(cfg, wd, exports, console, costs))
     report["stage_seconds"] = times
     write_json(w.report_json, report)
     return report

@@ -59,6 +59,9 @@ def test_controls_are_tuned_like_the_found_arch_and_reported(shapes_dir, tmp_pat
     md = w.report_md.read_text()
     assert "Architecture, all trained exactly alike: the found arch has AP" in md and "Training:" in md
     assert "| random arch 1 (supernet + tune) | val (2 images) |" in md
+    # without an export the sizes still come: the baseline counted as `nasdet cost`, the found arch as searched
+    assert [r.get("macs") is not None for r in report["rows"]] == [True] * 5
+    assert report["rows"][1]["macs"] == found_macs and "The found model has" in md
 
     import yaml
     assert yaml.safe_load(w.config.read_text())["tune"].get("arch") is None  # the run's config, not a control's

@@ -198,16 +198,21 @@ INT8_COLUMNS = (("ap_int8", "AP INT8 (onnxruntime)"), ("ap_drop_int8", "AP INT8 
                 ("latency_onnxruntime_int8_ms", "CPU latency onnxruntime INT8"))
 
 
-def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Console) -> dict:
-    """``report.md`` + ``pareto.png``: baseline vs found model, the budget, the search summary."""
+def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Console, costs: dict | None = None) -> dict:
+    """``report.md`` + ``pareto.png``: baseline vs found model, the budget, the search summary. ``costs``:
+    ``nasdet cost`` records standing in for exports that were not made (``{"baseline": ...}``)."""
     w = WorkDir(wd)
     rows = []
     base_metrics = w.baseline.metrics
     if base_metrics.is_file():
         name = f"baseline ({baseline_config(cfg).model.backbone.name})"
-        rows.append(_row(name, json.loads(base_metrics.read_text()), exports.get("baseline"), None))
+        base_cost = None if exports.get("baseline") else (costs or {}).get("baseline")
+        rows.append(_row(name, json.loads(base_metrics.read_text()), exports.get("baseline"), base_cost))
     tune = json.loads(w.tune.require(METRICS_FILE, "metrics of the tuned model").read_text())
-    rows.append(_row(f"found arch ({how_tuned(tune)})", tune, exports.get("tune"), None))
+    predicted = None if exports.get("tune") or tune.get("genotype") else w.predicted_costs(tune.get("arch"))
+    found_cost = {k: {"total": predicted[k]} for k in ("macs", "params")} \
+        if predicted and "macs" in predicted and "params" in predicted else None
+    rows.append(_row(f"found arch ({how_tuned(tune)})", tune, exports.get("tune"), found_cost))
     controls = _control_rows(w, tune)
     if base_metrics.is_file():  # the baseline trained with `train`; a control with tune.train when set
         base_recipe = _baseline_recipe(w)
