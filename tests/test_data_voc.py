@@ -106,6 +106,14 @@ def test_an_unknown_class_with_the_default_classes_points_to_data_classes(voc07)
         load_voc(voc07, "train")
 
 
+def test_an_xml_with_a_default_namespace_reads_as_voc(voc07):
+    """It said "no <size> element": every element name carried the namespace."""
+    xml = voc07 / "Annotations" / "000005.xml"
+    xml.write_text(xml.read_text().replace("<annotation>", '<annotation xmlns="http://example.com/voc">'))
+    r5 = load_voc(voc07, "train").records[0]
+    np.testing.assert_allclose(r5.boxes, [[10, 5, 30, 15], [0, 0, 50, 40]])
+
+
 def test_multiple_roots_get_unique_ids(tmp_path):
     r07 = make_root(tmp_path, "VOC2007", VOC07, split="trainval")
     r12 = make_root(tmp_path, "VOC2012", VOC12, split="trainval")

@@ -141,6 +141,8 @@ def test_data_yaml_file_errors(tmp_path):
     f.write_text("nc: 3\nnames: [a, b]\n")
     with pytest.raises(DataError, match="nc is 3 but 'names' lists 2"):
         read_data_yaml(f)
+    f.write_text("nc: '2'\nnames: [a, b]\n")  # quoted by some exporters: the number it says
+    assert read_data_yaml(f).names == ["a", "b"]
     f.write_text("names: [a, b]\n")
     with pytest.raises(DataError, match="no 'val' entry"):
         load_yolo(f, "val")

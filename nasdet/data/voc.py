@@ -86,6 +86,9 @@ def _parse_xml(xml_file: Path, label_of: dict[str, int], classes: Sequence[str])
     except OSError as e:
         raise DataError(f"{xml_file}: cannot read the annotation file: {e}") from e
     ann = tree.getroot()
+    if ann.tag.startswith("{"):  # a default XML namespace (some exporters): VOC's element names without it
+        for el in ann.iter():
+            el.tag = el.tag.split("}", 1)[-1]
     size = ann.find("size")
     if size is None:
         raise DataError(f"{xml_file}: no <size> element")

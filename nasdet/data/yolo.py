@@ -126,6 +126,8 @@ def read_data_yaml(file: str | Path) -> YoloDataYaml:
         raise DataError(f"{src}: the top level must be a mapping with 'names', got {type(raw).__name__}")
     names = _class_names(raw.get("names"), src)
     nc = raw.get("nc")
+    if isinstance(nc, str) and nc.strip().isdigit():  # `nc: '8'`, as some exporters quote it: the number meant
+        nc = int(nc)
     if nc is not None and nc != len(names):
         raise DataError(f"{src}: nc is {nc!r} but 'names' lists {len(names)} classes")
     root = file.parent
