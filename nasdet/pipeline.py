@@ -67,13 +67,14 @@ def run_controls(cfg: ExperimentConfig, wd: Path, console: Console) -> dict:
     """Tune each control arch exactly as the found one was tuned (same supernet, init and recipe), each in
     ``controls/<name>/``; returns name -> tune record."""
     out = {}
+    found = WorkDir(wd).tune.metrics  # written by the tune stage, which runs before the controls
+    found = json.loads(found.read_text()) if found.is_file() else None
     for c in controls_plan(cfg, WorkDir(wd)):
         tune = cfg.tune.model_copy(update={"arch": c["arch"], "searched_arch": None})
         console.print(f"control {c['name']}: {c['costs'].get('macs', 0) / 1e6:.1f} M MACs")
         out[c["name"]] = run_tune(cfg.model_copy(update={"tune": tune}), wd, console=console,
                                   stage=f"{CONTROLS}/{c['name']}")
-        found = WorkDir(wd).tune.metrics
-        differ = unlike(json.loads(found.read_text()), out[c["name"]]) if found.is_file() else []
+        differ = unlike(found, out[c["name"]]) if found is not None else []
         if differ:  # a control finished under other settings: kept, but the report leaves it out of its comparisons
             console.print(f"[yellow]warning: control {c['name']} was tuned unlike the found arch ({', '.join(differ)}): "
                           f"the report leaves it out; delete {escape(str(WorkDir(wd).control(c['name']).root))} to "

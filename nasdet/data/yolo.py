@@ -305,7 +305,7 @@ def load_yolo(
 
     records: list[ImageRecord] = []
     seen: dict[Path, Path] = {}
-    degenerate, rotated, orphans, duplicated, shared = 0, [], [], [], {}
+    degenerate, rotated, orphans, duplicated, shared = 0, [], [], (0, None), {}
     for entry in entries:
         files, image_dir = _list_images(entry, source)
         label_dir = Path(labels) if labels is not None else None
@@ -325,7 +325,8 @@ def load_yolo(
                 rotated.append(file)
             boxes, cls, n_degenerate, n_duplicates = _parse_labels(label_file, width, height, spec.names)
             degenerate += n_degenerate
-            duplicated += [label_file] * n_duplicates
+            if n_duplicates:  # (count, first file with one)
+                duplicated = (duplicated[0] + n_duplicates, duplicated[1] or label_file)
             records.append(ImageRecord(image_id=len(records) + 1, file=file, width=width, height=height,
                                        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                                        labels=np.asarray(cls, dtype=np.int64),
@@ -343,9 +344,9 @@ def load_yolo(
         warnings.warn(f"{source}: {len(shared)} label file(s) serve more than one image (e.g. {label} for "
                       f"{', '.join(f.name for f in files)}): each of those images gets its boxes; rename the "
                       "images apart", UserWarning, stacklevel=2)
-    if duplicated:
-        warnings.warn(f"{source}: dropped {len(duplicated)} duplicate label line(s) (a line repeating an earlier one "
-                      f"of its file, e.g. in {duplicated[0]}), as Ultralytics does", UserWarning, stacklevel=2)
+    if duplicated[0]:
+        warnings.warn(f"{source}: dropped {duplicated[0]} duplicate label line(s) (a line repeating an earlier one "
+                      f"of its file, e.g. in {duplicated[1]}), as Ultralytics does", UserWarning, stacklevel=2)
     warn_degenerate(source, degenerate)
     return DetectionDataset(records, spec.names, list(range(1, len(spec.names) + 1)), source=source)
 

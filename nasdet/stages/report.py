@@ -57,9 +57,11 @@ def how_tuned(record: dict) -> str:
 
 def _control_rows(w: WorkDir, found: dict) -> list[dict]:
     """One row per control arch tuned so far (``controls/<name>/metrics.json``), its costs from the plan, labelled
-    by how it was tuned, with ``unlike``: how its tuning differs from the found arch's (``found``'s record)."""
+    by how it was tuned, with ``unlike``: how its tuning differs from the found arch's (``found``'s record), and
+    ``recipe_vs_baseline``: the recipe keys it was tuned with otherwise than the baseline trained (``tune.train``)."""
     if not w.controls_plan.is_file():
         return []
+    base_recipe = _baseline_recipe(w)
     rows = []
     for c in json.loads(w.controls_plan.read_text())["controls"]:
         record = w.control(c["name"]) / METRICS_FILE
@@ -68,8 +70,11 @@ def _control_rows(w: WorkDir, found: dict) -> list[dict]:
         rec = json.loads(record.read_text())
         label = "baseline arch" if c["name"] == "baseline_arch" else f"random arch {c['name'].split('_')[-1]}"
         costs = {"macs": {"total": c["costs"]["macs"]}, "params": {"total": c["costs"]["params"]}}
-        rows.append({**_row(f"{label} ({how_tuned(rec)})", rec, None, costs), "control": c["name"],
-                     "unlike": unlike(found, rec)})
+        row = {**_row(f"{label} ({how_tuned(rec)})", rec, None, costs), "control": c["name"], "unlike": unlike(found, rec)}
+        if base_recipe is not None and isinstance(rec.get("recipe"), dict):
+            row["recipe_vs_baseline"] = sorted(k for k in set(base_recipe) | set(rec["recipe"])
+                                               if k not in NOT_RECIPE and base_recipe.get(k) != rec["recipe"].get(k))
+        rows.append(row)
     return rows
 
 
@@ -214,13 +219,6 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         if predicted and "macs" in predicted and "params" in predicted else None
     rows.append(_row(f"found arch ({how_tuned(tune)})", tune, exports.get("tune"), found_cost))
     controls = _control_rows(w, tune)
-    if base_metrics.is_file():  # the baseline trained with `train`; a control with tune.train when set
-        base_recipe = _baseline_recipe(w)
-        for r in controls:
-            rec = json.loads((w.control(r["control"]) / METRICS_FILE).read_text())
-            if base_recipe is not None and isinstance(rec.get("recipe"), dict):
-                r["recipe_vs_baseline"] = sorted(k for k in set(base_recipe) | set(rec["recipe"])
-                                                 if k not in NOT_RECIPE and base_recipe.get(k) != rec["recipe"].get(k))
     rows += controls
     initial = w.tune / INITIAL_METRICS
     init_record = json.loads(initial.read_text()) if initial.is_file() else None

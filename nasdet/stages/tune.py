@@ -26,7 +26,7 @@ from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
 from ..train import dist
 from ..train.bn import recalibrate_static
-from ..train.checkpoint import CheckpointError, load_checkpoint
+from ..train.checkpoint import CheckpointError, load_checkpoint, unfinished_at
 from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model, with_backbone_checkpoint
@@ -127,12 +127,9 @@ def unfinished_search(ckpt: Path, genotypes: str) -> None:
     are an earlier epoch's, not the search's answer. Given as ``tune.arch`` they are taken as they are."""
     if not ckpt.is_file():  # written by hand or by another tool: nothing says how far the search got
         return
-    state = load_checkpoint(ckpt)
-    total = state.get("total_steps") or 0
-    max_steps = (((state.get("config") or {}).get("search") or {}).get("darts") or {}).get("max_steps")
-    planned = min(total, max_steps) if max_steps else total
-    if state.get("step", 0) < planned:
-        raise StageOrderError(f"the darts search stopped at step {state.get('step', 0)} of {planned} ({ckpt}): "
+    unfinished = unfinished_at(load_checkpoint(ckpt), ("search", "darts", "max_steps"))
+    if unfinished is not None:
+        raise StageOrderError(f"the darts search stopped at step {unfinished[0]} of {unfinished[1]} ({ckpt}): "
                               f"{genotypes} holds an earlier epoch's genotypes; rerun `nasdet search` to finish it, "
                               f"or set tune.arch: {genotypes} to tune them as they are")
 

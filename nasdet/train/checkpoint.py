@@ -38,19 +38,22 @@ def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
     return state
 
 
-def planned_steps(state: dict) -> int | None:
-    """The step a training run of this checkpoint ends at (``train.max_steps`` or all epochs), if recorded."""
+def planned_steps(state: dict, max_steps_key: tuple[str, ...] = ("train", "max_steps")) -> int | None:
+    """The step a training run of this checkpoint ends at (its recorded config's ``max_steps_key``, e.g.
+    ``search.darts.max_steps`` for a darts search, or all epochs), if recorded."""
     total = state.get("total_steps")
     if total is None:
         return None
-    max_steps = ((state.get("config") or {}).get("train") or {}).get("max_steps")
-    return min(total, max_steps) if max_steps else total
+    node = state.get("config") or {}
+    for key in max_steps_key:
+        node = node.get(key) if isinstance(node, dict) else None
+    return min(total, node) if node else total
 
 
-def unfinished_at(state: dict) -> tuple[int, int] | None:
+def unfinished_at(state: dict, max_steps_key: tuple[str, ...] = ("train", "max_steps")) -> tuple[int, int] | None:
     """``(step, planned step)`` of a checkpoint whose training stopped before its end (killed, or still
     running), else None (finished, or its plan not recorded)."""
-    planned = planned_steps(state)
+    planned = planned_steps(state, max_steps_key)
     step = state.get("step", 0)
     return (step, planned) if planned is not None and step < planned else None
 

@@ -105,6 +105,11 @@ class RunSettings:
                    record=config_to_dict(cfg), recipe=recipe)
 
 
+# what to look at when a set holds no box (YOLO's label rule is where it usually goes wrong)
+CHECK_ANNOTATIONS = ("check its annotations (a YOLO set: each image's label file in the 'labels' folder beside its "
+                     "'images' folder)")
+
+
 class Trainer:
     """Train ``model`` on ``train_set`` per ``settings.train``; checkpoints and logs go to ``out_dir``."""
 
@@ -204,8 +209,7 @@ class Trainer:
         if not any((r.iscrowd == 0).any() for r in self.train_set.records):
             self.console.print(Text(
                 f"warning: training set {self.train_set.source} has no annotations (no box in its "
-                f"{len(self.train_set)} images): the detector will learn to find nothing; check its annotations "
-                "(a YOLO set: each image's label file in the 'labels' folder beside its 'images' folder)",
+                f"{len(self.train_set)} images): the detector will learn to find nothing; {CHECK_ANNOTATIONS}",
                 style="yellow"), soft_wrap=True)
 
     def check_val_set(self) -> None:
@@ -215,8 +219,7 @@ class Trainer:
             return
         if not any(len(r.boxes) for r in self.val_set.records[:self.val_images]):
             raise DataError(f"val set {self.val_set.source} has no box in the {self.val_images} images it scores: "
-                            "its mAP is undefined; check its annotations (a YOLO set: each image's label file in the "
-                            "'labels' folder beside its 'images' folder)")
+                            f"its mAP is undefined; {CHECK_ANNOTATIONS}")
 
     def load_extra_state(self, state: dict) -> None:
         pass
