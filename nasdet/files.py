@@ -15,6 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def os_reason(e: BaseException) -> str:
+    """Why reading a file failed, for a message that names the file already: ``permission denied (check its
+    permissions)``, not ``[Errno 13] Permission denied: '/a/b'``; other errors (a decoder's) as they say it."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower() + (" (check its permissions)" if isinstance(e, PermissionError) else "")
+    return str(e)
+
+
 @contextmanager
 def naming_the_file(path: str | Path) -> Iterator[None]:
     """An OSError raised while writing ``path`` that names no file (a full disk: ``[Errno 28] No space left on

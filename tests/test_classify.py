@@ -227,6 +227,11 @@ def test_subnet_classify_then_tune_starts_from_it(shapes_dir, folder, tmp_path):
     raw["classify"]["arch"] = {k: v for k, v in other.items()}
     with pytest.raises(CheckpointError, match="another subnet"):
         run_classify(validate_config({**raw, "model": {**raw["model"], "backbone": {"name": "detnas_tiny"}}}))
+    # and the supernet in that folder: named as such (it failed with "910 missing keys")
+    whole = {**raw, "classify": {k: v for k, v in raw["classify"].items() if k != "arch"},
+             "model": {**raw["model"], "backbone": {"name": "detnas_tiny"}}}
+    with pytest.raises(CheckpointError, match="classify/ckpt/last.pt trains a subnet, not the supernet; delete"):
+        run_classify(validate_config(whole))
     raw["classify"]["arch"] = {"backbone.stage9.block0.op": 1}
     with pytest.raises(ArchError, match=r"classify.arch \(inline\).*stage9"):
         run_classify(validate_config({**raw, "work_dir": str(tmp_path / "wd2"),

@@ -186,7 +186,9 @@ def _write_xml(root: Path, name: str, text: str) -> None:
 
 BAD = {
     "unparsable xml": (lambda r: _write_xml(r, "000007", "<annotation><size>"), ["000007.xml", "parse"]),
-    "missing size": (lambda r: _write_xml(r, "000007", voc_xml(30, 20, [], size=False)), ["000007.xml", "size"]),
+    "missing size and image": (lambda r: (_write_xml(r, "000007", voc_xml(30, 20, [], size=False)),
+                                          (r / "JPEGImages" / "000007.jpg").unlink()),
+                               ["000007.xml has no <size>", "000007.jpg", "missing"]),
     "bad width": (lambda r: _write_xml(r, "000007", voc_xml("abc", 20, [])), ["000007.xml", "width"]),
     "unknown class": (
         lambda r: _write_xml(r, "000005", voc_xml(50, 40, [("chair", (1, 1, 5, 5), 0), ("unicorn", (1, 1, 5, 5), 0)])),
@@ -217,6 +219,46 @@ def test_bad_voc_raises(voc07, case):
         assert s in msg, (s, msg)
 
 
+def test_a_missing_or_zero_size_is_the_images_own(voc07):
+    """Some exporters leave <size> out, or write 0 when they do not know it: the image header has it."""
+    _write_xml(voc07, "000007", voc_xml(30, 20, [("car", (2, 3, 31, 20), 0)], size=False))
+    _write_xml(voc07, "000005", voc_xml(0, 0, [("chair", (11, 6, 30, 15), 0)]))
+    with pytest.warns(UserWarning, match="2 annotation files have no <size>"):
+        ds = load_voc(voc07, "train")
+    assert [(r.width, r.height) for r in ds.records] == [(50, 40), (30, 20), (20, 20)]
+    assert ds.records[1].boxes.tolist() == [[1.0, 2.0, 30.0, 20.0]]  # clipped to the image's 30 px
+    assert ds[1][0].shape == (3, 20, 30)
+    _write_xml(voc07, "000005", voc_xml(0, 40, []))  # one side given: a wrong file, not an unknown size
+    with pytest.raises(DataError, match="000005.xml: <size>/<width> must be a positive integer"):
+        load_voc(voc07, "train")
+
+
 def test_check_files_false_skips_image_check(voc07):
     (voc07 / "JPEGImages" / "000009.jpg").unlink()
     assert len(load_voc(voc07, "train", check_files=False)) == 3
+
+
+def test_unreadable_files_say_permission_denied_naming_the_file(voc07, monkeypatch):
+    """Not Python's ``[Errno 13] Permission denied: '...'`` after the file's name (root reads any file, so the
+    denial is simulated where the file is opened)."""
+    import builtins
+
+    real_open = builtins.open
+    denied = {str(voc07 / "Annotations" / "000007.xml"), str(voc07 / "JPEGImages" / "000005.jpg")}
+
+    def open_denying(file, *args, **kwargs):
+        if str(file) in denied:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_denying)
+    with pytest.raises(DataError) as err:
+        load_voc(voc07, "train")
+    assert str(err.value) == (f"{voc07 / 'Annotations' / '000007.xml'}: cannot read the annotation file: "
+                              "permission denied (check its permissions)")
+    denied.remove(str(voc07 / "Annotations" / "000007.xml"))
+    ds = load_voc(voc07, "train")
+    with pytest.raises(DataError) as err:
+        ds[0]
+    assert str(err.value).endswith("000005.jpg (image id 1) cannot be read: permission denied (check its permissions)")
+    assert "Errno" not in str(err.value)

@@ -77,3 +77,47 @@ def test_eval_on_another_val_set_keeps_the_stage_record(shapes_dir, tmp_path):
     assert code == 0 and exc is None, out
     assert (tmp_path / "mine" / "cost.json").read_text() == "my own notes"
     assert (tmp_path / "wd" / "eval" / "models_baseline_cost.json").is_file()  # named by its folder too
+
+
+def test_data_paths_are_compared_as_the_files_they_name(shapes_dir, tmp_path, monkeypatch):
+    """The same data through a symlink or another spelling of its path resumes; the same relative path from
+    another folder (other data) is refused, naming both folders."""
+    import os
+
+    from nasdet.train.checkpoint import load_checkpoint
+    from nasdet.train.resume import resolved_paths, training_changes
+
+    data = tmp_path / "project" / "data"
+    (data / "images").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data)
+    real = os.path.realpath(data / "images")
+
+    def record(images):
+        return {"data": {"train": {"annotations": None, "images": images}}, "seed": 0}
+
+    monkeypatch.chdir(tmp_path / "project")
+    saved = record("data/images")
+    paths = resolved_paths(saved)
+    assert paths == {"data.train.images": real}
+    for same in ("./data/images", "data/images/", real, str(tmp_path / "link" / "images"), "../link/images"):
+        assert training_changes(saved, record(same), ("data",), (), paths) == [], same
+        assert training_changes(saved, record(same), ("data",), ()) == [], same  # a checkpoint without paths
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "data" / "images").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    changes = training_changes(saved, record("data/images"), ("data",), (), paths)
+    assert changes == [f"data.train.images: {real} -> {os.path.realpath(elsewhere / 'data' / 'images')} "
+                       "(the same relative path, from another folder)"]
+    assert training_changes(saved, record("../project/data/images"), ("data",), (), paths) == []
+
+    # a trainer keeps the resolved paths with its checkpoint and resumes through a link to the same data
+    monkeypatch.chdir(tmp_path)
+    cfg, wd = started_run(shapes_dir, tmp_path)
+    state = load_checkpoint(wd / "baseline" / "ckpt" / "last.pt")
+    assert state["paths"]["data.train.images"] == os.path.realpath(shapes_dir / "train" / "images")
+    (tmp_path / "shapes_link").symlink_to(shapes_dir)
+    linked = ["--set", f"data.train.images={tmp_path / 'shapes_link' / 'train' / 'images'}",
+              "--set", f"data.train.annotations={tmp_path / 'shapes_link' / 'train' / 'annotations.json'}"]
+    code, out, exc = cli("train", cfg, "--set", "train.max_steps=3", *linked)
+    assert code == 0 and exc is None, out
+    assert "resumed at step 2" in " ".join(out.split())

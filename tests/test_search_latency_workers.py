@@ -70,34 +70,6 @@ def test_search_under_a_latency_budget(tiny_config, backend):
     assert (Path(cfg.work_dir) / "search" / "latency_lut.json").is_file() == (backend == "lut")
 
 
-def test_bn_recalibration_changes_the_score(tiny_config):
-    """Scoring with the supernet's shared BN statistics and after recalibration gives different mAPs
-    (a subnet trained a little, so its detections depend on the statistics)."""
-    from conftest import memorise
-
-    from nasdet.data.build import build_datasets
-    from nasdet.models.supernet import set_detector_arch
-    from nasdet.search.scoring import score_arch
-    from nasdet.train.evaluate import evaluate_detector
-    from nasdet.train.supernet import SupernetTrainer
-
-    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"augment": {"hflip": 0.0, "photometric": 0.0}},
-                      train={"optimizer": {"name": "adamw", "lr": 0.003}, "scheduler": {"name": "constant", "warmup_steps": 0}},
-                      supernet={"sampling": "sandwich", "sandwich_random": 0})
-    torch.manual_seed(0)
-    data = build_datasets(cfg)
-    few = data["supernet_train"].subset(range(4))
-    model, space = build_supernet(cfg, few.num_classes)
-    trainer = SupernetTrainer.from_config(cfg, model, space, few, None, Path(cfg.work_dir) / "s", calib_set=few.with_transforms(None))
-    memorise(trainer, few, steps=40)
-    arch = space.smallest()
-    plain = few.with_transforms(None)
-    set_detector_arch(model, arch, space)
-    shared_stats = evaluate_detector(model, plain, torch.device("cpu"), 4)
-    recalibrated = score_arch(model, space, arch, plain, plain, "cpu", recalib_batches=1, batch_size=4)
-    assert recalibrated["AP"] != shared_stats["AP"]
-
-
 def test_search_workers_option_starts_processes_that_share_the_study(tiny_config, tmp_path):
     from typer.testing import CliRunner
 

@@ -119,7 +119,7 @@ def test_tune_from_supernet_starts_at_the_supernets_map(tiny_config, shapes_dir,
     few = data["train"].with_transforms(None)
     model, space = build_supernet(cfg, few.num_classes)
     trainer = SupernetTrainer.from_config(cfg, model, space, few, few, tmp_path / "s", calib_set=few)
-    memorise(trainer, few)
+    memorise(trainer, few, steps=40)  # the largest subnet scores ~0.9 AP50 after 40 steps
     _save_supernet(cfg, model, space)
     arch = space.largest()
     save_arch(Path(cfg.work_dir) / "search" / "best_arch.json", arch, space)

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..files import relative_hint
+from ..files import os_reason, relative_hint
 from .dataset import DataError, DetectionDataset, ImageRecord
 
 __all__ = ["load_coco", "BOX_TOLERANCE"]
@@ -111,7 +111,7 @@ def _read_json(ann_file: Path):
     except UnicodeDecodeError as e:
         raise DataError(f"{ann_file}: not valid json: not UTF-8 text ({e})") from e
     except OSError as e:
-        raise DataError(f"{ann_file}: cannot read the annotation file: {e}") from e
+        raise DataError(f"{ann_file}: cannot read the annotation file: {os_reason(e)}") from e
 
 
 def load_coco(ann_file: str | Path, image_dir: str | Path, *, check_files: bool = True) -> DetectionDataset:

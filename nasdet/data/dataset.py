@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import tv_tensors
 
 from ..errors import DataError
+from ..files import os_reason
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a stored image is rotated / mirrored
 
@@ -162,7 +163,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         except Image.DecompressionBombError as e:
             raise DataError(f"{what} has more pixels than PIL opens safely ({e}); resize it") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DataError(f"{what} cannot be decoded: {e}") from e
+            verb = "read" if isinstance(e, PermissionError) else "decoded"
+            raise DataError(f"{what} cannot be {verb}: {os_reason(e)}") from e
         if arr.shape[0] != rec.height or arr.shape[1] != rec.width:
             upright = (" after the rotation its EXIF orientation asks for (annotations are taken in the upright "
                        "frame, as COCO tools do)") if rotated else ""

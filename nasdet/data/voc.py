@@ -16,14 +16,17 @@ more than 1 px are an error, the rest are clipped. ``category_ids`` are ``1..K``
 """
 from __future__ import annotations
 
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from ..files import os_reason
 from .coco import BOX_TOLERANCE, check_image_files, fit_box, warn_degenerate
 from .dataset import DataError, DetectionDataset, ImageRecord
+from .yolo import upright_size
 
 __all__ = ["VOC_CLASSES", "load_voc"]
 
@@ -58,7 +61,7 @@ def _read_split(root: Path, split: str) -> list[str]:
         hint = "" if root.is_dir() else f" (the root {root} does not exist)"
         raise DataError(f"{split_file}: split file for split {split!r} does not exist{hint}") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{split_file}: cannot read the split file: {e}") from e
+        raise DataError(f"{split_file}: cannot read the split file: {os_reason(e)}") from e
     names = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not names:
         raise DataError(f"{split_file}: no images (the split file is empty)")
@@ -74,9 +77,11 @@ def _number(text: str | None, what: str) -> float:
         raise DataError(f"{what} is not a number: {text.strip()!r}") from None
 
 
-def _parse_xml(xml_file: Path, label_of: dict[str, int], classes: Sequence[str]):
-    """``(width, height, boxes, labels, iscrowd, degenerate_count, filename)`` of one annotation file
-    (``filename``: its ``<filename>``, or None)."""
+def _parse_xml(xml_file: Path, label_of: dict[str, int], classes: Sequence[str],
+               image_size: Callable[[str | None], tuple[int, int]]):
+    """``(width, height, boxes, labels, iscrowd, degenerate_count, filename, sized_by_image)`` of one annotation
+    file (``filename``: its ``<filename>``, or None). Without ``<size>``, or with a zero one (some exporters
+    write 0 when they do not know), the size is ``image_size(filename)``, the image's own."""
     try:
         tree = ET.parse(xml_file)
     except FileNotFoundError as e:
@@ -84,21 +89,24 @@ def _parse_xml(xml_file: Path, label_of: dict[str, int], classes: Sequence[str])
     except ET.ParseError as e:
         raise DataError(f"{xml_file}: cannot parse the xml: {e}") from e
     except OSError as e:
-        raise DataError(f"{xml_file}: cannot read the annotation file: {e}") from e
+        raise DataError(f"{xml_file}: cannot read the annotation file: {os_reason(e)}") from e
     ann = tree.getroot()
     if ann.tag.startswith("{"):  # a default XML namespace (some exporters): VOC's element names without it
         for el in ann.iter():
             el.tag = el.tag.split("}", 1)[-1]
+    filename = (ann.findtext("filename") or "").strip() or None
     size = ann.find("size")
-    if size is None:
-        raise DataError(f"{xml_file}: no <size> element")
-    dims = []
-    for key in ("width", "height"):
-        v = _number(size.findtext(key), f"{xml_file}: <size>/<{key}>")
-        if v <= 0 or not float(v).is_integer():
-            raise DataError(f"{xml_file}: <size>/<{key}> must be a positive integer, got {size.findtext(key)!r}")
-        dims.append(int(v))
-    width, height = dims
+    unknown = size is None or all((size.findtext(k) or "").strip() in ("", "0") for k in ("width", "height"))
+    if unknown:
+        width, height = image_size(filename)
+    else:
+        dims = []
+        for key in ("width", "height"):
+            v = _number(size.findtext(key), f"{xml_file}: <size>/<{key}>")
+            if v <= 0 or not float(v).is_integer():
+                raise DataError(f"{xml_file}: <size>/<{key}> must be a positive integer, got {size.findtext(key)!r}")
+            dims.append(int(v))
+        width, height = dims
 
     boxes, labels, crowd, degenerate = [], [], [], 0
     for j, obj in enumerate(ann.findall("object")):
@@ -132,7 +140,7 @@ def _parse_xml(xml_file: Path, label_of: dict[str, int], classes: Sequence[str])
         boxes.append(box)
         labels.append(label_of[name])
         crowd.append(difficult)
-    return width, height, boxes, labels, crowd, degenerate, (ann.findtext("filename") or "").strip() or None
+    return width, height, boxes, labels, crowd, degenerate, filename, unknown
 
 
 def _image_file(voc_root: Path, name: str, filename: str | None) -> Path:
@@ -167,7 +175,7 @@ def load_voc(
     records: list[ImageRecord] = []
     seen: dict[tuple[Path, str], str] = {}
     files: list[tuple[Path, int]] = []  # to check: (file, image id)
-    degenerate = 0
+    degenerate = no_size = 0
     for voc_root, split_name in pairs:
         names = _read_split(voc_root, split_name)
         key_root = voc_root.resolve()
@@ -176,9 +184,16 @@ def load_voc(
             if (key_root, name) in seen:
                 raise DataError(f"{where}: image {voc_root.name}/{name} is already listed in {seen[key_root, name]}")
             seen[key_root, name] = where
-            width, height, boxes, labels, crowd, n_degenerate, filename = _parse_xml(
-                voc_root / "Annotations" / f"{name}.xml", label_of, classes)
+            xml_file = voc_root / "Annotations" / f"{name}.xml"
+
+            def image_size(filename, voc_root=voc_root, name=name, xml_file=xml_file):
+                width, height, _ = upright_size(_image_file(voc_root, name, filename), f"{xml_file} has no <size>")
+                return width, height
+
+            width, height, boxes, labels, crowd, n_degenerate, filename, sized_by_image = _parse_xml(
+                xml_file, label_of, classes, image_size)
             degenerate += n_degenerate
+            no_size += sized_by_image
             image_id = len(records) + 1
             file = _image_file(voc_root, name, filename)
             if check_files:
@@ -190,4 +205,7 @@ def load_voc(
             ))
     check_image_files(source, files, "from JPEGImages")
     warn_degenerate(source, degenerate)
+    if no_size:
+        warnings.warn(f"{source}: {no_size} annotation file{'s have' if no_size != 1 else ' has'} no <size> (or a "
+                      "zero one): the image's own size is used", UserWarning, stacklevel=2)
     return DetectionDataset(records, classes, list(range(1, len(classes) + 1)), source=source)

@@ -38,7 +38,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from ..files import relative_hint, write_text_atomic
+from ..files import os_reason, relative_hint, write_text_atomic
 from ..user_data import WRITTEN_BY_NASDET, refuse_output_in_data, written_by_nasdet_yaml
 from .coco import MAX_LISTED, fit_box, warn_degenerate
 from .dataset import DetectionDataset, ImageRecord
@@ -121,7 +121,7 @@ def read_data_yaml(file: str | Path) -> YoloDataYaml:
     except yaml.YAMLError as e:
         raise DataError(f"{src}: not valid YAML: {e}") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{src}: cannot read data.yaml: {e}") from e
+        raise DataError(f"{src}: cannot read data.yaml: {os_reason(e)}") from e
     if not isinstance(raw, dict):
         raise DataError(f"{src}: the top level must be a mapping with 'names', got {type(raw).__name__}")
     names = _class_names(raw.get("names"), src)
@@ -174,7 +174,7 @@ def _list_images(entry: Path, src: str) -> tuple[list[Path], Path | None]:
         try:
             lines = entry.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{entry}: cannot read the image list: {e}") from e
+            raise DataError(f"{entry}: cannot read the image list: {os_reason(e)}") from e
         files = [entry.parent / line.strip() for line in lines if line.strip()]
         if not files:
             raise DataError(f"{entry}: no images (the image list is empty)")
@@ -200,7 +200,7 @@ def label_file_for(image: Path, image_dir: Path | None = None, label_dir: Path |
     return image.with_suffix(".txt")
 
 
-def _image_size(file: Path, src: str) -> tuple[int, int, bool]:
+def upright_size(file: Path, src: str) -> tuple[int, int, bool]:
     """``(width, height, rotated)``: the upright size (as the loader reads the pixels, EXIF orientation
     applied, and as Ultralytics normalises labels) and whether EXIF asks for a 90-degree rotation."""
     try:
@@ -210,7 +210,7 @@ def _image_size(file: Path, src: str) -> tuple[int, int, bool]:
     except FileNotFoundError as e:
         raise DataError(f"{src}: image file {file} is missing") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{src}: image file {file} cannot be opened: {e}") from e
+        raise DataError(f"{src}: image file {file} cannot be opened: {os_reason(e)}") from e
     return (height, width, rotated) if rotated else (width, height, rotated)
 
 
@@ -223,7 +223,7 @@ def _parse_labels(label_file: Path, width: int, height: int, names: Sequence[str
     except FileNotFoundError:
         return [], [], 0, 0
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{label_file}: cannot read the label file: {e}") from e
+        raise DataError(f"{label_file}: cannot read the label file: {os_reason(e)}") from e
     boxes, labels, degenerate, duplicates, seen = [], [], 0, 0, set()
     lo, hi = -NORM_TOLERANCE, 1.0 + NORM_TOLERANCE
     for n, line in enumerate(text.splitlines(), start=1):
@@ -320,7 +320,7 @@ def load_yolo(
                 raise DataError(f"{entry}: image {file} is listed twice (also from {seen[key]})")
             seen[key] = entry
             shared.setdefault(label_file, []).append(file)
-            width, height, turned = _image_size(file, source)
+            width, height, turned = upright_size(file, source)
             if turned:
                 rotated.append(file)
             boxes, cls, n_degenerate, n_duplicates = _parse_labels(label_file, width, height, spec.names)
@@ -405,7 +405,7 @@ def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy
                               and written_by_nasdet_yaml(out_dir / "data.yaml"))
     for ds in splits.values():  # labels are normalised by the annotated size: it must be the image's
         for rec in ds.records:
-            width, height, rotated = _image_size(rec.file, ds.source)
+            width, height, rotated = upright_size(rec.file, ds.source)
             if (width, height) != (rec.width, rec.height):
                 upright = " upright (its EXIF orientation applied)" if rotated else ""
                 raise DataError(f"{ds.source}: image file {rec.file} (image id {rec.image_id}) is {width}x{height}"

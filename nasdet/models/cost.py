@@ -2,8 +2,9 @@
 
 MACs come from ``torch.utils.flop_counter`` (MACs = FLOPs / 2; convs and matmuls, the ops it has
 formulas for) over the data-independent part of the detector at its input size: backbone, neck and
-heads, not box decoding or NMS (see ``dense_forward``). They are counted on the meta device, so
-no arithmetic is done and any model size counts in milliseconds.
+heads, not box decoding or NMS (see ``dense_forward``). Large models are counted on the meta device
+(no arithmetic, so any size counts in a fraction of a second), small ones by a real forward, which is
+faster for them: the meta device runs many ops through Python reference kernels.
 """
 from __future__ import annotations
 
@@ -37,16 +38,32 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to("meta")
 
 
+# below this many MACs a real forward counts faster than the meta device (benchmarks/README)
+REAL_COUNT_MACS = 1e9
+# detectors' MACs / (params x input pixels), configs/: 1/84 (ENOT's RetinaNet at 512 px) to 1/758 (the demo's
+# baseline), 1/177 to 1/189 for the R50 / DetNAS FPN detectors at 800 px; 1/50 over-estimates them all
+MACS_PER_PARAM_PIXEL = 1 / 50
+
+
+def counts_faster_for_real(model: nn.Module, input_size: int, batch: int = 1) -> bool:
+    """Whether a real forward of ``model`` counts its MACs faster than the meta device: its MACs, over-estimated
+    from its size (params x pixels), stay under ``REAL_COUNT_MACS``."""
+    return count_params(model) * input_size ** 2 * batch * MACS_PER_PARAM_PIXEL < REAL_COUNT_MACS
+
+
 def detector_macs(model: nn.Module, input_size: int | None = None, batch: int = 1,
-                  backbone: bool = True, real: bool = False) -> dict[str, int]:
+                  backbone: bool = True, real: bool | None = None) -> dict[str, int]:
     """MACs of the backbone (with neck) and of the whole dense detector at ``input_size`` (square); with
     ``backbone=False`` only the total (a search's budget check: each count is a forward under the counter).
 
-    By default the count runs on a copy on the meta device: no arithmetic, so any model counts in a fraction
-    of a second. ``real``: a forward of ``model`` itself on its device (no copy, eval mode, no grad) instead,
-    faster for small models (the meta device runs many ops through Python reference kernels: the demo's
-    50 M MACs subnet counts in 0.06 s against 0.29 s); the counts are the same."""
+    ``real=False``: the count runs on a copy on the meta device: no arithmetic, so any model counts in a
+    fraction of a second. ``real=True``: a forward of ``model`` itself on its device (no copy, eval mode, no
+    grad), faster for small models (the meta device runs many ops through Python reference kernels: the
+    demo's 50 M MACs subnet counts in 0.06 s against 0.29 s); the counts are the same. ``None`` (default):
+    a real forward when ``counts_faster_for_real``."""
     s = input_size or get_input_size(model)
+    if real is None:
+        real = counts_faster_for_real(model, s, batch)
     if real:
         p = next(model.parameters())
         m, x = model, torch.zeros(batch, 3, s, s, device=p.device, dtype=p.dtype)

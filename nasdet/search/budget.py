@@ -15,13 +15,12 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.supernet import INPUT_SIZE, export_detector
 from ..space import ArchError, SearchSpace
+from ..models import cost as model_cost
 from ..models.cost import detector_macs, detector_params, measure_latency
 from .scoring import ArchCache
 
 COST_METRICS = ("macs", "params", "latency")
 COST_UNITS = {"macs": "MACs", "params": "params", "latency": "ms"}
-# below this an arch's MACs are counted faster by a real forward than on the meta device (benchmarks/README)
-REAL_COUNT_MACS = 1e9
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class CostModel:
         self.latency_kw = latency_kw
         # (static subnet, arch) -> ms; default: torch timing (see search/latency.py for the others)
         self.latency_fn = latency_fn or (lambda static, arch: measure_latency(static, **self.latency_kw)["median_ms"])
-        self._count_real = False  # the first arch is counted on the meta device, the next as its MACs suggest
+        self._count_real = None  # the first arch as its size suggests (cost.py), the next as its MACs do
 
     def _compute(self, arch: Mapping[str, Any]) -> dict[str, float]:
         static = export_detector(self.model, arch, self.space)
@@ -75,7 +74,7 @@ class CostModel:
         if "macs" in self.measure:
             out["macs"] = float(detector_macs(static, backbone=False, real=self._count_real)["total"])
             # the archs of a search cost about the same: a real forward counts the small ones faster (cost.py)
-            self._count_real = out["macs"] < REAL_COUNT_MACS
+            self._count_real = out["macs"] < model_cost.REAL_COUNT_MACS
         if "params" in self.measure:
             out["params"] = float(detector_params(static)["total"])
         if "latency" in self.measure:

@@ -43,7 +43,7 @@ from ..threads import govern, loader_workers, set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from ..train.loop import EpochSampler, RunSettings, TrainingDiverged, resolve_device
 from ..train.optim import build_scheduler, clip_grad_norm, momentum_sgd, param_groups
-from ..train.resume import NOT_TRAINING, refuse_changed_run
+from ..train.resume import NOT_TRAINING, refuse_changed_run, resolved_paths
 from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, WriterLock, checkpoint_in  # noqa: F401
 
 LossFn = Callable[[Any], dict[str, Tensor]]
@@ -255,6 +255,7 @@ class DartsSearch:
                 "a_optim": self.a_optim.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "total_steps": self.total_steps, "rng": rng_state(), "config": dict(self.settings.record),
+                "paths": resolved_paths(self.settings.record),
                 "genotype": {"box": format_genotype(box), "cls": format_genotype(cls)}}
 
     def save(self) -> None:
@@ -279,7 +280,8 @@ class DartsSearch:
         refuse_changed_run(self.ckpt_path, state.get("config"), self.settings.record,
                            ("seed", "data", "model", "search.darts"),
                            (NOT_TRAINING - {"data.search_fraction", "data.split_seed"})
-                           | {"search.darts.max_steps", "search.darts.ckpt_every_steps", "search.darts.log_every_steps"})
+                           | {"search.darts.max_steps", "search.darts.ckpt_every_steps", "search.darts.log_every_steps"},
+                           state.get("paths"))
         if state.get("total_steps") != self.total_steps:
             raise CheckpointError(f"{self.ckpt_path} was written for {state.get('total_steps')} total steps, this config gives "
                              f"{self.total_steps} (epochs, batch size or data changed); use a new work dir or delete it")

@@ -118,6 +118,14 @@ def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
                            num_workers=c.num_workers if c.num_workers is not None else cfg.data.num_workers,
                            record=config_to_dict(cfg))
     supernet = arch is None and is_supernet_classifier(model)
+    record_arch = {**prefix_arch(arch, BACKBONE_PREFIX), INPUT_SIZE: c.input_size} if arch is not None else None
+    if out.has_checkpoint():  # a subnet's weights are not a supernet's, nor another subnet's
+        saved = (load_checkpoint(out.checkpoint).get("extra") or {}).get("arch")
+        if saved != record_arch:
+            has = "the supernet" if saved is None else "a subnet" if record_arch is None else "another subnet"
+            wants = source or ("the supernet" if supernet else "the whole backbone")
+            raise CheckpointError(f"{out.checkpoint} trains {has}, not {wants}; delete the classify folder to train "
+                                  "this one")
     if supernet:
         mode, space = "supernet", classifier_space(model, c.supernet.input_sizes or [c.input_size])
         d = c.supernet.distill
@@ -125,15 +133,8 @@ def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         trainer = ClassifierSupernetTrainer(settings, model, space, train_set, val_set, out.root, supernet=c.supernet,
                                             input_size=c.input_size, calib_set=sets["train"].with_transforms(eval_tf),
                                             teacher=teacher, console=console)
-        record_arch = None
     else:
         mode, space = ("subnet" if arch is not None else "backbone"), None
-        record_arch = {**prefix_arch(arch, BACKBONE_PREFIX), INPUT_SIZE: c.input_size} if arch is not None else None
-        if out.has_checkpoint():
-            saved = (load_checkpoint(out.checkpoint).get("extra") or {}).get("arch")
-            if saved != record_arch:
-                raise CheckpointError(f"{out.checkpoint} trains {'the supernet' if saved is None else 'another subnet'}, "
-                                      f"not {source or 'the whole backbone'}; delete the classify folder to train this one")
         trainer = ClassifierTrainer(settings, model, train_set, val_set, out.root, console=console, arch=record_arch)
     if arch is not None and cfg.model.backbone.checkpoint:
         trainer.start_note = f"subnet from {cfg.model.backbone.checkpoint}"

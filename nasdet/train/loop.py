@@ -32,7 +32,7 @@ from .bn import one_value_per_channel_as
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler, clip_grad_norm
-from .resume import NOT_TRAINING, TRAINING_SECTIONS, refuse_changed_run
+from .resume import NOT_TRAINING, TRAINING_SECTIONS, refuse_changed_run, resolved_paths
 from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..workdir import LAST_CKPT, LOG_FILE, WriterLock, checkpoint_in
 
@@ -235,6 +235,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "rng": rng_state(),
             "config": dict(self.settings.record),
+            "paths": resolved_paths(self.settings.record),
             "space_id": self.space_id,
             "extra": self.extra_state(),
         }
@@ -267,7 +268,8 @@ class Trainer:
         if not path.is_file():
             return False
         state = load_checkpoint(path, space_id=self.space_id)
-        refuse_changed_run(path, state.get("config"), self.settings.record, self.resume_sections, self.resume_ignores)
+        refuse_changed_run(path, state.get("config"), self.settings.record, self.resume_sections, self.resume_ignores,
+                           state.get("paths"))
         load_model_weights(self.model, state, source=str(path))
         if state.get("total_steps") != self.total_steps:
             raise CheckpointError(

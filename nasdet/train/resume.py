@@ -2,9 +2,11 @@
 every checkpoint (the whole resolved config is), and a rerun whose part differs is refused, with the keys that
 differ, before anything is written. The rest may change between runs: where and how often to log and
 checkpoint, devices and threads, evaluation and post-processing, and ``train.max_steps`` (a longer run of the
-same recipe is a resume)."""
+same recipe is a resume). Data paths are compared as the files they name (``resolved_paths``): the same data
+through a symlink or another relative path is the same run, the same relative path from another folder is not."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,26 @@ NOT_TRAINING = frozenset({
 })
 
 
+# config keys naming the training data's files and folders (the val set does not change the weights)
+DATA_PATH_KEYS = ("data.train.annotations", "data.train.images", "data.train.root", "data.train.labels",
+                  "data.data_yaml")
+
+
+def _resolve(value: Any) -> Any:
+    if isinstance(value, str):
+        return os.path.realpath(os.path.expanduser(value))
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return [_resolve(v) for v in value]
+    return value
+
+
+def resolved_paths(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``{key: absolute path, links resolved}`` of the data paths in a run's config: kept with each checkpoint
+    (as ``paths``), so a resume compares the files, whatever folder it is started from."""
+    flat = flatten(record)
+    return {key: _resolve(flat[key]) for key in DATA_PATH_KEYS if flat.get(key) is not None}
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
     flat: dict[str, Any] = {}
@@ -35,10 +57,12 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def training_changes(saved: Mapping[str, Any], current: Mapping[str, Any], sections: Iterable[str],
-                     ignored: Iterable[str] = NOT_TRAINING) -> list[str]:
+                     ignored: Iterable[str] = NOT_TRAINING, saved_paths: Mapping[str, Any] | None = None) -> list[str]:
     """``key: old -> new`` for each key under ``sections`` (top-level or dotted: ``search.darts``) and not under
     ``ignored`` whose value differs. A key the saved config does not have (written before the key existed) is
-    not compared."""
+    not compared. Data paths (``DATA_PATH_KEYS``) differ when the files they name do: as ``saved_paths``
+    (``resolved_paths`` of the saved run) recorded them, or, for a checkpoint without them, as both strings
+    resolve from the current folder."""
     def within(key: str, prefixes: Iterable[str]) -> bool:
         return any(key == p or key.startswith(p + ".") for p in prefixes)
 
@@ -46,19 +70,27 @@ def training_changes(saved: Mapping[str, Any], current: Mapping[str, Any], secti
     old, new = flatten(saved), flatten(current)
     changes = []
     for key in sorted(new):
-        if not within(key, sections) or within(key, ignored):
+        if not within(key, sections) or within(key, ignored) or key not in old:
             continue
-        if key in old and old[key] != new[key]:
+        if key in DATA_PATH_KEYS and new[key] is not None:
+            was = saved_paths[key] if saved_paths and key in saved_paths else _resolve(old[key])
+            now = _resolve(new[key])
+            if was != now:
+                moved = "" if old[key] != new[key] else " (the same relative path, from another folder)"
+                changes.append(f"{key}: {was} -> {now}{moved}")
+        elif old[key] != new[key]:
             changes.append(f"{key}: {old[key]} -> {new[key]}")
     return changes
 
 
 def refuse_changed_run(checkpoint: Path, saved: Mapping[str, Any] | None, current: Mapping[str, Any],
-                       sections: Iterable[str], ignored: Iterable[str] = NOT_TRAINING) -> None:
-    """Raise ResumeMismatch when ``current`` would not continue the run ``checkpoint`` was trained with."""
+                       sections: Iterable[str], ignored: Iterable[str] = NOT_TRAINING,
+                       saved_paths: Mapping[str, Any] | None = None) -> None:
+    """Raise ResumeMismatch when ``current`` would not continue the run ``checkpoint`` was trained with
+    (``saved_paths``: the checkpoint's ``paths``)."""
     if not saved or not current:  # a checkpoint from before configs were kept, or a trainer without a config
         return
-    changes = training_changes(saved, current, tuple(sections), ignored)
+    changes = training_changes(saved, current, tuple(sections), ignored, saved_paths)
     if changes:
         shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
         raise ResumeMismatch(
