@@ -1,4 +1,5 @@
-"""The commands a user runs, end to end on the tiny synthetic set (subprocesses, as a user would)."""
+"""The commands a user runs, end to end on the tiny synthetic set (subprocesses, as a user would; a command's
+later calls in one test in-process, which spares each a Python and torch start-up of some 5 s)."""
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import tiny_raw
+from test_user_data_safety import cli
 
 
 def nasdet(*args, cwd=None, timeout=300):
@@ -53,18 +55,18 @@ def test_train_eval_cost_stats(shapes_dir, tmp_path):
     assert "AP50" in r.stdout
     resolved = yaml.safe_load((tmp_path / "wd" / "config.yaml").read_text())
     assert resolved["train"]["max_steps"] == 3  # the overrides are what ran
-    r = nasdet("eval", cfg, "--set", "train.epochs=1")
-    assert r.returncode == 0, r.stdout + r.stderr
+    code, out, exc = cli("eval", cfg, "--set", "train.epochs=1")
+    assert code == 0 and exc is None, out
     metrics = json.loads((tmp_path / "wd" / "baseline" / "metrics.json").read_text())
     assert metrics["step"] == 3 and "AP" in metrics["metrics"]
-    r = nasdet("cost", cfg)
-    assert r.returncode == 0, r.stdout + r.stderr
+    code, out, exc = cli("cost", cfg)
+    assert code == 0 and exc is None, out
     cost = json.loads((tmp_path / "wd" / "baseline" / "cost.json").read_text())
     assert cost["macs"]["total"] > cost["macs"]["backbone"] > 0 and cost["latency"]["median_ms"] > 0
     assert cost["latency_onnxruntime"]["median_ms"] > 0
-    r = nasdet("data", "stats", cfg)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "circle" in r.stdout or "square" in r.stdout
+    code, out, exc = cli("data", "stats", cfg)
+    assert code == 0 and exc is None, out
+    assert "circle" in out or "square" in out
 
 
 def test_user_errors_are_one_line_naming_the_culprit(shapes_dir, tmp_path):
@@ -72,12 +74,13 @@ def test_user_errors_are_one_line_naming_the_culprit(shapes_dir, tmp_path):
     raw["train"]["epohcs"] = 3
     r = nasdet("train", write_cfg(tmp_path / "bad.yaml", raw))
     assert r.returncode == 2 and "train.epohcs" in r.stdout and "bad.yaml" in r.stdout and "Traceback" not in r.stderr
-    r = nasdet("train", write_cfg(tmp_path / "ok.yaml", tiny_raw(shapes_dir, tmp_path / "wd")), "--set", "model.detector=yolo9")
-    assert r.returncode == 2 and "model.detector" in r.stdout
+    code, out, _ = cli("train", write_cfg(tmp_path / "ok.yaml", tiny_raw(shapes_dir, tmp_path / "wd")),
+                       "--set", "model.detector=yolo9")
+    assert code == 2 and "model.detector" in out
     raw = tiny_raw(shapes_dir, tmp_path / "wd")
     raw["data"]["val"]["annotations"] = str(tmp_path / "missing.json")
-    r = nasdet("eval", write_cfg(tmp_path / "m.yaml", raw), "--ckpt", tmp_path / "none.pt")
-    assert r.returncode == 2 and ("missing.json" in r.stdout or "none.pt" in r.stdout)
+    code, out, _ = cli("eval", write_cfg(tmp_path / "m.yaml", raw), "--ckpt", tmp_path / "none.pt")
+    assert code == 2 and ("missing.json" in out or "none.pt" in out)
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
@@ -100,12 +103,12 @@ def test_pretrain_then_search(shapes_dir, tmp_path):
     raw["supernet"] = {"recalib_batches": 1, "report_archs": ["smallest"]}
     raw["search"] = {"strategy": "random", "confidence_resamples": 100, "num_candidates": 3, "recalib_batches": 1}
     cfg = write_cfg(tmp_path / "ofa.yaml", raw)
-    r = nasdet("search", cfg)
-    assert r.returncode == 2 and "nasdet pretrain" in r.stdout  # the stage to run first is named
+    code, out, _ = cli("search", cfg)
+    assert code == 2 and "nasdet pretrain" in out  # the stage to run first is named
     r = nasdet("pretrain", cfg)
     assert r.returncode == 0, r.stdout + r.stderr
-    r = nasdet("search", cfg)
-    assert r.returncode == 0, r.stdout + r.stderr
+    code, out, exc = cli("search", cfg)
+    assert code == 0 and exc is None, out
     search = tmp_path / "wd" / "search"
     assert (search / "results.csv").is_file() and (search / "best_arch.json").is_file()
     assert json.loads((search / "best_arch.json").read_text())["space_id"]

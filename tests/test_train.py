@@ -163,7 +163,7 @@ def test_overfitting_a_batch_gives_high_map_in_eval_mode(tiny_config):
     from nasdet.train.evaluate import evaluate_detector
     from nasdet.train.optim import build_optimizer
 
-    cfg = tiny_config(data=NO_AUG, train={"optimizer": {"name": "adamw", "lr": 0.003}})
+    cfg = tiny_config(data=NO_AUG, train={"optimizer": {"name": "adamw", "lr": 0.01}})
     torch.manual_seed(0)
     data = build_datasets(cfg)
     subset = data["train"].subset(range(4))
@@ -171,7 +171,7 @@ def test_overfitting_a_batch_gives_high_map_in_eval_mode(tiny_config):
     opt = build_optimizer(model, cfg.train.optimizer)
     images, targets = collate_detection([subset[i] for i in range(4)])
     images, targets = to_model_input(images, "cpu"), targets_to(targets, "cpu")
-    for _ in range(80):
+    for _ in range(50):  # AP50 1.0 after 50 steps for seeds 0-2 (0.68-0.94 after 40)
         loss = sum(model(images, targets).values())
         opt.zero_grad()
         loss.backward()
