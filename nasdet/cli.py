@@ -27,6 +27,8 @@ console = Console()
 
 SetOpt = typer.Option(None, "--set", help="Override a config key: --set train.epochs=2 (repeatable).")
 WorkDirOpt = typer.Option(None, "--work-dir", help="Work dir (default: work_dir of the config).")
+# a worker that --workers started: it scores or trains, and its launcher writes and prints the results once
+LaunchedOpt = typer.Option(False, "--launched", hidden=True)
 
 
 def _user_errors(fn):
@@ -220,7 +222,8 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
                                                      help="Optuna storage URL (e.g. postgresql://...) or journal file path."),
                worker: int = typer.Option(0, "--worker", help="This process's index among workers sharing the study."),
                workers: int = typer.Option(1, "--workers", min=1,
-                                           help="Start N local worker processes on the study (one GPU each if any).")):
+                                           help="Start N local worker processes on the study (one GPU each if any)."),
+               launched: bool = LaunchedOpt):
     """Score subnets of the trained supernet under the budget (evolution, NSGA-II or random on Optuna);
     rerunning continues the study. Several processes (here via --workers, or on other machines with
     --storage) share one study."""
@@ -230,7 +233,7 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
     check_one_process(cfg, worker, workers)  # before any worker starts
     if workers > 1:
         _launch_workers("search", config, work_dir, set_ or [], workers, ["--storage", storage] if storage else [])
-    run_search(cfg, work_dir=work_dir, storage=storage, console=console, worker=worker)
+    run_search(cfg, work_dir=work_dir, storage=storage, console=console, worker=worker, outputs=not launched)
 
 
 def _launch_workers(command: str, config: Path, work_dir: Optional[Path], overrides: List[str], workers: int,
@@ -247,7 +250,7 @@ def _launch_workers(command: str, config: Path, work_dir: Optional[Path], overri
 
     def spawn():
         for i in range(workers):
-            cmd = [sys.executable, "-m", "nasdet.cli", command, str(config), "--worker", str(i), *extra]
+            cmd = [sys.executable, "-m", "nasdet.cli", command, str(config), "--worker", str(i), "--launched", *extra]
             if work_dir:
                 cmd += ["--work-dir", str(work_dir)]
             for item in overrides:
@@ -299,7 +302,8 @@ def diagnose_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
                  archs: Optional[int] = typer.Option(None, "--archs", help="K archs spread over the MACs range (diagnose.archs)."),
                  epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of the short stand-alone recipe (diagnose.epochs)."),
                  worker: int = typer.Option(0, "--worker", help="This process's index among workers sharing the work dir."),
-                 workers: int = typer.Option(1, "--workers", min=1, help="Start N local worker processes.")):
+                 workers: int = typer.Option(1, "--workers", min=1, help="Start N local worker processes."),
+                 launched: bool = LaunchedOpt):
     """Does the supernet rank archs as they rank trained alone? K archs stratified by MACs are scored by
     the supernet (as search does), by MACs, params and zero-cost proxies, and trained alone briefly;
     writes diagnose/results.csv, summary.json (Kendall tau, Spearman rho with 90 % intervals), rank.png.
@@ -313,7 +317,7 @@ def diagnose_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
     if workers > 1:
         run_diagnose(cfg, work_dir, console=console, plan_only=True)  # once, not in every worker
         _launch_workers("diagnose", config, work_dir, overrides, workers, [])
-    run_diagnose(cfg, work_dir, console=console, worker=worker)
+    run_diagnose(cfg, work_dir, console=console, worker=worker, outputs=not launched)
 
 
 @app.command("eval")

@@ -439,7 +439,7 @@ class DiagnoseConfig(Strict):
     metric: Literal["AP", "AP50"] = "AP"  # of the supernet score and of the stand-alone model on val
     proxies: list[Literal["grad_norm", "synflow", "mae_det"]] = ["grad_norm", "synflow", "mae_det"]
     proxy_batch_size: int = Field(8, gt=0)  # grad_norm's batch (training images, no augmentation)
-    top_k: int = Field(3, gt=0)  # top-k overlap
+    top_k: int = Field(3, gt=0)  # top-k overlap (undefined with top_k >= archs: the top k are then all of them)
     bootstrap: int = Field(1000, ge=100)  # resamples of the 90 % intervals
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ def test_tau_and_rho_match_scipy(x, y):
 def test_rank_agreement_top_k_and_bootstrap():
     x, y = [1, 2, 3, 4, 5, 6, 7, 8], [1, 3, 2, 4, 6, 8, 5, 7]
     assert top_k_overlap(x, y, 2) == 0.5 and top_k_overlap(x, x, 3) == 1.0
+    assert math.isnan(top_k_overlap(x, y, 8))  # the top 8 of 8 overlap whatever the ranking: not a 1.00
     assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
     lo, hi = bootstrap_interval(x, y, kendall_tau, samples=300, seed=0)
     assert -1 <= lo <= kendall_tau(x, y) <= hi <= 1 and lo < hi
@@ -153,8 +155,16 @@ def test_diagnose_resumes_after_a_kill_and_writes_outputs(tiny_config, tmp_path,
     assert {"kendall_tau", "kendall_tau_lo", "kendall_tau_hi", "spearman_rho", "top_k_overlap"} <= set(saved["rankers"]["macs"])
     assert saved["target"] == "standalone_supernet_AP" and "standalone_scratch" in saved["other_standalone"]
     assert saved["noise"]["seeds"] == [0, 1] and saved["trainings"] == 3 * 2 + 1  # K archs x 2 inits + noise check
+    # each training's thread counts are kept: the noise check compares them
+    counts = [saved["noise"]["threads"][1]] + [t for p in (out / "records").glob("*.json")
+                                               for t in json.loads(p.read_text())["threads"].values()]
+    assert len(counts) == 1 + 3 * 2 and all(c and all(1 <= n <= os.cpu_count() for n in c) for c in counts), counts
     assert summary["archs"] == 3 and (out / "rank.png").stat().st_size > 1000
     assert not list((out / "claims").glob("*.claim"))
+    # a worker of --workers leaves the outputs (and their table) to its launcher
+    (out / "summary.json").unlink()
+    assert diagnose.run_diagnose(cfg, console=QUIET, outputs=False) == {"pending": [], "trained_here": 0}
+    assert not (out / "summary.json").exists()
 
 
 def test_diagnose_config_errors_name_the_key(tiny_config, tmp_path):

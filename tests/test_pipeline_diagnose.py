@@ -15,7 +15,7 @@ QUIET = Console(quiet=True)
 
 
 def test_target_noise_on_crafted_numbers():
-    from nasdet.search.diagnose import target_noise
+    from nasdet.search.diagnose import rank_plot_title, target_noise
 
     # one CPU epoch from scratch (issue 14): every arch near AP 0, two seeds of one arch as far apart
     archs = [0.0001, 0.0003, 0.0000, 0.0004, 0.0002]
@@ -35,7 +35,16 @@ def test_target_noise_on_crafted_numbers():
         [0.0018, 0.0025, 0.0024])) and weak["is_noise"]
     # tuned from the supernet: the archs spread over 0.025-0.074, the seeds of one arch within 0.003
     archs = [0.025, 0.031, 0.048, 0.052, 0.074]
+    # rank.png says it in its title, as the table does
+    assert "THE TARGET IS NOISE" in rank_plot_title(5, {"noise": noise})
     clean = target_noise(archs, (0.048, 0.051), seeds=(0, 1))
+    assert "NOISE" not in rank_plot_title(5, {"noise": clean})
+    assert "torch threads" not in clean["verdict"] and clean["threads"] is None
+    # the two trainings on other thread counts (the governor under load): said, as a cause of their difference
+    mixed = target_noise(archs, (0.048, 0.051), seeds=(0, 1), threads=([2], [1, 2]))
+    assert mixed["verdict"].endswith("The two trainings ran on 2 and 1 or 2 torch threads (the machine's load), "
+                                     "which round floats differently: part of their difference.")
+    assert "torch threads" not in target_noise(archs, (0.048, 0.051), threads=([2], [2]))["verdict"]
     assert not clean["is_noise"] and clean["seed_sd"] == pytest.approx(0.003 / math.sqrt(2))
     assert clean["verdict"] == ("The diagnose target is not noise: one arch's AP was 0.0480 and 0.0510 with seeds 0 and 1, "
                                 f"a variance 1% of the variance over the 5 archs (std 0.0021 over the seeds, "

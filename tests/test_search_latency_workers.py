@@ -95,6 +95,41 @@ def test_search_workers_option_starts_processes_that_share_the_study(tiny_config
     assert len(rows) == len(done)
 
 
+def test_launched_workers_leave_the_outputs_to_their_launcher(tiny_config, monkeypatch):
+    """The launcher of --workers N writes results.csv / best_arch.json and prints the table once, after its
+    workers: each worker scored, then wrote and printed them again (and scored the baseline again)."""
+    import subprocess
+
+    from nasdet import cli as cli_module
+    from nasdet.stages.search import run_search
+
+    started = []
+
+    class Finished:
+        def __init__(self, cmd, **kwargs):
+            started.append(cmd)
+
+        def wait(self, timeout=None):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Finished)
+    cli_module._launch_workers("search", Path("c.yaml"), None, ["search.seed=1"], 2, [])
+    assert [c[c.index("--worker") + 1] for c in started] == ["0", "1"]
+    assert all("--launched" in c and c[-2:] == ["--set", "search.seed=1"] for c in started)
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False},
+                      search={"strategy": "random", "num_candidates": 2, "recalib_batches": 1, "batch_size": 4,
+                              "max_images": 2, "include_extremes": False, "budget": {"metric": "macs", "max": 1e12}})
+    fake_pretrain(cfg)
+    done = run_search(cfg, console=QUIET, outputs=False)
+    out = Path(cfg.work_dir) / "search"
+    assert done["counts"]["scored"] == 2 and not (out / "results.csv").exists() and not (out / "best_arch.json").exists()
+    assert run_search(cfg, console=QUIET)["counts"]["scored"] == 0 and (out / "results.csv").is_file()
+
+
 def test_latency_table_finds_the_blocks_of_every_supernet_family(tiny_config):
     """OFA (stages), ENOT's MobileNetV2 (features) and DetNAS (stages): each exported subnet's blocks
     get table entries, so predictions differ between archs."""

@@ -143,13 +143,16 @@ def noise_arch(archs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
 
 
 def target_noise(arch_values: Sequence[float], pair: Sequence[float], share: float = 0.5, metric: str = "AP",
-                 seeds: Sequence[int] = (0, 1), remedy: str = "train the stand-alone archs longer (diagnose.epochs)") -> dict:
+                 seeds: Sequence[int] = (0, 1), remedy: str = "train the stand-alone archs longer (diagnose.epochs)",
+                 threads: Sequence[Sequence[int]] | None = None) -> dict:
     """Is the target noise? ``pair``: one arch's target under two seeds; ``arch_values``: the target of each
     diagnosed arch. The pair's variance ((a - b)^2 / 2) estimates the training noise of one arch, the archs'
     sample variance that noise plus the true differences a ranker should find. When the first is at least
     ``share`` of the second (default a half: the archs' spread is at least half seed noise), a rank
     correlation against that target measures the seeds more than the rankers. One pair is a rough estimate
-    (one degree of freedom). Returns the figures, ``is_noise`` and a one-sentence ``verdict``."""
+    (one degree of freedom). ``threads``: the torch thread counts each of the pair trained on; when they
+    differ the verdict says so (another count rounds floats otherwise: part of the pair's difference).
+    Returns the figures, ``is_noise`` and a one-sentence ``verdict``."""
     values = [v for v in arch_values if not math.isnan(v)]
     a, b = (float(v) for v in pair)
     n = len(values)
@@ -165,8 +168,13 @@ def target_noise(arch_values: Sequence[float], pair: Sequence[float], share: flo
         verdict = f"The diagnose target is noise: {pair_text}, so the Kendall taus mean nothing; {remedy}."
     else:
         verdict = f"The diagnose target is not noise: {pair_text}."
+    if threads is not None and list(threads[0]) != list(threads[1]):
+        shown = [" or ".join(map(str, t)) for t in threads]
+        verdict += (f" The two trainings ran on {shown[0]} and {shown[1]} torch threads (the machine's load), which "
+                    "round floats differently: part of their difference.")
     return {"seeds": list(seeds), "pair": [a, b], "seed_sd": seed_sd, "arch_sd": arch_sd, "noise_share": noise_share,
-            "threshold": share, "archs": n, "is_noise": is_noise, "verdict": verdict}
+            "threshold": share, "archs": n, "is_noise": is_noise, "verdict": verdict,
+            "threads": [list(t) for t in threads] if threads is not None else None}
 
 
 def summarize(records: Sequence[dict], cfg: ExperimentConfig, repeat: dict | None = None) -> dict:
@@ -183,7 +191,9 @@ def summarize(records: Sequence[dict], cfg: ExperimentConfig, repeat: dict | Non
                 float(repeat["metrics"].get(d.metric, math.nan)))
         remedy = "train the stand-alone archs longer (diagnose.epochs)" + (
             " or from the supernet's weights (diagnose.init and diagnose.target: supernet)" if d.target == "scratch" else "")
-        noise = target_noise(truth, pair, d.noise_share, d.metric, (cfg.seed, repeat["seed"]), remedy)
+        threads = ((first.get("threads") or {}).get(d.target), repeat.get("threads"))
+        noise = target_noise(truth, pair, d.noise_share, d.metric, (cfg.seed, repeat["seed"]), remedy,
+                             threads if all(threads) else None)
     rankers = {name: rank_agreement(scores, truth, d.top_k, d.bootstrap, 0.9, d.seed)
                for name, scores in ranker_scores(records, d.proxies, d.metric).items()}
     extra = {}
@@ -271,17 +281,25 @@ def plot_rankers(records: Sequence[dict], summary: dict, cfg: ExperimentConfig, 
         a = summary["rankers"][name]
         ax.scatter(xs, truth, s=22, c="tab:red" if name == "supernet" else "tab:blue")
         ax.set_title(f"{name}: tau {a['kendall_tau']:.2f} [{a['kendall_tau_lo']:.2f}, {a['kendall_tau_hi']:.2f}]\n"
-                     f"rho {a['spearman_rho']:.2f}, top-{a['top_k']} overlap {a['top_k_overlap']:.2f}", fontsize=9)
+                     f"rho {a['spearman_rho']:.2f}, top-{a['top_k']} overlap "
+                     + ("undefined" if math.isnan(a["top_k_overlap"]) else f"{a['top_k_overlap']:.2f}"), fontsize=9)
         ax.set_xlabel(labels.get(name, name), fontsize=8)
         ax.set_ylabel(f"stand-alone {d.metric} ({d.target}, val)", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle(f"{len(records)} archs; Kendall tau with bootstrap 90 % interval", fontsize=10)
+    fig.suptitle(rank_plot_title(len(records), summary), fontsize=10, color="tab:red" if is_noise(summary) else "black")
     fig.tight_layout()
     with atomic_path(path) as tmp:  # a failed write (a full disk) names rank.png
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def rank_plot_title(archs: int, summary: dict) -> str:
+    """rank.png's title: what its panels show and, when the noise check found it, that the target is noise."""
+    noise = ("\nTHE TARGET IS NOISE (two seeds of one arch differ as much as the archs do): every tau means nothing"
+             if is_noise(summary) else "")
+    return f"{archs} archs; Kendall tau with bootstrap 90 % interval{noise}"
 
 
 def is_noise(summary: dict) -> bool:

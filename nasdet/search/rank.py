@@ -62,10 +62,10 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
 
 def top_k_overlap(x: Sequence[float], y: Sequence[float], k: int) -> float:
     """Share of the ``k`` best by ``y`` that are also among the ``k`` best by ``x`` (ties: earlier index); nan
-    if a vector is constant (its "best k" would be the first k by position, which says nothing)."""
+    if a vector is constant (its "best k" would be the first k by position, which says nothing) or ``k`` is not
+    below the length (the k best of all are all, whatever the order: 1.00 would say nothing)."""
     a, b = _pair(x, y)
-    k = min(k, len(a))
-    if k < 1 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    if k < 1 or k >= len(a) or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
     top = lambda v: set(np.argsort(-v, kind="mergesort")[:k].tolist())  # noqa: E731
     return len(top(a) & top(b)) / k

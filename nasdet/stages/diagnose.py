@@ -46,7 +46,7 @@ from ..search.scorers import load_trained_supernet
 from ..search.study import worker_id
 from ..train.bn import recalibrate_static
 from ..train.trained import TuneTrainer
-from ..workdir import DIAGNOSE, DiagnoseDir, StageDir, WorkDir, checkpoint_in
+from ..workdir import DIAGNOSE, LOG_FILE, DiagnoseDir, StageDir, WorkDir, checkpoint_in
 
 
 def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: Mapping[str, Any], init: str,
@@ -76,8 +76,23 @@ def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: 
         return done["metrics"]
     metrics = trainer.run()
     write_json_atomic(folder.metrics, {"metrics": metrics, "step": trainer.step, "arch": dict(arch), "init": init,
-                                       "seed": seed, "val_images": trainer.val_images})
+                                       "seed": seed, "val_images": trainer.val_images,
+                                       "threads": _logged_threads(out_dir / LOG_FILE)})
     return metrics
+
+
+def _logged_threads(log: Path) -> list[int]:
+    """The torch thread counts a training's logged steps ran on (the thread governor follows the machine's
+    load; two counts round floats differently, so two seeds of one arch can differ by that too)."""
+    if not log.is_file():
+        return []
+    counts = set()
+    for line in log.read_text().splitlines():
+        try:
+            counts.add(json.loads(line)["threads"])
+        except (ValueError, KeyError, TypeError):  # a line cut by a kill, a record without the field
+            continue
+    return sorted(counts)
 
 
 def diagnose_arch(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], cost_fn, batch, arch: Mapping[str, Any],
@@ -102,12 +117,13 @@ def diagnose_arch(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], cost_fn, 
     return {"arch_id": arch_id(arch), "arch": dict(arch), "costs": costs, "supernet": supernet, "proxies": proxies,
             "standalone": standalone, "seconds": seconds, "worker": worker_id(),
             "search_images": len(ctx.search_set), "val_images": _val_images(cfg, data),
-            "steps": {init: _trained_steps(out.training(arch_id(arch), init)) for init in d.init}}
+            "steps": {init: _training_record(out.training(arch_id(arch), init))["step"] for init in d.init},
+            "threads": {init: _training_record(out.training(arch_id(arch), init)).get("threads") for init in d.init}}
 
 
-def _trained_steps(out_dir: Path) -> int:
-    """The optimizer steps of a finished stand-alone training (its metrics record)."""
-    return json.loads(StageDir(out_dir, DIAGNOSE).metrics.read_text())["step"]
+def _training_record(out_dir: Path) -> dict:
+    """The metrics record of a finished stand-alone training (optimizer steps, thread counts, ...)."""
+    return json.loads(StageDir(out_dir, DIAGNOSE).metrics.read_text())
 
 
 def _val_images(cfg: ExperimentConfig, data: Mapping[str, Any]) -> int:
@@ -122,10 +138,10 @@ def repeat_target(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: Map
     seed = cfg.seed + 1
     console.print(f"diagnose: noise check, arch {arch_id(arch)} trained again with seed {seed}")
     t = time.perf_counter()
-    metrics = train_standalone(cfg, ctx, data, arch, d.target, out.training(arch_id(arch), d.target, seed), console,
-                               seed=seed)
+    folder = out.training(arch_id(arch), d.target, seed)
+    metrics = train_standalone(cfg, ctx, data, arch, d.target, folder, console, seed=seed)
     return {"arch_id": arch_id(arch), "arch": dict(arch), "init": d.target, "seed": seed, "metrics": metrics,
-            "seconds": time.perf_counter() - t, "worker": worker_id()}
+            "seconds": time.perf_counter() - t, "worker": worker_id(), "threads": _training_record(folder).get("threads")}
 
 
 def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
@@ -160,11 +176,12 @@ def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
 
 
 def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
-                 worker: int = 0, plan_only: bool = False) -> dict:
+                 worker: int = 0, plan_only: bool = False, outputs: bool = True) -> dict:
     """Score, proxy and train the plan's archs not yet done (shared with other processes through claims);
     when all are done, write ``results.csv``, ``summary.json``, ``rank.png``. Returns the summary (or
     ``{"pending": [...]}`` while other processes still hold archs). ``plan_only``: write ``archs.json`` and
-    return the plan (before starting workers, so that they do not each compute it)."""
+    return the plan (before starting workers, so that they do not each compute it). ``outputs=False``: only
+    the trainings (a worker of ``--workers``, whose launcher then writes and prints the summary once)."""
     console = console or Console()
     d = cfg.diagnose
     w = WorkDir.of(cfg, work_dir)
@@ -204,6 +221,8 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         finally:
             claims.release(name)
     pending = [name for name, path, _, _ in jobs if not path.is_file()]
+    if not outputs:
+        return {"pending": pending, "trained_here": done_here}
     if pending:
         console.print(f"diagnose: {len(jobs) - len(pending)}/{len(jobs)} trainings done; {len(pending)} held by "
                       "other processes")

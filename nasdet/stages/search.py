@@ -65,11 +65,13 @@ def check_one_process(cfg: ExperimentConfig, worker: int = 0, workers: int = 1) 
 
 
 def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storage: str | None = None,
-               console: Console | None = None, worker: int = 0) -> dict:
+               console: Console | None = None, worker: int = 0, outputs: bool = True) -> dict:
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
     counts, output paths). ``storage`` (URL or journal path) overrides ``cfg.search.storage``; ``worker``
     (0, 1, ...) decorrelates the proposals of processes sharing one study. With ``search.scorer`` a zero-cost
-    proxy, candidates are ranked by it at their scratch init and no supernet checkpoint is needed."""
+    proxy, candidates are ranked by it at their scratch init and no supernet checkpoint is needed.
+    ``outputs=False``: only score candidates (a worker of ``--workers``, whose launcher then writes the
+    outputs once); returns the counts."""
     check_one_process(cfg, worker)
     if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
         return run_darts(cfg, work_dir, console)
@@ -129,6 +131,8 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         counts = run_study(study, search_space, strategy, scorer, cost_fn, budget, s.num_candidates,
                            cost_metric=cost_metric, seeds=list(extremes.values()) if s.include_extremes else (),
                            on_trial=on_trial, objective=objective)
+    if not outputs:
+        return {"counts": counts, "study_name": study_name, "strategy": s.strategy}
     records = apply_budget(study_records(study, search_space, objective), budget, cost_fn)
     extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
     # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
