@@ -121,3 +121,24 @@ def test_data_paths_are_compared_as_the_files_they_name(shapes_dir, tmp_path, mo
     code, out, exc = cli("train", cfg, "--set", "train.max_steps=3", *linked)
     assert code == 0 and exc is None, out
     assert "resumed at step 2" in " ".join(out.split())
+
+
+def test_a_finished_stage_is_evaluated_again_when_eval_max_images_changes(shapes_dir, tmp_path):
+    """Its record said 3 images while the config asked for 6, and the report's rows then scored different images."""
+    import json
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(shapes_dir, tmp_path / "wd")))
+    run = ["--set", "train.epochs=1", "--set", "train.max_steps=1"]
+    code, out, exc = cli("train", cfg, *run, "--set", "eval.max_images=3")
+    assert code == 0 and exc is None, out
+    record, ckpt = tmp_path / "wd" / "baseline" / "metrics.json", tmp_path / "wd" / "baseline" / "ckpt" / "last.pt"
+    before, weights = json.loads(record.read_text()), digest(ckpt)
+    assert before["val_images"] == 3
+    code, out, exc = cli("train", cfg, *run, "--set", "eval.max_images=6")
+    assert code == 0 and exc is None, out
+    after = json.loads(record.read_text())
+    assert after["val_images"] == 6 and after["step"] == before["step"] and digest(ckpt) == weights  # not retrained
+    assert "evaluated again on 6 val images (its record had 3: eval.max_images changed)" in " ".join(out.split())
+    code, out, exc = cli("train", cfg, *run, "--set", "eval.max_images=6")  # nothing changed: nothing redone
+    assert code == 0 and "evaluated again" not in out and json.loads(record.read_text()) == after

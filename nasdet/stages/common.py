@@ -72,7 +72,7 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     if dist.is_main():
         save_config(cfg, wd.config)
     done = finished_record(out, trainer.final_step, console, "train again",
-                           lambda d: metrics_table(d["metrics"], f"{stage}: val mAP"))
+                           lambda d: metrics_table(d["metrics"], f"{stage}: val mAP"), trainer)
     if done is not None:
         return done["metrics"]
     metrics = trainer.run()
@@ -84,11 +84,23 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
 
 
 def finished_record(out: StageDir, final_step: int, console: Console, again: str,
-                    table: Callable[[dict], Table]) -> dict | None:
+                    table: Callable[[dict], Table], trainer=None) -> dict | None:
     """The record of a stage folder whose training reached ``final_step`` (said, with ``table(record)``), else
-    None: a rerun of a finished stage reports it instead of training again."""
+    None: a rerun of a finished stage reports it instead of training again. With the stage's ``trainer``
+    (resumed at its last checkpoint), a record of the same val set on another number of images (a changed
+    ``eval.max_images``) is evaluated again and rewritten: records of one run score the same images."""
     done = out.completed(final_step)
-    if done is not None and dist.is_main():
+    if done is None:
+        return None
+    if trainer is not None and trainer.val_set is not None and done.get("val") == trainer.val_set.source \
+            and done.get("val_images") not in (None, trainer.val_images):
+        before = done["val_images"]
+        done = {**done, "metrics": trainer.evaluate(), "val_images": trainer.val_images}
+        if dist.is_main():
+            write_json(out.metrics, done)
+            console.print(f"{escape(str(out.root))}: evaluated again on {trainer.val_images} val images (its record "
+                          f"had {before}: eval.max_images changed)")
+    if dist.is_main():
         console.print(f"[green]{escape(str(out.root))} is complete[/] (step {done['step']}); delete it to {again}")
         console.print(table(done))
     return done

@@ -196,7 +196,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     trainer.prepare()
     if dist.is_main() and stage == TUNE:  # the run's config.yaml: not a control's (its config is in its checkpoint)
         save_config(cfg, wd.config)
-    done = finished_record(out, trainer.final_step, console, "tune again", lambda d: metrics_table(d["metrics"], "tune: val mAP"))
+    done = finished_record(out, trainer.final_step, console, "tune again", lambda d: metrics_table(d["metrics"], "tune: val mAP"),
+                           trainer)
     if done is not None:
         return done
     metrics = trainer.run()
