@@ -314,3 +314,25 @@ def test_a_val_set_without_boxes_is_refused_before_training(tiny_config, shapes_
     with pytest.raises(DataError, match=rf"val set {ann}.* has no box in the 8 images it scores: its mAP is undefined"):
         run_baseline(cfg)
     assert not (tmp_path / "work" / "baseline" / "ckpt").exists()
+
+
+def test_a_val_image_that_is_not_an_image_is_refused_before_training(tiny_config, shapes_dir, tmp_path):
+    """It was found by the evaluation after the last step."""
+    import shutil
+
+    from nasdet.config import validate_config
+    from nasdet.errors import DataError
+
+    images = tmp_path / "val_images"
+    shutil.copytree(shapes_dir / "val" / "images", images)
+    broken = sorted(images.iterdir())[-1]
+    broken.write_bytes(b"<html>a download that returned an error page</html>")
+    cfg = tiny_config(data={"val": {"annotations": str(shapes_dir / "val" / "annotations.json"), "images": str(images)}},
+                      train={"max_steps": 1})
+    with pytest.raises(DataError, match=rf"image file {broken} \(image id \d+\) cannot be decoded: cannot identify image"):
+        run_baseline(cfg)
+    assert not (tmp_path / "work" / "baseline" / "ckpt").exists()
+    # an image the val set does not score (eval.max_images) does not stop training
+    raw = cfg.model_dump()
+    raw["eval"]["max_images"] = 2
+    assert "AP" in run_baseline(validate_config(raw, "first two"))

@@ -213,13 +213,15 @@ class Trainer:
                 style="yellow"), soft_wrap=True)
 
     def check_val_set(self) -> None:
-        """Refuse, before training, a val set whose scored images hold no box: its mAP is undefined, and the
-        error used to come after the last step (every rank checks, so none waits for another)."""
+        """Refuse, before training, a val set whose scored images hold no box (its mAP is undefined) or one
+        that is not an image: these errors used to come after the last step (every rank checks, so none waits
+        for another)."""
         if self.val_set is None or not self.val_images:
             return
         if not any(len(r.boxes) for r in self.val_set.records[:self.val_images]):
             raise DataError(f"val set {self.val_set.source} has no box in the {self.val_images} images it scores: "
                             f"its mAP is undefined; {CHECK_ANNOTATIONS}")
+        self.val_set.check_images_open(self.val_images)
 
     def load_extra_state(self, state: dict) -> None:
         pass
