@@ -310,7 +310,7 @@ def test_outputs_written_and_best_arch_round_trips(tmp_path):
 OFA_TINY = {"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}}
 
 
-def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, tmp_path):
+def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, tmp_path, monkeypatch):
     from rich.console import Console
 
     from nasdet.data.build import build_datasets
@@ -350,9 +350,28 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
         assert (out / name).is_file(), name
     assert summary["records"] == 3 and summary["counts"]["scored"] == 3
     assert load_arch(out / "best_arch.json", space) == summary["best"]["arch"]
-    # rerun: nothing rescored
+    # rerun: nothing rescored, and with nothing new the outputs are kept (no baseline scoring, no rescoring for
+    # the confidence); a changed setting or checkpoint writes them again
+    import nasdet.stages.search as search_stage
+
+    redone = []
+    for name in ("score_baseline", "confidence_of_search"):
+        real = getattr(search_stage, name)
+        monkeypatch.setattr(search_stage, name, lambda *a, _n=name, _r=real, **k: (redone.append(_n), _r(*a, **k))[1])
+    written = {n: (out / n).stat().st_mtime_ns for n in ("results.csv", "pareto.json", "pareto.png")}
     again = run_search(cfg, console=Console(quiet=True))
-    assert again["counts"]["scored"] == 0 and again["records"] == 3
+    assert again["counts"]["scored"] == 0 and again["records"] == 3 and redone == []
+    assert again["best"]["arch"] == summary["best"]["arch"]
+    assert {n: (out / n).stat().st_mtime_ns for n in written} == written
+    wider = cfg.model_copy(update={"search": cfg.search.model_copy(update={"confidence_resamples": 50})})
+    run_search(wider, console=Console(quiet=True))
+    assert redone == ["score_baseline", "confidence_of_search"]
+    run_search(wider, console=Console(quiet=True))
+    assert len(redone) == 2
+    supernet = Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt"
+    os.utime(supernet, ns=(supernet.stat().st_atime_ns, supernet.stat().st_mtime_ns + 10**9))
+    run_search(wider, console=Console(quiet=True))
+    assert len(redone) == 4
     # another strategy's search would replace these outputs: refused before anything is loaded, naming both
     pareto = json.loads((out / "pareto.json").read_text())
     assert (pareto["study_name"], pareto["strategy"]) == ("tiny-random", "random")

@@ -3,6 +3,7 @@ costs), ``pareto.json``, ``pareto.png``, and the table of the best candidates.""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,20 +21,43 @@ from .study import best_record, pareto_front
 METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def outputs_key(config: Mapping, records: Sequence[dict], files: Sequence[Path | None]) -> str:
+    """A digest of what a search's outputs are computed from: the run's config, its scored candidates and the
+    checkpoints it scores or times (path, size, modification time): a rerun with the same key writes the same
+    outputs, so it keeps them (the baseline's scoring and the confidence's rescoring are not redone)."""
+    stats = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] if p is not None and Path(p).is_file() else None
+             for p in files]
+    rows = [[r["trial"], r["arch"], r["metrics"], r["costs"], r["feasible"]] for r in sorted(records, key=lambda r: r["trial"])]
+    text = json.dumps({"config": config, "records": rows, "files": stats}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def kept_outputs(out_dir: Path, key: str) -> dict | None:
+    """``pareto.json`` of the outputs in ``out_dir`` when they were written under ``key`` and are all there."""
+    try:
+        pareto = json.loads((out_dir / PARETO_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    complete = all((out_dir / n).is_file() for n in (RESULTS_CSV, PARETO_PNG))
+    return pareto if complete and isinstance(pareto, dict) and pareto.get("outputs_key") == key else None
+
+
 def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: str | Path, cost_metric: str,
                          budget: Budget | None = None, extremes: Mapping[str, dict] | None = None,
                          baseline: dict | None = None, objective: str = OBJECTIVE, confidence: dict | None = None,
-                         study: Mapping[str, str] | None = None) -> dict:
+                         study: Mapping[str, str] | None = None, key: str | None = None) -> dict:
     """``results.csv``, ``best_arch.json`` (best AP under the budget, via ``save_arch``), ``pareto.json``,
     ``pareto.png``; ``extremes`` (name -> {arch, costs}) and the ``baseline`` ({costs, metrics}) are
     marked on the plot; ``confidence`` (``search/confidence.search_confidence``) -> ``confidence.json`` and
-    its columns in ``results.csv``; ``study`` ({study_name, strategy}: which search wrote them) goes into
-    ``pareto.json``."""
+    its columns in ``results.csv``; ``study`` ({study_name, strategy}: which search wrote them) and ``key``
+    (``outputs_key``) go into ``pareto.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results_csv(records, out_dir / RESULTS_CSV, confidence)
     if confidence is not None:
         write_json(out_dir / CONFIDENCE_JSON, confidence)
+    else:  # one from an earlier search (other settings) would read as this one's
+        (out_dir / CONFIDENCE_JSON).unlink(missing_ok=True)
     best = best_record(records, objective)
     if best is not None:  # with the costs the search predicted, which export compares its measurement to
         save_arch(out_dir / BEST_ARCH, best["arch"], space, costs=best["costs"])
@@ -46,7 +70,8 @@ def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: s
                        "metrics": r["metrics"] if r else None, "trial": r["trial"] if r else None}
     pareto = {**(study or {}), "space_id": space.space_id, "cost_metric": cost_metric,
               "budget": {"metric": budget.metric, "max": budget.max} if budget else None,
-              "front": [_plain(r) for r in front], "extremes": marks, "baseline": baseline, "scored": len(records)}
+              "front": [_plain(r) for r in front], "extremes": marks, "baseline": baseline, "scored": len(records),
+              "outputs_key": key}
     if baseline is not None:
         marks = {**marks, "baseline": baseline}
     write_json(out_dir / PARETO_JSON, pareto)

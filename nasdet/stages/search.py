@@ -9,6 +9,7 @@ Rerunning continues the same study; several processes on one storage share the w
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import torch
@@ -18,23 +19,25 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from ..config import ExperimentConfig, save_config
+from ..config import ExperimentConfig, config_to_dict, save_config
 from ..errors import ConfigError
 from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
 from ..search.confidence import confidence_of_search, split_size_warning
 from ..search.latency import latency_function
-from ..search.outputs import refuse_other_search, top_table, write_search_outputs
+from ..search.outputs import kept_outputs, outputs_key, refuse_other_search, top_table, write_search_outputs
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
 from ..search.storage import check_storage_url, open_storage, shown_storage
-from ..search.study import apply_budget, check_supernet_fingerprint, open_study, run_study, study_records
+from ..search.study import (apply_budget, best_record, check_supernet_fingerprint, open_study, run_study,
+                            study_records)
 from ..space import SearchSpace
 from ..threads import loader_workers
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
-from ..workdir import BEST_ARCH, LATENCY_LUT, STUDY_FILE, WorkDir
+from ..workdir import (BEST_ARCH, CONFIDENCE_JSON, LATENCY_LUT, PARETO_JSON, PARETO_PNG, RESULTS_CSV, STUDY_FILE,
+                       WorkDir)
 
 
 def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
@@ -134,13 +137,22 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     if not outputs:
         return {"counts": counts, "study_name": study_name, "strategy": s.strategy}
     records = apply_budget(study_records(study, search_space, objective), budget, cost_fn)
-    extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
-    # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
-    baseline = score_baseline(cfg, wd, search_set, device, measure, calibration) if objective == OBJECTIVE else None
-    confidence = confidence_of_search(cfg, model, space, records, search_set, ctx.calib_set, device) \
-        if objective == OBJECTIVE else None
-    summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline, objective,
-                                   confidence, {"study_name": study_name, "strategy": s.strategy})
+    key = outputs_key(config_to_dict(cfg), records, [w.baseline.checkpoint, getattr(ctx, "checkpoint", None)])
+    kept = kept_outputs(out_dir, key)
+    if kept is not None:  # nothing new since they were written: the same outputs
+        console.print(f"search: {len(records)} candidates, none new since {escape(str(out_dir / PARETO_JSON))} was "
+                      "written: its outputs are kept")
+        confidence = json.loads((out_dir / CONFIDENCE_JSON).read_text()) if (out_dir / CONFIDENCE_JSON).is_file() else None
+        summary = {"best": best_record(records, objective), "front": kept["front"], "records": len(records),
+                   "files": {n: str(out_dir / n) for n in (RESULTS_CSV, BEST_ARCH, PARETO_JSON, PARETO_PNG)}}
+    else:
+        extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
+        # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
+        baseline = score_baseline(cfg, wd, search_set, device, measure, calibration) if objective == OBJECTIVE else None
+        confidence = confidence_of_search(cfg, model, space, records, search_set, ctx.calib_set, device) \
+            if objective == OBJECTIVE else None
+        summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline,
+                                       objective, confidence, {"study_name": study_name, "strategy": s.strategy}, key)
     summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
     console.print(top_table(records, cost_metric, s.top_k, f"search ({s.strategy}): top {s.top_k} of {len(records)} "
                             + (f"candidates on {len(search_set)} search images" if objective == OBJECTIVE
