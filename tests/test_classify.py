@@ -308,3 +308,19 @@ def test_torchrun_two_processes_classify_supernet(shapes_dir, folder, tmp_path):
     assert record["subnets"]["smallest"]["metrics"]["images"] == 16
     log = [json.loads(x) for x in (tmp_path / "wd" / "classify" / "log.jsonl").read_text().splitlines()]
     assert any("s1/distill" in row for row in log)
+
+
+def test_classify_scores_eval_max_images_spread_over_the_classes(shapes_dir, folder, tmp_path, monkeypatch):
+    """eval.max_images was ignored; the first images of an image folder would be of the first classes only."""
+    import nasdet.train.classify as train_classify
+
+    scored = []
+    real = train_classify.evaluate_classifier
+    monkeypatch.setattr(train_classify, "evaluate_classifier",
+                        lambda model, ds, *a, **k: (scored.append(sorted({y for _, y in ds.samples})), real(model, ds, *a, **k))[1])
+    raw = classify_config(shapes_dir, folder, tmp_path / "wd", backbone={"name": "mobilenet_v3_small", "width_mult": 0.5})
+    raw["classify"]["train"].update(epochs=1, max_steps=1)
+    raw["eval"] = {"batch_size": 8, "max_images": 4}
+    record = run_classify(validate_config(raw))
+    assert record["mode"] == "backbone" and record["val_images"] == 4
+    assert scored == [[0, 2, 4, 6]]  # 4 of 16 images (2 per class, class by class): every other class

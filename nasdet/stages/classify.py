@@ -149,7 +149,7 @@ def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     metrics = trainer.run()
     record = {"mode": mode, "backbone": cfg.model.backbone.name, "step": trainer.step, "input_size": c.input_size,
               "checkpoint": str(out.checkpoint), "backbone_checkpoint": str(wd.classified_backbone),
-              "classes": sets["train"].classes, "val": val_set.source, "val_images": len(val_set)}
+              "classes": sets["train"].classes, "val": val_set.source, "val_images": trainer.val_images}
     if supernet:
         record.update(subnets=metrics, space_id=space.space_id)
     else:

@@ -82,6 +82,12 @@ class ClassificationBatches:
     def check_val_set(self) -> None:  # accuracy needs labels, not boxes; every image has one
         pass
 
+    def scored_val(self):
+        """``eval.max_images`` images spread evenly over the val set: its images come class by class (an
+        image folder), so the first ones would be of the first classes only."""
+        n, total = self.val_images, len(self.val_set)
+        return self.val_set.subset([i * total // n for i in range(n)] if n < total else range(total))
+
     def describe_metrics(self, metrics: Mapping) -> str:
         return describe_accuracy(metrics)
 
@@ -100,7 +106,7 @@ class ClassifierTrainer(ClassificationBatches, Trainer):
         if self.val_set is None:
             return None
         e = self.settings.eval
-        return evaluate_classifier(self.model, self.val_set, self.device, e.batch_size, self.settings.num_workers)
+        return evaluate_classifier(self.model, self.scored_val(), self.device, e.batch_size, self.settings.num_workers)
 
 
 class ClassifierSupernetTrainer(ClassificationBatches, SupernetTrainer):

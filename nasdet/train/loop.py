@@ -371,10 +371,14 @@ class Trainer:
         n = len(self.val_set) if self.val_set is not None else 0
         return min(n, self.settings.eval.max_images) if self.settings.eval.max_images else n
 
+    def scored_val(self):
+        """The ``val_images`` images ``evaluate`` scores: the first ones."""
+        return self.val_set.subset(range(self.val_images))
+
     def evaluate(self) -> dict[str, float] | None:
         if self.val_set is None:
             return None
-        val, e = self.val_set.subset(range(self.val_images)), self.settings.eval
+        val, e = self.scored_val(), self.settings.eval
         return evaluate_detector(self.model, val, self.device, e.batch_size, self.settings.num_workers)
 
     def run(self) -> dict:

@@ -323,7 +323,7 @@ class SupernetTrainer(Trainer):
         the supernet's BN statistics are restored afterwards."""
         if self.val_set is None:
             return None
-        val, e = self.val_set.subset(range(self.val_images)), self.settings.eval
+        val, e = self.scored_val(), self.settings.eval
         results = {}
         for name, arch in self.report_archs().items():
             with preserved_bn_state(self.model):
