@@ -19,6 +19,11 @@ from torchvision import tv_tensors
 from ..errors import DataError
 from ..files import os_reason
 
+def unreadable_image(what: str, e: BaseException) -> DataError:
+    """``<what> cannot be decoded: <reason>`` (``read``, for a file the process may not open)."""
+    return DataError(f"{what} cannot be {'read' if isinstance(e, PermissionError) else 'decoded'}: {os_reason(e)}")
+
+
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a stored image is rotated / mirrored
 
 
@@ -159,8 +164,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             except FileNotFoundError as e:
                 raise DataError(f"{what} is missing") from e
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                verb = "read" if isinstance(e, PermissionError) else "decoded"
-                raise DataError(f"{what} cannot be {verb}: {os_reason(e)}") from e
+                raise unreadable_image(what, e) from e
 
     def load_image(self, index: int, keep: bool = True) -> tv_tensors.Image:
         """The decoded image (from the decode cache if there, kept there if ``keep`` and it fits)."""
@@ -178,8 +182,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         except Image.DecompressionBombError as e:
             raise DataError(f"{what} has more pixels than PIL opens safely ({e}); resize it") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            verb = "read" if isinstance(e, PermissionError) else "decoded"
-            raise DataError(f"{what} cannot be {verb}: {os_reason(e)}") from e
+            raise unreadable_image(what, e) from e
         if arr.shape[0] != rec.height or arr.shape[1] != rec.width:
             upright = (" after the rotation its EXIF orientation asks for (annotations are taken in the upright "
                        "frame, as COCO tools do)") if rotated else ""

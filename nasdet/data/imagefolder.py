@@ -19,8 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from ..errors import DataError
-from ..files import os_reason
-from .dataset import decode_upright_rgb
+from .dataset import decode_upright_rgb, unreadable_image
 
 EVAL_CROP = 0.875  # ImageNet evaluation: resize to 256, centre crop 224
 
@@ -77,8 +76,7 @@ class ImageFolderSet(torch.utils.data.Dataset):
         except FileNotFoundError as e:
             raise DataError(f"{self.source}: image file {path} is missing") from e
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{self.source}: image file {path} cannot be "
-                            f"{'read' if isinstance(e, PermissionError) else 'decoded'}: {os_reason(e)}") from None
+            raise unreadable_image(f"{self.source}: image file {path}", e) from None
         return torch.from_numpy(arr).permute(2, 0, 1)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

@@ -185,13 +185,9 @@ def load_voc(
                 raise DataError(f"{where}: image {voc_root.name}/{name} is already listed in {seen[key_root, name]}")
             seen[key_root, name] = where
             xml_file = voc_root / "Annotations" / f"{name}.xml"
-
-            def image_size(filename, voc_root=voc_root, name=name, xml_file=xml_file):
-                width, height, _ = upright_size(_image_file(voc_root, name, filename), f"{xml_file} has no <size>")
-                return width, height
-
             width, height, boxes, labels, crowd, n_degenerate, filename, sized_by_image = _parse_xml(
-                xml_file, label_of, classes, image_size)
+                xml_file, label_of, classes,
+                lambda filename: upright_size(_image_file(voc_root, name, filename), f"{xml_file} has no <size>")[:2])
             degenerate += n_degenerate
             no_size += sized_by_image
             image_id = len(records) + 1

@@ -32,6 +32,11 @@ def outputs_key(config: Mapping, records: Sequence[dict], files: Sequence[Path |
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def output_files(out_dir: Path) -> dict[str, str]:
+    """Name -> path of the files ``write_search_outputs`` writes (the summary's ``files``)."""
+    return {n: str(out_dir / n) for n in (RESULTS_CSV, BEST_ARCH, PARETO_JSON, PARETO_PNG)}
+
+
 def kept_outputs(out_dir: Path, key: str) -> dict | None:
     """``pareto.json`` of the outputs in ``out_dir`` when they were written under ``key`` and are all there."""
     try:
@@ -76,8 +81,7 @@ def write_search_outputs(records: Sequence[dict], space: SearchSpace, out_dir: s
         marks = {**marks, "baseline": baseline}
     write_json(out_dir / PARETO_JSON, pareto)
     plot_pareto(records, front, cost_metric, out_dir / PARETO_PNG, budget, marks, objective)
-    return {"best": best, "front": front, "records": len(records),
-            "files": {n: str(out_dir / n) for n in (RESULTS_CSV, BEST_ARCH, PARETO_JSON, PARETO_PNG)}}
+    return {"best": best, "front": front, "records": len(records), "files": output_files(out_dir)}
 
 
 def _plain(r: dict) -> dict:

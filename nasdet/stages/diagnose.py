@@ -114,11 +114,12 @@ def diagnose_arch(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], cost_fn, 
         t = time.perf_counter()
         standalone[init] = train_standalone(cfg, ctx, data, arch, init, out.training(arch_id(arch), init), console)
         seconds[f"train_{init}"] = time.perf_counter() - t
+    trained = {init: _training_record(out.training(arch_id(arch), init)) for init in d.init}
     return {"arch_id": arch_id(arch), "arch": dict(arch), "costs": costs, "supernet": supernet, "proxies": proxies,
             "standalone": standalone, "seconds": seconds, "worker": worker_id(),
             "search_images": len(ctx.search_set), "val_images": _val_images(cfg, data),
-            "steps": {init: _training_record(out.training(arch_id(arch), init))["step"] for init in d.init},
-            "threads": {init: _training_record(out.training(arch_id(arch), init)).get("threads") for init in d.init}}
+            "steps": {init: r["step"] for init, r in trained.items()},
+            "threads": {init: r.get("threads") for init, r in trained.items()}}
 
 
 def _training_record(out_dir: Path) -> dict:

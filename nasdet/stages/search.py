@@ -25,7 +25,8 @@ from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
 from ..search.confidence import confidence_of_search, split_size_warning
 from ..search.latency import latency_function
-from ..search.outputs import kept_outputs, outputs_key, refuse_other_search, top_table, write_search_outputs
+from ..search.outputs import (kept_outputs, output_files, outputs_key, refuse_other_search, top_table,
+                              write_search_outputs)
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
@@ -36,8 +37,7 @@ from ..space import SearchSpace
 from ..threads import loader_workers
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
-from ..workdir import (BEST_ARCH, CONFIDENCE_JSON, LATENCY_LUT, PARETO_JSON, PARETO_PNG, RESULTS_CSV, STUDY_FILE,
-                       WorkDir)
+from ..workdir import BEST_ARCH, CONFIDENCE_JSON, LATENCY_LUT, PARETO_JSON, STUDY_FILE, WorkDir
 
 
 def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
@@ -144,7 +144,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                       "written: its outputs are kept")
         confidence = json.loads((out_dir / CONFIDENCE_JSON).read_text()) if (out_dir / CONFIDENCE_JSON).is_file() else None
         summary = {"best": best_record(records, objective), "front": kept["front"], "records": len(records),
-                   "files": {n: str(out_dir / n) for n in (RESULTS_CSV, BEST_ARCH, PARETO_JSON, PARETO_PNG)}}
+                   "files": output_files(out_dir)}
     else:
         extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
         # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
