@@ -9,8 +9,8 @@
    at 128 and 160 px: every step run per item, and with the fixed part (drop crowd, resize, sanitize) kept
    in the decode cache, as ``DetectionDataset`` does in every epoch after the first.
 2. ``detector_macs`` of the smallest and the largest static subnet of three spaces, on a meta-device copy
-   (the default) and with a real forward (``real=True``, what a search uses under 1 GMAC): seconds and
-   whether the counts agree.
+   (``real=False``) and with a real forward (``real=True``): seconds, whether the counts agree, and which
+   way the default (``real=None``: ``counts_faster_for_real``, from the model's size) takes.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def transforms_ms(n: int) -> None:
 
 def macs_seconds() -> None:
     from nasdet.config import load_config
-    from nasdet.models.cost import detector_macs
+    from nasdet.models.cost import counts_faster_for_real, detector_macs, get_input_size
     from nasdet.models.supernet import build_supernet, export_detector
 
     for path in SPACES:
@@ -66,13 +66,14 @@ def macs_seconds() -> None:
         for name, arch in (("smallest", space.smallest()), ("largest", space.largest())):
             static = export_detector(model, arch, space)
             t = time.perf_counter()
-            meta = detector_macs(static, backbone=False)["total"]
+            meta = detector_macs(static, backbone=False, real=False)["total"]
             t_meta = time.perf_counter() - t
             t = time.perf_counter()
             real = detector_macs(static, backbone=False, real=True)["total"]
             t_real = time.perf_counter() - t
+            default = "real forward" if counts_faster_for_real(static, get_input_size(static)) else "meta"
             print(f"{os.path.basename(path)} {name}: {meta / 1e6:.1f} M MACs, meta {t_meta:.3f} s, real forward "
-                  f"{t_real:.3f} s, counts {'equal' if meta == real else 'DIFFER'}")
+                  f"{t_real:.3f} s, counts {'equal' if meta == real else 'DIFFER'}, default: {default}")
 
 
 def main() -> None:
