@@ -162,6 +162,8 @@ def saved(model: nn.Module, path) -> str:
 def test_torchvision_checkpoint_becomes_the_baseline(tiny_config, tmp_path):
     """pipeline.baseline_checkpoint: mapped, written as baseline/ckpt/last.pt in nasdet's format, evaluated on
     val; a rerun with the same file is skipped; nasdet's own readers rebuild it with torchvision's function."""
+    from rich.console import Console
+
     from nasdet.stages.baseline import run_baseline
     from nasdet.train.trained import load_trained_model
     from nasdet.workdir import WorkDir
@@ -170,11 +172,12 @@ def test_torchvision_checkpoint_becomes_the_baseline(tiny_config, tmp_path):
     path = saved(reference, tmp_path / "ssdlite.pth")
     cfg = tiny_config("ssdlite", model={"layout": "torchvision", "extra_channels": [512, 256, 256, 128],
                                         "backbone": {"name": "mobilenet_v3_large", "width_mult": 1.0, "reduced_tail": True}},
-                      pipeline={"baseline_checkpoint": path})
+                      pipeline={"baseline_checkpoint": path}, eval={"max_images": 3})
     metrics = run_baseline(cfg)
     out = WorkDir.of(cfg).baseline
     record = __import__("json").loads(out.metrics.read_text())
     assert record["imported_from"]["format"] == "torchvision" and record["step"] == 0 and "AP" in metrics
+    assert record["val_images"] == 3  # eval.max_images, as every other stage scores (it scored all 8)
     model = load_trained_model(cfg, out.checkpoint, 8).eval()
     set_torchvision_size(reference, 96)
     x = torch.randn(1, 3, 96, 96)
@@ -186,6 +189,16 @@ def test_torchvision_checkpoint_becomes_the_baseline(tiny_config, tmp_path):
     # rerun without the key that imported it (`nasdet train CONFIG` alone): the imported baseline is the stage's
     plain = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"baseline_checkpoint": None})})
     assert run_baseline(plain) == metrics and out.checkpoint.stat().st_mtime_ns == before
+    # another eval.max_images: evaluated again on that many images (its record said 3), not imported again
+    for run in (cfg, plain):
+        for n, images in ((None, 8), (3, 3)):
+            again = run.model_copy(update={"eval": run.eval.model_copy(update={"max_images": n})})
+            console = Console(record=True, width=400)
+            rescored = run_baseline(again, console=console)
+            assert __import__("json").loads(out.metrics.read_text())["val_images"] == images
+            assert f"evaluated again on {images} val images" in console.export_text()
+            assert out.checkpoint.stat().st_mtime_ns == before
+    assert rescored == metrics  # the same weights on the same 3 images
     # another file over it would lose it: refused, nothing written
     from nasdet.errors import ConfigError
 
@@ -267,8 +280,16 @@ def test_baseline_of_other_classes_is_fine_tuned(tiny_config, tmp_path, capsys):
     run_baseline(cfg, console=Console(width=400))
     said = capsys.readouterr().out
     assert "re-initialised head.classification_head.module_list.0.1" in said and "fine-tuning" in said
-    record = __import__("json").loads(WorkDir.of(cfg).baseline.metrics.read_text())
-    assert record["step"] == 2 and record["imported_from"]["format"] == "nasdet"
+    out = WorkDir.of(cfg).baseline
+    record = __import__("json").loads(out.metrics.read_text())
+    assert record["step"] == 2 and record["imported_from"]["format"] == "nasdet" and record["val_images"] == 8
+    # rerun with eval.max_images: the fine-tuned weights are evaluated again on 3 images, not trained again
+    before = out.checkpoint.stat().st_mtime_ns
+    run_baseline(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_images": 3})}),
+                 console=Console(width=400))
+    assert "evaluated again on 3 val images (its record had 8" in capsys.readouterr().out
+    again = __import__("json").loads(out.metrics.read_text())
+    assert again["val_images"] == 3 and again["step"] == 2 and out.checkpoint.stat().st_mtime_ns == before
 
 
 # ------------------------------------------------------------------------------------ foreign checkpoints

@@ -22,9 +22,9 @@ from ..train import dist
 from ..train.evaluate import evaluate_detector
 from ..train.loop import resolve_device
 from ..train.bn import recalibrate_bn
-from ..train.trained import load_checkpoint_model
+from ..train.trained import load_checkpoint_model, load_trained_model
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
-from .common import baseline_config, cost_table, metrics_table, train_detector
+from .common import baseline_config, cost_table, metrics_table, scored_val_set, train_detector
 
 
 def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
@@ -36,6 +36,7 @@ def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     imported = _imported_record(out)
     if imported is not None and out.has_checkpoint():  # rerun without the --set that imported it: it is done
         console = console or Console()
+        imported = _scored_as_configured(cfg, out, imported, console)
         console.print(f"[green]{escape(str(out.root))} is {escape(str(imported['imported_from'].get('path')))}, "
                       "imported[/]; delete it to train the config's baseline instead")
         console.print(metrics_table(imported["metrics"], "baseline: val mAP"))
@@ -49,6 +50,26 @@ def _imported_record(out) -> dict | None:
         return None
     done = json.loads(out.metrics.read_text())
     return done if done.get("imported_from") and "metrics" in done else None
+
+
+def _scored_as_configured(cfg: ExperimentConfig, out, done: dict, console: Console) -> dict:
+    """An imported baseline's record, evaluated again (and rewritten) when it scored the same val set on
+    another number of images than ``eval.max_images`` asks now, as ``finished_record`` does for a trained stage:
+    the report's rows then score the same images."""
+    val = build_datasets(cfg, need=("val",))["val"]
+    scored = scored_val_set(cfg, val)
+    if done.get("val") != val.source or done.get("val_images") in (None, len(scored)):
+        return done
+    device = resolve_device(cfg.train.device)
+    model = load_trained_model(cfg, out.checkpoint, val.num_classes).to(device)
+    metrics = evaluate_detector(model, scored, device, cfg.eval.batch_size, cfg.data.num_workers)
+    if not dist.is_main():
+        return {**done, "metrics": metrics}
+    before, done = done["val_images"], {**done, "metrics": metrics, "val_images": len(scored)}
+    write_json(out.metrics, done)
+    console.print(f"{escape(str(out.root))}: evaluated again on {len(scored)} val images (its record had {before}: "
+                  "eval.max_images changed)")
+    return done
 
 
 def _same_import(out, source: Path, sha256: str) -> dict | None:
@@ -97,6 +118,7 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     out = WorkDir.of(cfg, work_dir).baseline
     done = _same_import(out, source, origin["sha256"])
     if done is not None and out.has_checkpoint():
+        done = _scored_as_configured(cfg, out, done, console)
         console.print(f"[green]{escape(str(out.root))} is {escape(str(source))}, imported[/]; delete it to import again")
         console.print(metrics_table(done["metrics"], "baseline: val mAP"))
         return done["metrics"]
@@ -121,12 +143,13 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
         save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0,
                          "imported_from": origin}, out.checkpoint)
     device = resolve_device(cfg.train.device)
-    metrics = evaluate_detector(model.to(device), val, device, cfg.eval.batch_size, cfg.data.num_workers)
+    scored = scored_val_set(cfg, val)  # the images every other stage scores (eval.max_images)
+    metrics = evaluate_detector(model.to(device), scored, device, cfg.eval.batch_size, cfg.data.num_workers)
     if not dist.is_main():  # under torchrun every rank predicts a shard, rank 0 scores and writes
         return {}
     write_json(out.metrics, {"metrics": metrics, "step": 0, "checkpoint": str(out.checkpoint), "val": val.source,
-                             "val_images": len(val), "imported_from": origin})
-    console.print(metrics_table(metrics, f"baseline (imported): val mAP ({len(val)} images)"))
+                             "val_images": len(scored), "imported_from": origin})
+    console.print(metrics_table(metrics, f"baseline (imported): val mAP ({len(scored)} images)"))
     return metrics
 
 
@@ -155,8 +178,7 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         what += f", BatchNorm recalibrated on {n} training images"
     if what:
         console.print(Text(f"{ckpt}: {what}"), soft_wrap=True)
-    if cfg.eval.max_images:
-        val = val.subset(range(min(cfg.eval.max_images, len(val))))
+    val = scored_val_set(cfg, val)
     metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
     if metrics is None:
         return {}

@@ -106,6 +106,11 @@ def finished_record(out: StageDir, final_step: int, console: Console, again: str
     return done
 
 
+def scored_val_set(cfg: ExperimentConfig, val):
+    """The val images a stage scores: the first ``eval.max_images`` (as ``Trainer.scored_val``)."""
+    return val.subset(range(min(cfg.eval.max_images, len(val)))) if cfg.eval.max_images else val
+
+
 def metrics_table(metrics: dict[str, float], title: str) -> Table:
     table = Table(title=title)
     names = [n for n in COCO_METRIC_NAMES[:6] if n in metrics]

@@ -29,6 +29,7 @@ from ..models.detectors import get_input_size
 from ..train.checkpoint import load_checkpoint, unfinished_at
 from ..train.trained import load_trained_model, load_tuned_model
 from ..workdir import CLASSES_JSON, WorkDir, write_json
+from .common import scored_val_set
 
 
 def budget_check(cfg: ExperimentConfig, measured: dict, predicted: dict | None) -> dict | None:
@@ -66,8 +67,7 @@ def export_int8(cfg: ExperimentConfig, wd: WorkDir, model: torch.nn.Module, sour
     images = calibration_images(cfg, e.calibration_images)
     int8_path = wd.onnx_int8(source)
     quantized = quantize_detector(float_path, int8_path, images, network_scopes(model), e.calibration_method)
-    if cfg.eval.max_images:
-        val = val.subset(range(min(cfg.eval.max_images, len(val))))
+    val = scored_val_set(cfg, val)
     gt = to_coco_gt(val)
     dets = {"float": onnx_detections(float_path, val, c.threads), "int8": onnx_detections(int8_path, val, c.threads)}
     metrics = {k: coco_evaluate(gt, d) for k, d in dets.items()}

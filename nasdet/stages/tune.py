@@ -31,7 +31,7 @@ from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model, with_backbone_checkpoint
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
-from .common import finished_record, metrics_table, recipe_key, start_note_of, with_train_recipe
+from .common import finished_record, metrics_table, recipe_key, scored_val_set, start_note_of, with_train_recipe
 
 
 # ----------------------------------------------------------------------------------------- the arch
@@ -176,9 +176,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
             recalibrate_static(model, data["train"].with_transforms(None), device, cfg.tune.recalib_batches,
                                tcfg.eval.batch_size, tcfg.data.num_workers, cfg.seed)
         if cfg.tune.eval_initial:
-            val = data["val"]
-            if cfg.eval.max_images:
-                val = val.subset(range(min(cfg.eval.max_images, len(val))))
+            val = scored_val_set(cfg, data["val"])
             initial = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
             write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source,
                                                 "val": val.source, "val_images": len(val)})
