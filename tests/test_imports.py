@@ -290,6 +290,48 @@ def test_baseline_of_other_classes_is_fine_tuned(tiny_config, tmp_path, capsys):
     assert "evaluated again on 3 val images (its record had 8" in capsys.readouterr().out
     again = __import__("json").loads(out.metrics.read_text())
     assert again["val_images"] == 3 and again["step"] == 2 and out.checkpoint.stat().st_mtime_ns == before
+    # the fine-tune is a training like any other: a longer max_steps continues it, a changed recipe is refused
+    # (a rerun said "imported" and kept step 2 for both)
+    longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 3})})
+    run_baseline(longer, console=Console(width=400))
+    assert "resumed at step 2" in capsys.readouterr().out
+    record = __import__("json").loads(out.metrics.read_text())
+    assert record["step"] == 3 and record["imported_from"]["format"] == "nasdet"
+    from nasdet.errors import ResumeMismatch
+
+    other_lr = longer.model_copy(update={"train": longer.train.model_copy(update={
+        "optimizer": longer.train.optimizer.model_copy(update={"lr": 0.5})})})
+    with pytest.raises(ResumeMismatch, match="train.optimizer.lr"):
+        run_baseline(other_lr, console=Console(width=400))
+
+
+def test_a_nasdet_checkpoint_of_other_class_names_starts_the_class_layers_afresh(tiny_config, tmp_path, capsys):
+    """nasdet's checkpoints record their classes (id, name): one of the same count but other names (here two
+    swapped) had its class rows kept by index, so every detection of those classes was mislabelled; a
+    checkpoint without the record is kept by index, with a warning."""
+    from rich.console import Console
+
+    from nasdet.data.build import build_datasets
+    from nasdet.stages.baseline import run_baseline
+    from nasdet.train.checkpoint import load_checkpoint
+    from nasdet.workdir import WorkDir
+
+    cfg = tiny_config("ssdlite", train={"max_steps": 1})
+    val = build_datasets(cfg, need=("val",))["val"]
+    weights = randomize(build_detector(cfg.model, num_classes=val.num_classes)).state_dict()
+    own = [[i, n] for i, n in zip(val.category_ids, val.classes)]
+    swapped = [[own[0][0], own[1][1]], [own[1][0], own[0][1]], *own[2:]]
+    for name, classes in (("swapped", swapped), ("unnamed", None), ("same", own)):
+        torch.save({"model": weights, **({"classes": classes} if classes else {})}, tmp_path / f"{name}.pt")
+        run = tiny_config("ssdlite", train={"max_steps": 1}, work_dir=str(tmp_path / name),
+                          pipeline={"baseline_checkpoint": str(tmp_path / f"{name}.pt")})
+        run_baseline(run, console=Console(width=400))
+        said, out = " ".join(capsys.readouterr().out.split()), WorkDir.of(run).baseline
+        record = __import__("json").loads(out.metrics.read_text())
+        assert ("re-initialised head.classification_head" in said) == (name == "swapped"), said
+        assert ("records no class names" in said) == (name == "unnamed"), said
+        assert record["step"] == (1 if name == "swapped" else 0)  # fine-tuned for the new class layers
+        assert load_checkpoint(out.checkpoint)["classes"] == own  # the stage's checkpoint records the data's
 
 
 # ------------------------------------------------------------------------------------ foreign checkpoints

@@ -17,7 +17,7 @@ from ..data.build import build_datasets, load_split
 from ..models import build_detector, get_input_size
 from ..models.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
 from ..models.imports import map_detector_weights, read_checkpoint
-from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
+from ..train.checkpoint import CheckpointError, class_record, file_sha256, load_checkpoint, save_checkpoint
 from ..train import dist
 from ..train.evaluate import evaluate_detector
 from ..train.loop import resolve_device
@@ -34,6 +34,8 @@ def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         return import_baseline(baseline_config(cfg), work_dir, console)
     out = WorkDir.of(cfg, work_dir).baseline
     imported = _imported_record(out)
+    if imported is not None and imported.get("step"):  # fine-tuned from the import: resumed as any training is
+        return _fine_tuned_again(baseline_config(cfg), work_dir, imported, console)
     if imported is not None and out.has_checkpoint():  # rerun without the --set that imported it: it is done
         console = console or Console()
         imported = _scored_as_configured(cfg, out, imported, console)
@@ -42,6 +44,15 @@ def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         console.print(metrics_table(imported["metrics"], "baseline: val mAP"))
         return imported["metrics"]
     return train_detector(baseline_config(cfg), work_dir, BASELINE, console)
+
+
+def _fine_tuned_again(cfg: ExperimentConfig, work_dir, done: dict, console: Console | None) -> dict:
+    """A rerun of an import that was fine-tuned (other classes): the training's checkpoint decides, as for a
+    baseline trained here: a longer ``train.max_steps`` continues it, a changed recipe is refused, a changed
+    ``eval.max_images`` is evaluated again; the record keeps ``imported_from``."""
+    origin = done["imported_from"]
+    return train_detector(cfg, work_dir, BASELINE, console, record={"imported_from": origin},
+                          start_note=f"from {origin.get('path')} (imported)")
 
 
 def _imported_record(out) -> dict | None:
@@ -117,6 +128,8 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     origin = {"path": str(source), "sha256": file_sha256(source)}
     out = WorkDir.of(cfg, work_dir).baseline
     done = _same_import(out, source, origin["sha256"])
+    if done is not None and done.get("step"):
+        return _fine_tuned_again(cfg, work_dir, done, console)
     if done is not None and out.has_checkpoint():
         done = _scored_as_configured(cfg, out, done, console)
         console.print(f"[green]{escape(str(out.root))} is {escape(str(source))}, imported[/]; delete it to import again")
@@ -133,6 +146,11 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
                   + (f"; its COCO labels picked for the data's {val.num_classes} classes" if imported.coco_labels else "")
                   + (f"; the rows of the data's {val.num_classes} classes picked by name from its "
                      f"{len(checkpoint_classes or [])}" if imported.picked_classes else ""))
+    if imported.unnamed_classes:
+        console.print(f"[yellow]warning:[/] {escape(str(source))} records no class names (written before nasdet kept "
+                      f"them): its class layers are kept as they are, label k as the data's k-th class "
+                      f"({', '.join(val.classes[:3])}{', ...' if val.num_classes > 3 else ''}); if it was trained on "
+                      "other classes or another order, its detections are mislabelled", soft_wrap=True)
     if imported.reinitialised:
         console.print(f"its classes are not the data's {data['val'].num_classes}: re-initialised "
                       f"{', '.join(imported.reinitialised)}; fine-tuning it with the train recipe")
@@ -141,7 +159,7 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     model.load_state_dict(imported.state)
     if dist.is_main():
         save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0,
-                         "imported_from": origin}, out.checkpoint)
+                         "classes": class_record(val), "imported_from": origin}, out.checkpoint)
     device = resolve_device(cfg.train.device)
     scored = scored_val_set(cfg, val)  # the images every other stage scores (eval.max_images)
     metrics = evaluate_detector(model.to(device), scored, device, cfg.eval.batch_size, cfg.data.num_workers)

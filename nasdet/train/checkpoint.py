@@ -85,6 +85,22 @@ def load_model_weights(model: torch.nn.Module, state: dict, source: str = "check
         )
 
 
+def class_record(dataset) -> list[list] | None:
+    """``[[category id, name], ...]`` in label order: the classes a detector's class layers predict, kept in
+    each checkpoint so that importing it elsewhere can tell other classes of the same count (None for a set
+    without category ids)."""
+    ids = getattr(dataset, "category_ids", None)
+    return [[int(i), str(n)] for i, n in zip(ids, dataset.classes)] if ids is not None else None
+
+
+def recorded_class_names(state) -> list[str] | None:
+    """The class names a nasdet checkpoint records (``class_record``), or None (older checkpoints, other files)."""
+    classes = state.get("classes") if isinstance(state, dict) else None
+    if isinstance(classes, list) and classes and all(isinstance(c, (list, tuple)) and len(c) == 2 for c in classes):
+        return [str(name) for _, name in classes]
+    return None
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():

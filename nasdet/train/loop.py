@@ -29,7 +29,8 @@ from ..models.detectors import training_input_size
 from ..progress import progress_bar
 from . import dist
 from .bn import one_value_per_channel_as
-from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (class_record, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
+                         set_rng_state)
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler, clip_grad_norm
 from .resume import NOT_TRAINING, TRAINING_SECTIONS, refuse_changed_run, resolved_paths
@@ -239,6 +240,7 @@ class Trainer:
             "config": dict(self.settings.record),
             "paths": resolved_paths(self.settings.record),
             "space_id": self.space_id,
+            "classes": class_record(self.train_set),
             "extra": self.extra_state(),
         }
 

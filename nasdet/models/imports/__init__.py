@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, unreadable_reason
+from ...train.checkpoint import recorded_class_names
 from ..families import family_of
 from .mmdetection import checkpoint_classes, mmdet_layout
 from .torchvision_detection import COCO_LABELS, torchvision_keys
@@ -37,6 +38,7 @@ class ImportedWeights:
     reinitialised: list[str] = field(default_factory=list)  # module names (class-dependent layers)
     coco_labels: bool = False  # the class layers' rows were picked from torchvision's 91 COCO labels
     picked_classes: bool = False  # the class layers' rows were picked by name from the checkpoint's classes
+    unnamed_classes: bool = False  # class layers kept by index: the checkpoint records no class names
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -47,7 +49,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
-    """``read_weights`` and the class names the file lists (MMDetection's meta), or None."""
+    """``read_weights`` and the class names the file lists (MMDetection's meta, nasdet's ``classes``), or None."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -56,7 +58,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"checkpoint {path} cannot be read: {unreadable_reason(e, path)}") from e
-    classes = checkpoint_classes(state)
+    classes = checkpoint_classes(state) or recorded_class_names(state)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -131,8 +133,9 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
     """``weights`` (nasdet's, torchvision's or MMDetection's keys) as a full state_dict of ``model``;
     ``expected`` says what model that is (for errors). Class-dependent layers of another shape keep
     ``model``'s init, unless the run's ``classes`` (category id, name; in label order) are COCO's and the
-    layers have its 91 labels, or are among the ``checkpoint_classes`` (names, as MMDetection's meta lists
-    them: then also a run on the same number of other classes starts them afresh)."""
+    layers have its 91 labels, or are among the ``checkpoint_classes`` of an MMDetection file (names, as its
+    meta lists them). When the file names its classes (MMDetection's meta, nasdet's ``classes``), a run on the
+    same number of other classes, or of the same ones in another order, starts them afresh too."""
     own = model.state_dict()
     rename = torchvision_keys(model)
     candidates = [("nasdet", dict(weights))]
@@ -170,21 +173,23 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
             f"{tuple(own[k].shape)} in this model ({len(wrong)} such tensors: another width, backbone or layout?)")
     names = [name for _, name in classes] if classes is not None else None
     picked = False
-    if fmt == "mmdetection" and checkpoint_classes and names is not None and names != list(checkpoint_classes):
+    if checkpoint_classes and names is not None and names != list(checkpoint_classes):
         per_class = [k for k in want if is_class_layer(k)]  # the same count may still be other classes
-        if set(names) <= set(checkpoint_classes):
+        if fmt == "mmdetection" and set(names) <= set(checkpoint_classes):
             rows = {k: pick_class_rows(mapped[k], mmdet.class_lead, list(checkpoint_classes), names) for k in per_class}
             if all(v is not None and v.shape == own[k].shape for k, v in rows.items()):
                 mapped, per_class, picked = {**mapped, **rows}, [], True
     coco = fmt != "mmdetection" and bool(per_class) and classes is not None and all(
         0 < i < len(COCO_LABELS) and COCO_LABELS[i] == name for i, name in classes)
     if coco:  # Faster R-CNN's box deltas are 4 rows per class
-        picked = {k: coco_rows(mapped[k], [i for i, _ in classes], 4 if ".bbox_pred." in k else 1) for k in per_class}
-        if all(v is not None and v.shape == own[k].shape for k, v in picked.items()):
-            mapped, per_class = {**mapped, **picked}, []
+        rows = {k: coco_rows(mapped[k], [i for i, _ in classes], 4 if ".bbox_pred." in k else 1) for k in per_class}
+        if all(v is not None and v.shape == own[k].shape for k, v in rows.items()):
+            mapped, per_class = {**mapped, **rows}, []
         else:
             coco = False
     if per_class:  # other classes: every class-dependent layer starts afresh, not only those of another shape
         per_class = [k for k in want if any(r.fullmatch(k) for r in class_layers)]
+    # a nasdet checkpoint of the same class count that records no names (written before they were kept)
+    unnamed = fmt == "nasdet" and not per_class and not checkpoint_classes and classes is not None
     state = {k: own[k] if k in per_class or k not in mapped else mapped[k] for k in own}
-    return ImportedWeights(state, fmt, _module_names(per_class), coco, picked)
+    return ImportedWeights(state, fmt, _module_names(per_class), coco, picked, unnamed)
