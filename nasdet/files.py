@@ -23,6 +23,17 @@ def os_reason(e: BaseException) -> str:
     return str(e)
 
 
+def why_not_a_file(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a file, for a message that names it (None when it is one): a folder
+    is not "missing", and a relative path that is missing says which folder it was read from."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder, not a file"
+    return "does not exist" + ("" if path.expanduser().is_absolute() else f" (a relative path, read from {Path.cwd()})")
+
+
 @contextmanager
 def naming_the_file(path: str | Path) -> Iterator[None]:
     """An OSError raised while writing ``path`` that names no file (a full disk: ``[Errno 28] No space left on

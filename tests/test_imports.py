@@ -245,7 +245,7 @@ def test_coco_classes_keep_their_rows_of_torchvisions_91_labels():
     reference = trained_like(torchvision_ssdlite(91))
     model = build_detector(ssdlite_config(), num_classes=len(COCO_CLASSES))
     mapped = map_detector_weights(model, reference.state_dict(), "coco.pth", "ssdlite", classes=COCO_CLASSES)
-    assert mapped.coco_labels and mapped.reinitialised == []
+    assert mapped.coco_labels and mapped.reinitialised == [] and mapped.picked_classes is False  # it said "picked by name"
     model.load_state_dict(mapped.state)
     model.eval()
     x = torch.randn(1, 3, SIZE, SIZE)
@@ -351,6 +351,36 @@ def test_foreign_checkpoint_is_one_line(tmp_path, what, make, found):
         map_detector_weights(model, read_weights(path), str(path), "ssdlite (layout torchvision)")
     message = str(e.value)
     assert found in message and str(path) in message and "\n" not in message
+
+
+def test_checkpoint_errors_name_the_key_a_folder_and_the_settings_of_a_known_layout(tmp_path, monkeypatch):
+    """A folder given as a checkpoint was said not to exist; pipeline.baseline_checkpoint's errors said only
+    "checkpoint X"; torchvision's ssdlite320 into a nasdet-layout config was recognised but not how to set it."""
+    from nasdet.models.backbones import load_backbone_checkpoint
+    from nasdet.models.backbones.pretrained import load_torchvision_imagenet, torchvision_weights, torchvision_weights_file
+    from nasdet.models.imports import read_checkpoint
+
+    for load, key in ((lambda p: read_checkpoint(p, "pipeline.baseline_checkpoint"), "pipeline.baseline_checkpoint"),
+                      (lambda p: load_backbone_checkpoint(nn.Linear(1, 1), p), "model.backbone.checkpoint")):
+        with pytest.raises(CheckpointError, match=f"^{key} {tmp_path} is a folder, not a file$"):
+            load(tmp_path)
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(CheckpointError, match=f"^{key} ck.pth does not exist \\(a relative path, read from {tmp_path}\\)$"):
+            load("ck.pth")
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(CheckpointError, match=f"^pipeline.baseline_checkpoint {tmp_path / 'cut.pth'} cannot be read"):
+        read_checkpoint(tmp_path / "cut.pth", "pipeline.baseline_checkpoint")
+    # a folder where torchvision's cached file should be: not "the download failed"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = torchvision_weights("mobilenet_v3_large", "imagenet")
+    torchvision_weights_file(weights).mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="is a folder where torchvision's file should be"):
+        load_torchvision_imagenet(weights)
+    path = saved(torchvision_ssdlite(9), tmp_path / "ssdlite320.pth")
+    model = build_detector(make_model_config(detector="ssdlite", backbone={"name": "mobilenet_v3_large"}), num_classes=8)
+    with pytest.raises(CheckpointError, match="model.layout: torchvision, model.backbone: {name: mobilenet_v3_large, "
+                                              "width_mult: 1.0, reduced_tail: true}"):
+        map_detector_weights(model, read_weights(path), path, "ssdlite")
 
 
 def test_export_normalises_as_the_detector():

@@ -142,3 +142,32 @@ def test_a_finished_stage_is_evaluated_again_when_eval_max_images_changes(shapes
     assert "evaluated again on 6 val images (its record had 3: eval.max_images changed)" in " ".join(out.split())
     code, out, exc = cli("train", cfg, *run, "--set", "eval.max_images=6")  # nothing changed: nothing redone
     assert code == 0 and "evaluated again" not in out and json.loads(record.read_text()) == after
+
+
+def test_the_backbone_checkpoint_and_imagenet_weights_are_compared_as_what_they_name(tmp_path, monkeypatch):
+    """A rerun naming the same backbone file through a symlink or another spelling, or the same ImageNet weights
+    by another name (imagenet = IMAGENET1K_V2 for MobileNetV3-Large), was refused as another config."""
+    from nasdet.train.resume import resolved_paths, training_changes
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "backbone.pth").write_bytes(b"weights")
+    (tmp_path / "link.pth").symlink_to(tmp_path / "ck" / "backbone.pth")
+    monkeypatch.chdir(tmp_path)
+
+    def run(checkpoint=None, pretrained=None):
+        return {"model": {"backbone": {"name": "mobilenet_v3_large", "checkpoint": checkpoint, "pretrained": pretrained}}}
+
+    saved = run(checkpoint="ck/backbone.pth")
+    paths = resolved_paths(saved)
+    assert paths == {"model.backbone.checkpoint": str((tmp_path / "ck" / "backbone.pth").resolve())}
+    for same in ("ck/backbone.pth", str(tmp_path / "link.pth"), "ck/../ck/backbone.pth"):
+        assert training_changes(saved, run(checkpoint=same), ("model",), saved_paths=paths) == [], same
+    (tmp_path / "other.pth").write_bytes(b"other")
+    assert training_changes(saved, run(checkpoint="other.pth"), ("model",), saved_paths=paths) == [
+        f"model.backbone.checkpoint: {paths['model.backbone.checkpoint']} -> {(tmp_path / 'other.pth').resolve()}"]
+    saved = run(pretrained="imagenet")
+    for same in ("IMAGENET1K_V2", "imagenet1k_v2", "MobileNet_V3_Large_Weights.IMAGENET1K_V2", "DEFAULT"):
+        assert training_changes(saved, run(pretrained=same), ("model",)) == [], same
+    assert training_changes(saved, run(pretrained="IMAGENET1K_V1"), ("model",)) == [
+        "model.backbone.pretrained: imagenet -> IMAGENET1K_V1"]
+    assert training_changes(saved, run(), ("model",)) == ["model.backbone.pretrained: imagenet -> None"]

@@ -23,6 +23,7 @@ from ..train.evaluate import evaluate_detector
 from ..train.loop import resolve_device
 from ..train.bn import recalibrate_bn
 from ..train.trained import load_checkpoint_model, load_trained_model
+from ..files import why_not_a_file
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
 from .common import baseline_config, cost_table, metrics_table, scored_val_set, train_detector
 
@@ -124,7 +125,7 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     re-initialised (said) and the baseline is fine-tuned from it with the ``train`` recipe."""
     console = console or Console()
     source = Path(cfg.pipeline.baseline_checkpoint)
-    weights, checkpoint_classes = read_checkpoint(source)
+    weights, checkpoint_classes = read_checkpoint(source, "pipeline.baseline_checkpoint")
     origin = {"path": str(source), "sha256": file_sha256(source)}
     out = WorkDir.of(cfg, work_dir).baseline
     done = _same_import(out, source, origin["sha256"])
@@ -264,7 +265,7 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         if held:
             console.print(Text(f"{path}: {describe_held(held, 'costed')}"), soft_wrap=True)
     elif ckpt:
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"--ckpt {path} {why_not_a_file(path)}")
     else:
         model = build_detector(cfg.model, num_classes=num_classes)
     model.eval()

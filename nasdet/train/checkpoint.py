@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, unreadable_reason
-from ..files import atomic_path
+from ..files import atomic_path, why_not_a_file
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -20,8 +20,8 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
     """Load with ``weights_only=True``; refuse one from another search space when ``space_id`` is given."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    if why_not_a_file(path):
+        raise CheckpointError(f"checkpoint {path} {why_not_a_file(path)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types

@@ -2,8 +2,10 @@
 every checkpoint (the whole resolved config is), and a rerun whose part differs is refused, with the keys that
 differ, before anything is written. The rest may change between runs: where and how often to log and
 checkpoint, devices and threads, evaluation and post-processing, and ``train.max_steps`` (a longer run of the
-same recipe is a resume). Data paths are compared as the files they name (``resolved_paths``): the same data
-through a symlink or another relative path is the same run, the same relative path from another folder is not."""
+same recipe is a resume). Data paths and the backbone's checkpoint are compared as the files they name
+(``resolved_paths``): the same file through a symlink or another relative path is the same run, the same
+relative path from another folder is not. ImageNet weights are compared as the torchvision weights their name
+means (``imagenet`` is ``IMAGENET1K_V2`` for MobileNetV3-Large)."""
 from __future__ import annotations
 
 import os
@@ -24,9 +26,10 @@ NOT_TRAINING = frozenset({
 })
 
 
-# config keys naming the training data's files and folders (the val set does not change the weights)
-DATA_PATH_KEYS = ("data.train.annotations", "data.train.images", "data.train.root", "data.train.labels",
-                  "data.data_yaml")
+# config keys naming files and folders the weights come from (the val set does not change them)
+PATH_KEYS = ("data.train.annotations", "data.train.images", "data.train.root", "data.train.labels",
+             "data.data_yaml", "model.backbone.checkpoint")
+PRETRAINED_KEY = "model.backbone.pretrained"
 
 
 def _resolve(value: Any) -> Any:
@@ -38,10 +41,10 @@ def _resolve(value: Any) -> Any:
 
 
 def resolved_paths(record: Mapping[str, Any]) -> dict[str, Any]:
-    """``{key: absolute path, links resolved}`` of the data paths in a run's config: kept with each checkpoint
-    (as ``paths``), so a resume compares the files, whatever folder it is started from."""
+    """``{key: absolute path, links resolved}`` of the paths (``PATH_KEYS``) in a run's config: kept with each
+    checkpoint (as ``paths``), so a resume compares the files, whatever folder it is started from."""
     flat = flatten(record)
-    return {key: _resolve(flat[key]) for key in DATA_PATH_KEYS if flat.get(key) is not None}
+    return {key: _resolve(flat[key]) for key in PATH_KEYS if flat.get(key) is not None}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -60,7 +63,7 @@ def training_changes(saved: Mapping[str, Any], current: Mapping[str, Any], secti
                      ignored: Iterable[str] = NOT_TRAINING, saved_paths: Mapping[str, Any] | None = None) -> list[str]:
     """``key: old -> new`` for each key under ``sections`` (top-level or dotted: ``search.darts``) and not under
     ``ignored`` whose value differs. A key the saved config does not have (written before the key existed) is
-    not compared. Data paths (``DATA_PATH_KEYS``) differ when the files they name do: as ``saved_paths``
+    not compared. Paths (``PATH_KEYS``) differ when the files they name do: as ``saved_paths``
     (``resolved_paths`` of the saved run) recorded them, or, for a checkpoint without them, as both strings
     resolve from the current folder."""
     def within(key: str, prefixes: Iterable[str]) -> bool:
@@ -72,15 +75,29 @@ def training_changes(saved: Mapping[str, Any], current: Mapping[str, Any], secti
     for key in sorted(new):
         if not within(key, sections) or within(key, ignored) or key not in old:
             continue
-        if key in DATA_PATH_KEYS and new[key] is not None:
+        if key in PATH_KEYS and new[key] is not None:
             was = saved_paths[key] if saved_paths and key in saved_paths else _resolve(old[key])
             now = _resolve(new[key])
             if was != now:
                 moved = "" if old[key] != new[key] else " (the same relative path, from another folder)"
                 changes.append(f"{key}: {was} -> {now}{moved}")
+        elif key == PRETRAINED_KEY and old[key] and new[key] and old[key] != new[key]:
+            if _weights_of(old.get("model.backbone.name"), old[key]) != _weights_of(new.get("model.backbone.name"), new[key]):
+                changes.append(f"{key}: {old[key]} -> {new[key]}")
         elif old[key] != new[key]:
             changes.append(f"{key}: {old[key]} -> {new[key]}")
     return changes
+
+
+def _weights_of(backbone: str | None, name: str) -> str:
+    """The torchvision weights a ``model.backbone.pretrained`` name means (``imagenet`` = the network's DEFAULT),
+    as ``Enum.MEMBER``; the name itself when it means none."""
+    from ..models.backbones.pretrained import torchvision_weights  # torchvision: only where a run resumes
+
+    try:
+        return str(torchvision_weights(backbone or "", name))
+    except Exception:  # noqa: BLE001 - not a weights name of that backbone: compared as written
+        return name
 
 
 def refuse_changed_run(checkpoint: Path, saved: Mapping[str, Any] | None, current: Mapping[str, Any],

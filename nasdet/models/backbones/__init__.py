@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError, unreadable_reason
+from ...files import why_not_a_file
 
 from .torchvision_backbones import BACKBONES, LEVELS, ResNetBackbone, SequentialStagesBackbone
 from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
@@ -54,8 +55,8 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
     own layout, torchvision's classification file as it is (``pretrained.py``), or a released supernet of a
     reference layout (OFA, DetNAS, SPOS, MMRazor: ``checkpoint_formats.py``)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model.backbone.checkpoint {path} does not exist")
+    if why_not_a_file(path):
+        raise CheckpointError(f"model.backbone.checkpoint {path} {why_not_a_file(path)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, EOFError, RuntimeError, ... depending on how the file is bad

@@ -66,6 +66,9 @@ def torchvision_weights_file(weights: tvm.WeightsEnum) -> Path:
 def load_torchvision_imagenet(weights: tvm.WeightsEnum, progress: bool = True) -> dict[str, torch.Tensor]:
     """``weights``' state_dict as torchvision loads it: from the hub cache, else downloaded (hash checked)."""
     path = torchvision_weights_file(weights)
+    if path.is_dir():  # torch.hub would try to read it (and a message would blame the download)
+        raise CheckpointError(f"{path} (torchvision's {weights}) is a folder where torchvision's file should be: "
+                              f"remove it, then put {weights.url} there (or let it download)")
     try:
         return weights.get_state_dict(progress=progress, check_hash=True, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -23,10 +23,14 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, unreadable_reason
+from ...files import why_not_a_file
 from ...train.checkpoint import recorded_class_names
 from ..families import family_of
 from .mmdetection import checkpoint_classes, mmdet_layout
 from .torchvision_detection import COCO_LABELS, torchvision_keys
+
+
+TORCHVISION_SSDLITE = "torchvision's ssdlite320_mobilenet_v3_large layout"
 
 
 @dataclass
@@ -48,23 +52,24 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)[0]
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
-    """``read_weights`` and the class names the file lists (MMDetection's meta, nasdet's ``classes``), or None."""
+def read_checkpoint(path: str | Path, key: str = "checkpoint") -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """``read_weights`` and the class names the file lists (MMDetection's meta, nasdet's ``classes``), or None;
+    ``key``: the config key or option that named the file, for errors."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    if why_not_a_file(path):
+        raise CheckpointError(f"{key} {path} {why_not_a_file(path)}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
-        raise CheckpointError(f"checkpoint {path} cannot be read: {unreadable_reason(e, path)}") from e
+        raise CheckpointError(f"{key} {path} cannot be read: {unreadable_reason(e, path)}") from e
     classes = checkpoint_classes(state) or recorded_class_names(state)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path} holds no state_dict of tensors (a plain one, or under 'model' / "
+        raise CheckpointError(f"{key} {path} holds no state_dict of tensors (a plain one, or under 'model' / "
                               f"'state_dict'), found {type(state).__name__}")
     return state, classes
 
@@ -84,7 +89,7 @@ def describe_weights(weights: dict[str, torch.Tensor]) -> str:
                 "retinanet" if has("bbox_head.retina_cls.") else "another detector")
         return f"an MMDetection {head} on {backbone} (bbox_head./neck. keys)"
     if has("backbone.features.0.0.0."):
-        return "torchvision's ssdlite320_mobilenet_v3_large layout"
+        return TORCHVISION_SSDLITE
     if has("backbone.body.conv1."):
         kind = ("fasterrcnn_resnet50_fpn" if has("roi_heads.") else
                 "fcos_resnet50_fpn" if has("head.regression_head.bbox_ctrness") else "retinanet_resnet50_fpn")
@@ -153,10 +158,13 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
     fmt, mapped = min(candidates, key=lambda c: sum(map(len, mismatch(c[1]))))
     missing, unexpected = mismatch(mapped)
     if missing or unexpected:
+        looks = describe_weights(weights)
+        hint = ("; for that file set model.detector: ssdlite, model.layout: torchvision, model.backbone: {name: "
+                "mobilenet_v3_large, width_mult: 1.0, reduced_tail: true}" if looks == TORCHVISION_SSDLITE else "")
         raise CheckpointError(
-            f"{source} is not a checkpoint of {expected}: it looks like {describe_weights(weights)} "
+            f"{source} is not a checkpoint of {expected}: it looks like {looks} "
             f"({len(missing)} of this model's keys missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
-            f"e.g. {unexpected[:2]})")
+            f"e.g. {unexpected[:2]}){hint}")
     if fmt == "mmdetection" and mmdet.needs:
         raise CheckpointError(f"{source} is MMDetection's {mmdet.name}, whose function {expected} does not compute: "
                               f"set {mmdet.needs}")
