@@ -3,6 +3,7 @@ trained with the same recipe side by side (ENOT's fair comparison), the budget a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from ..config import ExperimentConfig
 from ..files import atomic_path, write_text_atomic
+from ..search.controls import matched_cost_metric
 from ..workdir import CONFIDENCE_JSON, INITIAL_METRICS, METRICS_FILE, PARETO_JSON, PARETO_PNG, WorkDir
 from .common import baseline_config
 
@@ -41,13 +43,20 @@ def unlike(found: dict, other: dict) -> list[str]:
     ``recipe (lr, max_steps)``; empty when they were tuned alike. Records without a key do not count it."""
     out = []
     for k in LIKE_KEYS:
-        a, b = other.get(k), found.get(k)
-        if k not in other or k not in found or a == b:
+        if k not in other or k not in found:
+            continue
+        a, b, name = other[k], found[k], k
+        if k == "supernet" and other.get("supernet_sha256") and found.get("supernet_sha256"):
+            # the same file however it was named; a supernet retrained at the same path is another
+            a, b, name = other["supernet_sha256"][:12], found["supernet_sha256"][:12], "supernet sha256"
+        elif k in ("supernet", "val") and isinstance(a, str) and isinstance(b, str):  # the files named
+            a, b = os.path.realpath(a), os.path.realpath(b)
+        if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
-            out.append(f"{k} ({', '.join(sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n)))})")
+            out.append(f"{name} ({', '.join(sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n)))})")
         else:
-            out.append(f"{k} {a} vs {b}")
+            out.append(f"{name} {a} vs {b}")
     return out
 
 
@@ -70,7 +79,8 @@ def _control_rows(w: WorkDir, found: dict) -> list[dict]:
         rec = json.loads(record.read_text())
         label = "baseline arch" if c["name"] == "baseline_arch" else f"random arch {c['name'].split('_')[-1]}"
         costs = {"macs": {"total": c["costs"]["macs"]}, "params": {"total": c["costs"]["params"]}}
-        row = {**_row(f"{label} ({how_tuned(rec)})", rec, None, costs), "control": c["name"], "unlike": unlike(found, rec)}
+        row = {**_row(f"{label} ({how_tuned(rec)})", rec, None, costs), "control": c["name"], "unlike": unlike(found, rec),
+               "gap": c.get("gap")}
         if base_recipe is not None and isinstance(rec.get("recipe"), dict):
             row["recipe_vs_baseline"] = sorted(k for k in set(base_recipe) | set(rec["recipe"])
                                                if k not in NOT_RECIPE and base_recipe.get(k) != rec["recipe"].get(k))
@@ -78,7 +88,24 @@ def _control_rows(w: WorkDir, found: dict) -> list[dict]:
     return rows
 
 
-def _controls_text(baseline: dict | None, found: dict, controls: list[dict]) -> str:
+def _cost_match(randoms: list[dict], tolerance: float, metric: str, latency: bool = False) -> str:
+    """How the random controls' cost (``metric``) compares with the found arch's: "of the same cost" only when
+    every one is within ``tolerance``; else the widest gap, said (a found arch at the space's cost edge has no
+    neighbour there)."""
+    gaps = [r["gap"] for r in randoms if r.get("gap") is not None]
+    if not gaps or max(abs(g) for g in gaps) <= tolerance:
+        return "of the same MACs (a latency budget is matched through MACs: draws are not timed)" if latency \
+            else "of the same cost"
+    widest = max(gaps, key=abs)
+    return (f"whose {_COST_NAMES[metric]} differ from the found arch's by up to {widest:+.0%} (no draw came within "
+            f"report.controls_tolerance {tolerance:.0%}): not of the same cost")
+
+
+_COST_NAMES = {"macs": "MACs", "params": "params"}
+
+
+def _controls_text(baseline: dict | None, found: dict, controls: list[dict], tolerance: float = 0.03,
+                   imported: bool = False, metric: str = "macs", latency: bool = False) -> str:
     """Which differences are architecture (found vs the controls, all trained alike) and which are training
     (the baseline's arch trained alone vs taken from the supernet and tuned). A control tuned unlike the found
     arch (``unlike``) is left out of both, and named."""
@@ -95,17 +122,21 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict]) -> 
         aps = [r["AP"] for r in randoms]
         mean = sum(aps) / len(aps)
         spread = f" (their AP spans {min(aps):.4f}-{max(aps):.4f} over {len(aps)} random archs)" if len(aps) > 1 else ""
-        arch.append(f"AP {signed(found['AP'] - mean)} over a random arch of the same cost{spread}")
+        arch.append(f"AP {signed(found['AP'] - mean)} over a random arch {_cost_match(randoms, tolerance, metric, latency)}{spread}")
     own = next((r for r in controls if r["control"] == "baseline_arch"), None)
     if own is not None:
         arch.append(f"AP {signed(found['AP'] - own['AP'])} over the baseline's own arch")
-        if baseline is not None and baseline["split"] == own["split"]:
+        if imported and baseline is not None:
+            training = (" Training: the baseline was imported (pipeline.baseline_checkpoint), trained elsewhere with a "
+                        "recipe this run does not know, so the baseline's arch taken from the supernet and tuned "
+                        f"(AP {signed(own['AP'] - baseline['AP'])} over it) is not a measure of the supernet's training.")
+        elif baseline is not None and baseline["split"] == own["split"]:
             recipe = (f" (tuned with another recipe than the baseline's: {', '.join(own['recipe_vs_baseline'])})"
                       if own.get("recipe_vs_baseline") else "")
             training = (f" Training: the baseline's arch taken from the supernet and tuned has AP "
                         f"{signed(own['AP'] - baseline['AP'])} over the same arch trained alone (the baseline){recipe}.")
     text = ("Architecture, all trained exactly alike: the found arch has " + " and ".join(arch) + ".") if arch else ""
-    return (text + training).strip() + (f" All on {found['split']}." if arch or training else "") + left_out
+    return ((text + training).strip() + (f" All on {found['split']}." if arch or training else "") + left_out).strip()
 
 
 FEW_DIAGNOSED_ARCHS = 8  # below, a rank correlation's bootstrap interval is degenerate (K = 3: tau 1.00 [1.00, 1.00])
@@ -209,10 +240,11 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     w = WorkDir(wd)
     rows = []
     base_metrics = w.baseline.metrics
+    base_record = json.loads(base_metrics.read_text()) if base_metrics.is_file() else {}
     if base_metrics.is_file():
-        name = f"baseline ({baseline_config(cfg).model.backbone.name})"
+        name = f"baseline ({baseline_config(cfg).model.backbone.name}{', imported' if base_record.get('imported_from') else ''})"
         base_cost = None if exports.get("baseline") else (costs or {}).get("baseline")
-        rows.append(_row(name, json.loads(base_metrics.read_text()), exports.get("baseline"), base_cost))
+        rows.append(_row(name, base_record, exports.get("baseline"), base_cost))
     tune = json.loads(w.tune.require(METRICS_FILE, "metrics of the tuned model").read_text())
     predicted = None if exports.get("tune") or tune.get("genotype") else w.predicted_costs(tune.get("arch"))
     found_cost = {k: {"total": predicted[k]} for k in ("macs", "params")} \
@@ -262,7 +294,10 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
                      f"{f['params'] / b['params']:.0%} of its parameters; {ap}. {why}")
         lines.append("")
     if controls:
-        lines += [_controls_text(rows[0] if base_metrics.is_file() else None, found_row, controls), ""]
+        lines += [_controls_text(rows[0] if base_metrics.is_file() else None, found_row, controls,
+                                 cfg.report.controls_tolerance, imported=bool(base_record.get("imported_from")),
+                                 metric=matched_cost_metric(cfg.search.budget),
+                                 latency=cfg.search.budget is not None and cfg.search.budget.metric == "latency"), ""]
     if init_metrics is not None:
         lines += [f"Inherited supernet weights before tuning, on {_split_of(init_record)}: AP {init_metrics['AP']:.4f}, "
                   f"AP50 {init_metrics['AP50']:.4f}.", ""]

@@ -26,7 +26,7 @@ from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
 from ..train import dist
 from ..train.bn import recalibrate_static
-from ..train.checkpoint import CheckpointError, load_checkpoint, unfinished_at
+from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, unfinished_at
 from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model, with_backbone_checkpoint
@@ -95,6 +95,16 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
     raise ArchError(f"tune.arch {given!r} is neither an existing file nor a published architecture{known}")
 
 
+def supernet_record(path: Path) -> dict[str, str]:
+    """The supernet checkpoint a tune starts from, as the file it is: resolved path and sha256."""
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+
+
+def _supernet_there(cfg: ExperimentConfig, work_dir: Path) -> bool:
+    return Path(cfg.tune.supernet_checkpoint).is_file() if cfg.tune.supernet_checkpoint else \
+        WorkDir.of(cfg, work_dir).supernet.has_checkpoint()
+
+
 def supernet_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> Path:
     if not cfg.tune.supernet_checkpoint:
         return WorkDir.of(cfg, work_dir).supernet.require_checkpoint(hint=", or set tune.init: scratch")
@@ -158,12 +168,22 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         _, space = build_supernet(with_backbone_checkpoint(cfg, None), k)  # only the space: no weights to load
         arch, source = resolve_tune_arch(cfg, space, wd.root)
     resuming = out.has_checkpoint()
+    init = "scratch" if genotypes else cfg.tune.init
+    # the supernet checkpoint the weights come from, as a file: a retrained supernet is another start
+    supernet = None
+    if init == "supernet" and not (resuming and not _supernet_there(cfg, wd.root)):  # a finished tune outlives it
+        supernet = supernet_record(supernet_checkpoint(cfg, wd.root))
     if resuming:
-        saved = load_checkpoint(out.checkpoint).get("extra", {}).get("arch")
+        extra = load_checkpoint(out.checkpoint).get("extra", {})
+        saved = extra.get("arch")
         if saved is not None and dict(saved) != dict(arch):
             raise CheckpointError(f"{out.checkpoint} tunes {'other genotypes' if genotypes else 'another architecture'} "
                                   f"than {source}; delete the tune folder to tune the new one")
-    init = "scratch" if genotypes else cfg.tune.init
+        was = extra.get("supernet")
+        if supernet is not None and was and was.get("sha256") != supernet["sha256"]:
+            raise CheckpointError(f"{out.checkpoint} was tuned from another supernet checkpoint ({was.get('path')}, "
+                                  f"sha256 {str(was.get('sha256'))[:12]}) than {supernet['path']} (sha256 "
+                                  f"{supernet['sha256'][:12]}), retrained since: delete {out.root} to tune from it")
     if genotypes and cfg.tune.init == "supernet" and dist.is_main():
         console.print("tune: a darts search has no supernet; the searched towers train from their init (as FAD)")
     sn_ckpt = supernet_checkpoint(cfg, wd.root) if init == "supernet" and not resuming else None
@@ -188,6 +208,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
             write_json(out / ARCH_JSON, {"arch": arch, "source": source})
         console.print(f"tune: arch from {escape(str(source))}, init {init}" + (f" ({escape(str(sn_ckpt))})" if sn_ckpt else ""))
     trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out.root, console=console, arch=arch,
+                                      supernet=supernet,
                                       recipe=recipe_key("tune", cfg.tune.train),
                                       space_id=space.space_id if space is not None else None)
     trainer.start_note = f"from the supernet's weights ({sn_ckpt})" if sn_ckpt is not None else start_note_of(cfg)
@@ -201,7 +222,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     metrics = trainer.run()
     # what the report's controls are checked against: the same init, supernet and recipe as the found arch
     result = {"metrics": metrics, "step": trainer.step, "arch": arch, "arch_source": source, "init": init,
-              "supernet": str(supernet_checkpoint(cfg, wd.root)) if init == "supernet" else None,
+              "supernet": (trainer.supernet or {}).get("path"),
+              "supernet_sha256": (trainer.supernet or {}).get("sha256"),
               "recipe": tcfg.train.model_dump(mode="json"), "checkpoint": str(out.checkpoint),
               "val": data["val"].source, "val_images": trainer.val_images}
     if genotypes:

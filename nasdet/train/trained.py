@@ -152,11 +152,16 @@ def load_checkpoint_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: 
 
 
 class TuneTrainer(Trainer):
-    """The baseline's trainer on the model of a tuned arch; the arch travels in every checkpoint."""
+    """The baseline's trainer on the model of a tuned arch; the arch, and the supernet checkpoint its weights
+    came from (``supernet``: path and sha256), travel in every checkpoint."""
 
-    def __init__(self, *args, arch: Mapping[str, Any], **kwargs):
+    def __init__(self, *args, arch: Mapping[str, Any], supernet: Mapping[str, str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.arch = dict(arch)
+        self.supernet = dict(supernet) if supernet else None
 
     def extra_state(self) -> dict:
-        return {"arch": self.arch}
+        return {"arch": self.arch, **({"supernet": self.supernet} if self.supernet else {})}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.supernet = state.get("supernet", self.supernet)

@@ -1,0 +1,73 @@
+"""The report's rows compare like with like, and say so when they do not: the supernet a tune started from
+(as a file, by sha256), the random controls' cost gap, an imported baseline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasdet.space import save_arch
+from nasdet.stages.report import _controls_text, unlike
+from test_tune_export_pipeline import FAST_TRAIN, OFA_TINY, QUIET, _fake_supernet, _middle, _save_supernet
+
+
+def test_a_tune_from_a_since_retrained_supernet_is_refused_and_records_its_file(tiny_config):
+    """The tune (and each control) was kept as complete after the supernet was retrained, and the report
+    called it "supernet + tune" of the new one."""
+    from nasdet.errors import CheckpointError
+    from nasdet.stages.tune import run_tune
+    from nasdet.train.checkpoint import file_sha256
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, train=FAST_TRAIN, tune={"recalib_batches": 1, "eval_initial": False})
+    model, space = _fake_supernet(cfg)
+    save_arch(Path(cfg.work_dir) / "search" / "best_arch.json", _middle(space), space)
+    sn = Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt"
+    result = run_tune(cfg, console=QUIET)
+    assert result["supernet"] == str(sn.resolve()) and result["supernet_sha256"] == file_sha256(sn)
+    assert run_tune(cfg, console=QUIET)["step"] == 2  # unchanged: complete
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    _save_supernet(cfg, model, space)  # retrained at the same path
+    with pytest.raises(CheckpointError, match="was tuned from another supernet checkpoint .* delete .*tune to tune from it"):
+        run_tune(cfg, console=QUIET)
+
+
+def test_unlike_compares_the_supernet_as_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sn.pt").write_bytes(b"x")
+    found = {"init": "supernet", "supernet": str(tmp_path / "sn.pt"), "step": 3}
+    assert unlike(found, {**found, "supernet": "sn.pt"}) == []  # the same file, named relative (it was left out)
+    with_sha = {**found, "supernet_sha256": "a" * 64}
+    assert unlike(with_sha, {**with_sha, "supernet": "elsewhere.pt"}) == []  # a copy of the same file
+    assert unlike(with_sha, {**with_sha, "supernet_sha256": "b" * 64}) == [f"supernet sha256 {'b' * 12} vs {'a' * 12}"]
+
+
+def _control(name: str, ap: float, gap: float | None = None, unlike_: list | None = None) -> dict:
+    return {"control": name, "AP": ap, "split": "val (8 images)", "gap": gap, "unlike": unlike_ or []}
+
+
+def test_controls_text_says_when_a_random_control_is_not_of_the_same_cost():
+    found = {"AP": 0.1, "split": "val (8 images)"}
+    near = _controls_text(None, found, [_control("random_0", 0.08, gap=0.02)], tolerance=0.03)
+    assert "over a random arch of the same cost" in near
+    timed = _controls_text(None, found, [_control("random_0", 0.08, gap=0.02)], tolerance=0.03, latency=True)
+    assert "of the same MACs (a latency budget is matched through MACs" in timed
+    far = _controls_text(None, found, [_control("random_0", 0.08, gap=0.198), _control("random_1", 0.07, gap=-0.01)],
+                         tolerance=0.03)
+    assert "same cost" not in far.replace("not of the same cost", "")
+    assert "MACs differ from the found arch's by up to +20% (no draw came within report.controls_tolerance 3%)" in far
+    # every control left out: no stray space before the sentence that says so
+    apart = _controls_text(None, found, [_control("random_0", 0.08, 0.0, ["supernet sha256 b vs a"])])
+    assert apart.startswith("Left out of these comparisons") and "supernet sha256 b vs a" in apart
+
+
+def test_controls_text_does_not_read_an_imported_baseline_as_this_runs_training():
+    found = {"AP": 0.1, "split": "val (8 images)"}
+    baseline = {"AP": 0.05, "split": "val (8 images)"}
+    own = {**_control("baseline_arch", 0.09), "recipe_vs_baseline": []}
+    trained_here = _controls_text(baseline, found, [own])
+    assert "over the same arch trained alone (the baseline)" in trained_here
+    imported = _controls_text(baseline, found, [own], imported=True)
+    assert "the baseline was imported (pipeline.baseline_checkpoint)" in imported
+    assert "trained alone (the baseline)" not in imported
