@@ -124,6 +124,13 @@ def test_impossible_budget_names_cheapest_cost():
         check_budget_feasible(Budget("macs", cheapest - 1), toy_cost, space)
     assert "smallest arch" in str(e.value) and f"{cheapest - 1:g}" in str(e.value)
     assert check_budget_feasible(Budget("macs", cheapest), toy_cost, space) == cheapest
+    # a latency the lookup table predicts is said to be a prediction (a measured one may fit)
+    timed = lambda arch: {"latency": toy_cost(arch)["macs"] / 1e6}  # noqa: E731
+    with pytest.raises(ValueError, match="is predicted by the int8 latency lookup table .* to take .*a prediction"):
+        check_budget_feasible(Budget("latency", 1e-9), timed, space, "the int8 latency lookup table (cost.latency lut)")
+    with pytest.raises(ValueError, match="the smallest arch costs") as e:
+        check_budget_feasible(Budget("latency", 1e-9), timed, space)
+    assert "prediction" not in str(e.value)
     with pytest.raises(ValueError, match="flops"):
         Budget("flops", 1.0)
 

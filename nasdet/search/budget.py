@@ -86,16 +86,20 @@ class CostModel:
 
 
 def check_budget_feasible(budget: Budget | None, cost_fn: Callable[[Mapping[str, Any]], Mapping[str, float]],
-                          space: SearchSpace) -> float | None:
-    """The cheapest candidate's cost (the smallest arch); ``ValueError`` if the budget is below it."""
+                          space: SearchSpace, predicted_by: str | None = None) -> float | None:
+    """The cheapest candidate's cost (the smallest arch); ``ValueError`` if the budget is below it.
+    ``predicted_by``: what predicts a latency that is not measured (the lookup table), said in the error."""
     if budget is None:
         return None
     cheapest = float(cost_fn(space.smallest())[budget.metric])
     if budget.max < cheapest:
+        how = "costs" if budget.metric != "latency" or not predicted_by else f"is predicted by {predicted_by} to take"
+        measure = ("" if budget.metric != "latency" or not predicted_by else
+                   " (a prediction: measured latency, cost.latency onnxruntime / onnxruntime_int8 / torch, may fit)")
         raise ConfigError(
             f"search budget {budget.metric} <= {budget.max:.6g} {COST_UNITS[budget.metric]} is below the cheapest "
-            f"candidate of the space: the smallest arch costs {cheapest:.6g} {COST_UNITS[budget.metric]}; "
-            f"raise search.budget.max above {cheapest:.6g}")
+            f"candidate of the space: the smallest arch {how} {cheapest:.6g} {COST_UNITS[budget.metric]}; "
+            f"raise search.budget.max above {cheapest:.6g}{measure}")
     return cheapest
 
 

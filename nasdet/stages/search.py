@@ -101,7 +101,9 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                                   threads=c.threads, lut_path=c.lut or out_dir / LATENCY_LUT,
                                   lut_precision=c.lut_precision, calibration=calibration)
     cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
-    check_budget_feasible(budget, cost_fn, search_space)  # before any candidate is scored
+    lut = cfg.cost.latency == "lut"
+    check_budget_feasible(budget, cost_fn, search_space,  # before any candidate is scored
+                          f"the {cfg.cost.lut_precision} latency lookup table (cost.latency lut)" if lut else None)
     small = split_size_warning(search_set, "the validation set" if s.score_on == "val" else "the search split") \
         if objective == OBJECTIVE else None
     if small:
