@@ -302,3 +302,16 @@ def test_fake_quantized_layers_compute_on_the_int8_grid_and_come_off_as_float():
     assert not torch.equal(quantized, ref) and torch.allclose(quantized, ref, atol=0.1)
     assert model.state_dict().keys() == before.keys()  # plain modules again, their float weights untouched
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_cost_under_an_int8_latency_says_its_latencies_are_the_float_models(tiny_config):
+    """`nasdet cost` printed float latencies under cost.latency onnxruntime_int8 without a word: a user sizing
+    an INT8 budget by them sized it on the wrong file."""
+    from nasdet.stages.baseline import run_cost
+
+    for latency, said in (("onnxruntime_int8", True), ("onnxruntime", False)):
+        cfg = tiny_config("ssdlite", cost={"latency": latency, "runs": 1, "warmup": 0, "onnxruntime": False})
+        console = Console(record=True, width=400, file=__import__("io").StringIO())
+        run_cost(cfg, console=console)
+        text = " ".join(console.export_text().split())
+        assert ("these latencies are of the float model" in text and "--int8 --source baseline" in text) == said

@@ -282,6 +282,11 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     write_json(out, result)
     console.print(f"cost -> {escape(str(out))}")
     console.print(cost_table(result, f"cost of {detector} / {backbone}"))
+    if latency and cfg.cost.int8:  # what an INT8 latency budget is about needs calibration images and a val set
+        console.print(f"cost.latency {cfg.cost.latency}{'/' + cfg.cost.lut_precision if cfg.cost.latency == 'lut' else ''}: "
+                      "these latencies are of the float model; the INT8 file's end to end, which the budget is "
+                      "about, is measured by `nasdet export CONFIG --int8 --source baseline` (export/baseline.json)",
+                      soft_wrap=True)
     return result
 
 
