@@ -71,3 +71,20 @@ def test_controls_text_does_not_read_an_imported_baseline_as_this_runs_training(
     imported = _controls_text(baseline, found, [own], imported=True)
     assert "the baseline was imported (pipeline.baseline_checkpoint)" in imported
     assert "trained alone (the baseline)" not in imported
+
+
+def test_a_detector_checkpoint_given_as_the_supernet_says_what_it_is(tiny_config, tmp_path):
+    """A baseline checkpoint as tune.supernet_checkpoint gave "does not fit this model: N missing keys"."""
+    from nasdet.errors import CheckpointError
+    from nasdet.models import build_detector
+    from nasdet.train.checkpoint import save_checkpoint
+    from nasdet.train.trained import build_tuned_model
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY)
+    _, space = _fake_supernet(cfg)
+    baseline = tmp_path / "baseline.pt"
+    save_checkpoint({"model": build_detector(tiny_config("ssdlite").model, num_classes=8).state_dict(), "step": 2},
+                    baseline)
+    with pytest.raises(CheckpointError, match="is not a supernet's: it records no search space and its weights are a "
+                                              "trained detector's"):
+        build_tuned_model(cfg, 8, _middle(space), baseline)

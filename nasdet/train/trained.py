@@ -57,7 +57,16 @@ def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[st
     arch = space.validate(arch)
     if supernet_ckpt is not None:
         state = load_checkpoint(supernet_ckpt, space_id=space.space_id)
-        load_model_weights(model, state, source=str(supernet_ckpt))
+        try:
+            load_model_weights(model, state, source=str(supernet_ckpt))
+        except CheckpointError as e:
+            if state.get("space_id") is not None:
+                raise
+            what = ("a tuned subnet's (`nasdet tune`)" if (state.get("extra") or {}).get("arch") is not None else
+                    "a trained detector's (`nasdet train`, the baseline's)")
+            raise CheckpointError(f"supernet checkpoint {supernet_ckpt} is not a supernet's: it records no search space "
+                                  f"and its weights are {what}; tune starts from the pretrain stage's "
+                                  f"supernet/ckpt/last.pt (tune.supernet_checkpoint) ({e})") from None
     static = export_detector(model, arch, space)
     if supernet_ckpt is None:
         body = static.backbone.body
