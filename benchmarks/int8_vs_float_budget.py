@@ -41,7 +41,7 @@ from nasdet.errors import ConfigError
 from nasdet.data.build import load_split
 from nasdet.models.cost import onnx_session
 from nasdet.search.latency import probe_images
-from nasdet.stages.export import run_export
+from nasdet.stages.export import current_export, run_export
 from nasdet.stages.search import run_search
 from nasdet.stages.tune import run_tune
 from nasdet.workdir import WorkDir, checkpoint_in, write_json
@@ -106,7 +106,7 @@ def run_one(args, src: Path, seed_dir: Path, kind: str, snap: Path) -> dict:
         console = Console(file=log, width=140)
         run_search(cfg, w.root, console=console)
         run_tune(cfg, w.root, console=console)
-        rec = w.exported("tune", int8=True) or run_export(cfg, w.root, source="tune", console=console)
+        rec = current_export(cfg, w, "tune", console) or run_export(cfg, w.root, source="tune", console=console)
     return {"cfg": cfg, "export": rec}
 
 

@@ -586,7 +586,9 @@ class ReportConfig(Strict):
     controls: bool = False
     controls_seeds: int = Field(1, ge=1)  # random archs at the found arch's cost (several give a spread)
     controls_tolerance: float = Field(0.03, gt=0, lt=1)  # relative cost gap allowed for a random control
-    controls_draws: int = Field(1000, gt=0)  # uniform draws costed per random control before taking the nearest
+    # uniform draws costed per random control before taking the nearest (at most search/controls.py's EDGE_DRAWS,
+    # 100, when the found arch is at the space's cost edge, where no draw comes near)
+    controls_draws: int = Field(1000, gt=0)
 
 
 class ExperimentConfig(Strict):

@@ -21,7 +21,7 @@ from .config import ExperimentConfig
 from .errors import ConfigError
 from .stages.baseline import run_baseline, run_cost
 from .stages.classify import run_classify
-from .stages.export import run_export, wants_int8
+from .stages.export import current_export, run_export
 from .stages.pretrain import run_pretrain
 from .stages.report import unlike, write_report
 from .stages.search import run_search
@@ -31,20 +31,36 @@ from .workdir import ARCH_JSON, CONTROLS, WorkDir, write_json
 STAGES = ("classify", "baseline", "pretrain", "search", "diagnose", "tune", "controls", "export", "report")
 
 
-def controls_plan(cfg: ExperimentConfig, w: WorkDir) -> list[dict]:
+def controls_settings(cfg: ExperimentConfig) -> dict:
+    """What the control archs are drawn with besides the found arch: a plan drawn otherwise is drawn again."""
+    from .search.controls import EDGE_DRAWS
+
+    r, b = cfg.report, cfg.search.budget
+    return {"report.controls_seeds": r.controls_seeds, "report.controls_tolerance": r.controls_tolerance,
+            "report.controls_draws": r.controls_draws,
+            "search.budget": {"metric": b.metric, "max": b.max} if b else None, "seed": cfg.seed, "model.input_size": cfg.model.input_size,
+            "search.resolution_tolerance": cfg.search.resolution_tolerance, "edge_draws": EDGE_DRAWS}
+
+
+def controls_plan(cfg: ExperimentConfig, w: WorkDir, console: Console | None = None) -> list[dict]:
     """The report's control archs (``search/controls.py``) for the arch the tune stage trained, chosen once
-    (``controls/archs.json``) so that a rerun tunes the same ones."""
+    (``controls/archs.json``, with the settings drawn with) so that a rerun tunes the same ones; drawn again
+    when the found arch or a setting changed, refused while a control's folder holds another arch's tune."""
     from .data.build import load_split
     from .models.supernet import build_supernet
     from .search.budget import Budget, CostModel, restrict_resolution
     from .search.controls import control_archs
     from .space import load_arch
 
+    console = console or Console(quiet=True)
     found_file = w.tune / ARCH_JSON
+    settings = json.loads(json.dumps(controls_settings(cfg)))  # as archs.json holds them
     if w.controls_plan.is_file():
         plan = json.loads(w.controls_plan.read_text())
-        if plan["found_arch_file_sha"] == _sha(found_file):
+        changed = _plan_changes(plan, settings, _sha(found_file))
+        if not changed:
             return plan["controls"]
+        console.print(f"controls: {escape(str(w.controls_plan))} was drawn {changed}: drawing the control archs again")
     r = cfg.report
     model, space = build_supernet(cfg, len(load_split(cfg, "val").classes))
     found = load_arch(found_file, space)
@@ -52,9 +68,22 @@ def controls_plan(cfg: ExperimentConfig, w: WorkDir) -> list[dict]:
     budget = Budget(cfg.search.budget.metric, cfg.search.budget.max) if cfg.search.budget else None
     cost_fn = CostModel(model, space, ("macs", "params"))
     controls = control_archs(search_space, space.default(), cost_fn(found), cost_fn, budget, r.controls_seeds,
-                             r.controls_tolerance, r.controls_draws, cfg.seed)
-    write_json(w.controls_plan, {"found_arch": found, "found_arch_file_sha": _sha(found_file), "controls": controls})
+                             r.controls_tolerance, r.controls_draws, cfg.seed, console=console)
+    _refuse_stale_controls(w, controls)  # before the plan is written: the report reads each folder by its name
+    write_json(w.controls_plan, {"found_arch": found, "found_arch_file_sha": _sha(found_file), "settings": settings,
+                                 "controls": controls})
     return controls
+
+
+def _plan_changes(plan: dict, settings: dict, found_sha: str) -> str:
+    """How ``plan`` (``controls/archs.json``) was drawn otherwise than now, said for the console; "" if alike."""
+    if plan.get("found_arch_file_sha") != found_sha:
+        return "for another found arch (tune/arch.json changed)"
+    if "settings" not in plan:
+        return "without recording its settings (an older nasdet)"
+    old = plan["settings"]
+    changed = [f"{k} {json.dumps(old.get(k))} (now {json.dumps(v)})" for k, v in settings.items() if old.get(k) != v]
+    return "with " + ", ".join(changed) if changed else ""
 
 
 def _sha(path: Path) -> str:
@@ -63,13 +92,32 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _refuse_stale_controls(w: WorkDir, controls: list[dict]) -> None:
+    """A control folder tuned (``metrics.json`` or a checkpoint) for another arch than the plan's of its name
+    would be reported as that control: refused, naming the folders to delete."""
+    stale = []
+    for c in controls:
+        d = w.control(c["name"])
+        record = d / "metrics.json" if (d / "metrics.json").is_file() else d / ARCH_JSON
+        if not (d.has_checkpoint() or (d / "metrics.json").is_file()) or not record.is_file():
+            continue
+        if json.loads(record.read_text()).get("arch") != json.loads(json.dumps(c["arch"])):
+            stale.append(str(d.root))
+    if stale:
+        from .errors import ResumeMismatch
+
+        raise ResumeMismatch(f"the control archs were drawn again and {', '.join(stale)} holds a tune of another arch "
+                             f"than the new plan's: delete {'it' if len(stale) == 1 else 'them'} to tune the new "
+                             "arch(s) (or restore the settings the plan was drawn with)")
+
+
 def run_controls(cfg: ExperimentConfig, wd: Path, console: Console) -> dict:
     """Tune each control arch exactly as the found one was tuned (same supernet, init and recipe), each in
     ``controls/<name>/``; returns name -> tune record."""
     out = {}
     found = WorkDir(wd).tune.metrics  # written by the tune stage, which runs before the controls
     found = json.loads(found.read_text()) if found.is_file() else None
-    for c in controls_plan(cfg, WorkDir(wd)):
+    for c in controls_plan(cfg, WorkDir(wd), console):
         tune = cfg.tune.model_copy(update={"arch": c["arch"], "searched_arch": None})
         console.print(f"control {c['name']}: {c['costs'].get('macs', 0) / 1e6:.1f} M MACs")
         out[c["name"]] = run_tune(cfg.model_copy(update={"tune": tune}), wd, console=console,
@@ -141,8 +189,8 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     if cfg.pipeline.export:
         def export_all():
             for source in ("tune", "baseline") if cfg.pipeline.baseline else ("tune",):
-                exports[source] = w.exported(source, wants_int8(cfg)) or run_export(cfg, wd, source=source,
-                                                                                      console=console)
+                exports[source] = current_export(cfg, w, source, console) or run_export(cfg, wd, source=source,
+                                                                                          console=console)
         stage("export", export_all)
     costs = {}
     if not cfg.pipeline.export and cfg.pipeline.baseline and w.baseline.has_checkpoint():  # sizes without an export

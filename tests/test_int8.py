@@ -144,10 +144,15 @@ def test_a_float_file_or_a_graph_without_the_network_is_refused_in_one_line(tiny
     with pytest.raises(QuantizationError, match=r"no Conv/MatMul/Gemm node under \['/neck/'\]"):
         quantize_detector(path, tmp_path / "int8.onnx", [image], ("/neck/",))
     assert not (tmp_path / "int8.onnx").exists()
-    with pytest.raises(ConfigError, match="drop --raw"):
-        from nasdet.stages.export import run_export
+    from nasdet.stages.export import run_export
 
+    with pytest.raises(ConfigError, match="drop --raw"):
         run_export(cfg, raw=True, int8=True, console=QUIET)
+    # asked for by the config, not the command line: the keys are named (it said "export --int8 ... drop --raw")
+    by_config = cfg.model_copy(update={"cost": cfg.cost.model_copy(update={"latency": "onnxruntime_int8"})})
+    with pytest.raises(ConfigError, match=r"export: cost.latency onnxruntime_int8 \(the budget is INT8 latency\) asks "
+                                          r"for the INT8 file.*--set export.int8=false and another cost.latency"):
+        run_export(by_config, raw=True, console=QUIET)
 
 
 def test_search_under_an_int8_latency_budget_times_quantized_candidates(tiny_config, monkeypatch):

@@ -137,3 +137,108 @@ def test_random_control_under_a_latency_budget_matches_macs_without_timing():
     with pytest.raises(ConfigError, match="controls_draws=20 uniform draws"):
         random_control(space, cost_fn, target=15.0, metric="macs", budget=Budget("macs", 5.0), tolerance=0.01,
                        draws=20, seed=0)
+
+
+def _old_random_control(space, cost_fn, target, tolerance, draws, seed):
+    """The draws before the edge rule: the first within ``tolerance``, else the nearest of all ``draws``."""
+    import random
+
+    rng, nearest = random.Random(f"control-{seed}"), None
+    for n in range(1, draws + 1):
+        arch = space.sample(rng)
+        gap = cost_fn(arch)["macs"] / target - 1
+        if nearest is None or abs(gap) < abs(nearest[1]):
+            nearest = (arch, gap)
+        if abs(gap) <= tolerance:
+            break
+    return nearest
+
+
+def test_random_control_at_the_space_edge_stops_early_and_shows_its_draws():
+    """The found arch was the smallest subnet: 1000 draws were costed (215 s) with nothing on the console, as
+    no uniform draw comes within 3 % of the space's cheapest arch."""
+    import io
+
+    from nasdet.search.controls import control_archs
+    from nasdet.space import SearchSpace
+
+    space = SearchSpace({f"b{i}": (1, 2, 3, 4) for i in range(8)})
+    costed = []
+
+    def cost_fn(arch):
+        costed.append(arch)
+        return {"macs": float(sum(arch.values())), "params": 1.0}
+
+    smallest = cost_fn(space.smallest())
+    costed.clear()
+    plan = control_archs(space, space.default(), smallest, cost_fn, None, seeds=1, tolerance=0.03, draws=1000)
+    assert len(costed) < 200  # not all 1000 draws
+    from nasdet.search.controls import EDGE_DRAWS
+
+    assert len(costed) <= 1 + 2 + EDGE_DRAWS  # the default arch, the two edges, the draws
+    r = plan[1]
+    assert r["edge"] == "lower" and r["tried"] == EDGE_DRAWS and r["gap"] > 0.03
+    # the nearest of the first EDGE_DRAWS of the same draws
+    assert (r["arch"], r["gap"]) == _old_random_control(space, cost_fn, smallest["macs"], 0.03, EDGE_DRAWS, 0)
+
+    # away from the edges the draws are the ones they were
+    for seed, target in ((0, 20.0), (1, 17.0), (2, 23.0)):
+        got = control_archs(space, space.default(), {"macs": target}, cost_fn, None, seeds=1, tolerance=0.03,
+                            draws=1000, seed=seed)[1]
+        assert "edge" not in got and (got["arch"], got["gap"]) == _old_random_control(space, cost_fn, target, 0.03,
+                                                                                       1000, seed)
+
+    # the draws are shown as they go, with the nearest so far, and each control's outcome
+    out = io.StringIO()
+    control_archs(space, space.default(), smallest, cost_fn, None, seeds=1, tolerance=0.03, draws=1000,
+                  console=Console(file=out, width=200))
+    lines = out.getvalue().splitlines()
+    assert "found arch is at the space's lower MACs edge" in lines[0] and "nearest of 100 draws" in lines[0]
+    progress = [line for line in lines if line.startswith("random control 0: ") and "/100 (" in line]
+    assert len(progress) == 10 and progress[-1].startswith("random control 0: 100/100 (100%), nearest +")
+    assert lines[-1].startswith("random control 0: draw ") and "none within 3 %, the nearest: +" in lines[-1]
+
+
+def test_controls_plan_is_drawn_again_when_its_settings_change(tiny_config):
+    """A rerun with other report.controls_* settings or another budget kept controls/archs.json as long as the
+    found arch file was the same: a random control drawn for the old budget stayed in the report."""
+    import io
+    import random
+
+    from nasdet.errors import ResumeMismatch
+    from nasdet.models.supernet import build_supernet
+    from nasdet.pipeline import controls_plan
+    from nasdet.space import save_arch
+    from nasdet.workdir import ARCH_JSON, WorkDir, write_json
+
+    def config(**report):
+        return tiny_config(model={"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}},
+                           report={"controls": True, "controls_seeds": 1, "controls_tolerance": 0.25,
+                                   "controls_draws": 6, **report})
+
+    cfg = config()
+    w = WorkDir.of(cfg)
+    _, space = build_supernet(cfg, 8)
+    save_arch(w.tune / ARCH_JSON, space.sample(random.Random(3)), space)
+    first = controls_plan(cfg, w)
+    for c in first:  # both controls tuned
+        write_json(w.control(c["name"]) / "metrics.json", {"arch": c["arch"], "step": 2})
+
+    more = controls_plan(config(controls_seeds=2), w)
+    assert [c["name"] for c in more] == ["baseline_arch", "random_0", "random_1"]  # drawn again
+    assert more[:2] == first  # the same draws for the same seeds: their tunes are kept
+    assert json.loads(w.controls_plan.read_text())["settings"]["report.controls_seeds"] == 2
+    assert controls_plan(config(controls_seeds=2), w) == more  # the same settings: kept
+    out = io.StringIO()  # a change is said in one line
+    assert controls_plan(config(controls_seeds=2, controls_draws=7), w, Console(file=out, width=300))[:2] == first
+    assert out.getvalue().splitlines()[0].endswith(
+        "archs.json was drawn with report.controls_draws 6 (now 7): drawing the control archs again")
+
+    # another tolerance draws another random_0: its folder holds a tune of the old arch, refused by name
+    plan_file = w.controls_plan.read_text()
+    with pytest.raises(ResumeMismatch, match=r"controls/random_0 holds a tune of another arch.*delete it"):
+        controls_plan(config(controls_seeds=2, controls_draws=7, controls_tolerance=0.001), w)
+    assert w.controls_plan.read_text() == plan_file  # the report still reads the plan the folders were tuned for
+    (w.control("random_0") / "metrics.json").unlink()
+    tight = controls_plan(config(controls_seeds=2, controls_draws=7, controls_tolerance=0.001), w)
+    assert tight[1]["arch"] != first[1]["arch"] and tight[0] == first[0]

@@ -28,7 +28,7 @@ from ..models.cost import detector_macs, detector_params, measure_latency
 from ..models.detectors import get_input_size
 from ..train.checkpoint import load_checkpoint, unfinished_at
 from ..train.trained import load_trained_model, load_tuned_model
-from ..workdir import CLASSES_JSON, WorkDir, write_json
+from ..workdir import CLASSES_JSON, WorkDir, settings_changes, write_json
 from .common import scored_val_set
 
 
@@ -112,14 +112,68 @@ def quantization_aware_tuning(cfg: ExperimentConfig, model: torch.nn.Module, fol
     return record
 
 
-def earlier_int8(wd: WorkDir, source: str, ckpt: Path) -> dict | None:
+def export_settings(cfg: ExperimentConfig, source: str) -> dict:
+    """What an export's figures are made with besides its checkpoint (its record's ``settings``): the data (val
+    images scored, train images INT8 calibrates on) and ``eval.max_images``, the export and cost sections and,
+    for the tuned model, the budget it is checked against and quantization-aware tuning. Not ``export.int8``:
+    asking for the INT8 file is ``WorkDir.exported(int8=)``'s check, and a plain export keeps a current one."""
+    out = {"eval": {"max_images": cfg.eval.max_images},
+           "data": cfg.data.model_dump(mode="json", include={"format", "train", "val", "classes", "data_yaml"}),
+           "export": cfg.export.model_dump(mode="json", exclude={"source", "int8"}),
+           "cost": cfg.cost.model_dump(mode="json")}
+    if source == "tune":
+        b = cfg.search.budget
+        out["search"] = {"budget": None if b is None else b.model_dump(mode="json")}
+        out["tune"] = {k: getattr(cfg.tune, k) for k in ("qat", "qat_max_drop", "qat_steps", "qat_lr")}
+    return out
+
+
+def int8_settings(settings: dict) -> dict:
+    """The part of ``export_settings`` the INT8 file and its figures are made with (not the budget, the parity
+    check, the float latency's device or how the search timed)."""
+    e, c = settings.get("export", {}), settings.get("cost", {})
+    return {"eval": settings.get("eval"), "data": settings.get("data"), "tune": settings.get("tune"),
+            "export": {k: e.get(k) for k in ("opset", "calibration_images", "calibration_method")},
+            "cost": {k: c.get(k) for k in ("warmup", "runs", "threads")}}
+
+
+def current_export(cfg: ExperimentConfig, wd: WorkDir, source: str, console: Console) -> dict | None:
+    """The export record of ``source`` when exporting again would make the same one: newer than its checkpoint
+    (``WorkDir.exported``) and made with this config's ``export_settings`` (a record written before records kept
+    them is not); else None, and one line says why when there is a record (the caller exports again)."""
+    rec = wd.exported(source, wants_int8(cfg))
+    if rec is None:
+        return None
+    why = _made_otherwise(rec.get("settings"), export_settings(cfg, source))
+    if why:
+        console.print(f"{escape(str(wd.export_record(source).relative_to(wd.root)))} {escape(why)}: exporting again",
+                      soft_wrap=True)
+        return None
+    return rec
+
+
+def _made_otherwise(made_with: dict | None, now: dict) -> str:
+    """Why a record made with ``made_with`` is not one made with ``now`` ('' when it is), for a console line."""
+    if made_with is None:
+        return "does not say what settings it was made with (written by an earlier nasdet)"
+    changes = settings_changes(made_with, now)
+    listed = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+    return f"was made with other settings ({listed})" if changes else ""
+
+
+def earlier_int8(cfg: ExperimentConfig, wd: WorkDir, source: str, ckpt: Path) -> tuple[dict | None, str]:
     """The INT8 record of an earlier ``--int8`` export of the same checkpoint (``WorkDir.exported``: newer than
-    it, the INT8 file still there): a plain export redoes only the float file (the same from the same weights),
-    so the INT8 file and its figures still hold and are kept in the record (``kept_from_earlier_export``)."""
+    it, the INT8 file still there) made with this config's ``int8_settings``: a plain export redoes only the
+    float file (the same from the same weights), so the INT8 file and its figures still hold and are kept in
+    the record (``kept_from_earlier_export``). Else None, and why an INT8 file there is not this export's."""
     earlier = wd.exported(source, int8=True)
     if earlier is None or earlier.get("checkpoint") != str(ckpt):
-        return None
-    return {**earlier["int8"], "kept_from_earlier_export": True}
+        return None, f"it was quantized from an earlier checkpoint than {ckpt}"
+    made_with = earlier.get("settings")
+    why = _made_otherwise(made_with and int8_settings(made_with), int8_settings(export_settings(cfg, source)))
+    if why:
+        return None, f"its record {why}"
+    return {**earlier["int8"], "kept_from_earlier_export": True}, ""
 
 
 def budget_latency(cfg: ExperimentConfig, lat_torch: dict, lat_ort: dict, int8: dict | None) -> tuple[float, str]:
@@ -139,9 +193,17 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     console = console or Console()
     wd = WorkDir.of(cfg, work_dir)
     source = source or cfg.export.source
+    asked = int8
     int8 = wants_int8(cfg) if int8 is None else int8
     if int8 and raw:
-        raise ConfigError("export --int8 quantizes the end-to-end file (its mAP needs boxes): drop --raw")
+        why = "--int8" if asked else " and ".join(
+            (["export.int8: true"] if cfg.export.int8 else []) +
+            ([f"cost.latency {cfg.cost.latency}" + (f" (lut_precision {cfg.cost.lut_precision})" if cfg.cost.latency == "lut" else "")
+              + " (the budget is INT8 latency)"] if cfg.cost.int8 else []))
+        raise ConfigError(f"export: {why} asks for the INT8 file, which quantizes the end-to-end file (its mAP needs "
+                          "boxes), so not --raw: " + ("drop --raw" if asked else
+                                                      "export --raw with --set export.int8=false" +
+                                                      (" and another cost.latency" if cfg.cost.int8 else "")))
     val = build_datasets(cfg, need=("val",))["val"]
     arch = None
     if source == "tune":
@@ -194,13 +256,13 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     s = get_input_size(model)
     probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     lat_ort = time_onnx(path, probe, c.warmup, c.runs, c.threads)
-    int8_record = export_int8(cfg, wd, model, source, path, val, probe, lat_ort) if int8 else \
-        None if raw else earlier_int8(wd, source, ckpt)
+    int8_record, not_kept = (export_int8(cfg, wd, model, source, path, val, probe, lat_ort), "") if int8 else \
+        (None, "") if raw else earlier_int8(cfg, wd, source, ckpt)
     stale = wd.onnx_int8(source)
-    if not int8 and not raw and int8_record is None and stale.is_file():  # quantized from an earlier checkpoint
+    if not int8 and not raw and int8_record is None and stale.is_file():  # another checkpoint's, or other settings'
         stale.unlink()
-        console.print(f"removed {escape(str(stale))}: it was quantized from an earlier checkpoint than "
-                      f"{escape(str(ckpt))} (export --int8 writes it again)")
+        console.print(f"removed {escape(str(stale))}: {escape(not_kept)} (export --int8 writes it again)",
+                      soft_wrap=True)
     measured["latency"], measured["latency_timed_by"] = budget_latency(cfg, lat_torch, lat_ort, int8_record)
     predicted = wd.predicted_costs(arch)
     # the budget is the found model's; the baseline is not meant to fit it (it is the reference)
@@ -211,7 +273,8 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
               "checkpoint_step": state.get("step"), "finished_training": unfinished is None,
               "raw": raw, "input_size": s,
               "parity": parity, "measured": measured, "predicted": predicted, "latency_torch": lat_torch,
-              "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch, "int8": int8_record}
+              "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch, "int8": int8_record,
+              "settings": export_settings(cfg, source)}
     write_json(wd.export_record(source, raw), result)
 
     table = Table(title=f"export: {escape(str(path))}")

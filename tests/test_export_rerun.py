@@ -1,0 +1,118 @@
+"""An export record is reused only when made with the settings of the rerun: ``nasdet pipeline`` rerun with
+another budget, ``eval.max_images`` or INT8 calibration exports again (and says so in one line), and a plain
+``nasdet export`` keeps an earlier INT8 file only when it was made with the same settings."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from conftest import fake_pretrain
+from nasdet.space import save_arch
+
+QUIET = Console(quiet=True)
+
+
+def _tuned(tiny_config, **sections):
+    """A tuned OFA-MobileNetV3 SSDLite at 96 px (2 steps from the supernet's random weights), no baseline."""
+    from nasdet.stages.tune import run_tune
+
+    base = {"model": {"backbone": {"name": "ofa_mbv3", "width_mult": 0.25}, "score_thresh": 0.05},
+            "train": {"max_steps": 2, "epochs": 1}, "tune": {"eval_initial": False, "recalib_batches": 1},
+            "export": {"check_images": 1}, "cost": {"warmup": 0, "runs": 2, "threads": 1},
+            "pipeline": {"baseline": False}}
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v}
+    cfg = tiny_config("ssdlite", **base)
+    _, space = fake_pretrain(cfg)
+    save_arch(Path(cfg.work_dir) / "search" / "best_arch.json", {n: v[len(v) // 2] for n, v in space.choices.items()},
+              space)
+    run_tune(cfg, console=QUIET)
+    return cfg
+
+
+def _with(cfg, **sections):
+    return cfg.model_copy(update={k: getattr(cfg, k).model_copy(update=v) for k, v in sections.items()})
+
+
+def test_pipeline_rerun_with_another_budget_exports_again(tiny_config, monkeypatch):
+    import nasdet.pipeline as pipeline
+    from nasdet.config import BudgetConfig
+    from nasdet.workdir import WorkDir
+
+    cfg = _tuned(tiny_config, search={"budget": {"metric": "macs", "max": 1e12}})
+    for name in ("run_pretrain", "run_search", "run_tune"):  # done above; the export and the report are the test
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: {})
+    w = WorkDir(cfg.work_dir)
+    record = w.export_record("tune")
+
+    def rerun(c):
+        buf = Console(file=io.StringIO(), width=400)
+        pipeline.run_pipeline(c, console=buf)
+        return json.loads(record.read_text()), buf.file.getvalue()
+
+    first, _ = rerun(cfg)
+    assert first["budget"]["within"]
+    made = record.stat().st_mtime_ns
+    _, out = rerun(cfg)  # nothing changed: nothing exported again
+    assert record.stat().st_mtime_ns == made and "exporting again" not in out
+    # a 1-MAC budget: the record and the report say OVER, not the old verdict
+    tight = _with(cfg, search={"budget": BudgetConfig(metric="macs", max=1.0)})
+    again, out = rerun(tight)
+    assert again["budget"]["max"] == 1.0 and not again["budget"]["within"]
+    assert "(**OVER** the budget 1e-06 M MACs" in w.report_md.read_text()
+    assert "export/tune.json was made with other settings (search.budget.max 1000000000000.0 -> 1.0): exporting " \
+           "again" in out
+    # a record written before records kept their settings: what it was made with is unknown, so it is made again
+    from nasdet.stages.export import current_export
+
+    assert current_export(tight, w, "tune", QUIET) is not None
+    del again["settings"]
+    record.write_text(json.dumps(again))
+    buf = Console(file=io.StringIO(), width=400)
+    assert current_export(tight, w, "tune", buf) is None
+    assert "export/tune.json does not say what settings it was made with" in buf.file.getvalue()
+
+
+def test_int8_file_of_other_settings_is_not_kept(tiny_config):
+    import shutil
+
+    from nasdet.stages.export import run_export
+    from nasdet.workdir import WorkDir
+
+    cfg = _tuned(tiny_config, eval={"max_images": 2}, export={"calibration_images": 2})
+    w = WorkDir(cfg.work_dir)
+    int8_path = w.onnx_int8("tune")
+
+    def as_int8_export_leaves_it(rec: dict) -> None:
+        """The INT8 file and its part of the record, as ``export --int8`` leaves them (its figures: test_int8.py)."""
+        shutil.copy(rec["onnx"], int8_path)
+        ap, lat = {"AP": 0.1, "AP50": 0.2}, {"median_ms": 1.0}
+        int8 = {"onnx": str(int8_path), "val_images": 2, "metrics_onnxruntime": {"float": ap, "int8": ap},
+                "drop": {"AP": 0.0, "AP50": 0.0}, "latency_onnxruntime": {"float": lat, "int8": lat},
+                "latency_ratio_int8_to_float": 1.0, "quantization": {"quantized_ops": 1, "method": "minmax",
+                                                                     "calibration_images": 2, "float_bytes": 1,
+                                                                     "int8_bytes": 1}}
+        w.export_record("tune").write_text(json.dumps({**rec, "int8": int8}))
+
+    as_int8_export_leaves_it(run_export(cfg, console=QUIET))
+    # a plain export keeps the INT8 file of the same checkpoint only when made with the same INT8 settings
+    buf = Console(file=io.StringIO(), width=400)
+    other = _with(cfg, export={"calibration_images": 3})
+    rec = run_export(other, console=buf)
+    assert rec["int8"] is None and not int8_path.exists()
+    assert f"removed {int8_path}: its record was made with other settings (export.calibration_images 2 -> 3)" \
+        in buf.file.getvalue()
+    # the pipeline's check: an INT8 AP scored on 2 images is not one of 3, a minmax calibration not a percentile one
+    from nasdet.stages.export import current_export
+
+    as_int8_export_leaves_it(rec)
+    int8 = _with(other, export={"int8": True})
+    assert current_export(int8, w, "tune", QUIET)["int8"]["val_images"] == 2
+    buf = Console(file=io.StringIO(), width=400)
+    assert current_export(_with(int8, eval={"max_images": 3}, export={"calibration_method": "percentile"}), w, "tune",
+                          buf) is None
+    assert "export/tune.json was made with other settings (eval.max_images 2 -> 3, export.calibration_method minmax " \
+           "-> percentile): exporting again" in buf.file.getvalue()
