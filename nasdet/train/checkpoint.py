@@ -93,14 +93,6 @@ def class_record(dataset) -> list[list] | None:
     return [[int(i), str(n)] for i, n in zip(ids, dataset.classes)] if ids is not None else None
 
 
-def recorded_class_names(state) -> list[str] | None:
-    """The class names a nasdet checkpoint records (``class_record``), or None (older checkpoints, other files)."""
-    classes = state.get("classes") if isinstance(state, dict) else None
-    if isinstance(classes, list) and classes and all(isinstance(c, (list, tuple)) and len(c) == 2 for c in classes):
-        return [str(name) for _, name in classes]
-    return None
-
-
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():

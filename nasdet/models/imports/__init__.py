@@ -24,7 +24,6 @@ from torch import nn
 
 from ...errors import CheckpointError, unreadable_reason
 from ...files import why_not_a_file
-from ...train.checkpoint import recorded_class_names
 from ..families import family_of
 from .mmdetection import checkpoint_classes, mmdet_layout
 from .torchvision_detection import COCO_LABELS, torchvision_keys
@@ -72,6 +71,14 @@ def read_checkpoint(path: str | Path, key: str = "checkpoint") -> tuple[dict[str
         raise CheckpointError(f"{key} {path} holds no state_dict of tensors (a plain one, or under 'model' / "
                               f"'state_dict'), found {type(state).__name__}")
     return state, classes
+
+
+def recorded_class_names(state) -> list[str] | None:
+    """The class names a nasdet checkpoint records (``train.checkpoint.class_record``), or None (older checkpoints, other files)."""
+    classes = state.get("classes") if isinstance(state, dict) else None
+    if isinstance(classes, list) and classes and all(isinstance(c, (list, tuple)) and len(c) == 2 for c in classes):
+        return [str(name) for _, name in classes]
+    return None
 
 
 def describe_weights(weights: dict[str, torch.Tensor]) -> str:
