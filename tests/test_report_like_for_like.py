@@ -88,3 +88,29 @@ def test_a_detector_checkpoint_given_as_the_supernet_says_what_it_is(tiny_config
     with pytest.raises(CheckpointError, match="is not a supernet's: it records no search space and its weights are a "
                                               "trained detector's"):
         build_tuned_model(cfg, 8, _middle(space), baseline)
+
+
+def test_the_report_says_where_the_weights_started(tiny_config):
+    """report.md never said that the baseline was imported, nor that the backbone started from ImageNet weights."""
+    import json
+
+    from nasdet.stages.report import write_report
+    from nasdet.workdir import WorkDir
+
+    def report(cfg, baseline: dict) -> str:
+        w = WorkDir(Path(cfg.work_dir))
+        for folder, record in ((w.tune.root, {"init": "supernet"}), (w.baseline.root, baseline)):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "metrics.json").write_text(json.dumps({"metrics": {"AP": 0.3, "AP50": 0.5}, "val_images": 8,
+                                                             **record}))
+        write_report(cfg, w.root, {}, QUIET, costs={"baseline": {"macs": {"total": 2e6}, "params": {"total": 1e5}}})
+        return w.report_md.read_text()
+
+    imported = {"imported_from": {"path": "/x/coco.pth", "format": "torchvision"}, "step": 3}
+    text = report(tiny_config("ssdlite", pipeline={"init_supernet_from_baseline": True}), imported)
+    assert "Starting weights: the baseline imported from /x/coco.pth (torchvision checkpoint, fine-tuned 3 steps for " \
+           "this data's classes); the supernet from the baseline's weights" in text
+    assert any(line.startswith("| baseline (") and ", imported) |" in line for line in text.splitlines()), text
+    text = report(tiny_config("ssdlite", model={"backbone": {"pretrained": "imagenet", "width_mult": 1.0}}), {"step": 5})
+    assert "Starting weights: the baseline trained here (backbone from torchvision's imagenet weights); the supernet " \
+           "(backbone from torchvision's imagenet weights)." in text

@@ -15,7 +15,7 @@ from ..config import ExperimentConfig
 from ..files import atomic_path, write_text_atomic
 from ..search.controls import matched_cost_metric
 from ..workdir import CONFIDENCE_JSON, INITIAL_METRICS, METRICS_FILE, PARETO_JSON, PARETO_PNG, WorkDir
-from .common import baseline_config
+from .common import baseline_config, start_note_of
 
 
 def _row(name: str, record: dict, export: dict | None, cost: dict | None) -> dict:
@@ -86,6 +86,22 @@ def _control_rows(w: WorkDir, found: dict) -> list[dict]:
                                                if k not in NOT_RECIPE and base_recipe.get(k) != rec["recipe"].get(k))
         rows.append(row)
     return rows
+
+
+def _starting_weights(cfg: ExperimentConfig, base_record: dict) -> str:
+    """Where the run's weights started: the baseline (trained here, from what; or imported) and the supernet."""
+    origin = base_record.get("imported_from")
+    if origin:
+        baseline = (f"the baseline imported from {origin.get('path')} ({origin.get('format', 'a')} checkpoint"
+                    + (f", fine-tuned {base_record.get('step')} steps for this data's classes)" if base_record.get("step")
+                       else ")"))
+    elif base_record:
+        baseline = f"the baseline trained here ({start_note_of(baseline_config(cfg))})"
+    else:
+        baseline = None
+    supernet = ("the supernet from the baseline's weights (pipeline.init_supernet_from_baseline)"
+                if cfg.pipeline.init_supernet_from_baseline else f"the supernet ({start_note_of(cfg)})")
+    return "Starting weights: " + "; ".join(filter(None, (baseline, supernet))) + "."
 
 
 def _cost_match(randoms: list[dict], tolerance: float, metric: str, latency: bool = False) -> str:
@@ -272,7 +288,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     data = train.annotations or train.root or train.images or cfg.data.data_yaml
     lines = [f"# nasdet report: {cfg.name}", "",
              f"Detector {cfg.model.detector}, search space {cfg.model.backbone.name} "
-             f"(width {cfg.model.backbone.width_mult}), data {data}.", ""]
+             f"(width {cfg.model.backbone.width_mult}), data {data}.", "", _starting_weights(cfg, base_record), ""]
     if budget is not None:
         scale, unit = (1e6, "M") if budget.metric in ("macs", "params") else (1.0, "ms")
         lines += [f"Budget: {budget.metric} <= {budget.max / scale:.4g} {unit}.", ""]
