@@ -306,9 +306,10 @@ def test_baseline_of_other_classes_is_fine_tuned(tiny_config, tmp_path, capsys):
 
 
 def test_a_nasdet_checkpoint_of_other_class_names_starts_the_class_layers_afresh(tiny_config, tmp_path, capsys):
-    """nasdet's checkpoints record their classes (id, name): one of the same count but other names (here two
-    swapped) had its class rows kept by index, so every detection of those classes was mislabelled; a
-    checkpoint without the record is kept by index, with a warning."""
+    """nasdet's checkpoints record their classes (id, name): one of the same count but other names had its class
+    rows kept by index, so every detection of those classes was mislabelled (two swapped: now each keeps its own
+    rows; one renamed: the class layers start afresh); a checkpoint without the record is kept by index, with a
+    warning."""
     from rich.console import Console
 
     from nasdet.data.build import build_datasets
@@ -321,16 +322,18 @@ def test_a_nasdet_checkpoint_of_other_class_names_starts_the_class_layers_afresh
     weights = randomize(build_detector(cfg.model, num_classes=val.num_classes)).state_dict()
     own = [[i, n] for i, n in zip(val.category_ids, val.classes)]
     swapped = [[own[0][0], own[1][1]], [own[1][0], own[0][1]], *own[2:]]
-    for name, classes in (("swapped", swapped), ("unnamed", None), ("same", own)):
+    renamed = [[own[0][0], "not a class of the data"], *own[1:]]
+    for name, classes in (("swapped", swapped), ("renamed", renamed), ("unnamed", None), ("same", own)):
         torch.save({"model": weights, **({"classes": classes} if classes else {})}, tmp_path / f"{name}.pt")
         run = tiny_config("ssdlite", train={"max_steps": 1}, work_dir=str(tmp_path / name),
                           pipeline={"baseline_checkpoint": str(tmp_path / f"{name}.pt")})
         run_baseline(run, console=Console(width=400))
         said, out = " ".join(capsys.readouterr().out.split()), WorkDir.of(run).baseline
         record = __import__("json").loads(out.metrics.read_text())
-        assert ("re-initialised head.classification_head" in said) == (name == "swapped"), said
+        assert ("re-initialised head.classification_head" in said) == (name == "renamed"), said
+        assert ("picked by name" in said) == (name == "swapped"), said
         assert ("records no class names" in said) == (name == "unnamed"), said
-        assert record["step"] == (1 if name == "swapped" else 0)  # fine-tuned for the new class layers
+        assert record["step"] == (1 if name == "renamed" else 0)  # fine-tuned for the new class layers
         assert load_checkpoint(out.checkpoint)["classes"] == own  # the stage's checkpoint records the data's
 
 
@@ -490,3 +493,38 @@ def test_imported_baseline_initialises_the_supernet(tiny_config, tmp_path):
         got = supernet.head(list(supernet.backbone(x).values()))
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("detector", ["ssdlite", "retinanet", "fcos", "faster_rcnn", "yolov3"])
+def test_a_nasdet_checkpoint_keeps_each_named_class_s_rows(detector):
+    """nasdet's checkpoints name their classes: a run on some of them, in any order, keeps each class's own rows
+    (background first, YOLOv3's five box outputs per anchor before them), so its outputs for a class are the
+    checkpoint's for that class."""
+    cfg = make_model_config(detector=detector, backbone={"name": "mobilenet_v3_small", "width_mult": 0.5},
+                            input_size=64)
+    trained = randomize(build_detector(cfg, num_classes=3)).eval()
+    run = [(7, "c"), (9, "a")]  # of the checkpoint's a, b, c: two, the other way round
+    model = build_detector(cfg, num_classes=2).eval()
+    imported = map_detector_weights(model, trained.state_dict(), "ck.pt", detector, classes=run,
+                                    checkpoint_classes=["a", "b", "c"])
+    assert imported.picked_classes and imported.reinitialised == []
+    model.load_state_dict(imported.state)
+    labels = [0, 3, 1]  # background, c, a among the checkpoint's labels
+    torch.manual_seed(0)
+    with torch.no_grad():
+        if detector == "faster_rcnn":
+            x = torch.randn(5, trained.roi_heads.box_predictor.cls_score.in_features)
+            (s0, b0), (s1, b1) = trained.roi_heads.box_predictor(x), model.roi_heads.box_predictor(x)
+            torch.testing.assert_close(s1, s0[:, labels])
+            torch.testing.assert_close(b1, b0.view(5, 4, 4)[:, labels].reshape(5, -1))
+        elif detector == "yolov3":
+            for p0, p1 in zip(trained.head.preds, model.head.preds):
+                x = torch.randn(1, p0.in_channels, 4, 4)  # no background column: c, a are columns 2, 0
+                o0, o1 = p0(x).view(1, -1, 5 + 3, 4, 4), p1(x).view(1, -1, 5 + 2, 4, 4)
+                torch.testing.assert_close(o1, torch.cat([o0[:, :, :5], o0[:, :, [5 + 2, 5 + 0]]], 2))
+        else:
+            x = torch.rand(1, 3, 64, 64)
+            f0, f1 = trained.backbone(x), model.backbone(x)
+            f0, f1 = (list(f.values()) if isinstance(f, dict) else f for f in (f0, f1))
+            c0, c1 = trained.head(f0)["cls_logits"], model.head(f1)["cls_logits"]
+            torch.testing.assert_close(c1, c0[..., labels])

@@ -47,6 +47,10 @@ class DetectorFamily:
     # regexes of the state_dict keys whose shape depends on the number of classes: re-initialised when a
     # trained detector becomes the baseline of a run with other classes (models.imports)
     class_layers: tuple[str, ...] = ()
+    # per anchor, the outputs of a class layer before the class ones (YOLOv3's x, y, w, h, objectness); the
+    # classes follow, background first where ``class_background`` (models.imports picks them by name)
+    class_lead: int = 0
+    class_background: bool = True
     # the modules that make the network (convs and linears, no decoding or NMS): what INT8 quantizes
     network_modules: tuple[str, ...] = ("backbone", "head")
 

@@ -360,6 +360,7 @@ class YOLOv3Family(DetectorFamily):
     config = YOLOv3ModelConfig
     model_types = (YOLOv3,)
     class_layers = (r"head\.preds\.\d+\.(weight|bias)",)  # A x (5 + K) outputs
+    class_lead, class_background = 5, False  # x, y, w, h, objectness, then classes 1..K
     dense_has_every_bn = True  # backbone, neck and head; decoding and NMS have none
 
     def build(self, cfg: YOLOv3ModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:

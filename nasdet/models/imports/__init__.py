@@ -9,8 +9,8 @@ own model, tests/test_imports_mmdet.py against a functional forward of MMDetecti
 other classes than the checkpoint, the family's class-dependent layers (``DetectorFamily.class_layers``)
 keep the new model's own initialisation and everything else is kept, as torchvision's and MMDetection's
 fine-tuning recipes do; except when the run's classes are among the checkpoint's: torchvision's COCO
-labels (91, the category ids) for a run on COCO classes, or the class names an MMDetection checkpoint
-lists; then each class keeps its own rows.
+labels (91, the category ids) for a run on COCO classes, or the class names an MMDetection or nasdet
+checkpoint lists; then each class keeps its own rows.
 """
 from __future__ import annotations
 
@@ -139,15 +139,27 @@ def pick_class_rows(tensor: torch.Tensor, lead: int, names: list[str], picked: l
     return tensor.reshape(-1, per_anchor, *tensor.shape[1:])[:, columns].reshape(-1, *tensor.shape[1:])
 
 
+def pick_label_rows(tensor: torch.Tensor, lead: int, labels: int, picked: list[int],
+                    rows_per_class: int) -> torch.Tensor | None:
+    """The rows of a class layer whose outputs per anchor are ``lead`` others then ``labels`` classes of
+    ``rows_per_class`` rows each, keeping the labels ``picked`` (in that order); None if the layer is not such."""
+    per_anchor = lead + labels * rows_per_class
+    if tensor.shape[0] % per_anchor:
+        return None
+    blocks = tensor.reshape(-1, per_anchor, *tensor.shape[1:])
+    classes = blocks[:, lead:].reshape(blocks.shape[0], labels, rows_per_class, *tensor.shape[1:])[:, picked]
+    return torch.cat([blocks[:, :lead], classes.flatten(1, 2)], 1).reshape(-1, *tensor.shape[1:])
+
+
 def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str, expected: str,
                          classes: list[tuple[int, str]] | None = None,
                          checkpoint_classes: list[str] | None = None) -> ImportedWeights:
     """``weights`` (nasdet's, torchvision's or MMDetection's keys) as a full state_dict of ``model``;
     ``expected`` says what model that is (for errors). Class-dependent layers of another shape keep
     ``model``'s init, unless the run's ``classes`` (category id, name; in label order) are COCO's and the
-    layers have its 91 labels, or are among the ``checkpoint_classes`` of an MMDetection file (names, as its
-    meta lists them). When the file names its classes (MMDetection's meta, nasdet's ``classes``), a run on the
-    same number of other classes, or of the same ones in another order, starts them afresh too."""
+    layers have its 91 labels, or are among the ``checkpoint_classes`` the file names (MMDetection's meta,
+    nasdet's ``classes``): then each keeps its own rows. A run on other classes than the named ones, even as
+    many, starts them afresh too."""
     own = model.state_dict()
     rename = torchvision_keys(model)
     candidates = [("nasdet", dict(weights))]
@@ -190,10 +202,16 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
     picked = False
     if checkpoint_classes and names is not None and names != list(checkpoint_classes):
         per_class = [k for k in want if is_class_layer(k)]  # the same count may still be other classes
+        rows = None
         if fmt == "mmdetection" and set(names) <= set(checkpoint_classes):
             rows = {k: pick_class_rows(mapped[k], mmdet.class_lead, list(checkpoint_classes), names) for k in per_class}
-            if all(v is not None and v.shape == own[k].shape for k, v in rows.items()):
-                mapped, per_class, picked = {**mapped, **rows}, [], True
+        elif fmt == "nasdet" and set(names) <= set(checkpoint_classes):
+            family, bg = family_of(model), int(family_of(model).class_background)  # background first, if any
+            labels = [*range(bg), *(bg + list(checkpoint_classes).index(n) for n in names)]
+            rows = {k: pick_label_rows(mapped[k], family.class_lead, len(checkpoint_classes) + bg, labels,
+                                       4 if ".bbox_pred." in k else 1) for k in per_class}
+        if rows is not None and all(v is not None and v.shape == own[k].shape for k, v in rows.items()):
+            mapped, per_class, picked = {**mapped, **rows}, [], True
     coco = fmt != "mmdetection" and bool(per_class) and classes is not None and all(
         0 < i < len(COCO_LABELS) and COCO_LABELS[i] == name for i, name in classes)
     if coco:  # Faster R-CNN's box deltas are 4 rows per class
