@@ -118,37 +118,23 @@ def _without_counters(keys) -> set[str]:
     return {k for k in keys if not k.endswith("num_batches_tracked")}
 
 
-def coco_rows(tensor: torch.Tensor, category_ids: list[int], rows_per_class: int) -> torch.Tensor | None:
-    """The rows of a class layer trained on torchvision's 91 COCO labels for the classes of ``category_ids``
-    (background first); rows are (anchor, class, rows_per_class), as the heads view them; None if not such."""
-    per_anchor = len(COCO_LABELS) * rows_per_class
-    if tensor.shape[0] % per_anchor:
-        return None
-    blocks = tensor.reshape(tensor.shape[0] // per_anchor, len(COCO_LABELS), rows_per_class, *tensor.shape[1:])
-    picked = blocks[:, [0, *category_ids]]
-    return picked.reshape(-1, *tensor.shape[1:])
-
-
-def pick_class_rows(tensor: torch.Tensor, lead: int, names: list[str], picked: list[str]) -> torch.Tensor | None:
-    """The rows of a class layer whose outputs per anchor are ``lead`` others then one per class of ``names``,
-    for the classes ``picked`` (in that order); None if the layer is not such."""
-    per_anchor = lead + len(names)
-    if tensor.shape[0] % per_anchor:
-        return None
-    columns = [*range(lead), *(lead + names.index(n) for n in picked)]
-    return tensor.reshape(-1, per_anchor, *tensor.shape[1:])[:, columns].reshape(-1, *tensor.shape[1:])
-
-
 def pick_label_rows(tensor: torch.Tensor, lead: int, labels: int, picked: list[int],
-                    rows_per_class: int) -> torch.Tensor | None:
+                    rows_per_class: int = 1) -> torch.Tensor | None:
     """The rows of a class layer whose outputs per anchor are ``lead`` others then ``labels`` classes of
-    ``rows_per_class`` rows each, keeping the labels ``picked`` (in that order); None if the layer is not such."""
+    ``rows_per_class`` rows each (as the heads view them), keeping the labels ``picked`` (in that order); None
+    if the layer is not such."""
     per_anchor = lead + labels * rows_per_class
     if tensor.shape[0] % per_anchor:
         return None
     blocks = tensor.reshape(-1, per_anchor, *tensor.shape[1:])
     classes = blocks[:, lead:].reshape(blocks.shape[0], labels, rows_per_class, *tensor.shape[1:])[:, picked]
     return torch.cat([blocks[:, :lead], classes.flatten(1, 2)], 1).reshape(-1, *tensor.shape[1:])
+
+
+def coco_rows(tensor: torch.Tensor, category_ids: list[int], rows_per_class: int) -> torch.Tensor | None:
+    """The rows of a class layer trained on torchvision's 91 COCO labels for the classes of ``category_ids``
+    (background first); None if not such."""
+    return pick_label_rows(tensor, 0, len(COCO_LABELS), [0, *category_ids], rows_per_class)
 
 
 def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str, expected: str,
@@ -204,9 +190,11 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
         per_class = [k for k in want if is_class_layer(k)]  # the same count may still be other classes
         rows = None
         if fmt == "mmdetection" and set(names) <= set(checkpoint_classes):
-            rows = {k: pick_class_rows(mapped[k], mmdet.class_lead, list(checkpoint_classes), names) for k in per_class}
+            rows = {k: pick_label_rows(mapped[k], mmdet.class_lead, len(checkpoint_classes),
+                                       [list(checkpoint_classes).index(n) for n in names]) for k in per_class}
         elif fmt == "nasdet" and set(names) <= set(checkpoint_classes):
-            family, bg = family_of(model), int(family_of(model).class_background)  # background first, if any
+            family = family_of(model)
+            bg = int(family.class_background)  # background first, if the family has it
             labels = [*range(bg), *(bg + list(checkpoint_classes).index(n) for n in names)]
             rows = {k: pick_label_rows(mapped[k], family.class_lead, len(checkpoint_classes) + bg, labels,
                                        4 if ".bbox_pred." in k else 1) for k in per_class}
