@@ -25,7 +25,8 @@ from ..train.bn import recalibrate_bn
 from ..train.trained import load_checkpoint_model, load_trained_model
 from ..files import why_not_a_file
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
-from .common import baseline_config, cost_table, metrics_table, scored_val_set, train_detector
+from .common import (baseline_config, cost_table, evaluated_again, metrics_table, scored_val_set,
+                     train_detector)
 
 
 def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
@@ -65,23 +66,17 @@ def _imported_record(out) -> dict | None:
 
 
 def _scored_as_configured(cfg: ExperimentConfig, out, done: dict, console: Console) -> dict:
-    """An imported baseline's record, evaluated again (and rewritten) when it scored the same val set on
-    another number of images than ``eval.max_images`` asks now, as ``finished_record`` does for a trained stage:
-    the report's rows then score the same images."""
+    """An imported baseline's record, evaluated again when ``eval.max_images`` changed (``evaluated_again``, as a
+    trained stage's): the report's rows then score the same images."""
     val = build_datasets(cfg, need=("val",))["val"]
     scored = scored_val_set(cfg, val)
-    if done.get("val") != val.source or done.get("val_images") in (None, len(scored)):
-        return done
-    device = resolve_device(cfg.train.device)
-    model = load_trained_model(cfg, out.checkpoint, val.num_classes).to(device)
-    metrics = evaluate_detector(model, scored, device, cfg.eval.batch_size, cfg.data.num_workers)
-    if not dist.is_main():
-        return {**done, "metrics": metrics}
-    before, done = done["val_images"], {**done, "metrics": metrics, "val_images": len(scored)}
-    write_json(out.metrics, done)
-    console.print(f"{escape(str(out.root))}: evaluated again on {len(scored)} val images (its record had {before}: "
-                  "eval.max_images changed)")
-    return done
+
+    def evaluate() -> dict:
+        device = resolve_device(cfg.train.device)
+        model = load_trained_model(cfg, out.checkpoint, val.num_classes).to(device)
+        return evaluate_detector(model, scored, device, cfg.eval.batch_size, cfg.data.num_workers)
+
+    return evaluated_again(out, done, val.source, len(scored), evaluate, console)
 
 
 def _same_import(out, source: Path, sha256: str) -> dict | None:

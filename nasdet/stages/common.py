@@ -92,17 +92,25 @@ def finished_record(out: StageDir, final_step: int, console: Console, again: str
     done = out.completed(final_step)
     if done is None:
         return None
-    if trainer is not None and trainer.val_set is not None and done.get("val") == trainer.val_set.source \
-            and done.get("val_images") not in (None, trainer.val_images):
-        before = done["val_images"]
-        done = {**done, "metrics": trainer.evaluate(), "val_images": trainer.val_images}
-        if dist.is_main():
-            write_json(out.metrics, done)
-            console.print(f"{escape(str(out.root))}: evaluated again on {trainer.val_images} val images (its record "
-                          f"had {before}: eval.max_images changed)")
+    if trainer is not None and trainer.val_set is not None:
+        done = evaluated_again(out, done, trainer.val_set.source, trainer.val_images, trainer.evaluate, console)
     if dist.is_main():
         console.print(f"[green]{escape(str(out.root))} is complete[/] (step {done['step']}); delete it to {again}")
         console.print(table(done))
+    return done
+
+
+def evaluated_again(out: StageDir, done: dict, val_source: str, val_images: int, evaluate: Callable[[], dict],
+                    console: Console) -> dict:
+    """A stage's record of the same val set scored on another number of images than it scores now (a changed
+    ``eval.max_images``): ``evaluate()`` again, the record rewritten and said; else the record as it is."""
+    if done.get("val") != val_source or done.get("val_images") in (None, val_images):
+        return done
+    before, done = done["val_images"], {**done, "metrics": evaluate(), "val_images": val_images}
+    if dist.is_main():
+        write_json(out.metrics, done)
+        console.print(f"{escape(str(out.root))}: evaluated again on {val_images} val images (its record had {before}: "
+                      "eval.max_images changed)")
     return done
 
 
