@@ -273,7 +273,7 @@ class WorkDir:
     def exported(self, source: str, int8: bool = False) -> dict | None:
         """The export record of ``source`` if it is newer than the checkpoint it exported (and, with
         ``int8``, holds the INT8 file's figures and that file is there). Whether it was made with the
-        settings of a rerun is its ``settings`` (``settings_changes``; ``stages.export.current_export``)."""
+        settings of a rerun is its ``settings`` (``stages.export.current_export``)."""
         path = self.export_record(source)
         if not path.is_file():
             return None
@@ -286,28 +286,6 @@ class WorkDir:
         if int8 and not (rec.get("int8") and Path(rec["int8"]["onnx"]).is_file()):
             return None
         return rec
-
-
-_UNSET = object()
-
-
-def settings_changes(made_with: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """How a record's ``settings`` (what it was made with) differ from ``now``'s, one ``key old -> new`` per
-    changed value, e.g. ``search.budget.max 10.0 -> 1.98``; empty when alike."""
-    out: list[str] = []
-
-    def show(v: Any) -> str:
-        return "unset" if v is _UNSET else v if isinstance(v, str) else json.dumps(v)
-
-    def walk(a: Any, b: Any, key: str) -> None:
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k, _UNSET), b.get(k, _UNSET), f"{key}.{k}" if key else k)
-        elif a != b:
-            out.append(f"{key} {show(a)} -> {show(b)}")
-
-    walk(made_with, now, "")
-    return out
 
 
 class WriterLock:

@@ -5,6 +5,7 @@ under INT8 latency) also the INT8 file, with both files' val mAP run through onn
 latencies. Outputs in ``export/``."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -28,7 +29,8 @@ from ..models.cost import detector_macs, detector_params, measure_latency
 from ..models.detectors import get_input_size
 from ..train.checkpoint import load_checkpoint, unfinished_at
 from ..train.trained import load_trained_model, load_tuned_model
-from ..workdir import CLASSES_JSON, WorkDir, settings_changes, write_json
+from ..train.resume import flatten
+from ..workdir import CLASSES_JSON, WorkDir, write_json
 from .common import scored_val_set
 
 
@@ -150,6 +152,18 @@ def current_export(cfg: ExperimentConfig, wd: WorkDir, source: str, console: Con
                       soft_wrap=True)
         return None
     return rec
+
+
+def settings_changes(made_with: dict, now: dict) -> list[str]:
+    """How a record's ``settings`` differ from ``now``'s, one ``key old -> new`` per value (``search.budget.max
+    10.0 -> 1.98``); empty when alike."""
+    old, new = flatten(made_with), flatten(now)
+    show = lambda v: "unset" if v is _UNSET else v if isinstance(v, str) else json.dumps(v)  # noqa: E731
+    return [f"{k} {show(old.get(k, _UNSET))} -> {show(new.get(k, _UNSET))}" for k in sorted(set(old) | set(new))
+            if old.get(k, _UNSET) != new.get(k, _UNSET)]
+
+
+_UNSET = object()
 
 
 def _made_otherwise(made_with: dict | None, now: dict) -> str:

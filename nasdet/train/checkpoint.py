@@ -20,8 +20,8 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
     """Load with ``weights_only=True``; refuse one from another search space when ``space_id`` is given."""
     path = Path(path)
-    if why_not_a_file(path):
-        raise CheckpointError(f"checkpoint {path} {why_not_a_file(path)}")
+    if why := why_not_a_file(path):
+        raise CheckpointError(f"checkpoint {path} {why}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ResumeMismatch
+from ..errors import ConfigError, ResumeMismatch
 
 # what the weights of every trainer depend on
 TRAINING_SECTIONS = ("seed", "data", "model", "train")
@@ -96,7 +96,7 @@ def _weights_of(backbone: str | None, name: str) -> str:
 
     try:
         return str(torchvision_weights(backbone or "", name))
-    except Exception:  # noqa: BLE001 - not a weights name of that backbone: compared as written
+    except ConfigError:  # not a weights name of that backbone: compared as written
         return name
 
 

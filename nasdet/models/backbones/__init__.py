@@ -55,8 +55,8 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
     own layout, torchvision's classification file as it is (``pretrained.py``), or a released supernet of a
     reference layout (OFA, DetNAS, SPOS, MMRazor: ``checkpoint_formats.py``)."""
     path = Path(path)
-    if why_not_a_file(path):
-        raise CheckpointError(f"model.backbone.checkpoint {path} {why_not_a_file(path)}")
+    if why := why_not_a_file(path):
+        raise CheckpointError(f"model.backbone.checkpoint {path} {why}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, EOFError, RuntimeError, ... depending on how the file is bad

@@ -55,8 +55,8 @@ def read_checkpoint(path: str | Path, key: str = "checkpoint") -> tuple[dict[str
     """``read_weights`` and the class names the file lists (MMDetection's meta, nasdet's ``classes``), or None;
     ``key``: the config key or option that named the file, for errors."""
     path = Path(path)
-    if why_not_a_file(path):
-        raise CheckpointError(f"{key} {path} {why_not_a_file(path)}")
+    if why := why_not_a_file(path):
+        raise CheckpointError(f"{key} {path} {why}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             state = torch.load(path, map_location="cpu", weights_only=True)
