@@ -149,6 +149,11 @@ class DetectionDataset(torch.utils.data.Dataset):
             [self.records[i] for i in indices], self.classes, self.category_ids, self.source, self.transforms
         )
 
+    def first(self, n: int | None) -> "DetectionDataset":
+        """The first ``n`` images (all when ``n`` is None or 0): what ``eval.max_images`` / ``search.max_images``
+        score."""
+        return self.subset(range(min(n, len(self)))) if n else self
+
     def with_transforms(self, transforms: Callable | None) -> "DetectionDataset":
         return DetectionDataset(self.records, self.classes, self.category_ids, self.source, transforms)
 

@@ -57,8 +57,7 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
     search_set = data["val"] if s.score_on == "val" else data["search"]
     if len(search_set) == 0:
         raise ConfigError("the search split is empty: set data.search_fraction > 0 (and pretrain with it)")
-    if s.max_images:
-        search_set = search_set.subset(range(min(s.max_images, len(search_set))))
+    search_set = search_set.first(s.max_images)
     calib_set = data["supernet_train"].with_transforms(None)
     model, space = build_supernet(cfg, search_set.num_classes)
     state = load_checkpoint(ckpt, space_id=space.space_id)

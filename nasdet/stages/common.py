@@ -116,7 +116,7 @@ def evaluated_again(out: StageDir, done: dict, val_source: str, val_images: int,
 
 def scored_val_set(cfg: ExperimentConfig, val):
     """The val images a stage scores: the first ``eval.max_images`` (as ``Trainer.scored_val``)."""
-    return val.subset(range(min(cfg.eval.max_images, len(val)))) if cfg.eval.max_images else val
+    return val.first(cfg.eval.max_images)
 
 
 def metrics_table(metrics: dict[str, float], title: str) -> Table:
