@@ -143,15 +143,23 @@ def _make_imagefolder(out: Path, train: int, val: int, size: int, seed: int) -> 
 @_user_errors
 def to_yolo_cmd(config: Path, out: Path = typer.Argument(..., help="Output folder (data.yaml, <split>/images, "
                                                                    "<split>/labels)."),
-                set_: Optional[List[str]] = SetOpt):
-    """Write the config's train and val sets (any format) as a YOLO data set; images are hard-linked
-    where the file system allows, else copied; crowd / difficult boxes are left out."""
-    from .data.yolo import write_yolo
+                set_: Optional[List[str]] = SetOpt,
+                copy: bool = typer.Option(False, "--copy", help="Copy the images (default: hard links to the "
+                                                                "originals where the file system allows).")):
+    """Write the config's train and val sets (any format) as a YOLO data set; images are hard-linked to the
+    originals where the file system allows (editing one in place edits the original; --copy: independent
+    copies), else copied; crowd / difficult boxes are left out. A rerun into OUT replaces and removes only the
+    files an earlier run wrote there."""
+    from .data.yolo import hard_linked_images, write_yolo
     from .data.build import load_split
 
     cfg = _load(config, set_)
-    yaml_file = write_yolo({s: load_split(cfg, s) for s in ("train", "val")}, out)
+    yaml_file = write_yolo({s: load_split(cfg, s) for s in ("train", "val")}, out, hard_link=not copy)
     console.print(f"wrote {escape(str(yaml_file))}: use data.format: yolo, data.data_yaml: {escape(str(yaml_file))}")
+    linked = hard_linked_images(out)
+    if linked:
+        console.print(f"{linked} image{'s are' if linked != 1 else ' is'} hard-linked to the originals: editing "
+                      "one in place edits your data set (--copy writes independent copies)")
 
 
 @data_app.command("stats")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import ArchError, ConfigError
 from .models.config import BackboneConfig, BaseModelConfig, HeadConfig, Strict
@@ -99,17 +99,22 @@ class DataConfig(Strict):
     def folders(self) -> list[tuple[str, Path]]:
         """(config key, path) of every folder or file holding this data: no output may go there
         (``nasdet.user_data``). A COCO annotations file is named itself, not its folder, which may be a
-        project's root; YOLO entries of data.yaml come with their ``labels`` twins."""
+        project's root; YOLO entries of data.yaml come with their ``labels`` twins, and an image list with the
+        folders of the images it names."""
         found: list[tuple[str, Path]] = []
         for name in ("train", "val"):
             src: SplitSource = getattr(self, name)
             for key in ("annotations", "images", "labels"):
                 if getattr(src, key):
                     found.append((f"data.{name}.{key}", Path(getattr(src, key))))
+            if self.format == "yolo" and src.images and Path(src.images).is_file():  # an image list
+                from .data.yolo import listed_folders
+
+                found += [(f"data.{name}.images ({Path(src.images).name})", f) for f in listed_folders(Path(src.images))]
             roots = [src.root] if isinstance(src.root, str) else src.root or []
             found += [(f"data.{name}.root", Path(r)) for r in roots]
         if self.format == "yolo" and self.data_yaml:
-            from .data.yolo import read_data_yaml
+            from .data.yolo import listed_folders, read_data_yaml
             from .errors import DataError
 
             try:
@@ -119,6 +124,8 @@ class DataConfig(Strict):
             for split, paths in entries.items():
                 for p in paths:
                     found.append((f"{self.data_yaml} {split}", p))
+                    if p.is_file():  # an image list: the folders of the images it names
+                        found += [(f"{self.data_yaml} {split} ({p.name})", f) for f in listed_folders(p)]
                     if "images" in p.parts:  # labels mirror images (Ultralytics' rule)
                         i = len(p.parts) - 1 - p.parts[::-1].index("images")
                         found.append((f"{self.data_yaml} {split} labels", Path(*p.parts[:i], "labels", *p.parts[i + 1:])))
@@ -608,6 +615,20 @@ class ExperimentConfig(Strict):
     pipeline: PipelineConfig = PipelineConfig()
     classify: Optional[ClassifyConfig] = None
     report: ReportConfig = ReportConfig()
+    _source: Optional[str] = PrivateAttr(default=None)  # the config file it was loaded from (load_config)
+
+    def __eq__(self, other: object) -> bool:  # the same settings, wherever each was read from
+        if not isinstance(other, ExperimentConfig):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def data_folders(self) -> list[tuple[str, Path]]:
+        """(config key, path) of every data set this run reads: ``data`` and the image folder of
+        ``classify.root``. No output of the run may go into them (``nasdet.user_data``)."""
+        found = self.data.folders()
+        if self.classify is not None:
+            found.append(("classify.root", Path(self.classify.root)))
+        return found
 
     @model_validator(mode="after")
     def _pipeline_diagnose(self):
@@ -727,7 +748,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: top level must be a mapping, got {type(raw).__name__}")
     raw = expand_home(apply_overrides(raw, overrides or []))
-    return validate_config(raw, str(path))
+    cfg = validate_config(raw, str(path))
+    cfg._source = str(path)
+    return cfg
 
 
 def expand_home(node: Any) -> Any:
@@ -754,10 +777,53 @@ def config_to_dict(cfg: ExperimentConfig) -> dict:
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    """Write the resolved config (after overrides), the record of what ran."""
+    """Write the resolved config (after overrides)."""
     from .files import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+# The first line of the run record ``WORK_DIR/config.yaml``: a file there without it is not nasdet's to rewrite.
+RUN_RECORD_HEADER = "# nasdet's record of the config this run used (after --set, in this work dir); rewritten by nasdet"
+
+
+def _is_run_record(path: Path) -> bool:
+    """``path`` is a run record nasdet wrote: its header, or (written before the header) exactly the resolved
+    dump of itself. A config a user keeps in the work dir (comments, defaults left out) is neither."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if text.startswith(RUN_RECORD_HEADER):
+        return True
+    try:
+        raw = yaml.safe_load(text)
+        return isinstance(raw, dict) and yaml.safe_dump(config_to_dict(validate_config(raw, str(path))),
+                                                        sort_keys=False) == text
+    except Exception:  # not YAML, not a config: not ours
+        return False
+
+
+def save_run_record(cfg: ExperimentConfig, path: Path) -> Path:
+    """Write the record of what ran, ``path`` (``WORK_DIR/config.yaml``), with ``work_dir`` the folder it is in
+    (``--work-dir`` overrides the config's). A file already there that nasdet did not write (the user's own
+    config kept in its run folder, another tool's) is left as it is and the record goes to
+    ``config.nasdet.yaml`` beside it, and so does a record when it is the config this run was given (rerun
+    from its record with ``--set``: the file is not rewritten under the user). Returns the record's path."""
+    from .files import write_text_atomic
+
+    raw = config_to_dict(cfg)
+    if Path(raw["work_dir"]).resolve() != path.parent.resolve():
+        raw["work_dir"] = str(path.parent)
+    text = RUN_RECORD_HEADER + "\n" + yaml.safe_dump(raw, sort_keys=False)
+    if path.exists():
+        given = cfg._source is not None and Path(cfg._source).exists() and path.samefile(cfg._source)
+        if given and path.read_text(encoding="utf-8", errors="replace") == text:
+            return path  # the record run again as it is
+        if given or not _is_run_record(path):  # nasdet never rewrites the config it was given
+            path = path.with_name("config.nasdet.yaml")
+    write_text_atomic(path, text)
+    return path
 
 
 def read_arch_file(path: Path, key: str) -> Any:

@@ -4,17 +4,34 @@ before anything is written, with one line naming the folder and why.
 
 A work dir that merely *contains* the config's data is refused too, though its stage folders rarely collide
 with a data set's files: refusing is the safe default, and ``--work-dir`` elsewhere costs nothing.
+
+to-yolo's and make-synthetic's OUT, which no config's data folders bound, is also refused inside a data set found
+from its ancestors (``inside``); both keep a record of the files they write in OUT (``written_files``): a rerun
+replaces and removes only those, and a file in their folders that the record does not list stops the run
+(``refuse_unrecorded_files``).
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import ConfigError
+from .files import write_json_atomic
 
 # The first line of a data.yaml nasdet writes: a folder holding one is nasdet's to rewrite.
 WRITTEN_BY_NASDET = "# YOLO data set written by nasdet"
+# The image suffixes Ultralytics lists that PIL decodes; the YOLO loader's too (here, not in data.yolo: that
+# imports torch, which make-synthetic does without).
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"})
+# Folders whose image files make them a data set's image folder whatever else they hold (darknet keeps the
+# labels beside the images).
+IMAGE_FOLDER_NAMES = ("images", "JPEGImages")
+# How many existing ancestors of an output folder are searched for a data set split's marks (a COCO split
+# folder, an ImageFolder split); a folder of images is refused at any depth, since image folders are globbed
+# recursively.
+ANCESTOR_LEVELS = 3
 
 
 def _forms(path: str | Path) -> tuple[Path, Path]:
@@ -23,20 +40,59 @@ def _forms(path: str | Path) -> tuple[Path, Path]:
     return Path(os.path.normpath(Path(path).absolute())), Path(path).resolve()
 
 
+def _image_folder(folder: Path) -> bool:
+    """True for a folder of images: image files (with their label ``.txt`` files, darknet's layout) are most of
+    its non-hidden files and folders, or it is an ``images`` / ``JPEGImages`` folder holding an image file. A
+    project or home folder with a picture among its files and folders is not one."""
+    try:
+        with os.scandir(folder) as scan:
+            entries = [(Path(e.name).suffix.lower(), e.is_file()) for e in scan if not e.name.startswith(".")]
+    except OSError:
+        return False
+    images = sum(is_file and suffix in IMAGE_SUFFIXES for suffix, is_file in entries)
+    labels = sum(is_file and suffix == ".txt" for suffix, is_file in entries)
+    return images > 0 and (folder.name in IMAGE_FOLDER_NAMES or 2 * (images + labels) > len(entries))
+
+
+def _first_class_folder(folder: Path) -> Path | None:
+    """The first class folder when ``folder`` is a split of an ImageFolder (ImageNet) tree, ``<split>/<class>/*.jpg``
+    (two or more class folders, and every non-empty, non-hidden subfolder a folder of images), else None."""
+    classes = []
+    try:
+        for sub in sorted(folder.iterdir()):
+            if sub.name.startswith(".") or not sub.is_dir() or not any(sub.iterdir()):
+                continue
+            if not _image_folder(sub):
+                return None
+            classes.append(sub)
+    except OSError:
+        return None
+    return classes[0] if len(classes) >= 2 else None
+
+
+def _marks_at(level: Path) -> Iterable[Path]:
+    """The data set marks of one folder: a YOLO data.yaml or labels folder, a COCO annotations file or folder, a
+    VOC year folder, or a class folder of an ImageFolder split."""
+    for name in ("data.yaml", "data.yml", "annotations.json"):
+        if (level / name).is_file():
+            yield level / name
+    if (level / "labels").is_dir() and any((level / "labels").glob("*.txt")):
+        yield level / "labels"
+    if (level / "annotations").is_dir() and any((level / "annotations").glob("*.json")):
+        yield level / "annotations"
+    if (level / "Annotations").is_dir() and (level / "JPEGImages").is_dir():
+        yield level / "Annotations"
+    first_class = _first_class_folder(level)
+    if first_class is not None:
+        yield first_class
+
+
 def _dataset_marks(folder: Path) -> Iterable[Path]:
-    """The files and folders that show ``folder`` holds a data set: a YOLO data.yaml or labels folder, a COCO
-    annotations file, a VOC year folder; at its top or one level down (``train/``, ``VOCdevkit/``)."""
+    """The files and folders that show ``folder`` holds a data set (``_marks_at``), at its top or one level down
+    (``train/``, ``VOCdevkit/``)."""
     levels = [folder] + ([p for p in sorted(folder.iterdir()) if p.is_dir()] if folder.is_dir() else [])
     for level in levels:
-        for name in ("data.yaml", "data.yml", "annotations.json"):
-            if (level / name).is_file():
-                yield level / name
-        if (level / "labels").is_dir() and any((level / "labels").glob("*.txt")):
-            yield level / "labels"
-        if (level / "annotations").is_dir() and any((level / "annotations").glob("*.json")):
-            yield level / "annotations"
-        if (level / "Annotations").is_dir() and (level / "JPEGImages").is_dir():
-            yield level / "Annotations"
+        yield from _marks_at(level)
 
 
 def written_by_nasdet_yaml(path: Path) -> bool:
@@ -49,16 +105,21 @@ def written_by_nasdet_yaml(path: Path) -> bool:
 
 
 def refuse_output_in_data(out: str | Path, data_folders: Iterable[tuple[str, str | Path]], what: str,
-                          ours: Callable[[Path], bool] | None = None) -> None:
+                          ours: Callable[[Path], bool] | None = None, inside: bool = False) -> None:
     """Raise ConfigError when ``out`` is, lies inside or holds one of ``data_folders`` ((config key, folder)
     pairs), or holds a data set whose marks (``_dataset_marks``) ``ours`` does not claim (default: a data.yaml
-    nasdet wrote). ``what`` names the output in the message (``work dir``, ``YOLO output folder``)."""
+    nasdet wrote). ``what`` names the output in the message (``work dir``, ``YOLO output folder``). ``inside``:
+    also refuse an ``out`` that lies inside a data set found by looking at its existing ancestors
+    (``_refuse_inside_data_set``), for the commands that have no config naming the data."""
     ours = ours or written_by_nasdet_yaml
     targets = _forms(out)
     for key, data in data_folders:
         pairs = list(zip(targets, _forms(data)))
         folder = pairs[0][1]
-        if any(t == f or f in t.parents for t, f in pairs):
+        if any(t == f for t, f in pairs):
+            raise ConfigError(f"{what} {out} is {folder} ({key}), the data set's own: nasdet never writes into a "
+                              "data set; choose a path outside it")
+        if any(f in t.parents for t, f in pairs):
             raise ConfigError(f"{what} {out} is inside the data set folder {folder} ({key}): nasdet never writes "
                               "into a data set; choose a folder outside it")
         if any(t in f.parents for t, f in pairs):
@@ -68,3 +129,101 @@ def refuse_output_in_data(out: str | Path, data_folders: Iterable[tuple[str, str
         if not ours(mark):
             raise ConfigError(f"{what} {out} holds a data set that is not its own earlier output ({mark}): nasdet "
                               "never overwrites it; choose an empty or new folder")
+    if inside:
+        _refuse_inside_data_set(out, targets, what)
+
+
+def _refuse_inside_data_set(out: str | Path, targets: Iterable[Path], what: str) -> None:
+    """Raise ConfigError when ``out`` (as written or resolved: ``targets``) is a folder of images or lies inside
+    one, at any depth (a YOLO or ImageFolder loader globs image folders recursively: what is written there joins
+    the set), or when one of its nearest ``ANCESTOR_LEVELS`` existing ancestors holds a data set split's marks.
+    A data.yaml is no such mark here: it often sits at a project's root, and a folder beside it is not in the
+    image folders it names."""
+    for target in dict.fromkeys(targets):
+        existing = [p for p in (target, *target.parents) if p.is_dir()]
+        for folder in existing:
+            if _image_folder(folder):
+                where = "is a folder of images" if folder == target else f"is inside the folder of images {folder}"
+                raise ConfigError(f"{what} {out} {where}: a loader that searches it for images would take what "
+                                  "nasdet writes for part of that data; choose a folder outside it")
+        for folder in [p for p in existing if p != target][:ANCESTOR_LEVELS]:
+            for mark in _marks_at(folder):
+                if mark.name not in ("data.yaml", "data.yml"):
+                    raise ConfigError(f"{what} {out} is inside the data set folder {folder} ({mark}): nasdet never "
+                                      "writes into a data set; choose a folder outside it")
+
+
+# ------------------------------------------------------------------------------ a command's record of its files
+def written_files(record: Path) -> set[str]:
+    """The files a command recorded writing into the record's folder (paths relative to it, ``/``-separated);
+    empty when there is no record. Entries that would lead out of the folder are dropped: a rerun removes
+    what the record lists, so it must never name anything elsewhere."""
+    try:
+        files = json.loads(record.read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {f for f in files if isinstance(f, str) and _inside_relative(f)}
+
+
+def _inside_relative(rel: str) -> bool:
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+
+
+def record_written(record: Path, files: Iterable[str], **facts) -> None:
+    """Write a command's record of its files (atomically: a rerun after a kill reads the old or the new one).
+    Written before the first file (listing the earlier and the coming files) and again when the run ends."""
+    write_json_atomic(record, {**facts, "files": sorted(files)}, indent=None)
+
+
+def recorded_mark(out: str | Path, files: set[str]) -> Callable[[Path], bool]:
+    """An ``ours`` for ``refuse_output_in_data``: a data set mark that is a file the record lists, or a folder
+    every (non-hidden) file under which it lists."""
+    base = Path(os.path.normpath(Path(out).absolute()))
+
+    def ours(mark: Path) -> bool:
+        under = [mark] if mark.is_file() else [p for p in mark.rglob("*") if p.is_file()
+                                                and not any(q.startswith(".") for q in p.relative_to(mark).parts)]
+        try:
+            return all(p.relative_to(base).as_posix() in files for p in under)
+        except ValueError:  # not under out
+            return False
+
+    return ours
+
+
+def refuse_unrecorded_files(out: Path, folders: Iterable[Path], ours: set[str], what: str, command: str) -> None:
+    """Raise ConfigError, before anything is written, when one of ``folders`` (under ``out``, where ``command``
+    writes) is a link or lies elsewhere than under ``out`` (what is written through it would land in someone's
+    folder), is a file, or holds a (non-hidden) file or folder that ``ours`` (paths relative to ``out``) does
+    not list: nasdet never overwrites or deletes a file it did not write."""
+    real_out = out.resolve()
+    for folder in folders:
+        if not (folder.exists() or folder.is_symlink()):
+            continue
+        if folder.resolve() != real_out / folder.relative_to(out):
+            raise ConfigError(f"{what} {out}: {folder} is a link (to {folder.resolve()}): {command} writes only into "
+                              f"real folders under {out}; remove the link or choose another folder")
+        if not folder.is_dir():
+            raise ConfigError(f"{what} {out}: {folder} is a file, not a folder: {command} writes a folder there; "
+                              "move the file away or choose another folder")
+        foreign = sorted(p for p in folder.iterdir()
+                         if not p.name.startswith(".") and p.relative_to(out).as_posix() not in ours)
+        if foreign:
+            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+            raise ConfigError(f"{what} {out}: {foreign[0]}{more} was not written by {command}: nasdet never "
+                              "overwrites or deletes it; move it away or choose an empty or new folder")
+
+
+def drop_earlier_files(out: Path, earlier: set[str], now: set[str], folders: Iterable[Path]) -> set[str]:
+    """Remove the files an earlier run recorded in ``folders`` (checked by ``refuse_unrecorded_files``) that this
+    run did not write again; returns what the record keeps: this run's files and the earlier ones elsewhere,
+    left as they are."""
+    checked = {folder.relative_to(out).as_posix() for folder in folders}
+    kept = set(now)
+    for rel in earlier - now:
+        if Path(rel).parent.as_posix() in checked:
+            (out / rel).unlink(missing_ok=True)
+        else:
+            kept.add(rel)
+    return kept

@@ -1,7 +1,7 @@
 """The work dir's layout: the one place that knows each stage's files, when a stage is complete, and the
 "run X first" error a later stage raises when an earlier one's output is missing.
 
-    work_dir/config.yaml            the resolved config that ran
+    work_dir/config.yaml            the resolved config that ran (config.nasdet.yaml when config.yaml is not nasdet's)
     classify/  ckpt/last.pt, backbone.pt (the backbone alone, for model.backbone.checkpoint), metrics.json, log.jsonl
     baseline/  ckpt/last.pt, metrics.json, cost.json, log.jsonl
     supernet/  ckpt/last.pt, metrics.json, space.json, log.jsonl
@@ -204,7 +204,7 @@ class WorkDir:
         """The work dir of a run's config; refused (ConfigError) when it lies in, or holds, the config's data
         or another data set: every stage comes through here before it writes."""
         root = work_dir_of(cfg, override)
-        folders = getattr(getattr(cfg, "data", None), "folders", None)
+        folders = getattr(cfg, "data_folders", None)
         refuse_output_in_data(root, folders() if callable(folders) else (), "work dir")
         return cls(root)
 

@@ -2,6 +2,7 @@
 a warning or the right result (issue 16). In-process (CliRunner) where that keeps the test meaningful."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -576,3 +577,50 @@ def test_journal_with_a_cut_or_garbage_line(tmp_path):
     journal.write_bytes(b"".join(lines[:2] + [b"\x00\x00garbage\n"] + lines[2:]))
     with pytest.raises(DataError, match=r"study.journal, line 3: not a study record .* Move the file aside"):
         open_storage(journal, tmp_path)
+
+
+def test_a_storage_file_that_is_not_a_journal_is_left_as_it_is(tmp_path, shapes_dir):
+    """An annotations json or an SQLite database given as a journal path (without ``sqlite:///``) was cut
+    after its last newline and appended to; now it is refused before anything touches it (no lock file either)."""
+    import sqlite3
+
+    from nasdet.search.study import open_storage
+
+    coco = tmp_path / "annotations.json"
+    coco.write_text(json.dumps(json.loads((shapes_dir / "val" / "annotations.json").read_text())))  # one line, no \n
+    db = tmp_path / "study.db"
+    sqlite3.connect(db).execute("create table t (x)").connection.commit()
+    for path, said in ((coco, "(it starts '{\""), (db, "sqlite:///")):
+        before = path.read_bytes()
+        with pytest.raises(ConfigError, match="is a file that is not an Optuna journal") as e:
+            open_storage(path, tmp_path)
+        assert said in str(e.value) and str(path) in str(e.value)
+        assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations.json", "study.db"]
+    # a journal whose only record a kill cut short is still a journal
+    cut = tmp_path / "cut.journal"
+    cut.write_bytes(b'{"op_code":0,"worker_id":"kil')
+    with pytest.warns(UserWarning, match="removed an incomplete last record"):
+        open_storage(cut, tmp_path)
+
+
+def test_a_file_named_like_the_journals_lock_is_not_removed(tmp_path):
+    """Optuna's lock is a link ``<journal>.lock``; a killed writer's is removed. A user's regular file of that
+    name (``poetry.lock`` beside a journal named ``poetry``) was removed too; now the storage is refused."""
+    import optuna
+
+    from nasdet.search.study import open_storage
+
+    journal = tmp_path / "poetry"
+    user_file = tmp_path / "poetry.lock"
+    user_file.write_text("[[package]]\n")
+    os.utime(user_file, (time.time() - 3600,) * 2)
+    with pytest.raises(ConfigError, match="poetry.lock exists and is not the journal's lock"):
+        optuna.create_study(storage=open_storage(journal, tmp_path), study_name="s")
+    # the same when the journal exists already (refused at open, before any lock is taken)
+    user_file.rename(tmp_path / "kept")
+    optuna.create_study(storage=open_storage(journal, tmp_path), study_name="s")
+    (tmp_path / "kept").rename(user_file)
+    with pytest.raises(ConfigError, match="poetry.lock exists and is not the journal's lock"):
+        open_storage(journal, tmp_path)
+    assert user_file.read_text() == "[[package]]\n"

@@ -22,6 +22,10 @@ Determinism. Every image has its own random stream, seeded from ``(seed, split, 
 output (json bytes and image bytes) depends on the arguments only, not on ``workers``; train and val
 use different streams. Annotation files are written last, atomically, once every image is on disk,
 and stale ones are removed first: a killed run never leaves a complete-looking set.
+
+Output folder. Never one holding another data set, lying inside one, or holding images it did not write:
+the images it writes are recorded in ``out_dir/.nasdet_make_synthetic.json`` before the first one (a killed
+run can be rerun), and a rerun replaces them and removes those it does not write again.
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ from PIL import Image, ImageDraw
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_path
-from ..user_data import refuse_output_in_data, written_by_nasdet_yaml
+from ..user_data import (drop_earlier_files, record_written, refuse_output_in_data, refuse_unrecorded_files,
+                         written_by_nasdet_yaml, written_files)
 
 __all__ = ["SHAPE_CLASSES", "existing_matches", "make_synthetic"]
 
@@ -46,6 +51,10 @@ SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexag
 # Bumped whenever the generated content changes (recorded in the json ``info``).
 GENERATOR_VERSION = 3
 DESCRIPTION = "nasdet synthetic shapes"  # info.description of the files written here (others are not overwritten)
+# The record of the images written into an output folder (both formats): a rerun replaces and removes those only.
+RECORD = ".nasdet_make_synthetic.json"
+COMMAND = "nasdet data make-synthetic"
+OUTPUT = "make-synthetic output folder"
 _SPLITS = ("train", "val")
 MIN_SIZE = 32
 JPEG_QUALITY = 90
@@ -344,6 +353,19 @@ def _refuse_foreign(ann_path: Path) -> None:
                         "it; choose another output folder, or delete the file")
 
 
+def _listed_images(ann_paths: dict[str, Path]) -> set[str]:
+    """The images (paths relative to the output folder) that annotation files this generator wrote list: its
+    own, also in a folder written before it kept a record."""
+    listed = set()
+    for split, path in ann_paths.items():
+        if _generated(path):
+            try:
+                listed |= {f"{split}/images/{im['file_name']}" for im in json.loads(path.read_text())["images"]}
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+    return listed
+
+
 def _ours(mark: Path) -> bool:
     """A data set mark of the output folder that this generator wrote (its annotations, or the YOLO labels and
     data.yaml ``--format yolo`` adds over them): a rerun may rewrite it."""
@@ -391,15 +413,23 @@ def make_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 500, s
     ann_paths = {s: out_dir / s / "annotations.json" for s in _SPLITS}
     for path in ann_paths.values():
         _refuse_foreign(path)
-    refuse_output_in_data(out_dir, (), "make-synthetic output folder", ours=_ours)
-    jobs, names = [], {}
-    for split_id, split in enumerate(_SPLITS):
-        img_dir = out_dir / split / "images"
+    refuse_output_in_data(out_dir, (), OUTPUT, ours=_ours, inside=True)
+    names = {split: [f"{i + 1:0{max(6, len(str(counts[split])))}d}.jpg" for i in range(counts[split])]
+             for split in _SPLITS}
+    record = out_dir / RECORD
+    earlier = written_files(record) | _listed_images(ann_paths)
+    now = {f"{split}/images/{name}" for split in _SPLITS for name in names[split]}
+    img_dirs = [out_dir / split / "images" for split in _SPLITS]
+    # a split folder holds what this command writes there (--format yolo: labels/ too), and nothing else
+    folders_ours = {f"{split}/{name}" for split in _SPLITS for name in ("images", "labels", "annotations.json")}
+    refuse_unrecorded_files(out_dir, [out_dir / s for s in _SPLITS] + img_dirs, earlier | folders_ours, OUTPUT,
+                            COMMAND)
+    record_written(record, earlier | now, command=COMMAND)  # before the first image: a killed run can be rerun
+    jobs = []
+    for split_id, (split, img_dir) in enumerate(zip(_SPLITS, img_dirs)):
         img_dir.mkdir(parents=True, exist_ok=True)
         # Stale annotations would make a half-rewritten folder look complete.
         ann_paths[split].unlink(missing_ok=True)
-        digits = max(6, len(str(counts[split])))
-        names[split] = [f"{i + 1:0{digits}d}.jpg" for i in range(counts[split])]
         jobs += [(seed, split_id, i, size, str(img_dir / n)) for i, n in enumerate(names[split])]
 
     total = len(jobs)
@@ -425,4 +455,5 @@ def make_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 500, s
         part, results = results[:counts[split]], results[counts[split]:]
         coco = _coco(split, names[split], part, seed, size)
         _write_atomic(ann_paths[split], json.dumps(coco, separators=(",", ":")) + "\n")
+    record_written(record, drop_earlier_files(out_dir, earlier, now, img_dirs), command=COMMAND)
     return dict(ann_paths)

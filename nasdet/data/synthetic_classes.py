@@ -11,6 +11,10 @@ random rotation and aspect) over the same cluttered background, at 35-85 % of th
 backbone that learns these classes has learned features the detection set needs (nasdet's DetNAS
 step 1 on CPU). Every image has its own random stream seeded by ``(seed, split, index)``; the output
 depends on the arguments only. Images are written atomically; a rerun rewrites the set.
+
+Output folder: the checks of ``make_synthetic``'s (no data set in, around or above it), and its split folders
+hold only the class folders, and those only the images, that its record (``RECORD``, written before the first
+image) lists: a rerun replaces and removes its own images, never another's or another class.
 """
 from __future__ import annotations
 
@@ -23,8 +27,10 @@ from PIL import Image
 
 from ..errors import ConfigError
 from ..files import atomic_path
-from .synthetic import (GENERATOR_VERSION, JPEG_QUALITY, MIN_CONTRAST, SHAPE_CLASSES, _background, _distractors,
-                        _shape_sd, _texture)
+from ..user_data import (drop_earlier_files, record_written, recorded_mark, refuse_output_in_data,
+                         refuse_unrecorded_files, written_files)
+from .synthetic import (COMMAND, GENERATOR_VERSION, JPEG_QUALITY, MIN_CONTRAST, OUTPUT, RECORD, SHAPE_CLASSES,
+                        _background, _distractors, _shape_sd, _texture)
 
 __all__ = ["make_synthetic_imagefolder"]
 
@@ -32,10 +38,15 @@ SIZE_RANGE = (0.35, 0.85)  # the shape's diameter as a fraction of the image sid
 _STREAM = 7  # keeps these images' random streams apart from the detection set's
 
 
+def class_of(index: int) -> int:
+    """The class of image ``index``: the classes in turn, so every class has as many images (one more at most)."""
+    return index % len(SHAPE_CLASSES)
+
+
 def render_shape_image(seed: int, split: int, index: int, size: int) -> tuple[np.ndarray, int]:
     """One image: ``(uint8 array (size, size, 3), class index)``."""
     rng = np.random.default_rng(np.random.SeedSequence([GENERATOR_VERSION, _STREAM, seed, split, index]))
-    cls = index % len(SHAPE_CLASSES)
+    cls = class_of(index)
     pil = Image.fromarray(np.clip(_background(rng, size, size), 0, 255).astype(np.uint8))
     _distractors(rng, pil, int(rng.integers(0, 3)))
     canvas = np.asarray(pil, dtype=np.float32).copy()
@@ -72,16 +83,27 @@ def make_synthetic_imagefolder(out_dir: str | Path, n_train: int = 800, n_val: i
     if not isinstance(size, int) or size < 16:
         raise ConfigError(f"size must be an integer >= 16, got {size!r}")
     out_dir = Path(out_dir)
+    splits = {"train": n_train, "val": n_val}
+    record = out_dir / RECORD
+    earlier = written_files(record)
+    refuse_output_in_data(out_dir, (), OUTPUT, ours=recorded_mark(out_dir, earlier), inside=True)
+    names = {split: [f"{SHAPE_CLASSES[class_of(i)]}/{i + 1:0{max(6, len(str(n)))}d}.jpg" for i in range(n)]
+             for split, n in splits.items()}
+    now = {f"{split}/{name}" for split in splits for name in names[split]}
+    class_dirs = [out_dir / split / c for split in splits for c in SHAPE_CLASSES]
+    refuse_unrecorded_files(out_dir, [out_dir / split for split in splits] + class_dirs,
+                            earlier | {d.relative_to(out_dir).as_posix() for d in class_dirs}, OUTPUT, COMMAND)
+    record_written(record, earlier | now, command=COMMAND)  # before the first image: a killed run can be rerun
     total, done = n_train + n_val, 0
-    for split_id, (split, n) in enumerate((("train", n_train), ("val", n_val))):
+    for split_id, split in enumerate(splits):
         for c in SHAPE_CLASSES:
             (out_dir / split / c).mkdir(parents=True, exist_ok=True)
-        digits = max(6, len(str(n)))
-        for i in range(n):
-            arr, cls = render_shape_image(seed, split_id, i, size)
-            with atomic_path(out_dir / split / SHAPE_CLASSES[cls] / f"{i + 1:0{digits}d}.jpg") as tmp:
+        for i, name in enumerate(names[split]):
+            arr, _ = render_shape_image(seed, split_id, i, size)
+            with atomic_path(out_dir / split / name) as tmp:
                 Image.fromarray(arr).save(tmp, "JPEG", quality=JPEG_QUALITY)
             done += 1
             if progress is not None:
                 progress(done, total)
+    record_written(record, drop_earlier_files(out_dir, earlier, now, class_dirs), command=COMMAND)
     return {"train": out_dir / "train", "val": out_dir / "val"}

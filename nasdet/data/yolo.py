@@ -26,6 +26,7 @@ labels, so every image header is read when the set is opened (``check_files`` do
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -39,15 +40,14 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from ..files import os_reason, relative_hint, write_text_atomic
-from ..user_data import WRITTEN_BY_NASDET, refuse_output_in_data, written_by_nasdet_yaml
+from ..user_data import (IMAGE_SUFFIXES, WRITTEN_BY_NASDET, drop_earlier_files, record_written,
+                         refuse_output_in_data, refuse_unrecorded_files, written_by_nasdet_yaml, written_files)
 from .coco import MAX_LISTED, fit_box, warn_degenerate
 from .dataset import DetectionDataset, ImageRecord
 
-__all__ = ["IMAGE_SUFFIXES", "NORM_TOLERANCE", "YoloDataYaml", "label_file_for", "load_yolo", "read_data_yaml",
-           "write_yolo"]
+__all__ = ["IMAGE_SUFFIXES", "NORM_TOLERANCE", "YoloDataYaml", "hard_linked_images", "label_file_for", "load_yolo",
+           "read_data_yaml", "write_yolo"]
 
-# The image suffixes Ultralytics lists that PIL decodes.
-IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"})
 # How far (a fraction of the image side) a normalised value or box edge may leave [0, 1] before it is an
 # error rather than clipped: Ultralytics' verify_image_label accepts coordinates in [-0.01, 1.01].
 NORM_TOLERANCE = 0.01
@@ -185,6 +185,18 @@ def _list_images(entry: Path, src: str) -> tuple[list[Path], Path | None]:
             raise DataError(f"{entry}: {len(missing)} of {len(files)} listed images are missing: {shown}{more}")
         return files, None
     raise DataError(f"{src}: image folder or list {entry} does not exist{relative_hint(entry)}")
+
+
+def listed_folders(entry: Path) -> list[Path]:
+    """The distinct folders of the images an image list file names, and of their label files: the data set's
+    folders, which no output may go into (``DataConfig.folders``). Empty when the list cannot be read (the
+    stage that reads the data says why)."""
+    try:
+        lines = entry.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    images = [entry.parent / line.strip() for line in lines if line.strip()]
+    return list(dict.fromkeys([f.parent for f in images] + [label_file_for(f).parent for f in images]))
 
 
 def label_file_for(image: Path, image_dir: Path | None = None, label_dir: Path | None = None) -> Path:
@@ -352,24 +364,34 @@ def load_yolo(
 
 
 # --------------------------------------------------------------------------------------------- write
-def _remove_stale(folder: Path, keep: set[str]) -> None:
-    """Delete the files of ``folder`` (an earlier ``write_yolo`` output, the refusal above vouches for
-    that) whose names are not in ``keep``."""
-    if folder.is_dir():
-        for f in folder.iterdir():
-            if f.is_file() and f.name not in keep:
-                f.unlink()
+# What `data to-yolo` wrote into its OUT: a rerun replaces and removes those files, and no other.
+RECORD = ".nasdet_to_yolo.json"
+COMMAND = "nasdet data to-yolo"
 
 
-def _place_image(src: Path, dst: Path) -> None:
-    """A hard link when the file system allows one (no copy of a large set), else a copy."""
+def _place_image(src: Path, dst: Path, hard_link: bool) -> bool:
+    """A hard link when asked and the file system allows one (no copy of a large set), else a copy; True for a
+    link. ``dst``, when there, is an earlier run's (the record vouches for it); a link is replaced, not followed."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
+    if os.path.lexists(dst):
         dst.unlink()
+    if hard_link:
+        try:
+            os.link(src, dst)
+            return True
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
+    return False
+
+
+def hard_linked_images(out_dir: str | Path) -> int:
+    """How many images the last ``write_yolo`` into ``out_dir`` hard-linked to the originals (editing one in place
+    edits the original), as its record says."""
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+        return int(json.loads((Path(out_dir) / RECORD).read_text(encoding="utf-8")).get("hard_linked", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 def _label_lines(rec: ImageRecord) -> tuple[list[str], int]:
@@ -385,24 +407,39 @@ def _label_lines(rec: ImageRecord) -> tuple[list[str], int]:
     return lines, crowd
 
 
-def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy_images: bool = True) -> Path:
+def _refuse_out_dir(splits: dict[str, DetectionDataset], out_dir: Path, earlier: set[str]) -> list[Path]:
+    """Refuse, before anything is written, an ``out_dir`` that lies in, holds or sits inside a data set, or whose
+    ``<split>/images`` / ``labels`` hold files the record of an earlier run does not list; returns those folders."""
+    sources = [(f"images of {ds.source}", folder) for ds in splits.values()
+               for folder in sorted({rec.file.parent for rec in ds.records})]
+    sources += [(ds.source, Path(ds.source)) for ds in splits.values() if ds.source and Path(ds.source).exists()]
+    # its own earlier output is data.yaml and <split>/labels, file by file as its record says (below, naming a
+    # file it did not write): a make-synthetic folder's COCO files (annotations.json beside the images) are a data
+    # set it would overwrite
+    refuse_output_in_data(out_dir, sources, "YOLO output folder", inside=True,
+                          ours=lambda mark: written_by_nasdet_yaml(mark) if mark.name in ("data.yaml", "data.yml")
+                          else mark.name == "labels" and mark.parent.name in splits and bool(earlier))
+    folders = [out_dir / split / sub for split in splits for sub in ("images", "labels")]
+    refuse_unrecorded_files(out_dir, folders, earlier, "YOLO output folder", COMMAND)
+    return folders
+
+
+def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy_images: bool = True,
+               hard_link: bool = True) -> Path:
     """Write data sets as YOLO: ``out_dir/data.yaml`` and per split ``<split>/images`` + ``<split>/labels``
     (Roboflow's layout). ``copy_images=False`` leaves each image where it is and writes its label by the
     images -> labels rule (the images must then already sit in an ``images`` folder under ``out_dir``).
+    ``hard_link``: place the images as hard links to the originals where the file system allows (no copy of a
+    large set; ``hard_linked_images`` says how many), else as independent copies.
 
     Crowd / difficult boxes are left out (YOLO has no ignore flag; one warning with the count).
-    Returns the data.yaml path. With ``copy_images``, ``out_dir`` must not lie in or hold the source sets, nor
-    hold a data set nasdet did not write (refused before anything is written)."""
+    Returns the data.yaml path. With ``copy_images``, ``out_dir`` must not lie in, hold or sit inside a data set
+    (refused before anything is written), and a rerun replaces or removes only the files its record
+    (``RECORD``) lists: any other file in a split's images or labels folder is refused."""
     out_dir = Path(out_dir)
-    if copy_images:
-        sources = [(f"images of {ds.source}", folder) for ds in splits.values()
-                   for folder in sorted({rec.file.parent for rec in ds.records})]
-        sources += [(ds.source, Path(ds.source)) for ds in splits.values() if ds.source and Path(ds.source).exists()]
-        # its own earlier output is data.yaml and <split>/labels only: a make-synthetic folder's COCO files
-        # (annotations.json beside the images) are a data set it would overwrite
-        refuse_output_in_data(out_dir, sources, "YOLO output folder",
-                              ours=lambda mark: mark.name in ("data.yaml", "labels")
-                              and written_by_nasdet_yaml(out_dir / "data.yaml"))
+    record = out_dir / RECORD
+    earlier = written_files(record) if copy_images else set()
+    folders = _refuse_out_dir(splits, out_dir, earlier) if copy_images else []
     for ds in splits.values():  # labels are normalised by the annotated size: it must be the image's
         for rec in ds.records:
             width, height, rotated = upright_size(rec.file, ds.source)
@@ -412,39 +449,47 @@ def write_yolo(splits: dict[str, DetectionDataset], out_dir: str | Path, *, copy
                                 f"{upright} but the annotations say {rec.width}x{rec.height}: its YOLO labels would "
                                 "be normalised by the wrong size; nothing written")
     classes = None
-    entries = {}
+    plan: dict[str, list[tuple[ImageRecord, Path | None, Path]]] = {}  # split -> (record, image to place, label)
     for split, ds in splits.items():
         if classes is not None and ds.classes != classes:
             raise DataError(f"{ds.source}: classes {ds.classes} differ from the other split's {classes}")
         classes = ds.classes
-        image_dir = out_dir / split / "images"
         stems: dict[str, Path] = {}
-        crowd = 0
+        plan[split] = []
         for rec in ds.records:
             if copy_images:
                 if rec.file.stem in stems:
                     raise DataError(f"{ds.source}: two images named {rec.file.stem}.* ({stems[rec.file.stem]} and "
                                     f"{rec.file}); their YOLO label files would be the same")
                 stems[rec.file.stem] = rec.file
-                dst = image_dir / rec.file.name
-                _place_image(rec.file, dst)
-                label_file = out_dir / split / "labels" / f"{rec.file.stem}.txt"
+                plan[split].append((rec, out_dir / split / "images" / rec.file.name,
+                                    out_dir / split / "labels" / f"{rec.file.stem}.txt"))
             else:
-                dst = rec.file
                 label_file = label_file_for(rec.file)
                 if label_file == rec.file.with_suffix(".txt"):
                     raise DataError(f"{rec.file}: not in an 'images' folder; write with copy_images=True")
+                plan[split].append((rec, None, label_file))
+    now = {p.relative_to(out_dir).as_posix() for items in plan.values() for _, image, label in items
+           for p in (image, label) if p is not None} if copy_images else set()
+    if copy_images:  # before the first file: a killed run's files are still its own on a rerun
+        record_written(record, earlier | now, command=COMMAND)
+    entries, linked = {}, 0
+    for split, ds in splits.items():
+        crowd = 0
+        for rec, image, label_file in plan[split]:
+            if image is not None:
+                linked += _place_image(rec.file, image, hard_link)
             lines, n_crowd = _label_lines(rec)
             crowd += n_crowd
             write_text_atomic(label_file, "".join(line + "\n" for line in lines))  # a cut line could still parse
-        if copy_images:  # a rerun into its own folder: an earlier run's images and labels are not this set's
-            _remove_stale(image_dir, {p.name for p in stems.values()})
-            _remove_stale(out_dir / split / "labels", {f"{stem}.txt" for stem in stems})
         if crowd:
             warnings.warn(f"{ds.source}: left out {crowd} crowd/difficult box{'es' if crowd != 1 else ''} "
                           "(YOLO labels cannot mark a box as ignored)", UserWarning, stacklevel=2)
-        entries[split] = (os.path.relpath(image_dir, out_dir) if copy_images
+        entries[split] = (f"{split}/images" if copy_images
                           else os.path.relpath(ds.records[0].file.parent, out_dir) if ds.records else None)
+    if copy_images:  # a rerun into its own folder: an earlier run's images and labels are not this set's
+        record_written(record, drop_earlier_files(out_dir, earlier, now, folders), command=COMMAND,
+                       hard_linked=linked)
     # No 'path' key: Ultralytics then resolves the entries from the yaml's folder, as nasdet does.
     data = {**{k: v for k, v in entries.items() if v is not None},
             "nc": len(classes or []), "names": list(classes or [])}

@@ -121,14 +121,31 @@ class LatencyTable:
         self.rest: dict[str, float] = {}
         self.measured = 0  # table entries timed by this process
         if self.path is not None and self.path.is_file():
-            data = json.loads(self.path.read_text()).get(self.key, {})
+            data = self._read().get(self.key, {})
             self.blocks, self.rest = dict(data.get("blocks", {})), dict(data.get("rest", {}))
+
+    def _read(self) -> dict:
+        """The table file's devices; any other file is refused (ConfigError) before it is rewritten."""
+        assert self.path is not None
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"cost.lut {self.path} is not a latency lookup table (not JSON: {e}); nasdet "
+                              "would write its table over it: name a new file") from None
+        entries = data if isinstance(data, dict) else {}
+        if not isinstance(data, dict) or not all(
+                "|threads=" in k and isinstance(v, dict) and set(v) <= {"blocks", "rest"} for k, v in entries.items()):
+            keys = ", ".join(repr(k) for k in list(entries)[:3]) or type(data).__name__
+            raise ConfigError(f"cost.lut {self.path} is not a latency lookup table (it holds {keys}, not "
+                              "'<device>|threads=N' tables of blocks): nasdet would write its table into it: name "
+                              "a new file")
+        return data
 
     def save(self) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        data = self._read() if self.path.is_file() else {}
         data[self.key] = {"blocks": self.blocks, "rest": self.rest}
         write_json_atomic(self.path, data, indent=1, sort_keys=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -85,6 +86,7 @@ class JournalLock(JournalFileSymlinkLock):
         return True
 
     def _remove_if_left_by_a_dead_writer(self) -> bool:
+        refuse_other_lock(Path(self._lock_target_file))
         while True:
             try:
                 made = os.lstat(self._lock_file).st_mtime
@@ -104,7 +106,7 @@ class JournalLock(JournalFileSymlinkLock):
         except FileNotFoundError:
             return False
         warnings.warn(f"{self._lock_file}: removed the journal lock a killed process left behind (it no longer "
-                      "held the lock's flock)", stacklevel=4)
+                      "held the lock's flock)", stacklevel=2)
         return True
 
     def release(self) -> None:
@@ -210,8 +212,10 @@ def check_journal(path: Path) -> None:
     line seen under it is a dead write, never one in progress). A bad line with records after it
     (an edit, a disk fault) stops Optuna from reading the study: that is an error naming the line.
     """
+    refuse_other_lock(path)
     if not path.is_file() or path.stat().st_size == 0:
         return
+    refuse_other_file(path)  # before the lock (a .flock beside it) and before any cut
     lock = JournalLock(str(path))
     lock.acquire()
     try:
@@ -225,6 +229,39 @@ def check_journal(path: Path) -> None:
                     f"line {number} and the lines after it to keep the trials recorded before it") from None
     finally:
         lock.release()
+
+
+# How every record of an Optuna journal starts (a JSON object whose first key is the op code).
+JOURNAL_RECORD_START = re.compile(rb'\{\s*"op_code"\s*:')
+
+
+def refuse_other_file(path: Path) -> None:
+    """Refuse (ConfigError) a journal path naming a file that is not an Optuna journal (an annotations json, an
+    SQLite database given without ``sqlite:///``): check_journal cuts a journal's last line and Optuna appends
+    to it, so any other file would be damaged. Its first line tells: a journal's first record starts so."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if JOURNAL_RECORD_START.match(head):
+        return
+    hint = ""
+    if head.startswith(b"SQLite format 3"):
+        hint = f" It is an SQLite database: give it as a URL, sqlite:///{path.absolute()}."
+    raise ConfigError(f"search storage {path} is a file that is not an Optuna journal (it starts "
+                      f"{head[:20].decode('utf-8', 'replace')!r}): nasdet appends to a journal and would damage "
+                      f"it, so it is left as it is. Name a new file (or none: the search folder's "
+                      f"{STUDY_FILE}).{hint}")
+
+
+def refuse_other_lock(path: Path) -> None:
+    """Refuse (ConfigError) a ``<journal>.lock`` that is not Optuna's lock, a link (a ``poetry.lock`` beside a
+    journal named ``poetry``): a lock left by a killed writer is removed, and that must never be someone's file.
+    (The link's target is the journal as its writer named it, maybe relative to another folder: not compared.)"""
+    lock = Path(str(path) + ".lock")
+    if lock.is_symlink() or not lock.exists():
+        return
+    raise ConfigError(f"search storage {path}: {lock} exists and is not the journal's lock (Optuna's is a link "
+                      f"to {path.name}); nasdet removes a lock a killed writer left, so it stops here. Name another "
+                      "storage file, or move that file away")
 
 
 def cut_incomplete_last_record(path: Path) -> bytes:

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from ..config import ExperimentConfig, config_to_dict, save_config
+from ..config import ExperimentConfig, config_to_dict, save_run_record
 from ..errors import ConfigError
 from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
@@ -37,6 +37,7 @@ from ..space import SearchSpace
 from ..threads import loader_workers
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
+from ..user_data import refuse_output_in_data
 from ..workdir import BEST_ARCH, CONFIDENCE_JSON, LATENCY_LUT, PARETO_JSON, STUDY_FILE, WorkDir
 
 
@@ -48,7 +49,7 @@ def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console
 
     search = DartsSearch.from_config(cfg, work_dir, console)
     search.prepare()  # a checkpoint that does not fit fails here, before the config is written
-    save_config(cfg, WorkDir.of(cfg, work_dir).config)
+    save_run_record(cfg, WorkDir.of(cfg, work_dir).config)
     return search.run()
 
 
@@ -85,6 +86,10 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     refuse_other_search(out_dir, study_name_of(cfg), s.strategy)  # before anything is loaded or written
     if "://" in str(storage or s.storage or ""):
         check_storage_url(str(storage or s.storage))  # a bad URL fails now, not after the supernet is loaded
+    elif storage or s.storage:
+        refuse_output_in_data(storage or s.storage, cfg.data_folders(), "search storage")
+    if cfg.cost.lut:
+        refuse_output_in_data(cfg.cost.lut, cfg.data_folders(), "cost.lut")
     ctx = load_trained_supernet(cfg, w, console) if s.scorer == "supernet" else proxy_scorer_context(cfg)
     model, space, search_set, device = ctx.model, ctx.space, ctx.search_set, ctx.device
     objective = OBJECTIVE if s.scorer == "supernet" else s.scorer
@@ -119,7 +124,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     study_name = study_name_of(cfg)
     study = open_checked_study(storage or s.storage, out_dir, study_name, strategy, ctx.checkpoint, ctx.state,
                                s.heartbeat_seconds)
-    save_config(cfg, w.config)
+    save_run_record(cfg, w.config)
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
 
     scored = study_records(study, search_space, objective)
@@ -209,7 +214,7 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     study_name = study_name_of(cfg)
     study = open_checked_study(storage or s.storage, out_dir, study_name, Strategy(search_space, cost_fn, budget), ckpt,
                                state)
-    save_config(cfg, WorkDir(wd).config)
+    save_run_record(cfg, WorkDir(wd).config)
     search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
                             seed=s.seed, console=console, worker=worker_id())
     search.run(resolutions, gc)
