@@ -581,6 +581,11 @@ class PipelineConfig(Strict):
     def _checkpoint_is_baseline(self):
         if self.baseline_checkpoint is not None and not self.baseline:
             raise ValueError("pipeline.baseline_checkpoint is the baseline: it needs pipeline.baseline: true")
+        if self.classify and self.init_supernet_from_baseline:
+            # the supernet would be built from classify's backbone, then overwritten by the baseline's weights
+            raise ValueError("pipeline.classify and pipeline.init_supernet_from_baseline both give the supernet its "
+                             "starting weights (the classification-trained backbone, the baseline detector); the "
+                             "second would overwrite the first: choose one")
         return self
 
 

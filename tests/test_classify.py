@@ -25,6 +25,7 @@ from nasdet.models.supernet import build_supernet, supernet_body
 from nasdet.space import ArchError
 from nasdet.stages.classify import run_classify
 from nasdet.train.classify import evaluate_classifier, soft_target_loss
+from nasdet.train.checkpoint import save_checkpoint
 from nasdet.train.trained import build_static_model
 
 TINY_ARCH = {f"backbone.stage{s}.block{j}.op": (s + j) % 4 for s, n in zip((1, 2, 3, 4), (2, 2, 4, 2)) for j in range(n)}
@@ -223,6 +224,14 @@ def test_subnet_classify_then_tune_starts_from_it(shapes_dir, folder, tmp_path):
         build_static_model(cfg, 3, {**other, "input_size": 96})
     with pytest.raises(CheckpointError, match="backbone of one subnet .* not a supernet"):
         build_supernet(cfg, 3)
+    # step 5 with tune.init: supernet left on: the supernet's weights, and a warning that step 4's are not used
+    plain = validate_config({**raw, "model": {**raw["model"], "backbone": {"name": "detnas_tiny"}}})
+    supernet, space = build_supernet(plain, 3)
+    sn_ckpt = tmp_path / "supernet.pt"
+    save_checkpoint({"model": supernet.state_dict(), "space_id": space.space_id, "step": 0}, sn_ckpt)
+    with pytest.warns(UserWarning, match=r"holds a subnet `nasdet classify` trained; this tune starts from the supernet"):
+        from_supernet, _ = build_static_model(cfg, 3, {**TINY_ARCH, "input_size": 96}, sn_ckpt)
+    assert not all(torch.equal(v, from_supernet.backbone.body.state_dict()[k]) for k, v in saved["state_dict"].items())
     # the same subnet resumed with another arch is refused, not silently mixed
     raw["classify"]["arch"] = {k: v for k, v in other.items()}
     with pytest.raises(CheckpointError, match="another subnet"):
@@ -324,3 +333,22 @@ def test_classify_scores_eval_max_images_spread_over_the_classes(shapes_dir, fol
     record = run_classify(validate_config(raw))
     assert record["mode"] == "backbone" and record["val_images"] == 4
     assert scored == [[0, 2, 4, 6]]  # 4 of 16 images (2 per class, class by class): every other class
+
+
+def test_classify_says_and_records_the_backbones_start(shapes_dir, folder, tmp_path):
+    """`nasdet classify` of a backbone started from model.backbone.checkpoint logged "from scratch" and recorded
+    no start."""
+    import io
+
+    from rich.console import Console
+
+    backbone = {"name": "mobilenet_v3_small", "width_mult": 0.5}
+    src = tmp_path / "backbone.pt"
+    torch.save({"model": build_backbone(validate_config(tiny_raw(shapes_dir, tmp_path)).model.backbone).state_dict()}, src)
+    raw = classify_config(shapes_dir, folder, tmp_path / "wd", backbone={**backbone, "checkpoint": str(src)})
+    raw["classify"]["train"]["max_steps"] = 1
+    console = Console(file=io.StringIO(), width=400)
+    record = run_classify(validate_config(raw), console=console)
+    assert f"backbone from {src}" in " ".join(console.file.getvalue().split())
+    assert record["start"] == f"backbone from {src}"
+    assert json.loads((tmp_path / "wd" / "classify" / "metrics.json").read_text())["start"] == f"backbone from {src}"

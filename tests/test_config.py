@@ -131,3 +131,13 @@ def test_every_shipped_config_loads():
     assert configs
     for path in configs:
         load_config(path)
+
+
+def test_classify_and_init_from_baseline_together_are_refused(tmp_path):
+    """Both give the supernet its starting weights: the baseline's overwrote the classification-trained backbone
+    (DetNAS / OFA step 1's work lost without a word)."""
+    raw = {**BASE, "pipeline": {"classify": True, "init_supernet_from_baseline": True}}
+    with pytest.raises(ConfigError, match="pipeline.classify and pipeline.init_supernet_from_baseline .* choose one"):
+        load_config(write(tmp_path, raw))
+    for one in ("classify", "init_supernet_from_baseline"):
+        assert getattr(load_config(write(tmp_path, {**BASE, "pipeline": {one: True}})).pipeline, one)

@@ -324,3 +324,56 @@ def test_tiny_pretrain_run(tiny_config, tmp_path):
     rows = [json.loads(x) for x in (wd / "log.jsonl").read_text().splitlines()]
     assert sum("loss" in r for r in rows) == 3
     assert json.loads((wd / "metrics.json").read_text())["step"] == 3
+
+
+def _classified_backbone(path, net: ShuffleNetSPOS, name: str) -> None:
+    """A `nasdet classify` backbone.pt of the supernet ``net`` (as models.classifier.save_backbone_file writes it)."""
+    torch.save({"state_dict": net.state_dict(), "backbone": name, "arch": None,
+                "space_id": net.search_space().space_id, "classes": ["a", "b"], "written_by": "nasdet classify"}, path)
+
+
+def test_a_backbone_file_of_another_backbone_space_or_a_detector_is_named_as_such(tmp_path):
+    """A DetNAS backbone of another space (or a nasdet detector checkpoint) was "no known layout", though the
+    message's own examples showed nasdet's layout."""
+    from nasdet.config import BackboneConfig
+    from nasdet.errors import CheckpointError
+    from nasdet.models.backbones import build_backbone
+
+    tiny = randomize(ShuffleNetSPOS("tiny"))
+    _classified_backbone(tmp_path / "backbone.pt", tiny, "detnas_tiny")
+    with pytest.raises(CheckpointError, match=r"model.backbone.checkpoint .*backbone.pt is `nasdet classify`'s backbone "
+                                              r"of detnas_tiny \(space 8d0d056ed925548c\), but the config builds "
+                                              r"detnas_300M \(space [0-9a-f]{16}\)"):
+        build_backbone(BackboneConfig(name="detnas_300M", checkpoint=str(tmp_path / "backbone.pt")))
+    torch.save(tiny.state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match=r"found nasdet's own layout of another backbone or size \(\d+ of "
+                                              r"detnas_300M's keys missing"):
+        build_backbone(BackboneConfig(name="detnas_300M", checkpoint=str(tmp_path / "plain.pt")))
+    detector = {"model": {**{f"backbone.body.{k}": v for k, v in tiny.state_dict().items()},
+                          "head.cls_logits.weight": torch.zeros(3, 8, 3, 3)}, "step": 2}
+    torch.save(detector, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=r"found a nasdet detector's state \(backbone.body.\*\), not a backbone's: "
+                                              r"a trained supernet starts `nasdet tune` as tune.supernet_checkpoint"):
+        build_backbone(BackboneConfig(name="detnas_tiny", checkpoint=str(tmp_path / "last.pt")))
+
+
+def test_the_shufflenet_unit_layout_is_part_of_the_space_id(tmp_path):
+    """model.backbone.layout changes what each unit computes, not its weights' names: weights trained under one
+    unit were loaded, searched and tuned under another. spos (the default) keeps the id it always had."""
+    from nasdet.config import BackboneConfig
+    from nasdet.errors import CheckpointError
+    from nasdet.models.backbones import build_backbone
+    from nasdet.train.checkpoint import load_checkpoint
+
+    ids = {layout: BACKBONES["detnas_tiny"](layout=layout).search_space().space_id for layout in ("spos", "detnas", "mmrazor")}
+    assert ids["spos"] == "8d0d056ed925548c" and len(set(ids.values())) == 3
+    spos = randomize(ShuffleNetSPOS("tiny"))
+    _classified_backbone(tmp_path / "backbone.pt", spos, "detnas_tiny")
+    with pytest.raises(CheckpointError, match=r"it was trained with the default unit \(no layout set\), this config "
+                                              r"builds model.backbone.layout detnas"):
+        build_backbone(BackboneConfig(name="detnas_tiny", layout="detnas", checkpoint=str(tmp_path / "backbone.pt")))
+    cfg = {"model": {"detector": "faster_rcnn", "backbone": {"name": "detnas_tiny", "layout": "detnas"}}}
+    torch.save({"model": {}, "space_id": ids["detnas"], "config": cfg}, tmp_path / "supernet.pt")
+    with pytest.raises(CheckpointError, match=rf"from search space {ids['detnas']}, but this model's space is "
+                                              rf"{ids['spos']} \(its config: model.layout default, model.backbone.layout detnas"):
+        load_checkpoint(tmp_path / "supernet.pt", space_id=ids["spos"])

@@ -357,3 +357,23 @@ def test_genotypes_are_an_arch_the_tune_stage_trains_stores_and_reloads(tiny_con
     assert loaded == arch and any("towers.box_tower" in k for k in model.state_dict())
     for k, v in model.state_dict().items():
         assert torch.equal(v, state["model"][k]), k
+
+
+def test_darts_search_says_and_records_its_backbones_start(tiny_config, tmp_path):
+    """FAD's darts search from a backbone checkpoint (or ImageNet weights) logged "from scratch"."""
+    import io
+
+    from rich.console import Console
+
+    from nasdet.models.backbones import build_backbone
+
+    src = tmp_path / "backbone.pt"
+    torch.save({"model": build_backbone(tiny_config().model.backbone).state_dict()}, src)
+    cfg = darts_config(tiny_config, max_steps=1, batch_size=2, epochs=1)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"input_size": 64,
+        "backbone": cfg.model.backbone.model_copy(update={"checkpoint": str(src)})})})
+    console = Console(file=io.StringIO(), width=400)
+    summary = DartsSearch.from_config(cfg, tmp_path / "work", console).run()
+    assert f"on cpu, backbone from {src}" in " ".join(console.file.getvalue().split())
+    assert summary["start"] == f"backbone from {src}"
+    assert load_checkpoint(tmp_path / "work" / "search" / "ckpt" / "last.pt")["start"] == f"backbone from {src}"

@@ -260,3 +260,21 @@ def test_a_scratch_subnet_keeps_the_pretrained_backbone(hub, tiny_config):
 
 def backbone_default(cfg: BackboneConfig) -> dict:
     return build_backbone(BackboneConfig(name=cfg.name)).search_space().default()
+
+
+def test_mbv3_width_takes_torchvisions_mobilenet_v3_large_imagenet_weights(hub):
+    """mbv3_width refused pretrained: imagenet ("has no torchvision ImageNet weights"), yet took the very same
+    file as a checkpoint; its default subnet is torchvision's network."""
+    tv = seed_cache(hub, "mobilenet_v3_large", "DEFAULT")
+    net = build_backbone(BackboneConfig(name="mbv3_width", pretrained="imagenet")).eval()
+    assert net.active_arch == net.search_space().default()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        got, want = net(x), torchvision_levels(tv, x, net.stage_ends)
+        assert max_rel_diff(got, want) < 1e-6
+        assert max_rel_diff(net.export()(x), want) < 1e-6
+    with pytest.raises(ConfigError, match=r"model.backbone.pretrained 'imagenet': torchvision's ImageNet weights of "
+                                          r"mobilenet_v3_large exist without reduced_tail only"):
+        build_backbone(BackboneConfig(name="mbv3_width", pretrained="imagenet", reduced_tail=True))
+    with pytest.raises(ConfigError, match=r"mobilenet_v3_large exist for width_mult 1.0 only, not 0.5"):
+        build_backbone(BackboneConfig(name="mbv3_width", pretrained="imagenet", width_mult=0.5))

@@ -114,3 +114,31 @@ def test_the_report_says_where_the_weights_started(tiny_config):
     text = report(tiny_config("ssdlite", model={"backbone": {"pretrained": "imagenet", "width_mult": 1.0}}), {"step": 5})
     assert "Starting weights: the baseline trained here (backbone from torchvision's imagenet weights); the supernet " \
            "(backbone from torchvision's imagenet weights)." in text
+
+
+def test_the_report_reads_the_supernets_recorded_start(tiny_config):
+    """report.md said "the supernet (from scratch)" for a supernet started from `nasdet classify`'s backbone
+    (pipeline.classify) or from supernet.init_from: it read the raw config, not what pretrain did."""
+    import json
+
+    from nasdet.stages.pretrain import pretrain_config, supernet_start_note
+    from nasdet.stages.report import write_report
+    from nasdet.workdir import WorkDir
+
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}},
+                      pipeline={"classify": True})
+    w = WorkDir(Path(cfg.work_dir))
+    w.classified_backbone.parent.mkdir(parents=True)
+    w.classified_backbone.write_bytes(b"")
+    start = supernet_start_note(pretrain_config(cfg, w))
+    assert start == f"backbone from `nasdet classify`'s {w.classified_backbone}"
+    for folder, record in ((w.tune.root, {"init": "supernet"}), (w.baseline.root, {"step": 5}),
+                           (w.supernet.root, {"start": start})):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps({"metrics": {"AP": 0.3, "AP50": 0.5}, "val_images": 8,
+                                                         **record}))
+    write_report(cfg, w.root, {}, QUIET, costs={"baseline": {"macs": {"total": 2e6}, "params": {"total": 1e5}}})
+    assert (f"Starting weights: the baseline trained here (from scratch); the supernet (backbone from `nasdet "
+            f"classify`'s {w.classified_backbone}).") in w.report_md.read_text()
+    init_from = cfg.model_copy(update={"supernet": cfg.supernet.model_copy(update={"init_from": "/x/base.pt"})})
+    assert supernet_start_note(init_from) == "from supernet.init_from /x/base.pt"

@@ -255,3 +255,135 @@ def test_bn_recalibration_changes_stats_and_is_undone_afterwards(tiny_config):
         assert not any(m.training for m in model.modules())  # the caller's mode is restored
     assert all(torch.equal(model.state_dict()[k], v) for k, v in buffers.items())
     assert bn is model.backbone.body.stages[0].blocks[0]
+
+
+def _ssdlite_checkpoint(tiny_config, path, class_names, seed=0):
+    """A `nasdet train`-like checkpoint of SSDLite on torchvision's MobileNetV2 (random weights) recording
+    ``class_names`` (None: recording none, as older checkpoints); returns its detector."""
+    from nasdet.config import config_to_dict
+    from nasdet.models import build_detector
+    from nasdet.train.checkpoint import save_checkpoint
+
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "mobilenet_v2", "width_mult": 0.35}})
+    torch.manual_seed(seed)
+    detector = build_detector(cfg.model, num_classes=len(class_names or ["a", "b", "c", "d"]))
+    state = {"model": detector.state_dict(), "config": config_to_dict(cfg), "step": 2}
+    if class_names is not None:
+        state["classes"] = [[i + 1, n] for i, n in enumerate(class_names)]
+    save_checkpoint(state, path)
+    return detector
+
+
+def test_init_from_picks_each_class_its_own_rows_by_the_checkpoints_recorded_classes(tiny_config, tmp_path):
+    """supernet.init_from copied class rows by index, though the checkpoint records its classes: a permutation
+    started the supernet calling circles squares; another class count was a key-list error without the key."""
+    from nasdet.models.imports import class_layer_keys, pick_label_rows
+    from nasdet.train.supernet import init_from_checkpoint
+
+    names = ["a", "b", "c", "d"]
+    ckpt = tmp_path / "base.pt"
+    base = _ssdlite_checkpoint(tiny_config, ckpt, names).state_dict()
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}})
+
+    def started(classes):
+        torch.manual_seed(1)
+        model, _ = build_supernet(cfg, len(classes))
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        start = init_from_checkpoint(model, str(ckpt), classes, cfg.model)
+        return start, model.state_dict(), before, class_layer_keys(model, before)
+
+    for classes in (["b", "a", "c", "d"], ["d", "b"]):  # a permutation, a subset: each class its own rows
+        start, state, _, keys = started(classes)
+        assert start.picked_classes and not start.reinitialised and keys
+        labels = [0, *(1 + names.index(n) for n in classes)]  # background first
+        for k in keys:
+            assert torch.equal(state[k], pick_label_rows(base[k], 0, len(names) + 1, labels)), k
+    start, state, before, keys = started(["x", "b", "c", "d"])  # other names, same count: afresh, said
+    assert start.reinitialised == keys and not start.picked_classes
+    assert all(torch.equal(state[k], before[k]) for k in keys)
+    assert torch.equal(state["head.regression_head.module_list.0.1.weight"],
+                       base["head.regression_head.module_list.0.1.weight"])
+    unnamed = tmp_path / "unnamed.pt"
+    base = _ssdlite_checkpoint(tiny_config, unnamed, None).state_dict()
+    torch.manual_seed(1)
+    model, _ = build_supernet(cfg, 4)
+    start = init_from_checkpoint(model, str(unnamed), ["x", "b", "c", "d"], cfg.model)
+    assert start.unnamed_classes and all(torch.equal(model.state_dict()[k], base[k]) for k in keys)
+
+
+def test_init_from_errors_name_the_key_and_what_the_file_is(tiny_config, tmp_path):
+    import torchvision
+
+    from nasdet.train.supernet import init_from_checkpoint
+
+    cfg = tiny_config("retinanet", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}})
+    model, _ = build_supernet(cfg, 4)
+    imagenet = tmp_path / "mobilenet_v2-b0353104.pth"
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), imagenet)
+    with pytest.raises(CheckpointError, match=r"supernet.init_from .*mobilenet_v2-b0353104.pth is a plain state_dict "
+                                              r"of a classification network.*model.backbone.checkpoint"):
+        init_from_checkpoint(model, str(imagenet), ["a", "b", "c", "d"], cfg.model)
+    detector = tmp_path / "ssdlite.pt"
+    _ssdlite_checkpoint(tiny_config, detector, ["a", "b", "c", "d"])
+    with pytest.raises(CheckpointError, match=r"supernet.init_from .*ssdlite.pt does not fit this supernet outside the "
+                                              r"backbone: it holds ssdlite on mobilenet_v2 \(its stored config\), this "
+                                              r"config builds retinanet on mbv2_elastic"):
+        init_from_checkpoint(model, str(detector), ["a", "b", "c", "d"], cfg.model)
+
+
+def test_a_checkpoint_teacher_of_other_classes_is_picked_by_name_or_refused(tiny_config, tmp_path):
+    """supernet.distill.checkpoint of another class count was a raw traceback; of the same count but other
+    classes it silently taught the wrong ones."""
+    from nasdet.models.imports import class_layer_keys, pick_label_rows
+    from nasdet.train.supernet import load_teacher
+
+    ckpt = tmp_path / "teacher.pt"
+    base = _ssdlite_checkpoint(tiny_config, ckpt, ["a", "b", "c", "d"]).state_dict()
+    teacher, note = load_teacher(str(ckpt), ["c", "a"])
+    assert str(ckpt) in note and "picked by name" in note
+    keys = class_layer_keys(teacher, base)
+    assert keys and all(torch.equal(teacher.state_dict()[k], pick_label_rows(base[k], 0, 5, [0, 3, 1])) for k in keys)
+    for classes in (["a", "b", "c", "d", "e"], ["a", "b", "c", "x"]):
+        with pytest.raises(CheckpointError, match=r"supernet.distill.checkpoint .*teacher.pt was trained on other "
+                                                  r"classes than the data's: it records 4 \['a', 'b', 'c', 'd'\], the "
+                                                  rf"data has {len(classes)} \['a'"):
+            load_teacher(str(ckpt), classes)
+    unnamed = tmp_path / "unnamed.pt"
+    _ssdlite_checkpoint(tiny_config, unnamed, None)
+    with pytest.raises(CheckpointError, match=r"supernet.distill.checkpoint .*unnamed.pt \(the data has 5 classes\) "
+                                              "does not fit"):
+        load_teacher(str(unnamed), ["a", "b", "c", "d", "e"])
+
+
+def test_pretrain_says_and_records_where_the_supernet_and_its_teacher_start(tiny_config, tmp_path):
+    """The log said "initialised the supernet from X" for class rows copied by index, and nothing of a
+    checkpoint teacher; supernet/metrics.json recorded no start (report.md guessed "from scratch")."""
+    import io
+
+    from rich.console import Console
+
+    from nasdet.data.build import build_datasets
+
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}, "input_size": 64},
+                      train={"max_steps": 1}, eval={"max_images": 2},
+                      supernet={"report_archs": ["smallest"], "recalib_batches": 1})
+    names = build_datasets(cfg, need=("val",))["val"].classes
+    ckpt = tmp_path / "swapped.pt"
+    _ssdlite_checkpoint(tiny_config, ckpt, [names[1], names[0], *names[2:]])
+    sn = cfg.supernet.model_copy(update={"init_from": str(ckpt), "distill": cfg.supernet.distill.model_copy(
+        update={"teacher": "checkpoint", "checkpoint": str(ckpt), "coef": 0.1})})
+    console = Console(file=io.StringIO(), width=400)
+    run_pretrain(cfg.model_copy(update={"supernet": sn}), console=console)
+    said = " ".join(console.file.getvalue().split())
+    assert f"initialised the supernet from {ckpt}; the rows of the data's 8 classes picked by name from its 8" in said
+    assert f"from supernet.init_from {ckpt}; distilling from teacher {ckpt}, its rows of the data's 8 classes" in said
+    record = json.loads((tmp_path / "work" / "supernet" / "metrics.json").read_text())
+    assert record["start"].startswith(f"from supernet.init_from {ckpt}; distilling from teacher {ckpt}")
+    # the start file is recorded by content: a rerun after it changed (a baseline trained again, another file at
+    # that path) is refused naming the folder to delete; it was "complete" (or resumed) from the old start
+    with_sn = cfg.model_copy(update={"supernet": sn})
+    run_pretrain(with_sn, console=Console(file=io.StringIO()))  # unchanged: finished, kept
+    _ssdlite_checkpoint(tiny_config, ckpt, [names[1], names[0], *names[2:]], seed=1)
+    with pytest.raises(CheckpointError, match=r"was trained from supernet.init_from .*swapped.pt .*another file or "
+                                              r"one trained again since: delete .*supernet"):
+        run_pretrain(with_sn, console=Console(file=io.StringIO()))

@@ -42,6 +42,27 @@ def _middle(space):
     return {n: v[len(v) // 2] for n, v in space.choices.items()}
 
 
+def test_tune_from_a_supernet_of_other_classes_is_refused(tiny_config, tmp_path):
+    """A supernet trained on other classes (same count: its class rows were taken by index, one class predicted
+    for another) is refused naming both class lists; one that records no classes (older) is tuned as before."""
+    from nasdet.data.build import build_datasets
+    from nasdet.errors import CheckpointError
+    from nasdet.stages.tune import run_tune
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, train=FAST_TRAIN, tune={"recalib_batches": 1, "eval_initial": False})
+    model, space = _fake_supernet(cfg)
+    save_arch(Path(cfg.work_dir) / "search" / "best_arch.json", _middle(space), space)
+    names = list(build_datasets(cfg)["train"].classes)
+    swapped = [names[1], names[0], *names[2:]]
+    ckpt = Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt"
+    save_checkpoint({**load_checkpoint(ckpt), "classes": [[i + 1, n] for i, n in enumerate(swapped)]}, ckpt)
+    with pytest.raises(CheckpointError, match=r"the supernet .*last.pt was trained on the classes \['" + swapped[0]):
+        run_tune(cfg, console=QUIET)
+    assert not (Path(cfg.work_dir) / "tune" / "ckpt").exists()
+    save_checkpoint({**load_checkpoint(ckpt), "classes": [[i + 1, n] for i, n in enumerate(names)]}, ckpt)
+    assert run_tune(cfg, console=QUIET)["step"] == 2
+
+
 def test_tune_from_best_arch_then_from_explicit_arch(tiny_config, tmp_path):
     from nasdet.errors import StageOutputMissing
     from nasdet.train.trained import load_tuned_model

@@ -180,3 +180,15 @@ def test_onnx_export_with_nms_matches_torch(tmp_path):
     import numpy as np
     anchors = np.load(raw.with_suffix(".anchors.npy"))
     assert anchors.shape == ((3 * 3 + 6 * 6 + 12 * 12) * 3, 4)
+
+
+def test_the_mmdetection_layout_is_part_of_the_space_id():
+    """A ReLU6 supernet's weights were searched with LeakyReLU units (model.layout: mmdetection) without a word:
+    both layouts had one space id. The default layout keeps the id it always had."""
+    from nasdet.models.supernet import detector_space
+
+    own, mmdet = (detector_space(build_detector(tiny(layout=layout), num_classes=3)) for layout in ("nasdet", "mmdetection"))
+    assert own.unit is None and mmdet.unit == "model.layout mmdetection"
+    assert own.choices == mmdet.choices and own.space_id != mmdet.space_id
+    plain = supernet_body(build_detector(tiny(), num_classes=3)).search_space()
+    assert own.space_id == detector_space(build_detector(tiny(), num_classes=3)).space_id and plain.unit is None

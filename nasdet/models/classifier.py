@@ -176,7 +176,7 @@ def classifier_space(model: Classifier, input_sizes: list[int] | None = None) ->
     default = prefix_arch(inner.default(), BACKBONE_PREFIX)
     default[INPUT_SIZE] = model.input_size if model.input_size in sizes else sizes[-1]
     merged = SearchSpace.merge(inner.prefixed(BACKBONE_PREFIX), SearchSpace({INPUT_SIZE: sizes}))
-    return SearchSpace(merged.choices, default=default)
+    return SearchSpace(merged.choices, default=default, unit=merged.unit)
 
 
 def set_classifier_arch(model: Classifier, arch: Mapping[str, Any]) -> None:

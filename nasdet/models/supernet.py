@@ -42,7 +42,7 @@ def detector_space(model: nn.Module, input_sizes: Sequence[int] | None = None) -
     current = get_input_size(model)
     default[INPUT_SIZE] = current if current in sizes else sizes[-1]
     merged = SearchSpace.merge(inner.prefixed(BACKBONE_PREFIX), SearchSpace({INPUT_SIZE: sizes}))
-    return SearchSpace(merged.choices, default=default)
+    return SearchSpace(merged.choices, default=default, unit=merged.unit)
 
 
 def set_detector_arch(model: nn.Module, arch: Mapping, space: SearchSpace | None = None) -> None:

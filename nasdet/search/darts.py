@@ -41,7 +41,7 @@ from ..files import append_jsonl, trim_jsonl
 from ..progress import progress_bar
 from ..threads import govern, loader_workers, set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
-from ..train.loop import EpochSampler, RunSettings, TrainingDiverged, resolve_device
+from ..train.loop import EpochSampler, RunSettings, TrainingDiverged, resolve_device, start_note_of
 from ..train.optim import build_scheduler, clip_grad_norm, momentum_sgd, param_groups
 from ..train.resume import NOT_TRAINING, refuse_changed_run, resolved_paths
 from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, WriterLock, checkpoint_in  # noqa: F401
@@ -228,6 +228,7 @@ class DartsSearch:
         self.samplers = (EpochSampler(len(self.weight_set), seed), EpochSampler(len(self.arch_set), seed + 1))
         self.step = self.epoch = self.batch_in_epoch = 0
         self._resumed: bool | None = None
+        self.start_note = "from scratch"  # where the weights start; from_config says what the config loaded
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, work_dir: str | Path | None = None,
@@ -245,8 +246,10 @@ class DartsSearch:
         pool = build_datasets(cfg, need=("train",))["supernet_train"]
         w_idx, a_idx = split_halves(len(pool), cfg.data.split_seed)
         model = build_detector(cfg.model, num_classes=pool.num_classes, fad_search=True)
-        return cls(cfg.search.darts, model, pool.subset(w_idx), pool.subset(a_idx),
-                   WorkDir.of(cfg, work_dir).search.root, RunSettings.of(cfg), console)
+        search = cls(cfg.search.darts, model, pool.subset(w_idx), pool.subset(a_idx),
+                     WorkDir.of(cfg, work_dir).search.root, RunSettings.of(cfg), console)
+        search.start_note = start_note_of(cfg)  # build_detector loaded model.backbone.checkpoint / pretrained
+        return search
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -255,7 +258,7 @@ class DartsSearch:
                 "a_optim": self.a_optim.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "total_steps": self.total_steps, "rng": rng_state(), "config": dict(self.settings.record),
-                "paths": resolved_paths(self.settings.record),
+                "paths": resolved_paths(self.settings.record), "start": self.start_note,
                 "genotype": {"box": format_genotype(box), "cls": format_genotype(cls)}}
 
     def save(self) -> None:
@@ -314,7 +317,7 @@ class DartsSearch:
                   "softmax": {"box": [a.detach().softmax(-1).cpu().tolist() for a in t.alpha_box],
                               "cls": [a.detach().softmax(-1).cpu().tolist() for a in t.alpha_cls]},
                   "genotype": {"box": format_genotype(box), "cls": format_genotype(cls)},
-                  "mean_losses": {k: round(v, 5) for k, v in losses.items()}}
+                  "mean_losses": {k: round(v, 5) for k, v in losses.items()}, "start": self.start_note}
         self._append(ALPHAS_LOG, record)
         write_genotypes(self.out_dir, box, cls)
         return record
@@ -333,7 +336,7 @@ class DartsSearch:
         self.console.print(
             f"[bold]darts search[/] {escape(str(self.out_dir))}: {len(self.weight_set)} weight + {len(self.arch_set)} arch images, "
             f"{self.steps_per_epoch} steps/epoch x {self.d.epochs} epochs, batch {self.d.batch_size}, "
-            f"{self.d.order} order, on {self.device}, {f'resumed at step {self.step}' if resumed else 'from scratch'}")
+            f"{self.d.order} order, on {self.device}, {f'resumed at step {self.step}' if resumed else escape(self.start_note)}")
         self.model.train()
         sums: dict[str, float] = {}
         n = 0
@@ -381,7 +384,7 @@ class DartsSearch:
         self.console.print(genotype_table(box, cls, f"darts search: genotypes after {self.step} steps"))
         self.console.print(f"genotypes -> {escape(str(self.out_dir / GENOTYPE_LOG))}, {escape(str(self.out_dir / GENOTYPE_JSON))}")
         return {"genotypes": {"box": format_genotype(box), "cls": format_genotype(cls)}, "step": self.step,
-                "epoch": self.epoch, "strategy": "darts",
+                "epoch": self.epoch, "strategy": "darts", "start": self.start_note,
                 "files": {n: str(self.out_dir / n) for n in (GENOTYPE_LOG, GENOTYPE_JSON, ALPHAS_LOG)}}
 
 

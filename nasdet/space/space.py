@@ -52,11 +52,16 @@ class SearchSpace:
     """Immutable named choices. ``choices[name]`` is a tuple ordered smallest first.
 
     ``default`` (optional): the arch ``default()`` returns; without it, the first (smallest) choices.
-    It is not part of ``space_id``.
+    It is not part of ``space_id``. ``unit`` (optional): what the subnets compute when it is not the default
+    (e.g. ``model.backbone.layout detnas``: another ShuffleNetV2 unit with the same weights' names), part of
+    ``space_id`` only when given, so that weights trained under one unit are refused under another while the
+    default spaces keep their ids.
     """
 
-    def __init__(self, choices: Mapping[str, tuple | list], default: Mapping[str, Any] | None = None):
+    def __init__(self, choices: Mapping[str, tuple | list], default: Mapping[str, Any] | None = None,
+                 unit: str | None = None):
         self._choices: dict[str, tuple] = {}
+        self.unit = unit
         for name, values in choices.items():
             if not isinstance(name, str) or not name:
                 raise ArchError(f"choice names must be non-empty strings, got {name!r}")
@@ -70,6 +75,8 @@ class SearchSpace:
                     raise ArchError(f"choice {name!r}: values must be int, float, str or bool (JSON), got {v!r}")
             self._choices[name] = values
         payload = json.dumps(sorted(self._choices.items()), separators=(",", ":"), sort_keys=True)
+        if unit is not None:
+            payload += f"|unit={unit}"
         self._space_id = hashlib.sha256(payload.encode()).hexdigest()[:16]
         self._default = self.validate(default) if default is not None else self.smallest()
 
@@ -100,7 +107,7 @@ class SearchSpace:
         return len(self._choices)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SearchSpace) and other._choices == self._choices
+        return isinstance(other, SearchSpace) and other._choices == self._choices and other.unit == self.unit
 
     def __hash__(self) -> int:
         return hash(self._space_id)
@@ -213,15 +220,21 @@ class SearchSpace:
             new[name] = tuple(v for v in self._choices[name] if v in subset)
         default = {n: (d if d in new[n] else new[n][-1 if d == self._choices[n][-1] else 0])
                    for n, d in self._default.items()}
-        return SearchSpace(new, default)
+        return SearchSpace(new, default, self.unit)
+
+    def with_unit(self, unit: str | None) -> "SearchSpace":
+        """The same choices computed by another ``unit`` (see the class doc)."""
+        return SearchSpace(self._choices, self._default, unit)
 
     def prefixed(self, prefix: str) -> "SearchSpace":
         """Every name as ``prefix.name`` (how a detector composes its parts' spaces)."""
-        return SearchSpace({_join(prefix, n): v for n, v in self._choices.items()}, prefix_arch(self._default, prefix))
+        return SearchSpace({_join(prefix, n): v for n, v in self._choices.items()}, prefix_arch(self._default, prefix),
+                           self.unit)
 
     @staticmethod
     def merge(*spaces: "SearchSpace") -> "SearchSpace":
-        """One space with all names of ``spaces`` (in order); a name in two spaces is an error."""
+        """One space with all names of ``spaces`` (in order); a name in two spaces is an error. Its unit: the
+        parts' units, joined."""
         choices: dict[str, tuple] = {}
         default: Arch = {}
         for space in spaces:
@@ -230,10 +243,12 @@ class SearchSpace:
                 raise ArchError(f"merge: choice name(s) {_short(clash)} appear in more than one space; prefix them")
             choices.update(space._choices)
             default.update(space._default)
-        return SearchSpace(choices, default)
+        units = [s.unit for s in spaces if s.unit is not None]
+        return SearchSpace(choices, default, "; ".join(units) if units else None)
 
     def to_dict(self) -> dict:
-        return {"space_id": self.space_id, "choices": {n: list(v) for n, v in self._choices.items()}}
+        unit = {"unit": self.unit} if self.unit is not None else {}
+        return {"space_id": self.space_id, **unit, "choices": {n: list(v) for n, v in self._choices.items()}}
 
 
 def _join(prefix: str, name: str) -> str:

@@ -50,6 +50,12 @@ def input_channels(final_expand: nn.Module) -> int:
     return final_expand[0].in_channels
 
 
+def mark_space_unit(supernet: nn.Module, unit: str) -> None:
+    """Make ``supernet``'s space say that its subnets compute otherwise than its default (``SearchSpace.unit``),
+    e.g. after its activations were replaced; supernets keep their space in ``_space``."""
+    supernet._space = supernet.search_space().with_unit(unit)
+
+
 class ArchState:
     """``search_space()`` and ``active_arch`` of a supernet that keeps its space in ``_space`` and its
     active arch in ``_arch``."""

@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..config import ExperimentConfig, config_to_dict, read_arch_file, save_config
+from ..config import ExperimentConfig, config_to_dict, read_arch_file, save_run_record
 from ..data.imagefolder import (classification_eval_transforms, classification_train_transforms,
                                 open_classification_splits)
 from ..errors import ConfigError
@@ -33,7 +33,7 @@ from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.classify import ClassifierSupernetTrainer, ClassifierTrainer, load_classifier_teacher
 from ..train.loop import RunSettings
 from ..workdir import WorkDir, write_json
-from .common import finished_record, with_train_recipe
+from .common import finished_record, start_note_of, with_train_recipe
 
 
 def _arch_mapping(given: Any, cfg: ExperimentConfig) -> tuple[dict, str]:
@@ -138,9 +138,11 @@ def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         trainer = ClassifierTrainer(settings, model, train_set, val_set, out.root, console=console, arch=record_arch)
     if arch is not None and cfg.model.backbone.checkpoint:
         trainer.start_note = f"subnet from {cfg.model.backbone.checkpoint}"
+    else:  # build_classifier loaded model.backbone.checkpoint / pretrained
+        trainer.start_note = start_note_of(cfg)
     trainer.prepare()  # a checkpoint of another space or model fails here, before anything is written
     if dist.is_main():
-        save_config(cfg, wd.config)
+        save_run_record(cfg, wd.config)
         console.print(f"classify: {mode}" + (f" {source}" if source else f" {cfg.model.backbone.name}") +
                       f", {k} classes, {len(train_set)} train / {len(val_set)} val images at {c.input_size} px")
     done = finished_record(out, trainer.final_step, console, "train again", _table_of)
@@ -149,6 +151,7 @@ def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     metrics = trainer.run()
     record = {"mode": mode, "backbone": cfg.model.backbone.name, "step": trainer.step, "input_size": c.input_size,
               "checkpoint": str(out.checkpoint), "backbone_checkpoint": str(wd.classified_backbone),
+              "start": trainer.start_note,
               "classes": sets["train"].classes, "val": val_set.source, "val_images": trainer.val_images}
     if supernet:
         record.update(subnets=metrics, space_id=space.space_id)

@@ -10,12 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import ExperimentConfig, save_config
+from ..config import ExperimentConfig, save_run_record
 from ..data.build import build_datasets
 from ..metrics import COCO_METRIC_NAMES
 from ..models import build_detector
 from ..train import dist
-from ..train.loop import Trainer
+from ..train.loop import Trainer, start_note_of  # noqa: F401 (the stages' shared start note)
 from ..workdir import StageDir, WorkDir, write_json
 
 
@@ -40,16 +40,6 @@ def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.model_copy(update={"model": model})
 
 
-def start_note_of(cfg: ExperimentConfig) -> str:
-    """How a fresh training run of ``cfg``'s model starts, for the trainer's first log line."""
-    b = cfg.model.backbone
-    if b.pretrained:
-        return f"backbone from torchvision's {b.pretrained} weights"
-    if b.checkpoint:
-        return f"backbone from {b.checkpoint}"
-    return "from scratch"
-
-
 def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str,
                    console: Console | None = None, init=None, record: dict | None = None,
                    start_note: str | None = None) -> dict:
@@ -70,7 +60,7 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     trainer.start_note = start_note or start_note_of(cfg)
     trainer.prepare()  # a checkpoint that does not fit fails here, before anything is written
     if dist.is_main():
-        save_config(cfg, wd.config)
+        save_run_record(cfg, wd.config)
     done = finished_record(out, trainer.final_step, console, "train again",
                            lambda d: metrics_table(d["metrics"], f"{stage}: val mAP"), trainer)
     if done is not None:

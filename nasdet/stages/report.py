@@ -88,8 +88,10 @@ def _control_rows(w: WorkDir, found: dict) -> list[dict]:
     return rows
 
 
-def _starting_weights(cfg: ExperimentConfig, base_record: dict) -> str:
-    """Where the run's weights started: the baseline (trained here, from what; or imported) and the supernet."""
+def _starting_weights(cfg: ExperimentConfig, base_record: dict, supernet_record: dict | None = None) -> str:
+    """Where the run's weights started: the baseline (trained here, from what; or imported) and the supernet (the
+    start ``nasdet pretrain`` recorded in supernet/metrics.json, which follows pipeline.classify and
+    supernet.init_from; else as the config reads)."""
     origin = base_record.get("imported_from")
     if origin:
         baseline = (f"the baseline imported from {origin.get('path')} ({origin.get('format', 'a')} checkpoint"
@@ -99,8 +101,11 @@ def _starting_weights(cfg: ExperimentConfig, base_record: dict) -> str:
         baseline = f"the baseline trained here ({start_note_of(baseline_config(cfg))})"
     else:
         baseline = None
-    supernet = ("the supernet from the baseline's weights (pipeline.init_supernet_from_baseline)"
-                if cfg.pipeline.init_supernet_from_baseline else f"the supernet ({start_note_of(cfg)})")
+    recorded = (supernet_record or {}).get("start")
+    if cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline:
+        supernet = "the supernet from the baseline's weights (pipeline.init_supernet_from_baseline)"
+    else:
+        supernet = f"the supernet ({recorded or start_note_of(cfg)})"
     return "Starting weights: " + "; ".join(filter(None, (baseline, supernet))) + "."
 
 
@@ -257,6 +262,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     rows = []
     base_metrics = w.baseline.metrics
     base_record = json.loads(base_metrics.read_text()) if base_metrics.is_file() else {}
+    supernet_record = json.loads(w.supernet.metrics.read_text()) if w.supernet.metrics.is_file() else None
     if base_metrics.is_file():
         name = f"baseline ({baseline_config(cfg).model.backbone.name}{', imported' if base_record.get('imported_from') else ''})"
         base_cost = None if exports.get("baseline") else (costs or {}).get("baseline")
@@ -288,7 +294,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     data = train.annotations or train.root or train.images or cfg.data.data_yaml
     lines = [f"# nasdet report: {cfg.name}", "",
              f"Detector {cfg.model.detector}, search space {cfg.model.backbone.name} "
-             f"(width {cfg.model.backbone.width_mult}), data {data}.", "", _starting_weights(cfg, base_record), ""]
+             f"(width {cfg.model.backbone.width_mult}), data {data}.", "", _starting_weights(cfg, base_record, supernet_record), ""]
     if budget is not None:
         scale, unit = (1e6, "M") if budget.metric in ("macs", "params") else (1.0, "ms")
         lines += [f"Budget: {budget.metric} <= {budget.max / scale:.4g} {unit}.", ""]

@@ -19,9 +19,10 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ExperimentConfig, read_arch_file, save_config
+from ..config import ExperimentConfig, read_arch_file, save_run_record
 from ..errors import StageOrderError
 from ..data.build import build_datasets
+from ..models.imports import recorded_class_names
 from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
 from ..train import dist
@@ -114,6 +115,17 @@ def supernet_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = Non
     return path
 
 
+def refuse_other_classes(checkpoint: Path, train_set, key: str) -> None:
+    """Refuse (CheckpointError) a supernet checkpoint trained on other classes than the data's: its class layers'
+    rows would be taken by index, predicting one class for another (another count failed on a tensor shape). A
+    checkpoint without the record (older) is taken as it is."""
+    recorded = recorded_class_names(load_checkpoint(checkpoint))
+    if recorded is not None and recorded != list(train_set.classes):
+        raise CheckpointError(f"{key} {checkpoint} was trained on the classes {recorded}, this data has "
+                              f"{list(train_set.classes)}: its class layers predict other classes. Tune from a "
+                              f"supernet trained on this data (nasdet pretrain), or set tune.init: scratch")
+
+
 def resolve_genotype_arch(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> tuple[dict, str]:
     """After a darts (FAD) search, the genotypes to train as an arch (``{"head.genotype": ..}``) and their
     source: ``tune.arch`` (a genotype.log / genotype.json, a published name such as fad_paper, or that arch
@@ -187,6 +199,9 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     if genotypes and cfg.tune.init == "supernet" and dist.is_main():
         console.print("tune: a darts search has no supernet; the searched towers train from their init (as FAD)")
     sn_ckpt = supernet_checkpoint(cfg, wd.root) if init == "supernet" and not resuming else None
+    if sn_ckpt is not None:
+        refuse_other_classes(sn_ckpt, data["train"], "tune.supernet_checkpoint" if cfg.tune.supernet_checkpoint
+                             else "the supernet")
     model = build_tuned_model(cfg, k, arch, sn_ckpt)
     device, _, _ = dist.init_distributed(tcfg.train.device)  # before is_main(): under torchrun only rank 0 writes
     initial = None
@@ -214,7 +229,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     trainer.start_note = f"from the supernet's weights ({sn_ckpt})" if sn_ckpt is not None else start_note_of(cfg)
     trainer.prepare()
     if dist.is_main() and stage == TUNE:  # the run's config.yaml: not a control's (its config is in its checkpoint)
-        save_config(cfg, wd.config)
+        save_run_record(cfg, wd.config)
     done = finished_record(out, trainer.final_step, console, "tune again", lambda d: metrics_table(d["metrics"], "tune: val mAP"),
                            trainer)
     if done is not None:

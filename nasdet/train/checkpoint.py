@@ -34,8 +34,19 @@ def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
     if space_id is not None and state.get("space_id") not in (None, space_id):
         raise CheckpointError(
             f"checkpoint {path} is from search space {state.get('space_id')}, but this model's space is {space_id}"
+            f"{_layouts_of(state)}"
         )
     return state
+
+
+def _layouts_of(state: dict) -> str:
+    """The layouts a checkpoint's stored config set (they are part of the space id), for a space mismatch."""
+    model = (state.get("config") or {}).get("model") if isinstance(state.get("config"), dict) else None
+    if not isinstance(model, dict):
+        return ""
+    backbone = model.get("backbone") if isinstance(model.get("backbone"), dict) else {}
+    return (f" (its config: model.layout {model.get('layout') or 'default'}, model.backbone.layout "
+            f"{backbone.get('layout') or 'default'}; a layout is part of the space)")
 
 
 def planned_steps(state: dict, max_steps_key: tuple[str, ...] = ("train", "max_steps")) -> int | None:

@@ -80,6 +80,17 @@ class SizedBatchSampler(torch.utils.data.Sampler):
         return min(len(self.batches), len(self.sizes))
 
 
+def start_note_of(cfg: ExperimentConfig) -> str:
+    """How a fresh training run of ``cfg``'s model starts (its backbone's weights), for the trainer's first log
+    line and the stage's record."""
+    b = cfg.model.backbone
+    if b.pretrained:
+        return f"backbone from torchvision's {b.pretrained} weights"
+    if b.checkpoint:
+        return f"backbone from {b.checkpoint}"
+    return "from scratch"
+
+
 def resolve_device(pref: str) -> torch.device:
     dist.check_device_available(pref)
     if pref == "auto":

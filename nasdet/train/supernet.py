@@ -7,23 +7,27 @@ Gradients of all subnets of a step accumulate before one optimizer step (OFA, Bi
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, unreadable_reason
+from ..files import why_not_a_file
+from ..models.imports import class_layer_keys, describe_weights, recorded_class_names, rows_by_class_name
 from ..config import ExperimentConfig, ShrinkPhase, SupernetConfig
 from ..models.detectors import set_input_size, training_input_size
 from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
 from .bn import preserved_bn_state, recalibrate_bn
 from ..space import ArchError, SearchSpace
 from . import dist
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_model_weights
 from .distill import LossesWithLogits, adaptive_distillation_loss
 from .evaluate import evaluate_detector
 from .loop import RunSettings, Trainer
+from ..workdir import checkpoint_in
 from .resume import NOT_TRAINING, TRAINING_SECTIONS
 
 
@@ -95,33 +99,106 @@ def sample_in_macs_bins(space: SearchSpace, rng: random.Random, macs_fn, lo: flo
 
 
 # ------------------------------------------------------------------------------------------ init
-def init_from_checkpoint(model: nn.Module, path: str) -> None:
+INIT_KEY = "supernet.init_from"
+TEACHER_KEY = "supernet.distill.checkpoint"
+
+
+@dataclass
+class SupernetStart:
+    """How ``supernet.init_from``'s class layers arrived (for the log): picked by name from the checkpoint's
+    classes, started afresh (other classes), or kept by index from a file that records no class names."""
+
+    checkpoint_classes: list[str] | None = None
+    picked_classes: bool = False
+    reinitialised: list[str] = field(default_factory=list)  # class-layer tensors left at the supernet's init
+    unnamed_classes: bool = False
+
+
+def _detector_of(model_section) -> str:
+    """``<detector> on <backbone>`` of a config's (or a checkpoint's stored config's) ``model`` section."""
+    if not isinstance(model_section, dict):
+        return "an unrecorded detector"
+    backbone = model_section.get("backbone")
+    name = backbone.get("name") if isinstance(backbone, dict) else backbone
+    return f"{model_section.get('detector', '?')} on {name}"
+
+
+def read_detector_checkpoint(path: str, key: str) -> dict:
+    """A nasdet detector checkpoint (``{"model": state_dict, "config": ..}``) named by config key ``key``; anything
+    else is one error line saying what the file is and where such a file belongs."""
+    if why := why_not_a_file(Path(path)):
+        raise CheckpointError(f"{key} {path} {why}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise CheckpointError(f"{key} {path} cannot be read: {unreadable_reason(e, path)}") from e
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        return state
+    if isinstance(state, dict) and state.get("written_by") == "nasdet classify":
+        what = (f"`nasdet classify`'s backbone file of {state.get('backbone')}: a backbone's weights, which "
+                "model.backbone.checkpoint takes (or pipeline.classify)")
+    elif isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values()):
+        what = f"a plain state_dict of {describe_weights(state)}, not a nasdet detector checkpoint"
+        what += ("; a teacher is a trained nasdet detector (e.g. `nasdet train`'s baseline/ckpt/last.pt)"
+                 if key == TEACHER_KEY else "; a backbone's or a classification network's weights (e.g. "
+                 "torchvision's ImageNet file) belong in model.backbone.checkpoint, or model.backbone.pretrained: imagenet")
+    else:
+        what = "not a nasdet detector checkpoint (no 'model' state_dict)"
+    raise CheckpointError(f"{key} {path} is {what}")
+
+
+def init_from_checkpoint(model: nn.Module, path: str, classes: list[str] | None = None,
+                         model_cfg=None) -> SupernetStart:
     """Load a ``nasdet train`` checkpoint of the matching standard detector into the supernet.
 
     Neck and head keys load as they are; the backbone loads directly when its keys match, or through
-    the body's ``load_standard_state_dict`` (standard network -> default subnet). Any key or shape
-    that does not fit is an error listing the offending keys.
+    the body's ``load_standard_state_dict`` (standard network -> default subnet). With the run's class names
+    ``classes``, the class layers follow the checkpoint's recorded ``classes`` as the baseline import does:
+    rows picked by name when the run's classes are among them, else left at the supernet's init (said in the
+    returned record); a file that records none is kept by index. Any other key or shape that does not fit is
+    an error naming ``supernet.init_from``, and the detectors of file and config (``model_cfg``).
     """
     if not Path(path).is_file():
-        raise CheckpointError(f"supernet.init_from {path} does not exist: train that model first "
+        raise CheckpointError(f"{INIT_KEY} {path} does not exist: train that model first "
                               "(`nasdet train` with the matching standard backbone, or with this supernet's "
                               "backbone to train its default subnet)")
-    state = load_checkpoint(path)["model"]
+    checkpoint = read_detector_checkpoint(path, INIT_KEY)
+    state = checkpoint["model"]
     body = supernet_body(model)
     prefix = "backbone.body."
     body_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     rest = {k: v for k, v in state.items() if not k.startswith(prefix)}
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
+    class_keys = set(class_layer_keys(model, own)) if classes is not None else set()
     missing = sorted(set(own) - set(rest))
     unexpected = sorted(set(rest) - set(own))
     shapes = sorted(k for k in set(own) & set(rest) if own[k].shape != rest[k].shape)
+    other_count = [k for k in shapes if k in class_keys]  # another class count: handled below
+    shapes = [k for k in shapes if k not in class_keys]
     if missing or unexpected or shapes:
         def few(keys):
             return f"{len(keys)} (e.g. {keys[:4]})"
+        stored = (checkpoint.get("config") or {}).get("model")
+        which = (f": it holds {_detector_of(stored)} (its stored config), this config builds "
+                 f"{_detector_of(model_cfg.model_dump())}" if model_cfg is not None and stored is not None else "")
         raise CheckpointError(
-            f"{path} does not fit this supernet outside the backbone: missing {few(missing)}, "
+            f"{INIT_KEY} {path} does not fit this supernet outside the backbone{which}: missing {few(missing)}, "
             f"unexpected {few(unexpected)}, shape mismatch {few(shapes)}"
         )
+    start = SupernetStart(checkpoint_classes=recorded_class_names(checkpoint))
+    if classes is not None:
+        named = start.checkpoint_classes
+        if named is not None and named != list(classes):
+            rows = rows_by_class_name(model, rest, sorted(class_keys), named, list(classes))
+            if rows is not None:
+                rest, start.picked_classes = {**rest, **rows}, True
+            else:
+                start.reinitialised = sorted(class_keys)
+        elif named is None and other_count:
+            start.reinitialised = sorted(class_keys)
+        elif named is None:
+            start.unnamed_classes = True
+        rest = {k: v for k, v in rest.items() if k not in start.reinitialised}
     body_keys = set(body.state_dict())
     if set(body_state) == body_keys and all(body.state_dict()[k].shape == v.shape for k, v in body_state.items()):
         body.load_state_dict(body_state)
@@ -129,33 +206,59 @@ def init_from_checkpoint(model: nn.Module, path: str) -> None:
         try:
             body.load_standard_state_dict(body_state)
         except ValueError as e:
-            raise CheckpointError(f"{path}: backbone does not fit the supernet: {e}") from None
+            raise CheckpointError(f"{INIT_KEY} {path}: backbone does not fit the supernet: {e}") from None
     else:
-        raise CheckpointError(f"{path}: backbone keys do not match {type(body).__name__} and it cannot load a "
-                              "standard network's weights")
+        raise CheckpointError(f"{INIT_KEY} {path}: backbone keys do not match {type(body).__name__} and it cannot "
+                              "load a standard network's weights")
     with torch.no_grad():
         for k, v in rest.items():
             model.state_dict()[k].copy_(v)
+    return start
 
 
-def load_teacher(path: str, num_classes: int) -> nn.Module:
-    """A frozen detector from a nasdet checkpoint (its own config says how to build it)."""
+def load_teacher(path: str, classes: list[str]) -> tuple[nn.Module, str]:
+    """A frozen detector from a nasdet checkpoint (its own config says how to build it) whose class outputs are
+    the run's ``classes``: a teacher trained on more classes gives the rows of these, picked by name from the
+    classes it records; one of other classes is refused. Returns it and a note for the log."""
     from ..config import validate_config
     from ..models import build_detector
 
-    state = load_checkpoint(path)
+    state = read_detector_checkpoint(path, TEACHER_KEY)
     if "config" not in state:
-        raise CheckpointError(f"teacher checkpoint {path} has no config: it was not written by nasdet")
+        raise CheckpointError(f"{TEACHER_KEY} {path} has no config: it was not written by nasdet")
     cfg = validate_config(state["config"], f"{path} (config)")
-    teacher = build_detector(cfg.model, num_classes=num_classes)
-    teacher.load_state_dict(state["model"])
+    named, names = recorded_class_names(state), list(classes)
+    teacher = build_detector(cfg.model, num_classes=len(names))
+    weights, note = state["model"], f"distilling from teacher {path}"
+    if named is not None and named != names:
+        rows = rows_by_class_name(teacher, weights, class_layer_keys(teacher, weights), named, names)
+        if rows is None:
+            raise CheckpointError(f"{TEACHER_KEY} {path} was trained on other classes than the data's: it records "
+                                  f"{len(named)} {named}, the data has {len(names)} {names}; its class outputs would "
+                                  "teach the wrong classes: give a teacher trained on these classes (or on more)")
+        weights, note = {**weights, **rows}, f"{note}, its rows of the data's {len(names)} classes picked by name"
+    elif named is None:
+        note += " (records no class names: its label k teaches the data's k-th class)"
+    load_model_weights(teacher, weights, f"{TEACHER_KEY} {path} (the data has {len(names)} classes)")
     if state.get("space_id") is not None:  # a supernet checkpoint teaches with its largest subnet
         body = supernet_body(teacher)
         body.set_arch(body.search_space().largest())
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher
+    return teacher, note
+
+
+def start_files(cfg: ExperimentConfig) -> dict:
+    """The files a supernet's weights start from (``pretrain_config``'s config: the backbone file, the detector
+    of ``supernet.init_from``, the distillation teacher), as {config key: {path (resolved), sha256}}; a file
+    that is gone (a resumed run needs it no more) is left out."""
+    from .checkpoint import file_sha256
+
+    named = {"model.backbone.checkpoint": cfg.model.backbone.checkpoint, INIT_KEY: cfg.supernet.init_from,
+             TEACHER_KEY: cfg.supernet.distill.checkpoint if cfg.supernet.distill.teacher == "checkpoint" else None}
+    return {key: {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+            for key, path in named.items() if path and Path(path).is_file()}
 
 
 # --------------------------------------------------------------------------------------- trainer
@@ -190,6 +293,27 @@ class SupernetTrainer(Trainer):
         self.teacher_losses = self.with_logits(self.teacher) if self.teacher is not None else None
         self.last_archs: list[dict] = []
         self.arch_macs = self._macs_bins_cost() if self.scfg.macs_bins is not None else None
+
+    # the files the weights started from, {config key: {path, sha256}} (``start_files``): kept in every checkpoint
+    # and compared on a rerun, since init_from is read only at a fresh start
+    starts: dict | None = None
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), **({"starts": self.starts} if self.starts else {})}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        was = state.get("starts")
+        if not was:
+            return
+        for key, now in (self.starts or {}).items():
+            before = was.get(key)
+            if before and before.get("sha256") != now["sha256"]:
+                raise CheckpointError(
+                    f"{checkpoint_in(self.out_dir)} was trained from {key} {before.get('path')} (sha256 "
+                    f"{str(before.get('sha256'))[:12]}); that start is now {now['path']} (sha256 {now['sha256'][:12]}), "
+                    f"another file or one trained again since: delete {self.out_dir} to train the supernet from it")
+        self.starts = was
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, *args, recipe: str = "train", **kwargs) -> "SupernetTrainer":

@@ -2,6 +2,7 @@
 a tuned subnet (its arch travels in the checkpoint), and the trainer of a static subnet that records it."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,6 +52,12 @@ def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[st
     step 5 starts from step 4's weights)."""
     backbone_ckpt = cfg.model.backbone.checkpoint if supernet_ckpt is None else None
     subnet = read_subnet_file(backbone_ckpt) if backbone_ckpt else None
+    named = cfg.model.backbone.checkpoint
+    if supernet_ckpt is not None and named and _is_subnet_file(named):
+        # DetNAS step 5 with the config's tune.init: supernet left on: step 4's weights are not used, say so
+        warnings.warn(f"model.backbone.checkpoint {named} holds a subnet `nasdet classify` trained; this tune starts "
+                      f"from the supernet's weights ({supernet_ckpt}) and does not use it (tune.init: scratch starts "
+                      "from it)", stacklevel=2)
     if supernet_ckpt is not None or subnet is not None:  # the supernet checkpoint or the subnet file decides
         cfg = with_backbone_checkpoint(cfg, None)
     model, space = build_supernet(cfg, num_classes)
@@ -78,6 +85,15 @@ def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[st
         elif inherited is not None:
             body.load_state_dict(inherited)
     return static, space
+
+
+def _is_subnet_file(path: str) -> bool:
+    """``path`` is a subnet's backbone.pt from ``nasdet classify`` (unreadable or gone: not one; a tune from the
+    supernet does not read it)."""
+    try:
+        return Path(path).is_file() and read_subnet_file(path) is not None
+    except CheckpointError:
+        return False
 
 
 def _load_subnet_backbone(body: nn.Module, subnet: tuple[dict, dict], arch: Mapping[str, Any], path: str) -> None:

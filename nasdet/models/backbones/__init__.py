@@ -8,13 +8,14 @@ from torch import nn
 
 from ...errors import CheckpointError, ConfigError, unreadable_reason
 from ...files import why_not_a_file
+from ...space.supernet import Supernet
 
 from .torchvision_backbones import BACKBONES, LEVELS, ResNetBackbone, SequentialStagesBackbone
 from .ofa_mobilenet import OFAMobileNetV3, build_ofa_mbv3
 from .mbv2_elastic import ElasticMobileNetV2, build_mbv2_elastic
 from .mbv2_width import WidthMobileNetV2, build_mbv2_width
 from .mbv3_width import WidthMobileNetV3, build_mbv3_width
-from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, ShuffleNetSPOS
+from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, LAYOUTS, ShuffleNetSPOS
 from .pretrained import load_backbone_state as load_torchvision_or_own_state, load_pretrained_backbone
 from .checkpoint_formats import load_backbone_state as load_reference_state, reference_format
 
@@ -43,7 +44,7 @@ def build_backbone(cfg) -> nn.Module:
         options["reduced_tail"] = True
     backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm, **options)
     if cfg.pretrained:
-        load_pretrained_backbone(backbone, cfg.name, cfg.pretrained, cfg.width_mult)
+        load_pretrained_backbone(backbone, cfg.name, cfg.pretrained, cfg.width_mult, bool(cfg.reduced_tail))
     if cfg.checkpoint:
         load_backbone_checkpoint(backbone, cfg.checkpoint, cfg.name, getattr(cfg, "checkpoint_format", "auto"))
     return backbone
@@ -61,6 +62,8 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, EOFError, RuntimeError, ... depending on how the file is bad
         raise CheckpointError(f"model.backbone.checkpoint {path} cannot be loaded: {unreadable_reason(e, path)}") from e
+    if isinstance(state, dict) and state.get("written_by") == "nasdet classify":
+        refuse_another_classified_backbone(backbone, state, path, backbone_name)
     if isinstance(state, dict) and state.get("written_by") == "nasdet classify" and state.get("arch") is not None \
             and set(state["state_dict"]) != set(backbone.state_dict()):
         raise CheckpointError(f"model.backbone.checkpoint {path} is the backbone of one subnet (`nasdet classify` with "
@@ -75,3 +78,31 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
                              checkpoint_format)
         return None
     return load_torchvision_or_own_state(backbone, state, f"model.backbone.checkpoint {path}", backbone_name)
+
+
+# the units a space can be marked with (SearchSpace.unit): a file of another is named by it
+SPACE_UNITS = (None, *(f"model.backbone.layout {layout}" for layout in LAYOUTS if layout != "spos"),
+               "model.layout mmdetection")
+
+
+def refuse_another_classified_backbone(backbone: nn.Module, record: dict, path, backbone_name: str | None) -> None:
+    """`nasdet classify`'s backbone.pt records its backbone and (a supernet's) space id: one of another
+    backbone (DetNAS, OFA: only their own layout loads) or another space is named as such, not as keys that
+    do not fit."""
+    theirs, their_space = record.get("backbone"), record.get("space_id")
+    space = backbone.search_space() if isinstance(backbone, Supernet) else None
+    other_name = reference_format(backbone) is not None and theirs and backbone_name and theirs != backbone_name
+    other_space = space is not None and their_space and their_space != space.space_id
+    if not (other_name or other_space):
+        return
+    unit = ""
+    if not other_name and space is not None:
+        theirs_unit = [u for u in SPACE_UNITS if space.with_unit(u).space_id == their_space]
+        if theirs_unit:
+            unit = (f"; it was trained with {theirs_unit[0] or 'the default unit (no layout set)'}, this config "
+                    f"builds {space.unit or 'the default unit (no layout set)'}: the same weights compute otherwise")
+    raise CheckpointError(
+        f"model.backbone.checkpoint {path} is `nasdet classify`'s backbone of {theirs} (space {their_space}), but the "
+        f"config builds {backbone_name or type(backbone).__name__}"
+        + (f" (space {space.space_id})" if space is not None else "") + unit
+        + ": classify that backbone first, or set model.backbone to the file's")

@@ -71,7 +71,15 @@ def _expected(backbone: nn.Module) -> str:
     return own if ref is None else f"{own} or a {NAMES[ref]} one (e.g. {', '.join(ANCHORS[ref])})"
 
 
-def _found(state: Mapping[str, torch.Tensor], found: str | None, prefix: str) -> str:
+def _found(state: Mapping[str, torch.Tensor], found: str | None, prefix: str, backbone: nn.Module, name: str) -> str:
+    if found is None and any(k.startswith("backbone.body.") for k in state):
+        return ("a nasdet detector's state (backbone.body.*), not a backbone's: a trained supernet starts `nasdet "
+                "tune` as tune.supernet_checkpoint, a trained detector the pipeline as pipeline.baseline_checkpoint")
+    own = set(backbone.state_dict())
+    if found is None and own & set(state):  # nasdet's keys, but not all of this backbone's
+        extra, missing = sorted(set(state) - own), sorted(own - set(state))
+        return (f"nasdet's own layout of another backbone or size ({len(missing)} of {name}'s keys missing, e.g. "
+                f"{_examples(missing, 2)}; {len(extra)} not {name}'s, e.g. {_examples(extra, 2)})")
     if found is None:
         return f"no known layout (e.g. {_examples(state)})"
     if found == "nasdet":
@@ -107,7 +115,7 @@ def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], 
             hint = f"; set model.backbone.layout: {found}"
         elif fmt != "auto" and found and fmt != found:
             hint = f"; model.backbone.checkpoint_format says {fmt}"
-        raise CheckpointError(f"{source}: {name} takes {_expected(backbone)}; found {_found(state, found, prefix)}{hint}")
+        raise CheckpointError(f"{source}: {name} takes {_expected(backbone)}; found {_found(state, found, prefix, backbone, name)}{hint}")
     mapped = dict(state) if found == "nasdet" else MAPPINGS[found](unwrap(state, prefix, found))
     own = backbone.state_dict()
     if found != "nasdet":  # FrozenBatchNorm2d has no num_batches_tracked

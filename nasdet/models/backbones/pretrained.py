@@ -31,6 +31,7 @@ TORCHVISION_ARCH = {
     "mobilenet_v2": "mobilenet_v2", "mobilenet_v3_large": "mobilenet_v3_large",
     "mobilenet_v3_small": "mobilenet_v3_small", "resnet18": "resnet18", "resnet34": "resnet34",
     "resnet50": "resnet50", "mbv2_elastic": "mobilenet_v2", "mbv2_width": "mobilenet_v2",
+    "mbv3_width": "mobilenet_v3_large",  # its default subnet is torchvision's network (reduced_tail: false)
 }
 IMAGENET = "imagenet"  # the alias of torchvision's DEFAULT weights
 CLASSIFIER_PREFIXES = ("classifier.", "fc.")  # torchvision's MobileNet and ResNet heads
@@ -84,9 +85,14 @@ def load_torchvision_imagenet(weights: tvm.WeightsEnum, progress: bool = True) -
         raise
 
 
-def load_pretrained_backbone(backbone: nn.Module, backbone_name: str, name: str, width_mult: float) -> None:
+def load_pretrained_backbone(backbone: nn.Module, backbone_name: str, name: str, width_mult: float,
+                             reduced_tail: bool = False) -> None:
     """``model.backbone.pretrained``: torchvision's ImageNet weights ``name`` into ``backbone``."""
     weights = torchvision_weights(backbone_name, name)
+    if reduced_tail:  # torchvision publishes no weights of MobileNetV3's reduced tail (a detection-only variant)
+        raise ConfigError(f"model.backbone.pretrained {name!r}: torchvision's ImageNet weights of "
+                          f"{TORCHVISION_ARCH[backbone_name]} exist without reduced_tail only (set "
+                          "model.backbone.reduced_tail: false, or drop pretrained)")
     if width_mult != 1.0:
         raise ConfigError(f"model.backbone.pretrained {name!r}: torchvision's ImageNet weights of "
                           f"{TORCHVISION_ARCH[backbone_name]} exist for width_mult 1.0 only, not {width_mult} "

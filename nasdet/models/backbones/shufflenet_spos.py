@@ -359,7 +359,9 @@ class ShuffleNetSPOS(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.out_channels = dict(zip(LEVELS, widths))
         self._names = choice_names(spec.blocks)
-        self._space = SearchSpace({n: tuple(range(len(OPS))) for n in self._names})
+        # the unit's layout is not in the weights' names: spos (the default) keeps the space id it always had
+        self._space = SearchSpace({n: tuple(range(len(OPS))) for n in self._names},
+                                  unit=None if self.layout == "spos" else f"model.backbone.layout {self.layout}")
         self._macs_tables: dict[tuple[int, int], tuple[int, list[list[int]]]] = {}
         he_fout_init(self)
         self.set_arch(self._space.default())

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import batched_nms, box_iou
 
+from ...space.supernet import Supernet, mark_space_unit
 from ..config import BaseModelConfig
 from .base import DetectorFamily, resize_transform
 
@@ -366,6 +367,8 @@ class YOLOv3Family(DetectorFamily):
     def build(self, cfg: YOLOv3ModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         if cfg.layout == "mmdetection":
             leaky_activations(body)
+            if isinstance(body, Supernet):  # a ReLU6 supernet's weights are not a LeakyReLU one's
+                mark_space_unit(body, "model.layout mmdetection")
         return YOLOv3(YOLOv3Neck(body, cfg.neck_channels), num_classes, cfg)
 
     def dense_forward(self, model: YOLOv3, x: Tensor) -> list[Tensor]:

@@ -131,6 +131,30 @@ def pick_label_rows(tensor: torch.Tensor, lead: int, labels: int, picked: list[i
     return torch.cat([blocks[:, :lead], classes.flatten(1, 2)], 1).reshape(-1, *tensor.shape[1:])
 
 
+def class_layer_keys(model: nn.Module, keys) -> list[str]:
+    """Those of ``keys`` that name the class-dependent layers of ``model``'s family (``DetectorFamily.class_layers``)."""
+    class_layers = [re.compile(p) for p in family_of(model).class_layers]
+    return sorted(k for k in keys if any(r.fullmatch(k) for r in class_layers))
+
+
+def rows_by_class_name(model: nn.Module, weights: dict[str, torch.Tensor], keys, checkpoint_classes: list[str],
+                       names: list[str]) -> dict[str, torch.Tensor] | None:
+    """The class layers ``keys`` of ``weights`` (a nasdet checkpoint of ``model``'s family, trained on
+    ``checkpoint_classes``) cut to the run's class ``names``, each taking its own rows; None when a name is not
+    among the checkpoint's or a layer is not laid out per class, or a picked layer does not fit ``model``."""
+    if not set(names) <= set(checkpoint_classes):
+        return None
+    family = family_of(model)
+    bg = int(family.class_background)  # background first, if the family has it
+    labels = [*range(bg), *(bg + list(checkpoint_classes).index(n) for n in names)]
+    own = model.state_dict()
+    rows = {k: pick_label_rows(weights[k], family.class_lead, len(checkpoint_classes) + bg, labels,
+                               4 if ".bbox_pred." in k else 1) for k in keys}
+    if all(v is not None and v.shape == own[k].shape for k, v in rows.items()):
+        return rows
+    return None
+
+
 def coco_rows(tensor: torch.Tensor, category_ids: list[int], rows_per_class: int) -> torch.Tensor | None:
     """The rows of a class layer trained on torchvision's 91 COCO labels for the classes of ``category_ids``
     (background first); None if not such."""
@@ -192,12 +216,8 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
         if fmt == "mmdetection" and set(names) <= set(checkpoint_classes):
             rows = {k: pick_label_rows(mapped[k], mmdet.class_lead, len(checkpoint_classes),
                                        [list(checkpoint_classes).index(n) for n in names]) for k in per_class}
-        elif fmt == "nasdet" and set(names) <= set(checkpoint_classes):
-            family = family_of(model)
-            bg = int(family.class_background)  # background first, if the family has it
-            labels = [*range(bg), *(bg + list(checkpoint_classes).index(n) for n in names)]
-            rows = {k: pick_label_rows(mapped[k], family.class_lead, len(checkpoint_classes) + bg, labels,
-                                       4 if ".bbox_pred." in k else 1) for k in per_class}
+        elif fmt == "nasdet":
+            rows = rows_by_class_name(model, mapped, per_class, checkpoint_classes, names)
         if rows is not None and all(v is not None and v.shape == own[k].shape for k, v in rows.items()):
             mapped, per_class, picked = {**mapped, **rows}, [], True
     coco = fmt != "mmdetection" and bool(per_class) and classes is not None and all(
