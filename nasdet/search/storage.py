@@ -241,7 +241,7 @@ def refuse_other_file(path: Path) -> None:
     to it, so any other file would be damaged. Its first line tells: a journal's first record starts so."""
     with open(path, "rb") as f:
         head = f.read(64)
-    if JOURNAL_RECORD_START.match(head):
+    if JOURNAL_RECORD_START.match(head) or b'{"op_code":'.startswith(head):  # (or a first record being written)
         return
     hint = ""
     if head.startswith(b"SQLite format 3"):
