@@ -9,7 +9,7 @@ from nasdet.models.supernet import build_supernet
 from nasdet.stages.pretrain import run_pretrain
 from nasdet.models.supernet import export_detector, set_detector_arch
 from nasdet.space import ArchError, SearchSpace
-from nasdet.train.checkpoint import CheckpointError, load_checkpoint
+from nasdet.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nasdet.train.distill import adaptive_distillation_loss
 from nasdet.train.supernet import ShrinkingSchedule, middle_arch, sample_step_archs
 
@@ -329,6 +329,16 @@ def test_init_from_errors_name_the_key_and_what_the_file_is(tiny_config, tmp_pat
                                               r"backbone: it holds ssdlite on mobilenet_v2 \(its stored config\), this "
                                               r"config builds retinanet on mbv2_elastic"):
         init_from_checkpoint(model, str(detector), ["a", "b", "c", "d"], cfg.model)
+    # the standard network into its supernet at another width: the width is what differs, said so
+    wider = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.5}})
+    with pytest.raises(CheckpointError, match=r"this config builds ssdlite on mbv2_elastic \(model.backbone."
+                                              r"width_mult 0.35 -> 0.5\)"):
+        init_from_checkpoint(build_supernet(wider, 4)[0], str(detector), ["a", "b", "c", "d"], wider.model)
+    # a start still training (ENOT's multi-resolution step from the single-resolution supernet): said so
+    fits = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}})
+    save_checkpoint({**load_checkpoint(detector), "total_steps": 10}, detector)
+    with pytest.warns(UserWarning, match=r"ssdlite.pt was saved at step 2 of 10: its training has not finished"):
+        init_from_checkpoint(build_supernet(fits, 4)[0], str(detector), ["a", "b", "c", "d"], fits.model)
 
 
 def test_a_checkpoint_teacher_of_other_classes_is_picked_by_name_or_refused(tiny_config, tmp_path):
@@ -387,3 +397,33 @@ def test_pretrain_says_and_records_where_the_supernet_and_its_teacher_start(tiny
     with pytest.raises(CheckpointError, match=r"was trained from supernet.init_from .*swapped.pt .*another file or "
                                               r"one trained again since: delete .*supernet"):
         run_pretrain(with_sn, console=Console(file=io.StringIO()))
+
+
+@pytest.mark.parametrize("teacher_model", [{"ssd_levels": ["c3", "c4", "c5"]}, {"anchor_ratio_range": [0.3, 0.95]}])
+def test_a_teacher_with_other_anchors_is_refused_before_training(tiny_config, tmp_path, teacher_model):
+    """The distillation compares logits anchor by anchor: a teacher with other levels failed mid-run on a tensor
+    shape (at supernet.distill.start_epoch), one with other default boxes of the same count distilled silently."""
+    import io
+
+    from rich.console import Console
+
+    from nasdet.config import config_to_dict
+    from nasdet.data.build import build_datasets
+    from nasdet.models import build_detector
+
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}, "input_size": 64},
+                      train={"max_steps": 1}, eval={"max_images": 2},
+                      supernet={"report_archs": ["smallest"], "recalib_batches": 1})
+    names = build_datasets(cfg, need=("val",))["val"].classes
+    teacher_cfg = tiny_config("ssdlite", model={"backbone": {"name": "mobilenet_v2", "width_mult": 0.35},
+                                                "input_size": 64, **teacher_model})
+    teacher = build_detector(teacher_cfg.model, num_classes=len(names))
+    ckpt = tmp_path / "teacher.pt"
+    save_checkpoint({"model": teacher.state_dict(), "config": config_to_dict(teacher_cfg), "step": 2,
+                     "classes": [[i + 1, n] for i, n in enumerate(names)]}, ckpt)
+    sn = cfg.supernet.model_copy(update={"distill": cfg.supernet.distill.model_copy(
+        update={"teacher": "checkpoint", "checkpoint": str(ckpt), "coef": 0.1, "start_epoch": 1})})
+    said = "anchors per image, the supernet" if "ssd_levels" in teacher_model else "as many anchors as the supernet but other boxes"
+    with pytest.raises(CheckpointError, match=f"supernet.distill.checkpoint {ckpt}: its detector has .*{said}"):
+        run_pretrain(cfg.model_copy(update={"supernet": sn}), console=Console(file=io.StringIO()))
+    assert not (tmp_path / "work" / "supernet" / "ckpt").exists()

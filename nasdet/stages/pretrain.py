@@ -95,6 +95,7 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
                               calib_set=data["supernet_train"].with_transforms(None), teacher=teacher, console=console,
                               recipe=recipe_key("supernet", cfg.supernet.train))
     trainer.start_note = supernet_start_note(cfg) + (f"; {teacher_note}" if teacher_note else "")
+    trainer.check_teacher_anchors(cfg.supernet.distill.checkpoint)
     trainer.starts = start_files(cfg)
     trainer.prepare()  # (a rerun whose start file changed since is refused here)  # a checkpoint of another space or model fails here, before anything is written
     if dist.is_main():

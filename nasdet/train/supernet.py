@@ -7,6 +7,7 @@ Gradients of all subnets of a step accumulate before one optimizer step (OFA, Bi
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -23,12 +24,12 @@ from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
 from .bn import preserved_bn_state, recalibrate_bn
 from ..space import ArchError, SearchSpace
 from . import dist
-from .checkpoint import CheckpointError, load_model_weights
+from .checkpoint import CheckpointError, load_model_weights, unfinished_at
 from .distill import LossesWithLogits, adaptive_distillation_loss
 from .evaluate import evaluate_detector
 from .loop import RunSettings, Trainer
 from ..workdir import checkpoint_in
-from .resume import NOT_TRAINING, TRAINING_SECTIONS
+from .resume import NOT_TRAINING, TRAINING_SECTIONS, flatten
 
 
 # -------------------------------------------------------------------------------- progressive shrinking
@@ -179,12 +180,25 @@ def init_from_checkpoint(model: nn.Module, path: str, classes: list[str] | None 
         def few(keys):
             return f"{len(keys)} (e.g. {keys[:4]})"
         stored = (checkpoint.get("config") or {}).get("model")
-        which = (f": it holds {_detector_of(stored)} (its stored config), this config builds "
-                 f"{_detector_of(model_cfg.model_dump())}" if model_cfg is not None and stored is not None else "")
+        which = ""
+        if model_cfg is not None and isinstance(stored, dict):
+            now = model_cfg.model_dump(mode="json")
+            which = f": it holds {_detector_of(stored)} (its stored config), this config builds {_detector_of(now)}"
+            # the settings that differ, besides the backbone's name (a standard network into its supernet is the
+            # normal case): e.g. another width_mult
+            was, new = flatten(stored), flatten(now)
+            differ = [f"model.{k} {was[k]} -> {new[k]}" for k in sorted(set(was) & set(new))
+                      if was[k] != new[k] and k != "backbone.name"]
+            if differ:
+                which += f" ({', '.join(differ[:4])})"
         raise CheckpointError(
             f"{INIT_KEY} {path} does not fit this supernet outside the backbone{which}: missing {few(missing)}, "
             f"unexpected {few(unexpected)}, shape mismatch {few(shapes)}"
         )
+    unfinished = unfinished_at(checkpoint)  # (ENOT's multi-resolution step starts from a supernet still training)
+    if unfinished is not None:
+        warnings.warn(f"{INIT_KEY} {path} was saved at step {unfinished[0]} of {unfinished[1]}: its training has not "
+                      "finished (killed, or still running)", stacklevel=2)
     start = SupernetStart(checkpoint_classes=recorded_class_names(checkpoint))
     if classes is not None:
         named = start.checkpoint_classes
@@ -358,6 +372,29 @@ class SupernetTrainer(Trainer):
 
     def resize_teacher(self, size: int) -> None:
         set_input_size(self.teacher, size)
+
+    def check_teacher_anchors(self, source: str) -> None:
+        """Refuse (CheckpointError) a checkpoint teacher whose anchors are not the student's: the distillation
+        compares logits anchor by anchor, so another count failed mid-run on a tensor shape and other boxes of
+        the same count (another ``anchor_ratio_range``) distilled against the wrong ones without a word. One
+        training forward of both on the first two training images (no augmentation; BN statistics kept) tells:
+        the same anchor count and the same anchors matched to their boxes. ``source``: the teacher file."""
+        if self.teacher is None:
+            return
+        plain = self.train_set.with_transforms(None)
+        images, targets = self.to_device(*zip(*[plain[i] for i in range(min(2, len(plain)))]))  # (BN: 2 values)
+        self.resize_teacher(self.input_size)
+        with torch.no_grad(), preserved_bn_state(self.model):
+            _, t_logits, t_pos = self.teacher_losses(images, targets)
+            _, s_logits, s_pos = self.with_logits(self.model)(images, targets)
+        if t_logits.shape[1] != s_logits.shape[1] or not torch.equal(t_pos, s_pos):
+            what = (f"{t_logits.shape[1]} anchors per image, the supernet {s_logits.shape[1]}"
+                    if t_logits.shape[1] != s_logits.shape[1] else
+                    f"as many anchors as the supernet but other boxes ({int(t_pos.sum())} and {int(s_pos.sum())} "
+                    "match an image's objects, not the same ones)")
+            raise CheckpointError(f"{TEACHER_KEY} {source}: its detector has {what} at {self.input_size} px: the "
+                                  "distillation compares logits anchor by anchor; train the teacher with this run's "
+                                  "anchor settings (model.ssd_levels, anchor sizes and ratios, input size)")
 
     def with_logits(self, model: nn.Module) -> nn.Module:
         """``model`` whose training forward returns ``(losses, logits, positives)`` for distillation."""
