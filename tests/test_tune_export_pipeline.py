@@ -60,7 +60,22 @@ def test_tune_from_a_supernet_of_other_classes_is_refused(tiny_config, tmp_path)
         run_tune(cfg, console=QUIET)
     assert not (Path(cfg.work_dir) / "tune" / "ckpt").exists()
     save_checkpoint({**load_checkpoint(ckpt), "classes": [[i + 1, n] for i, n in enumerate(names)]}, ckpt)
-    assert run_tune(cfg, console=QUIET)["step"] == 2
+    # a tune config that drifted from the pretrain config (other default boxes): warned, naming the setting
+    drifted = cfg.model_copy(update={"model": cfg.model.model_copy(update={"anchor_ratio_range": (0.3, 0.95)})})
+    said = Console(record=True, file=io.StringIO(), width=400)
+    assert run_tune(drifted, console=said)["step"] == 2
+    text = " ".join(said.export_text().split())
+    assert "was trained with other model settings than this config's (model.anchor_ratio_range: [0.2, 0.95] -> " \
+           "[0.3, 0.95])" in text, text
+    # and the search scoring it likewise
+    from nasdet.search.scorers import load_trained_supernet
+
+    said = Console(record=True, file=io.StringIO(), width=400)
+    load_trained_supernet(drifted, console=said)
+    assert "model.anchor_ratio_range: [0.2, 0.95] -> [0.3, 0.95]" in " ".join(said.export_text().split())
+    said = Console(record=True, file=io.StringIO(), width=400)
+    load_trained_supernet(cfg, console=said)
+    assert "other model settings" not in said.export_text()
 
 
 def test_tune_from_best_arch_then_from_explicit_arch(tiny_config, tmp_path):

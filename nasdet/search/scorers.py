@@ -12,13 +12,14 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, config_to_dict
 from ..data.build import build_datasets
 from ..errors import ConfigError
 from ..models.supernet import build_supernet
 from ..space import SearchSpace
 from ..threads import set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, unfinished_at
+from ..train.resume import model_drift
 from ..workdir import WorkDir
 from .scoring import cached_scorer, score_arch
 
@@ -62,6 +63,7 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
     model, space = build_supernet(cfg, search_set.num_classes)
     state = load_checkpoint(ckpt, space_id=space.space_id)
     load_model_weights(model, state, source=str(ckpt))
+    warn_model_drift(state, cfg, f"the supernet {ckpt}", "scores", console)
     unfinished = unfinished_at(state)
     if unfinished is not None:
         (console or Console()).print(Text(
@@ -74,6 +76,17 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
         recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
     return TrainedSupernet(model, space, search_set, calib_set, device, scorer, ckpt, state)
+
+
+def warn_model_drift(state: Mapping, cfg: ExperimentConfig, what: str, use: str, console: Console | None) -> None:
+    """Warn when the model settings ``state`` (a checkpoint) was trained with differ from ``cfg``'s
+    (``resume.model_drift``): ``what`` (e.g. the supernet X) then ``use``s (scores, tunes) another model."""
+    drift = model_drift(state.get("config"), config_to_dict(cfg))
+    if drift:
+        (console or Console()).print(Text(
+            f"warning: {what} was trained with other model settings than this config's ({'; '.join(drift[:4])}"
+            f"{'; ...' if len(drift) > 4 else ''}): it {use} with weights trained for those; use the pretrain "
+            "config's model section", style="yellow"), soft_wrap=True)
 
 
 def proxy_scorer_context(cfg: ExperimentConfig) -> TrainedSupernet:

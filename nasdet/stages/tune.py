@@ -24,6 +24,7 @@ from ..errors import StageOrderError
 from ..data.build import build_datasets
 from ..models.imports import recorded_class_names
 from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
+from ..search.scorers import warn_model_drift
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
 from ..train import dist
 from ..train.bn import recalibrate_static
@@ -115,11 +116,11 @@ def supernet_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = Non
     return path
 
 
-def refuse_other_classes(checkpoint: Path, train_set, key: str) -> None:
+def refuse_other_classes(checkpoint: Path, state: dict, train_set, key: str) -> None:
     """Refuse (CheckpointError) a supernet checkpoint trained on other classes than the data's: its class layers'
     rows would be taken by index, predicting one class for another (another count failed on a tensor shape). A
     checkpoint without the record (older) is taken as it is."""
-    recorded = recorded_class_names(load_checkpoint(checkpoint))
+    recorded = recorded_class_names(state)
     if recorded is not None and recorded != list(train_set.classes):
         raise CheckpointError(f"{key} {checkpoint} was trained on the classes {recorded}, this data has "
                               f"{list(train_set.classes)}: its class layers predict other classes. Tune from a "
@@ -200,8 +201,11 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         console.print("tune: a darts search has no supernet; the searched towers train from their init (as FAD)")
     sn_ckpt = supernet_checkpoint(cfg, wd.root) if init == "supernet" and not resuming else None
     if sn_ckpt is not None:
-        refuse_other_classes(sn_ckpt, data["train"], "tune.supernet_checkpoint" if cfg.tune.supernet_checkpoint
-                             else "the supernet")
+        sn_state = load_checkpoint(sn_ckpt)
+        refuse_other_classes(sn_ckpt, sn_state, data["train"], "tune.supernet_checkpoint"
+                             if cfg.tune.supernet_checkpoint else "the supernet")
+        if dist.is_main():
+            warn_model_drift(sn_state, cfg, f"the supernet {sn_ckpt}", "tunes", console)
     model = build_tuned_model(cfg, k, arch, sn_ckpt)
     device, _, _ = dist.init_distributed(tcfg.train.device)  # before is_main(): under torchrun only rank 0 writes
     initial = None

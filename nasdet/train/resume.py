@@ -113,3 +113,12 @@ def refuse_changed_run(checkpoint: Path, saved: Mapping[str, Any] | None, curren
         raise ResumeMismatch(
             f"{checkpoint} was trained with another config ({shown}): rerun with the config it was trained "
             f"with to continue, or delete {checkpoint.parent.parent} (or choose another --work-dir) to start over")
+
+
+def model_drift(saved_config: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
+    """``model.key: old -> new`` for the model settings a (supernet) checkpoint was trained with that a run's
+    config (``config_to_dict``) changed: its space id covers the choices only, so a search or tune config that
+    drifted from the pretrain config (other anchors, levels) used its weights for what they were not trained
+    for. The backbone's start files and the input size (the space's resolutions decide) are not compared."""
+    ignored = NOT_TRAINING | {"model.backbone.checkpoint", PRETRAINED_KEY, "model.input_size"}
+    return training_changes(saved_config or {}, current, ("model",), ignored)
