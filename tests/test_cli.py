@@ -130,6 +130,21 @@ def test_torchrun_two_processes_supernet_pretrain(shapes_dir, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = [json.loads(x) for x in (tmp_path / "wd" / "supernet" / "log.jsonl").read_text().splitlines()]
     assert any("s2/distill" in row for row in log)
+    # tune from it under torchrun, with the inherited weights' evaluation (tune.eval_initial, the default): only
+    # rank 0 evaluated, its gather met rank 1's DDP setup and both crashed
+    from nasdet.config import validate_config
+    from nasdet.models.supernet import build_supernet
+    from nasdet.space import save_arch
+
+    _, space = build_supernet(validate_config(raw), 8)
+    save_arch(tmp_path / "wd" / "search" / "best_arch.json", space.smallest(), space)
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nasdet", "tune", str(cfg),
+                        "--set", "tune.recalib_batches=1"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    initial = json.loads((tmp_path / "wd" / "tune" / "initial_metrics.json").read_text())
+    assert initial["val_images"] == 8 and "AP" in initial["metrics"]
+    assert r.stdout.count("inherited weights before training") == 1
 
 
 def test_stopping_the_worker_launcher_stops_its_workers(tmp_path):

@@ -209,7 +209,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     model = build_tuned_model(cfg, k, arch, sn_ckpt)
     device, _, _ = dist.init_distributed(tcfg.train.device)  # before is_main(): under torchrun only rank 0 writes
     initial = None
-    if sn_ckpt is not None and dist.is_main():
+    if sn_ckpt is not None:  # every rank: the same recalibration, and the eval is sharded over the ranks
         model.to(device)
         if cfg.tune.recalib_batches:
             recalibrate_static(model, data["train"].with_transforms(None), device, cfg.tune.recalib_batches,
@@ -217,9 +217,10 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         if cfg.tune.eval_initial:
             val = scored_val_set(cfg, data["val"])
             initial = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
-            write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source,
-                                                "val": val.source, "val_images": len(val)})
-            console.print(metrics_table(initial, f"tune: inherited weights before training ({len(val)} val images)"))
+            if dist.is_main():
+                write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source,
+                                                    "val": val.source, "val_images": len(val)})
+                console.print(metrics_table(initial, f"tune: inherited weights before training ({len(val)} val images)"))
     if dist.is_main():
         if space is not None:
             save_arch(out / ARCH_JSON, arch, space)
