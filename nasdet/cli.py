@@ -43,8 +43,32 @@ def _user_errors(fn):
             _fail(e, e.label, e.exit_code)
         except OSError as e:  # a file or folder that cannot be read or written: the user's environment
             _fail(e, "error", 2, describe_os_error(e))
+        except RuntimeError as e:
+            if not _peer_stopped(e):
+                raise
+            _fail(e, "error", 1, f"another process of this torchrun stopped (its error is printed above); rank "
+                                 f"{_torchrun_rank()} stops with it")
 
     return wrapper
+
+
+def _torchrun_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _group_joined() -> bool:
+    """Whether this process joined torchrun's process group (no torch import for a CLI that has none)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def _peer_stopped(e: RuntimeError) -> bool:
+    """A collective failed because another rank of the same torchrun exited (its own error says why): gloo's
+    "Connection closed by peer", NCCL's / the store's "Connection reset"."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    text = str(e)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
 def _fail(e: BaseException, label: str, exit_code: int, message: Optional[str] = None) -> None:
@@ -52,7 +76,12 @@ def _fail(e: BaseException, label: str, exit_code: int, message: Optional[str] =
         if getattr(e, "worker_traceback", None):
             print(e.worker_traceback, file=sys.stderr)
         raise e
-    print_error(message if message is not None else str(e), label)
+    rank = _torchrun_rank()
+    if rank > 0 and not _group_joined():  # under torchrun, before training: every rank meets the same error
+        raise typer.Exit(exit_code)
+    message = message if message is not None else str(e)
+    print_error(f"rank {rank}: {message}" if rank > 0 and not message.startswith("another process") else message,
+                label)
     raise typer.Exit(exit_code)
 
 
@@ -240,6 +269,9 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
     cfg = _load(config, set_)
     check_one_process(cfg, worker, workers)  # before any worker starts
     if workers > 1:
+        from .stages.search import check_search_inputs
+
+        check_search_inputs(cfg, work_dir, storage)
         _launch_workers("search", config, work_dir, set_ or [], workers, ["--storage", storage] if storage else [])
     run_search(cfg, work_dir=work_dir, storage=storage, console=console, worker=worker, outputs=not launched)
 
@@ -270,6 +302,9 @@ def _launch_workers(command: str, config: Path, work_dir: Optional[Path], overri
         console.print(f"started {workers} {command} workers" + (f" on {min(workers, gpus)} GPU(s)" if gpus else " on CPU"))
 
     failed = _wait_for_workers(procs, spawn)
+    if failed and all(procs[i].returncode == 2 for i in failed):  # bad input: each said why, rerunning cannot help
+        print_error(f"{command} worker(s) {failed} stopped on the error above")
+        raise typer.Exit(2)
     if failed:
         print_error(f"{command} worker(s) {failed} failed; rerun the same command to continue")
         raise typer.Exit(1)
@@ -289,7 +324,11 @@ def _wait_for_workers(procs: list, spawn=None) -> list[int]:
     try:
         if spawn is not None:  # started under the handler: a SIGTERM while they start orphans none of them
             spawn()
-        return [i for i, p in enumerate(procs) if p.wait() != 0]
+        import time
+
+        while any(p.poll() is None for p in procs):  # reaps each as it exits (a wait in index order left a
+            time.sleep(0.2)                          # killed worker a zombie, whose claim looked live)
+        return [i for i, p in enumerate(procs) if p.returncode != 0]
     except BaseException:
         for p in procs:
             if p.poll() is None:

@@ -10,6 +10,7 @@ baseline and the found model trained with the same recipe (ENOT's fair compariso
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -152,6 +153,10 @@ def run_pipeline_diagnose(cfg: ExperimentConfig, wd: Path, console: Console) -> 
 def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Run every stage that is not complete yet; returns the report (also written as report.json)."""
     console = console or Console()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # its search would score on every rank through the group
+        raise ConfigError("nasdet pipeline runs in one process, not under torchrun: run the training stages under "
+                          "torchrun one by one (nasdet train, pretrain, tune), the search with `nasdet search "
+                          "--workers N`, then nasdet export and nasdet pipeline for the report (README, 'Recipes at full scale')")
     if cfg.pipeline.classify and (cfg.classify is None or cfg.classify.arch is not None):
         raise ConfigError("pipeline.classify trains the supernet as a classifier before pretraining: it needs a "
                           "classify section without classify.arch")

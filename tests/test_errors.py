@@ -624,3 +624,69 @@ def test_a_file_named_like_the_journals_lock_is_not_removed(tmp_path):
     with pytest.raises(ConfigError, match="poetry.lock exists and is not the journal's lock"):
         open_storage(journal, tmp_path)
     assert user_file.read_text() == "[[package]]\n"
+
+
+def test_a_killed_worker_not_yet_reaped_is_dead_to_the_others():
+    """A search worker killed while its launcher waited on another stayed a zombie, which `kill(pid, 0)` finds:
+    the survivor took its claim for live, never retried its arch and skipped 200 trials as "surplus"."""
+    import subprocess
+    import sys
+
+    from nasdet.search.study import _alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline:  # exited, not reaped: a zombie
+        with open(f"/proc/{child.pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                break
+        time.sleep(0.05)
+    os.kill(child.pid, 0)  # what the old check asked: it succeeds on a zombie
+    assert not _alive(child.pid)
+    assert _alive(os.getpid())
+    child.wait()
+    assert not _alive(child.pid)
+
+
+def test_under_torchrun_an_error_is_one_line_once(tmp_path, monkeypatch, shapes_dir):
+    """Under torchrun every rank met a config error and printed it (8 times on 8 GPUs); a rank whose peer died
+    printed gloo's 70-line traceback ("a bug") after the real error; `nasdet pipeline` scored the search on
+    every rank through the trainers' process group (KeyError 'AP', or two archs' detections in one AP)."""
+    import nasdet.stages.baseline as baseline
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(shapes_dir, tmp_path / "work")))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    res = CliRunner().invoke(app, ["train", str(cfg), "--set", "train.batch_size=-1"])
+    assert res.exit_code == 2 and res.output == ""  # rank 0 says it
+    monkeypatch.setenv("RANK", "0")
+    res = CliRunner().invoke(app, ["train", str(cfg), "--set", "train.batch_size=-1"])
+    assert res.exit_code == 2 and res.output.count("error:") == 1 and "train.batch_size" in res.output
+
+    def peer_died(*args, **kwargs):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:36542")
+
+    monkeypatch.setattr(baseline, "run_baseline", peer_died)
+    res = CliRunner().invoke(app, ["train", str(cfg)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert said == "error: another process of this torchrun stopped (its error is printed above); rank 0 stops with it"
+    res = CliRunner().invoke(app, ["pipeline", str(cfg)])
+    assert res.exit_code == 2 and "nasdet pipeline runs in one process, not under torchrun" in " ".join(res.output.split())
+    assert not (tmp_path / "work").exists()
+
+
+def test_search_workers_launcher_checks_its_inputs_before_starting_any(tmp_path, shapes_dir):
+    """`--workers N` started its workers, each loaded its data and met the same error, and the launcher ended
+    with "rerun the same command to continue" (exit 1): rerunning could not help."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(shapes_dir, tmp_path / "work")))
+    other = tmp_path / "notes.txt"
+    other.write_text("my notes\n")
+    for args, said in ((["--storage", str(other)], "is a file that is not an Optuna journal"),
+                       ([], "run the pretrain stage first")):
+        res = CliRunner().invoke(app, ["search", str(cfg), "--workers", "2", *args])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2 and said in out and "started" not in out and out.count("error:") == 1, out
+    assert other.read_text() == "my notes\n"

@@ -105,13 +105,20 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """A process of this machine runs ``pid``. A zombie (exited, not yet reaped by its parent: a worker killed
+    while its launcher waited on another) is dead: its claim looked live, and its arch was never retried."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] != b"Z"  # the state after "(comm) "
+    except (OSError, ValueError):  # no /proc (macOS): as kill says
+        return True
 
 
 def _blocked(study: optuna.Study, trial: optuna.Trial, arch: Mapping, num_candidates: int) -> str | None:

@@ -118,12 +118,14 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     config's detector, written as ``baseline/ckpt/last.pt`` and evaluated on val (skipped when that record
     is of the same file). When the data's classes are not the checkpoint's, the class-dependent layers are
     re-initialised (said) and the baseline is fine-tuned from it with the ``train`` recipe."""
-    console = console or Console()
+    dist.init_distributed(cfg.train.device)  # under torchrun: rank 0 writes and speaks (is_main)
+    console = dist.main_console(console or Console())
     source = Path(cfg.pipeline.baseline_checkpoint)
     weights, checkpoint_classes = read_checkpoint(source, "pipeline.baseline_checkpoint")
     origin = {"path": str(source), "sha256": file_sha256(source)}
     out = WorkDir.of(cfg, work_dir).baseline
     done = _same_import(out, source, origin["sha256"])
+    dist.barrier()  # every rank decided before rank 0 writes (rank 1 took rank 0's fresh import for an earlier one)
     if done is not None and done.get("step"):
         return _fine_tuned_again(cfg, work_dir, done, console)
     if done is not None and out.has_checkpoint():

@@ -73,10 +73,11 @@ def _say_init(console: Console, path: str, start: SupernetStart, classes: list[s
 def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train the weight-sharing supernet (``supernet/``) on the training split minus the search split,
     starting from what ``pretrain_config`` says."""
-    console = console or Console()
     wd = WorkDir.of(cfg, work_dir)
     cfg = pretrain_config(cfg, wd)
     cfg = with_train_recipe(cfg, cfg.supernet.train)
+    dist.init_distributed(cfg.train.device)  # before the start is said: once, on rank 0
+    console = dist.main_console(console or Console())
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
     k = data["train"].num_classes

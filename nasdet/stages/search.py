@@ -30,7 +30,7 @@ from ..search.outputs import (kept_outputs, output_files, outputs_key, refuse_ot
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
-from ..search.storage import check_storage_url, open_storage, shown_storage
+from ..search.storage import check_journal, check_storage_url, open_storage, shown_storage
 from ..search.study import (apply_budget, best_record, check_supernet_fingerprint, open_study, run_study,
                             study_records)
 from ..space import SearchSpace
@@ -68,6 +68,27 @@ def check_one_process(cfg: ExperimentConfig, worker: int = 0, workers: int = 1) 
                           "--worker / --workers")
 
 
+def check_search_inputs(cfg: ExperimentConfig, work_dir: str | Path | None = None,
+                        storage: str | None = None) -> WorkDir:
+    """What a search can refuse before anything is loaded or written (another study in search/, the storage,
+    the lookup table, a missing supernet): run by each worker, and by ``--workers``' launcher before it starts
+    any (each worker found it only after loading its data). Returns the work dir."""
+    s = cfg.search
+    w = WorkDir.of(cfg, work_dir)
+    refuse_other_search(w.search.root, study_name_of(cfg), s.strategy)
+    if "://" in str(storage or s.storage or ""):
+        check_storage_url(str(storage or s.storage))  # a bad URL fails now, not after the supernet is loaded
+    elif storage or s.storage:
+        path = Path(storage or s.storage)
+        refuse_output_in_data(path, cfg.data_folders(), "search storage")
+        check_journal(path)
+    if cfg.cost.lut:
+        refuse_output_in_data(cfg.cost.lut, cfg.data_folders(), "cost.lut")
+    if s.scorer == "supernet":
+        w.supernet.require_checkpoint()
+    return w
+
+
 def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storage: str | None = None,
                console: Console | None = None, worker: int = 0, outputs: bool = True) -> dict:
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,
@@ -81,15 +102,8 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         return run_darts(cfg, work_dir, console)
     console = console or Console()
     s = cfg.search
-    w = WorkDir.of(cfg, work_dir)
+    w = check_search_inputs(cfg, work_dir, storage)
     wd, out_dir = w.root, w.search.root
-    refuse_other_search(out_dir, study_name_of(cfg), s.strategy)  # before anything is loaded or written
-    if "://" in str(storage or s.storage or ""):
-        check_storage_url(str(storage or s.storage))  # a bad URL fails now, not after the supernet is loaded
-    elif storage or s.storage:
-        refuse_output_in_data(storage or s.storage, cfg.data_folders(), "search storage")
-    if cfg.cost.lut:
-        refuse_output_in_data(cfg.cost.lut, cfg.data_folders(), "cost.lut")
     ctx = load_trained_supernet(cfg, w, console) if s.scorer == "supernet" else proxy_scorer_context(cfg)
     model, space, search_set, device = ctx.model, ctx.space, ctx.search_set, ctx.device
     objective = OBJECTIVE if s.scorer == "supernet" else s.scorer

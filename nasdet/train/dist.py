@@ -48,6 +48,18 @@ def is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def main_console(console):
+    """``console`` on the main process, a silent one on the others: a stage's messages once per run, not once
+    per torchrun process (call after ``init_distributed``)."""
+    if is_main():
+        return console
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO())
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
