@@ -171,3 +171,17 @@ def test_the_backbone_checkpoint_and_imagenet_weights_are_compared_as_what_they_
     assert training_changes(saved, run(pretrained="IMAGENET1K_V1"), ("model",)) == [
         "model.backbone.pretrained: imagenet -> IMAGENET1K_V1"]
     assert training_changes(saved, run(), ("model",)) == ["model.backbone.pretrained: imagenet -> None"]
+
+
+def test_resume_with_another_process_count_says_so(shapes_dir, tmp_path):
+    """A run started under torchrun (2 processes) and rerun in one: refused, as it must be (the per-process batch
+    makes another schedule), but the error left the user to guess which of four things changed."""
+    from nasdet.train.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg, wd = started_run(shapes_dir, tmp_path)
+    ckpt = wd / "baseline" / "ckpt" / "last.pt"
+    state = load_checkpoint(ckpt)
+    assert state["processes"] == 1
+    save_checkpoint({**state, "processes": 2, "total_steps": state["total_steps"] // 2}, ckpt)  # as 2 would write
+    one_error_line(*cli("train", cfg, "--set", "train.max_steps=3"), "was written by 2 process(es)",
+                   "this run has 1", "torchrun --nproc_per_node 2")

@@ -247,6 +247,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "total_steps": self.total_steps,
+            "processes": dist.world_size(),  # the batch is per process: another count is another schedule
             "rng": rng_state(),
             "config": dict(self.settings.record),
             "paths": resolved_paths(self.settings.record),
@@ -287,6 +288,12 @@ class Trainer:
                            state.get("paths"))
         load_model_weights(self.model, state, source=str(path))
         if state.get("total_steps") != self.total_steps:
+            was = state.get("processes")
+            if was is not None and was != dist.world_size():
+                raise CheckpointError(
+                    f"{path} was written by {was} process(es) (train.batch_size per process), this run has "
+                    f"{dist.world_size()}: {state.get('total_steps')} total steps against {self.total_steps}; rerun "
+                    f"with {was} process(es) (torchrun --nproc_per_node {was}), or a new work dir")
             raise CheckpointError(
                 f"{path} was written for {state.get('total_steps')} total steps, this config gives {self.total_steps} "
                 "(epochs, batch size, data or number of processes changed); use a new work dir or delete the checkpoint"
