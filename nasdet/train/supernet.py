@@ -301,6 +301,9 @@ class SupernetTrainer(Trainer):
         self.space = space
         self.distill_on = self.scfg.distill.teacher != "none"
         super().__init__(settings, model, train_set, val_set, out_dir, console=console, space_id=space.space_id)
+        if dist.world_size() > 1:  # a sliced elastic weight's gradient is contiguous, its parameter channels_last:
+            # DDP copies it into its bucket and says so once per rank in four raw lines; expected, not the user's
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         self.schedule = ShrinkingSchedule(space, self.scfg.schedule)
         self.calib_set = calib_set if calib_set is not None else train_set
         self.teacher = teacher.to(self.device) if teacher is not None else None
