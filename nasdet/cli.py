@@ -269,9 +269,17 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
     cfg = _load(config, set_)
     check_one_process(cfg, worker, workers)  # before any worker starts
     if workers > 1:
+        from .search.storage import open_storage
         from .stages.search import check_search_inputs
 
-        check_search_inputs(cfg, work_dir, storage)
+        w = check_search_inputs(cfg, work_dir, storage)
+        url = storage or cfg.search.storage
+        if url and "://" in str(url):  # the schema made once, here: N workers making it at once collided
+            if str(url).startswith("sqlite"):
+                console.print(Text(f"warning: {workers} workers on SQLite ({url}): Optuna's FAQ says it is not safe "
+                                   "for parallel writers; use a journal file (the default) or PostgreSQL",
+                                   style="yellow"), soft_wrap=True)
+            open_storage(url, w.search.root)
         _launch_workers("search", config, work_dir, set_ or [], workers, ["--storage", storage] if storage else [])
     run_search(cfg, work_dir=work_dir, storage=storage, console=console, worker=worker, outputs=not launched)
 

@@ -690,3 +690,32 @@ def test_search_workers_launcher_checks_its_inputs_before_starting_any(tmp_path,
         out = " ".join(res.output.split())
         assert res.exit_code == 2 and said in out and "started" not in out and out.count("error:") == 1, out
     assert other.read_text() == "my notes\n"
+
+
+def test_search_workers_on_a_database_find_its_schema_made(tmp_path, shapes_dir, monkeypatch):
+    """Two workers on a new database both ran Optuna's schema creation at once: one failed ("UNIQUE constraint
+    failed: alembic_version"); the launcher now opens the storage first, and warns about SQLite with workers."""
+    import sqlite3
+
+    import nasdet.cli as cli_module
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(shapes_dir, tmp_path / "work")))
+    ckpt = tmp_path / "work" / "supernet" / "ckpt" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")  # the launcher only checks that the pretrain stage ran
+    db = tmp_path / "study.db"
+    seen = []
+
+    def launched(*args, **kwargs):
+        tables = sqlite3.connect(db).execute("select name from sqlite_master where type='table'").fetchall()
+        seen.append({t for (t,) in tables})
+
+    monkeypatch.setattr(cli_module, "_launch_workers", launched)
+    import nasdet.stages.search as search_stage
+
+    monkeypatch.setattr(search_stage, "run_search", lambda *a, **k: None)
+    res = CliRunner().invoke(app, ["search", str(cfg), "--workers", "2", "--storage", f"sqlite:///{db}"])
+    assert res.exit_code == 0, res.output
+    assert seen and {"alembic_version", "studies", "trials"} <= seen[0]
+    assert "not safe for parallel writers" in " ".join(res.output.split())
