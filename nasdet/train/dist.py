@@ -40,8 +40,29 @@ def init_distributed(device_pref: str = "auto") -> tuple[torch.device, int, int]
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
+        _stop_with_launcher()
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return device, rank, world
+
+
+def _stop_with_launcher() -> None:
+    """Under torchrun, have the kernel stop this rank when the launcher dies (``kill -9`` of torchrun left its
+    ranks waiting for its rendezvous store, or training on unseen). Linux only; elsewhere nothing."""
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        parent = os.getppid()
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the launcher died before the request: stop now
+            os.kill(os.getpid(), signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def is_main() -> bool:
