@@ -719,3 +719,31 @@ def test_search_workers_on_a_database_find_its_schema_made(tmp_path, shapes_dir,
     assert res.exit_code == 0, res.output
     assert seen and {"alembic_version", "studies", "trials"} <= seen[0]
     assert "not safe for parallel writers" in " ".join(res.output.split())
+
+
+def test_eval_refuses_a_checkpoint_of_other_classes_and_a_val_set_without_boxes(tiny_config, tmp_path, shapes_dir):
+    """eval (and export, search) read a checkpoint's label k as the data's k-th class whatever it was trained
+    on: another class order scored, exported and deployed mislabelled, silently. A val set without boxes ended
+    in "ground truth has no annotations", naming no set."""
+    from nasdet.config import config_to_dict
+    from nasdet.data.build import build_datasets
+    from nasdet.models import build_detector
+    from nasdet.stages.baseline import run_eval
+    from nasdet.train.checkpoint import save_checkpoint
+
+    cfg = tiny_config("ssdlite")
+    names = list(build_datasets(cfg, need=("val",))["val"].classes)
+    ckpt = tmp_path / "other.pt"
+    swapped = [names[1], names[0], *names[2:]]
+    save_checkpoint({"model": build_detector(cfg.model, num_classes=len(names)).state_dict(),
+                     "config": config_to_dict(cfg), "step": 1,
+                     "classes": [[i + 1, n] for i, n in enumerate(swapped)]}, ckpt)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*other.pt was trained on the classes \['" + swapped[0]):
+        run_eval(cfg, ckpt=ckpt)
+    empty = tmp_path / "val.json"
+    val = json.loads((shapes_dir / "val" / "annotations.json").read_text())
+    empty.write_text(json.dumps({**val, "annotations": []}))
+    no_boxes = tiny_config("ssdlite", data={**cfg.data.model_dump(), "val": {
+        "annotations": str(empty), "images": str(shapes_dir / "val" / "images")}})
+    with pytest.raises(DataError, match=r"val set .*val.json.* has no box in the 8 images it scores"):
+        run_eval(no_boxes, ckpt=ckpt)

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..models.supernet import build_supernet
 from ..space import SearchSpace
 from ..threads import set_torch_threads
-from ..train.checkpoint import load_checkpoint, load_model_weights, unfinished_at
+from ..train.checkpoint import load_checkpoint, load_model_weights, refuse_other_classes, unfinished_at
 from ..train.resume import model_drift
 from ..workdir import WorkDir
 from .scoring import cached_scorer, score_arch
@@ -62,6 +62,8 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
     calib_set = data["supernet_train"].with_transforms(None)
     model, space = build_supernet(cfg, search_set.num_classes)
     state = load_checkpoint(ckpt, space_id=space.space_id)
+    refuse_other_classes(ckpt, state, search_set.classes, "the supernet", "search the data it was pretrained on "
+                         "(its classes in that order), or pretrain on this data")
     load_model_weights(model, state, source=str(ckpt))
     warn_model_drift(state, cfg, f"the supernet {ckpt}", "scores", console)
     unfinished = unfinished_at(state)

@@ -20,7 +20,7 @@ from ..models.imports import map_detector_weights, read_checkpoint
 from ..train.checkpoint import CheckpointError, class_record, file_sha256, load_checkpoint, save_checkpoint
 from ..train import dist
 from ..train.evaluate import evaluate_detector
-from ..train.loop import resolve_device
+from ..train.loop import check_scored_val_set, resolve_device
 from ..train.bn import recalibrate_bn
 from ..train.trained import load_checkpoint_model, load_trained_model
 from ..files import why_not_a_file
@@ -180,7 +180,9 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     given = ckpt is not None
     ckpt = Path(ckpt) if given else default_checkpoint(cfg, work_dir)
     val = build_datasets(cfg, need=("val",))["val"]
-    model, held = load_checkpoint_model(cfg, ckpt, val.num_classes)
+    scored = scored_val_set(cfg, val)
+    check_scored_val_set(scored, len(scored))  # (its mAP would be "undefined", naming no set)
+    model, held = load_checkpoint_model(cfg, ckpt, val.num_classes, classes=val.classes)
     device = resolve_device(cfg.train.device)
     model.to(device)
     state = load_checkpoint(ckpt)
@@ -194,7 +196,7 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         what += f", BatchNorm recalibrated on {n} training images"
     if what:
         console.print(Text(f"{ckpt}: {what}"), soft_wrap=True)
-    val = scored_val_set(cfg, val)
+    val = scored
     metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
     if metrics is None:
         return {}

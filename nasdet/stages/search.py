@@ -274,7 +274,7 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
     ckpt = WorkDir(wd).baseline.checkpoint
     if not ckpt.is_file():
         return None
-    model = load_trained_model(cfg, ckpt, search_set.num_classes).to(device).eval()
+    model = load_trained_model(cfg, ckpt, search_set.num_classes, classes=search_set.classes).to(device).eval()
     costs = {"macs": detector_macs(model, backbone=False)["total"], "params": detector_params(model)["total"]}
     if "latency" in measure:
         c = cfg.cost

@@ -22,13 +22,12 @@ from rich.markup import escape
 from ..config import ExperimentConfig, read_arch_file, save_run_record
 from ..errors import StageOrderError
 from ..data.build import build_datasets
-from ..models.imports import recorded_class_names
 from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
 from ..search.scorers import warn_model_drift
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
 from ..train import dist
 from ..train.bn import recalibrate_static
-from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, unfinished_at
+from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, refuse_other_classes, unfinished_at
 from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model, with_backbone_checkpoint
@@ -116,17 +115,6 @@ def supernet_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None = Non
     return path
 
 
-def refuse_other_classes(checkpoint: Path, state: dict, train_set, key: str) -> None:
-    """Refuse (CheckpointError) a supernet checkpoint trained on other classes than the data's: its class layers'
-    rows would be taken by index, predicting one class for another (another count failed on a tensor shape). A
-    checkpoint without the record (older) is taken as it is."""
-    recorded = recorded_class_names(state)
-    if recorded is not None and recorded != list(train_set.classes):
-        raise CheckpointError(f"{key} {checkpoint} was trained on the classes {recorded}, this data has "
-                              f"{list(train_set.classes)}: its class layers predict other classes. Tune from a "
-                              f"supernet trained on this data (nasdet pretrain), or set tune.init: scratch")
-
-
 def resolve_genotype_arch(cfg: ExperimentConfig, work_dir: str | Path | None = None) -> tuple[dict, str]:
     """After a darts (FAD) search, the genotypes to train as an arch (``{"head.genotype": ..}``) and their
     source: ``tune.arch`` (a genotype.log / genotype.json, a published name such as fad_paper, or that arch
@@ -202,8 +190,9 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     sn_ckpt = supernet_checkpoint(cfg, wd.root) if init == "supernet" and not resuming else None
     if sn_ckpt is not None:
         sn_state = load_checkpoint(sn_ckpt)
-        refuse_other_classes(sn_ckpt, sn_state, data["train"], "tune.supernet_checkpoint"
-                             if cfg.tune.supernet_checkpoint else "the supernet")
+        refuse_other_classes(sn_ckpt, sn_state, data["train"].classes, "tune.supernet_checkpoint"
+                             if cfg.tune.supernet_checkpoint else "the supernet", "tune from a supernet trained on "
+                             "this data (nasdet pretrain), or set tune.init: scratch")
         if dist.is_main():
             warn_model_drift(sn_state, cfg, f"the supernet {sn_ckpt}", "tunes", console)
     model = build_tuned_model(cfg, k, arch, sn_ckpt)

@@ -69,6 +69,19 @@ def unfinished_at(state: dict, max_steps_key: tuple[str, ...] = ("train", "max_s
     return (step, planned) if planned is not None and step < planned else None
 
 
+def refuse_other_classes(path: str | Path, state: dict, names, key: str, hint: str) -> None:
+    """Refuse (CheckpointError) a checkpoint whose recorded classes (``class_record``) are not ``names``, the
+    data's in label order: its label k would be read as the data's k-th class (mislabelled, silently) or its
+    class layers would not fit. ``key`` names the checkpoint (a config key or "the supernet"), ``hint`` what to do.
+    A checkpoint without the record (older) is taken as it is."""
+    from ..models.imports import recorded_class_names
+
+    recorded = recorded_class_names(state)
+    if recorded is not None and recorded != list(names):
+        raise CheckpointError(f"{key} {path} was trained on the classes {recorded}, this data has {list(names)}: "
+                              f"its labels would name other classes; {hint}")
+
+
 def file_sha256(path: str | Path) -> str:
     """Content hash of a checkpoint: tells one set of weights from another whatever its path or mtime."""
     h = hashlib.sha256()

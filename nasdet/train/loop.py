@@ -122,6 +122,15 @@ CHECK_ANNOTATIONS = ("check its annotations (a YOLO set: each image's label file
                      "'images' folder)")
 
 
+def check_scored_val_set(val_set, n: int) -> None:
+    """Refuse (DataError) a val set whose first ``n`` images, the ones scored, hold no box (its mAP is undefined)
+    or one that is not an image: before training, or before an eval loads its checkpoint."""
+    if not any(len(r.boxes) for r in val_set.records[:n]):
+        raise DataError(f"val set {val_set.source} has no box in the {n} images it scores: its mAP is undefined; "
+                        f"{CHECK_ANNOTATIONS}")
+    val_set.check_images_open(n)
+
+
 class Trainer:
     """Train ``model`` on ``train_set`` per ``settings.train``; checkpoints and logs go to ``out_dir``."""
 
@@ -230,10 +239,7 @@ class Trainer:
         for another)."""
         if self.val_set is None or not self.val_images:
             return
-        if not any(len(r.boxes) for r in self.val_set.records[:self.val_images]):
-            raise DataError(f"val set {self.val_set.source} has no box in the {self.val_images} images it scores: "
-                            f"its mAP is undefined; {CHECK_ANNOTATIONS}")
-        self.val_set.check_images_open(self.val_images)
+        check_scored_val_set(self.val_set, self.val_images)
 
     def load_extra_state(self, state: dict) -> None:
         pass

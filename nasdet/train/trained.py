@@ -16,16 +16,24 @@ from ..models.heads.fad import is_genotype_arch, with_genotype
 from ..models.supernet import BACKBONE_PREFIX, build_supernet, detector_space, export_detector
 from ..space import ArchError, SearchSpace, strip_prefix
 from ..space.elastic import he_fout_init
-from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, refuse_other_classes
 from .loop import Trainer
 
 
-def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int) -> torch.nn.Module:
+# what to do when a checkpoint's classes are not the data's (refuse_other_classes)
+OTHER_CLASSES_HINT = "use data with its classes in its order (data.classes, the data.yaml's names, the COCO categories)"
+
+
+def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int,
+                       classes: list[str] | None = None) -> torch.nn.Module:
     """The detector of a ``nasdet train`` checkpoint, built from the model section recorded in it (so a
-    baseline trained with ``pipeline.baseline_backbone`` rebuilds right), else from ``cfg``."""
+    baseline trained with ``pipeline.baseline_backbone`` rebuilds right), else from ``cfg``. With the data's
+    ``classes``, one recorded otherwise is refused (its labels would name other classes)."""
     from ..config import ConfigError, validate_config
 
     state = load_checkpoint(ckpt)
+    if classes is not None:
+        refuse_other_classes(ckpt, state, classes, "checkpoint", OTHER_CLASSES_HINT)
     model_cfg = cfg.model
     if isinstance(state.get("config"), dict):
         try:
@@ -116,9 +124,13 @@ def build_tuned_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[str
     return build_static_model(cfg, num_classes, arch, supernet_ckpt)[0]
 
 
-def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int) -> tuple[nn.Module, dict | None]:
-    """A tuned model from its checkpoint and its arch (stored in it): a supernet subnet or FAD genotypes."""
+def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int,
+                     classes: list[str] | None = None) -> tuple[nn.Module, dict | None]:
+    """A tuned model from its checkpoint and its arch (stored in it): a supernet subnet or FAD genotypes. With the
+    data's ``classes``, one recorded otherwise is refused."""
     state = load_checkpoint(path)
+    if classes is not None:
+        refuse_other_classes(path, state, classes, "checkpoint", OTHER_CLASSES_HINT)
     arch = (state.get("extra") or {}).get("arch")
     stored_head = ((state.get("config") or {}).get("model") or {}).get("head") or {}
     if arch is None and stored_head.get("genotype") is not None:  # tuned by nasdet before genotypes were archs
@@ -157,13 +169,16 @@ def _other_space(path, state: dict, arch: Mapping[str, Any], cfg: ExperimentConf
 
 
 def load_checkpoint_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int,
-                          detector_cfg: ExperimentConfig | None = None) -> tuple[nn.Module, dict]:
+                          detector_cfg: ExperimentConfig | None = None,
+                          classes: list[str] | None = None) -> tuple[nn.Module, dict]:
     """The model of any nasdet checkpoint (for ``eval`` / ``cost --ckpt``) and what it holds: a tuned subnet
     (its arch inside: ``{"tuned_arch": arch}``), a supernet's default subnet as the static detector
     ``export_detector`` makes of it (``{"supernet_subnet": arch}``: its MACs, params and latency are the
     subnet's, not the elastic supernet's), else a trained detector (``{}``, built as ``load_trained_model``
-    with ``detector_cfg``, default ``cfg``)."""
+    with ``detector_cfg``, default ``cfg``). With the data's ``classes``, one recorded otherwise is refused."""
     state = load_checkpoint(ckpt)
+    if classes is not None:
+        refuse_other_classes(ckpt, state, classes, "checkpoint", OTHER_CLASSES_HINT)
     if (state.get("extra") or {}).get("arch") is not None:
         model, arch = load_tuned_model(ckpt, cfg, num_classes)
         return model, {"tuned_arch": arch}
