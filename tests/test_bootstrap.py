@@ -143,3 +143,18 @@ def test_close_candidates_are_not_distinguishable_and_far_ones_are():
     assert min(p for n, p in probs.items() if n != "far") < 0.95
     w = res["candidates"][res["winner"]]
     assert w["low"] <= w["point"] <= w["high"]
+
+
+def test_resamples_without_a_box_are_left_out_of_the_interval():
+    """A resample drawing only images without ground truth has no AP (COCOeval's -1): it was a value of the
+    interval, which then read [-1.0000, ...] on a small split with an image without boxes."""
+    gt = _one_box_gt(2)
+    gt = {**gt, "annotations": [a for a in gt["annotations"] if a["image_id"] == 1]}  # image 2 holds no box
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}]
+    m = ImageMatches(gt, dets)
+    assert m.metrics([1, 1])["AP"] == -1.0  # COCOeval's "undefined"
+    samples = [list(s) for s in itertools.product([0, 1], repeat=2)]  # one of the four draws only image 2
+    res = paired_bootstrap({"A": m, "B": ImageMatches(gt, [])}, samples)
+    assert res["resamples"] == 3 and res["resamples_without_boxes"] == 1
+    assert res["candidates"]["A"]["low"] >= 0 and res["candidates"]["B"]["low"] == 0.0
+    assert res["candidates"]["B"]["p_winner_beats"] == 1.0

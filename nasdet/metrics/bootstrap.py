@@ -170,15 +170,20 @@ def paired_bootstrap(matches: Mapping[str, ImageMatches], samples: np.ndarray | 
     names = list(matches)
     point = {n: matches[n].metrics()[metric] for n in names}
     values = {n: np.array([matches[n].metrics(s)[metric] for s in samples]) for n in names}
+    # a resample whose images hold no ground-truth box has no AP (COCOeval's -1): not a value of the metric, it
+    # made intervals reach -1 on small splits; such resamples are left out, for every candidate alike
+    defined = np.all([values[n] >= 0 for n in names], axis=0) if len(samples) else np.zeros(0, bool)
+    values = {n: v[defined] for n, v in values.items()}
     winner = max(names, key=lambda n: (point[n], -names.index(n)))
     alpha = (1 - level) / 2
     out = {}
     for n in names:
         v = values[n]
         beats = None
-        if n != winner:
+        if n != winner and len(v):
             w = values[winner]
             beats = float(np.mean((w > v) + 0.5 * (w == v)))
-        out[n] = {"point": point[n], "low": float(np.quantile(v, alpha)), "high": float(np.quantile(v, 1 - alpha)),
-                  "p_winner_beats": beats}
-    return {"winner": winner, "metric": metric, "level": level, "resamples": len(samples), "candidates": out}
+        low, high = (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) if len(v) else (point[n],) * 2
+        out[n] = {"point": point[n], "low": low, "high": high, "p_winner_beats": beats}
+    return {"winner": winner, "metric": metric, "level": level, "resamples": int(defined.sum()),
+            "resamples_without_boxes": int(len(samples) - defined.sum()), "candidates": out}

@@ -79,7 +79,9 @@ def verdict(result: Mapping) -> str:
     c = cands[w]
     pct = f"{result['level']:.0%}"
     head = (f"On the search split ({result['images']} images), the winner (trial {w}) has AP {c['point']:.4f} "
-            f"[{c['low']:.4f}, {c['high']:.4f}] ({pct} bootstrap interval over images, {result['resamples']} resamples)")
+            f"[{c['low']:.4f}, {c['high']:.4f}] ({pct} bootstrap interval over images, {result['resamples']} resamples"
+            + (f"; {result['resamples_without_boxes']} that drew no box left out" if result.get("resamples_without_boxes")
+               else "") + ")")
     others = [(n, o) for n, o in cands.items() if n != w]
     if not others:
         return head + "."
