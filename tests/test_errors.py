@@ -747,3 +747,27 @@ def test_eval_refuses_a_checkpoint_of_other_classes_and_a_val_set_without_boxes(
         "annotations": str(empty), "images": str(shapes_dir / "val" / "images")}})
     with pytest.raises(DataError, match=r"val set .*val.json.* has no box in the 8 images it scores"):
         run_eval(no_boxes, ckpt=ckpt)
+
+
+def test_a_val_set_that_is_not_held_out_or_holds_a_class_never_trained_is_warned(tiny_config, tmp_path, shapes_dir):
+    """val given as the training images (a Roboflow-style `val: train/images`) was reported as "val" without a
+    word; a class with val boxes but no training box silently averaged an AP of 0 into every figure."""
+    import warnings as w
+
+    from nasdet.data import build
+
+    leak = tiny_config("ssdlite", data={**tiny_config("ssdlite").data.model_dump(), "val": {
+        "annotations": str(shapes_dir / "train" / "annotations.json"), "images": str(shapes_dir / "train" / "images")}})
+    with pytest.warns(UserWarning, match=r"shares 24 of its 24 images with the training set .*not a held-out figure"):
+        build.build_datasets(leak)
+    train = json.loads((shapes_dir / "train" / "annotations.json").read_text())
+    first = train["categories"][0]
+    kept = {**train, "annotations": [a for a in train["annotations"] if a["category_id"] != first["id"]]}
+    (tmp_path / "train.json").write_text(json.dumps(kept))
+    no_class = tiny_config("ssdlite", data={**tiny_config("ssdlite").data.model_dump(), "train": {
+        "annotations": str(tmp_path / "train.json"), "images": str(shapes_dir / "train" / "images")}})
+    with pytest.warns(UserWarning, match=rf"has no box of '{first['name']}' \(\d+ in val\): the detector cannot learn"):
+        build.build_datasets(no_class)
+    with w.catch_warnings():
+        w.simplefilter("error")
+        build.build_datasets(no_class)  # once per process: every stage builds the splits

@@ -1,6 +1,11 @@
 """The data sets of a config: parsed, validated, split into the parts each stage uses."""
 from __future__ import annotations
 
+import os
+import warnings
+
+import numpy as np
+
 from ..config import ExperimentConfig
 from ..errors import ConfigError, DataError
 from .coco import load_coco
@@ -47,4 +52,34 @@ def build_datasets(cfg: ExperimentConfig, need: tuple[str, ...] = ("train", "val
                 f"train ({out['train'].source}) and val ({out['val'].source}) have different classes: "
                 f"{out['train'].classes} vs {out['val'].classes}"
             )
+        if "train" in out:
+            warn_about_the_splits(out["train"], out["val"])
     return out
+
+
+_WARNED: set[tuple[str, str]] = set()  # each pair of splits once per process (every stage builds them)
+
+
+def warn_about_the_splits(train: DetectionDataset, val: DetectionDataset) -> None:
+    """Warn when val is not a held-out set (it shares image files with train: a Roboflow-style ``val:
+    train/images``) and for a class without a training box that val holds: its AP is 0 in every val figure."""
+    if (train.source, val.source) in _WARNED:
+        return
+    _WARNED.add((train.source, val.source))
+    trained = {os.path.normpath(os.path.abspath(r.file)) for r in train.records}
+    shared = sum(os.path.normpath(os.path.abspath(r.file)) in trained for r in val.records)
+    if shared:
+        warnings.warn(f"val set {val.source} shares {shared} of its {len(val.records)} images with the training set "
+                      f"{train.source}: its mAP is not a held-out figure", stacklevel=3)
+
+    def boxes_per_class(ds: DetectionDataset) -> np.ndarray:
+        counts = np.zeros(len(ds.classes) + 1, dtype=np.int64)
+        for r in ds.records:
+            np.add.at(counts, r.labels[r.iscrowd == 0], 1)
+        return counts[1:]
+
+    in_train, in_val = boxes_per_class(train), boxes_per_class(val)
+    missing = [f"{name!r} ({n} in val)" for name, t, n in zip(train.classes, in_train, in_val) if t == 0 and n > 0]
+    if missing:
+        warnings.warn(f"the training set {train.source} has no box of {', '.join(missing)}: the detector cannot "
+                      "learn it, and its AP of 0 is averaged into every val figure", stacklevel=3)
