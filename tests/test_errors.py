@@ -771,3 +771,13 @@ def test_a_val_set_that_is_not_held_out_or_holds_a_class_never_trained_is_warned
     with w.catch_warnings():
         w.simplefilter("error")
         build.build_datasets(no_class)  # once per process: every stage builds the splits
+    # a Roboflow COCO export's supercategory, listed as category 0 with no box anywhere
+    for split in ("train", "val"):
+        d = json.loads((shapes_dir / split / "annotations.json").read_text())
+        d["categories"] = [{"id": 0, "name": "shapes", "supercategory": "none"}] + d["categories"]
+        (tmp_path / f"rf_{split}.json").write_text(json.dumps(d))
+    roboflow = tiny_config("ssdlite", data={**tiny_config("ssdlite").data.model_dump(), **{
+        split: {"annotations": str(tmp_path / f"rf_{split}.json"), "images": str(shapes_dir / split / "images")}
+        for split in ("train", "val")}})
+    with pytest.warns(UserWarning, match=r"class\(es\) 'shapes' of .* have no box in train or val"):
+        build.build_datasets(roboflow)

@@ -83,3 +83,8 @@ def warn_about_the_splits(train: DetectionDataset, val: DetectionDataset) -> Non
     if missing:
         warnings.warn(f"the training set {train.source} has no box of {', '.join(missing)}: the detector cannot "
                       "learn it, and its AP of 0 is averaged into every val figure", stacklevel=3)
+    unused = [repr(name) for name, t, n in zip(train.classes, in_train, in_val) if t == 0 and n == 0]
+    if unused:  # e.g. the supercategory a Roboflow COCO export lists as category 0
+        warnings.warn(f"class(es) {', '.join(unused)} of {train.source} have no box in train or val: the detector "
+                      "gets an output for each all the same (and export/classes.json names it); drop the category "
+                      "if it is not one", stacklevel=3)
