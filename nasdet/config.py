@@ -551,6 +551,14 @@ class ExportConfig(Strict):
     calibration_images: int = Field(32, gt=0)  # training images of the run the activation ranges come from
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
 
+    @model_validator(mode="after")
+    def _int8_opset(self):
+        # 13 = nasdet.quantize.INT8_MIN_OPSET (not imported here: it would pull onnx/torch into config loading)
+        if self.int8 and self.opset < 13:
+            raise ValueError(f"export.opset {self.opset} is too old for export.int8: true (per-channel INT8 "
+                             "weights need export.opset >= 13)")
+        return self
+
 
 class PipelineConfig(Strict):
     """``nasdet pipeline``: baseline -> pretrain -> search -> tune -> export -> report."""

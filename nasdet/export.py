@@ -257,4 +257,5 @@ def time_onnx(path: Path, image: torch.Tensor, warmup: int, runs: int, threads: 
     from .models.cost import time_session
 
     timing = time_session(onnx_session(path, threads), {"image": image.numpy()}, warmup, runs)
-    return {**timing, "threads": threads, "part": "end to end (with NMS)"}
+    # the input size is part of the figure: the graph resizes inside, so a larger frame takes longer
+    return {**timing, "threads": threads, "part": "end to end (with NMS)", "input": list(image.shape)}

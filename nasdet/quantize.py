@@ -35,6 +35,9 @@ from .models.families import family_of
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZED_COMPUTE = ("Conv", "MatMul", "Gemm")  # the ops whose weights must come out int8
+# per-channel int8 weights are DequantizeLinear with ``axis``, which ONNX has from opset 13 on: with an older
+# opset quantize_static still writes the file, and onnxruntime then refuses to load it (INVALID_GRAPH)
+INT8_MIN_OPSET = 13
 
 
 def network_scopes(detector: nn.Module) -> tuple[str, ...]:
@@ -187,6 +190,11 @@ def quantize_detector(float_path: str | Path, out_path: str | Path, images: Sequ
         draft = Path(tmp) / "int8.onnx"
         quantize_onnx(float_path, draft, feeds, scopes, method)
         report = check_quantized(draft, scopes)
+        try:  # the quantizer writes graphs onnxruntime then refuses (an opset too old for per-channel weights)
+            onnx_session(draft, 1).run(None, feeds[0])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types with the reason
+            raise QuantizationError(f"{float_path}: the INT8 file onnxruntime's quantizer made does not run in "
+                                    f"onnxruntime, so {out_path} was not written: {_first_line(e)}") from None
         with atomic_path(out_path) as final:
             Path(final).write_bytes(draft.read_bytes())
     report.update(method=method, calibration_images=len(images), float_bytes=float_path.stat().st_size,

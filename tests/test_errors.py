@@ -781,3 +781,23 @@ def test_a_val_set_that_is_not_held_out_or_holds_a_class_never_trained_is_warned
         for split in ("train", "val")}})
     with pytest.warns(UserWarning, match=r"class\(es\) 'shapes' of .* have no box in train or val"):
         build.build_datasets(roboflow)
+
+
+def test_export_refuses_a_checkpoint_of_other_classes(tiny_config, tmp_path):
+    """export wrote classes.json from the data's class list whatever the checkpoint was trained on: with the
+    classes in another order every deployed detection was named as another class."""
+    from nasdet.config import config_to_dict
+    from nasdet.data.build import build_datasets
+    from nasdet.models import build_detector
+    from nasdet.stages.export import run_export
+    from nasdet.train.checkpoint import save_checkpoint
+
+    cfg = tiny_config("ssdlite")
+    names = list(build_datasets(cfg, need=("val",))["val"].classes)
+    ckpt = Path(cfg.work_dir) / "baseline" / "ckpt" / "last.pt"
+    save_checkpoint({"model": build_detector(cfg.model, num_classes=len(names)).state_dict(),
+                     "config": config_to_dict(cfg), "step": 1,
+                     "classes": [[i + 1, n] for i, n in enumerate(reversed(names))]}, ckpt)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*last.pt was trained on the classes \['" + names[-1]):
+        run_export(cfg, source="baseline")
+    assert not (Path(cfg.work_dir) / "export" / "classes.json").exists()

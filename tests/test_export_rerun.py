@@ -116,3 +116,46 @@ def test_int8_file_of_other_settings_is_not_kept(tiny_config):
                           buf) is None
     assert "export/tune.json was made with other settings (eval.max_images 2 -> 3, export.calibration_method minmax " \
            "-> percentile): exporting again" in buf.file.getvalue()
+
+
+def test_rerun_with_other_postprocessing_exports_again_and_a_failed_export_leaves_no_record(tiny_config,
+                                                                                             monkeypatch):
+    """The end-to-end graph bakes in the thresholds and NMS of ``model``: other values are another file. And the
+    record goes before the files it describes are replaced, so an export that dies midway is redone, not
+    reported from the old record."""
+    import pytest
+
+    import nasdet.stages.export as export_stage
+    from nasdet.stages.export import current_export, run_export
+    from nasdet.workdir import WorkDir
+
+    cfg = _tuned(tiny_config)
+    w = WorkDir(cfg.work_dir)
+    rec = run_export(cfg, console=QUIET)
+    s = rec["input_size"]
+    # the latencies say which input they were timed on: the graph resizes inside, a larger frame costs more
+    assert rec["latency_onnxruntime"]["input"] == rec["latency_torch"]["input"] == [3, s, s]
+    assert f"{s}x{s}" in rec["latency_input"] and "larger frame" in rec["latency_input"]
+    assert rec["settings"]["model"] == {"score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 100,
+                                        "topk_candidates": 300}
+    assert json.loads((w.export / "classes.json").read_text())["1"] == {"name": "circle", "category_id": 1}
+    assert current_export(cfg, w, "tune", QUIET) is not None
+    buf = Console(file=io.StringIO(), width=400)
+    assert current_export(_with(cfg, model={"score_thresh": 0.3, "detections_per_img": 10}), w, "tune", buf) is None
+    assert "export/tune.json was made with other settings (model.detections_per_img 100 -> 10, model.score_thresh " \
+           "0.05 -> 0.3): exporting again" in buf.file.getvalue()
+    # killed after the new float file is in place, before its figures are: no record is left to trust
+    record, onnx_path = w.export_record("tune"), w.onnx("tune")
+    made = onnx_path.stat().st_mtime_ns
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_stage, "time_onnx", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_export(_with(cfg, export={"calibration_method": "entropy"}), console=QUIET)
+    assert onnx_path.stat().st_mtime_ns != made and not record.exists()
+    assert current_export(cfg, w, "tune", QUIET) is None  # the rerun with the old settings exports again
+    monkeypatch.undo()
+    run_export(cfg, console=QUIET)
+    assert current_export(cfg, w, "tune", QUIET) is not None  # the record is back, last

@@ -144,6 +144,11 @@ def test_a_float_file_or_a_graph_without_the_network_is_refused_in_one_line(tiny
     with pytest.raises(QuantizationError, match=r"no Conv/MatMul/Gemm node under \['/neck/'\]"):
         quantize_detector(path, tmp_path / "int8.onnx", [image], ("/neck/",))
     assert not (tmp_path / "int8.onnx").exists()
+    # an opset before per-channel DequantizeLinear (13): quantized, but onnxruntime refuses the graph
+    old_opset = export_onnx(static, tmp_path / "opset11.onnx", opset=11)
+    with pytest.raises(QuantizationError, match=r"does not run in onnxruntime, so \S+int8.onnx was not written") as e:
+        quantize_detector(old_opset, tmp_path / "int8.onnx", [image], scopes)
+    assert "\n" not in str(e.value) and not (tmp_path / "int8.onnx").exists()
     from nasdet.stages.export import run_export
 
     with pytest.raises(ConfigError, match="drop --raw"):
@@ -320,3 +325,59 @@ def test_cost_under_an_int8_latency_says_its_latencies_are_the_float_models(tiny
         run_cost(cfg, console=console)
         text = " ".join(console.export_text().split())
         assert ("these latencies are of the float model" in text and "--int8 --source baseline" in text) == said
+
+
+def test_int8_with_an_opset_before_13_is_refused_before_anything_is_written(tiny_config):
+    """Per-channel INT8 weights need DequantizeLinear's ``axis`` (ONNX opset 13): an older opset would give a
+    file onnxruntime refuses to load, renamed over the good one, under the old record."""
+    from nasdet.stages.export import run_export
+
+    with pytest.raises(ConfigError, match=r"export\.opset 11 is too old for export\.int8: true .*>= 13"):
+        tiny_config("ssdlite", export={"int8": True, "opset": 11})
+    cfg = tiny_config("ssdlite", export={"opset": 12})
+    int8_budget = tiny_config("ssdlite", export={"opset": 12}, cost={"latency": "onnxruntime_int8"})
+    for c, flag, asked_by in ((cfg, True, "--int8"), (int8_budget, None, "cost.latency onnxruntime_int8")):
+        with pytest.raises(ConfigError) as err:
+            run_export(c, int8=flag, console=QUIET)  # no checkpoint either: the opset is the first thing said
+        said = str(err.value)
+        assert "\n" not in said and "export.opset 12" in said and asked_by in said and ">= 13" in said
+    assert not (Path(cfg.work_dir) / "export").exists()
+
+
+def test_qat_file_replaces_the_post_training_one_only_when_not_worse(tiny_config, monkeypatch):
+    """The decision is the gate's measure (val AP). Here the post-training file is made to score perfectly (its
+    detections are the ground truth), so the tuned file, scored for real, is worse and must not be shipped."""
+    import hashlib
+    import io
+
+    import nasdet.stages.export as export_stage
+    from nasdet.data.dataset import to_coco_gt
+    from nasdet.workdir import WorkDir
+
+    cfg = _tuned(tiny_config, export={"int8": True, "calibration_images": 2},
+                 tune={"qat": True, "qat_max_drop": -2.0, "qat_steps": 1, "qat_lr": 1e-5})  # always tune
+    int8_path = WorkDir(cfg.work_dir).onnx_int8("tune")
+    real = export_stage.onnx_detections
+    post_training = {}
+
+    def scored(path, dataset, threads=None):
+        if Path(path) != int8_path:
+            return real(path, dataset, threads)
+        post_training["sha"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+                for a in to_coco_gt(dataset)["annotations"]]
+
+    monkeypatch.setattr(export_stage, "onnx_detections", scored)
+    buf = Console(file=io.StringIO(), width=400)
+    q = export_stage.run_export(cfg, console=buf)["int8"]
+    qat = q["qat"]
+    assert qat["kept"] == "ptq" and qat["qat_metrics"]["AP"] < qat["ptq_metrics"]["AP"] == 1.0
+    assert q["metrics_onnxruntime"]["int8"] == qat["ptq_metrics"] and q["drop"] == qat["ptq_drop"] == qat["drop_after"]
+    assert qat["qat_drop"]["AP"] > qat["ptq_drop"]["AP"] and "val" in qat["judged_on"]
+    assert hashlib.sha256(int8_path.read_bytes()).hexdigest() == post_training["sha"]  # the shipped file is PTQ's
+    assert sorted(p.name for p in int8_path.parent.iterdir() if p.name.startswith("tmp")) == []  # no draft left
+    said = buf.file.getvalue()
+    assert "QAT did not help, kept the post-training file (tune_int8.onnx)" in said
+    assert (f"{qat['ptq_drop']['AP']:.4f} after post-training quantization, {qat['qat_drop']['AP']:.4f} after "
+            "tuning") in said
+    assert json.loads((int8_path.parent / "tune.json").read_text())["int8"]["qat"]["kept"] == "ptq"

@@ -105,6 +105,8 @@ def test_launched_workers_leave_the_outputs_to_their_launcher(tiny_config, monke
     started = []
 
     class Finished:
+        returncode = 0
+
         def __init__(self, cmd, **kwargs):
             started.append(cmd)
 

@@ -59,6 +59,10 @@ def test_tune_from_a_supernet_of_other_classes_is_refused(tiny_config, tmp_path)
     with pytest.raises(CheckpointError, match=r"the supernet .*last.pt was trained on the classes \['" + swapped[0]):
         run_tune(cfg, console=QUIET)
     assert not (Path(cfg.work_dir) / "tune" / "ckpt").exists()
+    from nasdet.search.scorers import load_trained_supernet
+
+    with pytest.raises(CheckpointError, match=r"the supernet .*last.pt was trained on the classes .* search the data"):
+        load_trained_supernet(cfg, console=QUIET)  # a search scored it with the labels swapped, silently
     save_checkpoint({**load_checkpoint(ckpt), "classes": [[i + 1, n] for i, n in enumerate(names)]}, ckpt)
     # a tune config that drifted from the pretrain config (other default boxes): warned, naming the setting
     drifted = cfg.model_copy(update={"model": cfg.model.model_copy(update={"anchor_ratio_range": (0.3, 0.95)})})
@@ -68,8 +72,6 @@ def test_tune_from_a_supernet_of_other_classes_is_refused(tiny_config, tmp_path)
     assert "was trained with other model settings than this config's (model.anchor_ratio_range: [0.2, 0.95] -> " \
            "[0.3, 0.95])" in text, text
     # and the search scoring it likewise
-    from nasdet.search.scorers import load_trained_supernet
-
     said = Console(record=True, file=io.StringIO(), width=400)
     load_trained_supernet(drifted, console=said)
     assert "model.anchor_ratio_range: [0.2, 0.95] -> [0.3, 0.95]" in " ".join(said.export_text().split())
@@ -232,6 +234,100 @@ def test_examples_onnx_infer_runs_the_exported_file(tiny_config, tmp_path, shape
                          capture_output=True, text=True, timeout=120, check=True)
     rec = json.loads(out.stdout.splitlines()[0])
     assert len(rec["boxes"]) == len(rec["scores"]) == len(rec["labels"]) > 0
+
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "onnx_infer.py"
+
+
+def _example_module():
+    """examples/onnx_infer.py imported as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("onnx_infer_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_examples_onnx_infer_reads_images_as_nasdet_does(tmp_path):
+    """The deployed file must see the pixels nasdet scored: a phone photo turned upright by its EXIF
+    orientation, a 16-bit PNG scaled (not clipped to white), palette / grey / RGBA converted alike."""
+    import numpy as np
+    from PIL import Image
+
+    from nasdet.data.dataset import EXIF_ORIENTATION, decode_upright_rgb
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    files = {}
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # stored sideways, as a phone stores a portrait photo
+    files["exif.jpg"] = lambda p: Image.fromarray(rgb).save(p, exif=exif)
+    wide = np.tile(np.linspace(0, 65535, 96).astype(np.uint16), (64, 1))
+    files["grey16.png"] = lambda p: Image.fromarray(wide).save(p)
+    files["palette.png"] = lambda p: Image.fromarray(rgb).convert("P").save(p)
+    files["grey.png"] = lambda p: Image.fromarray(rgb).convert("L").save(p)
+    files["rgba.png"] = lambda p: Image.fromarray(rgb).convert("RGBA").save(p)
+    example = _example_module()
+    folder = tmp_path / "photos"  # one level down: a folder of images right under tmp_path reads as a data set's
+    folder.mkdir()
+    for name, write in files.items():
+        path = folder / name
+        write(path)
+        with Image.open(path) as im:
+            nasdet_pixels, _ = decode_upright_rgb(im)
+        got = example.load_image(str(path))
+        assert got.dtype == np.uint8 and got.shape == (3, *nasdet_pixels.shape[:2]), name
+        assert np.array_equal(got, nasdet_pixels.transpose(2, 0, 1)), name
+    assert example.load_image(str(folder / "exif.jpg")).shape == (3, 96, 64)  # upright: portrait
+    assert 120 < example.load_image(str(folder / "grey16.png")).mean() < 135  # not a white image
+
+
+def _constant_detector(path: Path) -> None:
+    """An ONNX file with the exported files' inputs and outputs that returns two fixed detections (0.9, 0.1)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {"boxes": np.array([[1, 2, 10, 12], [3, 4, 20, 22]], np.float32),
+              "scores": np.array([0.9, 0.1], np.float32), "labels": np.array([1, 2], np.int64)}
+    nodes = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k)) for k, v in consts.items()]
+    outputs = [helper.make_tensor_value_info(k, numpy_helper.from_array(v).data_type, v.shape)
+               for k, v in consts.items()]
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, [3, None, None])
+    graph = helper.make_graph(nodes, "constant_detector", [image], outputs)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+def test_examples_onnx_infer_json_prints_every_detection_unless_min_score_is_given(tmp_path, shapes_dir):
+    model = tmp_path / "detector.onnx"
+    _constant_detector(model)
+    image = str(next((shapes_dir / "val" / "images").iterdir()))
+
+    def run(*flags):
+        return subprocess.run([sys.executable, str(EXAMPLE), str(model), image, *flags], capture_output=True,
+                              text=True, timeout=120, check=True).stdout
+
+    assert json.loads(run("--json"))["scores"] == pytest.approx([0.9, 0.1])  # all of them: what AP is computed on
+    assert json.loads(run("--json", "--min-score", "0.5"))["scores"] == pytest.approx([0.9])
+    assert "1 detections with score >= 0.3" in run()  # the printed list keeps its default cut
+    # classes.json beside the file: names for the printed list, the data set's ids for COCO results
+    (tmp_path / "classes.json").write_text(json.dumps({"1": {"name": "circle", "category_id": 13},
+                                                       "2": {"name": "square", "category_id": 23}}))
+    assert json.loads(run("--json"))["category_ids"] == [13, 23]
+    assert "circle 0.900" in run()
+
+
+def test_classes_json_gives_each_label_the_data_sets_own_id():
+    from nasdet.data.dataset import DetectionDataset
+    from nasdet.stages.export import class_map
+
+    coco = DetectionDataset([], ["circle", "square"], [13, 90], source="test")
+    assert class_map("coco", coco) == {1: {"name": "circle", "category_id": 13},
+                                       2: {"name": "square", "category_id": 90}}
+    yolo = DetectionDataset([], ["person", "car"], source="test")
+    assert class_map("yolo", yolo) == {1: {"name": "person", "yolo_class": 0}, 2: {"name": "car", "yolo_class": 1}}
+    assert class_map("voc", yolo) == {1: {"name": "person"}, 2: {"name": "car"}}  # a VOC class is its name
 
 
 def test_export_parity_failure_is_reported():

@@ -24,7 +24,7 @@ from ..errors import ConfigError, ExportParityError
 from ..export import check_parity, export_onnx, time_onnx
 from ..metrics import coco_evaluate
 from ..search.budget import COST_UNITS
-from ..quantize import detection_agreement, network_scopes, onnx_detections, quantize_detector
+from ..quantize import INT8_MIN_OPSET, detection_agreement, network_scopes, onnx_detections, quantize_detector
 from ..models.cost import detector_macs, detector_params, measure_latency
 from ..models.detectors import get_input_size
 from ..train.checkpoint import load_checkpoint, unfinished_at
@@ -62,7 +62,7 @@ def calibration_images(cfg: ExperimentConfig, n: int) -> list[torch.Tensor]:
 
 
 def export_int8(cfg: ExperimentConfig, wd: WorkDir, model: torch.nn.Module, source: str, float_path: Path, val,
-                probe: torch.Tensor, lat_float: dict) -> dict:
+                probe: torch.Tensor, lat_float: dict, console: Console | None = None) -> dict:
     """``export/<source>_int8.onnx`` from the checked float file; both files' COCO metrics on val computed
     by onnxruntime, the drop, how many confident float detections INT8 keeps, both latencies."""
     e, c = cfg.export, cfg.cost
@@ -77,9 +77,25 @@ def export_int8(cfg: ExperimentConfig, wd: WorkDir, model: torch.nn.Module, sour
     t = cfg.tune
     if t.qat and source == "tune" and metrics["float"]["AP"] - metrics["int8"]["AP"] > t.qat_max_drop:
         qat = {"ptq_metrics": metrics["int8"], "ptq_drop": {k: metrics["float"][k] - metrics["int8"][k] for k in ("AP", "AP50")}}
-        qat.update(quantization_aware_tuning(cfg, model, float_path.parent, int8_path, images))
-        dets["int8"] = onnx_detections(int8_path, val, c.threads)
-        metrics["int8"] = coco_evaluate(gt, dets["int8"])
+        with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
+            qat_path = Path(tmp) / "qat_int8.onnx"
+            qat.update(quantization_aware_tuning(cfg, model, Path(tmp), qat_path, images))
+            qat_dets = onnx_detections(qat_path, val, c.threads)
+            qat["qat_metrics"] = coco_evaluate(gt, qat_dets)
+            qat["qat_drop"] = {k: metrics["float"][k] - qat["qat_metrics"][k] for k in ("AP", "AP50")}
+            # by the gate's own measure (val AP): tuning that did not help must not replace the post-training file
+            qat["kept"] = "qat" if qat["qat_metrics"]["AP"] >= metrics["int8"]["AP"] else "ptq"
+            qat["judged_on"] = (f"val ({len(val)} images): the images the INT8 AP is reported on, so the kept "
+                                "file's AP is the better of two and leans optimistic")
+            if qat["kept"] == "qat":
+                os.replace(qat_path, int8_path)
+                dets["int8"], metrics["int8"] = qat_dets, qat["qat_metrics"]
+        (console or Console()).print(Text(
+            f"quantization-aware tuning: INT8 AP drop {qat['ptq_drop']['AP']:.4f} after post-training quantization, "
+            f"{qat['qat_drop']['AP']:.4f} after tuning: " +
+            (f"kept the tuned file ({int8_path.name})" if qat["kept"] == "qat" else
+             f"QAT did not help, kept the post-training file ({int8_path.name})"),
+            style=None if qat["kept"] == "qat" else "bold yellow"), soft_wrap=True)
     lat_int8 = time_onnx(int8_path, probe, c.warmup, c.runs, c.threads)
     drop = {k: metrics["float"][k] - metrics["int8"][k] for k in ("AP", "AP50")}
     if qat is not None:
@@ -96,7 +112,8 @@ def export_int8(cfg: ExperimentConfig, wd: WorkDir, model: torch.nn.Module, sour
 def quantization_aware_tuning(cfg: ExperimentConfig, model: torch.nn.Module, folder: Path, int8_path: Path,
                               images: list[torch.Tensor]) -> dict:
     """``tune.qat``: a copy of the tuned model fine-tuned fake-quantized (``train.qat``), exported and quantized
-    into ``int8_path`` in place of the post-training one (the float file stays the tuned model)."""
+    into ``int8_path`` (a draft beside the post-training file, which the caller replaces only if this one is not
+    worse; the float file stays the tuned model)."""
     import copy
 
     from ..models.families import family_of
@@ -114,13 +131,20 @@ def quantization_aware_tuning(cfg: ExperimentConfig, model: torch.nn.Module, fol
     return record
 
 
+# the model keys the end-to-end graph bakes in (its thresholds, NMS and candidate counts), of whichever family
+POSTPROCESSING_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates", "conf_thresh",
+                       "rpn_post_nms_top_n_test")
+
+
 def export_settings(cfg: ExperimentConfig, source: str) -> dict:
     """What an export's figures are made with besides its checkpoint (its record's ``settings``): the data (val
-    images scored, train images INT8 calibrates on) and ``eval.max_images``, the export and cost sections and,
+    images scored, train images INT8 calibrates on) and ``eval.max_images``, the post-processing the graph bakes
+    in (``POSTPROCESSING_KEYS`` of ``model``: another threshold is another file), the export and cost sections and,
     for the tuned model, the budget it is checked against and quantization-aware tuning. Not ``export.int8``:
     asking for the INT8 file is ``WorkDir.exported(int8=)``'s check, and a plain export keeps a current one."""
     out = {"eval": {"max_images": cfg.eval.max_images},
            "data": cfg.data.model_dump(mode="json", include={"format", "train", "val", "classes", "data_yaml"}),
+           "model": {k: getattr(cfg.model, k) for k in POSTPROCESSING_KEYS if hasattr(cfg.model, k)},
            "export": cfg.export.model_dump(mode="json", exclude={"source", "int8"}),
            "cost": cfg.cost.model_dump(mode="json")}
     if source == "tune":
@@ -135,6 +159,7 @@ def int8_settings(settings: dict) -> dict:
     check, the float latency's device or how the search timed)."""
     e, c = settings.get("export", {}), settings.get("cost", {})
     return {"eval": settings.get("eval"), "data": settings.get("data"), "tune": settings.get("tune"),
+            "model": settings.get("model"),
             "export": {k: e.get(k) for k in ("opset", "calibration_images", "calibration_method")},
             "cost": {k: c.get(k) for k in ("warmup", "runs", "threads")}}
 
@@ -180,6 +205,8 @@ def earlier_int8(cfg: ExperimentConfig, wd: WorkDir, source: str, ckpt: Path) ->
     it, the INT8 file still there) made with this config's ``int8_settings``: a plain export redoes only the
     float file (the same from the same weights), so the INT8 file and its figures still hold and are kept in
     the record (``kept_from_earlier_export``). Else None, and why an INT8 file there is not this export's."""
+    if not wd.export_record(source).is_file():
+        return None, "no export record describes it (an earlier export stopped before writing one)"
     earlier = wd.exported(source, int8=True)
     if earlier is None or earlier.get("checkpoint") != str(ckpt):
         return None, f"it was quantized from an earlier checkpoint than {ckpt}"
@@ -188,6 +215,20 @@ def earlier_int8(cfg: ExperimentConfig, wd: WorkDir, source: str, ckpt: Path) ->
     if why:
         return None, f"its record {why}"
     return {**earlier["int8"], "kept_from_earlier_export": True}, ""
+
+
+def class_map(data_format: str, dataset) -> dict[int, dict]:
+    """``classes.json``: the graph's label (1..K, the data set's class order) -> its name and the data set's own
+    id for it, which a deployer writing results back needs and which is not the label: COCO's ``category_id``
+    (1..90 with gaps, a tool's own ids), YOLO's 0-based class index; a VOC class is its name."""
+    def source_id(k: int) -> dict:
+        if data_format == "coco":
+            return {"category_id": int(dataset.category_ids[k])}
+        if data_format == "yolo":
+            return {"yolo_class": k}
+        return {}
+
+    return {k + 1: {"name": name, **source_id(k)} for k, name in enumerate(dataset.classes)}
 
 
 def budget_latency(cfg: ExperimentConfig, lat_torch: dict, lat_ort: dict, int8: dict | None) -> tuple[float, str]:
@@ -218,14 +259,19 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
                           "boxes), so not --raw: " + ("drop --raw" if asked else
                                                       "export --raw with --set export.int8=false" +
                                                       (" and another cost.latency" if cfg.cost.int8 else "")))
+    if int8 and cfg.export.opset < INT8_MIN_OPSET:  # refused before anything is written: the INT8 file would not load
+        why = "--int8" if asked else "export.int8: true" if cfg.export.int8 else \
+            f"cost.latency {cfg.cost.latency} (the budget is INT8 latency)"
+        raise ConfigError(f"export: export.opset {cfg.export.opset} is too old for the INT8 file {why} asks for: "
+                          f"per-channel INT8 weights need export.opset >= {INT8_MIN_OPSET}")
     val = build_datasets(cfg, need=("val",))["val"]
     arch = None
     if source == "tune":
         ckpt = wd.tune.require_checkpoint("tuned model")
-        model, arch = load_tuned_model(ckpt, cfg, val.num_classes)
+        model, arch = load_tuned_model(ckpt, cfg, val.num_classes, classes=val.classes)
     else:
         ckpt = wd.baseline.require_checkpoint()
-        model = load_trained_model(cfg, ckpt, val.num_classes)
+        model = load_trained_model(cfg, ckpt, val.num_classes, classes=val.classes)
     model.eval()
     state = load_checkpoint(ckpt)
     unfinished = unfinished_at(state)
@@ -261,6 +307,12 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
             raise ExportParityError(f"{path} not written: the exported graph fails the check against torch "
                                     f"({err})") from None
         raise
+    # read before the record goes: a plain export keeps the INT8 file an earlier --int8 export of this checkpoint made
+    kept_int8, not_kept = (None, "") if int8 or raw else earlier_int8(cfg, wd, source, ckpt)
+    # the record goes before the files it describes are replaced and comes back last: an export that fails or is
+    # killed in between leaves no record, so a rerun exports again instead of trusting the old figures
+    record_path = wd.export_record(source, raw)
+    record_path.unlink(missing_ok=True)
     for tmp_file, final in written.items():
         if tmp_file.exists():
             os.replace(tmp_file, final)
@@ -269,9 +321,9 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     lat_torch = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
     s = get_input_size(model)
     probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    lat_torch["input"] = list(probe.shape)  # measure_latency's image is at input_size too
     lat_ort = time_onnx(path, probe, c.warmup, c.runs, c.threads)
-    int8_record, not_kept = (export_int8(cfg, wd, model, source, path, val, probe, lat_ort), "") if int8 else \
-        (None, "") if raw else earlier_int8(cfg, wd, source, ckpt)
+    int8_record = export_int8(cfg, wd, model, source, path, val, probe, lat_ort, console) if int8 else kept_int8
     stale = wd.onnx_int8(source)
     if not int8 and not raw and int8_record is None and stale.is_file():  # another checkpoint's, or other settings'
         stale.unlink()
@@ -281,15 +333,16 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     predicted = wd.predicted_costs(arch)
     # the budget is the found model's; the baseline is not meant to fit it (it is the reference)
     budget = budget_check(cfg, measured, predicted) if source == "tune" else None
-    classes = {i + 1: n for i, n in enumerate(val.classes)}
-    write_json(wd.export / CLASSES_JSON, classes)
+    write_json(wd.export / CLASSES_JSON, class_map(cfg.data.format, val))
     result = {"onnx": str(path), "source": source, "checkpoint": str(ckpt),
               "checkpoint_step": state.get("step"), "finished_training": unfinished is None,
               "raw": raw, "input_size": s,
+              "latency_input": (f"one image already at input_size ({s}x{s} px, [3, {s}, {s}] uint8): the graph "
+                                "resizes inside, so a larger frame takes longer than these latencies"),
               "parity": parity, "measured": measured, "predicted": predicted, "latency_torch": lat_torch,
               "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch, "int8": int8_record,
               "settings": export_settings(cfg, source)}
-    write_json(wd.export_record(source, raw), result)
+    write_json(record_path, result)
 
     table = Table(title=f"export: {escape(str(path))}")
     for col in ("", "MACs", "params", "latency torch", "latency onnxruntime"):
@@ -332,8 +385,10 @@ def int8_table(rec: dict) -> Table:
                       f"{size / 1e6:.2f} MB")
     table.add_row("int8 - float", f"{-rec['drop']['AP']:+.4f}", f"{-rec['drop']['AP50']:+.4f}",
                   f"x{rec['latency_ratio_int8_to_float']:.2f}", f"x{q['int8_bytes'] / q['float_bytes']:.2f}")
-    if rec.get("qat"):
-        table.caption = (f"quantization-aware tuning ({rec['qat']['steps']} steps): AP drop "
-                         f"{rec['qat']['ptq_drop']['AP']:.4f} after post-training quantization, "
-                         f"{rec['qat']['drop_after']['AP']:.4f} after tuning")
+    qat = rec.get("qat")
+    if qat:
+        after = qat.get("qat_drop", qat["drop_after"])  # records before the comparison kept the tuned file always
+        table.caption = (f"quantization-aware tuning ({qat['steps']} steps): AP drop "
+                         f"{qat['ptq_drop']['AP']:.4f} after post-training quantization, {after['AP']:.4f} after "
+                         f"tuning; kept: {'post-training' if qat.get('kept') == 'ptq' else 'tuned'} file")
     return table

@@ -326,9 +326,13 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     tuned_export = exports.get("tune")
     qat = ((tuned_export or {}).get("int8") or {}).get("qat")
     if qat:
+        after = qat.get("qat_drop", qat["drop_after"])  # records before the comparison kept the tuned file always
+        kept = {"qat": "the tuned file is the INT8 file", "ptq": "it did not help, so the post-training file is "
+                "the INT8 file"}.get(qat.get("kept"), "the tuned file is the INT8 file")
         lines += [f"Quantization-aware tuning of the found model ({qat['steps']} steps, fake-quantized): INT8 AP drop "
                   f"from the float model {qat['ptq_drop']['AP']:.4f} after post-training quantization, "
-                  f"{qat['drop_after']['AP']:.4f} after tuning (both run by onnxruntime on val).", ""]
+                  f"{after['AP']:.4f} after tuning (both run by onnxruntime on val): {kept}"
+                  + (" (chosen on these same val images)." if qat.get("kept") else "."), ""]
     if tuned_export and tuned_export.get("budget"):
         bc = tuned_export["budget"]
         verdict = "within" if bc["within"] else "**OVER**"
