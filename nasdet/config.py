@@ -648,6 +648,10 @@ class ExperimentConfig(Strict):
         k = self.pipeline.diagnose
         if k and k > self.diagnose.pool:
             raise ValueError(f"pipeline.diagnose ({k}) must be <= diagnose.pool ({self.diagnose.pool})")
+        if self.cost.int8 and self.export.opset < 13:  # (13: nasdet.quantize.INT8_MIN_OPSET) before any training
+            raise ValueError(f"export.opset {self.export.opset} is too old for the INT8 file an INT8 latency budget "
+                             f"(cost.latency {self.cost.latency}) exports: per-channel INT8 weights need "
+                             "export.opset >= 13")
         if k and self.search.strategy == "darts":
             raise ValueError("pipeline.diagnose ranks the subnets of a trained supernet: search.strategy darts (FAD) "
                              "trains none; set pipeline.diagnose: 0")

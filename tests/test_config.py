@@ -141,3 +141,11 @@ def test_classify_and_init_from_baseline_together_are_refused(tmp_path):
         load_config(write(tmp_path, raw))
     for one in ("classify", "init_supernet_from_baseline"):
         assert getattr(load_config(write(tmp_path, {**BASE, "pipeline": {one: True}})).pipeline, one)
+
+
+def test_an_int8_budget_with_an_export_opset_before_13_is_refused_at_load(tmp_path):
+    """The pipeline trained every stage and then failed at export: its INT8 file needs opset 13."""
+    raw = {**BASE, "cost": {"latency": "onnxruntime_int8"}, "export": {"opset": 12}}
+    with pytest.raises(ConfigError, match=r"export.opset 12 is too old for the INT8 file an INT8 latency budget"):
+        load_config(write(tmp_path, raw))
+    assert load_config(write(tmp_path, {**raw, "export": {"opset": 13}})).export.opset == 13

@@ -334,8 +334,12 @@ def test_int8_with_an_opset_before_13_is_refused_before_anything_is_written(tiny
 
     with pytest.raises(ConfigError, match=r"export\.opset 11 is too old for export\.int8: true .*>= 13"):
         tiny_config("ssdlite", export={"int8": True, "opset": 11})
+    # an INT8 latency budget with it: at load, before any stage trains (the pipeline failed only at its export)
+    with pytest.raises(ConfigError, match=r"export\.opset 12 is too old for the INT8 file an INT8 latency budget"):
+        tiny_config("ssdlite", export={"opset": 12}, cost={"latency": "onnxruntime_int8"})
     cfg = tiny_config("ssdlite", export={"opset": 12})
-    int8_budget = tiny_config("ssdlite", export={"opset": 12}, cost={"latency": "onnxruntime_int8"})
+    int8_budget = tiny_config("ssdlite", cost={"latency": "onnxruntime_int8"})  # a config built past the check
+    int8_budget.export.opset = 12
     for c, flag, asked_by in ((cfg, True, "--int8"), (int8_budget, None, "cost.latency onnxruntime_int8")):
         with pytest.raises(ConfigError) as err:
             run_export(c, int8=flag, console=QUIET)  # no checkpoint either: the opset is the first thing said
