@@ -197,15 +197,18 @@ def data_stats_cmd(config: Path, set_: Optional[List[str]] = SetOpt,
                    split: str = typer.Option("all", "--split", help="train | val | all")):
     """Images, boxes per class and box sizes of the config's data sets."""
     from .data.stats import dataset_stats, stats_tables
-    from .data.build import load_split
+    from .data.build import load_split, warn_about_the_splits
 
     cfg = _load(config, set_)
+    opened = {}
     for name in (("train", "val") if split == "all" else (split,)):
         if name not in ("train", "val"):
             raise ConfigError(f"--split must be train, val or all, got {split!r}")
-        ds = load_split(cfg, name)
+        ds = opened[name] = load_split(cfg, name)
         for table in stats_tables(dataset_stats(ds), f"{name}: {ds.source}"):
             console.print(table)
+    if len(opened) == 2:  # what training will warn about (val not held out, classes without boxes), said here
+        warn_about_the_splits(opened["train"], opened["val"])
 
 
 @app.command("train")

@@ -801,3 +801,18 @@ def test_export_refuses_a_checkpoint_of_other_classes(tiny_config, tmp_path):
     with pytest.raises(CheckpointError, match=r"checkpoint .*last.pt was trained on the classes \['" + names[-1]):
         run_export(cfg, source="baseline")
     assert not (Path(cfg.work_dir) / "export" / "classes.json").exists()
+
+
+def test_data_stats_warns_as_training_will(tmp_path, shapes_dir):
+    """`data stats`, the command that checks a set, said nothing of a val set that is the training set."""
+    import shutil
+
+    leak = tmp_path / "val.json"
+    shutil.copy(shapes_dir / "train" / "annotations.json", leak)  # its own source: warned once per pair
+    raw = tiny_raw(shapes_dir, tmp_path / "work")
+    raw["data"]["val"] = {"annotations": str(leak), "images": str(shapes_dir / "train" / "images")}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    with pytest.warns(UserWarning, match=r"shares 24 of its 24 images with the training set"):
+        res = CliRunner().invoke(app, ["data", "stats", str(cfg)])
+    assert res.exit_code == 0, res.output
