@@ -816,3 +816,21 @@ def test_data_stats_warns_as_training_will(tmp_path, shapes_dir):
     with pytest.warns(UserWarning, match=r"shares 24 of its 24 images with the training set"):
         res = CliRunner().invoke(app, ["data", "stats", str(cfg)])
     assert res.exit_code == 0, res.output
+
+
+def test_a_missing_image_says_when_it_is_there_under_another_extension(tmp_path, shapes_dir):
+    """A set converted to PNG after labelling: "train_0003.jpg is missing", with train_0003.png beside it."""
+    import shutil
+
+    from nasdet.data.coco import load_coco
+
+    images = tmp_path / "images"
+    shutil.copytree(shapes_dir / "val" / "images", images)
+    first = sorted(images.iterdir())[0]
+    from PIL import Image
+
+    Image.open(first).save(first.with_suffix(".png"))
+    first.unlink()
+    with pytest.raises(DataError, match=rf"{first.stem}.png is there under another extension: name it in the "
+                                        r"annotations"):
+        load_coco(shapes_dir / "val" / "annotations.json", images)

@@ -13,6 +13,7 @@ is an error; one within the tolerance is clipped to the image. Crowd boxes are k
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..files import os_reason, relative_hint
+from ..user_data import IMAGE_SUFFIXES
 from .dataset import DataError, DetectionDataset, ImageRecord
 
 __all__ = ["load_coco", "BOX_TOLERANCE"]
@@ -69,7 +71,14 @@ def missing_files_message(source: str, missing: Sequence[tuple[Path, object]], t
     """An error message listing the first ``MAX_LISTED`` missing (or ``what``) images and the count."""
     shown = ", ".join(f"{p} (image id {i})" for p, i in missing[:MAX_LISTED])
     more = f", and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
-    return f"{source}: {len(missing)} of {total} image files are {what} {where}: {shown}{more}"
+    hint = ""
+    if what == "missing":  # an image converted after labelling (a .jpg named, a .png there): say so
+        there = [q for p, _ in missing[:MAX_LISTED] for q in sorted(p.parent.glob(glob.escape(p.stem) + ".*"))
+                 if q != p and q.suffix.lower() in IMAGE_SUFFIXES]
+        if there:
+            hint = (f" ({there[0].name} is there under another extension: name it in the annotations, e.g. VOC's "
+                    "<filename> or COCO's file_name, or convert it)")
+    return f"{source}: {len(missing)} of {total} image files are {what} {where}: {shown}{more}{hint}"
 
 
 def check_image_files(source: str, files: Sequence[tuple[Path, object]], where: str) -> None:
