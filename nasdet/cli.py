@@ -337,8 +337,10 @@ def _wait_for_workers(procs: list, spawn=None) -> list[int]:
             spawn()
         import time
 
-        while any(p.poll() is None for p in procs):  # reaps each as it exits (a wait in index order left a
-            time.sleep(0.2)                          # killed worker a zombie, whose claim looked live)
+        # poll reaps each worker as it exits: a wait in index order left a killed worker a zombie, whose claim
+        # looked live to the others
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.2)
         return [i for i, p in enumerate(procs) if p.returncode != 0]
     except BaseException:
         for p in procs:
