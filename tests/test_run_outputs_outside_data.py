@@ -3,36 +3,15 @@ stay out of every data set the run reads, the classification stage's image folde
 that is not what nasdet would write there is refused before it is touched."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from conftest import tiny_raw
-from nasdet.cli import app
 from nasdet.errors import ConfigError
-
-
-def cli(*args):
-    res = CliRunner().invoke(app, [str(a) for a in args])
-    return res.exit_code, " ".join(res.output.split())
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from nasdet.data.synthetic import make_synthetic
-
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic(root, n_train=4, n_val=2, size=64, seed=0, workers=1)
-    return root
+from test_user_data_safety import cli, data_root, hashes, one_error_line  # noqa: F401 (data_root: a fixture)
 
 
 def test_search_storage_and_latency_table_inside_the_data_are_refused(tmp_path, data_root):
@@ -41,10 +20,9 @@ def test_search_storage_and_latency_table_inside_the_data_are_refused(tmp_path, 
     before = hashes(data_root)
     # refused before the supernet is looked for (there is none)
     for storage in (data_root / "val" / "annotations.json", data_root / "val" / "images" / "study.journal"):
-        code, out = cli("search", cfg, "--storage", storage)
-        assert code == 2 and "search storage" in out and "data set" in out and "data.val" in out, out
-    code, out = cli("search", cfg, "--set", "cost.latency=lut", "--set", f"cost.lut={data_root / 'val' / 'annotations.json'}")
-    assert code == 2 and "cost.lut" in out and "the data set's own" in out, out
+        one_error_line(*cli("search", cfg, "--storage", storage), "search storage", "data set", "data.val")
+    one_error_line(*cli("search", cfg, "--set", "cost.latency=lut", "--set",
+                        f"cost.lut={data_root / 'val' / 'annotations.json'}"), "cost.lut", "the data set's own")
     assert hashes(data_root) == before
     assert sorted(p.name for p in (data_root / "val" / "images").iterdir()) == sorted(before_names(before))
     assert not (tmp_path / "work").exists()
@@ -93,8 +71,7 @@ def test_a_work_dir_inside_the_classification_images_is_refused(tmp_path, data_r
     cfg.write_text(yaml.safe_dump(raw))
     before = hashes(folder)
     for inside in (folder / "train", folder):
-        code, out = cli("classify", cfg, "--work-dir", inside)
-        assert code == 2 and "classify.root" in out and "data set" in out, out
+        one_error_line(*cli("classify", cfg, "--work-dir", inside), "classify.root", "data set")
     assert hashes(folder) == before and sorted(p.name for p in (folder / "train").iterdir()) == \
         sorted({Path(k).parts[1] for k in before if k.startswith("train/")})
 
@@ -163,8 +140,8 @@ def test_a_work_dir_inside_the_folders_an_image_list_names_is_refused(tmp_path, 
     cfg.write_text(yaml.safe_dump(raw))
     before = hashes(yolo)
     for inside in (yolo / "train" / "images" / "w", yolo / "val" / "labels" / "w"):
-        code, out = cli("cost", cfg, "--no-latency", "--work-dir", inside)
-        assert code == 2 and "data set" in out and ("train.txt" in out or "val.txt" in out), out
+        out = one_error_line(*cli("cost", cfg, "--no-latency", "--work-dir", inside), "data set")
+        assert "train.txt" in out or "val.txt" in out, out
         assert not inside.exists()
     assert hashes(yolo) == before
     # and the same set as a list through data.train.images
@@ -172,5 +149,5 @@ def test_a_work_dir_inside_the_folders_an_image_list_names_is_refused(tmp_path, 
     raw["data"] = {"format": "yolo", "data_yaml": str(tmp_path / "names.yaml"), "search_fraction": 0.5,
                    "train": {"images": str(lists / "train.txt")}, "val": {"images": str(lists / "val.txt")}}
     cfg.write_text(yaml.safe_dump(raw))
-    code, out = cli("cost", cfg, "--no-latency", "--work-dir", yolo / "train" / "labels" / "w")
-    assert code == 2 and "data.train.images (train.txt)" in out, out
+    one_error_line(*cli("cost", cfg, "--no-latency", "--work-dir", yolo / "train" / "labels" / "w"),
+                   "data.train.images (train.txt)")
