@@ -212,10 +212,8 @@ def check_journal(path: Path) -> None:
     line seen under it is a dead write, never one in progress). A bad line with records after it
     (an edit, a disk fault) stops Optuna from reading the study: that is an error naming the line.
     """
-    refuse_other_lock(path)
-    if not path.is_file() or path.stat().st_size == 0:
+    if not refuse_foreign_storage(path):
         return
-    refuse_other_file(path)  # before the lock (a .flock beside it) and before any cut
     lock = JournalLock(str(path))
     lock.acquire()
     try:
@@ -250,6 +248,16 @@ def refuse_other_file(path: Path) -> None:
                       f"{head[:20].decode('utf-8', 'replace')!r}): nasdet appends to a journal and would damage "
                       f"it, so it is left as it is. Name a new file (or none: the search folder's "
                       f"{STUDY_FILE}).{hint}")
+
+
+def refuse_foreign_storage(path: Path) -> bool:
+    """Refuse (ConfigError) a journal path whose file, or ``.lock`` beside it, is someone else's (reads a few bytes,
+    takes no lock, writes nothing: a launcher checks it before starting workers). True when a journal is there."""
+    refuse_other_lock(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    refuse_other_file(path)  # before the lock (a .flock beside it) and before any cut
+    return True
 
 
 def refuse_other_lock(path: Path) -> None:

@@ -30,7 +30,7 @@ from ..search.outputs import (kept_outputs, output_files, outputs_key, refuse_ot
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
-from ..search.storage import check_journal, check_storage_url, open_storage, shown_storage
+from ..search.storage import check_storage_url, open_storage, refuse_foreign_storage, shown_storage
 from ..search.study import (apply_budget, best_record, check_supernet_fingerprint, open_study, run_study,
                             study_records)
 from ..space import SearchSpace
@@ -81,7 +81,7 @@ def check_search_inputs(cfg: ExperimentConfig, work_dir: str | Path | None = Non
     elif storage or s.storage:
         path = Path(storage or s.storage)
         refuse_output_in_data(path, cfg.data_folders(), "search storage")
-        check_journal(path)
+        refuse_foreign_storage(path)  # (the journal's own check comes when the study opens it)
     if cfg.cost.lut:
         refuse_output_in_data(cfg.cost.lut, cfg.data_folders(), "cost.lut")
     if s.scorer == "supernet":
