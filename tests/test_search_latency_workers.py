@@ -149,3 +149,39 @@ def test_latency_table_finds_the_blocks_of_every_supernet_family(tiny_config):
         n_small = len(table.blocks)
         p_middle = table.predict(export_detector(model, middle, space), middle, model, space)
         assert n_small >= 5 and len(table.blocks) > n_small and p_middle != p_small, backbone
+
+
+def test_search_progress_counts_the_studys_candidates_not_only_this_workers(tiny_config, monkeypatch):
+    """Under --workers N the launcher shows worker 0's progress lines: they counted only worker 0's own
+    candidates (5/12 when the study held all 12). A candidate another worker scores mid-run now counts."""
+    import io
+    import re
+
+    from nasdet.stages import search as search_stage
+    from nasdet.stages.search import run_search
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False}, supernet={"input_sizes": [64, 96]},
+                      train={"threads": 1},
+                      search={"strategy": "random", "confidence_resamples": 20, "num_candidates": 3,
+                              "recalib_batches": 1, "batch_size": 4, "max_images": 2, "include_extremes": False,
+                              "budget": {"metric": "macs", "max": 1e12}})
+    fake_pretrain(cfg)
+    real_run_study = search_stage.run_study
+
+    def run_study_beside_another_worker(study, *args, on_trial, **kwargs):
+        def on_trial_after_another_worker(rec):
+            if len(study.trials) == 1:  # another worker finishes a candidate of another arch meanwhile
+                t = study.trials[0]
+                name, dist = next((n, d) for n, d in t.distributions.items() if len(d.choices) > 1)
+                other = next(c for c in dist.choices if c != t.params[name])
+                study.add_trial(optuna.trial.create_trial(
+                    params={**t.params, name: other}, distributions=t.distributions, values=t.values,
+                    user_attrs={**t.user_attrs, "worker": "another"}))
+            on_trial(rec)
+        return real_run_study(study, *args, on_trial=on_trial_after_another_worker, **kwargs)
+
+    monkeypatch.setattr(search_stage, "run_study", run_study_beside_another_worker)
+    out = io.StringIO()
+    run_search(cfg, console=Console(file=out, width=200))
+    counts = re.findall(r"search candidates: (\d+)/3", out.getvalue())
+    assert counts and counts[-1] == "3", out.getvalue()
