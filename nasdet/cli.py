@@ -384,7 +384,7 @@ def diagnose_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
 @_user_errors
 def eval_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
              ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: baseline/ckpt/last.pt).")):
-    """COCO metrics (AP, AP50, AP75, APs, APm, APl) on the val set; writes baseline/metrics.json, or
+    """COCO metrics (AP, AP50, AP75, APs, APm, APl) and per-class AP on the val set; writes baseline/metrics.json, or
     eval/<stage>_<name>_metrics.json for a --ckpt (a stage's own record is never overwritten)."""
     from .stages.baseline import run_eval
 

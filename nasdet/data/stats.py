@@ -90,8 +90,11 @@ def stats_tables(stats: dict, title: str) -> list[Table]:
     summary.add_row(str(stats["images"]), str(stats["boxes"]), str(stats["crowd_boxes"]),
                     str(stats["images_without_boxes"]), str(stats["images_only_crowd"]), str(len(stats["classes"])))
 
-    per_class = Table(title=f"{title}: boxes per class")
-    for col in ("class", "id", "boxes", "crowd/difficult", "images", "share of boxes"):
+    # images: those a class's non-crowd box is in (the boxes training learns and val scores), so a class whose
+    # boxes in an image are all difficult does not count it (a YOLO copy of a VOC set, without difficult, does)
+    per_class = Table(title=f"{title}: boxes per class",
+                      caption="images*: those with a non-crowd / non-difficult box of the class")
+    for col in ("class", "id", "boxes", "crowd/difficult", "images*", "share of boxes"):
         per_class.add_column(col, justify="left" if col == "class" else "right")
     for name, c in stats["classes"].items():
         per_class.add_row(escape(name), str(c["id"]), str(c["boxes"]), str(c["crowd"]), str(c["images"]),

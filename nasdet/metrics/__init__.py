@@ -1,3 +1,3 @@
-from .coco import COCO_METRIC_NAMES, coco_evaluate
+from .coco import COCO_METRIC_NAMES, coco_evaluate, per_class_ap
 
-__all__ = ["COCO_METRIC_NAMES", "coco_evaluate"]
+__all__ = ["COCO_METRIC_NAMES", "coco_evaluate", "per_class_ap"]

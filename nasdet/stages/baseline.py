@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from rich.text import Text
 
 from ..config import ExperimentConfig, config_to_dict
@@ -74,7 +75,7 @@ def _scored_as_configured(cfg: ExperimentConfig, out, done: dict, console: Conso
     def evaluate() -> dict:
         device = resolve_device(cfg.train.device)
         model = load_trained_model(cfg, out.checkpoint, val.num_classes).to(device)
-        return evaluate_detector(model, scored, device, cfg.eval.batch_size, cfg.data.num_workers)
+        return evaluate_detector(model, scored, device, cfg.eval.batch_size, cfg.data.num_workers, per_class=True)
 
     return evaluated_again(out, done, val.source, len(scored), evaluate, console)
 
@@ -160,7 +161,8 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
                          "classes": class_record(val), "imported_from": origin}, out.checkpoint)
     device = resolve_device(cfg.train.device)
     scored = scored_val_set(cfg, val)  # the images every other stage scores (eval.max_images)
-    metrics = evaluate_detector(model.to(device), scored, device, cfg.eval.batch_size, cfg.data.num_workers)
+    metrics = evaluate_detector(model.to(device), scored, device, cfg.eval.batch_size, cfg.data.num_workers,
+                                per_class=True)
     if not dist.is_main():  # under torchrun every rank predicts a shard, rank 0 scores and writes
         return {}
     write_json(out.metrics, {"metrics": metrics, "step": 0, "checkpoint": str(out.checkpoint), "val": val.source,
@@ -197,7 +199,7 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     if what:
         console.print(Text(f"{ckpt}: {what}"), soft_wrap=True)
     val = scored
-    metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
+    metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers, per_class=True)
     if metrics is None:
         return {}
     out = eval_record_path(cfg, work_dir, ckpt, given, own)
@@ -207,9 +209,30 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         record = {**json.loads(out.read_text()), **record}
     write_json(out, record)
     console.print(metrics_table(metrics, f"val mAP of {escape(str(ckpt))} ({len(val)} images)"))
+    if metrics.get("per_class"):
+        console.print(per_class_table(metrics["per_class"], f"per-class AP of {escape(str(ckpt))}"))
     kept = "" if own or given else f" (not the run's own val set: {escape(str(ckpt.parent.parent / METRICS_FILE))} is kept)"
     console.print(f"metrics -> {escape(str(out))}{kept}")
     return metrics
+
+
+def per_class_table(per_class: dict[str, dict], title: str) -> Table:
+    """``coco_evaluate``'s ``per_class`` as a table in label order: which class drags the mean AP. A class
+    without a val box has no AP (COCOeval leaves it out of the mean), said as such, never as 0."""
+    table = Table(title=title, caption=_per_class_caption(per_class))
+    for col in ("class", "AP", "AP50", "val boxes"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, c in per_class.items():
+        ap = [f"{c[k]:.4f}" if c[k] is not None else "no val boxes" for k in ("AP", "AP50")]
+        table.add_row(escape(name), *ap, str(c["gt_boxes"]))
+    return table
+
+
+def _per_class_caption(per_class: dict[str, dict]) -> str:
+    scored = sum(c["AP"] is not None for c in per_class.values())
+    caption = f"AP, AP50 are the mean of these over the {scored} class{'es' if scored != 1 else ''} with val boxes"
+    caption += "; val boxes: non-crowd / non-difficult, as COCOeval counts them"
+    return caption
 
 
 def _same_val_set(trained: dict | None, now: dict) -> bool:

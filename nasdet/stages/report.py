@@ -60,6 +60,31 @@ def unlike(found: dict, other: dict) -> list[str]:
     return out
 
 
+def per_class_lines(baseline: dict, found: dict) -> list[str]:
+    """report.md's per-class AP of the found arch beside the baseline's, when both records hold it (records
+    written before nasdet kept it do not) for the same classes on the same val images; else nothing."""
+    a, b = (baseline.get("metrics") or {}).get("per_class"), (found.get("metrics") or {}).get("per_class")
+    if not a or not b or list(a) != list(b) or _split_of(baseline) != _split_of(found) \
+            or not baseline.get("val") or not found.get("val") \
+            or os.path.realpath(baseline["val"]) != os.path.realpath(found["val"]) \
+            or any(a[n]["gt_boxes"] != b[n]["gt_boxes"] for n in a):
+        return []
+
+    def f(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    lines = [f"Per-class AP on {_split_of(found)} (a class without val boxes has no AP and is not in the mean):", "",
+             "| class | val boxes | AP baseline | AP found | AP found - baseline | AP50 baseline | AP50 found |",
+             "|---|---|---|---|---|---|---|"]
+    for n in a:
+        x, y = a[n], b[n]
+        diff = "-" if x["AP"] is None or y["AP"] is None else signed(y["AP"] - x["AP"])
+        name = n.replace("|", "\\|")  # a markdown cell
+        lines.append(f"| {name} | {x['gt_boxes']} | {f(x['AP'])} | {f(y['AP'])} | {diff} | {f(x['AP50'])} "
+                     f"| {f(y['AP50'])} |")
+    return lines + [""]
+
+
 def how_tuned(record: dict) -> str:
     return "supernet + tune" if record.get("init") == "supernet" else "tune from scratch"
 
@@ -320,6 +345,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
                                  cfg.report.controls_tolerance, imported=bool(base_record.get("imported_from")),
                                  metric=matched_cost_metric(cfg.search.budget),
                                  latency=cfg.search.budget is not None and cfg.search.budget.metric == "latency"), ""]
+    lines += per_class_lines(base_record, tune)
     if init_metrics is not None:
         lines += [f"Inherited supernet weights before tuning, on {_split_of(init_record)}: AP {init_metrics['AP']:.4f}, "
                   f"AP50 {init_metrics['AP50']:.4f}.", ""]

@@ -205,7 +205,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
                                tcfg.eval.batch_size, tcfg.data.num_workers, cfg.seed)
         if cfg.tune.eval_initial:
             val = scored_val_set(cfg, data["val"])
-            initial = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers)
+            initial = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers, per_class=True)
             if dist.is_main():
                 write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source,
                                                     "val": val.source, "val_images": len(val)})

@@ -47,10 +47,14 @@ def predict(model: nn.Module, dataset: DetectionDataset, device: torch.device, b
 
 
 def evaluate_detector(model: nn.Module, dataset: DetectionDataset, device: torch.device, batch_size: int = 8,
-                      num_workers: int = 0, progress=None, backend: str = "faster") -> dict[str, float] | None:
-    """COCO metrics on ``dataset``; under DDP every rank predicts a shard and rank 0 scores (others get None)."""
+                      num_workers: int = 0, progress=None, backend: str = "faster",
+                      per_class: bool = False) -> dict | None:
+    """COCO metrics on ``dataset``; under DDP every rank predicts a shard and rank 0 scores (others get None).
+    ``per_class``: with ``"per_class"`` AP (``coco_evaluate``), for the records a user reads; the search's
+    scoring of candidates asks for the summary alone."""
     dets = predict(model, dataset, device, batch_size, num_workers, progress)
     gathered = dist.all_gather_objects(dets)
     if not dist.is_main():
         return None
-    return coco_evaluate(to_coco_gt(dataset), [d for part in gathered for d in part], backend=backend)
+    return coco_evaluate(to_coco_gt(dataset), [d for part in gathered for d in part], backend=backend,
+                         per_class=per_class)

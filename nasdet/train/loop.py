@@ -401,11 +401,13 @@ class Trainer:
         """The ``val_images`` images ``evaluate`` scores: the first ones."""
         return self.val_set.subset(range(self.val_images))
 
-    def evaluate(self) -> dict[str, float] | None:
+    def evaluate(self) -> dict | None:
+        """Val metrics with per-class AP (``metrics.json`` shows which class drags the mean; it costs nothing
+        beside COCOeval's run)."""
         if self.val_set is None:
             return None
         val, e = self.scored_val(), self.settings.eval
-        return evaluate_detector(self.model, val, self.device, e.batch_size, self.settings.num_workers)
+        return evaluate_detector(self.model, val, self.device, e.batch_size, self.settings.num_workers, per_class=True)
 
     def run(self) -> dict:
         """Train to the end (resuming from ``ckpt/last.pt`` if present); returns the final val metrics."""
