@@ -11,6 +11,11 @@ not its category ids: ``export/classes.json`` gives each label's ``name`` and th
 ``category_id`` (COCO) or ``yolo_class`` (YOLO)). Resizing, normalisation, box decoding and NMS happen inside
 the graph.
 
+The file says what it bakes in: ``nasdet export`` writes JSON values into its ONNX ``metadata_props``:
+``postprocessing`` (``score_thresh``: no lower score comes back, ``nms_thresh``, ``detections_per_img``, ...),
+``classes`` (classes.json's map, used when no classes.json is found) and ``input_size``; the text output
+starts with the post-processing line.
+
 The pixels must be the ones nasdet trained and scored on: ``load_image`` reads a file as nasdet's
 ``decode_upright_rgb`` does (EXIF orientation applied, 16-bit scaled to 8 bits), so boxes are in the upright
 frame the annotations use.
@@ -43,6 +48,15 @@ def load_image(path: str) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
+def file_metadata(session: ort.InferenceSession) -> dict:
+    """The JSON values nasdet export wrote into the file's metadata_props (empty for a file without them)."""
+    out = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        if key in ("postprocessing", "classes", "input_size"):
+            out[key] = json.loads(value)
+    return out
+
+
 def detect(session: ort.InferenceSession, image: np.ndarray, min_score: float = 0.0):
     boxes, scores, labels = session.run(None, {"image": image})
     keep = scores >= min_score
@@ -63,11 +77,14 @@ def main() -> None:
     if args.min_score is None:
         args.min_score = 0.0 if args.json else 0.3
 
+    session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    meta = file_metadata(session)
     classes_path = Path(args.classes) if args.classes else Path(args.model).with_name("classes.json")
-    classes = json.loads(classes_path.read_text()) if classes_path.is_file() else {}
+    classes = json.loads(classes_path.read_text()) if classes_path.is_file() else meta.get("classes", {})
     # classes.json written before it held ids maps a label to its name alone
     names = {label: c["name"] if isinstance(c, dict) else c for label, c in classes.items()}
-    session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    if not args.json and "postprocessing" in meta:
+        print("baked into the file: " + ", ".join(f"{k} {v}" for k, v in meta["postprocessing"].items()))
     for path in args.images:
         boxes, scores, labels = detect(session, load_image(path), args.min_score)
         if args.json:

@@ -6,7 +6,13 @@ them). Conversion to float, normalisation, the resize to the model's input size,
 decoding and NMS are all in the graph: a deployer needs onnxruntime and nothing else.
 
 Raw (``--raw``): the same pre-processing, then the dense head outputs before any decoding, plus the
-anchors (or FCOS's points) they refer to, for deployers who decode and suppress themselves.
+anchors (or FCOS's points) they refer to, for deployers who decode and suppress themselves; ``raw_decoding``
+says how (score activation and columns, box coder and its constants, the thresholds and NMS of the end-to-end
+file), read from the model: the raw export record's ``decode`` block.
+
+``nasdet export`` writes into each file's ``metadata_props`` (JSON values) what a deployer needs without
+nasdet: ``postprocessing`` (the values baked in), ``classes`` (classes.json's map), ``input_size``, and for a
+raw file ``decode``; the INT8 file keeps them.
 
 The graph is built from the torchvision model's own parts (backbone, head, anchor generator,
 ``postprocess_detections``), so its arithmetic is the model's; the box rescale to the input image
@@ -17,7 +23,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -114,10 +120,41 @@ class RawDetector(nn.Module):
         return family_of(self.detector).raw_output_names(self.detector)  # [] = positional outputs
 
 
+# ------------------------------------------------------------------------ what a deployer needs to know
+def postprocessing(detector: nn.Module) -> dict:
+    """The post-processing values ``detector``'s eval path, and so its end-to-end graph, bakes in."""
+    return family_of(detector).postprocessing(detector)
+
+
+@torch.no_grad()
+def raw_decoding(detector: nn.Module) -> dict:
+    """How ``detector``'s raw outputs and anchors become its end-to-end detections (``DetectorFamily.raw_decoding``)."""
+    det = copy.deepcopy(detector).cpu().eval()
+    s = get_input_size(det)
+    return family_of(det).raw_decoding(det, torch.zeros(1, 3, s, s))
+
+
+def set_onnx_metadata(model, metadata: Mapping[str, str]) -> None:
+    """``metadata`` into an onnx ModelProto's ``metadata_props``, replacing the same keys."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    for key, value in [*kept, *metadata.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
 # ------------------------------------------------------------------------------------------- export
 def export_onnx(detector: nn.Module, path: str | Path, raw: bool = False, opset: int = 17,
-                example: torch.Tensor | None = None) -> Path:
-    """Write the ONNX file of ``detector`` (end to end, or raw); returns the path."""
+                example: torch.Tensor | None = None, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the ONNX file of ``detector`` (end to end, or raw), with ``metadata`` in its ``metadata_props``;
+    returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     det = copy.deepcopy(detector).cpu().eval()
@@ -136,6 +173,12 @@ def export_onnx(detector: nn.Module, path: str | Path, raw: bool = False, opset:
                           input_names=["image"], output_names=names,
                           dynamic_axes={"image": {1: "height", 2: "width"},
                                         **({} if raw else {n: {0: "detections"} for n in names})})
+        if metadata:
+            import onnx
+
+            model = onnx.load(str(tmp))
+            set_onnx_metadata(model, metadata)
+            onnx.save(model, str(tmp))
     if raw:
         import numpy as np
 

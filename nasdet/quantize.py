@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .errors import QuantizationError
+from .export import onnx_metadata, set_onnx_metadata
 from .files import atomic_path
 from .models.cost import onnx_session
 from .models.families import family_of
@@ -175,6 +176,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, feeds: Iterable[dict], scope
         # threshold: onnxruntime folds them into a Reshape that then fails on 0 boxes; it infers its own
         quantized = onnx.load(str(draft))
         del quantized.graph.value_info[:]
+        # the float file's metadata_props (post-processing, classes), which the INT8 file describes as well
+        set_onnx_metadata(quantized, onnx_metadata(src))
         with atomic_path(dst) as final:
             onnx.save(quantized, str(final))
 

@@ -21,12 +21,13 @@ from ..config import ExperimentConfig
 from ..data.build import build_datasets, load_split
 from ..data.dataset import to_coco_gt
 from ..errors import ConfigError, ExportParityError
-from ..export import check_parity, export_onnx, time_onnx
+from ..export import check_parity, export_onnx, onnx_metadata, postprocessing, raw_decoding, time_onnx
 from ..metrics import coco_evaluate
 from ..search.budget import COST_UNITS
 from ..quantize import INT8_MIN_OPSET, detection_agreement, network_scopes, onnx_detections, quantize_detector
 from ..models.cost import detector_macs, detector_params, measure_latency
 from ..models.detectors import get_input_size
+from ..models.families import family_named, family_of
 from ..train.checkpoint import load_checkpoint, unfinished_at
 from ..train.trained import load_trained_model, load_tuned_model
 from ..train.resume import flatten
@@ -79,7 +80,8 @@ def export_int8(cfg: ExperimentConfig, wd: WorkDir, model: torch.nn.Module, sour
         qat = {"ptq_metrics": metrics["int8"], "ptq_drop": {k: metrics["float"][k] - metrics["int8"][k] for k in ("AP", "AP50")}}
         with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
             qat_path = Path(tmp) / "qat_int8.onnx"
-            qat.update(quantization_aware_tuning(cfg, model, Path(tmp), qat_path, images))
+            qat.update(quantization_aware_tuning(cfg, model, Path(tmp), qat_path, images,
+                                                 metadata=onnx_metadata(float_path)))
             qat_dets = onnx_detections(qat_path, val, c.threads)
             qat["qat_metrics"] = coco_evaluate(gt, qat_dets)
             qat["qat_drop"] = {k: metrics["float"][k] - qat["qat_metrics"][k] for k in ("AP", "AP50")}
@@ -110,13 +112,12 @@ def export_int8(cfg: ExperimentConfig, wd: WorkDir, model: torch.nn.Module, sour
 
 
 def quantization_aware_tuning(cfg: ExperimentConfig, model: torch.nn.Module, folder: Path, int8_path: Path,
-                              images: list[torch.Tensor]) -> dict:
+                              images: list[torch.Tensor], metadata: dict | None = None) -> dict:
     """``tune.qat``: a copy of the tuned model fine-tuned fake-quantized (``train.qat``), exported and quantized
     into ``int8_path`` (a draft beside the post-training file, which the caller replaces only if this one is not
-    worse; the float file stays the tuned model)."""
+    worse; the float file stays the tuned model), with the float file's ONNX ``metadata``."""
     import copy
 
-    from ..models.families import family_of
     from ..train.qat import qat_tune
 
     t, tcfg = cfg.tune, cfg.tune.train or cfg.train
@@ -126,7 +127,7 @@ def quantization_aware_tuning(cfg: ExperimentConfig, model: torch.nn.Module, fol
                       torch.device(tcfg.device if tcfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"),
                       cfg.seed)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        qat_float = export_onnx(tuned, Path(tmp) / "qat.onnx", opset=cfg.export.opset)
+        qat_float = export_onnx(tuned, Path(tmp) / "qat.onnx", opset=cfg.export.opset, metadata=metadata)
         quantize_detector(qat_float, int8_path, images, network_scopes(tuned), cfg.export.calibration_method)
     return record
 
@@ -231,6 +232,16 @@ def class_map(data_format: str, dataset) -> dict[int, dict]:
     return {k + 1: {"name": name, **source_id(k)} for k, name in enumerate(dataset.classes)}
 
 
+def onnx_file_metadata(baked: dict, classes: dict, input_size: int, decode: dict | None) -> dict[str, str]:
+    """The exported files' ``metadata_props`` (JSON values), so a file alone says what it bakes in and what its
+    labels are: the post-processing, ``classes.json``'s map, the input size; a raw file also its decode block."""
+    out = {"postprocessing": json.dumps(baked), "classes": json.dumps({str(k): v for k, v in classes.items()}),
+           "input_size": json.dumps(input_size)}
+    if decode is not None:
+        out["decode"] = json.dumps(decode)
+    return out
+
+
 def budget_latency(cfg: ExperimentConfig, lat_torch: dict, lat_ort: dict, int8: dict | None) -> tuple[float, str]:
     """The measured latency the search budget is about: the one ``cost.latency`` took during the search."""
     c = cfg.cost
@@ -259,6 +270,10 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
                           "boxes), so not --raw: " + ("drop --raw" if asked else
                                                       "export --raw with --set export.int8=false" +
                                                       (" and another cost.latency" if cfg.cost.int8 else "")))
+    refused = family_named(cfg.model.detector).raw_refused
+    if raw and refused:
+        raise ConfigError(f"export --raw: detector {cfg.model.detector} has no raw outputs to decode: {refused}; "
+                          "export the end-to-end file (drop --raw)")
     if int8 and cfg.export.opset < INT8_MIN_OPSET:  # refused before anything is written: the INT8 file would not load
         why = "--int8" if asked else "export.int8: true" if cfg.export.int8 else \
             f"cost.latency {cfg.cost.latency} (the budget is INT8 latency)"
@@ -281,10 +296,17 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
                            f"not finish (killed, or still running), so this exports a partly trained model; rerun "
                            f"`nasdet {command}` to finish it, then export again", style="yellow"), soft_wrap=True)
     path = wd.onnx(source, raw)
+    classes = class_map(cfg.data.format, val)
+    baked = postprocessing(model)
+    decode = None
+    if raw:
+        decode = raw_decoding(model)
+        decode["anchors"] = {"file": path.with_suffix(".anchors.npy").name, **decode["anchors"]}
+    metadata = onnx_file_metadata(baked, classes, get_input_size(model), decode)
     # written under another name and renamed only once checked: a file named tune.onnx is always verified
     draft = path.with_name(f".{path.stem}.unverified.onnx")
     try:
-        unverified = export_onnx(model, draft, raw=raw, opset=cfg.export.opset)
+        unverified = export_onnx(model, draft, raw=raw, opset=cfg.export.opset, metadata=metadata)
     except OSError as e:  # a failed write (a full disk) names the file asked for, not its draft
         asked = {str(draft): path, str(draft.with_suffix(".anchors.npy")): path.with_suffix(".anchors.npy")}
         if e.filename not in asked:
@@ -333,7 +355,7 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     predicted = wd.predicted_costs(arch)
     # the budget is the found model's; the baseline is not meant to fit it (it is the reference)
     budget = budget_check(cfg, measured, predicted) if source == "tune" else None
-    write_json(wd.export / CLASSES_JSON, class_map(cfg.data.format, val))
+    write_json(wd.export / CLASSES_JSON, classes)
     result = {"onnx": str(path), "source": source, "checkpoint": str(ckpt),
               "checkpoint_step": state.get("step"), "finished_training": unfinished is None,
               "raw": raw, "input_size": s,
@@ -341,6 +363,7 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
                                 "resizes inside, so a larger frame takes longer than these latencies"),
               "parity": parity, "measured": measured, "predicted": predicted, "latency_torch": lat_torch,
               "latency_onnxruntime": lat_ort, "budget": budget, "arch": arch, "int8": int8_record,
+              "postprocessing": baked, **({"decode": decode} if raw else {}),
               "settings": export_settings(cfg, source)}
     write_json(record_path, result)
 

@@ -12,6 +12,7 @@ from torch import nn
 from ..config import ExperimentConfig
 from ..models import build_detector
 from ..models.classifier import read_subnet_file
+from ..models.families import family_named, family_of
 from ..models.heads.fad import is_genotype_arch, with_genotype
 from ..models.supernet import BACKBONE_PREFIX, build_supernet, detector_space, export_detector
 from ..space import ArchError, SearchSpace, strip_prefix
@@ -42,6 +43,11 @@ def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int
             pass  # written by another nasdet version: fall back to the given config
     model = build_detector(model_cfg, num_classes=num_classes)
     load_model_weights(model, state, source=str(ckpt))
+    family = family_of(model)
+    if model_cfg is not cfg.model and family is family_named(cfg.model.detector):
+        # the thresholds and counts of this run (model.score_thresh, ...), not those it was trained with: an eval,
+        # a search's baseline score or an export with `--set model.score_thresh=0.3` used the checkpoint's 0.01
+        family.set_postprocessing(model, cfg.model)
     return model
 
 

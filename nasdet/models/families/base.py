@@ -7,6 +7,8 @@ the few things the rest of nasdet needs to know about its model without looking 
 - ``dense_forward``: backbone, neck and heads on a normalised batch, no decoding (MACs, latency, raw export);
 - ``detect``: the eval path on one normalised ``1 x 3 x s x s`` batch -> detections at ``s x s`` (export);
 - ``raw_output_names`` / ``raw_anchors``: what the raw ONNX export gives and the anchors its outputs refer to;
+- ``postprocessing`` / ``set_postprocessing``: the thresholds and counts the end-to-end graph bakes in;
+- ``raw_decoding``: how the raw outputs become those detections (the raw export record's ``decode`` block);
 - ``losses_with_logits``: the training losses plus classification logits and positive mask (distillation);
 - ``set_input_size``: what besides the transform depends on the resolution.
 
@@ -20,6 +22,7 @@ from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..config import BaseModelConfig
+from ..mmdet_layout import _DropsEmptyBoxes as DropsEmptyBoxes  # MMDetection's test path: a decode step more
 
 IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
@@ -53,6 +56,8 @@ class DetectorFamily:
     class_background: bool = True
     # the modules that make the network (convs and linears, no decoding or NMS): what INT8 quantizes
     network_modules: tuple[str, ...] = ("backbone", "head")
+    # why ``nasdet export --raw`` makes no file its detections can be decoded from ('' = it does)
+    raw_refused: str = ""
 
     def build(self, cfg: BaseModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         """The detector for ``cfg`` around backbone ``body``; ``num_classes`` includes the background."""
@@ -89,6 +94,66 @@ class DetectorFamily:
     def losses_with_logits(self, model: nn.Module, images, targets) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """On transformed ``images`` (ImageList) and ``targets``: (losses, cls logits [N, A, C], positives [N, A])."""
         raise NotImplementedError
+
+    def postprocessing(self, model: nn.Module) -> dict:
+        """The post-processing values the eval path (and so the end-to-end graph) uses, read from ``model``,
+        named as the ``model`` config keys that set them."""
+        return {k: getattr(model, k) for k in POSTPROCESSING_ATTRS}
+
+    def set_postprocessing(self, model: nn.Module, cfg: BaseModelConfig) -> None:
+        """``cfg``'s post-processing values onto ``model`` (a trained checkpoint rebuilds with the values it was
+        trained with; an export bakes in the run's)."""
+        for k in POSTPROCESSING_ATTRS:
+            if hasattr(cfg, k):
+                setattr(model, k, getattr(cfg, k))
+
+    def raw_decoding(self, model: nn.Module, x: torch.Tensor) -> dict:
+        """How the raw outputs (``dense_forward``) and ``raw_anchors`` of the normalised batch ``x`` at the input
+        size become the detections of ``detect``: the raw export record's ``decode`` block."""
+        raise NotImplementedError
+
+
+# the attributes torchvision's one-stage detectors (and YOLOv3) keep their post-processing in
+POSTPROCESSING_ATTRS = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
+
+
+# ------------------------------------------------------------------- the raw export's decode block
+def box_coding(coder) -> dict:
+    """How a torchvision box coder turns 4 regression values and an anchor into a box, with its constants."""
+    from torchvision.models.detection import _utils as det_utils
+
+    if isinstance(coder, det_utils.BoxCoder):
+        return {"coder": "deltas", "weights": [float(w) for w in coder.weights],
+                "max_dw_dh": float(coder.bbox_xform_clip),
+                "formula": "anchor w = x2 - x1, h = y2 - y1, centre cx = x1 + w / 2, cy = y1 + h / 2; "
+                           "dx, dy, dw, dh = the 4 values divided by weights; dw, dh = min(dw, max_dw_dh), "
+                           "min(dh, max_dw_dh); box centre (cx + dx * w, cy + dy * h), size (w * exp(dw), "
+                           "h * exp(dh)); box = centre -/+ size / 2 (x1, y1, x2, y2)"}
+    if isinstance(coder, det_utils.BoxLinearCoder):
+        scaled = bool(coder.normalize_by_size)
+        return {"coder": "ltrb", "normalize_by_size": scaled,
+                "formula": "anchor centre cx, cy" + (" and size w = x2 - x1, h = y2 - y1" if scaled else "") +
+                           "; l, t, r, b = the 4 values" + (" times (w, h, w, h)" if scaled else "") +
+                           "; box = (cx - l, cy - t, cx + r, cy + b)"}
+    raise TypeError(f"no decode description for box coder {type(coder).__name__}")
+
+
+def anchor_description(anchors: int, levels: list[int], s: int) -> dict:
+    """The ``.anchors.npy`` beside a raw file: one row per output row, in which frame."""
+    return {"shape": [anchors, 4], "format": "x1, y1, x2, y2", "levels": levels,
+            "frame": f"pixels of the network input: the image resized to {s} x {s} inside the graph (not the "
+                     "image's pixels)"}
+
+
+def nms_description(model: nn.Module) -> dict:
+    return {"iou_thresh": float(model.nms_thresh), "per_class": True,
+            "rule": "torchvision.ops.batched_nms: per label, highest score first, a box whose IoU with a kept box "
+                    "is above iou_thresh is dropped"}
+
+
+def to_image(s: int) -> str:
+    return (f"boxes are in the {s} x {s} network input: multiply x by W / {s} and y by H / {s} for the image of "
+            "W x H pixels given to the graph (the end-to-end graph does)")
 
 
 # ------------------------------------------------------------------- helpers of the torchvision families
@@ -149,3 +214,28 @@ class OneStageFamily(DetectorFamily):
 
     def raw_anchors(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return generator_anchors(model, x)
+
+    def raw_layout(self, model: nn.Module, x: torch.Tensor) -> tuple[dict[str, list[int]], list[int]]:
+        """The raw outputs' shapes (by name) and the anchors (output rows) per level, in order."""
+        features = list(model.backbone(x).values())
+        outputs = model.head(features)
+        cells = [f.size(2) * f.size(3) for f in features]
+        per_location = outputs["cls_logits"].size(1) // sum(cells)
+        return {k: list(v.shape) for k, v in outputs.items()}, [n * per_location for n in cells]
+
+    def decode_block(self, model: nn.Module, x: torch.Tensor, scores: dict, candidates: dict) -> dict:
+        """The ``decode`` block of a torchvision one-stage detector around its ``scores`` and ``candidates``."""
+        shapes, levels = self.raw_layout(model, x)
+        s = x.shape[-1]
+        return {"input_size": s, "outputs": shapes, "anchors": anchor_description(sum(levels), levels, s),
+                "scores": scores, "candidates": candidates,
+                "boxes": {**box_coding(model.box_coder), "clip_to_input": True,
+                          # MMDetection's test path (layout / variant mmdetection)
+                          "drop_empty_before_nms": isinstance(model, DropsEmptyBoxes)},
+                "nms": nms_description(model), "detections_per_img": int(model.detections_per_img),
+                "to_image": to_image(s),
+                "steps": ["scores from cls_logits (scores)", "candidates: score > score_above, then the top_k "
+                          "highest per top_k_per (candidates)", "their boxes from bbox_regression and their anchors "
+                          "(boxes), clipped to the network input when clip_to_input", "drop boxes of zero width or "
+                          "height when drop_empty_before_nms", "NMS (nms)", "the first detections_per_img by score",
+                          "to the image's pixels (to_image)"]}

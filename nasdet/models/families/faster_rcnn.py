@@ -33,6 +33,9 @@ class FasterRCNNFamily(DetectorFamily):
     # the RPN's and box head's layers; proposal decoding, NMS and RoIAlign stay float
     network_modules = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor")
     class_layers = (r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)",)  # boxes per class too
+    raw_refused = ("its second stage classifies and regresses the RPN's proposals, which depend on the image: no "
+                   "dense outputs give its detections (the raw graph's last outputs run the box head on zeros, "
+                   "for cost only)")
 
     def build(self, cfg: FasterRCNNModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         c, v2 = cfg.fpn_channels, cfg.variant == "v2"
@@ -70,7 +73,21 @@ class FasterRCNNFamily(DetectorFamily):
         proposals, _ = model.rpn(images, feats)
         return model.roi_heads(feats, proposals, images.image_sizes)[0][0]
 
-    # raw export: positional outputs and no fixed anchors (proposals are data dependent): the defaults
+    # raw export: positional outputs and no fixed anchors (proposals are data dependent): the defaults;
+    # ``nasdet export --raw`` is refused (raw_refused), the parity check of the end-to-end export uses it
+
+    def postprocessing(self, model: nn.Module) -> dict:
+        roi, rpn = model.roi_heads, model.rpn
+        return {"score_thresh": roi.score_thresh, "nms_thresh": roi.nms_thresh,
+                "detections_per_img": roi.detections_per_img,
+                "rpn_pre_nms_top_n_test": rpn._pre_nms_top_n["testing"],  # per level
+                "rpn_post_nms_top_n_test": rpn._post_nms_top_n["testing"],
+                "rpn_nms_thresh": rpn.nms_thresh, "rpn_score_thresh": rpn.score_thresh}
+
+    def set_postprocessing(self, model: nn.Module, cfg: FasterRCNNModelConfig) -> None:
+        roi = model.roi_heads
+        roi.score_thresh, roi.nms_thresh, roi.detections_per_img = cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img
+        model.rpn._post_nms_top_n["testing"] = cfg.rpn_post_nms_top_n_test
 
 
 FAMILY = FasterRCNNFamily()

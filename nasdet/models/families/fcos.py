@@ -71,6 +71,21 @@ class FCOSFamily(OneStageFamily):
     def raw_output_names(self, model: nn.Module) -> list[str]:
         return ["cls_logits", "bbox_regression", "bbox_ctrness"]
 
+    def raw_decoding(self, model: nn.Module, x: torch.Tensor) -> dict:
+        columns = self.raw_layout(model, x)[0]["cls_logits"][-1]
+        scores = {"output": "cls_logits", "activation": "sigmoid", "columns": [0, columns - 1],
+                  "times_sigmoid_of": "bbox_ctrness", "sqrt": True,
+                  "formula": "sqrt(sigmoid(cls_logits[a, c]) * sigmoid(bbox_ctrness[a, 0]))",
+                  "label": "the column index (column 0 is the background: scored like the others, as in the "
+                           "end-to-end file)"}
+        candidates = {"score_above": float(model.score_thresh), "top_k": int(model.topk_candidates),
+                      "top_k_per": "level", "over": "each level's (point, column) pairs (anchors.levels gives "
+                                                   "each level's rows, in order)"}
+        block = self.decode_block(model, x, scores, candidates)
+        block["anchors"]["points"] = ("FCOS's points, as boxes centred on them" +
+                                      (" whose size scales l, t, r, b" if block["boxes"].get("normalize_by_size") else ""))
+        return block
+
     def losses_with_logits(self, model, images, targets):
         features, head_outputs, anchors = head_and_anchors(model, images)
         losses, matched = _fcos_losses(model, targets, head_outputs, anchors, features)

@@ -70,6 +70,17 @@ class RetinaNetFamily(OneStageFamily):
     def raw_output_names(self, model: nn.Module) -> list[str]:
         return ["cls_logits", "bbox_regression"]
 
+    def raw_decoding(self, model: nn.Module, x: torch.Tensor) -> dict:
+        columns = self.raw_layout(model, x)[0]["cls_logits"][-1]
+        # torchvision's RetinaNet scores every column, the background's too (never a positive in training)
+        scores = {"output": "cls_logits", "activation": "sigmoid", "columns": [0, columns - 1],
+                  "label": "the column index (column 0 is the background: scored like the others, so a label 0 "
+                           "detection is possible, as in the end-to-end file)"}
+        candidates = {"score_above": float(model.score_thresh), "top_k": int(model.topk_candidates),
+                      "top_k_per": "level", "over": "each level's (anchor, column) pairs (anchors.levels gives "
+                                                   "each level's rows, in order)"}
+        return self.decode_block(model, x, scores, candidates)
+
     def losses_with_logits(self, model, images, targets):
         _, head_outputs, anchors = head_and_anchors(model, images)
         matched = match_anchors(model, targets, anchors)

@@ -210,6 +210,22 @@ class SSDFamily(OneStageFamily):
     def raw_output_names(self, model: nn.Module) -> list[str]:
         return ["bbox_regression", "cls_logits"]  # SSDHead's dict order
 
+    def raw_decoding(self, model: nn.Module, x: torch.Tensor) -> dict:
+        columns = self.raw_layout(model, x)[0]["cls_logits"][-1]
+        thresh, k = float(model.score_thresh), int(model.topk_candidates)
+        if isinstance(model, FocalSSD):  # ssd_loss: focal (FocalSSD.postprocess_detections)
+            scores = {"output": "cls_logits", "activation": "sigmoid", "columns": [1, columns - 1],
+                      "background_column": 0, "label": "the column index (1..K); column 0 is never scored"}
+            candidates = {"score_above": thresh, "top_k": k * (columns - 1), "top_k_per": "image",
+                          "over": "every (anchor, column) pair of the image (topk_candidates x K)"}
+        else:  # torchvision's SSD (ssd_loss: hard_negative)
+            scores = {"output": "cls_logits", "activation": "softmax", "softmax_over": "all columns, background 0 "
+                      "included", "columns": [1, columns - 1], "background_column": 0,
+                      "label": "the column index (1..K)"}
+            candidates = {"score_above": thresh, "top_k": k, "top_k_per": "class",
+                          "over": "each column's anchors separately (topk_candidates per class)"}
+        return self.decode_block(model, x, scores, candidates)
+
     def losses_with_logits(self, model, images, targets):
         _, head_outputs, anchors = head_and_anchors(model, images)
         matched = match_anchors(model, targets, anchors)

@@ -52,7 +52,7 @@ from torchvision.ops import batched_nms, box_iou
 
 from ...space.supernet import Supernet, mark_space_unit
 from ..config import BaseModelConfig
-from .base import DetectorFamily, resize_transform
+from .base import POSTPROCESSING_ATTRS, DetectorFamily, anchor_description, nms_description, resize_transform, to_image
 
 STRIDES = (32, 16, 8)  # MMDetection's order: coarse to fine
 # w, h in input pixels per scale (strides 32, 16, 8), from MMDetection's yolov3_mobilenetv2 configs
@@ -382,6 +382,45 @@ class YOLOv3Family(DetectorFamily):
 
     def raw_anchors(self, model: YOLOv3, x: Tensor) -> Tensor:
         return model.anchors_for(model.head(list(model.backbone(x).values())))[0]
+
+    def postprocessing(self, model: YOLOv3) -> dict:
+        return {k: getattr(model, k) for k in (*POSTPROCESSING_ATTRS, "conf_thresh")}
+
+    def set_postprocessing(self, model: YOLOv3, cfg: YOLOv3ModelConfig) -> None:
+        for k in (*POSTPROCESSING_ATTRS, "conf_thresh"):
+            setattr(model, k, getattr(cfg, k))
+
+    def raw_decoding(self, model: YOLOv3, x: Tensor) -> dict:
+        """``YOLOv3.postprocess`` in words and constants."""
+        maps = model.head(list(model.backbone(x).values()))
+        names, s, a, k = self.raw_output_names(model), x.shape[-1], model.num_anchors, model.num_classes
+        levels = [m.shape[-2] * m.shape[-1] * a for m in maps]
+        return {
+            "input_size": s, "outputs": {n: list(m.shape) for n, m in zip(names, maps)},
+            "rows": f"each output (1, {a} x {model.num_attrib}, H, W) -> transpose to (H, W, {a} x "
+                    f"{model.num_attrib}) -> reshape (H * W * {a}, {model.num_attrib}): rows ordered (y, x, anchor); "
+                    "the outputs' rows in order (strides) match the anchors' rows",
+            "columns": f"0-3: x, y, w, h; 4: objectness; 5..{4 + k}: the K classes (no background)",
+            "strides": [int(st) for st in STRIDES[:len(maps)]], "anchors_per_location": a,
+            "anchors": anchor_description(sum(levels), levels, s),
+            "scores": {"activation": "sigmoid", "objectness_column": 4, "objectness_at_least": float(model.conf_thresh),
+                       "class_columns": [5, 4 + k], "class_prob_above": float(model.score_thresh),
+                       "score": "sigmoid(class column) * sigmoid(objectness)",
+                       "label": "the class column - 4 (1..K)"},
+            "candidates": {"top_k": int(model.topk_candidates), "top_k_per": "level", "by": "objectness",
+                           "over": "each level's rows with objectness >= objectness_at_least, before the class "
+                                   "threshold (MMDetection's nms_pre)"},
+            "boxes": {"coder": "yolo", "clip_to_input": False, "drop_empty_before_nms": False,
+                      "formula": "anchor centre cx, cy and size w, h (anchors file), stride of its level: box centre "
+                                 "(cx + (sigmoid(x) - 0.5) * stride, cy + (sigmoid(y) - 0.5) * stride), size "
+                                 "(w * exp(w value), h * exp(h value)); box = centre -/+ size / 2; not clipped"},
+            "nms": nms_description(model), "detections_per_img": int(model.detections_per_img),
+            "to_image": to_image(s),
+            "steps": ["per level: objectness = sigmoid(column 4); keep rows with objectness >= objectness_at_least; "
+                      "the top_k by objectness", "their boxes (boxes)", "class probabilities sigmoid(columns 5..); "
+                      "every (row, class) with probability > class_prob_above is a detection scored probability x "
+                      "objectness", "NMS (nms) over all levels", "the first detections_per_img by score",
+                      "to the image's pixels (to_image)"]}
 
     def losses_with_logits(self, model: YOLOv3, images, targets):
         maps = model.head(list(model.backbone(images.tensors).values()))
