@@ -98,10 +98,11 @@ class DataConfig(Strict):
 
     def folders(self) -> list[tuple[str, Path]]:
         """(config key, path) of every folder or file holding this data: no output may go there
-        (``nasdet.user_data``). A COCO annotations file is named itself, not its folder, which may be a
-        project's root; YOLO entries of data.yaml come with their ``labels`` twins, and an image list with the
-        folders of the images it names."""
+        (``nasdet.user_data``). A COCO annotations file is named itself; YOLO entries of data.yaml come with their
+        ``labels`` twins, and an image list with the folders of the images it names; then the folders that hold
+        the splits (``_holding_folders``)."""
         found: list[tuple[str, Path]] = []
+        splits: dict[str, list[tuple[Path, Path | None]]] = {}  # split -> (image folder, its annotations / labels)
         for name in ("train", "val"):
             src: SplitSource = getattr(self, name)
             for key in ("annotations", "images", "labels"):
@@ -113,6 +114,12 @@ class DataConfig(Strict):
                 found += [(f"data.{name}.images ({Path(src.images).name})", f) for f in listed_folders(Path(src.images))]
             roots = [src.root] if isinstance(src.root, str) else src.root or []
             found += [(f"data.{name}.root", Path(r)) for r in roots]
+            if self.format == "coco" and src.annotations and src.images:
+                splits[f"data.{name}"] = [(Path(src.images), Path(src.annotations))]
+            elif self.format == "voc":  # a year folder holds its images and annotations
+                splits[f"data.{name}"] = [(Path(r), None) for r in roots]
+            elif src.images and not Path(src.images).is_file():
+                splits[f"data.{name}"] = [(Path(src.images), Path(src.labels) if src.labels else _labels_twin(Path(src.images)))]
         if self.format == "yolo" and self.data_yaml:
             from .data.yolo import listed_folders, read_data_yaml
             from .errors import DataError
@@ -126,10 +133,59 @@ class DataConfig(Strict):
                     found.append((f"{self.data_yaml} {split}", p))
                     if p.is_file():  # an image list: the folders of the images it names
                         found += [(f"{self.data_yaml} {split} ({p.name})", f) for f in listed_folders(p)]
-                    if "images" in p.parts:  # labels mirror images (Ultralytics' rule)
-                        i = len(p.parts) - 1 - p.parts[::-1].index("images")
-                        found.append((f"{self.data_yaml} {split} labels", Path(*p.parts[:i], "labels", *p.parts[i + 1:])))
-        return found
+                    twin = _labels_twin(p)
+                    if twin is not None:  # labels mirror images (Ultralytics' rule)
+                        found.append((f"{self.data_yaml} {split} labels", twin))
+                    if not p.is_file() and f"data.{split}" not in splits:  # data.train.images comes first
+                        splits.setdefault(f"{self.data_yaml} {split}", []).append((p, twin))
+        return found + _holding_folders(splits)
+
+
+def _labels_twin(images: Path) -> Path | None:
+    """The YOLO label folder mirroring an image folder: its last ``images`` part replaced by ``labels``."""
+    if "images" not in images.parts:
+        return None
+    i = len(images.parts) - 1 - images.parts[::-1].index("images")
+    return Path(*images.parts[:i], "labels", *images.parts[i + 1:])
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.normpath(path.absolute()))
+
+
+def _holding_folders(splits: dict[str, list[tuple[Path, Path | None]]]) -> list[tuple[str, Path]]:
+    """The folders around the splits' data that are the data set's too (no output may go into them either).
+
+    A split's folder: the one that directly holds its image folder and its annotations file (COCO, as
+    make-synthetic and many exports lay a split out) or label folder (YOLO's ``train/images`` +
+    ``train/labels``); else its image folder (COCO's ``train2017``) or VOC year folder. The data set's root: the
+    folder in which two or more of the splits' folders sit side by side (``shapes/`` holding ``train/`` and
+    ``val/``, ``VOCdevkit/`` holding ``VOC2007/`` and ``VOC2012/``, ``coco/`` holding ``train2017/`` and
+    ``val2017/``). A project root that holds the data set further down (``data/shapes/``) is neither, and a
+    file system root or home folder is never taken for one (every folder under it would be refused)."""
+    try:
+        home = _absolute(Path.home())
+    except (RuntimeError, KeyError):  # no home folder known
+        home = None
+
+    def holding(folder: Path) -> bool:
+        return folder != folder.parent and folder != home
+
+    found: list[tuple[str, Path]] = []
+    folders: dict[Path, str] = {}  # the splits' folders -> the key naming the first split in it
+    for key, pairs in splits.items():
+        for images, beside in pairs:
+            images = _absolute(images)
+            holder = images.parent if beside is not None and _absolute(beside).parent == images.parent else None
+            if holder is not None and holding(holder):
+                what = "annotations file" if beside.suffix.lower() == ".json" else "label folder"
+                found.append((f"{key}'s folder, holding its image folder and {what}", holder))
+            folders.setdefault(holder or images, key)
+    parents = {f.parent for f in folders}
+    if len(folders) >= 2 and len(parents) == 1 and holding(root := parents.pop()):
+        beside = " and ".join(f"{f.name}/" for f in sorted(folders))
+        found.append((f"the data set's root, holding {beside}", root))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- model

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -32,6 +33,9 @@ IMAGE_FOLDER_NAMES = ("images", "JPEGImages")
 # folder, an ImageFolder split); a folder of images is refused at any depth, since image folders are globbed
 # recursively.
 ANCESTOR_LEVELS = 3
+# The names of a data set's split folders (train/, val2017/, valid/, VOC2012/): two or more of them side by side,
+# each holding a split, make their folder a data set's root
+SPLIT_NAME = re.compile(r"(train|val|valid|validation|test|trainval|dev|test-dev)[-_]?\d*|voc\d{4}", re.IGNORECASE)
 
 
 def _forms(path: str | Path) -> tuple[Path, Path]:
@@ -70,9 +74,9 @@ def _first_class_folder(folder: Path) -> Path | None:
     return classes[0] if len(classes) >= 2 else None
 
 
-def _marks_at(level: Path) -> Iterable[Path]:
+def _marks_at(level: Path, classes: bool = True) -> Iterable[Path]:
     """The data set marks of one folder: a YOLO data.yaml or labels folder, a COCO annotations file or folder, a
-    VOC year folder, or a class folder of an ImageFolder split."""
+    VOC year folder, or (``classes``) a class folder of an ImageFolder split."""
     for name in ("data.yaml", "data.yml", "annotations.json"):
         if (level / name).is_file():
             yield level / name
@@ -82,7 +86,7 @@ def _marks_at(level: Path) -> Iterable[Path]:
         yield level / "annotations"
     if (level / "Annotations").is_dir() and (level / "JPEGImages").is_dir():
         yield level / "Annotations"
-    first_class = _first_class_folder(level)
+    first_class = _first_class_folder(level) if classes else None
     if first_class is not None:
         yield first_class
 
@@ -107,10 +111,11 @@ def written_by_nasdet_yaml(path: Path) -> bool:
 def refuse_output_in_data(out: str | Path, data_folders: Iterable[tuple[str, str | Path]], what: str,
                           ours: Callable[[Path], bool] | None = None, inside: bool = False) -> None:
     """Raise ConfigError when ``out`` is, lies inside or holds one of ``data_folders`` ((config key, folder)
-    pairs), or holds a data set whose marks (``_dataset_marks``) ``ours`` does not claim (default: a data.yaml
-    nasdet wrote). ``what`` names the output in the message (``work dir``, ``YOLO output folder``). ``inside``:
-    also refuse an ``out`` that lies inside a data set found by looking at its existing ancestors
-    (``_refuse_inside_data_set``), for the commands that have no config naming the data."""
+    pairs), holds a data set whose marks (``_dataset_marks``) ``ours`` does not claim (default: a data.yaml
+    nasdet wrote), or is or lies inside a folder of images (``_refuse_in_image_folder``). ``what`` names the
+    output in the message (``work dir``, ``YOLO output folder``). ``inside``: also refuse an ``out`` that lies
+    inside a data set found by looking at its existing ancestors (``_refuse_inside_data_set``), for the commands
+    that have no config naming the data."""
     ours = ours or written_by_nasdet_yaml
     targets = _forms(out)
     for key, data in data_folders:
@@ -129,28 +134,57 @@ def refuse_output_in_data(out: str | Path, data_folders: Iterable[tuple[str, str
         if not ours(mark):
             raise ConfigError(f"{what} {out} holds a data set that is not its own earlier output ({mark}): nasdet "
                               "never overwrites it; choose an empty or new folder")
+    _refuse_in_image_folder(out, targets, what)
     if inside:
         _refuse_inside_data_set(out, targets, what)
 
 
-def _refuse_inside_data_set(out: str | Path, targets: Iterable[Path], what: str) -> None:
+def _refuse_in_image_folder(out: str | Path, targets: Iterable[Path], what: str) -> None:
     """Raise ConfigError when ``out`` (as written or resolved: ``targets``) is a folder of images or lies inside
-    one, at any depth (a YOLO or ImageFolder loader globs image folders recursively: what is written there joins
-    the set), or when one of its nearest ``ANCESTOR_LEVELS`` existing ancestors holds a data set split's marks.
-    A data.yaml is no such mark here: it often sits at a project's root, and a folder beside it is not in the
-    image folders it names."""
+    one, at any depth: a YOLO or ImageFolder loader globs image folders recursively, so what is written there
+    joins the set (a config's own image folders are in its data folders; this is anyone's)."""
     for target in dict.fromkeys(targets):
-        existing = [p for p in (target, *target.parents) if p.is_dir()]
-        for folder in existing:
+        for folder in [p for p in (target, *target.parents) if p.is_dir()]:
             if _image_folder(folder):
                 where = "is a folder of images" if folder == target else f"is inside the folder of images {folder}"
                 raise ConfigError(f"{what} {out} {where}: a loader that searches it for images would take what "
                                   "nasdet writes for part of that data; choose a folder outside it")
-        for folder in [p for p in existing if p != target][:ANCESTOR_LEVELS]:
+
+
+def _split_marks(folder: Path) -> list[Path]:
+    """The marks of a data set split directly in ``folder`` (a COCO annotations file, a labels folder, a VOC year
+    folder's annotations; not a data.yaml or a class folder)."""
+    try:
+        return [m for m in _marks_at(folder, classes=False) if m.name not in ("data.yaml", "data.yml")]
+    except OSError:
+        return []
+
+
+def _refuse_inside_data_set(out: str | Path, targets: Iterable[Path], what: str) -> None:
+    """Raise ConfigError when one of the nearest ``ANCESTOR_LEVELS`` existing ancestors of ``out`` (as written or
+    resolved: ``targets``) holds a data set split's marks, or is a data set's root: it holds two or more split
+    folders side by side (``shapes/`` holding ``train/`` and ``val/``, each with its annotations.json), named as
+    splits are (``SPLIT_NAME``: a scratch folder holding several unrelated sets is none). A data.yaml
+    is no mark here: it often sits at a project's root, and a folder beside it is not in the image folders it
+    names."""
+    for target in dict.fromkeys(targets):
+        ancestors = [p for p in target.parents if p.is_dir()][:ANCESTOR_LEVELS]
+        for folder in ancestors:
             for mark in _marks_at(folder):
                 if mark.name not in ("data.yaml", "data.yml"):
                     raise ConfigError(f"{what} {out} is inside the data set folder {folder} ({mark}): nasdet never "
                                       "writes into a data set; choose a folder outside it")
+            try:
+                subs = [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+            except OSError:
+                continue
+            splits = [sub for sub in subs if SPLIT_NAME.fullmatch(sub.name) and sub not in (target, *target.parents)
+                      and _split_marks(sub)]
+            if len(splits) >= 2:
+                beside = " and ".join(f"{sub.name}/" for sub in splits[:2]) + (" ..." if len(splits) > 2 else "")
+                raise ConfigError(f"{what} {out} is inside the data set folder {folder} (a data set's root, holding "
+                                  f"the splits {beside}): nasdet never writes into a data set; choose a folder "
+                                  "outside it")
 
 
 # ------------------------------------------------------------------------------ a command's record of its files

@@ -2,7 +2,8 @@
 
 Everything that can be checked without decoding pixels is checked here, when the data set is
 opened: structure of the json, ids, categories, boxes, image sizes and (``check_files``) that every
-image file exists. Each problem raises ``DataError`` naming the annotation file and the id at fault.
+image file exists and is the size the json gives (its header read, no pixels decoded). Each problem raises
+``DataError`` naming the annotation file and the id at fault.
 
 Classes are the categories sorted by id; labels are contiguous ``1..K`` and
 ``dataset.category_ids[k - 1]`` is the original id of label ``k``. Boxes ``[x, y, w, h]`` become
@@ -26,7 +27,7 @@ import numpy as np
 
 from ..files import os_reason, relative_hint
 from ..user_data import IMAGE_SUFFIXES
-from .dataset import DataError, DetectionDataset, ImageRecord
+from .dataset import DataError, DetectionDataset, ImageRecord, check_image_sizes
 
 __all__ = ["load_coco", "BOX_TOLERANCE"]
 
@@ -242,5 +243,7 @@ def load_coco(ann_file: str | Path, image_dir: str | Path, *, check_files: bool 
         )
         for iid, im in sorted(images.items())
     ]
+    if check_files:
+        check_image_sizes(src, records)
     warn_degenerate(src, degenerate)
     return DetectionDataset(records, [cat_names[c] for c in category_ids], category_ids, source=src)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -189,10 +192,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise unreadable_image(what, e) from e
         if arr.shape[0] != rec.height or arr.shape[1] != rec.width:
-            upright = (" after the rotation its EXIF orientation asks for (annotations are taken in the upright "
-                       "frame, as COCO tools do)") if rotated else ""
-            raise DataError(f"{what} is {arr.shape[1]}x{arr.shape[0]}{upright} but the annotations say "
-                            f"{rec.width}x{rec.height}")
+            raise DataError(size_mismatch(what, arr.shape[1], arr.shape[0], rotated, rec))
         image = torch.from_numpy(arr).permute(2, 0, 1)
         if keep:
             DECODED.put(key, image)
@@ -239,6 +239,102 @@ class DetectionDataset(torch.utils.data.Dataset):
         return image, target
 
 
+def size_mismatch(what: str, width: int, height: int, rotated: bool, rec: ImageRecord) -> str:
+    """The message for an image whose upright size is not the one its annotations give."""
+    upright = (" after the rotation its EXIF orientation asks for (annotations are taken in the upright "
+               "frame, as COCO tools do)") if rotated else ""
+    return f"{what} is {width}x{height}{upright} but the annotations say {rec.width}x{rec.height}"
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The image's EXIF orientation, as ``decode_upright_rgb`` reads it."""
+    return im.getexif().get(EXIF_ORIENTATION, 1)
+
+
+def _upright_header_size(file: Path, full: bool) -> tuple[int, int, bool] | None:
+    """``(width, height, rotated)`` of ``file`` as ``decode_upright_rgb`` gives its pixels, from the header alone
+    (no pixels decoded), or None when it does not open (the read path names that). A PNG's EXIF may follow its
+    pixels, and PIL decodes them to find it: without ``full`` such a PNG is taken as stored upright."""
+    try:
+        with Image.open(file) as im:
+            width, height = im.size
+            late_exif = im.format == "PNG" and "exif" not in im.info
+            orientation = _exif_orientation(im) if full or not late_exif else 1
+    except Exception:  # unreadable, not an image, over PIL's pixel limit: the read path says which, naming it
+        return None
+    rotated = orientation not in (0, 1)  # decode_upright_rgb's rule; exif_transpose swaps the sides for 5-8
+    return (height, width, rotated) if orientation in (5, 6, 7, 8) else (width, height, rotated)
+
+
+# hash of (file, size, modification time) -> upright header size, packed (``_pack``: some 170 bytes an image, 20 MiB
+# for COCO train2017): every stage of a run opens the sets again (a reopen costs a stat per image); a file replaced
+# on disk is read again
+_HEADER_SIZES: dict[int, int] = {}
+# Header reads wait on the disk (about 0.1-0.2 ms each on a local SSD, several ms on a network file system):
+# this many unread headers or more are read by a pool of threads, and a set of NOTE_FROM or more says so first
+# (COCO train2017's 118k take some 10-30 s here)
+POOL_FROM = 256
+POOL_THREADS = 8
+NOTE_FROM = 20000
+
+
+def _header_key(file: Path) -> tuple[str, int, int] | None:
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None  # check_files' stat or the read path names it
+    return (str(file), st.st_size, st.st_mtime_ns)
+
+
+def _pack(size: tuple[int, int, bool]) -> int:
+    return size[0] << 32 | size[1] << 1 | size[2]
+
+
+def _known_header(key: tuple[str, int, int] | None) -> tuple[int, int, bool] | None:
+    packed = _HEADER_SIZES.get(hash(key)) if key is not None else None
+    return None if packed is None else (packed >> 32, (packed & 0xFFFFFFFF) >> 1, bool(packed & 1))
+
+
+def _read_header(key: tuple[str, int, int]) -> tuple[int, int, bool] | None:
+    size = _upright_header_size(Path(key[0]), full=False)
+    if size is not None:
+        _HEADER_SIZES[hash(key)] = _pack(size)
+    return size
+
+
+def check_image_sizes(source: str, records: Sequence[ImageRecord]) -> None:
+    """DataError when an image's size (its header, EXIF orientation applied as when it is read) is not the one its
+    annotations give: the message the read path gives for the first such image (the count of the others with
+    it), when the set is opened rather than when the image is first read, possibly hours into an epoch. An image
+    that does not open is left to the read path (``check_images_open``, ``load_image``), as before."""
+    keys = [_header_key(rec.file) for rec in records]
+    sizes = [_known_header(k) for k in keys]
+    unread = [i for i, (k, size) in enumerate(zip(keys, sizes)) if k is not None and size is None]
+    if len(unread) >= NOTE_FROM and int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+        print(f"{source}: reading the headers of {len(unread)} images to check their sizes (data.check_files: false "
+              "skips it)", file=sys.stderr, flush=True)
+    with warnings.catch_warnings():  # PIL's large-image warning: the read path gives it, once
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if len(unread) >= POOL_FROM:
+            with ThreadPoolExecutor(POOL_THREADS) as pool:
+                read = list(pool.map(_read_header, [keys[i] for i in unread]))
+        else:
+            read = [_read_header(keys[i]) for i in unread]
+    for i, size in zip(unread, read):
+        sizes[i] = size
+    bad = []
+    for rec, size in zip(records, sizes):
+        if size is not None and (size[0], size[1]) != (rec.width, rec.height):
+            full = _upright_header_size(rec.file, full=True)  # a PNG whose EXIF follows its pixels: read it all
+            if full is not None and (full[0], full[1]) != (rec.width, rec.height):
+                bad.append((rec, full))
+    if bad:
+        rec, (width, height, rotated) = bad[0]
+        more = f" (and {len(bad) - 1} more image(s) whose size is not the annotated one)" if len(bad) > 1 else ""
+        raise DataError(size_mismatch(f"{source}: image file {rec.file} (image id {rec.image_id})", width, height,
+                                      rotated, rec) + more)
+
+
 def decode_upright_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
     """HxWx3 uint8 pixels as a viewer shows them, and whether the EXIF orientation rotated them.
 
@@ -246,7 +342,7 @@ def decode_upright_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
     on the upright image match the pixels. 16-bit images (PNG ``I;16`` / ``I``) are scaled from 0..65535
     to 0..255; PIL's own ``convert("RGB")`` would clip them to 255.
     """
-    rotated = im.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)  # 1 = stored upright
+    rotated = _exif_orientation(im) not in (0, 1)  # 1 = stored upright
     upright = ImageOps.exif_transpose(im) if rotated else im
     if upright.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         wide = np.asarray(upright.convert("I"), dtype=np.float64)

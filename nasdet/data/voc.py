@@ -25,7 +25,7 @@ import numpy as np
 
 from ..files import os_reason
 from .coco import BOX_TOLERANCE, check_image_files, fit_box, warn_degenerate
-from .dataset import DataError, DetectionDataset, ImageRecord
+from .dataset import DataError, DetectionDataset, ImageRecord, check_image_sizes
 from .yolo import upright_size
 
 __all__ = ["VOC_CLASSES", "load_voc"]
@@ -200,6 +200,8 @@ def load_voc(
                 labels=np.asarray(labels, dtype=np.int64), iscrowd=np.asarray(crowd, dtype=np.int64),
             ))
     check_image_files(source, files, "from JPEGImages")
+    if check_files:  # each image the size its <size> says (the header read): found now, not when first read
+        check_image_sizes(source, records)
     warn_degenerate(source, degenerate)
     if no_size:
         warnings.warn(f"{source}: {no_size} annotation file{'s have' if no_size != 1 else ' has'} no <size> (or a "
