@@ -68,7 +68,7 @@ class DataConfig(Strict):
     # process's memory, MiB (0 = decode every time): data.dataset.DecodedImages
     cache_mb: int = Field(1024, ge=0)
     augment: AugmentConfig = AugmentConfig()
-    check_files: bool = True  # stat every image at start-up
+    check_files: bool = True  # stat every image at start-up; COCO / VOC: read its header, size checked
 
     @model_validator(mode="after")
     def _sources_match_format(self):
