@@ -215,14 +215,18 @@ def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
     lowest_got = float(got["scores"].min()) if len(got["scores"]) else score_cut
     lowest_ref = float(ref["scores"].min()) if len(ref["scores"]) else score_cut
     if len(ref["scores"]) and len(got["scores"]):
-        iou = _box_iou(ref["boxes"], got["boxes"])
+        # a box clipped to a line at the image's border has no area: its IoU with anything is NaN, so two such
+        # boxes of near-tied scores (listed in another order by the other runtime) are told apart by distance
+        iou = _box_iou(ref["boxes"], got["boxes"]).nan_to_num(-1.0)
+        dist = (ref["boxes"][:, None, :] - got["boxes"][None, :, :]).abs().amax(-1)
     for i in range(len(ref["scores"])):
         cand = (got["labels"] == ref["labels"][i]) & ~used
         j = -1
         if cand.any():
+            nearest = int(torch.where(cand, dist[i], torch.full_like(dist[i], float("inf"))).argmin())
             masked = torch.where(cand, iou[i], torch.full_like(iou[i], -1.0))
-            j = int(masked.argmax())
-            if float((got["boxes"][j] - ref["boxes"][i]).abs().max()) > 1.0 and float(masked[j]) < 0.99:
+            j = nearest if float(dist[i, nearest]) <= 1.0 else int(masked.argmax())
+            if float(dist[i, j]) > 1.0 and float(masked[j]) < 0.99:
                 j = -1
         if j < 0:
             s = float(ref["scores"][i])

@@ -475,3 +475,23 @@ def test_pipeline_enot_recipe_baseline_backbone_initialises_the_supernet(shapes_
     assert [r["model"] for r in report["rows"]] == ["baseline (mobilenet_v2)", "found arch (supernet + tune)"]
     sn_log = (wd / "supernet" / "log.jsonl").read_text()
     assert sn_log  # the supernet trained (from the baseline: a wrong init would have raised)
+
+
+def test_export_parity_pairs_boxes_without_area_by_distance():
+    """Boxes clipped to a line at the image's border have no area (IoU NaN with anything); two of them of one
+    class and near-tied scores came back from onnxruntime in the other order, and the check paired them crosswise
+    (a 72 px "difference": the FAD pipeline's export refused on an AVX-512 machine)."""
+    from nasdet.export import match_detections
+
+    edge = torch.tensor([[8.0, 0.0, 8.0, 0.912], [80.0, 72.388, 80.0, 74.940]])
+    ref = {"boxes": edge, "scores": torch.tensor([0.07079786, 0.07079768]), "labels": torch.tensor([2, 2])}
+    got = {"boxes": edge.flip(0) + 1e-5, "scores": torch.tensor([0.07079782, 0.07079770]), "labels": torch.tensor([2, 2])}
+    m = match_detections(ref, got, 0.05, 1e-4, nms_thresh=0.5)
+    assert m["matched"] == 2 and not m["unexplained"]
+    assert m["max_box_diff"] < 1e-4
+    # a real difference is still one: scores apart from any cut, one box moved 5 px
+    ref, got = {**ref, "scores": torch.tensor([0.9, 0.8])}, {**got, "scores": torch.tensor([0.8, 0.9])}
+    assert not match_detections(ref, got, 0.05, 1e-4, nms_thresh=0.5)["unexplained"]
+    moved = {**got, "boxes": got["boxes"] + torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 5.0]])}
+    unexplained = match_detections(ref, moved, 0.05, 1e-4, nms_thresh=0.5)["unexplained"]
+    assert unexplained == [("torch only", pytest.approx(0.9)), ("onnxruntime only", pytest.approx(0.9))]
