@@ -203,7 +203,7 @@ def test_stats_say_the_images_column_counts_non_difficult_boxes():
 def test_train_and_eval_write_per_class(tiny_config):
     """End to end: the baseline's metrics.json holds per-class AP in label order with the val boxes (2 val
     images: some classes have none), its summary as evaluate_detector gives it alone; `nasdet eval` prints the
-    per-class table and records the same figures."""
+    per-class table and records the same figures; the training's end prints that table too."""
     import torch
 
     from nasdet.data.build import build_datasets
@@ -214,7 +214,8 @@ def test_train_and_eval_write_per_class(tiny_config):
     from nasdet.workdir import WorkDir
 
     cfg = tiny_config(train={"epochs": 1, "max_steps": 1}, eval={"max_images": 2})
-    metrics = run_baseline(cfg, console=Console(file=io.StringIO()))
+    trained = Console(file=io.StringIO(), width=200, record=True)
+    metrics = run_baseline(cfg, console=trained)
     wd = WorkDir.of(cfg)
     record = json.loads(wd.baseline.metrics.read_text())
     val = build_datasets(cfg, need=("val",))["val"]
@@ -226,6 +227,8 @@ def test_train_and_eval_write_per_class(tiny_config):
         counts[a["category_id"]] = counts.get(a["category_id"], 0) + (not a["iscrowd"])
     assert [c["gt_boxes"] for c in per_class.values()] == [counts.get(int(c), 0) for c in val.category_ids]
     assert all((c["AP"] is None) == (c["gt_boxes"] == 0) for c in per_class.values())
+    said = trained.export_text()  # the training's own end says which class drags the mean, as eval does
+    assert "baseline: per-class AP" in said and "no val boxes" in said and val.classes[0] in said
     assert any(c["AP"] is None for c in per_class.values()) and any(c["AP"] is not None for c in per_class.values())
     model = load_trained_model(cfg, wd.baseline.checkpoint, val.num_classes)
     alone = evaluate_detector(model, scored, torch.device("cpu"), cfg.eval.batch_size)

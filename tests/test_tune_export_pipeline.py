@@ -91,9 +91,11 @@ def test_tune_from_best_arch_then_from_explicit_arch(tiny_config, tmp_path):
     model, space = _fake_supernet(cfg)
     arch = _middle(space)
     save_arch(Path(cfg.work_dir) / "search" / "best_arch.json", arch, space)
-    result = run_tune(cfg, console=QUIET)
+    said = Console(file=io.StringIO(), width=200, record=True)
+    result = run_tune(cfg, console=said)
     wd = Path(cfg.work_dir)
     assert result["arch"] == arch and result["arch_source"].endswith("best_arch.json")
+    assert "tune: per-class AP" in said.export_text()  # which class drags the mean, as eval says it
     assert result["step"] == 2 and (wd / "tune" / "metrics.json").is_file()
     tuned, stored = load_tuned_model(wd / "tune" / "ckpt" / "last.pt", cfg, 8)
     assert stored == arch

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from ..config import ExperimentConfig, config_to_dict
@@ -26,7 +25,7 @@ from ..train.bn import recalibrate_bn
 from ..train.trained import load_checkpoint_model, load_trained_model
 from ..files import why_not_a_file
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
-from .common import (baseline_config, cost_table, evaluated_again, metrics_table, scored_val_set,
+from .common import (baseline_config, cost_table, evaluated_again, metrics_table, per_class_table, scored_val_set,
                      train_detector)
 
 
@@ -214,25 +213,6 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     kept = "" if own or given else f" (not the run's own val set: {escape(str(ckpt.parent.parent / METRICS_FILE))} is kept)"
     console.print(f"metrics -> {escape(str(out))}{kept}")
     return metrics
-
-
-def per_class_table(per_class: dict[str, dict], title: str) -> Table:
-    """``coco_evaluate``'s ``per_class`` as a table in label order: which class drags the mean AP. A class
-    without a val box has no AP (COCOeval leaves it out of the mean), said as such, never as 0."""
-    table = Table(title=title, caption=_per_class_caption(per_class))
-    for col in ("class", "AP", "AP50", "val boxes"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for name, c in per_class.items():
-        ap = [f"{c[k]:.4f}" if c[k] is not None else "no val boxes" for k in ("AP", "AP50")]
-        table.add_row(escape(name), *ap, str(c["gt_boxes"]))
-    return table
-
-
-def _per_class_caption(per_class: dict[str, dict]) -> str:
-    scored = sum(c["AP"] is not None for c in per_class.values())
-    caption = f"AP, AP50 are the mean of these over the {scored} class{'es' if scored != 1 else ''} with val boxes"
-    caption += "; val boxes: non-crowd / non-difficult, as COCOeval counts them"
-    return caption
 
 
 def _same_val_set(trained: dict | None, now: dict) -> bool:

@@ -70,6 +70,8 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
         write_json(out.metrics, {"metrics": metrics, "step": trainer.step, "checkpoint": str(out.checkpoint),
                                  "val": data["val"].source, "val_images": trainer.val_images, **(record or {})})
         console.print(metrics_table(metrics, f"{stage}: val mAP ({trainer.val_images} images)"))
+        if metrics.get("per_class"):
+            console.print(per_class_table(metrics["per_class"], f"{stage}: per-class AP"))
     return metrics
 
 
@@ -116,6 +118,25 @@ def metrics_table(metrics: dict[str, float], title: str) -> Table:
         table.add_column(n, justify="right")
     table.add_row(*[f"{metrics[n]:.4f}" if metrics[n] >= 0 else "n/a" for n in names])
     return table
+
+
+def per_class_table(per_class: dict[str, dict], title: str) -> Table:
+    """``coco_evaluate``'s ``per_class`` as a table in label order: which class drags the mean AP. A class
+    without a val box has no AP (COCOeval leaves it out of the mean), said as such, never as 0."""
+    table = Table(title=title, caption=_per_class_caption(per_class))
+    for col in ("class", "AP", "AP50", "val boxes"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, c in per_class.items():
+        ap = [f"{c[k]:.4f}" if c[k] is not None else "no val boxes" for k in ("AP", "AP50")]
+        table.add_row(escape(name), *ap, str(c["gt_boxes"]))
+    return table
+
+
+def _per_class_caption(per_class: dict[str, dict]) -> str:
+    scored = sum(c["AP"] is not None for c in per_class.values())
+    caption = f"AP, AP50 are the mean of these over the {scored} class{'es' if scored != 1 else ''} with val boxes"
+    caption += "; val boxes: non-crowd / non-difficult, as COCOeval counts them"
+    return caption
 
 
 def cost_table(cost: dict, title: str) -> Table:

@@ -32,7 +32,8 @@ from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model, with_backbone_checkpoint
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
-from .common import finished_record, metrics_table, recipe_key, scored_val_set, start_note_of, with_train_recipe
+from .common import (finished_record, metrics_table, per_class_table, recipe_key, scored_val_set, start_note_of,
+                     with_train_recipe)
 
 
 # ----------------------------------------------------------------------------------------- the arch
@@ -240,6 +241,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     if dist.is_main():
         write_json(out.metrics, result)
         console.print(metrics_table(metrics, f"tune: val mAP ({trainer.val_images} images)"))
+        if metrics.get("per_class"):
+            console.print(per_class_table(metrics["per_class"], "tune: per-class AP"))
     return result
 
 
