@@ -86,6 +86,12 @@ def test_export_int8_quantizes_the_network_and_scores_both_files_through_onnxrun
     outside = [producer[n.input[0]].name for n in model.graph.node if n.op_type == "QuantizeLinear"
                and not producer[n.input[0]].name.startswith(("/backbone/", "/head/"))]
     assert outside == ["/pre/Unsqueeze"]  # the one tensor from float to int8: the network's input
+    # the heads' concatenation of every level's logits stays float: quantized, it had one uint8 scale over all
+    # levels and classes (the demo's INT8 file then gave 8 distinct scores, each box once per class at one tie)
+    head_concats = [n.name for n in model.graph.node if n.op_type == "Concat" and n.name.startswith("/head/")]
+    requantized = [producer[n.input[0]].name for n in model.graph.node if n.op_type == "QuantizeLinear"
+                   and n.input[0] in producer and producer[n.input[0]].name in head_concats]
+    assert head_concats and not requantized
     # both mAPs are onnxruntime's: recomputed here from bare sessions on the two files
     val = load_split(cfg, "val")
     gt = to_coco_gt(val)
@@ -385,3 +391,16 @@ def test_qat_file_replaces_the_post_training_one_only_when_not_worse(tiny_config
     assert (f"{qat['ptq_drop']['AP']:.4f} after post-training quantization, {qat['qat_drop']['AP']:.4f} after "
             "tuning") in said
     assert json.loads((int8_path.parent / "tune.json").read_text())["int8"]["qat"]["kept"] == "ptq"
+
+
+def test_agreement_counts_an_int8_detection_only_at_the_same_operating_point():
+    """A float detection at 0.6 that INT8 makes only at 0.28 is lost at the 0.3 operating point: an INT8 file whose
+    scores had collapsed to a few tied values (each box once per class at 0.279) counted as 100 % agreement."""
+    from nasdet.quantize import detection_agreement
+
+    box = [10.0, 10.0, 20.0, 20.0]
+    float_dets = [{"image_id": 1, "category_id": c, "bbox": box, "score": s} for c, s in ((1, 0.6), (2, 0.5))]
+    int8_dets = [{"image_id": 1, "category_id": 1, "bbox": box, "score": 0.55},
+                 {"image_id": 1, "category_id": 2, "bbox": box, "score": 0.28}]
+    a = detection_agreement(float_dets, int8_dets)
+    assert a["float_detections"] == 2 and a["matched_by_int8"] == 1 and a["share"] == 0.5
