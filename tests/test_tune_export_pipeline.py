@@ -497,3 +497,29 @@ def test_export_parity_pairs_boxes_without_area_by_distance():
     moved = {**got, "boxes": got["boxes"] + torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 5.0]])}
     unexplained = match_detections(ref, moved, 0.05, 1e-4, nms_thresh=0.5)["unexplained"]
     assert unexplained == [("torch only", pytest.approx(0.9)), ("onnxruntime only", pytest.approx(0.9))]
+
+
+@pytest.mark.parametrize("detector", ["ssdlite", "retinanet"])
+def test_scratch_keeps_the_heads_own_init(tiny_config, detector):
+    """From scratch (tune.init: scratch, diagnose's stand-alone scratch and the proxies) only the backbone gets
+    OFA's he_fout init; the neck and heads keep the family's (torchvision's head init, the focal prior bias of
+    -4.6): he_fout on the whole detector zeroed that bias and gave a first classification loss ~300x the
+    baseline's, so every scratch figure was handicapped."""
+    import math
+
+    from nasdet.models.ssd_focal import class_logit_convs
+    from nasdet.search.proxies import scratch_subnet, untrained_supernet
+    from nasdet.train.trained import build_static_model
+
+    extra = {"ssd_loss": "focal"} if detector == "ssdlite" else {}
+    cfg = tiny_config(detector, model={**OFA_TINY, **extra})
+    prior = -math.log((1 - 0.01) / 0.01)
+    _, space = build_supernet(cfg, 8)
+    arch = {n: v[0] for n, v in space.choices.items()}
+    torch.manual_seed(0)
+    tuned_scratch, _ = build_static_model(cfg, 8, arch)
+    for static in (tuned_scratch, scratch_subnet(untrained_supernet(cfg, 8, seed=0), space, arch, seed=0)):
+        head = static.head
+        logit_convs = class_logit_convs(head) if detector == "ssdlite" else [head.classification_head.cls_logits]
+        assert logit_convs and all(torch.allclose(c.bias, torch.full_like(c.bias, prior)) for c in logit_convs)
+        assert all(float(c.weight.std()) < 0.05 for c in logit_convs)  # N(0, 0.01), not kaiming fan_out

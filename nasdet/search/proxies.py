@@ -41,11 +41,24 @@ _GATES = (SqueezeExcitation, ElasticSE)
 
 
 def scratch_subnet(model: nn.Module, space: SearchSpace, arch: Mapping[str, Any], seed: int = 0) -> nn.Module:
-    """``arch`` of the supernet as a static detector with the from-scratch init (``he_fout_init``), seeded."""
+    """``arch`` of the supernet as a static detector with the from-scratch init, seeded: its backbone
+    re-initialised as a network of its own (``he_fout_init``), the neck and heads as ``model`` has them, so
+    ``model`` must be an untrained supernet (``untrained_supernet``): their init is the family's (torchvision's
+    head init, the focal prior bias), which he_fout would zero (as ``nasdet tune``'s scratch)."""
     static = export_detector(model, arch, space)
     torch.manual_seed(seed)
-    he_fout_init(static)
+    he_fout_init(static.backbone.body)
     return static
+
+
+def untrained_supernet(cfg, num_classes: int, seed: int = 0) -> nn.Module:
+    """The config's supernet freshly built, seeded, without any backbone weights: the source of scratch inits."""
+    from ..models.supernet import build_supernet
+
+    backbone = cfg.model.backbone.model_copy(update={"checkpoint": None, "pretrained": None})
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": backbone})})
+    torch.manual_seed(seed)
+    return build_supernet(cfg, num_classes)[0].eval()
 
 
 def grad_norm(model: nn.Module, images: Sequence[torch.Tensor], targets: Sequence[dict], **_: Any) -> float:

@@ -39,6 +39,7 @@ class TrainedSupernet:
     scorer: Callable[[Mapping], dict]
     checkpoint: Path | None = None
     state: dict | None = None
+    untrained: Any = None  # the same supernet freshly initialised: scratch inits come from it (diagnose sets it)
 
 
 def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir | None = None,

@@ -41,7 +41,7 @@ from ..models.supernet import export_detector
 from ..search.budget import CostModel, restrict_resolution
 from ..search.diagnose import (Claims, arch_id, noise_arch, ranker_table, stratified_archs,
                                write_diagnose_outputs)
-from ..search.proxies import proxy_batch, proxy_score, scratch_subnet
+from ..search.proxies import proxy_batch, proxy_score, scratch_subnet, untrained_supernet
 from ..search.scorers import load_trained_supernet
 from ..search.study import worker_id
 from ..train.bn import recalibrate_static
@@ -60,7 +60,7 @@ def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: 
     cfg = cfg.model_copy(update={"seed": seed})
     tcfg = cfg.model_copy(update={"train": recipe})
     if init == "scratch":
-        model = scratch_subnet(ctx.model, ctx.space, arch, cfg.seed)
+        model = scratch_subnet(ctx.untrained, ctx.space, arch, cfg.seed)
     else:
         model = export_detector(ctx.model, arch, ctx.space)
         if cfg.tune.recalib_batches and not checkpoint_in(out_dir).is_file():
@@ -107,7 +107,7 @@ def diagnose_arch(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], cost_fn, 
     proxies = {}
     for name in d.proxies:
         t = time.perf_counter()
-        proxies[name] = proxy_score(name, ctx.model, ctx.space, arch, batch[0], batch[1], seed=d.seed)
+        proxies[name] = proxy_score(name, ctx.untrained, ctx.space, arch, batch[0], batch[1], seed=d.seed)
         seconds[name] = time.perf_counter() - t
     standalone = {}
     for init in d.init:
@@ -189,6 +189,7 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     out = w.diagnose
     t_start = time.perf_counter()
     ctx = load_trained_supernet(cfg, w, console)
+    ctx.untrained = untrained_supernet(cfg, ctx.search_set.num_classes, d.seed)  # scratch inits and proxies
     cost_fn = CostModel(ctx.model, ctx.space, ("macs", "params"))
     plan = plan_archs(cfg, ctx, cost_fn, out)
     if plan_only:

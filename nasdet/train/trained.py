@@ -93,7 +93,10 @@ def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[st
         body = static.backbone.body
         keep = (cfg.model.backbone.pretrained or backbone_ckpt) and subnet is None
         inherited = {k: v.clone() for k, v in body.state_dict().items()} if keep else None
-        he_fout_init(static)  # scratch: the static net's own init, not the supernet's slices
+        # scratch: the backbone's own init (he_fout, OFA's), not the largest weights' slices; the neck and heads keep
+        # the family's (this supernet is freshly built: torchvision's head init, the focal prior bias of -4.6, which
+        # he_fout zeroed: a first classification loss ~300x the baseline's)
+        he_fout_init(body)
         if subnet is not None:
             _load_subnet_backbone(body, subnet, strip_prefix(arch, BACKBONE_PREFIX), backbone_ckpt)
         elif inherited is not None:
