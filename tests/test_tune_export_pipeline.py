@@ -103,6 +103,15 @@ def test_tune_from_best_arch_then_from_explicit_arch(tiny_config, tmp_path):
     assert sum(p.numel() for p in tuned.parameters()) == sum(p.numel() for p in expected.parameters())
     # a finished tune is skipped when rerun
     assert run_tune(cfg, console=QUIET)["step"] == 2
+    # ... but not relabelled: the same folder asked to tune from scratch is refused (it was rescored and recorded
+    # "init: scratch" with the supernet-started weights)
+    from nasdet.errors import ResumeMismatch
+
+    before = (wd / "tune" / "metrics.json").read_bytes()
+    scratch = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"init": "scratch"})})
+    with pytest.raises(ResumeMismatch, match=r"tune.init: supernet -> scratch"):
+        run_tune(scratch, console=QUIET)
+    assert (wd / "tune" / "metrics.json").read_bytes() == before
 
     # explicit arch: an inline mapping without input_size (the model's is used), from scratch
     small = {k: v for k, v in space.smallest().items() if k != "input_size"}

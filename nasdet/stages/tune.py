@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..config import ExperimentConfig, read_arch_file, save_run_record
-from ..errors import StageOrderError
+from ..errors import ResumeMismatch, StageOrderError
 from ..data.build import build_datasets
 from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
 from ..search.scorers import warn_model_drift
@@ -176,7 +176,14 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     if init == "supernet" and not (resuming and not _supernet_there(cfg, wd.root)):  # a finished tune outlives it
         supernet = supernet_record(supernet_checkpoint(cfg, wd.root))
     if resuming:
-        extra = load_checkpoint(out.checkpoint).get("extra", {})
+        held = load_checkpoint(out.checkpoint)
+        extra = held.get("extra", {})
+        was_init = ((held.get("config") or {}).get("tune") or {}).get("init")
+        if not genotypes and was_init is not None and was_init != cfg.tune.init:
+            # its weights started otherwise: resumed (or a finished one re-scored) it would be recorded as the other
+            raise ResumeMismatch(f"{out.checkpoint} was tuned with another config (tune.init: {was_init} -> "
+                                 f"{cfg.tune.init}); delete {out.root} to tune from {cfg.tune.init}, or set "
+                                 f"tune.init: {was_init} (or another work_dir) to keep it")
         saved = extra.get("arch")
         if saved is not None and dict(saved) != dict(arch):
             raise CheckpointError(f"{out.checkpoint} tunes {'other genotypes' if genotypes else 'another architecture'} "
