@@ -163,6 +163,11 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     if cfg.pipeline.classify and cfg.model.backbone.checkpoint:
         raise ConfigError("pipeline.classify: the supernet starts from classify/backbone.pt; unset "
                           "model.backbone.checkpoint")
+    if cfg.search.strategy != "darts" and cfg.search.score_on == "search" and cfg.data.search_fraction == 0:
+        # said before the pretrain (hours on a real set), which would then have to be redone with the split
+        raise ConfigError("the search scores candidates on the search split (search.score_on: search), which "
+                          "data.search_fraction: 0 leaves empty: set data.search_fraction (e.g. 0.1: the supernet "
+                          "then trains on the rest of train) or search.score_on: val")
     w = WorkDir.of(cfg, work_dir)
     wd = w.root
     wd.mkdir(parents=True, exist_ok=True)  # each stage writes config.yaml once its checks pass (a resume)

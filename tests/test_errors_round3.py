@@ -354,3 +354,18 @@ def test_readme_command_fails_a_dead_remote_workers_trial(tmp_path, monkeypatch)
             assert optuna_cli() == 0
     again = optuna.load_study(storage=open_storage(journal, tmp_path), study_name="tiny-evolution")
     assert [t.state for t in again.trials] == [TrialState.FAIL]
+
+
+def test_pipeline_without_a_search_split_is_refused_before_the_pretrain(tiny_config, tmp_path):
+    """data.search_fraction 0 (the default) leaves the split the search scores on empty: said before anything is
+    trained (the pipeline pretrained the whole supernet, then stopped at the search, and the fix needed the
+    supernet deleted: another split is another pretrain)."""
+    from rich.console import Console
+
+    from nasdet.errors import ConfigError
+    from nasdet.pipeline import run_pipeline
+
+    cfg = tiny_config(data={"search_fraction": 0.0})
+    with pytest.raises(ConfigError, match="data.search_fraction"):
+        run_pipeline(cfg, console=Console(quiet=True))
+    assert not (Path(cfg.work_dir) / "baseline").exists() and not (Path(cfg.work_dir) / "supernet").exists()
