@@ -278,3 +278,42 @@ def test_mbv3_width_takes_torchvisions_mobilenet_v3_large_imagenet_weights(hub):
         build_backbone(BackboneConfig(name="mbv3_width", pretrained="imagenet", reduced_tail=True))
     with pytest.raises(ConfigError, match=r"mobilenet_v3_large exist for width_mult 1.0 only, not 0.5"):
         build_backbone(BackboneConfig(name="mbv3_width", pretrained="imagenet", width_mult=0.5))
+
+
+def test_a_trained_checkpoint_loads_without_the_imagenet_file_it_started_from(hub, tiny_config):
+    """Every weight of a trained (or tuned) detector is in its checkpoint: evaluating or exporting it on another
+    machine, or after the torch cache was cleared, must not ask for the ImageNet file its config started from (the
+    hub fixture fails the test on any download; the cache is emptied before the checkpoints are loaded)."""
+    from rich.console import Console
+
+    from nasdet.config import config_to_dict
+    from nasdet.data.build import build_datasets
+    from nasdet.models import build_detector
+    from nasdet.models.supernet import build_supernet, export_detector
+    from nasdet.train.checkpoint import save_checkpoint
+    from nasdet.train.trained import build_static_model, load_trained_model
+
+    file = hub / Path(tvm.get_model_weights("mobilenet_v2")["IMAGENET1K_V1"].url).name
+    seed_cache(hub, "mobilenet_v2", "IMAGENET1K_V1")
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "pretrained": "IMAGENET1K_V1"}})
+    nc = build_datasets(cfg, need=("val",))["val"].num_classes
+    trained = build_detector(cfg.model, num_classes=nc)
+    supernet, space = build_supernet(cfg, nc)
+    ckpt, sn = hub.parent.parent / "last.pt", hub.parent.parent / "supernet.pt"
+    save_checkpoint({"model": trained.state_dict(), "config": config_to_dict(cfg)}, ckpt)
+    save_checkpoint({"model": supernet.state_dict(), "config": config_to_dict(cfg), "space_id": space.space_id}, sn)
+    file.unlink()  # the cache cleared (or another machine)
+    loaded = load_trained_model(cfg, ckpt, nc)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in trained.state_dict().items())
+    static, _ = build_static_model(cfg, nc, space.default(), sn)  # a subnet of the supernet checkpoint likewise
+    want = export_detector(supernet, space.default(), space).state_dict()
+    assert all(torch.equal(v, static.state_dict()[k]) for k, v in want.items())
+    # and the search's supernet
+    from nasdet.search.scorers import load_trained_supernet
+    from nasdet.workdir import WorkDir
+
+    w = WorkDir.of(cfg)
+    w.supernet.checkpoint.parent.mkdir(parents=True)
+    w.supernet.checkpoint.write_bytes(sn.read_bytes())
+    ctx = load_trained_supernet(cfg, w, Console(quiet=True))
+    assert all(torch.equal(v, ctx.model.state_dict()[k]) for k, v in supernet.state_dict().items())

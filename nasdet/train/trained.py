@@ -41,7 +41,9 @@ def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int
             model_cfg = validate_config(state["config"], f"{ckpt} (config)").model
         except ConfigError:
             pass  # written by another nasdet version: fall back to the given config
-    model = build_detector(model_cfg, num_classes=num_classes)
+    # every weight comes from the checkpoint: the backbone's start (ImageNet file, backbone checkpoint) is not read
+    # again (an eval or export on another machine, or with the torch cache cleared, asked for the ImageNet file)
+    model = build_detector(without_start_weights(model_cfg), num_classes=num_classes)
     load_model_weights(model, state, source=str(ckpt))
     family = family_of(model)
     if model_cfg is not cfg.model and family is family_named(cfg.model.detector):
@@ -49,6 +51,13 @@ def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int
         # a search's baseline score or an export with `--set model.score_thresh=0.3` used the checkpoint's 0.01
         family.set_postprocessing(model, cfg.model)
     return model
+
+
+def without_start_weights(model_cfg):
+    """``model_cfg`` (a ModelConfig) without the backbone's start weights (``pretrained``, ``checkpoint``): for a
+    model whose every weight is then loaded from a checkpoint."""
+    backbone = model_cfg.backbone.model_copy(update={"checkpoint": None, "pretrained": None})
+    return model_cfg.model_copy(update={"backbone": backbone})
 
 
 def with_backbone_checkpoint(cfg: ExperimentConfig, path: str | Path | None) -> ExperimentConfig:
@@ -72,7 +81,9 @@ def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[st
         warnings.warn(f"model.backbone.checkpoint {named} holds a subnet `nasdet classify` trained; this tune starts "
                       f"from the supernet's weights ({supernet_ckpt}) and does not use it (tune.init: scratch starts "
                       "from it)", stacklevel=2)
-    if supernet_ckpt is not None or subnet is not None:  # the supernet checkpoint or the subnet file decides
+    if supernet_ckpt is not None:  # every weight comes from it: no ImageNet file to read (or download)
+        cfg = cfg.model_copy(update={"model": without_start_weights(cfg.model)})
+    elif subnet is not None:  # the subnet file decides
         cfg = with_backbone_checkpoint(cfg, None)
     model, space = build_supernet(cfg, num_classes)
     arch = space.validate(arch)
@@ -146,8 +157,8 @@ def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int,
         return load_trained_model(cfg, path, num_classes), None
     if arch is None:
         raise CheckpointError(f"{path} has no architecture inside: it was not written by `nasdet tune`")
-    try:
-        model = build_tuned_model(cfg, num_classes, arch)
+    try:  # every weight comes from the checkpoint: none of the backbone's start weights to read
+        model = build_tuned_model(cfg.model_copy(update={"model": without_start_weights(cfg.model)}), num_classes, arch)
     except ArchError:
         raise CheckpointError(_other_space(path, state, arch, cfg, num_classes)) from None
     load_model_weights(model, state, source=str(path))
