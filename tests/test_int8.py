@@ -404,3 +404,27 @@ def test_agreement_counts_an_int8_detection_only_at_the_same_operating_point():
                  {"image_id": 1, "category_id": 2, "bbox": box, "score": 0.28}]
     a = detection_agreement(float_dets, int8_dets)
     assert a["float_detections"] == 2 and a["matched_by_int8"] == 1 and a["share"] == 0.5
+
+
+@pytest.mark.parametrize("timed_by, column", [("torch cpu", "latency torch"), ("onnxruntime", "latency onnxruntime"),
+                                              ("onnxruntime int8", "latency onnxruntime INT8")])
+def test_export_table_puts_the_predicted_latency_under_its_own_kind(timed_by, column):
+    """After a search under INT8 onnxruntime latency, the prediction (2.47 ms) was printed under "latency torch"
+    beside a measured torch 8.65 ms: it read as a 3.5x miss."""
+    import io
+
+    from nasdet.stages.export import export_table
+
+    measured = {"macs": 21.4e6, "params": 0.804e6, "latency": 2.71 if "int8" in timed_by else 5.0,
+                "latency_timed_by": timed_by}
+    table = export_table(Path("m.onnx"), measured, {"macs": 21.4e6, "params": 0.804e6, "latency": 2.47},
+                         {"median_ms": 8.65}, {"median_ms": 2.92})
+    names = [c.header for c in table.columns]
+    assert (column in names) and (("latency onnxruntime INT8" in names) == ("int8" in timed_by))
+    predicted = [c._cells[1] for c in table.columns]
+    assert predicted[names.index(column)] == "2.47 ms"
+    assert [v for v in predicted[3:] if v != "-"] == ["2.47 ms"]
+    if "int8" in timed_by:
+        assert [c._cells[0] for c in table.columns][names.index(column)] == "2.71 ms"
+    console = Console(file=io.StringIO(), width=200)
+    console.print(table)

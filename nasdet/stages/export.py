@@ -367,16 +367,7 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
               "settings": export_settings(cfg, source)}
     write_json(record_path, result)
 
-    table = Table(title=f"export: {escape(str(path))}")
-    for col in ("", "MACs", "params", "latency torch", "latency onnxruntime"):
-        table.add_column(col, justify="right")
-    table.add_row("measured", f"{measured['macs'] / 1e6:.1f} M", f"{measured['params'] / 1e6:.3f} M",
-                  f"{lat_torch['median_ms']:.2f} ms", f"{lat_ort['median_ms']:.2f} ms")
-    if predicted:
-        table.add_row("search predicted", f"{predicted['macs'] / 1e6:.1f} M" if "macs" in predicted else "-",
-                      f"{predicted['params'] / 1e6:.3f} M" if "params" in predicted else "-",
-                      f"{predicted['latency']:.2f} ms" if "latency" in predicted else "-", "-")
-    console.print(table)
+    console.print(export_table(path, measured, predicted, lat_torch, lat_ort))
     if int8_record is not None:
         console.print(int8_table(int8_record))
     if raw:
@@ -389,11 +380,34 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     if budget is not None and not budget["within"]:
         scale, unit = (1e6, f" M {COST_UNITS[budget['metric']]}") if budget["metric"] in ("macs", "params") else (1.0, " ms")
         pred = "-" if budget["predicted"] is None else f"{budget['predicted'] / scale:.4g}{unit}"
-        console.print(Panel(f"the exported model breaks the search budget: {budget['metric']} measured "
+        what = f"latency ({budget['timed_by']})" if budget["metric"] == "latency" else budget["metric"]
+        console.print(Panel(f"the exported model breaks the search budget: {what} measured "
                             f"{budget['measured'] / scale:.4g}{unit} vs predicted {pred} vs budget "
                             f"{budget['max'] / scale:.4g}{unit}",
                             title="OVER BUDGET", style="bold red"))
     return result
+
+
+def export_table(path: Path, measured: dict, predicted: dict | None, lat_torch: dict, lat_ort: dict) -> Table:
+    """Measured cost beside the search's prediction; a predicted latency goes under the latency of its own
+    kind (``measured["latency_timed_by"]``: torch, onnxruntime, or an INT8 column after an INT8-latency search)."""
+    timed_by = measured.get("latency_timed_by") or "torch"
+    int8 = timed_by == "onnxruntime int8"
+    cols = ["", "MACs", "params", "latency torch", "latency onnxruntime"] + (["latency onnxruntime INT8"] if int8 else [])
+    table = Table(title=f"export: {escape(str(path))}")
+    for col in cols:
+        table.add_column(col, justify="right")
+    latencies = [f"{lat_torch['median_ms']:.2f} ms", f"{lat_ort['median_ms']:.2f} ms"]
+    table.add_row("measured", f"{measured['macs'] / 1e6:.1f} M", f"{measured['params'] / 1e6:.3f} M", *latencies,
+                  *([f"{measured['latency']:.2f} ms"] if int8 else []))
+    if predicted:
+        guess = ["-"] * len(cols[3:])
+        if "latency" in predicted:
+            at = 2 if int8 else 1 if timed_by == "onnxruntime" else 0
+            guess[at] = f"{predicted['latency']:.2f} ms"
+        table.add_row("search predicted", f"{predicted['macs'] / 1e6:.1f} M" if "macs" in predicted else "-",
+                      f"{predicted['params'] / 1e6:.3f} M" if "params" in predicted else "-", *guess)
+    return table
 
 
 def int8_table(rec: dict) -> Table:
