@@ -428,3 +428,18 @@ def test_export_table_puts_the_predicted_latency_under_its_own_kind(timed_by, co
         assert [c._cells[0] for c in table.columns][names.index(column)] == "2.71 ms"
     console = Console(file=io.StringIO(), width=200)
     console.print(table)
+
+
+def test_report_row_says_when_its_int8_ap_is_on_other_images():
+    """The report's row gave AP on 300 val images beside an INT8 AP and drop scored by the export on 30
+    (eval.max_images): 0.0664 - 0.0564 read as INT8 0.01 AP better than float, while the drop said +0.0007."""
+    from nasdet.stages.report import _fmt, _row
+
+    export = {"measured": {"macs": 1e6, "params": 1e5}, "latency_torch": {"median_ms": 9.0},
+              "latency_onnxruntime": {"median_ms": 3.0},
+              "int8": {"val_images": 30, "metrics_onnxruntime": {"int8": {"AP": 0.0664}}, "drop": {"AP": -0.0007},
+                       "latency_onnxruntime": {"int8": {"median_ms": 2.9}}}}
+    row = _row("baseline", {"metrics": {"AP": 0.0564, "AP50": 0.11}, "val_images": 300}, export, None)
+    assert _fmt(row, "ap_int8") == "0.0664 (on 30 images)" and _fmt(row, "ap_drop_int8").endswith("(on 30 images)")
+    same = _row("baseline", {"metrics": {"AP": 0.0564, "AP50": 0.11}, "val_images": 30}, export, None)
+    assert _fmt(same, "ap_int8") == "0.0664" and "images" not in _fmt(same, "ap_drop_int8")

@@ -29,6 +29,9 @@ def _row(name: str, record: dict, export: dict | None, cost: dict | None) -> dic
         if int8:  # both through onnxruntime on val: the INT8 file's AP and the drop from the float file's
             row.update(ap_int8=int8["metrics_onnxruntime"]["int8"]["AP"], ap_drop_int8=int8["drop"]["AP"],
                        latency_onnxruntime_int8_ms=int8["latency_onnxruntime"]["int8"]["median_ms"])
+            if int8.get("val_images") is not None and int8["val_images"] != record.get("val_images"):
+                # scored on other images than the row's AP (export's eval.max_images): the drop is not AP - INT8 AP
+                row["int8_images"] = int8["val_images"]
     elif cost is not None:
         row.update(macs=cost["macs"]["total"], params=cost["params"]["total"])
     return row
@@ -263,10 +266,11 @@ def _fmt(row: dict, key: str) -> str:
         return "-"
     if key == "split":
         return v
+    on = f" (on {row['int8_images']} images)" if key in ("ap_int8", "ap_drop_int8") and row.get("int8_images") else ""
     if key in ("AP", "AP50", "ap_int8"):
-        return f"{v:.4f}"
+        return f"{v:.4f}{on}"
     if key == "ap_drop_int8":
-        return signed(-v)
+        return signed(-v) + on
     if key == "macs":
         return f"{v / 1e6:.1f} M"
     if key == "params":
