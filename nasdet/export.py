@@ -21,6 +21,7 @@ size uses the traced image shape, so one file serves every image size.
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -298,6 +299,33 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
             f"{worst_box:.2e} px (limit {box_atol:g}), max score diff {worst_score:.2e} (limit {score_atol:g}), "
             f"{len(problems)} unmatched detections {problems[:5]}")
     return report
+
+
+def time_onnx_in_turns(paths: Sequence[Path], image: torch.Tensor, warmup: int, runs: int,
+                       threads: int | None) -> list[dict]:
+    """``time_onnx`` of several files taking turns run by run (after each one's warmup), so that a ratio of
+    their latencies compares the files and not the machine's load at two moments (the float and INT8 files
+    timed minutes apart gave x0.26 and x0.54 where in turns they were x0.97 and x1.00)."""
+    import statistics
+
+    feed = {"image": image.numpy()}
+    sessions = [onnx_session(p, threads) for p in paths]
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(runs):
+        for session, spent in zip(sessions, times):
+            t = time.perf_counter()
+            session.run(None, feed)
+            spent.append((time.perf_counter() - t) * 1e3)
+    out = []
+    for spent in times:
+        spent.sort()
+        out.append({"median_ms": statistics.median(spent), "p90_ms": spent[min(int(0.9 * len(spent)), len(spent) - 1)],
+                    "runs": runs, "device": "onnxruntime-cpu", "threads": threads, "part": "end to end (with NMS)",
+                    "input": list(image.shape), "timed": "in turns with " + ", ".join(q.name for q in paths)})
+    return out
 
 
 def time_onnx(path: Path, image: torch.Tensor, warmup: int, runs: int, threads: int | None) -> dict:

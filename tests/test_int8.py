@@ -112,6 +112,9 @@ def test_export_int8_quantizes_the_network_and_scores_both_files_through_onnxrun
     assert json.loads((int8_path.parent / "tune.json").read_text())["int8"]["drop"] == q["drop"]
     lat = q["latency_onnxruntime"]
     assert lat["float"]["median_ms"] > 0 and lat["int8"]["median_ms"] > 0 and lat["int8"]["threads"] == 1
+    # the two files timed in turns (their ratio compares the files, not the machine's load at two moments)
+    assert lat["float"]["timed"] == lat["int8"]["timed"] == f"in turns with {float_path.name}, {int8_path.name}"
+    assert q["latency_ratio_int8_to_float"] == pytest.approx(lat["int8"]["median_ms"] / lat["float"]["median_ms"])
     # examples/onnx_infer.py runs the INT8 file as it runs the float one
     image = next(Path(val.records[0].file).parent.iterdir())
     script = Path(__file__).parent.parent / "examples" / "onnx_infer.py"

@@ -21,7 +21,8 @@ from ..config import ExperimentConfig
 from ..data.build import build_datasets, load_split
 from ..data.dataset import to_coco_gt
 from ..errors import ConfigError, ExportParityError
-from ..export import check_parity, export_onnx, onnx_metadata, postprocessing, raw_decoding, time_onnx
+from ..export import (check_parity, export_onnx, onnx_metadata, postprocessing, raw_decoding, time_onnx,
+                      time_onnx_in_turns)
 from ..metrics import coco_evaluate
 from ..search.budget import COST_UNITS
 from ..quantize import INT8_MIN_OPSET, detection_agreement, network_scopes, onnx_detections, quantize_detector
@@ -63,7 +64,7 @@ def calibration_images(cfg: ExperimentConfig, n: int) -> list[torch.Tensor]:
 
 
 def export_int8(cfg: ExperimentConfig, wd: WorkDir, model: torch.nn.Module, source: str, float_path: Path, val,
-                probe: torch.Tensor, lat_float: dict, console: Console | None = None) -> dict:
+                probe: torch.Tensor, console: Console | None = None) -> dict:
     """``export/<source>_int8.onnx`` from the checked float file; both files' COCO metrics on val computed
     by onnxruntime, the drop, how many confident float detections INT8 keeps, both latencies."""
     e, c = cfg.export, cfg.cost
@@ -98,7 +99,8 @@ def export_int8(cfg: ExperimentConfig, wd: WorkDir, model: torch.nn.Module, sour
             (f"kept the tuned file ({int8_path.name})" if qat["kept"] == "qat" else
              f"QAT did not help, kept the post-training file ({int8_path.name})"),
             style=None if qat["kept"] == "qat" else "bold yellow"), soft_wrap=True)
-    lat_int8 = time_onnx(int8_path, probe, c.warmup, c.runs, c.threads)
+    # the two files in turns: their ratio is what a user decides on, and the machine's load drifts in minutes
+    lat_float, lat_int8 = time_onnx_in_turns([float_path, int8_path], probe, c.warmup, c.runs, c.threads)
     drop = {k: metrics["float"][k] - metrics["int8"][k] for k in ("AP", "AP50")}
     if qat is not None:
         qat["drop_after"] = drop
@@ -345,7 +347,7 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     lat_torch["input"] = list(probe.shape)  # measure_latency's image is at input_size too
     lat_ort = time_onnx(path, probe, c.warmup, c.runs, c.threads)
-    int8_record = export_int8(cfg, wd, model, source, path, val, probe, lat_ort, console) if int8 else kept_int8
+    int8_record = export_int8(cfg, wd, model, source, path, val, probe, console) if int8 else kept_int8
     stale = wd.onnx_int8(source)
     if not int8 and not raw and int8_record is None and stale.is_file():  # another checkpoint's, or other settings'
         stale.unlink()
