@@ -265,6 +265,28 @@ def test_coco_classes_keep_their_rows_of_torchvisions_91_labels():
     assert not other.coco_labels and len(other.reinitialised) == 6
 
 
+def test_torchvision_labels_at_gapped_category_ids_keep_their_rows():
+    """torchvision's references train on a COCO file's category ids as labels (num_classes = largest id + 1): a
+    user's set with ids 4, 7, .., 25 (a CVAT export, a subset of a taxonomy) gives a 26-label head whose rows of
+    each class are at its id. The import threw those trained layers away ("its classes are not the data's")."""
+    classes = [(3 * k + 1, f"shape{k}") for k in range(1, 9)]  # ids 4, 7, .., 25
+    reference = trained_like(torchvision_ssdlite(26))
+    model = build_detector(ssdlite_config(), num_classes=len(classes))
+    mapped = map_detector_weights(model, reference.state_dict(), "mine.pth", "ssdlite", classes=classes)
+    assert mapped.category_id_labels and mapped.reinitialised == [] and not mapped.coco_labels
+    model.load_state_dict(mapped.state)
+    model.eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    columns = [0] + [i for i, _ in classes]
+    with torch.no_grad():
+        want = reference.head(list(reference.backbone(x).values()))["cls_logits"][..., columns]
+        torch.testing.assert_close(model.head(list(model.backbone(x).values()))["cls_logits"], want, atol=1e-5, rtol=0)
+    # a head of another label count is not taken for it
+    other = map_detector_weights(model, trained_like(torchvision_ssdlite(30)).state_dict(), "other.pth", "ssdlite",
+                                 classes=classes)
+    assert not other.category_id_labels and len(other.reinitialised) == 6
+
+
 def test_baseline_of_other_classes_is_fine_tuned(tiny_config, tmp_path, capsys):
     """The stage says which layers start afresh and trains the baseline from the checkpoint (a nasdet
     checkpoint of 90 classes here: the same path as torchvision's, on a model small enough to train)."""

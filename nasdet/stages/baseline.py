@@ -143,7 +143,10 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     console.print(f"imported {escape(str(source))} ({imported.source_format}'s layout) as the baseline"
                   + (f"; its COCO labels picked for the data's {val.num_classes} classes" if imported.coco_labels else "")
                   + (f"; the rows of the data's {val.num_classes} classes picked by name from its "
-                     f"{len(checkpoint_classes or [])}" if imported.picked_classes else ""))
+                     f"{len(checkpoint_classes or [])}" if imported.picked_classes else "")
+                  + (f"; each class's rows picked at its category id ({', '.join(map(str, val.category_ids[:4]))}"
+                     f"{', ...' if val.num_classes > 4 else ''}: torchvision's references train on them as labels)"
+                     if imported.category_id_labels else ""))
     if imported.unnamed_classes:
         console.print(f"[yellow]warning:[/] {escape(str(source))} records no class names (written before nasdet kept "
                       f"them): its class layers are kept as they are, label k as the data's k-th class "

@@ -42,6 +42,7 @@ class ImportedWeights:
     coco_labels: bool = False  # the class layers' rows were picked from torchvision's 91 COCO labels
     picked_classes: bool = False  # the class layers' rows were picked by name from the checkpoint's classes
     unnamed_classes: bool = False  # class layers kept by index: the checkpoint records no class names
+    category_id_labels: bool = False  # torchvision's references' labels: each class's rows at its category id
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -228,9 +229,18 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
             mapped, per_class = {**mapped, **rows}, []
         else:
             coco = False
+    by_id = False
+    if per_class and fmt == "torchvision" and classes is not None and all(i > 0 for i, _ in classes):
+        # torchvision's detection references train on a COCO file's category ids as labels (num_classes = the
+        # largest id + 1): a set with gaps in its ids (4, 7, ..) has each class's rows at its own id, as COCO's 91
+        top = max(i for i, _ in classes) + 1
+        rows = {k: pick_label_rows(mapped[k], 0, top, [0, *[i for i, _ in classes]], 4 if ".bbox_pred." in k else 1)
+                for k in per_class}
+        if all(v is not None and v.shape == own[k].shape for k, v in rows.items()):
+            mapped, per_class, by_id = {**mapped, **rows}, [], True
     if per_class:  # other classes: every class-dependent layer starts afresh, not only those of another shape
         per_class = [k for k in want if any(r.fullmatch(k) for r in class_layers)]
     # a nasdet checkpoint of the same class count that records no names (written before they were kept)
     unnamed = fmt == "nasdet" and not per_class and not checkpoint_classes and classes is not None
     state = {k: own[k] if k in per_class or k not in mapped else mapped[k] for k in own}
-    return ImportedWeights(state, fmt, _module_names(per_class), coco, picked, unnamed)
+    return ImportedWeights(state, fmt, _module_names(per_class), coco, picked, unnamed, by_id)
