@@ -233,6 +233,16 @@ def test_other_classes_keep_all_but_the_class_layers():
     assert sum(not torch.equal(v, fresh[k]) for k, v in mapped.state.items()) > 300  # not the fresh model
 
 
+def assert_logits_are_columns(model, state: dict, reference, columns: list[int]) -> None:
+    """``model`` with ``state`` gives, on a random image, the ``columns`` of ``reference``'s class logits."""
+    model.load_state_dict(state)
+    model.eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        want = reference.head(list(reference.backbone(x).values()))["cls_logits"][..., columns]
+        torch.testing.assert_close(model.head(list(model.backbone(x).values()))["cls_logits"], want, atol=1e-5, rtol=0)
+
+
 COCO_CLASSES = [(1, "person"), (3, "car"), (18, "dog"), (90, "toothbrush")]  # category ids as in COCO's json
 
 
@@ -246,13 +256,8 @@ def test_coco_classes_keep_their_rows_of_torchvisions_91_labels():
     model = build_detector(ssdlite_config(), num_classes=len(COCO_CLASSES))
     mapped = map_detector_weights(model, reference.state_dict(), "coco.pth", "ssdlite", classes=COCO_CLASSES)
     assert mapped.coco_labels and mapped.reinitialised == [] and mapped.picked_classes is False  # it said "picked by name"
-    model.load_state_dict(mapped.state)
-    model.eval()
-    x = torch.randn(1, 3, SIZE, SIZE)
     columns = [0] + [i for i, _ in COCO_CLASSES]
-    with torch.no_grad():
-        want = reference.head(list(reference.backbone(x).values()))["cls_logits"][..., columns]
-        torch.testing.assert_close(model.head(list(model.backbone(x).values()))["cls_logits"], want, atol=1e-5, rtol=0)
+    assert_logits_are_columns(model, mapped.state, reference, columns)
     # Faster R-CNN's box deltas are 4 rows per class
     coco, ours = FastRCNNPredictor(16, 91), FastRCNNPredictor(16, 1 + len(COCO_CLASSES))
     ids = [i for i, _ in COCO_CLASSES]
@@ -274,13 +279,7 @@ def test_torchvision_labels_at_gapped_category_ids_keep_their_rows():
     model = build_detector(ssdlite_config(), num_classes=len(classes))
     mapped = map_detector_weights(model, reference.state_dict(), "mine.pth", "ssdlite", classes=classes)
     assert mapped.category_id_labels and mapped.reinitialised == [] and not mapped.coco_labels
-    model.load_state_dict(mapped.state)
-    model.eval()
-    x = torch.randn(1, 3, SIZE, SIZE)
-    columns = [0] + [i for i, _ in classes]
-    with torch.no_grad():
-        want = reference.head(list(reference.backbone(x).values()))["cls_logits"][..., columns]
-        torch.testing.assert_close(model.head(list(model.backbone(x).values()))["cls_logits"], want, atol=1e-5, rtol=0)
+    assert_logits_are_columns(model, mapped.state, reference, [0] + [i for i, _ in classes])
     # a head of another label count is not taken for it
     other = map_detector_weights(model, trained_like(torchvision_ssdlite(30)).state_dict(), "other.pth", "ssdlite",
                                  classes=classes)
