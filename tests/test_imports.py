@@ -1,6 +1,7 @@
 """Trained detectors from torchvision as nasdet detectors: exact layouts (sizes against torchvision's own
 models), function-preserving key mappings (raw head outputs and detections equal to torchvision's on the
 same images), other class sets (class layers re-initialised) and foreign checkpoints (one line)."""
+import re
 from functools import partial
 
 import pytest
@@ -405,6 +406,29 @@ def test_checkpoint_errors_name_the_key_a_folder_and_the_settings_of_a_known_lay
     with pytest.raises(CheckpointError, match="model.layout: torchvision, model.backbone: {name: mobilenet_v3_large, "
                                               "width_mult: 1.0, reduced_tail: true}"):
         map_detector_weights(model, read_weights(path), path, "ssdlite")
+
+
+def test_checkpoint_with_nan_weights_or_a_ddp_prefix(tmp_path):
+    """A checkpoint with non-finite weights (a diverged training's last one) was imported silently and scored 0
+    AP; a state_dict saved from a DDP wrapper (keys under ``module.``) was not recognised; and a file holding no
+    tensors was named by its inner key ('state_dict ...') instead of the config key."""
+    from nasdet.models.imports import read_checkpoint
+
+    state = torchvision_ssdlite(9).state_dict()
+    torch.save({"model": {"module." + k: v for k, v in state.items()}}, tmp_path / "ddp.pth")
+    weights, _ = read_checkpoint(tmp_path / "ddp.pth", "pipeline.baseline_checkpoint")
+    assert list(weights) == list(state) and all(torch.equal(weights[k], v) for k, v in state.items())
+    broken = dict(state)
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 4)
+    broken[name] = broken[name].clone()
+    broken[name][0] = float("nan")
+    torch.save({"model": broken}, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match=f"^pipeline.baseline_checkpoint {tmp_path / 'nan.pth'} has non-finite "
+                                              f"weights \\(NaN or inf\\) in 1 tensors, e.g. \\['{re.escape(name)}'\\]"):
+        read_checkpoint(tmp_path / "nan.pth", "pipeline.baseline_checkpoint")
+    torch.save({"state_dict": {"a": 1}}, tmp_path / "nothing.pth")
+    with pytest.raises(CheckpointError, match="^pipeline.baseline_checkpoint .*nothing.pth holds no state_dict"):
+        read_checkpoint(tmp_path / "nothing.pth", "pipeline.baseline_checkpoint")
 
 
 def test_export_normalises_as_the_detector():

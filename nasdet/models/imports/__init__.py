@@ -64,13 +64,20 @@ def read_checkpoint(path: str | Path, key: str = "checkpoint") -> tuple[dict[str
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"{key} {path} cannot be read: {unreadable_reason(e, path)}") from e
     classes = checkpoint_classes(state) or recorded_class_names(state)
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    for entry in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(entry), dict):
+            state = state[entry]
             break
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{key} {path} holds no state_dict of tensors (a plain one, or under 'model' / "
                               f"'state_dict'), found {type(state).__name__}")
+    if all(isinstance(k, str) and k.startswith("module.") for k in state):
+        # saved from a DistributedDataParallel / DataParallel wrapper (torch.save(ddp_model.state_dict()))
+        state = {k[len("module."):]: v for k, v in state.items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a diverged training's last checkpoint: imported, it scores 0 AP and says nothing
+        raise CheckpointError(f"{key} {path} has non-finite weights (NaN or inf) in {len(bad)} tensors, e.g. "
+                              f"{bad[:3]}: a training that diverged? Take an earlier checkpoint")
     return state, classes
 
 
