@@ -112,8 +112,8 @@ def test_the_report_says_where_the_weights_started(tiny_config):
            "this data's classes); the supernet from the baseline's weights" in text
     assert any(line.startswith("| baseline (") and ", imported) |" in line for line in text.splitlines()), text
     text = report(tiny_config("ssdlite", model={"backbone": {"pretrained": "imagenet", "width_mult": 1.0}}), {"step": 5})
-    assert "Starting weights: the baseline trained here (backbone from torchvision's imagenet weights); the supernet " \
-           "(backbone from torchvision's imagenet weights)." in text
+    tv = "torchvision's MobileNet_V3_Large_Weights.IMAGENET1K_V2 weights (imagenet: mobilenet_v3_large-5c1a4163.pth)"
+    assert f"Starting weights: the baseline trained here (backbone from {tv}); the supernet (backbone from {tv})." in text
 
 
 def test_the_report_reads_the_supernets_recorded_start(tiny_config):

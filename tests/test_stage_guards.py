@@ -209,7 +209,8 @@ def test_the_first_log_line_says_what_training_starts_from(tiny_config, tmp_path
     assert start_note_of(tiny_config()) == "from scratch"
     assert start_note_of(tiny_config(model={"backbone": {"name": "mobilenet_v3_small", "width_mult": 0.5,
                                                          "pretrained": "imagenet"}})) == \
-        "backbone from torchvision's imagenet weights"
+        "backbone from torchvision's MobileNet_V3_Small_Weights.IMAGENET1K_V1 weights (imagenet: " \
+        "mobilenet_v3_small-047dcff4.pth)"  # the weights `imagenet` means here, which torchvision has moved before
     body = tmp_path / "backbone.pt"
     torch.save(build_detector(tiny_config().model, num_classes=8).backbone.body.state_dict(), body)
     cfg = tiny_config(model={"backbone": {"name": "mobilenet_v3_small", "width_mult": 0.5, "checkpoint": str(body)}},

@@ -80,12 +80,27 @@ class SizedBatchSampler(torch.utils.data.Sampler):
         return min(len(self.batches), len(self.sizes))
 
 
+def pretrained_note(backbone: str, name: str) -> str:
+    """``model.backbone.pretrained`` as the torchvision weights it means and their file (``imagenet`` is
+    ``DEFAULT``, which torchvision has moved between releases: the log says which, so the run can be redone)."""
+    from pathlib import Path
+
+    from ..models.backbones.pretrained import torchvision_weights
+
+    try:
+        weights = torchvision_weights(backbone, name)
+    except Exception:  # noqa: BLE001 - an invalid name is refused with its own message where it is loaded
+        return f"torchvision's {name} weights"
+    alias = f"{name}: " if name.lower() == "imagenet" else ""
+    return f"torchvision's {weights} weights ({alias}{Path(weights.url).name})"
+
+
 def start_note_of(cfg: ExperimentConfig) -> str:
     """How a fresh training run of ``cfg``'s model starts (its backbone's weights), for the trainer's first log
     line and the stage's record."""
     b = cfg.model.backbone
     if b.pretrained:
-        return f"backbone from torchvision's {b.pretrained} weights"
+        return f"backbone from {pretrained_note(b.name, b.pretrained)}"
     if b.checkpoint:
         return f"backbone from {b.checkpoint}"
     return "from scratch"
