@@ -573,3 +573,18 @@ def test_a_nasdet_checkpoint_keeps_each_named_class_s_rows(detector):
             f0, f1 = (list(f.values()) if isinstance(f, dict) else f for f in (f0, f1))
             c0, c1 = trained.head(f0)["cls_logits"], model.head(f1)["cls_logits"]
             torch.testing.assert_close(c1, c0[..., labels])
+
+
+def test_a_foreign_detector_file_given_where_a_nasdet_checkpoint_goes_says_how_to_import_it(tmp_path):
+    """`nasdet eval --ckpt` of a torchvision references' file said "holds Python objects other than tensors ...
+    save a plain state_dict", and of that plain state_dict "not a nasdet checkpoint": advice in a circle."""
+    import argparse
+
+    from nasdet.train.checkpoint import load_checkpoint
+
+    state = torchvision_ssdlite(9).state_dict()
+    torch.save(state, tmp_path / "bare.pth")
+    torch.save({"model": state, "args": argparse.Namespace(lr=0.1)}, tmp_path / "references.pth")
+    for name in ("bare.pth", "references.pth"):
+        with pytest.raises(CheckpointError, match="pipeline.baseline_checkpoint=FILE"):
+            load_checkpoint(tmp_path / name)

@@ -17,6 +17,11 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         torch.save(state, f)  # a Python file: a full disk is OSError ENOSPC, not torch's "file write failed"
 
 
+# what to do with a detector trained elsewhere, which nasdet's own checkpoint loading does not read
+IMPORT_HINT = ("a detector trained by torchvision's references, MMDetection or plain torch is imported first: "
+               "nasdet train CONFIG --set pipeline.baseline_checkpoint=FILE, then use baseline/ckpt/last.pt")
+
+
 def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
     """Load with ``weights_only=True``; refuse one from another search space when ``space_id`` is given."""
     path = Path(path)
@@ -25,9 +30,12 @@ def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
-        raise CheckpointError(f"checkpoint {path} cannot be read: {unreadable_reason(e, path)}") from e
+        why = unreadable_reason(e, path)
+        if "other than tensors" in why:  # torchvision's references pickle their argparse Namespace beside the weights
+            why += f"; {IMPORT_HINT}"
+        raise CheckpointError(f"checkpoint {path} cannot be read: {why}") from e
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"checkpoint {path} has no 'model' entry: not a nasdet checkpoint")
+        raise CheckpointError(f"checkpoint {path} has no 'model' entry: not a nasdet checkpoint ({IMPORT_HINT})")
     if not isinstance(state["model"], dict):
         raise CheckpointError(f"checkpoint {path}: its 'model' entry is of type {type(state['model']).__name__}, not a "
                               "state_dict (a dict of tensors): not a nasdet checkpoint")
