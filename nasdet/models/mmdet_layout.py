@@ -112,7 +112,7 @@ def mmdet_retinanet_anchors() -> MMDetAnchorGenerator:
                                                     a["scales_per_octave"]), a["strides"])
 
 
-class _DropsEmptyBoxes:
+class DropsEmptyBoxes:
     """``postprocess_detections`` of a torchvision detector, but boxes empty after clipping are dropped
     before NMS (MMDetection's ``min_bbox_size`` 0). The detector's own pass runs with an NMS that removes
     nothing (IoU > 1 never happens) and no cap, then the empty boxes go, then its NMS and cap."""
@@ -136,4 +136,4 @@ class _DropsEmptyBoxes:
 @lru_cache(maxsize=None)
 def with_mmdet_test_path(detector_cls: type) -> type:
     """``detector_cls`` (torchvision's SSD, RetinaNet or a subclass) with MMDetection's empty-box filter."""
-    return type(f"MMDet{detector_cls.__name__}", (_DropsEmptyBoxes, detector_cls), {})
+    return type(f"MMDet{detector_cls.__name__}", (DropsEmptyBoxes, detector_cls), {})

@@ -54,11 +54,10 @@ def scratch_subnet(model: nn.Module, space: SearchSpace, arch: Mapping[str, Any]
 def untrained_supernet(cfg, num_classes: int, seed: int = 0) -> nn.Module:
     """The config's supernet freshly built, seeded, without any backbone weights: the source of scratch inits."""
     from ..models.supernet import build_supernet
+    from ..train.trained import run_without_start_weights
 
-    backbone = cfg.model.backbone.model_copy(update={"checkpoint": None, "pretrained": None})
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": backbone})})
     torch.manual_seed(seed)
-    return build_supernet(cfg, num_classes)[0].eval()
+    return build_supernet(run_without_start_weights(cfg), num_classes)[0].eval()
 
 
 def grad_norm(model: nn.Module, images: Sequence[torch.Tensor], targets: Sequence[dict], **_: Any) -> float:

@@ -20,7 +20,7 @@ from ..space import SearchSpace
 from ..threads import set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, refuse_other_classes, unfinished_at
 from ..train.resume import model_drift
-from ..train.trained import without_start_weights
+from ..train.trained import run_without_start_weights
 from ..workdir import WorkDir
 from .scoring import cached_scorer, score_arch
 
@@ -63,8 +63,7 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
     search_set = search_set.first(s.max_images)
     calib_set = data["supernet_train"].with_transforms(None)
     # every weight comes from the checkpoint: the backbone's ImageNet file is not read again
-    model, space = build_supernet(cfg.model_copy(update={"model": without_start_weights(cfg.model)}),
-                                  search_set.num_classes)
+    model, space = build_supernet(run_without_start_weights(cfg), search_set.num_classes)
     state = load_checkpoint(ckpt, space_id=space.space_id)
     refuse_other_classes(ckpt, state, search_set.classes, "the supernet", "search the data it was pretrained on "
                          "(its classes in that order), or pretrain on this data")

@@ -60,6 +60,11 @@ def without_start_weights(model_cfg):
     return model_cfg.model_copy(update={"backbone": backbone})
 
 
+def run_without_start_weights(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` whose model is ``without_start_weights``."""
+    return cfg.model_copy(update={"model": without_start_weights(cfg.model)})
+
+
 def with_backbone_checkpoint(cfg: ExperimentConfig, path: str | Path | None) -> ExperimentConfig:
     """``cfg`` with ``model.backbone.checkpoint`` replaced (None: the backbone starts from its init)."""
     backbone = cfg.model.backbone.model_copy(update={"checkpoint": None if path is None else str(path)})
@@ -82,7 +87,7 @@ def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[st
                       f"from the supernet's weights ({supernet_ckpt}) and does not use it (tune.init: scratch starts "
                       "from it)", stacklevel=2)
     if supernet_ckpt is not None:  # every weight comes from it: no ImageNet file to read (or download)
-        cfg = cfg.model_copy(update={"model": without_start_weights(cfg.model)})
+        cfg = run_without_start_weights(cfg)
     elif subnet is not None:  # the subnet file decides
         cfg = with_backbone_checkpoint(cfg, None)
     model, space = build_supernet(cfg, num_classes)
@@ -158,7 +163,7 @@ def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int,
     if arch is None:
         raise CheckpointError(f"{path} has no architecture inside: it was not written by `nasdet tune`")
     try:  # every weight comes from the checkpoint: none of the backbone's start weights to read
-        model = build_tuned_model(cfg.model_copy(update={"model": without_start_weights(cfg.model)}), num_classes, arch)
+        model = build_tuned_model(run_without_start_weights(cfg), num_classes, arch)
     except ArchError:
         raise CheckpointError(_other_space(path, state, arch, cfg, num_classes)) from None
     load_model_weights(model, state, source=str(path))

@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..config import BaseModelConfig
-from ..mmdet_layout import _DropsEmptyBoxes as DropsEmptyBoxes  # MMDetection's test path: a decode step more
+from ..mmdet_layout import DropsEmptyBoxes  # MMDetection's test path: a decode step more
 
 IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
