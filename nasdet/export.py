@@ -21,7 +21,6 @@ size uses the traced image shape, so one file serves every image size.
 from __future__ import annotations
 
 import copy
-import time
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -301,36 +300,20 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
     return report
 
 
+def time_onnx(path: Path, image: torch.Tensor, warmup: int, runs: int, threads: int | None) -> dict:
+    """Latency of the ONNX file ``path`` on ``image`` (batch 1, onnxruntime on the CPU)."""
+    return time_onnx_in_turns([path], image, warmup, runs, threads)[0]
+
+
 def time_onnx_in_turns(paths: Sequence[Path], image: torch.Tensor, warmup: int, runs: int,
                        threads: int | None) -> list[dict]:
-    """``time_onnx`` of several files taking turns run by run (after each one's warmup), so that a ratio of
-    their latencies compares the files and not the machine's load at two moments (the float and INT8 files
-    timed minutes apart gave x0.26 and x0.54 where in turns they were x0.97 and x1.00)."""
-    import statistics
+    """``time_onnx`` of several files taking turns run by run, so that a ratio of their latencies compares the
+    files (the float and INT8 files timed minutes apart gave x0.26 and x0.54 where in turns they were x0.97 and
+    x1.00)."""
+    from .models.cost import time_sessions
 
-    feed = {"image": image.numpy()}
-    sessions = [onnx_session(p, threads) for p in paths]
-    for session in sessions:
-        for _ in range(warmup):
-            session.run(None, feed)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
-        for session, spent in zip(sessions, times):
-            t = time.perf_counter()
-            session.run(None, feed)
-            spent.append((time.perf_counter() - t) * 1e3)
-    out = []
-    for spent in times:
-        spent.sort()
-        out.append({"median_ms": statistics.median(spent), "p90_ms": spent[min(int(0.9 * len(spent)), len(spent) - 1)],
-                    "runs": runs, "device": "onnxruntime-cpu", "threads": threads, "part": "end to end (with NMS)",
-                    "input": list(image.shape), "timed": "in turns with " + ", ".join(q.name for q in paths)})
-    return out
-
-
-def time_onnx(path: Path, image: torch.Tensor, warmup: int, runs: int, threads: int | None) -> dict:
-    from .models.cost import time_session
-
-    timing = time_session(onnx_session(path, threads), {"image": image.numpy()}, warmup, runs)
+    timings = time_sessions([onnx_session(p, threads) for p in paths], {"image": image.numpy()}, warmup, runs)
     # the input size is part of the figure: the graph resizes inside, so a larger frame takes longer
-    return {**timing, "threads": threads, "part": "end to end (with NMS)", "input": list(image.shape)}
+    turns = {"timed": "in turns with " + ", ".join(p.name for p in paths)} if len(paths) > 1 else {}
+    return [{**t, "threads": threads, "part": "end to end (with NMS)", "input": list(image.shape), **turns}
+            for t in timings]

@@ -13,6 +13,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -170,12 +171,24 @@ def onnx_session(path: str | Path, threads: int | None = None):
 
 def time_session(session, feed: dict, warmup: int, runs: int) -> dict:
     """Median / p90 ms of ``session.run(None, feed)`` (an onnxruntime session) after ``warmup`` runs."""
-    times = []
-    for i in range(warmup + runs):
-        t = time.perf_counter()
-        session.run(None, feed)
-        if i >= warmup:
-            times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[min(int(0.9 * len(times)), len(times) - 1)],
-            "runs": runs, "device": "onnxruntime-cpu"}
+    return time_sessions([session], feed, warmup, runs)[0]
+
+
+def time_sessions(sessions: Sequence, feed: dict, warmup: int, runs: int) -> list[dict]:
+    """``time_session`` of several sessions taking turns run by run (after each one's warmup): a ratio of their
+    latencies then compares the models, not the machine's load at two moments."""
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(runs):
+        for session, spent in zip(sessions, times):
+            t = time.perf_counter()
+            session.run(None, feed)
+            spent.append((time.perf_counter() - t) * 1e3)
+    out = []
+    for spent in times:
+        spent.sort()
+        out.append({"median_ms": statistics.median(spent), "p90_ms": spent[min(int(0.9 * len(spent)), len(spent) - 1)],
+                    "runs": runs, "device": "onnxruntime-cpu"})
+    return out
