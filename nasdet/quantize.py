@@ -94,16 +94,22 @@ def _same_size(feeds: list[dict]) -> list[dict]:
     return out
 
 
+def _consumers(model) -> dict[str, list]:
+    """Tensor name -> the nodes of ``model``'s graph that read it."""
+    out: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
 def _histogram_ranges(model, inside: list, feeds: list[dict], calibrate, tmp: Path) -> dict[str, tuple[float, float]]:
     """Entropy / Percentile ranges of the tensors up to the network's outputs (the graph cut there)."""
     import onnx
     from onnxruntime.quantization.calibrate import create_calibrator
 
     names = {n.name for n in inside}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(model)
     graph_outputs = {o.name for o in model.graph.output}
     boundary = sorted({o for n in inside for o in n.output
                        if o in graph_outputs or any(c.name not in names for c in consumers.get(o, []))})
@@ -128,10 +134,7 @@ def network_tail(model, inside: Sequence) -> list[str]:
     logit of -119 made it 0.47 per step on the demo, so the INT8 file gave 8 distinct scores and every box
     once per class at one tied score); each last conv's own output keeps its finer scale."""
     names = {n.name for n in inside}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(model)
     feeds_compute: set[str] = set()
     for n in reversed(list(model.graph.node)):  # topological order reversed: consumers first
         if n.name not in names:
