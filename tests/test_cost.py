@@ -87,3 +87,39 @@ def test_onnxruntime_latency_of_the_dense_part():
                                              input_size=128, **neck), num_classes=3)
         lat = measure_latency_onnx(m, warmup=1, runs=3, threads=1)
         assert lat["median_ms"] > 0 and lat["max_abs_diff"] < 1e-3 and lat["device"] == "onnxruntime-cpu"
+
+
+def test_a_search_says_how_many_archs_it_costed_while_no_candidate_was_scored(tiny_config):
+    """Evolution rejects children over the budget before proposing one; under a measured (INT8) latency budget
+    each is an export and a timing, and the search printed nothing for minutes. The cost model reports each
+    arch it computes (not the cached ones) and the notice says, at most every ``every_s``, how many were costed
+    and how many were over the budget."""
+    import io
+
+    from rich.console import Console
+
+    from nasdet.models.supernet import build_supernet
+    from nasdet.search.budget import Budget, CostModel
+    from nasdet.stages.search import CostingNotice, costing_work
+
+    cfg = tiny_config(model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.25}})
+    model, space = build_supernet(cfg, 3)
+    out = io.StringIO()
+    small = CostModel(model, space, ("macs",))(space.smallest())["macs"]
+    notice = CostingNotice(Console(file=out, width=300), Budget("macs", small * 1.01), "each one exported",
+                           every_s=0.0)
+    costs = CostModel(model, space, ("macs",))
+    costs.on_computed = notice
+    costs(space.smallest()), costs(space.largest()), costs(space.largest())  # the last from the cache
+    assert (notice.costed, notice.over) == (2, 1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "2 archs costed" in lines[1] and "1 over the budget (macs <=" in lines[1]
+    notice.reset()
+    assert (notice.costed, notice.over) == (0, 0)
+    notice.every_s = 3600.0  # throttled: nothing more within the hour
+    costs(space.sample(__import__("random").Random(0)))
+    assert len(out.getvalue().splitlines()) == 2
+
+    assert costing_work(cfg.model_copy(update={"cost": cfg.cost.model_copy(update={"latency": "onnxruntime_int8"})}),
+                        "latency") == "each one exported, quantized to INT8, timed (onnxruntime_int8)"
+    assert costing_work(cfg, "macs") == "each one exported and counted"

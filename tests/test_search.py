@@ -390,3 +390,42 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
                                           r"'tiny-evolution' \(search.strategy evolution\) would replace"):
         run_search(other, console=Console(quiet=True))
     assert (out / "results.csv").read_text() == results
+
+
+def _propose_and_exit(journal, name):
+    """A search process that proposes its next arch and dies before asking for it."""
+    space = toy_space()
+    strat = make_strategy("evolution", space, toy_cost, None, seed=3, population=10, parents=3)
+    study = open_study(open_storage(str(journal), Path(journal).parent), name, strat)
+    strat.propose(study, study.get_trials(deepcopy=False))
+    os._exit(0)
+
+
+def test_no_proposal_is_left_queued_and_a_dead_runs_proposal_is_never_scored(tmp_path):
+    """``study.ask()`` pops the oldest waiting trial: a proposal made while seeds waited stayed queued after
+    the search ended, and a rerun (here under a lower budget) asked it first: an evolution child of the old
+    population and budget, recorded over budget instead of a child of today's. A proposal whose process is
+    gone is skipped, never scored or costed."""
+    journal = tmp_path / "s.journal"
+    space = toy_space()
+    seeds = [{n: min(space[n]) for n in space.names}, {n: max(space[n]) for n in space.names}]
+    study, counts = toy_run(journal, "leftover", n=12, seeds=seeds)
+    assert counts["scored"] == 12
+    assert not study.get_trials(states=(TrialState.WAITING,))  # nothing queued behind the seeds
+
+    p = mp.get_context("fork").Process(target=_propose_and_exit, args=(str(journal), "leftover"))
+    p.start()
+    p.join(60)
+    stale = study.get_trials(states=(TrialState.WAITING,))
+    assert len(stale) == 1 and trial_arch(stale[0], space) is None  # params come when asked
+    stale_arch = {n: stale[0].system_attrs["fixed_params"][n] for n in space.names}
+
+    low = Budget("macs", 40.0)
+    assert low.excess(toy_cost(stale_arch)) > 0  # the dead process proposed without a budget
+    study, counts = toy_run(journal, "leftover", n=16, budget=low)
+    assert counts["scored"] == 4 and counts["over_budget"] == 0
+    after = study.get_trials(deepcopy=False)
+    skipped = [t for t in after if t.user_attrs.get("skipped") == "stale proposal"]
+    assert [t.number for t in skipped] == [stale[0].number] and skipped[0].state == TrialState.FAIL
+    assert "macs" not in skipped[0].user_attrs  # not costed
+    assert not study.get_trials(states=(TrialState.WAITING,))

@@ -67,6 +67,7 @@ class CostModel:
         # (static subnet, arch) -> ms; default: torch timing (see search/latency.py for the others)
         self.latency_fn = latency_fn or (lambda static, arch: measure_latency(static, **self.latency_kw)["median_ms"])
         self._count_real = None  # the first arch as its size suggests (cost.py), the next as its MACs do
+        self.on_computed: Callable[[Mapping[str, Any], dict], None] | None = None  # (arch, costs) of each new arch
 
     def _compute(self, arch: Mapping[str, Any]) -> dict[str, float]:
         static = export_detector(self.model, arch, self.space)
@@ -79,6 +80,8 @@ class CostModel:
             out["params"] = float(detector_params(static)["total"])
         if "latency" in self.measure:
             out["latency"] = float(self.latency_fn(static, arch))
+        if self.on_computed is not None:
+            self.on_computed(arch, out)
         return out
 
     def __call__(self, arch: Mapping[str, Any]) -> dict[str, float]:

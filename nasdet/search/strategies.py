@@ -18,7 +18,9 @@ killed search resumes where it stopped and several workers share one population.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +35,15 @@ from .scoring import arch_key
 STRATEGIES = ("evolution", "nsga2", "random")
 OBJECTIVE = "AP"
 _MAX_TRIES = 1000
+_TOKENS: dict[int, str] = {}
+
+
+def proposer_id() -> str:
+    """This process among every process that ever proposed to a study: ``host:pid:token`` (the token tells
+    a new process that got a dead one's pid from it; per pid, so a forked worker gets its own)."""
+    pid = os.getpid()
+    token = _TOKENS.setdefault(pid, os.urandom(4).hex())
+    return f"{socket.gethostname()}:{pid}:{token}"
 
 
 def trial_arch(trial: FrozenTrial, space: SearchSpace) -> dict | None:
@@ -71,7 +82,8 @@ class Strategy:
         return None
 
     def _enqueue(self, study: optuna.Study, arch: dict, **attrs) -> dict:
-        study.enqueue_trial(arch, user_attrs={"strategy": self.name, **attrs}, skip_if_exists=False)
+        study.enqueue_trial(arch, user_attrs={"strategy": self.name, "proposer": proposer_id(), **attrs},
+                            skip_if_exists=False)
         return arch
 
 

@@ -20,7 +20,10 @@ step back and the arch is proposed again later). A trial left ``RUNNING`` by a k
 (its pid is gone) is told ``FAIL`` by the next driver that looks (each driver looks before every trial), and
 its arch is enqueued again (user attribute ``retry_of``), so another worker scores it (or skips the retry as
 a duplicate when a worker's own proposal of that arch, drawn while the arch was free, is scored first: the
-arch is scored once either way).
+arch is scored once either way). A strategy's proposal names its process (user attribute ``proposer``); one
+whose process is gone (a search that ended or was killed with it still queued) is skipped when asked
+(``skipped`` = ``stale proposal``), not scored or costed against today's budget, and a driver proposes nothing
+while seeds, retries or such leftovers wait to be asked first (each proposal would queue behind them).
 On a database storage (``postgresql://...``) each running trial also records an Optuna heartbeat every
 ``heartbeat`` seconds; one silent for twice that (a dead process on any host) is failed and retried the
 same way. A trial left by a dead process on another host of a journal file (Optuna's journal storage has
@@ -46,7 +49,7 @@ from ..space import SearchSpace
 from .budget import Budget
 from .scoring import arch_key
 from .storage import check_storage_url, open_storage, shown_storage  # noqa: F401  (imported from here too)
-from .strategies import OBJECTIVE, Strategy, trial_arch
+from .strategies import OBJECTIVE, STRATEGIES, Strategy, proposer_id, trial_arch
 
 SUPERNET_ATTR = "supernet_checkpoint"  # study user attribute: the checkpoint the scores were taken on
 _MAX_SKIPS = 200  # consecutive skipped (duplicate / surplus) trials before giving up: space exhausted
@@ -95,6 +98,26 @@ def fail_stale_trials(study: optuna.Study) -> int:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # heartbeats; calls retry_trial for each one it fails
     return n + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+
+
+def proposal_of(trial: FrozenTrial) -> str:
+    """Whose proposal a trial is: ``mine`` (this process enqueued it), ``live`` (another process that runs, or
+    one of another host, which cannot be checked), ``stale`` (its process is gone: a search that ended with a
+    proposal still queued, e.g. behind the seeds, or was killed between proposing and asking; or a journal
+    written before proposals named their process), or ``""`` (not a strategy's proposal: a seed, a retry)."""
+    attrs = trial.user_attrs
+    if "retry_of" in attrs or attrs.get("strategy") not in STRATEGIES:
+        return ""
+    who = str(attrs.get("proposer", ""))
+    if not who:
+        return "stale"
+    if who == proposer_id():
+        return "mine"
+    host, _, rest = who.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return "live"
+    return "stale" if int(pid) == os.getpid() or not _alive(int(pid)) else "live"
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -164,11 +187,21 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
             warnings.warn(f"search stopped after {skips} skipped / {over} over-budget trials in a row: "
                           "the space (under the budget) looks exhausted", stacklevel=2)
             break
-        strategy.propose(study, trials)
+        # ask() pops the oldest waiting trial: propose only when none would be popped before the proposal but
+        # other live workers' proposals (seeds, retries, stale proposals and our own go first, without one more)
+        if all(proposal_of(t) == "live" for t in trials if t.state == TrialState.WAITING):
+            strategy.propose(study, trials)
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we run it below
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
         trial.set_user_attr("worker", me)
+        if proposal_of(trial) == "stale":
+            # drawn from a population or under a budget that may be gone: the strategy proposes afresh
+            trial.set_user_attr("skipped", "stale proposal")
+            study.tell(trial, state=TrialState.FAIL)
+            counts["skipped"] += 1
+            skips += 1
+            continue
         # Optuna's own heartbeat thread (what study.optimize runs); a no-op on a journal file
         with get_heartbeat_thread(trial._trial_id, study._storage):
             outcome = _run_trial(study, trial, space, strategy, scorer, cost_fn, budget, num_candidates, metric,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -141,6 +142,8 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     save_run_record(cfg, w.config)
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
 
+    notice = CostingNotice(console, budget, costing_work(cfg, cost_metric))
+    cost_fn.on_computed = notice
     scored = study_records(study, search_space, objective)
     already = len(scored)
     best = [max((r["metrics"][objective] for r in scored), default=float("nan"))]
@@ -149,6 +152,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         task = progress.add_task(f"best {objective} {best[0]:.4f}", total=s.num_candidates, completed=min(already, s.num_candidates))
 
         def on_trial(rec):
+            notice.reset()
             best[0] = max(best[0], rec["metrics"][objective]) if best[0] == best[0] else rec["metrics"][objective]
             # the study's count, not this process's: under --workers the launcher shows worker 0's bar, which
             # counted only its own candidates (5/12 when all 12 were scored)
@@ -189,6 +193,38 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         console.print(f"best under budget: trial {summary['best']['trial']}, {objective} "
                       f"{summary['best']['metrics'][objective]:.4f} -> {escape(str(out_dir / BEST_ARCH))}")
     return summary
+
+
+def costing_work(cfg: ExperimentConfig, cost_metric: str) -> str:
+    """What costing one arch takes, in words."""
+    if cost_metric != "latency" or cfg.cost.latency == "lut":
+        return "each one exported and counted"
+    return "each one exported, " + ("quantized to INT8, " if cfg.cost.int8 else "") + f"timed ({cfg.cost.latency})"
+
+
+class CostingNotice:
+    """``CostModel.on_computed``: says, at most every ``every_s`` seconds, how many archs were costed since the
+    last candidate was scored. A strategy rejects children over the budget before it proposes one (DetNAS's
+    ``legal``), and under a measured latency budget each rejection is an export and a timing (with INT8 a
+    quantization too): minutes passed without a line while hundreds of children were tried."""
+
+    def __init__(self, console: Console, budget: Budget | None, work: str, every_s: float = 30.0):
+        self.console, self.budget, self.work, self.every_s = console, budget, work, every_s
+        self.reset()
+
+    def reset(self) -> None:
+        self.start = self.last = time.monotonic()
+        self.costed = self.over = 0
+
+    def __call__(self, arch, costs: dict) -> None:
+        self.costed += 1
+        self.over += int(self.budget is not None and self.budget.excess(costs) > 0)
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            over = f", {self.over} over the budget ({self.budget.metric} <= {self.budget.max:g})" if self.budget else ""
+            self.console.print(f"search: {self.costed} archs costed in {now - self.start:.0f} s since the last "
+                               f"candidate was scored{over}; {self.work}")
 
 
 def study_name_of(cfg: ExperimentConfig) -> str:
