@@ -364,6 +364,9 @@ def test_a_nasdet_checkpoint_of_other_class_names_starts_the_class_layers_afresh
     ("classification", lambda: torchvision.models.mobilenet_v3_large(weights=None).state_dict(), "a classification network"),
     ("detector", lambda: torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None,
                                                                        num_classes=9).state_dict(), "fcos_resnet50_fpn"),
+    ("mobilenet frcnn", lambda: torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=9).state_dict(),
+     "fasterrcnn_mobilenet_v3_large_fpn (or _320_fpn) layout ("),
     ("width", lambda: build_detector(make_model_config(detector="ssdlite", layout="torchvision", backbone={
         "name": "mobilenet_v3_large", "width_mult": 0.5, "reduced_tail": True}), num_classes=8).state_dict(), "in the checkpoint but"),
     ("not a state_dict", lambda: {"epoch": 3}, "holds no state_dict of tensors"),
@@ -376,6 +379,8 @@ def test_foreign_checkpoint_is_one_line(tmp_path, what, make, found):
         map_detector_weights(model, read_weights(path), str(path), "ssdlite (layout torchvision)")
     message = str(e.value)
     assert found in message and str(path) in message and "\n" not in message
+    # which torchvision files nasdet imports, for one of another torchvision detector
+    assert ("; nasdet imports torchvision's ssdlite320" in message) == (what == "mobilenet frcnn"), message
 
 
 def test_checkpoint_errors_name_the_key_a_folder_and_the_settings_of_a_known_layout(tmp_path, monkeypatch):

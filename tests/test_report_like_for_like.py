@@ -85,8 +85,7 @@ def test_a_detector_checkpoint_given_as_the_supernet_says_what_it_is(tiny_config
     baseline = tmp_path / "baseline.pt"
     save_checkpoint({"model": build_detector(tiny_config("ssdlite").model, num_classes=8).state_dict(), "step": 2},
                     baseline)
-    with pytest.raises(CheckpointError, match="is not a supernet's: it records no search space and its weights are a "
-                                              "trained detector's"):
+    with pytest.raises(CheckpointError, match="is not a supernet's: it is a detector checkpoint that records no search"):
         build_tuned_model(cfg, 8, _middle(space), baseline)
 
 
@@ -142,3 +141,56 @@ def test_the_report_reads_the_supernets_recorded_start(tiny_config):
             f"classify`'s {w.classified_backbone}).") in w.report_md.read_text()
     init_from = cfg.model_copy(update={"supernet": cfg.supernet.model_copy(update={"init_from": "/x/base.pt"})})
     assert supernet_start_note(init_from) == "from supernet.init_from /x/base.pt"
+
+
+def test_checkpoints_of_the_wrong_kind_say_what_they_are_and_what_they_are_for(tiny_config, tmp_path):
+    """A supernet or a tuned subnet given as pipeline.baseline_checkpoint was "a nasdet detector of another
+    layout"; a tuned subnet as tune.supernet_checkpoint "does not fit this model: N missing keys" (it records a
+    space, so the dedicated line was skipped); `nasdet eval --ckpt` of a tuned subnet under a detector's config
+    said only that the backbone is not a supernet, naming no file."""
+    from nasdet.config import config_to_dict
+    from nasdet.errors import CheckpointError
+    from nasdet.models.supernet import export_detector
+    from nasdet.stages.baseline import import_baseline
+    from nasdet.train.checkpoint import save_checkpoint
+    from nasdet.train.trained import build_tuned_model, load_tuned_model
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY)
+    model, space = _fake_supernet(cfg)
+    supernet = Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt"
+    arch = _middle(space)
+    tuned = tmp_path / "tuned.pt"
+    save_checkpoint({"model": export_detector(model, arch, space).state_dict(), "space_id": space.space_id,
+                     "config": config_to_dict(cfg), "extra": {"arch": arch}, "step": 1}, tuned)
+
+    with pytest.raises(CheckpointError, match=r"is not a supernet's: it is a subnet tuned by `nasdet tune` \(search "
+                                              f"space {space.space_id}; model.detector ssdlite"):
+        build_tuned_model(cfg, 8, arch, tuned)
+    # through `nasdet tune`: no warning that "the supernet" was trained with other model settings comes first
+    import io
+
+    from rich.console import Console
+
+    from nasdet.models import build_detector
+    from nasdet.stages.tune import run_tune
+
+    save_arch(Path(cfg.work_dir) / "search" / "best_arch.json", arch, space)
+    baseline = tmp_path / "baseline.pt"
+    save_checkpoint({"model": build_detector(tiny_config("ssdlite").model, num_classes=8).state_dict(), "step": 2,
+                     "config": config_to_dict(tiny_config("ssdlite"))}, baseline)
+    for path in (tuned, baseline):
+        said = Console(record=True, file=io.StringIO(), width=400)
+        with_file = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"supernet_checkpoint": str(path)})})
+        with pytest.raises(CheckpointError, match="is not a supernet's"):
+            run_tune(with_file, console=said)
+        assert "other model settings" not in said.export_text()
+
+    plain = tiny_config("ssdlite")
+    for path, kind in ((supernet, "a supernet trained by `nasdet pretrain`"), (tuned, "a subnet tuned by `nasdet tune`")):
+        cfg_import = tiny_config("ssdlite", pipeline={"baseline_checkpoint": str(path)}, work_dir=str(tmp_path / "imp"))
+        with pytest.raises(CheckpointError, match=f"^pipeline.baseline_checkpoint {path} is {kind} .*the baseline is a "
+                                                  "detector of this config's model"):
+            import_baseline(cfg_import)
+    with pytest.raises(CheckpointError, match=f"^{tuned} is a subnet tuned by `nasdet tune`.*this config's model has "
+                                              "no search space"):
+        load_tuned_model(tuned, plain, 8)

@@ -17,7 +17,8 @@ from ..data.build import build_datasets, load_split
 from ..models import build_detector, get_input_size
 from ..models.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
 from ..models.imports import map_detector_weights, read_checkpoint
-from ..train.checkpoint import CheckpointError, class_record, file_sha256, load_checkpoint, save_checkpoint
+from ..train.checkpoint import (CheckpointError, class_record, file_sha256, load_checkpoint, nasdet_checkpoint_kind,
+                               save_checkpoint)
 from ..train import dist
 from ..train.evaluate import evaluate_detector
 from ..train.loop import check_scored_val_set, resolve_device
@@ -79,6 +80,14 @@ def _scored_as_configured(cfg: ExperimentConfig, out, done: dict, console: Conso
     return evaluated_again(out, done, val.source, len(scored), evaluate, console)
 
 
+def _nasdet_kind(path: Path) -> str | None:
+    """``nasdet_checkpoint_kind`` of a file, None when it is not a nasdet checkpoint."""
+    try:
+        return nasdet_checkpoint_kind(load_checkpoint(path))
+    except CheckpointError:
+        return None
+
+
 def _same_import(out, source: Path, sha256: str) -> dict | None:
     """The finished record when ``out`` holds this very file's import, None when it holds nothing to keep (or
     this import's interrupted fine-tune); importing over another baseline (trained, under way, or imported
@@ -136,9 +145,17 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     data = build_datasets(cfg, need=("val",))
     model = build_detector(cfg.model, num_classes=data["val"].num_classes)
     val = data["val"]
-    imported = map_detector_weights(model, weights, f"pipeline.baseline_checkpoint {source}", describe_model(cfg.model),
-                                    classes=list(zip(val.category_ids, val.classes)),
-                                    checkpoint_classes=checkpoint_classes)
+    try:
+        imported = map_detector_weights(model, weights, f"pipeline.baseline_checkpoint {source}",
+                                        describe_model(cfg.model), classes=list(zip(val.category_ids, val.classes)),
+                                        checkpoint_classes=checkpoint_classes)
+    except CheckpointError as e:
+        kind = _nasdet_kind(source)
+        if kind is None:
+            raise
+        # nasdet's own files: say which stage wrote it and what it is for (its keys said "another layout")
+        raise CheckpointError(f"pipeline.baseline_checkpoint {source} is {kind}; the baseline is a detector of this "
+                              f"config's model ({describe_model(cfg.model)}) ({e})") from None
     origin["format"] = imported.source_format
     console.print(f"imported {escape(str(source))} ({imported.source_format}'s layout) as the baseline"
                   + (f"; its COCO labels picked for the data's {val.num_classes} classes" if imported.coco_labels else "")

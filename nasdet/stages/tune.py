@@ -27,7 +27,8 @@ from ..search.scorers import warn_model_drift
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
 from ..train import dist
 from ..train.bn import recalibrate_static
-from ..train.checkpoint import CheckpointError, file_sha256, load_checkpoint, refuse_other_classes, unfinished_at
+from ..train.checkpoint import (CheckpointError, file_sha256, is_supernet_checkpoint, load_checkpoint,
+                               refuse_other_classes, unfinished_at)
 from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model, with_backbone_checkpoint
@@ -201,7 +202,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         refuse_other_classes(sn_ckpt, sn_state, data["train"].classes, "tune.supernet_checkpoint"
                              if cfg.tune.supernet_checkpoint else "the supernet", "tune from a supernet trained on "
                              "this data (nasdet pretrain), or set tune.init: scratch")
-        if dist.is_main():
+        if dist.is_main() and is_supernet_checkpoint(sn_state):  # (another kind is refused next, naming it)
             warn_model_drift(sn_state, cfg, f"the supernet {sn_ckpt}", "tunes", console)
     model = build_tuned_model(cfg, k, arch, sn_ckpt)
     device, _, _ = dist.init_distributed(tcfg.train.device)  # before is_main(): under torchrun only rank 0 writes

@@ -47,6 +47,32 @@ def load_checkpoint(path: str | Path, space_id: str | None = None) -> dict:
     return state
 
 
+def is_supernet_checkpoint(state: dict) -> bool:
+    """A supernet's checkpoint (``nasdet pretrain``): it records its search space and no single arch."""
+    return state.get("space_id") is not None and not (state.get("extra") or {}).get("arch")
+
+
+def nasdet_checkpoint_kind(state) -> str | None:
+    """What a nasdet checkpoint (``load_checkpoint``'s dict) holds and what it is for, in words, or None for
+    another file: for errors where a checkpoint of the wrong kind was given (a supernet as the baseline, a
+    tuned subnet as the supernet, ...)."""
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "config" not in state:
+        return None
+    config = state["config"] if isinstance(state["config"], dict) else {}
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    backbone = model.get("backbone") if isinstance(model.get("backbone"), dict) else {}
+    made = f"model.detector {model.get('detector', '?')}, model.backbone.name {backbone.get('name', '?')}"
+    arch = (state.get("extra") or {}).get("arch") if isinstance(state.get("extra"), dict) else None
+    space = state.get("space_id")
+    if arch is not None:  # (diagnose's and older tunes' records keep no space)
+        return (f"a subnet tuned by `nasdet tune` (search space {space or 'not recorded'}; {made}): `nasdet eval` / "
+                "`nasdet export` read it with the config it was tuned with")
+    if space is not None:
+        return (f"a supernet trained by `nasdet pretrain` (search space {space}; {made}): it starts `nasdet tune` "
+                "as tune.supernet_checkpoint and is what `nasdet search` scores")
+    return f"a detector trained by `nasdet train` ({made})"
+
+
 def _layouts_of(state: dict) -> str:
     """The layouts a checkpoint's stored config set (they are part of the space id), for a space mismatch."""
     model = (state.get("config") or {}).get("model") if isinstance(state.get("config"), dict) else None

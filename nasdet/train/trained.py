@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config import ExperimentConfig
+from ..errors import ConfigError
 from ..models import build_detector
 from ..models.classifier import read_subnet_file
 from ..models.families import family_named, family_of
@@ -17,7 +18,8 @@ from ..models.heads.fad import is_genotype_arch, with_genotype
 from ..models.supernet import BACKBONE_PREFIX, build_supernet, detector_space, export_detector
 from ..space import ArchError, SearchSpace, strip_prefix
 from ..space.elastic import he_fout_init
-from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, refuse_other_classes
+from .checkpoint import (CheckpointError, is_supernet_checkpoint, load_checkpoint, load_model_weights,
+                         nasdet_checkpoint_kind, refuse_other_classes)
 from .loop import Trainer
 
 
@@ -30,7 +32,7 @@ def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int
     """The detector of a ``nasdet train`` checkpoint, built from the model section recorded in it (so a
     baseline trained with ``pipeline.baseline_backbone`` rebuilds right), else from ``cfg``. With the data's
     ``classes``, one recorded otherwise is refused (its labels would name other classes)."""
-    from ..config import ConfigError, validate_config
+    from ..config import validate_config
 
     state = load_checkpoint(ckpt)
     if classes is not None:
@@ -94,16 +96,17 @@ def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[st
     arch = space.validate(arch)
     if supernet_ckpt is not None:
         state = load_checkpoint(supernet_ckpt, space_id=space.space_id)
+        not_supernet = (f"supernet checkpoint {supernet_ckpt} is not a supernet's: it is "
+                        f"{nasdet_checkpoint_kind(state) or 'a detector checkpoint that records no search space'}"
+                        "; tune starts from the pretrain stage's supernet/ckpt/last.pt (tune.supernet_checkpoint)")
+        if (state.get("extra") or {}).get("arch") is not None:  # a tuned subnet (of the largest arch it would load)
+            raise CheckpointError(not_supernet)
         try:
             load_model_weights(model, state, source=str(supernet_ckpt))
         except CheckpointError as e:
-            if state.get("space_id") is not None:
+            if is_supernet_checkpoint(state):  # a supernet, of another config
                 raise
-            what = ("a tuned subnet's (`nasdet tune`)" if (state.get("extra") or {}).get("arch") is not None else
-                    "a trained detector's (`nasdet train`, the baseline's)")
-            raise CheckpointError(f"supernet checkpoint {supernet_ckpt} is not a supernet's: it records no search space "
-                                  f"and its weights are {what}; tune starts from the pretrain stage's "
-                                  f"supernet/ckpt/last.pt (tune.supernet_checkpoint) ({e})") from None
+            raise CheckpointError(f"{not_supernet} ({e})") from None
     static = export_detector(model, arch, space)
     if supernet_ckpt is None:
         body = static.backbone.body
@@ -166,6 +169,9 @@ def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int,
         model = build_tuned_model(run_without_start_weights(cfg), num_classes, arch)
     except ArchError:
         raise CheckpointError(_other_space(path, state, arch, cfg, num_classes)) from None
+    except ConfigError as e:  # this config's backbone has no search space (a detector's config, not the tune's)
+        raise CheckpointError(f"{path} is {nasdet_checkpoint_kind(state)}; this config's model has no search space "
+                              f"to build it in ({e})") from None
     load_model_weights(model, state, source=str(path))
     return model, arch
 

@@ -30,6 +30,11 @@ from .torchvision_detection import COCO_LABELS, torchvision_keys
 
 
 TORCHVISION_SSDLITE = "torchvision's ssdlite320_mobilenet_v3_large layout"
+TORCHVISION_MOBILENET_FRCNN = "torchvision's fasterrcnn_mobilenet_v3_large_fpn (or _320_fpn) layout"
+# the torchvision detectors whose files nasdet imports (torchvision_detection.py), for a file of another
+IMPORTED_TORCHVISION = ("nasdet imports torchvision's ssdlite320_mobilenet_v3_large and retinanet / fcos / fasterrcnn "
+                        "_resnet50_fpn (and _v2) files; for another detector start from its ImageNet backbone "
+                        "(model.backbone.pretrained: imagenet)")
 
 
 @dataclass
@@ -112,6 +117,10 @@ def describe_weights(weights: dict[str, torch.Tensor]) -> str:
         return f"torchvision's {kind}{'_v2' if v2 else ''} layout"
     if not has("head.") and not has("roi_heads.") and (has("fc.") or has("classifier.")):
         return "a classification network (fc./classifier. keys, no detection head)"
+    if has("backbone.body.0.") and has("roi_heads."):  # its MobileNet's features indexed under body (nasdet: body.features)
+        return TORCHVISION_MOBILENET_FRCNN
+    if has("backbone.features.") and has("backbone.extra.") and has("head.classification_head.module_list."):
+        return "torchvision's ssd300_vgg16 layout"
     if has("backbone.body.") or has("backbone.extras."):
         return "a nasdet detector of another layout"
     return f"{len(keys)} tensors with keys like {keys[:2]}"
@@ -197,7 +206,8 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
     if missing or unexpected:
         looks = describe_weights(weights)
         hint = ("; for that file set model.detector: ssdlite, model.layout: torchvision, model.backbone: {name: "
-                "mobilenet_v3_large, width_mult: 1.0, reduced_tail: true}" if looks == TORCHVISION_SSDLITE else "")
+                "mobilenet_v3_large, width_mult: 1.0, reduced_tail: true}" if looks == TORCHVISION_SSDLITE else
+                f"; {IMPORTED_TORCHVISION}" if looks.startswith("torchvision's") and "resnet50" not in looks else "")
         raise CheckpointError(
             f"{source} is not a checkpoint of {expected}: it looks like {looks} "
             f"({len(missing)} of this model's keys missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
