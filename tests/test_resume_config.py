@@ -102,13 +102,31 @@ def test_data_paths_are_compared_as_the_files_they_name(shapes_dir, tmp_path, mo
     for same in ("./data/images", "data/images/", real, str(tmp_path / "link" / "images"), "../link/images"):
         assert training_changes(saved, record(same), ("data",), (), paths) == [], same
         assert training_changes(saved, record(same), ("data",), ()) == [], same  # a checkpoint without paths
+    (data / "images" / "a.jpg").write_bytes(b"1234")
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "data" / "images").mkdir(parents=True)
+    (elsewhere / "data" / "images" / "b.jpg").write_bytes(b"1234")
     monkeypatch.chdir(elsewhere)
     changes = training_changes(saved, record("data/images"), ("data",), (), paths)
     assert changes == [f"data.train.images: {real} -> {os.path.realpath(elsewhere / 'data' / 'images')} "
-                       "(the same relative path, from another folder)"]
+                       "(the same relative path, from another folder, other data)"]
     assert training_changes(saved, record("../project/data/images"), ("data",), (), paths) == []
+    # a work dir copied with its data to another clone: the same files there are the same run (`nasdet pipeline`
+    # refused the copy that search, tune and export took), and so is a run whose recorded folder is gone (moved)
+    (elsewhere / "data" / "images" / "b.jpg").rename(elsewhere / "data" / "images" / "a.jpg")
+    assert training_changes(saved, record("data/images"), ("data",), (), paths) == []
+    (elsewhere / "data" / "images" / "a.jpg").write_bytes(b"12345")  # another size
+    assert len(training_changes(saved, record("data/images"), ("data",), (), paths)) == 1
+    ann = {"data": {"train": {"annotations": "data/train.json", "images": None}}, "seed": 0}
+    (data / "train.json").write_text('{"images": [1]}')
+    (elsewhere / "data" / "train.json").write_text('{"images": [2]}')  # same size, other bytes
+    ann_paths = {"data.train.annotations": str(data / "train.json")}
+    assert len(training_changes(ann, ann, ("data",), (), ann_paths)) == 1
+    (elsewhere / "data" / "train.json").write_text('{"images": [1]}')
+    assert training_changes(ann, ann, ("data",), (), ann_paths) == []
+    (data / "train.json").unlink()
+    (elsewhere / "data" / "train.json").write_text('{"images": [3, 4]}')
+    assert training_changes(ann, ann, ("data",), (), ann_paths) == []  # the recorded file is gone: moved
 
     # a trainer keeps the resolved paths with its checkpoint and resumes through a link to the same data
     monkeypatch.chdir(tmp_path)

@@ -3,11 +3,13 @@ every checkpoint (the whole resolved config is), and a rerun whose part differs 
 differ, before anything is written. The rest may change between runs: where and how often to log and
 checkpoint, devices and threads, evaluation and post-processing, and ``train.max_steps`` (a longer run of the
 same recipe is a resume). Data paths and the backbone's checkpoint are compared as the files they name
-(``resolved_paths``): the same file through a symlink or another relative path is the same run, the same
-relative path from another folder is not. ImageNet weights are compared as the torchvision weights their name
+(``resolved_paths``): the same file through a symlink or another relative path is the same run; the same
+relative path from another folder is when it holds the same data (a work dir copied with its data to another
+clone or machine), or the recorded one is gone. ImageNet weights are compared as the torchvision weights their name
 means (``imagenet`` is ``IMAGENET1K_V2`` for MobileNetV3-Large)."""
 from __future__ import annotations
 
+import filecmp
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -79,7 +81,9 @@ def training_changes(saved: Mapping[str, Any], current: Mapping[str, Any], secti
             was = saved_paths[key] if saved_paths and key in saved_paths else _resolve(old[key])
             now = _resolve(new[key])
             if was != now:
-                moved = "" if old[key] != new[key] else " (the same relative path, from another folder)"
+                if old[key] == new[key] and _same_data(was, now):  # the run and its data copied or moved together
+                    continue
+                moved = "" if old[key] != new[key] else " (the same relative path, from another folder, other data)"
                 changes.append(f"{key}: {was} -> {now}{moved}")
         elif key == PRETRAINED_KEY and old[key] and new[key] and old[key] != new[key]:
             if _weights_of(old.get("model.backbone.name"), old[key]) != _weights_of(new.get("model.backbone.name"), new[key]):
@@ -87,6 +91,38 @@ def training_changes(saved: Mapping[str, Any], current: Mapping[str, Any], secti
         elif old[key] != new[key]:
             changes.append(f"{key}: {old[key]} -> {new[key]}")
     return changes
+
+
+def _same_data(was: Any, now: Any) -> bool:
+    """Whether the data a run recorded at ``was`` (resolved then) is what ``now`` holds, for a relative path
+    met again from another folder (a work dir copied to another clone or machine with its data): yes when
+    ``was`` is gone (the run moved; nothing is left to tell them apart), a file of the same bytes, or a folder
+    of the same file names and sizes. Lists (several image folders) pair by position."""
+    if isinstance(was, list) or isinstance(now, list):
+        return isinstance(was, list) and isinstance(now, list) and len(was) == len(now) and \
+            all(_same_data(a, b) for a, b in zip(was, now))
+    if not isinstance(was, str) or not isinstance(now, str):
+        return False
+    if not os.path.exists(was):
+        return True
+    if os.path.isfile(was) and os.path.isfile(now):
+        return filecmp.cmp(was, now, shallow=False)
+    if os.path.isdir(was) and os.path.isdir(now):
+        return _listing(was) == _listing(now)
+    return False
+
+
+def _listing(folder: str) -> set[tuple[str, int]]:
+    """(path under ``folder``, size) of every file below it."""
+    out = set()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                out.add((os.path.relpath(path, folder), os.path.getsize(path)))
+            except OSError:  # a broken link
+                out.add((os.path.relpath(path, folder), -1))
+    return out
 
 
 def _weights_of(backbone: str | None, name: str) -> str:
