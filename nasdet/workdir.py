@@ -344,6 +344,23 @@ class WriterLock:
     def __del__(self) -> None:
         self.release()
 
+    @classmethod
+    def _drop_in_child(cls) -> None:
+        """A forked child (a DataLoader worker) closes its copies of the lock files: a flock belongs to the open
+        file, which the child shares, so after a kill -9 of the writer its orphaned workers held the lock until
+        they noticed (seconds), and an immediate rerun was refused, naming the dead pid. The parent's own
+        descriptor keeps the lock while it lives; the child is no writer."""
+        for f, _ in cls._held.values():
+            try:
+                f.close()
+            except OSError:
+                pass
+        cls._held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=WriterLock._drop_in_child)
+
 
 def work_dir_of(cfg, override: str | Path | None = None) -> Path:
     """The work dir of a config (``cfg.work_dir``), or ``override`` when given."""

@@ -46,3 +46,36 @@ def test_a_second_writer_is_refused_with_the_holders_pid(shapes_dir, tmp_path):
     code, out, exc = cli("train", cfg, "--set", "train.max_steps=1")
     assert code == 0 and exc is None, out
     assert (stage / "ckpt" / "last.pt").is_file()
+
+
+HOLD_AND_FORK = """
+import os, sys, time
+from nasdet.workdir import WriterLock
+lock = WriterLock(sys.argv[1]).acquire()
+child = os.fork()  # as a DataLoader worker is
+if child == 0:
+    time.sleep(120)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_writers_forked_workers_do_not_keep_its_lock(tmp_path):
+    """flock belongs to the open file, which a forked DataLoader worker shares: after a kill -9 of the writer its
+    orphaned workers held the lock for seconds, and a rerun at once was refused naming the dead pid."""
+    from nasdet.workdir import WriterLock
+
+    stage = tmp_path / "wd" / "baseline"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(stage)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    worker = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(worker, 0)  # the worker lives on
+        lock = WriterLock(stage).acquire()  # WorkDirBusy naming the dead pid before
+        lock.release()
+    finally:
+        os.kill(worker, signal.SIGKILL)
