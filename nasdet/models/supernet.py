@@ -33,6 +33,11 @@ def supernet_body(model: nn.Module) -> Supernet:
     return body
 
 
+def has_supernet_body(model: nn.Module) -> bool:
+    """Whether ``model``'s backbone is a supernet (``supernet_body`` would return it)."""
+    return isinstance(getattr(getattr(model, "backbone", None), "body", None), Supernet)
+
+
 def detector_space(model: nn.Module, input_sizes: Sequence[int] | None = None) -> SearchSpace:
     """``backbone.*`` choices + ``input_size`` (ascending; default = the model's current size if listed)."""
     body = supernet_body(model)

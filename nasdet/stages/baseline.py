@@ -249,6 +249,9 @@ def describe_held(held: dict, verb: str = "evaluated") -> str:
         return (f"a supernet checkpoint: {verb} its default subnet at input size "
                 f"{held['supernet_subnet'].get('input_size')} (its arch is recorded as supernet_subnet; "
                 "`nasdet tune` trains the searched one)")
+    if "trained_subnet" in held:
+        return ("a detector on a supernet backbone, trained on its default subnet: " + verb + " as that subnet "
+                "made static (the choice blocks it did not use are not counted)")
     return ""
 
 
