@@ -390,6 +390,27 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
                                           r"'tiny-evolution' \(search.strategy evolution\) would replace"):
         run_search(other, console=Console(quiet=True))
     assert (out / "results.csv").read_text() == results
+    # scored on other images / recalibrated otherwise: new scores would rank with the old ones (a rerun with
+    # search.max_images 4 -> 8 mixed both in one table), refused naming the keys; the study is untouched
+    for key, value in (("max_images", 8), ("recalib_batches", 2)):
+        changed = cfg.model_copy(update={"search": cfg.search.model_copy(update={key: value, "num_candidates": 4})})
+        with pytest.raises(ConfigError, match=rf"study 'tiny-random' .* holds candidates scored with other settings "
+                                              rf"\(search.{key}: {getattr(cfg.search, key)} -> {value}\)"):
+            run_search(changed, console=Console(quiet=True))
+    assert len(json.loads((out / "pareto.json").read_text())["front"]) == len(pareto["front"])
+    study = optuna.load_study(study_name="tiny-random", storage=open_storage(str(out / "study.journal"), out))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    # a complete study is kept as scored (e.g. a pipeline rerun with another score_thresh for its export), said,
+    # and its candidates are not scored again for the confidence check with settings that are not theirs
+    import io
+
+    thresh = cfg.model_copy(update={"model": cfg.model.model_copy(update={"score_thresh": 0.2})})
+    said = Console(record=True, file=io.StringIO(), width=400)
+    redone.clear()
+    summary = run_search(thresh, console=said)
+    text = " ".join(said.export_text().split())
+    assert "was scored with other settings (model.score_thresh: 0.01 -> 0.2); it is complete" in text, text
+    assert summary["counts"]["scored"] == 0 and "confidence_of_search" not in redone
 
 
 def _propose_and_exit(journal, name):

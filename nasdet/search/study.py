@@ -304,6 +304,30 @@ def check_supernet_fingerprint(study: optuna.Study, fingerprint: Mapping[str, An
             "folder's study.journal) or set search.study_name to start a new one")
 
 
+SCORING_ATTR = "scoring"  # study user attribute: the settings its candidates were scored and costed with
+
+
+def check_scoring_settings(study: optuna.Study, settings: Mapping[str, Any], study_label: str,
+                           scores: bool = True) -> list[str]:
+    """Keep one study on one scoring protocol: a rerun that scores on other images, recalibrates otherwise or
+    costs latency otherwise would rank new scores with old ones (a search rerun with ``search.max_images`` 8 ->
+    16 ranked both in one table, and its confidence check named another winner than best_arch.json). The first
+    run records ``settings`` (config key -> value); a later run that changes any is refused naming the keys when
+    it ``scores`` new candidates; otherwise (the study is complete) the changes are returned, for a warning.
+    A study written before this was recorded takes today's."""
+    have = study.user_attrs.get(SCORING_ATTR)
+    if have is None:
+        study.set_user_attr(SCORING_ATTR, dict(settings))
+        return []
+    changed = [f"{k}: {have[k]} -> {v}" for k, v in settings.items() if k in have and have[k] != v]
+    if changed and scores:
+        raise ConfigError(
+            f"{study_label} holds candidates scored with other settings ({'; '.join(changed)}): their scores would "
+            "not rank with new ones. Rerun with the settings it was scored with, or delete the study (the search "
+            "folder's study.journal) or set search.study_name to start a new one")
+    return changed
+
+
 def pareto_front(records: Sequence[dict], cost: str, objective: str = OBJECTIVE) -> list[dict]:
     """Records not dominated in (higher ``objective``, lower ``cost``), sorted by cost."""
     pts = sorted((r for r in records if cost in r["costs"]), key=lambda r: (r["costs"][cost], -r["metrics"][objective]))

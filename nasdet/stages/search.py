@@ -32,14 +32,15 @@ from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
 from ..search.storage import check_storage_url, open_storage, refuse_foreign_storage, shown_storage
-from ..search.study import (apply_budget, best_record, check_supernet_fingerprint, open_study, run_study,
-                            study_records)
+from ..search.study import (apply_budget, best_record, check_scoring_settings, check_supernet_fingerprint, open_study,
+                            run_study, study_records)
 from ..space import SearchSpace
 from ..threads import loader_workers
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
 from ..user_data import refuse_output_in_data
 from ..workdir import BEST_ARCH, CONFIDENCE_JSON, LATENCY_LUT, PARETO_JSON, STUDY_FILE, WorkDir
+from .export import POSTPROCESSING_KEYS  # the post-processing an AP is taken after
 
 
 def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
@@ -137,8 +138,9 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                              population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
                              mutation=s.mutation, crossover=s.crossover)
     study_name = study_name_of(cfg)
-    study = open_checked_study(storage or s.storage, out_dir, study_name, strategy, ctx.checkpoint, ctx.state,
-                               s.heartbeat_seconds)
+    study, rescored_otherwise = open_checked_study(storage or s.storage, out_dir, study_name, strategy, ctx.checkpoint,
+                                                   ctx.state, s.heartbeat_seconds, scoring_settings(cfg),
+                                                   s.num_candidates, console)
     save_run_record(cfg, w.config)
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
 
@@ -177,8 +179,9 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
         # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
         baseline = score_baseline(cfg, wd, search_set, device, measure, calibration) if objective == OBJECTIVE else None
+        # (scoring the top candidates again with other settings than theirs would name another winner)
         confidence = confidence_of_search(cfg, model, space, records, search_set, ctx.calib_set, device) \
-            if objective == OBJECTIVE else None
+            if objective == OBJECTIVE and not rescored_otherwise else None
         summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline,
                                        objective, confidence, {"study_name": study_name, "strategy": s.strategy}, key)
     summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
@@ -265,8 +268,8 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     resolutions = search_resolutions(search_space, cfg.model.input_size, gc.search_resolution)
     feasible_resolutions(search_space, lambda a: float(cost_fn(a)[budget.metric]), budget, resolutions)  # before the study
     study_name = study_name_of(cfg)
-    study = open_checked_study(storage or s.storage, out_dir, study_name, Strategy(search_space, cost_fn, budget), ckpt,
-                               state)
+    study, _ = open_checked_study(storage or s.storage, out_dir, study_name, Strategy(search_space, cost_fn, budget), ckpt,
+                               state, settings=scoring_settings(cfg))
     save_run_record(cfg, WorkDir(wd).config)
     search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
                             seed=s.seed, console=console, worker=worker_id())
@@ -288,17 +291,45 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     return summary
 
 
+def scoring_settings(cfg: ExperimentConfig) -> dict:
+    """The config keys a candidate's score and costs depend on (beside the supernet's weights): which images
+    (split, its seed, how many), BN recalibration, the scorer, the post-processing the AP is taken after, and,
+    when latency is measured, how it is measured."""
+    s, m, d, c = cfg.search, cfg.model, cfg.data, cfg.cost
+    out = {"search.scorer": s.scorer, "search.score_on": s.score_on, "search.max_images": s.max_images,
+           "search.recalib_batches": s.recalib_batches, "search.batch_size": s.batch_size, "seed": cfg.seed,
+           "data.search_fraction": d.search_fraction, "data.split_seed": d.split_seed,
+           **{f"model.{k}": getattr(m, k) for k in POSTPROCESSING_KEYS if hasattr(m, k)}}
+    if (s.budget and s.budget.metric == "latency") or s.cost_metric == "latency":
+        out.update({"cost.latency": c.latency, "cost.device": c.device, "cost.threads": c.threads,
+                    "cost.lut_precision": c.lut_precision})
+    return out
+
+
 def open_checked_study(storage: str | None, out_dir: Path, study_name: str, strategy, ckpt: Path | None,
-                       state: dict | None, heartbeat: int = 60):
+                       state: dict | None, heartbeat: int = 60, settings: dict | None = None,
+                       num_candidates: int | None = None, console: Console | None = None):
     """Open (or continue) the study, refusing one whose scores were taken on another supernet checkpoint
-    (``ckpt`` None: candidates scored by a zero-cost proxy at scratch init, no supernet weights involved)."""
+    (``ckpt`` None: candidates scored by a zero-cost proxy at scratch init, no supernet weights involved) or,
+    when this run would score more (fewer than ``num_candidates`` scored), with other ``settings``
+    (``scoring_settings``); a complete study scored otherwise is kept, with a warning (e.g. a pipeline rerun
+    with another model.score_thresh for its export). Returns the study and whether that was so."""
     study = open_study(open_storage(storage, out_dir, heartbeat=heartbeat), study_name, strategy)
-    if ckpt is None:
-        return study
     where = shown_storage(storage) if storage else out_dir / STUDY_FILE
-    check_supernet_fingerprint(study, {"path": str(ckpt), "sha256": file_sha256(ckpt), "step": state.get("step")},
-                               f"search study {study_name!r} ({where})")
-    return study
+    label = f"search study {study_name!r} ({where})"
+    if ckpt is not None:
+        check_supernet_fingerprint(study, {"path": str(ckpt), "sha256": file_sha256(ckpt), "step": state.get("step")},
+                                   label)
+    if settings is not None:
+        scored = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        changed = check_scoring_settings(study, settings, label, num_candidates is None or scored < num_candidates)
+        if changed:
+            (console or Console()).print(Text(
+                f"warning: {label} was scored with other settings ({'; '.join(changed)}); it is complete, so its "
+                "candidates are kept as scored then, and nothing is scored with these", style="yellow"),
+                soft_wrap=True)
+        return study, bool(changed)
+    return study, False
 
 
 def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure: tuple[str, ...],
