@@ -289,7 +289,7 @@ def test_a_trained_checkpoint_loads_without_the_imagenet_file_it_started_from(hu
     from nasdet.config import config_to_dict
     from nasdet.data.build import build_datasets
     from nasdet.models import build_detector
-    from nasdet.models.supernet import build_supernet, export_detector
+    from nasdet.models.supernet import build_supernet, detector_space, export_detector
     from nasdet.train.checkpoint import save_checkpoint
     from nasdet.train.trained import build_static_model, load_trained_model
 
@@ -303,8 +303,10 @@ def test_a_trained_checkpoint_loads_without_the_imagenet_file_it_started_from(hu
     save_checkpoint({"model": trained.state_dict(), "config": config_to_dict(cfg)}, ckpt)
     save_checkpoint({"model": supernet.state_dict(), "config": config_to_dict(cfg), "space_id": space.space_id}, sn)
     file.unlink()  # the cache cleared (or another machine)
-    loaded = load_trained_model(cfg, ckpt, nc)
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in trained.state_dict().items())
+    loaded = load_trained_model(cfg, ckpt, nc)  # (on a supernet backbone: the default subnet it trains, static)
+    own = detector_space(trained)
+    assert all(torch.equal(v, loaded.state_dict()[k])
+               for k, v in export_detector(trained, own.default(), own).state_dict().items())
     static, _ = build_static_model(cfg, nc, space.default(), sn)  # a subnet of the supernet checkpoint likewise
     want = export_detector(supernet, space.default(), space).state_dict()
     assert all(torch.equal(v, static.state_dict()[k]) for k, v in want.items())
