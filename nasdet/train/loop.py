@@ -8,6 +8,8 @@ progress bar and ``log.jsonl``. Subclasses change what one step trains by overri
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +148,36 @@ def check_scored_val_set(val_set, n: int) -> None:
     val_set.check_images_open(n)
 
 
+
+class StopAfterStep:
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM while a single process trains: the step under way ends, the
+    trainer saves ``last.pt`` and stops (``asked`` names the signal), so a rerun continues from that step; before,
+    every step since the last ``ckpt_every_steps`` checkpoint was lost (up to 2000 in the DetNAS recipes). A
+    second signal stops at once. Not under torchrun (``enabled`` False): every rank would have to stop at the
+    same step to save, so there a signal stops as before and the last checkpoint is where the rerun starts."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.asked: str | None = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.asked is not None:
+            raise KeyboardInterrupt
+        self.asked = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopAfterStep":
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+
 class Trainer:
     """Train ``model`` on ``train_set`` per ``settings.train``; checkpoints and logs go to ``out_dir``."""
 
@@ -277,6 +309,14 @@ class Trainer:
             "extra": self.extra_state(),
         }
 
+    def stop_saved(self, stop: "StopAfterStep") -> None:
+        """Save ``last.pt`` at the step reached, say so, and stop (``StopAfterStep`` was asked)."""
+        self.save()
+        self.console.print(f"{stop.asked}: stopped after step {self.step}, saved in "
+                           f"{escape(str(self.ckpt_dir / LAST_CKPT))}; the same command continues from it (a second "
+                           "signal stops at once, losing the steps since the last checkpoint)")
+        raise KeyboardInterrupt
+
     def save(self, name: str = LAST_CKPT) -> None:
         if dist.is_main():
             save_checkpoint(self.state_dict(), self.ckpt_dir / name)
@@ -303,6 +343,8 @@ class Trainer:
     def try_resume(self) -> bool:
         path = checkpoint_in(self.out_dir)
         if not path.is_file():
+            if dist.is_main():  # a run killed before its first checkpoint: its steps are logged again from 1
+                trim_jsonl(self.out_dir / LOG_FILE, "step", 0)
             return False
         state = load_checkpoint(path, space_id=self.space_id)
         refuse_changed_run(path, state.get("config"), self.settings.record, self.resume_sections, self.resume_ignores,
@@ -459,11 +501,20 @@ class Trainer:
         self.model.train()
         t_log, n_img_log = time.perf_counter(), 0
         ema_loss = None
-        with progress:
+        with progress, StopAfterStep(self.world == 1) as stop:
             task = progress.add_task("", total=limit, completed=self.step, epoch=self.epoch, loss=float("nan"), ips=0.0)
             while self.step < limit and self.epoch < self.tcfg.epochs:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.tcfg.batch_size)
-                for images, targets in self._loader():
+                batches = iter(self._loader())
+                while True:
+                    try:
+                        images, targets = next(batches)
+                    except StopIteration:
+                        break
+                    except Exception:
+                        if stop.asked is None:
+                            raise
+                        self.stop_saved(stop)  # its workers took the Ctrl-C too: no batch comes
                     govern()
                     self.before_step(self.step)
                     stats = self.train_step(images, targets)
@@ -479,6 +530,8 @@ class Trainer:
                         progress.update(task, ips=ips)
                         t_log, n_img_log = time.perf_counter(), 0
                     progress.update(task, completed=self.step, epoch=self.epoch, loss=ema_loss)
+                    if stop.asked:
+                        self.stop_saved(stop)
                     if self.step % self.tcfg.ckpt_every_steps == 0:
                         self.save()
                     if self.step >= limit:

@@ -1,0 +1,72 @@
+"""Ctrl-C (SIGINT to the process group, DataLoader workers included) or SIGTERM while a stage trains: the step
+under way ends, ``last.pt`` is saved at it and the rerun continues from there. Before, only every
+``train.ckpt_every_steps`` checkpoint was kept (up to 2000 steps in the DetNAS recipes), nothing was said, and
+``log.jsonl`` kept the lost steps, logged again by the rerun."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import tiny_raw
+from nasdet.train.checkpoint import load_checkpoint
+
+
+def _steps(log) -> list[int]:
+    return [json.loads(line)["step"] for line in log.read_text().splitlines() if "eval" not in line] \
+        if log.is_file() else []
+
+
+@pytest.mark.parametrize("sig, workers", [(signal.SIGINT, 1), (signal.SIGTERM, 0)])
+def test_a_signal_saves_the_step_reached_and_the_rerun_continues_from_it(shapes_dir, tmp_path, sig, workers):
+    raw = tiny_raw(shapes_dir, tmp_path / "wd")
+    raw["train"].update({"epochs": 40, "max_steps": 400, "ckpt_every_steps": 1000})
+    raw["data"]["num_workers"] = workers
+    raw["eval"]["max_images"] = 4
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    stage = tmp_path / "wd" / "baseline"
+    log = stage / "log.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "nasdet", "train", str(cfg)]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                           start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while len(_steps(log)) < 3 and time.time() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        assert len(_steps(log)) >= 3, run.communicate()[0] if run.poll() is not None else "no steps logged"
+        os.killpg(run.pid, sig) if sig == signal.SIGINT else run.send_signal(sig)  # a terminal's Ctrl-C: the group
+        out = " ".join(run.communicate(timeout=120)[0].split())
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode != 0 and "Traceback" not in out, out
+    assert f"{signal.Signals(sig).name}: stopped after step" in out, out
+    saved = load_checkpoint(stage / "ckpt" / "last.pt")["step"]
+    assert saved >= 3 and f"stopped after step {saved}, saved in" in out, out
+    # the rerun continues from the saved step (shortened: the rest of the recipe is not this test's)
+    r = subprocess.run(cmd + ["--set", f"train.max_steps={saved + 2}"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    said = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 0 and f"resumed at step {saved}" in said, said
+    assert _steps(log) == list(range(1, saved + 3))  # each step logged once
+
+
+def test_a_run_killed_before_its_first_checkpoint_logs_its_steps_once(tiny_config, tmp_path):
+    from rich.console import Console
+
+    from nasdet.stages.baseline import run_baseline
+
+    cfg = tiny_config(train={"max_steps": 3, "ckpt_every_steps": 1000}, eval={"max_images": 4})
+    log = tmp_path / "work" / "baseline" / "log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2)))  # a killed run's
+    run_baseline(cfg, console=Console(quiet=True))
+    assert _steps(log) == [1, 2, 3]
