@@ -450,3 +450,23 @@ def test_no_proposal_is_left_queued_and_a_dead_runs_proposal_is_never_scored(tmp
     assert [t.number for t in skipped] == [stale[0].number] and skipped[0].state == TrialState.FAIL
     assert "macs" not in skipped[0].user_attrs  # not costed
     assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_a_candidate_interrupted_by_ctrl_c_is_scored_by_the_rerun(tmp_path):
+    """A Ctrl-C (or SIGTERM) while a candidate was scored told its trial FAIL for good: the rerun went on with
+    new proposals, so the resumed search scored another set than the uninterrupted one (a kill -9 was retried)."""
+    journal = tmp_path / "s.journal"
+    scorer = CountingScorer(tmp_path / "scored.txt")
+    interrupted = []
+
+    def ctrl_c_at_the_third(arch):
+        if len(scorer.keys()) == 2 and not interrupted:
+            interrupted.append(arch_key(arch))
+            raise KeyboardInterrupt
+        return scorer(arch)
+
+    with pytest.raises(KeyboardInterrupt):
+        toy_run(journal, "ctrlc", n=6, scorer=ctrl_c_at_the_third)
+    study, counts = toy_run(journal, "ctrlc", n=6, scorer=ctrl_c_at_the_third)
+    assert counts["scored"] == 4 and interrupted[0] in scorer.keys()
+    assert len(set(scored_archs(study))) == 6

@@ -246,8 +246,10 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, str
     t0 = time.perf_counter()
     try:
         metrics = {k: float(v) for k, v in scorer(arch).items()}
-    except BaseException:
+    except BaseException as e:
         study.tell(trial, state=TrialState.FAIL)
+        if not isinstance(e, Exception):  # Ctrl-C, SIGTERM: the rerun scores it (a scorer's error stays failed)
+            retry_trial(study, trial)
         raise
     seconds = time.perf_counter() - t0
     trial.set_user_attr("metrics", metrics)
