@@ -205,6 +205,7 @@ def data_stats_cmd(config: Path, set_: Optional[List[str]] = SetOpt,
         if name not in ("train", "val"):
             raise ConfigError(f"--split must be train, val or all, got {split!r}")
         ds = opened[name] = load_split(cfg, name)
+        ds.check_images_open()  # a validation command: a file that is not an image is named now, not in an epoch
         for table in stats_tables(dataset_stats(ds), f"{name}: {ds.source}"):
             console.print(table)
     if len(opened) == 2:  # what training will warn about (val not held out, classes without boxes), said here

@@ -84,6 +84,11 @@ def test_data_stats_and_training_report_the_resized_image_before_they_start(tmp_
     for args in (("data", "stats", cfg), ("train", cfg)):
         one_error_line(*cli(*args), str(victim), f"is {width}x{height} but the annotations say")
     assert not (tmp_path / "work" / "baseline").exists()  # nothing trained
+    # a training image that is not an image: training meets it when an epoch reads it (as documented); the
+    # validation command names it (it said nothing)
+    broken = sorted((data / "train" / "images").iterdir())[1]
+    broken.write_bytes(b"<html>an error page</html>")
+    one_error_line(*cli("data", "stats", cfg, "--split", "train"), str(broken), "cannot be decoded")
 
 
 def voc_year(root: Path, stored: tuple[int, int], said: tuple[int, int]) -> Path:

@@ -217,6 +217,12 @@ BAD = {
     "duplicate image id": (
         _mutate(lambda d: d["images"].append({"id": 10, "file_name": "a.jpg", "width": 64, "height": 48})),
         ["duplicate image id 10"]),
+    # (an export that merged two annotation files): the copy trained its image's objects as background
+    "one file under two ids": (
+        _mutate(lambda d: d["images"].append({**d["images"][1], "id": 77})), ["image ids 3 and 77", "same file_name"]),
+    "one file under two ids, another spelling": (
+        _mutate(lambda d: d["images"].append({**d["images"][1], "id": 78, "file_name": "./" + d["images"][1]["file_name"]})),
+        ["image ids 3 and 78"]),
     "unknown image id": (_set_ann(0, image_id=99), ["annotation id 1", "image_id 99"]),
     "unknown category id": (_set_ann(1, category_id=42), ["annotation id 2", "category_id 42", "[2, 5, 9]"]),
     "missing bbox": (_del_key("annotations", 2, "bbox"), ["annotation id 3", "bbox"]),

@@ -158,6 +158,7 @@ def load_coco(ann_file: str | Path, image_dir: str | Path, *, check_files: bool 
 
     # -------------------------------------------------------------------------------- images
     images: dict[int, dict] = {}
+    id_of_file: dict[str, int] = {}  # one image, one id (VOC and YOLO refuse a file listed twice too)
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not _is_int(img.get("id")):
             raise DataError(f"{src}: image #{i} has no integer 'id'")
@@ -177,6 +178,10 @@ def load_coco(ann_file: str | Path, image_dir: str | Path, *, check_files: bool 
             # a link or copy of it (to-yolo) would take a file from outside the data set
             raise DataError(f"{src}: image id {iid} has file_name {fname!r}, which points outside the image "
                             f"folder {image_dir}")
+        if inside in id_of_file:  # its copy would train the image's objects as background, or land in another split
+            raise DataError(f"{src}: image ids {id_of_file[inside]} and {iid} have the same file_name {fname!r}: "
+                            "one image, one entry (its annotations under that one id)")
+        id_of_file[inside] = iid
         images[iid] = {"file": image_dir / fname, "width": int(img["width"]), "height": int(img["height"]),
                        "boxes": [], "labels": [], "iscrowd": [], "areas": []}
 

@@ -165,14 +165,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         ms each): a file that is not an image fails here, naming it, rather than when first read (a val image
         at the evaluation after the last training step). A file cut short after its header is found on load."""
         for rec in self.records[:count]:
-            what = f"{self.source}: image file {rec.file} (image id {rec.image_id})"
-            try:
-                with Image.open(rec.file):
-                    pass
-            except FileNotFoundError as e:
-                raise DataError(f"{what} is missing") from e
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                raise unreadable_image(what, e) from e
+            check_image_opens(f"{self.source}: image file {rec.file} (image id {rec.image_id})", rec.file)
 
     def load_image(self, index: int, keep: bool = True) -> tv_tensors.Image:
         """The decoded image (from the decode cache if there, kept there if ``keep`` and it fits)."""
@@ -276,6 +269,19 @@ _HEADER_SIZES: dict[int, int] = {}
 POOL_FROM = 256
 POOL_THREADS = 8
 NOTE_FROM = 20000
+
+
+def check_image_opens(what: str, file: Path) -> None:
+    """DataError naming ``what`` when ``file``'s header does not open as an image: the read path's message."""
+    try:
+        with Image.open(file):
+            pass
+    except FileNotFoundError as e:
+        raise DataError(f"{what} is missing") from e
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{what} has more pixels than PIL opens safely ({e}); resize it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise unreadable_image(what, e) from e
 
 
 def _header_key(file: Path) -> tuple[str, int, int] | None:
