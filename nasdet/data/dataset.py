@@ -6,6 +6,7 @@ function. Pixels are decoded lazily in ``__getitem__``; a corrupt image raises `
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -175,15 +176,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         if cached is not None:
             return tv_tensors.Image(cached)
         what = f"{self.source}: image file {rec.file} (image id {rec.image_id})"
-        try:
-            with Image.open(rec.file) as im:
-                arr, rotated = decode_upright_rgb(im)
-        except FileNotFoundError as e:
-            raise DataError(f"{what} is missing") from e
-        except Image.DecompressionBombError as e:
-            raise DataError(f"{what} has more pixels than PIL opens safely ({e}); resize it") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise unreadable_image(what, e) from e
+        with read_errors(what), Image.open(rec.file) as im:
+            arr, rotated = decode_upright_rgb(im)
         if arr.shape[0] != rec.height or arr.shape[1] != rec.width:
             raise DataError(size_mismatch(what, arr.shape[1], arr.shape[0], rotated, rec))
         image = torch.from_numpy(arr).permute(2, 0, 1)
@@ -271,17 +265,23 @@ POOL_THREADS = 8
 NOTE_FROM = 20000
 
 
-def check_image_opens(what: str, file: Path) -> None:
-    """DataError naming ``what`` when ``file``'s header does not open as an image: the read path's message."""
+@contextlib.contextmanager
+def read_errors(what: str):
+    """An image file's open or decode errors as one DataError line naming ``what``."""
     try:
-        with Image.open(file):
-            pass
+        yield
     except FileNotFoundError as e:
         raise DataError(f"{what} is missing") from e
     except Image.DecompressionBombError as e:
         raise DataError(f"{what} has more pixels than PIL opens safely ({e}); resize it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise unreadable_image(what, e) from e
+
+
+def check_image_opens(what: str, file: Path) -> None:
+    """DataError naming ``what`` when ``file``'s header does not open as an image: the read path's message."""
+    with read_errors(what), Image.open(file):
+        pass
 
 
 def _header_key(file: Path) -> tuple[str, int, int] | None:
