@@ -136,7 +136,7 @@ def test_arch_json_round_trip_and_wrong_space(tmp_path):
         save_arch(tmp_path / "bad.json", {"depth": 1, "kernel": 3, "act": "relu"}, space)
     data["arch"]["kernel"] = 4  # edited by hand: same space id, invalid value
     path.write_text(json.dumps(data))
-    with pytest.raises(ArchError, match="'kernel' = 4"):
+    with pytest.raises(ArchError, match=f"^{path}: .*'kernel' = 4"):  # which file: best_arch.json, tune.arch, ...
         load_arch(path, space)
 
 

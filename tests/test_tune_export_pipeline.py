@@ -127,8 +127,13 @@ def test_tune_from_best_arch_then_from_explicit_arch(tiny_config, tmp_path):
     assert run_tune(cfg3, console=QUIET)["arch"] == r2["arch"]
     # a choice not in the space, and an unknown name
     bad = dict(small, **{"backbone.stage1.block0.kernel": 4})
-    with pytest.raises(ArchError, match="stage1.block0.kernel"):
+    with pytest.raises(ArchError, match=r"^tune.arch \(inline\): .*stage1.block0.kernel"):
         run_tune(tiny_config("ssdlite", model=OFA_TINY, work_dir=str(tmp_path / "w4"), tune={"arch": bad, "init": "scratch"}),
+                 console=QUIET)
+    path.write_text("\n".join(f"{k}: {v}" for k, v in bad.items()))
+    with pytest.raises(ArchError, match=rf"^{path}: .*stage1.block0.kernel"):
+        run_tune(tiny_config("ssdlite", model=OFA_TINY, work_dir=str(tmp_path / "w4"), tune={"arch": str(path),
+                                                                                           "init": "scratch"}),
                  console=QUIET)
     with pytest.raises(ArchError, match="neither an existing file nor a published"):
         run_tune(tiny_config("ssdlite", model=OFA_TINY, work_dir=str(tmp_path / "w5"), tune={"arch": "no-such-net"}),

@@ -290,4 +290,7 @@ def load_arch(path: str | Path, space: SearchSpace) -> Arch:
     if data["space_id"] != space.space_id:
         raise ArchError(f"{path} holds an arch of search space {data['space_id']}, not of this space "
                         f"{space.space_id} (different names or choices)")
-    return space.validate(data["arch"])
+    try:
+        return space.validate(data["arch"])
+    except ArchError as e:  # a hand-edited file: say which (best_arch.json, tune.arch, tune/arch.json ...)
+        raise ArchError(f"{path}: {e}") from None

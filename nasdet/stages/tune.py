@@ -59,7 +59,15 @@ def _published(name: str, cfg: ExperimentConfig) -> dict | None:
 
 
 def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str | Path | None = None) -> tuple[dict, str]:
-    """The arch to tune (validated against ``space``) and where it came from."""
+    """The arch to tune (validated against ``space``) and where it came from (named in a refusal too)."""
+    arch, source = _tune_arch(cfg, space, work_dir)
+    try:
+        return space.validate(arch), source
+    except ArchError as e:
+        raise ArchError(f"{source}: {e}") from None
+
+
+def _tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str | Path | None) -> tuple[dict, str]:
     given = cfg.tune.arch
     if given is None and cfg.tune.searched_arch is not None:
         from ..models.backbones.mbv2_width import arch_from_enot
@@ -69,14 +77,14 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
                             f"mbv2_width, the MobileNetV2 width space; this config's backbone is "
                             f"{cfg.model.backbone.name!r}: give its arch as tune.arch instead")
 
-        return space.validate(_complete(arch_from_enot(space, cfg.tune.searched_arch), cfg)), "tune.searched_arch"
+        return _complete(arch_from_enot(space, cfg.tune.searched_arch), cfg), "tune.searched_arch"
     if given is None:
         wd = WorkDir.of(cfg, work_dir)
         path = wd.search.require(wd.best_arch.name, "architecture to tune",
                                  " or set tune.arch (a file, a mapping or a published name)")
         return load_arch(path, space), str(path)
     if isinstance(given, dict):
-        return space.validate(_complete(given, cfg)), "tune.arch (inline)"
+        return _complete(given, cfg), "tune.arch (inline)"
     path = Path(given)
     if path.is_file():
         data = read_arch_file(path, "tune.arch")
@@ -86,10 +94,10 @@ def resolve_tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str |
             data = data["arch"]
         if not isinstance(data, dict):
             raise ArchError(f"tune.arch file {path} does not hold a mapping of choices")
-        return space.validate(_complete(data, cfg)), str(path)
+        return _complete(data, cfg), str(path)
     arch = _published(given, cfg)
     if arch is not None:
-        return space.validate(arch), f"published architecture {given}"
+        return arch, f"published architecture {given}"
     try:
         from ..models.backbones.shufflenet_published import PUBLISHED_ARCHS
         known = f"; published names: {sorted(PUBLISHED_ARCHS)}"
