@@ -203,3 +203,20 @@ def test_resume_with_another_process_count_says_so(shapes_dir, tmp_path):
     save_checkpoint({**state, "processes": 2, "total_steps": state["total_steps"] // 2}, ckpt)  # as 2 would write
     one_error_line(*cli("train", cfg, "--set", "train.max_steps=3"), "was written by 2 process(es)",
                    "this run has 1", "torchrun --nproc_per_node 2")
+
+
+def test_a_stages_own_recipe_is_named_by_its_key(tmp_path):
+    """The supernet trains with supernet.train put in place of train: a changed supernet.train.optimizer.lr was
+    refused as "train.optimizer.lr", the baseline's key, which the user had not touched."""
+    import pytest
+
+    from nasdet.errors import ResumeMismatch
+    from nasdet.train.resume import refuse_changed_run
+
+    saved = {"seed": 0, "train": {"optimizer": {"lr": 0.1}}}
+    now = {"seed": 0, "train": {"optimizer": {"lr": 0.2}}}
+    ckpt = tmp_path / "supernet" / "ckpt" / "last.pt"
+    with pytest.raises(ResumeMismatch, match=r"\(supernet.train.optimizer.lr: 0.1 -> 0.2\)"):
+        refuse_changed_run(ckpt, saved, now, ("seed", "train"), (), recipe="supernet.train")
+    with pytest.raises(ResumeMismatch, match=r"\(train.optimizer.lr: 0.1 -> 0.2\)"):
+        refuse_changed_run(ckpt, saved, now, ("seed", "train"), ())

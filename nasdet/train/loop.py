@@ -348,7 +348,7 @@ class Trainer:
             return False
         state = load_checkpoint(path, space_id=self.space_id)
         refuse_changed_run(path, state.get("config"), self.settings.record, self.resume_sections, self.resume_ignores,
-                           state.get("paths"))
+                           state.get("paths"), self.settings.recipe)
         load_model_weights(self.model, state, source=str(path))
         if state.get("total_steps") != self.total_steps:
             was = state.get("processes")

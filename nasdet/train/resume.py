@@ -138,12 +138,15 @@ def _weights_of(backbone: str | None, name: str) -> str:
 
 def refuse_changed_run(checkpoint: Path, saved: Mapping[str, Any] | None, current: Mapping[str, Any],
                        sections: Iterable[str], ignored: Iterable[str] = NOT_TRAINING,
-                       saved_paths: Mapping[str, Any] | None = None) -> None:
+                       saved_paths: Mapping[str, Any] | None = None, recipe: str = "train") -> None:
     """Raise ResumeMismatch when ``current`` would not continue the run ``checkpoint`` was trained with
-    (``saved_paths``: the checkpoint's ``paths``)."""
+    (``saved_paths``: the checkpoint's ``paths``). ``recipe``: the config key the run's ``train`` section came
+    from (``supernet.train``, ``tune.train``), named in the message instead."""
     if not saved or not current:  # a checkpoint from before configs were kept, or a trainer without a config
         return
     changes = training_changes(saved, current, tuple(sections), ignored, saved_paths)
+    if recipe != "train":  # a stage's own recipe, put in place of train: the key the user changed is its
+        changes = list(dict.fromkeys(recipe + c[len("train"):] if c.startswith("train.") else c for c in changes))
     if changes:
         shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
         raise ResumeMismatch(
