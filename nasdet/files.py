@@ -68,6 +68,20 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
         raise
 
 
+def remove_leftover_temporaries(folder: str | Path) -> int:
+    """Delete the temporary files ``atomic_path`` left in ``folder`` when a kill -9 came mid-write (a partial
+    checkpoint each, kept forever); call it only while holding the folder's writer lock. Returns how many."""
+    n = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            if tmp.is_file():
+                tmp.unlink()
+                n += 1
+        except OSError:  # gone meanwhile, or not ours to delete: left as it was
+            pass
+    return n
+
+
 def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

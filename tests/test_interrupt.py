@@ -66,7 +66,10 @@ def test_a_run_killed_before_its_first_checkpoint_logs_its_steps_once(tiny_confi
 
     cfg = tiny_config(train={"max_steps": 3, "ckpt_every_steps": 1000}, eval={"max_images": 4})
     log = tmp_path / "work" / "baseline" / "log.jsonl"
-    log.parent.mkdir(parents=True)
+    (log.parent / "ckpt").mkdir(parents=True)
     log.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2)))  # a killed run's
+    half = log.parent / "ckpt" / ".last.pt.x1y2z3.tmp"  # a checkpoint a kill -9 cut mid-write
+    half.write_bytes(b"\0" * 1000)
     run_baseline(cfg, console=Console(quiet=True))
     assert _steps(log) == [1, 2, 3]
+    assert not half.exists() and (log.parent / "ckpt" / "last.pt").is_file()

@@ -26,7 +26,7 @@ from ..config import EvalConfig, ExperimentConfig, TrainConfig, config_to_dict
 from ..data.dataset import DetectionDataset, collate_detection
 from ..threads import govern, loader_workers, set_torch_threads, wait_policy
 from ..data.transforms import TrainTransforms, at_train_size, targets_to, to_model_input
-from ..files import append_jsonl, trim_jsonl
+from ..files import append_jsonl, remove_leftover_temporaries, trim_jsonl
 from ..models.detectors import training_input_size
 from ..progress import progress_bar
 from . import dist
@@ -333,6 +333,7 @@ class Trainer:
         if self._resumed is None:
             if dist.is_main():
                 self.lock.acquire()
+                remove_leftover_temporaries(self.ckpt_dir)  # a checkpoint half-written by a killed run
             try:
                 self._resumed = self.try_resume()
             except BaseException:
