@@ -74,6 +74,15 @@ def test_pipeline_rerun_with_another_budget_exports_again(tiny_config, monkeypat
     buf = Console(file=io.StringIO(), width=400)
     assert current_export(tight, w, "tune", buf) is None
     assert "export/tune.json does not say what settings it was made with" in buf.file.getvalue()
+    # a work dir copied from another folder: its record's files are the original's, so it is made again, saying
+    # why (a copied finished run exported both files again without a word)
+    again["settings"] = json.loads(record.read_text()).get("settings") or {}
+    again["checkpoint"] = "/elsewhere/wd/tune/ckpt/last.pt"
+    record.write_text(json.dumps(again))
+    buf = Console(file=io.StringIO(), width=400)
+    assert current_export(tight, w, "tune", buf) is None
+    assert "export/tune.json was made in another work dir (from /elsewhere/wd/tune/ckpt/last.pt): exporting again" \
+        in " ".join(buf.file.getvalue().split())
 
 
 def test_int8_file_of_other_settings_is_not_kept(tiny_config):

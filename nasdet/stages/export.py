@@ -173,6 +173,10 @@ def current_export(cfg: ExperimentConfig, wd: WorkDir, source: str, console: Con
     them is not); else None, and one line says why when there is a record (the caller exports again)."""
     rec = wd.exported(source, wants_int8(cfg))
     if rec is None:
+        why = _stale_record(wd, source)
+        if why:
+            console.print(f"{escape(str(wd.export_record(source).relative_to(wd.root)))} {escape(why)}: exporting again",
+                          soft_wrap=True)
         return None
     why = _made_otherwise(rec.get("settings"), export_settings(cfg, source))
     if why:
@@ -180,6 +184,24 @@ def current_export(cfg: ExperimentConfig, wd: WorkDir, source: str, console: Con
                       soft_wrap=True)
         return None
     return rec
+
+
+def _stale_record(wd: WorkDir, source: str) -> str:
+    """Why an export record there is not current (``WorkDir.exported`` said None), for a console line; '' when
+    there is none or it only lacks an INT8 file (said where that is decided)."""
+    path = wd.export_record(source)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    ckpt, own = Path(str(rec.get("checkpoint", ""))), wd.stage(source).checkpoint
+    if ckpt.resolve() != own.resolve():  # a copied work dir: the record's files are the original's
+        return f"was made in another work dir (from {ckpt})"
+    if own.is_file() and path.stat().st_mtime < own.stat().st_mtime:
+        return f"is older than {own.relative_to(wd.root)} (trained since)"
+    if not Path(str(rec.get("onnx", ""))).is_file():
+        return f"names a file that is not there ({rec.get('onnx')})"
+    return ""
 
 
 def settings_changes(made_with: dict, now: dict) -> list[str]:
