@@ -73,3 +73,29 @@ def test_a_run_killed_before_its_first_checkpoint_logs_its_steps_once(tiny_confi
     run_baseline(cfg, console=Console(quiet=True))
     assert _steps(log) == [1, 2, 3]
     assert not half.exists() and (log.parent / "ckpt" / "last.pt").is_file()
+
+
+def test_a_run_resumed_mid_epoch_with_loader_workers_is_the_uninterrupted_run(tiny_config, tmp_path):
+    """The loader's worker processes drew augmentations from streams seeded at the start of each epoch's loader:
+    a run resumed mid-epoch augmented its next batches as the epoch's first ones (losses apart from the first
+    resumed step, another final AP). Each item's draws now follow from its step and place in the batch."""
+    import torch
+    from rich.console import Console
+
+    from nasdet.stages.baseline import run_baseline
+
+    def run(work, steps):
+        cfg = tiny_config(train={"max_steps": steps, "ckpt_every_steps": 3, "threads": 1, "epochs": 2},
+                          data={"num_workers": 1}, eval={"max_images": 2}, work_dir=str(tmp_path / work))
+        run_baseline(cfg, console=Console(quiet=True))
+        stage = tmp_path / work / "baseline"
+        losses = [json.loads(line)["loss"] for line in (stage / "log.jsonl").read_text().splitlines()
+                  if "loss" in line]
+        return losses, load_checkpoint(stage / "ckpt" / "last.pt")
+
+    whole, end = run("whole", 6)
+    first, mid = run("cut", 3)
+    assert mid["batch_in_epoch"] == 3 and mid["epoch"] == 0  # stopped mid-epoch
+    resumed, after = run("cut", 6)
+    assert resumed == whole
+    assert all(torch.equal(v, after["model"][k]) for k, v in end["model"].items())

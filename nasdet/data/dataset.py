@@ -196,13 +196,18 @@ class DetectionDataset(torch.utils.data.Dataset):
             "image_id": rec.image_id,
         }
 
-    def __getitem__(self, index: int | tuple[int, int]):
+    def __getitem__(self, index: int | tuple):
         """Item ``index``; ``(index, size)``: with the training transforms at image size ``size`` (a
-        multi-resolution loader's batches, ``SizedBatchSampler``)."""
+        multi-resolution loader's batches, ``SizedBatchSampler``; None: the transforms' own); ``(index, size,
+        seed)``: the transforms draw from torch's generator seeded with ``seed`` (a loader's worker processes:
+        each item's draws then follow from its step, not from how many items the worker has made)."""
         tf = self.transforms
         if isinstance(index, tuple):
-            index, size = index
-            tf = tf.at_size(size)
+            index, size, *seed = index
+            if size is not None:
+                tf = tf.at_size(size)
+            if seed:
+                torch.manual_seed(seed[0])
         if getattr(tf, "fixed", None) is not None:  # training transforms whose first steps give the same result
             return tf.random(*self.fixed_item(index, tf))  # every epoch (TrainTransforms)
         image, target = self.load_image(index), self.target(index)

@@ -69,17 +69,36 @@ class SizedBatchSampler(torch.utils.data.Sampler):
     """``sampler``'s indices in batches, each index paired with the image size its batch's step trains at
     (``DetectionDataset`` items ``(index, size)``): a multi-resolution supernet's loader then resizes each image
     once, straight to its step's size, as OFA's loader does (it draws each batch's size from the batch number),
-    where one loader size for every step had the model resize the smaller steps' images a second time."""
+    where one loader size for every step had the model resize the smaller steps' images a second time.
+    ``sizes`` None: every batch at the transforms' own size. With ``seeds`` (``item_seeds``: the loader has
+    worker processes) each item also carries the seed its augmentation draws from."""
 
-    def __init__(self, batches: torch.utils.data.BatchSampler, sizes: list[int]):
-        self.batches, self.sizes = batches, sizes
+    def __init__(self, batches: torch.utils.data.BatchSampler, sizes: list[int] | None,
+                 seeds: list[list[int]] | None = None):
+        self.batches, self.sizes, self.seeds = batches, sizes, seeds
 
     def __iter__(self):
-        for batch, size in zip(self.batches, self.sizes):
-            yield [(i, size) for i in batch]
+        for j, batch in enumerate(self.batches):
+            if j >= len(self):
+                return
+            size = self.sizes[j] if self.sizes is not None else None
+            if self.seeds is None:
+                yield [(i, size) for i in batch]
+            else:
+                yield [(i, size, seed) for i, seed in zip(batch, self.seeds[j])]
 
     def __len__(self) -> int:
-        return min(len(self.batches), len(self.sizes))
+        return len(self.batches) if self.sizes is None else min(len(self.batches), len(self.sizes))
+
+
+def item_seeds(seed: int, rank: int, first_step: int, steps: int, batch_size: int) -> list[list[int]]:
+    """The augmentation seed of each item of ``steps`` batches from step ``first_step``: a function of the run's
+    seed, the process's rank, the step and the item's place in its batch. Worker processes drew from a stream
+    seeded per worker at the start of each epoch's loader, so a run resumed mid-epoch augmented its next batches
+    as the epoch's first ones, not as the uninterrupted run (whose main-process draws, ``num_workers`` 0, the
+    checkpoint's RNG state restores)."""
+    base = (seed * 1_000_003 + rank) * 0x9E3779B1
+    return [[(base + (first_step + j) * 4099 + k) % 2**63 for k in range(batch_size)] for j in range(steps)]
 
 
 def pretrained_note(backbone: str, name: str) -> str:
@@ -388,10 +407,14 @@ class Trainer:
         # batch j of this loader is step self.step + j (a resumed epoch starts at its next batch)
         sizes = self.step_image_sizes(self.step, len(batches)) \
             if isinstance(self.train_set.transforms, TrainTransforms) else None
+        workers = loader_workers(self.settings.num_workers, self.device)
+        seeds = item_seeds(self.settings.seed, self.rank, self.step, len(batches), bs) \
+            if workers and isinstance(self.train_set, DetectionDataset) else None
         return torch.utils.data.DataLoader(
-            self.train_set, batch_sampler=batches if sizes is None else SizedBatchSampler(batches, sizes),
+            self.train_set,
+            batch_sampler=batches if sizes is None and seeds is None else SizedBatchSampler(batches, sizes, seeds),
             generator=torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.epoch),
-            num_workers=loader_workers(self.settings.num_workers, self.device), collate_fn=self.collate,
+            num_workers=workers, collate_fn=self.collate,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
 
