@@ -28,7 +28,8 @@ def dataset_stats(ds: DetectionDataset) -> dict:
     difficult), ``images_without_boxes`` (no box at all), ``images_only_crowd`` (boxes, all crowd),
     ``classes`` (per class name: ``id``, ``boxes`` and ``crowd`` counts, ``images`` containing a
     non-crowd box of it), ``relative_size`` (``REL_SIZE_BINS`` -> count of non-crowd boxes),
-    ``coco_area`` (``small`` / ``medium`` / ``large`` -> count of non-crowd boxes).
+    ``coco_area`` (``small`` / ``medium`` / ``large`` -> count of non-crowd boxes, binned by the annotation's
+    ``area`` where it has one, as the evaluation bins them, else by the box's).
     """
     k = ds.num_classes
     boxes_per = np.zeros(k + 1, dtype=np.int64)
@@ -54,7 +55,10 @@ def dataset_stats(ds: DetectionDataset) -> dict:
         area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
         rel = np.sqrt(area) / np.sqrt(float(rec.width) * float(rec.height))
         rel_hist += np.bincount(np.digitize(rel, REL_SIZE_EDGES), minlength=len(REL_SIZE_BINS))
-        area_hist += np.bincount(np.digitize(area, _COCO_EDGES), minlength=len(COCO_AREA_BINS))
+        # COCO's bins are taken on the annotation's own area (a segmentation's) where it has one, as the
+        # evaluation's APs / APm / APl are; box areas otherwise (VOC, YOLO)
+        coco = rec.areas[~crowd].astype(np.float64) if rec.areas is not None else area
+        area_hist += np.bincount(np.digitize(coco, _COCO_EDGES), minlength=len(COCO_AREA_BINS))
     return {
         "source": ds.source,
         "images": len(ds.records),
