@@ -161,6 +161,11 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
         read_data_yaml("data/data.yaml")
     with pytest.raises(DataError, match=rf"taken from the current folder {tmp_path}"):
         load_coco("data/train.json", "data/images")
+    from nasdet.data.voc import load_voc
+
+    with pytest.raises(DataError, match=rf"the root data/VOC2007 does not exist \(a relative path, taken from the "
+                                        rf"current folder {tmp_path}\)"):
+        load_voc("data/VOC2007", "train", classes=["cat"])
     with pytest.raises(DataError) as e:
         read_data_yaml(tmp_path / "nowhere.yaml")
     assert "current folder" not in str(e.value)  # an absolute path needs no hint

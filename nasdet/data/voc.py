@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..files import os_reason
+from ..files import os_reason, relative_hint
 from .coco import BOX_TOLERANCE, check_image_files, fit_box, warn_degenerate
 from .dataset import DataError, DetectionDataset, ImageRecord, check_image_sizes
 from .yolo import upright_size
@@ -58,7 +58,7 @@ def _read_split(root: Path, split: str) -> list[str]:
     try:
         text = split_file.read_text(encoding="utf-8-sig")
     except FileNotFoundError as e:
-        hint = "" if root.is_dir() else f" (the root {root} does not exist)"
+        hint = "" if root.is_dir() else f" (the root {root} does not exist{relative_hint(root)})"
         raise DataError(f"{split_file}: split file for split {split!r} does not exist{hint}") from e
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{split_file}: cannot read the split file: {os_reason(e)}") from e
