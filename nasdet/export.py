@@ -121,6 +121,12 @@ class RawDetector(nn.Module):
 
 
 # ------------------------------------------------------------------------ what a deployer needs to know
+# the model keys the end-to-end graph bakes in (its thresholds, NMS and candidate counts), of whichever family;
+# an AP is taken after them too (a search's scores depend on them)
+POSTPROCESSING_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates", "conf_thresh",
+                       "rpn_post_nms_top_n_test")
+
+
 def postprocessing(detector: nn.Module) -> dict:
     """The post-processing values ``detector``'s eval path, and so its end-to-end graph, bakes in."""
     return family_of(detector).postprocessing(detector)

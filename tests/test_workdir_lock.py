@@ -52,10 +52,14 @@ HOLD_AND_FORK = """
 import os, sys, time
 from nasdet.workdir import WriterLock
 lock = WriterLock(sys.argv[1]).acquire()
+ready = sys.argv[1] + ".child"
 child = os.fork()  # as a DataLoader worker is
-if child == 0:
+if child == 0:  # (the fork handlers have run by the time os.fork returns here)
+    open(ready, "w").close()
     time.sleep(120)
     os._exit(0)
+while not os.path.exists(ready):  # a worker started long before the kill, as a loader's are
+    time.sleep(0.01)
 print(child, flush=True)
 time.sleep(120)
 """

@@ -21,8 +21,8 @@ from ..config import ExperimentConfig
 from ..data.build import build_datasets, load_split
 from ..data.dataset import to_coco_gt
 from ..errors import ConfigError, ExportParityError
-from ..export import (check_parity, export_onnx, onnx_metadata, postprocessing, raw_decoding, time_onnx,
-                      time_onnx_in_turns)
+from ..export import (POSTPROCESSING_KEYS, check_parity, export_onnx, onnx_metadata, postprocessing, raw_decoding,
+                      time_onnx, time_onnx_in_turns)
 from ..metrics import coco_evaluate
 from ..search.budget import COST_UNITS
 from ..quantize import INT8_MIN_OPSET, detection_agreement, network_scopes, onnx_detections, quantize_detector
@@ -134,9 +134,6 @@ def quantization_aware_tuning(cfg: ExperimentConfig, model: torch.nn.Module, fol
     return record
 
 
-# the model keys the end-to-end graph bakes in (its thresholds, NMS and candidate counts), of whichever family
-POSTPROCESSING_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates", "conf_thresh",
-                       "rpn_post_nms_top_n_test")
 
 
 def export_settings(cfg: ExperimentConfig, source: str) -> dict:

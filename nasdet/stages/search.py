@@ -22,6 +22,7 @@ from rich.text import Text
 
 from ..config import ExperimentConfig, config_to_dict, save_run_record
 from ..errors import ConfigError
+from ..export import POSTPROCESSING_KEYS
 from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
 from ..search.confidence import confidence_of_search, split_size_warning
@@ -40,7 +41,6 @@ from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
 from ..user_data import refuse_output_in_data
 from ..workdir import BEST_ARCH, CONFIDENCE_JSON, LATENCY_LUT, PARETO_JSON, STUDY_FILE, WorkDir
-from .export import POSTPROCESSING_KEYS  # the post-processing an AP is taken after
 
 
 def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
