@@ -82,7 +82,8 @@ class DataConfig(Strict):
                 other = [k for k in ("annotations", "root", "split") if getattr(src, k) is not None]
                 if other:
                     raise ValueError(f"data.{name}: {other} are not YOLO keys (format 'yolo' takes 'images' and "
-                                     "'labels', or neither to use data.yaml's entry)")
+                                     "'labels', or neither to use data.yaml's entry; switching a config's format "
+                                     f"with --set, clear the old keys: --set data.{name}={{}})")
                 if src.labels is not None and src.images is None:
                     raise ValueError(f"data.{name}: 'labels' needs 'images' (the image folder it mirrors)")
             elif src.labels is not None:

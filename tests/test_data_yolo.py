@@ -249,7 +249,7 @@ def test_config_schema_and_dataset_factory(tmp_path, yolo):
     for data, match in [
         ({"format": "yolo"}, "needs 'data_yaml'"),
         ({**base, "classes": ["a"]}, "data.classes applies to format 'voc'"),
-        ({**base, "train": {"annotations": "x.json", "images": "x"}}, r"data.train: \['annotations'\] are not YOLO keys"),
+        ({**base, "train": {"annotations": "x.json", "images": "x"}}, r"data.train: \['annotations'\] are not YOLO keys .*clear the old keys: --set data.train=\{\}"),
         ({**base, "train": {"labels": "l"}}, "'labels' needs 'images'"),
         ({"format": "coco", "data_yaml": "d.yaml", "train": {"annotations": "a", "images": "i"},
           "val": {"annotations": "a", "images": "i"}}, "data.data_yaml applies to format 'yolo'"),
