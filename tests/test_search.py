@@ -404,13 +404,21 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
     # and its candidates are not scored again for the confidence check with settings that are not theirs
     import io
 
-    thresh = cfg.model_copy(update={"model": cfg.model.model_copy(update={"score_thresh": 0.2})})
+    thresh = wider.model_copy(update={"model": wider.model.model_copy(update={"score_thresh": 0.2})})
     said = Console(record=True, file=io.StringIO(), width=400)
     redone.clear()
+    written = {n: (out / n).stat().st_mtime_ns for n in ("results.csv", "pareto.json", "pareto.png")}
     summary = run_search(thresh, console=said)
     text = " ".join(said.export_text().split())
     assert "was scored with other settings (model.score_thresh: 0.01 -> 0.2); it is complete" in text, text
-    assert summary["counts"]["scored"] == 0 and "confidence_of_search" not in redone
+    # its outputs are those of the settings it was scored with: kept, not rewritten with a baseline scored otherwise
+    assert summary["counts"]["scored"] == 0 and redone == [] and "its outputs are kept" in text, text
+    assert {n: (out / n).stat().st_mtime_ns for n in written} == written
+    assert "candidates scored with the study's own settings" in text
+    # something else changed too: written again, without a baseline point or a confidence check scored otherwise
+    run_search(thresh.model_copy(update={"search": thresh.search.model_copy(update={"confidence_resamples": 60})}),
+               console=Console(quiet=True))
+    assert redone == [] and json.loads((out / "pareto.json").read_text())["baseline"] is None
 
 
 def _propose_and_exit(journal, name):

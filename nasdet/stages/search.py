@@ -33,8 +33,8 @@ from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
 from ..search.storage import check_storage_url, open_storage, refuse_foreign_storage, shown_storage
-from ..search.study import (apply_budget, best_record, check_scoring_settings, check_supernet_fingerprint, open_study,
-                            run_study, study_records)
+from ..search.study import (SCORING_ATTR, apply_budget, best_record, check_scoring_settings,
+                            check_supernet_fingerprint, open_study, run_study, study_records)
 from ..space import SearchSpace
 from ..threads import loader_workers
 from ..train.checkpoint import file_sha256
@@ -167,7 +167,10 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     if not outputs:
         return {"counts": counts, "study_name": study_name, "strategy": s.strategy}
     records = apply_budget(study_records(study, search_space, objective), budget, cost_fn)
-    key = outputs_key(config_to_dict(cfg), records, [w.baseline.checkpoint, getattr(ctx, "checkpoint", None)])
+    # a complete study kept with other scoring settings than this run's: its outputs are those of its own settings
+    as_scored = with_settings(config_to_dict(cfg), study.user_attrs.get(SCORING_ATTR) or {}) if rescored_otherwise \
+        else config_to_dict(cfg)
+    key = outputs_key(as_scored, records, [w.baseline.checkpoint, getattr(ctx, "checkpoint", None)])
     kept = kept_outputs(out_dir, key)
     if kept is not None:  # nothing new since they were written: the same outputs
         console.print(f"search: {len(records)} candidates, none new since {escape(str(out_dir / PARETO_JSON))} was "
@@ -178,16 +181,20 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     else:
         extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
         # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
-        baseline = score_baseline(cfg, wd, search_set, device, measure, calibration) if objective == OBJECTIVE else None
+        # (and not on another split than the candidates': a kept study scored otherwise plots no baseline point)
+        baseline = score_baseline(cfg, wd, search_set, device, measure, calibration) \
+            if objective == OBJECTIVE and not rescored_otherwise else None
         # (scoring the top candidates again with other settings than theirs would name another winner)
         confidence = confidence_of_search(cfg, model, space, records, search_set, ctx.calib_set, device) \
             if objective == OBJECTIVE and not rescored_otherwise else None
         summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline,
                                        objective, confidence, {"study_name": study_name, "strategy": s.strategy}, key)
     summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
+    scored_on = "candidates scored with the study's own settings (above)" if rescored_otherwise else \
+        f"candidates on {len(search_set)} search images"
     console.print(top_table(records, cost_metric, s.top_k, f"search ({s.strategy}): top {s.top_k} of {len(records)} "
-                            + (f"candidates on {len(search_set)} search images" if objective == OBJECTIVE
-                               else f"candidates by the zero-cost proxy {objective}"), objective))
+                            + (scored_on if objective == OBJECTIVE else f"candidates by the zero-cost proxy {objective}"),
+                            objective))
     if confidence is not None:
         console.print(Text(confidence["verdict"]), soft_wrap=True)
     if summary["best"] is None:
@@ -289,6 +296,18 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     if confidence is not None:
         console.print(Text(confidence["verdict"]), soft_wrap=True)
     return summary
+
+
+def with_settings(config: dict, settings: dict) -> dict:
+    """``config`` (``config_to_dict``) with the dotted ``settings`` (``scoring_settings``' keys) put in."""
+    out = json.loads(json.dumps(config))
+    for key, value in settings.items():
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
 
 
 def scoring_settings(cfg: ExperimentConfig) -> dict:
