@@ -187,6 +187,18 @@ def test_supernet_classify_resumes_to_the_uninterrupted_result_and_pretrain_star
     assert all(torch.allclose(v, b["state_dict"][k], atol=1e-6) for k, v in a["state_dict"].items())
     assert resumed["subnets"]["largest"]["metrics"] == pytest.approx(record["subnets"]["largest"]["metrics"], abs=1e-5)
     assert run_classify(whole)["step"] == 8  # complete: reported, not trained again
+    # a rerun decides by what the classifier trains with: its own recipe (classify.train) is refused naming the
+    # key (it resumed without a word), the detection sections (top-level train, data) are not its
+    from nasdet.errors import ResumeMismatch
+
+    other = classify_config(shapes_dir, folder, tmp_path / "whole")
+    other["classify"]["train"]["optimizer"]["lr"] = 0.01
+    with pytest.raises(ResumeMismatch, match=r"classify.train.optimizer.lr: 0.05 -> 0.01"):
+        run_classify(validate_config(other))
+    detection = classify_config(shapes_dir, folder, tmp_path / "whole")
+    detection["train"]["optimizer"]["lr"] = 0.5
+    detection["data"]["search_fraction"] = 0.5
+    assert run_classify(validate_config(detection))["step"] == 8
 
     from nasdet.stages.pretrain import pretrain_config
     from nasdet.workdir import WorkDir
