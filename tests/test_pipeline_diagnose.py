@@ -146,11 +146,12 @@ def test_pipeline_diagnose_runs_after_the_search_reports_and_is_kept(shapes_dir,
     # records of another training recipe are not mixed with this one's
     lr = cfg.train.optimizer.model_copy(update={"lr": 0.01})
     other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"optimizer": lr})})
-    with pytest.raises(ConfigError, match=r"archs.json was planned with other settings than the config's \(recipe: "):
+    with pytest.raises(ConfigError, match=r"archs.json was planned with other settings than the config's "
+                                          r"\(recipe.optimizer.lr: 0.002 -> 0.01\); records"):  # the value, not the recipe
         real(diagnose_config(other), wd, console=QUIET)
     # nor records evaluated on other val images, scored otherwise, or with other proxies (QA, session 20)
     for section, values, key in (("eval", {"max_images": 4}, "eval_max_images: 2 -> 4"),
-                                 ("search", {"recalib_batches": 2}, "search_scoring: "),
+                                 ("search", {"recalib_batches": 2}, "search_scoring.recalib_batches: "),
                                  ("diagnose", {"proxies": ["grad_norm"]}, "proxies: ['synflow'] -> ['grad_norm']")):
         changed = cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=values)})
         with pytest.raises(ConfigError, match=re.escape(key)):

@@ -45,6 +45,7 @@ from ..search.proxies import proxy_batch, proxy_score, scratch_subnet, untrained
 from ..search.scorers import load_trained_supernet
 from ..search.study import worker_id
 from ..train.bn import recalibrate_static
+from ..train.resume import flatten
 from ..train.trained import TuneTrainer
 from ..workdir import DIAGNOSE, LOG_FILE, DiagnoseDir, StageDir, WorkDir, checkpoint_in
 
@@ -166,8 +167,10 @@ def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
     changed = [k for k in plan_key if k in old_key and old_key[k] != plan_key[k]]
     if plan is None or changed or not set(old_key) <= set(plan_key):
         if plan is not None and any(out.records.glob("*.json")):
-            what = "; ".join(f"{k}: {old_key.get(k)} -> {plan_key.get(k)}" for k in changed) or \
-                f"keys {sorted(set(old_key) - set(plan_key))}"
+            # the values that differ, not the whole of each setting (a recipe's ~900 characters for one max_steps)
+            was, now = flatten({k: old_key[k] for k in changed}), flatten({k: plan_key[k] for k in changed})
+            what = "; ".join(f"{k}: {was.get(k)} -> {now.get(k)}" for k in sorted(set(was) | set(now))
+                             if was.get(k) != now.get(k)) or f"keys {sorted(set(old_key) - set(plan_key))}"
             raise ConfigError(f"{plan_path} was planned with other settings than the config's ({what}); records of "
                               f"both would be ranked as one: use another --work-dir or delete {out.root}")
         space = restrict_resolution(ctx.space, cfg.model.input_size, cfg.search.resolution_tolerance)
