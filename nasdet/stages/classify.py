@@ -29,12 +29,11 @@ from ..models.classifier import (BACKBONE_PREFIX, INPUT_SIZE, build_classifier, 
                                  is_supernet_classifier, save_backbone_file)
 from ..space import ArchError, prefix_arch, strip_prefix
 from ..train import dist
-from ..train.resume import NOT_TRAINING
 from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.classify import ClassifierSupernetTrainer, ClassifierTrainer, load_classifier_teacher
 from ..train.loop import RunSettings
 from ..workdir import WorkDir, write_json
-from .common import finished_record, start_note_of, with_train_recipe
+from .common import finished_record, recipe_key, start_note_of, with_train_recipe
 
 
 def _arch_mapping(given: Any, cfg: ExperimentConfig) -> tuple[dict, str]:
@@ -117,7 +116,7 @@ def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         raise ArchError(f"classify.arch ({source}): {e}") from None
     settings = RunSettings(train=tcfg.train, eval=cfg.eval, seed=cfg.seed,
                            num_workers=c.num_workers if c.num_workers is not None else cfg.data.num_workers,
-                           record=config_to_dict(cfg))
+                           record=config_to_dict(tcfg), recipe=recipe_key("classify", c.train))
     supernet = arch is None and is_supernet_classifier(model)
     record_arch = {**prefix_arch(arch, BACKBONE_PREFIX), INPUT_SIZE: c.input_size} if arch is not None else None
     if out.has_checkpoint():  # a subnet's weights are not a supernet's, nor another subnet's
@@ -137,12 +136,6 @@ def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     else:
         mode, space = ("subnet" if arch is not None else "backbone"), None
         trainer = ClassifierTrainer(settings, model, train_set, val_set, out.root, console=console, arch=record_arch)
-    # what the classifier's weights depend on: the seed, the backbone, the classify section (its recipe:
-    # classify.train, else the top-level train); not the detection sections (data, the detector's own model keys,
-    # supernet), whose change refused a classify rerun while a changed classify.train resumed without a word
-    trainer.resume_sections = ("seed", "model.backbone", "classify") + (() if c.train is not None else ("train",))
-    trainer.resume_ignores = NOT_TRAINING | {f"classify.{k}" for k in NOT_TRAINING if k.startswith("train.")} | {
-        "classify.num_workers", "classify.val_split", "classify.supernet.report_archs", "classify.supernet.recalib_batches"}
     if arch is not None and cfg.model.backbone.checkpoint:
         trainer.start_note = f"subnet from {cfg.model.backbone.checkpoint}"
     else:  # build_classifier loaded model.backbone.checkpoint / pretrained

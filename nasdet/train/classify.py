@@ -22,6 +22,7 @@ from ..threads import loader_workers
 from . import dist
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .loop import Trainer
+from .resume import NOT_TRAINING
 from .supernet import SupernetTrainer
 
 
@@ -69,9 +70,15 @@ def soft_target_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
 
 
 class ClassificationBatches:
-    """What a trainer of a classifier changes in the stage loop: stacked batches, labels as targets."""
+    """What a trainer of a classifier changes in the stage loop: stacked batches, labels as targets, and what a
+    resume compares: the seed, the backbone, the recipe (``train``: classify.train or the top-level one) and the
+    classify section; not the detection sections (data, the detector's model keys, supernet), whose change
+    refused a classify rerun while a changed classify.train resumed without a word."""
 
     collate = staticmethod(collate_classification)
+    resume_sections = ("seed", "model.backbone", "train", "classify")
+    resume_ignores = NOT_TRAINING | {"classify.train", "classify.num_workers", "classify.val_split",
+                                     "classify.supernet.report_archs", "classify.supernet.recalib_batches"}
 
     def to_device(self, images: torch.Tensor, labels: torch.Tensor):
         return images.to(self.device, non_blocking=True).float().div_(255.0), labels.to(self.device, non_blocking=True)
