@@ -81,11 +81,10 @@ def fail_stale_trials(study: optuna.Study) -> int:
     """Tell ``FAIL`` for trials left ``RUNNING`` by a dead process (of this host: its pid is gone; of any
     host on a database storage: its heartbeat stopped) and enqueue their archs again; returns how many
     this call failed."""
-    host, n = socket.gethostname(), 0
+    n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who = str(t.user_attrs.get("worker", ""))
-        h, _, pid = who.rpartition(":")
-        if h != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        pid = _local_pid(t.user_attrs.get("worker", ""))
+        if pid is None or pid == os.getpid() or _alive(pid):
             continue
         try:
             study.tell(t.number, state=TrialState.FAIL)
@@ -113,11 +112,18 @@ def proposal_of(trial: FrozenTrial) -> str:
         return "stale"
     if who == proposer_id():
         return "mine"
-    host, _, rest = who.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    pid = _local_pid(who)
+    if pid is None:
         return "live"
-    return "stale" if int(pid) == os.getpid() or not _alive(int(pid)) else "live"
+    return "stale" if pid == os.getpid() or not _alive(pid) else "live"
+
+
+def _local_pid(who) -> int | None:
+    """The pid of a process id written by this host (``worker_id``'s ``host:pid``, ``proposer_id``'s
+    ``host:pid:token``), None for another host's (or none): only this host's processes can be checked."""
+    host, _, rest = str(who).partition(":")
+    pid = rest.partition(":")[0]
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:

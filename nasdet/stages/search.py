@@ -275,8 +275,8 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     resolutions = search_resolutions(search_space, cfg.model.input_size, gc.search_resolution)
     feasible_resolutions(search_space, lambda a: float(cost_fn(a)[budget.metric]), budget, resolutions)  # before the study
     study_name = study_name_of(cfg)
-    study, _ = open_checked_study(storage or s.storage, out_dir, study_name, Strategy(search_space, cost_fn, budget), ckpt,
-                               state, settings=scoring_settings(cfg))
+    study, _ = open_checked_study(storage or s.storage, out_dir, study_name, Strategy(search_space, cost_fn, budget),
+                                  ckpt, state, settings=scoring_settings(cfg))
     save_run_record(cfg, WorkDir(wd).config)
     search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
                             seed=s.seed, console=console, worker=worker_id())

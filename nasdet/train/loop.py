@@ -167,7 +167,6 @@ def check_scored_val_set(val_set, n: int) -> None:
     val_set.check_images_open(n)
 
 
-
 class StopAfterStep:
     """Ctrl-C (SIGINT) or a scheduler's SIGTERM while a single process trains: the step under way ends, the
     trainer saves ``last.pt`` and stops (``asked`` names the signal), so a rerun continues from that step; before,

@@ -56,10 +56,15 @@ def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int
         # the thresholds and counts of this run (model.score_thresh, ...), not those it was trained with: an eval,
         # a search's baseline score or an export with `--set model.score_thresh=0.3` used the checkpoint's 0.01
         family.set_postprocessing(model, cfg.model)
-    if static and has_supernet_body(model):
-        space = detector_space(model)
-        model = export_detector(model, space.default(), space)
-    return model
+    return default_subnet(model)[0] if static and has_supernet_body(model) else model
+
+
+def default_subnet(model: nn.Module, input_sizes=None) -> tuple[nn.Module, dict]:
+    """The default arch of a detector on a supernet backbone (its space of ``input_sizes``) as a static detector,
+    and that arch."""
+    space = detector_space(model, input_sizes)
+    arch = space.default()
+    return export_detector(model, arch, space), arch
 
 
 def without_start_weights(model_cfg):
@@ -221,15 +226,13 @@ def load_checkpoint_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: 
         model, arch = load_tuned_model(ckpt, cfg, num_classes)
         return model, {"tuned_arch": arch}
     model = load_trained_model(detector_cfg or cfg, ckpt, num_classes, static=False)
-    if state.get("space_id") is None and not has_supernet_body(model):
+    if not has_supernet_body(model):
         return model, {}
     if state.get("space_id") is None:  # a detector trained on a supernet backbone's default subnet (DetNAS's baseline)
-        space = detector_space(model)
-        return export_detector(model, space.default(), space), {"trained_subnet": space.default()}
-    sizes = ((state.get("config") or {}).get("supernet") or {}).get("input_sizes")
-    space = detector_space(model, sizes)
-    arch = space.default()
-    return export_detector(model, arch, space), {"supernet_subnet": arch}
+        static, arch = default_subnet(model)
+        return static, {"trained_subnet": arch}
+    static, arch = default_subnet(model, ((state.get("config") or {}).get("supernet") or {}).get("input_sizes"))
+    return static, {"supernet_subnet": arch}
 
 
 class TuneTrainer(Trainer):
