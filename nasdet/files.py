@@ -69,10 +69,10 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
 
 
 def remove_leftover_temporaries(folder: str | Path) -> int:
-    """Delete the temporary files ``atomic_path`` left in ``folder`` when a kill -9 came mid-write (a partial
+    """Delete the checkpoint temporaries ``atomic_path`` left in ``folder`` when a kill -9 came mid-write (a partial
     checkpoint each, kept forever); call it only while holding the folder's writer lock. Returns how many."""
     n = 0
-    for tmp in Path(folder).glob(".*.tmp"):
+    for tmp in Path(folder).glob(".*.pt.*.tmp"):  # atomic_path's names for checkpoints: .<name>.<random>.tmp
         try:
             if tmp.is_file():
                 tmp.unlink()
