@@ -8,6 +8,7 @@ same file (search workers all write results.csv at their end) never write into o
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -98,6 +99,18 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, obj, indent: int | None = 2, **kwargs) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, **kwargs))
+
+
+def nonfinite_to_null(obj):
+    """``obj`` with every NaN / infinite float (an undefined statistic) as None: JSON's null. Python's json
+    writes them as bare ``NaN`` / ``Infinity``, which strict parsers (JavaScript's, Go's, jq's --strict) refuse."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: nonfinite_to_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nonfinite_to_null(v) for v in obj]
+    return obj
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

@@ -185,3 +185,29 @@ def test_search_progress_counts_the_studys_candidates_not_only_this_workers(tiny
     run_search(cfg, console=Console(file=out, width=200))
     counts = re.findall(r"search candidates: (\d+)/3", out.getvalue())
     assert counts and counts[-1] == "3", out.getvalue()
+
+
+def test_pareto_says_the_baseline_is_timed_when_candidates_are_predicted(tiny_config):
+    """Under cost.latency lut the candidates' latency is the table's prediction while the baseline (not a subnet
+    of the space) is timed: pareto.json and the plot's legend say so (the baseline looked slower than the
+    largest subnet with fewer MACs, on one axis with nothing said)."""
+    import torch
+
+    from nasdet.models.detectors import build_detector
+    from nasdet.stages.search import run_search
+    from nasdet.train.checkpoint import save_checkpoint
+    from nasdet.workdir import WorkDir
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False}, supernet={"input_sizes": [64, 96]},
+                      cost={"latency": "lut", "warmup": 1, "runs": 2, "threads": 1},
+                      search={"strategy": "random", "confidence_resamples": 100, "num_candidates": 1,
+                              "recalib_batches": 1, "batch_size": 4, "max_images": 2, "include_extremes": False,
+                              "budget": {"metric": "latency", "max": 1e4}})
+    fake_pretrain(cfg)
+    torch.manual_seed(1)
+    save_checkpoint({"model": build_detector(cfg.model, num_classes=8).state_dict(), "config": config_to_dict(cfg),
+                     "step": 1}, WorkDir.of(cfg, None).baseline.checkpoint)
+    run_search(cfg, console=QUIET)
+    baseline = json.loads((Path(cfg.work_dir) / "search" / "pareto.json").read_text())["baseline"]
+    assert baseline["costs"]["latency"] > 0
+    assert baseline["latency_note"] == "timed in torch on cpu; the candidates' latency is the lookup table's prediction"

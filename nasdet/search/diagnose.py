@@ -19,13 +19,14 @@ from typing import Any
 from rich.table import Table
 
 from ..config import ExperimentConfig
-from ..files import atomic_path, write_json_atomic
+from ..files import atomic_path, nonfinite_to_null, write_json_atomic
 from ..workdir import DiagnoseDir
 from ..space import SearchSpace
 from .scoring import arch_key
 from .study import _alive, worker_id
 
 COST_RANKERS = ("macs", "params")
+FEW_DIAGNOSED_ARCHS = 8  # below, a rank correlation's bootstrap interval is degenerate (K = 3: tau 1.00 [1.00, 1.00])
 
 
 def arch_id(arch: Mapping[str, Any]) -> str:
@@ -214,6 +215,7 @@ def summarize(records: Sequence[dict], cfg: ExperimentConfig, repeat: dict | Non
                        "target": {"split": "val", "images": _first(records, "val_images")}},
             "macs_range": [min(r["costs"]["macs"] for r in records), max(r["costs"]["macs"] for r in records)],
             "rankers": rankers, "other_standalone": extra, "warning": constant_target(truth, d), "noise": noise,
+            "few_archs": few_archs_note(len(records)),
             "trainings": trainings, "settings": settings_key(cfg),
             "seconds": {k: sum(r["seconds"].get(k, 0.0) for r in records)
                         + (repeat["seconds"] if repeat is not None and k == f"train_{d.target}" else 0.0)
@@ -236,11 +238,25 @@ def constant_target(truth: Sequence[float], d) -> str | None:
             "stand-alone archs longer (diagnose.epochs, diagnose.max_steps) until their APs differ, then rerun")
 
 
+def few_archs_note(archs: int, k_key: str = "diagnose.archs") -> str | None:
+    """Why the intervals of a diagnose of few archs are no evidence (None from ``FEW_DIAGNOSED_ARCHS`` on)."""
+    if archs >= FEW_DIAGNOSED_ARCHS:
+        return None
+    return (f"with {archs} archs a tau takes few values and its bootstrap interval (resamples that repeat archs) "
+            "says little: read the table as the order of these archs, not as evidence for a ranker; compare "
+            f"rankers with {k_key} >= {FEW_DIAGNOSED_ARCHS}")
+
+
+def fmt_stat(v: float | None, spec: str = ".2f") -> str:
+    """A statistic of summary.json for a table or title: None (JSON's null) or NaN is ``undefined``."""
+    return "undefined" if v is None or math.isnan(v) else format(v, spec)
+
+
 def write_diagnose_outputs(records: Sequence[dict], cfg: ExperimentConfig, out: DiagnoseDir,
                            repeat: dict | None = None) -> dict:
     d = cfg.diagnose
     records = sorted(records, key=lambda r: (r["costs"]["macs"], r["arch_id"]))
-    summary = summarize(records, cfg, repeat)
+    summary = nonfinite_to_null(summarize(records, cfg, repeat))  # an undefined statistic is null, not bare NaN
     write_results_csv(records, d.proxies, d.init, out.results_csv)
     write_json_atomic(out.summary, summary)
     plot_rankers(records, summary, cfg, out.rank_png)
@@ -280,9 +296,10 @@ def plot_rankers(records: Sequence[dict], summary: dict, cfg: ExperimentConfig, 
     for ax, (name, xs) in zip(axes.flat, scores.items()):
         a = summary["rankers"][name]
         ax.scatter(xs, truth, s=22, c="tab:red" if name == "supernet" else "tab:blue")
-        ax.set_title(f"{name}: tau {a['kendall_tau']:.2f} [{a['kendall_tau_lo']:.2f}, {a['kendall_tau_hi']:.2f}]\n"
-                     f"rho {a['spearman_rho']:.2f}, top-{a['top_k']} overlap "
-                     + ("undefined" if math.isnan(a["top_k_overlap"]) else f"{a['top_k_overlap']:.2f}"), fontsize=9)
+        ax.set_title(f"{name}: tau {fmt_stat(a['kendall_tau'])} [{fmt_stat(a['kendall_tau_lo'])}, "
+                     f"{fmt_stat(a['kendall_tau_hi'])}]\n"
+                     f"rho {fmt_stat(a['spearman_rho'])}, top-{a['top_k']} overlap {fmt_stat(a['top_k_overlap'])}",
+                     fontsize=9)
         ax.set_xlabel(labels.get(name, name), fontsize=8)
         ax.set_ylabel(f"stand-alone {d.metric} ({d.target}, val)", fontsize=8)
         ax.grid(alpha=0.3)
@@ -313,8 +330,7 @@ def ranker_table(summary: dict) -> Table:
     table = Table(title=title + (": THE TARGET IS NOISE, every tau means nothing" if noise else ""))
     for col in ("ranker", "Kendall tau", "90 % interval", "Spearman rho", "90 % interval", "top-k overlap"):
         table.add_column(col, justify="right")
-    def f(v: float, spec: str = ".2f") -> str:
-        return "undefined" if math.isnan(v) else format(v, spec)
+    f = fmt_stat
 
     for name, a in {**summary["rankers"], **summary.get("other_standalone", {})}.items():
         table.add_row(name, f(a["kendall_tau"], ".3f") + (" (noise)" if noise else ""),

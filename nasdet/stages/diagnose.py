@@ -238,8 +238,9 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     summary["seconds_this_process"] = time.perf_counter() - t_start
     summary["archs_this_process"] = done_here
     console.print(ranker_table(summary))
-    if summary.get("warning"):
-        console.print(Text(f"warning: {summary['warning']}", style="yellow"), soft_wrap=True)
+    for note in ("warning", "few_archs"):
+        if summary.get(note):
+            console.print(Text(f"warning: {summary[note]}", style="yellow"), soft_wrap=True)
     if summary["noise"]:
         console.print(Text(summary["noise"]["verdict"], style="yellow" if summary["noise"]["is_noise"] else ""),
                       soft_wrap=True)

@@ -188,18 +188,10 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict], tol
     return ((text + training).strip() + (f" All on {found['split']}." if arch or training else "") + left_out).strip()
 
 
-FEW_DIAGNOSED_ARCHS = 8  # below, a rank correlation's bootstrap interval is degenerate (K = 3: tau 1.00 [1.00, 1.00])
-
-
 def diagnose_lines(summary: dict, k_key: str = "pipeline.diagnose") -> list[str]:
     """report.md's section of a diagnose summary: what was ranked against what (splits and image counts),
     the tau table with its intervals, and whether the target is noise (then every tau cell is marked)."""
-    import math
-
-    from ..search.diagnose import is_noise
-
-    def f(v: float) -> str:
-        return "undefined" if v is None or math.isnan(v) else f"{v:.2f}"
+    from ..search.diagnose import few_archs_note, fmt_stat as f, is_noise
 
     recipe, splits = summary["recipe"], summary["splits"]
     init = "from the supernet's weights" if summary["target"].startswith("standalone_supernet") else "from scratch"
@@ -220,10 +212,9 @@ def diagnose_lines(summary: dict, k_key: str = "pipeline.diagnose") -> list[str]
         lines += [f"**{verdict}**" if noise else verdict, ""]
     if summary.get("warning"):
         lines += [f"Warning: {summary['warning']}.", ""]
-    if summary["archs"] < FEW_DIAGNOSED_ARCHS:
-        lines += [f"With {summary['archs']} archs a tau takes few values and its bootstrap interval (resamples that "
-                  "repeat archs) says little: read the table as the order of these archs, not as evidence for a ranker; "
-                  f"compare rankers with {k_key} >= {FEW_DIAGNOSED_ARCHS}.", ""]
+    few = few_archs_note(summary["archs"], k_key)
+    if few:
+        lines += [few[0].upper() + few[1:] + ".", ""]
     mark = " (noise)" if noise else ""
     top_k = next(iter(summary["rankers"].values()))["top_k"]
     lines += ["| ranker | Kendall tau [90 %]" + (": target is noise" if noise else "") +
