@@ -48,8 +48,18 @@ def _user_errors(fn):
                 raise
             _fail(e, "error", 1, f"another process of this torchrun stopped (its error is printed above); rank "
                                  f"{_torchrun_rank()} stops with it")
+        finally:
+            # after the error is printed: the other ranks' collectives fail once this group is gone, and they
+            # say "its error is printed above" (a rank that left first exited silently, see _fail)
+            _leave_group()
 
     return wrapper
+
+
+def _leave_group() -> None:
+    """Destroy torchrun's process group if this process joined one (no torch import for a CLI that has none)."""
+    if _group_joined():
+        sys.modules["torch.distributed"].destroy_process_group()
 
 
 def _torchrun_rank() -> int:
@@ -217,13 +227,9 @@ def data_stats_cmd(config: Path, set_: Optional[List[str]] = SetOpt,
 def train_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt):
     """Train the config's detector (the baseline); resumes from baseline/ckpt/last.pt."""
     from .stages.baseline import run_baseline
-    from .train import dist
 
     cfg = _load(config, set_)
-    try:
-        run_baseline(cfg, work_dir, console=console)
-    finally:
-        dist.cleanup()
+    run_baseline(cfg, work_dir, console=console)
 
 
 @app.command("pretrain")
@@ -232,13 +238,9 @@ def pretrain_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
     """Train the weight-sharing supernet (path sampling, progressive shrinking, distillation);
     resumes from supernet/ckpt/last.pt."""
     from .stages.pretrain import run_pretrain
-    from .train import dist
 
     cfg = _load(config, set_)
-    try:
-        run_pretrain(cfg, work_dir, console=console)
-    finally:
-        dist.cleanup()
+    run_pretrain(cfg, work_dir, console=console)
 
 
 @app.command("classify")
@@ -247,13 +249,9 @@ def classify_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
     """Train model.backbone as an image classifier on classify.root (ImageFolder): the supernet (DetNAS step 1)
     or the subnet classify.arch (step 4); writes classify/backbone.pt; resumes from classify/ckpt/last.pt."""
     from .stages.classify import run_classify
-    from .train import dist
 
     cfg = _load(config, set_)
-    try:
-        run_classify(cfg, work_dir, console=console)
-    finally:
-        dist.cleanup()
+    run_classify(cfg, work_dir, console=console)
 
 
 @app.command("search")
@@ -409,13 +407,9 @@ def tune_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
     """Train the found architecture (tune.arch, else search/best_arch.json) from the supernet's weights
     or from scratch, with the baseline's recipe; after a darts search, the detector with the searched
     towers (search/genotype.json); resumes from tune/ckpt/last.pt."""
-    from .train import dist
     from .stages.tune import run_tune
 
-    try:
-        run_tune(_load(config, set_), work_dir, console=console)
-    finally:
-        dist.cleanup()
+    run_tune(_load(config, set_), work_dir, console=console)
 
 
 @app.command("export")

@@ -83,17 +83,53 @@ def test_user_errors_are_one_line_naming_the_culprit(shapes_dir, tmp_path):
     assert code == 2 and ("missing.json" in out or "none.pt" in out)
 
 
+# `nasdet` under torchrun with spies: each rank writes a hash of the BatchNorm statistics it evaluates with;
+# NASDET_FAIL_RANK makes that rank meet a data error at its first training step
+DDP_SPY = """
+import hashlib, os, sys
+from nasdet.errors import DataError
+from nasdet.train import loop
+real_eval, real_step, rank = loop.evaluate_detector, loop.Trainer.train_step, os.environ["RANK"]
+def evaluate(model, *a, **k):
+    digest = hashlib.sha1(b"".join(b.numpy().tobytes() for b in model.buffers())).hexdigest()
+    with open(os.path.join(sys.argv[1], "buffers_rank" + rank), "a") as f:
+        f.write(digest + "\\n")
+    return real_eval(model, *a, **k)
+def train_step(self, *a, **k):
+    if os.environ.get("NASDET_FAIL_RANK") == rank:
+        raise DataError("images/000007.jpg (image id 7) cannot be decoded: test")
+    return real_step(self, *a, **k)
+loop.evaluate_detector, loop.Trainer.train_step = evaluate, train_step
+from nasdet.cli import app
+app(sys.argv[2:], prog_name="nasdet")
+"""
+
+
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
 def test_torchrun_two_processes_ddp(shapes_dir, tmp_path):
     cfg = write_cfg(tmp_path / "ddp.yaml", tiny_raw(shapes_dir, tmp_path / "wd"))
+    spy = tmp_path / "spy.py"
+    spy.write_text(DDP_SPY)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nasdet", "train", str(cfg),
-                        "--set", "train.epochs=1"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(spy), str(tmp_path), "train", str(cfg),
+                        "--set", "train.epochs=1"], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     state_step = json.loads((tmp_path / "wd" / "baseline" / "metrics.json").read_text())["step"]
     assert state_step == 24 // (4 * 2)  # 24 images, batch 4 per process, 2 processes
     assert "2 process(es)" in r.stdout
+    # both ranks evaluate (sharded) the model the checkpoint holds: rank 0's BN statistics (on CPU, without
+    # SyncBatchNorm, rank 1's own were used for its half of val: metrics.json was not the checkpoint's)
+    evaluated = [(tmp_path / f"buffers_rank{i}").read_text().split() for i in (0, 1)]
+    assert len(evaluated[0]) == 1 and evaluated[0] == evaluated[1]
+
+    # the rank that meets an error prints it before its process group is gone (it left silently, and rank 0
+    # said "its error is printed above" with nothing above)
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(spy), str(tmp_path), "train", str(cfg),
+                        "--work-dir", str(tmp_path / "failing")], capture_output=True, text=True, timeout=300,
+                       env={**env, "NASDET_FAIL_RANK": "1"})
+    assert r.returncode != 0
+    assert "rank 1: images/000007.jpg (image id 7) cannot be decoded: test" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 def test_pretrain_then_search(shapes_dir, tmp_path):

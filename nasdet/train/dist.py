@@ -108,14 +108,17 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def broadcast_buffers(model: torch.nn.Module, src: int = 0) -> None:
+    """Rank ``src``'s buffers (BatchNorm statistics) on every rank; nothing when not distributed."""
+    if not dist.is_initialized() or dist.get_world_size() < 2:
+        return
+    for b in model.buffers():
+        dist.broadcast(b, src)
+
+
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     if not dist.is_initialized():
         return t
     t = t.clone()
     dist.all_reduce(t)
     return t / dist.get_world_size()
-
-
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

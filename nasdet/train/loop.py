@@ -489,6 +489,13 @@ class Trainer:
         val, e = self.scored_val(), self.settings.eval
         return evaluate_detector(self.model, val, self.device, e.batch_size, self.settings.num_workers, per_class=True)
 
+    def evaluate_as_saved(self) -> dict | None:
+        """``evaluate`` of the model a checkpoint holds: rank 0's BatchNorm statistics on every rank first (the
+        evaluation is sharded over the ranks; without SyncBatchNorm, on CPU, each rank's forwards updated its own
+        statistics, and half the val images were scored with rank 1's, which no checkpoint holds)."""
+        dist.broadcast_buffers(self.model)
+        return self.evaluate()
+
     def run(self) -> dict:
         """Train to the end (resuming from ``ckpt/last.pt`` if present); returns the final val metrics."""
         try:
@@ -566,12 +573,12 @@ class Trainer:
                         self.save(f"epoch_{self.epoch}.pt")
                     if self.tcfg.eval_every_epochs and self.epoch % self.tcfg.eval_every_epochs == 0 \
                             and self.epoch < self.tcfg.epochs:
-                        metrics = self.evaluate()
+                        metrics = self.evaluate_as_saved()
                         if metrics is not None:
                             self.log({"step": self.step, "epoch": self.epoch, "eval": metrics})
                             self.console.print(f"epoch {self.epoch}: {self.describe_metrics(metrics)}")
         self.save()
-        metrics = self.evaluate()
+        metrics = self.evaluate_as_saved()
         if metrics is not None:
             self.log({"step": self.step, "epoch": self.epoch, "eval": metrics})
         return metrics or {}
