@@ -19,13 +19,17 @@ def test_search_storage_and_latency_table_inside_the_data_are_refused(tmp_path, 
     cfg.write_text(yaml.safe_dump(tiny_raw(data_root, tmp_path / "work")))
     before = hashes(data_root)
     # refused before the supernet is looked for (there is none)
-    for storage in (data_root / "val" / "annotations.json", data_root / "val" / "images" / "study.journal"):
+    for storage in (data_root / "val" / "annotations.json", data_root / "val" / "images" / "study.journal",
+                    f"sqlite:///{data_root / 'val' / 'images' / 'study.db'}"):  # (connecting created the file)
         one_error_line(*cli("search", cfg, "--storage", storage), "search storage", "data set", "data.val")
     one_error_line(*cli("search", cfg, "--set", "cost.latency=lut", "--set",
                         f"cost.lut={data_root / 'val' / 'annotations.json'}"), "cost.lut", "the data set's own")
     assert hashes(data_root) == before
     assert sorted(p.name for p in (data_root / "val" / "images").iterdir()) == sorted(before_names(before))
     assert not (tmp_path / "work").exists()
+    # an SQLite file outside the data is not created by the search that is refused for want of a supernet
+    one_error_line(*cli("search", cfg, "--storage", f"sqlite:///{tmp_path / 'study.db'}"), "nasdet pretrain")
+    assert not (tmp_path / "study.db").exists()
 
 
 def before_names(hashed: dict[str, str]) -> list[str]:

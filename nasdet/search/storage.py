@@ -157,6 +157,20 @@ def check_storage_url(url: str) -> str:
     return url
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of an ``sqlite:///FILE`` storage URL (None for another database or an in-memory one)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def _check_reachable(url: str, parsed, shown: str) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
@@ -166,6 +180,11 @@ def _check_reachable(url: str, parsed, shown: str) -> None:
         if not folder.is_dir():
             raise ConfigError(f"storage {shown}: folder {folder.absolute()} of the SQLite file does not exist (create "
                               "it, or give another path)")
+        if not Path(parsed.database).exists():  # connecting would create it, before the search knows it can run
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise EnvironmentProblem(f"storage {shown}: folder {folder.absolute()} of the SQLite file is not "
+                                         "writable (check its permissions, or give another path)")
+            return
     timeout = {"connect_timeout": 15} if parsed.get_backend_name() == "postgresql" \
         and "connect_timeout" not in parsed.query else {}
     engine = create_engine(url, connect_args=timeout)

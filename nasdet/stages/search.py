@@ -32,7 +32,7 @@ from ..search.outputs import (kept_outputs, output_files, outputs_key, refuse_ot
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
 from ..search.scoring import cached_scorer, score_arch
 from ..search.strategies import OBJECTIVE, make_strategy
-from ..search.storage import check_storage_url, open_storage, refuse_foreign_storage, shown_storage
+from ..search.storage import check_storage_url, open_storage, refuse_foreign_storage, shown_storage, sqlite_file
 from ..search.study import (SCORING_ATTR, apply_budget, best_record, check_scoring_settings,
                             check_supernet_fingerprint, open_study, run_study, study_records)
 from ..space import SearchSpace
@@ -79,7 +79,10 @@ def check_search_inputs(cfg: ExperimentConfig, work_dir: str | Path | None = Non
     w = WorkDir.of(cfg, work_dir)
     refuse_other_search(w.search.root, study_name_of(cfg), s.strategy)
     if "://" in str(storage or s.storage or ""):
-        check_storage_url(str(storage or s.storage))  # a bad URL fails now, not after the supernet is loaded
+        url = str(storage or s.storage)
+        if (database := sqlite_file(url)) is not None:
+            refuse_output_in_data(database, cfg.data_folders(), "search storage")
+        check_storage_url(url)  # a bad URL fails now, not after the supernet is loaded
     elif storage or s.storage:
         path = Path(storage or s.storage)
         refuse_output_in_data(path, cfg.data_folders(), "search storage")
