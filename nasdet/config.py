@@ -174,6 +174,8 @@ def _holding_folders(splits: dict[str, list[tuple[Path, Path | None]]]) -> list[
 
     found: list[tuple[str, Path]] = []
     folders: dict[Path, str] = {}  # the splits' folders -> the key naming the first split in it
+    label_folders: dict[Path, str] = {}  # label folders in a tree of their own (Ultralytics' labels/train)
+    trees: set[Path | None] = set()  # the folder holding images/ and labels/ trees, per split
     for key, pairs in splits.items():
         for images, beside in pairs:
             images = _absolute(images)
@@ -182,10 +184,25 @@ def _holding_folders(splits: dict[str, list[tuple[Path, Path | None]]]) -> list[
                 what = "annotations file" if beside.suffix.lower() == ".json" else "label folder"
                 found.append((f"{key}'s folder, holding its image folder and {what}", holder))
             folders.setdefault(holder or images, key)
-    parents = {f.parent for f in folders}
-    if len(folders) >= 2 and len(parents) == 1 and holding(root := parents.pop()):
-        beside = " and ".join(f"{f.name}/" for f in sorted(folders))
-        found.append((f"the data set's root, holding {beside}", root))
+            labels = _absolute(beside) if beside is not None and beside.suffix.lower() != ".json" else None
+            if labels is not None and holder is None:  # images/train beside labels/train
+                label_folders.setdefault(labels, key)
+                trees.add(images.parent.parent if labels.parent.parent == images.parent.parent else None)
+            else:
+                trees.add(None)
+
+    def side_by_side(held: dict[Path, str], what: str) -> None:
+        parents = {f.parent for f in held}
+        if len(held) >= 2 and len(parents) == 1 and holding(root := parents.pop()):
+            found.append((f"{what}, holding {' and '.join(f'{f.name}/' for f in sorted(held))}", root))
+
+    parallel = len(trees) == 1 and None not in trees  # every split as X/images/S + X/labels/S (Ultralytics)
+    side_by_side(folders, "the root of the data set's image folders" if parallel else "the data set's root")
+    side_by_side(label_folders, "the root of the data set's label folders")
+    if parallel and holding(root := next(iter(trees))):
+        images_tree = sorted({f.parent.name for f in folders})
+        labels_tree = sorted({f.parent.name for f in label_folders})
+        found.append((f"the data set's root, holding {' and '.join(f'{n}/' for n in images_tree + labels_tree)}", root))
     return found
 
 

@@ -270,7 +270,20 @@ def test_the_roots_of_coco_voc_and_yolo_layouts(tmp_path, monkeypatch):
             (yolo_root / split / sub).mkdir(parents=True)
     (yolo_root / "data.yaml").write_text("train: train/images\nval: valid/images\nnames: [cat]\n")
     yolo = {**raw, "data": {"format": "yolo", "data_yaml": str(yolo_root / "data.yaml")}}
-    for layout, root, inner in ((raw, "data/coco", None), (voc, "data/VOCdevkit", None), (yolo, "data/rf", "train")):
+    ultralytics_root = project / "data" / "ul"  # Ultralytics' own layout: images/train beside labels/train
+    for split in ("train", "val"):
+        for sub in ("images", "labels"):
+            (ultralytics_root / sub / split).mkdir(parents=True)
+    (ultralytics_root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames: [cat]\n")
+    ultralytics = {**raw, "data": {"format": "yolo", "data_yaml": str(ultralytics_root / "data.yaml")}}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(ultralytics))
+    said = refused(cfg, "data/ul/labels/run")  # was accepted: a run written among the label folders
+    assert said and "(the root of the data set's label folders, holding train/ and val/)" in said, said
+    said = refused(cfg, "data/ul/images/run")
+    assert said and "(the root of the data set's image folders, holding train/ and val/)" in said, said
+    for layout, root, inner in ((raw, "data/coco", None), (voc, "data/VOCdevkit", None), (yolo, "data/rf", "train"),
+                                (ultralytics, "data/ul", None)):
         cfg = tmp_path / "cfg.yaml"
         cfg.write_text(yaml.safe_dump(layout))
         assert refused(cfg) is None  # runs/x in the project root
