@@ -206,6 +206,12 @@ def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     if not cfg.pipeline.export and cfg.pipeline.baseline and w.baseline.has_checkpoint():  # sizes without an export
         costs["baseline"] = run_cost(cfg, wd, latency=False, console=Console(quiet=True))
     report = stage("report", lambda: write_report(cfg, wd, exports, console, costs))
-    report["stage_seconds"] = times
+    # a rerun finds stages done in a second: their seconds are the earlier runs' plus this one's
+    try:
+        earlier = json.loads(w.report_json.read_text()).get("stage_seconds") or {}
+    except (OSError, ValueError, AttributeError):
+        earlier = {}
+    report["stage_seconds"] = {k: round(float(earlier.get(k) or 0.0) + v, 1) for k, v in times.items()}
+    report["stage_seconds_this_run"] = times
     write_json(w.report_json, report)
     return report

@@ -69,8 +69,12 @@ def test_controls_are_tuned_like_the_found_arch_and_reported(shapes_dir, tmp_pat
     # a rerun tunes nothing again
     ckpt = w.control("random_0").checkpoint
     before = ckpt.stat().st_mtime_ns
-    run_pipeline(cfg, console=QUIET)
+    first = json.loads(w.report_json.read_text())["stage_seconds"]
+    again = run_pipeline(cfg, console=QUIET)
     assert ckpt.stat().st_mtime_ns == before
+    # a stage found done keeps its earlier seconds (report.json said 0.7 s for a baseline trained minutes)
+    assert again["stage_seconds"]["baseline"] >= first["baseline"] > again["stage_seconds_this_run"]["baseline"]
+    assert again["rows"][0]["input_size"] == cfg.model.input_size and "| input | training steps |" in w.report_md.read_text()
 
 
 def test_controls_text_names_architecture_and_training():

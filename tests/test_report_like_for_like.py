@@ -25,6 +25,7 @@ def test_a_tune_from_a_since_retrained_supernet_is_refused_and_records_its_file(
     sn = Path(cfg.work_dir) / "supernet" / "ckpt" / "last.pt"
     result = run_tune(cfg, console=QUIET)
     assert result["supernet"] == str(sn.resolve()) and result["supernet_sha256"] == file_sha256(sn)
+    assert result["recalib_batches"] == 1 and result["seed"] == cfg.seed and result["augment"] == cfg.data.augment.model_dump(mode="json")
     assert run_tune(cfg, console=QUIET)["step"] == 2  # unchanged: complete
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
@@ -194,3 +195,39 @@ def test_checkpoints_of_the_wrong_kind_say_what_they_are_and_what_they_are_for(t
     with pytest.raises(CheckpointError, match=f"^{tuned} is a subnet tuned by `nasdet tune`.*this config's model has "
                                               "no search space"):
         load_tuned_model(tuned, plain, 8)
+
+
+def test_a_control_tuned_with_other_recalibration_seed_or_augmentation_is_not_alike():
+    """tune.recalib_batches (the inherited weights' BN statistics), the seed and data.augment make the tuned
+    weights too: a control tuned with another was reported "all trained exactly alike" (QA, session 27)."""
+    found = {"init": "supernet", "recalib_batches": 10, "seed": 0, "augment": {"hflip": 0.5, "photometric": 0.3}}
+    assert unlike(found, {**found, "recalib_batches": 1}) == ["recalib_batches 1 vs 10"]
+    assert unlike(found, {**found, "seed": 1}) == ["seed 1 vs 0"]
+    assert unlike(found, {**found, "augment": {"hflip": 0.5, "photometric": 0.0}}) == ["augment (photometric)"]
+
+
+def test_the_training_sentence_gives_each_sides_steps():
+    """"+0.05 over the same arch trained alone" compared 900 steps with 900 + 201 + 900 steps continuing the
+    baseline's weights, without a word (QA, session 27)."""
+    val = "val (8 images)"
+    baseline = {"AP": 0.05, "split": val, "steps": 900}
+    own = {**_control("baseline_arch", 0.10), "recipe_vs_baseline": [], "steps": 900}
+    chained = _controls_text(baseline, {"AP": 0.1, "split": val}, [own], supernet_steps=201, from_baseline=True)
+    assert ("It trained longer: the baseline 900 steps; the other the baseline's 900, then 201 supernet steps (the "
+            "supernet started from the baseline's weights), then 900 tune steps") in chained
+    alone = _controls_text(baseline, {"AP": 0.1, "split": val}, [own], supernet_steps=201)
+    assert "Steps: the baseline 900; the other 201 supernet steps, then 900 tune steps." in alone
+
+
+def test_report_rows_give_input_resolution_and_steps():
+    from nasdet.stages.report import COLUMNS, _fmt, _row
+
+    record = {"metrics": {"AP": 0.1, "AP50": 0.2}, "step": 900, "val_images": 8,
+              "arch": {"input_size": 128}}
+    row = _row("found", record, None, None, input_size=160)
+    assert row["input_size"] == 128 and row["steps"] == 900  # the arch's resolution, not the config's
+    assert _row("baseline", {"metrics": {}, "step": 3}, None, None, input_size=160)["input_size"] == 160
+    assert _row("x", record, {"input_size": 96, "measured": {"macs": 1, "params": 1}, "latency_torch": {"median_ms": 1},
+                              "latency_onnxruntime": {"median_ms": 1}}, None)["input_size"] == 96
+    assert ("input_size", "input") in COLUMNS and _fmt(row, "input_size") == "128 px"
+    assert _fmt(row, "steps") == "900" and _fmt({**row, "init": "supernet"}, "steps") == "supernet + 900"

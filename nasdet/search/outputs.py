@@ -133,6 +133,8 @@ def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path:
     for name, m in (marks or {}).items():
         style = styles.get(name, ("D", "tab:brown"))
         label = "baseline (trained on all of train)" if name == "baseline" else f"{name} subnet"
+        if m.get("scored_note"):
+            label = label[:-1] + f";\n{m['scored_note']})"
         if cost == "latency" and m.get("latency_note"):
             label = label[:-1] + f";\nlatency {m['latency_note']})"
         x = m["costs"].get(cost)

@@ -18,9 +18,12 @@ from ..workdir import CONFIDENCE_JSON, INITIAL_METRICS, METRICS_FILE, PARETO_JSO
 from .common import baseline_config, start_note_of
 
 
-def _row(name: str, record: dict, export: dict | None, cost: dict | None) -> dict:
+def _row(name: str, record: dict, export: dict | None, cost: dict | None, input_size: int | None = None) -> dict:
+    """``input_size``: the model's input resolution when neither its export nor its record's arch says it."""
     metrics = record["metrics"]
-    row = {"model": name, "AP": metrics.get("AP"), "AP50": metrics.get("AP50"), "split": _split_of(record)}
+    size = (export or {}).get("input_size") or (record.get("arch") or {}).get("input_size") or input_size
+    row = {"model": name, "AP": metrics.get("AP"), "AP50": metrics.get("AP50"), "split": _split_of(record),
+           "input_size": size, "steps": record.get("step"), "init": record.get("init")}
     if export is not None:
         row.update(macs=export["measured"]["macs"], params=export["measured"]["params"],
                    latency_torch_ms=export["latency_torch"]["median_ms"],
@@ -38,7 +41,7 @@ def _row(name: str, record: dict, export: dict | None, cost: dict | None) -> dic
 
 
 # what a control's tune record must share with the found arch's for the two to differ only by the arch
-LIKE_KEYS = ("init", "supernet", "recipe", "step", "val", "val_images")
+LIKE_KEYS = ("init", "supernet", "recipe", "step", "val", "val_images", "recalib_batches", "seed", "augment")
 
 
 def unlike(found: dict, other: dict) -> list[str]:
@@ -137,6 +140,14 @@ def _starting_weights(cfg: ExperimentConfig, base_record: dict, supernet_record:
     return "Starting weights: " + "; ".join(filter(None, (baseline, supernet))) + "."
 
 
+def supernet_started_from_baseline(cfg: ExperimentConfig, supernet_record: dict | None) -> bool:
+    """Whether the supernet's training started from the baseline's weights (its record's ``start``, else the config)."""
+    start = (supernet_record or {}).get("start")
+    if isinstance(start, str):
+        return start.startswith("from the baseline's weights")
+    return bool(cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline)
+
+
 def _cost_match(randoms: list[dict], tolerance: float, metric: str, latency: bool = False) -> str:
     """How the random controls' cost (``metric``) compares with the found arch's: "of the same cost" only when
     every one is within ``tolerance``; else the widest gap, said (a found arch at the space's cost edge has no
@@ -153,8 +164,22 @@ def _cost_match(randoms: list[dict], tolerance: float, metric: str, latency: boo
 _COST_NAMES = {"macs": "MACs", "params": "params"}
 
 
+def _training_budgets(baseline: dict, own: dict, supernet_steps: int | None, from_baseline: bool) -> str:
+    """How long each side of the training comparison trained: the baseline's arch from the supernet had the
+    supernet's steps too, and with pipeline.init_supernet_from_baseline the baseline's own before them."""
+    if baseline.get("steps") is None or own.get("steps") is None:
+        return ""
+    supernet = f"{supernet_steps} supernet steps" if supernet_steps is not None else "the supernet's steps"
+    if from_baseline:
+        return (f" It trained longer: the baseline {baseline['steps']} steps; the other the baseline's "
+                f"{baseline['steps']}, then {supernet} (the supernet started from the baseline's weights), then "
+                f"{own['steps']} tune steps: the difference is more training as much as the supernet's.")
+    return f" Steps: the baseline {baseline['steps']}; the other {supernet}, then {own['steps']} tune steps."
+
+
 def _controls_text(baseline: dict | None, found: dict, controls: list[dict], tolerance: float = 0.03,
-                   imported: bool = False, metric: str = "macs", latency: bool = False) -> str:
+                   imported: bool = False, metric: str = "macs", latency: bool = False,
+                   supernet_steps: int | None = None, from_baseline: bool = False) -> str:
     """Which differences are architecture (found vs the controls, all trained alike) and which are training
     (the baseline's arch trained alone vs taken from the supernet and tuned). A control tuned unlike the found
     arch (``unlike``) is left out of both, and named."""
@@ -183,7 +208,8 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict], tol
             recipe = (f" (tuned with another recipe than the baseline's: {', '.join(own['recipe_vs_baseline'])})"
                       if own.get("recipe_vs_baseline") else "")
             training = (f" Training: the baseline's arch taken from the supernet and tuned has AP "
-                        f"{signed(own['AP'] - baseline['AP'])} over the same arch trained alone (the baseline){recipe}.")
+                        f"{signed(own['AP'] - baseline['AP'])} over the same arch trained alone (the baseline){recipe}."
+                        + _training_budgets(baseline, own, supernet_steps, from_baseline))
     text = ("Architecture, all trained exactly alike: the found arch has " + " and ".join(arch) + ".") if arch else ""
     return ((text + training).strip() + (f" All on {found['split']}." if arch or training else "") + left_out).strip()
 
@@ -257,6 +283,10 @@ def _fmt(row: dict, key: str) -> str:
         return "-"
     if key == "split":
         return v
+    if key == "input_size":
+        return f"{v} px"
+    if key == "steps":  # a tune from the supernet's weights had the supernet's training before its own steps
+        return f"supernet + {v}" if row.get("init") == "supernet" else str(v)
     on = f" (on {row['int8_images']} images)" if key in ("ap_int8", "ap_drop_int8") and row.get("int8_images") else ""
     if key in ("AP", "AP50", "ap_int8"):
         return f"{v:.4f}{on}"
@@ -269,7 +299,7 @@ def _fmt(row: dict, key: str) -> str:
     return f"{v:.2f} ms"
 
 
-COLUMNS = (("split", "evaluated on"), ("AP", "AP"), ("AP50", "AP50"), ("macs", "MACs"), ("params", "params"),
+COLUMNS = (("split", "evaluated on"), ("input_size", "input"), ("steps", "training steps"), ("AP", "AP"), ("AP50", "AP50"), ("macs", "MACs"), ("params", "params"),
            ("latency_torch_ms", "CPU latency torch"), ("latency_onnxruntime_ms", "CPU latency onnxruntime"))
 INT8_COLUMNS = (("ap_int8", "AP INT8 (onnxruntime)"), ("ap_drop_int8", "AP INT8 - float"),
                 ("latency_onnxruntime_int8_ms", "CPU latency onnxruntime INT8"))
@@ -286,12 +316,12 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     if base_metrics.is_file():
         name = f"baseline ({baseline_config(cfg).model.backbone.name}{', imported' if base_record.get('imported_from') else ''})"
         base_cost = None if exports.get("baseline") else (costs or {}).get("baseline")
-        rows.append(_row(name, base_record, exports.get("baseline"), base_cost))
+        rows.append(_row(name, base_record, exports.get("baseline"), base_cost, baseline_config(cfg).model.input_size))
     tune = json.loads(w.tune.require(METRICS_FILE, "metrics of the tuned model").read_text())
     predicted = None if exports.get("tune") or tune.get("genotype") else w.predicted_costs(tune.get("arch"))
     found_cost = {k: {"total": predicted[k]} for k in ("macs", "params")} \
         if predicted and "macs" in predicted and "params" in predicted else None
-    rows.append(_row(f"found arch ({how_tuned(tune)})", tune, exports.get("tune"), found_cost))
+    rows.append(_row(f"found arch ({how_tuned(tune)})", tune, exports.get("tune"), found_cost, cfg.model.input_size))
     controls = _control_rows(w, tune)
     rows += controls
     initial = w.tune / INITIAL_METRICS
@@ -339,7 +369,9 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         lines += [_controls_text(rows[0] if base_metrics.is_file() else None, found_row, controls,
                                  cfg.report.controls_tolerance, imported=bool(base_record.get("imported_from")),
                                  metric=matched_cost_metric(cfg.search.budget),
-                                 latency=cfg.search.budget is not None and cfg.search.budget.metric == "latency"), ""]
+                                 latency=cfg.search.budget is not None and cfg.search.budget.metric == "latency",
+                                 supernet_steps=(supernet_record or {}).get("step"),
+                                 from_baseline=supernet_started_from_baseline(cfg, supernet_record)), ""]
     lines += per_class_lines(base_record, tune)
     if init_metrics is not None:
         lines += [f"Inherited supernet weights before tuning, on {_split_of(init_record)}: AP {init_metrics['AP']:.4f}, "
@@ -373,6 +405,9 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         with atomic_path(w.pareto_png) as tmp:
             shutil.copyfile(pareto, tmp)
         lines += [f"![candidates scored on {split}]({PARETO_PNG})", ""]
+        if cfg.search.score_on == "search" and base_metrics.is_file():
+            lines += ["(The plot's baseline point is scored on the search split too, which it trained on: optimistic, "
+                      "not comparable with the candidates'.)", ""]
     search_summary = w.search / PARETO_JSON
     if search_summary.is_file():
         p = json.loads(search_summary.read_text())

@@ -251,7 +251,10 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
               "supernet": (trainer.supernet or {}).get("path"),
               "supernet_sha256": (trainer.supernet or {}).get("sha256"),
               "recipe": tcfg.train.model_dump(mode="json"), "checkpoint": str(out.checkpoint),
-              "val": data["val"].source, "val_images": trainer.val_images}
+              "val": data["val"].source, "val_images": trainer.val_images,
+              # what else the weights depend on (a control tuned otherwise is not like for like)
+              "recalib_batches": cfg.tune.recalib_batches if init == "supernet" else None, "seed": cfg.seed,
+              "augment": tcfg.data.augment.model_dump(mode="json")}
     if genotypes:
         result["genotype"] = arch[GENOTYPE_KEY]
     if dist.is_main():
