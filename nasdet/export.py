@@ -127,6 +127,13 @@ POSTPROCESSING_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "topk
                        "rpn_post_nms_top_n_test")
 
 
+def configured_postprocessing(model_cfg) -> dict:
+    """The ``POSTPROCESSING_KEYS`` a model config (a section, or its dict in a checkpoint's config) sets: what an
+    AP is taken after. Records of metrics keep it; one of other values is not the same figure."""
+    get = model_cfg.get if isinstance(model_cfg, dict) else (lambda k: getattr(model_cfg, k, None))
+    return {k: get(k) for k in POSTPROCESSING_KEYS if get(k) is not None}
+
+
 def postprocessing(detector: nn.Module) -> dict:
     """The post-processing values ``detector``'s eval path, and so its end-to-end graph, bakes in."""
     return family_of(detector).postprocessing(detector)

@@ -217,6 +217,10 @@ def test_the_training_sentence_gives_each_sides_steps():
             "supernet started from the baseline's weights), then 900 tune steps") in chained
     alone = _controls_text(baseline, {"AP": 0.1, "split": val}, [own], supernet_steps=201)
     assert "Steps: the baseline 900; the other 201 supernet steps, then 900 tune steps." in alone
+    # tune.init scratch: nothing was taken from the supernet (it said "taken from the supernet and tuned")
+    scratch = _controls_text(baseline, {"AP": 0.1, "split": val}, [{**own, "init": "scratch"}], supernet_steps=201)
+    assert "taken from the supernet" not in scratch and "supernet steps" not in scratch
+    assert "the baseline's arch trained from scratch with tune's init (tune.init: scratch) has AP +0.0500" in scratch
 
 
 def test_report_rows_give_input_resolution_and_steps():
@@ -231,3 +235,46 @@ def test_report_rows_give_input_resolution_and_steps():
                               "latency_onnxruntime": {"median_ms": 1}}, None)["input_size"] == 96
     assert ("input_size", "input") in COLUMNS and _fmt(row, "input_size") == "128 px"
     assert _fmt(row, "steps") == "900" and _fmt({**row, "init": "supernet"}, "steps") == "supernet + 900"
+
+
+def test_a_changed_score_threshold_evaluates_finished_stages_again(tiny_config):
+    """Records keep the post-processing their AP was taken after. A finished stage rerun with another
+    model.score_thresh is evaluated again (the report paired the old AP with an export baked at the new one), and
+    `nasdet eval` with another threshold writes to eval/, not over the stage's own record (the next report then
+    compared a baseline at 0.2 with a found model at 0.01). QA, session 27."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from nasdet.stages.baseline import run_baseline, run_eval
+
+    cfg = tiny_config("ssdlite", train=FAST_TRAIN, eval={"max_images": 4})
+    run_baseline(cfg, console=QUIET)
+    record_path = Path(cfg.work_dir) / "baseline" / "metrics.json"
+    record = json.loads(record_path.read_text())
+    assert record["postprocessing"]["score_thresh"] == cfg.model.score_thresh
+    other = cfg.model_copy(update={"model": cfg.model.model_copy(update={"score_thresh": 0.5})})
+    run_eval(other, console=QUIET)
+    assert json.loads(record_path.read_text()) == record
+    assert json.loads((Path(cfg.work_dir) / "eval" / "baseline_last_metrics.json").read_text())["postprocessing"][
+        "score_thresh"] == 0.5
+    buf = io.StringIO()
+    run_baseline(other, console=Console(file=buf, width=300))
+    again = json.loads(record_path.read_text())
+    assert again["postprocessing"]["score_thresh"] == 0.5 and again["step"] == record["step"]
+    assert f"evaluated again after other post-processing (model.score_thresh {cfg.model.score_thresh} -> 0.5)" in buf.getvalue()
+    run_baseline(other, console=QUIET)  # now current: not evaluated again
+    assert json.loads(record_path.read_text()) == again
+
+
+def test_the_report_names_the_postprocessing_and_rows_taken_after_other_values(tiny_config):
+    from nasdet.stages.report import postprocessing_lines
+
+    cfg = tiny_config("ssdlite")
+    now = {"score_thresh": cfg.model.score_thresh, "nms_thresh": cfg.model.nms_thresh}
+    rows = [{"model": "baseline", "postprocessing": {**now, "score_thresh": 0.2}}, {"model": "found arch", "postprocessing": None}]
+    (line, _) = postprocessing_lines(cfg, rows)
+    assert line.startswith(f"Post-processing of every AP and exported graph: score_thresh {cfg.model.score_thresh}")
+    assert "Evaluated after other values: baseline (" in line and "found arch" not in line.split("values:")[1]
+    assert "Evaluated after" not in postprocessing_lines(cfg, rows[1:])[0]

@@ -46,7 +46,10 @@ def test_large_enough_split_does_not_warn(shapes_dir):
 
     data = load_coco(shapes_dir / "train" / "annotations.json", shapes_dir / "train" / "images")
     msg = split_size_warning(data)
-    assert len(data) < MIN_SEARCH_IMAGES and "24 images" in msg
+    assert len(data) < MIN_SEARCH_IMAGES and "24 images" in msg and "search.score_on: val" in msg
+    on_val = split_size_warning(data, "the validation set")  # it advised score_on: val, already the setting
+    assert on_val.startswith("the validation set has 24 images") and "use a larger val set" in on_val
+    assert "data.search_fraction" not in on_val
     big = data.subset([i % len(data) for i in range(MIN_SEARCH_IMAGES)])
     boxes = sum(int((r.iscrowd == 0).sum()) for r in big.records)
     assert (split_size_warning(big) is None) == (boxes >= MIN_SEARCH_BOXES)

@@ -35,10 +35,12 @@ def split_size_warning(search_set: DetectionDataset, where: str = "the search sp
     boxes = sum(int((r.iscrowd == 0).sum()) for r in search_set.records)
     if images >= MIN_SEARCH_IMAGES and boxes >= MIN_SEARCH_BOXES:
         return None
+    remedy = ("use a larger val set (the candidates are scored on it: search.score_on: val)"
+              if where == "the validation set" else
+              "raise data.search_fraction (and pretrain again), or score on the val set with search.score_on: val "
+              "(then val no longer reports the found model without bias)")
     return (f"{where} has {images} images and {boxes} boxes (fewer than {MIN_SEARCH_IMAGES} images or "
-            f"{MIN_SEARCH_BOXES} boxes): AP on it is too noisy to tell the top candidates apart; raise "
-            "data.search_fraction (and pretrain again), or score on the val set with search.score_on: val "
-            "(then val no longer reports the found model without bias)")
+            f"{MIN_SEARCH_BOXES} boxes): AP on it is too noisy to tell the top candidates apart; {remedy}")
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from rich.text import Text
 from ..config import ExperimentConfig, config_to_dict
 from ..errors import ConfigError
 from ..data.build import build_datasets, load_split
+from ..export import configured_postprocessing
 from ..models import build_detector, get_input_size
 from ..models.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
 from ..models.imports import map_detector_weights, read_checkpoint
@@ -77,7 +78,7 @@ def _scored_as_configured(cfg: ExperimentConfig, out, done: dict, console: Conso
         model = load_trained_model(cfg, out.checkpoint, val.num_classes).to(device)
         return evaluate_detector(model, scored, device, cfg.eval.batch_size, cfg.data.num_workers, per_class=True)
 
-    return evaluated_again(out, done, val.source, len(scored), evaluate, console)
+    return evaluated_again(out, done, val.source, len(scored), evaluate, console, configured_postprocessing(cfg.model))
 
 
 def _nasdet_kind(path: Path) -> str | None:
@@ -185,9 +186,21 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     if not dist.is_main():  # under torchrun every rank predicts a shard, rank 0 scores and writes
         return {}
     write_json(out.metrics, {"metrics": metrics, "step": 0, "checkpoint": str(out.checkpoint), "val": val.source,
-                             "val_images": len(scored), "imported_from": origin})
+                             "val_images": len(scored), "imported_from": origin,
+                             "postprocessing": configured_postprocessing(cfg.model)})
     console.print(metrics_table(metrics, f"baseline (imported): val mAP ({len(scored)} images)"))
     return metrics
+
+
+def _same_postprocessing(stage_record: Path, state: dict, cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg`` evaluates with the post-processing the stage's record was taken after (its own record's,
+    else its checkpoint's config): an eval with another threshold is not the stage's AP, and went over it."""
+    recorded = None
+    if stage_record.is_file():
+        recorded = json.loads(stage_record.read_text()).get("postprocessing")
+    if recorded is None:
+        recorded = configured_postprocessing((state.get("config") or {}).get("model") or {})
+    return recorded == configured_postprocessing(cfg.model)
 
 
 def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str = BASELINE) -> Path:
@@ -208,7 +221,8 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     model.to(device)
     state = load_checkpoint(ckpt)
     own = (not given and not (cfg.eval.max_images and cfg.eval.max_images < len(val))
-           and _same_val_set(state.get("config"), config_to_dict(cfg)))
+           and _same_val_set(state.get("config"), config_to_dict(cfg))
+           and _same_postprocessing(ckpt.parent.parent / METRICS_FILE, state, cfg))
     what = describe_held(held)
     if "supernet_subnet" in held:  # shared BN statistics are wrong for any one subnet: as pretrain evaluates them
         calib = build_datasets(cfg, need=("supernet_train",))["supernet_train"].with_transforms(None)
@@ -223,7 +237,7 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         return {}
     out = eval_record_path(cfg, work_dir, ckpt, given, own)
     record = {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source, "val_images": len(val),
-              "step": state.get("step"), **held}
+              "step": state.get("step"), "postprocessing": configured_postprocessing(cfg.model), **held}
     if own and out.is_file():  # the stage's own record: what else it says (e.g. imported_from) stays
         record = {**json.loads(out.read_text()), **record}
     write_json(out, record)

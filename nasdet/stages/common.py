@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..config import ExperimentConfig, save_run_record
 from ..data.build import build_datasets
+from ..export import configured_postprocessing
 from ..metrics import COCO_METRIC_NAMES
 from ..models import build_detector
 from ..train import dist
@@ -62,13 +63,15 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     if dist.is_main():
         save_run_record(cfg, wd.config)
     done = finished_record(out, trainer.final_step, console, "train again",
-                           lambda d: metrics_table(d["metrics"], f"{stage}: val mAP"), trainer)
+                           lambda d: metrics_table(d["metrics"], f"{stage}: val mAP"), trainer,
+                           configured_postprocessing(cfg.model))
     if done is not None:
         return done["metrics"]
     metrics = trainer.run()
     if dist.is_main():
         write_json(out.metrics, {"metrics": metrics, "step": trainer.step, "checkpoint": str(out.checkpoint),
-                                 "val": data["val"].source, "val_images": trainer.val_images, **(record or {})})
+                                 "val": data["val"].source, "val_images": trainer.val_images,
+                                 "postprocessing": configured_postprocessing(cfg.model), **(record or {})})
         console.print(metrics_table(metrics, f"{stage}: val mAP ({trainer.val_images} images)"))
         if metrics.get("per_class"):
             console.print(per_class_table(metrics["per_class"], f"{stage}: per-class AP"))
@@ -76,7 +79,7 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
 
 
 def finished_record(out: StageDir, final_step: int, console: Console, again: str,
-                    table: Callable[[dict], Table], trainer=None) -> dict | None:
+                    table: Callable[[dict], Table], trainer=None, postprocessing: dict | None = None) -> dict | None:
     """The record of a stage folder whose training reached ``final_step`` (said, with ``table(record)``), else
     None: a rerun of a finished stage reports it instead of training again. With the stage's ``trainer``
     (resumed at its last checkpoint), a record of the same val set on another number of images (a changed
@@ -85,7 +88,8 @@ def finished_record(out: StageDir, final_step: int, console: Console, again: str
     if done is None:
         return None
     if trainer is not None and trainer.val_set is not None:
-        done = evaluated_again(out, done, trainer.val_set.source, trainer.val_images, trainer.evaluate, console)
+        done = evaluated_again(out, done, trainer.val_set.source, trainer.val_images, trainer.evaluate, console,
+                               postprocessing)
     if dist.is_main():
         console.print(f"[green]{escape(str(out.root))} is complete[/] (step {done['step']}); delete it to {again}")
         console.print(table(done))
@@ -93,16 +97,28 @@ def finished_record(out: StageDir, final_step: int, console: Console, again: str
 
 
 def evaluated_again(out: StageDir, done: dict, val_source: str, val_images: int, evaluate: Callable[[], dict],
-                    console: Console) -> dict:
+                    console: Console, postprocessing: dict | None = None) -> dict:
     """A stage's record of the same val set scored on another number of images than it scores now (a changed
-    ``eval.max_images``): ``evaluate()`` again, the record rewritten and said; else the record as it is."""
-    if done.get("val") != val_source or done.get("val_images") in (None, val_images):
+    ``eval.max_images``) or after other post-processing (``postprocessing``, the config's now: a changed
+    ``model.score_thresh`` is another AP, and the one the export now bakes in): ``evaluate()`` again, the record
+    rewritten and said; else the record as it is. A record without post-processing (older) keeps its figures."""
+    if done.get("val") != val_source:
         return done
-    before, done = done["val_images"], {**done, "metrics": evaluate(), "val_images": val_images}
+    why = []
+    if done.get("val_images") not in (None, val_images):
+        why.append(f"on {val_images} val images (its record had {done['val_images']}: eval.max_images changed)")
+    had = done.get("postprocessing")
+    if postprocessing is not None and had is not None and had != postprocessing:
+        changed = ", ".join(f"model.{k} {had.get(k)} -> {postprocessing.get(k)}"
+                            for k in sorted(set(had) | set(postprocessing)) if had.get(k) != postprocessing.get(k))
+        why.append(f"after other post-processing ({changed})")
+    if not why:
+        return done
+    done = {**done, "metrics": evaluate(), "val_images": val_images,
+            **({"postprocessing": postprocessing} if postprocessing is not None else {})}
     if dist.is_main():
         write_json(out.metrics, done)
-        console.print(f"{escape(str(out.root))}: evaluated again on {val_images} val images (its record had {before}: "
-                      "eval.max_images changed)")
+        console.print(f"{escape(str(out.root))}: evaluated again " + " and ".join(why))
     return done
 
 

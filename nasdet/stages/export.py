@@ -21,7 +21,7 @@ from ..config import ExperimentConfig
 from ..data.build import build_datasets, load_split
 from ..data.dataset import to_coco_gt
 from ..errors import ConfigError, ExportParityError
-from ..export import (POSTPROCESSING_KEYS, check_parity, export_onnx, onnx_metadata, postprocessing, raw_decoding,
+from ..export import (check_parity, configured_postprocessing, export_onnx, onnx_metadata, postprocessing, raw_decoding,
                       time_onnx, time_onnx_in_turns)
 from ..metrics import coco_evaluate
 from ..search.budget import COST_UNITS
@@ -144,7 +144,7 @@ def export_settings(cfg: ExperimentConfig, source: str) -> dict:
     asking for the INT8 file is ``WorkDir.exported(int8=)``'s check, and a plain export keeps a current one."""
     out = {"eval": {"max_images": cfg.eval.max_images},
            "data": cfg.data.model_dump(mode="json", include={"format", "train", "val", "classes", "data_yaml"}),
-           "model": {k: getattr(cfg.model, k) for k in POSTPROCESSING_KEYS if hasattr(cfg.model, k)},
+           "model": configured_postprocessing(cfg.model),
            "export": cfg.export.model_dump(mode="json", exclude={"source", "int8"}),
            "cost": cfg.cost.model_dump(mode="json")}
     if source == "tune":

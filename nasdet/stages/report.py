@@ -23,7 +23,8 @@ def _row(name: str, record: dict, export: dict | None, cost: dict | None, input_
     metrics = record["metrics"]
     size = (export or {}).get("input_size") or (record.get("arch") or {}).get("input_size") or input_size
     row = {"model": name, "AP": metrics.get("AP"), "AP50": metrics.get("AP50"), "split": _split_of(record),
-           "input_size": size, "steps": record.get("step"), "init": record.get("init")}
+           "input_size": size, "steps": record.get("step"), "init": record.get("init"),
+           "postprocessing": record.get("postprocessing")}
     if export is not None:
         row.update(macs=export["measured"]["macs"], params=export["measured"]["params"],
                    latency_torch_ms=export["latency_torch"]["median_ms"],
@@ -41,7 +42,8 @@ def _row(name: str, record: dict, export: dict | None, cost: dict | None, input_
 
 
 # what a control's tune record must share with the found arch's for the two to differ only by the arch
-LIKE_KEYS = ("init", "supernet", "recipe", "step", "val", "val_images", "recalib_batches", "seed", "augment")
+LIKE_KEYS = ("init", "supernet", "recipe", "step", "val", "val_images", "recalib_batches", "seed", "augment",
+             "postprocessing")
 
 
 def unlike(found: dict, other: dict) -> list[str]:
@@ -89,6 +91,21 @@ def per_class_lines(baseline: dict, found: dict) -> list[str]:
         lines.append(f"| {name} | {x['gt_boxes']} | {f(x['AP'])} | {f(y['AP'])} | {diff} | {f(x['AP50'])} "
                      f"| {f(y['AP50'])} |")
     return lines + [""]
+
+
+def postprocessing_lines(cfg: ExperimentConfig, rows: list[dict]) -> list[str]:
+    """Which post-processing every AP (and the exported graphs) is taken after; rows whose record was evaluated
+    after other values (kept from before a change of model.score_thresh that no stage re-evaluated) are named."""
+    from ..export import configured_postprocessing
+
+    now = configured_postprocessing(cfg.model)
+    shown = ", ".join(f"{k} {v}" for k, v in now.items())
+    other = [r["model"] for r in rows if r.get("postprocessing") is not None and r["postprocessing"] != now]
+    line = f"Post-processing of every AP and exported graph: {shown} (model.*)."
+    if other:
+        line += (f" Evaluated after other values: {', '.join(other)} (their APs are not comparable with the others'; "
+                 "rerun `nasdet pipeline` to evaluate them again).")
+    return [line, ""]
 
 
 def how_tuned(record: dict) -> str:
@@ -204,6 +221,11 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict], tol
             training = (" Training: the baseline was imported (pipeline.baseline_checkpoint), trained elsewhere with a "
                         "recipe this run does not know, so the baseline's arch taken from the supernet and tuned "
                         f"(AP {signed(own['AP'] - baseline['AP'])} over it) is not a measure of the supernet's training.")
+        elif baseline is not None and baseline["split"] == own["split"] and own.get("init", "supernet") != "supernet":
+            # tune.init scratch: nothing came from the supernet; the two differ by the backbone's init and the seed
+            training = (f" Training: the baseline's arch trained from scratch with tune's init (tune.init: scratch) has "
+                        f"AP {signed(own['AP'] - baseline['AP'])} over the same arch trained as the baseline: no "
+                        "supernet in either, so this is the initialization and run-to-run noise.")
         elif baseline is not None and baseline["split"] == own["split"]:
             recipe = (f" (tuned with another recipe than the baseline's: {', '.join(own['recipe_vs_baseline'])})"
                       if own.get("recipe_vs_baseline") else "")
@@ -351,6 +373,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     lines += ["| model | " + " | ".join(t for _, t in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += ["| " + r["model"] + " | " + " | ".join(_fmt(r, k) for k, _ in columns) + " |" for r in rows]
     lines.append("")
+    lines += postprocessing_lines(cfg, rows)
     found_row = next(r for r in rows if r["model"].startswith("found arch"))
     if base_metrics.is_file() and rows[0].get("macs") and found_row.get("macs"):
         b, f = rows[0], found_row
@@ -365,6 +388,10 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         lines.append(f"The found model has {f['macs'] / b['macs']:.0%} of the baseline's MACs and "
                      f"{f['params'] / b['params']:.0%} of its parameters; {ap}. {why}")
         lines.append("")
+    if cfg.search.score_on == "val" and cfg.search.strategy != "darts":
+        lines += ["The found arch was picked as the best candidate on these val images (search.score_on: val): its val "
+                  "AP is optimistic, and so are its differences from the baseline and the controls, which were not "
+                  "picked on them.", ""]
     if controls:
         lines += [_controls_text(rows[0] if base_metrics.is_file() else None, found_row, controls,
                                  cfg.report.controls_tolerance, imported=bool(base_record.get("imported_from")),

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from ..config import ExperimentConfig, config_to_dict, save_run_record
 from ..errors import ConfigError
-from ..export import POSTPROCESSING_KEYS
+from ..export import configured_postprocessing
 from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
 from ..search.confidence import confidence_of_search, split_size_warning
@@ -321,7 +321,7 @@ def scoring_settings(cfg: ExperimentConfig) -> dict:
     out = {"search.scorer": s.scorer, "search.score_on": s.score_on, "search.max_images": s.max_images,
            "search.recalib_batches": s.recalib_batches, "search.batch_size": s.batch_size, "seed": cfg.seed,
            "data.search_fraction": d.search_fraction, "data.split_seed": d.split_seed,
-           **{f"model.{k}": getattr(m, k) for k in POSTPROCESSING_KEYS if hasattr(m, k)}}
+           **{f"model.{k}": v for k, v in configured_postprocessing(m).items()}}
     if (s.budget and s.budget.metric == "latency") or s.cost_metric == "latency":
         out.update({"cost.latency": c.latency, "cost.device": c.device, "cost.threads": c.threads,
                     "cost.lut_precision": c.lut_precision})

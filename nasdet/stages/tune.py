@@ -22,6 +22,7 @@ from rich.markup import escape
 from ..config import ExperimentConfig, read_arch_file, save_run_record
 from ..errors import ResumeMismatch, StageOrderError
 from ..data.build import build_datasets
+from ..export import configured_postprocessing
 from ..models.supernet import BACKBONE_PREFIX, INPUT_SIZE, build_supernet
 from ..search.scorers import warn_model_drift
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
@@ -225,7 +226,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
             initial = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers, per_class=True)
             if dist.is_main():
                 write_json(out / INITIAL_METRICS, {"metrics": initial, "supernet": str(sn_ckpt), "arch_source": source,
-                                                    "val": val.source, "val_images": len(val)})
+                                                    "val": val.source, "val_images": len(val),
+                                                    "postprocessing": configured_postprocessing(cfg.model)})
                 console.print(metrics_table(initial, f"tune: inherited weights before training ({len(val)} val images)"))
     if dist.is_main():
         if space is not None:
@@ -242,7 +244,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
     if dist.is_main() and stage == TUNE:  # the run's config.yaml: not a control's (its config is in its checkpoint)
         save_run_record(cfg, wd.config)
     done = finished_record(out, trainer.final_step, console, "tune again", lambda d: metrics_table(d["metrics"], "tune: val mAP"),
-                           trainer)
+                           trainer, configured_postprocessing(tcfg.model))
     if done is not None:
         return done
     metrics = trainer.run()
@@ -254,7 +256,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
               "val": data["val"].source, "val_images": trainer.val_images,
               # what else the weights depend on (a control tuned otherwise is not like for like)
               "recalib_batches": cfg.tune.recalib_batches if init == "supernet" else None, "seed": cfg.seed,
-              "augment": tcfg.data.augment.model_dump(mode="json")}
+              "augment": tcfg.data.augment.model_dump(mode="json"), "postprocessing": configured_postprocessing(tcfg.model)}
     if genotypes:
         result["genotype"] = arch[GENOTYPE_KEY]
     if dist.is_main():
