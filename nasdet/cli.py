@@ -62,6 +62,14 @@ def _leave_group() -> None:
         sys.modules["torch.distributed"].destroy_process_group()
 
 
+def _one_process(command: str, instead: str) -> None:
+    """Commands other than training run in one process: under torchrun every rank ran the whole command (two
+    uncoordinated searches, two exports each timed while the other took the cores, every line twice)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"nasdet {command} runs in one process, not under torchrun (only train, pretrain, tune, "
+                          f"classify and eval use its processes): {instead}")
+
+
 def _torchrun_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
@@ -268,6 +276,8 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
     --storage) share one study."""
     from .stages.search import check_one_process, run_search
 
+    _one_process("search", "start its workers with `nasdet search CONFIG --workers N` (one per GPU), or one `nasdet "
+                 "search` per machine on a shared --storage")
     cfg = _load(config, set_)
     check_one_process(cfg, worker, workers)  # before any worker starts
     if workers > 1:
@@ -370,6 +380,8 @@ def diagnose_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
     it says the target is noise. Rerunning continues."""
     from .stages.diagnose import run_diagnose
 
+    _one_process("diagnose", "start its workers with `nasdet diagnose CONFIG --workers N`")
+
     overrides = list(set_ or []) + ([f"diagnose.archs={archs}"] if archs is not None else []) \
         + ([f"diagnose.epochs={epochs}"] if epochs is not None else [])
     cfg = _load(config, overrides)
@@ -398,6 +410,7 @@ def cost_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
     """MACs and params (backbone, whole detector) and measured latency at batch 1."""
     from .stages.baseline import run_cost
 
+    _one_process("cost", "run it without torchrun (it times the model: the other ranks would share its cores)")
     run_cost(_load(config, set_), work_dir, ckpt and ckpt.expanduser(), latency=not no_latency, console=console)
 
 
@@ -424,6 +437,7 @@ def export_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
     export.int8) also quantized to INT8, both files scored on val through onnxruntime."""
     from .stages.export import run_export
 
+    _one_process("export", "run it without torchrun (it times the model: the other ranks would share its cores)")
     if source is not None and source not in ("tune", "baseline"):
         raise typer.BadParameter(f"--source must be tune or baseline, got {source!r}")
     run_export(_load(config, set_), work_dir, raw=raw, source=source, console=console, int8=int8 or None)

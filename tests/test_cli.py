@@ -107,7 +107,11 @@ app(sys.argv[2:], prog_name="nasdet")
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
 def test_torchrun_two_processes_ddp(shapes_dir, tmp_path):
-    cfg = write_cfg(tmp_path / "ddp.yaml", tiny_raw(shapes_dir, tmp_path / "wd"))
+    # YOLOv3 on MobileNetV2: its last 1x1 conv gets no gradient (no level reads it), so DDP must look for unused
+    # parameters; without, every YOLOv3 and DetNAS-baseline run failed at its second step
+    raw = tiny_raw(shapes_dir, tmp_path / "wd", "yolov3")
+    raw["model"]["backbone"] = {"name": "mobilenet_v2", "width_mult": 0.35}
+    cfg = write_cfg(tmp_path / "ddp.yaml", raw)
     spy = tmp_path / "spy.py"
     spy.write_text(DDP_SPY)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -122,6 +126,12 @@ def test_torchrun_two_processes_ddp(shapes_dir, tmp_path):
     # SyncBatchNorm, rank 1's own were used for its half of val: metrics.json was not the checkpoint's)
     evaluated = [(tmp_path / f"buffers_rank{i}").read_text().split() for i in (0, 1)]
     assert len(evaluated[0]) == 1 and evaluated[0] == evaluated[1]
+    assert "DDP looks for unused parameters each step: 3 backbone parameters get no gradient" in r.stdout
+    # README's recipe: stages under torchrun, then one process finds them done (it refused: "written by 2
+    # process(es) ... 3 total steps against 6")
+    code, out, exc = cli("train", cfg, "--set", "train.epochs=1")
+    assert code == 0 and exc is None, out
+    assert "is complete (step 3)" in " ".join(out.split())
 
     # the rank that meets an error prints it before its process group is gone (it left silently, and rank 0
     # said "its error is printed above" with nothing above)
@@ -218,3 +228,17 @@ def test_stopping_the_worker_launcher_stops_its_workers(tmp_path):
     while time.time() < deadline and any(alive(p) for p in pids):
         time.sleep(0.2)
     assert not any(alive(p) for p in pids)
+
+
+def test_commands_that_are_not_training_refuse_torchrun(shapes_dir, tmp_path, monkeypatch):
+    """Under torchrun every rank ran search / export / cost / diagnose whole: two uncoordinated searches, two
+    exports each timed while the other took the cores, every line twice (QA, session 27)."""
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_raw(shapes_dir, tmp_path / "wd"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for command, instead in (("search", "--workers N"), ("export", "without torchrun"), ("cost", "without torchrun"),
+                             ("diagnose", "--workers N")):
+        code, out, exc = cli(command, cfg)
+        flat = " ".join(out.split())
+        assert code == 2 and exc is None and f"nasdet {command} runs in one process, not under torchrun" in flat, out
+        assert instead in flat
+    assert not (tmp_path / "wd").exists()

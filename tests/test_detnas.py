@@ -410,3 +410,16 @@ def test_a_baseline_on_the_supernet_backbone_is_costed_as_its_default_subnet(tin
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     cost = run_cost(cfg, latency=False)
     assert cost["params"]["total"] == own and cost["trained_subnet"] == space.default()
+
+
+def test_ddp_is_told_of_a_supernet_backbones_inactive_blocks(tiny_config):
+    """A detector on a DetNAS supernet backbone trains its default path only: the other choice blocks get no
+    gradient, and DDP without find_unused_parameters failed at the second step under torchrun (QA, session 27)."""
+    from nasdet.train.loop import backbone_parameters_unreached
+
+    cfg = tiny_config("retinanet", model=TINY)
+    model = build_detector(cfg.model, num_classes=8).train()
+    unreached = backbone_parameters_unreached(model, 64)
+    assert unreached and all(".candidates." in n for n in unreached)
+    assert model.training and all(p.grad is None for p in model.parameters())  # nothing touched
+    assert backbone_parameters_unreached(build_detector(tiny_config("ssdlite").model, num_classes=8), 96) == []

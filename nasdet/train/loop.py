@@ -196,6 +196,32 @@ class StopAfterStep:
         self._previous.clear()
 
 
+def backbone_parameters_unreached(model: nn.Module, size: int) -> list[str]:
+    """Names of the backbone parameters no output of its forward depends on: YOLOv3's MobileNetV2 keeps its last
+    1x1 conv (read by no level), a detector on a DetNAS supernet backbone trains its default path only. DDP
+    without ``find_unused_parameters`` fails at the second step on them. One eval-mode forward of a blank image
+    (no BatchNorm statistic or random stream touched), gradients taken with ``autograd.grad`` (no ``.grad`` set)."""
+    body = getattr(model, "backbone", None)
+    if not isinstance(body, nn.Module):
+        return []
+    named = [(n, p) for n, p in body.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    device = named[0][1].device
+    was = body.training
+    body.eval()
+    try:
+        out = body(torch.zeros(1, 3, size, size, device=device))
+        outputs = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (list, tuple)) else [out]
+        reached = [t for t in outputs if torch.is_tensor(t) and t.requires_grad]
+        if not reached:
+            return []
+        grads = torch.autograd.grad(sum(t.float().sum() for t in reached), [p for _, p in named], allow_unused=True)
+    finally:
+        body.train(was)
+    return [n for (n, _), g in zip(named, grads) if g is None]
+
+
 class Trainer:
     """Train ``model`` on ``train_set`` per ``settings.train``; checkpoints and logs go to ``out_dir``."""
 
@@ -233,9 +259,13 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ddp_model = self.wrap_for_training(self.model)
         if self.world > 1:
+            unreached = [] if self.find_unused_parameters else backbone_parameters_unreached(self.model, self.train_resolution())
+            if unreached and dist.is_main():
+                self.console.print(f"DDP looks for unused parameters each step: {len(unreached)} backbone parameters "
+                                   f"get no gradient (e.g. {unreached[0]})")
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.ddp_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.find_unused_parameters,
+                find_unused_parameters=self.find_unused_parameters or bool(unreached),
             )
 
         bs = self.tcfg.batch_size
@@ -371,6 +401,12 @@ class Trainer:
         load_model_weights(self.model, state, source=str(path))
         if state.get("total_steps") != self.total_steps:
             was = state.get("processes")
+            saved_final = min(state.get("total_steps") or 0, self.tcfg.max_steps or state.get("total_steps") or 0)
+            if was is not None and was != dist.world_size() and state.get("total_steps") and state["step"] >= saved_final:
+                # finished under another process count (torchrun): done, as README's recipes rely on (a one-process
+                # `nasdet pipeline` after torchrun stages); its schedule ended there, nothing is trained further
+                self.total_steps = state["total_steps"]
+                return self._resume_from(state)
             if was is not None and was != dist.world_size():
                 raise CheckpointError(
                     f"{path} was written by {was} process(es) (train.batch_size per process), this run has "
@@ -380,6 +416,10 @@ class Trainer:
                 f"{path} was written for {state.get('total_steps')} total steps, this config gives {self.total_steps} "
                 "(epochs, batch size, data or number of processes changed); use a new work dir or delete the checkpoint"
             )
+        return self._resume_from(state)
+
+    def _resume_from(self, state: dict) -> bool:
+        """The optimizer, schedule, step and random streams of a checkpoint whose weights are loaded."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
