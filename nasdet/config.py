@@ -683,6 +683,9 @@ class ReportConfig(Strict):
     # uniform draws costed per random control before taking the nearest (at most search/controls.py's EDGE_DRAWS,
     # 100, when the found arch is at the space's cost edge, where no draw comes near)
     controls_draws: int = Field(1000, gt=0)
+    # resamples of the paired bootstrap over val images of each AP difference the report states (0: none); each
+    # model's detections are computed again for it (seconds on the demo), and kept while the checkpoints are
+    bootstrap: int = Field(1000, ge=0)
 
 
 class ExperimentConfig(Strict):

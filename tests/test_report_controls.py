@@ -70,8 +70,22 @@ def test_controls_are_tuned_like_the_found_arch_and_reported(shapes_dir, tmp_pat
     ckpt = w.control("random_0").checkpoint
     before = ckpt.stat().st_mtime_ns
     first = json.loads(w.report_json.read_text())["stage_seconds"]
+    # each stated AP difference with a paired bootstrap interval over the val images; the detections computed again
+    # from each checkpoint give each record's own AP
+    boot = report["ap_differences"]
+    assert set(boot["differences"]) == {"found - baseline", "found - random archs' mean", "found - baseline's arch",
+                                        "baseline's arch - baseline"}
+    records = {"found": found, **{c["name"]: json.loads((w.control(c["name"]) / "metrics.json").read_text())
+                                  for c in plan["controls"]},
+               "baseline": json.loads((w.baseline.root / "metrics.json").read_text())}
+    assert {n: round(ap, 6) for n, ap in boot["ap"].items()} == {n: round(r["metrics"]["AP"], 6) for n, r in records.items()}
+    d = boot["differences"]["found - baseline"]
+    assert d["low"] <= d["high"] and d["point"] == pytest.approx(boot["ap"]["found"] - boot["ap"]["baseline"])
+    assert "How sure these AP differences are (paired bootstrap over the 2 val images" in md
+    kept = (w.root / "report_bootstrap.json").stat().st_mtime_ns
     again = run_pipeline(cfg, console=QUIET)
     assert ckpt.stat().st_mtime_ns == before
+    assert (w.root / "report_bootstrap.json").stat().st_mtime_ns == kept and again["ap_differences"] == boot
     # a stage found done keeps its earlier seconds (report.json said 0.7 s for a baseline trained minutes)
     assert again["stage_seconds"]["baseline"] >= first["baseline"] > again["stage_seconds_this_run"]["baseline"]
     assert again["rows"][0]["input_size"] == cfg.model.input_size and "| input | training steps |" in w.report_md.read_text()

@@ -153,17 +153,12 @@ def bootstrap_samples(num_images: int, resamples: int, seed: int = 0) -> np.ndar
     return np.random.default_rng(seed).integers(0, num_images, size=(resamples, num_images))
 
 
-def paired_bootstrap(matches: Mapping[str, ImageMatches], samples: np.ndarray | Sequence[Sequence[int]],
-                     metric: str = "AP", level: float = 0.9) -> dict:
-    """Each candidate's ``metric`` on every resample of ``samples`` (the same images for all: paired), its
-    ``level`` percentile interval, and for the best candidate on the full set (the winner) the probability
-    that it beats each other one (ties count one half).
-
-    Returns ``{"winner", "metric", "level", "resamples", "candidates": {name: {"point", "low", "high",
-    "p_winner_beats"}}}``; ``p_winner_beats`` is None for the winner itself.
-    """
+def resampled_metric(matches: Mapping[str, ImageMatches], samples: np.ndarray | Sequence[Sequence[int]],
+                     metric: str = "AP") -> tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]:
+    """Each candidate's ``metric`` on all images (``point``) and on every resample of ``samples`` where it is
+    defined for all (``values``, paired: position i is one resample for every candidate), and that mask."""
     if not matches:
-        raise ValueError("paired_bootstrap needs at least one candidate")
+        raise ValueError("a paired bootstrap needs at least one candidate")
     sizes = {m.num_images for m in matches.values()}
     if len(sizes) != 1:
         raise ValueError(f"candidates were evaluated on different image sets (sizes {sorted(sizes)})")
@@ -173,7 +168,31 @@ def paired_bootstrap(matches: Mapping[str, ImageMatches], samples: np.ndarray | 
     # a resample whose images hold no ground-truth box has no AP (COCOeval's -1): not a value of the metric, it
     # made intervals reach -1 on small splits; such resamples are left out, for every candidate alike
     defined = np.all([values[n] >= 0 for n in names], axis=0) if len(samples) else np.zeros(0, bool)
-    values = {n: v[defined] for n, v in values.items()}
+    return point, {n: v[defined] for n, v in values.items()}, defined
+
+
+def difference_interval(point: float, values: np.ndarray, level: float = 0.9) -> dict:
+    """A paired difference (``point`` on all images, ``values`` per resample): its percentile interval, the share
+    of resamples above zero (ties one half), and whether the interval holds zero (``distinguishable`` False)."""
+    alpha = (1 - level) / 2
+    if not len(values):
+        return {"point": point, "low": point, "high": point, "p_positive": None, "distinguishable": None}
+    low, high = float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+    return {"point": point, "low": low, "high": high,
+            "p_positive": float(np.mean((values > 0) + 0.5 * (values == 0))), "distinguishable": not low <= 0 <= high}
+
+
+def paired_bootstrap(matches: Mapping[str, ImageMatches], samples: np.ndarray | Sequence[Sequence[int]],
+                     metric: str = "AP", level: float = 0.9) -> dict:
+    """Each candidate's ``metric`` on every resample of ``samples`` (the same images for all: paired), its
+    ``level`` percentile interval, and for the best candidate on the full set (the winner) the probability
+    that it beats each other one (ties count one half).
+
+    Returns ``{"winner", "metric", "level", "resamples", "candidates": {name: {"point", "low", "high",
+    "p_winner_beats"}}}``; ``p_winner_beats`` is None for the winner itself.
+    """
+    names = list(matches)
+    point, values, defined = resampled_metric(matches, samples, metric)
     winner = max(names, key=lambda n: (point[n], -names.index(n)))
     alpha = (1 - level) / 2
     out = {}

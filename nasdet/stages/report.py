@@ -93,6 +93,101 @@ def per_class_lines(baseline: dict, found: dict) -> list[str]:
     return lines + [""]
 
 
+BOOTSTRAP_FILE = "report_bootstrap.json"  # in the work dir: the last bootstrap and what it was computed from
+
+
+def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console: Console) -> dict | None:
+    """How sure the report's AP differences are: a paired bootstrap over the val images (``metrics/bootstrap.py``)
+    of found - baseline, found - random archs (their mean), found - the baseline's arch and the baseline's arch -
+    the baseline, each model's detections computed again from its checkpoint on the images its record scored.
+    Only rows scored on the current val images take part. Kept in ``report_bootstrap.json`` while the
+    checkpoints, images, post-processing and resamples stay the same. None when ``report.bootstrap`` is 0."""
+    import numpy as np
+
+    from ..data.build import build_datasets
+    from ..data.dataset import to_coco_gt
+    from ..export import configured_postprocessing
+    from ..files import write_json_atomic
+    from ..metrics.bootstrap import ImageMatches, bootstrap_samples, difference_interval, resampled_metric
+    from ..train.evaluate import predict
+    from ..train.loop import resolve_device
+    from ..train.trained import load_trained_model, load_tuned_model
+
+    resamples = cfg.report.bootstrap
+    if not resamples:
+        return None
+    val = build_datasets(cfg, need=("val",))["val"]
+    scored = val.first(cfg.eval.max_images)
+    models: dict[str, tuple[Path, bool]] = {}  # name -> (checkpoint, tuned)
+    found = next(r for r in rows if r["model"].startswith("found arch"))
+    for r in rows:
+        if r.get("split") != found.get("split") or r.get("unlike"):
+            continue  # not on the found arch's val images, or tuned otherwise: no comparison is stated
+        if r is found:
+            models["found"] = (w.tune.checkpoint, True)
+        elif r.get("control"):
+            models[r["control"]] = (w.control(r["control"]).checkpoint, True)
+        elif r["model"].startswith("baseline (") and w.baseline.has_checkpoint():
+            models["baseline"] = (w.baseline.checkpoint, False)
+    if f"val ({len(scored)} images)" != found.get("split") or len(models) < 2 \
+            or not all(ckpt.is_file() for ckpt, _ in models.values()):
+        return None
+    key = {"models": {n: [str(c), c.stat().st_size, c.stat().st_mtime_ns] for n, (c, _) in models.items()},
+           "val": val.source, "images": len(scored), "postprocessing": configured_postprocessing(cfg.model),
+           "resamples": resamples, "seed": cfg.seed}
+    kept = w.root / BOOTSTRAP_FILE
+    if kept.is_file():
+        try:
+            old = json.loads(kept.read_text())
+            if old.get("key") == key:
+                return old["result"]
+        except ValueError:
+            pass
+    device = resolve_device(cfg.train.device)
+    gt = to_coco_gt(scored)
+    matches = {}
+    for name, (ckpt, tuned) in models.items():
+        console.print(f"report: detections of {name} on {len(scored)} val images for the bootstrap")
+        model = load_tuned_model(ckpt, cfg, val.num_classes, classes=val.classes)[0] if tuned else \
+            load_trained_model(cfg, ckpt, val.num_classes, classes=val.classes)
+        matches[name] = ImageMatches(gt, predict(model.to(device), scored, device, cfg.eval.batch_size,
+                                                 cfg.data.num_workers))
+    point, values, defined = resampled_metric(matches, bootstrap_samples(len(scored), resamples, cfg.seed), "AP")
+    randoms = [n for n in models if n.startswith("random_")]
+    pairs = {}
+    if "baseline" in models:
+        pairs["found - baseline"] = ("found", ["baseline"])
+    if randoms:
+        pairs["found - random arch" + ("s' mean" if len(randoms) > 1 else "")] = ("found", randoms)
+    if "baseline_arch" in models:
+        pairs["found - baseline's arch"] = ("found", ["baseline_arch"])
+        if "baseline" in models:
+            pairs["baseline's arch - baseline"] = ("baseline_arch", ["baseline"])
+    differences = {}
+    for label, (a, bs) in pairs.items():
+        diff = point[a] - sum(point[b] for b in bs) / len(bs)
+        per_resample = values[a] - np.mean([values[b] for b in bs], axis=0)
+        differences[label] = difference_interval(float(diff), per_resample, 0.9)
+    result = {"images": len(scored), "resamples": int(defined.sum()), "level": 0.9, "ap": point,
+              "differences": differences}
+    write_json_atomic(kept, {"key": key, "result": result})
+    return result
+
+
+def bootstrap_lines(result: dict | None) -> list[str]:
+    """report.md's paragraph of the bootstrap: each difference with its interval, those not told apart said."""
+    if not result or not result["differences"]:
+        return []
+    parts = []
+    for label, d in result["differences"].items():
+        verdict = "" if d["distinguishable"] is not False else ": not told apart"
+        parts.append(f"{label} {signed(d['point'])} [{signed(d['low'])}, {signed(d['high'])}]{verdict}")
+    return [f"How sure these AP differences are (paired bootstrap over the {result['images']} val images, "
+            f"{result['resamples']} resamples, {result['level']:.0%} intervals; a new seed's training noise is not in "
+            "them, `benchmarks/controls_seeds.py` measures it): " + "; ".join(parts) + ". A difference whose "
+            "interval holds 0 is not told apart on these images.", ""]
+
+
 def postprocessing_lines(cfg: ExperimentConfig, rows: list[dict]) -> list[str]:
     """Which post-processing every AP (and the exported graphs) is taken after; rows whose record was evaluated
     after other values (kept from before a change of model.score_thresh that no stage re-evaluated) are named."""
@@ -399,6 +494,8 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
                                  latency=cfg.search.budget is not None and cfg.search.budget.metric == "latency",
                                  supernet_steps=(supernet_record or {}).get("step"),
                                  from_baseline=supernet_started_from_baseline(cfg, supernet_record)), ""]
+    differences = ap_differences(cfg, w, rows, console)
+    lines += bootstrap_lines(differences)
     lines += per_class_lines(base_record, tune)
     if init_metrics is not None:
         lines += [f"Inherited supernet weights before tuning, on {_split_of(init_record)}: AP {init_metrics['AP']:.4f}, "
@@ -453,6 +550,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     write_text_atomic(w.report_md, "\n".join(lines))
     console.print(f"report: {escape(str(w.report_md))}")
     return {"rows": rows, "initial_tune_metrics": init_metrics, "search_confidence": confidence,
+            "ap_differences": differences,
             "diagnose": None if diagnose is None else {k: diagnose[k] for k in ("archs", "target", "rankers", "noise")},
             "budget": None if budget is None else budget.model_dump(),
             "supernet": str(w.supernet.root)}
