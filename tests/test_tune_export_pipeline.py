@@ -434,6 +434,13 @@ def test_pipeline_runs_every_stage_and_resumes_after_a_kill_during_search(shapes
     # every figure names its split and size; the search's confidence in its winner is stated
     assert "candidates scored on the search split (2 images)" in md and "bootstrap interval over images" in md
     assert report["search_confidence"]["verdict"] in md
+    # the compared pair's latencies timed in turns (each export timed its model alone, and the ratio followed the
+    # machine's load), the table's figures those
+    turns = report["latency_in_turns"]
+    assert [report["rows"][i]["latency_onnxruntime_ms"] for i in (0, 1)] == [
+        turns[n]["onnxruntime"]["median_ms"] for n in ("baseline", "tune")]
+    assert [report["rows"][i]["latency_torch_ms"] for i in (0, 1)] == [turns[n]["torch"]["median_ms"] for n in ("baseline", "tune")]
+    assert "are timed in turns, run by run alternating" in md and (wd / "report_latency.json").is_file()
     import optuna
 
     study = optuna.load_study(study_name="tiny-random", storage=open_storage(None, wd / "search"))

@@ -103,23 +103,39 @@ def measure_latency(model: nn.Module, input_size: int | None = None, device: str
     ``image`` defaults to a random image already at ``input_size`` (the resize is then a no-op); random
     weights give few boxes after thresholding, so NMS time is a lower bound of a trained model's.
     """
-    s = input_size or get_input_size(model)
+    return measure_latencies_in_turns([model], device, warmup, runs, threads, [image] if image is not None else None,
+                                      [input_size] if input_size else None)[0]
+
+
+@torch.no_grad()
+def measure_latencies_in_turns(models: Sequence[nn.Module], device: str = "cpu", warmup: int = 5, runs: int = 30,
+                               threads: int | None = None, images: Sequence[torch.Tensor] | None = None,
+                               input_sizes: Sequence[int] | None = None) -> list[dict[str, float]]:
+    """``measure_latency`` of several detectors taking turns run by run (after each one's warmup), each on its
+    own image (default: a random one at its input size): their ratio then compares the models, not the
+    machine's load at two moments (two exports minutes apart gave found / baseline x0.73 to x1.05)."""
     dev = torch.device(device)
-    m = copy.deepcopy(model).to(dev).eval()
-    img = (image if image is not None else torch.rand(3, s, s, generator=torch.Generator().manual_seed(0))).to(dev)
+    nets = [copy.deepcopy(m).to(dev).eval() for m in models]
+    sizes = input_sizes or [get_input_size(m) for m in models]
+    imgs = [(img if img is not None else torch.rand(3, s, s, generator=torch.Generator().manual_seed(0))).to(dev)
+            for img, s in zip(images or [None] * len(nets), sizes)]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    times = []
+    times: list[list[float]] = [[] for _ in nets]
     with _threads(threads):
         for i in range(warmup + runs):
-            sync()
-            t = time.perf_counter()
-            m([img])
-            sync()
-            if i >= warmup:
-                times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[min(int(0.9 * len(times)), len(times) - 1)],
-            "runs": runs, "device": str(dev), "threads": threads or torch.get_num_threads()}
+            for net, img, spent in zip(nets, imgs, times):
+                sync()
+                t = time.perf_counter()
+                net([img])
+                sync()
+                if i >= warmup:
+                    spent.append((time.perf_counter() - t) * 1e3)
+    out = []
+    for spent in times:
+        spent.sort()
+        out.append({"median_ms": statistics.median(spent), "p90_ms": spent[min(int(0.9 * len(spent)), len(spent) - 1)],
+                    "runs": runs, "device": str(dev), "threads": threads or torch.get_num_threads()})
+    return out
 
 
 class DenseDetector(nn.Module):
@@ -174,17 +190,19 @@ def time_session(session, feed: dict, warmup: int, runs: int) -> dict:
     return time_sessions([session], feed, warmup, runs)[0]
 
 
-def time_sessions(sessions: Sequence, feed: dict, warmup: int, runs: int) -> list[dict]:
+def time_sessions(sessions: Sequence, feed: dict | Sequence[dict], warmup: int, runs: int) -> list[dict]:
     """``time_session`` of several sessions taking turns run by run (after each one's warmup): a ratio of their
-    latencies then compares the models, not the machine's load at two moments."""
-    for session in sessions:
+    latencies then compares the models, not the machine's load at two moments. ``feed``: one for all, or one per
+    session (models of other input sizes)."""
+    feeds = [feed] * len(sessions) if isinstance(feed, dict) else list(feed)
+    for session, f in zip(sessions, feeds):
         for _ in range(warmup):
-            session.run(None, feed)
+            session.run(None, f)
     times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        for session, spent in zip(sessions, times):
+        for session, f, spent in zip(sessions, feeds, times):
             t = time.perf_counter()
-            session.run(None, feed)
+            session.run(None, f)
             spent.append((time.perf_counter() - t) * 1e3)
     out = []
     for spent in times:

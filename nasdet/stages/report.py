@@ -174,6 +174,70 @@ def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console:
     return result
 
 
+LATENCY_FILE = "report_latency.json"  # in the work dir: the paired timing and what it timed
+
+
+def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Console) -> dict | None:
+    """The baseline's and the found model's CPU latencies timed in turns, run by run alternating (torch, and their
+    ONNX files in onnxruntime), each on an image at its own input size as their exports time them: the exports
+    time each model alone, minutes or hours apart, and the ratio followed the machine's load (found / baseline
+    x0.73 to x1.05 for the same two files). Kept in ``report_latency.json`` while the files and ``cost`` are the
+    same. None without both exports."""
+    import torch
+
+    from ..data.build import build_datasets
+    from ..files import write_json_atomic
+    from ..models import get_input_size
+    from ..models.cost import measure_latencies_in_turns, onnx_session, time_sessions
+    from ..train.trained import load_trained_model, load_tuned_model
+
+    if not exports.get("baseline") or not exports.get("tune"):
+        return None
+    files = {"baseline": (w.baseline.checkpoint, w.onnx("baseline")), "tune": (w.tune.checkpoint, w.onnx("tune"))}
+    if not all(p.is_file() for pair in files.values() for p in pair):
+        return None
+    c = cfg.cost
+    key = {"files": {n: [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in pair] for n, pair in files.items()},
+           "cost": c.model_dump(mode="json")}
+    kept = w.root / LATENCY_FILE
+    if kept.is_file():
+        try:
+            old = json.loads(kept.read_text())
+            if old.get("key") == key:
+                return old["result"]
+        except ValueError:
+            pass
+    console.print("report: timing the baseline and the found model in turns")
+    val = build_datasets(cfg, need=("val",))["val"]
+    models = [load_trained_model(cfg, files["baseline"][0], val.num_classes, classes=val.classes),
+              load_tuned_model(files["tune"][0], cfg, val.num_classes, classes=val.classes)[0]]
+    sizes = [get_input_size(m) for m in models]
+    torch_times = measure_latencies_in_turns(models, c.device, c.warmup, c.runs, c.threads)
+    probes = [{"image": (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()}
+              for s in sizes]  # as the export times its file: one image already at the input size
+    ort_times = time_sessions([onnx_session(files[n][1], c.threads) for n in ("baseline", "tune")], probes, c.warmup,
+                              c.runs)
+    result = {n: {"torch": t, "onnxruntime": o, "input_size": s}
+              for n, t, o, s in zip(("baseline", "tune"), torch_times, ort_times, sizes)}
+    write_json_atomic(kept, {"key": key, "result": result})
+    return result
+
+
+def latency_lines(result: dict | None, cfg: ExperimentConfig) -> list[str]:
+    if not result:
+        return []
+    b, f = result["baseline"], result["tune"]
+    c = cfg.cost
+
+    def ratio(kind: str) -> str:
+        return f"x{f[kind]['median_ms'] / b[kind]['median_ms']:.2f}"
+    return [f"CPU latencies of the baseline and the found model (the table's) are timed in turns, run by run "
+            f"alternating, {c.runs} runs each after {c.warmup} warmup, {c.threads or 'all'} thread(s), each on one image "
+            f"at its input size: found / baseline {ratio('torch')} in torch (p90 {b['torch']['p90_ms']:.2f} / "
+            f"{f['torch']['p90_ms']:.2f} ms), {ratio('onnxruntime')} in onnxruntime (p90 "
+            f"{b['onnxruntime']['p90_ms']:.2f} / {f['onnxruntime']['p90_ms']:.2f} ms).", ""]
+
+
 def bootstrap_lines(result: dict | None) -> list[str]:
     """report.md's paragraph of the bootstrap: each difference with its interval, those not told apart said."""
     if not result or not result["differences"]:
@@ -445,6 +509,11 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     init_record = json.loads(initial.read_text()) if initial.is_file() else None
     init_metrics = init_record["metrics"] if init_record else None
 
+    latency = paired_latency(cfg, w, exports, console)
+    if latency and base_metrics.is_file():  # the compared pair timed alike (each export timed its model alone)
+        for r, n in ((rows[0], "baseline"), (next(r for r in rows if r["model"].startswith("found arch")), "tune")):
+            r.update(latency_torch_ms=latency[n]["torch"]["median_ms"],
+                     latency_onnxruntime_ms=latency[n]["onnxruntime"]["median_ms"])
     columns = COLUMNS + (INT8_COLUMNS if any("ap_int8" in r for r in rows) else ())
     splits = {r["split"] for r in rows}
     shown = rows[0]["split"] if len(splits) == 1 else "evaluated on different val images: see the column"
@@ -469,6 +538,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     lines += ["| " + r["model"] + " | " + " | ".join(_fmt(r, k) for k, _ in columns) + " |" for r in rows]
     lines.append("")
     lines += postprocessing_lines(cfg, rows)
+    lines += latency_lines(latency, cfg)
     found_row = next(r for r in rows if r["model"].startswith("found arch"))
     if base_metrics.is_file() and rows[0].get("macs") and found_row.get("macs"):
         b, f = rows[0], found_row
@@ -550,7 +620,7 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     write_text_atomic(w.report_md, "\n".join(lines))
     console.print(f"report: {escape(str(w.report_md))}")
     return {"rows": rows, "initial_tune_metrics": init_metrics, "search_confidence": confidence,
-            "ap_differences": differences,
+            "ap_differences": differences, "latency_in_turns": latency,
             "diagnose": None if diagnose is None else {k: diagnose[k] for k in ("archs", "target", "rankers", "noise")},
             "budget": None if budget is None else budget.model_dump(),
             "supernet": str(w.supernet.root)}
