@@ -93,6 +93,15 @@ def per_class_lines(baseline: dict, found: dict) -> list[str]:
     return lines + [""]
 
 
+def kept_result(path: Path, key: dict) -> dict | None:
+    """The ``result`` a report computation kept in ``path`` for the same ``key`` (its inputs), else None."""
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return kept["result"] if isinstance(kept, dict) and kept.get("key") == key else None
+
+
 BOOTSTRAP_FILE = "report_bootstrap.json"  # in the work dir: the last bootstrap and what it was computed from
 
 
@@ -136,13 +145,8 @@ def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console:
            "val": val.source, "images": len(scored), "postprocessing": configured_postprocessing(cfg.model),
            "resamples": resamples, "seed": cfg.seed}
     kept = w.root / BOOTSTRAP_FILE
-    if kept.is_file():
-        try:
-            old = json.loads(kept.read_text())
-            if old.get("key") == key:
-                return old["result"]
-        except ValueError:
-            pass
+    if (result := kept_result(kept, key)) is not None:
+        return result
     device = resolve_device(cfg.train.device)
     gt = to_coco_gt(scored)
     matches = {}
@@ -200,13 +204,8 @@ def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Co
     key = {"files": {n: [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in pair] for n, pair in files.items()},
            "cost": c.model_dump(mode="json")}
     kept = w.root / LATENCY_FILE
-    if kept.is_file():
-        try:
-            old = json.loads(kept.read_text())
-            if old.get("key") == key:
-                return old["result"]
-        except ValueError:
-            pass
+    if (result := kept_result(kept, key)) is not None:
+        return result
     console.print("report: timing the baseline and the found model in turns")
     val = build_datasets(cfg, need=("val",))["val"]
     models = [load_trained_model(cfg, files["baseline"][0], val.num_classes, classes=val.classes),
