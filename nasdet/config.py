@@ -5,6 +5,7 @@ naming the key path and the file, never a silently ignored setting.
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -777,13 +778,21 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+# sections whose ``train`` recipe defaults to the top-level ``train`` when unset
+RECIPE_SECTIONS = ("supernet", "tune", "classify")
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for item in overrides or []:
         parts, value = parse_override(item)
         node = raw
         for i, p in enumerate(parts[:-1]):
             nxt = node.get(p)
-            if nxt is None:
+            if nxt is None and i == 1 and p == "train" and parts[0] in RECIPE_SECTIONS and len(parts) > 2:
+                # `--set tune.train.max_steps=6` on a config without tune.train changes one key of the recipe the
+                # stage trains with, the top-level train; starting from {} gave the built-in defaults' recipe
+                nxt = node[p] = copy.deepcopy(raw.get("train") or {})
+            elif nxt is None:
                 nxt = node[p] = {}
             elif not isinstance(nxt, dict):
                 raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")

@@ -149,3 +149,19 @@ def test_an_int8_budget_with_an_export_opset_before_13_is_refused_at_load(tmp_pa
     with pytest.raises(ConfigError, match=r"export.opset 12 is too old for the INT8 file an INT8 latency budget"):
         load_config(write(tmp_path, raw))
     assert load_config(write(tmp_path, {**raw, "export": {"opset": 13}})).export.opset == 13
+
+
+def test_setting_one_key_of_an_unset_recipe_keeps_the_rest_of_train(tmp_path):
+    """`--set supernet.train.max_steps=6` on a config without supernet.train trained SGD lr 0.01, 12 epochs, batch
+    16 (the built-in defaults) instead of the config's train with max_steps 6, without a word (QA, session 27)."""
+    raw = {**BASE, "train": {"epochs": 3, "batch_size": 4, "optimizer": {"name": "adamw", "lr": 0.003}}}
+    path = write(tmp_path, raw)
+    for section in ("supernet", "tune"):
+        cfg = load_config(path, [f"{section}.train.max_steps=6"])
+        recipe = getattr(cfg, section).train
+        assert recipe.max_steps == 6 and recipe.epochs == 3 and recipe.batch_size == 4
+        assert recipe.optimizer.name == "adamw" and recipe.optimizer.lr == 0.003
+        assert cfg.train.max_steps is None  # the top-level recipe itself unchanged
+    # a recipe section the config writes is changed where it says
+    raw["tune"] = {"train": {"epochs": 9}}
+    assert load_config(write(tmp_path, raw), ["tune.train.max_steps=6"]).tune.train.epochs == 9
