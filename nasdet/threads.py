@@ -170,3 +170,54 @@ def loader_workers(setting: int | str, device=None, cores: int | None = None, th
 def govern() -> int | None:
     """Let the process's governor (made by ``set_torch_threads``) adjust torch's threads; loops call this."""
     return _governor.poll() if _governor is not None else None
+
+
+_turns_held = 0  # this process's open turns (a nested one takes no second lock: it would wait on itself)
+
+
+class timing_turn:
+    """A host-wide turn for timing on the CPU: a timing holds it alone (``exclusive``) while the compute of other
+    nasdet processes that take turns (search workers scoring candidates) holds it shared, so no worker times a
+    candidate while another one computes on the same cores (with `--workers 2` a measured-latency search timed
+    archs at twice their latency, and refused a budget that its smallest arch met). An ``fcntl.flock`` on a file
+    in the temp folder, per user: released by the OS when the process dies. Without one (no fcntl, a temp folder
+    that cannot be written) there is no turn to take, and timings are as before."""
+
+    def __init__(self, exclusive: bool):
+        self.exclusive, self._file = exclusive, None
+
+    def __enter__(self) -> "timing_turn":
+        global _turns_held
+        _turns_held += 1
+        if _turns_held > 1:
+            return self
+        try:
+            import fcntl
+            import tempfile
+
+            uid = os.getuid() if hasattr(os, "getuid") else 0
+            self._file = open(os.path.join(tempfile.gettempdir(), f"nasdet-timing-{uid}.lock"), "a+")
+            fcntl.flock(self._file, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)
+        except (ImportError, OSError):
+            if self._file is not None:
+                self._file.close()
+            self._file = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _turns_held
+        _turns_held -= 1
+        if self._file is not None:
+            self._file.close()  # releases the lock
+            self._file = None
+
+
+def in_turns(fn, exclusive: bool):
+    """``fn`` taking a ``timing_turn`` around each call."""
+    def wrapped(*args, **kwargs):
+        with timing_turn(exclusive):
+            return fn(*args, **kwargs)
+    wrapped.__wrapped__ = fn
+    for name, value in getattr(fn, "__dict__", {}).items():  # e.g. a lookup table's ``table``
+        setattr(wrapped, name, value)
+    return wrapped

@@ -53,8 +53,13 @@ def test_latency_table_sums_blocks_measures_each_once_and_persists(tiny_config, 
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "lut"])
-def test_search_under_a_latency_budget(tiny_config, backend):
+def test_search_under_a_latency_budget(tiny_config, backend, monkeypatch):
+    from nasdet import threads
     from nasdet.stages.search import run_search
+
+    turns = []  # CPU timings take the host's turn alone, scoring takes it shared (search workers on one machine)
+    real_turn = threads.timing_turn
+    monkeypatch.setattr(threads, "timing_turn", lambda exclusive: turns.append(exclusive) or real_turn(exclusive))
 
     cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False}, supernet={"input_sizes": [64, 96]},
                       cost={"latency": backend, "warmup": 1, "runs": 3, "threads": 1},
@@ -67,6 +72,7 @@ def test_search_under_a_latency_budget(tiny_config, backend):
     rows = list(csv.DictReader(open(Path(cfg.work_dir) / "search" / "results.csv")))
     assert all(float(r["latency_ms"]) > 0 for r in rows)
     assert (Path(cfg.work_dir) / "search" / "latency_lut.json").is_file() == (backend == "lut")
+    assert True in turns and False in turns
 
 
 def test_search_workers_option_starts_processes_that_share_the_study(tiny_config, tmp_path):

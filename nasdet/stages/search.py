@@ -36,7 +36,7 @@ from ..search.storage import check_storage_url, open_storage, refuse_foreign_sto
 from ..search.study import (SCORING_ATTR, apply_budget, best_record, check_scoring_settings,
                             check_supernet_fingerprint, open_study, run_study, study_records)
 from ..space import SearchSpace
-from ..threads import loader_workers
+from ..threads import in_turns, loader_workers
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
 from ..user_data import refuse_output_in_data
@@ -124,6 +124,11 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     latency_fn = latency_function(c.latency, model, space, device=c.device, warmup=c.warmup, runs=c.runs,
                                   threads=c.threads, lut_path=c.lut or out_dir / LATENCY_LUT,
                                   lut_precision=c.lut_precision, calibration=calibration)
+    # CPU timings take turns with the other search processes' scoring on this host (each worker timed while another
+    # computed: latencies came out twice, and a budget its smallest arch met was refused)
+    timed_on_cpu = "latency" in measure and (c.latency.startswith("onnxruntime") or c.device == "cpu")
+    if timed_on_cpu:
+        latency_fn = in_turns(latency_fn, exclusive=True)
     cost_fn = CostModel(model, space, measure, latency_fn=latency_fn)
     lut = cfg.cost.latency == "lut"
     check_budget_feasible(budget, cost_fn, search_space,  # before any candidate is scored
@@ -136,7 +141,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         return _run_gradient(cfg, wd, model, space, search_space, search_set, ctx.calib_set, device, budget, cost_fn,
                              measure, storage, console, ctx.checkpoint, ctx.state)
 
-    scorer = ctx.scorer
+    scorer = in_turns(ctx.scorer, exclusive=False) if timed_on_cpu else ctx.scorer
     strategy = make_strategy(s.strategy, search_space, cost_fn, budget, seed=s.seed, worker=worker,
                              population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
                              mutation=s.mutation, crossover=s.crossover)
