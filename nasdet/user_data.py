@@ -74,6 +74,18 @@ def _first_class_folder(folder: Path) -> Path | None:
     return classes[0] if len(classes) >= 2 else None
 
 
+def _parallel_trees(level: Path) -> bool:
+    """``level`` holds Ultralytics' layout: ``labels/<split>`` of label .txt files beside ``images/<split>``."""
+    labels, images = level / "labels", level / "images"
+    if not (labels.is_dir() and images.is_dir()):
+        return False
+    try:
+        return any(split.is_dir() and (images / split.name).is_dir() and any(split.glob("*.txt"))
+                   for split in labels.iterdir())
+    except OSError:
+        return False
+
+
 def _marks_at(level: Path, classes: bool = True) -> Iterable[Path]:
     """The data set marks of one folder: a YOLO data.yaml or labels folder, a COCO annotations file or folder, a
     VOC year folder, or (``classes``) a class folder of an ImageFolder split."""
@@ -81,6 +93,8 @@ def _marks_at(level: Path, classes: bool = True) -> Iterable[Path]:
         if (level / name).is_file():
             yield level / name
     if (level / "labels").is_dir() and any((level / "labels").glob("*.txt")):
+        yield level / "labels"
+    elif _parallel_trees(level):  # Ultralytics' images/<split> beside labels/<split>
         yield level / "labels"
     if (level / "annotations").is_dir() and any((level / "annotations").glob("*.json")):
         yield level / "annotations"

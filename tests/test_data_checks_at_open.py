@@ -337,3 +337,21 @@ def test_every_shipped_config_and_the_demo_keep_their_work_dir(monkeypatch):
     assert yaml.safe_load(demo.read_text())["work_dir"] == "runs/demo_pipeline"
     assert "data.train's folder" in refused(demo, "data/shapes/train/w")
     assert "the data set's root" in refused(demo, "data/shapes/runs")
+
+
+def test_commands_without_a_config_find_an_ultralytics_layout_around_their_output(tmp_path):
+    """to-yolo's and make-synthetic's OUT look at the folders above them for a data set: Ultralytics' images/train
+    beside labels/train (label .txt files, no annotations file) was not one, and both wrote into labels/ and the
+    set's root (QA, session 27)."""
+    root = tmp_path / "ul"
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(root / "images" / split / "a.jpg")
+        (root / "labels" / split / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    before = hashes(root)
+    for out in (root / "labels" / "syn", root / "labels" / "train" / "syn", root / "syn"):
+        one_error_line(*cli("data", "make-synthetic", out, "--train", "2", "--val", "1", "--size", "32"),
+                       "inside the data set folder", str(root))
+        assert not out.exists()
+    assert hashes(root) == before
