@@ -306,6 +306,10 @@ class WriterLock:
 
         mine = self._held.get(self.folder)
         if mine is None:
+            if self.folder.resolve() != Path(os.path.normpath(self.folder)):
+                # reached through a link (a stage or ckpt folder linked to another disk): where it leads is checked
+                # as the work dir was, or a wrong link target has checkpoints written among a data set's images
+                refuse_output_in_data(self.folder, (), "stage folder", inside=True)
             self.folder.mkdir(parents=True, exist_ok=True)
             f = open(self.path, "a+")
             try:

@@ -155,3 +155,17 @@ def test_a_work_dir_inside_the_folders_an_image_list_names_is_refused(tmp_path, 
     cfg.write_text(yaml.safe_dump(raw))
     one_error_line(*cli("cost", cfg, "--no-latency", "--work-dir", yolo / "train" / "labels" / "w"),
                    "data.train.images (train.txt)")
+
+
+def test_a_stage_folder_linked_into_a_data_set_is_refused_before_anything_is_written(tmp_path, data_root):
+    """A stage folder that is a link (to another disk, say) into a folder of images: the work dir passed its
+    checks, and the checkpoint, log and lock were written among the val images (QA, session 27)."""
+    cfg = tmp_path / "cfg.yaml"
+    raw = tiny_raw(data_root, tmp_path / "work")
+    raw["train"]["max_steps"] = 1
+    cfg.write_text(yaml.safe_dump(raw))
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "baseline").symlink_to(data_root / "val" / "images")
+    before = hashes(data_root)
+    one_error_line(*cli("train", cfg), "stage folder", "folder of images")
+    assert hashes(data_root) == before
