@@ -127,6 +127,11 @@ def test_torchrun_two_processes_ddp(shapes_dir, tmp_path):
     evaluated = [(tmp_path / f"buffers_rank{i}").read_text().split() for i in (0, 1)]
     assert len(evaluated[0]) == 1 and evaluated[0] == evaluated[1]
     assert "DDP looks for unused parameters each step: 3 backbone parameters get no gradient" in r.stdout
+    # eval under torchrun: each rank predicts a shard, rank 0 scores and prints once (each rank evaluated all of val)
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nasdet", "eval", str(cfg)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " ".join(r.stdout.split()).count("val mAP of") == 1, r.stdout
     # README's recipe: stages under torchrun, then one process finds them done (it refused: "written by 2
     # process(es) ... 3 total steps against 6")
     code, out, exc = cli("train", cfg, "--set", "train.epochs=1")

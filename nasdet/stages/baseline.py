@@ -5,6 +5,7 @@ when set) trained on the whole training set into ``baseline/``, or the user's tr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -217,7 +218,10 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     scored = scored_val_set(cfg, val)
     check_scored_val_set(scored, len(scored))  # (its mAP would be "undefined", naming no set)
     model, held = load_checkpoint_model(cfg, ckpt, val.num_classes, classes=val.classes)
+    # under torchrun every rank predicts a shard of val and rank 0 scores and writes (each evaluated all of it)
     device = resolve_device(cfg.train.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device, _, _ = dist.init_distributed(cfg.train.device)
     model.to(device)
     state = load_checkpoint(ckpt)
     own = (not given and not (cfg.eval.max_images and cfg.eval.max_images < len(val))
@@ -229,7 +233,7 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         n = recalibrate_bn(model, calib, device, cfg.supernet.recalib_batches, cfg.eval.batch_size,
                            cfg.data.num_workers, seed=cfg.seed)
         what += f", BatchNorm recalibrated on {n} training images"
-    if what:
+    if what and dist.is_main():
         console.print(Text(f"{ckpt}: {what}"), soft_wrap=True)
     val = scored
     metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers, per_class=True)
