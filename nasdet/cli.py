@@ -70,6 +70,15 @@ def _one_process(command: str, instead: str) -> None:
                           f"classify and eval use its processes): {instead}")
 
 
+def _say_if_report_stale(cfg, work_dir: Optional[Path]) -> None:
+    """After a stage's own command: the pipeline's report.md, if any, made from records this command rewrote."""
+    from .stages.report import stale_report_note
+    from .workdir import WorkDir
+
+    if _torchrun_rank() == 0 and (note := stale_report_note(WorkDir.of(cfg, work_dir))):
+        console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+
+
 def _torchrun_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
@@ -238,6 +247,7 @@ def train_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optiona
 
     cfg = _load(config, set_)
     run_baseline(cfg, work_dir, console=console)
+    _say_if_report_stale(cfg, work_dir)
 
 
 @app.command("pretrain")
@@ -399,7 +409,9 @@ def eval_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
     eval/<stage>_<name>_metrics.json for a --ckpt (a stage's own record is never overwritten)."""
     from .stages.baseline import run_eval
 
-    run_eval(_load(config, set_), work_dir, ckpt and ckpt.expanduser(), console=console)
+    cfg = _load(config, set_)
+    run_eval(cfg, work_dir, ckpt and ckpt.expanduser(), console=console)
+    _say_if_report_stale(cfg, work_dir)
 
 
 @app.command("cost")
@@ -422,7 +434,9 @@ def tune_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional
     towers (search/genotype.json); resumes from tune/ckpt/last.pt."""
     from .stages.tune import run_tune
 
-    run_tune(_load(config, set_), work_dir, console=console)
+    cfg = _load(config, set_)
+    run_tune(cfg, work_dir, console=console)
+    _say_if_report_stale(cfg, work_dir)
 
 
 @app.command("export")
@@ -440,7 +454,9 @@ def export_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
     _one_process("export", "run it without torchrun (it times the model: the other ranks would share its cores)")
     if source is not None and source not in ("tune", "baseline"):
         raise typer.BadParameter(f"--source must be tune or baseline, got {source!r}")
-    run_export(_load(config, set_), work_dir, raw=raw, source=source, console=console, int8=int8 or None)
+    cfg = _load(config, set_)
+    run_export(cfg, work_dir, raw=raw, source=source, console=console, int8=int8 or None)
+    _say_if_report_stale(cfg, work_dir)
 
 
 @app.command("pipeline")

@@ -278,3 +278,23 @@ def test_the_report_names_the_postprocessing_and_rows_taken_after_other_values(t
     assert line.startswith(f"Post-processing of every AP and exported graph: score_thresh {cfg.model.score_thresh}")
     assert "Evaluated after other values: baseline (" in line and "found arch" not in line.split("values:")[1]
     assert "Evaluated after" not in postprocessing_lines(cfg, rows[1:])[0]
+
+
+def test_a_record_rewritten_after_the_report_is_said(tmp_path):
+    """`nasdet export --int8` (or eval, a retune) rewrote a record report.md is made from, and nothing said the
+    report no longer matched it (QA, session 27)."""
+    import os
+
+    from nasdet.stages.report import stale_report_note
+    from nasdet.workdir import WorkDir
+
+    w = WorkDir(tmp_path)
+    (tmp_path / "export").mkdir()
+    (tmp_path / "tune").mkdir()
+    for name in ("tune/metrics.json", "export/tune.json", "report.md"):
+        (tmp_path / name).write_text("{}")
+        os.utime(tmp_path / name, ns=(10**18, 10**18))
+    assert stale_report_note(w) is None
+    os.utime(tmp_path / "export" / "tune.json", ns=(10**18 + 1, 10**18 + 1))
+    note = stale_report_note(w)
+    assert note.startswith(f"{w.report_md} is older than export/tune.json") and "rerun `nasdet pipeline CONFIG`" in note

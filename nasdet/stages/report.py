@@ -93,6 +93,21 @@ def per_class_lines(baseline: dict, found: dict) -> list[str]:
     return lines + [""]
 
 
+def stale_report_note(w: WorkDir) -> str | None:
+    """A line saying report.md is older than a record it is made from (a stage's own command redid it: `nasdet
+    export --int8`, `nasdet eval`, a retune), else None: only `nasdet pipeline` writes the report."""
+    if not w.report_md.is_file():
+        return None
+    sources = [w.baseline.metrics, w.supernet.metrics, w.tune.metrics, w.search / PARETO_JSON, w.search / CONFIDENCE_JSON,
+               *w.root.glob("export/*.json"), *w.root.glob("controls/*/metrics.json")]
+    made = w.report_md.stat().st_mtime_ns
+    newer = sorted(str(p.relative_to(w.root)) for p in sources if p.is_file() and p.stat().st_mtime_ns > made)
+    if not newer:
+        return None
+    return (f"{w.report_md} is older than {', '.join(newer[:3])}{' ...' if len(newer) > 3 else ''}: rerun "
+            "`nasdet pipeline CONFIG` (it redoes nothing done) to bring the report up to date")
+
+
 def kept_result(path: Path, key: dict) -> dict | None:
     """The ``result`` a report computation kept in ``path`` for the same ``key`` (its inputs), else None."""
     try:
