@@ -185,6 +185,9 @@ def _holding_folders(splits: dict[str, list[tuple[Path, Path | None]]]) -> list[
                 what = "annotations file" if beside.suffix.lower() == ".json" else "label folder"
                 found.append((f"{key}'s folder, holding its image folder and {what}", holder))
             folders.setdefault(holder or images, key)
+            devkit = (holder or images).parent
+            if devkit.name == "VOCdevkit" and holding(devkit):  # the VOC tarball's root, even with one year in it
+                found.append(("the data set's root, VOCdevkit/", devkit))
             labels = _absolute(beside) if beside is not None and beside.suffix.lower() != ".json" else None
             if labels is not None and holder is None:  # images/train beside labels/train
                 label_folders.setdefault(labels, key)

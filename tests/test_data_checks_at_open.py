@@ -282,6 +282,10 @@ def test_the_roots_of_coco_voc_and_yolo_layouts(tmp_path, monkeypatch):
     assert said and "(the root of the data set's label folders, holding train/ and val/)" in said, said
     said = refused(cfg, "data/ul/images/run")
     assert said and "(the root of the data set's image folders, holding train/ and val/)" in said, said
+    one_year = {**voc, "data": {**voc["data"], "train": {"root": "data/VOCdevkit/VOC2007", "split": "trainval"}}}
+    cfg.write_text(yaml.safe_dump(one_year))  # as the VOC2007 tarball unpacks: VOCdevkit/ still the root
+    said = refused(cfg, "data/VOCdevkit/runs")
+    assert said and "(the data set's root, VOCdevkit/)" in said, said
     for layout, root, inner in ((raw, "data/coco", None), (voc, "data/VOCdevkit", None), (yolo, "data/rf", "train"),
                                 (ultralytics, "data/ul", None)):
         cfg = tmp_path / "cfg.yaml"
