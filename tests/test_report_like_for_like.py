@@ -204,6 +204,11 @@ def test_a_control_tuned_with_other_recalibration_seed_or_augmentation_is_not_al
     assert unlike(found, {**found, "recalib_batches": 1}) == ["recalib_batches 1 vs 10"]
     assert unlike(found, {**found, "seed": 1}) == ["seed 1 vs 0"]
     assert unlike(found, {**found, "augment": {"hflip": 0.5, "photometric": 0.0}}) == ["augment (photometric)"]
+    # a found arch tuned under torchrun: the pipeline's one-process controls cannot be tuned alike, and the advice
+    # to delete controls/ and rerun gave the same again
+    text = _controls_text(None, {"AP": 0.1, "split": "val (8 images)"},
+                          [_control("random_0", 0.08, 0.0, ["processes 1 vs 2", "step 32 vs 16"])])
+    assert "tuned under torchrun" in text and "tune the found arch in one process too" in text
 
 
 def test_the_training_sentence_gives_each_sides_steps():

@@ -43,7 +43,7 @@ def _row(name: str, record: dict, export: dict | None, cost: dict | None, input_
 
 # what a control's tune record must share with the found arch's for the two to differ only by the arch
 LIKE_KEYS = ("init", "supernet", "recipe", "step", "val", "val_images", "recalib_batches", "seed", "augment",
-             "postprocessing")
+             "postprocessing", "processes")
 
 
 def unlike(found: dict, other: dict) -> list[str]:
@@ -377,9 +377,12 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict], tol
     controls = [r for r in controls if not r.get("unlike")]
     left_out = ""
     if apart:
+        torchrun = any(u.startswith("processes ") for r in apart for u in r["unlike"])
         left_out = (" Left out of these comparisons, tuned unlike the found arch: " + "; ".join(
-            f"{r['control']} ({', '.join(r['unlike'])})" for r in apart) + " (delete controls/ and rerun the "
-            "pipeline to tune them alike).")
+            f"{r['control']} ({', '.join(r['unlike'])})" for r in apart) + (
+            " (the found arch was tuned under torchrun, and `nasdet pipeline` tunes the controls in one process: "
+            "tune the found arch in one process too, then delete controls/ and rerun the pipeline)" if torchrun else
+            " (delete controls/ and rerun the pipeline to tune them alike)") + ".")
     arch, training = [], ""
     randoms = [r for r in controls if r["control"] != "baseline_arch"]
     if randoms:

@@ -256,7 +256,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
               "val": data["val"].source, "val_images": trainer.val_images,
               # what else the weights depend on (a control tuned otherwise is not like for like)
               "recalib_batches": cfg.tune.recalib_batches if init == "supernet" else None, "seed": cfg.seed,
-              "augment": tcfg.data.augment.model_dump(mode="json"), "postprocessing": configured_postprocessing(tcfg.model)}
+              "augment": tcfg.data.augment.model_dump(mode="json"), "postprocessing": configured_postprocessing(tcfg.model),
+              "processes": dist.world_size()}
     if genotypes:
         result["genotype"] = arch[GENOTYPE_KEY]
     if dist.is_main():
