@@ -361,7 +361,7 @@ def _wait_for_workers(procs: list, spawn=None) -> list[int]:
         while any(p.poll() is None for p in procs):
             time.sleep(0.2)
         return [i for i, p in enumerate(procs) if p.returncode != 0]
-    except BaseException:
+    except BaseException as e:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
@@ -370,6 +370,9 @@ def _wait_for_workers(procs: list, spawn=None) -> list[int]:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if isinstance(e, KeyboardInterrupt):  # (it ended without a word)
+            console.print(Text("interrupted: the workers are stopped, each keeping what it finished; rerun the same "
+                               "command to continue", style="yellow"), soft_wrap=True)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

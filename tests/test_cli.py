@@ -212,7 +212,8 @@ def test_stopping_the_worker_launcher_stops_its_workers(tmp_path):
     fake.chmod(0o755)
     launcher = subprocess.Popen([sys.executable, "-c", (
         "import sys; from pathlib import Path; import nasdet.cli as cli; "
-        f"sys.executable = {str(fake)!r}; cli._launch_workers('search', Path('c.yaml'), None, [], 2, [])")])
+        f"sys.executable = {str(fake)!r}; cli._launch_workers('search', Path('c.yaml'), None, [], 2, [])")],
+        stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and len((tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []) < 2:
         time.sleep(0.2)
@@ -220,6 +221,8 @@ def test_stopping_the_worker_launcher_stops_its_workers(tmp_path):
     assert len(pids) == 2
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(timeout=60) != 0
+    # and says so (a Ctrl-C ended every process without a word)
+    assert "interrupted: the workers are stopped" in " ".join(launcher.stdout.read().split())
 
     def alive(pid):
         try:

@@ -217,3 +217,21 @@ def test_pareto_says_the_baseline_is_timed_when_candidates_are_predicted(tiny_co
     baseline = json.loads((Path(cfg.work_dir) / "search" / "pareto.json").read_text())["baseline"]
     assert baseline["costs"]["latency"] > 0
     assert baseline["latency_note"] == "timed in torch on cpu; the candidates' latency is the lookup table's prediction"
+
+
+def test_a_worker_of_workers_leaves_the_small_split_warning_to_its_launcher(tiny_config):
+    """`nasdet search --workers 2` printed the small-search-split warning once per process."""
+    import io
+
+    from nasdet.stages.search import run_search
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, data={"check_files": False}, supernet={"input_sizes": [64, 96]},
+                      search={"strategy": "random", "confidence_resamples": 100, "num_candidates": 1,
+                              "recalib_batches": 1, "batch_size": 4, "max_images": 2, "include_extremes": False})
+    fake_pretrain(cfg)
+    said = []
+    for outputs in (False, True):
+        buf = io.StringIO()
+        run_search(cfg, console=Console(file=buf, width=300), outputs=outputs)
+        said.append("warning: the search split has" in buf.getvalue())
+    assert said == [False, True]

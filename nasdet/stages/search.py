@@ -135,7 +135,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                           f"the {cfg.cost.lut_precision} latency lookup table (cost.latency lut)" if lut else None)
     small = split_size_warning(search_set, "the validation set" if s.score_on == "val" else "the search split") \
         if objective == OBJECTIVE else None
-    if small:
+    if small and outputs:  # a worker of --workers leaves it to its launcher (it was printed twice)
         console.print(Text("warning: " + small, style="yellow"), soft_wrap=True)
     if s.strategy == "gradient":
         return _run_gradient(cfg, wd, model, space, search_space, search_set, ctx.calib_set, device, budget, cost_fn,
