@@ -126,7 +126,8 @@ def describe_os_error(e: OSError) -> str:
         return str(e) or what
     where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
     hint = {PermissionError: " (check its permissions, or choose another place)",
-            NotADirectoryError: " (a part of the path is a file, not a folder)"}.get(type(e), "")
+            NotADirectoryError: " (a part of the path is a file, not a folder)",
+            FileExistsError: " (a file is where nasdet makes a folder: move it away)"}.get(type(e), "")
     if e.errno == errno.ENOSPC:  # every write is atomic: the file's previous version, if any, is intact
         hint = " (free space on that disk or choose another folder, then rerun: finished work is kept)"
     return f"{where}: {what.lower()}{hint}"

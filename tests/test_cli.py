@@ -250,3 +250,15 @@ def test_commands_that_are_not_training_refuse_torchrun(shapes_dir, tmp_path, mo
         assert code == 2 and exc is None and f"nasdet {command} runs in one process, not under torchrun" in flat, out
         assert instead in flat
     assert not (tmp_path / "wd").exists()
+
+
+def test_a_file_where_a_folder_is_made_is_said_so(shapes_dir, tmp_path):
+    """A stage's ckpt/ replaced by a file: the error was "...ckpt: file exists"."""
+    raw = tiny_raw(shapes_dir, tmp_path / "wd")
+    raw["train"]["max_steps"] = 1
+    cfg = write_cfg(tmp_path / "c.yaml", raw)
+    (tmp_path / "wd" / "baseline").mkdir(parents=True)
+    (tmp_path / "wd" / "baseline" / "ckpt").write_text("x")
+    code, out, exc = cli("train", cfg)
+    assert code == 2 and exc is None, out
+    assert "a file is where nasdet makes a folder: move it away" in " ".join(out.split()), out
