@@ -137,10 +137,11 @@ class StageDir:
         return json.loads((self.root / name).read_text())
 
     def completed(self, final_step: int) -> dict | None:
-        """The saved record (metrics.json) of a training stage that reached ``final_step``, else None."""
+        """The saved record (metrics.json) of a training stage that reached ``final_step`` (or went past it: one
+        trained with a larger ``max_steps`` before, which a rerun resumed and rewrote, training nothing), else None."""
         if self.metrics.is_file() and self.has_checkpoint():
             done = json.loads(self.metrics.read_text())
-            if done.get("step") == final_step:
+            if isinstance(done.get("step"), int) and done["step"] >= final_step:
                 return done
         return None
 

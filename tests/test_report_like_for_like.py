@@ -271,6 +271,13 @@ def test_a_changed_score_threshold_evaluates_finished_stages_again(tiny_config):
     assert f"evaluated again after other post-processing (model.score_thresh {cfg.model.score_thresh} -> 0.5)" in buf.getvalue()
     run_baseline(other, console=QUIET)  # now current: not evaluated again
     assert json.loads(record_path.read_text()) == again
+    # a record from before records kept it: evaluated as its checkpoint's config says (0.01), so again at 0.5 (it
+    # kept its 0.01 AP while the report said every AP was taken at 0.5)
+    record_path.write_text(json.dumps({k: v for k, v in record.items() if k != "postprocessing"}))
+    buf = io.StringIO()
+    run_baseline(other, console=Console(file=buf, width=300))
+    assert json.loads(record_path.read_text())["postprocessing"]["score_thresh"] == 0.5
+    assert "evaluated again after other post-processing" in buf.getvalue()
 
 
 def test_the_report_names_the_postprocessing_and_rows_taken_after_other_values(tiny_config):
@@ -303,3 +310,23 @@ def test_a_record_rewritten_after_the_report_is_said(tmp_path):
     os.utime(tmp_path / "export" / "tune.json", ns=(10**18 + 1, 10**18 + 1))
     note = stale_report_note(w)
     assert note.startswith(f"{w.report_md} is older than export/tune.json") and "rerun `nasdet pipeline CONFIG`" in note
+
+
+def test_the_latency_line_names_each_p90_and_a_record_past_max_steps_is_complete(tmp_path):
+    """The p90s came baseline first under a "found / baseline" label; a stage trained past a since lowered
+    max_steps was resumed (training nothing) and rewritten on every rerun (QA, session 27)."""
+    import json
+
+    from nasdet.stages.report import latency_lines
+    from nasdet.workdir import WorkDir
+
+    cfg_like = type("C", (), {"cost": type("K", (), {"runs": 30, "warmup": 5, "threads": 1})()})()
+    timing = {"baseline": {"torch": {"median_ms": 16.0, "p90_ms": 16.5}, "onnxruntime": {"median_ms": 7.0, "p90_ms": 8.7}},
+              "tune": {"torch": {"median_ms": 14.0, "p90_ms": 14.2}, "onnxruntime": {"median_ms": 6.0, "p90_ms": 7.6}}}
+    line = latency_lines(timing, cfg_like)[0]
+    assert "x0.88 in torch (p90 found 14.20, baseline 16.50 ms)" in line and "(p90 found 7.60, baseline 8.70 ms)" in line
+    tune = WorkDir(tmp_path).tune
+    (tune.root / "ckpt").mkdir(parents=True)
+    tune.checkpoint.write_bytes(b"x")
+    tune.metrics.write_text(json.dumps({"step": 40, "metrics": {}}))
+    assert tune.completed(30)["step"] == 40 and tune.completed(40) and tune.completed(50) is None

@@ -16,6 +16,7 @@ from ..export import configured_postprocessing
 from ..metrics import COCO_METRIC_NAMES
 from ..models import build_detector
 from ..train import dist
+from ..train.checkpoint import load_checkpoint
 from ..train.loop import Trainer, start_note_of  # noqa: F401 (the stages' shared start note)
 from ..workdir import StageDir, WorkDir, write_json
 
@@ -108,6 +109,9 @@ def evaluated_again(out: StageDir, done: dict, val_source: str, val_images: int,
     if done.get("val_images") not in (None, val_images):
         why.append(f"on {val_images} val images (its record had {done['val_images']}: eval.max_images changed)")
     had = done.get("postprocessing")
+    if had is None and postprocessing is not None and out.has_checkpoint():
+        # a record from before nasdet kept it: evaluated as its checkpoint's config says
+        had = configured_postprocessing((load_checkpoint(out.checkpoint).get("config") or {}).get("model") or {})
     if postprocessing is not None and had is not None and had != postprocessing:
         changed = ", ".join(f"model.{k} {had.get(k)} -> {postprocessing.get(k)}"
                             for k in sorted(set(had) | set(postprocessing)) if had.get(k) != postprocessing.get(k))

@@ -143,6 +143,7 @@ def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console:
     val = build_datasets(cfg, need=("val",))["val"]
     scored = val.first(cfg.eval.max_images)
     models: dict[str, tuple[Path, bool]] = {}  # name -> (checkpoint, tuned)
+    row_ap: dict[str, float] = {}
     found = next(r for r in rows if r["model"].startswith("found arch"))
     for r in rows:
         if r.get("split") != found.get("split") or r.get("unlike"):
@@ -153,6 +154,9 @@ def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console:
             models[r["control"]] = (w.control(r["control"]).checkpoint, True)
         elif r["model"].startswith("baseline (") and w.baseline.has_checkpoint():
             models["baseline"] = (w.baseline.checkpoint, False)
+        else:
+            continue
+        row_ap[next(reversed(models))] = r["AP"]
     if f"val ({len(scored)} images)" != found.get("split") or len(models) < 2 \
             or not all(ckpt.is_file() for ckpt, _ in models.values()):
         return None
@@ -172,6 +176,10 @@ def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console:
         matches[name] = ImageMatches(gt, predict(model.to(device), scored, device, cfg.eval.batch_size,
                                                  cfg.data.num_workers))
     point, values, defined = resampled_metric(matches, bootstrap_samples(len(scored), resamples, cfg.seed), "AP")
+    # a model whose detections give another AP than its row (a record evaluated otherwise, that no stage evaluated
+    # again) takes no part: the paragraph would contradict the table
+    apart = sorted(n for n in models if row_ap.get(n) is not None and abs(point[n] - row_ap[n]) > 5e-4)
+    models = {n: v for n, v in models.items() if n not in apart}
     randoms = [n for n in models if n.startswith("random_")]
     pairs = {}
     if "baseline" in models:
@@ -188,7 +196,7 @@ def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console:
         per_resample = values[a] - np.mean([values[b] for b in bs], axis=0)
         differences[label] = difference_interval(float(diff), per_resample, 0.9)
     result = {"images": len(scored), "resamples": int(defined.sum()), "level": 0.9, "ap": point,
-              "differences": differences}
+              "differences": differences, "left_out": apart}
     write_json_atomic(kept, {"key": key, "result": result})
     return result
 
@@ -215,6 +223,9 @@ def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Co
     files = {"baseline": (w.baseline.checkpoint, w.onnx("baseline")), "tune": (w.tune.checkpoint, w.onnx("tune"))}
     if not all(p.is_file() for pair in files.values() for p in pair):
         return None
+    # an INT8 file its export record keeps is timed in the same turns: one row's float and INT8 cells, one session
+    int8 = {n: w.onnx_int8(n) for n in files if (exports[n] or {}).get("int8") and w.onnx_int8(n).is_file()}
+    files = {n: (*pair, *([int8[n]] if n in int8 else [])) for n, pair in files.items()}
     c = cfg.cost
     key = {"files": {n: [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in pair] for n, pair in files.items()},
            "cost": c.model_dump(mode="json")}
@@ -229,10 +240,13 @@ def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Co
     torch_times = measure_latencies_in_turns(models, c.device, c.warmup, c.runs, c.threads)
     probes = [{"image": (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()}
               for s in sizes]  # as the export times its file: one image already at the input size
-    ort_times = time_sessions([onnx_session(files[n][1], c.threads) for n in ("baseline", "tune")], probes, c.warmup,
-                              c.runs)
-    result = {n: {"torch": t, "onnxruntime": o, "input_size": s}
-              for n, t, o, s in zip(("baseline", "tune"), torch_times, ort_times, sizes)}
+    names = ("baseline", "tune")
+    onnx_files = [(n, p) for n in names for p in files[n][1:]]
+    ort_times = time_sessions([onnx_session(p, c.threads) for _, p in onnx_files],
+                              [probes[names.index(n)] for n, _ in onnx_files], c.warmup, c.runs)
+    result = {n: {"torch": t, "input_size": s} for n, t, s in zip(names, torch_times, sizes)}
+    for (n, p), timing in zip(onnx_files, ort_times):
+        result[n]["onnxruntime_int8" if p.name.endswith("_int8.onnx") else "onnxruntime"] = timing
     write_json_atomic(kept, {"key": key, "result": result})
     return result
 
@@ -247,15 +261,20 @@ def latency_lines(result: dict | None, cfg: ExperimentConfig) -> list[str]:
         return f"x{f[kind]['median_ms'] / b[kind]['median_ms']:.2f}"
     return [f"CPU latencies of the baseline and the found model (the table's) are timed in turns, run by run "
             f"alternating, {c.runs} runs each after {c.warmup} warmup, {c.threads or 'all'} thread(s), each on one image "
-            f"at its input size: found / baseline {ratio('torch')} in torch (p90 {b['torch']['p90_ms']:.2f} / "
-            f"{f['torch']['p90_ms']:.2f} ms), {ratio('onnxruntime')} in onnxruntime (p90 "
-            f"{b['onnxruntime']['p90_ms']:.2f} / {f['onnxruntime']['p90_ms']:.2f} ms).", ""]
+            f"at its input size: found / baseline {ratio('torch')} in torch (p90 found {f['torch']['p90_ms']:.2f}, "
+            f"baseline {b['torch']['p90_ms']:.2f} ms), {ratio('onnxruntime')} in onnxruntime (p90 found "
+            f"{f['onnxruntime']['p90_ms']:.2f}, baseline {b['onnxruntime']['p90_ms']:.2f} ms)"
+            + (", their INT8 files in the same turns" if any("onnxruntime_int8" in r for r in (b, f)) else "") + ".", ""]
 
 
 def bootstrap_lines(result: dict | None) -> list[str]:
     """report.md's paragraph of the bootstrap: each difference with its interval, those not told apart said."""
-    if not result or not result["differences"]:
+    if not result:
         return []
+    apart = (f" Left out: {', '.join(result['left_out'])}, whose detections now give another AP than the table's "
+             "(a record evaluated otherwise: rerun `nasdet pipeline`)." if result.get("left_out") else "")
+    if not result["differences"]:
+        return [apart.strip(), ""] if apart else []
     parts = []
     for label, d in result["differences"].items():
         verdict = "" if d["distinguishable"] is not False else ": not told apart"
@@ -263,7 +282,7 @@ def bootstrap_lines(result: dict | None) -> list[str]:
     return [f"How sure these AP differences are (paired bootstrap over the {result['images']} val images, "
             f"{result['resamples']} resamples, {result['level']:.0%} intervals; a new seed's training noise is not in "
             "them, `benchmarks/controls_seeds.py` measures it): " + "; ".join(parts) + ". A difference whose "
-            "interval holds 0 is not told apart on these images.", ""]
+            "interval holds 0 is not told apart on these images." + apart, ""]
 
 
 def postprocessing_lines(cfg: ExperimentConfig, rows: list[dict]) -> list[str]:
@@ -531,6 +550,8 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         for r, n in ((rows[0], "baseline"), (next(r for r in rows if r["model"].startswith("found arch")), "tune")):
             r.update(latency_torch_ms=latency[n]["torch"]["median_ms"],
                      latency_onnxruntime_ms=latency[n]["onnxruntime"]["median_ms"])
+            if "onnxruntime_int8" in latency[n]:
+                r["latency_onnxruntime_int8_ms"] = latency[n]["onnxruntime_int8"]["median_ms"]
     columns = COLUMNS + (INT8_COLUMNS if any("ap_int8" in r for r in rows) else ())
     splits = {r["split"] for r in rows}
     shown = rows[0]["split"] if len(splits) == 1 else "evaluated on different val images: see the column"
