@@ -308,8 +308,8 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
     if worst_box > box_atol or worst_score > score_atol or problems:
         raise ExportParityError(
             f"onnxruntime detections differ from torch's on {len(images)} val images: max box diff "
-            f"{worst_box:.2e} px (limit {box_atol:g}), max score diff {worst_score:.2e} (limit {score_atol:g}), "
-            f"{len(problems)} unmatched detections {problems[:5]}")
+            f"{worst_box:.2e} px (limit export.box_atol {box_atol:g}), max score diff {worst_score:.2e} (limit "
+            f"export.score_atol {score_atol:g}), {len(problems)} unmatched detections {problems[:5]}")
     return report
 
 

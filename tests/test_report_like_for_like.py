@@ -209,6 +209,9 @@ def test_a_control_tuned_with_other_recalibration_seed_or_augmentation_is_not_al
     text = _controls_text(None, {"AP": 0.1, "split": "val (8 images)"},
                           [_control("random_0", 0.08, 0.0, ["processes 1 vs 2", "step 32 vs 16"])])
     assert "tuned under torchrun" in text and "tune the found arch in one process too" in text
+    # another step count alone (a max_steps lowered since): deleting controls/ alone tuned them unlike again
+    text = _controls_text(None, {"AP": 0.1, "split": "val (8 images)"}, [_control("random_0", 0.08, 0.0, ["step 30 vs 40"])])
+    assert "delete tune/ and controls/ and rerun the pipeline" in text
 
 
 def test_the_training_sentence_gives_each_sides_steps():
@@ -240,6 +243,8 @@ def test_report_rows_give_input_resolution_and_steps():
                               "latency_onnxruntime": {"median_ms": 1}}, None)["input_size"] == 96
     assert ("input_size", "input") in COLUMNS and _fmt(row, "input_size") == "128 px"
     assert _fmt(row, "steps") == "900" and _fmt({**row, "init": "supernet"}, "steps") == "supernet + 900"
+    imported = _row("baseline", {"metrics": {}, "step": 0, "imported_from": {"path": "x.pt"}}, None, None, 160)
+    assert _fmt(imported, "steps") == "imported" and _fmt({**imported, "steps": 50}, "steps") == "imported + 50"
 
 
 def test_a_changed_score_threshold_evaluates_finished_stages_again(tiny_config):
@@ -260,8 +265,10 @@ def test_a_changed_score_threshold_evaluates_finished_stages_again(tiny_config):
     record = json.loads(record_path.read_text())
     assert record["postprocessing"]["score_thresh"] == cfg.model.score_thresh
     other = cfg.model_copy(update={"model": cfg.model.model_copy(update={"score_thresh": 0.5})})
-    run_eval(other, console=QUIET)
+    buf = io.StringIO()
+    run_eval(other, console=Console(file=buf, width=300))
     assert json.loads(record_path.read_text()) == record
+    assert "(other post-processing (model.*) than the stage's record:" in buf.getvalue()  # not "another val set"
     assert json.loads((Path(cfg.work_dir) / "eval" / "baseline_last_metrics.json").read_text())["postprocessing"][
         "score_thresh"] == 0.5
     buf = io.StringIO()

@@ -67,3 +67,6 @@ def test_score_on_val_scores_the_validation_set(tiny_config):
     run_search(cfg, console=Console(file=buf, width=200))
     assert "warning: the validation set has 8 images" in buf.getvalue()
     assert json.loads((Path(cfg.work_dir) / "search" / "confidence.json").read_text())["images"] == 8
+    # pareto.json says where the candidates were scored: the report reads it, not the config (a study kept with
+    # other settings was described as the config's)
+    assert json.loads((Path(cfg.work_dir) / "search" / "pareto.json").read_text())["score_on"] == "val"

@@ -224,9 +224,9 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         device, _, _ = dist.init_distributed(cfg.train.device)
     model.to(device)
     state = load_checkpoint(ckpt)
+    same_post = _same_postprocessing(ckpt.parent.parent / METRICS_FILE, state, cfg)
     own = (not given and not (cfg.eval.max_images and cfg.eval.max_images < len(val))
-           and _same_val_set(state.get("config"), config_to_dict(cfg))
-           and _same_postprocessing(ckpt.parent.parent / METRICS_FILE, state, cfg))
+           and _same_val_set(state.get("config"), config_to_dict(cfg)) and same_post)
     what = describe_held(held)
     if "supernet_subnet" in held:  # shared BN statistics are wrong for any one subnet: as pretrain evaluates them
         calib = build_datasets(cfg, need=("supernet_train",))["supernet_train"].with_transforms(None)
@@ -248,7 +248,8 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     console.print(metrics_table(metrics, f"val mAP of {escape(str(ckpt))} ({len(val)} images)"))
     if metrics.get("per_class"):
         console.print(per_class_table(metrics["per_class"], f"per-class AP of {escape(str(ckpt))}"))
-    kept = "" if own or given else f" (not the run's own val set: {escape(str(ckpt.parent.parent / METRICS_FILE))} is kept)"
+    why = "not the run's own val set" if same_post else "other post-processing (model.*) than the stage's record"
+    kept = "" if own or given else f" ({why}: {escape(str(ckpt.parent.parent / METRICS_FILE))} is kept)"
     console.print(f"metrics -> {escape(str(out))}{kept}")
     return metrics
 

@@ -24,6 +24,7 @@ def _row(name: str, record: dict, export: dict | None, cost: dict | None, input_
     size = (export or {}).get("input_size") or (record.get("arch") or {}).get("input_size") or input_size
     row = {"model": name, "AP": metrics.get("AP"), "AP50": metrics.get("AP50"), "split": _split_of(record),
            "input_size": size, "steps": record.get("step"), "init": record.get("init"),
+           "imported": bool(record.get("imported_from")),
            "postprocessing": record.get("postprocessing")}
     if export is not None:
         row.update(macs=export["measured"]["macs"], params=export["measured"]["params"],
@@ -397,10 +398,13 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict], tol
     left_out = ""
     if apart:
         torchrun = any(u.startswith("processes ") for r in apart for u in r["unlike"])
+        steps = any(u.startswith("step ") for r in apart for u in r["unlike"])
         left_out = (" Left out of these comparisons, tuned unlike the found arch: " + "; ".join(
             f"{r['control']} ({', '.join(r['unlike'])})" for r in apart) + (
             " (the found arch was tuned under torchrun, and `nasdet pipeline` tunes the controls in one process: "
             "tune the found arch in one process too, then delete controls/ and rerun the pipeline)" if torchrun else
+            " (the found arch trained another number of steps, under a max_steps since changed: delete tune/ and "
+            "controls/ and rerun the pipeline to tune them all alike)" if steps else
             " (delete controls/ and rerun the pipeline to tune them alike)") + ".")
     arch, training = [], ""
     randoms = [r for r in controls if r["control"] != "baseline_arch"]
@@ -503,6 +507,8 @@ def _fmt(row: dict, key: str) -> str:
     if key == "input_size":
         return f"{v} px"
     if key == "steps":  # a tune from the supernet's weights had the supernet's training before its own steps
+        if row.get("imported"):  # trained elsewhere; steps here only if fine-tuned for this data's classes
+            return f"imported + {v}" if v else "imported"
         return f"supernet + {v}" if row.get("init") == "supernet" else str(v)
     on = f" (on {row['int8_images']} images)" if key in ("ap_int8", "ap_drop_int8") and row.get("int8_images") else ""
     if key in ("AP", "AP50", "ap_int8"):
@@ -591,7 +597,11 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         lines.append(f"The found model has {f['macs'] / b['macs']:.0%} of the baseline's MACs and "
                      f"{f['params'] / b['params']:.0%} of its parameters; {ap}. {why}")
         lines.append("")
-    if cfg.search.score_on == "val" and cfg.search.strategy != "darts":
+    search_summary = w.search / PARETO_JSON
+    pareto_record = json.loads(search_summary.read_text()) if search_summary.is_file() else {}
+    # where the search that picked the found arch scored its candidates (a kept study's, not the config's now)
+    score_on = pareto_record.get("score_on") or cfg.search.score_on
+    if score_on == "val" and cfg.search.strategy != "darts":
         lines += ["The found arch was picked as the best candidate on these val images (search.score_on: val): its val "
                   "AP is optimistic, and so are its differences from the baseline and the controls, which were not "
                   "picked on them.", ""]
@@ -606,8 +616,12 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     lines += bootstrap_lines(differences)
     lines += per_class_lines(base_record, tune)
     if init_metrics is not None:
+        from ..export import configured_postprocessing
+
+        other = init_record.get("postprocessing") not in (None, configured_postprocessing(cfg.model))
         lines += [f"Inherited supernet weights before tuning, on {_split_of(init_record)}: AP {init_metrics['AP']:.4f}, "
-                  f"AP50 {init_metrics['AP50']:.4f}.", ""]
+                  f"AP50 {init_metrics['AP50']:.4f}" + (" (taken when the tune started, after other post-processing "
+                  "than the table's)" if other else "") + ".", ""]
     tuned_export = exports.get("tune")
     qat = ((tuned_export or {}).get("int8") or {}).get("qat")
     if qat:
@@ -630,21 +644,19 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
                   f"{show(bc['max'])}; the search predicted {show(bc['predicted'])}).", ""]
     confidence_file = w.search / CONFIDENCE_JSON
     confidence = json.loads(confidence_file.read_text()) if confidence_file.is_file() else None
-    split = "the validation set" if cfg.search.score_on == "val" else "the search split"
+    split = "the validation set" if score_on == "val" else "the search split"
     split += f" ({confidence['images']} images)" if confidence else ""
     pareto = w.search / PARETO_PNG
     if pareto.is_file():
         with atomic_path(w.pareto_png) as tmp:
             shutil.copyfile(pareto, tmp)
         lines += [f"![candidates scored on {split}]({PARETO_PNG})", ""]
-        if cfg.search.score_on == "search" and base_metrics.is_file():
+        if score_on == "search" and base_metrics.is_file():
             lines += ["(The plot's baseline point is scored on the search split too, which it trained on: optimistic, "
                       "not comparable with the candidates'.)", ""]
-    search_summary = w.search / PARETO_JSON
-    if search_summary.is_file():
-        p = json.loads(search_summary.read_text())
-        lines += [f"Search ({cfg.search.strategy}): {p['scored']} candidates scored on {split}, "
-                  f"{len(p['front'])} on the Pareto front.", ""]
+    if pareto_record:
+        lines += [f"Search ({cfg.search.strategy}): {pareto_record['scored']} candidates scored on {split}, "
+                  f"{len(pareto_record['front'])} on the Pareto front.", ""]
     if confidence:
         lines += [confidence["verdict"], ""]
     diagnose = json.loads(w.diagnose.summary.read_text()) if cfg.pipeline.diagnose and w.diagnose.summary.is_file() \

@@ -196,7 +196,9 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         confidence = confidence_of_search(cfg, model, space, records, search_set, ctx.calib_set, device) \
             if objective == OBJECTIVE and not rescored_otherwise else None
         summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline,
-                                       objective, confidence, {"study_name": study_name, "strategy": s.strategy}, key)
+                                       objective, confidence, {"study_name": study_name, "strategy": s.strategy,
+                                                               # where the kept study's candidates were scored
+                                                               "score_on": as_scored["search"]["score_on"]}, key)
     summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
     scored_on = "candidates scored with the study's own settings (above)" if rescored_otherwise else \
         f"candidates on {len(search_set)} search images"
