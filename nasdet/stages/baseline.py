@@ -242,9 +242,11 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     out = eval_record_path(cfg, work_dir, ckpt, given, own)
     record = {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source, "val_images": len(val),
               "step": state.get("step"), "postprocessing": configured_postprocessing(cfg.model), **held}
-    if own and out.is_file():  # the stage's own record: what else it says (e.g. imported_from) stays
-        record = {**json.loads(out.read_text()), **record}
-    write_json(out, record)
+    before = json.loads(out.read_text()) if out.is_file() else None
+    if own and before is not None:  # the stage's own record: what else it says (e.g. imported_from) stays
+        record = {**before, **record}
+    if record != before:  # the same figures again: the record (and report.md's age against it) left as it was
+        write_json(out, record)
     console.print(metrics_table(metrics, f"val mAP of {escape(str(ckpt))} ({len(val)} images)"))
     if metrics.get("per_class"):
         console.print(per_class_table(metrics["per_class"], f"per-class AP of {escape(str(ckpt))}"))
