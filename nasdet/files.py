@@ -101,6 +101,15 @@ def write_json_atomic(path: str | Path, obj, indent: int | None = 2, **kwargs) -
     write_text_atomic(path, json.dumps(obj, indent=indent, **kwargs))
 
 
+def file_stamp(path: str | Path | None) -> list | None:
+    """``[path, size, modification time]`` of a file (None when there is none): what a kept result computed from
+    it is keyed on, so that a file rewritten since is computed again."""
+    if path is None or not Path(path).is_file():
+        return None
+    st = Path(path).stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
 def nonfinite_to_null(obj):
     """``obj`` with every NaN / infinite float (an undefined statistic) as None: JSON's null. Python's json
     writes them as bare ``NaN`` / ``Infinity``, which strict parsers (JavaScript's, Go's, jq's --strict) refuse."""

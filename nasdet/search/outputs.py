@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..files import atomic_path
+from ..files import atomic_path, file_stamp
 from ..space import SearchSpace, save_arch
 from ..workdir import BEST_ARCH, CONFIDENCE_JSON, PARETO_JSON, PARETO_PNG, RESULTS_CSV, write_json
 from .budget import COST_UNITS, Budget
@@ -25,8 +25,7 @@ def outputs_key(config: Mapping, records: Sequence[dict], files: Sequence[Path |
     """A digest of what a search's outputs are computed from: the run's config, its scored candidates and the
     checkpoints it scores or times (path, size, modification time): a rerun with the same key writes the same
     outputs, so it keeps them (the baseline's scoring and the confidence's rescoring are not redone)."""
-    stats = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] if p is not None and Path(p).is_file() else None
-             for p in files]
+    stats = [file_stamp(p) for p in files]
     rows = [[r["trial"], r["arch"], r["metrics"], r["costs"], r["feasible"]] for r in sorted(records, key=lambda r: r["trial"])]
     text = json.dumps({"config": config, "records": rows, "files": stats}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -28,8 +28,8 @@ from ..train.bn import recalibrate_bn
 from ..train.trained import load_checkpoint_model, load_trained_model
 from ..files import why_not_a_file
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
-from .common import (baseline_config, cost_table, evaluated_again, metrics_table, per_class_table, scored_val_set,
-                     train_detector)
+from .common import (baseline_config, cost_table, evaluated_again, metrics_table, per_class_table,
+                     recorded_postprocessing, scored_val_set, train_detector)
 
 
 def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
@@ -193,15 +193,11 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     return metrics
 
 
-def _same_postprocessing(stage_record: Path, state: dict, cfg: ExperimentConfig) -> bool:
-    """Whether ``cfg`` evaluates with the post-processing the stage's record was taken after (its own record's,
-    else its checkpoint's config): an eval with another threshold is not the stage's AP, and went over it."""
-    recorded = None
-    if stage_record.is_file():
-        recorded = json.loads(stage_record.read_text()).get("postprocessing")
-    if recorded is None:
-        recorded = configured_postprocessing((state.get("config") or {}).get("model") or {})
-    return recorded == configured_postprocessing(cfg.model)
+def _same_postprocessing(stage_record: Path, ckpt: Path, state: dict, cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg`` evaluates with the post-processing the stage's record was taken after: an eval with another
+    threshold is not the stage's AP, and went over it."""
+    record = json.loads(stage_record.read_text()) if stage_record.is_file() else None
+    return recorded_postprocessing(record, ckpt, state) == configured_postprocessing(cfg.model)
 
 
 def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str = BASELINE) -> Path:
@@ -224,7 +220,7 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
         device, _, _ = dist.init_distributed(cfg.train.device)
     model.to(device)
     state = load_checkpoint(ckpt)
-    same_post = _same_postprocessing(ckpt.parent.parent / METRICS_FILE, state, cfg)
+    same_post = _same_postprocessing(ckpt.parent.parent / METRICS_FILE, ckpt, state, cfg)
     own = (not given and not (cfg.eval.max_images and cfg.eval.max_images < len(val))
            and _same_val_set(state.get("config"), config_to_dict(cfg)) and same_post)
     what = describe_held(held)

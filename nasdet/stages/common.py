@@ -97,21 +97,32 @@ def finished_record(out: StageDir, final_step: int, console: Console, again: str
     return done
 
 
+def recorded_postprocessing(record: dict | None, checkpoint: Path, state: dict | None = None) -> dict | None:
+    """The post-processing a stage's record was evaluated after: its own ``postprocessing``, else (a record from
+    before records kept it) its checkpoint's config's (``state``, the checkpoint already read); None without
+    either."""
+    if record is not None and record.get("postprocessing") is not None:
+        return record["postprocessing"]
+    if state is None:
+        if not Path(checkpoint).is_file():
+            return None
+        state = load_checkpoint(checkpoint)
+    return configured_postprocessing((state.get("config") or {}).get("model") or {})
+
+
 def evaluated_again(out: StageDir, done: dict, val_source: str, val_images: int, evaluate: Callable[[], dict],
                     console: Console, postprocessing: dict | None = None) -> dict:
     """A stage's record of the same val set scored on another number of images than it scores now (a changed
     ``eval.max_images``) or after other post-processing (``postprocessing``, the config's now: a changed
     ``model.score_thresh`` is another AP, and the one the export now bakes in): ``evaluate()`` again, the record
-    rewritten and said; else the record as it is. A record without post-processing (older) keeps its figures."""
+    rewritten and said; else the record as it is. A record without post-processing (written before records kept
+    it) is taken to be of its checkpoint's config's."""
     if done.get("val") != val_source:
         return done
     why = []
     if done.get("val_images") not in (None, val_images):
         why.append(f"on {val_images} val images (its record had {done['val_images']}: eval.max_images changed)")
-    had = done.get("postprocessing")
-    if had is None and postprocessing is not None and out.has_checkpoint():
-        # a record from before nasdet kept it: evaluated as its checkpoint's config says
-        had = configured_postprocessing((load_checkpoint(out.checkpoint).get("config") or {}).get("model") or {})
+    had = recorded_postprocessing(done, out.checkpoint) if postprocessing is not None else None
     if postprocessing is not None and had is not None and had != postprocessing:
         changed = ", ".join(f"model.{k} {had.get(k)} -> {postprocessing.get(k)}"
                             for k in sorted(set(had) | set(postprocessing)) if had.get(k) != postprocessing.get(k))

@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import ExperimentConfig
-from ..files import atomic_path, write_text_atomic
+from ..export import configured_postprocessing
+from ..files import atomic_path, file_stamp, write_json_atomic, write_text_atomic
 from ..search.controls import matched_cost_metric
 from ..workdir import CONFIDENCE_JSON, INITIAL_METRICS, METRICS_FILE, PARETO_JSON, PARETO_PNG, WorkDir
 from .common import baseline_config, start_note_of
@@ -118,10 +119,37 @@ def kept_result(path: Path, key: dict) -> dict | None:
     return kept["result"] if isinstance(kept, dict) and kept.get("key") == key else None
 
 
+class ReportModels:
+    """The val set and the models of the checkpoints the report computes with (the bootstrap's detections, the
+    paired timing), each read once and only when a kept result does not answer."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg, self._val, self._models = cfg, None, {}
+
+    @property
+    def val(self):
+        if self._val is None:
+            from ..data.build import build_datasets
+
+            self._val = build_datasets(self.cfg, need=("val",))["val"]
+        return self._val
+
+    def model(self, ckpt: Path, tuned: bool):
+        """The detector of a tuned (``tuned``) or trained checkpoint."""
+        from ..train.trained import load_trained_model, load_tuned_model
+
+        if ckpt not in self._models:
+            val, cfg = self.val, self.cfg
+            self._models[ckpt] = load_tuned_model(ckpt, cfg, val.num_classes, classes=val.classes)[0] if tuned else \
+                load_trained_model(cfg, ckpt, val.num_classes, classes=val.classes)
+        return self._models[ckpt]
+
+
 BOOTSTRAP_FILE = "report_bootstrap.json"  # in the work dir: the last bootstrap and what it was computed from
 
 
-def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console: Console) -> dict | None:
+def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console: Console,
+                   loaded: ReportModels | None = None) -> dict | None:
     """How sure the report's AP differences are: a paired bootstrap over the val images (``metrics/bootstrap.py``)
     of found - baseline, found - random archs (their mean), found - the baseline's arch and the baseline's arch -
     the baseline, each model's detections computed again from its checkpoint on the images its record scored.
@@ -129,19 +157,16 @@ def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console:
     checkpoints, images, post-processing and resamples stay the same. None when ``report.bootstrap`` is 0."""
     import numpy as np
 
-    from ..data.build import build_datasets
     from ..data.dataset import to_coco_gt
-    from ..export import configured_postprocessing
-    from ..files import write_json_atomic
     from ..metrics.bootstrap import ImageMatches, bootstrap_samples, difference_interval, resampled_metric
     from ..train.evaluate import predict
     from ..train.loop import resolve_device
-    from ..train.trained import load_trained_model, load_tuned_model
 
     resamples = cfg.report.bootstrap
     if not resamples:
         return None
-    val = build_datasets(cfg, need=("val",))["val"]
+    loaded = loaded or ReportModels(cfg)
+    val = loaded.val
     scored = val.first(cfg.eval.max_images)
     models: dict[str, tuple[Path, bool]] = {}  # name -> (checkpoint, tuned)
     row_ap: dict[str, float] = {}
@@ -161,7 +186,7 @@ def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console:
     if f"val ({len(scored)} images)" != found.get("split") or len(models) < 2 \
             or not all(ckpt.is_file() for ckpt, _ in models.values()):
         return None
-    key = {"models": {n: [str(c), c.stat().st_size, c.stat().st_mtime_ns] for n, (c, _) in models.items()},
+    key = {"models": {n: file_stamp(c) for n, (c, _) in models.items()},
            "val": val.source, "images": len(scored), "postprocessing": configured_postprocessing(cfg.model),
            "resamples": resamples, "seed": cfg.seed}
     kept = w.root / BOOTSTRAP_FILE
@@ -172,10 +197,8 @@ def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console:
     matches = {}
     for name, (ckpt, tuned) in models.items():
         console.print(f"report: detections of {name} on {len(scored)} val images for the bootstrap")
-        model = load_tuned_model(ckpt, cfg, val.num_classes, classes=val.classes)[0] if tuned else \
-            load_trained_model(cfg, ckpt, val.num_classes, classes=val.classes)
-        matches[name] = ImageMatches(gt, predict(model.to(device), scored, device, cfg.eval.batch_size,
-                                                 cfg.data.num_workers))
+        matches[name] = ImageMatches(gt, predict(loaded.model(ckpt, tuned).to(device), scored, device,
+                                                 cfg.eval.batch_size, cfg.data.num_workers))
     point, values, defined = resampled_metric(matches, bootstrap_samples(len(scored), resamples, cfg.seed), "AP")
     # a model whose detections give another AP than its row (a record evaluated otherwise, that no stage evaluated
     # again) takes no part: the paragraph would contradict the table
@@ -205,7 +228,8 @@ def ap_differences(cfg: ExperimentConfig, w: WorkDir, rows: list[dict], console:
 LATENCY_FILE = "report_latency.json"  # in the work dir: the paired timing and what it timed
 
 
-def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Console) -> dict | None:
+def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Console,
+                   loaded: ReportModels | None = None) -> dict | None:
     """The baseline's and the found model's CPU latencies timed in turns, run by run alternating (torch, and their
     ONNX files in onnxruntime), each on an image at its own input size as their exports time them: the exports
     time each model alone, minutes or hours apart, and the ratio followed the machine's load (found / baseline
@@ -213,11 +237,8 @@ def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Co
     same. None without both exports."""
     import torch
 
-    from ..data.build import build_datasets
-    from ..files import write_json_atomic
     from ..models import get_input_size
     from ..models.cost import measure_latencies_in_turns, onnx_session, time_sessions
-    from ..train.trained import load_trained_model, load_tuned_model
 
     if not exports.get("baseline") or not exports.get("tune"):
         return None
@@ -228,15 +249,14 @@ def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Co
     int8 = {n: w.onnx_int8(n) for n in files if (exports[n] or {}).get("int8") and w.onnx_int8(n).is_file()}
     files = {n: (*pair, *([int8[n]] if n in int8 else [])) for n, pair in files.items()}
     c = cfg.cost
-    key = {"files": {n: [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in pair] for n, pair in files.items()},
+    key = {"files": {n: [file_stamp(p) for p in pair] for n, pair in files.items()},
            "cost": c.model_dump(mode="json")}
     kept = w.root / LATENCY_FILE
     if (result := kept_result(kept, key)) is not None:
         return result
     console.print("report: timing the baseline and the found model in turns")
-    val = build_datasets(cfg, need=("val",))["val"]
-    models = [load_trained_model(cfg, files["baseline"][0], val.num_classes, classes=val.classes),
-              load_tuned_model(files["tune"][0], cfg, val.num_classes, classes=val.classes)[0]]
+    loaded = loaded or ReportModels(cfg)
+    models = [loaded.model(files["baseline"][0], False), loaded.model(files["tune"][0], True)]
     sizes = [get_input_size(m) for m in models]
     torch_times = measure_latencies_in_turns(models, c.device, c.warmup, c.runs, c.threads)
     probes = [{"image": (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()}
@@ -289,8 +309,6 @@ def bootstrap_lines(result: dict | None) -> list[str]:
 def postprocessing_lines(cfg: ExperimentConfig, rows: list[dict]) -> list[str]:
     """Which post-processing every AP (and the exported graphs) is taken after; rows whose record was evaluated
     after other values (kept from before a change of model.score_thresh that no stage re-evaluated) are named."""
-    from ..export import configured_postprocessing
-
     now = configured_postprocessing(cfg.model)
     shown = ", ".join(f"{k} {v}" for k, v in now.items())
     other = [r["model"] for r in rows if r.get("postprocessing") is not None and r["postprocessing"] != now]
@@ -551,7 +569,8 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     init_record = json.loads(initial.read_text()) if initial.is_file() else None
     init_metrics = init_record["metrics"] if init_record else None
 
-    latency = paired_latency(cfg, w, exports, console)
+    loaded = ReportModels(cfg)  # the models the paired timing and the bootstrap read, each once
+    latency = paired_latency(cfg, w, exports, console, loaded)
     if latency and base_metrics.is_file():  # the compared pair timed alike (each export timed its model alone)
         for r, n in ((rows[0], "baseline"), (next(r for r in rows if r["model"].startswith("found arch")), "tune")):
             r.update(latency_torch_ms=latency[n]["torch"]["median_ms"],
@@ -612,12 +631,10 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
                                  latency=cfg.search.budget is not None and cfg.search.budget.metric == "latency",
                                  supernet_steps=(supernet_record or {}).get("step"),
                                  from_baseline=supernet_started_from_baseline(cfg, supernet_record)), ""]
-    differences = ap_differences(cfg, w, rows, console)
+    differences = ap_differences(cfg, w, rows, console, loaded)
     lines += bootstrap_lines(differences)
     lines += per_class_lines(base_record, tune)
     if init_metrics is not None:
-        from ..export import configured_postprocessing
-
         other = init_record.get("postprocessing") not in (None, configured_postprocessing(cfg.model))
         lines += [f"Inherited supernet weights before tuning, on {_split_of(init_record)}: AP {init_metrics['AP']:.4f}, "
                   f"AP50 {init_metrics['AP50']:.4f}" + (" (taken when the tune started, after other post-processing "
