@@ -794,7 +794,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if nxt is None and i == 1 and p == "train" and parts[0] in RECIPE_SECTIONS and len(parts) > 2:
                 # `--set tune.train.max_steps=6` on a config without tune.train changes one key of the recipe the
                 # stage trains with, the top-level train; starting from {} gave the built-in defaults' recipe
-                nxt = node[p] = copy.deepcopy(raw.get("train") or {})
+                top = raw.get("train")
+                nxt = node[p] = copy.deepcopy(top) if isinstance(top, dict) else {}
             elif nxt is None:
                 nxt = node[p] = {}
             elif not isinstance(nxt, dict):

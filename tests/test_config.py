@@ -165,3 +165,8 @@ def test_setting_one_key_of_an_unset_recipe_keeps_the_rest_of_train(tmp_path):
     # a recipe section the config writes is changed where it says
     raw["tune"] = {"train": {"epochs": 9}}
     assert load_config(write(tmp_path, raw), ["tune.train.max_steps=6"]).tune.train.epochs == 9
+
+
+def test_setting_a_recipe_key_over_a_train_that_is_not_a_section_names_train(tmp_path):
+    with pytest.raises(ConfigError, match="train: Input should be a valid dictionary"):
+        load_config(write(tmp_path, {**BASE, "train": 5}), ["tune.train.max_steps=6"])  # (was a TypeError)
