@@ -879,6 +879,19 @@ def validate_config(raw: dict, source: str = "<dict>") -> ExperimentConfig:
         raise ConfigError(_format_errors(e, source)) from None
 
 
+def without_start_weights(model_cfg):
+    """``model_cfg`` (a ModelConfig) without the backbone's start weights (``pretrained``, ``checkpoint``): for a
+    model whose every weight is then loaded from a checkpoint, or whose weights do not matter (its space, its
+    cost): building it reads no ImageNet file (nor downloads one) and needs no backbone file that is gone."""
+    backbone = model_cfg.backbone.model_copy(update={"checkpoint": None, "pretrained": None})
+    return model_cfg.model_copy(update={"backbone": backbone})
+
+
+def run_without_start_weights(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` whose model is ``without_start_weights``."""
+    return cfg.model_copy(update={"model": without_start_weights(cfg.model)})
+
+
 def config_to_dict(cfg: ExperimentConfig) -> dict:
     return cfg.model_dump(mode="json")
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.rule import Rule
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, run_without_start_weights
 from .errors import ConfigError
 from .stages.baseline import run_baseline, run_cost
 from .stages.classify import run_classify
@@ -63,7 +63,7 @@ def controls_plan(cfg: ExperimentConfig, w: WorkDir, console: Console | None = N
             return plan["controls"]
         console.print(f"controls: {escape(str(w.controls_plan))} was drawn {changed}: drawing the control archs again")
     r = cfg.report
-    model, space = build_supernet(cfg, len(load_split(cfg, "val").classes))
+    model, space = build_supernet(run_without_start_weights(cfg), len(load_split(cfg, "val").classes))  # (costs)
     found = load_arch(found_file, space)
     search_space = restrict_resolution(space, cfg.model.input_size, cfg.search.resolution_tolerance)
     budget = Budget(cfg.search.budget.metric, cfg.search.budget.max) if cfg.search.budget else None

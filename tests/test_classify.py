@@ -364,3 +364,5 @@ def test_classify_says_and_records_the_backbones_start(shapes_dir, folder, tmp_p
     assert f"backbone from {src}" in " ".join(console.file.getvalue().split())
     assert record["start"] == f"backbone from {src}"
     assert json.loads((tmp_path / "wd" / "classify" / "metrics.json").read_text())["start"] == f"backbone from {src}"
+    src.unlink()  # its start file gone (moved, another machine): every weight of the finished run is its checkpoint's
+    assert run_classify(validate_config(raw), console=Console(file=io.StringIO()))["start"] == f"backbone from {src}"

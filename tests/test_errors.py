@@ -427,6 +427,48 @@ def test_export_keeps_no_unverified_file_and_no_baseline_budget_alarm(trained_ba
     assert str(out / "baseline.onnx") in str(info.value) and "not written" in str(info.value)
 
 
+def test_eval_and_export_compute_on_the_configs_threads(trained_baseline, monkeypatch, tmp_path):
+    """`nasdet eval`, `nasdet export` (its torch reference for the parity check) and the import of a trained detector
+    ran on torch's default threads while the pipeline's stages ran on train.threads: the same checkpoint's AP and
+    parity verdict (1.01e-3 px against a 1e-3 limit on 2 threads, within it on 1) changed with the command."""
+    import io
+    from pathlib import Path
+
+    import torch
+    from rich.console import Console
+
+    import nasdet.stages.baseline
+    import nasdet.stages.export
+    from nasdet.stages.baseline import import_baseline, run_eval
+    from nasdet.stages.export import run_export
+
+    seen = []
+
+    def spy(module, name):
+        inner = getattr(module, name)
+
+        def wrapper(*a, **k):
+            seen.append((name, torch.get_num_threads()))
+            return inner(*a, **k)
+        monkeypatch.setattr(module, name, wrapper)
+
+    spy(nasdet.stages.baseline, "evaluate_detector")
+    spy(nasdet.stages.export, "check_parity")
+    one = trained_baseline.model_copy(update={"train": trained_baseline.train.model_copy(update={"threads": 1})})
+    quiet = Console(file=io.StringIO())
+    ckpt = Path(one.work_dir) / "baseline" / "ckpt" / "last.pt"
+    for run in (lambda: run_eval(one, ckpt=ckpt, console=quiet),
+                lambda: run_export(one, source="baseline", console=quiet),
+                lambda: import_baseline(one.model_copy(update={
+                    "pipeline": one.pipeline.model_copy(update={"baseline_checkpoint": str(ckpt)})}),
+                    tmp_path / "imported", console=quiet)):
+        torch.set_num_threads(2)
+        run()
+    assert [n for n, _ in seen][:1] == ["evaluate_detector"] and "check_parity" in [n for n, _ in seen]
+    assert len(seen) >= 3 and seen[-1][0] == "evaluate_detector"  # eval's, the export's check(s), the import's
+    assert all(threads == 1 for _, threads in seen), seen
+
+
 def test_search_records_follow_the_current_budget_and_supernet(tiny_config, tmp_path):
     """A search rerun judges feasibility under today's budget; a supernet whose pretraining stopped early
     is named in a warning; a study is refused on another supernet checkpoint."""

@@ -1,6 +1,7 @@
 """torchvision ImageNet weights by name (its hub cache, its file names) and torchvision's files as backbone
 checkpoints: nasdet's backbones then compute what torchvision's own modules compute. Nothing downloads:
 the cache is seeded with state_dicts of torchvision's exact layout (random init) under torchvision's names."""
+import json
 import urllib.error
 from pathlib import Path
 
@@ -319,3 +320,76 @@ def test_a_trained_checkpoint_loads_without_the_imagenet_file_it_started_from(hu
     w.supernet.checkpoint.write_bytes(sn.read_bytes())
     ctx = load_trained_supernet(cfg, w, Console(quiet=True))
     assert all(torch.equal(v, ctx.model.state_dict()[k]) for k, v in supernet.state_dict().items())
+
+
+def test_stages_whose_weights_are_a_checkpoints_read_no_imagenet_file(hub, tiny_config):
+    """A tune from the supernet, a resumed or finished stage, the import of a trained detector, the cost of the
+    config's model and the controls' costs hold or need no start weights: with the cache cleared (another machine,
+    offline) each runs without reading or downloading the ImageNet file the config names (the hub fixture fails
+    the test on a download). A tune from the supernet downloaded it to build the space alone."""
+    from rich.console import Console
+
+    from nasdet.config import config_to_dict
+    from nasdet.data.build import build_datasets
+    from nasdet.models import build_detector
+    from nasdet.models.supernet import build_supernet
+    from nasdet.pipeline import controls_plan
+    from nasdet.space import save_arch
+    from nasdet.stages.baseline import import_baseline, run_cost
+    from nasdet.stages.common import train_detector
+    from nasdet.stages.pretrain import run_pretrain
+    from nasdet.stages.tune import run_tune
+    from nasdet.train.checkpoint import save_checkpoint
+    from nasdet.workdir import WorkDir
+
+    quiet = Console(quiet=True)
+    file = hub / Path(tvm.get_model_weights("mobilenet_v2")["IMAGENET1K_V1"].url).name
+    seed_cache(hub, "mobilenet_v2", "IMAGENET1K_V1")
+    cfg = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "pretrained": "IMAGENET1K_V1"}},
+                      train={"max_steps": 2, "epochs": 1, "ckpt_every_steps": 1},
+                      tune={"recalib_batches": 1, "eval_initial": False}, eval={"max_images": 2},
+                      report={"controls_draws": 3})
+    nc = build_datasets(cfg, need=("val",))["val"].num_classes
+    w = WorkDir.of(cfg)
+    supernet, space = build_supernet(cfg, nc)
+    w.supernet.checkpoint.parent.mkdir(parents=True)
+    save_checkpoint({"model": supernet.state_dict(), "config": config_to_dict(cfg), "space_id": space.space_id},
+                    w.supernet.checkpoint)
+    save_arch(w.root / "search" / "best_arch.json", space.default(), space)
+    trained = hub.parent.parent / "trained.pt"
+    save_checkpoint({"model": build_detector(cfg.model, num_classes=nc).state_dict(), "config": config_to_dict(cfg)},
+                    trained)
+    train_detector(cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 1})}), None, "own",
+                   console=quiet)  # one step of two, from the ImageNet file: resumed below
+    file.unlink()  # the cache cleared (or another machine)
+    assert run_tune(cfg, console=quiet)["step"] == 2
+    assert run_tune(cfg, console=quiet)["step"] == 2  # finished: its record again
+    train_detector(cfg, None, "own", console=quiet)  # resumed at step 1
+    assert json.loads((w.root / "own" / "metrics.json").read_text())["step"] == 2
+    assert controls_plan(cfg, w)  # the controls' archs, costed in the supernet's space
+    imported = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"baseline_checkpoint": str(trained)})})
+    assert "AP" in import_baseline(imported, console=quiet)
+    assert run_cost(cfg, latency=False, console=quiet)["macs"]
+    # a supernet from a trained detector (ENOT's init_from the baseline): every backbone weight is the detector's
+    from_own = cfg.model_copy(update={"supernet": cfg.supernet.model_copy(update={
+        "init_from": str(w.root / "own" / "ckpt" / "last.pt"), "report_archs": ["smallest"], "recalib_batches": 1})})
+    run_pretrain(from_own, work_dir=w.root.parent / "from_own", console=quiet)
+    # pipeline.classify's supernet: classify's backbone.pt named as the checkpoint of a config naming ImageNet weights
+    body = hub.parent.parent / "backbone.pt"
+    torch.save(supernet.backbone.body.state_dict(), body)
+    both = cfg.model.backbone.model_copy(update={"checkpoint": str(body)})
+    assert all(torch.equal(v, build_backbone(both).state_dict()[k]) for k, v in supernet.backbone.body.state_dict().items())
+    assert not file.exists()
+
+
+def test_a_backbone_named_for_the_baseline_is_not_dropped_for_pipeline_baseline_backbone(tmp_path):
+    """README's `nasdet train CONFIG --set model.backbone.name=resnet18 --set model.backbone.pretrained=imagenet` on
+    the demo config (pipeline.baseline_backbone: mobilenet_v2) trained a MobileNetV2 baseline without a word (or
+    refused with an error about mobilenet_v2's weights): the named network is no supernet, so it is an error
+    saying which key to set."""
+    cfg_file = Path(__file__).parent.parent / "configs" / "demo" / "pipeline_shapes.yaml"
+    out = assert_one_line(*cli("train", cfg_file, "--work-dir", tmp_path / "run", "--set", "model.backbone.name=resnet18",
+                               "--set", "model.backbone.width_mult=1.0"),
+                          "pipeline.baseline_backbone mobilenet_v2", "resnet18 is no supernet",
+                          "set pipeline.baseline_backbone=resnet18 (or null)")
+    assert not (tmp_path / "run").exists(), out

@@ -427,3 +427,43 @@ def test_a_teacher_with_other_anchors_is_refused_before_training(tiny_config, tm
     with pytest.raises(CheckpointError, match=f"supernet.distill.checkpoint {ckpt}: its detector has .*{said}"):
         run_pretrain(cfg.model_copy(update={"supernet": sn}), console=Console(file=io.StringIO()))
     assert not (tmp_path / "work" / "supernet" / "ckpt").exists()
+
+
+def test_a_backbone_file_moved_with_the_same_bytes_is_the_same_start(tiny_config, tmp_path):
+    """A supernet whose backbone came from a file (`nasdet classify`'s backbone.pt, which pipeline.classify names
+    inside the work dir) resumed after the file moved (the work dir renamed) was refused on the path
+    ("model.backbone.checkpoint: .../pcA/classify/backbone.pt -> .../pcB/..."): the recorded start is its bytes,
+    so the same bytes elsewhere continue the run and other bytes are refused naming the start."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from nasdet.config import BackboneConfig
+    from nasdet.errors import ResumeMismatch
+    from nasdet.models.backbones import build_backbone
+
+    quiet = Console(file=io.StringIO())
+    first, moved = tmp_path / "pcA" / "backbone.pt", tmp_path / "pcB" / "backbone.pt"
+    first.parent.mkdir()
+    torch.manual_seed(3)
+    torch.save(build_backbone(BackboneConfig(**OFA_TINY["backbone"])).state_dict(), first)
+
+    def with_file(path, steps):
+        backbone = {**OFA_TINY["backbone"], **({"checkpoint": str(path)} if path else {})}
+        return tiny_config("ssdlite", model={"backbone": backbone},
+                           train={"max_steps": steps, "epochs": 1, "ckpt_every_steps": 1}, eval={"max_images": 2},
+                           supernet={"report_archs": ["smallest"], "recalib_batches": 1})
+
+    run_pretrain(with_file(first, 1), console=quiet)
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    run_pretrain(with_file(moved, 2), console=quiet)  # resumed at step 1 from the same start
+    assert load_checkpoint(tmp_path / "work" / "supernet" / "ckpt" / "last.pt")["step"] == 2
+    torch.manual_seed(4)  # other bytes at another path: another start
+    other = tmp_path / "other.pt"
+    torch.save(build_backbone(BackboneConfig(**OFA_TINY["backbone"])).state_dict(), other)
+    with pytest.raises(CheckpointError, match=r"was trained from model.backbone.checkpoint .*pcA.*backbone.pt"):
+        run_pretrain(with_file(other, 2), console=quiet)
+    with pytest.raises(ResumeMismatch, match=r"model.backbone.checkpoint: .*pcB/backbone.pt -> None"):
+        run_pretrain(with_file(None, 2), console=quiet)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from ..config import ExperimentConfig, config_to_dict
+from ..config import ExperimentConfig, config_to_dict, without_start_weights
 from ..errors import ConfigError
 from ..data.build import build_datasets, load_split
 from ..export import configured_postprocessing
@@ -27,6 +27,7 @@ from ..train.loop import check_scored_val_set, resolve_device
 from ..train.bn import recalibrate_bn
 from ..train.trained import load_checkpoint_model, load_trained_model
 from ..files import why_not_a_file
+from ..threads import set_torch_threads
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
 from .common import (baseline_config, cost_table, evaluated_again, metrics_table, per_class_table,
                      recorded_postprocessing, scored_val_set, train_detector)
@@ -130,6 +131,7 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     is of the same file). When the data's classes are not the checkpoint's, the class-dependent layers are
     re-initialised (said) and the baseline is fine-tuned from it with the ``train`` recipe."""
     dist.init_distributed(cfg.train.device)  # under torchrun: rank 0 writes and speaks (is_main)
+    set_torch_threads(cfg.train.threads)  # its evaluation on the threads a training of the config would take
     console = dist.main_console(console or Console())
     source = Path(cfg.pipeline.baseline_checkpoint)
     weights, checkpoint_classes = read_checkpoint(source, "pipeline.baseline_checkpoint")
@@ -145,7 +147,7 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
         console.print(metrics_table(done["metrics"], "baseline: val mAP"))
         return done["metrics"]
     data = build_datasets(cfg, need=("val",))
-    model = build_detector(cfg.model, num_classes=data["val"].num_classes)
+    model = build_detector(without_start_weights(cfg.model), num_classes=data["val"].num_classes)  # the file's
     val = data["val"]
     try:
         imported = map_detector_weights(model, weights, f"pipeline.baseline_checkpoint {source}",
@@ -208,6 +210,7 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
              console: Console | None = None) -> dict:
     """COCO metrics of a checkpoint on the val set, written where ``eval_record_path`` says."""
     console = console or Console()
+    set_torch_threads(cfg.train.threads)  # as the stage that evaluated it: the same float rounding, the same AP
     given = ckpt is not None
     ckpt = Path(ckpt) if given else default_checkpoint(cfg, work_dir)
     val = build_datasets(cfg, need=("val",))["val"]
@@ -309,7 +312,7 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     elif ckpt:
         raise CheckpointError(f"--ckpt {path} {why_not_a_file(path)}")
     else:
-        model = build_detector(cfg.model, num_classes=num_classes)
+        model = build_detector(without_start_weights(cfg.model), num_classes=num_classes)
     model.eval()
     detector, backbone = costed_names(path, cfg) if path.is_file() else (cfg.model.detector, cfg.model.backbone.name)
     result = {"input_size": get_input_size(model), "macs": detector_macs(model), "params": detector_params(model),

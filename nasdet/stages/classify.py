@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..config import ExperimentConfig, config_to_dict, read_arch_file, save_run_record
+from ..config import ExperimentConfig, config_to_dict, read_arch_file, save_run_record, without_start_weights
 from ..data.imagefolder import (classification_eval_transforms, classification_train_transforms,
                                 open_classification_splits)
 from ..errors import ConfigError
@@ -110,8 +110,10 @@ def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     k = sets["train"].num_classes
 
     arch, source = backbone_arch(cfg)
+    # resumed (or finished), every weight is in its checkpoint: no start file to read, or to need any more
+    backbone = without_start_weights(cfg.model).backbone if out.has_checkpoint() else cfg.model.backbone
     try:
-        model = build_classifier(cfg.model.backbone, k, c.input_size, c.dropout, c.label_smoothing, arch=arch)
+        model = build_classifier(backbone, k, c.input_size, c.dropout, c.label_smoothing, arch=arch)
     except ArchError as e:
         raise ArchError(f"classify.arch ({source}): {e}") from None
     settings = RunSettings(train=tcfg.train, eval=cfg.eval, seed=cfg.seed,

@@ -10,11 +10,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import ExperimentConfig, save_run_record
+from ..config import ExperimentConfig, save_run_record, without_start_weights
+from ..errors import ConfigError
 from ..data.build import build_datasets
 from ..export import configured_postprocessing
 from ..metrics import COCO_METRIC_NAMES
 from ..models import build_detector
+from ..models.backbones import SUPERNET_BACKBONES
 from ..train import dist
 from ..train.checkpoint import load_checkpoint
 from ..train.loop import Trainer, start_note_of  # noqa: F401 (the stages' shared start note)
@@ -38,6 +40,12 @@ def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
     name = cfg.pipeline.baseline_backbone
     if name is None:
         return cfg
+    given = cfg.model.backbone.name
+    if given != name and given not in SUPERNET_BACKBONES:  # e.g. `--set model.backbone.name=resnet50` for a baseline
+        raise ConfigError(f"pipeline.baseline_backbone {name} is the baseline's backbone, in place of the supernet's "
+                          f"model.backbone.name; {given} is no supernet, so this config would train a {name} baseline "
+                          f"and ignore {given}: set pipeline.baseline_backbone={given} (or null) for a {given} baseline, "
+                          f"or model.backbone.name to a searchable backbone ({', '.join(sorted(SUPERNET_BACKBONES))})")
     model = cfg.model.model_copy(update={"backbone": cfg.model.backbone.model_copy(update={"name": name})})
     return cfg.model_copy(update={"model": model})
 
@@ -53,10 +61,12 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     wd = WorkDir.of(cfg, work_dir)
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
-    model = build_detector(cfg.model, num_classes=data["train"].num_classes)
+    out = wd.stage(stage)
+    # resumed (or finished), every weight is in its checkpoint: no start file to read, or to need any more
+    model = build_detector(without_start_weights(cfg.model) if out.has_checkpoint() else cfg.model,
+                           num_classes=data["train"].num_classes)
     if init is not None:
         init(model)
-    out = wd.stage(stage)
     out_dir = out.root
     trainer = Trainer.from_config(cfg, model, data["train"], data["val"], out_dir, console=console)
     trainer.start_note = start_note or start_note_of(cfg)

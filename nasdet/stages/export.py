@@ -32,6 +32,7 @@ from ..models.families import family_named, family_of
 from ..train.checkpoint import load_checkpoint, unfinished_at
 from ..train.trained import load_trained_model, load_tuned_model
 from ..train.resume import flatten
+from ..threads import set_torch_threads
 from ..workdir import CLASSES_JSON, WorkDir, write_json
 from .common import scored_val_set
 
@@ -278,6 +279,9 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     """Export the tuned (or baseline) model of the work dir, check it, time it, check the budget; with
     ``int8`` (default: ``wants_int8(cfg)``) also quantize it and score both files through onnxruntime."""
     console = console or Console()
+    # torch's reference outputs for the parity check on the config's threads, in the pipeline or alone: the thread
+    # count changes float rounding, which a model's near-zero-variance BN channels amplify to the box tolerance
+    set_torch_threads(cfg.train.threads)
     wd = WorkDir.of(cfg, work_dir)
     source = source or cfg.export.source
     asked = int8

@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ExperimentConfig, save_run_record
+from ..config import ExperimentConfig, run_without_start_weights, save_run_record
 from ..data.build import build_datasets
 from ..errors import StageOrderError
 from ..models.cost import detector_macs
@@ -81,10 +81,12 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
     k = data["train"].num_classes
-    model, space = build_supernet(cfg, k)
     out = wd.supernet
     out_dir = out.root
     resuming = out.has_checkpoint()
+    # resumed (or finished), every weight is in its checkpoint: no start file to read, or to need any more; from
+    # init_from, every backbone weight is that detector's (the rest is the supernet's own init either way)
+    model, space = build_supernet(run_without_start_weights(cfg) if resuming or cfg.supernet.init_from else cfg, k)
     classes = data["train"].classes
     if cfg.supernet.init_from and not resuming:
         start = init_from_checkpoint(model, cfg.supernet.init_from, classes, cfg.model)

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ExperimentConfig, read_arch_file, save_run_record
+from ..config import ExperimentConfig, read_arch_file, run_without_start_weights, save_run_record
 from ..errors import ResumeMismatch, StageOrderError
 from ..data.build import build_datasets
 from ..export import configured_postprocessing
@@ -32,7 +32,7 @@ from ..train.checkpoint import (CheckpointError, file_sha256, is_supernet_checkp
                                refuse_other_classes, unfinished_at)
 from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
-from ..train.trained import TuneTrainer, build_tuned_model, with_backbone_checkpoint
+from ..train.trained import TuneTrainer, build_tuned_model
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
 from .common import (finished_record, metrics_table, per_class_table, recipe_key, scored_val_set, start_note_of,
                      with_train_recipe)
@@ -177,7 +177,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         arch, source = resolve_genotype_arch(cfg, wd.root)
         tcfg = tcfg.model_copy(update={"model": with_genotype(tcfg.model, arch)})  # the checkpoint rebuilds alone
     else:
-        _, space = build_supernet(with_backbone_checkpoint(cfg, None), k)  # only the space: no weights to load
+        _, space = build_supernet(run_without_start_weights(cfg), k)  # only the space: no ImageNet file to read
         arch, source = resolve_tune_arch(cfg, space, wd.root)
     resuming = out.has_checkpoint()
     init = "scratch" if genotypes else cfg.tune.init
@@ -213,7 +213,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
                              "this data (nasdet pretrain), or set tune.init: scratch")
         if dist.is_main() and is_supernet_checkpoint(sn_state):  # (another kind is refused next, naming it)
             warn_model_drift(sn_state, cfg, f"the supernet {sn_ckpt}", "tunes", console)
-    model = build_tuned_model(cfg, k, arch, sn_ckpt)
+    # resumed (or finished), every weight is in its checkpoint: no start file to read, or to need any more
+    model = build_tuned_model(run_without_start_weights(cfg) if resuming else cfg, k, arch, sn_ckpt)
     device, _, _ = dist.init_distributed(tcfg.train.device)  # before is_main(): under torchrun only rank 0 writes
     initial = None
     if sn_ckpt is not None:  # every rank: the same recalibration, and the eval is sharded over the ranks

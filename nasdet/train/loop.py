@@ -389,6 +389,10 @@ class Trainer:
                 raise
         return self._resumed
 
+    def resume_ignored(self, state: dict) -> frozenset[str]:
+        """The config keys a resume onto checkpoint ``state`` does not compare (``resume_ignores``)."""
+        return frozenset(self.resume_ignores)
+
     def try_resume(self) -> bool:
         path = checkpoint_in(self.out_dir)
         if not path.is_file():
@@ -396,8 +400,8 @@ class Trainer:
                 trim_jsonl(self.out_dir / LOG_FILE, "step", 0)
             return False
         state = load_checkpoint(path, space_id=self.space_id)
-        refuse_changed_run(path, state.get("config"), self.settings.record, self.resume_sections, self.resume_ignores,
-                           state.get("paths"), self.settings.recipe)
+        refuse_changed_run(path, state.get("config"), self.settings.record, self.resume_sections,
+                           self.resume_ignored(state), state.get("paths"), self.settings.recipe)
         load_model_weights(self.model, state, source=str(path))
         if state.get("total_steps") != self.total_steps:
             was = state.get("processes")

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ConfigError, unreadable_reason
 from ..files import why_not_a_file
 from ..models.imports import class_layer_keys, describe_weights, recorded_class_names, rows_by_class_name
-from ..config import ExperimentConfig, ShrinkPhase, SupernetConfig
+from ..config import ExperimentConfig, ShrinkPhase, SupernetConfig, without_start_weights
 from ..models.detectors import set_input_size, training_input_size
 from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
 from .bn import preserved_bn_state, recalibrate_bn
@@ -242,7 +242,7 @@ def load_teacher(path: str, classes: list[str]) -> tuple[nn.Module, str]:
         raise CheckpointError(f"{TEACHER_KEY} {path} has no config: it was not written by nasdet")
     cfg = validate_config(state["config"], f"{path} (config)")
     named, names = recorded_class_names(state), list(classes)
-    teacher = build_detector(cfg.model, num_classes=len(names))
+    teacher = build_detector(without_start_weights(cfg.model), num_classes=len(names))  # every weight is the file's
     weights, note = state["model"], f"distilling from teacher {path}"
     if named is not None and named != names:
         rows = rows_by_class_name(teacher, weights, class_layer_keys(teacher, weights), named, names)
@@ -317,6 +317,13 @@ class SupernetTrainer(Trainer):
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), **({"starts": self.starts} if self.starts else {})}
+
+    def resume_ignored(self, state: dict) -> frozenset[str]:
+        # a backbone file recorded in both runs' starts is compared by its bytes (load_extra_state), not its path:
+        # `nasdet classify`'s backbone.pt of a work dir moved or renamed since is the same start
+        key = "model.backbone.checkpoint"
+        both = key in (self.starts or {}) and key in ((state.get("extra") or {}).get("starts") or {})
+        return super().resume_ignored(state) | ({key} if both else set())
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, run_without_start_weights, without_start_weights
 from ..errors import ConfigError
 from ..models import build_detector
 from ..models.classifier import read_subnet_file
@@ -65,18 +65,6 @@ def default_subnet(model: nn.Module, input_sizes=None) -> tuple[nn.Module, dict]
     space = detector_space(model, input_sizes)
     arch = space.default()
     return export_detector(model, arch, space), arch
-
-
-def without_start_weights(model_cfg):
-    """``model_cfg`` (a ModelConfig) without the backbone's start weights (``pretrained``, ``checkpoint``): for a
-    model whose every weight is then loaded from a checkpoint."""
-    backbone = model_cfg.backbone.model_copy(update={"checkpoint": None, "pretrained": None})
-    return model_cfg.model_copy(update={"backbone": backbone})
-
-
-def run_without_start_weights(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``cfg`` whose model is ``without_start_weights``."""
-    return cfg.model_copy(update={"model": without_start_weights(cfg.model)})
 
 
 def with_backbone_checkpoint(cfg: ExperimentConfig, path: str | Path | None) -> ExperimentConfig:
@@ -192,11 +180,12 @@ def _other_space(path, state: dict, arch: Mapping[str, Any], cfg: ExperimentConf
     """A short line for a tuned arch that is not of this config's space: both space ids, a few names."""
     from ..config import validate_config
 
-    space = build_supernet(cfg, num_classes)[1]
+    space = build_supernet(run_without_start_weights(cfg), num_classes)[1]
     theirs = state.get("space_id")
     if theirs is None and isinstance(state.get("config"), dict):  # tuned before tune checkpoints kept their space
         try:
-            theirs = build_supernet(validate_config(state["config"], f"{path} (config)"), num_classes)[1].space_id
+            theirs = build_supernet(run_without_start_weights(validate_config(state["config"], f"{path} (config)")),
+                                    num_classes)[1].space_id
         except Exception:  # written by another nasdet version: the id stays unknown
             pass
     only_theirs = [n for n in arch if n not in space.names][:3]

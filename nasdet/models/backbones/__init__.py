@@ -24,6 +24,7 @@ BACKBONES["mbv2_elastic"] = build_mbv2_elastic
 BACKBONES["mbv2_width"] = build_mbv2_width
 BACKBONES["mbv3_width"] = build_mbv3_width
 BACKBONES.update(DETNAS_BUILDERS)  # detnas_300M, detnas_1.3G, detnas_3.8G, detnas_tiny
+SUPERNET_BACKBONES = frozenset({"ofa_mbv3", "mbv2_elastic", "mbv2_width", "mbv3_width", *DETNAS_BUILDERS})
 
 __all__ = ["BACKBONES", "LEVELS", "build_backbone", "ElasticMobileNetV2", "OFAMobileNetV3", "ResNetBackbone",
            "SequentialStagesBackbone", "ShuffleNetSPOS", "WidthMobileNetV2", "WidthMobileNetV3"]
@@ -43,7 +44,8 @@ def build_backbone(cfg) -> nn.Module:
             raise ConfigError(f"model.backbone.reduced_tail is MobileNetV3's option, not {cfg.name!r}'s")
         options["reduced_tail"] = True
     backbone = BACKBONES[cfg.name](width_mult=cfg.width_mult, norm=cfg.norm, **options)
-    if cfg.pretrained:
+    if cfg.pretrained and not cfg.checkpoint:  # (both only as a stage sets them: the checkpoint gives every weight,
+        # e.g. classify's backbone.pt for the supernet of a config that names ImageNet weights)
         load_pretrained_backbone(backbone, cfg.name, cfg.pretrained, cfg.width_mult, bool(cfg.reduced_tail))
     if cfg.checkpoint:
         load_backbone_checkpoint(backbone, cfg.checkpoint, cfg.name, getattr(cfg, "checkpoint_format", "auto"))
