@@ -736,6 +736,11 @@ class ExperimentConfig(Strict):
         if k and self.search.strategy == "darts":
             raise ValueError("pipeline.diagnose ranks the subnets of a trained supernet: search.strategy darts (FAD) "
                              "trains none; set pipeline.diagnose: 0")
+        if self.pipeline.classify and self.supernet.init_from:
+            # (as with pipeline.init_supernet_from_baseline) the classify stage's work would be thrown away unsaid
+            raise ValueError(f"pipeline.classify and supernet.init_from ({self.supernet.init_from}) both give the "
+                             "supernet its starting weights (the classification-trained backbone, that detector); "
+                             "the second would overwrite the first: choose one")
         return self
 
 

@@ -139,6 +139,9 @@ def test_classify_and_init_from_baseline_together_are_refused(tmp_path):
     raw = {**BASE, "pipeline": {"classify": True, "init_supernet_from_baseline": True}}
     with pytest.raises(ConfigError, match="pipeline.classify and pipeline.init_supernet_from_baseline .* choose one"):
         load_config(write(tmp_path, raw))
+    raw = {**BASE, "pipeline": {"classify": True}, "supernet": {"init_from": "baseline.pt"}}  # (QA: classify trained,
+    with pytest.raises(ConfigError, match=r"pipeline.classify and supernet.init_from \(baseline.pt\) .* choose one"):
+        load_config(write(tmp_path, raw))  # then its backbone was discarded without a word)
     for one in ("classify", "init_supernet_from_baseline"):
         assert getattr(load_config(write(tmp_path, {**BASE, "pipeline": {one: True}})).pipeline, one)
 

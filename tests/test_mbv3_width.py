@@ -80,6 +80,7 @@ def test_imported_torchvision_ssdlite320_initialises_the_supernet(tiny_config, t
     """ENOT's start on ssdlite320: torchvision's trained detector imported as the baseline (static
     mobilenet_v3_large, layout torchvision), the mbv3_width supernet initialised from it; its default
     subnet gives torchvision's raw head outputs, and an exported subnet the supernet's detections."""
+    from nasdet.errors import CheckpointError
     from nasdet.stages.baseline import run_baseline
     from nasdet.train.supernet import init_from_checkpoint
     from nasdet.workdir import WorkDir
@@ -92,6 +93,12 @@ def test_imported_torchvision_ssdlite320_initialises_the_supernet(tiny_config, t
     cfg = tiny_config("ssdlite", model=model,
                       pipeline={"baseline_backbone": "mobilenet_v3_large", "init_supernet_from_baseline": True,
                                 "baseline_checkpoint": str(tmp_path / "checkpoint.pth")})
+    # without pipeline.baseline_backbone the error named model.backbone: {name: mobilenet_v3_large, ...}, which then
+    # imported and stopped at pretrain ("not a supernet"): it names pipeline.baseline_backbone now
+    no_bb = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"baseline_backbone": None})})
+    with pytest.raises(CheckpointError, match=r"model.backbone mbv3_width is a supernet.*pipeline.baseline_backbone "
+                                              r"names the standard network .*mobilenet_v3_large for torchvision's"):
+        run_baseline(no_bb, work_dir=tmp_path / "no_baseline_backbone")
     run_baseline(cfg)
     supernet, space = build_supernet(cfg, 8)
     init_from_checkpoint(supernet, str(WorkDir.of(cfg).baseline.checkpoint))

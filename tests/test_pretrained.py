@@ -178,6 +178,23 @@ def test_nasdet_own_backbone_checkpoints_still_load(tmp_path):
         assert all(torch.equal(v, own[k]) for k, v in src.state_dict().items() if k in own)
 
 
+def test_a_torchvision_classification_references_checkpoint_is_a_backbone_checkpoint(tmp_path):
+    """An ImageNet backbone trained with torchvision's classification references is saved with its optimizer,
+    scheduler and argparse.Namespace of arguments: refused ("cannot be loaded"), while the detector import took
+    the same kind of file from the detection references."""
+    import argparse
+
+    tv = randomize(tvm.resnet18()).eval()
+    file = tmp_path / "checkpoint.pth"
+    optimizer = torch.optim.SGD(tv.parameters(), lr=0.1, momentum=0.9)
+    torch.save({"model": tv.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 89,
+                "args": argparse.Namespace(model="resnet18", lr=0.1, epochs=90)}, file)
+    net = build_backbone(BackboneConfig(name="resnet18", checkpoint=str(file))).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(net(x), torchvision_levels(tv, x)) < 1e-6
+
+
 def test_map_torchvision_state_dict_drops_the_classifier_and_renames_the_resnet_stem():
     backbone = build_backbone(BackboneConfig(name="resnet18"))
     state = tvm.resnet18().state_dict()

@@ -27,6 +27,7 @@ from ..train.loop import check_scored_val_set, resolve_device
 from ..train.bn import recalibrate_bn
 from ..train.trained import load_checkpoint_model, load_trained_model
 from ..files import why_not_a_file
+from ..models.backbones import SUPERNET_BACKBONES
 from ..threads import set_torch_threads
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
 from .common import (baseline_config, cost_table, evaluated_again, metrics_table, per_class_table,
@@ -149,10 +150,17 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     data = build_datasets(cfg, need=("val",))
     model = build_detector(without_start_weights(cfg.model), num_classes=data["val"].num_classes)  # the file's
     val = data["val"]
+    hint = None
+    if cfg.model.backbone.name in SUPERNET_BACKBONES:  # (no pipeline.baseline_backbone: baseline_config applied it)
+        # a pipeline's config: the file's network goes to pipeline.baseline_backbone, model.backbone stays the supernet
+        hint = (f"; this config's model.backbone {cfg.model.backbone.name} is a supernet, whose default subnet is the "
+                "baseline unless pipeline.baseline_backbone names the standard network a detector file was trained "
+                "on (mobilenet_v3_large for torchvision's ssdlite320, mobilenet_v2 for MMDetection's MobileNetV2 "
+                "models): set it, with the file's model settings (README, Start from your trained detector)")
     try:
         imported = map_detector_weights(model, weights, f"pipeline.baseline_checkpoint {source}",
                                         describe_model(cfg.model), classes=list(zip(val.category_ids, val.classes)),
-                                        checkpoint_classes=checkpoint_classes)
+                                        checkpoint_classes=checkpoint_classes, hint=hint)
     except CheckpointError as e:
         kind = _nasdet_kind(source)
         if kind is None:
@@ -179,15 +187,16 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
         return train_detector(cfg, work_dir, BASELINE, console, init=lambda m: m.load_state_dict(imported.state),
                               record={"imported_from": origin}, start_note=f"from {source} (imported)")
     model.load_state_dict(imported.state)
-    if dist.is_main():
-        save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0,
-                         "classes": class_record(val), "imported_from": origin}, out.checkpoint)
     device = resolve_device(cfg.train.device)
     scored = scored_val_set(cfg, val)  # the images every other stage scores (eval.max_images)
     metrics = evaluate_detector(model.to(device), scored, device, cfg.eval.batch_size, cfg.data.num_workers,
                                 per_class=True)
     if not dist.is_main():  # under torchrun every rank predicts a shard, rank 0 scores and writes
         return {}
+    # written once evaluated: an import stopped during its evaluation (minutes on COCO) leaves nothing, so that
+    # any rerun imports again (a checkpoint without its record was taken for a training under way)
+    save_checkpoint({"model": model.cpu().state_dict(), "config": config_to_dict(cfg), "step": 0,
+                     "classes": class_record(val), "imported_from": origin}, out.checkpoint)
     write_json(out.metrics, {"metrics": metrics, "step": 0, "checkpoint": str(out.checkpoint), "val": val.source,
                              "val_images": len(scored), "imported_from": origin,
                              "postprocessing": configured_postprocessing(cfg.model)})

@@ -1,6 +1,7 @@
 """Detection backbones by name. Searchable supernets of later stages register here too."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -60,8 +61,10 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
     path = Path(path)
     if why := why_not_a_file(path):
         raise CheckpointError(f"model.backbone.checkpoint {path} {why}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # torchvision's classification references pickle their argparse.Namespace beside the model (as the
+        # detection ones do: the detector import reads those)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, EOFError, RuntimeError, ... depending on how the file is bad
         raise CheckpointError(f"model.backbone.checkpoint {path} cannot be loaded: {unreadable_reason(e, path)}") from e
     if isinstance(state, dict) and state.get("written_by") == "nasdet classify":

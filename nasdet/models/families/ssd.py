@@ -139,8 +139,9 @@ class SSDLiteMobileNetNeck(nn.Module):
         features = getattr(body, "features", None)  # the last stride-2 block is features[c4_pos]
         block = features[self.c4_pos] if isinstance(features, nn.Sequential) and self.c4_pos else None
         if not isinstance(getattr(block, "block", None), nn.Sequential) or block.use_res_connect:
-            raise ConfigError(f"model.layout torchvision taps inside a MobileNet block: backbone "
-                              f"{type(body).__name__} is not mobilenet_v2 / mobilenet_v3_large / mobilenet_v3_small")
+            raise ConfigError(f"model.layout torchvision taps inside a MobileNetV3 block, as torchvision's ssdlite320: "
+                              f"backbone {type(body).__name__} is not mobilenet_v3_large / mobilenet_v3_small (on "
+                              "mobilenet_v2, SSDLite's layouts are nasdet's, ENOT's SSD-MobileNetV2, and mmdetection)")
         self.body = body
         chans = [body.out_channels["c5"], *extra_channels]
         self.extra = nn.ModuleList(_extra_block(chans[i], chans[i + 1], norm_layer) for i in range(len(extra_channels)))

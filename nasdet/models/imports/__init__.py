@@ -180,8 +180,9 @@ def coco_rows(tensor: torch.Tensor, category_ids: list[int], rows_per_class: int
 
 def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str, expected: str,
                          classes: list[tuple[int, str]] | None = None,
-                         checkpoint_classes: list[str] | None = None) -> ImportedWeights:
+                         checkpoint_classes: list[str] | None = None, hint: str | None = None) -> ImportedWeights:
     """``weights`` (nasdet's, torchvision's or MMDetection's keys) as a full state_dict of ``model``;
+    ``hint``: what a file of another model's keys should be told, in place of the settings that file needs.
     ``expected`` says what model that is (for errors). Class-dependent layers of another shape keep
     ``model``'s init, unless the run's ``classes`` (category id, name; in label order) are COCO's and the
     layers have its 91 labels, or are among the ``checkpoint_classes`` the file names (MMDetection's meta,
@@ -205,9 +206,10 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
     missing, unexpected = mismatch(mapped)
     if missing or unexpected:
         looks = describe_weights(weights)
-        hint = ("; for that file set model.detector: ssdlite, model.layout: torchvision, model.backbone: {name: "
-                "mobilenet_v3_large, width_mult: 1.0, reduced_tail: true}" if looks == TORCHVISION_SSDLITE else
-                f"; {IMPORTED_TORCHVISION}" if looks.startswith("torchvision's") and "resnet50" not in looks else "")
+        hint = hint if hint is not None else (
+            "; for that file set model.detector: ssdlite, model.layout: torchvision, model.backbone: {name: "
+            "mobilenet_v3_large, width_mult: 1.0, reduced_tail: true}" if looks == TORCHVISION_SSDLITE else
+            f"; {IMPORTED_TORCHVISION}" if looks.startswith("torchvision's") and "resnet50" not in looks else "")
         raise CheckpointError(
             f"{source} is not a checkpoint of {expected}: it looks like {looks} "
             f"({len(missing)} of this model's keys missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
