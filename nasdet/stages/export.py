@@ -341,7 +341,8 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     e = cfg.export
     images = [val[i][0] for i in range(min(e.check_images, len(val)))]
     try:
-        parity = check_parity(model, unverified, images, raw, e.box_atol, e.score_atol, e.raw_atol, e.raw_rtol)
+        parity = check_parity(model, unverified, images, raw, e.box_atol, e.score_atol, e.raw_atol, e.raw_rtol,
+                              e.box_rtol)
         if not raw:  # the numbers behind the detections, strictly (NMS near-ties aside, boxes follow from them)
             with tempfile.TemporaryDirectory() as tmp:
                 raw_path = export_onnx(model, Path(tmp) / "raw.onnx", raw=True, opset=e.opset)
