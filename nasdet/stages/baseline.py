@@ -84,6 +84,29 @@ def _scored_as_configured(cfg: ExperimentConfig, out, done: dict, console: Conso
     return evaluated_again(out, done, val.source, len(scored), evaluate, console, configured_postprocessing(cfg.model))
 
 
+def _setting_it_fits(cfg: ExperimentConfig, weights: dict, val, checkpoint_classes) -> str | None:
+    """``key: value`` of the one model setting the README's import table tells apart (MobileNetV3's reduced tail,
+    torchvision's v1 / v2 detectors) with which a file that does not fit the config's detector would, else None."""
+    m, b = without_start_weights(cfg.model), cfg.model.backbone
+    tries = []
+    if b.name.startswith("mobilenet_v3") or b.name == "mbv3_width":
+        tries.append(("model.backbone.reduced_tail", not b.reduced_tail,
+                      m.model_copy(update={"backbone": m.backbone.model_copy(update={"reduced_tail": not b.reduced_tail})})))
+    variant = getattr(m, "variant", None)
+    if variant in ("v1", "v2"):
+        other = "v2" if variant == "v1" else "v1"
+        tries.append(("model.variant", other, m.model_copy(update={"variant": other})))
+    for key, value, other_model in tries:
+        try:
+            model = build_detector(other_model, num_classes=val.num_classes)
+            map_detector_weights(model, weights, "", "", classes=list(zip(val.category_ids, val.classes)),
+                                 checkpoint_classes=checkpoint_classes)
+        except (CheckpointError, ConfigError, ValueError):
+            continue
+        return f"{key}: {str(value).lower() if isinstance(value, bool) else value}"
+    return None
+
+
 def _nasdet_kind(path: Path) -> str | None:
     """``nasdet_checkpoint_kind`` of a file, None when it is not a nasdet checkpoint."""
     try:
@@ -164,6 +187,9 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     except CheckpointError as e:
         kind = _nasdet_kind(source)
         if kind is None:
+            setting = _setting_it_fits(cfg, weights, val, checkpoint_classes)
+            if setting is not None:  # the shapes' message said "another width, backbone or layout?"
+                raise CheckpointError(f"{e}; the file fits with {setting}") from None
             raise
         # nasdet's own files: say which stage wrote it and what it is for (its keys said "another layout")
         raise CheckpointError(f"pipeline.baseline_checkpoint {source} is {kind}; the baseline is a detector of this "

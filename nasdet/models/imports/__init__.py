@@ -76,9 +76,12 @@ def read_checkpoint(path: str | Path, key: str = "checkpoint") -> tuple[dict[str
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{key} {path} holds no state_dict of tensors (a plain one, or under 'model' / "
                               f"'state_dict'), found {type(state).__name__}")
-    if all(isinstance(k, str) and k.startswith("module.") for k in state):
-        # saved from a DistributedDataParallel / DataParallel wrapper (torch.save(ddp_model.state_dict()))
-        state = {k[len("module."):]: v for k, v in state.items()}
+    # saved from a DistributedDataParallel / DataParallel wrapper (torch.save(ddp_model.state_dict())), from
+    # torch.compile's (torch.compile(model).state_dict()), or both, in either order
+    wrapped = [w for w in ("module.", "_orig_mod.") if all(isinstance(k, str) and k.startswith(w) for k in state)]
+    while wrapped:
+        state = {k[len(wrapped[0]):]: v for k, v in state.items()}
+        wrapped = [w for w in ("module.", "_orig_mod.") if all(k.startswith(w) for k in state)]
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:  # a diverged training's last checkpoint: imported, it scores 0 AP and says nothing
         raise CheckpointError(f"{key} {path} has non-finite weights (NaN or inf) in {len(bad)} tensors, e.g. "
