@@ -338,6 +338,60 @@ def test_baseline_of_other_classes_is_fine_tuned(tiny_config, tmp_path, capsys):
         run_baseline(other_lr, console=Console(width=400))
 
 
+def test_an_interrupted_fine_tune_of_an_import_resumes_from_any_folder(tiny_config, tmp_path, monkeypatch):
+    """The import's fine-tune, stopped, was recognised by its file's path resolved from the current folder: given
+    relative (as README's commands do) and continued from another folder, or given absolute, it was refused as "a
+    baseline whose training is under way" (delete it, said the message). Its start is recorded by content now;
+    another file at that path is still refused."""
+    from rich.console import Console
+
+    from nasdet.errors import ConfigError
+    from nasdet.stages.baseline import run_baseline
+    from nasdet.workdir import WorkDir
+
+    quiet = Console(file=__import__("io").StringIO())
+    cfg = tiny_config("ssdlite", train={"max_steps": 2, "ckpt_every_steps": 1})
+    torch.save({"model": randomize(build_detector(cfg.model, num_classes=90)).state_dict()}, tmp_path / "coco.pt")
+    monkeypatch.chdir(tmp_path)
+
+    def importing(path):
+        return cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"baseline_checkpoint": path})})
+    run_baseline(importing("coco.pt"), console=quiet)
+    out = WorkDir.of(cfg).baseline
+    out.metrics.unlink()  # as if stopped after its last checkpoint
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert run_baseline(importing(str(tmp_path / "coco.pt")), console=quiet)["AP"] >= 0
+    assert out.metrics.is_file()
+    out.metrics.unlink()
+    torch.save({"model": randomize(build_detector(cfg.model, num_classes=90), seed=1).state_dict()}, tmp_path / "coco.pt")
+    with pytest.raises(ConfigError, match="already holds a baseline whose training is under way"):
+        run_baseline(importing(str(tmp_path / "coco.pt")), console=quiet)
+
+
+def test_a_backbone_file_trained_again_is_another_start(tiny_config, tmp_path):
+    """A baseline (or a tune from scratch: DetNAS step 5) started from model.backbone.checkpoint resumed silently
+    after that file was written again (step 4 rerun): only the supernet compared its start file's bytes."""
+    from rich.console import Console
+
+    from nasdet.config import BackboneConfig
+    from nasdet.models.backbones import build_backbone
+    from nasdet.stages.common import train_detector
+
+    quiet = Console(file=__import__("io").StringIO())
+    start = tmp_path / "backbone.pt"
+    backbone = {"name": "mobilenet_v3_small", "width_mult": 0.5}
+    torch.save(randomize(build_backbone(BackboneConfig(**backbone))).state_dict(), start)
+    cfg = tiny_config("ssdlite", model={"backbone": {**backbone, "checkpoint": str(start)}},
+                      train={"max_steps": 1, "ckpt_every_steps": 1})
+    train_detector(cfg, None, "own", console=quiet)
+    longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 2})})
+    torch.save(randomize(build_backbone(BackboneConfig(**backbone)), seed=1).state_dict(), start)
+    with pytest.raises(CheckpointError, match=r"was trained from model.backbone.checkpoint .*backbone.pt .*another "
+                                              r"file or one trained again since: delete .*own to train from it"):
+        train_detector(longer, None, "own", console=quiet)
+
+
 def test_a_nasdet_checkpoint_of_other_class_names_starts_the_class_layers_afresh(tiny_config, tmp_path, capsys):
     """nasdet's checkpoints record their classes (id, name): one of the same count but other names had its class
     rows kept by index, so every detection of those classes was mislabelled (two swapped: now each keeps its own

@@ -34,6 +34,9 @@ from .common import (baseline_config, cost_table, evaluated_again, metrics_table
                      recorded_postprocessing, scored_val_set, train_detector)
 
 
+IMPORT_KEY = "pipeline.baseline_checkpoint"
+
+
 def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train ``baseline_config(cfg)`` into ``baseline/`` (resumed, or skipped when complete), or import
     ``pipeline.baseline_checkpoint`` there; val metrics."""
@@ -59,7 +62,13 @@ def _fine_tuned_again(cfg: ExperimentConfig, work_dir, done: dict, console: Cons
     ``eval.max_images`` is evaluated again; the record keeps ``imported_from``."""
     origin = done["imported_from"]
     return train_detector(cfg, work_dir, BASELINE, console, record={"imported_from": origin},
-                          start_note=f"from {origin.get('path')} (imported)")
+                          start_note=f"from {origin.get('path')} (imported)",
+                          starts=_import_start(Path(origin.get("path") or ""), origin))
+
+
+def _import_start(source: Path, origin: dict) -> dict:
+    """An imported file as the fine-tune's start (``Trainer.starts``): by its bytes, from any folder."""
+    return {IMPORT_KEY: {"path": str(source.expanduser().resolve()), "sha256": origin["sha256"]}}
 
 
 def _imported_record(out) -> dict | None:
@@ -130,8 +139,10 @@ def _same_import(out, source: Path, sha256: str) -> dict | None:
     elif out.has_checkpoint():
         state = load_checkpoint(out.checkpoint)
         was = ((state.get("config") or {}).get("pipeline") or {}).get("baseline_checkpoint")
-        if was and Path(was).expanduser().resolve() == source.expanduser().resolve():
-            return None  # this import's fine-tune, interrupted: it resumes
+        started = (((state.get("extra") or {}).get("starts") or {}).get(IMPORT_KEY) or {}).get("sha256")
+        if started == sha256 or (started is None and was and
+                                 Path(was).expanduser().resolve() == source.expanduser().resolve()):
+            return None  # this import's fine-tune, interrupted: it resumes (the same file, from any folder)
         held = "a baseline whose training is under way"
     if held is not None:
         raise ConfigError(f"pipeline.baseline_checkpoint {source}: {out.root} already holds {held}, which importing "
@@ -211,7 +222,8 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
         console.print(f"its classes are not the data's {data['val'].num_classes}: re-initialised "
                       f"{', '.join(imported.reinitialised)}; fine-tuning it with the train recipe")
         return train_detector(cfg, work_dir, BASELINE, console, init=lambda m: m.load_state_dict(imported.state),
-                              record={"imported_from": origin}, start_note=f"from {source} (imported)")
+                              record={"imported_from": origin}, start_note=f"from {source} (imported)",
+                              starts=_import_start(source, origin))
     model.load_state_dict(imported.state)
     device = resolve_device(cfg.train.device)
     scored = scored_val_set(cfg, val)  # the images every other stage scores (eval.max_images)

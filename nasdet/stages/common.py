@@ -18,7 +18,7 @@ from ..metrics import COCO_METRIC_NAMES
 from ..models import build_detector
 from ..models.backbones import SUPERNET_BACKBONES
 from ..train import dist
-from ..train.checkpoint import load_checkpoint
+from ..train.checkpoint import files_by_content, load_checkpoint
 from ..train.loop import Trainer, start_note_of  # noqa: F401 (the stages' shared start note)
 from ..workdir import StageDir, WorkDir, write_json
 
@@ -52,11 +52,12 @@ def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: str,
                    console: Console | None = None, init=None, record: dict | None = None,
-                   start_note: str | None = None) -> dict:
+                   start_note: str | None = None, starts: dict | None = None) -> dict:
     """Train the config's detector on the whole training set into the folder ``stage`` of the work dir;
     resume if its checkpoint exists, skip if its record says training finished. Returns val metrics.
-    ``init(model)`` sets the starting weights (fine-tuning; ``start_note`` says which); ``record`` is added
-    to ``metrics.json``."""
+    ``init(model)`` sets the starting weights (fine-tuning; ``start_note`` says which; ``starts``: the files they
+    come from, as ``files_by_content``, compared by their bytes on a rerun as the backbone's file is); ``record`` is
+    added to ``metrics.json``."""
     console = console or Console()
     wd = WorkDir.of(cfg, work_dir)
     torch.manual_seed(cfg.seed)
@@ -70,6 +71,7 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     out_dir = out.root
     trainer = Trainer.from_config(cfg, model, data["train"], data["val"], out_dir, console=console)
     trainer.start_note = start_note or start_note_of(cfg)
+    trainer.starts = {**files_by_content({"model.backbone.checkpoint": cfg.model.backbone.checkpoint}), **(starts or {})}
     trainer.prepare()  # a checkpoint that does not fit fails here, before anything is written
     if dist.is_main():
         save_run_record(cfg, wd.config)

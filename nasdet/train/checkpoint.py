@@ -125,6 +125,13 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def files_by_content(named: dict) -> dict:
+    """``{config key: {path (resolved), sha256}}`` of the files ``named`` ({config key: path or None}) that exist
+    (a start file that is gone, which a resumed run needs no more, is left out)."""
+    return {key: {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+            for key, path in named.items() if path and Path(path).is_file()}
+
+
 def load_model_weights(model: torch.nn.Module, state: dict, source: str = "checkpoint") -> None:
     """Strict load with a readable error instead of torch's wall of key names."""
     weights = state["model"] if "model" in state else state

@@ -354,7 +354,7 @@ class Trainer:
             "paths": resolved_paths(self.settings.record),
             "space_id": self.space_id,
             "classes": class_record(self.train_set),
-            "extra": self.extra_state(),
+            "extra": {**self.extra_state(), **({"starts": self.starts} if self.starts else {})},
         }
 
     def stop_saved(self, stop: "StopAfterStep") -> None:
@@ -389,9 +389,32 @@ class Trainer:
                 raise
         return self._resumed
 
+    # the files the weights started from, {config key: {path, sha256}} (``files_by_content``): kept in every
+    # checkpoint and compared on a rerun, since a start file is read only at a fresh start (a backbone.pt trained
+    # again, another file at the path: the run started from other weights)
+    starts: dict | None = None
+
     def resume_ignored(self, state: dict) -> frozenset[str]:
         """The config keys a resume onto checkpoint ``state`` does not compare (``resume_ignores``)."""
-        return frozenset(self.resume_ignores)
+        # a backbone file recorded in both runs' starts is compared by its bytes (_check_starts), not its path:
+        # `nasdet classify`'s backbone.pt of a work dir moved or renamed since is the same start
+        key = "model.backbone.checkpoint"
+        both = key in (self.starts or {}) and key in ((state.get("extra") or {}).get("starts") or {})
+        return frozenset(self.resume_ignores) | ({key} if both else set())
+
+    def _check_starts(self, was: dict | None) -> None:
+        """Refuse a resume whose start files (``starts``) are other bytes than the checkpoint's run started from;
+        keep the checkpoint's record of them (a start file gone since is no longer needed)."""
+        if not was:
+            return
+        for key, now in (self.starts or {}).items():
+            before = was.get(key)
+            if before and before.get("sha256") != now["sha256"]:
+                raise CheckpointError(
+                    f"{checkpoint_in(self.out_dir)} was trained from {key} {before.get('path')} (sha256 "
+                    f"{str(before.get('sha256'))[:12]}); that start is now {now['path']} (sha256 {now['sha256'][:12]}), "
+                    f"another file or one trained again since: delete {self.out_dir} to train from it")
+        self.starts = was
 
     def try_resume(self) -> bool:
         path = checkpoint_in(self.out_dir)
@@ -430,6 +453,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self._resume_rng = state["rng"]  # set again when run() starts: a stage may seed between prepare() and run()
         set_rng_state(state["rng"])
+        self._check_starts((state.get("extra") or {}).get("starts"))
         self.load_extra_state(state.get("extra", {}))
         if dist.is_main():  # the steps logged after the checkpoint before a kill are logged again
             trim_jsonl(self.out_dir / LOG_FILE, "step", self.step)

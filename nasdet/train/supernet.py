@@ -24,11 +24,10 @@ from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
 from .bn import preserved_bn_state, recalibrate_bn
 from ..space import ArchError, SearchSpace
 from . import dist
-from .checkpoint import CheckpointError, load_model_weights, unfinished_at
+from .checkpoint import CheckpointError, files_by_content, load_model_weights, unfinished_at
 from .distill import LossesWithLogits, adaptive_distillation_loss
 from .evaluate import evaluate_detector
 from .loop import RunSettings, Trainer
-from ..workdir import checkpoint_in
 from .resume import NOT_TRAINING, TRAINING_SECTIONS, flatten
 
 
@@ -267,12 +266,9 @@ def start_files(cfg: ExperimentConfig) -> dict:
     """The files a supernet's weights start from (``pretrain_config``'s config: the backbone file, the detector
     of ``supernet.init_from``, the distillation teacher), as {config key: {path (resolved), sha256}}; a file
     that is gone (a resumed run needs it no more) is left out."""
-    from .checkpoint import file_sha256
-
     named = {"model.backbone.checkpoint": cfg.model.backbone.checkpoint, INIT_KEY: cfg.supernet.init_from,
              TEACHER_KEY: cfg.supernet.distill.checkpoint if cfg.supernet.distill.teacher == "checkpoint" else None}
-    return {key: {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
-            for key, path in named.items() if path and Path(path).is_file()}
+    return files_by_content(named)
 
 
 # --------------------------------------------------------------------------------------- trainer
@@ -310,34 +306,6 @@ class SupernetTrainer(Trainer):
         self.teacher_losses = self.with_logits(self.teacher) if self.teacher is not None else None
         self.last_archs: list[dict] = []
         self.arch_macs = self._macs_bins_cost() if self.scfg.macs_bins is not None else None
-
-    # the files the weights started from, {config key: {path, sha256}} (``start_files``): kept in every checkpoint
-    # and compared on a rerun, since init_from is read only at a fresh start
-    starts: dict | None = None
-
-    def extra_state(self) -> dict:
-        return {**super().extra_state(), **({"starts": self.starts} if self.starts else {})}
-
-    def resume_ignored(self, state: dict) -> frozenset[str]:
-        # a backbone file recorded in both runs' starts is compared by its bytes (load_extra_state), not its path:
-        # `nasdet classify`'s backbone.pt of a work dir moved or renamed since is the same start
-        key = "model.backbone.checkpoint"
-        both = key in (self.starts or {}) and key in ((state.get("extra") or {}).get("starts") or {})
-        return super().resume_ignored(state) | ({key} if both else set())
-
-    def load_extra_state(self, state: dict) -> None:
-        super().load_extra_state(state)
-        was = state.get("starts")
-        if not was:
-            return
-        for key, now in (self.starts or {}).items():
-            before = was.get(key)
-            if before and before.get("sha256") != now["sha256"]:
-                raise CheckpointError(
-                    f"{checkpoint_in(self.out_dir)} was trained from {key} {before.get('path')} (sha256 "
-                    f"{str(before.get('sha256'))[:12]}); that start is now {now['path']} (sha256 {now['sha256'][:12]}), "
-                    f"another file or one trained again since: delete {self.out_dir} to train the supernet from it")
-        self.starts = was
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, *args, recipe: str = "train", **kwargs) -> "SupernetTrainer":
