@@ -446,3 +446,18 @@ def test_report_row_says_when_its_int8_ap_is_on_other_images():
     assert _fmt(row, "ap_int8") == "0.0664 (on 30 images)" and _fmt(row, "ap_drop_int8").endswith("(on 30 images)")
     same = _row("baseline", {"metrics": {"AP": 0.0564, "AP50": 0.11}, "val_images": 30}, export, None)
     assert _fmt(same, "ap_int8") == "0.0664" and "images" not in _fmt(same, "ap_drop_int8")
+
+
+def test_more_calibration_images_than_the_training_set_calibrates_on_all_of_it(tiny_config):
+    """export.calibration_images 100 on a 24-image training set calibrated on 11 of them (the first half): the
+    even spread's step came from the 100 asked for."""
+    from nasdet.data.build import load_split
+    from nasdet.stages.export import calibration_images
+
+    cfg = tiny_config("ssdlite")
+    train = load_split(cfg, "train")
+    every = [train.load_image(i).as_subclass(torch.Tensor) for i in range(len(train))]
+    for n in (len(train), len(train) + 1, 100):
+        got = calibration_images(cfg, n)
+        assert len(got) == len(train) and all(torch.equal(a, b) for a, b in zip(got, every)), n
+    assert len(calibration_images(cfg, 5)) == 5

@@ -60,7 +60,8 @@ def wants_int8(cfg: ExperimentConfig) -> bool:
 def calibration_images(cfg: ExperimentConfig, n: int) -> list[torch.Tensor]:
     """``n`` training images of the run, spread evenly over the training set, as read (no augmentation)."""
     train = load_split(cfg, "train")
-    picks = sorted({round(i * (len(train) - 1) / max(n - 1, 1)) for i in range(min(n, len(train)))})
+    n = min(n, len(train))  # (more than the set holds: all of it; the step from the larger n reached half of it)
+    picks = sorted({round(i * (len(train) - 1) / max(n - 1, 1)) for i in range(n)})
     return [train.load_image(i).as_subclass(torch.Tensor) for i in picks]
 
 
