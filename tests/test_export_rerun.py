@@ -127,6 +127,39 @@ def test_int8_file_of_other_settings_is_not_kept(tiny_config):
            "-> percentile): exporting again" in buf.file.getvalue()
 
 
+def test_the_same_checkpoint_spelled_from_another_folder_keeps_its_int8_file(tiny_config, monkeypatch):
+    """Records kept paths as given: an `--int8` export run with a relative work dir, then a plain export naming it
+    absolute (or run from another folder), removed the INT8 file "quantized from an earlier checkpoint" than the
+    very same one, and called the work dir another one (exporting everything again)."""
+    import shutil
+
+    from nasdet.stages.export import run_export
+    from nasdet.workdir import WorkDir
+
+    cfg = _tuned(tiny_config, eval={"max_images": 2}, export={"calibration_images": 2})
+    root = Path(cfg.work_dir)
+    monkeypatch.chdir(root.parent)
+    relative = cfg.model_copy(update={"work_dir": root.name})
+    rec = run_export(relative, console=QUIET)
+    assert Path(rec["checkpoint"]).is_absolute() and Path(rec["onnx"]).is_absolute()
+    w = WorkDir(cfg.work_dir)
+    int8_path = w.onnx_int8("tune")
+    shutil.copy(rec["onnx"], int8_path)  # as `export --int8` leaves it (its figures: test_int8.py)
+    lat = {"median_ms": 1.0}
+    ap = {"AP": 0.1, "AP50": 0.2}
+    int8 = {"onnx": str(int8_path), "val_images": 2, "metrics_onnxruntime": {"float": ap, "int8": ap},
+            "drop": {"AP": 0.0, "AP50": 0.0}, "latency_onnxruntime": {"float": lat, "int8": lat}, "latency_ratio_int8_to_float": 1.0,
+            "quantization": {"quantized_ops": 1, "method": "minmax", "calibration_images": 2, "float_bytes": 1,
+                             "int8_bytes": 1}}
+    w.export_record("tune").write_text(json.dumps({**rec, "int8": int8}))
+    (root.parent / "elsewhere").mkdir()
+    monkeypatch.chdir(root.parent / "elsewhere")
+    buf = Console(file=io.StringIO(), width=400)
+    again = run_export(cfg, console=buf)  # the work dir named absolute, from another folder
+    assert again["int8"]["kept_from_earlier_export"] and int8_path.is_file(), buf.file.getvalue()
+    assert "another work dir" not in buf.file.getvalue()
+
+
 def test_rerun_with_other_postprocessing_exports_again_and_a_failed_export_leaves_no_record(tiny_config,
                                                                                              monkeypatch):
     """The end-to-end graph bakes in the thresholds and NMS of ``model``: other values are another file. And the

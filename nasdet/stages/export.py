@@ -106,7 +106,7 @@ def export_int8(cfg: ExperimentConfig, wd: WorkDir, model: torch.nn.Module, sour
     drop = {k: metrics["float"][k] - metrics["int8"][k] for k in ("AP", "AP50")}
     if qat is not None:
         qat["drop_after"] = drop
-    return {"onnx": str(int8_path), "quantization": {**quantized, "format": "QDQ", "weights": "int8 per channel",
+    return {"onnx": str(int8_path.resolve()), "quantization": {**quantized, "format": "QDQ", "weights": "int8 per channel",
                                                      "activations": "uint8 per tensor", "calibration_split": "train"},
             "val_images": len(val), "metrics_onnxruntime": metrics, "qat": qat,
             "drop": drop,
@@ -232,7 +232,7 @@ def earlier_int8(cfg: ExperimentConfig, wd: WorkDir, source: str, ckpt: Path) ->
     if not wd.export_record(source).is_file():
         return None, "no export record describes it (an earlier export stopped before writing one)"
     earlier = wd.exported(source, int8=True)
-    if earlier is None or earlier.get("checkpoint") != str(ckpt):
+    if earlier is None or Path(str(earlier.get("checkpoint"))).resolve() != ckpt.resolve():
         return None, f"it was quantized from an earlier checkpoint than {ckpt}"
     made_with = earlier.get("settings")
     why = _made_otherwise(made_with and int8_settings(made_with), int8_settings(export_settings(cfg, source)))
@@ -384,7 +384,9 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     # the budget is the found model's; the baseline is not meant to fit it (it is the reference)
     budget = budget_check(cfg, measured, predicted) if source == "tune" else None
     write_json(wd.export / CLASSES_JSON, classes)
-    result = {"onnx": str(path), "source": source, "checkpoint": str(ckpt),
+    # absolute: a record is read from any folder (a relative path named another file from elsewhere: the same
+    # checkpoint was "an earlier checkpoint", and its INT8 file deleted)
+    result = {"onnx": str(path.resolve()), "source": source, "checkpoint": str(ckpt.resolve()),
               "checkpoint_step": state.get("step"), "finished_training": unfinished is None,
               "raw": raw, "input_size": s,
               "latency_input": (f"one image already at input_size ({s}x{s} px, [3, {s}, {s}] uint8): the graph "
