@@ -366,3 +366,23 @@ def test_classify_says_and_records_the_backbones_start(shapes_dir, folder, tmp_p
     assert json.loads((tmp_path / "wd" / "classify" / "metrics.json").read_text())["start"] == f"backbone from {src}"
     src.unlink()  # its start file gone (moved, another machine): every weight of the finished run is its checkpoint's
     assert run_classify(validate_config(raw), console=Console(file=io.StringIO()))["start"] == f"backbone from {src}"
+
+
+def test_a_classify_run_resumed_mid_epoch_with_loader_workers_is_the_uninterrupted_run(shapes_dir, folder, tmp_path):
+    """The detection sets' items carried their augmentation seeds to the loader's workers, the classification
+    set's did not: a classify run (DetNAS / OFA step 1) resumed mid-epoch drew other crops, flips and colours
+    (249 tensors apart at the end; README says a resumed run trains as the uninterrupted one)."""
+    from nasdet.train.checkpoint import load_checkpoint
+
+    def run(work, steps):
+        raw = classify_config(shapes_dir, folder, tmp_path / work, backbone={"name": "mobilenet_v3_small",
+                                                                           "width_mult": 0.5}, num_workers=1)
+        raw["classify"]["train"].update(max_steps=steps, ckpt_every_steps=2, epochs=2)
+        run_classify(validate_config(raw))
+        return load_checkpoint(tmp_path / work / "classify" / "ckpt" / "last.pt")
+
+    end = run("whole", 4)
+    mid = run("cut", 2)
+    assert mid["batch_in_epoch"] == 2 and mid["epoch"] == 0  # stopped mid-epoch
+    after = run("cut", 4)
+    assert all(torch.equal(v, after["model"][k]) for k, v in end["model"].items())

@@ -79,7 +79,14 @@ class ImageFolderSet(torch.utils.data.Dataset):
             raise unreadable_image(f"{self.source}: image file {path}", e) from None
         return torch.from_numpy(arr).permute(2, 0, 1)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int | tuple) -> tuple[torch.Tensor, int]:
+        """Item ``index``; ``(index, size, seed)`` (a loader with worker processes, ``SizedBatchSampler``): the
+        transforms draw from torch's generator seeded with ``seed``, so a run resumed mid-epoch draws what the
+        uninterrupted one did (each worker's stream ran on from its own start); ``size`` is the detection sets'."""
+        if isinstance(index, tuple):
+            index, _, *seed = index
+            if seed:
+                torch.manual_seed(seed[0])
         image = self.load_image(index)
         if self.transforms is not None:
             image = self.transforms(image)

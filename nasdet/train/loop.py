@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import EvalConfig, ExperimentConfig, TrainConfig, config_to_dict
 from ..data.dataset import DetectionDataset, collate_detection
+from ..data.imagefolder import ImageFolderSet
 from ..threads import govern, loader_workers, set_torch_threads, wait_policy
 from ..data.transforms import TrainTransforms, at_train_size, targets_to, to_model_input
 from ..files import append_jsonl, remove_leftover_temporaries, trim_jsonl
@@ -476,7 +477,7 @@ class Trainer:
             if isinstance(self.train_set.transforms, TrainTransforms) else None
         workers = loader_workers(self.settings.num_workers, self.device)
         seeds = item_seeds(self.settings.seed, self.rank, self.step, len(batches), bs) \
-            if workers and isinstance(self.train_set, DetectionDataset) else None
+            if workers and isinstance(self.train_set, (DetectionDataset, ImageFolderSet)) else None
         return torch.utils.data.DataLoader(
             self.train_set,
             batch_sampler=batches if sizes is None and seeds is None else SizedBatchSampler(batches, sizes, seeds),
