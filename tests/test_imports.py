@@ -363,6 +363,15 @@ def test_an_interrupted_fine_tune_of_an_import_resumes_from_any_folder(tiny_conf
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert run_baseline(importing(str(tmp_path / "coco.pt")), console=quiet)["AP"] >= 0
     assert out.metrics.is_file()
+    # the file moved away since: every rerun of the same command stopped ("does not exist"); the stage holds it all
+    (tmp_path / "coco.pt").rename(tmp_path / "moved.pt")
+    said = Console(file=__import__("io").StringIO(), width=400)
+    assert run_baseline(importing(str(tmp_path / "coco.pt")), console=said)["AP"] >= 0
+    assert "is not there; " in said.file.getvalue() and "holds its import: going on from it" in said.file.getvalue()
+    out.metrics.unlink()  # its fine-tune under way: resumed, and its record still says what it came from
+    run_baseline(importing(str(tmp_path / "coco.pt")), console=quiet)
+    assert __import__("json").loads(out.metrics.read_text())["imported_from"]["format"] == "nasdet"
+    (tmp_path / "moved.pt").rename(tmp_path / "coco.pt")
     out.metrics.unlink()
     torch.save({"model": randomize(build_detector(cfg.model, num_classes=90), seed=1).state_dict()}, tmp_path / "coco.pt")
     with pytest.raises(ConfigError, match="already holds a baseline whose training is under way"):

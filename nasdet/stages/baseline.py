@@ -40,9 +40,18 @@ IMPORT_KEY = "pipeline.baseline_checkpoint"
 def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train ``baseline_config(cfg)`` into ``baseline/`` (resumed, or skipped when complete), or import
     ``pipeline.baseline_checkpoint`` there; val metrics."""
-    if cfg.pipeline.baseline_checkpoint:
-        return import_baseline(baseline_config(cfg), work_dir, console)
     out = WorkDir.of(cfg, work_dir).baseline
+    if cfg.pipeline.baseline_checkpoint:
+        source = Path(cfg.pipeline.baseline_checkpoint)
+        if source.exists() or not _holds_import_of(out, source):
+            return import_baseline(baseline_config(cfg), work_dir, console)
+        # the imported file moved or deleted since: the stage holds all of it (every rerun of the command stopped)
+        (console or Console()).print(f"pipeline.baseline_checkpoint {escape(str(source))} is not there; "
+                                     f"{escape(str(out.root))} holds its import: going on from it", soft_wrap=True)
+        cfg = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"baseline_checkpoint": None})})
+        if _imported_record(out) is None:  # its fine-tune under way: resumed, its record saying what it came from
+            origin = load_checkpoint(out.checkpoint)["extra"]["starts"][IMPORT_KEY]
+            return _fine_tuned_again(baseline_config(cfg), work_dir, {"imported_from": origin}, console)
     imported = _imported_record(out)
     if imported is not None and imported.get("step"):  # fine-tuned from the import: resumed as any training is
         return _fine_tuned_again(baseline_config(cfg), work_dir, imported, console)
@@ -54,6 +63,19 @@ def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         console.print(metrics_table(imported["metrics"], "baseline: val mAP"))
         return imported["metrics"]
     return train_detector(baseline_config(cfg), work_dir, BASELINE, console)
+
+
+def _holds_import_of(out, source: Path) -> bool:
+    """Whether the baseline folder ``out`` holds the import of ``source`` (finished, or its fine-tune under way),
+    by the path it was imported from (the file itself is gone)."""
+    done = _imported_record(out)
+    if done is not None:
+        return Path(str(done["imported_from"].get("path"))).expanduser().resolve() == source.expanduser().resolve()
+    if not out.has_checkpoint():
+        return False
+    state = load_checkpoint(out.checkpoint)
+    started = (((state.get("extra") or {}).get("starts") or {}).get(IMPORT_KEY) or {}).get("path")
+    return started is not None and Path(started) == source.expanduser().resolve()
 
 
 def _fine_tuned_again(cfg: ExperimentConfig, work_dir, done: dict, console: Console | None) -> dict:
@@ -68,7 +90,7 @@ def _fine_tuned_again(cfg: ExperimentConfig, work_dir, done: dict, console: Cons
 
 def _import_start(source: Path, origin: dict) -> dict:
     """An imported file as the fine-tune's start (``Trainer.starts``): by its bytes, from any folder."""
-    return {IMPORT_KEY: {"path": str(source.expanduser().resolve()), "sha256": origin["sha256"]}}
+    return {IMPORT_KEY: {**origin, "path": str(source.expanduser().resolve())}}
 
 
 def _imported_record(out) -> dict | None:
