@@ -120,6 +120,13 @@ def test_int8_file_of_other_settings_is_not_kept(tiny_config):
     as_int8_export_leaves_it(rec)
     int8 = _with(other, export={"int8": True})
     assert current_export(int8, w, "tune", QUIET)["int8"]["val_images"] == 2
+    # its INT8 file deleted: exported again, saying why (every other cause said so; this one printed nothing)
+    kept = int8_path.read_bytes()
+    int8_path.unlink()
+    buf = Console(file=io.StringIO(), width=400)
+    assert current_export(int8, w, "tune", buf) is None
+    assert f"export/tune.json names an INT8 file that is not there ({int8_path}): exporting again" in buf.file.getvalue()
+    int8_path.write_bytes(kept)
     buf = Console(file=io.StringIO(), width=400)
     assert current_export(_with(int8, eval={"max_images": 3}, export={"calibration_method": "percentile"}), w, "tune",
                           buf) is None
