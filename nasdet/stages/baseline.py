@@ -50,7 +50,7 @@ def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
                                      f"{escape(str(out.root))} holds its import: going on from it", soft_wrap=True)
         cfg = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"baseline_checkpoint": None})})
         if _imported_record(out) is None:  # its fine-tune under way: resumed, its record saying what it came from
-            origin = load_checkpoint(out.checkpoint)["extra"]["starts"][IMPORT_KEY]
+            origin = _import_started(load_checkpoint(out.checkpoint))
             return _fine_tuned_again(baseline_config(cfg), work_dir, {"imported_from": origin}, console)
     imported = _imported_record(out)
     if imported is not None and imported.get("step"):  # fine-tuned from the import: resumed as any training is
@@ -73,9 +73,14 @@ def _holds_import_of(out, source: Path) -> bool:
         return Path(str(done["imported_from"].get("path"))).expanduser().resolve() == source.expanduser().resolve()
     if not out.has_checkpoint():
         return False
-    state = load_checkpoint(out.checkpoint)
-    started = (((state.get("extra") or {}).get("starts") or {}).get(IMPORT_KEY) or {}).get("path")
+    started = _import_started(load_checkpoint(out.checkpoint)).get("path")
     return started is not None and Path(started) == source.expanduser().resolve()
+
+
+def _import_started(state: dict) -> dict:
+    """What a training checkpoint records of the imported file its weights started from (``_import_start``), or
+    {} (a baseline trained here, or a fine-tune written before starts were kept)."""
+    return ((state.get("extra") or {}).get("starts") or {}).get(IMPORT_KEY) or {}
 
 
 def _fine_tuned_again(cfg: ExperimentConfig, work_dir, done: dict, console: Console | None) -> dict:
@@ -161,7 +166,7 @@ def _same_import(out, source: Path, sha256: str) -> dict | None:
     elif out.has_checkpoint():
         state = load_checkpoint(out.checkpoint)
         was = ((state.get("config") or {}).get("pipeline") or {}).get("baseline_checkpoint")
-        started = (((state.get("extra") or {}).get("starts") or {}).get(IMPORT_KEY) or {}).get("sha256")
+        started = _import_started(state).get("sha256")
         if started == sha256 or (started is None and was and
                                  Path(was).expanduser().resolve() == source.expanduser().resolve()):
             return None  # this import's fine-tune, interrupted: it resumes (the same file, from any folder)

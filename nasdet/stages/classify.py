@@ -29,7 +29,7 @@ from ..models.classifier import (BACKBONE_PREFIX, INPUT_SIZE, build_classifier, 
                                  is_supernet_classifier, save_backbone_file)
 from ..space import ArchError, prefix_arch, strip_prefix
 from ..train import dist
-from ..train.checkpoint import CheckpointError, files_by_content, load_checkpoint
+from ..train.checkpoint import CheckpointError, backbone_start, load_checkpoint
 from ..train.classify import ClassifierSupernetTrainer, ClassifierTrainer, load_classifier_teacher
 from ..train.loop import RunSettings
 from ..workdir import WorkDir, write_json
@@ -142,7 +142,7 @@ def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         trainer.start_note = f"subnet from {cfg.model.backbone.checkpoint}"
     else:  # build_classifier loaded model.backbone.checkpoint / pretrained
         trainer.start_note = start_note_of(cfg)
-    trainer.starts = files_by_content({"model.backbone.checkpoint": cfg.model.backbone.checkpoint})  # by its bytes
+    trainer.starts = backbone_start(cfg)  # by its bytes
     trainer.prepare()  # a checkpoint of another space or model fails here, before anything is written
     if dist.is_main():
         save_run_record(cfg, wd.config)

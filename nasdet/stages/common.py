@@ -18,7 +18,7 @@ from ..metrics import COCO_METRIC_NAMES
 from ..models import build_detector
 from ..models.backbones import SUPERNET_BACKBONES
 from ..train import dist
-from ..train.checkpoint import files_by_content, load_checkpoint
+from ..train.checkpoint import backbone_start, load_checkpoint
 from ..train.loop import Trainer, start_note_of  # noqa: F401 (the stages' shared start note)
 from ..workdir import StageDir, WorkDir, write_json
 
@@ -71,7 +71,7 @@ def train_detector(cfg: ExperimentConfig, work_dir: str | Path | None, stage: st
     out_dir = out.root
     trainer = Trainer.from_config(cfg, model, data["train"], data["val"], out_dir, console=console)
     trainer.start_note = start_note or start_note_of(cfg)
-    trainer.starts = {**files_by_content({"model.backbone.checkpoint": cfg.model.backbone.checkpoint}), **(starts or {})}
+    trainer.starts = {**backbone_start(cfg), **(starts or {})}
     trainer.prepare()  # a checkpoint that does not fit fails here, before anything is written
     if dist.is_main():
         save_run_record(cfg, wd.config)

@@ -173,9 +173,10 @@ def current_export(cfg: ExperimentConfig, wd: WorkDir, source: str, console: Con
     rec = wd.exported(source, wants_int8(cfg))
     if rec is None:
         why = _stale_record(wd, source)
-        if not why and wants_int8(cfg) and wd.exported(source) is not None:  # current but for its INT8 file
-            int8 = wd.exported(source).get("int8")
-            why = (f"names an INT8 file that is not there ({int8['onnx']})" if int8 else "has no INT8 file")
+        float_rec = wd.exported(source) if not why and wants_int8(cfg) else None
+        if float_rec is not None:  # current but for its INT8 file
+            int8 = float_rec.get("int8")
+            why = f"names an INT8 file that is not there ({int8['onnx']})" if int8 else "has no INT8 file"
         if why:
             console.print(f"{escape(str(wd.export_record(source).relative_to(wd.root)))} {escape(why)}: exporting again",
                           soft_wrap=True)

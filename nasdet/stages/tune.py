@@ -28,7 +28,7 @@ from ..search.scorers import warn_model_drift
 from ..space import ArchError, SearchSpace, load_arch, prefix_arch, save_arch
 from ..train import dist
 from ..train.bn import recalibrate_static
-from ..train.checkpoint import (CheckpointError, file_sha256, files_by_content, is_supernet_checkpoint,
+from ..train.checkpoint import (CheckpointError, backbone_start, file_sha256, is_supernet_checkpoint,
                                load_checkpoint, refuse_other_classes, unfinished_at)
 from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
@@ -242,7 +242,7 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
                                       space_id=space.space_id if space is not None else None)
     trainer.start_note = f"from the supernet's weights ({sn_ckpt})" if sn_ckpt is not None else start_note_of(cfg)
     if init == "scratch":  # the backbone file it starts from (DetNAS step 5: step 4's backbone.pt), by its bytes
-        trainer.starts = files_by_content({"model.backbone.checkpoint": cfg.model.backbone.checkpoint})
+        trainer.starts = backbone_start(cfg)
     trainer.prepare()
     if dist.is_main() and stage == TUNE:  # the run's config.yaml: not a control's (its config is in its checkpoint)
         save_run_record(cfg, wd.config)

@@ -125,11 +125,19 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+BACKBONE_FILE_KEY = "model.backbone.checkpoint"
+
+
 def files_by_content(named: dict) -> dict:
     """``{config key: {path (resolved), sha256}}`` of the files ``named`` ({config key: path or None}) that exist
     (a start file that is gone, which a resumed run needs no more, is left out)."""
     return {key: {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
             for key, path in named.items() if path and Path(path).is_file()}
+
+
+def backbone_start(cfg) -> dict:
+    """``files_by_content`` of the backbone's start file, ``model.backbone.checkpoint`` (an ExperimentConfig's)."""
+    return files_by_content({BACKBONE_FILE_KEY: cfg.model.backbone.checkpoint})
 
 
 def load_model_weights(model: torch.nn.Module, state: dict, source: str = "checkpoint") -> None:

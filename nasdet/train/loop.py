@@ -32,7 +32,7 @@ from ..models.detectors import training_input_size
 from ..progress import progress_bar
 from . import dist
 from .bn import one_value_per_channel_as
-from .checkpoint import (class_record, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
+from .checkpoint import (BACKBONE_FILE_KEY, class_record, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
                          set_rng_state)
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler, clip_grad_norm
@@ -399,7 +399,7 @@ class Trainer:
         """The config keys a resume onto checkpoint ``state`` does not compare (``resume_ignores``)."""
         # a backbone file recorded in both runs' starts is compared by its bytes (_check_starts), not its path:
         # `nasdet classify`'s backbone.pt of a work dir moved or renamed since is the same start
-        key = "model.backbone.checkpoint"
+        key = BACKBONE_FILE_KEY
         both = key in (self.starts or {}) and key in ((state.get("extra") or {}).get("starts") or {})
         return frozenset(self.resume_ignores) | ({key} if both else set())
 

@@ -24,7 +24,7 @@ from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
 from .bn import preserved_bn_state, recalibrate_bn
 from ..space import ArchError, SearchSpace
 from . import dist
-from .checkpoint import CheckpointError, files_by_content, load_model_weights, unfinished_at
+from .checkpoint import CheckpointError, backbone_start, files_by_content, load_model_weights, unfinished_at
 from .distill import LossesWithLogits, adaptive_distillation_loss
 from .evaluate import evaluate_detector
 from .loop import RunSettings, Trainer
@@ -266,9 +266,9 @@ def start_files(cfg: ExperimentConfig) -> dict:
     """The files a supernet's weights start from (``pretrain_config``'s config: the backbone file, the detector
     of ``supernet.init_from``, the distillation teacher), as {config key: {path (resolved), sha256}}; a file
     that is gone (a resumed run needs it no more) is left out."""
-    named = {"model.backbone.checkpoint": cfg.model.backbone.checkpoint, INIT_KEY: cfg.supernet.init_from,
+    named = {INIT_KEY: cfg.supernet.init_from,
              TEACHER_KEY: cfg.supernet.distill.checkpoint if cfg.supernet.distill.teacher == "checkpoint" else None}
-    return files_by_content(named)
+    return {**backbone_start(cfg), **files_by_content(named)}
 
 
 # --------------------------------------------------------------------------------------- trainer

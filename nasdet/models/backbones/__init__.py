@@ -20,12 +20,13 @@ from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, LAYOUTS, ShuffleNetSPO
 from .pretrained import load_backbone_state as load_torchvision_or_own_state, load_pretrained_backbone
 from .checkpoint_formats import load_backbone_state as load_reference_state, reference_format
 
+_STATIC = frozenset(BACKBONES)  # torchvision's networks; the searchable supernets register below
 BACKBONES["ofa_mbv3"] = build_ofa_mbv3
 BACKBONES["mbv2_elastic"] = build_mbv2_elastic
 BACKBONES["mbv2_width"] = build_mbv2_width
 BACKBONES["mbv3_width"] = build_mbv3_width
 BACKBONES.update(DETNAS_BUILDERS)  # detnas_300M, detnas_1.3G, detnas_3.8G, detnas_tiny
-SUPERNET_BACKBONES = frozenset({"ofa_mbv3", "mbv2_elastic", "mbv2_width", "mbv3_width", *DETNAS_BUILDERS})
+SUPERNET_BACKBONES = frozenset(BACKBONES) - _STATIC
 
 __all__ = ["BACKBONES", "LEVELS", "build_backbone", "ElasticMobileNetV2", "OFAMobileNetV3", "ResNetBackbone",
            "SequentialStagesBackbone", "ShuffleNetSPOS", "WidthMobileNetV2", "WidthMobileNetV3"]
