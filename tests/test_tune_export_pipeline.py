@@ -366,6 +366,19 @@ def test_export_parity_failure_is_reported():
     assert match_detections(large, moved, 0.05, 1e-4)["max_box_excess"] == pytest.approx(0.005, abs=1e-4)
 
 
+def _tiny_ssdlite_and_images(n: int, **model_keys):
+    """An untrained 64 px SSDLite (3 classes with the background, seeded) and ``n`` random uint8 images."""
+    from nasdet.models import build_detector
+    from nasdet.config import make_model_config
+
+    torch.manual_seed(0)
+    model = build_detector(make_model_config(detector="ssdlite", backbone={"name": "mobilenet_v3_small",
+                                                                         "width_mult": 0.5}, input_size=64,
+                                             extra_channels=[32, 16, 16, 8], **model_keys), num_classes=3).eval()
+    return model, [(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) * 255).to(torch.uint8)
+                   for i in range(n)]
+
+
 def test_export_box_tolerance_grows_with_the_box(tmp_path, monkeypatch):
     """The same tuned checkpoint failed `nasdet export` on 2 threads (boxes 1.01e-3 px apart, limit 1e-3) and
     passed on 1 (9.6e-4): float rounding of the decoded regression moves a box in proportion to its size, which
@@ -373,14 +386,8 @@ def test_export_box_tolerance_grows_with_the_box(tmp_path, monkeypatch):
     import nasdet.export
     from nasdet.errors import ExportParityError
     from nasdet.export import check_parity, export_onnx
-    from nasdet.models import build_detector
-    from nasdet.config import make_model_config
 
-    torch.manual_seed(0)
-    model = build_detector(make_model_config(detector="ssdlite", backbone={"name": "mobilenet_v3_small",
-                                                                         "width_mult": 0.5}, input_size=64,
-                                             extra_channels=[32, 16, 16, 8], score_thresh=0.2), num_classes=3).eval()
-    images = [(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) * 255).to(torch.uint8) for i in range(2)]
+    model, images = _tiny_ssdlite_and_images(2, score_thresh=0.2)
     path = export_onnx(model, tmp_path / "m.onnx")
     session = nasdet.export.onnx_session
 
@@ -564,6 +571,58 @@ def test_export_parity_pairs_boxes_without_area_by_distance():
     moved = {**got, "boxes": got["boxes"] + torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 5.0]])}
     unexplained = match_detections(ref, moved, 0.05, 1e-4, nms_thresh=0.5)["unexplained"]
     assert unexplained == [("torch only", pytest.approx(0.9)), ("onnxruntime only", pytest.approx(0.9))]
+
+
+def test_export_parity_flip_must_be_one_of_the_models_candidates():
+    """A box moved a few px (a wrong resize or scale-back in the graph) paired with nothing, and each side's box was
+    then explained as an NMS near-tie by its own moved twin: a model with a few confident boxes passed with
+    "matched 0". A detection only onnxruntime gives must be one of torch's candidates (before NMS and counts); a
+    real NMS flip (onnxruntime keeps the other of two overlapping near-tied candidates) still passes."""
+    from nasdet.export import match_detections
+
+    b = torch.tensor([[10.0, 10.0, 210.0, 150.0], [300.0, 40.0, 420.0, 200.0], [50.0, 250.0, 180.0, 400.0]])
+    ref = {"boxes": b, "scores": torch.tensor([0.9, 0.7, 0.5]), "labels": torch.tensor([1, 2, 1])}
+    moved = {**ref, "boxes": b + 3.0}
+    assert not match_detections(ref, moved, 0.05, 1e-4, 0.5, 1e-4)["unexplained"]  # the hole, without candidates
+    m = match_detections(ref, moved, 0.05, 1e-4, 0.5, 1e-4, candidates=ref, box_atol=1e-3)
+    assert m["matched"] == 0 and [u[0] for u in m["unexplained"]] == ["torch only"] * 2 + ["onnxruntime only"] * 3
+    # a flip: torch kept box 0, onnxruntime its near-tied overlapping neighbour, which torch had as a candidate
+    twin = torch.tensor([[14.0, 12.0, 214.0, 152.0]])
+    flipped = {"boxes": torch.cat([twin, b[1:]]), "scores": torch.tensor([0.89995, 0.7, 0.5]), "labels": ref["labels"]}
+    candidates = {k: torch.cat([ref[k], flipped[k][:1]]) for k in ref}
+    m = match_detections(ref, flipped, 0.05, 1e-4, 0.5, 1e-4, candidates=candidates, box_atol=1e-3)
+    assert m["matched"] == 2 and not m["unexplained"]
+    # the same neighbour scored well below the box it would have suppressed explains nothing
+    low = {**flipped, "scores": torch.tensor([0.6, 0.7, 0.5])}
+    candidates = {k: torch.cat([ref[k], low[k][:1]]) for k in ref}
+    m = match_detections(ref, low, 0.05, 1e-4, 0.5, 1e-4, candidates=candidates, box_atol=1e-3)
+    assert m["unexplained"] == [("torch only", pytest.approx(0.9))]
+
+
+def test_export_parity_fails_boxes_moved_a_few_px(tmp_path, monkeypatch):
+    """The end-to-end check on a model keeping 3 detections per image (a trained model's few confident boxes):
+    onnxruntime's boxes moved 2 px failed nothing ("matched 0"); the same file unmoved passes."""
+    import nasdet.export
+    from nasdet.errors import ExportParityError
+    from nasdet.export import check_parity, export_onnx
+
+    model, images = _tiny_ssdlite_and_images(3, detections_per_img=3)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    report = check_parity(model, path, images, False, 1e-3, 1e-4, 1e-4, box_rtol=1e-4)
+    assert report["detections_torch"] == 9 and report["matched"] == 9
+    session = nasdet.export.onnx_session
+
+    class Moved:  # onnxruntime's boxes 2 px off
+        def __init__(self, p):
+            self.inner = session(p)
+
+        def run(self, names, feeds):
+            b, s, lab = self.inner.run(names, feeds)
+            return b + 2.0, s, lab
+
+    monkeypatch.setattr(nasdet.export, "onnx_session", Moved)
+    with pytest.raises(ExportParityError, match="unmatched detections"):
+        check_parity(model, path, images, False, 1e-3, 1e-4, 1e-4, box_rtol=1e-4)
 
 
 @pytest.mark.parametrize("detector", ["ssdlite", "retinanet"])

@@ -107,6 +107,13 @@ class DetectorFamily:
             if hasattr(cfg, k):
                 setattr(model, k, getattr(cfg, k))
 
+    def keep_every_candidate(self, model: nn.Module, score_margin: float) -> None:
+        """Set ``model``'s eval path to return every candidate a float-noise flip could turn into a detection: no
+        NMS, no per-level or per-image count, score cuts lowered by ``score_margin``. The export's parity check
+        takes a detection only onnxruntime gives as such a flip only when torch holds it among these."""
+        lower_cuts(model, ("score_thresh",), score_margin)
+        keep_all(model, "nms_thresh", "detections_per_img", "topk_candidates")
+
     def raw_decoding(self, model: nn.Module, x: torch.Tensor) -> dict:
         """How the raw outputs (``dense_forward``) and ``raw_anchors`` of the normalised batch ``x`` at the input
         size become the detections of ``detect``: the raw export record's ``decode`` block."""
@@ -115,6 +122,24 @@ class DetectorFamily:
 
 # the attributes torchvision's one-stage detectors (and YOLOv3) keep their post-processing in
 POSTPROCESSING_ATTRS = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
+
+# a count no image reaches (candidates, detections)
+UNLIMITED = 1 << 30
+
+
+def lower_cuts(owner, attrs: tuple[str, ...], margin: float) -> None:
+    for a in attrs:
+        setattr(owner, a, max(0.0, float(getattr(owner, a)) - margin))
+
+
+def keep_all(owner, nms_attr: str, *count_attrs: str) -> None:
+    """NMS that removes nothing (torchvision drops a box whose IoU is above the threshold: never above 1) and counts
+    no image reaches, on ``owner`` (the attributes it has)."""
+    if hasattr(owner, nms_attr):
+        setattr(owner, nms_attr, 1.0)
+    for a in count_attrs:
+        if hasattr(owner, a):
+            setattr(owner, a, UNLIMITED)
 
 
 # ------------------------------------------------------------------- the raw export's decode block

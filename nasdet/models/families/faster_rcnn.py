@@ -13,7 +13,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..config import BaseModelConfig
 from ..necks import FPNNeck
-from .base import DetectorFamily, image_list, resize_transform
+from .base import UNLIMITED, DetectorFamily, image_list, keep_all, lower_cuts, resize_transform
 
 
 class FasterRCNNModelConfig(BaseModelConfig):
@@ -88,6 +88,14 @@ class FasterRCNNFamily(DetectorFamily):
         roi = model.roi_heads
         roi.score_thresh, roi.nms_thresh, roi.detections_per_img = cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img
         model.rpn._post_nms_top_n["testing"] = cfg.rpn_post_nms_top_n_test
+
+    def keep_every_candidate(self, model: nn.Module, score_margin: float) -> None:
+        # the RPN's NMS too: a flip there lets another proposal through, whose box torch then has among these
+        lower_cuts(model.roi_heads, ("score_thresh",), score_margin)
+        keep_all(model.roi_heads, "nms_thresh", "detections_per_img")
+        lower_cuts(model.rpn, ("score_thresh",), score_margin)
+        keep_all(model.rpn, "nms_thresh")
+        model.rpn._post_nms_top_n["testing"] = UNLIMITED
 
 
 FAMILY = FasterRCNNFamily()

@@ -52,7 +52,8 @@ from torchvision.ops import batched_nms, box_iou
 
 from ...space.supernet import Supernet, mark_space_unit
 from ..config import BaseModelConfig
-from .base import POSTPROCESSING_ATTRS, DetectorFamily, anchor_description, nms_description, resize_transform, to_image
+from .base import (POSTPROCESSING_ATTRS, DetectorFamily, anchor_description, lower_cuts, nms_description, resize_transform,
+                   to_image)
 
 STRIDES = (32, 16, 8)  # MMDetection's order: coarse to fine
 # w, h in input pixels per scale (strides 32, 16, 8), from MMDetection's yolov3_mobilenetv2 configs
@@ -389,6 +390,10 @@ class YOLOv3Family(DetectorFamily):
     def set_postprocessing(self, model: YOLOv3, cfg: YOLOv3ModelConfig) -> None:
         for k in (*POSTPROCESSING_ATTRS, "conf_thresh"):
             setattr(model, k, getattr(cfg, k))
+
+    def keep_every_candidate(self, model: YOLOv3, score_margin: float) -> None:
+        super().keep_every_candidate(model, score_margin)
+        lower_cuts(model, ("conf_thresh",), score_margin)
 
     def raw_decoding(self, model: YOLOv3, x: Tensor) -> dict:
         """``YOLOv3.postprocess`` in words and constants."""
