@@ -493,8 +493,26 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
         pass
 
 
+def terminate_as_interrupt() -> None:
+    """A scheduler's SIGTERM stops a one-process command as Ctrl-C does: its ``with`` blocks and ``finally``s run
+    (the INT8 export's tuning left its temp folder in export/, a search its trial running), where SIGTERM's default
+    ended the process on the spot. Training installs its own (stop after the step, save). Under torchrun the
+    agent's SIGTERM to the other ranks keeps its default: a rank waiting in a collective would never reach Python
+    to raise."""
+    import signal
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:  # pragma: no cover
     warnings.showwarning = show_warning
+    terminate_as_interrupt()
     app(prog_name="nasdet")
 
 

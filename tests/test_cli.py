@@ -262,3 +262,33 @@ def test_a_file_where_a_folder_is_made_is_said_so(shapes_dir, tmp_path):
     code, out, exc = cli("train", cfg)
     assert code == 2 and exc is None, out
     assert "a file is where nasdet makes a folder: move it away" in " ".join(out.split()), out
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path):
+    """A scheduler's SIGTERM ended the process on the spot: the INT8 export's quantization-aware tuning left its
+    temp folder in export/ (Ctrl-C cleaned it). `nasdet`'s entry point makes SIGTERM an interrupt, so ``with``
+    blocks run; not under torchrun (a rank in a collective would not reach Python)."""
+    import signal
+    from pathlib import Path
+
+    script = (
+        "import sys, tempfile, time; import nasdet.cli as cli\n"
+        "@cli.app.command('hold')\n"
+        "def hold(folder: str):\n"
+        "    with tempfile.TemporaryDirectory(dir=folder) as t:\n"
+        "        print(t, flush=True); time.sleep(120)\n"
+        f"sys.argv = ['nasdet', 'hold', {str(tmp_path)!r}]\n"
+        "cli.main()\n")
+    for world, left in (("1", False), ("2", True)):
+        run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "WORLD_SIZE": world})
+        try:
+            held = run.stdout.readline().strip()
+            assert held.startswith(str(tmp_path)), held + run.stdout.read()
+            run.send_signal(signal.SIGTERM)
+            run.wait(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+        assert Path(held).exists() == left
+        assert (run.returncode == -signal.SIGTERM) == left  # stopped by the signal itself only under torchrun
