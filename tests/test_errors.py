@@ -469,6 +469,38 @@ def test_eval_and_export_compute_on_the_configs_threads(trained_baseline, monkey
     assert all(threads == 1 for _, threads in seen), seen
 
 
+def test_a_tuned_checkpoint_is_evaluated_on_the_tunes_threads(trained_baseline, monkeypatch, tmp_path):
+    """A tune with its own tune.train.threads trained and evaluated on them, and `nasdet eval` / `nasdet export` of
+    its checkpoint ran on train.threads: another float rounding than the stage's record."""
+    import io
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from rich.console import Console
+
+    import nasdet.stages.baseline
+    from nasdet.stages.baseline import run_eval
+    from nasdet.stages.common import checkpoint_stage, stage_threads
+
+    cfg = trained_baseline.model_copy(update={
+        "train": trained_baseline.train.model_copy(update={"threads": 2}),
+        "tune": trained_baseline.tune.model_copy(update={"train": trained_baseline.train.model_copy(update={"threads": 1})})})
+    tuned = tmp_path / "wd" / "tune" / "ckpt" / "last.pt"
+    tuned.parent.mkdir(parents=True)
+    shutil.copy(Path(cfg.work_dir) / "baseline" / "ckpt" / "last.pt", tuned)
+    assert checkpoint_stage(tuned) == "tune" and stage_threads(cfg, "tune") == 1 and stage_threads(cfg, "baseline") == 2
+    assert checkpoint_stage(tmp_path / "wd" / "controls" / "a1b2" / "ckpt" / "last.pt") == "controls"
+    assert checkpoint_stage(tmp_path / "model.pt") == "baseline"
+    seen = []
+    inner = nasdet.stages.baseline.evaluate_detector
+    monkeypatch.setattr(nasdet.stages.baseline, "evaluate_detector",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or inner(*a, **k))
+    torch.set_num_threads(2)
+    run_eval(cfg, ckpt=tuned, console=Console(file=io.StringIO()))
+    assert seen == [1]
+
+
 def test_search_records_follow_the_current_budget_and_supernet(tiny_config, tmp_path):
     """A search rerun judges feasibility under today's budget; a supernet whose pretraining stopped early
     is named in a warning; a study is refused on another supernet checkpoint."""

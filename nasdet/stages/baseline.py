@@ -30,8 +30,8 @@ from ..files import why_not_a_file
 from ..models.backbones import SUPERNET_BACKBONES
 from ..threads import set_torch_threads
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
-from .common import (baseline_config, cost_table, evaluated_again, metrics_table, per_class_table,
-                     recorded_postprocessing, scored_val_set, train_detector)
+from .common import (baseline_config, checkpoint_stage, cost_table, evaluated_again, metrics_table, per_class_table,
+                     recorded_postprocessing, scored_val_set, stage_threads, train_detector)
 
 
 IMPORT_KEY = "pipeline.baseline_checkpoint"
@@ -284,9 +284,10 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
              console: Console | None = None) -> dict:
     """COCO metrics of a checkpoint on the val set, written where ``eval_record_path`` says."""
     console = console or Console()
-    set_torch_threads(cfg.train.threads)  # as the stage that evaluated it: the same float rounding, the same AP
     given = ckpt is not None
     ckpt = Path(ckpt) if given else default_checkpoint(cfg, work_dir)
+    # as the stage that evaluated it: the same float rounding, the same AP
+    set_torch_threads(stage_threads(cfg, checkpoint_stage(ckpt)))
     val = build_datasets(cfg, need=("val",))["val"]
     scored = scored_val_set(cfg, val)
     check_scored_val_set(scored, len(scored))  # (its mAP would be "undefined", naming no set)

@@ -20,13 +20,28 @@ from ..models.backbones import SUPERNET_BACKBONES
 from ..train import dist
 from ..train.checkpoint import backbone_start, load_checkpoint
 from ..train.loop import Trainer, start_note_of  # noqa: F401 (the stages' shared start note)
-from ..workdir import StageDir, WorkDir, write_json
+from ..workdir import BASELINE, CKPT_DIR, CONTROLS, SUPERNET, TUNE, StageDir, WorkDir, write_json
 
 
 def with_train_recipe(cfg: ExperimentConfig, train) -> ExperimentConfig:
     """``cfg`` with its ``train`` section replaced by a stage's own recipe (``supernet.train``,
     ``tune.train``) when one is given."""
     return cfg if train is None else cfg.model_copy(update={"train": train})
+
+
+def stage_threads(cfg: ExperimentConfig, stage: str) -> int | None:
+    """The torch threads ``stage`` trained and evaluated its model on (its own recipe's, ``tune.train`` /
+    ``supernet.train``, when set): an eval or export of its checkpoint takes the same, for the same float rounding
+    (the same AP, the parity check's boxes within tolerance)."""
+    own = {TUNE: cfg.tune.train, CONTROLS: cfg.tune.train, SUPERNET: cfg.supernet.train}.get(stage)
+    return (own or cfg.train).threads
+
+
+def checkpoint_stage(ckpt: Path) -> str:
+    """The stage folder a work dir's checkpoint ``<stage>/ckpt/<file>`` is in (``controls`` for a control's
+    ``controls/<arch>/ckpt/<file>``); another path is taken for the baseline's."""
+    folder = ckpt.resolve().parent.parent
+    return CONTROLS if folder.parent.name == CONTROLS else folder.name if ckpt.parent.name == CKPT_DIR else BASELINE
 
 
 def recipe_key(section: str, train) -> str:

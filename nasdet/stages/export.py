@@ -34,7 +34,7 @@ from ..train.trained import load_trained_model, load_tuned_model
 from ..train.resume import flatten
 from ..threads import set_torch_threads
 from ..workdir import CLASSES_JSON, WorkDir, write_json
-from .common import scored_val_set
+from .common import scored_val_set, stage_threads
 
 
 def budget_check(cfg: ExperimentConfig, measured: dict, predicted: dict | None) -> dict | None:
@@ -289,11 +289,11 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     """Export the tuned (or baseline) model of the work dir, check it, time it, check the budget; with
     ``int8`` (default: ``wants_int8(cfg)``) also quantize it and score both files through onnxruntime."""
     console = console or Console()
-    # torch's reference outputs for the parity check on the config's threads, in the pipeline or alone: the thread
-    # count changes float rounding, which a model's near-zero-variance BN channels amplify to the box tolerance
-    set_torch_threads(cfg.train.threads)
     wd = WorkDir.of(cfg, work_dir)
     source = source or cfg.export.source
+    # torch's reference outputs for the parity check on the stage's threads, in the pipeline or alone: the thread
+    # count changes float rounding, which a model's near-zero-variance BN channels amplify to the box tolerance
+    set_torch_threads(stage_threads(cfg, source))
     asked = int8
     int8 = wants_int8(cfg) if int8 is None else int8
     if int8 and raw:
