@@ -230,7 +230,8 @@ def _in_candidates(box: torch.Tensor, label: torch.Tensor, score: torch.Tensor, 
 
 def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor], score_cut: float,
                      score_atol: float, nms_thresh: float | None = None, box_rtol: float = 0.0,
-                     candidates: dict[str, torch.Tensor] | None = None, box_atol: float = 0.0) -> dict:
+                     candidates: dict[str, torch.Tensor] | None = None, box_atol: float = 0.0,
+                     cap: int | None = None, suppressor_scores_higher: bool = True) -> dict:
     """Pair each reference detection with the candidate of the same label and highest IoU.
 
     Returns the worst box and score differences of the pairs (``max_box_excess``: the worst box difference less
@@ -244,8 +245,13 @@ def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
     ``score_atol``) a detection only ``got`` holds must be one of them (within ``box_atol + box_rtol`` x its
     longer side and ``score_atol``): a flip picks another of the model's candidates, it never moves a box; and a
     reference detection explained by NMS needs a ``got`` box that is a candidate or paired, scored as high
-    (a box suppresses only boxes of lower scores). Without them, a box moved a few px by a wrong resize pairs with
-    nothing and each side's box was explained by its own moved twin."""
+    (a box suppresses only boxes of lower scores; not ``suppressor_scores_higher`` where an earlier NMS, a
+    two-stage detector's RPN, decides by another score), or one of ``got``'s own candidates of a tied score took
+    its place (a top-k or NMS swap of tied candidates). Without them, a box moved a few px by a wrong resize pairs
+    with nothing and each side's box was explained by its own moved twin.
+
+    ``cap`` (``detections_per_img``): a side holding that many detections may have pushed out any below its lowest
+    (one flip higher up shifts the whole tail), so the other side's detections under it are explained."""
     worst_box, worst_excess, worst_score, unexplained = 0.0, 0.0, 0.0, []
     used = torch.zeros(len(got["scores"]), dtype=torch.bool)
     lowest_got = float(got["scores"].min()) if len(got["scores"]) else score_cut
@@ -273,21 +279,31 @@ def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
         size = float((ref["boxes"][i, 2:] - ref["boxes"][i, :2]).abs().max())
         worst_box, worst_excess = max(worst_box, diff), max(worst_excess, diff - box_rtol * size)
         worst_score = max(worst_score, float((got["scores"][j] - ref["scores"][i]).abs()))
+    def at_a_cut(s: float, other: dict[str, torch.Tensor], lowest_other: float) -> bool:
+        if min(abs(s - lowest_other), abs(s - score_cut)) <= score_atol:
+            return True
+        return cap is not None and len(other["scores"]) >= cap and s <= lowest_other + score_atol
+
     legit = used.clone()  # onnxruntime's boxes torch has: paired, or among its candidates
     for j in torch.nonzero(~used).flatten().tolist():
         s = float(got["scores"][j])
         known = candidates is None or _in_candidates(got["boxes"][j], got["labels"][j], got["scores"][j], candidates,
                                                      score_atol, box_atol, box_rtol)
         legit[j] = known
-        if not known or (min(abs(s - lowest_ref), abs(s - score_cut)) > score_atol and not _nms_conflict(
-                got["boxes"][j], got["labels"][j], ref, nms_thresh)):
+        if not known or not (at_a_cut(s, ref, lowest_ref) or _nms_conflict(got["boxes"][j], got["labels"][j], ref,
+                                                                            nms_thresh)):
             unexplained.append(("onnxruntime only", s))
+    swapped_in = legit & ~used  # candidates only onnxruntime kept: each may have taken a tied one's place
     torch_only = []
     for i in pending:
         s = float(ref["scores"][i])
-        among = None if candidates is None else legit & (got["scores"] >= s - score_atol)
-        if min(abs(s - lowest_got), abs(s - score_cut)) > score_atol and not _nms_conflict(
-                ref["boxes"][i], ref["labels"][i], got, nms_thresh, among):
+        among = None
+        if candidates is not None:
+            among = legit & (got["scores"] >= s - score_atol) if suppressor_scores_higher else legit
+            if bool(((got["scores"][swapped_in] - s).abs() <= score_atol).any()):
+                continue
+        if not (at_a_cut(s, got, lowest_got) or _nms_conflict(ref["boxes"][i], ref["labels"][i], got, nms_thresh,
+                                                              among)):
             torch_only.append(("torch only", s))
     unexplained = torch_only + unexplained
     return {"max_box_diff": worst_box, "max_box_excess": worst_excess, "max_score_diff": worst_score,
@@ -326,9 +342,11 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
     cut = float(getattr(det, "score_thresh", getattr(roi, "score_thresh", 0.0)))
     nms = float(getattr(det, "nms_thresh", getattr(roi, "nms_thresh", 0.5)))
     module = EndToEndDetector(det)
+    family = family_of(det)
+    cap = postprocessing(det).get("detections_per_img")
     # the same graph without NMS or counts: the candidates a float-noise flip may turn into a detection
     every = copy.deepcopy(det)
-    family_of(every).keep_every_candidate(every, score_atol)
+    family.keep_every_candidate(every, score_atol)
     every_module = EndToEndDetector(every)
     for k, img in enumerate(images):
         boxes, scores, labels = module(img)
@@ -341,7 +359,7 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
         worst_model = max(worst_model, match_detections(own, ref, cut, score_atol, nms)["max_box_diff"])
         b, s, lab = session.run(None, {"image": img.numpy()})
         got = {"boxes": torch.from_numpy(b), "scores": torch.from_numpy(s), "labels": torch.from_numpy(lab)}
-        m = match_detections(ref, got, cut, score_atol, nms, box_rtol, candidates, box_atol)
+        m = match_detections(ref, got, cut, score_atol, nms, box_rtol, candidates, box_atol, cap, family.single_nms)
         worst_box, worst_score = max(worst_box, m["max_box_diff"]), max(worst_score, m["max_score_diff"])
         worst_excess = max(worst_excess, m["max_box_excess"])
         n_ref += len(ref["scores"])

@@ -597,6 +597,39 @@ def test_export_parity_flip_must_be_one_of_the_models_candidates():
     candidates = {k: torch.cat([ref[k], low[k][:1]]) for k in ref}
     m = match_detections(ref, low, 0.05, 1e-4, 0.5, 1e-4, candidates=candidates, box_atol=1e-3)
     assert m["unexplained"] == [("torch only", pytest.approx(0.9))]
+    # ... unless an earlier NMS by another score (a two-stage detector's RPN) chose between them
+    m = match_detections(ref, low, 0.05, 1e-4, 0.5, 1e-4, candidates=candidates, box_atol=1e-3,
+                         suppressor_scores_higher=False)
+    assert not m["unexplained"]
+
+
+def test_export_parity_explains_the_tail_a_full_list_pushed_out():
+    """Both sides at detections_per_img: one flip higher up (onnxruntime kept a candidate torch suppressed) pushed
+    torch's lowest detection out of onnxruntime's list, 0.06 below onnxruntime's lowest: a correct export failed
+    (QA, untrained MMDetection-layout SSDLite and RetinaNet). And a tied candidate that took another's place (a
+    top-k or NMS swap of equal scores) explains the one it replaced."""
+    from nasdet.export import match_detections
+
+    b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0], [50.0, 50.0, 60.0, 60.0]])
+    ref = {"boxes": b, "scores": torch.tensor([0.9, 0.5, 0.4]), "labels": torch.tensor([1, 1, 2])}
+    extra = torch.tensor([[0.0, 0.0, 10.0, 20.0]])  # IoU 0.5 with box 0: torch's NMS dropped it, onnxruntime's not
+    got = {"boxes": torch.cat([b[:1], extra, b[1:2]]), "scores": torch.tensor([0.9, 0.7, 0.5]),
+           "labels": torch.tensor([1, 1, 1])}
+    candidates = {"boxes": torch.cat([b, extra]), "scores": torch.tensor([0.9, 0.5, 0.4, 0.7]),
+                  "labels": torch.tensor([1, 1, 2, 1])}
+    kw = dict(candidates=candidates, box_atol=1e-3)
+    assert match_detections(ref, got, 0.05, 1e-4, 0.5, 1e-4, **kw)["unexplained"] == [("torch only", pytest.approx(0.4))]
+    m = match_detections(ref, got, 0.05, 1e-4, 0.5, 1e-4, cap=3, **kw)
+    assert m["matched"] == 2 and not m["unexplained"]
+    # the list not full: the missing box is unexplained; a box above onnxruntime's lowest is never "pushed out"
+    assert match_detections(ref, got, 0.05, 1e-4, 0.5, 1e-4, cap=4, **kw)["unexplained"]
+    high = {**ref, "scores": torch.tensor([0.9, 0.5, 0.6])}
+    assert match_detections(high, got, 0.05, 1e-4, 0.5, 1e-4, cap=3, **kw)["unexplained"] == [
+        ("torch only", pytest.approx(0.6))]
+    # a swap of tied candidates: onnxruntime's far box scored as torch's missing one (within score_atol)
+    tied = {**got, "scores": torch.tensor([0.9, 0.40005, 0.5])}
+    candidates["scores"][3] = 0.40005
+    assert not match_detections(ref, tied, 0.05, 1e-4, 0.5, 1e-4, **kw)["unexplained"]
 
 
 def test_export_parity_fails_boxes_moved_a_few_px(tmp_path, monkeypatch):

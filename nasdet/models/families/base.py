@@ -58,6 +58,9 @@ class DetectorFamily:
     network_modules: tuple[str, ...] = ("backbone", "head")
     # why ``nasdet export --raw`` makes no file its detections can be decoded from ('' = it does)
     raw_refused: str = ""
+    # its detections come from one NMS, by their own scores (a two-stage detector's RPN runs one before, by
+    # objectness: a flip there can drop a box scored above every box that overlaps it)
+    single_nms: bool = True
 
     def build(self, cfg: BaseModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         """The detector for ``cfg`` around backbone ``body``; ``num_classes`` includes the background."""

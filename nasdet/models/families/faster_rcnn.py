@@ -36,6 +36,7 @@ class FasterRCNNFamily(DetectorFamily):
     raw_refused = ("its second stage classifies and regresses the RPN's proposals, which depend on the image: no "
                    "dense outputs give its detections (the raw graph's last outputs run the box head on zeros, "
                    "for cost only)")
+    single_nms = False  # the RPN's NMS, by objectness, before the box head's
 
     def build(self, cfg: FasterRCNNModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         c, v2 = cfg.fpn_channels, cfg.variant == "v2"
