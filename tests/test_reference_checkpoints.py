@@ -179,6 +179,23 @@ def test_a_checkpoint_of_another_layout_says_which_it_expected_and_found():
     load_backbone_state(spos, ShuffleNetSPOS("300M").state_dict(), source, "detnas_300M")
 
 
+@pytest.mark.parametrize("name, layout", [("detnas_300M_supernet", "detnas"), ("mmrazor_spos_300M_supernet", "mmrazor")])
+def test_a_released_file_missing_bn_affine_tensors_is_refused_naming_the_file(name, layout):
+    """DetNAS's and MMRazor's BNs are affine: a file without a BN's weight and bias (a truncated export, a filtered
+    state_dict) loaded those BNs as weight 1, bias 0 without a word (the rule for SPOS's affine=False BNs); and the
+    mappings' errors did not name the file (a pipeline reads several)."""
+    state = reference_state(name)
+    bn = next(k[: -len(".running_mean")] for k in state if k.endswith("running_mean") and ".features.8." in k
+              or k.endswith("running_mean") and ".layers.2." in k)
+    cut = {k: v for k, v in state.items() if k not in (f"{bn}.weight", f"{bn}.bias")}
+    source = "model.backbone.checkpoint x.pth"
+    with pytest.raises(CheckpointError) as e:
+        load_backbone_state(ShuffleNetSPOS("300M", layout=layout), cut, source, "detnas_300M")
+    line = str(e.value)
+    assert line.startswith(source) and ".".join(bn.split(".")[-3:]) + ".weight" in line and "prefix" in line, line
+    load_backbone_state(ShuffleNetSPOS("300M", layout=layout), state, source, "detnas_300M")  # the whole file loads
+
+
 def test_layout_is_only_for_detnas_backbones_and_keeps_the_published_sizes():
     from nasdet.errors import ConfigError
 

@@ -116,7 +116,11 @@ def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], 
         elif fmt != "auto" and found and fmt != found:
             hint = f"; model.backbone.checkpoint_format says {fmt}"
         raise CheckpointError(f"{source}: {name} takes {_expected(backbone)}; found {_found(state, found, prefix, backbone, name)}{hint}")
-    mapped = dict(state) if found == "nasdet" else MAPPINGS[found](unwrap(state, prefix, found))
+    try:
+        mapped = dict(state) if found == "nasdet" else MAPPINGS[found](unwrap(state, prefix, found))
+    except CheckpointError as e:  # the mapping's own words: which file (a pipeline reads several), keys as stored
+        read = f" (its keys read without their prefix {prefix!r})" if prefix else ""
+        raise CheckpointError(f"{source}: {e}{read}") from None
     own = backbone.state_dict()
     if found != "nasdet":  # FrozenBatchNorm2d has no num_batches_tracked
         mapped = {k: v for k, v in mapped.items() if k in own or not k.endswith("num_batches_tracked")}

@@ -67,8 +67,10 @@ def _num_blocks(state: Mapping[str, torch.Tensor], pattern: str) -> int:
 class _Mapper:
     """Collects nasdet key -> tensor, each reference tensor taken once; unused reference keys are an error."""
 
-    def __init__(self, state: Mapping[str, torch.Tensor], layout: str, with_head: bool):
-        self.state, self.layout, self.with_head = state, layout, with_head
+    def __init__(self, state: Mapping[str, torch.Tensor], layout: str, with_head: bool, affine: bool = True):
+        # affine: the layout's BNs have weight and bias (DetNAS, MMRazor): a missing one is an error, not an
+        # identity BN (SPOS's BNs are affine=False: weight 1, bias 0)
+        self.state, self.layout, self.with_head, self.affine = state, layout, with_head, affine
         self.prefix = "backbone." if with_head else ""
         self.out: dict[str, torch.Tensor] = {}
         self.used: set[str] = set()
@@ -90,9 +92,8 @@ class _Mapper:
             mean = mean - self.take(conv_bias)  # BN(conv(x) + b) == BN'(conv(x)) with mean' = mean - b
         self.out[f"{dst}.running_mean"] = mean
         self.out[f"{dst}.running_var"] = self.take(f"{src}.running_var")
-        affine = f"{src}.weight" in self.state
-        self.out[f"{dst}.weight"] = self.take(f"{src}.weight") if affine else torch.ones_like(mean)
-        self.out[f"{dst}.bias"] = self.take(f"{src}.bias") if affine else torch.zeros_like(mean)
+        self.out[f"{dst}.weight"] = self.take(f"{src}.weight") if self.affine else torch.ones_like(mean)
+        self.out[f"{dst}.bias"] = self.take(f"{src}.bias") if self.affine else torch.zeros_like(mean)
         if f"{src}.num_batches_tracked" in self.state:
             self.out[f"{dst}.num_batches_tracked"] = self.take(f"{src}.num_batches_tracked")
 
@@ -154,7 +155,7 @@ def load_detnas_supernet(state: Mapping[str, torch.Tensor], with_head: bool = Fa
 def load_spos_supernet(state: Mapping[str, torch.Tensor], with_head: bool = False) -> dict[str, torch.Tensor]:
     """SinglePathOneShot ``ShuffleNetV2_OneShot`` state_dict (no ``module.`` prefix) -> nasdet
     ``ShuffleNetSPOS`` (layout ``spos``); ``with_head``: the keys of ``shufflenet_spos.ImageNetForm``."""
-    m = _Mapper(state, "SPOS", with_head)
+    m = _Mapper(state, "SPOS", with_head, affine=False)
     m.conv("first_conv.0", "first_conv.0")
     m.bn("first_conv.1", "first_conv.1")
     n = _num_blocks(state, r"features\.(\d+)\.")
