@@ -469,6 +469,24 @@ def test_eval_and_export_compute_on_the_configs_threads(trained_baseline, monkey
     assert all(threads == 1 for _, threads in seen), seen
 
 
+def test_export_traces_its_graph_on_a_val_image(trained_baseline, monkeypatch):
+    """The end-to-end graph is traced on a check image (the path real images take), not on random noise."""
+    import io
+
+    from rich.console import Console
+
+    import nasdet.stages.export
+    from nasdet.stages.export import run_export
+
+    examples = []
+    inner = nasdet.stages.export.export_onnx
+    monkeypatch.setattr(nasdet.stages.export, "export_onnx",
+                        lambda *a, **k: examples.append(k.get("example")) or inner(*a, **k))
+    run_export(trained_baseline, source="baseline", console=Console(file=io.StringIO()))
+    s = trained_baseline.model.input_size
+    assert examples and examples[0] is not None and tuple(examples[0].shape) == (3, s + 37, s + 11)
+
+
 def test_a_tuned_checkpoint_is_evaluated_on_the_tunes_threads(trained_baseline, monkeypatch, tmp_path):
     """A tune with its own tune.train.threads trained and evaluated on them, and `nasdet eval` / `nasdet export` of
     its checkpoint ran on train.threads: another float rounding than the stage's record."""
@@ -908,3 +926,23 @@ def test_a_missing_image_says_when_it_is_there_under_another_extension(tmp_path,
     with pytest.raises(DataError, match=rf"{first.stem}.png is there under another extension: name it in the "
                                         r"annotations"):
         load_coco(shapes_dir / "val" / "annotations.json", images)
+
+
+def test_a_checkpoint_of_another_width_says_what_it_was_written_with():
+    """A supernet pretrained at model.backbone.width_mult 1.2 (OFA's w1.2 file) read by a later config building 1.0
+    stopped on torch's size mismatch alone: the load now names the settings the checkpoint was written with."""
+    from nasdet.config import make_model_config
+    from nasdet.errors import CheckpointError
+    from nasdet.models import build_detector
+    from nasdet.train.checkpoint import load_model_weights
+
+    def model(width):
+        return build_detector(make_model_config(detector="ssdlite", backbone={"name": "mobilenet_v2", "width_mult": width},
+                                                input_size=64, extra_channels=[32, 16, 16, 8]), num_classes=3)
+
+    state = {"model": model(0.5).state_dict(), "config": {"model": {
+        "detector": "ssdlite", "backbone": {"name": "mobilenet_v2", "width_mult": 0.5}}}}
+    with pytest.raises(CheckpointError, match=r"size mismatch.*written with model.detector ssdlite, "
+                                              r"model.backbone.name mobilenet_v2, model.backbone.width_mult 0.5"):
+        load_model_weights(model(0.35), state, source="supernet/ckpt/last.pt")
+    load_model_weights(model(0.5), state)

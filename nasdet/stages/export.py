@@ -22,7 +22,7 @@ from ..data.build import build_datasets, load_split
 from ..data.dataset import to_coco_gt
 from ..errors import ConfigError, ExportParityError
 from ..export import (check_parity, configured_postprocessing, export_onnx, onnx_metadata, postprocessing, raw_decoding,
-                      time_onnx, time_onnx_in_turns)
+                      resized_image, time_onnx, time_onnx_in_turns, tracing_example)
 from ..metrics import coco_evaluate
 from ..search.budget import COST_UNITS
 from ..quantize import INT8_MIN_OPSET, detection_agreement, network_scopes, onnx_detections, quantize_detector
@@ -131,7 +131,8 @@ def quantization_aware_tuning(cfg: ExperimentConfig, model: torch.nn.Module, fol
                       torch.device(tcfg.device if tcfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"),
                       cfg.seed)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        qat_float = export_onnx(tuned, Path(tmp) / "qat.onnx", opset=cfg.export.opset, metadata=metadata)
+        qat_float = export_onnx(tuned, Path(tmp) / "qat.onnx", opset=cfg.export.opset, metadata=metadata,
+                                example=tracing_example(tuned, images))
         quantize_detector(qat_float, int8_path, images, network_scopes(tuned), cfg.export.calibration_method)
     return record
 
@@ -340,16 +341,17 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     metadata = onnx_file_metadata(baked, classes, get_input_size(model), decode)
     # written under another name and renamed only once checked: a file named tune.onnx is always verified
     draft = path.with_name(f".{path.stem}.unverified.onnx")
+    e = cfg.export
+    images = [val[i][0] for i in range(min(e.check_images, len(val)))]
+    example = None if raw else tracing_example(model, images)
     try:
-        unverified = export_onnx(model, draft, raw=raw, opset=cfg.export.opset, metadata=metadata)
+        unverified = export_onnx(model, draft, raw=raw, opset=e.opset, metadata=metadata, example=example)
     except OSError as e:  # a failed write (a full disk) names the file asked for, not its draft
         asked = {str(draft): path, str(draft.with_suffix(".anchors.npy")): path.with_suffix(".anchors.npy")}
         if e.filename not in asked:
             raise
         raise OSError(e.errno, e.strerror, str(asked[e.filename])) from e
     written = {unverified: path, unverified.with_suffix(".anchors.npy"): path.with_suffix(".anchors.npy")}  # raw
-    e = cfg.export
-    images = [val[i][0] for i in range(min(e.check_images, len(val)))]
     try:
         parity = check_parity(model, unverified, images, raw, e.box_atol, e.score_atol, e.raw_atol, e.raw_rtol,
                               e.box_rtol)
@@ -376,9 +378,13 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
             os.replace(tmp_file, final)
     c = cfg.cost
     measured = {"macs": detector_macs(model, backbone=False)["total"], "params": detector_params(model)["total"]}
-    lat_torch = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
     s = get_input_size(model)
     probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    on_image = example is not None and family_of(model).work_follows_the_image
+    if on_image:
+        probe = resized_image(example, s, s)
+    lat_torch = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads,
+                                image=probe.float() / 255 if on_image else None)
     lat_torch["input"] = list(probe.shape)  # measure_latency's image is at input_size too
     int8_record = export_int8(cfg, wd, model, source, path, val, probe, console) if int8 else kept_int8
     # with an INT8 file made, the float file was timed in turns with it: one timing, the same in both tables

@@ -61,6 +61,9 @@ class DetectorFamily:
     # its detections come from one NMS, by their own scores (a two-stage detector's RPN runs one before, by
     # objectness: a flip there can drop a box scored above every box that overlaps it)
     single_nms: bool = True
+    # how much it computes depends on the image (a two-stage detector's box head runs on the proposals it gives):
+    # ONNX latency is timed on a val image, not random noise (on which a trained RPN proposes nothing)
+    work_follows_the_image: bool = False
 
     def build(self, cfg: BaseModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         """The detector for ``cfg`` around backbone ``body``; ``num_classes`` includes the background."""

@@ -37,6 +37,9 @@ class FasterRCNNFamily(DetectorFamily):
                    "dense outputs give its detections (the raw graph's last outputs run the box head on zeros, "
                    "for cost only)")
     single_nms = False  # the RPN's NMS, by objectness, before the box head's
+    # its box head runs on the image's proposals; and torchvision's graph cannot run on none (box decoding's
+    # reshape(0, -1) fails in onnxruntime)
+    work_follows_the_image = True
 
     def build(self, cfg: FasterRCNNModelConfig, num_classes: int, body: nn.Module, fad_search: bool) -> nn.Module:
         c, v2 = cfg.fpn_channels, cfg.variant == "v2"
