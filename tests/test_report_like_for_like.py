@@ -116,7 +116,7 @@ def test_the_report_says_where_the_weights_started(tiny_config):
     assert f"Starting weights: the baseline trained here (backbone from {tv}); the supernet (backbone from {tv})." in text
 
 
-def test_the_report_reads_the_supernets_recorded_start(tiny_config):
+def test_the_report_reads_the_supernets_recorded_start(tiny_config, tmp_path):
     """report.md said "the supernet (from scratch)" for a supernet started from `nasdet classify`'s backbone
     (pipeline.classify) or from supernet.init_from: it read the raw config, not what pretrain did."""
     import json
@@ -142,6 +142,18 @@ def test_the_report_reads_the_supernets_recorded_start(tiny_config):
             f"classify`'s {w.classified_backbone}).") in w.report_md.read_text()
     init_from = cfg.model_copy(update={"supernet": cfg.supernet.model_copy(update={"init_from": "/x/base.pt"})})
     assert supernet_start_note(init_from) == "from supernet.init_from /x/base.pt"
+    # a backbone file beside it is not read: said, and not a start of the run (rewriting it refused the resume)
+    from nasdet.train.supernet import start_files
+
+    backbone_file = tmp_path / "ofa.pth"
+    backbone_file.write_bytes(b"weights")
+    both = init_from.model_copy(update={"model": init_from.model.model_copy(update={
+        "backbone": init_from.model.backbone.model_copy(update={"checkpoint": str(backbone_file)})})})
+    assert supernet_start_note(both) == (f"from supernet.init_from /x/base.pt (model.backbone.checkpoint {backbone_file} "
+                                         "not read: every backbone weight is that detector's)")
+    assert "model.backbone.checkpoint" not in start_files(both)
+    plain = both.model_copy(update={"supernet": both.supernet.model_copy(update={"init_from": None})})
+    assert "model.backbone.checkpoint" in start_files(plain)
 
 
 def test_checkpoints_of_the_wrong_kind_say_what_they_are_and_what_they_are_for(tiny_config, tmp_path):

@@ -47,7 +47,9 @@ def supernet_start_note(cfg: ExperimentConfig) -> str:
     if cfg.supernet.init_from and cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline:
         return f"from the baseline's weights, {cfg.supernet.init_from}"
     if cfg.supernet.init_from:
-        return f"from supernet.init_from {cfg.supernet.init_from}"
+        unread = cfg.model.backbone.checkpoint
+        return f"from supernet.init_from {cfg.supernet.init_from}" + (
+            f" (model.backbone.checkpoint {unread} not read: every backbone weight is that detector's)" if unread else "")
     if cfg.pipeline.classify:
         return f"backbone from `nasdet classify`'s {cfg.model.backbone.checkpoint}"
     return start_note_of(cfg)

@@ -149,13 +149,26 @@ def load_model_weights(model: torch.nn.Module, state: dict, source: str = "check
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{source} does not fit this model: {str(e).splitlines()[-1].strip()}") from None
+        raise CheckpointError(f"{source} does not fit this model: {str(e).splitlines()[-1].strip()}"
+                              f"{_written_with(state)}") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{source} does not fit this model: {len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). "
-            "Was it written for another detector, backbone or config?"
+            f"Was it written for another detector, backbone or config?{_written_with(state)}"
         )
+
+
+def _written_with(state: dict) -> str:
+    """The model settings a nasdet checkpoint was written with (its record of the config), for a load that failed:
+    e.g. a supernet pretrained at model.backbone.width_mult 1.2 read by a config that builds 1.0."""
+    model = (state.get("config") or {}).get("model") if isinstance(state.get("config"), dict) else None
+    if not isinstance(model, dict):
+        return ""
+    backbone = model.get("backbone") or {}
+    said = [f"model.detector {model.get('detector')}", f"model.backbone.name {backbone.get('name')}",
+            f"model.backbone.width_mult {backbone.get('width_mult')}"]
+    return f" (it was written with {', '.join(said)}: set them as it had)"
 
 
 def class_record(dataset) -> list[list] | None:

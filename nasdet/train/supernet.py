@@ -265,10 +265,11 @@ def load_teacher(path: str, classes: list[str]) -> tuple[nn.Module, str]:
 def start_files(cfg: ExperimentConfig) -> dict:
     """The files a supernet's weights start from (``pretrain_config``'s config: the backbone file, the detector
     of ``supernet.init_from``, the distillation teacher), as {config key: {path (resolved), sha256}}; a file
-    that is gone (a resumed run needs it no more) is left out."""
+    that is gone (a resumed run needs it no more) is left out. With ``supernet.init_from`` the backbone file is not
+    read (every backbone weight is that detector's): not a start (rewriting it refused the resume)."""
     named = {INIT_KEY: cfg.supernet.init_from,
              TEACHER_KEY: cfg.supernet.distill.checkpoint if cfg.supernet.distill.teacher == "checkpoint" else None}
-    return {**backbone_start(cfg), **files_by_content(named)}
+    return {**({} if cfg.supernet.init_from else backbone_start(cfg)), **files_by_content(named)}
 
 
 # --------------------------------------------------------------------------------------- trainer
