@@ -624,8 +624,9 @@ class ExportConfig(Strict):
     box_rtol: float = Field(1e-4, ge=0)
     score_atol: float = Field(1e-4, gt=0)
     raw_atol: float = Field(1e-4, gt=0)
-    # plus this fraction of the torch value: float32 rounding grows with a trained net's logits (torch.onnx's own
-    # verification uses rtol 1e-3); a logit of 4.7 of a FAD head differed by 5.7e-4 between the two runtimes
+    # plus this fraction of the torch value, at least of the output's root mean square: float32 rounding grows with
+    # a trained net's logits (torch.onnx's own verification uses rtol 1e-3; a logit of 4.7 of a FAD head differed by
+    # 5.7e-4 between the two runtimes) and with the values a small one is computed from
     raw_rtol: float = Field(1e-3, ge=0)
     # INT8 (nasdet.quantize): onnxruntime static quantization of the network (QDQ, per-channel int8 weights,
     # uint8 activations), pre/post-processing and NMS kept float; mAP of both files through onnxruntime

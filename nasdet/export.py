@@ -350,7 +350,8 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
                  box_atol: float, score_atol: float, raw_atol: float, raw_rtol: float = 0.0,
                  box_rtol: float = 0.0) -> dict:
     """Run torch and onnxruntime on ``images`` (uint8 CHW) and compare; raises ExportParityError (saying
-    what differs; the caller names the file). Raw outputs pass within ``raw_atol + raw_rtol * |torch's|``, boxes
+    what differs; the caller names the file). Raw outputs pass within ``raw_atol + raw_rtol * |torch's|`` (at least
+    the output's root mean square), boxes
     within ``box_atol + box_rtol * the box's longer side``."""
     det = copy.deepcopy(detector).cpu().eval()
     session = onnx_session(path)
@@ -364,11 +365,16 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
             for g, e in zip(got, expected):
                 diff = (torch.from_numpy(g) - e).abs()
                 worst = max(worst, float(diff.max()))
-                excess = max(excess, float((diff - raw_rtol * e.abs()).max()))
+                # float32 rounding follows the magnitudes a value is computed from, not the value: a value near 0
+                # of an output whose values are around 1 differs by as much as they do (the largest OFA subnet's
+                # regression of 0.70 differed by 2.5e-4 in an output of root mean square 0.58)
+                scale = e.abs().clamp_min(float(e.pow(2).mean().sqrt()))
+                excess = max(excess, float((diff - raw_rtol * scale).max()))
         report["max_abs_diff"] = worst
         if excess > raw_atol:
-            raise ExportParityError(f"raw outputs differ from torch by up to {worst:.2e}, more than "
-                                    f"{raw_atol:g} + {raw_rtol:g} x |torch's value|")
+            raise ExportParityError(f"raw outputs differ from torch by up to {worst:.2e}, more than export.raw_atol "
+                                    f"{raw_atol:g} + export.raw_rtol {raw_rtol:g} x |torch's value| (at least the "
+                                    f"output's root mean square)")
         return report
     worst_box = worst_excess = worst_score = worst_model = 0.0
     n_ref = n_matched = 0

@@ -185,7 +185,7 @@ def test_onnx_export_with_nms_matches_torch(tmp_path):
     from nasdet.errors import ExportParityError
     with torch.no_grad():
         model.head.preds[0].bias.add_(0.01)
-    with pytest.raises(ExportParityError, match="more than 0.0001 \\+ 0.001 x"):
+    with pytest.raises(ExportParityError, match="more than export.raw_atol 0.0001 \\+ export.raw_rtol 0.001 x"):
         check_parity(model, raw, images, raw=True, box_atol=1e-3, score_atol=1e-4, raw_atol=1e-4, raw_rtol=1e-3)
     import numpy as np
     anchors = np.load(raw.with_suffix(".anchors.npy"))
