@@ -223,3 +223,26 @@ def test_mmrazor_0x_supernet_keys_map_as_main():
     mapped = MAPPINGS["mmrazor"](unwrap(state, "architecture.backbone.", "mmrazor"))
     assert mapped_old.keys() == mapped.keys() == backbone.state_dict().keys()
     assert all(mapped_old[k] is mapped[k] for k in mapped)
+
+
+@pytest.mark.parametrize("name, backbone, head_layers", [
+    ("ofa_mbv3_d234_e346_k357_w1.0", {"name": "ofa_mbv3"}, {"feature_mix.0": "feature_mix_layer.conv"}),
+    ("detnas_300M_supernet", {"name": "detnas_300M", "layout": "detnas"}, {"conv_last.1": "last_conv.bn"})])
+def test_a_classifier_from_a_released_supernet_takes_its_imagenet_head(tmp_path, name, backbone, head_layers):
+    """`nasdet classify` from a released ImageNet supernet re-initialised its head (OFA's feature mix, DetNAS's last
+    1x1 conv and BN, the FC of 1000 classes) without a word; they come from the file where they fit, the log says
+    which start afresh."""
+    from nasdet.models.classifier import build_classifier
+
+    state = reference_state(name)
+    path = tmp_path / name
+    torch.save({"state_dict": state}, path)
+    prefix = "module." if any(k.startswith("module.") for k in state) else ""
+    for classes, fresh in ((1000, False), (7, True)):
+        model = build_classifier(BackboneConfig(**backbone, checkpoint=str(path)), classes, 64)
+        head = model.head.state_dict()
+        for ours, theirs in head_layers.items():
+            suffix = "weight" if "conv" in theirs and not theirs.endswith("bn") else "running_var"
+            torch.testing.assert_close(head[f"{ours}.{suffix}"], state[f"{prefix}{theirs}.{suffix}"])
+        assert ("classifier afresh (7 classes, the file's 1000)" in model.head_start) == fresh, model.head_start
+        assert model.head_start.startswith("head layers ")

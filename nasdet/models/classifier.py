@@ -149,9 +149,9 @@ def build_classifier(backbone_cfg, num_classes: int, input_size: int, dropout: f
     With ``arch`` (the backbone's choices), the backbone is that subnet alone (``export(arch)``), freshly
     initialised (DetNAS step 4 retrains the found subnet from scratch) unless the backbone came from a
     checkpoint, whose weights the subnet then keeps."""
-    from .backbones import build_backbone
+    from .backbones import build_backbone, reference_head_state
 
-    body = build_backbone(backbone_cfg)
+    body = whole = build_backbone(backbone_cfg)
     if arch is not None:
         if not isinstance(body, Supernet):
             raise ConfigError(f"classify.arch names a subnet, but model.backbone.name {backbone_cfg.name!r} is not a "
@@ -161,7 +161,43 @@ def build_classifier(backbone_cfg, num_classes: int, input_size: int, dropout: f
             he_fout_init(body)
     head = reference_head(backbone_cfg.name, backbone_cfg.width_mult, body.out_channels["c5"], num_classes, dropout)
     he_fout_init(head)
-    return Classifier(body, head, input_size, label_smoothing)
+    model = Classifier(body, head, input_size, label_smoothing)
+    model.head_start = ""
+    if backbone_cfg.checkpoint:
+        model.head_start = load_released_head(head, reference_head_state(whole, backbone_cfg.checkpoint), num_classes)
+    return model
+
+
+# the names of a released supernet's ImageNet head (``imagenet_form``'s) in the classifier's head
+_HEAD_NAMES = (("last_conv.", "conv_last."),)
+
+
+def load_released_head(head: nn.Module, released: Mapping[str, torch.Tensor], num_classes: int) -> str:
+    """Load the layers of a released supernet's ImageNet head (``released``, as ``reference_head_state`` gives it)
+    that fit ``head``: OFA's feature mix, DetNAS / SPOS's last 1x1 conv and BN, the FC when the classes are as
+    many; they started afresh while the file held them. Returns what was taken and what starts afresh, for the
+    log ('' when the file holds no head)."""
+    if not released:
+        return ""
+    own = head.state_dict()
+    renamed = {}
+    for key, value in released.items():
+        for old, new in _HEAD_NAMES:
+            key = new + key[len(old):] if key.startswith(old) else key
+        renamed[key] = value
+    fits = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
+    head.load_state_dict(fits, strict=False)
+    layers = sorted({k.rsplit(".", 1)[0] for k in fits})
+    fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in fits and not k.endswith("num_batches_tracked")})
+    said = f"head layers {', '.join(layers)} from the file" if layers else "no head layer from the file"
+    if fresh:
+        fc = renamed.get("classifier.weight")
+        why = f" ({num_classes} classes, the file's {fc.shape[0]})" if fc is not None and fc.shape[0] != num_classes else ""
+        said += f"; {', '.join(fresh)} afresh{why}"
+    bias = renamed.get("classifier.bias")
+    if bias is not None and bool(bias.any()) and "classifier.bias" not in own and "classifier.weight" in fits:
+        said += " (the file's classifier bias left out: this head's classifier has none, as SPOS's)"
+    return said
 
 
 # ------------------------------------------------------------------------------------- as a supernet

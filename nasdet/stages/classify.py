@@ -142,6 +142,8 @@ def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         trainer.start_note = f"subnet from {cfg.model.backbone.checkpoint}"
     else:  # build_classifier loaded model.backbone.checkpoint / pretrained
         trainer.start_note = start_note_of(cfg)
+    if model.head_start:  # a released supernet's ImageNet head: the layers that fit it, and what starts afresh
+        trainer.start_note += f"; {model.head_start}"
     trainer.starts = backbone_start(cfg)  # by its bytes
     trainer.prepare()  # a checkpoint of another space or model fails here, before anything is written
     if dist.is_main():

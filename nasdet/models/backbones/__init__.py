@@ -18,7 +18,7 @@ from .mbv2_width import WidthMobileNetV2, build_mbv2_width
 from .mbv3_width import WidthMobileNetV3, build_mbv3_width
 from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, LAYOUTS, ShuffleNetSPOS
 from .pretrained import load_backbone_state as load_torchvision_or_own_state, load_pretrained_backbone
-from .checkpoint_formats import load_backbone_state as load_reference_state, reference_format
+from .checkpoint_formats import MAPPINGS, detect_format, load_backbone_state as load_reference_state, reference_format, unwrap
 
 _STATIC = frozenset(BACKBONES)  # torchvision's networks; the searchable supernets register below
 BACKBONES["ofa_mbv3"] = build_ofa_mbv3
@@ -60,6 +60,35 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
     own layout, torchvision's classification file as it is (``pretrained.py``), or a released supernet of a
     reference layout (OFA, DetNAS, SPOS, MMRazor: ``checkpoint_formats.py``)."""
     path = Path(path)
+    state = _read_backbone_file(path)
+    if isinstance(state, dict) and state.get("written_by") == "nasdet classify":
+        refuse_another_classified_backbone(backbone, state, path, backbone_name)
+    if isinstance(state, dict) and state.get("written_by") == "nasdet classify" and state.get("arch") is not None \
+            and set(state["state_dict"]) != set(backbone.state_dict()):
+        raise CheckpointError(f"model.backbone.checkpoint {path} is the backbone of one subnet (`nasdet classify` with "
+                              "classify.arch): it starts `nasdet tune` (tune.init: scratch) of that arch, not a supernet")
+    state = _tensors_of(state, path)
+    if reference_format(backbone) is not None or checkpoint_format not in ("auto", "nasdet"):
+        load_reference_state(backbone, state, f"model.backbone.checkpoint {path}", backbone_name or "the backbone",
+                             checkpoint_format)
+        return None
+    return load_torchvision_or_own_state(backbone, state, f"model.backbone.checkpoint {path}", backbone_name)
+
+
+def reference_head_state(backbone: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """The ImageNet head of a released supernet file (OFA's feature mix and classifier; DetNAS / SPOS / MMRazor's
+    last 1x1 conv, BN and FC) as ``imagenet_form`` names it, for a classifier that continues from it; {} for a file
+    of another layout (nasdet's own, torchvision's: backbone weights only)."""
+    path = Path(path)
+    state = _tensors_of(_read_backbone_file(path), path)
+    found, prefix = detect_format(state, backbone)
+    if found not in MAPPINGS:
+        return {}
+    mapped = MAPPINGS[found](unwrap(state, prefix, found), with_head=True)
+    return {k: v for k, v in mapped.items() if not k.startswith("backbone.")}
+
+
+def _read_backbone_file(path: Path):
     if why := why_not_a_file(path):
         raise CheckpointError(f"model.backbone.checkpoint {path} {why}")
     try:  # torchvision's classification references pickle their argparse.Namespace beside the model (as the
@@ -68,22 +97,17 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, EOFError, RuntimeError, ... depending on how the file is bad
         raise CheckpointError(f"model.backbone.checkpoint {path} cannot be loaded: {unreadable_reason(e, path)}") from e
-    if isinstance(state, dict) and state.get("written_by") == "nasdet classify":
-        refuse_another_classified_backbone(backbone, state, path, backbone_name)
-    if isinstance(state, dict) and state.get("written_by") == "nasdet classify" and state.get("arch") is not None \
-            and set(state["state_dict"]) != set(backbone.state_dict()):
-        raise CheckpointError(f"model.backbone.checkpoint {path} is the backbone of one subnet (`nasdet classify` with "
-                              "classify.arch): it starts `nasdet tune` (tune.init: scratch) of that arch, not a supernet")
+    return state
+
+
+def _tensors_of(state, path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict of a backbone file (plain, or under a 'model' / 'state_dict' key)."""
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"model.backbone.checkpoint {path} is not a state_dict (a dict of tensors)")
-    if reference_format(backbone) is not None or checkpoint_format not in ("auto", "nasdet"):
-        load_reference_state(backbone, state, f"model.backbone.checkpoint {path}", backbone_name or "the backbone",
-                             checkpoint_format)
-        return None
-    return load_torchvision_or_own_state(backbone, state, f"model.backbone.checkpoint {path}", backbone_name)
+    return state
 
 
 # the units a space can be marked with (SearchSpace.unit): a file of another is named by it
