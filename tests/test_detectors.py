@@ -233,3 +233,33 @@ def test_bn_recalibration_gives_the_whole_forwards_statistics(tiny_config, monke
     assert stats and not all(torch.equal(b, dict(start.named_buffers())[n]) for n, b in stats)
     for name, buf in stats:
         assert torch.equal(buf, dict(whole.named_buffers())[name]), name
+
+
+def test_the_faster_rcnn_graph_runs_on_an_image_without_proposals(tiny_config, tmp_path):
+    """A trained RPN proposes nothing on a blank image, and torchvision's box decoding (reshape(0, -1)) made the
+    exported graph fail there in onnxruntime. The end-to-end graph adds one proposal of no area, whose box its own
+    post-processing drops: the same detections elsewhere, none (and no error) on that image."""
+    import nasdet.export
+    from nasdet.data.build import build_datasets
+    from nasdet.export import EndToEndDetector, check_parity, export_onnx
+    from nasdet.models.cost import onnx_session
+
+    cfg = tiny_config("faster_rcnn")
+    val = build_datasets(cfg, need=("val",))["val"]
+    torch.manual_seed(0)
+    model = build_detector(cfg.model, num_classes=val.num_classes).eval()
+    rpn_forward = type(model.rpn).forward
+
+    def proposes_on_bright_images(self, images, features, targets=None):  # as a trained RPN on a blank image
+        boxes, losses = rpn_forward(self, images, features, targets)
+        keep = (images.tensors.mean() > -1.0).long() * boxes[0].shape[0]
+        return [b[:keep] for b in boxes], losses
+
+    model.rpn.forward = proposes_on_bright_images.__get__(model.rpn)
+    images = [val[i][0] for i in range(2)]
+    path = export_onnx(model, tmp_path / "frcnn.onnx", example=nasdet.export.tracing_example(model, images))
+    check_parity(model, path, images, False, 1e-3, 1e-4, 1e-4, box_rtol=1e-4)
+    blank = torch.zeros(3, 80, 90, dtype=torch.uint8)
+    assert len(EndToEndDetector(model)(blank)[1]) == 0
+    boxes, scores, labels = onnx_session(path).run(None, {"image": blank.numpy()})
+    assert len(scores) == 0 and boxes.shape == (0, 4)

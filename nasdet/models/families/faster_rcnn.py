@@ -75,6 +75,10 @@ class FasterRCNNFamily(DetectorFamily):
         images = image_list(x)
         feats = model.backbone(x)
         proposals, _ = model.rpn(images, feats)
+        # and a proposal of no area at the corner: the box head's post-processing drops its box as empty (decoded
+        # from no width or height), and the graph never decodes zero proposals (torchvision's reshape(0, -1),
+        # which onnxruntime refuses: the exported file failed on an image its RPN proposed nothing in, a blank one)
+        proposals = [torch.cat([p, p.new_zeros(1, 4)]) for p in proposals]
         return model.roi_heads(feats, proposals, images.image_sizes)[0][0]
 
     # raw export: positional outputs and no fixed anchors (proposals are data dependent): the defaults;
