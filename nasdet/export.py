@@ -254,7 +254,8 @@ def _in_candidates(box: torch.Tensor, label: torch.Tensor, score: torch.Tensor, 
 def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor], score_cut: float,
                      score_atol: float, nms_thresh: float | None = None, box_rtol: float = 0.0,
                      candidates: dict[str, torch.Tensor] | None = None, box_atol: float = 0.0,
-                     cap: int | None = None, suppressor_scores_higher: bool = True) -> dict:
+                     cap: int | None = None, suppressor_scores_higher: bool = True,
+                     certain: dict[str, torch.Tensor] | None = None) -> dict:
     """Pair each reference detection with the candidate of the same label and highest IoU.
 
     Returns the worst box and score differences of the pairs (``max_box_excess``: the worst box difference less
@@ -274,7 +275,12 @@ def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
     with nothing and each side's box was explained by its own moved twin.
 
     ``cap`` (``detections_per_img``): a side holding that many detections may have pushed out any below its lowest
-    (one flip higher up shifts the whole tail), so the other side's detections under it are explained."""
+    (one flip higher up shifts the whole tail), so the other side's detections under it are explained.
+    ``certain``: the candidates with every score cut raised by ``score_atol``: a detection not among them is near a
+    cut, whichever quantity the cut is on (YOLOv3's class probability and objectness, not the score). A pair whose
+    boxes differ but whose ``got`` box is one of the candidates is two tied candidates swapped, not a box error.
+    Without ``suppressor_scores_higher`` (a two-stage detector: an RPN flip lets any other proposal through), a
+    candidate only ``got`` holds needs no more, and a reference detection is explained in an image with one."""
     worst_box, worst_excess, worst_score, unexplained = 0.0, 0.0, 0.0, []
     used = torch.zeros(len(got["scores"]), dtype=torch.bool)
     lowest_got = float(got["scores"].min()) if len(got["scores"]) else score_cut
@@ -300,12 +306,24 @@ def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
         used[j] = True
         diff = float((got["boxes"][j] - ref["boxes"][i]).abs().max())
         size = float((ref["boxes"][i, 2:] - ref["boxes"][i, :2]).abs().max())
+        if diff - box_rtol * size > box_atol and candidates is not None and _in_candidates(
+                got["boxes"][j], got["labels"][j], got["scores"][j], candidates, score_atol, box_atol, box_rtol):
+            diff = 0.0  # a near-duplicate candidate of a tied score kept in its place (an NMS or top-k swap)
         worst_box, worst_excess = max(worst_box, diff), max(worst_excess, diff - box_rtol * size)
         worst_score = max(worst_score, float((got["scores"][j] - ref["scores"][i]).abs()))
-    def at_a_cut(s: float, other: dict[str, torch.Tensor], lowest_other: float) -> bool:
+    def at_a_cut(d: dict[str, torch.Tensor], k: int, other: dict[str, torch.Tensor], lowest_other: float) -> bool:
+        s = float(d["scores"][k])
         if min(abs(s - lowest_other), abs(s - score_cut)) <= score_atol:
             return True
+        if certain is not None and not _in_candidates(d["boxes"][k], d["labels"][k], d["scores"][k], certain,
+                                                      score_atol, box_atol, box_rtol):
+            return True
         return cap is not None and len(other["scores"]) >= cap and s <= lowest_other + score_atol
+
+    def tied(s: float, other: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> bool:
+        """The other side kept a detection of this score: a tied group that top-k or NMS split otherwise."""
+        close = (other["scores"] - s).abs() <= score_atol
+        return bool((close if mask is None else close & mask).any())
 
     legit = used.clone()  # onnxruntime's boxes torch has: paired, or among its candidates
     for j in torch.nonzero(~used).flatten().tolist():
@@ -313,24 +331,47 @@ def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
         known = candidates is None or _in_candidates(got["boxes"][j], got["labels"][j], got["scores"][j], candidates,
                                                      score_atol, box_atol, box_rtol)
         legit[j] = known
-        if not known or not (at_a_cut(s, ref, lowest_ref) or _nms_conflict(got["boxes"][j], got["labels"][j], ref,
-                                                                            nms_thresh)):
+        flip = (at_a_cut(got, j, ref, lowest_ref) or _nms_conflict(got["boxes"][j], got["labels"][j], ref, nms_thresh)
+                or (candidates is not None and (tied(s, ref) or not suppressor_scores_higher)))
+        if not known or not flip:
             unexplained.append(("onnxruntime only", s))
-    swapped_in = legit & ~used  # candidates only onnxruntime kept: each may have taken a tied one's place
+    flipped_in = bool((legit & ~used).any())  # onnxruntime kept a candidate torch did not
     torch_only = []
     for i in pending:
         s = float(ref["scores"][i])
         among = None
         if candidates is not None:
             among = legit & (got["scores"] >= s - score_atol) if suppressor_scores_higher else legit
-            if bool(((got["scores"][swapped_in] - s).abs() <= score_atol).any()):
+            if tied(s, got, legit) or (flipped_in and not suppressor_scores_higher):
                 continue
-        if not (at_a_cut(s, got, lowest_got) or _nms_conflict(ref["boxes"][i], ref["labels"][i], got, nms_thresh,
-                                                              among)):
+        if not (at_a_cut(ref, i, got, lowest_got) or _nms_conflict(ref["boxes"][i], ref["labels"][i], got, nms_thresh,
+                                                                   among)):
             torch_only.append(("torch only", s))
     unexplained = torch_only + unexplained
     return {"max_box_diff": worst_box, "max_box_excess": worst_excess, "max_score_diff": worst_score,
             "unexplained": unexplained, "matched": int(used.sum())}
+
+
+class _NMSKeepingAll:
+    """torchvision's NMS at a threshold of 1 or more returns every box, by score, without its pairwise loop: the
+    candidate runs keep tens of thousands of boxes (score_thresh 0.001), on which that loop took minutes an image.
+    Every torchvision detector (and nasdet's) reaches ``torchvision.ops.boxes.nms`` through ``batched_nms``."""
+
+    def __enter__(self):
+        import torchvision.ops.boxes as box_ops
+
+        self.box_ops, self.nms = box_ops, box_ops.nms
+
+        def nms(boxes, scores, iou_threshold):
+            if iou_threshold >= 1.0:
+                return scores.argsort(descending=True)
+            return self.nms(boxes, scores, iou_threshold)
+
+        box_ops.nms = nms
+        return self
+
+    def __exit__(self, *exc):
+        self.box_ops.nms = self.nms
 
 
 def _max_same_label_iou(d: dict[str, torch.Tensor]) -> float:
@@ -389,19 +430,27 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
     every = copy.deepcopy(det)
     family.keep_every_candidate(every, score_atol)
     every_module = EndToEndDetector(every)
+    # and with every cut raised by score_atol: a detection not among these is near a cut
+    sure = copy.deepcopy(det)
+    family.keep_every_candidate(sure, -score_atol)
+    sure_module = EndToEndDetector(sure)
     worst_model_excess = worst_model_score = 0.0
     model_problems, overlaps = [], []
     for k, img in enumerate(images):
         boxes, scores, labels = module(img)
         ref = {"boxes": boxes, "scores": scores, "labels": labels}
-        candidates = dict(zip(("boxes", "scores", "labels"), every_module(img)))
+        with _NMSKeepingAll():
+            candidates = dict(zip(("boxes", "scores", "labels"), every_module(img)))
+            certain = dict(zip(("boxes", "scores", "labels"), sure_module(img)))
         # the export module is the model: the same detections as its own forward (which resizes with ATen), by the
         # same rules: the graph is traced from the export module, so a fault in its resize or box scaling is on
         # both sides of the onnxruntime comparison (paired: near-tied scores may come in another order)
         x = img.float() / 255.0
         own = det([x])[0]
-        mm = match_detections(own, ref, cut, score_atol, nms, box_rtol, every([x])[0], box_atol, cap,
-                              family.single_nms)
+        with _NMSKeepingAll():
+            own_candidates, own_certain = every([x])[0], sure([x])[0]
+        mm = match_detections(own, ref, cut, score_atol, nms, box_rtol, own_candidates, box_atol, cap,
+                              family.single_nms, own_certain)
         worst_model, worst_model_score = max(worst_model, mm["max_box_diff"]), max(worst_model_score, mm["max_score_diff"])
         worst_model_excess = max(worst_model_excess, mm["max_box_excess"])
         model_problems += [(k, *u) for u in mm["unexplained"]]
@@ -412,7 +461,8 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
         over = _max_same_label_iou(got)
         if over > max(nms, _max_same_label_iou(ref)) + 0.01:
             overlaps.append((k, round(over, 3)))
-        m = match_detections(ref, got, cut, score_atol, nms, box_rtol, candidates, box_atol, cap, family.single_nms)
+        m = match_detections(ref, got, cut, score_atol, nms, box_rtol, candidates, box_atol, cap, family.single_nms,
+                             certain)
         worst_box, worst_score = max(worst_box, m["max_box_diff"]), max(worst_score, m["max_score_diff"])
         worst_excess = max(worst_excess, m["max_box_excess"])
         n_ref += len(ref["scores"])

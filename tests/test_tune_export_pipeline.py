@@ -379,6 +379,36 @@ def _tiny_ssdlite_and_images(n: int, **model_keys):
                    for i in range(n)]
 
 
+def test_export_parity_explains_flips_of_ties_and_cuts_on_other_quantities():
+    """Correct graphs that failed (QA, untrained models, random images): tied candidates split otherwise by top-k
+    (a detection only onnxruntime kept, scored as one torch kept); YOLOv3's cut on the class probability (the score
+    is it x objectness, far below the cut: `certain`, the candidates above every cut raised, tells); two
+    near-duplicate tied candidates swapped (paired, 0.02 px apart); a Faster R-CNN RPN flip (any candidate)."""
+    from nasdet.export import match_detections
+
+    b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    ref = {"boxes": b, "scores": torch.tensor([0.9, 0.3]), "labels": torch.tensor([1, 1])}
+    far = torch.tensor([[100.0, 100.0, 110.0, 110.0]])
+    got = {"boxes": torch.cat([b, far]), "scores": torch.tensor([0.9, 0.3, 0.30003]), "labels": torch.tensor([1, 1, 1])}
+    cands = {k: torch.cat([got[k], ref[k][:0]]) for k in got}
+    kw = dict(candidates=cands, box_atol=1e-3)
+    assert not match_detections(ref, got, 0.05, 1e-4, 0.5, 1e-4, **kw)["unexplained"]  # tied with torch's 0.3
+    lone = {**got, "scores": torch.tensor([0.9, 0.3, 0.2])}
+    cands["scores"][2] = 0.2
+    assert match_detections(ref, lone, 0.05, 1e-4, 0.5, 1e-4, **kw)["unexplained"] == [
+        ("onnxruntime only", pytest.approx(0.2))]
+    # ... unless it is near a cut on another quantity: not among the candidates above every cut raised
+    certain = {k: v[:2] for k, v in cands.items()}
+    assert not match_detections(ref, lone, 0.05, 1e-4, 0.5, 1e-4, certain=certain, **kw)["unexplained"]
+    # ... or a two-stage detector's RPN let another proposal through
+    assert not match_detections(ref, lone, 0.05, 1e-4, 0.5, 1e-4, suppressor_scores_higher=False, **kw)["unexplained"]
+    # a near-duplicate candidate of the same score kept in place of torch's: a swap, not a box error
+    twin = {**ref, "boxes": b + torch.tensor([0.0, 0.0, 0.02, 0.0])}
+    both = {k: torch.cat([ref[k], twin[k]]) for k in ref}
+    assert match_detections(ref, twin, 0.05, 1e-4, 0.5, 1e-4, candidates=both, box_atol=1e-3)["max_box_excess"] <= 0
+    assert match_detections(ref, twin, 0.05, 1e-4, 0.5, 1e-4, candidates=ref, box_atol=1e-3)["max_box_excess"] > 1e-3
+
+
 def test_export_parity_catches_a_graph_without_nms_and_a_wrong_preprocessing(tmp_path, monkeypatch):
     """Two faults that passed (QA, trained YOLOv3 / Faster R-CNN with a few detections per image): a graph without
     NMS (each duplicate it kept is one of torch's candidates and overlaps a torch box), and a fault in the export

@@ -115,8 +115,9 @@ class DetectorFamily:
 
     def keep_every_candidate(self, model: nn.Module, score_margin: float) -> None:
         """Set ``model``'s eval path to return every candidate a float-noise flip could turn into a detection: no
-        NMS, no per-level or per-image count, score cuts lowered by ``score_margin``. The export's parity check
-        takes a detection only onnxruntime gives as such a flip only when torch holds it among these."""
+        NMS, no per-level or per-image count, score cuts lowered by ``score_margin`` (raised by a negative one: the
+        candidates surely above every cut). The export's parity check takes a detection only onnxruntime gives as
+        such a flip only when torch holds it among these."""
         lower_cuts(model, ("score_thresh",), score_margin)
         keep_all(model, "nms_thresh", "detections_per_img", "topk_candidates")
 
