@@ -443,17 +443,16 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
             candidates = dict(zip(("boxes", "scores", "labels"), every_module(img)))
             certain = dict(zip(("boxes", "scores", "labels"), sure_module(img)))
         # the export module is the model: the same detections as its own forward (which resizes with ATen), by the
-        # same rules: the graph is traced from the export module, so a fault in its resize or box scaling is on
-        # both sides of the onnxruntime comparison (paired: near-tied scores may come in another order)
-        x = img.float() / 255.0
-        own = det([x])[0]
-        with _NMSKeepingAll():
-            own_candidates, own_certain = every([x])[0], sure([x])[0]
-        mm = match_detections(own, ref, cut, score_atol, nms, box_rtol, own_candidates, box_atol, cap,
-                              family.single_nms, own_certain)
+        # same rules, the forward's detections judged against the export module's candidates (a fault in its resize
+        # or box scaling moves those too): the graph is traced from the export module, so such a fault is on both
+        # sides of the onnxruntime comparison (paired: near-tied scores may come in another order)
+        own = det([img.float() / 255.0])[0]
+        mm = match_detections(ref, own, cut, score_atol, nms, box_rtol, candidates, box_atol, cap, family.single_nms,
+                              certain)
         worst_model, worst_model_score = max(worst_model, mm["max_box_diff"]), max(worst_model_score, mm["max_score_diff"])
         worst_model_excess = max(worst_model_excess, mm["max_box_excess"])
-        model_problems += [(k, *u) for u in mm["unexplained"]]
+        sides = {"torch only": "export module only", "onnxruntime only": "model's forward only"}
+        model_problems += [(k, sides[side], s) for side, s in mm["unexplained"]]
         b, s, lab = session.run(None, {"image": img.numpy()})
         got = {"boxes": torch.from_numpy(b), "scores": torch.from_numpy(s), "labels": torch.from_numpy(lab)}
         # NMS leaves no two boxes of a label overlapping above its threshold: a graph without it (or with another
