@@ -187,6 +187,37 @@ def tracing_example(detector: nn.Module, images: Sequence[torch.Tensor]) -> torc
     return best
 
 
+def noise_image(size: int) -> torch.Tensor:
+    """The uint8 random image (3 x size x size, seed 0) detectors whose work does not depend on the image are timed
+    on: any image gives their figure, and none needs reading."""
+    return (torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+
+
+def timing_image(detector: nn.Module, example: torch.Tensor | None) -> torch.Tensor:
+    """The uint8 image at its input size ``detector`` is timed on (the graph's resize then a no-op): noise, unless
+    its work follows the image (``DetectorFamily.work_follows_the_image``: Faster R-CNN's box head runs on the RPN's
+    proposals, and a trained RPN proposes nothing on noise: the box head's cost went missing) and it has a tracing
+    ``example`` (``tracing_example``: the image it detects most in), which is then resized to the input size."""
+    s = get_input_size(detector)
+    if example is not None and family_of(detector).work_follows_the_image:
+        return resized_image(example, s, s)
+    return noise_image(s)
+
+
+def timing_inputs(detector: nn.Module, images: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(example, image)``: what ``detector`` is traced on (None: export_onnx's own example) and timed on
+    (``timing_image``), as ``nasdet export`` does; ``images`` (uint8 CHW, real ones) are read only by a detector
+    whose work follows the image: the search's candidates and the report's models are timed as their export is."""
+    example = tracing_example(detector, images) if images and family_of(detector).work_follows_the_image else None
+    return example, timing_image(detector, example)
+
+
+def timed_on_image(detector: nn.Module, example: torch.Tensor | None) -> torch.Tensor | None:
+    """The float [0, 1] image torch times ``detector`` on (``measure_latency``'s ``image``), None for its default."""
+    return timing_image(detector, example).float() / 255 if example is not None and \
+        family_of(detector).work_follows_the_image else None
+
+
 def export_onnx(detector: nn.Module, path: str | Path, raw: bool = False, opset: int = 17,
                 example: torch.Tensor | None = None, metadata: Mapping[str, str] | None = None) -> Path:
     """Write the ONNX file of ``detector`` (end to end, or raw), with ``metadata`` in its ``metadata_props``;

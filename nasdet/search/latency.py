@@ -16,6 +16,10 @@
   exported alone, quantized (QDQ, U8S8, calibrated on random inputs: ranges do not change the time)
   and timed in onnxruntime, and the rest is the reference subnet's ``onnxruntime_int8`` time minus its
   INT8 blocks (table key ``onnxruntime-int8|threads=N``).
+
+A detector whose work follows the image (Faster R-CNN: its box head runs on the RPN's proposals, none on noise
+for a trained RPN) is traced and timed as ``nasdet export`` does it, on the real image it detects most in
+(``real_images``, ``nasdet.export.timing_inputs``); the others on noise (their figure on any image).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..files import write_json_atomic
+from ..models.families import family_named, family_of
 from ..models.supernet import INPUT_SIZE, export_detector
 from ..space import SearchSpace
 from ..models.cost import _threads, measure_latency
@@ -49,37 +54,58 @@ def probe_images(size: int, n: int) -> list[torch.Tensor]:
     return [(torch.rand(3, size, size, generator=g) * 255).to(torch.uint8) for _ in range(n)]
 
 
+def latency_images(cfg, dataset, model: nn.Module | None = None) -> list[torch.Tensor] | None:
+    """The first ``export.check_images`` images (uint8 CHW) of ``dataset``: those a detector whose work follows
+    the image picks its timing image from (``nasdet.export.timing_inputs``), as its export does on val's; None for
+    a family whose work does not (nothing read). The family is ``model``'s, else ``model.detector``'s."""
+    family = family_of(model) if model is not None else family_named(cfg.model.detector)
+    if not family.work_follows_the_image:
+        return None
+    return [dataset.load_image(i).as_subclass(torch.Tensor) for i in range(min(cfg.export.check_images, len(dataset)))]
+
+
 def measure_latency_onnx_int8(model: nn.Module, images: list[torch.Tensor] | None = None, warmup: int = 5,
-                              runs: int = 30, threads: int | None = None) -> dict:
+                              runs: int = 30, threads: int | None = None,
+                              real_images: Sequence[torch.Tensor] | None = None) -> dict:
     """Median ms of the end-to-end ONNX graph of ``model`` quantized to INT8 (``nasdet export --int8``'s:
-    the network quantized, calibrated on ``images``, default 4 random ones) in onnxruntime on CPU."""
-    from ..export import export_onnx
+    the network quantized, calibrated on ``images``, default 4 random ones) in onnxruntime on CPU, traced and
+    timed as the export does (``real_images``: ``nasdet.export.timing_inputs``)."""
+    from ..export import export_onnx, timing_inputs
     from ..models.cost import onnx_session, time_session
     from ..models.detectors import get_input_size
     from ..quantize import network_scopes, quantize_detector
 
-    s = get_input_size(model)
-    image = probe_images(s, 1)[0]
+    example, image = timing_inputs(model, real_images)
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, Path(tmp) / "model.onnx")
-        quantize_detector(path, Path(tmp) / "int8.onnx", images or probe_images(s, 4), network_scopes(model))
+        path = export_onnx(model, Path(tmp) / "model.onnx", example=example)
+        quantize_detector(path, Path(tmp) / "int8.onnx", images or probe_images(get_input_size(model), 4),
+                          network_scopes(model))
         session = onnx_session(Path(tmp) / "int8.onnx", threads)
     return {**time_session(session, {"image": image.numpy()}, warmup, runs), "threads": threads}
 
 
-def measure_latency_onnx_e2e(model: nn.Module, warmup: int = 5, runs: int = 30, threads: int | None = None) -> dict:
-    """Median ms of the end-to-end ONNX graph of ``model`` (``nasdet export``'s) in onnxruntime on CPU."""
-    from ..export import export_onnx
-    from ..models.cost import onnx_session
-    from ..models.detectors import get_input_size
-    from ..models.cost import time_session
+def measure_latency_onnx_e2e(model: nn.Module, warmup: int = 5, runs: int = 30, threads: int | None = None,
+                             real_images: Sequence[torch.Tensor] | None = None) -> dict:
+    """Median ms of the end-to-end ONNX graph of ``model`` (``nasdet export``'s) in onnxruntime on CPU, traced and
+    timed as the export does (``real_images``: ``nasdet.export.timing_inputs``)."""
+    from ..export import export_onnx, timing_inputs
+    from ..models.cost import onnx_session, time_session
 
-    s = get_input_size(model)
-    image = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    example, image = timing_inputs(model, real_images)
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, Path(tmp) / "model.onnx")
+        path = export_onnx(model, Path(tmp) / "model.onnx", example=example)
         session = onnx_session(path, threads)
     return {**time_session(session, {"image": image.numpy()}, warmup, runs), "threads": threads}
+
+
+def measure_latency_torch(model: nn.Module, device: str = "cpu", warmup: int = 5, runs: int = 30,
+                          threads: int | None = None, real_images: Sequence[torch.Tensor] | None = None) -> dict:
+    """``measure_latency`` of ``model`` on the image its export is timed on (``nasdet.export.timing_inputs``)."""
+    from ..export import timed_on_image, timing_inputs
+
+    example, _ = timing_inputs(model, real_images)
+    return measure_latency(model, device=device, warmup=warmup, runs=runs, threads=threads,
+                           image=timed_on_image(model, example))
 
 
 def backbone_blocks(static_detector: nn.Module) -> list[nn.Module]:
@@ -108,12 +134,13 @@ class LatencyTable:
     """OFA-style latency lookup table for one device: ``block key -> ms`` and ``input size -> rest ms``."""
 
     def __init__(self, path: str | Path | None, device: str = "cpu", warmup: int = 5, runs: int = 30,
-                 threads: int | None = None, precision: str = "float", calibration: list[torch.Tensor] | None = None):
+                 threads: int | None = None, precision: str = "float", calibration: list[torch.Tensor] | None = None,
+                 real_images: Sequence[torch.Tensor] | None = None):
         if precision not in ("float", "int8"):
             raise ConfigError(f"cost.lut_precision {precision!r} is not one of ('float', 'int8')")
         self.path = Path(path) if path else None
         self.device, self.warmup, self.runs, self.threads = device, warmup, runs, threads
-        self.precision, self.calibration = precision, calibration
+        self.precision, self.calibration, self.real_images = precision, calibration, real_images
         # INT8 blocks run in onnxruntime on CPU whatever cost.device is
         where = "onnxruntime-int8" if precision == "int8" else device
         self.key = f"{where}|threads={threads or torch.get_num_threads()}"
@@ -201,28 +228,38 @@ class LatencyTable:
             self.save()
         return total
 
+    def rest_key(self, static: nn.Module, s: int) -> str:
+        """The rest's entry at size ``s``: its own per image kind for a detector whose work follows the image (a
+        table timed on noise, as before, left Faster R-CNN's box head out: its trained RPN proposed nothing)."""
+        from ..models.families import family_of
+
+        return f"{s}|real image" if self.real_images and family_of(static).work_follows_the_image else str(s)
+
     def rest_ms(self, reference_static: nn.Module, s: int) -> float:
-        """Everything but the blocks at size ``s``: the full reference subnet timed, minus its blocks."""
-        if str(s) not in self.rest:
+        """Everything but the blocks at size ``s``: the full reference subnet timed (on the image its export
+        would be timed on: ``nasdet.export.timing_inputs``), minus its blocks."""
+        key = self.rest_key(reference_static, s)
+        if key not in self.rest:
             if self.precision == "int8":
                 full = measure_latency_onnx_int8(reference_static, self.calibration, self.warmup, self.runs,
-                                                 self.threads)["median_ms"]
+                                                 self.threads, self.real_images)["median_ms"]
             else:
-                full = measure_latency(reference_static, device=self.device, warmup=self.warmup, runs=self.runs,
-                                       threads=self.threads)["median_ms"]
-            self.rest[str(s)] = max(full - self.blocks_ms(reference_static, s), 0.0)
+                full = measure_latency_torch(reference_static, self.device, self.warmup, self.runs, self.threads,
+                                             self.real_images)["median_ms"]
+            self.rest[key] = max(full - self.blocks_ms(reference_static, s), 0.0)
             self.measured += 1
             self.save()
-        return self.rest[str(s)]
+        return self.rest[key]
 
     def predict(self, static: nn.Module, arch: Mapping[str, Any], supernet: nn.Module, space: SearchSpace) -> float:
         """Predicted ms of ``static`` (the export of ``arch``); the rest at its size is timed on the
         space's default subnet the first time that size is seen."""
         s = int(arch[INPUT_SIZE])
-        if str(s) not in self.rest:
+        key = self.rest_key(static, s)
+        if key not in self.rest:
             reference = dict(space.default(), **{INPUT_SIZE: s})
             self.rest_ms(export_detector(supernet, reference, space).eval(), s)
-        return self.rest[str(s)] + self.blocks_ms(static.eval(), s)
+        return self.rest[key] + self.blocks_ms(static.eval(), s)
 
 
 def time_block_int8(block: nn.Module, in_shape: tuple[int, ...], warmup: int, runs: int, threads: int | None) -> float:
@@ -248,18 +285,22 @@ def time_block_int8(block: nn.Module, in_shape: tuple[int, ...], warmup: int, ru
 
 def latency_function(backend: str, supernet: nn.Module, space: SearchSpace, device: str = "cpu", warmup: int = 5,
                      runs: int = 30, threads: int | None = None, lut_path: str | Path | None = None,
-                     lut_precision: str = "float", calibration: list[torch.Tensor] | None = None):
+                     lut_precision: str = "float", calibration: list[torch.Tensor] | None = None,
+                     real_images: Sequence[torch.Tensor] | None = None):
     """``(static subnet, arch) -> ms`` for ``cost.latency``'s backend; ``calibration``: uint8 images the
-    INT8 backends calibrate on (default: random ones)."""
+    INT8 backends calibrate on (default: random ones); ``real_images``: uint8 images a candidate whose work follows
+    the image is traced and timed on, as its export would be (``nasdet.export.timing_inputs``; default: noise)."""
     if backend == "torch":
-        return lambda static, arch: float(measure_latency(static, device=device, warmup=warmup, runs=runs,
-                                                          threads=threads)["median_ms"])
+        return lambda static, arch: float(measure_latency_torch(static, device, warmup, runs, threads,
+                                                                real_images)["median_ms"])
     if backend == "onnxruntime":
-        return lambda static, arch: float(measure_latency_onnx_e2e(static, warmup, runs, threads)["median_ms"])
+        return lambda static, arch: float(measure_latency_onnx_e2e(static, warmup, runs, threads,
+                                                                   real_images)["median_ms"])
     if backend == "onnxruntime_int8":
-        return lambda static, arch: float(measure_latency_onnx_int8(static, calibration, warmup, runs, threads)["median_ms"])
+        return lambda static, arch: float(measure_latency_onnx_int8(static, calibration, warmup, runs, threads,
+                                                                    real_images)["median_ms"])
     if backend == "lut":
-        table = LatencyTable(lut_path, device, warmup, runs, threads, lut_precision, calibration)
+        table = LatencyTable(lut_path, device, warmup, runs, threads, lut_precision, calibration, real_images)
         fn = lambda static, arch: table.predict(static, arch, supernet, space)  # noqa: E731
         fn.table = table
         return fn

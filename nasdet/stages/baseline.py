@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..data.build import build_datasets, load_split
 from ..export import configured_postprocessing
 from ..models import build_detector, get_input_size
-from ..models.cost import detector_macs, detector_params, measure_latency, measure_latency_onnx
+from ..models.cost import detector_macs, detector_params, measure_latency_onnx
 from ..models.imports import map_detector_weights, read_checkpoint
 from ..train.checkpoint import (CheckpointError, class_record, file_sha256, load_checkpoint, nasdet_checkpoint_kind,
                                save_checkpoint)
@@ -394,8 +394,13 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
               "detector": detector, "backbone": backbone,
               "weights": str(path) if path.is_file() else "random", **held}
     if latency:
+        from ..models.families import family_of
+        from ..search.latency import latency_images, measure_latency_torch
+
         c = cfg.cost
-        result["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads)
+        # a detector whose work follows the image (Faster R-CNN) on the val image its export is timed on
+        real = latency_images(cfg, load_split(cfg, "val"), model) if family_of(model).work_follows_the_image else None
+        result["latency"] = measure_latency_torch(model, c.device, c.warmup, c.runs, c.threads, real)
         if c.onnxruntime:
             result["latency_onnxruntime"] = measure_latency_onnx(model, warmup=c.warmup, runs=c.runs, threads=c.threads)
     out = eval_record_path(cfg, work_dir, path, True, what="cost") if ckpt else wd.baseline / COST_JSON

@@ -22,7 +22,7 @@ from ..data.build import build_datasets, load_split
 from ..data.dataset import to_coco_gt
 from ..errors import ConfigError, ExportParityError
 from ..export import (check_parity, configured_postprocessing, export_onnx, onnx_metadata, postprocessing, raw_decoding,
-                      resized_image, time_onnx, time_onnx_in_turns, tracing_example)
+                      time_onnx, time_onnx_in_turns, timed_on_image, timing_image, tracing_example)
 from ..metrics import coco_evaluate
 from ..search.budget import COST_UNITS
 from ..quantize import INT8_MIN_OPSET, detection_agreement, network_scopes, onnx_detections, quantize_detector
@@ -379,12 +379,9 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     c = cfg.cost
     measured = {"macs": detector_macs(model, backbone=False)["total"], "params": detector_params(model)["total"]}
     s = get_input_size(model)
-    probe = (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    on_image = example is not None and family_of(model).work_follows_the_image
-    if on_image:
-        probe = resized_image(example, s, s)
+    probe = timing_image(model, example)  # Faster R-CNN on its tracing example, as the search timed it
     lat_torch = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs, threads=c.threads,
-                                image=probe.float() / 255 if on_image else None)
+                                image=timed_on_image(model, example))
     lat_torch["input"] = list(probe.shape)  # measure_latency's image is at input_size too
     int8_record = export_int8(cfg, wd, model, source, path, val, probe, console) if int8 else kept_int8
     # with an INT8 file made, the float file was timed in turns with it: one timing, the same in both tables

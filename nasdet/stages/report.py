@@ -235,10 +235,11 @@ def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Co
     time each model alone, minutes or hours apart, and the ratio followed the machine's load (found / baseline
     x0.73 to x1.05 for the same two files). Kept in ``report_latency.json`` while the files and ``cost`` are the
     same. None without both exports."""
-    import torch
-
+    from ..export import timed_on_image, timing_image, timing_inputs
     from ..models import get_input_size
     from ..models.cost import measure_latencies_in_turns, onnx_session, time_sessions
+    from ..models.families import family_named
+    from ..search.latency import latency_images
 
     if not exports.get("baseline") or not exports.get("tune"):
         return None
@@ -251,6 +252,9 @@ def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Co
     c = cfg.cost
     key = {"files": {n: [file_stamp(p) for p in pair] for n, pair in files.items()},
            "cost": c.model_dump(mode="json")}
+    follows = family_named(cfg.model.detector).work_follows_the_image
+    if follows:  # timed on the val image its export is timed on (before: noise, on which Faster R-CNN did less)
+        key["timing_image"] = {"val": cfg.data.val.model_dump(mode="json"), "check_images": cfg.export.check_images}
     kept = w.root / LATENCY_FILE
     if (result := kept_result(kept, key)) is not None:
         return result
@@ -258,9 +262,12 @@ def paired_latency(cfg: ExperimentConfig, w: WorkDir, exports: dict, console: Co
     loaded = loaded or ReportModels(cfg)
     models = [loaded.model(files["baseline"][0], False), loaded.model(files["tune"][0], True)]
     sizes = [get_input_size(m) for m in models]
-    torch_times = measure_latencies_in_turns(models, c.device, c.warmup, c.runs, c.threads)
-    probes = [{"image": (torch.rand(3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()}
-              for s in sizes]  # as the export times its file: one image already at the input size
+    real = latency_images(cfg, loaded.val) if follows else None
+    examples = [timing_inputs(m, real)[0] for m in models]
+    torch_times = measure_latencies_in_turns(models, c.device, c.warmup, c.runs, c.threads,
+                                             [timed_on_image(m, e) for m, e in zip(models, examples)])
+    # as the export times its file: one image already at the input size
+    probes = [{"image": timing_image(m, e).numpy()} for m, e in zip(models, examples)]
     names = ("baseline", "tune")
     onnx_files = [(n, p) for n in names for p in files[n][1:]]
     ort_times = time_sessions([onnx_session(p, c.threads) for _, p in onnx_files],

@@ -26,7 +26,7 @@ from ..export import configured_postprocessing
 from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
 from ..search.confidence import confidence_of_search, split_size_warning
-from ..search.latency import latency_function
+from ..search.latency import latency_function, latency_images
 from ..search.outputs import (kept_outputs, output_files, outputs_key, refuse_other_search, top_table,
                               write_search_outputs)
 from ..search.scorers import load_trained_supernet, proxy_scorer_context
@@ -121,9 +121,11 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     # INT8 candidates calibrate on a few search images (their ranges, as an export's would be)
     calibration = [search_set.load_image(i).as_subclass(torch.Tensor)
                    for i in range(min(c.int8_calibration_images, len(search_set)))] if c.int8 else None
+    # a candidate whose work follows the image (Faster R-CNN) is traced and timed on one of these, as its export is
+    real_images = latency_images(cfg, search_set) if "latency" in measure else None
     latency_fn = latency_function(c.latency, model, space, device=c.device, warmup=c.warmup, runs=c.runs,
                                   threads=c.threads, lut_path=c.lut or out_dir / LATENCY_LUT,
-                                  lut_precision=c.lut_precision, calibration=calibration)
+                                  lut_precision=c.lut_precision, calibration=calibration, real_images=real_images)
     # CPU timings take turns with the other search processes' scoring on this host (each worker timed while another
     # computed: latencies came out twice, and a budget its smallest arch met was refused)
     timed_on_cpu = "latency" in measure and (c.latency.startswith("onnxruntime") or c.device == "cpu")
@@ -366,8 +368,8 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
     """The trained baseline (``baseline/ckpt/last.pt``, if any) on the search split, with its costs, for
     the Pareto plot. It was trained on all of train, search split included, so its AP there is optimistic.
     Its latency is timed as the candidates' was (INT8: quantized, calibrated on ``calibration``)."""
-    from ..models.cost import detector_macs, detector_params, measure_latency
-    from ..search.latency import measure_latency_onnx_e2e, measure_latency_onnx_int8
+    from ..models.cost import detector_macs, detector_params
+    from ..search.latency import measure_latency_onnx_e2e, measure_latency_onnx_int8, measure_latency_torch
     from ..train.evaluate import evaluate_detector
 
     ckpt = WorkDir(wd).baseline.checkpoint
@@ -376,14 +378,14 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
     model = load_trained_model(cfg, ckpt, search_set.num_classes, classes=search_set.classes).to(device).eval()
     costs = {"macs": detector_macs(model, backbone=False)["total"], "params": detector_params(model)["total"]}
     if "latency" in measure:
-        c = cfg.cost
+        c, real = cfg.cost, latency_images(cfg, search_set)
         if c.latency == "onnxruntime":
-            costs["latency"] = measure_latency_onnx_e2e(model, c.warmup, c.runs, c.threads)["median_ms"]
+            costs["latency"] = measure_latency_onnx_e2e(model, c.warmup, c.runs, c.threads, real)["median_ms"]
         elif c.int8:  # measured INT8 latency; the INT8 table cannot predict the baseline either
-            costs["latency"] = measure_latency_onnx_int8(model, calibration, c.warmup, c.runs, c.threads)["median_ms"]
+            costs["latency"] = measure_latency_onnx_int8(model, calibration, c.warmup, c.runs, c.threads,
+                                                         real)["median_ms"]
         else:  # the baseline is not a subnet of the space: the table cannot predict it, so it is timed
-            costs["latency"] = measure_latency(model, device=c.device, warmup=c.warmup, runs=c.runs,
-                                               threads=c.threads)["median_ms"]
+            costs["latency"] = measure_latency_torch(model, c.device, c.warmup, c.runs, c.threads, real)["median_ms"]
     metrics = evaluate_detector(model, search_set, device, cfg.search.batch_size, cfg.data.num_workers)
     record = {"checkpoint": str(ckpt), "costs": costs, "metrics": dict(metrics or {})}
     if cfg.search.score_on == "search":  # the plot's candidates are scored on images none of them trained on
