@@ -351,7 +351,9 @@ def _wait_for_workers(procs: list, spawn=None) -> list[int]:
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    from .signals import for_this_process
+
+    previous = signal.signal(signal.SIGTERM, for_this_process(stop))
     try:
         if spawn is not None:  # started under the handler: a SIGTERM while they start orphans none of them
             spawn()
@@ -501,13 +503,15 @@ def terminate_as_interrupt() -> None:
     to raise."""
     import signal
 
+    from .signals import for_this_process
+
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, for_this_process(interrupt))
 
 
 def main() -> None:  # pragma: no cover

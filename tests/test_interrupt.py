@@ -99,3 +99,51 @@ def test_a_run_resumed_mid_epoch_with_loader_workers_is_the_uninterrupted_run(ti
     resumed, after = run("cut", 6)
     assert resumed == whole
     assert all(torch.equal(v, after["model"][k]) for k, v in end["model"].items())
+
+
+_POOL = """
+import multiprocessing
+from nasdet.cli import terminate_as_interrupt
+terminate_as_interrupt()
+for _ in range(4):
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # __exit__: terminate(), a SIGTERM to each worker
+        assert sum(pool.map(abs, range(50))) == 1225
+"""
+
+
+def test_a_pools_workers_end_on_its_sigterm_without_a_traceback():
+    """`make demo` printed a KeyboardInterrupt traceback from `nasdet data make-synthetic`: its multiprocessing pool
+    ends its idle workers with SIGTERM, and the forked workers had inherited the CLI's handler (SIGTERM as Ctrl-C).
+    A forked child now ends on SIGTERM as by default; the CLI's own process still stops as on Ctrl-C."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", _POOL], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, \
+        done.stderr
+    wait = "from nasdet.cli import terminate_as_interrupt; terminate_as_interrupt(); import time; print('ready', " \
+           "flush=True); time.sleep(60)"
+    run = subprocess.Popen([sys.executable, "-c", wait], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=env)
+    assert run.stdout.readline().strip() == "ready"
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+
+
+def test_a_forked_child_of_a_training_ends_on_sigterm():
+    """The trainer's handler (stop after the step) made a forked child (a DataLoader worker) ignore the SIGTERM
+    that ends it; in the trainer's own process SIGTERM still asks for the stop."""
+    from nasdet.train.loop import StopAfterStep
+
+    with StopAfterStep() as stop:
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: say it runs (a signal before Python's after-fork reset is dropped), wait for its end
+            os.write(ready_w, b"1")
+            time.sleep(30)
+            os._exit(0)
+        assert os.read(ready_r, 1) == b"1"
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.asked == "SIGTERM"

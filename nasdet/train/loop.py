@@ -30,6 +30,7 @@ from ..data.transforms import TrainTransforms, at_train_size, targets_to, to_mod
 from ..files import append_jsonl, remove_leftover_temporaries, trim_jsonl
 from ..models.detectors import training_input_size
 from ..progress import progress_bar
+from ..signals import for_this_process
 from . import dist
 from .bn import one_value_per_channel_as
 from .checkpoint import (BACKBONE_FILE_KEY, class_record, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
@@ -187,8 +188,9 @@ class StopAfterStep:
 
     def __enter__(self) -> "StopAfterStep":
         if self.enabled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
+            # SIGTERM ends a forked child (a DataLoader worker the loader stops) as its default does
+            for sig, handler in ((signal.SIGINT, self._handler), (signal.SIGTERM, for_this_process(self._handler))):
+                self._previous[sig] = signal.signal(sig, handler)
         return self
 
     def __exit__(self, *exc) -> None:
