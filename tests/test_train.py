@@ -336,3 +336,29 @@ def test_a_val_image_that_is_not_an_image_is_refused_before_training(tiny_config
     raw = cfg.model_dump()
     raw["eval"]["max_images"] = 2
     assert "AP" in run_baseline(validate_config(raw, "first two"))
+
+
+def test_a_training_image_that_is_not_an_image_is_refused_before_the_first_step(tiny_config, shapes_dir, tmp_path):
+    """Its header was read when the set was opened (the size check) and the failure left to the read path: training
+    started and stopped when an epoch drew the file (COCO train2017: possibly hours in). Refused before the first
+    step, naming it and counting the others; once the files are fixed, training runs."""
+    import shutil
+
+    from nasdet.errors import DataError
+
+    images = tmp_path / "train_images"
+    shutil.copytree(shapes_dir / "train" / "images", images)
+    broken = sorted(images.iterdir())[-3:]
+    kept = [b.read_bytes() for b in broken]
+    for b in broken:
+        b.write_bytes(b"<html>a download that returned an error page</html>")
+    cfg = tiny_config(data={"train": {"annotations": str(shapes_dir / "train" / "annotations.json"),
+                                      "images": str(images)}, "search_fraction": 0.0},
+                      train={"max_steps": 1}, eval={"max_images": 2})
+    with pytest.raises(DataError, match=rf"image file {broken[0]} \(image id \d+\) cannot be decoded: .*"
+                                        r"\(and up to 2 more image\(s\) whose header did not open\)"):
+        run_baseline(cfg)
+    assert not (tmp_path / "work" / "baseline" / "ckpt").exists()
+    for b, data in zip(broken, kept):
+        b.write_bytes(data)
+    assert "AP" in run_baseline(cfg)

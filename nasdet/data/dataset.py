@@ -168,6 +168,21 @@ class DetectionDataset(torch.utils.data.Dataset):
         for rec in self.records[:count]:
             check_image_opens(f"{self.source}: image file {rec.file} (image id {rec.image_id})", rec.file)
 
+    def check_unopened_images(self) -> None:
+        """DataError naming the first of this set's images whose header did not open when the set was opened
+        (``check_image_sizes``, with data.check_files; each opened again here: a file fixed since passes), and how
+        many others: a trainer's training set, before its first step (a text file named .jpg was found when an
+        epoch drew it, possibly hours in)."""
+        suspects = [rec for rec in self.records if str(rec.file) in _UNOPENED]
+        for n, rec in enumerate(suspects):
+            try:
+                check_image_opens(f"{self.source}: image file {rec.file} (image id {rec.image_id})", rec.file)
+            except DataError as e:
+                others = len(suspects) - n - 1
+                raise DataError(f"{e}" + (f" (and up to {others} more image(s) whose header did not open)"
+                                          if others else "")) from None
+            _UNOPENED.discard(str(rec.file))
+
     def load_image(self, index: int, keep: bool = True) -> tv_tensors.Image:
         """The decoded image (from the decode cache if there, kept there if ``keep`` and it fits)."""
         rec = self.records[index]
@@ -289,6 +304,11 @@ def check_image_opens(what: str, file: Path) -> None:
         pass
 
 
+# files whose header did not open when a set was opened (check_image_sizes): a trainer names them before its first
+# step rather than when an epoch draws them
+_UNOPENED: set[str] = set()
+
+
 def _header_key(file: Path) -> tuple[str, int, int] | None:
     try:
         st = os.stat(file)
@@ -316,8 +336,9 @@ def _read_header(key: tuple[str, int, int]) -> tuple[int, int, bool] | None:
 def check_image_sizes(source: str, records: Sequence[ImageRecord]) -> None:
     """DataError when an image's size (its header, EXIF orientation applied as when it is read) is not the one its
     annotations give: the message the read path gives for the first such image (the count of the others with
-    it), when the set is opened rather than when the image is first read, possibly hours into an epoch. An image
-    that does not open is left to the read path (``check_images_open``, ``load_image``), as before."""
+    it), when the set is opened rather than when the image is first read, possibly hours into an epoch. A file
+    whose header does not open is noted (``unopened_images``: a trainer refuses its training set's before the first
+    step; an image a val set does not score stops nothing) and left to the read path, as before."""
     keys = [_header_key(rec.file) for rec in records]
     sizes = [_known_header(k) for k in keys]
     unread = [i for i, (k, size) in enumerate(zip(keys, sizes)) if k is not None and size is None]
@@ -333,6 +354,7 @@ def check_image_sizes(source: str, records: Sequence[ImageRecord]) -> None:
             read = [_read_header(keys[i]) for i in unread]
     for i, size in zip(unread, read):
         sizes[i] = size
+    _UNOPENED.update(str(records[i].file) for i, size in zip(unread, read) if size is None)
     bad = []
     for rec, size in zip(records, sizes):
         if size is not None and (size[0], size[1]) != (rec.width, rec.height):

@@ -577,6 +577,8 @@ class Trainer:
     def _run(self) -> dict:
         torch.manual_seed(self.settings.seed)
         self.check_val_set()
+        if isinstance(self.train_set, DetectionDataset):  # every rank: none waits for another
+            self.train_set.check_unopened_images()
         resumed = self.prepare()
         if resumed:  # the random streams where the interrupted run left them (augmentations continue as they would have)
             set_rng_state(self._resume_rng)
