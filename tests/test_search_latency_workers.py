@@ -235,3 +235,37 @@ def test_a_worker_of_workers_leaves_the_small_split_warning_to_its_launcher(tiny
         run_search(cfg, console=Console(file=buf, width=300), outputs=outputs)
         said.append("warning: the search split has" in buf.getvalue())
     assert said == [False, True]
+
+
+def test_a_search_on_a_training_set_changed_since_pretraining_is_refused(tiny_config, shapes_dir, tmp_path):
+    """data.search_fraction splits train by position: images added to or removed from train after `nasdet pretrain`
+    moved the "held-out" search split onto images the supernet trained on (8 of 11 after 3 images were added to a
+    YOLO folder), without a word. The supernet records the images it trained on; a search on another split is
+    refused, naming both counts; with search.score_on val the split scores nothing and is not checked."""
+    from nasdet.data.build import build_datasets
+    from nasdet.errors import DataError
+    from nasdet.search.scorers import load_trained_supernet
+    from nasdet.stages.pretrain import run_pretrain
+    from nasdet.train.checkpoint import load_checkpoint
+
+    ann = json.loads((shapes_dir / "train" / "annotations.json").read_text())
+    copy = tmp_path / "train.json"
+    copy.write_text(json.dumps(ann))
+    cfg = tiny_config("ssdlite", model=OFA_TINY, supernet={"input_sizes": [96], "recalib_batches": 1, "report_archs": ["smallest"]},
+                      data={"train": {"annotations": str(copy), "images": str(shapes_dir / "train" / "images")}},
+                      train={"epochs": 1, "max_steps": 1}, eval={"max_images": 2}, search={"max_images": 4})
+    run_pretrain(cfg, console=QUIET)
+    trained_on = build_datasets(cfg, need=("search",))["supernet_train"]
+    state = load_checkpoint(tmp_path / "work" / "supernet" / "ckpt" / "last.pt")
+    assert state["train_images"]["count"] == len(trained_on)
+    load_trained_supernet(cfg, console=QUIET)  # the same images: scores
+    dropped = {im["id"] for im in ann["images"][:3]}
+    ann["images"] = ann["images"][3:]
+    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] not in dropped]
+    copy.write_text(json.dumps(ann))
+    now = len(build_datasets(cfg, need=("search",))["supernet_train"])
+    with pytest.raises(DataError, match=rf"pretrained on {len(trained_on)} training images, and the training set now "
+                                        rf"splits into {now} other ones .* restore the training set"):
+        load_trained_supernet(cfg, console=QUIET)
+    on_val = cfg.model_copy(update={"search": cfg.search.model_copy(update={"score_on": "val"})})
+    load_trained_supernet(on_val, console=QUIET)

@@ -14,11 +14,11 @@ from rich.text import Text
 
 from ..config import ExperimentConfig, config_to_dict
 from ..data.build import build_datasets
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.supernet import build_supernet
 from ..space import SearchSpace
 from ..threads import set_torch_threads
-from ..train.checkpoint import load_checkpoint, load_model_weights, refuse_other_classes, unfinished_at
+from ..train.checkpoint import images_record, load_checkpoint, load_model_weights, refuse_other_classes, unfinished_at
 from ..train.resume import model_drift
 from ..train.trained import run_without_start_weights
 from ..workdir import WorkDir
@@ -67,6 +67,8 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
     state = load_checkpoint(ckpt, space_id=space.space_id)
     refuse_other_classes(ckpt, state, search_set.classes, "the supernet", "search the data it was pretrained on "
                          "(its classes in that order), or pretrain on this data")
+    if s.score_on != "val":
+        refuse_moved_split(ckpt, state, data["supernet_train"], w.supernet.root)
     load_model_weights(model, state, source=str(ckpt))
     warn_model_drift(state, cfg, f"the supernet {ckpt}", "scores", console)
     unfinished = unfinished_at(state)
@@ -81,6 +83,21 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
         score_arch, model, space, search_set=search_set, calib_set=calib_set, device=device,
         recalib_batches=s.recalib_batches, batch_size=s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed))
     return TrainedSupernet(model, space, search_set, calib_set, device, scorer, ckpt, state)
+
+
+def refuse_moved_split(ckpt: Path, state: Mapping, supernet_train, stage_dir: Path) -> None:
+    """DataError when the supernet trained on other images than the training split now gives it (its record, from
+    checkpoints that keep one): the split is by position, so images added to or removed from train since pretraining
+    put images the supernet trained on into the "held-out" search split (8 of 11 after adding 3 images to a YOLO
+    folder), and candidates were ranked on data the shared weights fit."""
+    then, now = state.get("train_images"), images_record(supernet_train)
+    if not then or not now or then == now:
+        return
+    raise DataError(
+        f"the supernet {ckpt} was pretrained on {then['count']} training images, and the training set now splits "
+        f"into {now['count']} other ones (images added, removed or renamed since: data.search_fraction splits by "
+        "position), so the search split would hold images the supernet trained on: restore the training set as it "
+        f"was, or pretrain again on this one (delete {stage_dir})")
 
 
 def warn_model_drift(state: Mapping, cfg: ExperimentConfig, what: str, use: str, console: Console | None) -> None:

@@ -179,6 +179,17 @@ def class_record(dataset) -> list[list] | None:
     return [[int(i), str(n)] for i, n in zip(ids, dataset.classes)] if ids is not None else None
 
 
+def images_record(dataset) -> dict | None:
+    """``{"count", "digest"}`` of the images a trainer trains on (their file names in order; None for a set without
+    image records): the supernet's, against which the search split is checked (the split is by position: images
+    added to or removed from train since pretraining moved it onto images the supernet trained on)."""
+    records = getattr(dataset, "records", None)
+    if records is None:
+        return None
+    names = "\n".join(Path(r.file).name for r in records)
+    return {"count": len(records), "digest": hashlib.sha256(names.encode()).hexdigest()[:16]}
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():

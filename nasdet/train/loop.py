@@ -33,7 +33,7 @@ from ..progress import progress_bar
 from ..signals import for_this_process
 from . import dist
 from .bn import one_value_per_channel_as
-from .checkpoint import (BACKBONE_FILE_KEY, class_record, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
+from .checkpoint import (BACKBONE_FILE_KEY, class_record, images_record, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
                          set_rng_state)
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler, clip_grad_norm
@@ -357,6 +357,7 @@ class Trainer:
             "paths": resolved_paths(self.settings.record),
             "space_id": self.space_id,
             "classes": class_record(self.train_set),
+            "train_images": images_record(self.train_set),
             "extra": {**self.extra_state(), **({"starts": self.starts} if self.starts else {})},
         }
 
