@@ -460,6 +460,34 @@ def test_no_proposal_is_left_queued_and_a_dead_runs_proposal_is_never_scored(tmp
     assert not study.get_trials(states=(TrialState.WAITING,))
 
 
+@pytest.mark.parametrize("strategy", ["evolution", "random"])
+def test_a_resumed_search_scores_the_archs_of_the_uninterrupted_one(tmp_path, strategy):
+    """Proposals were drawn from a stream keyed by the study's trial count, which counts the trial a Ctrl-C left
+    failed: every proposal after a resume was another arch, and the found arch another than the uninterrupted
+    search's (QA: trial 12 at 32.0 M MACs instead of trial 10 at 30.7 M). Keyed by the trials that did not fail, a
+    resumed search scores the same archs in the same order; the retried trial keeps its generation and operator."""
+    ref, _ = toy_run(tmp_path / "ref.journal", "ref", strategy=strategy, n=20, population=6, parents=2)
+    scored = []
+
+    def ctrl_c_at_the_eighth(arch):
+        if len(scored) == 7:
+            scored.append(None)
+            raise KeyboardInterrupt
+        scored.append(arch)
+        return toy_score(arch)
+
+    with pytest.raises(KeyboardInterrupt):
+        toy_run(tmp_path / "int.journal", "int", strategy=strategy, n=20, population=6, parents=2,
+                scorer=ctrl_c_at_the_eighth)
+    study, _ = toy_run(tmp_path / "int.journal", "int", strategy=strategy, n=20, population=6, parents=2,
+                       scorer=ctrl_c_at_the_eighth)
+    assert scored_archs(study) == scored_archs(ref)
+    retried = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "retry_of" in t.user_attrs]
+    failed = study.trials[retried[0].user_attrs["retry_of"]]
+    assert len(retried) == 1 and {k: retried[0].user_attrs.get(k) for k in ("strategy", "generation", "op")} == \
+        {k: failed.user_attrs.get(k) for k in ("strategy", "generation", "op")}
+
+
 def test_a_candidate_interrupted_by_ctrl_c_is_scored_by_the_rerun(tmp_path):
     """A Ctrl-C (or SIGTERM) while a candidate was scored told its trial FAIL for good: the rerun went on with
     new proposals, so the resumed search scored another set than the uninterrupted one (a kill -9 was retried)."""

@@ -98,6 +98,13 @@ def seen_keys(trials: Sequence[FrozenTrial], space: SearchSpace) -> set[str]:
     return keys
 
 
+def proposal_count(trials: Sequence[FrozenTrial]) -> int:
+    """What a proposal's random stream is keyed by: the trials that did not fail. An interruption leaves a failed
+    trial (its arch retried), which the study's whole count took in: every proposal after a resume was another
+    arch than the uninterrupted search's, and the search found another one."""
+    return sum(t.state != TrialState.FAIL for t in trials)
+
+
 def _waiting_arch(trial: FrozenTrial, space: SearchSpace) -> dict | None:
     fixed = trial.system_attrs.get("fixed_params") or {}
     return {n: fixed[n] for n in space.names} if all(n in fixed for n in space.names) else None
@@ -109,7 +116,7 @@ class RandomSearch(Strategy):
     name = "random"
 
     def propose(self, study, trials):
-        rng = seeded_rng(self.seed, self.worker, len(trials), "random")
+        rng = seeded_rng(self.seed, self.worker, proposal_count(trials), "random")
         seen = seen_keys(trials, self.space)
         for _ in range(_MAX_TRIES):
             arch = self.space.sample(rng)
@@ -141,7 +148,7 @@ class Evolution(Strategy):
 
     def propose(self, study, trials):
         gen = self.generation_of(trials)
-        rng = seeded_rng(self.seed, self.worker, len(trials), "evolution")
+        rng = seeded_rng(self.seed, self.worker, proposal_count(trials), "evolution")
         seen = seen_keys(trials, self.space)
         parents = self.top_k(trials) if gen > 0 else []
         for _ in range(_MAX_TRIES):

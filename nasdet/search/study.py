@@ -128,9 +128,10 @@ def _local_pid(who) -> int | None:
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue the arch of a failed (killed) trial, so that the next ``ask`` of any worker scores it."""
-    if trial.params:
+    if trial.params:  # with how it was proposed (generation, operator), as the results list it
+        kept = {k: trial.user_attrs[k] for k in ("generation", "op") if k in trial.user_attrs}
         study.enqueue_trial(dict(trial.params), user_attrs={"strategy": trial.user_attrs.get("strategy", "retry"),
-                                                            "retry_of": trial.number}, skip_if_exists=False)
+                                                            **kept, "retry_of": trial.number}, skip_if_exists=False)
 
 
 def _alive(pid: int) -> bool:
