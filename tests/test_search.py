@@ -397,6 +397,13 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
         with pytest.raises(ConfigError, match=rf"study 'tiny-random' .* holds candidates scored with other settings "
                                               rf"\(search.{key}: {getattr(cfg.search, key)} -> {value}\)"):
             run_search(changed, console=Console(quiet=True))
+    # searched over another space (search.resolution_tolerance): Optuna failed mid-trial with a traceback
+    # ("CategoricalDistribution does not support dynamic value space"); refused naming the choices
+    narrower = cfg.model_copy(update={"search": cfg.search.model_copy(update={"resolution_tolerance": 0,
+                                                                              "num_candidates": 4})})
+    with pytest.raises(ConfigError, match=r"holds candidates scored with other settings \(search space input_size: "
+                                          r"\[64, 96\] -> \[96\]\)"):
+        run_search(narrower, console=Console(quiet=True))
     assert len(json.loads((out / "pareto.json").read_text())["front"]) == len(pareto["front"])
     study = optuna.load_study(study_name="tiny-random", storage=open_storage(str(out / "study.journal"), out))
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3

@@ -149,7 +149,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                              mutation=s.mutation, crossover=s.crossover)
     study_name = study_name_of(cfg)
     study, rescored_otherwise = open_checked_study(storage or s.storage, out_dir, study_name, strategy, ctx.checkpoint,
-                                                   ctx.state, s.heartbeat_seconds, scoring_settings(cfg),
+                                                   ctx.state, s.heartbeat_seconds, scoring_settings(cfg, search_space),
                                                    s.num_candidates, console)
     save_run_record(cfg, w.config)
     extremes = {"smallest": search_space.smallest(), "largest": search_space.largest()}
@@ -288,7 +288,7 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     feasible_resolutions(search_space, lambda a: float(cost_fn(a)[budget.metric]), budget, resolutions)  # before the study
     study_name = study_name_of(cfg)
     study, _ = open_checked_study(storage or s.storage, out_dir, study_name, Strategy(search_space, cost_fn, budget),
-                                  ckpt, state, settings=scoring_settings(cfg))
+                                  ckpt, state, settings=scoring_settings(cfg, search_space))
     save_run_record(cfg, WorkDir(wd).config)
     search = GradientSearch(model, search_space, budget, cost_fn, scorer, loss_batches, out_dir, study, device,
                             seed=s.seed, console=console, worker=worker_id())
@@ -314,6 +314,8 @@ def with_settings(config: dict, settings: dict) -> dict:
     """``config`` (``config_to_dict``) with the dotted ``settings`` (``scoring_settings``' keys) put in."""
     out = json.loads(json.dumps(config))
     for key, value in settings.items():
+        if key.startswith("search space "):  # the space's choices, not a config key
+            continue
         *path, last = key.split(".")
         node = out
         for part in path:
@@ -322,10 +324,13 @@ def with_settings(config: dict, settings: dict) -> dict:
     return out
 
 
-def scoring_settings(cfg: ExperimentConfig) -> dict:
+def scoring_settings(cfg: ExperimentConfig, space: SearchSpace | None = None) -> dict:
     """The config keys a candidate's score and costs depend on (beside the supernet's weights): which images
     (split, its seed, how many), BN recalibration, the scorer, the post-processing the AP is taken after, and,
-    when latency is measured, how it is measured."""
+    when latency is measured, how it is measured; and the choices of ``space`` (the searched one, after
+    search.resolution_tolerance), one entry per choice name: another space made Optuna fail mid-trial
+    ("CategoricalDistribution does not support dynamic value space"), or a complete study's found arch fell
+    outside the space the config allows, without a word."""
     s, m, d, c = cfg.search, cfg.model, cfg.data, cfg.cost
     out = {"search.scorer": s.scorer, "search.score_on": s.score_on, "search.max_images": s.max_images,
            "search.recalib_batches": s.recalib_batches, "search.batch_size": s.batch_size, "seed": cfg.seed,
@@ -334,6 +339,8 @@ def scoring_settings(cfg: ExperimentConfig) -> dict:
     if (s.budget and s.budget.metric == "latency") or s.cost_metric == "latency":
         out.update({"cost.latency": c.latency, "cost.device": c.device, "cost.threads": c.threads,
                     "cost.lut_precision": c.lut_precision})
+    if space is not None:
+        out.update({f"search space {n}": list(space[n]) for n in space.names})
     return out
 
 
