@@ -225,7 +225,7 @@ def data_stats_cmd(config: Path, set_: Optional[List[str]] = SetOpt,
                    split: str = typer.Option("all", "--split", help="train | val | all")):
     """Images, boxes per class and box sizes of the config's data sets."""
     from .data.stats import dataset_stats, stats_tables
-    from .data.build import load_split, warn_about_the_splits
+    from .data.build import check_same_classes, load_split, warn_about_the_splits
 
     cfg = _load(config, set_)
     opened = {}
@@ -236,7 +236,8 @@ def data_stats_cmd(config: Path, set_: Optional[List[str]] = SetOpt,
         ds.check_images_open()  # a validation command: a file that is not an image is named now, not in an epoch
         for table in stats_tables(dataset_stats(ds), f"{name}: {ds.source}"):
             console.print(table)
-    if len(opened) == 2:  # what training will warn about (val not held out, classes without boxes), said here
+    if len(opened) == 2:  # what training refuses or warns about (val not held out, classes without boxes), said here
+        check_same_classes(opened["train"], opened["val"])
         warn_about_the_splits(opened["train"], opened["val"])
 
 
@@ -260,6 +261,7 @@ def pretrain_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
 
     cfg = _load(config, set_)
     run_pretrain(cfg, work_dir, console=console)
+    _say_if_report_stale(cfg, work_dir)
 
 
 @app.command("classify")
@@ -305,6 +307,8 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
             open_storage(url, w.search.root)
         _launch_workers("search", config, work_dir, set_ or [], workers, ["--storage", storage] if storage else [])
     run_search(cfg, work_dir=work_dir, storage=storage, console=console, worker=worker, outputs=not launched)
+    if not launched:  # (a worker of --workers leaves it to its launcher)
+        _say_if_report_stale(cfg, work_dir)
 
 
 def _launch_workers(command: str, config: Path, work_dir: Optional[Path], overrides: List[str], workers: int,

@@ -69,6 +69,26 @@ def test_train_eval_cost_stats(shapes_dir, tmp_path):
     assert "circle" in out or "square" in out
 
 
+def test_data_stats_refuses_what_training_refuses(shapes_dir, tmp_path):
+    """`nasdet data stats`, the command that validates a set, passed train and val naming other classes (a class
+    renamed in val) that every training command refuses at once; and a cut json said "starting at at line"."""
+    raw = tiny_raw(shapes_dir, tmp_path / "wd")
+    val = json.loads((shapes_dir / "val" / "annotations.json").read_text())
+    val["categories"][0]["name"] = val["categories"][0]["name"].upper()
+    (tmp_path / "val.json").write_text(json.dumps(val))
+    raw["data"]["val"]["annotations"] = str(tmp_path / "val.json")
+    code, out, _ = cli("data", "stats", write_cfg(tmp_path / "renamed.yaml", raw))
+    assert code == 2 and "have different classes" in out and val["categories"][0]["name"] in out, out
+    text = (shapes_dir / "val" / "annotations.json").read_text()
+    cut = text[:text.index('"file_name"') + 5]  # inside a string
+    (tmp_path / "cut.json").write_text(cut)
+    raw["data"]["val"]["annotations"] = str(tmp_path / "cut.json")
+    code, out, _ = cli("data", "stats", write_cfg(tmp_path / "cut.yaml", raw))
+    said = " ".join(out.split())
+    assert code == 2 and "not valid json: Unterminated string starting at: line 1 column" in said and \
+        "at at" not in said, said
+
+
 def test_user_errors_are_one_line_naming_the_culprit(shapes_dir, tmp_path):
     raw = tiny_raw(shapes_dir, tmp_path / "wd")
     raw["train"]["epohcs"] = 3
@@ -292,3 +312,30 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path):
                 run.kill()
         assert Path(held).exists() == left
         assert (run.returncode == -signal.SIGTERM) == left  # stopped by the signal itself only under torchrun
+
+
+@pytest.mark.parametrize("command", ["search", "pretrain"])
+def test_search_and_pretrain_say_the_report_is_older_than_what_they_wrote(shapes_dir, tmp_path, monkeypatch, command):
+    """train, eval, tune and export said that the pipeline's report.md was made before the records they rewrote;
+    search (its pareto.json, confidence.json) and pretrain (supernet/metrics.json) said nothing."""
+    import time
+
+    import nasdet.stages.pretrain
+    import nasdet.stages.search
+
+    cfg = write_cfg(tmp_path / "tiny.yaml", tiny_raw(shapes_dir, tmp_path / "wd"))
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "report.md").write_text("# an earlier report\n")
+    time.sleep(0.01)
+    written = tmp_path / "wd" / ("search/pareto.json" if command == "search" else "supernet/metrics.json")
+
+    def stage(*args, **kwargs):
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_text("{}")
+
+    monkeypatch.setattr(nasdet.stages.search, "run_search", stage)
+    monkeypatch.setattr(nasdet.stages.pretrain, "run_pretrain", stage)
+    code, out, exc = cli(command, cfg)
+    said = " ".join(out.split())
+    assert code == 0 and exc is None, out
+    assert "note:" in said and f"is older than {written.relative_to(tmp_path / 'wd')}" in said, said

@@ -47,17 +47,21 @@ def build_datasets(cfg: ExperimentConfig, need: tuple[str, ...] = ("train", "val
         out["search"] = full.subset(search_idx).with_transforms(None)
     if "val" in need:
         out["val"] = load_split(cfg, "val")
-        if "train" in out and out["val"].classes != out["train"].classes:
-            raise DataError(
-                f"train ({out['train'].source}) and val ({out['val'].source}) have different classes: "
-                f"{out['train'].classes} vs {out['val'].classes}"
-            )
         if "train" in out:
+            check_same_classes(out["train"], out["val"])
             warn_about_the_splits(out["train"], out["val"])
     return out
 
 
 _WARNED: set[tuple[str, str]] = set()  # each pair of splits once per process (every stage builds them)
+
+
+def check_same_classes(train: DetectionDataset, val: DetectionDataset) -> None:
+    """DataError when train and val name other classes (or another order): every training command refuses them,
+    and `nasdet data stats`, the command that validates a set, says so too (it passed them silently)."""
+    if val.classes != train.classes:
+        raise DataError(f"train ({train.source}) and val ({val.source}) have different classes: "
+                        f"{train.classes} vs {val.classes}")
 
 
 def warn_about_the_splits(train: DetectionDataset, val: DetectionDataset) -> None:

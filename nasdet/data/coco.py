@@ -116,7 +116,7 @@ def _read_json(ann_file: Path):
         raise DataError(f"{ann_file}: annotation file does not exist{relative_hint(ann_file)}") from e
     except json.JSONDecodeError as e:
         raise DataError(
-            f"{ann_file}: not valid json: {e.msg} at line {e.lineno} column {e.colno} (char {e.pos})"
+            f"{ann_file}: not valid json: {e}"  # json's own "<what>: line L column C (char N)" (its "... at at")
         ) from e
     except UnicodeDecodeError as e:
         raise DataError(f"{ann_file}: not valid json: not UTF-8 text ({e})") from e
