@@ -353,3 +353,21 @@ def test_the_latency_line_names_each_p90_and_a_record_past_max_steps_is_complete
     tune.checkpoint.write_bytes(b"x")
     tune.metrics.write_text(json.dumps({"step": 40, "metrics": {}}))
     assert tune.completed(30)["step"] == 40 and tune.completed(40) and tune.completed(50) is None
+
+
+def test_the_search_paragraph_follows_what_the_search_kept():
+    """A complete study rerun with another model.score_thresh: report.md lost its image count, and described a
+    baseline point the plot no longer had; it now gives the images the search recorded, mentions the baseline point
+    only when the plot has one, and says which settings the kept study was scored with."""
+    from nasdet.stages.report import search_lines
+
+    record = {"scored": 30, "front": [{}] * 9, "baseline": None, "images": 120,
+              "scored_with": {"model.score_thresh": 0.01}}
+    text = " ".join(search_lines("evolution", record, None, "search", True))
+    assert "candidates scored on the search split (120 images)" in text and "baseline point" not in text
+    assert "scored with other settings than this config's and its candidates are kept as scored (model.score_thresh " \
+           "0.01): the search's APs are taken after those." in text
+    record.update(baseline={"metrics": {"AP": 0.05}}, scored_with=None)
+    text = " ".join(search_lines("evolution", record, {"images": 120, "verdict": "the winner ..."}, "search", True))
+    assert "The plot's baseline point is scored on the search split too" in text and "other settings" not in text
+    assert text.endswith("the winner ... ")

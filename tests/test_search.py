@@ -361,10 +361,11 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
     # the confidence); a changed setting or checkpoint writes them again
     import nasdet.stages.search as search_stage
 
-    redone = []
+    redone, thresholds = [], []
     for name in ("score_baseline", "confidence_of_search"):
         real = getattr(search_stage, name)
-        monkeypatch.setattr(search_stage, name, lambda *a, _n=name, _r=real, **k: (redone.append(_n), _r(*a, **k))[1])
+        monkeypatch.setattr(search_stage, name, lambda *a, _n=name, _r=real, **k: (
+            redone.append(_n), thresholds.append(a[0].model.score_thresh), _r(*a, **k))[2])
     written = {n: (out / n).stat().st_mtime_ns for n in ("results.csv", "pareto.json", "pareto.png")}
     again = run_search(cfg, console=Console(quiet=True))
     assert again["counts"]["scored"] == 0 and again["records"] == 3 and redone == []
@@ -422,10 +423,22 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
     assert summary["counts"]["scored"] == 0 and redone == [] and "its outputs are kept" in text, text
     assert {n: (out / n).stat().st_mtime_ns for n in written} == written
     assert "candidates scored with the study's own settings" in text
-    # something else changed too: written again, without a baseline point or a confidence check scored otherwise
+    # something else changed too: written again, the baseline point and the confidence taken with the study's own
+    # post-processing (they were dropped, and a rerun with the study's values then kept the outputs without them)
+    thresholds.clear()
     run_search(thresh.model_copy(update={"search": thresh.search.model_copy(update={"confidence_resamples": 60})}),
                console=Console(quiet=True))
+    after = json.loads((out / "pareto.json").read_text())
+    assert redone == ["score_baseline", "confidence_of_search"] and thresholds == [0.01, 0.01]
+    assert (out / "confidence.json").is_file() and after["scored_with"] == {"model.score_thresh": 0.01}
+    assert after["images"] == 4
+    # scored on other images: neither can be taken as the study's
+    redone.clear()
+    other = thresh.model_copy(update={"search": thresh.search.model_copy(update={"max_images": 3,
+                                                                                 "confidence_resamples": 70})})
+    run_search(other, console=Console(quiet=True))
     assert redone == [] and json.loads((out / "pareto.json").read_text())["baseline"] is None
+    assert not (out / "confidence.json").is_file()
 
 
 def _propose_and_exit(journal, name):

@@ -295,6 +295,33 @@ def latency_lines(result: dict | None, cfg: ExperimentConfig) -> list[str]:
             + (", their INT8 files in the same turns" if any("onnxruntime_int8" in r for r in (b, f)) else "") + ".", ""]
 
 
+def search_lines(strategy: str, pareto_record: dict, confidence: dict | None, score_on: str, plot: bool) -> list[str]:
+    """report.md's search paragraph: the plot, the split and its images, the candidates, the confidence verdict.
+    The baseline point is mentioned only when the plot has one; a kept study scored with other settings says
+    which (a complete study rerun with another model.score_thresh lost its image count and verdict, and the
+    report described a baseline point the plot no longer had)."""
+    split = "the validation set" if score_on == "val" else "the search split"
+    images = confidence["images"] if confidence else pareto_record.get("images")
+    split += f" ({images} images)" if images else ""
+    lines = []
+    if plot:
+        lines += [f"![candidates scored on {split}]({PARETO_PNG})", ""]
+        if score_on == "search" and pareto_record.get("baseline"):
+            lines += ["(The plot's baseline point is scored on the search split too, which it trained on: optimistic, "
+                      "not comparable with the candidates'.)", ""]
+    if pareto_record:
+        scored_with = pareto_record.get("scored_with")
+        lines += [f"Search ({strategy}): {pareto_record['scored']} candidates scored on {split}, "
+                  f"{len(pareto_record['front'])} on the Pareto front"
+                  + (f"; its study was scored with other settings than this config's and its candidates are kept as "
+                     f"scored ({', '.join(f'{k} {v}' for k, v in scored_with.items())}): the search's APs are taken "
+                     "after those" + (", its baseline point and confidence too" if pareto_record.get("baseline")
+                                      or confidence else "") if scored_with else "") + ".", ""]
+    if confidence:
+        lines += [confidence["verdict"], ""]
+    return lines
+
+
 def bootstrap_lines(result: dict | None) -> list[str]:
     """report.md's paragraph of the bootstrap: each difference with its interval, those not told apart said."""
     if not result:
@@ -668,21 +695,11 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
                   f"{show(bc['max'])}; the search predicted {show(bc['predicted'])}).", ""]
     confidence_file = w.search / CONFIDENCE_JSON
     confidence = json.loads(confidence_file.read_text()) if confidence_file.is_file() else None
-    split = "the validation set" if score_on == "val" else "the search split"
-    split += f" ({confidence['images']} images)" if confidence else ""
     pareto = w.search / PARETO_PNG
     if pareto.is_file():
         with atomic_path(w.pareto_png) as tmp:
             shutil.copyfile(pareto, tmp)
-        lines += [f"![candidates scored on {split}]({PARETO_PNG})", ""]
-        if score_on == "search" and base_metrics.is_file():
-            lines += ["(The plot's baseline point is scored on the search split too, which it trained on: optimistic, "
-                      "not comparable with the candidates'.)", ""]
-    if pareto_record:
-        lines += [f"Search ({cfg.search.strategy}): {pareto_record['scored']} candidates scored on {split}, "
-                  f"{len(pareto_record['front'])} on the Pareto front.", ""]
-    if confidence:
-        lines += [confidence["verdict"], ""]
+    lines += search_lines(cfg.search.strategy, pareto_record, confidence, score_on, pareto.is_file())
     diagnose = json.loads(w.diagnose.summary.read_text()) if cfg.pipeline.diagnose and w.diagnose.summary.is_file() \
         else None
     if diagnose is not None:

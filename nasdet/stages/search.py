@@ -23,6 +23,7 @@ from rich.text import Text
 from ..config import ExperimentConfig, config_to_dict, save_run_record
 from ..errors import ConfigError
 from ..export import configured_postprocessing
+from ..models.families import family_of
 from ..progress import progress_bar
 from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
 from ..search.confidence import confidence_of_search, split_size_warning
@@ -190,17 +191,27 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
                    "files": output_files(out_dir)}
     else:
         extreme_costs = {n: {"arch": a, "costs": cost_fn(a)} for n, a in extremes.items()}
+        # a kept study scored with other post-processing only (a pipeline rerun with another model.score_thresh for
+        # its export): the baseline point and the confidence are taken with the study's (they were dropped, and a
+        # rerun with the study's own values kept the outputs without them); scored on other images, they are not
+        differs = scored_otherwise(study, scoring_settings(cfg, search_space)) if rescored_otherwise else {}
+        scored_cfg = with_postprocessing(cfg, differs) if differs and all(k.startswith("model.") for k in differs) \
+            else None if rescored_otherwise else cfg
         # a proxy's score and the baseline's AP share no scale: the baseline is marked only on AP plots
-        # (and not on another split than the candidates': a kept study scored otherwise plots no baseline point)
-        baseline = score_baseline(cfg, wd, search_set, device, measure, calibration) \
-            if objective == OBJECTIVE and not rescored_otherwise else None
-        # (scoring the top candidates again with other settings than theirs would name another winner)
-        confidence = confidence_of_search(cfg, model, space, records, search_set, ctx.calib_set, device) \
-            if objective == OBJECTIVE and not rescored_otherwise else None
+        baseline = confidence = None
+        if objective == OBJECTIVE and scored_cfg is not None:
+            baseline = score_baseline(scored_cfg, wd, search_set, device, measure, calibration)
+            family_of(model).set_postprocessing(model, scored_cfg.model)
+            try:  # (scoring the top candidates again with other settings than theirs would name another winner)
+                confidence = confidence_of_search(scored_cfg, model, space, records, search_set, ctx.calib_set, device)
+            finally:
+                family_of(model).set_postprocessing(model, cfg.model)
         summary = write_search_outputs(records, space, out_dir, cost_metric, budget, extreme_costs, baseline,
                                        objective, confidence, {"study_name": study_name, "strategy": s.strategy,
                                                                # where the kept study's candidates were scored
-                                                               "score_on": as_scored["search"]["score_on"]}, key)
+                                                               "score_on": as_scored["search"]["score_on"],
+                                                               "images": len(search_set),
+                                                               "scored_with": differs or None}, key)
     summary.update(counts=counts, study_name=study_name, strategy=s.strategy)
     scored_on = "candidates scored with the study's own settings (above)" if rescored_otherwise else \
         f"candidates on {len(search_set)} search images"
@@ -308,6 +319,18 @@ def _run_gradient(cfg: ExperimentConfig, wd: Path, model, space: SearchSpace, se
     if confidence is not None:
         console.print(Text(confidence["verdict"]), soft_wrap=True)
     return summary
+
+
+def scored_otherwise(study, settings: dict) -> dict:
+    """The study's recorded scoring settings that differ from ``settings`` (this run's): key -> the study's value."""
+    have = study.user_attrs.get(SCORING_ATTR) or {}
+    return {k: v for k, v in have.items() if k in settings and settings[k] != v}
+
+
+def with_postprocessing(cfg: ExperimentConfig, settings: dict) -> ExperimentConfig:
+    """``cfg`` with the ``model.*`` post-processing ``settings`` (a study's) in its model section."""
+    return cfg.model_copy(update={"model": cfg.model.model_copy(
+        update={k.removeprefix("model."): v for k, v in settings.items() if k.startswith("model.")})})
 
 
 def with_settings(config: dict, settings: dict) -> dict:
