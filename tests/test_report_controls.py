@@ -89,6 +89,12 @@ def test_controls_are_tuned_like_the_found_arch_and_reported(shapes_dir, tmp_pat
     # a stage found done keeps its earlier seconds (report.json said 0.7 s for a baseline trained minutes)
     assert again["stage_seconds"]["baseline"] >= first["baseline"] > again["stage_seconds_this_run"]["baseline"]
     assert again["rows"][0]["input_size"] == cfg.model.input_size and "| input | training steps |" in w.report_md.read_text()
+    # report.controls turned off: the earlier run's controls are not reported as this run's (QA: every row and the
+    # "all trained exactly alike" paragraph stayed, without a word)
+    raw["report"]["controls"] = False
+    off = run_pipeline(validate_config(raw, "controls off"), console=QUIET)
+    assert [r["model"] for r in off["rows"]] == ["baseline (ofa_mbv3)", "found arch (supernet + tune)"]
+    assert "random arch 0" not in w.report_md.read_text() and ckpt.stat().st_mtime_ns == before
 
 
 def test_controls_text_names_architecture_and_training():

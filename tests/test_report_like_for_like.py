@@ -221,9 +221,14 @@ def test_a_control_tuned_with_other_recalibration_seed_or_augmentation_is_not_al
     text = _controls_text(None, {"AP": 0.1, "split": "val (8 images)"},
                           [_control("random_0", 0.08, 0.0, ["processes 1 vs 2", "step 32 vs 16"])])
     assert "tuned under torchrun" in text and "tune the found arch in one process too" in text
-    # another step count alone (a max_steps lowered since): deleting controls/ alone tuned them unlike again
+    # another step count alone (a max_steps changed since): deleting controls/ alone tuned them unlike again; the
+    # fix names the side that trained fewer steps (QA: "delete tune/ and controls/" when the control had, which
+    # threw the found arch's longer tune away)
     text = _controls_text(None, {"AP": 0.1, "split": "val (8 images)"}, [_control("random_0", 0.08, 0.0, ["step 30 vs 40"])])
-    assert "delete tune/ and controls/ and rerun the pipeline" in text
+    assert "random_0 trained fewer steps than the found arch (40)" in text and "delete controls/random_0 and rerun " \
+        "the pipeline with the recipe the found arch was tuned with" in text and "delete tune/" not in text
+    text = _controls_text(None, {"AP": 0.1, "split": "val (8 images)"}, [_control("random_0", 0.08, 0.0, ["step 40 vs 30"])])
+    assert "the found arch trained fewer steps" in text and "delete tune/ and controls/ and rerun the pipeline" in text
 
 
 def test_the_training_sentence_gives_each_sides_steps():

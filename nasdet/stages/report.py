@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -450,13 +451,19 @@ def _controls_text(baseline: dict | None, found: dict, controls: list[dict], tol
     left_out = ""
     if apart:
         torchrun = any(u.startswith("processes ") for r in apart for u in r["unlike"])
-        steps = any(u.startswith("step ") for r in apart for u in r["unlike"])
+        # "step <control's> vs <found arch's>": which side trained under a max_steps since changed says the fix
+        steps = {r["control"]: (int(m.group(1)), int(m.group(2))) for r in apart for u in r["unlike"]
+                 if (m := re.fullmatch(r"step (\d+) vs (\d+)", u))}
+        shorter = sorted(n for n, (mine, theirs) in steps.items() if mine < theirs)
         left_out = (" Left out of these comparisons, tuned unlike the found arch: " + "; ".join(
             f"{r['control']} ({', '.join(r['unlike'])})" for r in apart) + (
             " (the found arch was tuned under torchrun, and `nasdet pipeline` tunes the controls in one process: "
             "tune the found arch in one process too, then delete controls/ and rerun the pipeline)" if torchrun else
-            " (the found arch trained another number of steps, under a max_steps since changed: delete tune/ and "
-            "controls/ and rerun the pipeline to tune them all alike)" if steps else
+            f" ({', '.join(shorter)} trained fewer steps than the found arch ({steps[shorter[0]][1]}), under a "
+            f"max_steps since changed: delete {', '.join('controls/' + n for n in shorter)} and rerun the pipeline "
+            "with the recipe the found arch was tuned with)" if shorter else
+            " (the found arch trained fewer steps, under a max_steps since changed: delete tune/ and controls/ and "
+            "rerun the pipeline to tune them all alike)" if steps else
             " (delete controls/ and rerun the pipeline to tune them alike)") + ".")
     arch, training = [], ""
     randoms = [r for r in controls if r["control"] != "baseline_arch"]
@@ -597,7 +604,8 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     found_cost = {k: {"total": predicted[k]} for k in ("macs", "params")} \
         if predicted and "macs" in predicted and "params" in predicted else None
     rows.append(_row(f"found arch ({how_tuned(tune)})", tune, exports.get("tune"), found_cost, cfg.model.input_size))
-    controls = _control_rows(w, tune)
+    # report.controls off: an earlier run's controls/ are not this run's comparison (they were reported without a word)
+    controls = _control_rows(w, tune) if cfg.report.controls else []
     rows += controls
     initial = w.tune / INITIAL_METRICS
     init_record = json.loads(initial.read_text()) if initial.is_file() else None
