@@ -360,5 +360,7 @@ def test_the_cli_prints_nasdets_warnings_as_one_line_and_a_librarys_as_python_do
         load_split(cfg, "train")  # warns from nasdet/data/build.py (stacklevel 3)
         warnings.warn("a library's\n  note", UserWarning)  # from this file: not nasdet's
     text = out.getvalue().splitlines()
-    assert text[0] == f"warning: {ann_file}: dropped 1 degenerate box (zero or negative width or height)"
+    aid, iid = data["annotations"][0]["id"], data["annotations"][0]["image_id"]
+    assert text[0] == (f"warning: {ann_file}: dropped 1 degenerate box (zero or negative width or height: swapped "
+                       f"corners, a point), the first in annotation id {aid} (image id {iid}, bbox [10, 5, 0, 10])")
     assert text[1].startswith(__file__) and "UserWarning: a library's" in text[1], text

@@ -157,6 +157,7 @@ def test_degenerate_boxes_dropped_with_one_warning(tmp_path):
         ds = load_voc(root, "train")
     user = [w for w in caught if issubclass(w.category, UserWarning)]
     assert len(user) == 1 and "2 degenerate" in str(user[0].message) and "VOC2007" in str(user[0].message)
+    assert str(user[0].message).endswith(f"the first in {root / 'Annotations' / '000010.xml'}")  # (swapped corners)
     np.testing.assert_allclose(ds.records[3].boxes, [[1, 1, 9, 9]])
 
 

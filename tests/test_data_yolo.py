@@ -192,8 +192,9 @@ def test_bad_label_line_names_file_and_line(tmp_path, line, match):
 
 def test_degenerate_boxes_dropped_with_one_warning(tmp_path):
     data_yaml = _write_set(tmp_path, labels={"a.txt": "0 0.5 0.5 0 0.1\n1 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.1 0\n"})
-    with pytest.warns(UserWarning, match="dropped 2 degenerate boxes"):
+    with pytest.warns(UserWarning, match=r"dropped 2 degenerate boxes .* the first in .*a\.txt") as said:
         ds = load_yolo(data_yaml, "train")
+    assert str(tmp_path / "labels" / "train" / "a.txt") in str(said[0].message)  # the file to fix
     assert ds.records[0].labels.tolist() == [2]
 
 

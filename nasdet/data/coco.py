@@ -98,11 +98,13 @@ def check_image_files(source: str, files: Sequence[tuple[Path, object]], where: 
             raise DataError(missing_files_message(source, listed, len(files), where, what))
 
 
-def warn_degenerate(source: str, count: int) -> None:
+def warn_degenerate(source: str, count: int, first: str | None = None) -> None:
+    """One warning for the boxes of no area dropped, naming the ``first`` (where to find it: a COCO annotation id, a
+    VOC xml, a YOLO label file): the count alone left a user of a large set nothing to fix."""
     if count:
         warnings.warn(
             f"{source}: dropped {count} degenerate box{'es' if count != 1 else ''} "
-            "(zero or negative width or height)",
+            "(zero or negative width or height: swapped corners, a point)" + (f", the first in {first}" if first else ""),
             UserWarning,
             stacklevel=3,
         )
@@ -191,7 +193,7 @@ def load_coco(ann_file: str | Path, image_dir: str | Path, *, check_files: bool 
         check_image_files(src, [(im["file"], iid) for iid, im in sorted(images.items())], f"under {image_dir}")
 
     # --------------------------------------------------------------------------- annotations
-    degenerate = 0
+    degenerate, first_degenerate = 0, None
     ann_ids: set = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
@@ -226,6 +228,7 @@ def load_coco(ann_file: str | Path, image_dir: str | Path, *, check_files: bool 
         status, box = fit_box(x, y, x + w, y + h, im["width"], im["height"])
         if status == "degenerate":
             degenerate += 1
+            first_degenerate = first_degenerate or f"annotation id {aid} (image id {iid}, bbox {bbox})"
             continue
         if status == "outside":
             raise DataError(
@@ -250,5 +253,5 @@ def load_coco(ann_file: str | Path, image_dir: str | Path, *, check_files: bool 
     ]
     if check_files:
         check_image_sizes(src, records)
-    warn_degenerate(src, degenerate)
+    warn_degenerate(src, degenerate, first_degenerate)
     return DetectionDataset(records, [cat_names[c] for c in category_ids], category_ids, source=src)

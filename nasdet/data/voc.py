@@ -176,6 +176,7 @@ def load_voc(
     seen: dict[tuple[Path, str], str] = {}
     files: list[tuple[Path, int]] = []  # to check: (file, image id)
     degenerate = no_size = 0
+    first_degenerate = None
     for voc_root, split_name in pairs:
         names = _read_split(voc_root, split_name)
         key_root = voc_root.resolve()
@@ -189,6 +190,7 @@ def load_voc(
                 xml_file, label_of, classes,
                 lambda filename: upright_size(_image_file(voc_root, name, filename), f"{xml_file} has no <size>")[:2])
             degenerate += n_degenerate
+            first_degenerate = first_degenerate or (str(xml_file) if n_degenerate else None)
             no_size += sized_by_image
             image_id = len(records) + 1
             file = _image_file(voc_root, name, filename)
@@ -202,7 +204,7 @@ def load_voc(
     check_image_files(source, files, "from JPEGImages")
     if check_files:  # each image the size its <size> says (the header read): found now, not when first read
         check_image_sizes(source, records)
-    warn_degenerate(source, degenerate)
+    warn_degenerate(source, degenerate, first_degenerate)
     if no_size:
         warnings.warn(f"{source}: {no_size} annotation file{'s have' if no_size != 1 else ' has'} no <size> (or a "
                       "zero one): the image's own size is used", UserWarning, stacklevel=2)

@@ -318,6 +318,7 @@ def load_yolo(
     records: list[ImageRecord] = []
     seen: dict[Path, Path] = {}
     degenerate, rotated, orphans, duplicated, shared = 0, [], [], (0, None), {}
+    first_degenerate = None
     for entry in entries:
         files, image_dir = _list_images(entry, source)
         label_dir = Path(labels) if labels is not None else None
@@ -337,6 +338,7 @@ def load_yolo(
                 rotated.append(file)
             boxes, cls, n_degenerate, n_duplicates = _parse_labels(label_file, width, height, spec.names)
             degenerate += n_degenerate
+            first_degenerate = first_degenerate or (str(label_file) if n_degenerate else None)
             if n_duplicates:  # (count, first file with one)
                 duplicated = (duplicated[0] + n_duplicates, duplicated[1] or label_file)
             records.append(ImageRecord(image_id=len(records) + 1, file=file, width=width, height=height,
@@ -359,7 +361,7 @@ def load_yolo(
     if duplicated[0]:
         warnings.warn(f"{source}: dropped {duplicated[0]} duplicate label line(s) (a line repeating an earlier one "
                       f"of its file, e.g. in {duplicated[1]}), as Ultralytics does", UserWarning, stacklevel=2)
-    warn_degenerate(source, degenerate)
+    warn_degenerate(source, degenerate, first_degenerate)
     return DetectionDataset(records, spec.names, list(range(1, len(spec.names) + 1)), source=source)
 
 
