@@ -158,3 +158,17 @@ def test_resamples_without_a_box_are_left_out_of_the_interval():
     assert res["resamples"] == 3 and res["resamples_without_boxes"] == 1
     assert res["candidates"]["A"]["low"] >= 0 and res["candidates"]["B"]["low"] == 0.0
     assert res["candidates"]["B"]["p_winner_beats"] == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_true_positive_path_gives_the_cumulative_sums_figures_to_the_bit(seed):
+    """Resamples without score ties inside an image take COCOeval's precision from the true positives alone (the
+    report's 4000 resamples of the demo took 8 ms each through cumulative sums over every detection, 1.3 ms now);
+    every resample, images drawn 0-4 times, crowd boxes ignored, gives the general path's AP and AP50 exactly."""
+    gt = _gt(40, seed)
+    m = ImageMatches(gt, _noisy_detections(gt, seed, jitter=3.0))
+    assert not any(c.ties for c in m._pooled)
+    general = copy.copy(m)
+    general._pooled = [c._replace(ties=True) for c in m._pooled]  # the path that sorts each resample itself
+    for sample in list(bootstrap_samples(40, 200, seed)) + [[0] * 40, [3, 3, 3, 3, 7], []]:
+        assert m.metrics(sample) == general.metrics(sample)

