@@ -738,6 +738,13 @@ class ExperimentConfig(Strict):
             raise ValueError(f"export.opset {self.export.opset} is too old for the INT8 file an INT8 latency budget "
                              f"(cost.latency {self.cost.latency}) exports: per-channel INT8 weights need "
                              "export.opset >= 13")
+        head = getattr(self.model, "head", None)
+        if self.search.strategy == "darts" and head is not None and head.cell_channels == 32 \
+                and self.model.input_size <= 128:  # (model.head.genotype's check: the towers come from the search)
+            raise ValueError(f"model.head.cell_channels 32 with model.input_size {self.model.input_size}: the searched "
+                             "towers' GroupNorm(32) on the 1x1 P7 map normalises single values (zero outputs in the "
+                             "search; export and cost of the tuned model fail on one image); use cell_channels >= 64 "
+                             "or input_size > 128")
         if k and self.search.strategy == "darts":
             raise ValueError("pipeline.diagnose ranks the subnets of a trained supernet: search.strategy darts (FAD) "
                              "trains none; set pipeline.diagnose: 0")

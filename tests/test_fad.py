@@ -154,6 +154,10 @@ def test_published_genotypes_give_a_smaller_fcos_head_than_the_standard_one():
 def test_detectors_with_fad_heads_train_and_detect(tiny_config, detector):
     with pytest.raises(ValueError, match="GroupNorm"):  # P7 is 1x1 at 96 px: one value per group
         tiny_config(detector, model={"head": {"genotype": "fad_paper", "cell_channels": 32, "num_cells": 1}})
+    # the same towers from a search (no genotype yet): refused before the search, not by a traceback at export
+    with pytest.raises(ValueError, match=r"model.head.cell_channels 32 with model.input_size 96: the searched towers' "
+                                         r"GroupNorm\(32\) on the 1x1 P7 map"):
+        tiny_config(detector, model={"head": {"cell_channels": 32}}, search={"strategy": "darts"})
     cfg = tiny_config(detector, model={"head": {"genotype": "fad_paper", "cell_channels": 64, "num_cells": 1}})
     model = build_detector(cfg.model, num_classes=3)
     images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
@@ -171,7 +175,7 @@ def test_detectors_with_fad_heads_train_and_detect(tiny_config, detector):
 
 # ---------------------------------------------------------------------------------------------- search
 def darts_config(tiny_config, data=None, **darts):
-    return tiny_config("fcos", model={"head": {"cell_channels": 32}}, **({"data": data} if data else {}),
+    return tiny_config("fcos", model={"head": {"cell_channels": 64}}, **({"data": data} if data else {}),
                        search={"strategy": "darts", "darts": {"epochs": 2, "batch_size": 4, "lr": 0.01,
                                                               "scheduler": {"name": "constant", "warmup_steps": 0},
                                                               "log_every_steps": 1, **darts}})
