@@ -1,9 +1,10 @@
-"""Signal handlers that stay with the process that installs them.
+"""SIGTERM in the processes a command forks.
 
 A process forked while a Python handler is installed inherits it: a ``multiprocessing`` pool's workers (``nasdet
-data make-synthetic``) and a DataLoader's. The CLI's SIGTERM handler raises KeyboardInterrupt, so the SIGTERM by
-which a pool ends its idle workers printed a KeyboardInterrupt traceback per worker in `make demo`; the trainer's
-(stop after the step) made a worker ignore the SIGTERM that ends it.
+data make-synthetic``). The CLI's SIGTERM handler raises KeyboardInterrupt, so the SIGTERM by which a pool ends its
+idle workers printed a KeyboardInterrupt traceback per worker in `make demo` (``for_this_process``). A training
+DataLoader's workers serve through a scheduler's SIGTERM, so that the trainer finishes its step and saves
+(``serve_through_sigterm``).
 """
 from __future__ import annotations
 
@@ -24,3 +25,11 @@ def for_this_process(handler):
         return handler(signum, frame)
 
     return handle
+
+
+def serve_through_sigterm(worker_id: int) -> None:
+    """A training DataLoader's ``worker_init_fn``: the worker ignores SIGTERM. A scheduler's SIGTERM reaches the whole
+    process group; torch's worker died of it, and the trainer, in the step it was to finish and save, failed on
+    "DataLoader worker ... is killed by signal: Terminated" with nothing saved. The loader ends its workers as
+    usual after the trainer's save (and a worker whose trainer is gone ends by torch's own watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -30,7 +30,7 @@ from ..data.transforms import TrainTransforms, at_train_size, targets_to, to_mod
 from ..files import append_jsonl, remove_leftover_temporaries, trim_jsonl
 from ..models.detectors import training_input_size
 from ..progress import progress_bar
-from ..signals import for_this_process
+from ..signals import serve_through_sigterm
 from . import dist
 from .bn import one_value_per_channel_as
 from .checkpoint import (BACKBONE_FILE_KEY, class_record, images_record, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
@@ -188,9 +188,11 @@ class StopAfterStep:
 
     def __enter__(self) -> "StopAfterStep":
         if self.enabled:
-            # SIGTERM ends a forked child (a DataLoader worker the loader stops) as its default does
-            for sig, handler in ((signal.SIGINT, self._handler), (signal.SIGTERM, for_this_process(self._handler))):
-                self._previous[sig] = signal.signal(sig, handler)
+            # (a DataLoader worker forked under it only notes a SIGTERM sent to the whole group, as a scheduler
+            # does, and serves the step under way; the loader ends it as usual. Dead at once, the trainer failed
+            # on "worker killed by signal" without saving)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -487,6 +489,7 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.epoch),
             num_workers=workers, collate_fn=self.collate,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
+            worker_init_fn=serve_through_sigterm if workers else None,
         )
 
     def train_step(self, images, targets) -> dict[str, float]:
