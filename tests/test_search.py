@@ -508,6 +508,28 @@ def test_a_resumed_search_scores_the_archs_of_the_uninterrupted_one(tmp_path, st
         {k: failed.user_attrs.get(k) for k in ("strategy", "generation", "op")}
 
 
+def test_a_trial_interrupted_while_its_choices_were_suggested_is_retried_with_its_whole_arch(tmp_path):
+    """The retry enqueued the choices the trial had recorded (7 of 38 when an interruption came mid-suggestion) and
+    the rerun drew the others afresh: another arch in that slot than the uninterrupted search's. The proposed
+    arch is enqueued whole."""
+    from nasdet.search.study import retry_trial
+
+    space = toy_space()
+    strat = make_strategy("random", space, toy_cost, None)
+    study = open_study(open_storage(str(tmp_path / "s.journal"), tmp_path), "partial", strat)
+    arch = space.sample(__import__("random").Random(5))
+    study.enqueue_trial(arch, user_attrs={"strategy": "evolution", "generation": 2, "op": "mutation"})
+    trial = study.ask()
+    for name in space.names[:2]:  # interrupted after two choices
+        trial.suggest_categorical(name, list(space[name]))
+    study.tell(trial, state=TrialState.FAIL)
+    retry_trial(study, study.trials[trial.number])
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == arch
+    assert {k: waiting[0].user_attrs[k] for k in ("generation", "op", "retry_of")} == \
+        {"generation": 2, "op": "mutation", "retry_of": trial.number}
+
+
 def test_a_candidate_interrupted_by_ctrl_c_is_scored_by_the_rerun(tmp_path):
     """A Ctrl-C (or SIGTERM) while a candidate was scored told its trial FAIL for good: the rerun went on with
     new proposals, so the resumed search scored another set than the uninterrupted one (a kill -9 was retried)."""

@@ -128,10 +128,14 @@ def _local_pid(who) -> int | None:
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue the arch of a failed (killed) trial, so that the next ``ask`` of any worker scores it."""
-    if trial.params:  # with how it was proposed (generation, operator), as the results list it
+    # the whole proposed arch (an interruption while its choices were being suggested left some of them unrecorded,
+    # and the retry drew those afresh: another arch than the uninterrupted search's), else the choices recorded
+    frozen = trial if isinstance(trial, FrozenTrial) else study.get_trials(deepcopy=False)[trial.number]
+    params = dict(frozen.system_attrs.get("fixed_params") or {}) or dict(frozen.params)
+    if params:  # with how it was proposed (generation, operator), as the results list it
         kept = {k: trial.user_attrs[k] for k in ("generation", "op") if k in trial.user_attrs}
-        study.enqueue_trial(dict(trial.params), user_attrs={"strategy": trial.user_attrs.get("strategy", "retry"),
-                                                            **kept, "retry_of": trial.number}, skip_if_exists=False)
+        study.enqueue_trial(params, user_attrs={"strategy": trial.user_attrs.get("strategy", "retry"),
+                                                **kept, "retry_of": trial.number}, skip_if_exists=False)
 
 
 def _alive(pid: int) -> bool:
