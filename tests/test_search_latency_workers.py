@@ -265,7 +265,37 @@ def test_a_search_on_a_training_set_changed_since_pretraining_is_refused(tiny_co
     copy.write_text(json.dumps(ann))
     now = len(build_datasets(cfg, need=("search",))["supernet_train"])
     with pytest.raises(DataError, match=rf"pretrained on {len(trained_on)} training images, and the training set now "
-                                        rf"splits into {now} other ones .* restore the training set"):
+                                        rf"splits into {now} other ones .* so \d+ of the \d+ images of the search split "
+                                        r"the supernet trained on would score candidates: restore the training set"):
         load_trained_supernet(cfg, console=QUIET)
     on_val = cfg.model_copy(update={"search": cfg.search.model_copy(update={"score_on": "val"})})
     load_trained_supernet(on_val, console=QUIET)
+    # a lowered data.search_fraction holds out a part of the images held out before: nothing it trained on scores
+    copy.write_text((shapes_dir / "train" / "annotations.json").read_text())
+    fewer = cfg.model_copy(update={"data": cfg.data.model_copy(update={"search_fraction": cfg.data.search_fraction / 2})})
+    load_trained_supernet(fewer, console=QUIET)
+
+
+def test_a_training_resumed_on_a_changed_training_set_is_refused(tiny_config, shapes_dir, tmp_path):
+    """A pretraining interrupted, then resumed on a training set reordered (or changed with the same step count)
+    went on silently, and its checkpoint then recorded the new set: the search's split check passed on images the
+    supernet had trained on."""
+    from nasdet.stages.baseline import run_baseline
+    from nasdet.train.checkpoint import CheckpointError
+
+    ann = json.loads((shapes_dir / "train" / "annotations.json").read_text())
+    copy = tmp_path / "train.json"
+    copy.write_text(json.dumps(ann))
+    raw = {"data": {"train": {"annotations": str(copy), "images": str(shapes_dir / "train" / "images")}},
+           "eval": {"max_images": 2}}
+    cfg = tiny_config(train={"epochs": 1, "max_steps": 4}, **raw)
+    run_baseline(cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 2})}), console=QUIET)
+    top = max(im["id"] for im in ann["images"]) + 1
+    for item in ann["images"]:  # the same images in reverse order (records go by image id)
+        item["id"] = top - item["id"]
+    for a in ann["annotations"]:
+        a["image_id"] = top - a["image_id"]
+    copy.write_text(json.dumps(ann))
+    with pytest.raises(CheckpointError, match=r"was training on \d+ images, and the training set now gives \d+ other "
+                                              r"ones .* restore the training set"):
+        run_baseline(cfg, console=QUIET)

@@ -18,7 +18,7 @@ from ..errors import ConfigError, DataError
 from ..models.supernet import build_supernet
 from ..space import SearchSpace
 from ..threads import set_torch_threads
-from ..train.checkpoint import images_record, load_checkpoint, load_model_weights, refuse_other_classes, unfinished_at
+from ..train.checkpoint import image_name_hashes, images_record, load_checkpoint, load_model_weights, refuse_other_classes, unfinished_at
 from ..train.resume import model_drift
 from ..train.trained import run_without_start_weights
 from ..workdir import WorkDir
@@ -68,7 +68,7 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
     refuse_other_classes(ckpt, state, search_set.classes, "the supernet", "search the data it was pretrained on "
                          "(its classes in that order), or pretrain on this data")
     if s.score_on != "val":
-        refuse_moved_split(ckpt, state, data["supernet_train"], w.supernet.root)
+        refuse_moved_split(ckpt, state, data["supernet_train"], data["search"], w.supernet.root)
     load_model_weights(model, state, source=str(ckpt))
     warn_model_drift(state, cfg, f"the supernet {ckpt}", "scores", console)
     unfinished = unfinished_at(state)
@@ -85,19 +85,29 @@ def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir 
     return TrainedSupernet(model, space, search_set, calib_set, device, scorer, ckpt, state)
 
 
-def refuse_moved_split(ckpt: Path, state: Mapping, supernet_train, stage_dir: Path) -> None:
+def refuse_moved_split(ckpt: Path, state: Mapping, supernet_train, search_split, stage_dir: Path) -> None:
     """DataError when the supernet trained on other images than the training split now gives it (its record, from
     checkpoints that keep one): the split is by position, so images added to or removed from train since pretraining
     put images the supernet trained on into the "held-out" search split (8 of 11 after adding 3 images to a YOLO
     folder), and candidates were ranked on data the shared weights fit."""
+    import torch
+
     then, now = state.get("train_images"), images_record(supernet_train)
     if not then or not now or then == now:
         return
+    trained = state.get("train_image_hashes")
+    if trained is not None:  # only an image it trained on matters (a lowered data.search_fraction holds out fewer)
+        overlap = int(torch.isin(image_name_hashes(search_split), trained).sum())
+        if not overlap:
+            return
+        held = f"{overlap} of the {len(search_split)} images of the search split"
+    else:
+        held = "images"
     raise DataError(
         f"the supernet {ckpt} was pretrained on {then['count']} training images, and the training set now splits "
-        f"into {now['count']} other ones (images added, removed or renamed since: data.search_fraction splits by "
-        "position), so the search split would hold images the supernet trained on: restore the training set as it "
-        f"was, or pretrain again on this one (delete {stage_dir})")
+        f"into {now['count']} other ones (images added, removed or renamed since, or another data.search_fraction / "
+        f"data.split_seed: the split is by position), so {held} the supernet trained on would score candidates: "
+        f"restore the training set and split as they were, or pretrain again on these (delete {stage_dir})")
 
 
 def warn_model_drift(state: Mapping, cfg: ExperimentConfig, what: str, use: str, console: Console | None) -> None:

@@ -190,6 +190,13 @@ def images_record(dataset) -> dict | None:
     return {"count": len(records), "digest": hashlib.sha256(names.encode()).hexdigest()[:16]}
 
 
+def image_name_hashes(dataset) -> torch.Tensor:
+    """int64 hashes of the file names of ``dataset``'s images (a supernet checkpoint keeps its training images'):
+    whether a search split holds an image the supernet trained on, checked without the names."""
+    digests = b"".join(hashlib.blake2b(Path(r.file).name.encode(), digest_size=8).digest() for r in dataset.records)
+    return torch.frombuffer(bytearray(digests), dtype=torch.int64).clone() if digests else torch.zeros(0, dtype=torch.int64)
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():

@@ -33,7 +33,7 @@ from ..progress import progress_bar
 from ..signals import serve_through_sigterm
 from . import dist
 from .bn import one_value_per_channel_as
-from .checkpoint import (BACKBONE_FILE_KEY, class_record, images_record, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
+from .checkpoint import (BACKBONE_FILE_KEY, class_record, image_name_hashes, images_record, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
                          set_rng_state)
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler, clip_grad_norm
@@ -360,6 +360,9 @@ class Trainer:
             "space_id": self.space_id,
             "classes": class_record(self.train_set),
             "train_images": images_record(self.train_set),
+            # a supernet's: the search checks its split against them
+            **({"train_image_hashes": image_name_hashes(self.train_set)}
+               if self.space_id is not None and hasattr(self.train_set, "records") else {}),
             "extra": {**self.extra_state(), **({"starts": self.starts} if self.starts else {})},
         }
 
@@ -431,6 +434,15 @@ class Trainer:
         state = load_checkpoint(path, space_id=self.space_id)
         refuse_changed_run(path, state.get("config"), self.settings.record, self.resume_sections,
                            self.resume_ignored(state), state.get("paths"), self.settings.recipe)
+        then, now = state.get("train_images"), images_record(self.train_set)
+        if then and now and then != now and state.get("step", 0) < (state.get("total_steps") or 0):
+            # (another order or set of images with the same step count resumed silently, and the checkpoint then
+            # recorded the new set: the supernet's search split check passed on images it had trained on)
+            raise CheckpointError(
+                f"{path} was training on {then['count']} images, and the training set now gives {now['count']} other "
+                "ones (images added, removed, renamed or reordered since, or another data.search_fraction / "
+                "split_seed): a resumed run would not train as the interrupted one did; restore the training set, or "
+                "delete the checkpoint to train from the start")
         load_model_weights(self.model, state, source=str(path))
         if state.get("total_steps") != self.total_steps:
             was = state.get("processes")
