@@ -298,6 +298,42 @@ def test_tiny_darts_search_through_the_python_api_and_resume(tiny_config, tmp_pa
     assert epochs == [1, 1, 2]  # epoch 1, the partial record at step 3, then epoch 2
 
 
+def test_a_signal_stops_the_darts_search_after_the_step_it_interrupts_and_saves_it(tiny_config, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """Ctrl-C or a scheduler's SIGTERM stopped the search with nothing saved since the last ckpt_every_steps (500
+    in FAD's recipe) and nothing said; the step under way now ends, last.pt is saved at it, and the rerun gives
+    the uninterrupted search's weights and alphas."""
+    import os
+    import signal
+
+    from nasdet.search import darts
+    from nasdet.stages.search import run_search
+
+    cfg = darts_config(tiny_config, data={"augment": {"hflip": 0.0, "photometric": 0.0}})
+    whole = run_search(cfg)
+    state = load_checkpoint(tmp_path / "work" / "search" / "ckpt" / "last.pt")
+    real, calls = darts.Bilevel.step, []
+
+    def signalled_at_the_second(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives during the step
+        return real(self, *args)
+
+    monkeypatch.setattr(darts.Bilevel, "step", signalled_at_the_second)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, work_dir=cut)
+    assert "SIGTERM: stopped after step 2, saved in" in " ".join(capsys.readouterr().out.split())
+    assert load_checkpoint(cut / "search" / "ckpt" / "last.pt")["step"] == 2
+    monkeypatch.setattr(darts.Bilevel, "step", real)
+    resumed = run_search(cfg, work_dir=cut)
+    assert resumed["step"] == 4 and resumed["genotypes"] == whole["genotypes"]
+    res = load_checkpoint(cut / "search" / "ckpt" / "last.pt")["model"]
+    for k, v in state["model"].items():
+        assert torch.allclose(v, res[k], atol=1e-6), k
+
+
 def test_darts_pipeline_trains_the_searched_head_against_the_standard_one_and_exports(tiny_config, tmp_path):
     """With search.strategy darts: baseline (standard FCOS head) -> search (no supernet) -> tune (the
     searched towers, genotypes stored in the checkpoint) -> export -> report."""

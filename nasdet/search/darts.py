@@ -41,7 +41,8 @@ from ..files import append_jsonl, trim_jsonl
 from ..progress import progress_bar
 from ..threads import govern, loader_workers, set_torch_threads
 from ..train.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
-from ..train.loop import EpochSampler, RunSettings, TrainingDiverged, resolve_device, start_note_of
+from ..signals import serve_through_sigterm
+from ..train.loop import EpochSampler, RunSettings, StopAfterStep, TrainingDiverged, resolve_device, start_note_of
 from ..train.optim import build_scheduler, clip_grad_norm, momentum_sgd, param_groups
 from ..train.resume import NOT_TRAINING, refuse_changed_run, resolved_paths
 from ..workdir import ALPHAS_LOG, GENOTYPE_JSON, GENOTYPE_LOG, LOG_FILE, SEARCH, WorkDir, WriterLock, checkpoint_in  # noqa: F401
@@ -325,10 +326,20 @@ class DartsSearch:
     # -------------------------------------------------------------------------------------- run
     def _loader(self, dataset, sampler) -> torch.utils.data.DataLoader:
         bs = self.d.batch_size
-        return torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=sampler,
-                                           num_workers=loader_workers(self.settings.num_workers, self.device),
+        workers = loader_workers(self.settings.num_workers, self.device)
+        return torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=workers,
                                            collate_fn=collate_detection, drop_last=len(dataset) >= bs,
-                                           pin_memory=self.device.type == "cuda")
+                                           pin_memory=self.device.type == "cuda",
+                                           worker_init_fn=serve_through_sigterm if workers else None)
+
+    def _stop_saved(self, stop: StopAfterStep, saved: bool = False) -> None:
+        """Save ``last.pt`` at the step reached (unless just ``saved``), say so, and stop."""
+        if not saved:
+            self.save()
+        self.console.print(f"{stop.asked}: stopped after step {self.step}, saved in {escape(str(self.ckpt_path))}; "
+                           "the same command continues from it (a second signal stops at once, losing the steps "
+                           "since the last checkpoint)")
+        raise KeyboardInterrupt
 
     def run(self) -> dict:
         resumed = self.prepare()
@@ -344,7 +355,9 @@ class DartsSearch:
                                 MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
                                 TimeRemainingColumn(), label="darts search step", every=self.d.log_every_steps,
                                 fields=lambda f: f"epoch {f['epoch']}, loss {f['loss']:.3f}")
-        with progress:
+        # Ctrl-C / a scheduler's SIGTERM: the step under way ends, last.pt is saved at it and the rerun continues
+        # there (up to ckpt_every_steps, 500 in FAD's recipe, were lost without a word)
+        with progress, StopAfterStep() as stop:
             task = progress.add_task("", total=limit, completed=self.step, epoch=self.epoch, loss=float("nan"))
             while self.step < limit and self.epoch < self.d.epochs:
                 start = self.batch_in_epoch * self.d.batch_size
@@ -366,6 +379,8 @@ class DartsSearch:
                                                    **{k: round(v, 5) for k, v in stats.items()}})
                     progress.update(task, completed=self.step, epoch=self.epoch, loss=stats["loss"])
                     epoch_done = self.batch_in_epoch >= self.steps_per_epoch
+                    if stop.asked and not epoch_done and self.step < limit:
+                        self._stop_saved(stop)
                     if self.step % self.d.ckpt_every_steps == 0 and not epoch_done:
                         self.save()
                     if epoch_done or self.step >= limit:
@@ -376,6 +391,8 @@ class DartsSearch:
                     self.record_epoch({k: v / max(n, 1) for k, v in sums.items()})
                     sums, n = {}, 0
                     self.save()
+                    if stop.asked and self.step < limit and self.epoch < self.d.epochs:
+                        self._stop_saved(stop, saved=True)
         if (self.batch_in_epoch and n) or not (self.out_dir / GENOTYPE_JSON).is_file():
             self.record_epoch({k: v / max(n, 1) for k, v in sums.items()}, partial=True)  # stopped mid-epoch
         if n or not resumed:
