@@ -363,6 +363,13 @@ def test_darts_pipeline_trains_the_searched_head_against_the_standard_one_and_ex
     assert not any("towers" in k for k in base["model"])  # the baseline keeps torchvision's standard head
     assert [r["model"] for r in report["rows"]] == ["baseline (mobilenet_v3_small)", "found arch (tune from scratch)"]
     assert (wd / "export" / "tune.onnx").is_file()
+    # report.md says what was searched and found, and no supernet (it named the backbone as the search space, a
+    # supernet start, supernet/ and the study's files, and never the genotypes)
+    md = " ".join((wd / "report.md").read_text().split())
+    assert "search space FAD's fcos head (box and cls towers of 1 cell(s) of 3 nodes, C = 64" in md
+    assert "supernet" not in md and "study.journal" not in md and report["supernet"] is None
+    assert f"Found head (tune/arch.json): box tower {format_genotype(box)}; cls tower {format_genotype(cls)}." in md
+    assert "`search/` (genotype.log, genotype.json, alphas.jsonl" in md
     # another genotype for a finished tune folder is refused, not silently mixed
     with pytest.raises(CheckpointError, match="other genotypes"):
         run_tune(validate_config({**raw, "tune": {"arch": "fad_paper"}}, "other"))

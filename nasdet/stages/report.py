@@ -15,6 +15,7 @@ from rich.table import Table
 from ..config import ExperimentConfig
 from ..export import configured_postprocessing
 from ..files import atomic_path, file_stamp, write_json_atomic, write_text_atomic
+from ..models.heads.fad import format_genotype, read_genotypes
 from ..search.controls import matched_cost_metric
 from ..workdir import CONFIDENCE_JSON, INITIAL_METRICS, METRICS_FILE, PARETO_JSON, PARETO_PNG, WorkDir
 from .common import baseline_config, start_note_of
@@ -396,7 +397,9 @@ def _starting_weights(cfg: ExperimentConfig, base_record: dict, supernet_record:
     else:
         baseline = None
     recorded = (supernet_record or {}).get("start")
-    if cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline:
+    if cfg.search.strategy == "darts":  # FAD searches the head on the detector itself: no supernet
+        supernet = None
+    elif cfg.pipeline.init_supernet_from_baseline and cfg.pipeline.baseline:
         supernet = "the supernet from the baseline's weights (pipeline.init_supernet_from_baseline)"
     else:
         supernet = f"the supernet ({recorded or start_note_of(cfg)})"
@@ -633,9 +636,16 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
     budget = cfg.search.budget
     train = cfg.data.train
     data = train.annotations or train.root or train.images or cfg.data.data_yaml
-    lines = [f"# nasdet report: {cfg.name}", "",
-             f"Detector {cfg.model.detector}, search space {cfg.model.backbone.name} "
-             f"(width {cfg.model.backbone.width_mult}), data {data}.", "", _starting_weights(cfg, base_record, supernet_record), ""]
+    darts = cfg.search.strategy == "darts"
+    if darts:  # FAD: the head's towers are searched, the backbone is fixed
+        h = cfg.model.head
+        space = (f"search space FAD's {cfg.model.detector} head (box and cls towers of {h.search_cells} cell(s) of "
+                 f"{h.search_nodes} nodes, C = {h.cell_channels}; {h.num_cells} cell(s) trained) on a fixed "
+                 f"{cfg.model.backbone.name} (width {cfg.model.backbone.width_mult})")
+    else:
+        space = f"search space {cfg.model.backbone.name} (width {cfg.model.backbone.width_mult})"
+    lines = [f"# nasdet report: {cfg.name}", "", f"Detector {cfg.model.detector}, {space}, data {data}.", "",
+             _starting_weights(cfg, base_record, supernet_record), ""]
     if budget is not None:
         scale, unit = (1e6, "M") if budget.metric in ("macs", "params") else (1.0, "ms")
         lines += [f"Budget: {budget.metric} <= {budget.max / scale:.4g} {unit}.", ""]
@@ -712,8 +722,13 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         else None
     if diagnose is not None:
         lines += diagnose_lines(diagnose)
-    lines += ["Files: `baseline/` (checkpoint, metrics), `supernet/` (checkpoint, subnets' metrics), `search/` "
-              "(study.journal, results.csv, best_arch.json, pareto.json/png), `tune/` (arch.json, checkpoint, "
+    if tune.get("genotype"):  # the found head, as FAD writes it
+        box, cls = read_genotypes(tune["genotype"], f"{w.tune.metrics} genotype")
+        lines += [f"Found head (tune/arch.json): box tower {format_genotype(box)}; cls tower {format_genotype(cls)}.", ""]
+    searched = ("`search/` (genotype.log, genotype.json, alphas.jsonl, log.jsonl, ckpt/)" if darts else
+                "`supernet/` (checkpoint, subnets' metrics), `search/` (study.journal, results.csv, best_arch.json, "
+                "pareto.json/png)")
+    lines += [f"Files: `baseline/` (checkpoint, metrics), {searched}, `tune/` (arch.json, checkpoint, "
               "metrics), `export/` (ONNX files, parity and latency records, classes.json)"
               + (", `diagnose/` (records, results.csv, summary.json, rank.png)" if diagnose is not None else "") + ".", ""]
     write_text_atomic(w.report_md, "\n".join(lines))
@@ -722,4 +737,4 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
             "ap_differences": differences, "latency_in_turns": latency,
             "diagnose": None if diagnose is None else {k: diagnose[k] for k in ("archs", "target", "rankers", "noise")},
             "budget": None if budget is None else budget.model_dump(),
-            "supernet": str(w.supernet.root)}
+            "supernet": None if darts else str(w.supernet.root), "genotype": tune.get("genotype")}
