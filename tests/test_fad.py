@@ -298,6 +298,24 @@ def test_tiny_darts_search_through_the_python_api_and_resume(tiny_config, tmp_pa
     assert epochs == [1, 1, 2]  # epoch 1, the partial record at step 3, then epoch 2
 
 
+def test_a_darts_search_resumed_mid_epoch_with_augmentation_follows_the_uninterrupted_one(tiny_config, tmp_path):
+    """The loaders drew their iterators' seeds from the global stream, at the epoch's start in the uninterrupted
+    search and where the resumed one started: with augmentation on (FAD's recipe, the demo) every later image was
+    augmented otherwise, and the resumed search found other genotypes."""
+    from nasdet.stages.search import run_search
+
+    augment = {"data": {"augment": {"hflip": 0.5, "photometric": 0.5}}}
+    whole = run_search(darts_config(tiny_config, **augment))
+    state = load_checkpoint(tmp_path / "work" / "search" / "ckpt" / "last.pt")
+    cut = tmp_path / "cut"
+    assert run_search(darts_config(tiny_config, max_steps=3, **augment), work_dir=cut)["step"] == 3
+    resumed = run_search(darts_config(tiny_config, **augment), work_dir=cut)
+    assert resumed["step"] == 4 and resumed["genotypes"] == whole["genotypes"]
+    res = load_checkpoint(cut / "search" / "ckpt" / "last.pt")["model"]
+    for k, v in state["model"].items():
+        assert torch.allclose(v, res[k], atol=1e-6), k
+
+
 def test_a_signal_stops_the_darts_search_after_the_step_it_interrupts_and_saves_it(tiny_config, tmp_path,
                                                                                   monkeypatch, capsys):
     """Ctrl-C or a scheduler's SIGTERM stopped the search with nothing saved since the last ckpt_every_steps (500

@@ -324,10 +324,15 @@ class DartsSearch:
         return record
 
     # -------------------------------------------------------------------------------------- run
-    def _loader(self, dataset, sampler) -> torch.utils.data.DataLoader:
+    def _loader(self, dataset, sampler, which: int) -> torch.utils.data.DataLoader:
         bs = self.d.batch_size
         workers = loader_workers(self.settings.num_workers, self.device)
+        # the loader's own generator: creating an iterator draws a seed from it, and a draw from the global one
+        # (made at the epoch's start, or where a resumed search starts) moved every later augmentation of a search
+        # resumed mid-epoch away from the uninterrupted one's
+        generator = torch.Generator().manual_seed((self.settings.seed * 1_000_003 + self.epoch) * 2 + which)
         return torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=workers,
+                                           generator=generator,
                                            collate_fn=collate_detection, drop_last=len(dataset) >= bs,
                                            pin_memory=self.device.type == "cuda",
                                            worker_init_fn=serve_through_sigterm if workers else None)
@@ -363,8 +368,8 @@ class DartsSearch:
                 start = self.batch_in_epoch * self.d.batch_size
                 for sampler in self.samplers:
                     sampler.set_epoch(self.epoch, start)
-                for wb, ab in zip(self._loader(self.weight_set, self.samplers[0]),
-                                  self._loader(self.arch_set, self.samplers[1])):
+                for wb, ab in zip(self._loader(self.weight_set, self.samplers[0], 0),
+                                  self._loader(self.arch_set, self.samplers[1], 1)):
                     govern()
                     stats = self.bilevel.step(wb, ab)
                     self.scheduler.step()
