@@ -403,7 +403,7 @@ def test_real_scoring_is_repeatable_and_run_search_writes_outputs(tiny_config, t
     narrower = cfg.model_copy(update={"search": cfg.search.model_copy(update={"resolution_tolerance": 0,
                                                                               "num_candidates": 4})})
     with pytest.raises(ConfigError, match=r"holds candidates scored with other settings \(search space input_size: "
-                                          r"\[64, 96\] -> \[96\]\)"):
+                                          r"\[64, 96\] -> \[96\]\): its trials were drawn from other choices"):
         run_search(narrower, console=Console(quiet=True))
     assert len(json.loads((out / "pareto.json").read_text())["front"]) == len(pareto["front"])
     study = optuna.load_study(study_name="tiny-random", storage=open_storage(str(out / "study.journal"), out))

@@ -299,3 +299,25 @@ def test_a_training_resumed_on_a_changed_training_set_is_refused(tiny_config, sh
     with pytest.raises(CheckpointError, match=r"was training on \d+ images, and the training set now gives \d+ other "
                                               r"ones .* restore the training set"):
         run_baseline(cfg, console=QUIET)
+
+
+def test_an_unreadable_image_of_the_search_split_stops_pretraining_before_it_starts(tiny_config, shapes_dir, tmp_path):
+    """The trainer checks the images it trains on; one of the held-out search split that does not open passed
+    `nasdet pretrain` and stopped `nasdet search` after the whole pretraining."""
+    import shutil
+
+    from nasdet.data.build import build_datasets
+    from nasdet.errors import DataError
+    from nasdet.stages.pretrain import run_pretrain
+
+    images = tmp_path / "images"
+    shutil.copytree(shapes_dir / "train" / "images", images)
+    cfg = tiny_config("ssdlite", model=OFA_TINY, supernet={"input_sizes": [96], "recalib_batches": 1},
+                      data={"train": {"annotations": str(shapes_dir / "train" / "annotations.json"),
+                                      "images": str(images)}},
+                      train={"epochs": 1, "max_steps": 1}, eval={"max_images": 2})
+    held_out = build_datasets(cfg, need=("search",))["search"].records[0].file
+    held_out.write_bytes(b"not an image")
+    with pytest.raises(DataError, match=rf"image file {held_out} \(image id \d+\) cannot be decoded"):
+        run_pretrain(cfg, console=QUIET)
+    assert not (tmp_path / "work" / "supernet" / "ckpt").exists()

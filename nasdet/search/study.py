@@ -334,10 +334,13 @@ def check_scoring_settings(study: optuna.Study, settings: Mapping[str, Any], stu
         return []
     changed = [f"{k}: {have[k]} -> {v}" for k, v in settings.items() if k in have and have[k] != v]
     if changed and scores:
+        space = all(c.startswith("search space ") for c in changed)
         raise ConfigError(
-            f"{study_label} holds candidates scored with other settings ({'; '.join(changed)}): their scores would "
-            "not rank with new ones. Rerun with the settings it was scored with, or delete the study (the search "
-            "folder's study.journal) or set search.study_name to start a new one")
+            f"{study_label} holds candidates scored with other settings ({'; '.join(changed)}): "
+            + ("its trials were drawn from other choices, which a study keeps (search.resolution_tolerance, the "
+               "supernet's sizes or space)" if space else "their scores would not rank with new ones")
+            + ". Rerun with the settings it was scored with, or delete the study (the search folder's study.journal) "
+            "or set search.study_name to start a new one")
     return changed
 
 

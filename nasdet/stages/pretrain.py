@@ -82,6 +82,7 @@ def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     console = dist.main_console(console or Console())
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg)
+    data["search"].check_unopened_images()  # (the trainer checks its own images; these would stop the search)
     k = data["train"].num_classes
     out = wd.supernet
     out_dir = out.root
