@@ -298,6 +298,20 @@ def test_tiny_darts_search_through_the_python_api_and_resume(tiny_config, tmp_pa
     assert epochs == [1, 1, 2]  # epoch 1, the partial record at step 3, then epoch 2
 
 
+def test_a_darts_search_stopped_before_its_first_checkpoint_logs_each_step_once(tiny_config, tmp_path):
+    """The rerun started afresh and kept the stopped search's lines (step 1 twice in log.jsonl)."""
+    from nasdet.stages.search import run_search
+
+    out = tmp_path / "work" / "search"
+    out.mkdir(parents=True)
+    (out / "log.jsonl").write_text(json.dumps({"step": 1, "epoch": 0, "loss": 9.0}) + "\n")
+    (out / "alphas.jsonl").write_text(json.dumps({"epoch": 1, "step": 2}) + "\n")
+    run_search(darts_config(tiny_config, data={"augment": {"hflip": 0.0, "photometric": 0.0}}))
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert [json.loads(line)["epoch"] for line in (out / "alphas.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_a_darts_search_resumed_mid_epoch_with_augmentation_follows_the_uninterrupted_one(tiny_config, tmp_path):
     """The loaders drew their iterators' seeds from the global stream, at the epoch's start in the uninterrupted
     search and where the resumed one started: with augmentation on (FAD's recipe, the demo) every later image was

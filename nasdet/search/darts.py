@@ -278,7 +278,9 @@ class DartsSearch:
         return self._resumed
 
     def try_resume(self) -> bool:
-        if not self.ckpt_path.is_file():
+        if not self.ckpt_path.is_file():  # a search stopped before its first checkpoint: its lines are logged again
+            trim_jsonl(self.out_dir / LOG_FILE, "step", 0)
+            self._trim_alpha_log(0)
             return False
         state = load_checkpoint(self.ckpt_path)
         refuse_changed_run(self.ckpt_path, state.get("config"), self.settings.record,
