@@ -262,9 +262,13 @@ def test_second_order_gradient_matches_the_exact_unrolled_gradient():
 
 
 def test_tiny_darts_search_through_the_python_api_and_resume(tiny_config, tmp_path):
+    """... and a search stopped mid-epoch, then rerun, gives the uninterrupted one's weights and alphas, with
+    augmentation on (its loaders drew their iterators' seeds from the global stream, at the epoch's start or where
+    the resumed search started: every later image was augmented otherwise, and other genotypes were found)."""
     from nasdet.stages.search import run_search
 
-    cfg = darts_config(tiny_config, data={"augment": {"hflip": 0.0, "photometric": 0.0}})
+    augment = {"hflip": 0.5, "photometric": 0.5}
+    cfg = darts_config(tiny_config, data={"augment": augment})
     summary = run_search(cfg)
     out = tmp_path / "work" / "search"
     box, cls = read_genotypes(out / "genotype.log")
@@ -286,8 +290,7 @@ def test_tiny_darts_search_through_the_python_api_and_resume(tiny_config, tmp_pa
 
     # stopped after step 3 (mid-epoch), then rerun: the same weights and alphas as the uninterrupted search
     cut = tmp_path / "cut"
-    stopped = run_search(darts_config(tiny_config, data={"augment": {"hflip": 0.0, "photometric": 0.0}},
-                                      max_steps=3), work_dir=cut)
+    stopped = run_search(darts_config(tiny_config, data={"augment": augment}, max_steps=3), work_dir=cut)
     assert stopped["step"] == 3
     resumed = run_search(cfg, work_dir=cut)
     assert resumed["step"] == 4 and resumed["genotypes"] == summary["genotypes"]
@@ -306,44 +309,24 @@ def test_a_darts_search_stopped_before_its_first_checkpoint_logs_each_step_once(
     out.mkdir(parents=True)
     (out / "log.jsonl").write_text(json.dumps({"step": 1, "epoch": 0, "loss": 9.0}) + "\n")
     (out / "alphas.jsonl").write_text(json.dumps({"epoch": 1, "step": 2}) + "\n")
-    run_search(darts_config(tiny_config, data={"augment": {"hflip": 0.0, "photometric": 0.0}}))
+    run_search(darts_config(tiny_config, data={"augment": {"hflip": 0.0, "photometric": 0.0}}, max_steps=2))
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
-    assert [json.loads(line)["epoch"] for line in (out / "alphas.jsonl").read_text().splitlines()] == [1, 2]
-
-
-def test_a_darts_search_resumed_mid_epoch_with_augmentation_follows_the_uninterrupted_one(tiny_config, tmp_path):
-    """The loaders drew their iterators' seeds from the global stream, at the epoch's start in the uninterrupted
-    search and where the resumed one started: with augmentation on (FAD's recipe, the demo) every later image was
-    augmented otherwise, and the resumed search found other genotypes."""
-    from nasdet.stages.search import run_search
-
-    augment = {"data": {"augment": {"hflip": 0.5, "photometric": 0.5}}}
-    whole = run_search(darts_config(tiny_config, **augment))
-    state = load_checkpoint(tmp_path / "work" / "search" / "ckpt" / "last.pt")
-    cut = tmp_path / "cut"
-    assert run_search(darts_config(tiny_config, max_steps=3, **augment), work_dir=cut)["step"] == 3
-    resumed = run_search(darts_config(tiny_config, **augment), work_dir=cut)
-    assert resumed["step"] == 4 and resumed["genotypes"] == whole["genotypes"]
-    res = load_checkpoint(cut / "search" / "ckpt" / "last.pt")["model"]
-    for k, v in state["model"].items():
-        assert torch.allclose(v, res[k], atol=1e-6), k
+    assert steps == [1, 2]
+    assert [json.loads(line)["epoch"] for line in (out / "alphas.jsonl").read_text().splitlines()] == [1]
 
 
 def test_a_signal_stops_the_darts_search_after_the_step_it_interrupts_and_saves_it(tiny_config, tmp_path,
                                                                                   monkeypatch, capsys):
     """Ctrl-C or a scheduler's SIGTERM stopped the search with nothing saved since the last ckpt_every_steps (500
     in FAD's recipe) and nothing said; the step under way now ends, last.pt is saved at it, and the rerun gives
-    the uninterrupted search's weights and alphas."""
+    where it stopped (the rerun's exactness is the resume test's)."""
     import os
     import signal
 
     from nasdet.search import darts
     from nasdet.stages.search import run_search
 
-    cfg = darts_config(tiny_config, data={"augment": {"hflip": 0.0, "photometric": 0.0}})
-    whole = run_search(cfg)
-    state = load_checkpoint(tmp_path / "work" / "search" / "ckpt" / "last.pt")
+    cfg = darts_config(tiny_config, data={"augment": {"hflip": 0.0, "photometric": 0.0}}, max_steps=3)
     real, calls = darts.Bilevel.step, []
 
     def signalled_at_the_second(self, *args):
@@ -359,11 +342,8 @@ def test_a_signal_stops_the_darts_search_after_the_step_it_interrupts_and_saves_
     assert "SIGTERM: stopped after step 2, saved in" in " ".join(capsys.readouterr().out.split())
     assert load_checkpoint(cut / "search" / "ckpt" / "last.pt")["step"] == 2
     monkeypatch.setattr(darts.Bilevel, "step", real)
-    resumed = run_search(cfg, work_dir=cut)
-    assert resumed["step"] == 4 and resumed["genotypes"] == whole["genotypes"]
-    res = load_checkpoint(cut / "search" / "ckpt" / "last.pt")["model"]
-    for k, v in state["model"].items():
-        assert torch.allclose(v, res[k], atol=1e-6), k
+    assert run_search(cfg, work_dir=cut)["step"] == 3
+    assert "resumed at step 2" in " ".join(capsys.readouterr().out.split())
 
 
 def test_darts_pipeline_trains_the_searched_head_against_the_standard_one_and_exports(tiny_config, tmp_path):
