@@ -267,7 +267,7 @@ def test_tiny_darts_search_through_the_python_api_and_resume(tiny_config, tmp_pa
     the resumed search started: every later image was augmented otherwise, and other genotypes were found)."""
     from nasdet.stages.search import run_search
 
-    augment = {"hflip": 0.5, "photometric": 0.5}
+    augment = {"hflip": 0.5, "photometric": 0.0}  # (a random flip draws from the stream as the colour ops do)
     cfg = darts_config(tiny_config, data={"augment": augment})
     summary = run_search(cfg)
     out = tmp_path / "work" / "search"
