@@ -33,8 +33,8 @@ from ..progress import progress_bar
 from ..signals import serve_through_sigterm
 from . import dist
 from .bn import one_value_per_channel_as
-from .checkpoint import (BACKBONE_FILE_KEY, class_record, image_name_hashes, images_record, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (BACKBONE_FILE_KEY, class_record, image_name_hashes, images_record, load_checkpoint,
+                         load_model_weights, rng_state, save_checkpoint, set_rng_state)
 from .evaluate import evaluate_detector
 from .optim import build_optimizer, build_scheduler, clip_grad_norm
 from .resume import NOT_TRAINING, TRAINING_SECTIONS, refuse_changed_run, resolved_paths
@@ -188,9 +188,7 @@ class StopAfterStep:
 
     def __enter__(self) -> "StopAfterStep":
         if self.enabled:
-            # (a DataLoader worker forked under it only notes a SIGTERM sent to the whole group, as a scheduler
-            # does, and serves the step under way; the loader ends it as usual. Dead at once, the trainer failed
-            # on "worker killed by signal" without saving)
+            # (a DataLoader worker sets its own: serve_through_sigterm)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handler)
         return self
