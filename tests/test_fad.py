@@ -301,6 +301,17 @@ def test_tiny_darts_search_through_the_python_api_and_resume(tiny_config, tmp_pa
     assert epochs == [1, 1, 2]  # epoch 1, the partial record at step 3, then epoch 2
 
 
+def test_a_darts_search_refuses_a_storage_it_would_not_use(tiny_config, tmp_path):
+    """`nasdet search --storage URL` ran the DARTS search and wrote no study, without a word."""
+    from nasdet.errors import ConfigError
+    from nasdet.stages.search import run_search
+
+    with pytest.raises(ConfigError, match=r"--storage .*x\.journal: search.strategy darts \(FAD\) keeps no Optuna "
+                                          r"study .* drop --storage"):
+        run_search(darts_config(tiny_config), storage=str(tmp_path / "x.journal"))
+    assert not (tmp_path / "work" / "search").exists()
+
+
 def test_a_darts_search_stopped_before_its_first_checkpoint_logs_each_step_once(tiny_config, tmp_path):
     """The rerun started afresh and kept the stopped search's lines (step 1 twice in log.jsonl)."""
     from nasdet.stages.search import run_search

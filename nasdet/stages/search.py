@@ -105,6 +105,9 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     outputs once); returns the counts."""
     check_one_process(cfg, worker)
     if cfg.search.strategy == "darts":  # FAD: differentiable search of the head, no supernet stage
+        if storage:  # (it was ignored without a word)
+            raise ConfigError(f"--storage {storage}: search.strategy darts (FAD) keeps no Optuna study (its alphas "
+                              "are in search/ckpt/last.pt); drop --storage")
         return run_darts(cfg, work_dir, console)
     console = console or Console()
     s = cfg.search
