@@ -444,11 +444,21 @@ def make_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 500, s
                 progress(len(results), total)
     else:
         chunk = max(1, min(16, total // (workers * 8)))
-        with _mp_context().Pool(workers) as pool:
+        pool = _mp_context().Pool(workers)
+        try:
             for r in pool.imap(_work, jobs, chunksize=chunk):
                 results.append(r)
                 if progress is not None:
                     progress(len(results), total)
+            # the workers end on the pool's sentinel: `with Pool()` ends them by SIGTERM (terminate), which printed
+            # a KeyboardInterrupt traceback per worker under the CLI's handler, or hung when one came as a worker
+            # started
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
 
     # Annotation files last, atomically: only a finished run leaves them.
     for split in _SPLITS:
