@@ -357,12 +357,19 @@ class Trainer:
             "paths": resolved_paths(self.settings.record),
             "space_id": self.space_id,
             "classes": class_record(self.train_set),
-            "train_images": images_record(self.train_set),
-            # a supernet's: the search checks its split against them
-            **({"train_image_hashes": image_name_hashes(self.train_set)}
-               if self.space_id is not None and hasattr(self.train_set, "records") else {}),
+            **self._images_trained_on(),
             "extra": {**self.extra_state(), **({"starts": self.starts} if self.starts else {})},
         }
+
+    def _images_trained_on(self) -> dict:
+        """The checkpoint's record of the training images (and a supernet's name hashes, which the search checks
+        its split against), computed once: the set does not change while a run trains, and a checkpoint is saved
+        every ckpt_every_steps (hashing COCO's 118k names each time)."""
+        if not hasattr(self, "_trained_on"):
+            self._trained_on = {"train_images": images_record(self.train_set)}
+            if self.space_id is not None and hasattr(self.train_set, "records"):  # a supernet's
+                self._trained_on["train_image_hashes"] = image_name_hashes(self.train_set)
+        return self._trained_on
 
     def stop_saved(self, stop: "StopAfterStep") -> None:
         """Save ``last.pt`` at the step reached, say so, and stop (``StopAfterStep`` was asked)."""
@@ -432,7 +439,7 @@ class Trainer:
         state = load_checkpoint(path, space_id=self.space_id)
         refuse_changed_run(path, state.get("config"), self.settings.record, self.resume_sections,
                            self.resume_ignored(state), state.get("paths"), self.settings.recipe)
-        then, now = state.get("train_images"), images_record(self.train_set)
+        then, now = state.get("train_images"), self._images_trained_on()["train_images"]
         if then and now and then != now and state.get("step", 0) < (state.get("total_steps") or 0):
             # (another order or set of images with the same step count resumed silently, and the checkpoint then
             # recorded the new set: the supernet's search split check passed on images it had trained on)
