@@ -111,6 +111,14 @@ def test_genotype_round_trip_and_published_genotypes(tmp_path):
     assert read_genotypes(files["genotype.log"]) == (box, cls) == read_genotypes(files["genotype.json"])
     assert json.loads(files["genotype.json"].read_text())["box"]["normal"][0] == [["sinSep_conv_3x3_x3", 0],
                                                                                  ["std_conv_3x3_x3", 1]]
+    edited = json.loads(files["genotype.json"].read_text())  # a user edits the FAD-format line only
+    edited["box_text"] = edited["box_text"].replace("('std_conv_3x3', 2)", "('std_conv_3x3_x2', 2)", 1)
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    with pytest.raises(GenotypeError, match=r"edited.json: 'box_text' and 'box' give two different box genotypes"):
+        read_genotypes(tmp_path / "edited.json")
+    del edited["box_text"]  # the structured form alone (or with agreeing text) is the genotype
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    assert read_genotypes(tmp_path / "edited.json") == (box, cls)
     for g in OTHER_GOOD_GENOTYPES:  # the README's other architectures build too
         towers = FADTowers(64, 32, 2, (g, g))
         box_f, cls_f = towers(torch.randn(1, 64, 8, 8))
@@ -423,10 +431,16 @@ def test_genotypes_are_an_arch_the_tune_stage_trains_stores_and_reloads(tiny_con
     assert json.loads((tune / "arch.json").read_text())["arch"] == arch
     state = load_checkpoint(tune / "ckpt" / "last.pt")
     assert state["extra"]["arch"] == arch
-    model, loaded = load_tuned_model(tune / "ckpt" / "last.pt", cfg, 8)  # the tiny set's classes
-    assert loaded == arch and any("towers.box_tower" in k for k in model.state_dict())
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, state["model"][k]), k
+    # the head rebuilds from the checkpoint alone, as its genotypes do (eval / export with another config's
+    # cell_channels / num_cells were refused with a hint naming the backbone)
+    other = validate_config({**raw, "model": {**raw["model"], "score_thresh": 0.3,
+                                             "head": {**raw["model"]["head"], "cell_channels": 128, "num_cells": 2}}}, "other")
+    for run_cfg in (cfg, other):
+        model, loaded = load_tuned_model(tune / "ckpt" / "last.pt", run_cfg, 8)  # the tiny set's classes
+        assert loaded == arch and any("towers.box_tower" in k for k in model.state_dict())
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, state["model"][k]), k
+    assert model.score_thresh == 0.3  # the run's post-processing
 
 
 def test_darts_search_says_and_records_its_backbones_start(tiny_config, tmp_path):

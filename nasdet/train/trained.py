@@ -36,27 +36,37 @@ def load_trained_model(cfg: ExperimentConfig, ckpt: str | Path, num_classes: int
     trains the space's default subnet) comes back as that subnet made static (``static``): what it computes,
     with its own parameters, not every choice block's (its params were counted with the unused choices: 4.18 M
     for a 3.07 M network, "the found model has 73 % of its parameters" for the very same arch)."""
-    from ..config import validate_config
-
     state = load_checkpoint(ckpt)
     if classes is not None:
         refuse_other_classes(ckpt, state, classes, "checkpoint", OTHER_CLASSES_HINT)
-    model_cfg = cfg.model
-    if isinstance(state.get("config"), dict):
-        try:
-            model_cfg = validate_config(state["config"], f"{ckpt} (config)").model
-        except ConfigError:
-            pass  # written by another nasdet version: fall back to the given config
+    model_cfg = _recorded_model(cfg, state, ckpt)
     # every weight comes from the checkpoint: the backbone's start (ImageNet file, backbone checkpoint) is not read
     # again (an eval or export on another machine, or with the torch cache cleared, asked for the ImageNet file)
     model = build_detector(without_start_weights(model_cfg), num_classes=num_classes)
     load_model_weights(model, state, source=str(ckpt))
+    _with_run_postprocessing(model, model_cfg, cfg)
+    return default_subnet(model)[0] if static and has_supernet_body(model) else model
+
+
+def _recorded_model(cfg: ExperimentConfig, state: dict, ckpt: str | Path):
+    """The model section a checkpoint records (the config it was trained with), else ``cfg.model``."""
+    from ..config import validate_config
+
+    if isinstance(state.get("config"), dict):
+        try:
+            return validate_config(state["config"], f"{ckpt} (config)").model
+        except ConfigError:
+            pass  # written by another nasdet version: fall back to the given config
+    return cfg.model
+
+
+def _with_run_postprocessing(model: nn.Module, model_cfg, cfg: ExperimentConfig) -> None:
+    """The thresholds and counts of this run (model.score_thresh, ...) on a model built from a checkpoint's own model
+    section, not those it was trained with: an eval, a search's baseline score or an export with `--set
+    model.score_thresh=0.3` used the checkpoint's 0.01."""
     family = family_of(model)
     if model_cfg is not cfg.model and family is family_named(cfg.model.detector):
-        # the thresholds and counts of this run (model.score_thresh, ...), not those it was trained with: an eval,
-        # a search's baseline score or an export with `--set model.score_thresh=0.3` used the checkpoint's 0.01
         family.set_postprocessing(model, cfg.model)
-    return default_subnet(model)[0] if static and has_supernet_body(model) else model
 
 
 def default_subnet(model: nn.Module, input_sizes=None) -> tuple[nn.Module, dict]:
@@ -165,6 +175,12 @@ def load_tuned_model(path: str | Path, cfg: ExperimentConfig, num_classes: int,
         return load_trained_model(cfg, path, num_classes), None
     if arch is None:
         raise CheckpointError(f"{path} has no architecture inside: it was not written by `nasdet tune`")
+    if is_genotype_arch(arch):  # FAD: the head (cell_channels, num_cells, ...) as it was tuned, like its genotypes
+        model_cfg = _recorded_model(cfg, state, path)
+        model = build_detector(with_genotype(without_start_weights(model_cfg), arch), num_classes=num_classes)
+        load_model_weights(model, state, source=str(path))
+        _with_run_postprocessing(model, model_cfg, cfg)
+        return model, arch
     try:  # every weight comes from the checkpoint: none of the backbone's start weights to read
         model = build_tuned_model(run_without_start_weights(cfg), num_classes, arch)
     except ArchError:

@@ -347,7 +347,13 @@ OTHER_GOOD_GENOTYPES = (parse_genotype(_OTHER_1, "FAD README"), parse_genotype(_
 def _genotypes_from_obj(obj, what: str) -> tuple[Genotype, Genotype]:
     if not isinstance(obj, dict) or not {"box", "cls"} <= set(obj):
         raise GenotypeError(f"{what}: expected an object with 'box' and 'cls' genotypes")
-    return genotype_from_json(obj["box"], f"{what} box"), genotype_from_json(obj["cls"], f"{what} cls")
+    towers = {name: genotype_from_json(obj[name], f"{what} {name}") for name in ("box", "cls")}
+    for name, g in towers.items():  # genotype.json's FAD-format lines: a user may edit either form
+        text = obj.get(f"{name}_text")
+        if text is not None and parse_genotype(str(text), f"{what} {name}_text") != g:
+            raise GenotypeError(f"{what}: '{name}_text' and '{name}' give two different {name} genotypes "
+                                f"({text} against {format_genotype(g)}): make them the same, or remove '{name}_text'")
+    return towers["box"], towers["cls"]
 
 
 def read_genotypes(source: str | Path | Mapping, what: str = "model.head.genotype (inline)") -> tuple[Genotype, Genotype]:
