@@ -345,14 +345,21 @@ def _launch_workers(command: str, config: Path, work_dir: Optional[Path], overri
         raise typer.Exit(1)
 
 
+WORKERS_STOP_GRACE_S = 30.0  # after Ctrl-C, how long the launcher lets its workers stop by themselves
+
+
 def _wait_for_workers(procs: list, spawn=None) -> list[int]:
     """Wait for the worker processes; the indices of those that failed. Stopping the launcher (Ctrl-C, or
     SIGTERM from a job scheduler) stops its workers too, instead of leaving them running unseen; each
     keeps what it finished (trials in the study, diagnose records) and a rerun continues."""
     import signal
     import subprocess
+    import time
+
+    terminated: list[int] = []
 
     def stop(signum, frame):
+        terminated.append(signum)
         raise KeyboardInterrupt
 
     from .signals import for_this_process
@@ -361,14 +368,22 @@ def _wait_for_workers(procs: list, spawn=None) -> list[int]:
     try:
         if spawn is not None:  # started under the handler: a SIGTERM while they start orphans none of them
             spawn()
-        import time
-
         # poll reaps each worker as it exits: a wait in index order left a killed worker a zombie, whose claim
         # looked live to the others
         while any(p.poll() is None for p in procs):
             time.sleep(0.2)
         return [i for i, p in enumerate(procs) if p.returncode != 0]
     except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) and not terminated:
+            # Ctrl-C: the terminal sent SIGINT to the workers too (one process group), and each stops by itself (a
+            # trial recorded, a training step saved); a SIGTERM on top stopped a training before its save and printed
+            # tracebacks from a search worker's shutdown. Those still running after the grace get it.
+            try:
+                deadline = time.monotonic() + WORKERS_STOP_GRACE_S
+                while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+                    time.sleep(0.1)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop them now
+                pass
         for p in procs:
             if p.poll() is None:
                 p.terminate()
@@ -511,11 +526,19 @@ def terminate_as_interrupt() -> None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return
+    stopping: list[int] = []
 
     def interrupt(signum, frame):
+        if stopping and signum == signal.SIGTERM:
+            # already stopping on an earlier Ctrl-C or SIGTERM (a search worker's, then its launcher's): raised again
+            # inside the interpreter's shutdown it printed "Exception ignored ... KeyboardInterrupt" tracebacks
+            return
+        stopping.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, for_this_process(interrupt))
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (Python's: KeyboardInterrupt, as here)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def main() -> None:  # pragma: no cover

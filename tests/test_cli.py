@@ -258,6 +258,62 @@ def test_stopping_the_worker_launcher_stops_its_workers(tmp_path):
     assert not any(alive(p) for p in pids)
 
 
+_STOPPING_WORKER = """
+import os, sys, time
+from nasdet.cli import terminate_as_interrupt
+terminate_as_interrupt()
+with open(sys.argv[1], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+try:
+    time.sleep(120)
+except KeyboardInterrupt:
+    time.sleep(1.5)  # what a worker does on Ctrl-C: records its trial, finishes and saves its training step
+    print("saved", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_lets_the_launchers_workers_stop_by_themselves(tmp_path):
+    """Ctrl-C reaches a `--workers N` launcher and its workers alike (one process group): the launcher no longer
+    sends them SIGTERM on top while they stop (a search worker printed "Exception ignored ... KeyboardInterrupt"
+    tracebacks from its shutdown, a diagnose worker's training stopped before its save); and a SIGTERM that comes
+    while a command already stops is not raised again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(_STOPPING_WORKER)
+    fake = tmp_path / "fake_python.sh"  # stands in for the Python that would run each worker
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} {worker} {tmp_path / 'pids'} 2>>{tmp_path / 'err'}\n")
+    fake.chmod(0o755)
+    launcher = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; import nasdet.cli as cli; cli.terminate_as_interrupt(); "
+        f"sys.executable = {str(fake)!r}; cli._launch_workers('search', Path('c.yaml'), None, [], 2, [])")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 60
+    while time.time() < deadline and len((tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []) < 2:
+        time.sleep(0.2)
+    assert len((tmp_path / "pids").read_text().split()) == 2
+    os.killpg(launcher.pid, signal.SIGINT)  # a terminal's Ctrl-C
+    out, _ = launcher.communicate(timeout=60)
+    assert "interrupted: the workers are stopped" in " ".join(out.split())
+    assert out.count("saved") == 1  # worker 0's stdout (the others' is quiet); both stopped in their own time
+    assert "Traceback" not in (tmp_path / "err").read_text() if (tmp_path / "err").exists() else True
+    # a scheduler's SIGTERM to a command that already stops on Ctrl-C is not raised inside its stopping
+    run = subprocess.Popen([sys.executable, str(worker), str(tmp_path / "pids")], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    while len((tmp_path / "pids").read_text().split()) < 3:
+        time.sleep(0.1)
+    run.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "saved" in out and "Traceback" not in err, err
+
+
 def test_commands_that_are_not_training_refuse_torchrun(shapes_dir, tmp_path, monkeypatch):
     """Under torchrun every rank ran search / export / cost / diagnose whole: two uncoordinated searches, two
     exports each timed while the other took the cores, every line twice (QA, session 27)."""
