@@ -218,25 +218,31 @@ def test_torchrun_two_processes_supernet_pretrain(shapes_dir, tmp_path):
     assert r.stdout.count("inherited weights before training") == 1
 
 
-def test_stopping_the_worker_launcher_stops_its_workers(tmp_path):
-    """`nasdet search/diagnose --workers N` killed with SIGTERM (a job scheduler's stop) takes its workers
-    with it; before, they ran on unseen, reparented to init."""
-    import os
-    import signal
-    import subprocess
-    import sys
+def _launcher_of_fake_workers(tmp_path, script: str, **popen):
+    """A `--workers 2` launcher whose workers run ``script`` (sh) in place of nasdet, each writing its pid to
+    tmp_path/pids; returned once both have started."""
     import time
 
-    fake = tmp_path / "fake_worker.sh"  # stands in for the Python that would run each worker
-    fake.write_text(f"#!/bin/sh\necho $$ >> {tmp_path / 'pids'}\nexec sleep 120\n")
+    fake = tmp_path / "fake_python.sh"  # stands in for the Python that would run each worker
+    fake.write_text(f"#!/bin/sh\n{script}\n")
     fake.chmod(0o755)
     launcher = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from pathlib import Path; import nasdet.cli as cli; "
+        "import sys; from pathlib import Path; import nasdet.cli as cli; cli.terminate_as_interrupt(); "
         f"sys.executable = {str(fake)!r}; cli._launch_workers('search', Path('c.yaml'), None, [], 2, [])")],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, **popen)
     deadline = time.time() + 60
     while time.time() < deadline and len((tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []) < 2:
         time.sleep(0.2)
+    return launcher
+
+
+def test_stopping_the_worker_launcher_stops_its_workers(tmp_path):
+    """`nasdet search/diagnose --workers N` killed with SIGTERM (a job scheduler's stop) takes its workers
+    with it; before, they ran on unseen, reparented to init."""
+    import signal
+    import time
+
+    launcher = _launcher_of_fake_workers(tmp_path, f"echo $$ >> {tmp_path / 'pids'}\nexec sleep 120")
     pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
     assert len(pids) == 2
     launcher.send_signal(signal.SIGTERM)
@@ -285,17 +291,9 @@ def test_ctrl_c_lets_the_launchers_workers_stop_by_themselves(tmp_path):
 
     worker = tmp_path / "worker.py"
     worker.write_text(_STOPPING_WORKER)
-    fake = tmp_path / "fake_python.sh"  # stands in for the Python that would run each worker
-    fake.write_text(f"#!/bin/sh\nexec {sys.executable} {worker} {tmp_path / 'pids'} 2>>{tmp_path / 'err'}\n")
-    fake.chmod(0o755)
-    launcher = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from pathlib import Path; import nasdet.cli as cli; cli.terminate_as_interrupt(); "
-        f"sys.executable = {str(fake)!r}; cli._launch_workers('search', Path('c.yaml'), None, [], 2, [])")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": os.getcwd()})
-    deadline = time.time() + 60
-    while time.time() < deadline and len((tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []) < 2:
-        time.sleep(0.2)
+    launcher = _launcher_of_fake_workers(
+        tmp_path, f"exec {sys.executable} {worker} {tmp_path / 'pids'} 2>>{tmp_path / 'err'}", stderr=subprocess.PIPE,
+        start_new_session=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert len((tmp_path / "pids").read_text().split()) == 2
     os.killpg(launcher.pid, signal.SIGINT)  # a terminal's Ctrl-C
     out, _ = launcher.communicate(timeout=60)
