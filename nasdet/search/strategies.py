@@ -13,7 +13,9 @@ killed search resumes where it stopped and several workers share one population.
   before they are enqueued (DetNAS ``legal``). (With several workers, one may pop another's enqueued
   child; its own ask then falls back to the uniform sampler, whose arch may be recorded over budget.)
 - ``nsga2``: Optuna's ``NSGAIISampler`` (passed explicitly; Optuna 5's multi-objective default is TPE),
-  two objectives (maximise AP, minimise the cost); nothing is enqueued.
+  two objectives (maximise AP, minimise the cost); nothing is enqueued. A fresh one per trial, seeded from the
+  trials before it that did not fail (``PerTrialSeeded``), so that a resumed search proposes what the
+  uninterrupted one did.
 """
 from __future__ import annotations
 
@@ -175,6 +177,55 @@ class Evolution(Strategy):
         return self.space.sample_under(rng, lambda a: self.cost_fn(a)[self.budget.metric], self.budget.max)
 
 
+class PerTrialSeeded(optuna.samplers.BaseSampler):
+    """An Optuna sampler made afresh for each trial by ``make(seed)``, the seed drawn from ``parts`` and the count of
+    the study's trials before this one but those an interruption failed (``skipped`` ones count: a duplicate's
+    stream must move on). One sampler for a whole process was seeded once, from the trial count when the study
+    opened: a search resumed after an interruption (which leaves a failed trial, retried) drew another stream, and
+    NSGA-II proposed other archs from there on than the uninterrupted search (it keeps its state, generations and
+    parents, in the study; its random draws are all it holds)."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], *parts: Any):
+        self._make, self._parts = make, parts
+        self._current = make(seeded_rng(*parts, 0).randrange(2**31))
+
+    def before_trial(self, study, trial) -> None:
+        before = sum(t.state != TrialState.FAIL or "skipped" in t.user_attrs
+                     for t in study.get_trials(deepcopy=False) if t.number < trial.number)
+        self._current = self._make(seeded_rng(*self._parts, before).randrange(2**31))
+        self._current.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._current.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._current.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._current.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._current.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._current.reseed_rng()
+
+    @property
+    def current(self) -> optuna.samplers.BaseSampler:
+        return self._current
+
+
+class NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's, with a retried trial in its generation. (Named as Optuna's: the class name keys the generation in
+    the study, "NSGAIISampler:generation", which a study searched before keeps.)"""
+
+    def before_trial(self, study, trial) -> None:
+        super().before_trial(study, trial)
+        # a retried trial's choices are fixed, so Optuna never asks it for a relative sample, where its generation is
+        # set: without one it was in no population, and the resumed search's generations were others
+        self.get_trial_generation(study, trial)
+
+
 class NSGA2(Strategy):
     """Optuna's NSGA-II on (AP, cost): the Pareto front in one search; constraints via ``set_constraint``."""
 
@@ -187,8 +238,11 @@ class NSGA2(Strategy):
         self.population, self.mutation_prob, self.crossover_prob = population, mutation_prob, crossover_prob
 
     def sampler(self, n_trials):
-        return optuna.samplers.NSGAIISampler(population_size=self.population, mutation_prob=self.mutation_prob,
-                                             crossover_prob=self.crossover_prob, seed=self._sampler_seed(n_trials))
+        def make(seed: int) -> NSGAIISampler:
+            return NSGAIISampler(population_size=self.population, mutation_prob=self.mutation_prob,
+                                                 crossover_prob=self.crossover_prob, seed=seed)
+
+        return PerTrialSeeded(make, self.seed, self.worker, "nsga2")
 
 
 def make_strategy(name: str, space: SearchSpace, cost_fn, budget: Budget | None, seed: int = 0, worker: int = 0,
