@@ -78,18 +78,24 @@ def test_a_run_killed_before_its_first_checkpoint_logs_its_steps_once(tiny_confi
     assert not half.exists() and (log.parent / "ckpt" / "last.pt").is_file()
 
 
-def test_a_run_resumed_mid_epoch_with_loader_workers_is_the_uninterrupted_run(tiny_config, tmp_path):
+@pytest.mark.parametrize("workers, resumed_with", [(1, 1), (0, 1), (1, 0)])
+def test_a_run_resumed_mid_epoch_with_loader_workers_is_the_uninterrupted_run(tiny_config, tmp_path, workers,
+                                                                              resumed_with):
     """The loader's worker processes drew augmentations from streams seeded at the start of each epoch's loader:
     a run resumed mid-epoch augmented its next batches as the epoch's first ones (losses apart from the first
-    resumed step, another final AP). Each item's draws now follow from its step and place in the batch."""
+    resumed step, another final AP). Each item's draws now follow from its step and place in the batch. A run
+    resumed with another data.num_workers (or its auto on another core share) keeps its augmentation stream:
+    loading in the main process drew from that process's generator, workers from each item's seed (all 566
+    tensors of a resumed supernet were another run's)."""
     import torch
     from rich.console import Console
 
     from nasdet.stages.baseline import run_baseline
 
     def run(work, steps):
+        n = workers if work == "whole" or steps == 3 else resumed_with
         cfg = tiny_config(train={"max_steps": steps, "ckpt_every_steps": 3, "threads": 1, "epochs": 2},
-                          data={"num_workers": 1}, eval={"max_images": 2}, work_dir=str(tmp_path / work))
+                          data={"num_workers": n}, eval={"max_images": 2}, work_dir=str(tmp_path / work))
         run_baseline(cfg, console=Console(quiet=True))
         stage = tmp_path / work / "baseline"
         losses = [json.loads(line)["loss"] for line in (stage / "log.jsonl").read_text().splitlines()
@@ -134,3 +140,25 @@ def test_make_synthetics_pool_ends_without_a_traceback():
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=60)
     assert "KeyboardInterrupt" in err
+
+
+def test_an_items_augmentation_is_the_same_in_the_main_process_and_in_a_worker(tiny_config):
+    """``nasdet diagnose --workers 2`` trained its stand-alone archs otherwise than one process (`data.num_workers:
+    auto` gave no loader worker at a core each, one alone): its trainings draw each item's augmentation from the
+    item's seed in either place, and in the main process the training's own stream goes on untouched."""
+    import torch
+
+    from nasdet.data.build import build_datasets
+    from nasdet.data.transforms import at_train_size
+
+    cfg = tiny_config(data={"augment": {"hflip": 0.5, "photometric": 1.0}})
+    train = at_train_size(build_datasets(cfg)["train"], 64)
+    items = [(i, None, 1000 + i) for i in range(6)]
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    here = [train[item] for item in items]
+    assert torch.equal(torch.get_rng_state(), before)
+    loader = torch.utils.data.DataLoader(train, batch_size=None, sampler=items, num_workers=1)
+    there = list(loader)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"]) for a, b in zip(here, there))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(here, [train[(i, None, 2000 + i)] for i in range(6)]))

@@ -113,6 +113,26 @@ def _copy(value):
 DECODED = DecodedImages()
 
 
+@contextlib.contextmanager
+def item_draws(seed: int | None):
+    """An item's random draws (its augmentation) from torch's generator seeded with ``seed`` (None: as they come).
+    In a loader's worker process the generator is the worker's own; in the main process (``data.num_workers`` 0)
+    its state is kept around the item, so the training's other draws go on as without it."""
+    if seed is None:
+        yield
+        return
+    if torch.utils.data.get_worker_info() is not None:
+        torch.manual_seed(seed)
+        yield
+        return
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """Images with boxes, parsed and validated; ``__getitem__`` returns ``(image, target)``.
 
@@ -214,21 +234,21 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int | tuple):
         """Item ``index``; ``(index, size)``: with the training transforms at image size ``size`` (a
         multi-resolution loader's batches, ``SizedBatchSampler``; None: the transforms' own); ``(index, size,
-        seed)``: the transforms draw from torch's generator seeded with ``seed`` (a loader's worker processes:
-        each item's draws then follow from its step, not from how many items the worker has made)."""
-        tf = self.transforms
+        seed)``: the transforms draw from torch's generator seeded with ``seed`` (``item_draws``: each item's draws
+        follow from its step, not from how many items a worker has made)."""
+        tf, seed = self.transforms, None
         if isinstance(index, tuple):
-            index, size, *seed = index
+            index, size, *seeds = index
             if size is not None:
                 tf = tf.at_size(size)
-            if seed:
-                torch.manual_seed(seed[0])
-        if getattr(tf, "fixed", None) is not None:  # training transforms whose first steps give the same result
-            return tf.random(*self.fixed_item(index, tf))  # every epoch (TrainTransforms)
-        image, target = self.load_image(index), self.target(index)
-        if tf is not None:
-            image, target = tf(image, target)
-        return image, target
+            seed = seeds[0] if seeds else None
+        with item_draws(seed):
+            if getattr(tf, "fixed", None) is not None:  # training transforms whose first steps give the same result
+                return tf.random(*self.fixed_item(index, tf))  # every epoch (TrainTransforms)
+            image, target = self.load_image(index), self.target(index)
+            if tf is not None:
+                image, target = tf(image, target)
+            return image, target
 
     def fixed_item(self, index: int, tf=None) -> tuple[tv_tensors.Image, dict]:
         """The fixed part of the training transforms ``tf`` (default: the data set's) on item ``index``, computed

@@ -19,7 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from ..errors import DataError
-from .dataset import decode_upright_rgb, unreadable_image
+from .dataset import decode_upright_rgb, item_draws, unreadable_image
 
 EVAL_CROP = 0.875  # ImageNet evaluation: resize to 256, centre crop 224
 
@@ -80,16 +80,17 @@ class ImageFolderSet(torch.utils.data.Dataset):
         return torch.from_numpy(arr).permute(2, 0, 1)
 
     def __getitem__(self, index: int | tuple) -> tuple[torch.Tensor, int]:
-        """Item ``index``; ``(index, size, seed)`` (a loader with worker processes, ``SizedBatchSampler``): the
-        transforms draw from torch's generator seeded with ``seed``, so a run resumed mid-epoch draws what the
-        uninterrupted one did (each worker's stream ran on from its own start); ``size`` is the detection sets'."""
+        """Item ``index``; ``(index, size, seed)`` (``SizedBatchSampler``): the transforms draw from torch's generator
+        seeded with ``seed`` (``item_draws``), so a run resumed mid-epoch draws what the uninterrupted one did (each
+        worker's stream ran on from its own start); ``size`` is the detection sets'."""
+        seed = None
         if isinstance(index, tuple):
-            index, _, *seed = index
-            if seed:
-                torch.manual_seed(seed[0])
+            index, _, *seeds = index
+            seed = seeds[0] if seeds else None
         image = self.load_image(index)
         if self.transforms is not None:
-            image = self.transforms(image)
+            with item_draws(seed):
+                image = self.transforms(image)
         return image, self.samples[index][1]
 
 

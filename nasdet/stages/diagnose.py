@@ -23,6 +23,7 @@ share the plan; a claim of a dead process of this host is taken over), and once 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -69,6 +70,10 @@ def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: 
                                cfg.tune.recalib_batches, cfg.eval.batch_size, cfg.data.num_workers, cfg.seed)
     torch.manual_seed(cfg.seed)
     trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out_dir, console=console, arch=arch)
+    # each item's augmentation seeded from its step, with loader workers or without: `data.num_workers: auto` gives
+    # none under --workers 2 (a core each) and one alone, and the stand-alone APs, the noise verdict with them, were
+    # another process count's
+    trainer.settings = dataclasses.replace(trainer.settings, augment_stream="item")
     trainer.start_note = "from scratch" if init == "scratch" else "from the supernet's weights"
     trainer.prepare()
     folder = StageDir(out_dir, DIAGNOSE)

@@ -146,6 +146,9 @@ class RunSettings:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     num_workers: int | str = 0  # data.num_workers: a number or "auto"
+    # where a fresh run's augmentation draws from (``Trainer.augment_stream``): "item" (each item seeded from its step),
+    # "process" (the main process's generator: loading in the main process), "auto" (item with loader workers)
+    augment_stream: str = "auto"
     record: Mapping[str, Any] = field(default_factory=dict)
     recipe: str = "train"  # the config key of ``train``, for messages: ``supernet.train`` for a stage's own recipe
 
@@ -287,6 +290,7 @@ class Trainer:
         self._resumed: bool | None = None
         self.lock = WriterLock(self.out_dir)
         self._resume_rng: dict | None = None
+        self.augment_stream: str | None = None  # set by the first loader, or by the checkpoint resumed
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, *args, recipe: str = "train", **kwargs) -> "Trainer":
@@ -353,6 +357,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "processes": dist.world_size(),  # the batch is per process: another count is another schedule
             "rng": rng_state(),
+            "augment_stream": self.augment_stream,
             "config": dict(self.settings.record),
             "paths": resolved_paths(self.settings.record),
             "space_id": self.space_id,
@@ -476,6 +481,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self._resume_rng = state["rng"]  # set again when run() starts: a stage may seed between prepare() and run()
         set_rng_state(state["rng"])
+        self.augment_stream = state.get("augment_stream")
         self._check_starts((state.get("extra") or {}).get("starts"))
         self.load_extra_state(state.get("extra", {}))
         if dist.is_main():  # the steps logged after the checkpoint before a kill are logged again
@@ -498,8 +504,21 @@ class Trainer:
         sizes = self.step_image_sizes(self.step, len(batches)) \
             if isinstance(self.train_set.transforms, TrainTransforms) else None
         workers = loader_workers(self.settings.num_workers, self.device)
+        seedable = isinstance(self.train_set, (DetectionDataset, ImageFolderSet))
+        if self.augment_stream is None:  # a fresh run (or a checkpoint from before the record)
+            chosen = self.settings.augment_stream
+            self.augment_stream = chosen if chosen != "auto" else "item" if workers and seedable else "process"
+        elif self.augment_stream == "process" and workers:
+            # a run that started loading in the main process draws from that process's stream to its end: resumed
+            # with loader workers (data.num_workers or its auto on another core share) it trained otherwise
+            workers = 0
+            if not getattr(self, "_stream_said", False) and dist.is_main():
+                self.console.print("loading in the main process, as this run started (data.num_workers "
+                                   f"{self.settings.num_workers} would start worker processes): its augmentation "
+                                   "draws from the main process's random stream")
+                self._stream_said = True
         seeds = item_seeds(self.settings.seed, self.rank, self.step, len(batches), bs) \
-            if workers and isinstance(self.train_set, (DetectionDataset, ImageFolderSet)) else None
+            if self.augment_stream == "item" and seedable else None
         return torch.utils.data.DataLoader(
             self.train_set,
             batch_sampler=batches if sizes is None and seeds is None else SizedBatchSampler(batches, sizes, seeds),
