@@ -142,8 +142,11 @@ def run_pipeline_diagnose(cfg: ExperimentConfig, wd: Path, console: Console) -> 
     from .search.diagnose import finished_summary
     from .stages.diagnose import run_diagnose
 
+    from .train.checkpoint import file_sha256
+
     dcfg = diagnose_config(cfg)
-    done = finished_summary(dcfg, WorkDir(wd).diagnose)
+    supernet = WorkDir(wd).supernet.checkpoint
+    done = finished_summary(dcfg, WorkDir(wd).diagnose, file_sha256(supernet) if supernet.is_file() else None)
     if done is not None:
         console.print(f"diagnose: done ({done['archs']} archs), kept")
         return done

@@ -152,10 +152,27 @@ def test_pipeline_diagnose_runs_after_the_search_reports_and_is_kept(shapes_dir,
     # nor records evaluated on other val images, scored otherwise, or with other proxies (QA, session 20)
     for section, values, key in (("eval", {"max_images": 4}, "eval_max_images: 2 -> 4"),
                                  ("search", {"recalib_batches": 2}, "search_scoring.recalib_batches: "),
-                                 ("diagnose", {"proxies": ["grad_norm"]}, "proxies: ['synflow'] -> ['grad_norm']")):
+                                 ("diagnose", {"proxies": ["grad_norm"]}, "proxies: ['synflow'] -> ['grad_norm']"),
+                                 ("tune", {"recalib_batches": 2}, "standalone_recalibration.batches: 1 -> 2")):
         changed = cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=values)})
         with pytest.raises(ConfigError, match=re.escape(key)):
             real(diagnose_config(changed), wd, console=QUIET)
+    # nor those of a supernet pretrained again in the same work dir (QA: its old table and verdict, without a word)
+    import torch
+
+    from nasdet.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(w.supernet.checkpoint)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = state["model"][name] + 1.0
+    torch.save(state, w.supernet.checkpoint)
+    with pytest.raises(ConfigError, match=r"supernet_sha256: \w+ -> \w+"):
+        real(diagnose_config(cfg), wd, console=QUIET)
+    monkeypatch.setattr(diagnose, "run_diagnose", lambda *a, **k: order.append("again"))
+    from nasdet.pipeline import run_pipeline_diagnose
+
+    run_pipeline_diagnose(cfg, wd, QUIET)  # the pipeline's finished summary is not the new supernet's
+    assert order[-1] == "again"
 
 
 def test_pipeline_diagnose_config_errors_name_the_key(shapes_dir, tmp_path):

@@ -123,19 +123,23 @@ def ranker_scores(records: Sequence[dict], proxies: Sequence[str], metric: str) 
     return out
 
 
-def settings_key(cfg: ExperimentConfig) -> dict:
-    """Everything a diagnose summary depends on: a summary written with other settings is not reused."""
+def settings_key(cfg: ExperimentConfig, supernet_sha256: str | None) -> dict:
+    """Everything a diagnose summary depends on, the supernet checkpoint it scored and started from (its sha256)
+    too: a summary written with other settings, or of a supernet pretrained again since, is not reused."""
     return {"diagnose": cfg.diagnose.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json"),
             "seed": cfg.seed, "search_scoring": {k: getattr(cfg.search, k) for k in
-                                                 ("recalib_batches", "batch_size", "max_images", "score_on")}}
+                                                 ("recalib_batches", "batch_size", "max_images", "score_on")},
+            "standalone_recalibration": {"batches": cfg.tune.recalib_batches, "batch_size": cfg.eval.batch_size},
+            "supernet_sha256": supernet_sha256}
 
 
-def finished_summary(cfg: ExperimentConfig, out: DiagnoseDir) -> dict | None:
-    """The summary of a diagnose finished with ``cfg``'s settings, or None (not run, or run otherwise)."""
+def finished_summary(cfg: ExperimentConfig, out: DiagnoseDir, supernet_sha256: str | None) -> dict | None:
+    """The summary of a diagnose finished with ``cfg``'s settings on the supernet of ``supernet_sha256``, or None
+    (not run, or run otherwise)."""
     if not out.summary.is_file():
         return None
     summary = json.loads(out.summary.read_text())
-    return summary if summary.get("settings") == settings_key(cfg) else None
+    return summary if summary.get("settings") == settings_key(cfg, supernet_sha256) else None
 
 
 def noise_arch(archs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -178,7 +182,8 @@ def target_noise(arch_values: Sequence[float], pair: Sequence[float], share: flo
             "threads": [list(t) for t in threads] if threads is not None else None}
 
 
-def summarize(records: Sequence[dict], cfg: ExperimentConfig, repeat: dict | None = None) -> dict:
+def summarize(records: Sequence[dict], cfg: ExperimentConfig, repeat: dict | None = None,
+              supernet_sha256: str | None = None) -> dict:
     """Rank agreement of every ranker with the stand-alone metric of ``diagnose.target``; with ``repeat`` (the
     noise check's second training of one arch), whether that target is noise (``target_noise``)."""
     from .rank import rank_agreement
@@ -216,7 +221,7 @@ def summarize(records: Sequence[dict], cfg: ExperimentConfig, repeat: dict | Non
             "macs_range": [min(r["costs"]["macs"] for r in records), max(r["costs"]["macs"] for r in records)],
             "rankers": rankers, "other_standalone": extra, "warning": constant_target(truth, d), "noise": noise,
             "few_archs": few_archs_note(len(records)),
-            "trainings": trainings, "settings": settings_key(cfg),
+            "trainings": trainings, "settings": settings_key(cfg, supernet_sha256),
             "seconds": {k: sum(r["seconds"].get(k, 0.0) for r in records)
                         + (repeat["seconds"] if repeat is not None and k == f"train_{d.target}" else 0.0)
                         for k in sorted({k for r in records for k in r["seconds"]})}}
@@ -253,10 +258,10 @@ def fmt_stat(v: float | None, spec: str = ".2f") -> str:
 
 
 def write_diagnose_outputs(records: Sequence[dict], cfg: ExperimentConfig, out: DiagnoseDir,
-                           repeat: dict | None = None) -> dict:
+                           repeat: dict | None = None, supernet_sha256: str | None = None) -> dict:
     d = cfg.diagnose
     records = sorted(records, key=lambda r: (r["costs"]["macs"], r["arch_id"]))
-    summary = nonfinite_to_null(summarize(records, cfg, repeat))  # an undefined statistic is null, not bare NaN
+    summary = nonfinite_to_null(summarize(records, cfg, repeat, supernet_sha256))  # an undefined statistic is null, not bare NaN
     write_results_csv(records, d.proxies, d.init, out.results_csv)
     write_json_atomic(out.summary, summary)
     plot_rankers(records, summary, cfg, out.rank_png)

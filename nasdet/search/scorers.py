@@ -41,6 +41,7 @@ class TrainedSupernet:
     checkpoint: Path | None = None
     state: dict | None = None
     untrained: Any = None  # the same supernet freshly initialised: scratch inits come from it (diagnose sets it)
+    supernet_sha256: str | None = None  # the checkpoint's content hash (diagnose keys its plan and summary on it)
 
 
 def load_trained_supernet(cfg: ExperimentConfig, work_dir: str | Path | WorkDir | None = None,

@@ -46,6 +46,7 @@ from ..search.proxies import proxy_batch, proxy_score, scratch_subnet, untrained
 from ..search.scorers import load_trained_supernet
 from ..search.study import worker_id
 from ..train.bn import recalibrate_static
+from ..train.checkpoint import file_sha256
 from ..train.resume import flatten
 from ..train.trained import TuneTrainer
 from ..workdir import DIAGNOSE, LOG_FILE, DiagnoseDir, StageDir, WorkDir, checkpoint_in
@@ -161,11 +162,14 @@ def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
               "batch_size": t.batch_size, "optimizer": t.optimizer.model_dump(mode="json"),
               "scheduler": t.scheduler.model_dump(mode="json"), "grad_clip": t.grad_clip}
     s = cfg.search
-    # how each record was scored and evaluated too: records of two settings would be ranked as one
+    # how each record was scored and evaluated too: records of two settings would be ranked as one; and the supernet
+    # they were scored with and started from (pretrained again in the same work dir, its old records were reused)
     plan_key = {"space_id": ctx.space.space_id, "archs": d.archs, "pool": d.pool, "seed": d.seed, "recipe": recipe,
                 "eval_max_images": cfg.eval.max_images, "proxies": list(d.proxies),
                 "proxy_batch_size": d.proxy_batch_size,
-                "search_scoring": {k: getattr(s, k) for k in ("recalib_batches", "batch_size", "max_images", "score_on")}}
+                "search_scoring": {k: getattr(s, k) for k in ("recalib_batches", "batch_size", "max_images", "score_on")},
+                "standalone_recalibration": {"batches": cfg.tune.recalib_batches, "batch_size": cfg.eval.batch_size},
+                "supernet_sha256": ctx.supernet_sha256}
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else None
     old_key = (plan or {}).get("key") or {}
     # a plan written before a key was part of it is not refused for that key
@@ -197,6 +201,7 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
     out = w.diagnose
     t_start = time.perf_counter()
     ctx = load_trained_supernet(cfg, w, console)
+    ctx.supernet_sha256 = file_sha256(ctx.checkpoint)
     ctx.untrained = untrained_supernet(cfg, ctx.search_set.num_classes, d.seed)  # scratch inits and proxies
     cost_fn = CostModel(ctx.model, ctx.space, ("macs", "params"))
     plan = plan_archs(cfg, ctx, cost_fn, out)
@@ -239,7 +244,7 @@ def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, cons
         return {"pending": pending}
     records = [json.loads(out.record(arch_id(a)).read_text()) for a in archs]
     repeat = json.loads(jobs[-1][1].read_text()) if d.noise_check else None
-    summary = write_diagnose_outputs(records, cfg, out, repeat)
+    summary = write_diagnose_outputs(records, cfg, out, repeat, ctx.supernet_sha256)
     summary["seconds_this_process"] = time.perf_counter() - t_start
     summary["archs_this_process"] = done_here
     console.print(ranker_table(summary))
