@@ -748,12 +748,36 @@ class ExperimentConfig(Strict):
         if k and self.search.strategy == "darts":
             raise ValueError("pipeline.diagnose ranks the subnets of a trained supernet: search.strategy darts (FAD) "
                              "trains none; set pipeline.diagnose: 0")
+        self._schedules_within_training()
         if self.pipeline.classify and self.supernet.init_from:
             # (as with pipeline.init_supernet_from_baseline) the classify stage's work would be thrown away unsaid
             raise ValueError(f"pipeline.classify and supernet.init_from ({self.supernet.init_from}) both give the "
                              "supernet its starting weights (the classification-trained backbone, that detector); "
                              "the second would overwrite the first: choose one")
         return self
+
+
+    def _schedules_within_training(self) -> None:
+        """A progressive-shrinking phase (or distillation) that starts when the training has ended: its values were
+        never trained, yet the pretrain reported them ("smallest") and the search scored them (a 500-epoch recipe
+        shortened with --set train.epochs=2, phases left at 80..400)."""
+        sections = [("supernet", self.supernet, "supernet.train" if self.supernet.train else "train",
+                     self.supernet.train or self.train)]
+        if self.classify is not None and self.classify.arch is None:
+            sections.append(("classify.supernet", self.classify.supernet,
+                             "classify.train" if self.classify.train else "train", self.classify.train or self.train))
+        for key, sup, recipe_key, recipe in sections:
+            late = [p.epoch for p in sup.schedule if p.epoch >= recipe.epochs]
+            if late:
+                raise ValueError(f"{key}.schedule: the phase(s) at epoch {', '.join(map(str, late))} start when the "
+                                 f"training has ended ({recipe_key}.epochs {recipe.epochs}; epochs count from 0): their "
+                                 "values would never be trained, yet the search would score them; scale the phases' "
+                                 "epochs with the training, or train longer")
+            d = sup.distill
+            if d.teacher != "none" and d.start_epoch >= recipe.epochs:
+                raise ValueError(f"{key}.distill.start_epoch {d.start_epoch} is at or after the training's end "
+                                 f"({recipe_key}.epochs {recipe.epochs}): the supernet would never be distilled; lower "
+                                 f"it, or set {key}.distill.teacher: none")
 
 
 # ------------------------------------------------------------------------------------------ load/save

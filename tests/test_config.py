@@ -173,3 +173,19 @@ def test_setting_one_key_of_an_unset_recipe_keeps_the_rest_of_train(tmp_path):
 def test_setting_a_recipe_key_over_a_train_that_is_not_a_section_names_train(tmp_path):
     with pytest.raises(ConfigError, match="train: Input should be a valid dictionary"):
         load_config(write(tmp_path, {**BASE, "train": 5}), ["tune.train.max_steps=6"])  # (was a TypeError)
+
+
+def test_a_shrinking_schedule_past_the_training_is_refused(tmp_path):
+    """A 500-epoch recipe shortened to 2 epochs kept its phases at 80..400: depth and expand never opened in
+    training, yet the pretrain reported the phase's never-trained "smallest" and the search scored them."""
+    phases = [{"epoch": 0, "open": {"kernel": [7]}}, {"epoch": 1, "open": {"kernel": [3, 5, 7]}}, {"epoch": 2, "open": {}}]
+    raw = {**BASE, "train": {"epochs": 2}, "supernet": {"schedule": phases}}
+    with pytest.raises(ConfigError, match=r"supernet.schedule: the phase\(s\) at epoch 2 start when the training has "
+                                          r"ended \(train.epochs 2"):
+        load_config(write(tmp_path, raw))
+    raw["supernet"]["train"] = {"epochs": 3}  # the supernet's own recipe decides
+    assert load_config(write(tmp_path, raw)).supernet.schedule[-1].epoch == 2
+    raw["supernet"]["distill"] = {"teacher": "largest", "start_epoch": 3}
+    with pytest.raises(ConfigError, match=r"supernet.distill.start_epoch 3 is at or after the training's end "
+                                          r"\(supernet.train.epochs 3\)"):
+        load_config(write(tmp_path, raw))

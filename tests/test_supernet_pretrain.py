@@ -121,7 +121,7 @@ def test_detector_export_equals_supernet(tiny_config, detector):
         assert not any("Elastic" in type(m).__name__ for m in static.modules())
 
 
-def test_pretrain_sandwich_distill_multires_then_resume_guard(tiny_config, tmp_path):
+def test_pretrain_sandwich_distill_multires_then_resume_guard(tiny_config, tmp_path, capsys):
     cfg = tiny_config("ssdlite", model=OFA_TINY,
                       train={"epochs": 2, "max_steps": 4, "ckpt_every_steps": 2},
                       supernet={"sampling": "sandwich", "sandwich_random": 1, "input_sizes": [64, 96],
@@ -130,6 +130,8 @@ def test_pretrain_sandwich_distill_multires_then_resume_guard(tiny_config, tmp_p
                                              {"epoch": 1, "open": {"kernel": [3, 5, 7], "depth": [3, 4]}}],
                                 "distill": {"teacher": "largest", "coef": 0.1}})
     results = run_pretrain(cfg)
+    # a quick run's max_steps ends in the first phase: said (the phase at epoch 1 is never trained here)
+    assert "warning: train.max_steps 4 stops before the schedule's phase at epoch 1" in " ".join(capsys.readouterr().out.split())
     assert set(results) == {"largest", "middle", "smallest"}
     assert results["largest"]["macs"] > results["smallest"]["macs"]
     wd = tmp_path / "work" / "supernet"

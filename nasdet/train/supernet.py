@@ -14,6 +14,7 @@ from typing import Mapping
 
 import torch
 from torch import nn
+from rich.text import Text
 
 from ..errors import ConfigError, unreadable_reason
 from ..files import why_not_a_file
@@ -302,6 +303,13 @@ class SupernetTrainer(Trainer):
             # DDP copies it into its bucket and says so once per rank in four raw lines; expected, not the user's
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         self.schedule = ShrinkingSchedule(space, self.scfg.schedule)
+        last = self.scfg.schedule[-1].epoch if self.scfg.schedule else 0
+        if self.tcfg.max_steps and self.tcfg.max_steps <= last * self.steps_per_epoch and dist.is_main():
+            # (phases past the epochs are refused with the config; max_steps, a quick run's, is only said)
+            self.console.print(Text(
+                f"warning: {self.settings.recipe}.max_steps {self.tcfg.max_steps} stops before the schedule's phase "
+                f"at epoch {last} (step {last * self.steps_per_epoch}): the values it opens are not trained here, "
+                "and a search on this supernet scores them untrained", style="yellow"), soft_wrap=True)
         self.calib_set = calib_set if calib_set is not None else train_set
         self.teacher = teacher.to(self.device) if teacher is not None else None
         self.teacher_losses = self.with_logits(self.teacher) if self.teacher is not None else None
