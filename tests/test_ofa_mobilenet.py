@@ -256,3 +256,42 @@ def test_elastic_bn_synchronises_statistics_under_syncbn(tmp_path):
         assert torch.allclose(r["mean"], ref.bn.running_mean, atol=1e-6)
         assert torch.allclose(r["var"], ref.bn.running_var, atol=1e-5)
         assert (r["mean"][16:] == 0).all() and (r["var"][16:] == 1).all()
+
+
+@pytest.mark.parametrize("trained", [(6,), (4, 6)])
+def test_middle_channels_sorted_as_ofa_when_a_smaller_expand_opens(trained):
+    """OFA sorts each block's middle channels by the L1 norm of its project conv when an elastic-expand phase opens
+    (``re_organize_middle_weights``); nasdet trained expand 3 and 4 on arbitrary channel prefixes. The full
+    network computes the same after the sort (SE included), a width trained before keeps its channels, and the
+    optimizer's state moves with its parameters."""
+    from nasdet.space.elastic import apply_channel_moves
+
+    torch.manual_seed(0)
+    net = OFAMobileNetV3.tiny()
+    randomize(net)
+    net.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = net(x)
+    block = net.stages[1].blocks[1]  # an SE stage
+    from nasdet.models.backbones.ofa_mobilenet import mid_channels
+
+    w4 = mid_channels(block.in_ch, 4)
+    assert 0 < w4 < block.expand_bn.bn.weight.shape[0]
+    prefix = set(block.project_conv.conv.weight.abs().sum((0, 2, 3))[:w4].tolist())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    for p in net.parameters():  # momentum buffers equal to their parameters: they must stay so
+        opt.state[p]["momentum_buffer"] = p.detach().clone()
+    apply_channel_moves(net.middle_channel_moves(trained), opt)
+    with torch.no_grad():
+        after = net(x)
+    assert all(torch.allclose(before[k], after[k], atol=1e-5) for k in before)
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], p) for p in net.parameters())
+    importance = block.project_conv.conv.weight.abs().sum((0, 2, 3))
+    if trained == (6,):  # all sorted: expand 4's prefix holds the most important channels
+        assert torch.equal(importance, importance.sort(descending=True).values)
+    else:  # expand 4's width keeps its channels, sorted among themselves (a new expand 3 takes its best)
+        assert set(importance[:w4].tolist()) == prefix
+        assert torch.equal(importance[:w4], importance[:w4].sort(descending=True).values)
+    se = block.se.expand.weight.abs().sum((0, 2, 3))
+    assert torch.equal(se, se.sort(descending=True).values)

@@ -469,3 +469,34 @@ def test_a_backbone_file_moved_with_the_same_bytes_is_the_same_start(tiny_config
         run_pretrain(with_file(other, 2), console=quiet)
     with pytest.raises(ResumeMismatch, match=r"model.backbone.checkpoint: .*pcB/backbone.pt -> None"):
         run_pretrain(with_file(None, 2), console=quiet)
+
+
+def test_pretrain_sorts_middle_channels_when_expand_opens_and_a_resume_follows(tiny_config, tmp_path, capsys):
+    """OFA's progressive shrinking sorts the middle channels at the start of each elastic-expand phase; nasdet's
+    pretrain never did. The sort comes with the phase's first step, so a run stopped at the phase's boundary and
+    resumed trains as the uninterrupted one."""
+    def cfg_of(work, max_steps):
+        return tiny_config("ssdlite", model=OFA_TINY, work_dir=str(tmp_path / work),
+                           train={"epochs": 2, "max_steps": max_steps, "ckpt_every_steps": 100},
+                           supernet={"recalib_batches": 1, "report_archs": ["smallest"],
+                                     "schedule": [{"epoch": 0, "open": {"expand": [6]}},
+                                                  {"epoch": 1, "open": {"expand": [4, 6]}}]})
+
+    from nasdet.data.build import build_datasets
+    from nasdet.train.supernet import SupernetTrainer
+
+    cfg = cfg_of("whole", 1)
+    data = build_datasets(cfg)
+    model, space = build_supernet(cfg, data["train"].num_classes)
+    per_epoch = SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], data["val"],
+                                            tmp_path / "probe").steps_per_epoch
+    run_pretrain(cfg_of("whole", per_epoch + 1))
+    said = " ".join(capsys.readouterr().out.split())
+    assert "epoch 1: expand 4 opens: each block's middle channels sorted by importance (OFA), expand 6 keeping" in said
+    run_pretrain(cfg_of("cut", per_epoch))  # stopped at the end of epoch 0, before the sort
+    assert "expand 4 opens" not in capsys.readouterr().out
+    run_pretrain(cfg_of("cut", per_epoch + 1))
+    whole = load_checkpoint(tmp_path / "whole" / "supernet" / "ckpt" / "last.pt")
+    cut = load_checkpoint(tmp_path / "cut" / "supernet" / "ckpt" / "last.pt")
+    assert cut["step"] == whole["step"] == per_epoch + 1
+    assert all(torch.equal(v, cut["model"][k]) for k, v in whole["model"].items())

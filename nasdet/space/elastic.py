@@ -8,6 +8,8 @@ set; one small method returns the active slice, ``forward`` runs the functional 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -303,3 +305,57 @@ def he_fout_init(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0, 0.01)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+# ------------------------------------------------------------------------------ channel re-organisation
+ChannelMove = tuple[torch.Tensor, int, torch.Tensor]  # (a weight or buffer, its dim, the new order along it)
+
+
+def grouped_importance_order(importance: torch.Tensor, keep: Sequence[int] = ()) -> torch.Tensor:
+    """Channels by ``importance``, largest first, within each group ``[w_i, w_i+1)`` that the widths ``keep`` bound
+    (OFA's ``re_organize_middle_weights``: a width trained in an earlier phase keeps its channels, sorted among
+    themselves, and a new smaller width takes the most important of them). Ties keep their order."""
+    order, start = [], 0
+    for end in sorted({int(w) for w in keep if 0 < w < len(importance)} | {len(importance)}):
+        order.append(torch.sort(importance[start:end], descending=True, stable=True).indices + start)
+        start = end
+    return torch.cat(order)
+
+
+def middle_channel_moves(expand_conv: ElasticConv2d, expand_bn: ElasticBatchNorm2d, depth_conv: ElasticConv2d,
+                         depth_bn: ElasticBatchNorm2d, project_conv: ElasticConv2d, se: "ElasticSE | None",
+                         keep: Sequence[int] = ()) -> list[ChannelMove]:
+    """An inverted residual block's middle channels sorted by importance, the L1 norm of the project conv's weights
+    on each (``grouped_importance_order`` with ``keep``), as OFA sorts them when a phase opens a smaller expand
+    ratio: the expand conv's outputs and BN, the depthwise conv and BN, the SE's input and output, the project
+    conv's inputs; then the SE's own middle channels by its expand conv's L1 norm. The full block computes the
+    same; a smaller expand (a prefix) keeps the most important channels. Returns the moves (``apply_channel_moves``)."""
+    importance = project_conv.conv.weight.detach().abs().sum(dim=(0, 2, 3))
+    order = grouped_importance_order(importance, keep)
+    moves: list[ChannelMove] = [(expand_conv.conv.weight, 0, order), (depth_conv.conv.weight, 0, order),
+                                (project_conv.conv.weight, 1, order)]
+    for conv in (expand_conv, depth_conv):
+        if conv.conv.bias is not None:
+            moves.append((conv.conv.bias, 0, order))
+    for bn in (expand_bn, depth_bn):
+        inner = bn.bn
+        moves += [(t, 0, order) for t in (inner.weight, inner.bias, inner.running_mean, inner.running_var) if t is not None]
+    if se is not None:
+        moves += [(se.expand.weight, 0, order), (se.expand.bias, 0, order), (se.reduce.weight, 1, order)]
+        se_importance = se.expand.weight.detach().abs().sum(dim=(0, 2, 3))  # (per input of expand: unchanged by order)
+        se_order = torch.sort(se_importance, descending=True, stable=True).indices
+        moves += [(se.expand.weight, 1, se_order), (se.reduce.weight, 0, se_order), (se.reduce.bias, 0, se_order)]
+    return moves
+
+
+@torch.no_grad()
+def apply_channel_moves(moves: Sequence[ChannelMove], optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Each move in place (parameters keep their identity), and on the optimizer's state of that parameter (SGD's
+    momentum, Adam's moments: a buffer left in the old order would push each channel with another's history)."""
+    for t, dim, order in moves:
+        order = order.to(t.device)
+        t.copy_(t.index_select(dim, order))
+        state = optimizer.state.get(t) if optimizer is not None and isinstance(t, nn.Parameter) else None
+        for v in (state or {}).values():
+            if torch.is_tensor(v) and v.shape == t.shape:
+                v.copy_(v.index_select(dim, order.to(v.device)))

@@ -8,7 +8,7 @@ MobileNet family (first_conv -> first_block -> elastic stages -> final_expand).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -85,6 +85,14 @@ class StagedSupernet(ArchState, nn.Module):
 
     def forward(self, x: torch.Tensor, pre_expand: bool = False) -> "OrderedDict[str, torch.Tensor]":
         return staged_forward(self, x, pre_expand)
+
+    def middle_channel_moves(self, trained: Sequence[float]) -> list:
+        """Every elastic block's middle channels sorted by importance (OFA's ``re_organize_middle_weights``, done when
+        a progressive-shrinking phase opens a smaller expand ratio), the widths of the ratios ``trained`` before
+        keeping their channels; the moves for ``nasdet.space.elastic.apply_channel_moves``. Empty for blocks
+        without it."""
+        return [m for stage in self.stages for block in stage.blocks if hasattr(block, "middle_channel_moves")
+                for m in block.middle_channel_moves(trained)]
 
     @property
     def pre_expand_channels(self) -> int:

@@ -22,6 +22,7 @@ from ..models.imports import class_layer_keys, describe_weights, recorded_class_
 from ..config import ExperimentConfig, ShrinkPhase, SupernetConfig, without_start_weights
 from ..models.detectors import set_input_size, training_input_size
 from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
+from ..space.elastic import apply_channel_moves
 from .bn import preserved_bn_state, recalibrate_bn
 from ..space import ArchError, SearchSpace
 from . import dist
@@ -347,6 +348,30 @@ class SupernetTrainer(Trainer):
             return None
         return [training_input_size(self.model, self.step_archs(step, self.epoch)[0][INPUT_SIZE])
                 for step in range(first_step, first_step + count)]
+
+    def before_step(self, step: int) -> None:
+        super().before_step(step)
+        if self.batch_in_epoch == 0 and self.epoch > 0:  # (a run resumed mid-epoch did it before its checkpoint)
+            self.reorganize_if_expand_opens(self.epoch)
+
+    def reorganize_if_expand_opens(self, epoch: int) -> None:
+        """When the schedule's phase at ``epoch`` opens a smaller expand ratio, sort every block's middle channels by
+        importance, the widths trained so far keeping theirs, as OFA's progressive shrinking does at the start of
+        each elastic-expand phase (``re_organize_middle_weights``): the new ratio's prefix then holds the most
+        important channels (it held arbitrary ones, e.g. ranks 100, 25, 126 of 144 first). The optimizer's state
+        follows its parameters."""
+        before, now = self.schedule.space_at(epoch - 1), self.schedule.space_at(epoch)
+        names = [n for n in now.names if n.rsplit(".", 1)[-1] == "expand"]
+        opened = sorted({v for n in names for v in now[n] if v not in before[n]})
+        body = self.body()
+        if not opened or not hasattr(body, "middle_channel_moves"):
+            return
+        trained = sorted({v for n in names for v in before[n]})
+        apply_channel_moves(body.middle_channel_moves(trained), self.optimizer)
+        if dist.is_main():
+            self.console.print(f"epoch {epoch}: expand {', '.join(map(str, opened))} opens: each block's middle "
+                               f"channels sorted by importance (OFA), expand {', '.join(map(str, trained))} keeping "
+                               "theirs")
 
     # ------------------------------------------------------------------------------ the model's side
     def body(self) -> nn.Module:

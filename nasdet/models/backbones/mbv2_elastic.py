@@ -38,7 +38,7 @@ Supernet protocol: ``search_space()``, ``set_arch(arch)``, ``active_arch``, ``ex
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
 from ...errors import CheckpointError, ConfigError
 from ...space import SearchSpace
-from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible
+from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible, middle_channel_moves
 from ...space.supernet import STAGE_LEVEL, StagedSupernet  # c5 = final_expand output
 from .ofa_mobilenet import ElasticStage
 from .pretrained import state_dict_problems
@@ -191,6 +191,13 @@ class ElasticInvertedResidual(nn.Module):
         y = self.act(self.depth_bn(self.depth_conv(y)))
         y = self.project_bn(self.project_conv(y))
         return x + y if self.residual else y
+
+    def middle_channel_moves(self, trained: Sequence[float]) -> list:
+        """OFA's re-organisation when smaller expand ratios open (``nasdet.space.elastic``): the widths of the ratios
+        ``trained`` before keep their channels."""
+        keep = [mid_channels(self.in_ch, e) for e in trained]
+        return middle_channel_moves(self.expand_conv, self.expand_bn, self.depth_conv, self.depth_bn,
+                                    self.project_conv, None, keep)
 
     def reorder_channels(self) -> None:
         """Sort the hidden channels by ``importance_order``: the full block computes the same, a smaller

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +31,8 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ...errors import ConfigError
 from ...space import SearchSpace
-from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticSE, he_fout_init, make_divisible
+from ...space.elastic import (ElasticBatchNorm2d, ElasticConv2d, ElasticSE, he_fout_init, make_divisible,
+                              middle_channel_moves)
 from ...space.supernet import STAGE_LEVEL, StagedSupernet, input_channels, staged_forward  # noqa: F401 (re-exported)
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)  # first conv, first block, 5 stages, final expand, feature mix
@@ -156,6 +157,13 @@ class ElasticMBConv(nn.Module):
             y = self.se(y)
         y = self.project_bn(self.project_conv(y))
         return x + y if self.residual else y
+
+    def middle_channel_moves(self, trained: Sequence[float]) -> list:
+        """OFA's re-organisation when smaller expand ratios open (``middle_channel_moves``): the widths of the ratios
+        ``trained`` before keep their channels."""
+        keep = [mid_channels(self.in_ch, e) for e in trained]
+        return middle_channel_moves(self.expand_conv, self.expand_bn, self.depth_conv, self.depth_bn,
+                                    self.project_conv, self.se, keep)
 
     def export(self) -> InvertedResidual:
         layers = [self.expand_conv.export(), self.expand_bn.export(), _act(self.act_name),
