@@ -28,6 +28,10 @@ def test_target_noise_on_crafted_numbers():
                                        "and 1, a variance 320% of the variance over the 5 archs")
     assert noise["verdict"].endswith("so the Kendall taus mean nothing; train the stand-alone archs longer "
                                      "(diagnose.epochs).")
+    # the noise check's arch at AP 0 under both seeds (QA: "not noise" from 0 == 0, archs at 0 and 2.5e-4)
+    floor = target_noise([5.7e-05, 0.0, 0.0, 2.5e-04], (0.0, 0.0), seeds=(0, 1))
+    assert floor["is_noise"] and floor["verdict"].startswith(
+        "The diagnose target cannot be told from noise: one arch's AP was 0 with seeds 0 and 1 (it detected nothing)")
     # measured (benchmarks/README.md): a weak supernet's archs tuned one epoch, their seeds within the archs' range
     # but explaining most of their spread
     weak = target_noise([0.0018, 0.0025, 0.0024], (0.0025, 0.0021))

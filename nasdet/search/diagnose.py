@@ -165,11 +165,18 @@ def target_noise(arch_values: Sequence[float], pair: Sequence[float], share: flo
     arch_sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
     seed_sd = abs(a - b) / math.sqrt(2)
     noise_share = seed_sd ** 2 / arch_sd ** 2 if arch_sd > 0 else (math.inf if seed_sd > 0 else math.nan)
-    is_noise = not noise_share < share  # NaN (a constant or missing target) is noise too
+    # an arch that detected nothing under both seeds measures no seed noise (0 == 0 read as "no noise": QA, archs
+    # at AP 0 called "not noise"); the taus are then not to be trusted either
+    floor = a == 0 and b == 0
+    is_noise = floor or not noise_share < share  # NaN (a constant or missing target) is noise too
     pair_text = (f"one arch's {metric} was {a:.4f} and {b:.4f} with seeds {seeds[0]} and {seeds[1]}, a variance "
                  + ("undefined" if math.isnan(noise_share) else "under 1%" if noise_share < 0.005 else f"{noise_share:.0%}")
                  + f" of the variance over the {n} archs (std {seed_sd:.4f} over the seeds, {arch_sd:.4f} over the archs)")
-    if is_noise:
+    if floor:
+        verdict = (f"The diagnose target cannot be told from noise: one arch's {metric} was 0 with seeds {seeds[0]} and "
+                   f"{seeds[1]} (it detected nothing), so the seeds' spread is unmeasured and the Kendall taus mean "
+                   f"nothing; {remedy}.")
+    elif is_noise:
         verdict = f"The diagnose target is noise: {pair_text}, so the Kendall taus mean nothing; {remedy}."
     else:
         verdict = f"The diagnose target is not noise: {pair_text}."
