@@ -295,3 +295,25 @@ def test_middle_channels_sorted_as_ofa_when_a_smaller_expand_opens(trained):
         assert torch.equal(importance[:w4], importance[:w4].sort(descending=True).values)
     se = block.se.expand.weight.abs().sum((0, 2, 3))
     assert torch.equal(se, se.sort(descending=True).values)
+
+
+def test_the_awnas_recipes_ssd_has_awnas_published_size():
+    """aw_nas's SSD extras are its MobileNetV3Block with expansion 0.5 of the INPUT width (480, 256, 128, 128 on
+    OFA's 960-wide C5); nasdet built torchvision's SSDLite extras (half the output width) there: the VOC detector
+    was 1093.9 / 274.0 M MACs against aw_nas's 1120.3 / 300.4 (largest / smallest, 300 px)."""
+    from pathlib import Path
+
+    from nasdet.config import ConfigError, load_config, validate_config
+    from nasdet.models.cost import detector_macs
+    from nasdet.models.supernet import build_supernet, export_detector
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "awnas" / "ofa_mbv3_ssd_supernet_voc.yaml")
+    assert cfg.model.ssdlite_extras == "awnas"
+    model, space = build_supernet(cfg, 20)
+    model.eval()
+    for arch, published in ((space.largest(), 1120.3), (space.smallest(), 300.4)):
+        macs = detector_macs(export_detector(model, arch, space).eval(), 300)["total"] / 1e6
+        assert macs == pytest.approx(published, abs=0.05)
+    with pytest.raises(ConfigError, match="model.ssdlite_extras awnas is a choice of SSDLite's own extra layers"):
+        validate_config({**cfg.model_dump(mode="json"), "model": {**cfg.model.model_dump(mode="json"),
+                                                                 "layout": "torchvision"}}, "x")
