@@ -5,6 +5,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -553,3 +554,42 @@ def test_a_candidate_interrupted_by_ctrl_c_is_scored_by_the_rerun(tmp_path):
     study, counts = toy_run(journal, "ctrlc", n=6, scorer=ctrl_c_at_the_third)
     assert counts["scored"] == 4 and interrupted[0] in scorer.keys()
     assert len(set(scored_archs(study))) == 6
+
+
+def test_a_worker_whose_last_candidates_another_scores_waits_for_it(tmp_path, monkeypatch):
+    """With the study's remaining candidates claimed by another live worker, the idle worker proposed, claimed and
+    failed a "surplus" trial 10-25 times a second until the 200th stopped it with "the space looks exhausted" (and,
+    in a terminal of its own, it wrote the results of a study short of its candidates). It now waits, and ends
+    when the other worker's candidate is scored."""
+    import socket
+    import threading
+
+    from nasdet.search import study as study_module
+
+    monkeypatch.setattr(study_module, "_IDLE_POLL_S", 0.05, raising=False)
+    space = toy_space()
+    strat = make_strategy("random", space, toy_cost, None, seed=1)
+    study = open_study(open_storage(str(tmp_path / "s.journal"), tmp_path), "idle", strat)
+    other = subprocess.Popen(["sleep", "60"])  # the other worker's process, alive
+    try:
+        arch = space.sample(__import__("random").Random(3))
+        study.enqueue_trial(arch)
+        theirs = study.ask()
+        for name in space.names:
+            theirs.suggest_categorical(name, list(space[name]))
+        theirs.set_user_attr("worker", f"{socket.gethostname()}:{other.pid}")
+        theirs.set_user_attr("claim", True)
+        done: dict = {}
+        mine = threading.Thread(target=lambda: done.update(run_study(study, space, strat, toy_score, toy_cost, None, 3)))
+        mine.start()
+        time.sleep(1.5)
+        assert mine.is_alive()  # waiting, not giving up
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        assert states.count(TrialState.COMPLETE) == 2 and TrialState.FAIL not in states  # no surplus trial
+        study.tell(theirs, [0.1])
+        mine.join(30)
+        assert not mine.is_alive() and done["scored"] == 2 and done["skipped"] == 0
+        assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    finally:
+        other.kill()
+        other.wait()

@@ -54,6 +54,7 @@ from .strategies import OBJECTIVE, STRATEGIES, Strategy, proposer_id, trial_arch
 SUPERNET_ATTR = "supernet_checkpoint"  # study user attribute: the checkpoint the scores were taken on
 _MAX_SKIPS = 200  # consecutive skipped (duplicate / surplus) trials before giving up: space exhausted
 _MAX_OVER = 2000  # consecutive over-budget trials before giving up
+_IDLE_POLL_S = 1.0  # a worker whose remaining candidates other workers score looks again after this
 
 
 def open_study(storage, study_name: str, strategy: Strategy) -> optuna.Study:
@@ -155,6 +156,15 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _all_claimed(trials: Sequence[FrozenTrial], space: SearchSpace, num_candidates: int) -> bool:
+    """The scored trials and those other live workers claimed (being scored) hold ``num_candidates`` archs:
+    nothing is left to propose."""
+    keys = {arch_key(a) for t in trials
+            if (t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.user_attrs.get("claim")))
+            and (a := trial_arch(t, space)) is not None}
+    return len(keys) >= num_candidates
+
+
 def _blocked(study: optuna.Study, trial: optuna.Trial, arch: Mapping, num_candidates: int) -> str | None:
     """``duplicate`` / ``surplus`` / None, read after this trial's params and claim are stored. Surplus counts
     the distinct archs of the other live trials: another worker's claim of an arch already scored is about to
@@ -188,12 +198,21 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
         if arch_key(arch) not in seen and (budget is None or budget.excess(cost_fn(arch)) <= 0):
             study.enqueue_trial(arch, user_attrs={"strategy": "seed"})
     skips = over = 0
+    idle = False
     while True:
-        if counts["scored"] or skips or over:  # the first look was above, before the seeds
+        if counts["scored"] or skips or over or idle:  # the first look was above, before the seeds
             counts["stale"] += fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         if sum(t.state == TrialState.COMPLETE for t in trials) >= num_candidates:
             break
+        idle = _all_claimed(trials, space, num_candidates)
+        if idle:
+            # the study's last candidates are being scored by other workers: wait for them (a dead one's trial is
+            # failed and retried above, and taken here). Proposing went on at 10-25 trials a second, each failed as
+            # "surplus", until the 200th stopped this worker with "the space looks exhausted" (and, a terminal of
+            # its own, results of a study still short of its candidates)
+            time.sleep(_IDLE_POLL_S)
+            continue
         if skips >= _MAX_SKIPS or over >= _MAX_OVER:
             warnings.warn(f"search stopped after {skips} skipped / {over} over-budget trials in a row: "
                           "the space (under the budget) looks exhausted", stacklevel=2)
