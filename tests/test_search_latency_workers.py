@@ -173,6 +173,7 @@ def test_search_progress_counts_the_studys_candidates_not_only_this_workers(tiny
                               "budget": {"metric": "macs", "max": 1e12}})
     fake_pretrain(cfg)
     real_run_study = search_stage.run_study
+    theirs = []
 
     def run_study_beside_another_worker(study, *args, on_trial, **kwargs):
         def on_trial_after_another_worker(rec):
@@ -180,8 +181,9 @@ def test_search_progress_counts_the_studys_candidates_not_only_this_workers(tiny
                 t = study.trials[0]
                 name, dist = next((n, d) for n, d in t.distributions.items() if len(d.choices) > 1)
                 other = next(c for c in dist.choices if c != t.params[name])
+                theirs.append(t.values[0] + 0.5)  # and a better one than this worker's
                 study.add_trial(optuna.trial.create_trial(
-                    params={**t.params, name: other}, distributions=t.distributions, values=t.values,
+                    params={**t.params, name: other}, distributions=t.distributions, values=[theirs[0]],
                     user_attrs={**t.user_attrs, "worker": "another"}))
             on_trial(rec)
         return real_run_study(study, *args, on_trial=on_trial_after_another_worker, **kwargs)
@@ -191,6 +193,7 @@ def test_search_progress_counts_the_studys_candidates_not_only_this_workers(tiny
     run_search(cfg, console=Console(file=out, width=200))
     counts = re.findall(r"search candidates: (\d+)/3", out.getvalue())
     assert counts and counts[-1] == "3", out.getvalue()
+    assert f"best AP {theirs[0]:.4f}" in out.getvalue()  # the study's best, not this worker's
 
 
 def test_pareto_says_the_baseline_is_timed_when_candidates_are_predicted(tiny_config):

@@ -169,11 +169,12 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
 
         def on_trial(rec):
             notice.reset()
-            best[0] = max(best[0], rec["metrics"][objective]) if best[0] == best[0] else rec["metrics"][objective]
-            # the study's count, not this process's: under --workers the launcher shows worker 0's bar, which
-            # counted only its own candidates (5/12 when all 12 were scored)
-            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-            progress.update(task, completed=min(done, s.num_candidates), description=f"best {objective} {best[0]:.4f}")
+            # the study's count and best, not this process's: under --workers the launcher shows worker 0's bar,
+            # which counted only its own candidates (5/12 when all 12 were scored) and their best AP
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            best[0] = max((t.values[0] for t in complete), default=rec["metrics"][objective])
+            progress.update(task, completed=min(len(complete), s.num_candidates),
+                            description=f"best {objective} {best[0]:.4f}")
 
         counts = run_study(study, search_space, strategy, scorer, cost_fn, budget, s.num_candidates,
                            cost_metric=cost_metric, seeds=list(extremes.values()) if s.include_extremes else (),
