@@ -18,6 +18,7 @@ from rich.text import Text
 from .errors import ConfigError, NasdetError
 from .progress import progress_bar
 from .threads import LOCAL_PROCESSES_ENV
+from .signals import LAUNCHER_PID_ENV, die_with_launcher
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Neural architecture search for object detectors.")
@@ -289,6 +290,8 @@ def search_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Option
     --storage) share one study."""
     from .stages.search import check_one_process, run_search
 
+    if launched:
+        die_with_launcher()
     _one_process("search", "start its workers with `nasdet search CONFIG --workers N` (one per GPU), or one `nasdet "
                  "search` per machine on a shared --storage")
     cfg = _load(config, set_)
@@ -331,6 +334,7 @@ def _launch_workers(command: str, config: Path, work_dir: Optional[Path], overri
             for item in overrides:
                 cmd += ["--set", item]
             env = dict(os.environ, **{LOCAL_PROCESSES_ENV: str(workers)})  # each caps its threads at cores // workers
+            env[LAUNCHER_PID_ENV] = str(os.getpid())  # (each ends with its launcher: signals.die_with_launcher)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if i else None))
@@ -415,6 +419,8 @@ def diagnose_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
     it says the target is noise. Rerunning continues."""
     from .stages.diagnose import run_diagnose
 
+    if launched:
+        die_with_launcher()
     _one_process("diagnose", "start its workers with `nasdet diagnose CONFIG --workers N`")
 
     overrides = list(set_ or []) + ([f"diagnose.archs={archs}"] if archs is not None else []) \

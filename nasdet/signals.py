@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 
 def for_this_process(handler):
@@ -33,3 +34,25 @@ def serve_through_sigterm(worker_id: int) -> None:
     "DataLoader worker ... is killed by signal: Terminated" with nothing saved. The loader ends its workers as
     usual after the trainer's save (and a worker whose trainer is gone ends by torch's own watchdog)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+LAUNCHER_PID_ENV = "NASDET_LAUNCHER_PID"  # set by `--workers N` for each worker it starts
+
+
+def die_with_launcher() -> None:
+    """In a worker of ``--workers N`` (``LAUNCHER_PID_ENV`` set): SIGTERM when the launcher dies, even by SIGKILL (an
+    OOM kill, a scheduler's hard kill), as torchrun's agent has its ranks end (Linux's PR_SET_PDEATHSIG); the
+    workers went on scoring with no one to write the results, and a rerun started N more beside them. A launcher
+    already gone ends the worker at once."""
+    pid = os.environ.get(LAUNCHER_PID_ENV)
+    if not pid:
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no prctl here: the parent check below still covers a start after it
+            pass
+    if os.getppid() != int(pid):
+        raise SystemExit(f"the --workers launcher (pid {pid}) is gone: this worker stops")

@@ -218,6 +218,18 @@ def test_torchrun_two_processes_supernet_pretrain(shapes_dir, tmp_path):
     assert r.stdout.count("inherited weights before training") == 1
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone too
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _launcher_of_fake_workers(tmp_path, script: str, **popen):
     """A `--workers 2` launcher whose workers run ``script`` (sh) in place of nasdet, each writing its pid to
     tmp_path/pids; returned once both have started."""
@@ -249,19 +261,10 @@ def test_stopping_the_worker_launcher_stops_its_workers(tmp_path):
     assert launcher.wait(timeout=60) != 0
     # and says so (a Ctrl-C ended every process without a word)
     assert "interrupted: the workers are stopped" in " ".join(launcher.stdout.read().split())
-
-    def alive(pid):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone too
-            return f.read().split()[2] != "Z"
-
     deadline = time.time() + 30
-    while time.time() < deadline and any(alive(p) for p in pids):
+    while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
-    assert not any(alive(p) for p in pids)
+    assert not any(_alive(p) for p in pids)
 
 
 _STOPPING_WORKER = """
@@ -393,3 +396,35 @@ def test_search_and_pretrain_say_the_report_is_older_than_what_they_wrote(shapes
     said = " ".join(out.split())
     assert code == 0 and exc is None, out
     assert "note:" in said and f"is older than {written.relative_to(tmp_path / 'wd')}" in said, said
+
+
+_LAUNCHED_WORKER = """
+import os, sys, time
+from nasdet.cli import terminate_as_interrupt
+from nasdet.signals import die_with_launcher
+terminate_as_interrupt()
+die_with_launcher()
+with open(sys.argv[1], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+time.sleep(120)
+"""
+
+
+def test_the_launchers_workers_end_when_it_is_killed_hard(tmp_path):
+    """`kill -9` of the `--workers N` launcher (an OOM kill, a scheduler's hard kill) left its workers scoring on with
+    PPID 1, no one to write the results; they now end with it, as torchrun's ranks do."""
+    import signal
+    import time
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(_LAUNCHED_WORKER)
+    launcher = _launcher_of_fake_workers(tmp_path, f"exec {sys.executable} {worker} {tmp_path / 'pids'}",
+                                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert len(pids) == 2
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait(timeout=30)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
