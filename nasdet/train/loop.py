@@ -385,8 +385,15 @@ class Trainer:
         raise KeyboardInterrupt
 
     def save(self, name: str = LAST_CKPT) -> None:
+        # every rank's random streams (its own: Faster R-CNN's RPN / RoI samplers draw a data-dependent count from
+        # them): with rank 0's alone, each rank of a resumed torchrun run went on with rank 0's, and the run with
+        # other proposals than the uninterrupted one (290 of 342 weights apart)
+        streams = dist.all_gather_objects(rng_state()) if self.world > 1 else None
         if dist.is_main():
-            save_checkpoint(self.state_dict(), self.ckpt_dir / name)
+            state = self.state_dict()
+            if streams is not None:
+                state["rng_per_rank"] = streams
+            save_checkpoint(state, self.ckpt_dir / name)
         dist.barrier()
 
     @property
@@ -479,8 +486,10 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self._resume_rng = state["rng"]  # set again when run() starts: a stage may seed between prepare() and run()
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        # this rank's own streams (a checkpoint of another process count is refused before, or finished)
+        self._resume_rng = per_rank[self.rank] if per_rank and len(per_rank) == self.world else state["rng"]
+        set_rng_state(self._resume_rng)  # (again when run() starts: a stage may seed between prepare() and run())
         self.augment_stream = state.get("augment_stream")
         self._check_starts((state.get("extra") or {}).get("starts"))
         self.load_extra_state(state.get("extra", {}))
