@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.rule import Rule
+from rich.text import Text
 
 from .config import ExperimentConfig, run_without_start_weights
 from .errors import ConfigError
@@ -24,7 +25,7 @@ from .stages.baseline import run_baseline, run_cost
 from .stages.classify import run_classify
 from .stages.export import current_export, run_export
 from .stages.pretrain import run_pretrain
-from .stages.report import unlike, write_report
+from .stages.report import CONTROLS_UNDER_TORCHRUN, unlike, write_report
 from .stages.search import run_search
 from .stages.tune import run_tune
 from .workdir import ARCH_JSON, CONTROLS, WorkDir, write_json
@@ -118,6 +119,12 @@ def run_controls(cfg: ExperimentConfig, wd: Path, console: Console) -> dict:
     out = {}
     found = WorkDir(wd).tune.metrics  # written by the tune stage, which runs before the controls
     found = json.loads(found.read_text()) if found.is_file() else None
+    if found is not None and (found.get("processes") or 1) > 1:
+        # tuned here in one process, each control was then left out of the report as tuned unlike the found arch
+        # (and the console's "delete it to tune it again" tuned it the same way again)
+        console.print(Text(f"controls: not tuned: {CONTROLS_UNDER_TORCHRUN.format(n=found['processes'])}",
+                           style="yellow"), soft_wrap=True)
+        return out
     for c in controls_plan(cfg, WorkDir(wd), console):
         tune = cfg.tune.model_copy(update={"arch": c["arch"], "searched_arch": None})
         console.print(f"control {c['name']}: {c['costs'].get('macs', 0) / 1e6:.1f} M MACs")

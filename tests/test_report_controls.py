@@ -266,3 +266,25 @@ def test_controls_plan_is_drawn_again_when_its_settings_change(tiny_config):
     (w.control("random_0") / "metrics.json").unlink()
     tight = controls_plan(config(controls_seeds=2, controls_draws=7, controls_tolerance=0.001), w)
     assert tight[1]["arch"] != first[1]["arch"] and tight[0] == first[0]
+
+
+def test_no_control_is_tuned_after_a_torchrun_tune(tiny_config, tmp_path):
+    """After README's torchrun recipe (tune under torchrun), the one-process `nasdet pipeline` tuned every control in
+    one process and then left each out of the report as tuned unlike the found arch; its "delete it to tune it
+    again" tuned it the same way again. It now tunes none and says why, as report.md does."""
+    import io
+
+    from rich.console import Console
+
+    from nasdet.pipeline import run_controls
+    from nasdet.workdir import WorkDir
+
+    cfg = tiny_config(report={"controls": True})
+    w = WorkDir(tmp_path / "work")
+    w.tune.root.mkdir(parents=True)
+    (w.tune.root / "metrics.json").write_text(json.dumps({"processes": 2, "arch": {}}))
+    out = io.StringIO()
+    assert run_controls(cfg, w.root, Console(file=out, width=400)) == {}
+    said = " ".join(out.getvalue().split())
+    assert "controls: not tuned: the found arch was tuned by 2 processes (torchrun)" in said
+    assert "delete tune/ and rerun the pipeline" in said and not w.controls_plan.exists()

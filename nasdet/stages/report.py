@@ -45,6 +45,12 @@ def _row(name: str, record: dict, export: dict | None, cost: dict | None, input_
     return row
 
 
+# why a pipeline after a torchrun tune tunes no control (the console and report.md say it)
+CONTROLS_UNDER_TORCHRUN = ("the found arch was tuned by {n} processes (torchrun), and `nasdet pipeline` tunes the "
+                           "controls in one, which would not compare with it (another batch schedule); to have them, "
+                           "tune the found arch in one process too (delete tune/ and rerun the pipeline), or set "
+                           "report.controls: false")
+
 # what a control's tune record must share with the found arch's for the two to differ only by the arch
 LIKE_KEYS = ("init", "supernet", "recipe", "step", "val", "val_images", "recalib_batches", "seed", "augment",
              "postprocessing", "processes")
@@ -676,6 +682,8 @@ def write_report(cfg: ExperimentConfig, wd: Path, exports: dict, console: Consol
         lines += ["The found arch was picked as the best candidate on these val images (search.score_on: val): its val "
                   "AP is optimistic, and so are its differences from the baseline and the controls, which were not "
                   "picked on them.", ""]
+    if cfg.report.controls and not controls and (tune.get("processes") or 1) > 1:
+        lines += [f"No control archs: {CONTROLS_UNDER_TORCHRUN.format(n=tune['processes'])}.", ""]
     if controls:
         lines += [_controls_text(rows[0] if base_metrics.is_file() else None, found_row, controls,
                                  cfg.report.controls_tolerance, imported=bool(base_record.get("imported_from")),
