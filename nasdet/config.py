@@ -281,6 +281,9 @@ class ShrinkPhase(Strict):
 
     epoch: int = Field(ge=0)
     open: dict[str, list[Union[int, float, str]]]
+    # uniform sampling: subnets per step in this phase, their gradients accumulated (OFA's dynamic_batch_size: 1 in
+    # the elastic-kernel phase, 2 in depth, 4 in expand); default supernet.uniform_samples
+    samples: Optional[int] = Field(None, gt=0)
 
 
 class DistillConfig(Strict):
@@ -320,6 +323,7 @@ class MacsBins(Strict):
 
 class SupernetConfig(Strict):
     sampling: Literal["uniform", "sandwich"] = "uniform"  # uniform: SPOS, one path per step
+    uniform_samples: int = Field(1, gt=0)  # uniform: subnets per step, gradients accumulated (OFA: 1 / 2 / 4 by phase)
     macs_bins: Optional[MacsBins] = None  # uniform sampling only: SPOS's FLOPs bins (backbones with arch_macs)
     sandwich_random: int = Field(2, ge=0)  # sandwich: largest + smallest + this many random subnets
     input_sizes: Optional[list[int]] = None  # resolution choices of the space (default: [model.input_size])

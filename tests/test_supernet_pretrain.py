@@ -49,6 +49,27 @@ def test_sampling_rules():
     assert len(seen) > 50  # uniform, not stuck
     for a in (middle_arch(space), *archs):
         space.validate(a)
+    # OFA's recipe trains several uniform subnets per step, more as the phases open more (dynamic_batch_size 1, 2, 4);
+    # one subnet draws as before
+    assert sample_step_archs(space, random.Random(5), "uniform") == sample_step_archs(space, random.Random(5), "uniform", 2, 3)[:1]
+    assert len(sample_step_archs(space, rng, "uniform", n_uniform=4)) == 4
+
+
+def test_uniform_subnets_per_step_follow_the_phase(tiny_config, tmp_path):
+    """supernet.uniform_samples, and each schedule phase's samples (OFA: 1 subnet a step for the kernel, 2 for depth,
+    4 for expand), set how many uniform subnets a step trains."""
+    from nasdet.data.build import build_datasets
+    from nasdet.train.supernet import SupernetTrainer
+
+    cfg = tiny_config("ssdlite", model=OFA_TINY, train={"epochs": 3},
+                      supernet={"uniform_samples": 2, "schedule": [
+                          {"epoch": 0, "open": {"kernel": [7]}},  # the default: uniform_samples
+                          {"epoch": 1, "open": {"kernel": [3, 5, 7]}, "samples": 1},
+                          {"epoch": 2, "open": {}, "samples": 4}]})
+    data = build_datasets(cfg)
+    model, space = build_supernet(cfg, data["train"].num_classes)
+    trainer = SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], data["val"], tmp_path / "s")
+    assert [len(trainer.step_archs(7, epoch)) for epoch in (0, 1, 2)] == [2, 1, 4]
 
 
 def test_adaptive_distillation_loss_zero_iff_same():

@@ -61,6 +61,10 @@ class ShrinkingSchedule:
                                             f"not all among {list(space[name])} (choice {name})")
             self._spaces.append(space.restrict(allowed))
 
+    def phase_at(self, epoch: int) -> ShrinkPhase | None:
+        """The phase whose ``epoch`` has begun last (None before the first)."""
+        return next((p for p in reversed(self.phases) if epoch >= p.epoch), None)
+
     def space_at(self, epoch: int) -> SearchSpace:
         current = self.space
         for phase, sub in zip(self.phases, self._spaces):
@@ -74,12 +78,14 @@ def middle_arch(space: SearchSpace) -> dict:
     return {n: space[n][len(space[n]) // 2] for n in space.names}
 
 
-def sample_step_archs(space: SearchSpace, rng: random.Random, rule: str, n_random: int = 2) -> list[dict]:
-    """``uniform``: one subnet drawn uniformly (SPOS). ``sandwich``: largest, smallest and ``n_random``
+def sample_step_archs(space: SearchSpace, rng: random.Random, rule: str, n_random: int = 2,
+                      n_uniform: int = 1) -> list[dict]:
+    """``uniform``: ``n_uniform`` subnets drawn uniformly (SPOS: one; OFA: 1, 2, 4 by phase). ``sandwich``: largest,
+    smallest and ``n_random``
     uniform subnets (BigNAS); the largest comes first so it can teach the others in place. While
     progressive shrinking leaves a single subnet open, it is trained once per step, not twice."""
     if rule == "uniform":
-        return [space.sample(rng)]
+        return [space.sample(rng) for _ in range(n_uniform)]
     if rule == "sandwich":
         ends = [space.largest()] if space.largest() == space.smallest() else [space.largest(), space.smallest()]
         return [*ends, *(space.sample(rng) for _ in range(n_random))]
@@ -428,11 +434,14 @@ class SupernetTrainer(Trainer):
         """The subnets (with their common input size) step ``step`` trains."""
         space = self.schedule.space_at(epoch)
         rng = self.step_rng(step)
+        phase = self.schedule.phase_at(epoch)
+        n_uniform = phase.samples if phase is not None and phase.samples else self.scfg.uniform_samples
         if self.arch_macs is not None:
             b = self.scfg.macs_bins
-            archs = [sample_in_macs_bins(space, rng, self.arch_macs, b.min, b.max, b.bins, b.max_tries)]
+            archs = [sample_in_macs_bins(space, rng, self.arch_macs, b.min, b.max, b.bins, b.max_tries)
+                     for _ in range(n_uniform)]
         else:
-            archs = sample_step_archs(space, rng, self.scfg.sampling, self.scfg.sandwich_random)
+            archs = sample_step_archs(space, rng, self.scfg.sampling, self.scfg.sandwich_random, n_uniform)
         if self.scfg.multi_resolution:
             size = rng.choice(space[INPUT_SIZE])
         else:
