@@ -776,7 +776,8 @@ class ExperimentConfig(Strict):
                 raise ValueError(f"{key}.schedule: the phase(s) at epoch {', '.join(map(str, late))} start when the "
                                  f"training has ended ({recipe_key}.epochs {recipe.epochs}; epochs count from 0): their "
                                  "values would never be trained, yet the search would score them; scale the phases' "
-                                 "epochs with the training, or train longer")
+                                 f"epochs with the training, or train longer (a quick run: {recipe_key}.max_steps cuts "
+                                 "it short and keeps the schedule, and says what it leaves untrained)")
             d = sup.distill
             if d.teacher != "none" and d.start_epoch >= recipe.epochs:
                 raise ValueError(f"{key}.distill.start_epoch {d.start_epoch} is at or after the training's end "
