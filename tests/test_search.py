@@ -556,7 +556,7 @@ def test_a_candidate_interrupted_by_ctrl_c_is_scored_by_the_rerun(tmp_path):
     assert len(set(scored_archs(study))) == 6
 
 
-def test_a_worker_whose_last_candidates_another_scores_waits_for_it(tmp_path, monkeypatch):
+def test_a_worker_whose_last_candidates_another_scores_waits_for_it(tmp_path, monkeypatch, recwarn):
     """With the study's remaining candidates claimed by another live worker, the idle worker proposed, claimed and
     failed a "surplus" trial 10-25 times a second until the 200th stopped it with "the space looks exhausted" (and,
     in a terminal of its own, it wrote the results of a study short of its candidates). It now waits, and ends
@@ -589,6 +589,8 @@ def test_a_worker_whose_last_candidates_another_scores_waits_for_it(tmp_path, mo
         study.tell(theirs, [0.1])
         mine.join(30)
         assert not mine.is_alive() and done["scored"] == 2 and done["skipped"] == 0
+        said = [str(w.message) for w in recwarn if "other workers" in str(w.message)]
+        assert len(said) == 1 and "being scored by other workers (trial(s) 0): waiting for them" in said[0]
         assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     finally:
         other.kill()

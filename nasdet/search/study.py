@@ -205,7 +205,13 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
         trials = study.get_trials(deepcopy=False)
         if sum(t.state == TrialState.COMPLETE for t in trials) >= num_candidates:
             break
-        idle = _all_claimed(trials, space, num_candidates)
+        was_idle, idle = idle, _all_claimed(trials, space, num_candidates)
+        if idle and not was_idle:
+            running = [t.number for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("claim")]
+            warnings.warn(f"search: the last candidates are being scored by other workers (trial(s) "
+                          f"{', '.join(map(str, running))}): waiting for them (a worker that dies on this machine, or "
+                          "on another with a database storage's heartbeat, has its candidate retried here; Ctrl-C "
+                          "stops this worker)", stacklevel=2)
         if idle:
             # the study's last candidates are being scored by other workers: wait for them (a dead one's trial is
             # failed and retried above, and taken here). Proposing went on at 10-25 trials a second, each failed as
