@@ -544,7 +544,8 @@ def terminate_as_interrupt() -> None:
 
     signal.signal(signal.SIGTERM, for_this_process(interrupt))
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (Python's: KeyboardInterrupt, as here)
-        signal.signal(signal.SIGINT, interrupt)
+        # a forked child (a loader worker as it starts) ends on Ctrl-C without a traceback: its parent stops
+        signal.signal(signal.SIGINT, for_this_process(interrupt))
 
 
 def main() -> None:  # pragma: no cover

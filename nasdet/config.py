@@ -342,6 +342,14 @@ class SupernetConfig(Strict):
             raise ValueError(f"input_sizes must be a non-empty list of sizes >= 32, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _samples_are_uniform(self):
+        if self.sampling != "uniform" and (self.uniform_samples != 1 or any(p.samples for p in self.schedule)):
+            raise ValueError(f"supernet.uniform_samples and a schedule phase's samples set how many uniform subnets a "
+                             f"step trains (OFA's 1 / 2 / 4): supernet.sampling {self.sampling} trains its own "
+                             "(largest, smallest and sandwich_random); set sampling: uniform, or drop them")
+        return self
+
     @field_validator("schedule")
     @classmethod
     def _ordered(cls, v):

@@ -189,3 +189,13 @@ def test_a_shrinking_schedule_past_the_training_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"supernet.distill.start_epoch 3 is at or after the training's end "
                                           r"\(supernet.train.epochs 3\)"):
         load_config(write(tmp_path, raw))
+
+
+def test_uniform_samples_with_sandwich_sampling_are_refused(tmp_path):
+    """OFA's 1 / 2 / 4 uniform subnets a step copied into a sandwich config did nothing, without a word."""
+    raw = {**BASE, "supernet": {"sampling": "sandwich", "schedule": [{"epoch": 0, "open": {}, "samples": 2}]}}
+    with pytest.raises(ConfigError, match="supernet.sampling sandwich trains its own"):
+        load_config(write(tmp_path, raw))
+    raw["supernet"] = {"sampling": "sandwich", "uniform_samples": 4}
+    with pytest.raises(ConfigError, match="supernet.sampling sandwich trains its own"):
+        load_config(write(tmp_path, raw))

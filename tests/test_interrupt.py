@@ -78,9 +78,10 @@ def test_a_run_killed_before_its_first_checkpoint_logs_its_steps_once(tiny_confi
     assert not half.exists() and (log.parent / "ckpt" / "last.pt").is_file()
 
 
-@pytest.mark.parametrize("workers, resumed_with", [(1, 1), (0, 1), (1, 0)])
+@pytest.mark.parametrize("workers, resumed_with, old_checkpoint", [(1, 1, False), (0, 1, False), (1, 0, False),
+                                                                   (1, 0, True)])
 def test_a_run_resumed_mid_epoch_with_loader_workers_is_the_uninterrupted_run(tiny_config, tmp_path, workers,
-                                                                              resumed_with):
+                                                                              resumed_with, old_checkpoint):
     """The loader's worker processes drew augmentations from streams seeded at the start of each epoch's loader:
     a run resumed mid-epoch augmented its next batches as the epoch's first ones (losses apart from the first
     resumed step, another final AP). Each item's draws now follow from its step and place in the batch. A run
@@ -105,6 +106,9 @@ def test_a_run_resumed_mid_epoch_with_loader_workers_is_the_uninterrupted_run(ti
     whole, end = run("whole", 6)
     first, mid = run("cut", 3)
     assert mid["batch_in_epoch"] == 3 and mid["epoch"] == 0  # stopped mid-epoch
+    if old_checkpoint:  # written before the stream was recorded: told by the loader workers its config asked for
+        del mid["augment_stream"]
+        torch.save(mid, tmp_path / "cut" / "baseline" / "ckpt" / "last.pt")
     resumed, after = run("cut", 6)
     assert resumed == whole
     assert all(torch.equal(v, after["model"][k]) for k, v in end["model"].items())
@@ -162,3 +166,18 @@ def test_an_items_augmentation_is_the_same_in_the_main_process_and_in_a_worker(t
     there = list(loader)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"]) for a, b in zip(here, there))
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(here, [train[(i, None, 2000 + i)] for i in range(6)]))
+
+
+def test_ctrl_c_ends_a_forked_child_without_a_traceback():
+    """The CLI's Ctrl-C handler (KeyboardInterrupt, as SIGTERM's) was inherited by a child forked as it started (a
+    loader worker): "Process Process-14: Traceback ... KeyboardInterrupt" on Ctrl-C. A forked child ends quietly."""
+    code = ("import os, sys, time\nfrom nasdet.cli import terminate_as_interrupt\nterminate_as_interrupt()\n"
+            "pid = os.fork()\nif pid == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+            "print(pid, flush=True)\n_, status = os.waitpid(pid, 0)\nprint('child', status, flush=True)\n")
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = int(run.stdout.readline())
+    os.kill(child, signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert f"child {signal.SIGINT.value}" in out  # ended by the signal itself

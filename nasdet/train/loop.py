@@ -103,6 +103,15 @@ def item_seeds(seed: int, rank: int, first_step: int, steps: int, batch_size: in
     return [[(base + (first_step + j) * 4099 + k) % 2**63 for k in range(batch_size)] for j in range(steps)]
 
 
+def _stream_of_record(state: dict) -> str | None:
+    """The augmentation stream of a checkpoint written before it was recorded, from the loader workers its config
+    asked for (a number: main-process draws at 0, each item seeded with workers); None for ``auto`` (unknown)."""
+    workers = ((state.get("config") or {}).get("data") or {}).get("num_workers")
+    if isinstance(workers, int) and not isinstance(workers, bool):
+        return "item" if workers > 0 else "process"
+    return None
+
+
 def pretrained_note(backbone: str, name: str) -> str:
     """``model.backbone.pretrained`` as the torchvision weights it means and their file (``imagenet`` is
     ``DEFAULT``, which torchvision has moved between releases: the log says which, so the run can be redone)."""
@@ -490,7 +499,7 @@ class Trainer:
         # this rank's own streams (a checkpoint of another process count is refused before, or finished)
         self._resume_rng = per_rank[self.rank] if per_rank and len(per_rank) == self.world else state["rng"]
         set_rng_state(self._resume_rng)  # (again when run() starts: a stage may seed between prepare() and run())
-        self.augment_stream = state.get("augment_stream")
+        self.augment_stream = state.get("augment_stream") or _stream_of_record(state)
         self._check_starts((state.get("extra") or {}).get("starts"))
         self.load_extra_state(state.get("extra", {}))
         if dist.is_main():  # the steps logged after the checkpoint before a kill are logged again
