@@ -230,6 +230,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _sigint_as_by_default() -> None:
+    """(A subprocess's ``preexec_fn``.) A shell starts a background job with SIGINT ignored (CI under nohup ... &),
+    and Python then leaves it so: the tests that press Ctrl-C need it back."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _launcher_of_fake_workers(tmp_path, script: str, **popen):
     """A `--workers 2` launcher whose workers run ``script`` (sh) in place of nasdet, each writing its pid to
     tmp_path/pids; returned once both have started."""
@@ -241,7 +249,7 @@ def _launcher_of_fake_workers(tmp_path, script: str, **popen):
     launcher = subprocess.Popen([sys.executable, "-c", (
         "import sys; from pathlib import Path; import nasdet.cli as cli; cli.terminate_as_interrupt(); "
         f"sys.executable = {str(fake)!r}; cli._launch_workers('search', Path('c.yaml'), None, [], 2, [])")],
-        stdout=subprocess.PIPE, text=True, **popen)
+        stdout=subprocess.PIPE, text=True, preexec_fn=_sigint_as_by_default, **popen)
     deadline = time.time() + 60
     while time.time() < deadline and len((tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []) < 2:
         time.sleep(0.2)
@@ -305,7 +313,8 @@ def test_ctrl_c_lets_the_launchers_workers_stop_by_themselves(tmp_path):
     assert "Traceback" not in (tmp_path / "err").read_text() if (tmp_path / "err").exists() else True
     # a scheduler's SIGTERM to a command that already stops on Ctrl-C is not raised inside its stopping
     run = subprocess.Popen([sys.executable, str(worker), str(tmp_path / "pids")], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+                           preexec_fn=_sigint_as_by_default)
     while len((tmp_path / "pids").read_text().split()) < 3:
         time.sleep(0.1)
     run.send_signal(signal.SIGINT)

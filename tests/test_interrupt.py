@@ -175,7 +175,8 @@ def test_ctrl_c_ends_a_forked_child_without_a_traceback():
             "pid = os.fork()\nif pid == 0:\n    time.sleep(60)\n    os._exit(0)\n"
             "print(pid, flush=True)\n_, status = os.waitpid(pid, 0)\nprint('child', status, flush=True)\n")
     run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "PYTHONPATH": os.getcwd()})
+                           env={**os.environ, "PYTHONPATH": os.getcwd()},  # (SIGINT as by default: CI may ignore it)
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child = int(run.stdout.readline())
     os.kill(child, signal.SIGINT)
     out, err = run.communicate(timeout=60)
