@@ -172,12 +172,12 @@ def test_ctrl_c_ends_a_forked_child_without_a_traceback():
     """The CLI's Ctrl-C handler (KeyboardInterrupt, as SIGTERM's) was inherited by a child forked as it started (a
     loader worker): "Process Process-14: Traceback ... KeyboardInterrupt" on Ctrl-C. A forked child ends quietly."""
     code = ("import os, sys, time\nfrom nasdet.cli import terminate_as_interrupt\nterminate_as_interrupt()\n"
-            "pid = os.fork()\nif pid == 0:\n    time.sleep(60)\n    os._exit(0)\n"
-            "print(pid, flush=True)\n_, status = os.waitpid(pid, 0)\nprint('child', status, flush=True)\n")
+            "pid = os.fork()\nif pid == 0:\n    print(os.getpid(), flush=True)\n    time.sleep(60)\n    os._exit(0)\n"
+            "_, status = os.waitpid(pid, 0)\nprint('child', status, flush=True)\n")
     run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "PYTHONPATH": os.getcwd()},  # (SIGINT as by default: CI may ignore it)
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    child = int(run.stdout.readline())
+    child = int(run.stdout.readline())  # once the child runs (a signal before its after-fork reset is lost)
     os.kill(child, signal.SIGINT)
     out, err = run.communicate(timeout=60)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
