@@ -544,8 +544,10 @@ def terminate_as_interrupt() -> None:
 
     signal.signal(signal.SIGTERM, for_this_process(interrupt))
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (Python's: KeyboardInterrupt, as here)
-        # a forked child (a loader worker as it starts) ends on Ctrl-C without a traceback: its parent stops
-        signal.signal(signal.SIGINT, for_this_process(interrupt))
+        # not for_this_process: a forked child raises KeyboardInterrupt as Python's own handler would, which torch's
+        # loader workers catch to end quietly (killed by the signal instead, their parent's loader failed with
+        # "DataLoader worker ... killed by signal: Interrupt")
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def main() -> None:  # pragma: no cover
