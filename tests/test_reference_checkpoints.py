@@ -96,6 +96,16 @@ def test_ofa_model_zoo_file_through_model_backbone_checkpoint(tmp_path):
         feats = backbone(det.fixed_input([2, 3, 64, 64]).float())
     for level in ("c2", "c3", "c4", "c5"):
         assert_matches(feats[level], sub["outputs"][level], f"{name} via checkpoint {level}")
+    # a file missing a key names it as the file does, nasdet's name beside (qa_released: nasdet's alone)
+    import re
+
+    state = reference_state(name)
+    for gone in ("blocks.7.conv.point_linear.bn.bn.running_var", "blocks.2.conv.depth_conv.conv.5to3_matrix",
+                 "final_expand_layer.bn.weight"):
+        cut = {k: v for k, v in state.items() if k != gone}
+        torch.save({"state_dict": cut}, path)
+        with pytest.raises(CheckpointError, match=re.escape(f"'{gone} (")):
+            build_backbone(BackboneConfig(name="ofa_mbv3", checkpoint=str(path)))
 
 
 SHUFFLE_CASES = [  # fixture, the nasdet layout it loads into, size, subnets checked

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError
-from .ofa_checkpoints import load_ofa_supernet
+from .ofa_checkpoints import load_ofa_supernet, ofa_key_of
 from .ofa_mobilenet import OFAMobileNetV3
 from .shufflenet_checkpoints import load_detnas_supernet, load_mmrazor_supernet, load_spos_supernet
 from .shufflenet_spos import ShuffleNetSPOS
@@ -37,6 +37,7 @@ ANCHORS = {
     "mmrazor": ("conv1.conv.weight", "layers.0.0._candidates.shuffle_3x3.branch1.0.conv.weight"),
     "mmrazor_0x": ("conv1.conv.weight", "layers.0.0.choices.shuffle_3x3.branch1.0.conv.weight"),
 }
+FILE_KEYS = {"ofa": ofa_key_of}  # format -> its key of a nasdet key, for the keys a file misses
 MAPPINGS = {"ofa": load_ofa_supernet, "detnas": load_detnas_supernet, "spos": load_spos_supernet,
             "mmrazor": load_mmrazor_supernet}
 
@@ -125,6 +126,9 @@ def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], 
     if found != "nasdet":  # FrozenBatchNorm2d has no num_batches_tracked
         mapped = {k: v for k, v in mapped.items() if k in own or not k.endswith("num_batches_tracked")}
     missing = [k for k in own if k not in mapped]
+    if found in FILE_KEYS:  # as the file names them (qa_released: "stages.1.blocks.2.project_bn.bn.running_var")
+        layout = unwrap(state, prefix, found)
+        missing = [f"{prefix}{theirs} ({k})" if (theirs := FILE_KEYS[found](k, layout)) else k for k in missing]
     unexpected = [k for k in mapped if k not in own]
     shapes = [f"{k} {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in mapped and mapped[k].shape != own[k].shape]

@@ -58,6 +58,25 @@ def is_ofa_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
     return "first_conv.conv.weight" in state and "blocks.0.conv.depth_conv.conv.weight" in state
 
 
+def ofa_key_of(key: str, state: Mapping[str, torch.Tensor]) -> str | None:
+    """The OFA key (as ``state``, an OFA state_dict, would hold it) of nasdet's backbone ``key``; None if none: a key
+    missing from a released file is named as the file names it (a user looks for it there)."""
+    elastic = {int(m.group(1)) for k in state if (m := _BLOCK.match(k)) and m.group(1) != "0"}
+    per_stage = max(len(elastic) // 5, 1)
+    module, _, param = key.rpartition(".")
+    fixed = {v: k for k, v in FIXED.items()}
+    if module in fixed:
+        return f"{fixed[module]}.{param}"
+    m = re.fullmatch(r"stages\.(\d+)\.blocks\.(\d+)\.(.+)", module)
+    if m is None:
+        return None
+    block = int(m.group(1)) * per_stage + int(m.group(2)) + 1
+    if m.group(3) == "depth_conv.kernel_transforms":
+        return f"blocks.{block}.conv.depth_conv.conv.{param}_matrix"
+    inner = {v: k for k, v in ELASTIC.items()}.get(m.group(3))
+    return f"blocks.{block}.conv.{inner}.{param}" if inner else None
+
+
 def load_ofa_supernet(state: Mapping[str, torch.Tensor], with_head: bool = False) -> dict[str, torch.Tensor]:
     """OFA ``OFAMobileNetV3`` state_dict -> nasdet ``OFAMobileNetV3`` state_dict (same tensors, new keys).
 
