@@ -330,8 +330,7 @@ def middle_channel_moves(expand_conv: ElasticConv2d, expand_bn: ElasticBatchNorm
     ratio: the expand conv's outputs and BN, the depthwise conv and BN, the SE's input and output, the project
     conv's inputs; then the SE's own middle channels by its expand conv's L1 norm. The full block computes the
     same; a smaller expand (a prefix) keeps the most important channels. Returns the moves (``apply_channel_moves``)."""
-    importance = project_conv.conv.weight.detach().abs().sum(dim=(0, 2, 3))
-    order = grouped_importance_order(importance, keep)
+    order = grouped_importance_order(project_conv.conv.weight.detach().abs().sum(dim=(0, 2, 3)), keep)
     moves: list[ChannelMove] = [(expand_conv.conv.weight, 0, order), (depth_conv.conv.weight, 0, order),
                                 (project_conv.conv.weight, 1, order)]
     for conv in (expand_conv, depth_conv):

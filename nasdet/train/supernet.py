@@ -81,9 +81,8 @@ def middle_arch(space: SearchSpace) -> dict:
 def sample_step_archs(space: SearchSpace, rng: random.Random, rule: str, n_random: int = 2,
                       n_uniform: int = 1) -> list[dict]:
     """``uniform``: ``n_uniform`` subnets drawn uniformly (SPOS: one; OFA: 1, 2, 4 by phase). ``sandwich``: largest,
-    smallest and ``n_random``
-    uniform subnets (BigNAS); the largest comes first so it can teach the others in place. While
-    progressive shrinking leaves a single subnet open, it is trained once per step, not twice."""
+    smallest and ``n_random`` uniform subnets (BigNAS); the largest comes first so it can teach the others in place.
+    While progressive shrinking leaves a single subnet open, it is trained once per step, not twice."""
     if rule == "uniform":
         return [space.sample(rng) for _ in range(n_uniform)]
     if rule == "sandwich":

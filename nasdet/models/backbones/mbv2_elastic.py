@@ -47,7 +47,8 @@ from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
 from ...errors import CheckpointError, ConfigError
 from ...space import SearchSpace
-from ...space.elastic import ElasticBatchNorm2d, ElasticConv2d, he_fout_init, make_divisible, middle_channel_moves
+from ...space.elastic import (ElasticBatchNorm2d, ElasticConv2d, apply_channel_moves, he_fout_init, make_divisible,
+                              middle_channel_moves)
 from ...space.supernet import STAGE_LEVEL, StagedSupernet  # c5 = final_expand output
 from .ofa_mobilenet import ElasticStage
 from .pretrained import state_dict_problems
@@ -200,15 +201,9 @@ class ElasticInvertedResidual(nn.Module):
                                     self.project_conv, None, keep)
 
     def reorder_channels(self) -> None:
-        """Sort the hidden channels by ``importance_order``: the full block computes the same, a smaller
-        hidden width (a prefix) keeps the most important channels."""
-        order = importance_order(self.project_conv.conv.weight)
-        with torch.no_grad():
-            for conv in (self.expand_conv, self.depth_conv):
-                conv.conv.weight.copy_(conv.conv.weight[order])
-            permute_bn(self.expand_bn, order)
-            permute_bn(self.depth_bn, order)
-            self.project_conv.conv.weight.copy_(self.project_conv.conv.weight[:, order])
+        """Sort the hidden channels by importance (every one, none kept in place): the full block computes the same,
+        a smaller hidden width (a prefix) keeps the most important channels."""
+        apply_channel_moves(self.middle_channel_moves(()))
 
     def export(self) -> InvertedResidual:
         """torchvision's ``InvertedResidual`` with the active weights (depthwise conv of the active kernel)."""
