@@ -151,31 +151,30 @@ class CostTable:
         probs = {n: torch.softmax(t.double(), 0) for n, t in zip(logits.names, logits.logits)}
         total = torch.tensor(self.base, dtype=torch.float64)
         for n in self.names:
-            term = (probs[n] * self.deltas[n]).sum()
-            if n in self.gated:
-                depth, j = self.gated[n]
-                runs = torch.tensor([float(d > j) for d in self.space[depth]], dtype=torch.float64)
-                term = term * (probs[depth] * runs).sum()
-            total = total + term
-        for (a, b), table in self.pairs.items():
-            term = probs[a] @ table @ probs[b]
-            if a in self.gated:  # (a block's choices share its gate)
-                depth, j = self.gated[a]
-                runs = torch.tensor([float(d > j) for d in self.space[depth]], dtype=torch.float64)
-                term = term * (probs[depth] * runs).sum()
-            total = total + term
+            total = total + (probs[n] * self.deltas[n]).sum() * self._runs(n, probs)
+        for (a, b), table in self.pairs.items():  # (a block's choices share its gate)
+            total = total + probs[a] @ table @ probs[b] * self._runs(a, probs)
         return total
 
+    def _runs(self, name: str, probs: Mapping[str, Tensor]) -> Tensor | float:
+        """The probability that the block of choice ``name`` runs (1 outside a stage with depth)."""
+        if name not in self.gated:
+            return 1.0
+        depth, j = self.gated[name]
+        runs = torch.tensor([float(d > j) for d in self.space[depth]], dtype=torch.float64)
+        return (probs[depth] * runs).sum()
+
     def predict(self, arch: Mapping[str, Any]) -> float:
+        def runs(name: str) -> bool:
+            return name not in self.gated or arch[self.gated[name][0]] > self.gated[name][1]
+
         total = self.base
         for n in self.names:
-            if n in self.gated and not arch[self.gated[n][0]] > self.gated[n][1]:
-                continue
-            total += float(self.deltas[n][self.space[n].index(arch[n])])
+            if runs(n):
+                total += float(self.deltas[n][self.space[n].index(arch[n])])
         for (a, b), table in self.pairs.items():
-            if a in self.gated and not arch[self.gated[a][0]] > self.gated[a][1]:
-                continue
-            total += float(table[self.space[a].index(arch[a]), self.space[b].index(arch[b])])
+            if runs(a):
+                total += float(table[self.space[a].index(arch[a]), self.space[b].index(arch[b])])
         return total
 
 

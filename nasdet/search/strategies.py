@@ -240,7 +240,7 @@ class NSGA2(Strategy):
     def sampler(self, n_trials):
         def make(seed: int) -> NSGAIISampler:
             return NSGAIISampler(population_size=self.population, mutation_prob=self.mutation_prob,
-                                                 crossover_prob=self.crossover_prob, seed=seed)
+                                 crossover_prob=self.crossover_prob, seed=seed)
 
         return PerTrialSeeded(make, self.seed, self.worker, "nsga2")
 
