@@ -284,6 +284,19 @@ class ShrinkPhase(Strict):
     # uniform sampling: subnets per step in this phase, their gradients accumulated (OFA's dynamic_batch_size: 1 in
     # the elastic-kernel phase, 2 in depth, 4 in expand); default supernet.uniform_samples
     samples: Optional[int] = Field(None, gt=0)
+    # a phase of its own learning rate starts as OFA runs each phase, a training of its own: the optimizer's
+    # state forgotten, the recipe's scheduler again from this lr (warm-up of warmup_epochs, then its decay over
+    # the epochs up to the next phase with an lr, or the training's end); OFA: 3e-2 / 2.5e-3 / 7.5e-3 per GPU
+    lr: Optional[float] = Field(None, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _warmup_with_lr(self):
+        if self.warmup_epochs and self.lr is None:
+            raise ValueError(f"supernet.schedule (epoch {self.epoch}): warmup_epochs warms a phase's own lr up; "
+                             "set this phase's lr too, or leave warmup_epochs out (train.scheduler warms up the "
+                             "training's start)")
+        return self
 
 
 class DistillConfig(Strict):
@@ -780,6 +793,13 @@ class ExperimentConfig(Strict):
                              "classify.train" if self.classify.train else "train", self.classify.train or self.train))
         for key, sup, recipe_key, recipe in sections:
             late = [p.epoch for p in sup.schedule if p.epoch >= recipe.epochs]
+            restarts = [p for p in sup.schedule if p.lr is not None]
+            for p, nxt in zip(restarts, [*(q.epoch for q in restarts[1:]), recipe.epochs]):
+                if p.warmup_epochs and p.epoch + p.warmup_epochs >= nxt and p.epoch < recipe.epochs:
+                    raise ValueError(f"{key}.schedule: the phase at epoch {p.epoch} warms its lr up over "
+                                     f"{p.warmup_epochs} epochs, and its lr runs only to epoch {nxt} (the next phase "
+                                     f"with an lr, or {recipe_key}.epochs): it would never reach lr {p.lr}; shorten "
+                                     "warmup_epochs")
             if late:
                 raise ValueError(f"{key}.schedule: the phase(s) at epoch {', '.join(map(str, late))} start when the "
                                  f"training has ended ({recipe_key}.epochs {recipe.epochs}; epochs count from 0): their "

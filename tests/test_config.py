@@ -189,6 +189,17 @@ def test_a_shrinking_schedule_past_the_training_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"supernet.distill.start_epoch 3 is at or after the training's end "
                                           r"\(supernet.train.epochs 3\)"):
         load_config(write(tmp_path, raw))
+    # a phase's own lr (OFA) warmed up over its whole span never reaches it; a warm-up without one warms nothing
+    raw["supernet"]["distill"] = {}
+    phases[1].update(lr=0.01, warmup_epochs=2)
+    with pytest.raises(ConfigError, match=r"the phase at epoch 1 warms its lr up over 2 epochs, and its lr runs only "
+                                          r"to epoch 3 \(the next phase with an lr, or supernet.train.epochs\)"):
+        load_config(write(tmp_path, raw))
+    phases[1].pop("lr")
+    with pytest.raises(ConfigError, match=r"supernet.schedule \(epoch 1\): warmup_epochs warms a phase's own lr up"):
+        load_config(write(tmp_path, raw))
+    phases[1].update(lr=0.01, warmup_epochs=0)
+    assert load_config(write(tmp_path, raw)).supernet.schedule[1].lr == 0.01
 
 
 def test_uniform_samples_with_sandwich_sampling_are_refused(tmp_path):

@@ -495,13 +495,14 @@ def test_a_backbone_file_moved_with_the_same_bytes_is_the_same_start(tiny_config
 def test_pretrain_sorts_middle_channels_when_expand_opens_and_a_resume_follows(tiny_config, tmp_path, capsys):
     """OFA's progressive shrinking sorts the middle channels at the start of each elastic-expand phase; nasdet's
     pretrain never did. The sort comes with the phase's first step, so a run stopped at the phase's boundary and
-    resumed trains as the uninterrupted one."""
+    resumed trains as the uninterrupted one; with the phase's own lr (the scheduler restarted, the optimizer's
+    state forgotten) too."""
     def cfg_of(work, max_steps):
         return tiny_config("ssdlite", model=OFA_TINY, work_dir=str(tmp_path / work),
                            train={"epochs": 2, "max_steps": max_steps, "ckpt_every_steps": 100},
                            supernet={"recalib_batches": 1, "report_archs": ["smallest"],
                                      "schedule": [{"epoch": 0, "open": {"expand": [6]}},
-                                                  {"epoch": 1, "open": {"expand": [4, 6]}}]})
+                                                  {"epoch": 1, "open": {"expand": [4, 6]}, "lr": 0.001}]})
 
     from nasdet.data.build import build_datasets
     from nasdet.train.supernet import SupernetTrainer
@@ -514,6 +515,7 @@ def test_pretrain_sorts_middle_channels_when_expand_opens_and_a_resume_follows(t
     run_pretrain(cfg_of("whole", per_epoch + 1))
     said = " ".join(capsys.readouterr().out.split())
     assert "epoch 1: expand 4 opens: each block's middle channels sorted by importance (OFA), expand 6 keeping" in said
+    assert "epoch 1: the phase's own lr 0.001, the scheduler started again and the optimizer's state forgotten" in said
     run_pretrain(cfg_of("cut", per_epoch))  # stopped at the end of epoch 0, before the sort
     assert "expand 4 opens" not in capsys.readouterr().out
     run_pretrain(cfg_of("cut", per_epoch + 1))
@@ -521,3 +523,38 @@ def test_pretrain_sorts_middle_channels_when_expand_opens_and_a_resume_follows(t
     cut = load_checkpoint(tmp_path / "cut" / "supernet" / "ckpt" / "last.pt")
     assert cut["step"] == whole["step"] == per_epoch + 1
     assert all(torch.equal(v, cut["model"][k]) for k, v in whole["model"].items())
+
+
+
+def test_a_phase_with_its_own_lr_starts_the_schedule_and_the_optimizer_again(tiny_config, tmp_path):
+    """OFA runs each progressive-shrinking phase as a training of its own (train_ofa_net.py: base lr 3e-2 / 2.5e-3 /
+    7.5e-3, a cosine each, a fresh optimizer loading only the weights); nasdet's one schedule spanned every phase.
+    A phase's lr restarts the scheduler from that lr and forgets the optimizer's state at its first step (a resume
+    at the boundary: test_pretrain_sorts_middle_channels_when_expand_opens_and_a_resume_follows)."""
+    from nasdet.data.build import build_datasets
+    from nasdet.train.supernet import SupernetTrainer
+
+    def cfg_of(lr):
+        phase = {"epoch": 1, "open": {}, **({"lr": lr} if lr else {})}
+        return tiny_config("ssdlite", model=OFA_TINY, train={"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.1},
+                                                            "scheduler": {"name": "cosine", "warmup_steps": 0}},
+                           supernet={"schedule": [{"epoch": 0, "open": {"kernel": [7]}}, phase]})
+
+    data = build_datasets(cfg_of(None))
+    model, space = build_supernet(cfg_of(None), data["train"].num_classes)
+    for lr, kept in ((0.01, False), (None, True)):
+        trainer = SupernetTrainer.from_config(cfg_of(lr), model, space, data["supernet_train"], data["val"],
+                                              tmp_path / str(lr))
+        per_epoch, factor = trainer.steps_per_epoch, trainer.scheduler.lr_lambdas[0]
+        assert per_epoch >= 2 and factor(0) == 1.0
+        if lr:  # epoch 0's cosine ends at the phase, which starts at 0.01 / 0.1 and decays to its own end
+            assert factor(per_epoch - 1) < 0.5 and factor(per_epoch) == pytest.approx(0.1)
+            assert factor(2 * per_epoch - 1) < 0.05
+        else:  # one cosine over both epochs: its middle
+            assert factor(per_epoch) == pytest.approx(0.5)
+        for p in trainer.params:
+            trainer.optimizer.state[p]["momentum_buffer"] = torch.ones_like(p)
+        trainer.epoch, trainer.batch_in_epoch = 1, 0
+        trainer.before_step(per_epoch)
+        assert all(bool((trainer.optimizer.state[p].get("momentum_buffer", torch.zeros(1)) == 1).all()) == kept
+                   for p in trainer.params)

@@ -79,7 +79,7 @@ class WarmupSchedule:
     ``torch.load(weights_only=True)`` can read it back.
     """
 
-    def __init__(self, cfg, total_steps: int):
+    def __init__(self, cfg, total_steps: int, restarts: list[tuple[int, float, int]] = ()):
         self.name = cfg.name
         self.total = max(int(total_steps), 1)
         self.warmup = min(int(cfg.warmup_steps), self.total - 1) if self.total > 1 else 0
@@ -87,27 +87,50 @@ class WarmupSchedule:
         self.milestones = [int(round(m * self.total)) for m in cfg.milestones]
         self.gamma = float(cfg.gamma)
         self.min_ratio = float(cfg.min_lr_ratio)
+        # (first step, lr factor, warm-up steps): from each first step the schedule starts again, over the steps up
+        # to the next restart, scaled by its factor (a supernet.schedule phase with its own lr: OFA's phases)
+        self.restarts = [(int(s), float(f), int(w)) for s, f, w in sorted(restarts)]
+        self.milestone_fractions = [float(m) for m in cfg.milestones]
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            alpha = step / max(self.warmup, 1)
+        if not self.restarts:
+            return self._factor(step, self.total, self.warmup, self.milestones)
+        firsts = [0, *(s for s, _, _ in self.restarts), self.total]
+        i = sum(step >= s for s, _, _ in self.restarts)  # 0: before the first restart
+        start, end = firsts[i], max(firsts[i + 1], firsts[i] + 1)
+        total = end - start
+        scale, warmup = (1.0, self.warmup) if i == 0 else self.restarts[i - 1][1:]
+        warmup = min(warmup, total - 1) if total > 1 else 0
+        milestones = [int(round(m * total)) for m in self.milestone_fractions]
+        return scale * self._factor(step - start, total, warmup, milestones)
+
+    def _factor(self, step: int, total: int, warmup: int, milestones: list[int]) -> float:
+        if step < warmup:
+            alpha = step / max(warmup, 1)
             warm = self.warmup_factor * (1 - alpha) + alpha
         else:
             warm = 1.0
         if self.name == "cosine":
-            t = min(max(step - self.warmup, 0) / max(self.total - self.warmup, 1), 1.0)
+            t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
             main = self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
         elif self.name == "step":
-            main = self.gamma ** sum(step >= m for m in self.milestones)
+            main = self.gamma ** sum(step >= m for m in milestones)
         elif self.name == "linear":  # SPOS / DetNAS ImageNet: LambdaLR(1 - step / total_iters), to 0
-            main = self.min_ratio + (1 - self.min_ratio) * max(1.0 - step / self.total, 0.0)
+            main = self.min_ratio + (1 - self.min_ratio) * max(1.0 - step / total, 0.0)
         else:
             main = 1.0
         return warm * main
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg, total_steps))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int,
+                    restarts: list[tuple[int, float, int]] = ()) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg, total_steps, restarts))
+
+
+def restart_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Forget the optimizer's state (momentum, Adam's moments and step counts), as a new run's optimizer would."""
+    optimizer.state.clear()
+    zero_momentum_buffers(optimizer)
 
 
 @torch.no_grad()

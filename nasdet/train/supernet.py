@@ -30,6 +30,7 @@ from .checkpoint import CheckpointError, backbone_start, files_by_content, load_
 from .distill import LossesWithLogits, adaptive_distillation_loss
 from .evaluate import evaluate_detector
 from .loop import RunSettings, Trainer
+from .optim import build_scheduler, restart_optimizer_state
 from .resume import NOT_TRAINING, TRAINING_SECTIONS, flatten
 
 
@@ -309,6 +310,12 @@ class SupernetTrainer(Trainer):
             # DDP copies it into its bucket and says so once per rank in four raw lines; expected, not the user's
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         self.schedule = ShrinkingSchedule(space, self.scfg.schedule)
+        base_lr = self.tcfg.optimizer.lr
+        self.lr_phases = {p.epoch: p for p in self.scfg.schedule if p.lr is not None}
+        if self.lr_phases:
+            self.scheduler = build_scheduler(self.optimizer, self.tcfg.scheduler, self.total_steps, [
+                (e * self.steps_per_epoch, p.lr / base_lr, p.warmup_epochs * self.steps_per_epoch)
+                for e, p in self.lr_phases.items()])
         last = self.scfg.schedule[-1].epoch if self.scfg.schedule else 0
         if self.tcfg.max_steps and self.tcfg.max_steps <= last * self.steps_per_epoch and dist.is_main():
             # (phases past the epochs are refused with the config; max_steps, a quick run's, is only said)
@@ -358,6 +365,20 @@ class SupernetTrainer(Trainer):
         super().before_step(step)
         if self.batch_in_epoch == 0 and self.epoch > 0:  # (a run resumed mid-epoch did it before its checkpoint)
             self.reorganize_if_expand_opens(self.epoch)
+            self.restart_if_phase_sets_lr(self.epoch)
+
+    def restart_if_phase_sets_lr(self, epoch: int) -> None:
+        """A phase with its own lr starts as OFA's progressive shrinking starts each phase, a run of its own that
+        loads the weights only: the optimizer's state (momentum, Adam's moments) is forgotten (the schedule's
+        restart is the scheduler's, from __init__)."""
+        phase = self.lr_phases.get(epoch)
+        if phase is None:
+            return
+        restart_optimizer_state(self.optimizer)
+        if dist.is_main():
+            warm = f", warmed up over {phase.warmup_epochs} epochs" if phase.warmup_epochs else ""
+            self.console.print(f"epoch {epoch}: the phase's own lr {phase.lr:g}{warm}, the scheduler started again "
+                               "and the optimizer's state forgotten (OFA: each phase a training of its own)")
 
     def reorganize_if_expand_opens(self, epoch: int) -> None:
         """When the schedule's phase at ``epoch`` opens a smaller expand ratio, sort every block's middle channels by
