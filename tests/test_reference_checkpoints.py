@@ -106,6 +106,17 @@ def test_ofa_model_zoo_file_through_model_backbone_checkpoint(tmp_path):
         torch.save({"state_dict": cut}, path)
         with pytest.raises(CheckpointError, match=re.escape(f"'{gone} (")):
             build_backbone(BackboneConfig(name="ofa_mbv3", checkpoint=str(path)))
+    # OFA's full net (ofa_D4_E6_K7), where its elastic-kernel phase starts: no transform matrix at all; they start
+    # at identity as OFA's phase starts them, and the largest subnet computes what the released network does
+    torch.save({"state_dict": {k: v for k, v in state.items() if not k.endswith("_matrix")}}, path)
+    with pytest.warns(UserWarning, match=r"without kernel transforms .* its 40 transform matrices start at identity"):
+        backbone = build_backbone(BackboneConfig(name="ofa_mbv3", checkpoint=str(path))).eval()
+    assert all(torch.equal(v, torch.eye(len(v))) for k, v in backbone.state_dict().items() if "kernel_transforms" in k)
+    largest = next(s for s in det.read_json(f"{name}.outputs.json")["subnets"] if s["name"] == "largest")
+    backbone.set_arch(ofa_arch(largest["ks"], largest["e"], largest["d"]))
+    with torch.no_grad():
+        feats = backbone(det.fixed_input([2, 3, 64, 64]).float())
+    assert_matches(feats["c5"], largest["outputs"]["c5"], f"{name} full net c5")
 
 
 SHUFFLE_CASES = [  # fixture, the nasdet layout it loads into, size, subnets checked

@@ -15,6 +15,7 @@ detector, ``architecture.backbone.`` of an MMRazor algorithm).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import torch
@@ -99,6 +100,22 @@ def unwrap(state: Mapping[str, torch.Tensor], prefix: str, fmt: str) -> dict[str
     return out
 
 
+def _ofa_full_net_kernel_transforms(mapped: dict, missing: list[str], own: Mapping[str, torch.Tensor],
+                                    source: str) -> list[str]:
+    """OFA's full network (``ofa_D4_E6_K7``, kernel 7 only: ``train_ofa_net.py``'s start for the elastic-kernel phase)
+    has no kernel transform matrices; OFA's phase loads it over its supernet's identity-initialised ones. The same
+    here, said once; ``missing`` without them."""
+    transforms = [k for k in missing if ".kernel_transforms." in k]
+    if not transforms:
+        return missing
+    for k in transforms:
+        mapped[k] = torch.eye(own[k].shape[0], dtype=own[k].dtype)
+    warnings.warn(f"{source}: an OFA network without kernel transforms (kernel 7 only: OFA's full net, "
+                  f"ofa_D4_E6_K7): its {len(transforms)} transform matrices start at identity, as OFA's elastic-kernel "
+                  "phase starts them; kernels 5 and 3 are the 7x7 kernel's centre until trained")
+    return [k for k in missing if k not in transforms]
+
+
 def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str, name: str,
                         fmt: str = "auto") -> None:
     """Load ``state`` (any supported layout) into ``backbone``; ``source`` names the file in errors.
@@ -126,6 +143,8 @@ def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], 
     if found != "nasdet":  # FrozenBatchNorm2d has no num_batches_tracked
         mapped = {k: v for k, v in mapped.items() if k in own or not k.endswith("num_batches_tracked")}
     missing = [k for k in own if k not in mapped]
+    if found == "ofa" and not any(k.endswith("_matrix") for k in unwrap(state, prefix, found)):
+        missing = _ofa_full_net_kernel_transforms(mapped, missing, own, source)
     if found in FILE_KEYS:  # as the file names them (qa_released: "stages.1.blocks.2.project_bn.bn.running_var")
         layout = unwrap(state, prefix, found)
         missing = [f"{prefix}{theirs} ({k})" if (theirs := FILE_KEYS[found](k, layout)) else k for k in missing]
