@@ -220,3 +220,22 @@ def test_a_stages_own_recipe_is_named_by_its_key(tmp_path):
         refuse_changed_run(ckpt, saved, now, ("seed", "train"), (), recipe="supernet.train")
     with pytest.raises(ResumeMismatch, match=r"\(train.optimizer.lr: 0.1 -> 0.2\)"):
         refuse_changed_run(ckpt, saved, now, ("seed", "train"), ())
+
+
+def test_a_run_written_before_a_schedule_phase_key_existed_resumes_unless_the_key_is_set():
+    """A supernet pretraining started before phases had ``lr`` (and ``warmup_epochs``) was refused on resume after the
+    upgrade (the list of phases differed by the new unset keys); a phase given an lr since is a change."""
+    from nasdet.train.resume import training_changes
+
+    old = {"supernet": {"schedule": [{"epoch": 0, "open": {"kernel": [7]}, "samples": None}]}}
+
+    def new(lr=None, warmup=0):
+        return {"supernet": {"schedule": [{"epoch": 0, "open": {"kernel": [7]}, "samples": None, "lr": lr,
+                                           "warmup_epochs": warmup}]}}
+
+    assert training_changes(old, new(), ("supernet",), ()) == []
+    assert len(training_changes(old, new(lr=0.1), ("supernet",), ())) == 1
+    assert len(training_changes(old, new(warmup=2), ("supernet",), ())) == 1
+    grown = new()
+    grown["supernet"]["schedule"].append({"epoch": 3, "open": {}, "samples": None, "lr": None, "warmup_epochs": 0})
+    assert len(training_changes(old, grown, ("supernet",), ())) == 1  # a phase added

@@ -88,9 +88,23 @@ def training_changes(saved: Mapping[str, Any], current: Mapping[str, Any], secti
         elif key == PRETRAINED_KEY and old[key] and new[key] and old[key] != new[key]:
             if _weights_of(old.get("model.backbone.name"), old[key]) != _weights_of(new.get("model.backbone.name"), new[key]):
                 changes.append(f"{key}: {old[key]} -> {new[key]}")
-        elif old[key] != new[key]:
+        elif _entries_without_new_keys(new[key], old[key]) != old[key]:
             changes.append(f"{key}: {old[key]} -> {new[key]}")
     return changes
+
+
+def _entries_without_new_keys(new: Any, old: Any) -> Any:
+    """``new`` as a config written before its list entries' newest keys would hold it (``supernet.schedule``'s
+    phases before ``lr``): such a key is dropped while it is unset (None, 0, False, empty), so a run resumed after
+    an upgrade is not refused for keys it never knew; a key set is kept, and compared."""
+    if not (isinstance(new, list) and isinstance(old, list) and len(new) == len(old)):
+        return new
+    out = []
+    for n, o in zip(new, old):
+        if isinstance(n, Mapping) and isinstance(o, Mapping):
+            n = {k: v for k, v in n.items() if k in o or (v not in (None, 0, False) and v != [] and v != {})}
+        out.append(n)
+    return out
 
 
 def _same_data(was: Any, now: Any) -> bool:
