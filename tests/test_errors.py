@@ -358,6 +358,18 @@ def test_frozen_bn_resnets_build_and_run(depth):
     if depth == 18:
         out = frozen.train()(torch.rand(1, 3, 64, 64))
         assert [o.shape[1] for o in out.values()] == list(frozen.out_channels.values())
+        # frozen_stages (MMDetection's; torchvision's trainable_backbone_layers 3 = 1 here): the stem and layer1 keep
+        # their weights and BN statistics in training, layer2 on train (the R-50 baselines trained them all)
+        staged = build_backbone(BackboneConfig(name="resnet18", frozen_stages=1)).train()
+        before = {k: v.clone() for k, v in staged.state_dict().items()}
+        staged(torch.rand(2, 3, 64, 64))
+        changed = {k for k, v in staged.state_dict().items() if not torch.equal(v, before[k])}
+        assert changed and not any(k.startswith(("stem.", "layer1.")) for k in changed)
+        assert any(k.startswith("layer2.") for k in changed)
+        trainable = {n.split(".")[0] for n, p in staged.named_parameters() if p.requires_grad}
+        assert trainable == {"layer2", "layer3", "layer4"}
+        with pytest.raises(ConfigError, match="frozen_stages is for the ResNet backbones .* not 'mobilenet_v2'"):
+            build_backbone(BackboneConfig(name="mobilenet_v2", frozen_stages=1))
 
 
 @pytest.fixture(scope="module")

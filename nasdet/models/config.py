@@ -43,6 +43,10 @@ class BackboneConfig(Strict):
     # MobileNetV3's last stage at half width (its paper's Table 6; torchvision's ssdlite320 trained without
     # an ImageNet backbone, as its COCO weights were); mobilenet_v3_large / _small only
     reduced_tail: bool = False
+    # ResNet only: the stem and the first N stages (layer1..N) keep their weights and BN statistics, as
+    # MMDetection's frozen_stages (1 in its R-50 configs) and torchvision's trainable_backbone_layers (3 = stem and
+    # layer1 frozen, its detectors' default)
+    frozen_stages: int = Field(0, ge=0, le=4)
 
     @model_validator(mode="after")
     def _one_source(self):

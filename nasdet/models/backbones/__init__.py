@@ -51,6 +51,11 @@ def build_backbone(cfg) -> nn.Module:
         load_pretrained_backbone(backbone, cfg.name, cfg.pretrained, cfg.width_mult, bool(cfg.reduced_tail))
     if cfg.checkpoint:
         load_backbone_checkpoint(backbone, cfg.checkpoint, cfg.name, getattr(cfg, "checkpoint_format", "auto"))
+    if getattr(cfg, "frozen_stages", 0):
+        if not isinstance(backbone, ResNetBackbone):
+            raise ConfigError(f"model.backbone.frozen_stages is for the ResNet backbones (MMDetection's frozen_stages, "
+                              f"torchvision's trainable_backbone_layers), not {cfg.name!r}")
+        backbone.freeze_stages(cfg.frozen_stages)
     return backbone
 
 

@@ -78,6 +78,21 @@ class ResNetBackbone(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         widths = [self._width(getattr(self, f"layer{i}")) for i in range(1, 5)]
         self.out_channels = dict(zip(LEVELS, widths))
+        self.frozen: list[nn.Module] = []
+
+    def freeze_stages(self, n: int) -> None:
+        """The stem and layer1..n keep their weights, and their BatchNorms their statistics (eval mode in training:
+        MMDetection's ``_freeze_stages`` with ``frozen_stages = n``)."""
+        self.frozen = [self.stem, *(getattr(self, f"layer{i}") for i in range(1, n + 1))]
+        for module in self.frozen:
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in getattr(self, "frozen", ()):
+            module.eval()
+        return self
 
     @staticmethod
     def _width(layer: nn.Sequential) -> int:
