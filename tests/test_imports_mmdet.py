@@ -298,6 +298,8 @@ def test_mmdet_checkpoint_becomes_the_baseline_and_starts_the_supernet(tiny_conf
      "set model.layout: mmdetection (its LeakyReLU backbone)"),
     (lambda: {k: v for k, v in mmdet_state("ssdlite_mobilenetv2").items() if "extra_layers.3" not in k}, SSDLITE,
      "missing, e.g. ['backbone.extras.3.0.weight'"),
+    # a ResNet's backbone.conv1.weight met MobileNetV2's conv1 rule: a traceback (qa_recipes #4)
+    (lambda: mmdet_state("retinanet_r50_fpn"), SSDLITE, "an MMDetection retinanet on ResNet"),
 ])
 def test_foreign_mmdet_checkpoint_is_one_line(state, cfg_kw, found):
     model = build_detector(make_model_config(**cfg_kw), num_classes=80)

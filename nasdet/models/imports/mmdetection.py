@@ -84,8 +84,11 @@ def background_first(tensor: torch.Tensor, num_anchors: int) -> torch.Tensor:
 
 
 def _conv_module(rest: str, conv: str, bn: str) -> str:
-    """mmcv ConvModule's ``conv.*`` / ``bn.*`` -> the module names of a Sequential."""
-    kind, tail = rest.split(".", 1)
+    """mmcv ConvModule's ``conv.*`` / ``bn.*`` -> the module names of a Sequential. Anything else (another model's
+    key that matched a pattern: a ResNet's ``backbone.conv1.weight``) is left as it is, for the key check to name."""
+    kind, dot, tail = rest.partition(".")
+    if not dot or kind not in ("conv", "bn"):
+        return rest
     return f"{conv if kind == 'conv' else bn}.{tail}"
 
 
