@@ -470,7 +470,8 @@ class GradientConfig(Strict):
 class SearchConfig(Strict):
     """``nasdet search``: candidates scored on the supernet (BN recalibrated, mAP on the search split).
 
-    Evolution defaults follow DetNAS (population 50, top-10 parents, gene mutation 0.1, 20 mutation +
+    Evolution defaults follow DetNAS (population 50, top-10 parents, gene mutation 0.1 (to another value: DetNAS's
+    redraw among 4 ops with p 0.1 is 0.075 here), 20 mutation +
     20 crossover + 10 random children per generation); generations = num_candidates / population.
     """
 

@@ -134,6 +134,16 @@ def test_impossible_budget_names_cheapest_cost():
     assert "prediction" not in str(e.value)
     with pytest.raises(ValueError, match="flops"):
         Budget("flops", 1.0)
+    # the least value of each choice is not always the cheapest (DetNAS's Xception, op 3, in its stride-2 blocks):
+    # a budget under the smallest arch that other archs meet was refused (qa_detnas #1)
+    ops = SearchSpace({"stage1.block0.op": (0, 1, 2, 3), "stage1.block1.op": (0, 1, 2, 3)})
+    op_macs = {"stage1.block0.op": (10, 12, 15, 8), "stage1.block1.op": (10, 12, 15, 11)}
+    cost = lambda arch: {"macs": float(sum(op_macs[k][v] for k, v in arch.items()))}  # noqa: E731
+    assert check_budget_feasible(Budget("macs", 19), cost, ops) == 18
+    with pytest.raises(ValueError, match=r"the cheapest arch found choice by choice \(stage1.block0.op=3\) costs 18"):
+        check_budget_feasible(Budget("macs", 17), cost, ops)
+    with pytest.raises(ValueError, match=r"the smallest arch \(no choice lowers it\) costs 20"):
+        check_budget_feasible(Budget("macs", 19), lambda a: {"macs": 20.0 + sum(a.values())}, ops)
 
 
 def test_resolution_tolerance_restricts_input_size():
