@@ -571,9 +571,9 @@ class TuneConfig(Strict):
     ENOT and DetNAS insist on. ``tune.train`` overrides it.
     """
 
-    # a JSON/YAML arch file, an inline mapping, or a published name (e.g. COCO-FPN-300M);
-    # default: the search stage's work_dir/search/best_arch.json
-    arch: Optional[Union[str, dict[str, Any]]] = None
+    # a JSON/YAML arch file, an inline mapping, or a published name (e.g. COCO-FPN-300M); detnas_*: also DetNAS's
+    # flat list of ops (inline or in the file); default: the search stage's work_dir/search/best_arch.json
+    arch: Optional[Union[str, dict[str, Any], list[int]]] = None
     # ENOT's searched_arch: one index per block into (1.0, 0.5, 0.33, 0.17, 0.08, 0.0) (mbv2_width); with
     # tune.arch unset; the input size is model.input_size
     searched_arch: Optional[list[int]] = None
@@ -610,7 +610,7 @@ class ClassifyConfig(Strict):
     val_split: str = "val"
     # one subnet: a mapping of choices (backbone.* or the backbone's own names) or an arch file
     # (search/best_arch.json, tune/arch.json); its input_size is ignored (classification uses input_size)
-    arch: Optional[Union[str, dict[str, Any]]] = None
+    arch: Optional[Union[str, dict[str, Any], list[int]]] = None
     input_size: int = Field(224, ge=32)  # training crop; evaluation: resize to input_size / 0.875, centre crop
     dropout: float = Field(0.1, ge=0, lt=1)
     label_smoothing: float = Field(0.1, ge=0, lt=1)

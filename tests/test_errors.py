@@ -958,3 +958,27 @@ def test_a_checkpoint_of_another_width_says_what_it_was_written_with():
                                               r"model.backbone.name mobilenet_v2, model.backbone.width_mult 0.5"):
         load_model_weights(model(0.35), state, source="supernet/ckpt/last.pt")
     load_model_weights(model(0.5), state)
+
+
+def test_detnas_flat_list_arch_is_taken_by_tune_and_classify(tmp_path, tiny_config):
+    """docs/detnas.md says DetNAS's flat list is accepted: `tune.arch` / `classify.arch` refused it from a file ("does
+    not hold a mapping") and inline (a pydantic dump); a wrong list names its block (qa_detnas #2)."""
+    from nasdet.space import ArchError
+    from nasdet.stages.classify import backbone_arch
+    from nasdet.stages.tune import _tune_arch
+
+    ops = [0, 1, 2, 3, 1, 0, 0, 0, 0, 0]  # detnas_tiny: 10 blocks
+    model = {"backbone": {"name": "detnas_tiny", "width_mult": 0.5}}
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(ops))
+    for given in (ops, str(path)):
+        cfg = tiny_config(model=model, tune={"arch": given}, classify={"root": str(tmp_path), "arch": given})
+        arch, _ = _tune_arch(cfg, None, None)
+        assert arch["backbone.stage1.block1.op"] == 1 and arch["backbone.stage2.block1.op"] == 3
+        assert arch["input_size"] == 96
+        assert backbone_arch(cfg)[0]["stage2.block0.op"] == 2
+    bad = tiny_config(model=model, tune={"arch": [0, 4, *ops[2:]]})
+    with pytest.raises(ArchError, match=r"tune.arch: invalid DetNAS tiny arch list: block 1 \(stage1.block1.op\) = 4"):
+        _tune_arch(bad, None, None)
+    with pytest.raises(ArchError, match=r"tune.arch: a flat list of choices is DetNAS's form .* 'mobilenet_v3_small'"):
+        _tune_arch(tiny_config(tune={"arch": ops}), None, None)

@@ -33,7 +33,7 @@ from ..train.checkpoint import CheckpointError, backbone_start, load_checkpoint
 from ..train.classify import ClassifierSupernetTrainer, ClassifierTrainer, load_classifier_teacher
 from ..train.loop import RunSettings
 from ..workdir import WorkDir, write_json
-from .common import finished_record, recipe_key, start_note_of, with_train_recipe
+from .common import detnas_list_arch, finished_record, recipe_key, start_note_of, with_train_recipe
 
 
 def _arch_mapping(given: Any, cfg: ExperimentConfig) -> tuple[dict, str]:
@@ -41,11 +41,15 @@ def _arch_mapping(given: Any, cfg: ExperimentConfig) -> tuple[dict, str]:
     ``{"arch": ...}`` or a plain mapping, JSON or YAML) or a published name (e.g. COCO-FPN-300M)."""
     if isinstance(given, dict):
         return dict(given), "inline"
+    if isinstance(given, list):
+        return detnas_list_arch(given, cfg, "classify.arch"), "inline"
     path = Path(given)
     if path.is_file():
         data = read_arch_file(path, "classify.arch")
         if isinstance(data, dict) and isinstance(data.get("arch"), dict):
             data = data["arch"]
+        if isinstance(data, list):
+            return detnas_list_arch(data, cfg, f"classify.arch file {path}"), str(path)
         if not isinstance(data, dict):
             raise ArchError(f"classify.arch file {path} does not hold a mapping of choices")
         return data, str(path)

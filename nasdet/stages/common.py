@@ -225,3 +225,19 @@ def subnets_table(results: dict, title: str) -> Table:
         table.add_row(name, str(r["arch"].get("input_size", "")), f"{m['AP']:.4f}", f"{m['AP50']:.4f}",
                       f"{m['AP75']:.4f}", macs)
     return table
+
+
+def detnas_list_arch(choices, cfg: ExperimentConfig, key: str) -> dict:
+    """DetNAS's flat list of ops (``[2, 1, 2, 0, ...]``: how DetNAS, SPOS and MMRazor 0.x write an arch) as the
+    backbone's choices (``stage1.block0.op``, ...); ``key`` (``tune.arch``, its file) names it in a refusal."""
+    from ..models.backbones.shufflenet_spos import arch_from_list
+    from ..space import ArchError
+
+    name = cfg.model.backbone.name
+    if not name.startswith("detnas_"):
+        raise ArchError(f"{key}: a flat list of choices is DetNAS's form of an arch (the detnas_* backbones); "
+                        f"model.backbone.name {name!r} takes a mapping of choices (as search/best_arch.json holds)")
+    try:
+        return arch_from_list(list(choices), name[len("detnas_"):])
+    except ArchError as e:
+        raise ArchError(f"{key}: {e}") from None

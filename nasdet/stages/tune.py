@@ -34,7 +34,7 @@ from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
-from .common import (finished_record, metrics_table, per_class_table, recipe_key, scored_val_set, start_note_of,
+from .common import (detnas_list_arch, finished_record, metrics_table, per_class_table, recipe_key, scored_val_set, start_note_of,
                      with_train_recipe)
 
 
@@ -86,6 +86,9 @@ def _tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str | Path |
         return load_arch(path, space), str(path)
     if isinstance(given, dict):
         return _complete(given, cfg), "tune.arch (inline)"
+    if isinstance(given, list):
+        return _complete(prefix_arch(detnas_list_arch(given, cfg, "tune.arch"), BACKBONE_PREFIX), cfg), \
+            "tune.arch (inline)"
     path = Path(given)
     if path.is_file():
         data = read_arch_file(path, "tune.arch")
@@ -93,6 +96,9 @@ def _tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str | Path |
             return load_arch(path, space), str(path)  # written by nasdet: the space must match
         if isinstance(data, dict) and isinstance(data.get("arch"), dict):
             data = data["arch"]
+        if isinstance(data, list):
+            return _complete(prefix_arch(detnas_list_arch(data, cfg, f"tune.arch file {path}"), BACKBONE_PREFIX),
+                             cfg), str(path)
         if not isinstance(data, dict):
             raise ArchError(f"tune.arch file {path} does not hold a mapping of choices")
         return _complete(data, cfg), str(path)
