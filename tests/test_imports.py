@@ -696,3 +696,25 @@ def test_a_file_of_the_other_tail_or_variant_names_the_setting(tiny_config, tmp_
     cfg = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"baseline_checkpoint": path})})
     with pytest.raises(CheckpointError, match=f"the file fits with {fits}$"):
         run_baseline(cfg)
+
+
+def test_a_nasdet_checkpoint_trained_with_other_anchors_is_refused(tmp_path):
+    """A YOLOv3 trained with mmdet_320's anchors imported into a config with mmdet_416's loaded (the same shapes) and
+    decoded every box against the other anchors, without a word (qa_recipes #5); SSD's default boxes likewise."""
+    from nasdet.models.imports import read_checkpoint_and_model, refuse_other_anchors
+
+    path = tmp_path / "last.pt"
+    torch.save({"model": {"head.w": torch.zeros(2)},
+                "config": {"model": {"detector": "yolov3", "anchors": "mmdet_320", "input_size": 320}}}, path)
+    state, _, recorded = read_checkpoint_and_model(path)
+    assert list(state) == ["head.w"] and recorded["anchors"] == "mmdet_320"
+    refuse_other_anchors(recorded, {"detector": "yolov3", "anchors": "mmdet_320", "input_size": 416}, "the file")
+    with pytest.raises(CheckpointError, match=r"the file was trained with other anchors \(model.anchors 'mmdet_320' "
+                                              r"in the file, 'mmdet_416' here\).* set model.anchors: 'mmdet_320'"):
+        refuse_other_anchors(recorded, {"detector": "yolov3", "anchors": "mmdet_416"}, "the file")
+    ssd = {"anchor_ratio_range": [0.2, 0.95], "anchor_aspect_ratios": None}
+    refuse_other_anchors(ssd, {"anchor_ratio_range": (0.2, 0.95), "anchor_aspect_ratios": None}, "f")  # tuple = list
+    with pytest.raises(CheckpointError, match="anchor_ratio_range"):
+        refuse_other_anchors(ssd, {"anchor_ratio_range": (0.1, 0.9), "anchor_aspect_ratios": None}, "f")
+    torch.save({"w": torch.zeros(1)}, path)
+    assert read_checkpoint_and_model(path)[2] is None  # a plain state_dict records no model

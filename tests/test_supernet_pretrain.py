@@ -357,6 +357,11 @@ def test_init_from_errors_name_the_key_and_what_the_file_is(tiny_config, tmp_pat
     with pytest.raises(CheckpointError, match=r"this config builds ssdlite on mbv2_elastic \(model.backbone."
                                               r"width_mult 0.35 -> 0.5\)"):
         init_from_checkpoint(build_supernet(wider, 4)[0], str(detector), ["a", "b", "c", "d"], wider.model)
+    # other default boxes: the same tensors, other boxes decoded (qa_recipes #5)
+    other_boxes = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35},
+                                                "anchor_ratio_range": [0.1, 0.9]})
+    with pytest.raises(CheckpointError, match=r"ssdlite.pt was trained with other anchors \(model.anchor_ratio_range"):
+        init_from_checkpoint(build_supernet(other_boxes, 4)[0], str(detector), ["a", "b", "c", "d"], other_boxes.model)
     # a start still training (ENOT's multi-resolution step from the single-resolution supernet): said so
     fits = tiny_config("ssdlite", model={"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}})
     save_checkpoint({**load_checkpoint(detector), "total_steps": 10}, detector)

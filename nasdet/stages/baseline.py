@@ -18,7 +18,7 @@ from ..data.build import build_datasets, load_split
 from ..export import configured_postprocessing
 from ..models import build_detector, get_input_size
 from ..models.cost import detector_macs, detector_params, measure_latency_onnx
-from ..models.imports import map_detector_weights, read_checkpoint
+from ..models.imports import map_detector_weights, read_checkpoint_and_model, refuse_other_anchors
 from ..train.checkpoint import (CheckpointError, class_record, file_sha256, load_checkpoint, nasdet_checkpoint_kind,
                                save_checkpoint)
 from ..train import dist
@@ -196,7 +196,7 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
     set_torch_threads(cfg.train.threads)  # its evaluation on the threads a training of the config would take
     console = dist.main_console(console or Console())
     source = Path(cfg.pipeline.baseline_checkpoint)
-    weights, checkpoint_classes = read_checkpoint(source, "pipeline.baseline_checkpoint")
+    weights, checkpoint_classes, recorded_model = read_checkpoint_and_model(source, "pipeline.baseline_checkpoint")
     origin = {"path": str(source), "sha256": file_sha256(source)}
     out = WorkDir.of(cfg, work_dir).baseline
     done = _same_import(out, source, origin["sha256"])
@@ -232,6 +232,8 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
         # nasdet's own files: say which stage wrote it and what it is for (its keys said "another layout")
         raise CheckpointError(f"pipeline.baseline_checkpoint {source} is {kind}; the baseline is a detector of this "
                               f"config's model ({describe_model(cfg.model)}) ({e})") from None
+    if imported.source_format == "nasdet":
+        refuse_other_anchors(recorded_model, config_to_dict(cfg)["model"], f"pipeline.baseline_checkpoint {source}")
     origin["format"] = imported.source_format
     console.print(f"imported {escape(str(source))} ({imported.source_format}'s layout) as the baseline"
                   + (f"; its COCO labels picked for the data's {val.num_classes} classes" if imported.coco_labels else "")

@@ -18,7 +18,8 @@ from rich.text import Text
 
 from ..errors import ConfigError, unreadable_reason
 from ..files import why_not_a_file
-from ..models.imports import class_layer_keys, describe_weights, recorded_class_names, rows_by_class_name
+from ..models.imports import (class_layer_keys, describe_weights, recorded_class_names, refuse_other_anchors,
+                              rows_by_class_name)
 from ..config import ExperimentConfig, ShrinkPhase, SupernetConfig, without_start_weights
 from ..models.detectors import set_input_size, training_input_size
 from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
@@ -202,6 +203,9 @@ def init_from_checkpoint(model: nn.Module, path: str, classes: list[str] | None 
             f"{INIT_KEY} {path} does not fit this supernet outside the backbone{which}: missing {few(missing)}, "
             f"unexpected {few(unexpected)}, shape mismatch {few(shapes)}"
         )
+    if model_cfg is not None:  # the same tensors decoded against other anchors: another detector (qa_recipes #5)
+        refuse_other_anchors((checkpoint.get("config") or {}).get("model"), model_cfg.model_dump(mode="json"),
+                             f"{INIT_KEY} {path}")
     unfinished = unfinished_at(checkpoint)  # (ENOT's multi-resolution step starts from a supernet still training)
     if unfinished is not None:
         warnings.warn(f"{INIT_KEY} {path} was saved at step {unfinished[0]} of {unfinished[1]}: its training has not "

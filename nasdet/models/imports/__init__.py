@@ -15,6 +15,7 @@ checkpoint lists; then each class keeps its own rows.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,33 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: str | Path, key: str = "checkpoint") -> tuple[dict[str, torch.Tensor], list[str] | None]:
     """``read_weights`` and the class names the file lists (MMDetection's meta, nasdet's ``classes``), or None;
     ``key``: the config key or option that named the file, for errors."""
+    return read_checkpoint_and_model(path, key)[:2]
+
+
+# model keys that change what a detector's outputs mean without changing a tensor's shape: a nasdet file trained
+# with other values loads, and decodes its boxes against other anchors
+ANCHOR_KEYS = ("anchors", "anchor_ratio_range", "anchor_aspect_ratios")
+
+
+def refuse_other_anchors(recorded: dict | None, model_cfg: dict, source: str) -> None:
+    """``CheckpointError`` when a nasdet checkpoint's recorded ``model`` section (``recorded``) has other anchors
+    than ``model_cfg`` (both as plain data): YOLOv3's w / h outputs are log(box / anchor), SSD's offsets are
+    relative to its default boxes, so the same tensors are another detector."""
+    if not recorded:
+        return
+    plain = lambda v: json.loads(json.dumps(v))  # noqa: E731 (tuples as lists)
+    other = [(k, recorded[k], model_cfg.get(k)) for k in ANCHOR_KEYS
+             if k in recorded and k in model_cfg and plain(recorded[k]) != plain(model_cfg[k])]
+    if other:
+        said = "; ".join(f"model.{k} {was!r} in the file, {now!r} here" for k, was, now in other)
+        raise CheckpointError(f"{source} was trained with other anchors ({said}): its box outputs are offsets from "
+                              f"its own anchors, so it would load as another detector; set "
+                              f"{', '.join(f'model.{k}: {was!r}' for k, was, _ in other)} as it was trained")
+
+
+def read_checkpoint_and_model(path: str | Path, key: str = "checkpoint"
+                              ) -> tuple[dict[str, torch.Tensor], list[str] | None, dict | None]:
+    """``read_checkpoint`` and the ``model`` section a nasdet checkpoint records (None for other files)."""
     path = Path(path)
     if why := why_not_a_file(path):
         raise CheckpointError(f"{key} {path} {why}")
@@ -69,6 +97,8 @@ def read_checkpoint(path: str | Path, key: str = "checkpoint") -> tuple[dict[str
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"{key} {path} cannot be read: {unreadable_reason(e, path)}") from e
     classes = checkpoint_classes(state) or recorded_class_names(state)
+    config = state.get("config") if isinstance(state, dict) else None
+    recorded = config.get("model") if isinstance(config, dict) and isinstance(config.get("model"), dict) else None
     for entry in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(entry), dict):
             state = state[entry]
@@ -86,7 +116,7 @@ def read_checkpoint(path: str | Path, key: str = "checkpoint") -> tuple[dict[str
     if bad:  # a diverged training's last checkpoint: imported, it scores 0 AP and says nothing
         raise CheckpointError(f"{key} {path} has non-finite weights (NaN or inf) in {len(bad)} tensors, e.g. "
                               f"{bad[:3]}: a training that diverged? Take an earlier checkpoint")
-    return state, classes
+    return state, classes, recorded
 
 
 def recorded_class_names(state) -> list[str] | None:
