@@ -282,6 +282,9 @@ def _in_candidates(box: torch.Tensor, label: torch.Tensor, score: torch.Tensor, 
     return bool(((candidates["boxes"][same] - box).abs().amax(-1) <= box_atol + box_rtol * size).any())
 
 
+FAR_BOXES = 10.0  # boxes beyond this many image sizes: a detector that does not detect yet (the parity check's words)
+
+
 def match_detections(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor], score_cut: float,
                      score_atol: float, nms_thresh: float | None = None, box_rtol: float = 0.0,
                      candidates: dict[str, torch.Tensor] | None = None, box_atol: float = 0.0,
@@ -467,9 +470,12 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
     sure_module = EndToEndDetector(sure)
     worst_model_excess = worst_model_score = 0.0
     model_problems, overlaps = [], []
+    farthest = 0.0  # the largest box coordinate over the image's longer side
     for k, img in enumerate(images):
         boxes, scores, labels = module(img)
         ref = {"boxes": boxes, "scores": scores, "labels": labels}
+        if len(boxes):
+            farthest = max(farthest, float(boxes.abs().max()) / max(img.shape[-2:]))
         with _NMSKeepingAll():
             candidates = dict(zip(("boxes", "scores", "labels"), every_module(img)))
             certain = dict(zip(("boxes", "scores", "labels"), sure_module(img)))
@@ -500,6 +506,12 @@ def check_parity(detector: nn.Module, path: Path, images: Sequence[torch.Tensor]
         problems += [(k, *u) for u in m["unexplained"]]
     report.update(detections_torch=n_ref, matched=n_matched, max_box_diff_px=worst_box, max_score_diff=worst_score,
                   max_box_diff_vs_model_forward_px=worst_model)
+    if (worst_model_excess > box_atol or worst_model_score > score_atol or model_problems) and farthest > FAR_BOXES:
+        raise ExportParityError(
+            f"the detector's boxes reach {farthest:.3g} times the image's size on {len(images)} val images (an "
+            f"untrained or diverged detector: YOLOv3 decodes exp(w, h) without clipping), where float rounding moves "
+            f"a box by up to {worst_model:.2e} px: its export cannot be checked; train it until its boxes lie near "
+            "its images, then export")
     if worst_model_excess > box_atol or worst_model_score > score_atol or model_problems:
         raise ExportParityError(
             f"the export module's torch detections differ from the model's own forward on {len(images)} val images "
