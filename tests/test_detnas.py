@@ -304,6 +304,11 @@ def test_macs_bins_sampling(tiny_config, tmp_path):
     other = tiny_config("retinanet", model=TINY, supernet={"sampling": "sandwich", "macs_bins": {"min": 1, "max": 2}})
     with pytest.raises(ValueError, match="uniform"):
         SupernetTrainer.from_config(other, model, space, data["supernet_train"], None, tmp_path / "t")
+    # SPOS's 300M bins on the tiny space: no arch in any bin, each step a plain uniform arch, without a word
+    spos = tiny_config("retinanet", model=TINY, supernet={"macs_bins": {"min": 256.9e6, "max": 326.9e6, "bins": 7}})
+    with pytest.raises(ConfigError, match=r"7 of its 7 bins \(256.9-266.9 M.* lie outside the space's backbone MACs "
+                                          r"at 224 px, 61.2-95.9 M"):
+        SupernetTrainer.from_config(spos, model, space, data["supernet_train"], None, tmp_path / "u")
 
 
 def test_tiny_pretrain_run(tiny_config, tmp_path):

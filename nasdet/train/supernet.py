@@ -349,7 +349,20 @@ class SupernetTrainer(Trainer):
         if not hasattr(body, "arch_macs"):
             raise ConfigError(f"supernet.macs_bins needs a backbone with a MACs lookup table (arch_macs), "
                              f"{type(body).__name__} has none: use a detnas_* backbone or drop macs_bins")
-        size = self.scfg.macs_bins.input_size
+        b = self.scfg.macs_bins
+        size = b.input_size
+        if hasattr(body, "macs_table"):  # a bin no arch reaches: its steps drew max_tries archs, then any (qa_detnas #7)
+            stem, table = body.macs_table(size)
+            lo, hi = stem + sum(min(r) for r in table), stem + sum(max(r) for r in table)
+            width = (b.max - b.min) / b.bins
+            empty = [(b.min + i * width, b.min + (i + 1) * width) for i in range(b.bins)
+                     if b.min + (i + 1) * width < lo or b.min + i * width > hi]
+            if empty:
+                shown = ", ".join(f"{x / 1e6:.1f}-{y / 1e6:.1f} M" for x, y in empty[:3])
+                raise ConfigError(f"supernet.macs_bins: {len(empty)} of its {b.bins} bins ({shown}) lie outside the "
+                                  f"space's backbone MACs at {size} px, {lo / 1e6:.1f}-{hi / 1e6:.1f} M: no arch falls in "
+                                  "them, and each step that picks one draws any arch after max_tries misses; set "
+                                  "macs_bins.min / max within that range (classify: classify.supernet.macs_bins)")
         return lambda arch: body.arch_macs(strip_prefix(arch, BACKBONE_PREFIX), size)
 
     def wrap_for_training(self, model: nn.Module) -> nn.Module:
