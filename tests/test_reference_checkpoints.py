@@ -185,6 +185,10 @@ def test_a_checkpoint_of_another_layout_says_which_it_expected_and_found():
     assert "first_conv.0.weight" in line and "blocks.0.conv.depth_conv.conv.weight" in line  # keys of each
     line = error(spos, detnas_state)
     assert "found a DetNAS supernet" in line and "set model.backbone.layout: detnas" in line
+    # a supernet of another size: its 1,500 keys listed, never the size (qa_detnas #3)
+    line = error(ShuffleNetSPOS("300M", layout="detnas"), reference_state("detnas_1.3G_supernet"))
+    assert line.endswith("the file is of the 1.3G size (40 choice blocks, a 48-channel stem), the backbone of the "
+                         "300M: set model.backbone.name: detnas_1.3G")
     line = error(OFAMobileNetV3(width_mult=1.2), ofa_state)  # w1.0 file, w1.2 net
     assert "of another shape" in line and "first_conv.0.weight (16, 3, 3, 3) vs (24, 3, 3, 3)" in line
     line = error(OFAMobileNetV3(), ofa_state, fmt="spos")

@@ -15,6 +15,7 @@ detector, ``architecture.backbone.`` of an MMRazor algorithm).
 """
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Mapping
 
@@ -25,7 +26,7 @@ from ...errors import CheckpointError
 from .ofa_checkpoints import load_ofa_supernet, ofa_key_of
 from .ofa_mobilenet import OFAMobileNetV3
 from .shufflenet_checkpoints import load_detnas_supernet, load_mmrazor_supernet, load_spos_supernet
-from .shufflenet_spos import ShuffleNetSPOS
+from .shufflenet_spos import SIZES, ShuffleNetSPOS
 
 FORMATS = ("auto", "nasdet", "ofa", "detnas", "spos", "mmrazor")
 NAMES = {"nasdet": "nasdet", "ofa": "once-for-all OFAMobileNetV3", "detnas": "DetNAS supernet",
@@ -116,6 +117,25 @@ def _ofa_full_net_kernel_transforms(mapped: dict, missing: list[str], own: Mappi
     return [k for k in missing if k not in transforms]
 
 
+def _detnas_size_hint(found: str, layout: Mapping[str, torch.Tensor], backbone: nn.Module) -> str:
+    """"; it is a DetNAS 1.3G supernet (...): set model.backbone.name: detnas_1.3G" for a released ShuffleNetV2
+    supernet of another size than ``backbone``'s (its choice blocks and stem width tell), else ""."""
+    if not isinstance(backbone, ShuffleNetSPOS) or found not in ("detnas", "spos", "mmrazor"):
+        return ""
+    if found == "mmrazor":
+        blocks = {m.groups() for k in layout if (m := re.match(r"layers\.(\d+)\.(\d+)\.", k))}
+        stem = layout.get("conv1.conv.weight")
+    else:
+        blocks = {m.group(1) for k in layout if (m := re.match(r"features\.(\d+)\.", k))}
+        stem = layout.get("first_conv.conv.weight", layout.get("first_conv.0.weight"))  # DetNAS's, SPOS's
+    width = int(stem.shape[0]) if torch.is_tensor(stem) and stem.dim() == 4 else None
+    sizes = [n for n, s in SIZES.items() if s.num_blocks == len(blocks) and s.stem == width and n != backbone.size]
+    if len(sizes) != 1:
+        return ""
+    return (f"; the file is of the {sizes[0]} size ({len(blocks)} choice blocks, a {width}-channel stem), the backbone "
+            f"of the {backbone.size}: set model.backbone.name: detnas_{sizes[0]}")
+
+
 def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str, name: str,
                         fmt: str = "auto") -> None:
     """Load ``state`` (any supported layout) into ``backbone``; ``source`` names the file in errors.
@@ -155,5 +175,6 @@ def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], 
         raise CheckpointError(
             f"{source}: a {NAMES[found]} state_dict that does not fit {name}: {len(missing)} missing "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(shapes)} of another "
-            f"shape (e.g. {shapes[:2]}; checkpoint vs backbone: another width_mult or size?)")
+            f"shape (e.g. {shapes[:2]}; checkpoint vs backbone: another width_mult or size?)"
+            f"{_detnas_size_hint(found, unwrap(state, prefix, found), backbone)}")
     backbone.load_state_dict(mapped, strict=True)
