@@ -271,3 +271,42 @@ def test_a_classifier_from_a_released_supernet_takes_its_imagenet_head(tmp_path,
             torch.testing.assert_close(head[f"{ours}.{suffix}"], state[f"{prefix}{theirs}.{suffix}"])
         assert ("classifier afresh (7 classes, the file's 1000)" in model.head_start) == fresh, model.head_start
         assert model.head_start.startswith("head layers ")
+
+
+def test_a_searched_detnas_network_starts_the_tune_of_its_arch(tmp_path, tiny_config):
+    """Megvii's searched DetNAS nets (ShuffleNet-Series DetNAS/network.py, trained on ImageNet: DetNAS step 5 starts
+    COCO from them) were "no known layout" (qa_detnas #6). Read as one subnet's backbone, they compute what
+    network.py computes; given to a supernet they are refused naming the tune that takes them."""
+    from nasdet.models.backbones.shufflenet_spos import arch_to_list
+    from nasdet.models.classifier import read_subnet_file
+    from nasdet.train.trained import build_static_model
+
+    name = "detnas_network_coco_fpn_300M"
+    fixture = det.read_json(f"{name}.outputs.json")["subnets"][0]
+    path = tmp_path / "checkpoint-300000.pth.tar"
+    torch.save({"state_dict": reference_state(name), "optimizer_state_dict": {}}, path)  # DetNAS/train.py's file
+    state, arch, what = read_subnet_file(path)
+    assert what == "detnas_network" and arch_to_list(arch) == fixture["choices"]
+    body = ShuffleNetSPOS("300M").export(arch)
+    body.load_state_dict(state)
+    with torch.no_grad():
+        feats = body.eval()(det.fixed_input([1, 3, 224, 224]).float())
+    for level in ("c2", "c3", "c4", "c5"):
+        assert_matches(feats[level], fixture["outputs"][level], f"{name} {level}")
+    with pytest.raises(CheckpointError, match=r"is a searched DetNAS network .* arch \[2, 1, 2, 0, .* tune.init: "
+                                              r"scratch and tune.arch that list \(DetNAS step 5\), not a supernet"):
+        build_backbone(BackboneConfig(name="detnas_300M", checkpoint=str(path)))
+    # a tune of its arch from it (tune.init: scratch); under layout detnas (another channel split) refused
+    model = {"backbone": {"name": "detnas_300M", "checkpoint": str(path)}, "input_size": 64}
+    static, _ = build_static_model(tiny_config("retinanet", model=model), 3, {**prefix_backbone(arch), "input_size": 64})
+    assert all(torch.equal(v, static.backbone.body.state_dict()[k]) for k, v in state.items())
+    other = {**model, "backbone": {**model["backbone"], "layout": "detnas"}}
+    with pytest.raises(CheckpointError, match="units split channels as model.backbone.layout spos does"):
+        build_static_model(tiny_config("retinanet", model=other), 3, {**prefix_backbone(arch), "input_size": 64})
+    with pytest.raises(CheckpointError, match=r"differs from the arch to build in 1 choice\(s\).*tune.arch must be the file's"):
+        build_static_model(tiny_config("retinanet", model=model), 3,
+                           {**prefix_backbone({**arch, "stage1.block0.op": 0}), "input_size": 64})
+
+
+def prefix_backbone(arch):
+    return {f"backbone.{k}": v for k, v in arch.items()}

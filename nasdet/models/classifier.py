@@ -236,13 +236,24 @@ def save_backbone_file(path: str | Path, model: Classifier, backbone_name: str, 
         torch.save(state, tmp)
 
 
-def read_subnet_file(path: str | Path) -> tuple[dict, dict] | None:
-    """(state_dict, backbone arch) of a ``backbone.pt`` that ``nasdet classify`` wrote for one subnet, else None
-    (a supernet's or any other backbone checkpoint)."""
+def read_subnet_file(path: str | Path) -> tuple[dict, dict, str] | None:
+    """(state_dict, backbone arch, what) of a ``backbone.pt`` that ``nasdet classify`` wrote for one subnet (what:
+    ``classify``), or of a searched DetNAS network (ShuffleNet-Series ``DetNAS/network.py``; ``detnas_network``),
+    else None (a supernet's or any other backbone checkpoint)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"model.backbone.checkpoint {path} cannot be loaded: {unreadable_reason(e, path)}") from None
     if isinstance(state, dict) and state.get("written_by") == "nasdet classify" and state.get("arch") is not None:
-        return state["state_dict"], dict(state["arch"])
+        return state["state_dict"], dict(state["arch"]), "classify"
+    tensors = next((state[k] for k in ("state_dict", "model") if isinstance(state, dict) and isinstance(state.get(k), dict)),
+                   state)
+    if isinstance(tensors, dict) and all(torch.is_tensor(v) for v in tensors.values()):
+        from .backbones.shufflenet_checkpoints import detnas_network_subnet
+
+        try:
+            found = detnas_network_subnet(tensors)
+        except CheckpointError as e:
+            raise CheckpointError(f"model.backbone.checkpoint {path}: {e}") from None
+        return None if found is None else (*found, "detnas_network")
     return None

@@ -143,12 +143,19 @@ def _is_subnet_file(path: str) -> bool:
 
 
 def _load_subnet_backbone(body: nn.Module, subnet: tuple[dict, dict], arch: Mapping[str, Any], path: str) -> None:
-    state, trained_arch = subnet
+    state, trained_arch, what = subnet
     if dict(trained_arch) != dict(arch):
         differ = sorted(k for k in set(arch) | set(trained_arch) if arch.get(k) != trained_arch.get(k))
-        raise CheckpointError(f"model.backbone.checkpoint {path} holds the subnet `nasdet classify` trained, which "
-                              f"differs from the arch to build in {len(differ)} choice(s) (e.g. "
-                              f"{[(k, trained_arch.get(k), arch.get(k)) for k in differ[:3]]}: (choice, file, arch))")
+        raise CheckpointError(f"model.backbone.checkpoint {path} holds one subnet's backbone (`nasdet classify`'s, or "
+                              f"a searched DetNAS network), which differs from the arch to build in {len(differ)} "
+                              f"choice(s) (e.g. {[(k, trained_arch.get(k), arch.get(k)) for k in differ[:3]]}: (choice, "
+                              "file, arch)); tune.arch must be the file's")
+    if what == "detnas_network":
+        layouts = {m.layout for m in body.modules() if hasattr(m, "layout") and isinstance(m.layout, str)}
+        if layouts - {"spos"}:  # the same tensors, another channel split: another function
+            raise CheckpointError(f"model.backbone.checkpoint {path} is a searched DetNAS network, whose units split "
+                                  f"channels as model.backbone.layout spos does (channel_shuffle2), not "
+                                  f"{', '.join(sorted(layouts - {'spos'}))}: set model.backbone.layout: spos")
     load_model_weights(body, state, source=f"model.backbone.checkpoint {path}")
 
 

@@ -18,6 +18,8 @@ from .mbv2_width import WidthMobileNetV2, build_mbv2_width
 from .mbv3_width import WidthMobileNetV3, build_mbv3_width
 from .shufflenet_spos import BUILDERS as DETNAS_BUILDERS, LAYOUTS, ShuffleNetSPOS
 from .pretrained import load_backbone_state as load_torchvision_or_own_state, load_pretrained_backbone
+from .shufflenet_checkpoints import detnas_network_subnet
+from .shufflenet_spos import arch_to_list
 from .checkpoint_formats import MAPPINGS, detect_format, load_backbone_state as load_reference_state, reference_format, unwrap
 
 _STATIC = frozenset(BACKBONES)  # torchvision's networks; the searchable supernets register below
@@ -73,6 +75,11 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
         raise CheckpointError(f"model.backbone.checkpoint {path} is the backbone of one subnet (`nasdet classify` with "
                               "classify.arch): it starts `nasdet tune` (tune.init: scratch) of that arch, not a supernet")
     state = _tensors_of(state, path)
+    if isinstance(backbone, ShuffleNetSPOS) and (network := detnas_network_subnet(state)) is not None:
+        raise CheckpointError(f"model.backbone.checkpoint {path} is a searched DetNAS network (one unit a block, "
+                              f"ShuffleNet-Series DetNAS/network.py: arch {arch_to_list(network[1])}): it starts `nasdet "
+                              "tune` of that arch with tune.init: scratch and tune.arch that list (DetNAS step 5), not a "
+                              "supernet")
     if reference_format(backbone) is not None or checkpoint_format not in ("auto", "nasdet"):
         load_reference_state(backbone, state, f"model.backbone.checkpoint {path}", backbone_name or "the backbone",
                              checkpoint_format)

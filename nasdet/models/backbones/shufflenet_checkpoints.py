@@ -29,7 +29,7 @@ from typing import Callable, Mapping
 import torch
 
 from ...errors import CheckpointError
-from .shufflenet_spos import OPS, SIZES
+from .shufflenet_spos import OPS, SIZES, ShuffleNetSPOS, arch_from_list
 
 MMRAZOR_OPS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -129,26 +129,63 @@ def load_detnas_supernet(state: Mapping[str, torch.Tensor], with_head: bool = Fa
     where = _stage_of(n)
     for b in range(n):
         s, j = where(b)
-        name = f"{s + 1}{chr(ord('a') + j)}"  # detnasnet.py: prefix = str(id_stage) + chr(ord('a') + id_repeat)
         for op in range(len(OPS)):
-            src, dst = f"features.{b}.{op}", f"stages.{s}.{j}.candidates.{op}"
-            units = [f"{name}_{OPS[op]}_branch2{u}" for u in "abc"]
-            dw = lambda p, u: (f"{src}.conv.{u}.interstellar{p}_s", f"{src}.conv.{u}.interstellar{p}_s_bn")  # noqa: E731
-            pw = lambda p, u: (f"{src}.conv.{u}.interstellar{p}", f"{src}.conv.{u}.bn{p}")  # noqa: E731
-            if _kind(op) == "shufflenet":
-                ref = [pw(units[0], 0), dw(units[1], 1), pw(units[1], 1)]
-            else:
-                ref = [f(units[u], u) for u in range(3) for f in (dw, pw)]
-            m.pairs(f"{dst}.branch", BRANCH_PAIRS[_kind(op)], ref)
-            if j == 0:
-                p = f"{name}_proj"
-                m.pairs(f"{dst}.proj", PROJ_PAIRS, [(f"{src}.proj_conv.interstellar{p}_s",
-                                                      f"{src}.proj_conv.interstellar{p}_s_bn"),
-                                                     (f"{src}.proj_conv.interstellar{p}", f"{src}.proj_conv.bn{p}")])
+            _detnas_unit(m, f"features.{b}.{op}", f"stages.{s}.{j}.candidates.{op}", s, j, op)
+    _detnas_head(m, with_head)
+    return m.result()
+
+
+def _detnas_unit(m: _Mapper, src: str, dst: str, s: int, j: int, op: int) -> None:
+    """One Megvii ShuffleNetV2 unit (``ShuffleNetV2BlockSearched`` / a supernet candidate) at ``src`` into ``dst``."""
+    name = f"{s + 1}{chr(ord('a') + j)}"  # detnasnet.py: prefix = str(id_stage) + chr(ord('a') + id_repeat)
+    units = [f"{name}_{OPS[op]}_branch2{u}" for u in "abc"]
+    dw = lambda p, u: (f"{src}.conv.{u}.interstellar{p}_s", f"{src}.conv.{u}.interstellar{p}_s_bn")  # noqa: E731
+    pw = lambda p, u: (f"{src}.conv.{u}.interstellar{p}", f"{src}.conv.{u}.bn{p}")  # noqa: E731
+    if _kind(op) == "shufflenet":
+        ref = [pw(units[0], 0), dw(units[1], 1), pw(units[1], 1)]
+    else:
+        ref = [f(units[u], u) for u in range(3) for f in (dw, pw)]
+    m.pairs(f"{dst}.branch", BRANCH_PAIRS[_kind(op)], ref)
+    if j == 0:
+        p = f"{name}_proj"
+        m.pairs(f"{dst}.proj", PROJ_PAIRS, [(f"{src}.proj_conv.interstellar{p}_s", f"{src}.proj_conv.interstellar{p}_s_bn"),
+                                             (f"{src}.proj_conv.interstellar{p}", f"{src}.proj_conv.bn{p}")])
+
+
+def _detnas_head(m: _Mapper, with_head: bool) -> None:
     if with_head:
         m.conv("last_conv.0", "last_conv.conv", head=True)
         m.bn("last_conv.1", "last_conv.bn", head=True, conv_bias="last_conv.conv.bias")
         m.linear("classifier", "fc.fc")
+
+
+_SEARCHED_UNIT = re.compile(r"features\.(\d+)\.conv\.0\.(?:interstellar|bn)\d[a-z]_(" + "|".join(OPS) + r")_branch2a")
+
+
+def detnas_network_arch(state: Mapping[str, torch.Tensor]) -> list[int]:
+    """The op of each unit of a searched DetNAS network (ShuffleNet-Series ``DetNAS/network.py``), read from its key
+    names (``features.5.conv.0.interstellar2b_xception_3x3_branch2a...``): DetNAS's flat list."""
+    ops = {int(m.group(1)): OPS.index(m.group(2)) for k in state if (m := _SEARCHED_UNIT.match(k))}
+    n = _num_blocks(state, r"features\.(\d+)\.")
+    if set(ops) != set(range(n)):
+        raise CheckpointError(f"a searched DetNAS network names an op in {len(ops)} of its {n} units")
+    return [ops[b] for b in range(n)]
+
+
+def load_detnas_network(state: Mapping[str, torch.Tensor], with_head: bool = False) -> dict[str, torch.Tensor]:
+    """A searched DetNAS network (ShuffleNet-Series ``DetNAS/network.py`` ``ShuffleNetV2DetNAS``: one unit a block,
+    what DetNAS retrains on ImageNet before COCO, no ``module.`` prefix) -> the keys of its ops' candidates in nasdet's
+    ``ShuffleNetSPOS`` (layout ``spos``: its units split channels by ``channel_shuffle2``); the other candidates
+    are not in it."""
+    m = _Mapper(state, "DetNAS searched network", with_head)
+    m.conv("first_conv.0", "first_conv.conv")
+    m.bn("first_conv.1", "first_conv.bn", conv_bias="first_conv.conv.bias")
+    choices = detnas_network_arch(state)
+    where = _stage_of(len(choices))
+    for b, op in enumerate(choices):
+        s, j = where(b)
+        _detnas_unit(m, f"features.{b}", f"stages.{s}.{j}.candidates.{op}", s, j, op)
+    _detnas_head(m, with_head)
     return m.result()
 
 
@@ -202,3 +239,37 @@ def load_mmrazor_supernet(state: Mapping[str, torch.Tensor], with_head: bool = F
         m.bn("last_conv.1", f"layers.{len(stages)}.bn", head=True)
         m.linear("classifier", "head.fc")
     return m.result()
+
+
+def detnas_network_subnet(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]] | None:
+    """(nasdet's static backbone state_dict, arch) of a searched DetNAS network's tensors (its ``{"state_dict"}``
+    read, DataParallel's ``module.`` prefix or none), else None: DetNAS step 5 starts its COCO training from this
+    ImageNet-trained network (``tune.init: scratch`` with it as ``model.backbone.checkpoint``). Its size follows from
+    its units and stem; its units are ``layout: spos``'s (``channel_shuffle2``)."""
+    anchor, other = "first_conv.conv.bias", "features.0.proj_conv.interstellar1a_proj_s.weight"
+    prefix = next((k[: -len(anchor)] for k in state if k.endswith(anchor) and k[: -len(anchor)] + other in state), None)
+    if prefix is None:
+        return None
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    choices = detnas_network_arch(own)
+    stem = int(own["first_conv.conv.weight"].shape[0])
+    size = next((n for n, s in SIZES.items() if s.num_blocks == len(choices) and s.stem == stem), None)
+    if size is None:
+        raise CheckpointError(f"a searched DetNAS network of {len(choices)} units and a {stem}-channel stem fits no "
+                              f"DetNAS size ({', '.join(f'{n}: {s.num_blocks} units, stem {s.stem}' for n, s in SIZES.items())})")
+    with torch.device("meta"):
+        supernet = ShuffleNetSPOS(size, layout="spos")
+    mapped, expected = load_detnas_network(own), supernet.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in mapped.items()
+              if k in expected and v.shape != expected[k].shape]
+    if shapes:
+        raise CheckpointError(f"a searched DetNAS network whose tensors are not DetNAS {size}'s: {shapes[:2]}")
+    supernet.load_state_dict(mapped, strict=False, assign=True)  # the chosen candidates; the others stay on meta
+    arch = arch_from_list(choices, size)
+    static = supernet.export(arch).state_dict()
+    static = {k: torch.zeros((), dtype=torch.long) if v.is_meta and k.endswith("num_batches_tracked") else v
+              for k, v in static.items()}
+    unfilled = [k for k, v in static.items() if v.is_meta]
+    if unfilled:
+        raise CheckpointError(f"a searched DetNAS network without {len(unfilled)} of its tensors (e.g. {unfilled[:3]})")
+    return static, arch
