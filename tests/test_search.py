@@ -142,8 +142,18 @@ def test_impossible_budget_names_cheapest_cost():
     assert check_budget_feasible(Budget("macs", 19), cost, ops) == 18
     with pytest.raises(ValueError, match=r"the cheapest arch found choice by choice \(stage1.block0.op=3\) costs 18"):
         check_budget_feasible(Budget("macs", 17), cost, ops)
-    with pytest.raises(ValueError, match=r"the smallest arch \(no choice lowers it\) costs 20"):
+    with pytest.raises(ValueError, match=r"the smallest arch costs 20 MACs \(no choice lowers it\)"):
         check_budget_feasible(Budget("macs", 19), lambda a: {"macs": 20.0 + sum(a.values())}, ops)
+
+
+def test_evolution_under_a_budget_few_archs_meet_stops_with_a_clear_error(tmp_path):
+    """A budget a hair over the cheapest arch (feasible, so no longer refused up front): each proposal drew 2,000
+    uniform archs in vain and the search went on for 200 of them (days of costing at full scale; qa_detnas #11)."""
+    from nasdet.space import NoArchUnderCost
+
+    with pytest.raises(NoArchUnderCost, match=r"evolution found no arch under the budget \(macs <= 24.5\) in 2000 "
+                                              r"uniform draws: .* too rare .* raise search.budget.max"):
+        toy_run(tmp_path / "j.log", "tight", budget=Budget("macs", 24.5))
 
 
 def test_resolution_tolerance_restricts_input_size():

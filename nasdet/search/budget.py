@@ -99,20 +99,20 @@ def check_budget_feasible(budget: Budget | None, cost_fn: Callable[[Mapping[str,
         return None
     smallest = space.smallest()
     cheapest = float(cost_fn(smallest)[budget.metric])
-    what = "the smallest arch"
+    what, lowered = "the smallest arch", ""
     if budget.max < cheapest and (budget.metric != "latency" or predicted_by):
         arch, cost = cheapest_by_choice(space, lambda a: float(cost_fn(a)[budget.metric]), smallest, cheapest)
         if arch != smallest:
             cheapest, what = cost, f"the cheapest arch found choice by choice ({arch_text(arch, smallest)})"
         else:
-            what = "the smallest arch (no choice lowers it)"
+            lowered = " (no choice lowers it)"
     if budget.max < cheapest:
         how = "costs" if budget.metric != "latency" or not predicted_by else f"is predicted by {predicted_by} to take"
         measure = ("" if budget.metric != "latency" or not predicted_by else
                    " (a prediction: measured latency, cost.latency onnxruntime / onnxruntime_int8 / torch, may fit)")
         raise ConfigError(
             f"search budget {budget.metric} <= {budget.max:.6g} {COST_UNITS[budget.metric]} is below the cheapest "
-            f"candidate of the space: {what} {how} {cheapest:.6g} {COST_UNITS[budget.metric]}; "
+            f"candidate of the space: {what} {how} {cheapest:.6g} {COST_UNITS[budget.metric]}{lowered}; "
             f"raise search.budget.max above {cheapest:.6g}{measure}")
     return cheapest
 

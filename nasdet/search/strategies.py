@@ -159,7 +159,12 @@ class Evolution(Strategy):
                 return self._enqueue(study, arch, generation=gen, op=op)
         try:  # the neighbourhood of the parents is exhausted: a fresh arch under the budget
             arch = self._sample_under(rng)
-        except NoArchUnderCost:
+        except NoArchUnderCost as e:
+            if not parents:  # no scored arch to mutate: each later proposal draws as many again (qa_detnas #11: days)
+                raise NoArchUnderCost(
+                    f"evolution found no arch under the budget ({self.budget.metric} <= {self.budget.max:.6g}) in "
+                    f"{2 * _MAX_TRIES} uniform draws: the archs that fit are too rare in this space for its random "
+                    f"first generation; raise search.budget.max ({e})") from None
             return None
         return None if arch_key(arch) in seen else self._enqueue(study, arch, generation=gen, op="random")
 
