@@ -576,6 +576,32 @@ def test_a_candidate_interrupted_by_ctrl_c_is_scored_by_the_rerun(tmp_path):
     assert len(set(scored_archs(study))) == 6
 
 
+def test_ctrl_c_stops_the_search_after_the_candidate_under_way_and_says_so(tmp_path):
+    """`nasdet search` on SIGINT / SIGTERM exited 130 without a word, the candidate under way lost (and, started in
+    the background by a script, it ignored SIGINT): it now scores and records that candidate, says where it
+    stopped and that the same command continues, as a training does after its step (qa_detnas #10)."""
+    import os
+    import signal
+
+    journal = tmp_path / "s.journal"
+    scorer = CountingScorer(tmp_path / "scored.txt")
+
+    def ctrl_c_during_the_third(arch):
+        if len(scorer.keys()) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return scorer(arch)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.warns(UserWarning, match=r"search: SIGINT: stopped with 3 of 6 candidates scored \(the one under way "
+                                         r"finished and recorded\); the same command continues"):
+        with pytest.raises(KeyboardInterrupt):
+            toy_run(journal, "stop", n=6, scorer=ctrl_c_during_the_third)
+    assert len(scorer.keys()) == 3
+    assert signal.getsignal(signal.SIGINT) is before  # the handler put back
+    study, counts = toy_run(journal, "stop", n=6, scorer=scorer)
+    assert counts["scored"] == 3 and len(set(scored_archs(study))) == 6
+
+
 def test_a_worker_whose_last_candidates_another_scores_waits_for_it(tmp_path, monkeypatch, recwarn):
     """With the study's remaining candidates claimed by another live worker, the idle worker proposed, claimed and
     failed a "surplus" trial 10-25 times a second until the 200th stopped it with "the space looks exhausted" (and,
