@@ -376,7 +376,12 @@ def _wait_for_workers(procs: list, spawn=None) -> list[int]:
         # looked live to the others
         while any(p.poll() is None for p in procs):
             time.sleep(0.2)
-        return [i for i, p in enumerate(procs) if p.returncode != 0]
+        failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+        if failed and all(procs[i].returncode in (130, -signal.SIGINT) for i in failed):
+            # each stopped on a Ctrl-C the launcher did not see (started by a script, SIGINT ignored, the group's
+            # SIGINT then reached the workers alone): interrupted, not failed
+            raise KeyboardInterrupt
+        return failed
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt) and not terminated:
             # Ctrl-C: the terminal sent SIGINT to the workers too (one process group), and each stops by itself (a

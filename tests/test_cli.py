@@ -256,6 +256,14 @@ def _launcher_of_fake_workers(tmp_path, script: str, **popen):
     return launcher
 
 
+def test_workers_stopped_by_a_ctrl_c_the_launcher_ignored_are_interrupted_not_failed(tmp_path):
+    """`nasdet search --workers 2 &` from a script (SIGINT ignored by the launcher) and a SIGINT to the group: the
+    workers stopped gracefully (exit 130) and the launcher said "search worker(s) [0, 1] failed", exit 1 (qa_s32)."""
+    launcher = _launcher_of_fake_workers(tmp_path, f"echo $$ >> {tmp_path / 'pids'}\nsleep 1\nexit 130")
+    out = " ".join(launcher.communicate(timeout=60)[0].split())
+    assert "interrupted: the workers are stopped" in out and "failed" not in out and launcher.returncode != 0
+
+
 def test_stopping_the_worker_launcher_stops_its_workers(tmp_path):
     """`nasdet search/diagnose --workers N` killed with SIGTERM (a job scheduler's stop) takes its workers
     with it; before, they ran on unseen, reparented to init."""

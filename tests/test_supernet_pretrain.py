@@ -557,6 +557,12 @@ def test_a_phase_with_its_own_lr_starts_the_schedule_and_the_optimizer_again(tin
             assert factor(2 * per_epoch - 1) < 0.05
         else:  # one cosine over both epochs: its middle
             assert factor(per_epoch) == pytest.approx(0.5)
+        if lr:  # a phase from epoch 0 with its own lr keeps the training's warm-up (it ran at full lr from step 0)
+            first = cfg_of(lr)
+            first.supernet.schedule[0].lr, first.train.scheduler.warmup_steps = 0.05, 2
+            warm = SupernetTrainer.from_config(first, model, space, data["supernet_train"], data["val"],
+                                               tmp_path / "warm").scheduler.lr_lambdas[0]
+            assert warm(0) == pytest.approx(0.5 * 0.001) and warm(2) == pytest.approx(0.5)
         for p in trainer.params:
             trainer.optimizer.state[p]["momentum_buffer"] = torch.ones_like(p)
         trainer.epoch, trainer.batch_in_epoch = 1, 0

@@ -317,8 +317,11 @@ class SupernetTrainer(Trainer):
         base_lr = self.tcfg.optimizer.lr
         self.lr_phases = {p.epoch: p for p in self.scfg.schedule if p.lr is not None}
         if self.lr_phases:
+            # a phase from the first epoch keeps the training's warm-up (train.scheduler.warmup_steps) unless it sets
+            # its own: its lr replaced the recipe's, and the warm-up was dropped without a word (qa_s32)
             self.scheduler = build_scheduler(self.optimizer, self.tcfg.scheduler, self.total_steps, [
-                (e * self.steps_per_epoch, p.lr / base_lr, p.warmup_epochs * self.steps_per_epoch)
+                (e * self.steps_per_epoch, p.lr / base_lr,
+                 p.warmup_epochs * self.steps_per_epoch if p.warmup_epochs or e else self.tcfg.scheduler.warmup_steps)
                 for e, p in self.lr_phases.items()])
         last = self.scfg.schedule[-1].epoch if self.scfg.schedule else 0
         if self.tcfg.max_steps and self.tcfg.max_steps <= last * self.steps_per_epoch and dist.is_main():
