@@ -239,3 +239,26 @@ def test_a_run_written_before_a_schedule_phase_key_existed_resumes_unless_the_ke
     grown = new()
     grown["supernet"]["schedule"].append({"epoch": 3, "open": {}, "samples": None, "lr": None, "warmup_epochs": 0})
     assert len(training_changes(old, grown, ("supernet",), ())) == 1  # a phase added
+
+
+def test_a_key_the_saved_config_lacks_compares_as_its_default():
+    """A run started before model.backbone.frozen_stages existed resumed under the upgraded R-50 config (frozen_stages
+    1) without a word: its stem and layer1 froze from the resumed step on (qa_s32). A key the record lacks is what
+    the schema fills in for that record (its family's default); a new key left at it resumes as before."""
+    import copy
+
+    from nasdet.config import config_to_dict, load_config
+    from nasdet.train.resume import training_changes
+
+    current = config_to_dict(load_config("configs/baselines/fcos_resnet50_coco.yaml"))
+    saved = copy.deepcopy(current)
+    del saved["model"]["backbone"]["frozen_stages"], saved["supernet"]["uniform_samples"]
+    assert training_changes(saved, current, ("model", "supernet"), ()) == [
+        "model.backbone.frozen_stages: 0 (not recorded: the default) -> 1"]
+    current["model"]["backbone"]["frozen_stages"] = 0
+    assert training_changes(saved, current, ("model", "supernet"), ()) == []
+    # a family's own default (FCOS's 1000 candidates a level is set; YOLOv3's score_thresh 0.05 is its default)
+    yolo = config_to_dict(load_config("configs/demo/yolov3_pipeline_shapes.yaml"))
+    old = copy.deepcopy(yolo)
+    del old["model"]["score_thresh"]
+    assert training_changes(old, yolo, ("model",), ()) == []

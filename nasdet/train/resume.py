@@ -73,9 +73,16 @@ def training_changes(saved: Mapping[str, Any], current: Mapping[str, Any], secti
 
     sections, ignored = tuple(sections), tuple(ignored)
     old, new = flatten(saved), flatten(current)
-    changes = []
+    changes, filled = [], None
     for key in sorted(new):
-        if not within(key, sections) or within(key, ignored) or key not in old:
+        if not within(key, sections) or within(key, ignored):
+            continue
+        if key not in old:  # written before the key existed: it ran as the key's default does (new keys keep the
+            # old behaviour by default); set otherwise now, the run would change mid-way (frozen_stages: 1 on an
+            # old R-50 run froze its stem from the resumed step on, without a word)
+            filled = filled if filled is not None else _with_defaults(saved)
+            if key in filled and filled[key] != new[key]:
+                changes.append(f"{key}: {filled[key]} (not recorded: the default) -> {new[key]}")
             continue
         if key in PATH_KEYS and new[key] is not None:
             was = saved_paths[key] if saved_paths and key in saved_paths else _resolve(old[key])
@@ -91,6 +98,20 @@ def training_changes(saved: Mapping[str, Any], current: Mapping[str, Any], secti
         elif _entries_without_new_keys(new[key], old[key]) != old[key]:
             changes.append(f"{key}: {old[key]} -> {new[key]}")
     return changes
+
+
+def _with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat record ``saved`` as the config schema fills it now (its family's defaults, nested sections' own,
+    what validators derive): the values a key the record lacks ran with, a new key keeping the old behaviour by
+    default. {} when the record does not validate now (a key since removed): its missing keys are not compared."""
+    from pydantic import ValidationError
+
+    from ..config import ExperimentConfig
+
+    try:
+        return flatten(ExperimentConfig.model_validate(dict(saved)).model_dump(mode="json"))
+    except (ValidationError, ValueError, TypeError):
+        return {}
 
 
 def _entries_without_new_keys(new: Any, old: Any) -> Any:
