@@ -142,6 +142,11 @@ def test_impossible_budget_names_cheapest_cost():
     assert check_budget_feasible(Budget("macs", 19), cost, ops) == 18
     with pytest.raises(ValueError, match=r"the cheapest arch found choice by choice \(stage1.block0.op=3\) costs 18"):
         check_budget_feasible(Budget("macs", 17), cost, ops)
+    # that arch seeds the search (it fits; uniform draws rarely do under such a budget)
+    from nasdet.search.budget import tight_budget_seed
+
+    assert tight_budget_seed(Budget("macs", 19), cost, ops) == {"stage1.block0.op": 3, "stage1.block1.op": 0}
+    assert tight_budget_seed(Budget("macs", 25), cost, ops) is None  # the smallest arch meets it: no seed needed
     with pytest.raises(ValueError, match=r"the smallest arch costs 20 MACs \(no choice lowers it\)"):
         check_budget_feasible(Budget("macs", 19), lambda a: {"macs": 20.0 + sum(a.values())}, ops)
 
@@ -154,6 +159,13 @@ def test_evolution_under_a_budget_few_archs_meet_stops_with_a_clear_error(tmp_pa
     with pytest.raises(NoArchUnderCost, match=r"evolution found no arch under the budget \(macs <= 24.5\) in 2000 "
                                               r"uniform draws: .* too rare .* raise search.budget.max"):
         toy_run(tmp_path / "j.log", "tight", budget=Budget("macs", 24.5))
+    # seeded with the arch the budget check found (the search stage does): scored, then the search ends with it
+    # (qa_s32 #4: the check let the budget pass, then the search found nothing and said "below the whole space")
+    smallest = toy_space().smallest()
+    with pytest.warns(UserWarning, match=r"search stopped: no other arch under the budget \(macs <= 24.5\) found near "
+                                         r"the 1 scored ones"):
+        study, counts = toy_run(tmp_path / "k.log", "seeded", budget=Budget("macs", 24.5), seeds=[smallest])
+    assert counts["scored"] == 1 and scored_archs(study) == [arch_key(smallest)]
 
 
 def test_resolution_tolerance_restricts_input_size():

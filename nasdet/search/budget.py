@@ -117,6 +117,23 @@ def check_budget_feasible(budget: Budget | None, cost_fn: Callable[[Mapping[str,
     return cheapest
 
 
+def tight_budget_seed(budget: Budget | None, cost_fn: Callable[[Mapping[str, Any]], Mapping[str, float]],
+                      space: SearchSpace, predicted: bool = False) -> dict | None:
+    """Under a budget below the smallest arch (that ``check_budget_feasible`` let pass), the cheapest arch found
+    choice by choice: it fits, and the search scores it first, so it has a result and a parent to vary (uniform
+    draws rarely meet such a budget). None otherwise, and for a measured latency (``predicted``: the lookup table's;
+    as the check, which times no arch choice by choice). Its costs are cached from the check."""
+    if budget is None or (budget.metric == "latency" and not predicted):
+        return None
+    metric = lambda a: float(cost_fn(a)[budget.metric])  # noqa: E731
+    smallest = space.smallest()
+    start = metric(smallest)
+    if budget.max >= start:
+        return None
+    arch, cost = cheapest_by_choice(space, metric, smallest, start)
+    return arch if cost <= budget.max else None
+
+
 def cheapest_by_choice(space: SearchSpace, cost: Callable[[Mapping[str, Any]], float], start: Mapping[str, Any],
                        start_cost: float, passes: int = 3) -> tuple[dict, float]:
     """Coordinate descent from ``start``: each choice in turn takes its value of least cost with the others held,

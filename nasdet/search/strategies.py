@@ -69,6 +69,7 @@ class Strategy:
     def __init__(self, space: SearchSpace, cost_fn: Callable[[Mapping], Mapping[str, float]],
                  budget: Budget | None, seed: int = 0, worker: int = 0):
         self.space, self.cost_fn, self.budget, self.seed, self.worker = space, cost_fn, budget, seed, worker
+        self.exhausted: str | None = None  # why no further arch can be proposed: the study stops with what it has
 
     def sampler(self, n_trials: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=self._sampler_seed(n_trials))
@@ -160,11 +161,19 @@ class Evolution(Strategy):
         try:  # the neighbourhood of the parents is exhausted: a fresh arch under the budget
             arch = self._sample_under(rng)
         except NoArchUnderCost as e:
-            if not parents:  # no scored arch to mutate: each later proposal draws as many again (qa_detnas #11: days)
+            scored = parents or self.top_k(trials)  # (a first generation's: the tight budget's seed, scored)
+            for _ in range(_MAX_TRIES if not parents else 0):
+                op, arch = self._child(rng, scored)
+                if op != "random" and arch_key(arch) not in seen and self.under_budget(arch):
+                    return self._enqueue(study, arch, generation=gen, op=op)
+            if not scored:  # nothing to vary: each later proposal would draw as many again (qa_detnas #11: days)
                 raise NoArchUnderCost(
                     f"evolution found no arch under the budget ({self.budget.metric} <= {self.budget.max:.6g}) in "
                     f"{2 * _MAX_TRIES} uniform draws: the archs that fit are too rare in this space for its random "
                     f"first generation; raise search.budget.max ({e})") from None
+            # the archs near the scored ones that fit are all scored (or none fits): the study stops with them
+            self.exhausted = (f"no other arch under the budget ({self.budget.metric} <= {self.budget.max:.6g}) found "
+                              f"near the {len(scored)} scored ones or in {_MAX_TRIES} uniform draws")
             return None
         return None if arch_key(arch) in seen else self._enqueue(study, arch, generation=gen, op="random")
 

@@ -211,6 +211,10 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
                               "one under way finished and recorded); the same command continues from there",
                               stacklevel=2)
                 raise KeyboardInterrupt
+            if strategy.exhausted:
+                warnings.warn(f"search stopped: {strategy.exhausted}; the scored candidates are the search's (raise "
+                              "search.budget.max for more choice)", stacklevel=2)
+                break
             if counts["scored"] or skips or over or idle:  # the first look was above, before the seeds
                 counts["stale"] += fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)

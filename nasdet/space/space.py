@@ -185,7 +185,7 @@ class SearchSpace:
         raise NoArchUnderCost(
             f"no arch with cost <= {max_cost} in {max_tries} uniform samples (lowest seen {lowest}); "
             f"the smallest arch costs {smallest_cost}"
-            + (" so the limit is below the whole space" if smallest_cost > max_cost else
+            + (" (the least value of each choice; not always the cheapest arch)" if smallest_cost > max_cost else
                ", raise max_tries or the limit"))
 
     def mutate(self, arch: Mapping[str, Any], rng: random.Random, prob: float) -> Arch:

@@ -25,7 +25,8 @@ from ..errors import ConfigError
 from ..export import configured_postprocessing
 from ..models.families import family_of
 from ..progress import progress_bar
-from ..search.budget import Budget, CostModel, check_budget_feasible, restrict_resolution
+from ..search.budget import (Budget, CostModel, arch_text, check_budget_feasible, restrict_resolution,
+                             tight_budget_seed)
 from ..search.confidence import confidence_of_search, split_size_warning
 from ..search.latency import latency_function, latency_images
 from ..search.outputs import (kept_outputs, output_files, outputs_key, refuse_other_search, top_table,
@@ -176,9 +177,15 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
             progress.update(task, completed=min(len(complete), s.num_candidates),
                             description=f"best {objective} {best[0]:.4f}")
 
+        seeds = list(extremes.values()) if s.include_extremes else []
+        tight = tight_budget_seed(budget, cost_fn, search_space, predicted=lut)
+        if tight is not None:  # under the smallest arch: uniform draws rarely meet the budget
+            console.print(Text(f"the budget is under the smallest arch: few archs meet it; the search scores first the "
+                               f"cheapest found choice by choice ({arch_text(tight, search_space.smallest())})",
+                               style="yellow"), soft_wrap=True)
+            seeds.insert(0, tight)
         counts = run_study(study, search_space, strategy, scorer, cost_fn, budget, s.num_candidates,
-                           cost_metric=cost_metric, seeds=list(extremes.values()) if s.include_extremes else (),
-                           on_trial=on_trial, objective=objective)
+                           cost_metric=cost_metric, seeds=seeds, on_trial=on_trial, objective=objective)
     if not outputs:
         return {"counts": counts, "study_name": study_name, "strategy": s.strategy}
     records = apply_budget(study_records(study, search_space, objective), budget, cost_fn)
