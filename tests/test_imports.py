@@ -712,9 +712,16 @@ def test_a_nasdet_checkpoint_trained_with_other_anchors_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"the file was trained with other anchors \(model.anchors 'mmdet_320' "
                                               r"in the file, 'mmdet_416' here\).* set model.anchors: 'mmdet_320'"):
         refuse_other_anchors(recorded, {"detector": "yolov3", "anchors": "mmdet_416"}, "the file")
-    ssd = {"anchor_ratio_range": [0.2, 0.95], "anchor_aspect_ratios": None}
-    refuse_other_anchors(ssd, {"anchor_ratio_range": (0.2, 0.95), "anchor_aspect_ratios": None}, "f")  # tuple = list
+    ssd = {"detector": "ssdlite", "anchor_ratio_range": [0.2, 0.95], "anchor_aspect_ratios": None, "layout": "nasdet",
+           "ssd_levels": ["c4", "c5"], "extra_channels": [64, 32, 32, 16]}
+    refuse_other_anchors(ssd, {**ssd, "anchor_ratio_range": (0.2, 0.95)}, "f")  # a tuple is the list
     with pytest.raises(CheckpointError, match="anchor_ratio_range"):
-        refuse_other_anchors(ssd, {"anchor_ratio_range": (0.1, 0.9), "anchor_aspect_ratios": None}, "f")
+        refuse_other_anchors(ssd, {**ssd, "anchor_ratio_range": (0.1, 0.9)}, "f")
+    # MMDetection's anchor generator (model.layout): as many boxes, other ones (qa_s32 #5)
+    with pytest.raises(CheckpointError, match="model.layout 'nasdet' in the file, 'mmdetection' here"):
+        refuse_other_anchors(ssd, {**ssd, "layout": "mmdetection"}, "f")
+    refuse_other_anchors(ssd, {**ssd, "anchor_aspect_ratios": [[2, 3]] * 6}, "f")  # SSDLite's default, written out
+    with pytest.raises(CheckpointError, match="anchor_aspect_ratios"):
+        refuse_other_anchors(ssd, {**ssd, "anchor_aspect_ratios": [[2]] * 6}, "f")
     torch.save({"w": torch.zeros(1)}, path)
     assert read_checkpoint_and_model(path)[2] is None  # a plain state_dict records no model

@@ -93,6 +93,13 @@ class SSDModelConfig(BaseModelConfig):
         return v
 
 
+def default_aspect_ratios(lite: bool, maps: int) -> list[list[int]]:
+    """``model.anchor_aspect_ratios`` left unset: torchvision's SSDLite [2, 3] on every map; SSD300's per map, its
+    last maps keeping these and an added first map [2]."""
+    ssd300 = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+    return [[2, 3]] * maps if lite else ([[2]] * max(0, maps - 6) + ssd300)[-maps:]
+
+
 def _extra_block_lite(cin: int, cout: int, norm_layer) -> nn.Sequential:
     """SSDLite extra layer: 1x1 reduce, depthwise 3x3 stride 2, 1x1 expand (torchvision/MobileNetV2 paper)."""
     mid = max(cout // 2, 1)
@@ -200,9 +207,7 @@ class SSDFamily(OneStageFamily):
         else:
             neck = SSDNeck(body, cfg.extra_channels, lite=lite, levels=tuple(cfg.ssd_levels), extras=cfg.ssdlite_extras)
         maps = len(neck.out_channels_list)
-        ssd300 = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]  # its last maps keep these; added first maps get [2]
-        ratios = cfg.anchor_aspect_ratios or (
-            [[2, 3]] * maps if lite else ([[2]] * max(0, maps - 6) + ssd300)[-maps:])
+        ratios = cfg.anchor_aspect_ratios or default_aspect_ratios(lite, maps)
         lo, hi = cfg.anchor_ratio_range
         anchors = (mmdet_ssdlite_anchors() if cfg.layout == "mmdetection" else
                    DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi))

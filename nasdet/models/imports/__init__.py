@@ -65,8 +65,20 @@ def read_checkpoint(path: str | Path, key: str = "checkpoint") -> tuple[dict[str
 
 
 # model keys that change what a detector's outputs mean without changing a tensor's shape: a nasdet file trained
-# with other values loads, and decodes its boxes against other anchors
-ANCHOR_KEYS = ("anchors", "anchor_ratio_range", "anchor_aspect_ratios")
+# with other values loads, and decodes its boxes against other anchors (layout: SSD's MMDetection anchors, YOLOv3's
+# LeakyReLU backbone; variant: RetinaNet's P6 and anchors)
+ANCHOR_KEYS = ("anchors", "anchor_ratio_range", "anchor_aspect_ratios", "layout", "variant")
+
+
+def _anchor_setting(model_cfg: dict, key: str):
+    """``model_cfg[key]`` as the detector uses it: SSD's unset aspect ratios are its family's default."""
+    value = model_cfg.get(key)
+    if key == "anchor_aspect_ratios" and value is None and model_cfg.get("detector") in ("ssd", "ssdlite"):
+        from ..families.ssd import default_aspect_ratios
+
+        maps = len(model_cfg.get("ssd_levels") or ["c4", "c5"]) + len(model_cfg.get("extra_channels") or [0] * 4)
+        return default_aspect_ratios(model_cfg["detector"] == "ssdlite", maps)
+    return value
 
 
 def refuse_other_anchors(recorded: dict | None, model_cfg: dict, source: str) -> None:
@@ -76,12 +88,13 @@ def refuse_other_anchors(recorded: dict | None, model_cfg: dict, source: str) ->
     if not recorded:
         return
     plain = lambda v: json.loads(json.dumps(v))  # noqa: E731 (tuples as lists)
-    other = [(k, recorded[k], model_cfg.get(k)) for k in ANCHOR_KEYS
-             if k in recorded and k in model_cfg and plain(recorded[k]) != plain(model_cfg[k])]
+    other = [(k, recorded[k], model_cfg.get(k)) for k in ANCHOR_KEYS if k in recorded and k in model_cfg
+             and plain(_anchor_setting(recorded, k)) != plain(_anchor_setting(model_cfg, k))]
     if other:
         said = "; ".join(f"model.{k} {was!r} in the file, {now!r} here" for k, was, now in other)
         raise CheckpointError(f"{source} was trained with other anchors ({said}): its box outputs are offsets from "
-                              f"its own anchors, so it would load as another detector; set "
+                              f"its own anchors (the layout or variant: another anchor generator or network), so it "
+                              f"would load as another detector; set "
                               f"{', '.join(f'model.{k}: {was!r}' for k, was, _ in other)} as it was trained")
 
 
