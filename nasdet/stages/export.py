@@ -420,10 +420,12 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
                       f"{parity['images']} val images, boxes within {parity['max_box_diff_px']:.1e} px, "
                       f"scores within {parity['max_score_diff']:.1e}; raw outputs within "
                       f"{parity['raw']['max_abs_diff']:.1e}")
-        if parity["detections_torch"] and not parity["matched"]:  # (QA: "0/1800 matched" read as a passed check)
-            console.print(Text(f"note: no detection could be paired between torch and onnxruntime (each of the "
-                               f"{parity['detections_torch']} ties another's score: a detector that does not detect "
-                               "yet?): the boxes were not compared, only the raw outputs", style="yellow"),
+        if not parity["matched"]:  # (QA: "0/1800 matched", "0/0 matched" read as a passed check)
+            why = (f"no detection could be paired between torch and onnxruntime (each of the "
+                   f"{parity['detections_torch']} ties another's score: a detector that does not detect yet?)"
+                   if parity["detections_torch"] else f"torch detects nothing on the {parity['images']} val images "
+                   "(a detector that does not detect yet, or model.score_thresh above its scores)")
+            console.print(Text(f"note: {why}: the boxes were not compared, only the raw outputs", style="yellow"),
                           soft_wrap=True)
     if budget is not None and not budget["within"]:
         scale, unit = (1e6, f" M {COST_UNITS[budget['metric']]}") if budget["metric"] in ("macs", "params") else (1.0, " ms")
