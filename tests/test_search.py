@@ -612,6 +612,32 @@ def test_ctrl_c_stops_the_search_after_the_candidate_under_way_and_says_so(tmp_p
     assert signal.getsignal(signal.SIGINT) is before  # the handler put back
     study, counts = toy_run(journal, "stop", n=6, scorer=scorer)
     assert counts["scored"] == 3 and len(set(scored_archs(study))) == 6
+    # outside a candidate (a proposal costing thousands of archs under a tight budget) it stops at once, and says so;
+    # a second signal during a candidate stops at once too, that candidate scored again by the rerun (qa_s32 #7)
+    space = toy_space()
+    strat = make_strategy("random", space, toy_cost, None, seed=0)
+    propose = strat.propose
+
+    def interrupted_proposal(study, trials):
+        if sum(t.state == TrialState.COMPLETE for t in trials) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return propose(study, trials)
+
+    strat.propose = interrupted_proposal
+    study = open_study(open_storage(str(tmp_path / "p.journal"), tmp_path), "proposal", strat)
+    with pytest.warns(UserWarning, match=r"stopped with 2 of 6 candidates scored \(no candidate was under way\)"):
+        with pytest.raises(KeyboardInterrupt):
+            run_study(study, space, strat, toy_score, toy_cost, None, 6)
+
+    def twice(arch):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return toy_score(arch)
+
+    with pytest.warns(UserWarning, match=r"stopped with 0 of 6 candidates scored \(stopped at once: the candidate "
+                                         r"under way is scored again\)"):
+        with pytest.raises(KeyboardInterrupt):
+            toy_run(tmp_path / "t.journal", "twice", n=6, scorer=twice)
 
 
 def test_a_worker_whose_last_candidates_another_scores_waits_for_it(tmp_path, monkeypatch, recwarn):

@@ -204,72 +204,80 @@ def run_study(study: optuna.Study, space: SearchSpace, strategy: Strategy,
     # Ctrl-C / a scheduler's SIGTERM: the candidate under way is scored and recorded, then the search stops, as a
     # training stops after its step (it exited 130 without a word; a second signal stops at once)
     with StopAfterStep(enabled=dist.world_size() == 1) as stop:
-        while True:
-            if stop.asked:
+        stop.immediate, under_way = True, None  # a signal waits only for a candidate being scored
+        try:
+            while True:
+                if stop.asked:
+                    raise KeyboardInterrupt
+                if strategy.exhausted:
+                    warnings.warn(f"search stopped: {strategy.exhausted}; the scored candidates are the search's (raise "
+                                  "search.budget.max for more choice)", stacklevel=2)
+                    break
+                if counts["scored"] or skips or over or idle:  # the first look was above, before the seeds
+                    counts["stale"] += fail_stale_trials(study)
+                trials = study.get_trials(deepcopy=False)
+                if sum(t.state == TrialState.COMPLETE for t in trials) >= num_candidates:
+                    break
+                was_idle, idle = idle, _all_claimed(trials, space, num_candidates)
+                if idle and not was_idle:
+                    running = [t.number for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("claim")]
+                    warnings.warn(f"search: the last candidates are being scored by other workers (trial(s) "
+                                  f"{', '.join(map(str, running))}): waiting for them (a worker that dies on this machine, or "
+                                  "on another with a database storage's heartbeat, has its candidate retried here; Ctrl-C "
+                                  "stops this worker)", stacklevel=2)
+                if idle:
+                    # the study's last candidates are being scored by other workers: wait for them (a dead one's trial is
+                    # failed and retried above, and taken here). Proposing went on at 10-25 trials a second, each failed as
+                    # "surplus", until the 200th stopped this worker with "the space looks exhausted" (and, a terminal of
+                    # its own, results of a study still short of its candidates)
+                    time.sleep(_IDLE_POLL_S)
+                    continue
+                if skips >= _MAX_SKIPS or over >= _MAX_OVER:
+                    warnings.warn(f"search stopped after {skips} skipped / {over} over-budget trials in a row: "
+                                  "the space (under the budget) looks exhausted", stacklevel=2)
+                    break
+                # ask() pops the oldest waiting trial: propose only when none would be popped before the proposal but
+                # other live workers' proposals (seeds, retries, stale proposals and our own go first, without one more)
+                if all(proposal_of(t) == "live" for t in trials if t.state == TrialState.WAITING):
+                    strategy.propose(study, trials)
+                with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we run it below
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                    trial = study.ask()
+                trial.set_user_attr("worker", me)
+                if proposal_of(trial) == "stale":
+                    # drawn from a population or under a budget that may be gone: the strategy proposes afresh
+                    trial.set_user_attr("skipped", "stale proposal")
+                    study.tell(trial, state=TrialState.FAIL)
+                    counts["skipped"] += 1
+                    skips += 1
+                    continue
+                # Optuna's own heartbeat thread (what study.optimize runs); a no-op on a journal file
+                with get_heartbeat_thread(trial._trial_id, study._storage):
+                    stop.immediate, under_way = False, "cut"
+                    outcome = _run_trial(study, trial, space, strategy, scorer, cost_fn, budget, num_candidates, metric,
+                                         objective)
+                    stop.immediate, under_way = True, "finished" if stop.asked else None
+                if outcome == "over_budget":
+                    counts["over_budget"] += 1
+                    over += 1
+                    continue
+                over = 0
+                if outcome == "skipped":
+                    counts["skipped"] += 1
+                    skips += 1
+                    continue
+                skips = 0
+                counts["scored"] += 1
+                if on_trial is not None:
+                    on_trial(outcome)
+        except KeyboardInterrupt:
+            if stop.asked:  # (a KeyboardInterrupt of the scorer's own, with no signal here, says nothing)
                 done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-                warnings.warn(f"search: {stop.asked}: stopped with {done} of {num_candidates} candidates scored (the "
-                              "one under way finished and recorded); the same command continues from there",
-                              stacklevel=2)
-                raise KeyboardInterrupt
-            if strategy.exhausted:
-                warnings.warn(f"search stopped: {strategy.exhausted}; the scored candidates are the search's (raise "
-                              "search.budget.max for more choice)", stacklevel=2)
-                break
-            if counts["scored"] or skips or over or idle:  # the first look was above, before the seeds
-                counts["stale"] += fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            if sum(t.state == TrialState.COMPLETE for t in trials) >= num_candidates:
-                break
-            was_idle, idle = idle, _all_claimed(trials, space, num_candidates)
-            if idle and not was_idle:
-                running = [t.number for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("claim")]
-                warnings.warn(f"search: the last candidates are being scored by other workers (trial(s) "
-                              f"{', '.join(map(str, running))}): waiting for them (a worker that dies on this machine, or "
-                              "on another with a database storage's heartbeat, has its candidate retried here; Ctrl-C "
-                              "stops this worker)", stacklevel=2)
-            if idle:
-                # the study's last candidates are being scored by other workers: wait for them (a dead one's trial is
-                # failed and retried above, and taken here). Proposing went on at 10-25 trials a second, each failed as
-                # "surplus", until the 200th stopped this worker with "the space looks exhausted" (and, a terminal of
-                # its own, results of a study still short of its candidates)
-                time.sleep(_IDLE_POLL_S)
-                continue
-            if skips >= _MAX_SKIPS or over >= _MAX_OVER:
-                warnings.warn(f"search stopped after {skips} skipped / {over} over-budget trials in a row: "
-                              "the space (under the budget) looks exhausted", stacklevel=2)
-                break
-            # ask() pops the oldest waiting trial: propose only when none would be popped before the proposal but
-            # other live workers' proposals (seeds, retries, stale proposals and our own go first, without one more)
-            if all(proposal_of(t) == "live" for t in trials if t.state == TrialState.WAITING):
-                strategy.propose(study, trials)
-            with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we run it below
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = study.ask()
-            trial.set_user_attr("worker", me)
-            if proposal_of(trial) == "stale":
-                # drawn from a population or under a budget that may be gone: the strategy proposes afresh
-                trial.set_user_attr("skipped", "stale proposal")
-                study.tell(trial, state=TrialState.FAIL)
-                counts["skipped"] += 1
-                skips += 1
-                continue
-            # Optuna's own heartbeat thread (what study.optimize runs); a no-op on a journal file
-            with get_heartbeat_thread(trial._trial_id, study._storage):
-                outcome = _run_trial(study, trial, space, strategy, scorer, cost_fn, budget, num_candidates, metric,
-                                     objective)
-            if outcome == "over_budget":
-                counts["over_budget"] += 1
-                over += 1
-                continue
-            over = 0
-            if outcome == "skipped":
-                counts["skipped"] += 1
-                skips += 1
-                continue
-            skips = 0
-            counts["scored"] += 1
-            if on_trial is not None:
-                on_trial(outcome)
+                how = {None: "no candidate was under way", "finished": "the one under way finished and recorded",
+                       "cut": "stopped at once: the candidate under way is scored again"}[under_way]
+                warnings.warn(f"search: {stop.asked}: stopped with {done} of {num_candidates} candidates scored "
+                              f"({how}); the same command continues from there", stacklevel=2)
+            raise
     return counts
 
 

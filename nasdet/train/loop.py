@@ -191,10 +191,12 @@ class StopAfterStep:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.asked: str | None = None
+        self.immediate = False  # set while nothing is under way that the signal should wait for (a search's proposal)
         self._previous: dict = {}
 
     def _handler(self, signum, frame) -> None:
-        if self.asked is not None:
+        if self.asked is not None or self.immediate:
+            self.asked = self.asked or signal.Signals(signum).name
             raise KeyboardInterrupt
         self.asked = signal.Signals(signum).name
 
