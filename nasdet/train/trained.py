@@ -95,7 +95,8 @@ def build_static_model(cfg: ExperimentConfig, num_classes: int, arch: Mapping[st
     named = cfg.model.backbone.checkpoint
     if supernet_ckpt is not None and named and _is_subnet_file(named):
         # DetNAS step 5 with the config's tune.init: supernet left on: step 4's weights are not used, say so
-        warnings.warn(f"model.backbone.checkpoint {named} holds a subnet `nasdet classify` trained; this tune starts "
+        warnings.warn(f"model.backbone.checkpoint {named} holds one subnet's backbone (`nasdet classify`'s, or a "
+                      f"searched DetNAS network); this tune starts "
                       f"from the supernet's weights ({supernet_ckpt}) and does not use it (tune.init: scratch starts "
                       "from it)", stacklevel=2)
     if supernet_ckpt is not None:  # every weight comes from it: no ImageNet file to read (or download)
