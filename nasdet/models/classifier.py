@@ -246,14 +246,15 @@ def read_subnet_file(path: str | Path) -> tuple[dict, dict, str] | None:
         raise CheckpointError(f"model.backbone.checkpoint {path} cannot be loaded: {unreadable_reason(e, path)}") from None
     if isinstance(state, dict) and state.get("written_by") == "nasdet classify" and state.get("arch") is not None:
         return state["state_dict"], dict(state["arch"]), "classify"
-    tensors = next((state[k] for k in ("state_dict", "model") if isinstance(state, dict) and isinstance(state.get(k), dict)),
-                   state)
-    if isinstance(tensors, dict) and all(torch.is_tensor(v) for v in tensors.values()):
-        from .backbones.shufflenet_checkpoints import detnas_network_subnet
+    from .backbones import backbone_tensors
+    from .backbones.shufflenet_checkpoints import detnas_network_subnet
 
-        try:
-            found = detnas_network_subnet(tensors)
-        except CheckpointError as e:
-            raise CheckpointError(f"model.backbone.checkpoint {path}: {e}") from None
-        return None if found is None else (*found, "detnas_network")
-    return None
+    try:
+        tensors = backbone_tensors(state, path)
+    except CheckpointError:  # not a state_dict: not a subnet's (the backbone's own loading names what it is)
+        return None
+    try:
+        found = detnas_network_subnet(tensors)
+    except CheckpointError as e:
+        raise CheckpointError(f"model.backbone.checkpoint {path}: {e}") from None
+    return None if found is None else (*found, "detnas_network")

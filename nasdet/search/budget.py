@@ -97,15 +97,12 @@ def check_budget_feasible(budget: Budget | None, cost_fn: Callable[[Mapping[str,
     ``predicted_by``: what predicts a latency that is not measured (the lookup table), said in the error."""
     if budget is None:
         return None
-    smallest = space.smallest()
-    cheapest = float(cost_fn(smallest)[budget.metric])
+    smallest, arch, cheapest = _cheapest_for(budget, cost_fn, space, descend=budget.metric != "latency" or bool(predicted_by))
     what, lowered = "the smallest arch", ""
-    if budget.max < cheapest and (budget.metric != "latency" or predicted_by):
-        arch, cost = cheapest_by_choice(space, lambda a: float(cost_fn(a)[budget.metric]), smallest, cheapest)
-        if arch != smallest:
-            cheapest, what = cost, f"the cheapest arch found choice by choice ({arch_text(arch, smallest)})"
-        else:
-            lowered = " (no choice lowers it)"
+    if arch != smallest:
+        what = f"the cheapest arch found choice by choice ({arch_text(arch, smallest)})"
+    elif budget.max < cheapest and (budget.metric != "latency" or predicted_by):
+        lowered = " (no choice lowers it)"
     if budget.max < cheapest:
         how = "costs" if budget.metric != "latency" or not predicted_by else f"is predicted by {predicted_by} to take"
         measure = ("" if budget.metric != "latency" or not predicted_by else
@@ -125,13 +122,20 @@ def tight_budget_seed(budget: Budget | None, cost_fn: Callable[[Mapping[str, Any
     as the check, which times no arch choice by choice). Its costs are cached from the check."""
     if budget is None or (budget.metric == "latency" and not predicted):
         return None
+    smallest, arch, cost = _cheapest_for(budget, cost_fn, space, descend=True)
+    return arch if arch != smallest and cost <= budget.max else None
+
+
+def _cheapest_for(budget: Budget, cost_fn: Callable[[Mapping[str, Any]], Mapping[str, float]], space: SearchSpace,
+                  descend: bool) -> tuple[dict, dict, float]:
+    """(the smallest arch, the cheapest arch known, its cost): the smallest, or, when the budget is below it and
+    ``descend``, the one its choices lowered one at a time reach."""
     metric = lambda a: float(cost_fn(a)[budget.metric])  # noqa: E731
     smallest = space.smallest()
-    start = metric(smallest)
-    if budget.max >= start:
-        return None
-    arch, cost = cheapest_by_choice(space, metric, smallest, start)
-    return arch if cost <= budget.max else None
+    cost = metric(smallest)
+    if budget.max >= cost or not descend:
+        return smallest, smallest, cost
+    return (smallest, *cheapest_by_choice(space, metric, smallest, cost))
 
 
 def cheapest_by_choice(space: SearchSpace, cost: Callable[[Mapping[str, Any]], float], start: Mapping[str, Any],

@@ -74,7 +74,7 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path, backbone_nam
             and set(state["state_dict"]) != set(backbone.state_dict()):
         raise CheckpointError(f"model.backbone.checkpoint {path} is the backbone of one subnet (`nasdet classify` with "
                               "classify.arch): it starts `nasdet tune` (tune.init: scratch) of that arch, not a supernet")
-    state = _tensors_of(state, path)
+    state = backbone_tensors(state, path)
     if isinstance(backbone, ShuffleNetSPOS) and (network := detnas_network_subnet(state)) is not None:
         raise CheckpointError(f"model.backbone.checkpoint {path} is a searched DetNAS network (one unit a block, "
                               f"ShuffleNet-Series DetNAS/network.py: arch {arch_to_list(network[1])}): it starts `nasdet "
@@ -92,7 +92,7 @@ def reference_head_state(backbone: nn.Module, path: str | Path) -> dict[str, tor
     last 1x1 conv, BN and FC) as ``imagenet_form`` names it, for a classifier that continues from it; {} for a file
     of another layout (nasdet's own, torchvision's: backbone weights only)."""
     path = Path(path)
-    state = _tensors_of(_read_backbone_file(path), path)
+    state = backbone_tensors(_read_backbone_file(path), path)
     found, prefix = detect_format(state, backbone)
     if found not in MAPPINGS:
         return {}
@@ -112,8 +112,8 @@ def _read_backbone_file(path: Path):
     return state
 
 
-def _tensors_of(state, path: Path) -> dict[str, torch.Tensor]:
-    """The state_dict of a backbone file (plain, or under a 'model' / 'state_dict' key)."""
+def backbone_tensors(state, path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict of a backbone file (plain, or under a 'model' / 'state_dict' key); ``CheckpointError`` if none."""
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

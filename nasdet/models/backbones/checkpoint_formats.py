@@ -26,7 +26,7 @@ from ...errors import CheckpointError
 from .ofa_checkpoints import load_ofa_supernet, ofa_key_of
 from .ofa_mobilenet import OFAMobileNetV3
 from .shufflenet_checkpoints import load_detnas_supernet, load_mmrazor_supernet, load_spos_supernet
-from .shufflenet_spos import SIZES, ShuffleNetSPOS
+from .shufflenet_spos import ShuffleNetSPOS, sizes_of
 
 FORMATS = ("auto", "nasdet", "ofa", "detnas", "spos", "mmrazor")
 NAMES = {"nasdet": "nasdet", "ofa": "once-for-all OFAMobileNetV3", "detnas": "DetNAS supernet",
@@ -129,7 +129,7 @@ def _detnas_size_hint(found: str, layout: Mapping[str, torch.Tensor], backbone: 
         blocks = {m.group(1) for k in layout if (m := re.match(r"features\.(\d+)\.", k))}
         stem = layout.get("first_conv.conv.weight", layout.get("first_conv.0.weight"))  # DetNAS's, SPOS's
     width = int(stem.shape[0]) if torch.is_tensor(stem) and stem.dim() == 4 else None
-    sizes = [n for n, s in SIZES.items() if s.num_blocks == len(blocks) and s.stem == width and n != backbone.size]
+    sizes = [n for n in sizes_of(len(blocks), width) if n != backbone.size]
     if len(sizes) != 1:
         return ""
     return (f"; the file is of the {sizes[0]} size ({len(blocks)} choice blocks, a {width}-channel stem), the backbone "

@@ -29,7 +29,7 @@ from typing import Callable, Mapping
 import torch
 
 from ...errors import CheckpointError
-from .shufflenet_spos import OPS, SIZES, ShuffleNetSPOS, arch_from_list
+from .shufflenet_spos import OPS, SIZES, ShuffleNetSPOS, arch_from_list, sizes_of
 
 MMRAZOR_OPS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -253,7 +253,7 @@ def detnas_network_subnet(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, 
     own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     choices = detnas_network_arch(own)
     stem = int(own["first_conv.conv.weight"].shape[0])
-    size = next((n for n, s in SIZES.items() if s.num_blocks == len(choices) and s.stem == stem), None)
+    size = next(iter(sizes_of(len(choices), stem)), None)
     if size is None:
         raise CheckpointError(f"a searched DetNAS network of {len(choices)} units and a {stem}-channel stem fits no "
                               f"DetNAS size ({', '.join(f'{n}: {s.num_blocks} units, stem {s.stem}' for n, s in SIZES.items())})")

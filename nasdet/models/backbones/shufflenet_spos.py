@@ -101,6 +101,11 @@ def choice_names(blocks: Sequence[int]) -> list[str]:
     return [f"stage{s}.block{j}.op" for s, n in enumerate(blocks, start=1) for j in range(n)]
 
 
+def sizes_of(num_blocks: int, stem: int | None) -> list[str]:
+    """The DetNAS sizes of ``num_blocks`` choice blocks and a ``stem``-channel first conv (a released file's)."""
+    return [n for n, s in SIZES.items() if s.num_blocks == num_blocks and s.stem == stem]
+
+
 def _layout_of(length: int) -> tuple[str, tuple[int, ...]]:
     """(size label, blocks per stage) of the sizes with ``length`` choice blocks."""
     names = [n for n, size in SIZES.items() if size.num_blocks == length]
