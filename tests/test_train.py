@@ -235,7 +235,8 @@ def test_clip_grad_norm_gives_torchs_gradients_to_the_bit(scale):
     from nasdet.train.optim import clip_grad_norm
 
     torch.manual_seed(0)
-    grads = [torch.randn(5, 3), torch.randn(7), torch.randn(2, 2, 3)]
+    # a large one too: a norm reduced over threads in blocks, as a detector's gradients are
+    grads = [torch.randn(5, 3), torch.randn(7), torch.randn(2, 2, 3), torch.randn(96, 64, 3, 3) * 1e-2]
     norm = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])))
     # below, at (the 1e-6 in torch's coefficient scales), and above the norm; an infinite gradient (norm inf)
     max_norm = norm * (1.0 if scale == "inf" else scale)
@@ -252,6 +253,19 @@ def test_clip_grad_norm_gives_torchs_gradients_to_the_bit(scale):
     assert ours[-1].grad is None
     scaled = not torch.equal(ours[0].grad, grads[0])
     assert scaled == (scale == "inf" or max_norm / (norm + 1e-6) < 1)
+
+
+def test_clip_grad_norm_of_mixed_dtypes_is_torchs():
+    from nasdet.train.optim import clip_grad_norm
+
+    torch.manual_seed(0)
+    grads = [torch.randn(5, 3), torch.randn(7, dtype=torch.float64)]
+    ours, theirs = ([torch.nn.Parameter(torch.zeros_like(g)) for g in grads] for _ in range(2))
+    for a, b, g in zip(ours, theirs, grads):
+        a.grad, b.grad = g.clone(), g.clone()
+    assert torch.equal(clip_grad_norm(ours, 0.5), torch.nn.utils.clip_grad_norm_(theirs, 0.5))
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.grad, b.grad) and not torch.equal(a.grad, grads[0 if a.dtype == torch.float32 else 1])
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
