@@ -345,6 +345,10 @@ class SupernetConfig(Strict):
     init_from: Optional[str] = None  # a `nasdet train` checkpoint of the matching standard detector
     distill: DistillConfig = DistillConfig()
     recalib_batches: int = Field(10, gt=0)  # BN recalibration batches when a subnet is evaluated
+    # false: every BatchNorm's gamma / beta stays as it starts (loaded, or 1 / 0), its running statistics still
+    # move: DetNAS's COCO supernet fine-tuning (its gradient hook never re-enables its SyncBN's), and from 1 / 0
+    # SPOS's ImageNet supernet (BN affine=False)
+    train_norm_affine: bool = True
     report_archs: list[Literal["largest", "middle", "smallest"]] = ["largest", "middle", "smallest"]
     train: Optional[TrainConfig] = None  # the pretraining recipe; default: the top-level train section
 

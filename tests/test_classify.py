@@ -187,6 +187,20 @@ def test_supernet_classify_resumes_to_the_uninterrupted_result_and_pretrain_star
     assert all(torch.allclose(v, b["state_dict"][k], atol=1e-6) for k, v in a["state_dict"].items())
     assert resumed["subnets"]["largest"]["metrics"] == pytest.approx(record["subnets"]["largest"]["metrics"], abs=1e-5)
     assert run_classify(whole)["step"] == 8  # complete: reported, not trained again
+    # SPOS's supernet BN is affine=False: classify.supernet.train_norm_affine false keeps every gamma / beta at
+    # 1 / 0 (the head's too), the statistics train
+    spos = classify_config(shapes_dir, folder, tmp_path / "spos", supernet={"recalib_batches": 1,
+                                                                             "train_norm_affine": False})
+    spos["classify"]["train"]["max_steps"] = 2
+    run_classify(validate_config(spos))
+    state = torch.load(tmp_path / "spos" / "classify" / "ckpt" / "last.pt", weights_only=True)["model"]
+    gammas = [k for k in state if k.endswith(".running_var")]
+    assert len(gammas) > 20
+    for k in gammas:
+        bn = k.removesuffix("running_var")
+        assert torch.equal(state[bn + "weight"], torch.ones_like(state[bn + "weight"])), bn
+        assert torch.equal(state[bn + "bias"], torch.zeros_like(state[bn + "bias"])), bn
+    assert sum(not torch.equal(state[k], torch.ones_like(state[k])) for k in gammas) > 10
     # a rerun decides by what the classifier trains with: its own recipe (classify.train) is refused naming the
     # key (it resumed without a word), the detection sections (top-level train, data) are not its
     from nasdet.errors import ResumeMismatch

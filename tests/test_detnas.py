@@ -242,20 +242,27 @@ def test_natural_macs_histogram_matches_spos_bins():
         assert abs(got - spos) < max(60, 0.06 * spos), counts
 
 
-def test_a_training_step_changes_only_the_active_path(tiny_config, tmp_path):
+@pytest.mark.parametrize("train_norm_affine", [True, False])
+def test_a_training_step_changes_only_the_active_path(tiny_config, tmp_path, train_norm_affine):
+    """... and with supernet.train_norm_affine false (DetNAS's COCO supernet step: SyncBN gamma / beta frozen by
+    its gradient hook) every BatchNorm of the detector keeps its gamma / beta, its statistics move."""
     from nasdet.data.build import build_datasets
     from nasdet.models.supernet import build_supernet
     from nasdet.train.supernet import SupernetTrainer
 
     cfg = tiny_config("retinanet", model=TINY, train={"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9,
                                                                     "weight_decay": 0.001},
-                                                      "scheduler": {"name": "constant", "warmup_steps": 0}})
+                                                      "scheduler": {"name": "constant", "warmup_steps": 0}},
+                      supernet={"train_norm_affine": train_norm_affine})
     data = build_datasets(cfg)
     torch.manual_seed(0)
     model, space = build_supernet(cfg, data["train"].num_classes)
     trainer = SupernetTrainer.from_config(cfg, model, space, data["supernet_train"], data["val"], tmp_path / "s")
     images, targets = _batch(data["supernet_train"], 2)
     body = model.backbone.body
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) > 20 and all(m.affine for m in norms)
+    start = {id(m): (m.weight.clone(), m.bias.clone(), m.running_var.clone()) for m in norms}
     for step in (0, 1):  # the second step runs with momentum from the first
         trainer.step = step
         before = {k: v.clone() for k, v in body.state_dict().items()}
@@ -270,10 +277,16 @@ def test_a_training_step_changes_only_the_active_path(tiny_config, tmp_path):
                 changed = [k for k in after if k.startswith(prefix) and not torch.equal(after[k], before[k])]
                 if op == ops[i]:
                     assert changed, prefix  # weights, BN affine and running stats of the active path move
-                    assert any(k.endswith(".weight") and after[k].dim() == 1 for k in changed)  # BN gamma trains
+                    # BN gamma trains (a conv weight has 4 dims)
+                    assert any(k.endswith(".weight") and after[k].dim() == 1 for k in changed) == train_norm_affine
+                    assert any(k.endswith(".running_var") for k in changed)
                 else:
                     assert not changed, (step, prefix, changed[:3])
         assert not torch.equal(after["first_conv.0.weight"], before["first_conv.0.weight"])
+    moved = [m for m in norms if not torch.equal(m.running_var, start[id(m)][2])]
+    assert len(moved) > 10  # the active path's statistics, either way
+    kept = [torch.equal(m.weight, start[id(m)][0]) and torch.equal(m.bias, start[id(m)][1]) for m in moved]
+    assert all(kept) if not train_norm_affine else not any(kept)
 
 
 def test_macs_bins_sampling(tiny_config, tmp_path):

@@ -40,6 +40,16 @@ def bn_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (_BN, ElasticBatchNorm2d))]
 
 
+def freeze_batchnorm_affine(model: nn.Module) -> int:
+    """Stop every affine BatchNorm's gamma / beta from training (their running statistics still move); returns
+    how many layers. (An ElasticBatchNorm2d's inner BatchNorm2d is one of them.)"""
+    layers = [m for m in model.modules() if isinstance(m, _BN) and m.affine]
+    for m in layers:
+        m.weight.requires_grad_(False)
+        m.bias.requires_grad_(False)
+    return len(layers)
+
+
 @contextlib.contextmanager
 def preserved_bn_state(model: nn.Module):
     """Restore every BN buffer and momentum afterwards: scoring leaves the supernet as it was."""

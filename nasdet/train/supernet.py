@@ -24,7 +24,7 @@ from ..config import ExperimentConfig, ShrinkPhase, SupernetConfig, without_star
 from ..models.detectors import set_input_size, training_input_size
 from ..models.supernet import INPUT_SIZE, set_detector_arch, supernet_body
 from ..space.elastic import apply_channel_moves
-from .bn import preserved_bn_state, recalibrate_bn
+from .bn import freeze_batchnorm_affine, preserved_bn_state, recalibrate_bn
 from ..space import ArchError, SearchSpace
 from . import dist
 from .checkpoint import CheckpointError, backbone_start, files_by_content, load_model_weights, unfinished_at
@@ -309,6 +309,7 @@ class SupernetTrainer(Trainer):
                               f"model.input_size; add it to supernet.input_sizes or set it to one of them")
         self.space = space
         self.distill_on = self.scfg.distill.teacher != "none"
+        frozen_norms = 0 if self.scfg.train_norm_affine else freeze_batchnorm_affine(model)  # before the optimizer
         super().__init__(settings, model, train_set, val_set, out_dir, console=console, space_id=space.space_id)
         if dist.world_size() > 1:  # a sliced elastic weight's gradient is contiguous, its parameter channels_last:
             # DDP copies it into its bucket and says so once per rank in four raw lines; expected, not the user's
@@ -335,6 +336,9 @@ class SupernetTrainer(Trainer):
         self.teacher_losses = self.with_logits(self.teacher) if self.teacher is not None else None
         self.last_archs: list[dict] = []
         self.arch_macs = self._macs_bins_cost() if self.scfg.macs_bins is not None else None
+        if not self.scfg.train_norm_affine and dist.is_main():
+            self.console.print(f"{frozen_norms} BatchNorm layers keep their gamma / beta (supernet.train_norm_affine "
+                               "false); their running statistics train", soft_wrap=True)
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, *args, recipe: str = "train", **kwargs) -> "SupernetTrainer":
