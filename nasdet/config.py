@@ -492,6 +492,9 @@ class SearchConfig(Strict):
     mutation_prob: float = Field(0.1, gt=0, le=1)  # per-choice mutation probability
     mutation: float = Field(0.4, ge=0, le=1)  # evolution: share of a generation made by mutation
     crossover: float = Field(0.4, ge=0, le=1)  # evolution: share made by crossover (the rest: uniform random)
+    # evolution: scored = each child's operator drawn by the shares, its parents the best scored so far (workers
+    # share one study); generation = parents fixed at the generation's start, the shares counted (DetNAS / SPOS)
+    parents_from: Literal["scored", "generation"] = "scored"
     include_extremes: bool = True  # score the smallest and (if under budget) the largest subnet first
     recalib_batches: int = Field(20, gt=0)  # BN recalibration batches per candidate
     batch_size: int = Field(8, gt=0)

@@ -61,10 +61,10 @@ class CountingScorer:
 
 
 def toy_run(journal, name, strategy="evolution", n=40, budget=None, scorer=toy_score, worker=0, seed=0,
-            population=10, parents=3, seeds=()):
+            population=10, parents=3, seeds=(), parents_from="scored"):
     space = toy_space()
     strat = make_strategy(strategy, space, toy_cost, budget, seed=seed, worker=worker, population=population,
-                          parents=parents, mutation_prob=0.2)
+                          parents=parents, mutation_prob=0.2, parents_from=parents_from)
     study = open_study(open_storage(str(journal), Path(journal).parent), name, strat)
     counts = run_study(study, space, strat, scorer, toy_cost, budget, n, seeds=seeds)
     return study, counts
@@ -87,6 +87,34 @@ def test_evolution_improves_over_first_generation(tmp_path):
     assert len(set(scored_archs(study))) == 60  # no arch scored twice
     # evolution rejects over-budget children before they become trials
     assert counts["over_budget"] == 0
+
+
+@pytest.mark.parametrize("parents_from", ["generation", "scored"])
+def test_evolution_by_generations_as_detnas_makes_them(tmp_path, parents_from):
+    """search.parents_from generation: each generation of 10 is 4 mutations, then 4 crossovers, then random (the
+    shares counted; an operator that finds no new arch under the budget leaves the rest to the next), and its parents are the top 3 of the candidates scored before it began (DetNAS / SPOS: fixed at
+    the generation's start); the default draws both per child (the check below fails for it)."""
+    study, _ = toy_run(tmp_path / "s.journal", "evo", n=40, budget=Budget("macs", 60.0), parents_from=parents_from)
+    space = toy_space()
+    done = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.datetime_complete, t.number))
+    assert len(done) == 40
+    fixed = True
+    for gen in (1, 2, 3):
+        children = [t for t in done if t.user_attrs.get("generation") == gen]
+        ops = [t.user_attrs["op"] for t in children]
+        before = sorted(done[: gen * 10], key=lambda t: (-t.values[0], t.number))[:3]
+        parents = [trial_arch(t, space) for t in before]
+        for t in children:
+            if t.user_attrs["op"] != "crossover":
+                continue
+            child = trial_arch(t, space)
+            fixed &= any(all(child[k] in (a[k], b[k]) for k in child) for a in parents for b in parents)
+        if parents_from == "generation":
+            order = ["mutation", "crossover", "random"]
+            assert len(children) == 10 and ops == sorted(ops, key=order.index), ops
+            assert ops.count("mutation") <= 4 and ops.count("crossover") <= 4
+            assert gen > 1 or ops == ["mutation"] * 4 + ["crossover"] * 4 + ["random"] * 2
+    assert fixed == (parents_from == "generation")
 
 
 def test_nsga2_front_is_non_dominated(tmp_path):

@@ -10,7 +10,10 @@ killed search resumes where it stopped and several workers share one population.
   Generation 0 is uniform under the budget; later children come from the top-``parents`` scored trials
   by mutation (each choice changes with ``mutation_prob``), uniform crossover of two parents, or
   uniform sampling, in the configured shares. Over-budget and already-seen children are rejected
-  before they are enqueued (DetNAS ``legal``). (With several workers, one may pop another's enqueued
+  before they are enqueued (DetNAS ``legal``). ``parents_from``: ``scored`` (default) draws each child's
+  operator by the shares and its parents from the best scored so far, so several workers can share one study;
+  ``generation`` fixes the parents at the generation's start (the best of the trials scored before it) and
+  counts the shares exactly, as DetNAS / SPOS make a generation (mutations, then crossovers, then random). (With several workers, one may pop another's enqueued
   child; its own ask then falls back to the uniform sampler, whose arch may be recorded over budget.)
 - ``nsga2``: Optuna's ``NSGAIISampler`` (passed explicitly; Optuna 5's multi-objective default is TPE),
   two objectives (maximise AP, minimise the cost); nothing is enqueued. A fresh one per trial, seeded from the
@@ -134,30 +137,51 @@ class Evolution(Strategy):
     name = "evolution"
 
     def __init__(self, space, cost_fn, budget, seed=0, worker=0, population: int = 50, parents: int = 10,
-                 mutation_prob: float = 0.1, mutation: float = 0.4, crossover: float = 0.4):
+                 mutation_prob: float = 0.1, mutation: float = 0.4, crossover: float = 0.4,
+                 parents_from: str = "scored"):
         super().__init__(space, cost_fn, budget, seed, worker)
         self.population, self.parents, self.mutation_prob = population, parents, mutation_prob
         self.mutation, self.crossover = mutation, crossover
+        if parents_from not in ("scored", "generation"):
+            raise ConfigError(f"search.parents_from {parents_from!r} is not 'scored' or 'generation'")
+        self.parents_from = parents_from
 
     def generation_of(self, trials: Sequence[FrozenTrial]) -> int:
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         return done // self.population
 
-    def top_k(self, trials: Sequence[FrozenTrial]) -> list[dict]:
-        """The best ``parents`` scored archs (highest AP first; ties broken by trial number)."""
+    def top_k(self, trials: Sequence[FrozenTrial], before_generation: int | None = None) -> list[dict]:
+        """The best ``parents`` scored archs (highest AP first; ties broken by trial number); with
+        ``before_generation`` g, of the first g x ``population`` scored (those before generation g began)."""
         done = [t for t in trials if t.state == TrialState.COMPLETE and trial_arch(t, self.space) is not None]
+        if before_generation is not None:
+            done.sort(key=lambda t: (t.datetime_complete, t.number))
+            done = done[: before_generation * self.population]
         done.sort(key=lambda t: (-t.values[0], t.number))
         return [trial_arch(t, self.space) for t in done[: self.parents]]
+
+    def generation_ops(self, trials: Sequence[FrozenTrial], gen: int) -> list[str]:
+        """``parents_from: generation``: the operator generation ``gen``'s next child is made by while its
+        quota (share x population) is not met (mutations first, then crossovers, then random), followed by the
+        later ones, tried when it finds no new arch under the budget (DetNAS: fewer children, the rest random)."""
+        made = [t.user_attrs.get("op") for t in trials
+                if t.user_attrs.get("generation") == gen and t.state != TrialState.FAIL]
+        order = ["mutation", "crossover", "random"]
+        quota = {"mutation": round(self.mutation * self.population), "crossover": round(self.crossover * self.population)}
+        first = next((op for op in order[:2] if made.count(op) < quota[op]), "random")
+        return order[order.index(first):]
 
     def propose(self, study, trials):
         gen = self.generation_of(trials)
         rng = seeded_rng(self.seed, self.worker, proposal_count(trials), "evolution")
         seen = seen_keys(trials, self.space)
-        parents = self.top_k(trials) if gen > 0 else []
-        for _ in range(_MAX_TRIES):
-            op, arch = self._child(rng, parents)
-            if arch_key(arch) not in seen and self.under_budget(arch):
-                return self._enqueue(study, arch, generation=gen, op=op)
+        fixed = self.parents_from == "generation"
+        parents = self.top_k(trials, gen if fixed else None) if gen > 0 else []
+        for wanted in self.generation_ops(trials, gen) if fixed and parents else [None]:
+            for _ in range(_MAX_TRIES):
+                op, arch = self._child(rng, parents, wanted)
+                if arch_key(arch) not in seen and self.under_budget(arch):
+                    return self._enqueue(study, arch, generation=gen, op=op)
         try:  # the neighbourhood of the parents is exhausted: a fresh arch under the budget
             arch = self._sample_under(rng)
         except NoArchUnderCost as e:
@@ -177,11 +201,14 @@ class Evolution(Strategy):
             return None
         return None if arch_key(arch) in seen else self._enqueue(study, arch, generation=gen, op="random")
 
-    def _child(self, rng: random.Random, parents: list[dict]) -> tuple[str, dict]:
-        u = rng.random()
-        if parents and u < self.mutation:
+    def _child(self, rng: random.Random, parents: list[dict], op: str | None = None) -> tuple[str, dict]:
+        """A child by ``op``, or (None) by an operator drawn by the shares."""
+        if op is None:
+            u = rng.random()
+            op = "mutation" if u < self.mutation else "crossover" if u < self.mutation + self.crossover else "random"
+        if parents and op == "mutation":
             return "mutation", self.space.mutate(rng.choice(parents), rng, self.mutation_prob)
-        if parents and u < self.mutation + self.crossover:
+        if parents and op == "crossover":
             return "crossover", self.space.crossover(rng.choice(parents), rng.choice(parents), rng)
         return "random", self.space.sample(rng)
 
@@ -261,11 +288,12 @@ class NSGA2(Strategy):
 
 def make_strategy(name: str, space: SearchSpace, cost_fn, budget: Budget | None, seed: int = 0, worker: int = 0,
                   population: int = 50, parents: int = 10, mutation_prob: float = 0.1, mutation: float = 0.4,
-                  crossover: float = 0.4) -> Strategy:
+                  crossover: float = 0.4, parents_from: str = "scored") -> Strategy:
     if name == "random":
         return RandomSearch(space, cost_fn, budget, seed, worker)
     if name == "evolution":
-        return Evolution(space, cost_fn, budget, seed, worker, population, parents, mutation_prob, mutation, crossover)
+        return Evolution(space, cost_fn, budget, seed, worker, population, parents, mutation_prob, mutation, crossover,
+                         parents_from)
     if name == "nsga2":
         return NSGA2(space, cost_fn, budget, seed, worker, population, mutation_prob)
     raise ConfigError(f"search strategy {name!r} is not one of {STRATEGIES}")

@@ -151,7 +151,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     scorer = in_turns(ctx.scorer, exclusive=False) if timed_on_cpu else ctx.scorer
     strategy = make_strategy(s.strategy, search_space, cost_fn, budget, seed=s.seed, worker=worker,
                              population=s.population, parents=s.parents, mutation_prob=s.mutation_prob,
-                             mutation=s.mutation, crossover=s.crossover)
+                             mutation=s.mutation, crossover=s.crossover, parents_from=s.parents_from)
     study_name = study_name_of(cfg)
     study, rescored_otherwise = open_checked_study(storage or s.storage, out_dir, study_name, strategy, ctx.checkpoint,
                                                    ctx.state, s.heartbeat_seconds, scoring_settings(cfg, search_space),
