@@ -440,14 +440,33 @@ def diagnose_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Opti
 @app.command("eval")
 @_user_errors
 def eval_cmd(config: Path, work_dir: Optional[Path] = WorkDirOpt, set_: Optional[List[str]] = SetOpt,
-             ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: baseline/ckpt/last.pt).")):
+             ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: baseline/ckpt/last.pt)."),
+             keep_aspect: Optional[str] = typer.Option(
+                 None, "--keep-aspect", metavar="MIN,MAX",
+                 help="Resize keeping the aspect ratio (shorter side MIN, longer at most MAX: torchvision's Faster "
+                      "R-CNN / RetinaNet / FCOS test at 800,1333, MMDetection's yolov3 at 416,416), not to the "
+                      "square model.input_size: the AP an imported detector had where it was tested; written to "
+                      "eval/<stage>_<name>_keep_aspect_MINxMAX_metrics.json.")):
     """COCO metrics (AP, AP50, AP75, APs, APm, APl) and per-class AP on the val set; writes baseline/metrics.json, or
     eval/<stage>_<name>_metrics.json for a --ckpt (a stage's own record is never overwritten)."""
     from .stages.baseline import run_eval
 
     cfg = _load(config, set_)
-    run_eval(cfg, work_dir, ckpt and ckpt.expanduser(), console=console)
+    run_eval(cfg, work_dir, ckpt and ckpt.expanduser(), console=console, keep_aspect=_min_max(keep_aspect))
     _say_if_report_stale(cfg, work_dir)
+
+
+def _min_max(value: Optional[str]) -> Optional[tuple[int, int]]:
+    """``--keep-aspect MIN,MAX`` as two sizes (``800,1333``; one number: both)."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) in (1, 2) and all(p.isdigit() and int(p) > 0 for p in parts):
+        lo, hi = int(parts[0]), int(parts[-1])
+        if lo <= hi:
+            return lo, hi
+    raise typer.BadParameter(f"{value!r}: give the shorter side's size and the longer side's largest, MIN <= MAX, "
+                             "e.g. 800,1333", param_hint="--keep-aspect")
 
 
 @app.command("cost")

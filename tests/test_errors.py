@@ -982,3 +982,34 @@ def test_detnas_flat_list_arch_is_taken_by_tune_and_classify(tmp_path, tiny_conf
         _tune_arch(bad, None, None)
     with pytest.raises(ArchError, match=r"tune.arch: a flat list of choices is DetNAS's form .* 'mobilenet_v3_small'"):
         _tune_arch(tiny_config(tune={"arch": ops}), None, None)
+
+
+def test_eval_keep_aspect_writes_its_own_record_and_square_detectors_are_refused(trained_baseline, shapes_dir,
+                                                                                  tmp_path):
+    """``nasdet eval --keep-aspect MIN,MAX``: the AP at a resize keeping the aspect ratio (how torchvision tests its
+    Faster R-CNN / RetinaNet / FCOS), recorded apart from every stage's record; SSDLite (square in torchvision
+    too) and a malformed value are one line."""
+    import io
+
+    from rich.console import Console
+
+    from nasdet.config import validate_config
+    from nasdet.stages.baseline import run_baseline, run_eval
+
+    with pytest.raises(ConfigError, match="faster_rcnn, retinanet, fcos, yolov3; ssd/ssdlite resizes to a square"):
+        run_eval(trained_baseline, console=Console(file=io.StringIO()), keep_aspect=(96, 128))
+    raw = tiny_raw(shapes_dir, tmp_path / "wd", "fcos")
+    raw["train"].update(max_steps=1, epochs=1)
+    raw["eval"]["max_images"] = 4
+    path = write_cfg(tmp_path / "fcos.yaml", raw)
+    run_baseline(validate_config(raw, "t"), console=Console(file=io.StringIO()))
+    record = tmp_path / "wd" / "baseline" / "metrics.json"
+    before = record.read_text()
+    code, out, exc = cli("eval", path, "--keep-aspect", "128,96")
+    assert code == 2 and exc is None and "--keep-aspect" in out and "MIN <= MAX" in " ".join(out.split())
+    code, out, exc = cli("eval", path, "--keep-aspect", "96,160")
+    assert code == 0 and exc is None, out
+    written = tmp_path / "wd" / "eval" / "baseline_last_keep_aspect_96x160_metrics.json"
+    got = json.loads(written.read_text())
+    assert got["resize"] == {"keep_aspect": {"min_size": 96, "max_size": 160}} and "AP" in got["metrics"]
+    assert record.read_text() == before and "aspect kept: shorter side 96, longer at most 160" in " ".join(out.split())

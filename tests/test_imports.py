@@ -15,6 +15,7 @@ from conftest import randomize
 from nasdet.config import make_model_config
 from nasdet.errors import CheckpointError
 from nasdet.models import build_detector
+from nasdet.models.detectors import set_aspect_resize
 from nasdet.models.imports import map_detector_weights, read_weights
 
 SIZE = 128
@@ -152,6 +153,17 @@ def test_resnet50_fpn_import_is_function_preserving(builder):
     cfg = make_model_config(detector=detector, backbone={"name": "resnet50"}, input_size=R50_SIZE, **thresholds)
     model = imported(reference, cfg, 3, payload=frozen_bn_state)
     assert_same_function(reference, model, **({"raw": raw} if raw else {}), size=R50_SIZE)
+    # evaluated as torchvision tests it (aspect kept: shorter side min_size, longer at most max_size; nasdet eval
+    # --keep-aspect): the same detections on non-square images, which the square input_size resizes otherwise
+    reference.transform.min_size, reference.transform.max_size, reference.transform.fixed_size = (R50_SIZE,), 80, None
+    set_aspect_resize(model, R50_SIZE, 80)
+    images = [torch.rand(3, 70, 120), torch.rand(3, 100, 60)]
+    with torch.no_grad():
+        want, got = reference(images), model(images)
+    for w, g in zip(want, got):
+        assert len(w["boxes"]) > 0 and torch.equal(g["labels"], w["labels"])
+        torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(g["scores"], w["scores"], atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------- the baseline of a run, classes

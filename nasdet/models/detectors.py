@@ -19,7 +19,11 @@ from .families import DETECTORS, family_named, family_of
 from .families.base import BN_MOMENTUM, IMAGE_MEAN, IMAGE_STD
 
 __all__ = ["BN_MOMENTUM", "DETECTORS", "IMAGE_MEAN", "IMAGE_STD", "build_detector", "dense_forward", "get_input_size",
-           "set_input_size"]
+           "set_aspect_resize", "set_input_size"]
+
+# the detectors whose references test with the aspect ratio kept (torchvision's GeneralizedRCNNTransform defaults,
+# MMDetection's keep_ratio); SSD / SSDLite resize to a square in both
+ASPECT_RESIZE_DETECTORS = ("faster_rcnn", "retinanet", "fcos", "yolov3")
 
 
 def build_detector(model_cfg, num_classes: int | None = None, backbone: nn.Module | None = None,
@@ -51,6 +55,24 @@ def set_input_size(model: nn.Module, input_size: int) -> None:
     model.transform.max_size = s
     model.transform.fixed_size = (s, s)
     family_of(model).set_input_size(model, s)
+
+
+def set_aspect_resize(model: nn.Module, min_size: int, max_size: int) -> None:
+    """Resize each image with its aspect ratio kept, as torchvision's Faster R-CNN / RetinaNet / FCOS do
+    (shorter side ``min_size``, longer side at most ``max_size``; 800 / 1333) and MMDetection's keep_ratio
+    (yolov3 at 416 x 416: ``min_size = max_size = 416``), padded to the transform's size divisor: to evaluate a
+    detector as it was tested where it was trained. Not for search or export: their costs are at the square
+    ``input_size``. SSD / SSDLite (square in torchvision and MMDetection) are refused."""
+    names = family_of(model).names
+    if not set(names) & set(ASPECT_RESIZE_DETECTORS):
+        name = "/".join(names)
+        raise ConfigError(f"a resize keeping the aspect ratio is for {', '.join(ASPECT_RESIZE_DETECTORS)}; {name} "
+                          "resizes to a square model.input_size, as torchvision's and MMDetection's do")
+    if not 0 < int(min_size) <= int(max_size):
+        raise ConfigError(f"the aspect-keeping resize needs 0 < min size <= max size, got {min_size}, {max_size}")
+    model.transform.min_size = (int(min_size),)
+    model.transform.max_size = int(max_size)
+    model.transform.fixed_size = None
 
 
 def get_input_size(model: nn.Module) -> int:

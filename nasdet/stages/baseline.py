@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..data.build import build_datasets, load_split
 from ..export import configured_postprocessing
 from ..models import build_detector, get_input_size
+from ..models.detectors import set_aspect_resize
 from ..models.cost import detector_macs, detector_params, measure_latency_onnx
 from ..models.imports import map_detector_weights, read_checkpoint_and_model, refuse_other_anchors
 from ..train.checkpoint import (CheckpointError, class_record, file_sha256, load_checkpoint, nasdet_checkpoint_kind,
@@ -283,8 +284,11 @@ def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage
 
 
 def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
-             console: Console | None = None) -> dict:
-    """COCO metrics of a checkpoint on the val set, written where ``eval_record_path`` says."""
+             console: Console | None = None, keep_aspect: tuple[int, int] | None = None) -> dict:
+    """COCO metrics of a checkpoint on the val set, written where ``eval_record_path`` says. ``keep_aspect``
+    (min size, max size): images resized with their aspect ratio kept (``set_aspect_resize``), not to the
+    square ``model.input_size``: the AP the detector has where it was tested that way, recorded apart
+    (``eval/<..>_keep_aspect_<min>x<max>_metrics.json``) so that no stage's record or report reads it."""
     console = console or Console()
     given = ckpt is not None
     ckpt = Path(ckpt) if given else default_checkpoint(cfg, work_dir)
@@ -294,6 +298,8 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     scored = scored_val_set(cfg, val)
     check_scored_val_set(scored, len(scored))  # (its mAP would be "undefined", naming no set)
     model, held = load_checkpoint_model(cfg, ckpt, val.num_classes, classes=val.classes)
+    if keep_aspect is not None:  # before a supernet subnet's BN recalibration: it then sees these sizes too
+        set_aspect_resize(model, *keep_aspect)
     # under torchrun every rank predicts a shard of val and rank 0 scores and writes (each evaluated all of it)
     device = resolve_device(cfg.train.device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -302,7 +308,7 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     state = load_checkpoint(ckpt)
     same_post = _same_postprocessing(ckpt.parent.parent / METRICS_FILE, ckpt, state, cfg)
     own = (not given and not (cfg.eval.max_images and cfg.eval.max_images < len(val))
-           and _same_val_set(state.get("config"), config_to_dict(cfg)) and same_post)
+           and _same_val_set(state.get("config"), config_to_dict(cfg)) and same_post and keep_aspect is None)
     what = describe_held(held)
     if "supernet_subnet" in held:  # shared BN statistics are wrong for any one subnet: as pretrain evaluates them
         calib = build_datasets(cfg, need=("supernet_train",))["supernet_train"].with_transforms(None)
@@ -315,18 +321,24 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     metrics = evaluate_detector(model, val, device, cfg.eval.batch_size, cfg.data.num_workers, per_class=True)
     if metrics is None:
         return {}
-    out = eval_record_path(cfg, work_dir, ckpt, given, own)
+    resized = f"keep_aspect_{keep_aspect[0]}x{keep_aspect[1]}_" if keep_aspect is not None else ""
+    out = eval_record_path(cfg, work_dir, ckpt, given or keep_aspect is not None, own, what=resized + "metrics")
     record = {"metrics": metrics, "checkpoint": str(ckpt), "val": val.source, "val_images": len(val),
               "step": state.get("step"), "postprocessing": configured_postprocessing(cfg.model), **held}
+    if keep_aspect is not None:
+        record["resize"] = {"keep_aspect": {"min_size": keep_aspect[0], "max_size": keep_aspect[1]}}
     before = json.loads(out.read_text()) if out.is_file() else None
     if own and before is not None:  # the stage's own record: what else it says (e.g. imported_from) stays
         record = {**before, **record}
     if record != before:  # the same figures again: the record (and report.md's age against it) left as it was
         write_json(out, record)
-    console.print(metrics_table(metrics, f"val mAP of {escape(str(ckpt))} ({len(val)} images)"))
+    how = (f", aspect kept: shorter side {keep_aspect[0]}, longer at most {keep_aspect[1]}" if keep_aspect is not None
+           else "")
+    console.print(metrics_table(metrics, f"val mAP of {escape(str(ckpt))} ({len(val)} images{how})"))
     if metrics.get("per_class"):
         console.print(per_class_table(metrics["per_class"], f"per-class AP of {escape(str(ckpt))}"))
-    why = "not the run's own val set" if same_post else "other post-processing (model.*) than the stage's record"
+    why = ("another resize than the stage's record" if keep_aspect is not None else "not the run's own val set"
+           if same_post else "other post-processing (model.*) than the stage's record")
     kept = "" if own or given else f" ({why}: {escape(str(ckpt.parent.parent / METRICS_FILE))} is kept)"
     console.print(f"metrics -> {escape(str(out))}{kept}")
     return metrics
