@@ -167,6 +167,16 @@ def loader_workers(setting: int | str, device=None, cores: int | None = None, th
     return max(0, min(4, cores - threads))
 
 
+def configured_threads() -> int:
+    """The torch threads ``set_torch_threads`` gave this process (what ``govern`` lowers under load and raises
+    back), else torch's current count: the count a run's CPU timings take when ``cost.threads`` is unset, so
+    that they are not timed at whatever count the governor last set (one study's latencies mixed 1- and
+    2-thread figures beside a busy process, qa_latency #6)."""
+    import torch
+
+    return _governor.max_threads if _governor is not None else torch.get_num_threads()
+
+
 def govern() -> int | None:
     """Let the process's governor (made by ``set_torch_threads``) adjust torch's threads; loops call this."""
     return _governor.poll() if _governor is not None else None

@@ -105,6 +105,9 @@ def test_a_proxy_drives_the_search_without_a_supernet(tiny_config):
     assert summary["records"] == 3 and len(rows) == 3 and (out / "best_arch.json").is_file()
     scores = [r["metrics"]["mae_det"] for r in summary["front"]]
     assert summary["best"]["metrics"]["mae_det"] == max(scores)
+    # the csv holds the proxy's score, in a column of its own (qa_latency #2: no score anywhere)
+    assert all(r["mae_det"] and r["AP"] == "" for r in rows)
+    assert max(float(r["mae_det"]) for r in rows) == summary["best"]["metrics"]["mae_det"]
 
 
 KILL_ON_SECOND = """

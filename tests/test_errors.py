@@ -205,6 +205,13 @@ def test_cuda_without_cuda_is_one_line(tiny_cfg_file):
         pytest.skip("this machine has CUDA")
     code, out, exc = cli("train", tiny_cfg_file(), "--set", "train.device=cuda")
     assert_one_line(code, out, exc, "train.device", "CUDA is not available")
+    # the device latency is timed on too (a GPU config on a CPU box: a ~100-line traceback, qa_latency #7)
+    for command, *sets in (("cost",), ("export",),
+                           ("search", "search.budget={metric: latency, max: 100}", "cost.latency=torch")):
+        args = [a for s in sets for a in ("--set", s)]
+        code, out, exc = cli(command, tiny_cfg_file(), "--set", "cost.device=cuda", *args)
+        line = assert_one_line(code, out, exc, "cost.device", "CUDA is not available", "set cost.device: cpu")
+        assert "auto" not in line  # cost.device names where it times: no auto
 
 
 def test_device_typo_is_an_error_not_cpu(tiny_cfg_file):

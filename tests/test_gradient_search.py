@@ -151,6 +151,21 @@ def test_gradient_search_end_to_end_limit_outputs_resume_and_errors(tiny_config)
     # resume: the result is in the study, nothing is searched or scored again
     again = run_search(run, console=quiet)
     assert again["records"] == 1 and (out / "gradient.jsonl").read_text().count("\n") == len(log)
+    # one search per input size: a size whose smallest arch is over the limit is said to be left out (qa_latency #4)
+    import io
+    import shutil
+
+    shutil.rmtree(out)
+    sizes = with_budget(cfg, (small[48] + small[64]) / 2)
+    sizes = sizes.model_copy(update={"search": sizes.search.model_copy(update={
+        "gradient": sizes.search.gradient.model_copy(update={"search_resolution": True}),
+        "resolution_tolerance": None})})
+    buf = io.StringIO()
+    summary = run_search(sizes, console=Console(file=buf, width=300))
+    assert summary["best"]["arch"]["input_size"] == 48
+    said = " ".join(buf.getvalue().split())
+    assert "resolution 64: not searched, its smallest arch costs" in said and "> search.budget.max" in said
+    assert "resolution 48: not searched" not in said
 
 
 DEPTH_SPACE = SearchSpace({"stage1.depth": (1, 2, 3), "stage1.block0.expand": (3, 6), "stage1.block1.expand": (3, 6),

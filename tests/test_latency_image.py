@@ -115,7 +115,7 @@ def test_the_lookup_tables_rest_of_faster_rcnn_is_timed_on_a_real_image(tiny_con
     static = export_detector(supernet, arch, space).eval()
     s = arch["input_size"]
     table = LatencyTable(None, warmup=1, runs=2, threads=1, real_images=latency_images(cfg, val))
-    table.rest[str(s)] = 1e6  # timed on noise by an earlier table: not this entry
+    on_noise = LatencyTable(None, real_images=None).rest_key(static, s)
+    table.rest[on_noise] = 1e6  # timed on noise by an earlier table: not this entry
     predicted = table.predict(static, arch, supernet, space)
-    assert f"{s}|real image" in table.rest and predicted < 1e6
-    assert LatencyTable(None, real_images=None).rest_key(static, s) == str(s)
+    assert f"{on_noise}|real image" in table.rest and predicted < 1e6 and not on_noise.endswith("real image")

@@ -169,3 +169,24 @@ def test_num_workers_is_a_number_or_auto():
     for bad in (-1, "many"):
         with pytest.raises(Exception, match="num_workers"):
             DataConfig.model_validate({**data, "num_workers": bad})
+
+
+def test_a_search_times_candidates_on_the_threads_it_was_given_not_the_governors_last_count(monkeypatch):
+    """With cost.threads unset, torch timings (cost.latency torch, the float lookup table) hold the count the
+    process was given while the governor lowers torch's under load (one study mixed 1- and 2-thread latencies,
+    qa_latency #6); onnxruntime keeps its own default, as an export's timing does."""
+    from nasdet import threads
+    from nasdet.config import CostConfig
+    from nasdet.stages.search import timing_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_governor", ThreadGovernor(max_threads=2))
+    try:
+        torch.set_num_threads(1)  # what the governor left after a busy window
+        assert timing_threads(CostConfig(latency="torch")) == 2
+        assert timing_threads(CostConfig(latency="lut")) == 2
+        assert timing_threads(CostConfig(latency="lut", lut_precision="int8")) is None
+        assert timing_threads(CostConfig(latency="onnxruntime")) is None
+        assert timing_threads(CostConfig(latency="torch", threads=3)) == 3
+    finally:
+        torch.set_num_threads(before)

@@ -41,10 +41,28 @@ def test_latency_table_sums_blocks_measures_each_once_and_persists(tiny_config, 
     s = arch["input_size"]
     keys = [table.block_key(b, shape) for b, shape in table._block_inputs(static, s)]
     assert len(keys) == n_blocks
-    assert first == pytest.approx(table.rest[str(s)] + sum(table.blocks[k] for k in keys))
+    assert first == pytest.approx(table.rest[table.rest_key(static, s)] + sum(table.blocks[k] for k in keys))
+    assert table.rest_key(static, s).startswith(f"{s}|") and len(table.rest) == 1
     # another process (a worker, a later search) reads the table and measures nothing
     again = LatencyTable(path, warmup=1, runs=3, threads=1)
     assert again.predict(static, arch, model, space) == pytest.approx(first) and again.measured == 0
+    # a worker opened before the file had an entry reads it from the file when it needs it, not timing it again;
+    # one that timed an entry another saved meanwhile takes the saved figure (qa_latency #3: two tables in one study)
+    early = LatencyTable(tmp_path / "shared.json", warmup=1, runs=3, threads=1)
+    late_starter = LatencyTable(tmp_path / "shared.json", warmup=1, runs=3, threads=1)
+    p_early = early.predict(static, arch, model, space)
+    assert late_starter.predict(static, arch, model, space) == p_early and late_starter.measured == 0
+    k = keys[0]
+    early.blocks[k] = 123.0  # timed by this worker ...
+    saved = json.loads((tmp_path / "shared.json").read_text())
+    early.save()  # ... and saved after another worker's figure: the file's is kept, and this worker uses it
+    assert early.blocks[k] == saved["cpu|threads=1"]["blocks"][k] != 123.0
+    # the rest of another post-processing is another entry: a table timed for score_thresh 0.5 is not read for 0.01
+    for m in static.modules():
+        if hasattr(m, "score_thresh"):
+            m.score_thresh = 0.5
+    assert table.rest_key(static, s) not in again.rest
+    assert table.rest_key(export_detector(model, space.smallest() | {"input_size": s}, space), s) in again.rest
     # a deeper arch has more block entries and costs more than the smallest
     small, large = space.smallest(), dict(space.largest(), input_size=s)
     p_small = table.predict(export_detector(model, dict(small, input_size=s), space), dict(small, input_size=s), model, space)

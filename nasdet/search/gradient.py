@@ -339,7 +339,14 @@ class GradientSearch:
     def run(self, resolutions: Sequence[int], gc) -> list[dict]:
         """One search per feasible resolution (``gc``: the GradientConfig); returns the final records."""
         finals = []
-        for s in self.feasible_resolutions(resolutions):
+        feasible = self.feasible_resolutions(resolutions)
+        unit = COST_UNITS[self.budget.metric]
+        for s in resolutions:  # (one left out was dropped without a word, qa_latency #4)
+            if s not in feasible:
+                cost = self.cost_of({**self.space.smallest(), INPUT_SIZE: s})
+                self.console.print(f"resolution {s}: not searched, its smallest arch costs {cost:.6g} {unit} > "
+                                   f"search.budget.max {self.budget.max:.6g}", soft_wrap=True)
+        for s in feasible:
             done = _finished(self.study, s)
             if done is not None:
                 self.console.print(f"resolution {s}: already searched (trial in the study)")

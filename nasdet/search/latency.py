@@ -12,7 +12,11 @@
   neck, heads, decoding, NMS) is timed once per input size as the full default subnet minus its
   blocks. A candidate's latency is then a sum of table entries: no timing once the table is warm.
   The table lives in ``work_dir/search/latency_lut.json`` keyed by device, so it is measured once per
-  device and reused by later searches and workers. With ``cost.lut_precision: int8`` each block is
+  device and reused by later searches and workers (each re-reads the file before it times an entry and
+  merges into it, the file's entries first: workers predict from the same figures, and on one host the
+  timings take turns). A rest entry is keyed by the input size and what the rest is
+  (``rest_fingerprint``: its modules and settings such as ``score_thresh`` or NMS), so a table timed for
+  other post-processing or another head is not read for this one. With ``cost.lut_precision: int8`` each block is
   exported alone, quantized (QDQ, U8S8, calibrated on random inputs: ranges do not change the time)
   and timed in onnxruntime, and the rest is the reference subnet's ``onnxruntime_int8`` time minus its
   INT8 blocks (table key ``onnxruntime-int8|threads=N``).
@@ -120,6 +124,35 @@ def backbone_blocks(static_detector: nn.Module) -> list[nn.Module]:
     return [b for stage in stages for b in (stage if isinstance(stage, nn.Sequential) else [stage])]
 
 
+def _setting(value) -> str | None:
+    """A module attribute that can change what it computes (a threshold, a size, a count; a dict of them such as
+    the RPN's pre-NMS top-n), as text; None for anything else (tensors, submodules, hooks)."""
+    plain = (bool, int, float, str, type(None))
+    if isinstance(value, plain):
+        return repr(value)
+    if isinstance(value, (tuple, list)) and all(isinstance(v, plain) for v in value):
+        return repr(value)
+    if isinstance(value, dict) and value and all(isinstance(v, plain) for v in value.values()):
+        return repr(sorted(value.items(), key=str))
+    return None
+
+
+def rest_fingerprint(static: nn.Module) -> str:
+    """What the rest of a detector (everything outside its backbone blocks: stem, neck, heads, the transform,
+    decoding and NMS) is: each module's name, type, ``extra_repr`` and settings (``_setting``), hashed. A table's
+    rest timed for one is not read for another (a rest keyed by the input size alone was read after
+    ``model.score_thresh`` changed: predictions 30-60 % low, qa_latency #1)."""
+    inside = {id(m) for block in backbone_blocks(static) for m in block.modules()}
+    inside.add(id(static.backbone.body))  # its own settings name the arch (depths, ops); its other children count
+    parts = []
+    for name, module in static.named_modules():
+        if id(module) in inside:
+            continue
+        settings = {k: t for k, v in vars(module).items() if k != "training" and (t := _setting(v)) is not None}
+        parts.append(f"{name}:{type(module).__name__}({module.extra_repr()}){sorted(settings.items())}")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
+
+
 def _median_ms(fn, warmup: int, runs: int) -> float:
     times = []
     for i in range(warmup + runs):
@@ -168,11 +201,23 @@ class LatencyTable:
                               "a new file")
         return data
 
+    def reload(self) -> None:
+        """Take in the entries another process (a search worker) saved since: the file's figures first."""
+        if self.path is not None and self.path.is_file():
+            data = self._read().get(self.key, {})
+            self.blocks.update(data.get("blocks", {}))
+            self.rest.update(data.get("rest", {}))
+
     def save(self) -> None:
+        """Merge this table into the file, the file's entries first (a worker that timed an entry another one
+        saved meanwhile takes the saved figure: every candidate of a study predicted from one table)."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = self._read() if self.path.is_file() else {}
+        saved = data.get(self.key, {})
+        self.blocks = {**self.blocks, **saved.get("blocks", {})}
+        self.rest = {**self.rest, **saved.get("rest", {})}
         data[self.key] = {"blocks": self.blocks, "rest": self.rest}
         write_json_atomic(self.path, data, indent=1, sort_keys=True)
 
@@ -216,29 +261,34 @@ class LatencyTable:
             return _median_ms(run, self.warmup, self.runs)
 
     def blocks_ms(self, static: nn.Module, s: int) -> float:
-        total, new = 0.0, False
-        for block, shape in self._block_inputs(static, s):
-            k = self.block_key(block, shape)
-            if k not in self.blocks:
-                self.blocks[k] = self._time_block(block, shape)
-                self.measured += 1
-                new = True
-            total += self.blocks[k]
-        if new:
-            self.save()
-        return total
+        blocks = [(self.block_key(block, shape), block, shape) for block, shape in self._block_inputs(static, s)]
+        if any(k not in self.blocks for k, _, _ in blocks):
+            self.reload()
+            new = False
+            for k, block, shape in blocks:
+                if k not in self.blocks:
+                    self.blocks[k] = self._time_block(block, shape)
+                    self.measured += 1
+                    new = True
+            if new:
+                self.save()
+        return sum(self.blocks[k] for k, _, _ in blocks)
 
     def rest_key(self, static: nn.Module, s: int) -> str:
-        """The rest's entry at size ``s``: its own per image kind for a detector whose work follows the image (a
-        table timed on noise, as before, left Faster R-CNN's box head out: its trained RPN proposed nothing)."""
+        """The rest's entry at size ``s`` for what the rest is (``rest_fingerprint``); its own per image kind for a
+        detector whose work follows the image (a table timed on noise, as before, left Faster R-CNN's box head
+        out: its trained RPN proposed nothing)."""
         from ..models.families import family_of
 
-        return f"{s}|real image" if self.real_images and family_of(static).work_follows_the_image else str(s)
+        key = f"{s}|{rest_fingerprint(static)}"
+        return f"{key}|real image" if self.real_images and family_of(static).work_follows_the_image else key
 
     def rest_ms(self, reference_static: nn.Module, s: int) -> float:
         """Everything but the blocks at size ``s``: the full reference subnet timed (on the image its export
         would be timed on: ``nasdet.export.timing_inputs``), minus its blocks."""
         key = self.rest_key(reference_static, s)
+        if key not in self.rest:
+            self.reload()
         if key not in self.rest:
             if self.precision == "int8":
                 full = measure_latency_onnx_int8(reference_static, self.calibration, self.warmup, self.runs,
@@ -246,19 +296,23 @@ class LatencyTable:
             else:
                 full = measure_latency_torch(reference_static, self.device, self.warmup, self.runs, self.threads,
                                              self.real_images)["median_ms"]
-            self.rest[key] = max(full - self.blocks_ms(reference_static, s), 0.0)
+            rest = max(full - self.blocks_ms(reference_static, s), 0.0)
+            self.rest[key] = rest
             self.measured += 1
             self.save()
         return self.rest[key]
 
     def predict(self, static: nn.Module, arch: Mapping[str, Any], supernet: nn.Module, space: SearchSpace) -> float:
         """Predicted ms of ``static`` (the export of ``arch``); the rest at its size is timed on the
-        space's default subnet the first time that size is seen."""
+        space's default subnet the first time that size is seen (on the candidate itself when its rest is
+        another one: a space with choices outside the backbone's blocks)."""
         s = int(arch[INPUT_SIZE])
         key = self.rest_key(static, s)
         if key not in self.rest:
-            reference = dict(space.default(), **{INPUT_SIZE: s})
-            self.rest_ms(export_detector(supernet, reference, space).eval(), s)
+            self.reload()
+        if key not in self.rest:
+            reference = export_detector(supernet, dict(space.default(), **{INPUT_SIZE: s}), space).eval()
+            self.rest_ms(reference if self.rest_key(reference, s) == key else static.eval(), s)
         return self.rest[key] + self.blocks_ms(static.eval(), s)
 
 

@@ -89,17 +89,20 @@ def _plain(r: dict) -> dict:
 
 def write_results_csv(records: Sequence[dict], path: Path, confidence: dict | None = None) -> None:
     """One row per candidate; the bootstrapped top candidates also carry their AP interval and the probability
-    that the winner beats them (``ap_low``, ``ap_high``, ``p_winner_beats``; empty for the others)."""
-    cols = ["trial", "arch", *METRIC_COLUMNS, "macs", "params", "latency_ms", "seconds", "feasible", "worker",
-            "ap_low", "ap_high", "p_winner_beats"]
+    that the winner beats them (``ap_low``, ``ap_high``, ``p_winner_beats``; empty for the others). A zero-cost
+    proxy's score (``search.scorer``) has its own column after the APs (it had none: a proxy search's csv held no
+    score, qa_latency #2)."""
+    scores = sorted({k for r in records for k in r["metrics"]} - set(METRIC_COLUMNS))
+    cols = ["trial", "arch", *METRIC_COLUMNS, *scores, "macs", "params", "latency_ms", "seconds", "feasible",
+            "worker", "ap_low", "ap_high", "p_winner_beats"]
     boot = (confidence or {}).get("candidates", {})
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for r in records:
             m, c = r["metrics"], r["costs"]
-            w.writerow([r["trial"], json.dumps(r["arch"], sort_keys=True), *[m.get(k, "") for k in METRIC_COLUMNS],
-                        c.get("macs", ""), c.get("params", ""), c.get("latency", ""),
+            w.writerow([r["trial"], json.dumps(r["arch"], sort_keys=True),
+                        *[m.get(k, "") for k in (*METRIC_COLUMNS, *scores)], c.get("macs", ""), c.get("params", ""), c.get("latency", ""),
                         "" if r["seconds"] is None else round(r["seconds"], 3), r["feasible"], r["worker"] or "",
                         *_interval_columns(boot.get(str(r["trial"])))])
 

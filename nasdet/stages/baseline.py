@@ -387,6 +387,8 @@ def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     """MACs, params and latency of the config's detector (trained weights if a checkpoint exists,
     so NMS sees a realistic number of boxes)."""
     console = console or Console()
+    if latency:  # (a ~100-line traceback from the first .to(device) before)
+        dist.check_device_available(cfg.cost.device, "cost.device")
     wd = WorkDir.of(cfg, work_dir)
     given_cfg, cfg = cfg, baseline_config(cfg)
     num_classes = cfg.model.num_classes

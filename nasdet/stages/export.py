@@ -29,6 +29,7 @@ from ..quantize import INT8_MIN_OPSET, detection_agreement, network_scopes, onnx
 from ..models.cost import detector_macs, detector_params, measure_latency
 from ..models.detectors import get_input_size
 from ..models.families import family_named, family_of
+from ..train import dist
 from ..train.checkpoint import load_checkpoint, unfinished_at
 from ..train.trained import load_trained_model, load_tuned_model
 from ..train.resume import flatten
@@ -290,6 +291,7 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     """Export the tuned (or baseline) model of the work dir, check it, time it, check the budget; with
     ``int8`` (default: ``wants_int8(cfg)``) also quantize it and score both files through onnxruntime."""
     console = console or Console()
+    dist.check_device_available(cfg.cost.device, "cost.device")  # the export is timed there (a traceback after it)
     wd = WorkDir.of(cfg, work_dir)
     source = source or cfg.export.source
     # torch's reference outputs for the parity check on the stage's threads, in the pipeline or alone: the thread

@@ -38,7 +38,8 @@ from ..search.storage import check_storage_url, open_storage, refuse_foreign_sto
 from ..search.study import (SCORING_ATTR, apply_budget, best_record, check_scoring_settings,
                             check_supernet_fingerprint, open_study, run_study, study_records)
 from ..space import SearchSpace
-from ..threads import in_turns, loader_workers
+from ..threads import configured_threads, in_turns, loader_workers
+from ..train import dist
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
 from ..user_data import refuse_output_in_data
@@ -112,6 +113,9 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         return run_darts(cfg, work_dir, console)
     console = console or Console()
     s = cfg.search
+    timed_in_torch = cfg.cost.latency == "torch" or (cfg.cost.latency == "lut" and cfg.cost.lut_precision == "float")
+    if timed_in_torch and "latency" in ((s.budget.metric,) if s.budget else (s.cost_metric,)):
+        dist.check_device_available(cfg.cost.device, "cost.device")  # before the supernet loads (a traceback)
     w = check_search_inputs(cfg, work_dir, storage)
     wd, out_dir = w.root, w.search.root
     ctx = load_trained_supernet(cfg, w, console) if s.scorer == "supernet" else proxy_scorer_context(cfg)
@@ -129,7 +133,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
     # a candidate whose work follows the image (Faster R-CNN) is traced and timed on one of these, as its export is
     real_images = latency_images(cfg, search_set) if "latency" in measure else None
     latency_fn = latency_function(c.latency, model, space, device=c.device, warmup=c.warmup, runs=c.runs,
-                                  threads=c.threads, lut_path=c.lut or out_dir / LATENCY_LUT,
+                                  threads=timing_threads(c), lut_path=c.lut or out_dir / LATENCY_LUT,
                                   lut_precision=c.lut_precision, calibration=calibration, real_images=real_images)
     # CPU timings take turns with the other search processes' scoring on this host (each worker timed while another
     # computed: latencies came out twice, and a budget its smallest arch met was refused)
@@ -404,6 +408,14 @@ def open_checked_study(storage: str | None, out_dir: Path, study_name: str, stra
     return study, False
 
 
+def timing_threads(c) -> int | None:
+    """The threads a candidate is timed on in torch (``cost.latency`` torch, the float lookup table): ``cost.threads``,
+    else the count this process was given, held for the whole search (``configured_threads``). onnxruntime's own
+    default (``None``) is left to it, as ``nasdet export`` times with it."""
+    torch_timed = c.latency == "torch" or (c.latency == "lut" and c.lut_precision == "float")
+    return c.threads or (configured_threads() if torch_timed else None)
+
+
 def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure: tuple[str, ...],
                    calibration: list[torch.Tensor] | None = None) -> dict | None:
     """The trained baseline (``baseline/ckpt/last.pt``, if any) on the search split, with its costs, for
@@ -426,7 +438,8 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
             costs["latency"] = measure_latency_onnx_int8(model, calibration, c.warmup, c.runs, c.threads,
                                                          real)["median_ms"]
         else:  # the baseline is not a subnet of the space: the table cannot predict it, so it is timed
-            costs["latency"] = measure_latency_torch(model, c.device, c.warmup, c.runs, c.threads, real)["median_ms"]
+            costs["latency"] = measure_latency_torch(model, c.device, c.warmup, c.runs,
+                                                     c.threads or configured_threads(), real)["median_ms"]
     metrics = evaluate_detector(model, search_set, device, cfg.search.batch_size, cfg.data.num_workers)
     record = {"checkpoint": str(ckpt), "costs": costs, "metrics": dict(metrics or {})}
     if cfg.search.score_on == "search":  # the plot's candidates are scored on images none of them trained on

@@ -13,8 +13,9 @@ def check_device_available(device_pref: str, key: str = "train.device") -> None:
     """A device the config names but this machine lacks is one clear error, before anything runs."""
     if device_pref.startswith("cuda"):
         if not torch.cuda.is_available():
+            instead = "cpu" if key == "cost.device" else "cpu or auto"  # (cost.device takes no auto)
             raise EnvironmentProblem(f"{key} is {device_pref!r} but CUDA is not available on this machine "
-                                     f"(torch {torch.__version__}); set {key}: cpu or auto")
+                                     f"(torch {torch.__version__}); set {key}: {instead}")
         index = int(device_pref.split(":")[1]) if ":" in device_pref else 0
         if index >= torch.cuda.device_count():
             raise EnvironmentProblem(f"{key} is {device_pref!r} but this machine has {torch.cuda.device_count()} "
