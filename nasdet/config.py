@@ -836,6 +836,10 @@ def _format_errors(err: ValidationError, source: str, prefix: tuple = ()) -> str
         path = ".".join(str(p) for p in loc) or "<root>"
         if e["type"] == "union_tag_invalid":
             lines.append(f"  {path}.detector: unknown detector {e['ctx']['tag']!r} (one of {', '.join(DETECTORS)})")
+        elif e["type"] == "union_tag_not_found":  # `model.detector: null`, or `model: 3` (pydantic's words named no key)
+            got = e.get("input")
+            what, shown = ("model.detector", got.get("detector")) if isinstance(got, dict) else ("a mapping", got)
+            lines.append(f"  {path}: needs {what}, its detector one of {', '.join(DETECTORS)} (got {shown!r})")
         elif e["type"] == "extra_forbidden":
             owners = _family_keys(str(loc[-1])) if loc[0] == "model" and len(loc) == 2 else []
             hint = f" (a key of detector {' or '.join(owners)})" if owners else ""

@@ -141,6 +141,19 @@ def test_killed_run_leaves_no_annotations(tmp_path):
     assert not list(tmp_path.rglob("*.tmp*"))
 
 
+def test_a_rerun_writes_new_image_files_so_hard_linked_copies_keep_theirs(tmp_path):
+    """``nasdet data to-yolo`` hard-links the images: a rerun of make-synthetic that rewrote an image in place gave
+    the YOLO set the new pixels under its old labels (qa_docs #1)."""
+    import os
+
+    make_synthetic(tmp_path / "s", n_train=2, n_val=1, size=64, seed=0, workers=1)
+    image = next((tmp_path / "s" / "train" / "images").iterdir())
+    os.link(image, tmp_path / "linked.jpg")
+    before = (tmp_path / "linked.jpg").read_bytes()
+    make_synthetic(tmp_path / "s", n_train=2, n_val=1, size=64, seed=7, workers=1)
+    assert image.read_bytes() != before and (tmp_path / "linked.jpg").read_bytes() == before
+
+
 @pytest.mark.parametrize("kwargs", [{"seed": -1}, {"size": 8}, {"n_train": -2}, {"workers": 0}])
 def test_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError):

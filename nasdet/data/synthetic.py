@@ -303,7 +303,10 @@ def _render(seed: int, split: int, index: int, size: int):
 def _work(job):
     seed, split, index, size, path = job
     arr, anns = _render(seed, split, index, size)
-    Image.fromarray(arr).save(path, "JPEG", quality=JPEG_QUALITY)
+    # a new file renamed over the old one: a rerun's image truncated the old file in place, and a to-yolo set
+    # hard-linked to it got the new pixels under its old labels (qa_docs #1)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, "JPEG", quality=JPEG_QUALITY)
     return arr.shape[1], arr.shape[0], anns
 
 

@@ -16,7 +16,7 @@ from ..data.build import build_datasets
 from ..export import configured_postprocessing
 from ..metrics import COCO_METRIC_NAMES
 from ..models import build_detector
-from ..models.backbones import SUPERNET_BACKBONES
+from ..models.backbones import BACKBONES, SUPERNET_BACKBONES
 from ..train import dist
 from ..train.checkpoint import backbone_start, load_checkpoint
 from ..train.loop import Trainer, start_note_of  # noqa: F401 (the stages' shared start note)
@@ -56,6 +56,8 @@ def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
     if name is None:
         return cfg
     given = cfg.model.backbone.name
+    if given not in BACKBONES:  # a typo (mobilenetv2) was taken for a static backbone and the advice named it
+        raise ConfigError(f"model.backbone.name {given!r} is not a known backbone; choose from {sorted(BACKBONES)}")
     if given != name and given not in SUPERNET_BACKBONES:  # e.g. `--set model.backbone.name=resnet50` for a baseline
         raise ConfigError(f"pipeline.baseline_backbone {name} is the baseline's backbone, in place of the supernet's "
                           f"model.backbone.name; {given} is no supernet, so this config would train a {name} baseline "
