@@ -8,6 +8,8 @@ DataLoader's workers serve through a scheduler's SIGTERM, so that the trainer fi
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing.util  # noqa: F401  (its exit hook registered first: ours, below, runs before it)
 import os
 import signal
 import sys
@@ -34,6 +36,21 @@ def serve_through_sigterm(worker_id: int) -> None:
     "DataLoader worker ... is killed by signal: Terminated" with nothing saved. The loader ends its workers as
     usual after the trainer's save (and a worker whose trainer is gone ends by torch's own watchdog)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def end_daemon_children() -> None:
+    """At exit, SIGKILL the daemonic children (loader workers) still alive. multiprocessing's own exit hook ends them
+    with SIGTERM, which a training loader's workers ignore (``serve_through_sigterm``), then joins them: a command
+    that stopped on an error while its loader's iterator was alive (a corrupt image read in a worker) printed the
+    error and hung in that join for ever (qa_docs #5). After a normal end none is left to kill."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(end_daemon_children)  # (atexit runs last-registered first: before multiprocessing's join)
 
 
 LAUNCHER_PID_ENV = "NASDET_LAUNCHER_PID"  # set by `--workers N` for each worker it starts
