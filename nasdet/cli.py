@@ -461,7 +461,7 @@ def _min_max(value: Optional[str]) -> Optional[tuple[int, int]]:
     if value is None:
         return None
     parts = [p.strip() for p in value.split(",")]
-    if len(parts) in (1, 2) and all(p.isdigit() and int(p) > 0 for p in parts):
+    if len(parts) in (1, 2) and all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):  # ('²' is a digit)
         lo, hi = int(parts[0]), int(parts[-1])
         if lo <= hi:
             return lo, hi

@@ -1026,8 +1026,9 @@ def test_eval_keep_aspect_writes_its_own_record_and_square_detectors_are_refused
     run_baseline(validate_config(raw, "t"), console=Console(file=io.StringIO()))
     record = tmp_path / "wd" / "baseline" / "metrics.json"
     before = record.read_text()
-    code, out, exc = cli("eval", path, "--keep-aspect", "128,96")
-    assert code == 2 and exc is None and "--keep-aspect" in out and "MIN <= MAX" in " ".join(out.split())
+    for bad in ("128,96", "\u00b2"):  # ('²' passes str.isdigit and not int)
+        code, out, exc = cli("eval", path, "--keep-aspect", bad)
+        assert code == 2 and exc is None and "--keep-aspect" in out and "MIN <= MAX" in " ".join(out.split())
     code, out, exc = cli("eval", path, "--keep-aspect", "96,160")
     assert code == 0 and exc is None, out
     written = tmp_path / "wd" / "eval" / "baseline_last_keep_aspect_96x160_metrics.json"

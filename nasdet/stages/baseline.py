@@ -310,6 +310,9 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     own = (not given and not (cfg.eval.max_images and cfg.eval.max_images < len(val))
            and _same_val_set(state.get("config"), config_to_dict(cfg)) and same_post and keep_aspect is None)
     what = describe_held(held)
+    if keep_aspect is not None and "supernet_subnet" in held:  # (it named the square size it was not resized to)
+        what = what.replace(f" at input size {held['supernet_subnet'].get('input_size')}",
+                            f" with the aspect ratio kept ({keep_aspect[0]}, {keep_aspect[1]})")
     if "supernet_subnet" in held:  # shared BN statistics are wrong for any one subnet: as pretrain evaluates them
         calib = build_datasets(cfg, need=("supernet_train",))["supernet_train"].with_transforms(None)
         n = recalibrate_bn(model, calib, device, cfg.supernet.recalib_batches, cfg.eval.batch_size,

@@ -120,6 +120,8 @@ class ClassifierSupernetTrainer(ClassificationBatches, SupernetTrainer):
     """``SupernetTrainer`` on a classifier supernet: subnets activated with ``set_classifier_arch``, distilled
     with OFA's soft-target cross-entropy, scored by top-1 / top-5 on val."""
 
+    supernet_key = "classify.supernet"  # where its supernet section is, in what it says
+
     def body(self) -> nn.Module:
         return self.model.backbone
 

@@ -292,6 +292,7 @@ class SupernetTrainer(Trainer):
     methods under "the model's side"; a classifier supernet (``nasdet classify``) overrides only those."""
 
     find_unused_parameters = True  # only the sampled path gets gradients
+    supernet_key = "supernet"  # the config section ``supernet`` is (classify's: classify.supernet)
     # its split of train and its sampling recipe shape the weights too; its recipe is already `train`, and
     # init_from only applies to a fresh start
     resume_sections = (*TRAINING_SECTIONS, "supernet")
@@ -337,8 +338,8 @@ class SupernetTrainer(Trainer):
         self.last_archs: list[dict] = []
         self.arch_macs = self._macs_bins_cost() if self.scfg.macs_bins is not None else None
         if not self.scfg.train_norm_affine and dist.is_main():
-            self.console.print(f"{frozen_norms} BatchNorm layers keep their gamma / beta (supernet.train_norm_affine "
-                               "false); their running statistics train", soft_wrap=True)
+            self.console.print(f"{frozen_norms} BatchNorm layers keep their gamma / beta ({self.supernet_key}."
+                               "train_norm_affine false); their running statistics train", soft_wrap=True)
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, *args, recipe: str = "train", **kwargs) -> "SupernetTrainer":
