@@ -214,6 +214,8 @@ def _holding_folders(splits: dict[str, list[tuple[Path, Path | None]]]) -> list[
 def _family_tag(raw: Any) -> Optional[str]:
     """The union member of a model section: its detector's family (``ssdlite`` when unset)."""
     detector = raw.get("detector", "ssdlite") if isinstance(raw, dict) else getattr(raw, "detector", None)
+    if not isinstance(detector, str):  # None, a mapping, a list: "needs model.detector" (a dict was unhashable here)
+        return None
     family = BY_DETECTOR.get(detector)
     return family.names[0] if family is not None else detector
 

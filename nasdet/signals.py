@@ -45,9 +45,11 @@ def end_daemon_children() -> None:
     error and hung in that join for ever (qa_docs #5). After a normal end none is left to kill."""
     import multiprocessing
 
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    if children and hasattr(signal, "SIGCHLD"):  # torch's handler would report each one killed here (a traceback)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
 
 
 atexit.register(end_daemon_children)  # (atexit runs last-registered first: before multiprocessing's join)

@@ -223,7 +223,9 @@ def test_a_missing_detector_or_a_backbone_typo_names_the_setting(tiny_cfg_file):
     """qa_docs #4: `model.detector: null` gave pydantic's 'Unable to extract tag using discriminator'; a backbone
     typo beside pipeline.baseline_backbone was taken for a static backbone and the advice named the typo."""
     for value, needle in (("model.detector=null", "needs model.detector, its detector one of ssd, ssdlite"),
-                          ("model=3", "needs a mapping, its detector one of")):
+                          ("model=3", "needs a mapping, its detector one of"),
+                          ("model.detector=[retinanet]", "needs model.detector"),  # (a TypeError: unhashable)
+                          ("model.detector={name: retinanet}", "needs model.detector")):
         code, out, exc = cli("cost", tiny_cfg_file(), "--no-latency", "--set", value)
         line = assert_one_line(code, out, exc, needle)
         assert "discriminator" not in line
@@ -231,6 +233,9 @@ def test_a_missing_detector_or_a_backbone_typo_names_the_setting(tiny_cfg_file):
     code, out, exc = cli("cost", cfg, "--no-latency", "--set", "model.backbone.name=mobilenetv2")
     line = assert_one_line(code, out, exc, "model.backbone.name 'mobilenetv2' is not a known backbone", "mobilenet_v2")
     assert "baseline_backbone" not in line
+    cfg = tiny_cfg_file(pipeline={"baseline_backbone": "mobilenetv2"})  # the typo there is named there (qa_s33 #6)
+    code, out, exc = cli("cost", cfg, "--no-latency", "--set", "model.backbone.name=mbv2_elastic")
+    assert_one_line(code, out, exc, "pipeline.baseline_backbone 'mobilenetv2' is not a known backbone")
 
 
 def test_truncated_tune_arch_names_the_file(tmp_path, tiny_config):

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import optuna
+import torch
 import pytest
 import yaml
 from rich.console import Console
@@ -43,6 +44,17 @@ def test_latency_table_sums_blocks_measures_each_once_and_persists(tiny_config, 
     assert len(keys) == n_blocks
     assert first == pytest.approx(table.rest[table.rest_key(static, s)] + sum(table.blocks[k] for k in keys))
     assert table.rest_key(static, s).startswith(f"{s}|") and len(table.rest) == 1
+    # what a forward fills in is not what the rest is: Faster R-CNN's RoI pooler infers its scales at its first one
+    from nasdet.models import build_detector
+    from nasdet.config import make_model_config
+    from nasdet.search.latency import rest_fingerprint
+
+    frcnn = build_detector(make_model_config(detector="faster_rcnn", backbone={"name": "mobilenet_v3_small",
+                                                                               "width_mult": 0.5}, input_size=64), 3)
+    before = rest_fingerprint(frcnn.eval())
+    with torch.no_grad():
+        frcnn([torch.rand(3, 64, 64)])
+    assert frcnn.roi_heads.box_roi_pool.scales is not None and rest_fingerprint(frcnn) == before
     # another process (a worker, a later search) reads the table and measures nothing
     again = LatencyTable(path, warmup=1, runs=3, threads=1)
     assert again.predict(static, arch, model, space) == pytest.approx(first) and again.measured == 0

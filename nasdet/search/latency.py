@@ -137,6 +137,12 @@ def _setting(value) -> str | None:
     return None
 
 
+# module attributes that are state, not what the module computes: the mode, hook bookkeeping, and what
+# torchvision's MultiScaleRoIAlign infers at its first forward (``scales``, ``map_levels``: the same rest hashed
+# two ways, a Faster R-CNN rest timed twice and candidates predicted from either, qa_s33 #1)
+_NOT_SETTINGS = frozenset({"training", "_is_full_backward_hook", "scales", "map_levels"})
+
+
 def rest_fingerprint(static: nn.Module) -> str:
     """What the rest of a detector (everything outside its backbone blocks: stem, neck, heads, the transform,
     decoding and NMS) is: each module's name, type, ``extra_repr`` and settings (``_setting``), hashed. A table's
@@ -148,7 +154,7 @@ def rest_fingerprint(static: nn.Module) -> str:
     for name, module in static.named_modules():
         if id(module) in inside:
             continue
-        settings = {k: t for k, v in vars(module).items() if k != "training" and (t := _setting(v)) is not None}
+        settings = {k: t for k, v in vars(module).items() if k not in _NOT_SETTINGS and (t := _setting(v)) is not None}
         parts.append(f"{name}:{type(module).__name__}({module.extra_repr()}){sorted(settings.items())}")
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
 

@@ -56,6 +56,8 @@ def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
     if name is None:
         return cfg
     given = cfg.model.backbone.name
+    if name not in BACKBONES:
+        raise ConfigError(f"pipeline.baseline_backbone {name!r} is not a known backbone; choose from {sorted(BACKBONES)}")
     if given not in BACKBONES:  # a typo (mobilenetv2) was taken for a static backbone and the advice named it
         raise ConfigError(f"model.backbone.name {given!r} is not a known backbone; choose from {sorted(BACKBONES)}")
     if given != name and given not in SUPERNET_BACKBONES:  # e.g. `--set model.backbone.name=resnet50` for a baseline
