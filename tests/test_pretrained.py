@@ -323,11 +323,11 @@ def test_a_trained_checkpoint_loads_without_the_imagenet_file_it_started_from(hu
     file.unlink()  # the cache cleared (or another machine)
     loaded = load_trained_model(cfg, ckpt, nc)  # (on a supernet backbone: the default subnet it trains, static)
     own = detector_space(trained)
-    assert all(torch.equal(v, loaded.state_dict()[k])
-               for k, v in export_detector(trained, own.default(), own).state_dict().items())
+    got = loaded.state_dict()
+    assert all(torch.equal(v, got[k]) for k, v in export_detector(trained, own.default(), own).state_dict().items())
     static, _ = build_static_model(cfg, nc, space.default(), sn)  # a subnet of the supernet checkpoint likewise
-    want = export_detector(supernet, space.default(), space).state_dict()
-    assert all(torch.equal(v, static.state_dict()[k]) for k, v in want.items())
+    want, got = export_detector(supernet, space.default(), space).state_dict(), static.state_dict()
+    assert all(torch.equal(v, got[k]) for k, v in want.items())
     # and the search's supernet
     from nasdet.search.scorers import load_trained_supernet
     from nasdet.workdir import WorkDir
@@ -336,7 +336,8 @@ def test_a_trained_checkpoint_loads_without_the_imagenet_file_it_started_from(hu
     w.supernet.checkpoint.parent.mkdir(parents=True)
     w.supernet.checkpoint.write_bytes(sn.read_bytes())
     ctx = load_trained_supernet(cfg, w, Console(quiet=True))
-    assert all(torch.equal(v, ctx.model.state_dict()[k]) for k, v in supernet.state_dict().items())
+    got = ctx.model.state_dict()
+    assert all(torch.equal(v, got[k]) for k, v in supernet.state_dict().items())
 
 
 def test_stages_whose_weights_are_a_checkpoints_read_no_imagenet_file(hub, tiny_config):
@@ -395,7 +396,8 @@ def test_stages_whose_weights_are_a_checkpoints_read_no_imagenet_file(hub, tiny_
     body = hub.parent.parent / "backbone.pt"
     torch.save(supernet.backbone.body.state_dict(), body)
     both = cfg.model.backbone.model_copy(update={"checkpoint": str(body)})
-    assert all(torch.equal(v, build_backbone(both).state_dict()[k]) for k, v in supernet.backbone.body.state_dict().items())
+    built = build_backbone(both).state_dict()  # (built once: once per tensor took 44 s of the suite)
+    assert all(torch.equal(v, built[k]) for k, v in supernet.backbone.body.state_dict().items())
     assert not file.exists()
 
 
