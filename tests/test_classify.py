@@ -257,7 +257,8 @@ def test_subnet_classify_then_tune_starts_from_it(shapes_dir, folder, tmp_path):
     save_checkpoint({"model": supernet.state_dict(), "space_id": space.space_id, "step": 0}, sn_ckpt)
     with pytest.warns(UserWarning, match=r"holds one subnet's backbone \(`nasdet classify`'s, or a searched DetNAS network\); this tune starts from the supernet"):
         from_supernet, _ = build_static_model(cfg, 3, {**TINY_ARCH, "input_size": 96}, sn_ckpt)
-    assert not all(torch.equal(v, from_supernet.backbone.body.state_dict()[k]) for k, v in saved["state_dict"].items())
+    got = from_supernet.backbone.body.state_dict()
+    assert not all(torch.equal(v, got[k]) for k, v in saved["state_dict"].items())
     # the same subnet resumed with another arch is refused, not silently mixed
     raw["classify"]["arch"] = {k: v for k, v in other.items()}
     with pytest.raises(CheckpointError, match="another subnet"):

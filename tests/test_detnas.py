@@ -184,7 +184,8 @@ def test_registry_width_mult_and_a_classification_checkpoint(tmp_path):
     state = {k[len("backbone."):]: v for k, v in clf.state_dict().items() if k.startswith("backbone.")}
     torch.save(state, tmp_path / "supernet.pt")
     loaded = build_backbone(BackboneConfig(name="detnas_tiny", checkpoint=str(tmp_path / "supernet.pt")))
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())
+    got = loaded.state_dict()
+    assert all(torch.equal(v, got[k]) for k, v in state.items())
     net = BACKBONES["detnas_tiny"](width_mult=0.5, norm="frozen_bn")
     assert net.out_channels == {"c2": 24, "c3": 48, "c4": 96, "c5": 192}
     assert not any(p.requires_grad for n, p in net.named_parameters() if "1.weight" in n and p.dim() == 1)

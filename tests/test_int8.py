@@ -320,7 +320,8 @@ def test_fake_quantized_layers_compute_on_the_int8_grid_and_come_off_as_float():
         assert torch.allclose(w[0] / scale, (w[0] / scale).round(), atol=1e-3)
     assert not torch.equal(quantized, ref) and torch.allclose(quantized, ref, atol=0.1)
     assert model.state_dict().keys() == before.keys()  # plain modules again, their float weights untouched
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_cost_under_an_int8_latency_says_its_latencies_are_the_float_models(tiny_config):

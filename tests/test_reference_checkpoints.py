@@ -299,7 +299,8 @@ def test_a_searched_detnas_network_starts_the_tune_of_its_arch(tmp_path, tiny_co
     # a tune of its arch from it (tune.init: scratch); under layout detnas (another channel split) refused
     model = {"backbone": {"name": "detnas_300M", "checkpoint": str(path)}, "input_size": 64}
     static, _ = build_static_model(tiny_config("retinanet", model=model), 3, {**prefix_backbone(arch), "input_size": 64})
-    assert all(torch.equal(v, static.backbone.body.state_dict()[k]) for k, v in state.items())
+    got = static.backbone.body.state_dict()
+    assert all(torch.equal(v, got[k]) for k, v in state.items())
     other = {**model, "backbone": {**model["backbone"], "layout": "detnas"}}
     with pytest.raises(CheckpointError, match="units split channels as model.backbone.layout spos does"):
         build_static_model(tiny_config("retinanet", model=other), 3, {**prefix_backbone(arch), "input_size": 64})
