@@ -1024,6 +1024,12 @@ def test_eval_keep_aspect_writes_its_own_record_and_square_detectors_are_refused
 
     with pytest.raises(ConfigError, match="faster_rcnn, retinanet, fcos, yolov3; ssd/ssdlite resizes to a square"):
         run_eval(trained_baseline, console=Console(file=io.StringIO()), keep_aspect=(96, 128))
+    from nasdet.stages.baseline import describe_held  # a supernet's line says the resize, not the square size
+
+    held = {"supernet_subnet": {"input_size": 64}}
+    assert "its default subnet at input size 64" in describe_held(held)
+    said = describe_held(held, size="with the aspect ratio kept (96, 160)")
+    assert "subnet with the aspect ratio kept (96, 160)" in said and "input size" not in said
     raw = tiny_raw(shapes_dir, tmp_path / "wd", "fcos")
     raw["train"].update(max_steps=1, epochs=1)
     raw["eval"]["max_images"] = 4

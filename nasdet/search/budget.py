@@ -97,11 +97,12 @@ def check_budget_feasible(budget: Budget | None, cost_fn: Callable[[Mapping[str,
     ``predicted_by``: what predicts a latency that is not measured (the lookup table), said in the error."""
     if budget is None:
         return None
-    smallest, arch, cheapest = _cheapest_for(budget, cost_fn, space, descend=budget.metric != "latency" or bool(predicted_by))
+    descend = budget.metric != "latency" or bool(predicted_by)  # (a measured latency times no arch choice by choice)
+    smallest, arch, cheapest = _cheapest_for(budget, cost_fn, space, descend=descend)
     what, lowered = "the smallest arch", ""
     if arch != smallest:
         what = f"the cheapest arch found choice by choice ({arch_text(arch, smallest)})"
-    elif budget.max < cheapest and (budget.metric != "latency" or predicted_by):
+    elif budget.max < cheapest and descend:
         lowered = " (no choice lowers it)"
     if budget.max < cheapest:
         how = "costs" if budget.metric != "latency" or not predicted_by else f"is predicted by {predicted_by} to take"

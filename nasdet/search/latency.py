@@ -302,8 +302,7 @@ class LatencyTable:
             else:
                 full = measure_latency_torch(reference_static, self.device, self.warmup, self.runs, self.threads,
                                              self.real_images)["median_ms"]
-            rest = max(full - self.blocks_ms(reference_static, s), 0.0)
-            self.rest[key] = rest
+            self.rest[key] = max(full - self.blocks_ms(reference_static, s), 0.0)
             self.measured += 1
             self.save()
         return self.rest[key]

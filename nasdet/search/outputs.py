@@ -102,7 +102,8 @@ def write_results_csv(records: Sequence[dict], path: Path, confidence: dict | No
         for r in records:
             m, c = r["metrics"], r["costs"]
             w.writerow([r["trial"], json.dumps(r["arch"], sort_keys=True),
-                        *[m.get(k, "") for k in (*METRIC_COLUMNS, *scores)], c.get("macs", ""), c.get("params", ""), c.get("latency", ""),
+                        *[m.get(k, "") for k in (*METRIC_COLUMNS, *scores)],
+                        c.get("macs", ""), c.get("params", ""), c.get("latency", ""),
                         "" if r["seconds"] is None else round(r["seconds"], 3), r["feasible"], r["worker"] or "",
                         *_interval_columns(boot.get(str(r["trial"])))])
 

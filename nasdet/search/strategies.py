@@ -14,8 +14,9 @@ killed search resumes where it stopped and several workers share one population.
   operator by the shares and its parents from the best scored so far, so several workers can share one study;
   ``generation`` fixes the parents at the generation's start (the best of the trials scored before it) and
   counts the shares exactly, as DetNAS / SPOS make a generation (mutations, then crossovers, then random); with
-  several workers each counts the children it sees queued when it proposes (off by about one per worker). (With several workers, one may pop another's enqueued
-  child; its own ask then falls back to the uniform sampler, whose arch may be recorded over budget.)
+  several workers each counts the children it sees queued when it proposes (off by about one per worker).
+  (With several workers, one may pop another's enqueued child; its own ask then falls back to the uniform
+  sampler, whose arch may be recorded over budget.)
 - ``nsga2``: Optuna's ``NSGAIISampler`` (passed explicitly; Optuna 5's multi-objective default is TPE),
   two objectives (maximise AP, minimise the cost); nothing is enqueued. A fresh one per trial, seeded from the
   trials before it that did not fail (``PerTrialSeeded``), so that a resumed search proposes what the

@@ -309,10 +309,8 @@ def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: st
     same_post = _same_postprocessing(ckpt.parent.parent / METRICS_FILE, ckpt, state, cfg)
     own = (not given and not (cfg.eval.max_images and cfg.eval.max_images < len(val))
            and _same_val_set(state.get("config"), config_to_dict(cfg)) and same_post and keep_aspect is None)
-    what = describe_held(held)
-    if keep_aspect is not None and "supernet_subnet" in held:  # (it named the square size it was not resized to)
-        what = what.replace(f" at input size {held['supernet_subnet'].get('input_size')}",
-                            f" with the aspect ratio kept ({keep_aspect[0]}, {keep_aspect[1]})")
+    what = describe_held(held, size=f"with the aspect ratio kept ({keep_aspect[0]}, {keep_aspect[1]})"
+                         if keep_aspect is not None else None)
     if "supernet_subnet" in held:  # shared BN statistics are wrong for any one subnet: as pretrain evaluates them
         calib = build_datasets(cfg, need=("supernet_train",))["supernet_train"].with_transforms(None)
         n = recalibrate_bn(model, calib, device, cfg.supernet.recalib_batches, cfg.eval.batch_size,
@@ -353,13 +351,14 @@ def _same_val_set(trained: dict | None, now: dict) -> bool:
     return bool(saved) and all(saved.get(k) == now["data"].get(k) for k in ("format", "val", "data_yaml", "classes"))
 
 
-def describe_held(held: dict, verb: str = "evaluated") -> str:
-    """What ``load_checkpoint_model`` found, for the line eval and cost print ('' for a trained detector)."""
+def describe_held(held: dict, verb: str = "evaluated", size: str | None = None) -> str:
+    """What ``load_checkpoint_model`` found, for the line eval and cost print ('' for a trained detector);
+    ``size``: how the images are resized, if not to the subnet's input size (``nasdet eval --keep-aspect``)."""
     if "tuned_arch" in held:
         return "a tuned subnet (its arch from the checkpoint)"
     if "supernet_subnet" in held:
-        return (f"a supernet checkpoint: {verb} its default subnet at input size "
-                f"{held['supernet_subnet'].get('input_size')} (its arch is recorded as supernet_subnet; "
+        size = size or f"at input size {held['supernet_subnet'].get('input_size')}"
+        return (f"a supernet checkpoint: {verb} its default subnet {size} (its arch is recorded as supernet_subnet; "
                 "`nasdet tune` trains the searched one)")
     if "trained_subnet" in held:
         return ("a detector on a supernet backbone, trained on its default subnet: " + verb + " as that subnet "

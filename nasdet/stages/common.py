@@ -56,10 +56,9 @@ def baseline_config(cfg: ExperimentConfig) -> ExperimentConfig:
     if name is None:
         return cfg
     given = cfg.model.backbone.name
-    if name not in BACKBONES:
-        raise ConfigError(f"pipeline.baseline_backbone {name!r} is not a known backbone; choose from {sorted(BACKBONES)}")
-    if given not in BACKBONES:  # a typo (mobilenetv2) was taken for a static backbone and the advice named it
-        raise ConfigError(f"model.backbone.name {given!r} is not a known backbone; choose from {sorted(BACKBONES)}")
+    for key, value in (("pipeline.baseline_backbone", name), ("model.backbone.name", given)):
+        if value not in BACKBONES:  # a typo (mobilenetv2) was taken for a static backbone and the advice named it
+            raise ConfigError(f"{key} {value!r} is not a known backbone; choose from {sorted(BACKBONES)}")
     if given != name and given not in SUPERNET_BACKBONES:  # e.g. `--set model.backbone.name=resnet50` for a baseline
         raise ConfigError(f"pipeline.baseline_backbone {name} is the baseline's backbone, in place of the supernet's "
                           f"model.backbone.name; {given} is no supernet, so this config would train a {name} baseline "

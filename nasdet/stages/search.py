@@ -113,8 +113,7 @@ def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storag
         return run_darts(cfg, work_dir, console)
     console = console or Console()
     s = cfg.search
-    timed_in_torch = cfg.cost.latency == "torch" or (cfg.cost.latency == "lut" and cfg.cost.lut_precision == "float")
-    if timed_in_torch and "latency" in ((s.budget.metric,) if s.budget else (s.cost_metric,)):
+    if timed_in_torch(cfg.cost) and "latency" in ((s.budget.metric,) if s.budget else (s.cost_metric,)):
         dist.check_device_available(cfg.cost.device, "cost.device")  # before the supernet loads (a traceback)
     w = check_search_inputs(cfg, work_dir, storage)
     wd, out_dir = w.root, w.search.root
@@ -408,12 +407,16 @@ def open_checked_study(storage: str | None, out_dir: Path, study_name: str, stra
     return study, False
 
 
+def timed_in_torch(c) -> bool:
+    """Whether ``cost.latency`` times candidates in torch (itself, or the float lookup table's blocks)."""
+    return c.latency == "torch" or (c.latency == "lut" and c.lut_precision == "float")
+
+
 def timing_threads(c) -> int | None:
-    """The threads a candidate is timed on in torch (``cost.latency`` torch, the float lookup table): ``cost.threads``,
-    else the count this process was given, held for the whole search (``configured_threads``). onnxruntime's own
-    default (``None``) is left to it, as ``nasdet export`` times with it."""
-    torch_timed = c.latency == "torch" or (c.latency == "lut" and c.lut_precision == "float")
-    return c.threads or (configured_threads() if torch_timed else None)
+    """The threads a candidate is timed on in torch (``timed_in_torch``): ``cost.threads``, else the count this
+    process was given, held for the whole search (``configured_threads``). onnxruntime's own default (``None``)
+    is left to it, as ``nasdet export`` times with it."""
+    return c.threads or (configured_threads() if timed_in_torch(c) else None)
 
 
 def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure: tuple[str, ...],
@@ -438,8 +441,8 @@ def score_baseline(cfg: ExperimentConfig, wd: Path, search_set, device, measure:
             costs["latency"] = measure_latency_onnx_int8(model, calibration, c.warmup, c.runs, c.threads,
                                                          real)["median_ms"]
         else:  # the baseline is not a subnet of the space: the table cannot predict it, so it is timed
-            costs["latency"] = measure_latency_torch(model, c.device, c.warmup, c.runs,
-                                                     c.threads or configured_threads(), real)["median_ms"]
+            costs["latency"] = measure_latency_torch(model, c.device, c.warmup, c.runs, timing_threads(c),
+                                                     real)["median_ms"]
     metrics = evaluate_detector(model, search_set, device, cfg.search.batch_size, cfg.data.num_workers)
     record = {"checkpoint": str(ckpt), "costs": costs, "metrics": dict(metrics or {})}
     if cfg.search.score_on == "search":  # the plot's candidates are scored on images none of them trained on

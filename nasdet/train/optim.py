@@ -143,13 +143,8 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     - it takes the per-tensor norms and the multiply in one foreach call each, where torch on the CPU loops in
       Python (the CPU's foreach kernels run the same per-tensor ops, so the same floats)."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads or grads[0].device.type != "cpu":
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    if any(g.device.type != "cpu" or g.dtype != grads[0].dtype or g.is_sparse for g in grads):
-        total = torch.nn.utils.get_total_norm(grads)
-        if not bool(max_norm / (total + 1e-6) >= 1.0):
-            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-        return total
+    if not grads or any(g.device.type != "cpu" or g.dtype != grads[0].dtype or g.is_sparse for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)  # (a GPU's foreach already; mixed dtypes: rare)
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
     coef = max_norm / (total + 1e-6)
     if not bool(coef >= 1.0):
