@@ -38,18 +38,27 @@ def serve_through_sigterm(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def end_daemon_children() -> None:
-    """At exit, SIGKILL the daemonic children (loader workers) still alive. multiprocessing's own exit hook ends them
-    with SIGTERM, which a training loader's workers ignore (``serve_through_sigterm``), then joins them: a command
-    that stopped on an error while its loader's iterator was alive (a corrupt image read in a worker) printed the
-    error and hung in that join for ever (qa_docs #5). After a normal end none is left to kill."""
+def end_daemon_children(grace_s: float = 1.0) -> None:
+    """At exit, end the daemonic children (loader workers) still alive: SIGTERM, and SIGKILL for those still there
+    after ``grace_s``. multiprocessing's own exit hook sends SIGTERM alone, which a training loader's workers ignore
+    (``serve_through_sigterm``), then joins them: a command that stopped on an error while its loader's iterator
+    was alive (a corrupt image read in a worker) printed the error and hung in that join for ever (qa_docs #5).
+    After a normal end none is left; a library user's own daemonic process still gets its SIGTERM first."""
     import multiprocessing
+    import time
 
     children = [c for c in multiprocessing.active_children() if c.daemon]
-    if children and hasattr(signal, "SIGCHLD"):  # torch's handler would report each one killed here (a traceback)
+    if not children:
+        return
+    if hasattr(signal, "SIGCHLD"):  # torch's handler would report each worker ended here (a traceback)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for child in children:
-        child.kill()
+        child.terminate()
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0.0))
+        if child.is_alive():
+            child.kill()
 
 
 atexit.register(end_daemon_children)  # (atexit runs last-registered first: before multiprocessing's join)

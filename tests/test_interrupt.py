@@ -204,3 +204,42 @@ def test_ctrl_c_stops_a_loader_with_workers_as_an_interruption():
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode == 130 and "killed by signal" not in err and "RuntimeError" not in err, err
+
+
+def _sleeper(path: str, ignore_term: bool) -> None:
+    import signal as sig
+    import time as clock
+
+    if ignore_term:  # as a training loader's worker does (nasdet.signals.serve_through_sigterm)
+        sig.signal(sig.SIGTERM, sig.SIG_IGN)
+    else:  # a process of the caller's own, which cleans up on SIGTERM
+        sig.signal(sig.SIGTERM, lambda *a: (open(path, "w").write("term"), os._exit(0)))
+    open(path + ".up", "w").close()
+    clock.sleep(60)
+
+
+def test_at_exit_daemonic_children_get_sigterm_then_sigkill_if_they_ignore_it(tmp_path):
+    """qa_docs #5's exit hook: a loader worker ignoring SIGTERM is killed (the command hung in multiprocessing's
+    join), while a daemonic process that handles SIGTERM still gets it first."""
+    import multiprocessing
+    import time as clock
+
+    from nasdet.signals import end_daemon_children
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_sleeper, args=(str(tmp_path / name), ignore), daemon=True)
+             for name, ignore in (("polite", False), ("deaf", True))]
+    for p in procs:
+        p.start()
+    while not all((tmp_path / f"{n}.up").exists() for n in ("polite", "deaf")):
+        clock.sleep(0.05)
+    start, handler = clock.monotonic(), signal.getsignal(signal.SIGCHLD)
+    try:
+        end_daemon_children(grace_s=0.5)
+    finally:  # (an exit hook: it leaves SIGCHLD at its default, which torch's loaders set once per process)
+        signal.signal(signal.SIGCHLD, handler)
+    for p in procs:
+        p.join(5)
+    assert not any(p.is_alive() for p in procs) and clock.monotonic() - start < 5
+    assert (tmp_path / "polite").read_text() == "term"  # its own handler ran
+    assert procs[1].exitcode == -signal.SIGKILL
