@@ -524,7 +524,8 @@ class SearchConfig(Strict):
             raise ValueError("search.strategy gradient needs search.budget (the hard limit, ENOT's max_latency_value)")
         if self.mutation + self.crossover > 1:
             raise ValueError(f"search.mutation + search.crossover must be <= 1, got {self.mutation} + {self.crossover}")
-        if self.parents > self.population:
+        # only evolution takes parents (an NSGA-II population of 4 was refused for the default's 10)
+        if self.parents > self.population and (self.strategy == "evolution" or "parents" in self.model_fields_set):
             raise ValueError(f"search.parents ({self.parents}) must be <= search.population ({self.population})")
         if self.strategy in ("darts", "gradient") and self.scorer != "supernet":
             raise ValueError(f"search.scorer {self.scorer!r} applies to evolution, nsga2 and random, not to "
@@ -568,9 +569,7 @@ class DiagnoseConfig(Strict):
             raise ValueError(f"diagnose.init must list scratch and/or supernet once each, got {self.init}")
         if self.target not in self.init:
             raise ValueError(f"diagnose.target {self.target!r} is not trained: add it to diagnose.init {self.init}")
-        if self.pool < self.archs:
-            raise ValueError(f"diagnose.pool ({self.pool}) must be >= diagnose.archs ({self.archs})")
-        return self
+        return self  # (diagnose.pool >= the archs: checked with pipeline.diagnose, which replaces diagnose.archs)
 
 
 class TuneConfig(Strict):
@@ -769,6 +768,8 @@ class ExperimentConfig(Strict):
         k = self.pipeline.diagnose
         if k and k > self.diagnose.pool:
             raise ValueError(f"pipeline.diagnose ({k}) must be <= diagnose.pool ({self.diagnose.pool})")
+        if not k and self.diagnose.archs > self.diagnose.pool:  # (pipeline.diagnose: the default 12 was refused)
+            raise ValueError(f"diagnose.pool ({self.diagnose.pool}) must be >= diagnose.archs ({self.diagnose.archs})")
         if self.cost.int8 and self.export.opset < 13:  # (13: nasdet.quantize.INT8_MIN_OPSET) before any training
             raise ValueError(f"export.opset {self.export.opset} is too old for the INT8 file an INT8 latency budget "
                              f"(cost.latency {self.cost.latency}) exports: per-channel INT8 weights need "
@@ -784,6 +785,12 @@ class ExperimentConfig(Strict):
             raise ValueError("pipeline.diagnose ranks the subnets of a trained supernet: search.strategy darts (FAD) "
                              "trains none; set pipeline.diagnose: 0")
         self._schedules_within_training()
+        if self.supernet.multi_resolution and getattr(self.model, "multiscale_sizes", None):
+            # YOLOv3's forward resizes each training batch to a multiscale size, over the step's drawn resolution:
+            # the resolutions the search picks from were never trained, and nothing said so
+            raise ValueError(f"supernet.multi_resolution trains each step at one of supernet.input_sizes, and "
+                             f"model.multiscale_sizes {self.model.multiscale_sizes} would resize every training batch "
+                             "to one of its own instead: set model.multiscale_sizes: null (or multi_resolution: false)")
         if self.pipeline.classify and self.supernet.init_from:
             # (as with pipeline.init_supernet_from_baseline) the classify stage's work would be thrown away unsaid
             raise ValueError(f"pipeline.classify and supernet.init_from ({self.supernet.init_from}) both give the "

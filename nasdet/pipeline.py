@@ -29,6 +29,7 @@ from .stages.report import CONTROLS_UNDER_TORCHRUN, unlike, write_report
 from .stages.search import run_search
 from .stages.tune import run_tune
 from .workdir import ARCH_JSON, CONTROLS, WorkDir, write_json
+from .threads import keeps_callers_threads
 
 STAGES = ("classify", "baseline", "pretrain", "search", "diagnose", "tune", "controls", "export", "report")
 
@@ -160,6 +161,7 @@ def run_pipeline_diagnose(cfg: ExperimentConfig, wd: Path, console: Console) -> 
     return run_diagnose(dcfg, wd, console=console)
 
 
+@keeps_callers_threads
 def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Run every stage that is not complete yet; returns the report (also written as report.json)."""
     console = console or Console()

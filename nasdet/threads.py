@@ -15,6 +15,7 @@ spins in vain when the cores are taken; the full count comes back when they are 
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -167,6 +168,33 @@ def loader_workers(setting: int | str, device=None, cores: int | None = None, th
     return max(0, min(4, cores - threads))
 
 
+_api_depth = 0  # stage calls open in this process (the pipeline's stages are calls inside its own)
+
+
+def keeps_callers_threads(stage):
+    """A stage's Python API: torch's thread count and the governor are the caller's again when the outermost stage
+    call returns. Stages set their config's threads, which a notebook's own torch code, and the next call's timing
+    at "torch's" count (``cost.threads`` unset), inherited: one config's latency came out at 2 or 1 thread by what
+    ran before it. Inside a call (the pipeline's stages) counts carry from stage to stage as they always did."""
+    @functools.wraps(stage)
+    def call(*args, **kwargs):
+        import torch
+
+        global _api_depth, _governor
+        outermost = _api_depth == 0
+        before, governor = torch.get_num_threads(), _governor
+        _api_depth += 1
+        try:
+            return stage(*args, **kwargs)
+        finally:
+            _api_depth -= 1
+            if outermost:
+                if torch.get_num_threads() != before:
+                    torch.set_num_threads(before)
+                _governor = governor
+    return call
+
+
 def configured_threads() -> int:
     """The torch threads ``set_torch_threads`` gave this process (what ``govern`` lowers under load and raises
     back), else torch's current count: the count a run's CPU timings take when ``cost.threads`` is unset, so
@@ -212,6 +240,9 @@ class timing_turn:
             if self._file is not None:
                 self._file.close()
             self._file = None
+        except BaseException:  # a Ctrl-C while waiting (a notebook's interrupt): no turn held, none counted
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -210,3 +210,19 @@ def test_uniform_samples_with_sandwich_sampling_are_refused(tmp_path):
     raw["supernet"] = {"sampling": "sandwich", "uniform_samples": 4}
     with pytest.raises(ConfigError, match="supernet.sampling sandwich trains its own"):
         load_config(write(tmp_path, raw))
+
+
+def test_defaults_a_strategy_or_stage_does_not_use_are_not_checked_against_what_is_set(tmp_path):
+    """search.parents (evolution's; default 10) refused an NSGA-II population of 4; diagnose.archs (default 12, which
+    pipeline.diagnose replaces) refused pipeline.diagnose 3 with a pool of 6."""
+    cfg = load_config(write(tmp_path, {**BASE, "search": {"strategy": "nsga2", "population": 4}}))
+    assert cfg.search.population == 4
+    for raw in ({"strategy": "evolution", "population": 4}, {"strategy": "nsga2", "population": 4, "parents": 5}):
+        with pytest.raises(ConfigError, match=r"search.parents \(\d+\) must be <= search.population \(4\)"):
+            load_config(write(tmp_path, {**BASE, "search": raw}))
+    cfg = load_config(write(tmp_path, {**BASE, "pipeline": {"diagnose": 3}, "diagnose": {"pool": 6}}))
+    assert cfg.pipeline.diagnose == 3
+    with pytest.raises(ConfigError, match=r"diagnose.pool \(6\) must be >= diagnose.archs \(12\)"):
+        load_config(write(tmp_path, {**BASE, "diagnose": {"pool": 6}}))
+    with pytest.raises(ConfigError, match=r"pipeline.diagnose \(8\) must be <= diagnose.pool \(6\)"):
+        load_config(write(tmp_path, {**BASE, "pipeline": {"diagnose": 8}, "diagnose": {"pool": 6}}))

@@ -198,6 +198,21 @@ def test_degenerate_boxes_dropped_with_one_warning(tmp_path):
     assert ds.records[0].labels.tolist() == [2]
 
 
+def test_a_box_past_the_border_within_the_tolerance_is_clipped_not_dropped(tmp_path, monkeypatch):
+    """0.01 of a 640 px image is 6.4 px: edges 3.8 and 2.9 px past the border are kept, clipped (as Ultralytics
+    does); they were dropped as "degenerate" (a pixel was the most the box check took)."""
+    import sys
+    import warnings
+
+    monkeypatch.setattr(sys.modules[__name__], "IMAGES", {"a.jpg": (640, 480)})
+    data_yaml = _write_set(tmp_path, labels={"a.txt": "1 0.996 0.5 0.02 0.1\n0 0.5 0.004 0.1 0.02\n"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_yolo(data_yaml, "train")
+    assert ds.records[0].labels.tolist() == [2, 1]
+    assert ds.records[0].boxes.flatten().tolist() == pytest.approx([631.04, 216, 640, 264, 288, 0, 352, 6.72], abs=1e-3)
+
+
 def test_duplicate_label_lines_dropped_with_one_warning(tmp_path):
     """As Ultralytics: a line repeating an earlier one of its file is one object, not two."""
     data_yaml = _write_set(tmp_path, labels={"a.txt": "1 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.2\n",

@@ -146,7 +146,15 @@ def test_diagnose_resumes_after_a_kill_and_writes_outputs(tiny_config, tmp_path,
     calls = []
     real = diagnose.diagnose_arch
     monkeypatch.setattr(diagnose, "diagnose_arch", lambda *a, **k: calls.append(1) or real(*a, **k))
-    summary = diagnose.run_diagnose(cfg, console=QUIET)
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a notebook's backend stays its own (rank.png switched it to Agg)
+    try:
+        summary = diagnose.run_diagnose(cfg, console=QUIET)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
     assert len(calls) == 2  # the finished arch was not redone
     assert first[0].read_text() == kept
     rows = list(csv.DictReader(open(out / "results.csv")))

@@ -505,6 +505,17 @@ def test_eval_and_export_compute_on_the_configs_threads(trained_baseline, monkey
     assert [n for n, _ in seen][:1] == ["evaluate_detector"] and "check_parity" in [n for n, _ in seen]
     assert len(seen) >= 3 and seen[-1][0] == "evaluate_detector"  # eval's, the export's check(s), the import's
     assert all(threads == 1 for _, threads in seen), seen
+    # ... and leave torch's count as the caller had it: a cost timed at "torch's" count (cost.threads unset) was
+    # timed at 2 threads in a fresh process and at 1 after this eval, in a notebook
+    from nasdet.stages.baseline import run_cost
+
+    torch.set_num_threads(2)
+    unset = one.model_copy(update={"cost": one.cost.model_copy(update={"threads": None, "warmup": 0, "runs": 1})})
+    assert run_cost(unset, ckpt=ckpt, console=quiet)["latency"]["threads"] == 2
+    for run in (lambda: run_eval(one, ckpt=ckpt, console=quiet), lambda: run_export(one, source="baseline", console=quiet)):
+        run()
+        assert torch.get_num_threads() == 2
+        assert run_cost(unset, ckpt=ckpt, console=quiet)["latency"]["threads"] == 2
 
 
 def test_export_traces_its_graph_on_a_val_image(trained_baseline, monkeypatch):

@@ -309,6 +309,27 @@ def test_searched_arch_names_the_backbone_it_needs(cfg_file):
     assert_one_line(code, out, exc, "tune.searched_arch", "mbv2_width", "'mbv2_elastic'")
 
 
+def test_a_searched_arch_other_than_the_work_dirs_search_result_is_said(cfg_file, tmp_path):
+    """ENOT's tune configs carry tune.searched_arch (the baseline's widths): a tune after the search in the same
+    work dir trained that, not the search's best_arch.json, without a word."""
+    from nasdet.config import load_config
+    from nasdet.models.supernet import build_supernet
+    from nasdet.space import save_arch
+
+    cfg = cfg_file(model={"backbone": {"name": "mbv2_width", "width_mult": 0.25}},
+                   tune={"searched_arch": [0] * 17, "init": "scratch"})
+    _, space = build_supernet(load_config(cfg), 8)
+    best = tmp_path / "wd" / "search" / "best_arch.json"
+    best.parent.mkdir(parents=True)
+    save_arch(best, space.smallest(), space)
+    code, out, exc = cli("tune", cfg)
+    assert code == 0 and exc is None, out
+    flat = " ".join(out.split())
+    assert "tune: arch from tune.searched_arch" in flat
+    assert f"warning: tuning tune.searched_arch (the config's ENOT width indices), not the architecture this work " \
+           f"dir's search found ({best}); --set tune.searched_arch=null tunes the search's" in flat
+
+
 def test_diagnose_with_every_standalone_ap_zero_says_the_target_is_constant(tiny_config):
     import math
 

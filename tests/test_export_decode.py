@@ -230,6 +230,11 @@ def test_a_baseline_exports_with_the_runs_post_processing(tiny_config):
     from nasdet.stages.export import run_export
 
     cfg, val = _baseline(tiny_config, "ssdlite", trained={"score_thresh": 0.01}, score_thresh=0.3, ssd_loss="focal")
+    from nasdet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="export source must be tune or baseline, got 'tuned'"):
+        run_export(cfg, source="tuned", console=QUIET)  # (it exported the baseline as export/tuned.onnx)
+    assert not list(Path(cfg.work_dir).glob("export/tuned*"))
     rec = run_export(cfg, source="baseline", console=QUIET)
     assert rec["settings"]["model"]["score_thresh"] == rec["postprocessing"]["score_thresh"] == 0.3
     assert json.loads(onnx_metadata(rec["onnx"])["postprocessing"])["score_thresh"] == 0.3

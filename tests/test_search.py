@@ -362,7 +362,15 @@ def test_outputs_written_and_best_arch_round_trips(tmp_path):
     space = toy_space()
     records = study_records(study, space)
     extremes = {n: {"arch": a, "costs": toy_cost(a)} for n, a in (("smallest", space.smallest()), ("largest", space.largest()))}
-    summary = write_search_outputs(records, space, tmp_path / "search", "macs", budget, extremes)
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a notebook's backend stays its own (pareto.png switched it to Agg)
+    try:
+        summary = write_search_outputs(records, space, tmp_path / "search", "macs", budget, extremes)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
     out = tmp_path / "search"
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("trial,arch,AP,AP50") and len(rows) == 21
@@ -371,7 +379,7 @@ def test_outputs_written_and_best_arch_round_trips(tmp_path):
     assert summary["best"]["metrics"]["AP"] == max(r["metrics"]["AP"] for r in records)
     pareto = json.loads((out / "pareto.json").read_text())
     assert pareto["front"] and pareto["cost_metric"] == "macs" and pareto["extremes"]["largest"]["costs"]["macs"] > 60
-    assert (out / "pareto.png").stat().st_size > 1000
+    assert (out / "pareto.png").stat().st_size > 1000 and (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ------------------------------------------------------------------------------- tiny real supernet

@@ -40,3 +40,30 @@ def test_a_timing_waits_for_another_processes_compute_and_nests_in_its_own(tmp_p
     monkeypatch.setattr(tempfile, "tempdir", None)
     assert _wait_while_another_computes(exclusive=True, nested=True) >= 1.0
     assert _wait_while_another_computes(exclusive=False) < 0.5  # shared turns do not wait for each other
+
+
+def test_a_ctrl_c_while_waiting_for_a_turn_leaves_none_held(tmp_path, monkeypatch):
+    """A notebook's interrupt during the wait: the next timing takes the lock again (it counted itself as a turn
+    already held, so every later timing skipped the lock and timed beside other processes' compute)."""
+    import fcntl
+    import tempfile
+
+    from nasdet import threads
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    real_flock, taken = fcntl.flock, []
+
+    def interrupted(f, op):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fcntl, "flock", interrupted)
+    try:
+        with threads.timing_turn(exclusive=True):
+            raise AssertionError("the turn was taken")
+    except KeyboardInterrupt:
+        pass
+    assert threads._turns_held == 0
+    monkeypatch.setattr(fcntl, "flock", lambda f, op: taken.append(op) or real_flock(f, op))
+    with threads.timing_turn(exclusive=True):
+        assert taken == [fcntl.LOCK_EX]

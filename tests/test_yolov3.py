@@ -202,3 +202,15 @@ def test_the_mmdetection_layout_is_part_of_the_space_id():
     assert own.choices == mmdet.choices and own.space_id != mmdet.space_id
     plain = supernet_body(build_detector(tiny(), num_classes=3)).search_space()
     assert own.space_id == detector_space(build_detector(tiny(), num_classes=3)).space_id and plain.unit is None
+
+
+def test_multiscale_sizes_beside_a_multi_resolution_supernet_is_refused(tiny_config):
+    """YOLOv3's multiscale resize replaced each supernet step's drawn resolution: the resolutions the search picks
+    from were never trained, silently."""
+    model = {"backbone": {"name": "mbv2_elastic", "width_mult": 0.35}, "multiscale_sizes": [64]}
+    with pytest.raises(ConfigError, match=r"supernet.multi_resolution trains each step at one of supernet.input_sizes, "
+                                          r"and model.multiscale_sizes \[64\] would resize every training batch"):
+        tiny_config("yolov3", model=model, supernet={"multi_resolution": True, "input_sizes": [64, 96]})
+    tiny_config("yolov3", model=model, supernet={"input_sizes": [64, 96]})  # one resolution per run: the model's own
+    tiny_config("yolov3", model={**model, "multiscale_sizes": None},
+                supernet={"multi_resolution": True, "input_sizes": [64, 96]})

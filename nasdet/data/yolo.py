@@ -276,6 +276,9 @@ def _parse_labels(label_file: Path, width: int, height: int, names: Sequence[str
         if x1 < lo or y1 < lo or x2 > hi or y2 > hi:
             raise DataError(f"{where}: box (x1, y1, x2, y2) = ({x1:.4g}, {y1:.4g}, {x2:.4g}, {y2:.4g}) lies outside "
                             f"the image ([0, 1]) by more than {NORM_TOLERANCE:g}")
+        # within the tolerance: clipped to the image, as Ultralytics clips (fit_box's own tolerance is a pixel, and
+        # 0.01 of a 640 px image is 6.4: boxes 1-6 px past the border were dropped as degenerate)
+        x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)
         status, box = fit_box(x1 * width, y1 * height, x2 * width, y2 * height, width, height)
         if status != "ok":  # only a box that clipping left without area can get here
             degenerate += 1

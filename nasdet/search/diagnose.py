@@ -291,10 +291,7 @@ def write_results_csv(records: Sequence[dict], proxies: Sequence[str], inits: Se
 
 def plot_rankers(records: Sequence[dict], summary: dict, cfg: ExperimentConfig, path: Path) -> None:
     """One panel per ranker: its score vs the stand-alone metric, titled with tau [90 % interval], rho, top-k."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot's: the caller's backend stays as it is
 
     d = cfg.diagnose
     scores = ranker_scores(records, d.proxies, d.metric)
@@ -304,7 +301,8 @@ def plot_rankers(records: Sequence[dict], summary: dict, cfg: ExperimentConfig, 
     n = len(scores)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), dpi=110, squeeze=False)
+    fig = Figure(figsize=(4.2 * cols, 3.6 * rows), dpi=110)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, xs) in zip(axes.flat, scores.items()):
         a = summary["rankers"][name]
         ax.scatter(xs, truth, s=22, c="tab:red" if name == "supernet" else "tab:blue")
@@ -321,7 +319,6 @@ def plot_rankers(records: Sequence[dict], summary: dict, cfg: ExperimentConfig, 
     fig.tight_layout()
     with atomic_path(path) as tmp:  # a failed write (a full disk) names rank.png
         fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def rank_plot_title(archs: int, summary: dict) -> str:

@@ -117,13 +117,12 @@ def _interval_columns(b: dict | None) -> list:
 def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path: Path, budget: Budget | None = None,
                 marks: Mapping[str, dict] | None = None, objective: str = OBJECTIVE) -> None:
     """AP vs cost: every scored candidate, the Pareto front as a line, the budget, smallest/largest subnets."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, not pyplot's: no backend switched under the caller (a notebook's inline plots)
+    from matplotlib.figure import Figure
 
     scale, unit = (1e6, f"M {COST_UNITS[cost]}") if cost in ("macs", "params") else (1.0, COST_UNITS[cost])
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     pts = [r for r in records if cost in r["costs"]]
     ax.scatter([r["costs"][cost] / scale for r in pts], [r["metrics"][objective] for r in pts], s=14, c="tab:gray",
                alpha=0.6, label=f"candidates ({len(pts)})")
@@ -155,7 +154,6 @@ def plot_pareto(records: Sequence[dict], front: Sequence[dict], cost: str, path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def top_table(records: Sequence[dict], cost: str, k: int, title: str, objective: str = OBJECTIVE) -> Table:

@@ -29,7 +29,7 @@ from ..train.bn import recalibrate_bn
 from ..train.trained import load_checkpoint_model, load_trained_model
 from ..files import why_not_a_file
 from ..models.backbones import SUPERNET_BACKBONES
-from ..threads import set_torch_threads
+from ..threads import keeps_callers_threads, set_torch_threads
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
 from .common import (baseline_config, checkpoint_stage, cost_table, evaluated_again, metrics_table, per_class_table,
                      recorded_postprocessing, scored_val_set, stage_threads, train_detector)
@@ -38,6 +38,7 @@ from .common import (baseline_config, checkpoint_stage, cost_table, evaluated_ag
 IMPORT_KEY = "pipeline.baseline_checkpoint"
 
 
+@keeps_callers_threads
 def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train ``baseline_config(cfg)`` into ``baseline/`` (resumed, or skipped when complete), or import
     ``pipeline.baseline_checkpoint`` there; val metrics."""
@@ -283,6 +284,7 @@ def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage
     return WorkDir.of(cfg, work_dir).stage(stage).require_checkpoint(hint=", or pass --ckpt")
 
 
+@keeps_callers_threads
 def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
              console: Console | None = None, keep_aspect: tuple[int, int] | None = None) -> dict:
     """COCO metrics of a checkpoint on the val set, written where ``eval_record_path`` says. ``keep_aspect``
@@ -384,6 +386,7 @@ def eval_record_path(cfg: ExperimentConfig, work_dir: str | Path | None, ckpt: P
     return wd.eval.root / f"{name}_{what}.json"
 
 
+@keeps_callers_threads
 def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
              latency: bool = True, console: Console | None = None) -> dict:
     """MACs, params and latency of the config's detector (trained weights if a checkpoint exists,

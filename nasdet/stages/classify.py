@@ -33,6 +33,7 @@ from ..train.checkpoint import CheckpointError, backbone_start, load_checkpoint
 from ..train.classify import ClassifierSupernetTrainer, ClassifierTrainer, load_classifier_teacher
 from ..train.loop import RunSettings
 from ..workdir import WorkDir, write_json
+from ..threads import keeps_callers_threads
 from .common import detnas_list_arch, finished_record, recipe_key, start_note_of, with_train_recipe
 
 
@@ -95,6 +96,7 @@ def _table_of(record: dict) -> Table:
                            for n, r in rows.items()}, f"classify: top-1 / top-5 on val ({record['val_images']} images)")
 
 
+@keeps_callers_threads
 def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train ``model.backbone`` as a classifier (supernet or one subnet) into ``classify/``; returns its record."""
     console = console or Console()

@@ -50,6 +50,7 @@ from ..train.checkpoint import file_sha256
 from ..train.resume import flatten
 from ..train.trained import TuneTrainer
 from ..workdir import DIAGNOSE, LOG_FILE, DiagnoseDir, StageDir, WorkDir, checkpoint_in
+from ..threads import keeps_callers_threads
 
 
 def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: Mapping[str, Any], init: str,
@@ -156,6 +157,8 @@ def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
     """``diagnose/archs.json``: the stratified archs of the config (computed once; a plan for other settings,
     archs or training recipe, is refused once archs of it are done: their records would mix two recipes)."""
     d = cfg.diagnose
+    if d.archs > d.pool:  # (a pipeline config's: its load checked pipeline.diagnose's archs against the pool)
+        raise ConfigError(f"diagnose.pool ({d.pool}) must be >= diagnose.archs ({d.archs})")
     plan_path = out.plan
     t = cfg.train
     recipe = {"epochs": d.epochs, "max_steps": d.max_steps, "init": list(d.init), "seed": cfg.seed,
@@ -188,6 +191,7 @@ def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
     return plan
 
 
+@keeps_callers_threads
 def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
                  worker: int = 0, plan_only: bool = False, outputs: bool = True) -> dict:
     """Score, proxy and train the plan's archs not yet done (shared with other processes through claims);

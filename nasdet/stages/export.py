@@ -33,7 +33,7 @@ from ..train import dist
 from ..train.checkpoint import load_checkpoint, unfinished_at
 from ..train.trained import load_trained_model, load_tuned_model
 from ..train.resume import flatten
-from ..threads import set_torch_threads
+from ..threads import keeps_callers_threads, set_torch_threads
 from ..workdir import CLASSES_JSON, WorkDir, write_json
 from .common import scored_val_set, stage_threads
 
@@ -286,6 +286,7 @@ def budget_latency(cfg: ExperimentConfig, lat_torch: dict, lat_ort: dict, int8: 
     return lat_torch["median_ms"], f"torch {c.device}"
 
 
+@keeps_callers_threads
 def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: bool = False,
                source: str | None = None, console: Console | None = None, int8: bool | None = None) -> dict:
     """Export the tuned (or baseline) model of the work dir, check it, time it, check the budget; with
@@ -294,6 +295,8 @@ def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: b
     dist.check_device_available(cfg.cost.device, "cost.device")  # the export is timed there (a traceback after it)
     wd = WorkDir.of(cfg, work_dir)
     source = source or cfg.export.source
+    if source not in ("tune", "baseline"):  # (the CLI and export.source take only these)
+        raise ConfigError(f"export source must be tune or baseline, got {source!r}")
     # torch's reference outputs for the parity check on the stage's threads, in the pipeline or alone: the thread
     # count changes float rounding, which a model's near-zero-variance BN channels amplify to the box tolerance
     set_torch_threads(stage_threads(cfg, source))

@@ -18,6 +18,7 @@ from ..train import dist
 from ..train.supernet import SupernetStart, SupernetTrainer, init_from_checkpoint, load_teacher, start_files
 from ..train.trained import with_backbone_checkpoint
 from ..workdir import SPACE_JSON, WorkDir, write_json
+from ..threads import keeps_callers_threads
 from .common import finished_record, recipe_key, start_note_of, subnets_table, with_train_recipe
 
 
@@ -72,6 +73,7 @@ def _say_init(console: Console, path: str, start: SupernetStart, classes: list[s
                       "classes or another order, the supernet starts mislabelling them", soft_wrap=True)
 
 
+@keeps_callers_threads
 def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train the weight-sharing supernet (``supernet/``) on the training split minus the search split,
     starting from what ``pretrain_config`` says."""

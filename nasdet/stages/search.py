@@ -38,7 +38,7 @@ from ..search.storage import check_storage_url, open_storage, refuse_foreign_sto
 from ..search.study import (SCORING_ATTR, apply_budget, best_record, check_scoring_settings,
                             check_supernet_fingerprint, open_study, run_study, study_records)
 from ..space import SearchSpace
-from ..threads import configured_threads, in_turns, loader_workers
+from ..threads import configured_threads, in_turns, keeps_callers_threads, loader_workers
 from ..train import dist
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
@@ -46,6 +46,7 @@ from ..user_data import refuse_output_in_data
 from ..workdir import BEST_ARCH, CONFIDENCE_JSON, LATENCY_LUT, PARETO_JSON, STUDY_FILE, WorkDir
 
 
+@keeps_callers_threads
 def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """``nasdet search`` with ``search.strategy: darts`` (FAD): the bi-level search of the head's towers into
     ``search/`` (genotype.log / genotype.json, the arch the tune stage trains); returns the genotypes, step
@@ -97,6 +98,7 @@ def check_search_inputs(cfg: ExperimentConfig, work_dir: str | Path | None = Non
     return w
 
 
+@keeps_callers_threads
 def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storage: str | None = None,
                console: Console | None = None, worker: int = 0, outputs: bool = True) -> dict:
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from ..config import ExperimentConfig, read_arch_file, run_without_start_weights, save_run_record
 from ..errors import ResumeMismatch, StageOrderError
@@ -34,6 +35,7 @@ from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
+from ..threads import keeps_callers_threads
 from .common import (detnas_list_arch, finished_record, metrics_table, per_class_table, recipe_key, scored_val_set, start_note_of,
                      with_train_recipe)
 
@@ -113,6 +115,25 @@ def _tune_arch(cfg: ExperimentConfig, space: SearchSpace, work_dir: str | Path |
     raise ArchError(f"tune.arch {given!r} is neither an existing file nor a published architecture{known}")
 
 
+def searched_arch_note(cfg: ExperimentConfig, space: SearchSpace, arch: Mapping[str, Any],
+                       work_dir: str | Path | None = None) -> str | None:
+    """A warning when ``tune.searched_arch`` (ENOT's tune configs carry one: the baseline's widths, or ENOT's
+    example) is not the arch this work dir's search found: a tune after that search trained the config's arch
+    without a word."""
+    path = WorkDir.of(cfg, work_dir).best_arch
+    if cfg.tune.searched_arch is None or cfg.tune.arch is not None or not path.is_file():
+        return None
+    try:
+        found = load_arch(path, space)
+    except (ArchError, OSError, ValueError):  # another space's search: not this tune's to compare with
+        return None
+    if dict(found) == dict(arch):
+        return None
+    size = f" at {found[INPUT_SIZE]} px" if INPUT_SIZE in found and found.get(INPUT_SIZE) != arch.get(INPUT_SIZE) else ""
+    return (f"warning: tuning tune.searched_arch (the config's ENOT width indices), not the architecture{size} this "
+            f"work dir's search found ({path}); --set tune.searched_arch=null tunes the search's")
+
+
 def supernet_record(path: Path) -> dict[str, str]:
     """The supernet checkpoint a tune starts from, as the file it is: resolved path and sha256."""
     return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
@@ -162,6 +183,7 @@ def unfinished_search(ckpt: Path, genotypes: str) -> None:
                               f"or set tune.arch: {genotypes} to tune them as they are")
 
 
+@keeps_callers_threads
 def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
              stage: str = TUNE) -> dict:
     """Train the found architecture (resuming from ``<stage>/ckpt/last.pt``); returns val metrics and more.
@@ -242,6 +264,8 @@ def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console:
         else:
             write_json(out / ARCH_JSON, {"arch": arch, "source": source})
         console.print(f"tune: arch from {escape(str(source))}, init {init}" + (f" ({escape(str(sn_ckpt))})" if sn_ckpt else ""))
+        if space is not None and (note := searched_arch_note(cfg, space, arch, wd.root)):
+            console.print(Text(note), soft_wrap=True)
     trainer = TuneTrainer.from_config(tcfg, model, data["train"], data["val"], out.root, console=console, arch=arch,
                                       supernet=supernet,
                                       recipe=recipe_key("tune", cfg.tune.train),
