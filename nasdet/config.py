@@ -936,9 +936,12 @@ def load_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source} is not valid YAML: {e}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read, override and validate a config. Errors name the file and the key path."""
+def load_config(path: str | Path, overrides: list[str] | str | None = None) -> ExperimentConfig:
+    """Read, override and validate a config. Errors name the file and the key path. ``overrides``: ``--set``'s
+    ``"key.sub=value"`` strings (one may be given alone)."""
     path = Path(path).expanduser()
+    if isinstance(overrides, str):  # (a str was read as its characters: "--set 't': expected key.path=value")
+        overrides = [overrides]
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
@@ -951,7 +954,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raise ConfigError(f"config {path}: top level must be a mapping, got {type(raw).__name__}")
     raw = expand_home(apply_overrides(raw, overrides or []))
     cfg = validate_config(raw, str(path))
-    cfg._source = str(path)
+    cfg._source = str(path.absolute())  # the file it is after a chdir too (a notebook's): never rewritten
     return cfg
 
 

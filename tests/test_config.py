@@ -226,3 +226,20 @@ def test_defaults_a_strategy_or_stage_does_not_use_are_not_checked_against_what_
         load_config(write(tmp_path, {**BASE, "diagnose": {"pool": 6}}))
     with pytest.raises(ConfigError, match=r"pipeline.diagnose \(8\) must be <= diagnose.pool \(6\)"):
         load_config(write(tmp_path, {**BASE, "pipeline": {"diagnose": 8}, "diagnose": {"pool": 6}}))
+
+
+def test_a_config_loaded_by_a_relative_path_is_still_the_given_file_after_a_chdir(tmp_path, monkeypatch):
+    """A notebook loads a run's record with an override, changes folder, runs a stage: the record it was given was
+    rewritten under it (the path kept as typed no longer named it); one override may be given as a str."""
+    from nasdet.config import save_run_record
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record = save_run_record(load_config(write(tmp_path, {**BASE, "work_dir": str(run)})), run / "config.yaml")
+    before = record.read_text()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("run/config.yaml", "train.epochs=2")
+    assert cfg.train.epochs == 2
+    monkeypatch.chdir(run.parent.parent)
+    written = save_run_record(cfg, record)
+    assert written == run / "config.nasdet.yaml" and record.read_text() == before
