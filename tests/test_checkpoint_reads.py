@@ -98,3 +98,32 @@ def test_only_the_last_files_stay_in_memory(tmp_path, monkeypatch):
     load_checkpoint(paths[1])
     load_checkpoint(paths[1])
     assert calls[3:] == [paths[1], paths[1]]
+
+
+def test_a_rewrite_the_files_stat_does_not_show_is_read_again(tmp_path, monkeypatch):
+    """A filesystem of 1 s timestamps gives two writes in a second the same times, and a rename hands the freed inode
+    back: a resumed run in the same process got the older state. The entries' CRC-32s tell the files apart."""
+    from pathlib import Path
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(checkpoint_state(1), path)
+    frozen, real_stat = path.stat(), Path.stat
+    monkeypatch.setattr(Path, "stat", lambda self, *a, **k: frozen if str(self) == str(path) else real_stat(self, *a, **k))
+    assert load_checkpoint(path)["step"] == 1
+    for step in (2, 3):
+        save_checkpoint(checkpoint_state(step), path)
+        assert load_checkpoint(path)["step"] == step
+
+
+def test_what_load_state_dict_writes_into_a_read_stays_in_that_read(tmp_path):
+    """load_state_dict(assign=True) writes into the state_dict's _metadata: shared with the remembered file, every
+    later read loaded by assignment (a resumed trainer's optimizer then stepped parameters the model no longer had)."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(checkpoint_state(1), path)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    model.load_state_dict(load_checkpoint(path)["model"], assign=True)
+    again = load_checkpoint(path)["model"]
+    assert not any("assign_to_params_buffers" in m for m in again._metadata.values())
+    weight = model[0].weight
+    model.load_state_dict(again)
+    assert model[0].weight is weight  # copied into, not replaced

@@ -5,6 +5,7 @@ import copy
 import hashlib
 import random
 import threading
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -28,15 +29,23 @@ IMPORT_HINT = ("a detector trained by torchvision's references, MMDetection or p
 # Stages read the same files again and again (a pipeline's report and controls read the supernet's and each tune's
 # checkpoint: 45 reads of 5 files in one test), and weights_only unpickling is Python work: 0.12 s for a 7 MB
 # checkpoint against 5 ms to copy what it holds. The files read last stay in memory (a few, up to a size), keyed by
-# what a rewrite changes (checkpoints are replaced by a rename: a new inode); each read gets its own copy.
+# the file's CRC-32s (a torch checkpoint is a zip that records one per entry: 5 ms to read 1500) beside its stat
+# (a rename hands the freed inode back, and a filesystem of 1 s timestamps gives two writes the same times); each read
+# gets its own copy.
 _RECENT: OrderedDict[tuple, dict] = OrderedDict()
 _RECENT_LOCK = threading.Lock()
 RECENT_MAX_FILES, RECENT_MAX_BYTES = 4, 512 << 20
 
 
-def _file_key(path: Path) -> tuple:
+def _file_key(path: Path) -> tuple | None:
+    """What tells this file's content from another's; None for a file that is not a zip (not kept)."""
     st = path.stat()
-    return str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    try:
+        with zipfile.ZipFile(path) as z:
+            crcs = hash(tuple((i.filename, i.CRC, i.file_size) for i in z.infolist()))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    return str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, crcs
 
 
 def _own_copy(obj):
@@ -45,9 +54,11 @@ def _own_copy(obj):
         out = obj.detach().clone()
         return torch.nn.Parameter(out, obj.requires_grad) if isinstance(obj, torch.nn.Parameter) else out
     if isinstance(obj, dict):
-        out = copy.copy(obj)  # the same type and attributes (a state_dict's OrderedDict keeps its _metadata)
+        out = copy.copy(obj)  # the same type and attributes (a state_dict's OrderedDict keeps its _metadata),
         for k, v in obj.items():
             out[k] = _own_copy(v)
+        for k, v in getattr(obj, "__dict__", {}).items():  # each its own: load_state_dict(assign=True) writes into
+            setattr(out, k, _own_copy(v))  # _metadata, and every later read of the file then loaded by assignment
         return out
     if isinstance(obj, list):
         return type(obj)(_own_copy(v) for v in obj)
@@ -60,11 +71,12 @@ def _own_copy(obj):
 def _read(path: Path) -> dict:
     key = _file_key(path)
     with _RECENT_LOCK:
-        if key in _RECENT:
+        if key is not None and key in _RECENT:
             _RECENT.move_to_end(key)
             return _own_copy(_RECENT[key])
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if key[3] <= RECENT_MAX_BYTES // 2:
+    # kept when the file read is the one keyed (not replaced meanwhile) and not too large
+    if key is not None and key[3] <= RECENT_MAX_BYTES // 2 and _file_key(path) == key:
         with _RECENT_LOCK:
             _RECENT[key] = state
             while len(_RECENT) > RECENT_MAX_FILES or sum(k[3] for k in _RECENT) > RECENT_MAX_BYTES:
