@@ -941,7 +941,7 @@ def load_config(path: str | Path, overrides: list[str] | str | None = None) -> E
     ``"key.sub=value"`` strings (one may be given alone)."""
     path = Path(path).expanduser()
     if isinstance(overrides, str):  # (a str was read as its characters: "--set 't': expected key.path=value")
-        overrides = [overrides]
+        overrides = [overrides] if overrides.strip() else []
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:

@@ -239,7 +239,7 @@ def test_a_config_loaded_by_a_relative_path_is_still_the_given_file_after_a_chdi
     before = record.read_text()
     monkeypatch.chdir(tmp_path)
     cfg = load_config("run/config.yaml", "train.epochs=2")
-    assert cfg.train.epochs == 2
+    assert cfg.train.epochs == 2 and load_config("run/config.yaml", "").train.epochs == 12
     monkeypatch.chdir(run.parent.parent)
     written = save_run_record(cfg, record)
     assert written == run / "config.nasdet.yaml" and record.read_text() == before
