@@ -73,6 +73,7 @@ def test_a_rewritten_file_is_read_again(tmp_path, monkeypatch):
     assert load_checkpoint(path)["step"] == 1
     save_checkpoint(checkpoint_state(2), path)  # replaced by a rename, as every checkpoint is written
     assert load_checkpoint(path)["step"] == 2 and len(calls) == 2
+    assert [k[0] for k in ckpt_module._RECENT].count(str(path.resolve())) == 1  # the older content let go
     # rewritten in place to the same size (another program): its times change
     other = tmp_path / "other.pt"
     save_checkpoint(checkpoint_state(3), other)

@@ -54,7 +54,7 @@ def _own_copy(obj):
         out = obj.detach().clone()
         return torch.nn.Parameter(out, obj.requires_grad) if isinstance(obj, torch.nn.Parameter) else out
     if isinstance(obj, dict):
-        out = copy.copy(obj)  # the same type and attributes (a state_dict's OrderedDict keeps its _metadata),
+        out = copy.copy(obj)  # the same type (a state_dict's OrderedDict)
         for k, v in obj.items():
             out[k] = _own_copy(v)
         for k, v in getattr(obj, "__dict__", {}).items():  # each its own: load_state_dict(assign=True) writes into
@@ -78,6 +78,8 @@ def _read(path: Path) -> dict:
     # kept when the file read is the one keyed (not replaced meanwhile) and not too large
     if key is not None and key[3] <= RECENT_MAX_BYTES // 2 and _file_key(path) == key:
         with _RECENT_LOCK:
+            for older in [k for k in _RECENT if k[0] == key[0]]:  # the same path's earlier content
+                del _RECENT[older]
             _RECENT[key] = state
             while len(_RECENT) > RECENT_MAX_FILES or sum(k[3] for k in _RECENT) > RECENT_MAX_BYTES:
                 _RECENT.popitem(last=False)
