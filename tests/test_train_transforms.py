@@ -6,12 +6,15 @@ import dataclasses
 
 import pytest
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from nasdet.config import AugmentConfig
 from nasdet.data.build import build_datasets
 from nasdet.data.dataset import DetectionDataset
-from nasdet.data.transforms import TrainTransforms, build_train_transforms, to_model_input
+from nasdet.data.transforms import (PhotometricDistort, TrainTransforms, adjust_hue_uint8, build_train_transforms,
+                                     to_model_input)
 from nasdet.models import build_detector
 from nasdet.models.detectors import set_input_size
 
@@ -23,17 +26,17 @@ def _steps(tf) -> list[str]:
 def test_resize_comes_after_the_canvas_ops_and_before_the_colour_ops():
     aug = AugmentConfig(photometric=0.5, zoom_out=0.5, iou_crop=True, hflip=0.5)
     assert _steps(build_train_transforms(aug)) == [
-        "DropCrowd", "RandomPhotometricDistort", "RandomZoomOut", "IoUCropIfBoxes", "RandomHorizontalFlip",
+        "DropCrowd", "PhotometricDistort", "RandomZoomOut", "IoUCropIfBoxes", "RandomHorizontalFlip",
         "SanitizeBoundingBoxes"]  # native size: SSD's order
     at = build_train_transforms(aug).at_size(120)
-    assert _steps(at) == ["DropCrowd", "RandomZoomOut", "IoUCropIfBoxes", "Resize", "RandomPhotometricDistort",
+    assert _steps(at) == ["DropCrowd", "RandomZoomOut", "IoUCropIfBoxes", "Resize", "PhotometricDistort",
                           "RandomHorizontalFlip", "SanitizeBoundingBoxes"]
     assert at.transforms[3].size == [120, 120] and not at.transforms[3].antialias
     off = AugmentConfig(at_train_size=False)
     assert "Resize" not in _steps(build_train_transforms(off).at_size(120))
     # nothing random before the resize: drop crowd boxes, resize and sanitize are the fixed part of each image
     plain = build_train_transforms(AugmentConfig(photometric=0.5, hflip=0.5)).at_size(120)
-    assert _steps(plain) == ["DropCrowd", "Resize", "SanitizeBoundingBoxes", "RandomPhotometricDistort",
+    assert _steps(plain) == ["DropCrowd", "Resize", "SanitizeBoundingBoxes", "PhotometricDistort",
                              "RandomHorizontalFlip"]
     assert _steps(plain.fixed) == _steps(plain)[:3] and _steps(plain.random) == _steps(plain)[3:]
     assert plain.fixed_tag == ("train_fixed", 120)
@@ -209,3 +212,41 @@ def test_a_multi_resolution_loader_resizes_each_batch_once_to_its_steps_size(tin
     trainer = SupernetTrainer.from_config(one, model, space, train, None, tmp_path / "e")
     assert not isinstance(trainer._loader().batch_sampler, SizedBatchSampler)
     trainer.lock.release()
+
+
+def test_hue_shift_of_uint8_images_gives_torchvisions_bits():
+    # a third of each channel's levels (all 2^24 colours at each factor: checked once, 30 s), at the ends of the
+    # range, around 0 and at arbitrary factors
+    levels = torch.cat([torch.arange(0, 256, 3), torch.tensor([1, 254, 255])])
+    grid = torch.stack(torch.meshgrid(levels, levels, levels, indexing="ij")).to(torch.uint8).view(3, len(levels), -1)
+    for factor in (-0.5, -0.31, -1e-7, 0.0, 1e-9, 0.05, 0.26, 0.5):
+        assert torch.equal(adjust_hue_uint8(grid, factor), F.adjust_hue(grid, factor)), factor
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(60):  # odd sizes; few levels (ties between channels); near-greys
+        h, w = (int(v) for v in torch.randint(1, 90, (2,), generator=gen))
+        if trial % 3 == 0:
+            image = torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)
+        elif trial % 3 == 1:
+            image = (torch.randint(0, 4, (3, h, w), generator=gen) * 85).to(torch.uint8)
+        else:
+            image = torch.randint(0, 255, (1, h, w), generator=gen, dtype=torch.uint8).expand(3, h, w).clone()
+            image[trial % 3, ::2] += 1
+        factor = float(torch.rand((), generator=gen)) - 0.5
+        assert torch.equal(adjust_hue_uint8(image, factor), F.adjust_hue(image, factor))
+    with pytest.raises(ValueError, match="hue_factor"):
+        adjust_hue_uint8(image, 0.6)
+
+
+def test_photometric_distort_draws_and_outputs_as_torchvisions():
+    gen = torch.Generator().manual_seed(1)
+    images = [torch.randint(0, 256, (3, 40 + i, 57), generator=gen, dtype=torch.uint8) for i in range(40)]
+    for p in (1.0, 0.3):
+        ours, theirs = PhotometricDistort(p=p), v2.RandomPhotometricDistort(p=p)
+        for wrap in (tv_tensors.Image, lambda x: x, lambda x: tv_tensors.Image(x.float() / 255)):
+            torch.manual_seed(7)
+            a = [ours(wrap(x)) for x in images]
+            after_ours = torch.rand(())
+            torch.manual_seed(7)
+            b = [theirs(wrap(x)) for x in images]
+            assert all(type(u) is type(v) and torch.equal(u, v) for u, v in zip(a, b))
+            assert torch.rand(()) == after_ours  # the same draws, so a seed augments the same way

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 # ImageNet mean in 0-255: what SSD fills zoomed-out borders with.
 _FILL = {tv_tensors.Image: (124, 116, 104), "others": 0}
@@ -25,6 +26,63 @@ class DropCrowd(torch.nn.Module):
             out["boxes"] = tv_tensors.wrap(target["boxes"][keep], like=target["boxes"])
             out["labels"] = target["labels"][keep]
         return image, out
+
+
+# For each hue sector i = floor(6 h) (7: a hue that rounds to 1.0), which of (v, p, q, t) each of R, G, B takes:
+# torchvision's _hsv_to_rgb table, as rows of a flat lookup (row c at offset 7 c).
+_RGB_FROM_VPQT = torch.tensor([[0, 2, 1, 1, 3, 0, 0], [3, 0, 0, 2, 1, 1, 3], [1, 1, 3, 0, 0, 2, 1]])
+_ROW_OFFSETS = torch.tensor([0, 7, 14]).view(3, 1, 1)
+
+
+def adjust_hue_uint8(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
+    """torchvision's ``adjust_hue`` of a uint8 RGB image (3, H, W), the same output bits, in half the time.
+
+    The same float operations in the same order (RGB -> HSV -> RGB in float32, Pillow's formulas); what
+    costs there and not here are the selections: bool masks (``where``, ``aminmax``, a mask times a float
+    tensor, ``fmod``, ``remainder``: 20-90 us each at 128 px against 3-6 for float arithmetic) and a long
+    index table built per pixel. Here, for uint8 input (channel values k / 255, so a nonzero difference is
+    over 1e-3): max / min of three tensors; ``clamp_min(1e-3)`` for torchvision's "replace a zero divisor by
+    1" (0 / 1e-3 and 0 / 1 are both 0); 0 / 1 float masks from ``(x * 512).clamp(max=1)`` of values that are 0
+    or >= 1 / 255; ``x - floor(x)`` for fmod and remainder by 1 (exact here: Sterbenz, or the same one
+    addition remainder does for a negative x). Checked bit for bit against torchvision on all 2^24 colours
+    (tests/test_train_transforms.py). 0.40 against 0.75 ms at 128 px on the 2-core Xeon."""
+    if not -0.5 <= hue_factor <= 0.5:
+        raise ValueError(f"hue_factor ({hue_factor}) is not in [-0.5, 0.5].")
+    img = image.to(torch.float32).mul_(1.0 / 255)
+    r, g, b = img.unbind(-3)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
+    s = chroma / maxc.clamp_min(1e-3)
+    divisor = chroma.clamp_min(1e-3)
+    rc, gc, bc = (maxc - r).div_(divisor), (maxc - g).div_(divisor), (maxc - b).div_(divisor)
+    max_not_r = (rc * 512).clamp_(max=1.0)  # rc is 0 where maxc == r (and where all three are equal)
+    max_not_g = (gc * 512).clamp_(max=1.0)
+    hg = rc.add(2.0).sub_(bc).mul_(max_not_r * (1.0 - max_not_g))
+    hr = bc.sub_(gc).mul_(1.0 - max_not_r)
+    hb = gc.add_(4.0).sub_(rc).mul_(max_not_r * max_not_g)
+    h = hr.add_(hg).add_(hb).mul_(1.0 / 6.0).add_(1.0)
+    h = h.sub_(torch.floor(h)).add_(hue_factor)
+    h6 = h.sub_(torch.floor(h)).mul_(6)
+    sector = torch.floor(h6)
+    f = h6.sub_(sector)
+    v, s_f, one_minus_s = maxc, s * f, 1.0 - s
+    q = (1.0 - s_f).mul_(v).clamp_(0.0, 1.0)
+    t = s_f.add_(one_minus_s).mul_(v).clamp_(0.0, 1.0)
+    p = one_minus_s.mul_(v).clamp_(0.0, 1.0)
+    pick = _RGB_FROM_VPQT.take(sector.long().unsqueeze(0) + _ROW_OFFSETS)
+    return torch.stack((v, p, q, t)).gather(0, pick).mul_(256.0 - 1e-3).to(torch.uint8)
+
+
+class PhotometricDistort(v2.RandomPhotometricDistort):
+    """torchvision's ``RandomPhotometricDistort``, the same draws and output, with the hue shift of a uint8 RGB
+    image done by ``adjust_hue_uint8`` (torchvision's was a third of the demo tune stage's loading time)."""
+
+    def _call_kernel(self, functional, inpt, *args, **kwargs):
+        if (functional is F.adjust_hue and type(inpt) in (torch.Tensor, tv_tensors.Image)
+                and inpt.dtype == torch.uint8 and inpt.ndim == 3 and inpt.shape[0] == 3 and inpt.numel()):
+            out = adjust_hue_uint8(inpt.as_subclass(torch.Tensor), *args, **kwargs)
+            return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.Image) else out
+        return super()._call_kernel(functional, inpt, *args, **kwargs)
 
 
 class IoUCropIfBoxes(torch.nn.Module):
@@ -59,7 +117,7 @@ class TrainTransforms(v2.Compose):
 
     def __init__(self, augment, size: int | None = None):
         self.augment, self.size = augment, size
-        colour = [v2.RandomPhotometricDistort(p=augment.photometric)] if augment.photometric > 0 else []
+        colour = [PhotometricDistort(p=augment.photometric)] if augment.photometric > 0 else []
         flip = [v2.RandomHorizontalFlip(p=augment.hflip)] if augment.hflip > 0 else []
         canvas = []
         if augment.zoom_out > 0:
