@@ -250,3 +250,13 @@ def test_photometric_distort_draws_and_outputs_as_torchvisions():
             b = [theirs(wrap(x)) for x in images]
             assert all(type(u) is type(v) and torch.equal(u, v) for u, v in zip(a, b))
             assert torch.rand(()) == after_ours  # the same draws, so a seed augments the same way
+        boxes = tv_tensors.BoundingBoxes(torch.tensor([[1.0, 2.0, 30.0, 20.0]]), format="XYXY", canvas_size=(40, 57))
+        target = {"boxes": boxes, "labels": torch.tensor([3]), "image_id": 5}
+        torch.manual_seed(8)
+        a = [ours(tv_tensors.Image(x[:, :40]), target) for x in images]  # the image alone distorted
+        torch.manual_seed(8)
+        b = [theirs(tv_tensors.Image(x[:, :40]), target) for x in images]
+        for (ia, ta), (ib, tb) in zip(a, b):
+            assert type(ia) is tv_tensors.Image and torch.equal(ia, ib) and ta.keys() == tb.keys()
+            assert type(ta["boxes"]) is type(tb["boxes"]) and torch.equal(ta["boxes"], tb["boxes"])
+            assert torch.equal(ta["labels"], tb["labels"]) and ta["image_id"] == tb["image_id"]
