@@ -205,7 +205,8 @@ def test_raw_record_decodes_to_the_end_to_end_detections(tiny_config, detector, 
 
 
 @pytest.mark.parametrize("detector, model", [("ssdlite", {}), ("retinanet", {}), ("yolov3", {}),
-                                             ("ssdlite", {"layout": "mmdetection", "ssd_loss": "focal"})])
+                                             ("ssdlite", {"layout": "mmdetection", "ssd_loss": "focal"}),
+                                             ("ssdlite", {"layout": "enot", "extra_channels": [32, 16]})])
 def test_decode_block_of_every_family(tiny_config, tmp_path, detector, model):
     """The other families and variants, from ``raw_decoding`` and two files (no export stage: faster)."""
     from nasdet.export import export_onnx, raw_decoding
@@ -217,8 +218,9 @@ def test_decode_block_of_every_family(tiny_config, tmp_path, detector, model):
     block = raw_decoding(net)
     e2e, raw = export_onnx(net, tmp_path / "e2e.onnx"), export_onnx(net, tmp_path / "raw.onnx", raw=True)
     _check_decodes(block, raw, e2e, (torch.rand(3, 70, 90, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8))
-    assert block["scores"].get("activation") == ("softmax" if model == {} and detector == "ssdlite" else "sigmoid")
-    assert block["boxes"]["drop_empty_before_nms"] == (model.get("layout") == "mmdetection")
+    softmax = detector == "ssdlite" and model.get("ssd_loss", "hard_negative") == "hard_negative"
+    assert block["scores"].get("activation") == ("softmax" if softmax else "sigmoid")
+    assert block["boxes"]["drop_empty_before_nms"] == (model.get("layout") in ("mmdetection", "enot"))
     if detector == "retinanet":
         assert block["boxes"]["weights"] == [1.0, 1.0, 1.0, 1.0]
 

@@ -29,6 +29,9 @@ SSDLITE_MOBILENETV2 = {"reference_size": 320, "strides": [16, 32, 64, 107, 160, 
                        "min_sizes": [48, 100, 150, 202, 253, 304], "max_sizes": [100, 150, 202, 253, 304, 320]}
 # configs/_base_/models/retinanet_r50_fpn.py
 RETINANET = {"strides": [8, 16, 32, 64, 128], "ratios": [0.5, 1.0, 2.0], "octave_base_scale": 4, "scales_per_octave": 3}
+# ENOT-AutoDL/mmdetection-enot configs/ssd/pascal_voc/ssd_mnv2.py (MMDetection 2.16's AnchorGenerator)
+ENOT_SSD_MNV2 = {"strides": [8, 16, 32, 64, 128], "ratios": [1.0, 0.5, 2.0, 0.6666, 1.5], "octave_base_scale": 4,
+                 "scales_per_octave": 3}
 
 
 def _centred(cx: float, cy: float, ws: Tensor, hs: Tensor) -> Tensor:
@@ -107,7 +110,15 @@ def mmdet_ssdlite_anchors() -> MMDetAnchorGenerator:
 
 
 def mmdet_retinanet_anchors() -> MMDetAnchorGenerator:
-    a = RETINANET
+    return _octave_anchors(RETINANET)
+
+
+def enot_ssd_anchors() -> MMDetAnchorGenerator:
+    """ENOT's ssd_mnv2: 15 anchors a location (5 ratios x 3 scales) at strides 8 to 128."""
+    return _octave_anchors(ENOT_SSD_MNV2)
+
+
+def _octave_anchors(a: dict) -> MMDetAnchorGenerator:
     return MMDetAnchorGenerator(octave_base_anchors(a["strides"], a["ratios"], a["octave_base_scale"],
                                                     a["scales_per_octave"]), a["strides"])
 

@@ -1,4 +1,21 @@
-"""SSD and SSDLite (torchvision's), on backbone levels plus four stride-2 extra layers after C5."""
+"""SSD and SSDLite (torchvision's), on backbone levels plus stride-2 extra layers after C5 (four; two in ENOT's).
+
+``model.layout: enot`` is ENOT's ssd_mnv2 (ENOT-AutoDL/mmdetection-enot, configs/ssd/pascal_voc/ssd_mnv2.py, on
+MMDetection 2.16's MobileNetV2, SSDNeck, SSDHead and AnchorGenerator); own code, same arithmetic:
+- maps: the stride-8 / 16 / 32 stage outputs, on MobileNetV2 of 32 / 96 / 320 channels (MobileNetV2 out_indices
+  2, 4, 6: ``c3``, ``c4`` and ``c5_pre``, before the final 1x1 expand, which is still computed and counted as
+  MMDetection's MobileNetV2 runs its conv2; other backbones: ``c5``), then two extras of 512 and 256 channels
+  (SSDNeck, ``use_depthwise`` False: 1x1 to half the output width, then a full 3x3 stride 2, BN and ReLU6 each;
+  Xavier-uniform init);
+- head: SSDLite's (SSDHead ``use_depthwise`` True: per map a depthwise 3x3 with BN (eps 1e-3, momentum 0.03) and
+  ReLU6, then a 1x1 to classes + background and one to 4 box deltas; every conv N(0, 0.001), as its init_cfg);
+- anchors: AnchorGenerator, octave_base_scale 4, 3 scales an octave, ratios 1, 0.5, 2, 0.6666, 1.5: 15 a location
+  at strides 8 to 128, on each cell's origin, in pixels whatever the input size (``mmdet_layout``);
+- loss: SSD's (MaxIoUAssigner 0.5 / 0.5, each box's best anchor, softmax with 3:1 hard negatives, smooth L1,
+  deltas scaled by 0.1, 0.1, 0.2, 0.2: torchvision's SSD is the same); test path: MMDetection's (empty boxes
+  dropped before NMS). Input normalisation stays nasdet's (ImageNet mean and std, as torchvision's weights
+  expect); ENOT's config subtracts the mean only (std 1).
+"""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -13,7 +30,7 @@ from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block
 
 from ...errors import ConfigError
-from ..mmdet_layout import mmdet_ssdlite_anchors, with_mmdet_test_path
+from ..mmdet_layout import enot_ssd_anchors, mmdet_ssdlite_anchors, with_mmdet_test_path
 from ..config import BaseModelConfig
 from ..ssd_focal import FocalSSD
 from .base import (BN_MOMENTUM, IMAGE_MEAN, IMAGE_STD, OneStageFamily, head_and_anchors, image_list, match_anchors,
@@ -41,7 +58,9 @@ class SSDModelConfig(BaseModelConfig):
     # backbone.reduced_tail it is that model exactly. "nasdet": the C4/C5 stage outputs (the demos' layout).
     # "mmdetection": the nasdet layout (on mobilenet_v2: MMDetection's ssdlite_mobilenetv2) with that
     # model's SSDAnchorGenerator (models/anchors.py; its sizes at 320 px, scaled at other sizes)
-    layout: Literal["nasdet", "torchvision", "mmdetection"] = "nasdet"
+    # "enot": ENOT's ssd_mnv2 (see the module doc): c3, c4, c5 (c5_pre on MobileNets) and two extras ([512, 256]
+    # unless extra_channels says otherwise), 15 octave anchors a location, SSDLite's head
+    layout: Literal["nasdet", "torchvision", "mmdetection", "enot"] = "nasdet"
     # SSDLite's four extra layers: "torchvision" (1x1 to half the OUTPUT width, depthwise 3x3 s2, 1x1, ReLU6 each,
     # BN eps 1e-3), "awnas" (aw_nas's SSD supernets: MobileNetV3Block with expansion 0.5, i.e. half the INPUT width,
     # ReLU, a linear 1x1 projection, BN eps 1e-5; 56.8 M MACs at 300 px against 30.3 for torchvision's on OFA's
@@ -50,6 +69,11 @@ class SSDModelConfig(BaseModelConfig):
 
     @model_validator(mode="after")
     def _reference_layout(self):
+        if self.layout == "enot":
+            return self._enot_layout()
+        if len(self.extra_channels) != 4:
+            raise ValueError(f"extra_channels must be 4 positive ints (levels 3..6 after C4, C5), got "
+                             f"{self.extra_channels} (two: model.layout enot)")
         if self.layout != "nasdet" and (self.detector != "ssdlite" or self.ssd_levels != ["c4", "c5"]):
             name = "ssdlite320's" if self.layout == "torchvision" else "ssdlite_mobilenetv2's"
             raise ValueError(f"model.layout {self.layout} is {name} (detector ssdlite, ssd_levels [c4, c5]), "
@@ -60,6 +84,26 @@ class SSDModelConfig(BaseModelConfig):
                              f"layout {self.layout}")
         if self.layout == "mmdetection" and self.anchor_aspect_ratios is not None:
             raise ValueError("model.layout mmdetection has ssdlite_mobilenetv2's anchors: drop anchor_aspect_ratios")
+        return self
+
+    def _enot_layout(self):
+        if self.detector != "ssdlite":
+            raise ValueError(f"model.layout enot is ENOT's ssd_mnv2, an SSDLite (detector ssdlite), got detector "
+                             f"{self.detector}")
+        if "ssd_levels" in self.model_fields_set and self.ssd_levels != ["c3", "c4", "c5"]:
+            raise ValueError(f"model.layout enot predicts on c3, c4, c5 (MobileNetV2 out_indices 2, 4, 6), got "
+                             f"ssd_levels {self.ssd_levels}: drop ssd_levels")
+        # (validate_assignment runs these validators again on each assignment: assign only what differs)
+        if self.ssd_levels != ["c3", "c4", "c5"]:
+            self.ssd_levels = ["c3", "c4", "c5"]
+        if "extra_channels" not in self.model_fields_set:
+            self.extra_channels = [512, 256]
+        elif len(self.extra_channels) != 2:
+            raise ValueError(f"model.layout enot has two extra layers (ENOT's 512, 256), got extra_channels "
+                             f"{self.extra_channels}")
+        if self.anchor_aspect_ratios is not None or self.ssdlite_extras != "torchvision":
+            raise ValueError("model.layout enot has ENOT's anchors and extra layers: drop anchor_aspect_ratios and "
+                             "ssdlite_extras")
         return self
 
     @field_validator("anchor_aspect_ratios")
@@ -82,14 +126,14 @@ class SSDModelConfig(BaseModelConfig):
         maps = len(self.ssd_levels) + len(self.extra_channels)
         if self.anchor_aspect_ratios is not None and len(self.anchor_aspect_ratios) != maps:
             raise ValueError(f"anchor_aspect_ratios lists {len(self.anchor_aspect_ratios)} maps, but ssd_levels "
-                             f"{self.ssd_levels} + 4 extras make {maps}")
+                             f"{self.ssd_levels} + {len(self.extra_channels)} extras make {maps}")
         return self
 
     @field_validator("extra_channels")
     @classmethod
-    def _four_extras(cls, v):
-        if len(v) != 4 or any(c <= 0 for c in v):
-            raise ValueError(f"extra_channels must be 4 positive ints (levels 3..6 after C4, C5), got {v}")
+    def _positive_extras(cls, v):
+        if any(c <= 0 for c in v):
+            raise ValueError(f"extra_channels must be positive ints, got {v}")
         return v
 
 
@@ -122,6 +166,20 @@ def _extra_block_awnas(cin: int, cout: int, norm_layer=None) -> nn.Sequential:
     )
 
 
+def _extra_block_enot(cin: int, cout: int, norm_layer=None) -> nn.Sequential:
+    """ENOT's ssd_mnv2 extra layer (MMDetection's SSDNeck, ``use_depthwise`` False, ``act_cfg`` ReLU6, BN with
+    PyTorch's defaults): 1x1 to half the output width, 3x3 stride 2; Xavier-uniform convs (its init_cfg)."""
+    mid = max(cout // 2, 1)
+    block = nn.Sequential(
+        nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(inplace=True),
+        nn.Conv2d(mid, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True),
+    )
+    for m in block:
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+    return block
+
+
 def _extra_block_ssd(cin: int, cout: int, norm_layer) -> nn.Sequential:
     """SSD extra layer: 1x1 reduce then 3x3 stride 2 (SSD300 / aw_nas's extras, with BN)."""
     mid = max(cout // 2, 1)
@@ -132,7 +190,8 @@ def _extra_block_ssd(cin: int, cout: int, norm_layer) -> nn.Sequential:
 
 
 class SSDNeck(nn.Module):
-    """Backbone levels (default C4, C5) and four extra stride-2 layers after C5: the maps of SSD's default boxes."""
+    """Backbone levels (default C4, C5) and extra stride-2 layers after C5: the maps of SSD's default boxes.
+    ``extras`` "enot": ENOT's extra layers, and on a MobileNet its C5 is ``c5_pre`` (before the final expand)."""
 
     def __init__(self, body: nn.Module, extra_channels: list[int], lite: bool, levels: tuple[str, ...] = ("c4", "c5"),
                  extras: str = "torchvision"):
@@ -140,15 +199,21 @@ class SSDNeck(nn.Module):
         self.body = body
         self.levels = tuple(levels)
         norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=BN_MOMENTUM)
-        make = (_extra_block_awnas if extras == "awnas" else _extra_block_lite) if lite else _extra_block_ssd
-        chans = [body.out_channels["c5"], *extra_channels]
+        if extras == "enot":
+            make = _extra_block_enot
+        else:
+            make = (_extra_block_awnas if extras == "awnas" else _extra_block_lite) if lite else _extra_block_ssd
+        pre = getattr(body, "pre_expand_channels", None) if extras == "enot" else None
+        self.c5 = "c5_pre" if pre else "c5"
+        widths = {**body.out_channels, "c5": pre or body.out_channels["c5"]}
+        chans = [widths["c5"], *extra_channels]
         self.extras = nn.ModuleList(make(chans[i], chans[i + 1], norm_layer) for i in range(len(extra_channels)))
-        self.out_channels_list = [body.out_channels[lv] for lv in self.levels] + list(extra_channels)
+        self.out_channels_list = [widths[lv] for lv in self.levels] + list(extra_channels)
 
     def forward(self, x):
-        feats = self.body(x)
-        out = OrderedDict((lv, feats[lv]) for lv in self.levels)
-        y = feats["c5"]
+        feats = self.body(x, pre_expand=True) if self.c5 == "c5_pre" else self.body(x)
+        out = OrderedDict((lv, feats[self.c5 if lv == "c5" else lv]) for lv in self.levels)
+        y = feats[self.c5]
         for i, block in enumerate(self.extras):
             y = block(y)
             out[f"e{i}"] = y
@@ -169,7 +234,7 @@ class SSDLiteMobileNetNeck(nn.Module):
         if not isinstance(getattr(block, "block", None), nn.Sequential) or block.use_res_connect:
             raise ConfigError(f"model.layout torchvision taps inside a MobileNetV3 block, as torchvision's ssdlite320: "
                               f"backbone {type(body).__name__} is not mobilenet_v3_large / mobilenet_v3_small (on "
-                              "mobilenet_v2, SSDLite's layouts are nasdet's, ENOT's SSD-MobileNetV2, and mmdetection)")
+                              "mobilenet_v2, SSDLite's layouts are nasdet's, mmdetection and enot)")
         self.body = body
         chans = [body.out_channels["c5"], *extra_channels]
         self.extra = nn.ModuleList(_extra_block(chans[i], chans[i + 1], norm_layer) for i in range(len(extra_channels)))
@@ -205,19 +270,30 @@ class SSDFamily(OneStageFamily):
         if torchvision_layout:
             neck = SSDLiteMobileNetNeck(body, cfg.extra_channels, norm_layer)
         else:
-            neck = SSDNeck(body, cfg.extra_channels, lite=lite, levels=tuple(cfg.ssd_levels), extras=cfg.ssdlite_extras)
+            extras = "enot" if cfg.layout == "enot" else cfg.ssdlite_extras
+            neck = SSDNeck(body, cfg.extra_channels, lite=lite, levels=tuple(cfg.ssd_levels), extras=extras)
         maps = len(neck.out_channels_list)
         ratios = cfg.anchor_aspect_ratios or default_aspect_ratios(lite, maps)
         lo, hi = cfg.anchor_ratio_range
-        anchors = (mmdet_ssdlite_anchors() if cfg.layout == "mmdetection" else
-                   DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi))
+        if cfg.layout == "mmdetection":
+            anchors = mmdet_ssdlite_anchors()
+        elif cfg.layout == "enot":
+            anchors = enot_ssd_anchors()
+        else:
+            anchors = DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi)
         per_loc = anchors.num_anchors_per_location()
         if lite:
             head = SSDLiteHead(neck.out_channels_list, per_loc, n, norm_layer)
         else:
             head = SSDHead(neck.out_channels_list, per_loc, n)
+        if cfg.layout == "enot":  # SSDHead's init_cfg: Normal(std 0.001) on every conv (torchvision's: 0.03)
+            for m in head.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.normal_(m.weight, std=0.001)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
         ssd_cls = FocalSSD if cfg.ssd_loss == "focal" else SSD
-        if cfg.layout == "mmdetection":
+        if cfg.layout in ("mmdetection", "enot"):
             ssd_cls = with_mmdet_test_path(ssd_cls)
         mean, std = ([0.5] * 3, [0.5] * 3) if torchvision_layout else (IMAGE_MEAN, IMAGE_STD)  # ssdlite320: [-1, 1]
         model = ssd_cls(neck, anchors, (s, s), n, image_mean=mean, image_std=std, head=head,
