@@ -1,4 +1,4 @@
-"""MMDetection's ssdlite_mobilenetv2, yolov3_mobilenetv2 and retinanet_r50_fpn as plain functions of their
+"""MMDetection's ssdlite_mobilenetv2, yolov3_mobilenetv2, retinanet_r50_fpn and ENOT's ssd_mnv2 as plain functions of their
 state_dicts (torch.nn.functional), for tests/test_imports_mmdet.py. MMDetection is not installed: written
 from its code (the files tests/fixtures/mmdetection/make_fixtures.py lists), never from nasdet's:
 
@@ -8,6 +8,8 @@ from its code (the files tests/fixtures/mmdetection/make_fixtures.py lists), nev
   ``i in out_indices`` over [layer1..7, conv2];
 - SSDNeck (depthwise): per extra a 1x1 ConvModule to out / 2, then a DepthwiseSeparableConvModule (3x3 s2
   p1 depthwise, 1x1 pointwise, both with BN and act); SSDHead (depthwise): 3x3 depthwise ConvModule, 1x1 conv;
+  ENOT's ssd_mnv2 (mmdetection-enot, MMDetection 2.16): MobileNetV2 out_indices (2, 4, 6), BN eps 1e-5, ReLU6;
+  SSDNeck without depthwise (1x1 ConvModule to out / 2, 3x3 s2 p1 ConvModule); SSDHead as above (BN eps 1e-3);
 - YOLOV3Neck: detect1 on the last input; per finer scale conv_i (1x1), x2 nearest upsample, cat(up, feat),
   detect_i+1 (1x1, 3x3, 1x1, 3x3, 1x1); YOLOV3Head: 3x3 bridge, 1x1 pred; LeakyReLU(0.1) everywhere;
 - ResNet-50 (pytorch style: stride on the 3x3), FPN (start_level 1, nearest upsample to the finer size,
@@ -64,12 +66,26 @@ def ssdlite_forward(sd, x):
         c = y.shape[1]
         y = conv_module(sd, f"{name}.1.depthwise_conv", y, act, eps, stride=2, padding=1, groups=c)
         feats.append(conv_module(sd, f"{name}.1.pointwise_conv", y, act, eps))
+    return ssd_head(sd, feats, act, eps)
+
+
+def ssd_head(sd, feats, act, eps):
     out = ([], [])
     for i, f in enumerate(feats):
         for j, tower in enumerate(("cls_convs", "reg_convs")):
             y = conv_module(sd, f"bbox_head.{tower}.{i}.0", f, act, eps, padding=1, groups=f.shape[1])
             out[j].append(F.conv2d(y, sd[f"bbox_head.{tower}.{i}.1.weight"], sd[f"bbox_head.{tower}.{i}.1.bias"]))
     return out
+
+
+def enot_ssd_forward(sd, x):
+    """ENOT's ssd_mnv2 -> (cls_scores, bbox_preds): per level (N, 15 * (K + 1), H, W) and (N, 15 * 4, H, W)."""
+    act = F.relu6
+    feats = mobilenet_v2(sd, x, (2, 4, 6), act, 1e-5)
+    for i in range(2):
+        y = conv_module(sd, f"neck.extra_layers.{i}.0", feats[-1], act, 1e-5)
+        feats.append(conv_module(sd, f"neck.extra_layers.{i}.1", y, act, 1e-5, stride=2, padding=1))
+    return ssd_head(sd, feats, act, 1e-3)
 
 
 def ssd_anchors(size_hw, sizes):
@@ -220,12 +236,13 @@ def retinanet_forward(sd, x):
     return result
 
 
-def retinanet_anchors(sizes):
-    """AnchorGenerator(octave_base_scale 4, scales_per_octave 3, ratios 0.5 / 1 / 2, strides 8..128), loops."""
+def retinanet_anchors(sizes, ratios=(0.5, 1.0, 2.0)):
+    """AnchorGenerator(octave_base_scale 4, scales_per_octave 3, ratios (RetinaNet's 0.5 / 1 / 2; ENOT's ssd_mnv2
+    1 / 0.5 / 2 / 0.6666 / 1.5), strides 8..128), loops."""
     levels = []
     for (h, w), s in zip(sizes, (8, 16, 32, 64, 128)):
         base = [(s * 4 * 2 ** (i / 3) / math.sqrt(r), s * 4 * 2 ** (i / 3) * math.sqrt(r))
-                for r in (0.5, 1.0, 2.0) for i in range(3)]
+                for r in ratios for i in range(3)]
         levels.append(torch.tensor([[x * s - bw / 2, y * s - bh / 2, x * s + bw / 2, y * s + bh / 2]
                                     for y in range(h) for x in range(w) for bw, bh in base]))
     return levels

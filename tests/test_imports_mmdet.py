@@ -1,5 +1,5 @@
 """MMDetection checkpoints as nasdet detectors: state_dicts with exactly the keys and shapes of MMDetection's
-ssdlite_mobilenetv2, yolov3_mobilenetv2 and retinanet_r50_fpn (tests/fixtures/mmdetection/, random values)
+ssdlite_mobilenetv2, yolov3_mobilenetv2, retinanet_r50_fpn and ENOT's ssd_mnv2 (tests/fixtures/mmdetection/, random values)
 map into nasdet's detector with every key used once; the imported detector computes MMDetection's raw head
 outputs (tests/mmdet_reference.py: its modules as functions of its state_dict) and, where the two test paths
 agree, its detections; anchors equal; class sets (its meta's class names) and foreign files."""
@@ -20,6 +20,7 @@ from nasdet.models.imports.torchvision_detection import COCO_LABELS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mmdetection"
 COCO80 = [c for c in COCO_LABELS if c not in ("__background__", "N/A")]  # MMDetection's CocoDataset classes
+SSD_ANCHORS = {"enot_ssd_mnv2": 15}  # per location (ssdlite_mobilenetv2: 6)
 CLASS_ROWS = {r"bbox_head\.cls_convs\.\d+\.1\..*": lambda k: 6 * (k + 1),
               r"bbox_head\.convs_pred\..*": lambda k: 3 * (5 + k), r"bbox_head\.retina_cls\..*": lambda k: 9 * k}
 # nasdet configs with MMDetection's test_cfg where nasdet has the knob
@@ -30,6 +31,8 @@ SSDLITE = dict(detector="ssdlite", layout="mmdetection", backbone={"name": "mobi
 # than anchors per scale nasdet cuts nothing, and the two agree while fewer than 1000 pairs pass (checked)
 YOLOV3 = dict(detector="yolov3", layout="mmdetection", backbone={"name": "mobilenet_v2"}, conf_thresh=0.005,
               score_thresh=0.05, nms_thresh=0.45, detections_per_img=100, topk_candidates=10_000)
+ENOT = dict(detector="ssdlite", layout="enot", backbone={"name": "mobilenet_v2"}, input_size=320, score_thresh=0.02,
+            nms_thresh=0.45, detections_per_img=200, topk_candidates=1000)  # its test_cfg
 RETINANET = dict(detector="retinanet", variant="mmdetection", backbone={"name": "resnet50"}, input_size=64,
                  score_thresh=0.05, nms_thresh=0.5, detections_per_img=100, topk_candidates=1000)
 
@@ -38,11 +41,13 @@ def mmdet_state(name: str, num_classes: int = 80, seed: int = 0) -> dict[str, to
     """Random tensors of the fixture's keys and shapes (class layers resized to ``num_classes``), scaled so
     activations stay O(1); class biases as MMDetection's init (few detections, as a trained model)."""
     shapes = json.loads((FIXTURES / f"{name}.json").read_text())["shapes"]
+    anchors = SSD_ANCHORS.get(name, 6)
+    rows_of = {**CLASS_ROWS, r"bbox_head\.cls_convs\.\d+\.1\..*": lambda k: anchors * (k + 1)}
     g = torch.Generator().manual_seed(seed)
     rand = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
     out = {}
     for k, shape in shapes.items():
-        rows = next((f for pattern, f in CLASS_ROWS.items() if re.fullmatch(pattern, k)), None)
+        rows = next((f for pattern, f in rows_of.items() if re.fullmatch(pattern, k)), None)
         shape = [rows(num_classes), *shape[1:]] if rows else shape
         if k.endswith("num_batches_tracked"):
             out[k] = torch.tensor(100)
@@ -54,7 +59,7 @@ def mmdet_state(name: str, num_classes: int = 80, seed: int = 0) -> dict[str, to
             out[k] = torch.randn(shape, generator=g) / torch.tensor(shape[1:]).prod().sqrt()
     for k, v in out.items():
         if re.fullmatch(r"bbox_head\.cls_convs\.\d+\.1\.bias", k):
-            v.view(6, -1)[:, -1] += 5.0  # background (last in MMDetection)
+            v.view(anchors, -1)[:, -1] += 5.0  # background (last in MMDetection)
         elif k.startswith("bbox_head.convs_pred"):  # class logits that vary over the image
             if k.endswith(".bias"):
                 v.view(3, -1)[:, 5:] -= 5.0
@@ -135,6 +140,32 @@ def test_ssdlite_mobilenetv2_import_is_function_preserving(tmp_path):
     # where MMDetection's and torchvision's test paths differ (top-k per level over (anchor, class) pairs vs
     # per class over levels), neither cuts here
     probs = out["cls_logits"][0].softmax(-1)[:, 1:]
+    assert max(int((p > 0.02).sum()) for p in probs.split(per_level)) < 1000 and int((probs > 0.02).sum(0).max()) < 1000
+    same_detections(got_dets, want)
+
+
+def test_enot_ssd_mnv2_import_is_function_preserving(tmp_path):
+    """ENOT's baseline_ckpt (an MMDetection 2.x file of its ssd_mnv2, VOC's 20 classes) as nasdet's layout enot."""
+    voc = [f"class{i}" for i in range(20)]
+    state = mmdet_state("enot_ssd_mnv2", num_classes=20)
+    for k, v in state.items():  # a surer background: few pairs above the score threshold, as a trained model
+        if re.fullmatch(r"bbox_head\.cls_convs\.\d+\.1\.bias", k):
+            v.view(15, -1)[:, -1] += 2.5
+    weights, classes = read_checkpoint(saved(state, tmp_path / "enot.pth", voc, version=2))
+    assert classes == voc
+    model, mapped, fresh = imported(weights, ENOT, 20)
+    every_key_used_once(state, mapped, fresh)
+    (cls_scores, bbox_preds), out, got_dets = run_both(model, ref.enot_ssd_forward, state, 320)
+    per_level = same_raw_outputs(out, cls_scores, bbox_preds, 15, lambda cls: torch.cat([cls[..., -1:], cls[..., :-1]], -1),
+                                 lambda got: got)
+    sizes = [c.shape[-2:] for c in cls_scores]
+    assert [tuple(s) for s in sizes] == [(40, 40), (20, 20), (10, 10), (5, 5), (3, 3)]
+    anchors = ref.retinanet_anchors(sizes, ratios=(1.0, 0.5, 2.0, 0.6666, 1.5))
+    torch.testing.assert_close(torch.cat(model.anchor_generator.level_anchors(sizes, (320, 320))), torch.cat(anchors),
+                               atol=1e-4, rtol=0)
+    want = ref.dense_predict(cls_scores, bbox_preds, anchors, (320, 320), softmax=True, stds=[0.1, 0.1, 0.2, 0.2],
+                             score_thr=0.02, nms_pre=1000, nms_iou=0.45, max_per_img=200)
+    probs = out["cls_logits"][0].softmax(-1)[:, 1:]  # neither test path's top-k cuts here (see ssdlite above)
     assert max(int((p > 0.02).sum()) for p in probs.split(per_level)) < 1000 and int((probs > 0.02).sum(0).max()) < 1000
     same_detections(got_dets, want)
 
@@ -240,15 +271,21 @@ def test_other_classes_start_the_class_layers_afresh(retinanet):
 
 
 # ----------------------------------------------------------------------------------- the baseline of a run
-def ssdlite_class_logits(state, x):
+def ssdlite_class_logits(state, x, forward=ref.ssdlite_forward, anchors=6):
     """MMDetection's ssdlite class outputs of all levels as torchvision's SSD orders them (background first)."""
-    w = torch.cat([c.permute(0, 2, 3, 1).reshape(1, -1, c.shape[1] // 6) for c in ref.ssdlite_forward(state, x)[0]], 1)
+    w = torch.cat([c.permute(0, 2, 3, 1).reshape(1, -1, c.shape[1] // anchors) for c in forward(state, x)[0]], 1)
     return torch.cat([w[..., -1:], w[..., :-1]], -1)
+
+
+def enot_class_logits(state, x):
+    return ssdlite_class_logits(state, x, ref.enot_ssd_forward, 15)
 
 
 START_FROM = {  # MMDetection model: the run's model keys, its raw outputs and MMDetection's, as one tensor
     "ssdlite_mobilenetv2": ({"detector": "ssdlite", "extra_channels": [512, 256, 256, 128]},
                             lambda out: out["cls_logits"], ssdlite_class_logits),
+    "enot_ssd_mnv2": ({"detector": "ssdlite", "layout": "enot", "extra_channels": [512, 256]}, lambda out: out["cls_logits"],
+                      lambda state, x: enot_class_logits(state, x)),
     "yolov3_mobilenetv2": ({"detector": "yolov3", "neck_channels": [96] * 3, "head_channels": [96] * 3},
                            lambda out: torch.cat([o.flatten() for o in out]),
                            lambda state, x: torch.cat([o.flatten() for o in ref.yolov3_forward(state, x)])),
@@ -271,7 +308,7 @@ def test_mmdet_checkpoint_becomes_the_baseline_and_starts_the_supernet(tiny_conf
     model_keys, raw, reference = START_FROM[name]
     state = mmdet_state(name, num_classes=len(SHAPE_CLASSES))
     path = saved(state, tmp_path / "mmdet.pth", SHAPE_CLASSES, version=2)
-    model_keys = {**model_keys, "layout": "mmdetection", "backbone": {"name": "mbv2_elastic", "width_mult": 1.0}}
+    model_keys = {"layout": "mmdetection", **model_keys, "backbone": {"name": "mbv2_elastic", "width_mult": 1.0}}
     cfg = tiny_config(model_keys.pop("detector"), model=model_keys,
                       pipeline={"baseline_backbone": "mobilenet_v2", "init_supernet_from_baseline": True,
                                 "baseline_checkpoint": str(path)})
@@ -294,6 +331,10 @@ def test_mmdet_checkpoint_becomes_the_baseline_and_starts_the_supernet(tiny_conf
 @pytest.mark.parametrize("state, cfg_kw, found", [
     (lambda: mmdet_state("yolov3_mobilenetv2"), SSDLITE, "an MMDetection yolov3 on MobileNetV2"),
     (lambda: mmdet_state("ssdlite_mobilenetv2"), {**SSDLITE, "layout": "nasdet"}, "set model.layout: mmdetection"),
+    (lambda: mmdet_state("enot_ssd_mnv2"), SSDLITE, "looks like an MMDetection ssd_mnv2 of ENOT (SSDHead, depthwise; "
+     "SSDNeck of full 3x3 convs) on MobileNetV2"),
+    (lambda: mmdet_state("enot_ssd_mnv2"), {**SSDLITE, "layout": "nasdet"}, "set model.detector: ssdlite, model.layout: enot"),
+    (lambda: mmdet_state("ssdlite_mobilenetv2"), ENOT, "an MMDetection ssdlite (SSDHead, depthwise) on MobileNetV2"),
     (lambda: mmdet_state("yolov3_mobilenetv2"), {**YOLOV3, "layout": "nasdet", "input_size": 320},
      "set model.layout: mmdetection (its LeakyReLU backbone)"),
     (lambda: {k: v for k, v in mmdet_state("ssdlite_mobilenetv2").items() if "extra_layers.3" not in k}, SSDLITE,

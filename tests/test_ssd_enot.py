@@ -96,6 +96,11 @@ def test_head_and_extras_init_and_test_path():
     bound = math.sqrt(6 / (256 * 9 + 512 * 9))  # Xavier-uniform
     assert extra[3].weight.abs().max() <= bound and extra[3].weight.abs().max() > 0.9 * bound
     assert type(model).__name__ == "MMDetSSD"  # MMDetection's test path: empty boxes dropped before NMS
+    # ENOT's img_norm_cfg (mean [123.675, 116.28, 103.53], std [1, 1, 1] on 0-255 pixels), on nasdet's 0-1 images
+    image = torch.rand(3, 320, 320)
+    x = model.transform([image])[0].tensors[0]
+    want = image * 255 - torch.tensor([123.675, 116.28, 103.53])[:, None, None]
+    torch.testing.assert_close(x, want, atol=1e-3, rtol=1e-5)
 
 
 def test_config_checks():

@@ -13,8 +13,9 @@ MMDetection 2.16's MobileNetV2, SSDNeck, SSDHead and AnchorGenerator); own code,
   at strides 8 to 128, on each cell's origin, in pixels whatever the input size (``mmdet_layout``);
 - loss: SSD's (MaxIoUAssigner 0.5 / 0.5, each box's best anchor, softmax with 3:1 hard negatives, smooth L1,
   deltas scaled by 0.1, 0.1, 0.2, 0.2: torchvision's SSD is the same); test path: MMDetection's (empty boxes
-  dropped before NMS). Input normalisation stays nasdet's (ImageNet mean and std, as torchvision's weights
-  expect); ENOT's config subtracts the mean only (std 1).
+  dropped before NMS); input: ENOT's normalisation, the ImageNet mean subtracted from 0-255 pixels and no
+  division (its img_norm_cfg std 1; its MMDetection ImageNet backbone was trained with the std, as torchvision's
+  are: ENOT's recipe starts from that mismatch, and its checkpoints need its normalisation).
 """
 from __future__ import annotations
 
@@ -296,6 +297,8 @@ class SSDFamily(OneStageFamily):
         if cfg.layout in ("mmdetection", "enot"):
             ssd_cls = with_mmdet_test_path(ssd_cls)
         mean, std = ([0.5] * 3, [0.5] * 3) if torchvision_layout else (IMAGE_MEAN, IMAGE_STD)  # ssdlite320: [-1, 1]
+        if cfg.layout == "enot":
+            std = [1 / 255] * 3  # ENOT's img_norm_cfg: mean [123.675, 116.28, 103.53], std [1, 1, 1] in 0-255
         model = ssd_cls(neck, anchors, (s, s), n, image_mean=mean, image_std=std, head=head,
                         topk_candidates=cfg.topk_candidates, score_thresh=cfg.score_thresh,
                         nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)

@@ -150,7 +150,9 @@ def describe_weights(weights: dict[str, torch.Tensor]) -> str:
     if has("bbox_head.") or has("neck."):
         backbone = ("MobileNetV2" if has("backbone.layer1.0.depthwise_conv.") else
                     "ResNet" if has("backbone.layer1.0.conv1.") else "another backbone")
-        head = ("ssdlite (SSDHead, depthwise)" if has("bbox_head.cls_convs.0.0.bn.") else
+        head = ("ssd_mnv2 of ENOT (SSDHead, depthwise; SSDNeck of full 3x3 convs)" if
+                has("bbox_head.cls_convs.0.0.bn.") and has("neck.extra_layers.0.1.conv.") else
+                "ssdlite (SSDHead, depthwise)" if has("bbox_head.cls_convs.0.0.bn.") else
                 "SSD" if has("neck.extra_layers.") else "yolov3" if has("bbox_head.convs_pred.") else
                 "retinanet" if has("bbox_head.retina_cls.") else "another detector")
         return f"an MMDetection {head} on {backbone} (bbox_head./neck. keys)"
@@ -255,7 +257,8 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
         hint = hint if hint is not None else (
             "; for that file set model.detector: ssdlite, model.layout: torchvision, model.backbone: {name: "
             "mobilenet_v3_large, width_mult: 1.0, reduced_tail: true}" if looks == TORCHVISION_SSDLITE else
-            f"; {IMPORTED_TORCHVISION}" if looks.startswith("torchvision's") and "resnet50" not in looks else "")
+            f"; {IMPORTED_TORCHVISION}" if looks.startswith("torchvision's") and "resnet50" not in looks else
+            "; for that file set model.detector: ssdlite, model.layout: enot" if "ssd_mnv2 of ENOT" in looks else "")
         raise CheckpointError(
             f"{source} is not a checkpoint of {expected}: it looks like {looks} "
             f"({len(missing)} of this model's keys missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "

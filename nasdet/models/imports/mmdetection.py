@@ -17,7 +17,11 @@ of open-mmlab/mmdetection and mmcv they come from):
   torchvision's but for the stem; FPN ``lateral_convs`` / ``fpn_convs`` (P3-P5, then P6 from C5 and P7)
   -> torchvision's FPN ``inner_blocks`` / ``layer_blocks`` / ``extra_blocks.p6, p7``; RetinaHead
   ``cls_convs`` / ``reg_convs`` / ``retina_cls`` / ``retina_reg`` -> torchvision's RetinaNetHead, whose
-  class outputs have a background column (label 0) MMDetection's do not: added, never scored.
+  class outputs have a background column (label 0) MMDetection's do not: added, never scored;
+- ENOT's ``ssd_mnv2`` (ENOT-AutoDL/mmdetection-enot, MMDetection 2.16: ENOT's ``baseline_ckpt``) -> ``ssdlite`` on
+  ``mobilenet_v2`` with ``layout: enot``: MobileNetV2 as above, SSDNeck's two ``extra_layers`` of ConvModules (1x1,
+  then a full 3x3) -> nasdet's extras ``backbone.extras.i.{0, 1, 3, 4}``, SSDHead as ssdlite_mobilenetv2's (15
+  anchors a location), background rows as there. Its BN eps are nasdet's (1e-5; 1e-3 in the head).
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ class MMDetLayout:
     class_lead: int  # per anchor, the outputs before the class ones (after the mapping)
     has_background: bool = False  # SSD: a background output per anchor (last in MMDetection, first in nasdet)
     add_background: bool = False  # RetinaNet: none in MMDetection; torchvision's heads have one (never positive)
-    bn_eps: float = 1e-5  # MMDetection's BN eps in this model
+    bn_eps: float | None = 1e-5  # MMDetection's BN eps in this model (None: each BN's is nasdet's)
     needs: str = ""  # the nasdet config setting its function needs ("" when the model has it)
 
     def convert(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -48,7 +52,7 @@ class MMDetLayout:
         out = {self.rename(k): v for k, v in weights.items()}
         eps = {f"{name}.running_var": m.eps for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
         for k, own_eps in eps.items():
-            if k in out and own_eps != self.bn_eps:
+            if k in out and self.bn_eps is not None and own_eps != self.bn_eps:
                 out[k] = out[k] + (self.bn_eps - own_eps)  # (x - mean) / sqrt(var + eps) unchanged
         if self.has_background:  # its anchors per location are the model's (6 per map for ssdlite_mobilenetv2)
             anchors = model.anchor_generator.num_anchors_per_location()
@@ -121,6 +125,14 @@ def _ssdlite_key(key: str, last: int) -> str:
     return _mobilenet_v2_key(key, last)
 
 
+def _enot_ssd_key(key: str, last: int) -> str:
+    m = re.match(r"neck\.extra_layers\.(\d+)\.([01])\.(.*)", key)
+    if m:  # nasdet's extra: conv, bn, act (1x1), conv, bn, act (3x3 stride 2)
+        first = 0 if m[2] == "0" else 3
+        return f"backbone.extras.{m[1]}.{_conv_module(m[3], str(first), str(first + 1))}"
+    return _ssdlite_key(key, last)
+
+
 def _yolov3_key(key: str, last: int) -> str:
     m = re.match(r"neck\.detect(\d)\.conv(\d)\.(.*)", key)
     if m:
@@ -174,6 +186,9 @@ def mmdet_layout(model: nn.Module) -> MMDetLayout | None:
     body = getattr(model.backbone, "body", None)
     mobilenet = isinstance(body, SequentialStagesBackbone) and len(body.features) == 19  # MobileNetV2's
     last = 18
+    if isinstance(model, SSD) and isinstance(model.backbone, SSDNeck) and mobilenet and model.backbone.c5 == "c5_pre":
+        return MMDetLayout("ssd_mnv2 (mmdetection-enot)", lambda k: _enot_ssd_key(k, last), class_lead=1,
+                           has_background=True, bn_eps=None)
     if isinstance(model, SSD) and isinstance(model.backbone, SSDNeck) and mobilenet:
         mmdet_anchors = isinstance(model.anchor_generator, MMDetAnchorGenerator)
         return MMDetLayout("ssdlite_mobilenetv2", lambda k: _ssdlite_key(k, last), class_lead=1, has_background=True,
