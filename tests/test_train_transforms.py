@@ -235,6 +235,10 @@ def test_hue_shift_of_uint8_images_gives_torchvisions_bits():
         assert torch.equal(adjust_hue_uint8(image, factor), F.adjust_hue(image, factor))
     with pytest.raises(ValueError, match="hue_factor"):
         adjust_hue_uint8(image, 0.6)
+    with pytest.raises(TypeError, match="uint8 RGB image"):  # a float image was scaled in place, its output zeros
+        adjust_hue_uint8(image.float() / 255, 0.1)
+    meta = torch.empty(3, 8, 8, dtype=torch.uint8, device="meta")  # tables follow the image (they were CPU-only)
+    assert adjust_hue_uint8(meta, 0.1).device.type == "meta"
 
 
 def test_photometric_distort_draws_and_outputs_as_torchvisions():
@@ -258,5 +262,13 @@ def test_photometric_distort_draws_and_outputs_as_torchvisions():
         b = [theirs(tv_tensors.Image(x[:, :40]), target) for x in images]
         for (ia, ta), (ib, tb) in zip(a, b):
             assert type(ia) is tv_tensors.Image and torch.equal(ia, ib) and ta.keys() == tb.keys()
+            assert ta is target  # the target passed through as it is
             assert type(ta["boxes"]) is type(tb["boxes"]) and torch.equal(ta["boxes"], tb["boxes"])
             assert torch.equal(ta["labels"], tb["labels"]) and ta["image_id"] == tb["image_id"]
+        # an image inside the target is distorted too, as torchvision does (the shortcut skipped it)
+        with_image = {"boxes": boxes, "other": tv_tensors.Image(images[0][:, :40])}
+        torch.manual_seed(9)
+        a = ours(tv_tensors.Image(images[1][:, :40]), with_image)
+        torch.manual_seed(9)
+        b = theirs(tv_tensors.Image(images[1][:, :40]), with_image)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1]["other"], b[1]["other"])

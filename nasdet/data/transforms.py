@@ -7,6 +7,7 @@ the loader to the size the trainer trains at (``TrainTransforms``), which the mo
 """
 from __future__ import annotations
 
+import PIL.Image
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -48,6 +49,8 @@ def adjust_hue_uint8(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
     (tests/test_train_transforms.py). 0.40 against 0.75 ms at 128 px on the 2-core Xeon."""
     if not -0.5 <= hue_factor <= 0.5:
         raise ValueError(f"hue_factor ({hue_factor}) is not in [-0.5, 0.5].")
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        raise TypeError(f"adjust_hue_uint8 takes a uint8 RGB image (3, H, W), got {image.dtype} {tuple(image.shape)}")
     img = image.to(torch.float32).mul_(1.0 / 255)
     r, g, b = img.unbind(-3)
     maxc = torch.maximum(torch.maximum(r, g), b)
@@ -69,23 +72,26 @@ def adjust_hue_uint8(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
     q = (1.0 - s_f).mul_(v).clamp_(0.0, 1.0)
     t = s_f.add_(one_minus_s).mul_(v).clamp_(0.0, 1.0)
     p = one_minus_s.mul_(v).clamp_(0.0, 1.0)
-    pick = _RGB_FROM_VPQT.take(sector.long().unsqueeze(0) + _ROW_OFFSETS)
+    pick = _RGB_FROM_VPQT.to(image.device).take(sector.long().unsqueeze(0) + _ROW_OFFSETS.to(image.device))
     return torch.stack((v, p, q, t)).gather(0, pick).mul_(256.0 - 1e-3).to(torch.uint8)
 
 
 class PhotometricDistort(v2.RandomPhotometricDistort):
     """torchvision's ``RandomPhotometricDistort``, the same draws and output, with the hue shift of a uint8 RGB
     image done by ``adjust_hue_uint8`` (torchvision's was a third of the demo tune stage's loading time). Called on
-    ``(image, target)``, it distorts the image alone: the target passes through unchanged either way, and
-    leaving it out of torchvision's flattening of the sample saves 25 us of the 300 per image."""
+    ``(image, target)`` whose target is a flat dict of no images (boxes, masks, labels: what passes through
+    unchanged), it distorts the image alone: leaving the target out of torchvision's flattening of the sample
+    saves 25 us of the 300 per image."""
 
     def forward(self, *inputs):
-        if len(inputs) == 2 and type(inputs[0]) is tv_tensors.Image and isinstance(inputs[1], dict):
+        if (len(inputs) == 2 and type(inputs[0]) is tv_tensors.Image and isinstance(inputs[1], dict)
+                and not any(isinstance(v, (tv_tensors.Image, tv_tensors.Video, PIL.Image.Image, dict, list, tuple))
+                            for v in inputs[1].values())):
             return super().forward(inputs[0]), inputs[1]
         return super().forward(*inputs)
 
     def _call_kernel(self, functional, inpt, *args, **kwargs):
-        if (functional is F.adjust_hue and type(inpt) in (torch.Tensor, tv_tensors.Image)
+        if (functional is F.adjust_hue and type(inpt) in (torch.Tensor, tv_tensors.Image) and inpt.device.type == "cpu"
                 and inpt.dtype == torch.uint8 and inpt.ndim == 3 and inpt.shape[0] == 3 and inpt.numel()):
             out = adjust_hue_uint8(inpt.as_subclass(torch.Tensor), *args, **kwargs)
             return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.Image) else out
