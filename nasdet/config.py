@@ -6,6 +6,7 @@ naming the key path and the file, never a silently ignored setting.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 from pathlib import Path
@@ -975,6 +976,25 @@ def validate_config(raw: dict, source: str = "<dict>") -> ExperimentConfig:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
+
+
+def as_config(cfg: Any) -> ExperimentConfig:
+    """A stage's config: an ``ExperimentConfig`` as it is, a plain mapping (a YAML file's keys) validated as
+    ``validate_config`` does; anything else a ``ConfigError`` naming what it got."""
+    if isinstance(cfg, ExperimentConfig):
+        return cfg
+    if isinstance(cfg, dict):
+        return validate_config(copy.deepcopy(cfg))
+    raise ConfigError(f"a stage takes a config from nasdet.config.load_config(path, overrides) or a dict of its keys, "
+                      f"got {type(cfg).__name__}")
+
+
+def takes_config(stage):
+    """The decorated stage function (first argument: the config) also takes a plain dict of the config's keys."""
+    @functools.wraps(stage)
+    def call(cfg, *args, **kwargs):
+        return stage(as_config(cfg), *args, **kwargs)
+    return call
 
 
 def without_start_weights(model_cfg):

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.text import Text
 
-from .config import ExperimentConfig, run_without_start_weights
+from .config import ExperimentConfig, takes_config, run_without_start_weights
 from .errors import ConfigError
 from .stages.baseline import run_baseline, run_cost
 from .stages.classify import run_classify
@@ -161,6 +161,7 @@ def run_pipeline_diagnose(cfg: ExperimentConfig, wd: Path, console: Console) -> 
     return run_diagnose(dcfg, wd, console=console)
 
 
+@takes_config
 @keeps_callers_threads
 def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Run every stage that is not complete yet; returns the report (also written as report.json)."""

@@ -518,6 +518,28 @@ def test_eval_and_export_compute_on_the_configs_threads(trained_baseline, monkey
         assert run_cost(unset, ckpt=ckpt, console=quiet)["latency"]["threads"] == 2
 
 
+def test_a_stage_takes_a_dict_of_the_configs_keys(trained_baseline):
+    """A config built in Python as a dict (a YAML file's keys) went to a stage as it was: a bare AttributeError."""
+    import io
+
+    from rich.console import Console
+
+    from nasdet.config import config_to_dict
+    from nasdet.errors import ConfigError
+    from nasdet.stages.baseline import run_cost
+
+    quiet = Console(file=io.StringIO())
+    ckpt = Path(trained_baseline.work_dir) / "baseline" / "ckpt" / "last.pt"
+    raw = config_to_dict(trained_baseline)
+    raw["cost"] = {**raw["cost"], "warmup": 0, "runs": 1, "threads": 1}
+    record = run_cost(raw, ckpt=ckpt, console=quiet)
+    assert record["macs"]["total"] > 0 and raw["cost"]["runs"] == 1  # the caller's dict is left as it was
+    with pytest.raises(ConfigError, match=r"(?s)<dict>.*cost\.runs"):
+        run_cost({**raw, "cost": {**raw["cost"], "runs": "many"}}, ckpt=ckpt, console=quiet)
+    with pytest.raises(ConfigError, match="a stage takes a config from nasdet.config.load_config.*got str"):
+        run_cost(str(ckpt), console=quiet)
+
+
 def test_export_traces_its_graph_on_a_val_image(trained_baseline, monkeypatch):
     """The end-to-end graph is traced on a check image (the path real images take), not on random noise."""
     import io

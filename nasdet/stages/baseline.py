@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from ..config import ExperimentConfig, config_to_dict, without_start_weights
+from ..config import ExperimentConfig, takes_config, config_to_dict, without_start_weights
 from ..errors import ConfigError
 from ..data.build import build_datasets, load_split
 from ..export import configured_postprocessing
@@ -38,6 +38,7 @@ from .common import (baseline_config, checkpoint_stage, cost_table, evaluated_ag
 IMPORT_KEY = "pipeline.baseline_checkpoint"
 
 
+@takes_config
 @keeps_callers_threads
 def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train ``baseline_config(cfg)`` into ``baseline/`` (resumed, or skipped when complete), or import
@@ -284,6 +285,7 @@ def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage
     return WorkDir.of(cfg, work_dir).stage(stage).require_checkpoint(hint=", or pass --ckpt")
 
 
+@takes_config
 @keeps_callers_threads
 def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
              console: Console | None = None, keep_aspect: tuple[int, int] | None = None) -> dict:
@@ -386,6 +388,7 @@ def eval_record_path(cfg: ExperimentConfig, work_dir: str | Path | None, ckpt: P
     return wd.eval.root / f"{name}_{what}.json"
 
 
+@takes_config
 @keeps_callers_threads
 def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
              latency: bool = True, console: Console | None = None) -> dict:

@@ -21,7 +21,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..config import ExperimentConfig, config_to_dict, read_arch_file, save_run_record, without_start_weights
+from ..config import (ExperimentConfig, config_to_dict, read_arch_file, save_run_record, takes_config,
+                      without_start_weights)
 from ..data.imagefolder import (classification_eval_transforms, classification_train_transforms,
                                 open_classification_splits)
 from ..errors import ConfigError
@@ -96,6 +97,7 @@ def _table_of(record: dict) -> Table:
                            for n, r in rows.items()}, f"classify: top-1 / top-5 on val ({record['val_images']} images)")
 
 
+@takes_config
 @keeps_callers_threads
 def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train ``model.backbone`` as a classifier (supernet or one subnet) into ``classify/``; returns its record."""

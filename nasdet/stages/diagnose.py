@@ -34,7 +34,7 @@ import torch
 from rich.console import Console
 from rich.text import Text
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, takes_config
 from ..data.build import build_datasets
 from ..errors import ConfigError
 from ..files import write_json_atomic
@@ -191,6 +191,7 @@ def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
     return plan
 
 
+@takes_config
 @keeps_callers_threads
 def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
                  worker: int = 0, plan_only: bool = False, outputs: bool = True) -> dict:

@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, takes_config
 from ..data.build import build_datasets, load_split
 from ..data.dataset import to_coco_gt
 from ..errors import ConfigError, ExportParityError
@@ -286,6 +286,7 @@ def budget_latency(cfg: ExperimentConfig, lat_torch: dict, lat_ort: dict, int8: 
     return lat_torch["median_ms"], f"torch {c.device}"
 
 
+@takes_config
 @keeps_callers_threads
 def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: bool = False,
                source: str | None = None, console: Console | None = None, int8: bool | None = None) -> dict:

@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ExperimentConfig, run_without_start_weights, save_run_record
+from ..config import ExperimentConfig, takes_config, run_without_start_weights, save_run_record
 from ..data.build import build_datasets
 from ..errors import StageOrderError
 from ..models.cost import detector_macs
@@ -73,6 +73,7 @@ def _say_init(console: Console, path: str, start: SupernetStart, classes: list[s
                       "classes or another order, the supernet starts mislabelling them", soft_wrap=True)
 
 
+@takes_config
 @keeps_callers_threads
 def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train the weight-sharing supernet (``supernet/``) on the training split minus the search split,

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from ..config import ExperimentConfig, config_to_dict, save_run_record
+from ..config import ExperimentConfig, takes_config, config_to_dict, save_run_record
 from ..errors import ConfigError
 from ..export import configured_postprocessing
 from ..models.families import family_of
@@ -46,6 +46,7 @@ from ..user_data import refuse_output_in_data
 from ..workdir import BEST_ARCH, CONFIDENCE_JSON, LATENCY_LUT, PARETO_JSON, STUDY_FILE, WorkDir
 
 
+@takes_config
 @keeps_callers_threads
 def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """``nasdet search`` with ``search.strategy: darts`` (FAD): the bi-level search of the head's towers into
@@ -98,6 +99,7 @@ def check_search_inputs(cfg: ExperimentConfig, work_dir: str | Path | None = Non
     return w
 
 
+@takes_config
 @keeps_callers_threads
 def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storage: str | None = None,
                console: Console | None = None, worker: int = 0, outputs: bool = True) -> dict:

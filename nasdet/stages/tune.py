@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from ..config import ExperimentConfig, read_arch_file, run_without_start_weights, save_run_record
+from ..config import ExperimentConfig, takes_config, read_arch_file, run_without_start_weights, save_run_record
 from ..errors import ResumeMismatch, StageOrderError
 from ..data.build import build_datasets
 from ..export import configured_postprocessing
@@ -183,6 +183,7 @@ def unfinished_search(ckpt: Path, genotypes: str) -> None:
                               f"or set tune.arch: {genotypes} to tune them as they are")
 
 
+@takes_config
 @keeps_callers_threads
 def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
              stage: str = TUNE) -> dict:
