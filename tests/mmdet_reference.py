@@ -145,6 +145,30 @@ def dense_predict(cls_scores, bbox_preds, anchors, size_hw, *, softmax, stds, sc
     return post_process(torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels), nms_iou, max_per_img)
 
 
+def dense_predict_v2(cls_scores, bbox_preds, anchors, size_hw, *, stds, score_thr, nms_pre, nms_iou, max_per_img):
+    """MMDetection 2.x's softmax test path (mmdetection-enot: AnchorHead._get_bboxes, multiclass_nms) for one
+    image: per level the nms_pre anchors of highest foreground score, decoded; then every (anchor, class) pair
+    above score_thr, class-wise NMS, the first max_per_img. Boxes clipped empty are kept (3.x drops them)."""
+    boxes, scores = [], []
+    for cls, reg, a in zip(cls_scores, bbox_preds, anchors):
+        probs = cls[0].permute(1, 2, 0).reshape(a.shape[0], -1).softmax(-1)
+        reg = reg[0].permute(1, 2, 0).reshape(-1, 4)
+        if 0 < nms_pre < a.shape[0]:
+            top = probs[:, :-1].max(-1).values.topk(nms_pre).indices
+            a, reg, probs = a[top], reg[top], probs[top]
+        boxes.append(delta2bbox(a, reg, stds, size_hw))
+        scores.append(probs)
+    boxes, scores = torch.cat(boxes), torch.cat(scores)[:, :-1]
+    k = scores.shape[1]
+    boxes = boxes[:, None].expand(-1, k, 4).reshape(-1, 4)
+    labels = torch.arange(k).view(1, -1).expand_as(scores).reshape(-1)
+    scores = scores.reshape(-1)
+    valid = scores > score_thr
+    boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
+    keep = batched_nms(boxes, scores, labels, nms_iou)[:max_per_img]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
 # ------------------------------------------------------------------------------------- yolov3_mobilenetv2
 def yolov3_forward(sd, x):
     """-> per scale (strides 32, 16, 8) (N, 3 * (5 + K), H, W)."""

@@ -163,11 +163,26 @@ def test_enot_ssd_mnv2_import_is_function_preserving(tmp_path):
     anchors = ref.retinanet_anchors(sizes, ratios=(1.0, 0.5, 2.0, 0.6666, 1.5))
     torch.testing.assert_close(torch.cat(model.anchor_generator.level_anchors(sizes, (320, 320))), torch.cat(anchors),
                                atol=1e-4, rtol=0)
-    want = ref.dense_predict(cls_scores, bbox_preds, anchors, (320, 320), softmax=True, stds=[0.1, 0.1, 0.2, 0.2],
-                             score_thr=0.02, nms_pre=1000, nms_iou=0.45, max_per_img=200)
+    want = ref.dense_predict_v2(cls_scores, bbox_preds, anchors, (320, 320), stds=[0.1, 0.1, 0.2, 0.2],
+                                score_thr=0.02, nms_pre=1000, nms_iou=0.45, max_per_img=200)  # MMDetection 2.16's
     probs = out["cls_logits"][0].softmax(-1)[:, 1:]  # neither test path's top-k cuts here (see ssdlite above)
     assert max(int((p > 0.02).sum()) for p in probs.split(per_level)) < 1000 and int((probs > 0.02).sum(0).max()) < 1000
     same_detections(got_dets, want)
+
+
+def test_an_mmdet_file_without_class_names_is_kept_by_index_and_said():
+    """mmdetection-enot's own loop saves {"epoch", "model", ..} with no meta: the class rows were kept by index
+    without a word."""
+    state = mmdet_state("enot_ssd_mnv2", num_classes=3)
+    run = [(1, "a"), (2, "b"), (3, "c")]
+    for names, unnamed in ((None, True), (["a", "b", "c"], False)):
+        _, mapped, _ = imported(state, ENOT, 3, classes=run, checkpoint_classes=names)
+        assert mapped.unnamed_classes == unnamed and mapped.reinitialised == []
+    with pytest.raises(CheckpointError, match=r"set model.detector: ssdlite, model.layout: enot, model.backbone: "
+                                              r"\{name: mobilenet_v2"):
+        imported(state, {**ENOT, "backbone": {"name": "mobilenet_v3_large"}}, 3)
+    with pytest.raises(CheckpointError, match="model.layout: mmdetection.*ssdlite_mobilenetv2_import_coco.yaml"):
+        imported(mmdet_state("ssdlite_mobilenetv2", num_classes=3), ENOT, 3)
 
 
 def test_mmdet_anchors_are_mmdetections():

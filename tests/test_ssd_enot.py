@@ -93,7 +93,9 @@ def test_head_and_extras_init_and_test_path():
     assert extra[3].stride == (2, 2) and extra[3].groups == 1 and extra[4].eps == 1e-5
     bound = math.sqrt(6 / (256 * 9 + 512 * 9))  # Xavier-uniform
     assert extra[3].weight.abs().max() <= bound and extra[3].weight.abs().max() > 0.9 * bound
-    assert type(model).__name__ == "MMDetSSD"  # MMDetection's test path: empty boxes dropped before NMS
+    assert type(model).__name__ == "SSD"  # MMDetection 2.16 keeps boxes clipped empty (3.x drops them)
+    assert {m.momentum for m in model.head.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.03}  # its norm_cfg
+    assert {m.momentum for m in model.backbone.extras.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
     # ENOT's img_norm_cfg (mean [123.675, 116.28, 103.53], std [1, 1, 1] on 0-255 pixels), on nasdet's 0-1 images
     image = torch.rand(3, 320, 320)
     x = model.transform([image])[0].tensors[0]
@@ -111,8 +113,9 @@ def test_config_checks():
         make_model_config(detector="ssd", layout="enot")
     with pytest.raises(ConfigError, match="c3, c4, c5"):
         make_model_config(detector="ssdlite", layout="enot", ssd_levels=["c4", "c5"])
-    with pytest.raises(ConfigError, match="two extra layers"):
+    with pytest.raises(ConfigError, match="two extra layers") as e:
         make_model_config(detector="ssdlite", layout="enot", extra_channels=[512, 256, 256, 128])
+    assert "SSDModelConfig(" not in str(e.value)  # one line, not a dump of the model config
     with pytest.raises(ConfigError, match="drop anchor_aspect_ratios"):
         make_model_config(detector="ssdlite", layout="enot", anchor_aspect_ratios=[[2]] * 5)
     with pytest.raises(ConfigError, match="4 positive ints"):

@@ -246,10 +246,12 @@ def import_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, c
                      f"{', ...' if val.num_classes > 4 else ''}: torchvision's references train on them as labels)"
                      if imported.category_id_labels else ""))
     if imported.unnamed_classes:
-        console.print(f"[yellow]warning:[/] {escape(str(source))} records no class names (written before nasdet kept "
-                      f"them): its class layers are kept as they are, label k as the data's k-th class "
-                      f"({', '.join(val.classes[:3])}{', ...' if val.num_classes > 3 else ''}); if it was trained on "
-                      "other classes or another order, its detections are mislabelled", soft_wrap=True)
+        why = ("written before nasdet kept them" if imported.source_format == "nasdet" else
+               "no meta with CLASSES or dataset_meta classes")
+        console.print(f"[yellow]warning:[/] {escape(str(source))} records no class names ({why}): its class layers "
+                      f"are kept as they are, label k as the data's k-th class ({', '.join(val.classes[:3])}"
+                      f"{', ...' if val.num_classes > 3 else ''}); if it was trained on other classes or another "
+                      "order, its detections are mislabelled", soft_wrap=True)
     if imported.reinitialised:
         console.print(f"its classes are not the data's {data['val'].num_classes}: re-initialised "
                       f"{', '.join(imported.reinitialised)}; fine-tuning it with the train recipe")

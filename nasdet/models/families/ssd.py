@@ -12,8 +12,10 @@ MMDetection 2.16's MobileNetV2, SSDNeck, SSDHead and AnchorGenerator); own code,
 - anchors: AnchorGenerator, octave_base_scale 4, 3 scales an octave, ratios 1, 0.5, 2, 0.6666, 1.5: 15 a location
   at strides 8 to 128, on each cell's origin, in pixels whatever the input size (``mmdet_layout``);
 - loss: SSD's (MaxIoUAssigner 0.5 / 0.5, each box's best anchor, softmax with 3:1 hard negatives, smooth L1,
-  deltas scaled by 0.1, 0.1, 0.2, 0.2: torchvision's SSD is the same); test path: MMDetection's (empty boxes
-  dropped before NMS); input: ENOT's normalisation, the ImageNet mean subtracted from 0-255 pixels and no
+  deltas scaled by 0.1, 0.1, 0.2, 0.2: torchvision's SSD is the same); test path: torchvision's SSD, as MMDetection
+  2.16's keeps boxes left empty by clipping (3.x drops them: ``layout: mmdetection``), with ENOT's thresholds in its
+  configs (``topk_candidates`` 1000 per class where MMDetection keeps the best 1000 anchors a level: the same while
+  neither cuts); input: ENOT's normalisation, the ImageNet mean subtracted from 0-255 pixels and no
   division (its img_norm_cfg std 1; its MMDetection ImageNet backbone was trained with the std, as torchvision's
   are: ENOT's recipe starts from that mismatch, and its checkpoints need its normalisation).
 """
@@ -94,17 +96,17 @@ class SSDModelConfig(BaseModelConfig):
         if "ssd_levels" in self.model_fields_set and self.ssd_levels != ["c3", "c4", "c5"]:
             raise ValueError(f"model.layout enot predicts on c3, c4, c5 (MobileNetV2 out_indices 2, 4, 6), got "
                              f"ssd_levels {self.ssd_levels}: drop ssd_levels")
-        # (validate_assignment runs these validators again on each assignment: assign only what differs)
-        if self.ssd_levels != ["c3", "c4", "c5"]:
-            self.ssd_levels = ["c3", "c4", "c5"]
-        if "extra_channels" not in self.model_fields_set:
-            self.extra_channels = [512, 256]
-        elif len(self.extra_channels) != 2:
+        if "extra_channels" in self.model_fields_set and len(self.extra_channels) != 2:
             raise ValueError(f"model.layout enot has two extra layers (ENOT's 512, 256), got extra_channels "
                              f"{self.extra_channels}")
         if self.anchor_aspect_ratios is not None or self.ssdlite_extras != "torchvision":
             raise ValueError("model.layout enot has ENOT's anchors and extra layers: drop anchor_aspect_ratios and "
                              "ssdlite_extras")
+        # (validate_assignment runs these validators again on each assignment: checks first, then only what differs)
+        if self.ssd_levels != ["c3", "c4", "c5"]:
+            self.ssd_levels = ["c3", "c4", "c5"]
+        if "extra_channels" not in self.model_fields_set:
+            self.extra_channels = [512, 256]
         return self
 
     @field_validator("anchor_aspect_ratios")
@@ -289,12 +291,15 @@ class SSDFamily(OneStageFamily):
             head = SSDHead(neck.out_channels_list, per_loc, n)
         if cfg.layout == "enot":  # SSDHead's init_cfg: Normal(std 0.001) on every conv (torchvision's: 0.03)
             for m in head.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = 0.03  # its norm_cfg (eps 1e-3, momentum 0.03)
+            for m in head.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.normal_(m.weight, std=0.001)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
         ssd_cls = FocalSSD if cfg.ssd_loss == "focal" else SSD
-        if cfg.layout in ("mmdetection", "enot"):
+        if cfg.layout == "mmdetection":
             ssd_cls = with_mmdet_test_path(ssd_cls)
         mean, std = ([0.5] * 3, [0.5] * 3) if torchvision_layout else (IMAGE_MEAN, IMAGE_STD)  # ssdlite320: [-1, 1]
         if cfg.layout == "enot":

@@ -258,7 +258,11 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
             "; for that file set model.detector: ssdlite, model.layout: torchvision, model.backbone: {name: "
             "mobilenet_v3_large, width_mult: 1.0, reduced_tail: true}" if looks == TORCHVISION_SSDLITE else
             f"; {IMPORTED_TORCHVISION}" if looks.startswith("torchvision's") and "resnet50" not in looks else
-            "; for that file set model.detector: ssdlite, model.layout: enot" if "ssd_mnv2 of ENOT" in looks else "")
+            "; for that file set model.detector: ssdlite, model.layout: enot, model.backbone: {name: mobilenet_v2, "
+            "width_mult: 1.0}" if "ssd_mnv2 of ENOT" in looks else
+            "; for that file set model.detector: ssdlite, model.layout: mmdetection, model.backbone: {name: "
+            "mobilenet_v2, width_mult: 1.0}, model.extra_channels: [512, 256, 256, 128] (configs/mmdetection/"
+            "ssdlite_mobilenetv2_import_coco.yaml)" if looks.startswith("an MMDetection ssdlite") else "")
         raise CheckpointError(
             f"{source} is not a checkpoint of {expected}: it looks like {looks} "
             f"({len(missing)} of this model's keys missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
@@ -308,7 +312,8 @@ def map_detector_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
             mapped, per_class, by_id = {**mapped, **rows}, [], True
     if per_class:  # other classes: every class-dependent layer starts afresh, not only those of another shape
         per_class = [k for k in want if any(r.fullmatch(k) for r in class_layers)]
-    # a nasdet checkpoint of the same class count that records no names (written before they were kept)
-    unnamed = fmt == "nasdet" and not per_class and not checkpoint_classes and classes is not None
+    # a checkpoint of the same class count that records no names: a nasdet one written before they were kept, an
+    # MMDetection one without its meta (mmdetection-enot's own training loop saves {"epoch", "model", ..})
+    unnamed = fmt in ("nasdet", "mmdetection") and not per_class and not checkpoint_classes and classes is not None
     state = {k: own[k] if k in per_class or k not in mapped else mapped[k] for k in own}
     return ImportedWeights(state, fmt, _module_names(per_class), coco, picked, unnamed, by_id)
