@@ -348,6 +348,14 @@ def test_init_from_errors_name_the_key_and_what_the_file_is(tiny_config, tmp_pat
     with pytest.raises(CheckpointError, match=r"supernet.init_from .*mobilenet_v2-b0353104.pth is a plain state_dict "
                                               r"of a classification network.*model.backbone.checkpoint"):
         init_from_checkpoint(model, str(imagenet), ["a", "b", "c", "d"], cfg.model)
+    # an MMDetection file (its own format, and mmdetection-enot's {"epoch", "model"}): imported as the baseline first
+    mmdet = {"backbone.layer1.0.depthwise_conv.conv.weight": torch.zeros(1), "bbox_head.cls_convs.0.0.bn.weight":
+             torch.zeros(1), "neck.extra_layers.0.1.conv.weight": torch.zeros(1)}
+    for name, saved in (("mmdet.pth", {"meta": {}, "state_dict": mmdet}), ("enot.pth", {"epoch": 99, "model": mmdet})):
+        torch.save(saved, tmp_path / name)
+        with pytest.raises(CheckpointError, match=rf"supernet.init_from .*{name} is an MMDetection ssd_mnv2 of ENOT .*"
+                                                  r"pipeline.baseline_checkpoint"):
+            init_from_checkpoint(model, str(tmp_path / name), ["a", "b", "c", "d"], cfg.model)
     detector = tmp_path / "ssdlite.pt"
     _ssdlite_checkpoint(tiny_config, detector, ["a", "b", "c", "d"])
     with pytest.raises(CheckpointError, match=r"supernet.init_from .*ssdlite.pt does not fit this supernet outside the "

@@ -141,6 +141,14 @@ def read_detector_checkpoint(path: str, key: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"{key} {path} cannot be read: {unreadable_reason(e, path)}") from e
+    weights = state.get("state_dict", state.get("model")) if isinstance(state, dict) else None
+    looks = describe_weights(weights) if isinstance(weights, dict) and weights else ""
+    if looks.startswith("an MMDetection"):  # its own {"meta", "state_dict"}, or mmdetection-enot's {"model", ..}
+        raise CheckpointError(
+            f"{key} {path} is {looks}, a detector of another library: it becomes nasdet's as the run's baseline "
+            "(pipeline.baseline_checkpoint: that file, with pipeline.init_supernet_from_baseline: true to start the "
+            "supernet from it, as ENOT's pretrain starts from its baseline_ckpt; README: Start from your trained "
+            "detector)")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         return state
     if isinstance(state, dict) and state.get("written_by") == "nasdet classify":
