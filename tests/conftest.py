@@ -21,6 +21,17 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 # thread count, and so float reduction order, follow the machine's load. Its own tests turn it back on.
 os.environ.setdefault("NASDET_ADAPTIVE_THREADS", "0")
 
+# The files whose tests run longest (whole pipelines, torchrun, ONNX and INT8 exports; `--durations`), first: the
+# workers then end on short tests, not one on a 20 s pipeline while the other idles (collection order otherwise)
+HEAVY_FIRST = ("test_tune_export_pipeline.py", "test_fad.py", "test_cli.py", "test_int8.py", "test_fault_injection.py",
+               "test_gradient_search.py", "test_interrupt.py", "test_report_controls.py",
+               "test_search_latency_workers.py", "test_supernet_pretrain.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order kept
+
 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
