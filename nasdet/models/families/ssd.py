@@ -285,14 +285,12 @@ class SSDFamily(OneStageFamily):
         else:
             anchors = DefaultBoxGenerator(ratios, min_ratio=lo, max_ratio=hi)
         per_loc = anchors.num_anchors_per_location()
-        if lite:
-            head = SSDLiteHead(neck.out_channels_list, per_loc, n, norm_layer)
+        if lite:  # ENOT's head norm_cfg: BN eps 1e-3, momentum 0.03
+            head_norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03) if cfg.layout == "enot" else norm_layer
+            head = SSDLiteHead(neck.out_channels_list, per_loc, n, head_norm)
         else:
             head = SSDHead(neck.out_channels_list, per_loc, n)
         if cfg.layout == "enot":  # SSDHead's init_cfg: Normal(std 0.001) on every conv (torchvision's: 0.03)
-            for m in head.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.momentum = 0.03  # its norm_cfg (eps 1e-3, momentum 0.03)
             for m in head.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.normal_(m.weight, std=0.001)
