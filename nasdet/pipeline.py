@@ -19,17 +19,17 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.text import Text
 
-from .config import ExperimentConfig, takes_config, run_without_start_weights
+from .config import ExperimentConfig, run_without_start_weights
 from .errors import ConfigError
 from .stages.baseline import run_baseline, run_cost
 from .stages.classify import run_classify
+from .stages.common import stage_api
 from .stages.export import current_export, run_export
 from .stages.pretrain import run_pretrain
 from .stages.report import CONTROLS_UNDER_TORCHRUN, unlike, write_report
 from .stages.search import run_search
 from .stages.tune import run_tune
 from .workdir import ARCH_JSON, CONTROLS, WorkDir, write_json
-from .threads import keeps_callers_threads
 
 STAGES = ("classify", "baseline", "pretrain", "search", "diagnose", "tune", "controls", "export", "report")
 
@@ -161,8 +161,7 @@ def run_pipeline_diagnose(cfg: ExperimentConfig, wd: Path, console: Console) -> 
     return run_diagnose(dcfg, wd, console=console)
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_pipeline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Run every stage that is not complete yet; returns the report (also written as report.json)."""
     console = console or Console()

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from ..config import ExperimentConfig, takes_config, config_to_dict, without_start_weights
+from ..config import ExperimentConfig, config_to_dict, without_start_weights
 from ..errors import ConfigError
 from ..data.build import build_datasets, load_split
 from ..export import configured_postprocessing
@@ -29,17 +29,16 @@ from ..train.bn import recalibrate_bn
 from ..train.trained import load_checkpoint_model, load_trained_model
 from ..files import why_not_a_file
 from ..models.backbones import SUPERNET_BACKBONES
-from ..threads import keeps_callers_threads, set_torch_threads
+from ..threads import set_torch_threads
 from ..workdir import BASELINE, COST_JSON, METRICS_FILE, WorkDir, stage_dir_of, write_json
 from .common import (baseline_config, checkpoint_stage, cost_table, evaluated_again, metrics_table, per_class_table,
-                     recorded_postprocessing, scored_val_set, stage_threads, train_detector)
+                     recorded_postprocessing, scored_val_set, stage_api, stage_threads, train_detector)
 
 
 IMPORT_KEY = "pipeline.baseline_checkpoint"
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_baseline(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train ``baseline_config(cfg)`` into ``baseline/`` (resumed, or skipped when complete), or import
     ``pipeline.baseline_checkpoint`` there; val metrics."""
@@ -287,8 +286,7 @@ def default_checkpoint(cfg: ExperimentConfig, work_dir: str | Path | None, stage
     return WorkDir.of(cfg, work_dir).stage(stage).require_checkpoint(hint=", or pass --ckpt")
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_eval(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
              console: Console | None = None, keep_aspect: tuple[int, int] | None = None) -> dict:
     """COCO metrics of a checkpoint on the val set, written where ``eval_record_path`` says. ``keep_aspect``
@@ -390,8 +388,7 @@ def eval_record_path(cfg: ExperimentConfig, work_dir: str | Path | None, ckpt: P
     return wd.eval.root / f"{name}_{what}.json"
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_cost(cfg: ExperimentConfig, work_dir: str | Path | None = None, ckpt: str | Path | None = None,
              latency: bool = True, console: Console | None = None) -> dict:
     """MACs, params and latency of the config's detector (trained weights if a checkpoint exists,

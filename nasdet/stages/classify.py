@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..config import (ExperimentConfig, config_to_dict, read_arch_file, save_run_record, takes_config,
+from ..config import (ExperimentConfig, config_to_dict, read_arch_file, save_run_record,
                       without_start_weights)
 from ..data.imagefolder import (classification_eval_transforms, classification_train_transforms,
                                 open_classification_splits)
@@ -34,8 +34,7 @@ from ..train.checkpoint import CheckpointError, backbone_start, load_checkpoint
 from ..train.classify import ClassifierSupernetTrainer, ClassifierTrainer, load_classifier_teacher
 from ..train.loop import RunSettings
 from ..workdir import WorkDir, write_json
-from ..threads import keeps_callers_threads
-from .common import detnas_list_arch, finished_record, recipe_key, start_note_of, with_train_recipe
+from .common import detnas_list_arch, finished_record, recipe_key, stage_api, start_note_of, with_train_recipe
 
 
 def _arch_mapping(given: Any, cfg: ExperimentConfig) -> tuple[dict, str]:
@@ -97,8 +96,7 @@ def _table_of(record: dict) -> Table:
                            for n, r in rows.items()}, f"classify: top-1 / top-5 on val ({record['val_images']} images)")
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_classify(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train ``model.backbone`` as a classifier (supernet or one subnet) into ``classify/``; returns its record."""
     console = console or Console()

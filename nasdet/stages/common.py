@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import ExperimentConfig, save_run_record, without_start_weights
+from ..config import ExperimentConfig, save_run_record, takes_config, without_start_weights
 from ..errors import ConfigError
 from ..data.build import build_datasets
 from ..export import configured_postprocessing
@@ -19,8 +19,15 @@ from ..models import build_detector
 from ..models.backbones import BACKBONES, SUPERNET_BACKBONES
 from ..train import dist
 from ..train.checkpoint import backbone_start, load_checkpoint
+from ..threads import keeps_callers_threads
 from ..train.loop import Trainer, start_note_of  # noqa: F401 (the stages' shared start note)
 from ..workdir import BASELINE, CKPT_DIR, CONTROLS, SUPERNET, TUNE, StageDir, WorkDir, write_json
+
+
+def stage_api(stage):
+    """A stage's Python API (``run_*``): its config may be a plain dict of the config's keys (``takes_config``), and
+    the call leaves torch's threads and the governor as the caller had them (``keeps_callers_threads``)."""
+    return takes_config(keeps_callers_threads(stage))
 
 
 def with_train_recipe(cfg: ExperimentConfig, train) -> ExperimentConfig:

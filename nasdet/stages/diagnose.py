@@ -34,7 +34,7 @@ import torch
 from rich.console import Console
 from rich.text import Text
 
-from ..config import ExperimentConfig, takes_config
+from ..config import ExperimentConfig
 from ..data.build import build_datasets
 from ..errors import ConfigError
 from ..files import write_json_atomic
@@ -50,7 +50,7 @@ from ..train.checkpoint import file_sha256
 from ..train.resume import flatten
 from ..train.trained import TuneTrainer
 from ..workdir import DIAGNOSE, LOG_FILE, DiagnoseDir, StageDir, WorkDir, checkpoint_in
-from ..threads import keeps_callers_threads
+from .common import stage_api
 
 
 def train_standalone(cfg: ExperimentConfig, ctx, data: Mapping[str, Any], arch: Mapping[str, Any], init: str,
@@ -191,8 +191,7 @@ def plan_archs(cfg: ExperimentConfig, ctx, cost_fn, out: DiagnoseDir) -> dict:
     return plan
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_diagnose(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
                  worker: int = 0, plan_only: bool = False, outputs: bool = True) -> dict:
     """Score, proxy and train the plan's archs not yet done (shared with other processes through claims);

@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..config import ExperimentConfig, takes_config
+from ..config import ExperimentConfig
 from ..data.build import build_datasets, load_split
 from ..data.dataset import to_coco_gt
 from ..errors import ConfigError, ExportParityError
@@ -33,9 +33,9 @@ from ..train import dist
 from ..train.checkpoint import load_checkpoint, unfinished_at
 from ..train.trained import load_trained_model, load_tuned_model
 from ..train.resume import flatten
-from ..threads import keeps_callers_threads, set_torch_threads
+from ..threads import set_torch_threads
 from ..workdir import CLASSES_JSON, WorkDir, write_json
-from .common import scored_val_set, stage_threads
+from .common import scored_val_set, stage_api, stage_threads
 
 
 def budget_check(cfg: ExperimentConfig, measured: dict, predicted: dict | None) -> dict | None:
@@ -286,8 +286,7 @@ def budget_latency(cfg: ExperimentConfig, lat_torch: dict, lat_ort: dict, int8: 
     return lat_torch["median_ms"], f"torch {c.device}"
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_export(cfg: ExperimentConfig, work_dir: str | Path | None = None, raw: bool = False,
                source: str | None = None, console: Console | None = None, int8: bool | None = None) -> dict:
     """Export the tuned (or baseline) model of the work dir, check it, time it, check the budget; with

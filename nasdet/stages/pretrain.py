@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ExperimentConfig, takes_config, run_without_start_weights, save_run_record
+from ..config import ExperimentConfig, run_without_start_weights, save_run_record
 from ..data.build import build_datasets
 from ..errors import StageOrderError
 from ..models.cost import detector_macs
@@ -18,8 +18,7 @@ from ..train import dist
 from ..train.supernet import SupernetStart, SupernetTrainer, init_from_checkpoint, load_teacher, start_files
 from ..train.trained import with_backbone_checkpoint
 from ..workdir import SPACE_JSON, WorkDir, write_json
-from ..threads import keeps_callers_threads
-from .common import finished_record, recipe_key, start_note_of, subnets_table, with_train_recipe
+from .common import finished_record, recipe_key, stage_api, start_note_of, subnets_table, with_train_recipe
 
 
 def pretrain_config(cfg: ExperimentConfig, wd: WorkDir) -> ExperimentConfig:
@@ -73,8 +72,7 @@ def _say_init(console: Console, path: str, start: SupernetStart, classes: list[s
                       "classes or another order, the supernet starts mislabelling them", soft_wrap=True)
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_pretrain(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """Train the weight-sharing supernet (``supernet/``) on the training split minus the search split,
     starting from what ``pretrain_config`` says."""

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from ..config import ExperimentConfig, takes_config, config_to_dict, save_run_record
+from ..config import ExperimentConfig, config_to_dict, save_run_record
 from ..errors import ConfigError
 from ..export import configured_postprocessing
 from ..models.families import family_of
@@ -38,16 +38,16 @@ from ..search.storage import check_storage_url, open_storage, refuse_foreign_sto
 from ..search.study import (SCORING_ATTR, apply_budget, best_record, check_scoring_settings,
                             check_supernet_fingerprint, open_study, run_study, study_records)
 from ..space import SearchSpace
-from ..threads import configured_threads, in_turns, keeps_callers_threads, loader_workers
+from ..threads import configured_threads, in_turns, loader_workers
 from ..train import dist
 from ..train.checkpoint import file_sha256
 from ..train.trained import load_trained_model
 from ..user_data import refuse_output_in_data
 from ..workdir import BEST_ARCH, CONFIDENCE_JSON, LATENCY_LUT, PARETO_JSON, STUDY_FILE, WorkDir
+from .common import stage_api
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_darts(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None) -> dict:
     """``nasdet search`` with ``search.strategy: darts`` (FAD): the bi-level search of the head's towers into
     ``search/`` (genotype.log / genotype.json, the arch the tune stage trains); returns the genotypes, step
@@ -99,8 +99,7 @@ def check_search_inputs(cfg: ExperimentConfig, work_dir: str | Path | None = Non
     return w
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_search(cfg: ExperimentConfig, work_dir: str | Path | None = None, storage: str | None = None,
                console: Console | None = None, worker: int = 0, outputs: bool = True) -> dict:
     """Search the supernet of ``work_dir/supernet`` per ``cfg.search``; returns a summary (best record,

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from ..config import ExperimentConfig, takes_config, read_arch_file, run_without_start_weights, save_run_record
+from ..config import ExperimentConfig, read_arch_file, run_without_start_weights, save_run_record
 from ..errors import ResumeMismatch, StageOrderError
 from ..data.build import build_datasets
 from ..export import configured_postprocessing
@@ -35,9 +35,8 @@ from ..train.evaluate import evaluate_detector
 from ..models.heads.fad import GENOTYPE_KEY, genotype_arch, with_genotype
 from ..train.trained import TuneTrainer, build_tuned_model
 from ..workdir import ARCH_JSON, GENOTYPE_JSON, INITIAL_METRICS, TUNE, WorkDir, write_json
-from ..threads import keeps_callers_threads
-from .common import (detnas_list_arch, finished_record, metrics_table, per_class_table, recipe_key, scored_val_set, start_note_of,
-                     with_train_recipe)
+from .common import (detnas_list_arch, finished_record, metrics_table, per_class_table, recipe_key, scored_val_set,
+                     stage_api, start_note_of, with_train_recipe)
 
 
 # ----------------------------------------------------------------------------------------- the arch
@@ -183,8 +182,7 @@ def unfinished_search(ckpt: Path, genotypes: str) -> None:
                               f"or set tune.arch: {genotypes} to tune them as they are")
 
 
-@takes_config
-@keeps_callers_threads
+@stage_api
 def run_tune(cfg: ExperimentConfig, work_dir: str | Path | None = None, console: Console | None = None,
              stage: str = TUNE) -> dict:
     """Train the found architecture (resuming from ``<stage>/ckpt/last.pt``); returns val metrics and more.
